@@ -1,0 +1,380 @@
+package enclave
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/store"
+)
+
+// Owner names whose key it is: "user:<id>" (session-token and passkey
+// users), "firebase:<project>/<tenant>/<sub>", "portal:<clientId>".
+type Owner string
+
+// Validate refuses owners that cannot be stored safely.
+func (o Owner) Validate() error {
+	s := string(o)
+	if len(s) < 3 || len(s) > 512 || !utf8.ValidString(s) || strings.ContainsRune(s, 0) || !strings.Contains(s, ":") {
+		return apierr.ErrBadRequest.WithMessage("invalid owner identifier")
+	}
+	return nil
+}
+
+// UserOwner is the owner of a user id vouched for by the customer's backend.
+func UserOwner(userID string) Owner { return Owner("user:" + userID) }
+
+// Key formats (DECISIONS 2): the native API stores bytes, the Portal
+// adapter the SDK's string as given.
+const (
+	FormatBytes = "bytes"
+	FormatText  = "text"
+)
+
+// Key limits.
+const (
+	MinKeyBytes = 1
+	MaxKeyBytes = 1024
+)
+
+var (
+	errKeyNotFound  = apierr.ErrNotFound.WithMessage("no key is stored for this user and method")
+	errBadKeyLength = apierr.New(400, "invalid_key", fmt.Sprintf("the key must be %d to %d bytes", MinKeyBytes, MaxKeyBytes))
+)
+
+// keyRecord is the stored envelope of one key; only Sealed is secret.
+type keyRecord struct {
+	Format   string    `json:"f"`
+	Created  time.Time `json:"c"`
+	Updated  time.Time `json:"u"`
+	ClientID string    `json:"cid,omitempty"`
+	Sealed   []byte    `json:"s"`
+}
+
+// KeyInfo describes a stored key without its value.
+type KeyInfo struct {
+	Method   string    `json:"method"`
+	Format   string    `json:"format"`
+	Created  time.Time `json:"createdAt"`
+	Updated  time.Time `json:"updatedAt"`
+	ClientID string    `json:"clientId,omitempty"`
+	Version  uint64    `json:"version"`
+}
+
+// VersionInfo describes a prior value kept after an overwrite.
+type VersionInfo struct {
+	ID         string    `json:"id"`
+	Method     string    `json:"method"`
+	ReplacedAt time.Time `json:"replacedAt"`
+	Created    time.Time `json:"createdAt"`
+}
+
+// CustodyOptions configure NewCustody.
+type CustodyOptions struct {
+	// VersionRetention is how long a prior value is kept after an
+	// overwrite (DECISIONS 3). Zero means 30 days; negative keeps none.
+	VersionRetention time.Duration
+	// Clock is for tests; nil means time.Now.
+	Clock func() time.Time
+}
+
+// Custody stores and releases users' keys.
+type Custody struct {
+	db        *store.DB
+	root      *Root
+	retention time.Duration
+	now       func() time.Time
+}
+
+// NewCustody returns the key custody over db with the unsealed root.
+func NewCustody(db *store.DB, root *Root, opts CustodyOptions) *Custody {
+	if opts.VersionRetention == 0 {
+		opts.VersionRetention = 30 * 24 * time.Hour
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	return &Custody{db: db, root: root, retention: opts.VersionRetention, now: opts.Clock}
+}
+
+// Root returns the unsealed root key (for subkeys).
+func (c *Custody) Root() *Root { return c.root }
+
+// PutOptions modify PutKey. The zero value overwrites and stores bytes.
+type PutOptions struct {
+	// NoOverwrite refuses to replace a stored key with apierr.ErrKeyExists.
+	NoOverwrite bool
+	// Format is FormatBytes (default) or FormatText.
+	Format string
+	// ClientID records the Portal client that stored the key (kept from
+	// the first store).
+	ClientID string
+}
+
+func validMethod(m string) error {
+	if m == "" || len(m) > 64 || strings.ContainsRune(m, 0) || !utf8.ValidString(m) {
+		return apierr.ErrBadRequest.WithMessage("invalid method name")
+	}
+	return nil
+}
+
+// PutKey seals key for (owner, method) and stores it durably. An existing
+// key is replaced unless opts.NoOverwrite; the replaced value is kept as a
+// prior version for the retention time.
+func (c *Custody) PutKey(ctx context.Context, owner Owner, method string, key []byte, opts PutOptions) (replaced bool, err error) {
+	if err := owner.Validate(); err != nil {
+		return false, err
+	}
+	if err := validMethod(method); err != nil {
+		return false, err
+	}
+	if len(key) < MinKeyBytes || len(key) > MaxKeyBytes {
+		return false, errBadKeyLength
+	}
+	if opts.Format == "" {
+		opts.Format = FormatBytes
+	}
+	k := store.Key(string(owner), method)
+	now := c.now().UTC()
+	err = c.db.Update(ctx, func(tx *store.Tx) error {
+		replaced = false
+		rec := keyRecord{Format: opts.Format, Created: now, Updated: now, ClientID: opts.ClientID}
+		version := uint64(1)
+		old, err := tx.Get(store.BucketKeys, k)
+		switch {
+		case err == nil:
+			if opts.NoOverwrite {
+				return apierr.ErrKeyExists
+			}
+			var prev keyRecord
+			if err := json.Unmarshal(old, &prev); err != nil {
+				return fmt.Errorf("enclave: stored key record damaged: %w", err)
+			}
+			v, _ := RecordVersion(prev.Sealed)
+			version = v + 1
+			rec.Created = prev.Created
+			if prev.ClientID != "" {
+				rec.ClientID = prev.ClientID
+			}
+			if c.retention > 0 {
+				vk := store.Key(string(owner), method, fmt.Sprintf("%020d", now.UnixNano()))
+				if err := tx.Put(store.BucketKeyVersions, vk, old); err != nil {
+					return err
+				}
+			}
+			if err := c.pruneVersions(tx, owner, method, now); err != nil {
+				return err
+			}
+			replaced = true
+		case !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+		sealed, err := c.root.Seal(Binding{Kind: "key", Owner: owner, Method: method, Version: version}, key)
+		if err != nil {
+			return err
+		}
+		rec.Sealed = sealed
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		return tx.Put(store.BucketKeys, k, b)
+	})
+	return replaced, err
+}
+
+func (c *Custody) pruneVersions(tx *store.Tx, owner Owner, method string, now time.Time) error {
+	cutoff := fmt.Sprintf("%020d", now.Add(-c.retention).UnixNano())
+	var old [][]byte
+	prefix := store.Prefix(string(owner), method)
+	err := tx.ForEach(store.BucketKeyVersions, prefix, func(k, _ []byte) error {
+		if string(k[len(prefix):]) < cutoff {
+			old = append(old, append([]byte(nil), k...))
+		}
+		return nil
+	})
+	for _, k := range old {
+		if err := tx.Delete(store.BucketKeyVersions, k); err != nil {
+			return err
+		}
+	}
+	return err
+}
+
+// GetKey opens the key stored for (owner, method). It reads the store and
+// makes no TPM command and no write.
+func (c *Custody) GetKey(ctx context.Context, owner Owner, method string) (secret.Bytes, error) {
+	k, _, err := c.Lookup(ctx, owner, method)
+	return k, err
+}
+
+// Lookup is GetKey with the key's description.
+func (c *Custody) Lookup(ctx context.Context, owner Owner, method string) (secret.Bytes, *KeyInfo, error) {
+	var rec keyRecord
+	err := c.db.View(ctx, func(tx *store.Tx) error {
+		b, err := tx.Get(store.BucketKeys, store.Key(string(owner), method))
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(b, &rec)
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return secret.Bytes{}, nil, errKeyNotFound
+	}
+	if err != nil {
+		return secret.Bytes{}, nil, err
+	}
+	pt, err := c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, rec.Sealed)
+	if err != nil {
+		return secret.Bytes{}, nil, err
+	}
+	v, _ := RecordVersion(rec.Sealed)
+	return secret.NewBytes(pt), &KeyInfo{Method: method, Format: rec.Format, Created: rec.Created, Updated: rec.Updated, ClientID: rec.ClientID, Version: v}, nil
+}
+
+// HasKey reports whether a key is stored for (owner, method).
+func (c *Custody) HasKey(ctx context.Context, owner Owner, method string) (bool, error) {
+	_, err := c.Info(ctx, owner, method)
+	if errors.Is(err, apierr.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Info describes the key stored for (owner, method) without opening it.
+func (c *Custody) Info(ctx context.Context, owner Owner, method string) (*KeyInfo, error) {
+	var info *KeyInfo
+	err := c.db.View(ctx, func(tx *store.Tx) error {
+		b, err := tx.Get(store.BucketKeys, store.Key(string(owner), method))
+		if err != nil {
+			return err
+		}
+		info, err = describe(method, b)
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, errKeyNotFound
+	}
+	return info, err
+}
+
+func describe(method string, b []byte) (*KeyInfo, error) {
+	var rec keyRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return nil, fmt.Errorf("enclave: stored key record damaged: %w", err)
+	}
+	v, _ := RecordVersion(rec.Sealed)
+	return &KeyInfo{Method: method, Format: rec.Format, Created: rec.Created, Updated: rec.Updated, ClientID: rec.ClientID, Version: v}, nil
+}
+
+// ListKeys describes every key of owner.
+func (c *Custody) ListKeys(ctx context.Context, owner Owner) ([]KeyInfo, error) {
+	var out []KeyInfo
+	prefix := store.Prefix(string(owner))
+	err := c.db.View(ctx, func(tx *store.Tx) error {
+		return tx.ForEach(store.BucketKeys, prefix, func(k, v []byte) error {
+			info, err := describe(string(k[len(prefix):]), v)
+			if err != nil {
+				return err
+			}
+			out = append(out, *info)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// DeleteKey removes the key of (owner, method) and its prior versions.
+func (c *Custody) DeleteKey(ctx context.Context, owner Owner, method string) error {
+	found := false
+	err := c.db.Update(ctx, func(tx *store.Tx) error {
+		k := store.Key(string(owner), method)
+		_, err := tx.Get(store.BucketKeys, k)
+		found = err == nil
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if err := tx.Delete(store.BucketKeys, k); err != nil {
+			return err
+		}
+		_, err = tx.DeletePrefix(store.BucketKeyVersions, store.Prefix(string(owner), method))
+		return err
+	})
+	if err == nil && !found {
+		return errKeyNotFound
+	}
+	return err
+}
+
+// DeleteOwner removes every key and prior version of owner and returns how
+// many keys there were.
+func (c *Custody) DeleteOwner(ctx context.Context, owner Owner) (int, error) {
+	var n int
+	err := c.db.Update(ctx, func(tx *store.Tx) error {
+		var err error
+		if n, err = tx.DeletePrefix(store.BucketKeys, store.Prefix(string(owner))); err != nil {
+			return err
+		}
+		_, err = tx.DeletePrefix(store.BucketKeyVersions, store.Prefix(string(owner)))
+		return err
+	})
+	return n, err
+}
+
+// ListVersions lists the prior values of (owner, method), oldest first.
+func (c *Custody) ListVersions(ctx context.Context, owner Owner, method string) ([]VersionInfo, error) {
+	var out []VersionInfo
+	prefix := store.Prefix(string(owner), method)
+	err := c.db.View(ctx, func(tx *store.Tx) error {
+		return tx.ForEach(store.BucketKeyVersions, prefix, func(k, v []byte) error {
+			id := string(k[len(prefix):])
+			var ns int64
+			fmt.Sscan(id, &ns)
+			var rec keyRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return err
+			}
+			out = append(out, VersionInfo{ID: id, Method: method, ReplacedAt: time.Unix(0, ns).UTC(), Created: rec.Created})
+			return nil
+		})
+	})
+	return out, err
+}
+
+// RestoreVersion makes prior version id the current key again; the value
+// it replaces becomes a prior version in turn.
+func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id string) error {
+	var old secret.Bytes
+	var format string
+	err := c.db.View(ctx, func(tx *store.Tx) error {
+		b, err := tx.Get(store.BucketKeyVersions, store.Key(string(owner), method, id))
+		if err != nil {
+			return err
+		}
+		var rec keyRecord
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return err
+		}
+		pt, err := c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, rec.Sealed)
+		if err != nil {
+			return err
+		}
+		old, format = secret.NewBytes(pt), rec.Format
+		return nil
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return apierr.ErrNotFound.WithMessage("no such prior version")
+	}
+	if err != nil {
+		return err
+	}
+	defer old.Wipe()
+	_, err = c.PutKey(ctx, owner, method, old.Reveal(), PutOptions{Format: format})
+	return err
+}

@@ -1,0 +1,91 @@
+// Package enclave keeps users' keys: the root key sealed by the TPM, the
+// records sealed under subkeys of it, and the release of a key to its owner.
+//
+// # Key hierarchy
+//
+//	TPM storage root key (ECC P-256, owner hierarchy, recreated at each start, never stored)
+//	└── root key: 32 random bytes made at init, sealed as a TPM keyed-hash object
+//	    (policy: the operator's PCRs) — unsealed once at start, kept in locked memory
+//	    ├── record subkeys: HKDF-SHA256(root, salt = fresh 32 bytes per record, info = "keywarden record v1")
+//	    │   └── AES-256-GCM, additional data = kind ‖ owner ‖ method ‖ schema ‖ write version
+//	    ├── "session-token"  HMAC key for short-lived user session tokens
+//	    ├── "hpke"           the appliance's own HPKE key pair (ML-KEM-768+X25519)
+//	    ├── "audit-anchor"   HMAC key that anchors the audit chain
+//	    └── "rollback"       MAC key of the recorded store generation
+//
+// A release or a store makes no TPM command: the TPM is used at init, at
+// start (one unseal), for attestation quotes and for the rollback counter.
+package enclave
+
+import (
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keywarden/keywarden/internal/secret"
+)
+
+// RootKeySize is the size of the root key in bytes.
+const RootKeySize = 32
+
+// Root is the unsealed root key. It lives in memory locked against swap
+// (when the process may lock memory) and is wiped by Close.
+type Root struct {
+	key    []byte
+	locked bool
+}
+
+// NewRootKey makes a fresh random root key (at init).
+func NewRootKey() secret.Bytes {
+	k := make([]byte, RootKeySize)
+	_, _ = rand.Read(k)
+	return secret.NewBytes(k)
+}
+
+// NewRoot takes the unsealed root key. It copies key into locked memory;
+// the caller should wipe its own copy.
+func NewRoot(key secret.Bytes) (*Root, error) {
+	if key.Len() != RootKeySize {
+		return nil, fmt.Errorf("enclave: root key is %d bytes, want %d", key.Len(), RootKeySize)
+	}
+	b, err := unix.Mmap(-1, 0, RootKeySize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		b = make([]byte, RootKeySize)
+	}
+	r := &Root{key: b}
+	if err == nil && unix.Mlock(b) == nil {
+		r.locked = true
+		_ = unix.Madvise(b, unix.MADV_DONTDUMP)
+	}
+	copy(r.key, key.Reveal())
+	return r, nil
+}
+
+// Locked reports whether the key's memory is locked against swap.
+func (r *Root) Locked() bool { return r.locked }
+
+// Close wipes the key.
+func (r *Root) Close() {
+	clear(r.key)
+}
+
+// Subkey derives a 32-byte key for one purpose. Different labels give
+// independent keys; the root key never leaves this package.
+func (r *Root) Subkey(label string) secret.Bytes {
+	return secret.NewBytes(r.derive(nil, "keywarden subkey v1: "+label, 32))
+}
+
+func (r *Root) derive(salt []byte, info string, n int) []byte {
+	k, err := hkdf.Key(sha256.New, r.key, salt, info, n)
+	if err != nil {
+		panic("enclave: hkdf: " + err.Error()) // only for n > 255*32
+	}
+	return k
+}
+
+// errRootClosed guards use after Close.
+var errRootClosed = errors.New("enclave: root key closed")
