@@ -1,0 +1,421 @@
+// Package config loads Keywarden's configuration: defaults, then a YAML
+// file, then the environment, then validation. A bad field stops start-up
+// with a message naming it.
+//
+// # Environment
+//
+// Every setting has an environment name: KEYWARDEN_ plus its path in upper
+// snake case (vault.addr → KEYWARDEN_VAULT_ADDR, firebase.project_ids →
+// KEYWARDEN_FIREBASE_PROJECT_IDS). Lists are comma-separated. Every secret
+// also has a …_FILE form that names a file holding it (systemd
+// LoadCredential=); surrounding white space is trimmed. Some settings have
+// an alias (KEYWARDEN_FIREBASE_PROJECT_ID, KEYWARDEN_PORTAL_WEBHOOK_SECRET).
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/secret"
+)
+
+// Config is the whole configuration. Field tags: `key` is the name in the
+// file and the environment; `alias` adds an environment name.
+type Config struct {
+	// Dev is set by `keywarden dev`, never by a file.
+	Dev bool `key:"-"`
+
+	Listen   Listen   `key:"listen"`
+	Data     Data     `key:"data"`
+	TPM      TPM      `key:"tpm"`
+	Admin    Admin    `key:"admin"`
+	Session  Session  `key:"session"`
+	Limits   Limits   `key:"limits"`
+	Keys     Keys     `key:"keys"`
+	Passkey  Passkey  `key:"passkey"`
+	Firebase Firebase `key:"firebase"`
+	Vault    Vault    `key:"vault"`
+	Portal   Portal   `key:"portal"`
+	Audit    Audit    `key:"audit"`
+	Log      Log      `key:"log"`
+}
+
+// Listen is the network edge (DECISIONS 18, 19).
+type Listen struct {
+	Addr              string        `key:"addr"`       // public: client, SDK, webhook, health routes
+	AdminAddr         string        `key:"admin_addr"` // admin routes and /metrics; loopback by default
+	TLSCert           string        `key:"tls_cert"`
+	TLSKey            string        `key:"tls_key"`
+	AdminClientCA     string        `key:"admin_client_ca"` // optional mTLS for the admin listener
+	PlainHTTP         bool          `key:"plain_http"`      // explicit opt-out of TLS (behind a TLS-terminating LB)
+	TrustedProxies    []string      `key:"trusted_proxies"` // CIDRs whose X-Forwarded-For is believed
+	ReadHeaderTimeout time.Duration `key:"read_header_timeout"`
+	ReadTimeout       time.Duration `key:"read_timeout"`
+	WriteTimeout      time.Duration `key:"write_timeout"`
+	IdleTimeout       time.Duration `key:"idle_timeout"`
+	ShutdownTimeout   time.Duration `key:"shutdown_timeout"`
+	DrainDelay        time.Duration `key:"drain_delay"` // /readyz is 503 this long before the listener closes
+	MaxConcurrent     int           `key:"max_concurrent"`
+	CORSOrigins       []string      `key:"cors_origins"` // browser origins allowed on client routes (never *)
+}
+
+// Data is where state lives.
+type Data struct {
+	Dir string `key:"dir"`
+	DB  string `key:"db"` // default <dir>/keywarden.db
+}
+
+// TPM selects the TPM.
+type TPM struct {
+	// Path is a device (/dev/tpmrm0), "tcp://host:port" (swtpm), or
+	// "simulator" (dev builds only).
+	Path string `key:"path"`
+	// PCRs the root key is sealed to at init (SHA-256 bank). Empty: none.
+	PCRs []int `key:"pcrs"`
+	// AttestPCRs are quoted by /v1/attestation.
+	AttestPCRs []int `key:"attest_pcrs"`
+}
+
+// Admin authenticates the customer's backend.
+type Admin struct {
+	// KeyHashes are "sha256:<hex>" of the admin API keys.
+	KeyHashes []string `key:"key_hashes"`
+	// Key is a plain-text admin key: dev mode's convenience only.
+	Key secret.String `key:"key"`
+}
+
+// Session configures user session tokens minted by the admin API.
+type Session struct {
+	TTL    time.Duration `key:"ttl"`
+	MaxTTL time.Duration `key:"max_ttl"`
+}
+
+// Limits bound what one client can take.
+type Limits struct {
+	MaxBodyBytes  int64   `key:"max_body_bytes"`
+	RatePerSecond float64 `key:"rate_per_second"` // per client address
+	RateBurst     int     `key:"rate_burst"`
+}
+
+// Keys is the key custody policy.
+type Keys struct {
+	VersionRetention time.Duration `key:"version_retention"`
+}
+
+// Passkey configures the WebAuthn relying party.
+type Passkey struct {
+	RPID                string        `key:"rp_id"`
+	RPName              string        `key:"rp_name"`
+	Origins             []string      `key:"origins"`
+	AndroidPackage      string        `key:"android_package"`
+	AndroidFingerprints []string      `key:"android_fingerprints"` // SHA-256 of signing certs, colon-hex or base64url
+	AppleAppIDs         []string      `key:"apple_app_ids"`        // TEAMID.bundle.id, for the AASA file
+	UserVerification    string        `key:"user_verification"`    // required | preferred | discouraged
+	CeremonyTTL         time.Duration `key:"ceremony_ttl"`
+	MaxCeremonies       int           `key:"max_ceremonies"`
+	MaxPerAddress       int           `key:"max_ceremonies_per_address"`
+	FailuresPerUser     int           `key:"failures_per_user"` // per 15 minutes
+	ResetEnabled        bool          `key:"reset_enabled"`
+}
+
+// Firebase configures Firebase ID-token verification.
+type Firebase struct {
+	ProjectIDs           []string      `key:"project_ids" alias:"KEYWARDEN_FIREBASE_PROJECT_ID"`
+	Tenants              []string      `key:"tenants"`
+	CertsURL             string        `key:"certs_url"`
+	CertsFile            string        `key:"certs_file"`
+	Leeway               time.Duration `key:"leeway"`
+	MaxAuthAge           time.Duration `key:"max_auth_age"`
+	MaxStale             time.Duration `key:"max_stale"`
+	AllowedProviders     []string      `key:"allowed_providers"`
+	RequireEmailVerified bool          `key:"require_email_verified"`
+	// OverwriteMaxAuthAge, when set, refuses an overwrite unless the
+	// sign-in (auth_time) is at most this old (409 key_exists).
+	OverwriteMaxAuthAge time.Duration `key:"overwrite_max_auth_age"`
+}
+
+// Vault configures custodian-share wrapping by Vault Transit.
+type Vault struct {
+	Addr         string        `key:"addr"`
+	Token        secret.String `key:"token"`
+	RoleID       string        `key:"role_id"`
+	SecretID     secret.String `key:"secret_id"`
+	CertFile     string        `key:"cert_file"`
+	KeyFile      string        `key:"key_file"`
+	CACert       string        `key:"ca_cert"`
+	TransitMount string        `key:"transit_mount"`
+	KeyName      string        `key:"key_name"`
+	Timeout      time.Duration `key:"timeout"`
+}
+
+// Portal configures the Portal SDK drop-in.
+type Portal struct {
+	APIURL            string          `key:"api_url"`
+	CustodianID       string          `key:"custodian_id"`
+	WebhookSecrets    []secret.String `key:"webhook_secrets" alias:"KEYWARDEN_PORTAL_WEBHOOK_SECRET"`
+	WebhookAllowedIPs []string        `key:"webhook_allowed_ips"`
+	IdentityTTL       time.Duration   `key:"identity_ttl"`
+	ClientMismatch    string          `key:"client_mismatch"` // refuse | allow
+}
+
+// Audit configures the hash-chained audit log.
+type Audit struct {
+	Dir          string        `key:"dir"` // default <data.dir>/audit
+	WriteTimeout time.Duration `key:"write_timeout"`
+	MaxFileBytes int64         `key:"max_file_bytes"`
+}
+
+// Log configures structured logs.
+type Log struct {
+	Level  string `key:"level"`  // debug | info | warn | error
+	Format string `key:"format"` // json | text
+}
+
+// Defaults are the production defaults.
+func Defaults() Config {
+	return Config{
+		Listen: Listen{
+			Addr: ":8443", AdminAddr: "127.0.0.1:8421",
+			ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 15 * time.Second,
+			IdleTimeout: 60 * time.Second, ShutdownTimeout: 20 * time.Second, DrainDelay: 5 * time.Second,
+			MaxConcurrent: 1024,
+		},
+		Data:     Data{Dir: "/var/lib/keywarden"},
+		TPM:      TPM{Path: "/dev/tpmrm0"},
+		Session:  Session{TTL: 10 * time.Minute, MaxTTL: time.Hour},
+		Limits:   Limits{MaxBodyBytes: 64 << 10, RatePerSecond: 50, RateBurst: 100},
+		Keys:     Keys{VersionRetention: 30 * 24 * time.Hour},
+		Passkey:  Passkey{RPName: "Keywarden", UserVerification: "required", CeremonyTTL: 5 * time.Minute, MaxCeremonies: 100000, MaxPerAddress: 64, FailuresPerUser: 10},
+		Firebase: Firebase{CertsURL: "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com", Leeway: time.Minute, MaxStale: 24 * time.Hour},
+		Vault:    Vault{TransitMount: "transit", KeyName: "keywarden-custodian", Timeout: 5 * time.Second},
+		Portal:   Portal{APIURL: "https://api.portalhq.io", IdentityTTL: 5 * time.Minute, ClientMismatch: "refuse"},
+		Audit:    Audit{WriteTimeout: 2 * time.Second, MaxFileBytes: 64 << 20},
+		Log:      Log{Level: "info", Format: "json"},
+	}
+}
+
+// DevDefaults are `keywarden dev`'s embedded defaults: a simulated TPM, a
+// local data folder, plain HTTP on loopback, a demo relying party.
+func DevDefaults() Config {
+	c := Defaults()
+	c.Dev = true
+	c.Listen.Addr = "127.0.0.1:8420"
+	c.Listen.AdminAddr = "127.0.0.1:8420"
+	c.Listen.PlainHTTP = true
+	c.Listen.DrainDelay = 0
+	c.Data.Dir = "keywarden-data"
+	c.TPM.Path = "simulator"
+	c.TPM.AttestPCRs = []int{16}
+	c.Passkey.RPID = "localhost"
+	c.Passkey.RPName = "Keywarden (dev)"
+	c.Passkey.Origins = []string{"http://localhost:8420"}
+	c.Listen.CORSOrigins = []string{"http://localhost:8420"}
+	c.Log.Format = "text"
+	return c
+}
+
+// Load applies the file (when path is not empty) and then the environment
+// on top of base, and validates the result.
+func Load(base Config, path string, env []string) (Config, error) {
+	c := base
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return c, fmt.Errorf("config: %w", err)
+		}
+		if err := applyYAML(&c, b); err != nil {
+			return c, fmt.Errorf("config: %s: %w", path, err)
+		}
+	}
+	if err := applyEnv(&c, env); err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	c.resolve()
+	if err := c.Validate(); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// resolve fills values derived from others (before validation).
+func (c *Config) resolve() {
+	if c.Data.DB == "" && c.Data.Dir != "" {
+		c.Data.DB = filepath.Join(c.Data.Dir, "keywarden.db")
+	}
+	if c.Audit.Dir == "" && c.Data.Dir != "" {
+		c.Audit.Dir = filepath.Join(c.Data.Dir, "audit")
+	}
+	for i, p := range c.Firebase.ProjectIDs {
+		c.Firebase.ProjectIDs[i] = strings.TrimSpace(p)
+	}
+}
+
+// Validate checks every section; the error names the field. It never
+// changes a value.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	for name, a := range map[string]string{"listen.addr": c.Listen.Addr, "listen.admin_addr": c.Listen.AdminAddr} {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			add(name, "%q is not host:port", a)
+		}
+	}
+	if !c.Listen.PlainHTTP && (c.Listen.TLSCert == "" || c.Listen.TLSKey == "") {
+		add("listen.tls_cert", "TLS needs listen.tls_cert and listen.tls_key, or set listen.plain_http: true explicitly (behind a TLS-terminating load balancer)")
+	}
+	if c.Listen.AdminClientCA != "" && c.Listen.PlainHTTP {
+		add("listen.admin_client_ca", "client-certificate auth needs TLS")
+	}
+	for _, p := range c.Listen.TrustedProxies {
+		if _, _, err := net.ParseCIDR(p); err != nil && net.ParseIP(p) == nil {
+			add("listen.trusted_proxies", "%q is not an IP or CIDR", p)
+		}
+	}
+	for _, o := range c.Listen.CORSOrigins {
+		if o == "*" {
+			add("listen.cors_origins", "\"*\" is not allowed; list the web origins")
+		}
+	}
+	for name, d := range map[string]time.Duration{"listen.read_header_timeout": c.Listen.ReadHeaderTimeout, "listen.read_timeout": c.Listen.ReadTimeout, "listen.write_timeout": c.Listen.WriteTimeout, "listen.idle_timeout": c.Listen.IdleTimeout} {
+		if d <= 0 {
+			add(name, "must be positive (a slow client could hold a connection forever)")
+		}
+	}
+	if c.Listen.MaxConcurrent < 1 {
+		add("listen.max_concurrent", "must be at least 1")
+	}
+	if c.Data.Dir == "" {
+		add("data.dir", "must be set")
+	}
+	if c.TPM.Path == "" {
+		add("tpm.path", "must be set (/dev/tpmrm0, tcp://host:port, or simulator in dev mode)")
+	}
+	if c.TPM.Path == "simulator" && !c.Dev {
+		add("tpm.path", "the simulator is for `keywarden dev` only: its keys are derived from a public seed")
+	}
+	for _, p := range append(append([]int{}, c.TPM.PCRs...), c.TPM.AttestPCRs...) {
+		if p < 0 || p > 23 {
+			add("tpm.pcrs", "PCR %d out of range 0..23", p)
+		}
+	}
+	for _, h := range c.Admin.KeyHashes {
+		hexPart, ok := strings.CutPrefix(h, "sha256:")
+		if !ok || len(hexPart) != 64 {
+			add("admin.key_hashes", "each entry must be sha256:<64 hex digits> (see `keywarden admin-key hash`)")
+			break
+		}
+	}
+	if !c.Admin.Key.IsZero() && !c.Dev {
+		add("admin.key", "a plain-text admin key is for dev mode only; configure admin.key_hashes")
+	}
+	if !c.Admin.Key.IsZero() && len(c.Admin.Key.Reveal()) < 16 {
+		add("admin.key", "must be at least 16 characters")
+	}
+	if c.Session.TTL <= 0 || c.Session.TTL > c.Session.MaxTTL {
+		add("session.ttl", "must be positive and at most session.max_ttl (%s)", c.Session.MaxTTL)
+	}
+	if c.Limits.MaxBodyBytes < 1024 || c.Limits.MaxBodyBytes > 16<<20 {
+		add("limits.max_body_bytes", "must be between 1 KiB and 16 MiB")
+	}
+	if c.Limits.RatePerSecond <= 0 || c.Limits.RateBurst < 1 {
+		add("limits.rate_per_second", "rate and burst must be positive")
+	}
+	if c.Passkey.RPID != "" {
+		if strings.Contains(c.Passkey.RPID, "/") || strings.Contains(c.Passkey.RPID, ":") {
+			add("passkey.rp_id", "%q must be a bare domain (no scheme, port or path)", c.Passkey.RPID)
+		}
+		if len(c.Passkey.Origins) == 0 && len(c.Passkey.AndroidFingerprints) == 0 {
+			add("passkey.origins", "at least one origin is needed when passkey.rp_id is set")
+		}
+	}
+	for _, o := range c.Passkey.Origins {
+		if strings.HasPrefix(o, "android:apk-key-hash:") {
+			continue
+		}
+		if u, err := url.Parse(o); err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			add("passkey.origins", "%q is not an origin (scheme://host[:port]) or android:apk-key-hash:…", o)
+		}
+	}
+	switch c.Passkey.UserVerification {
+	case "required", "preferred", "discouraged":
+	default:
+		add("passkey.user_verification", "must be required, preferred or discouraged")
+	}
+	if c.Passkey.CeremonyTTL <= 0 || c.Passkey.CeremonyTTL > 30*time.Minute {
+		add("passkey.ceremony_ttl", "must be between 0 and 30m")
+	}
+	for _, p := range c.Firebase.ProjectIDs {
+		if p == "" || strings.ContainsAny(p, "/ \t\n") {
+			add("firebase.project_ids", "%q is not a Firebase project id", p)
+		}
+	}
+	if c.Firebase.CertsURL != "" {
+		if u, err := url.Parse(c.Firebase.CertsURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") {
+			add("firebase.certs_url", "must be an http(s) URL")
+		}
+	}
+	if c.Firebase.Leeway < 0 || c.Firebase.Leeway > 5*time.Minute {
+		add("firebase.leeway", "must be between 0 and 5m")
+	}
+	if c.Vault.Addr != "" {
+		if u, err := url.Parse(c.Vault.Addr); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			add("vault.addr", "must be an http(s) URL")
+		}
+		auths := 0
+		if !c.Vault.Token.IsZero() {
+			auths++
+		}
+		if c.Vault.RoleID != "" {
+			auths++
+		}
+		if c.Vault.CertFile != "" {
+			auths++
+		}
+		if auths != 1 {
+			add("vault.token", "set exactly one Vault auth: vault.token, vault.role_id+vault.secret_id, or vault.cert_file+vault.key_file")
+		}
+	}
+	if c.Portal.APIURL != "" {
+		if u, err := url.Parse(c.Portal.APIURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			add("portal.api_url", "must be an http(s) URL")
+		}
+	}
+	for _, s := range c.Portal.WebhookSecrets {
+		if len(s.Reveal()) < 16 {
+			add("portal.webhook_secrets", "each secret must be at least 16 characters")
+			break
+		}
+	}
+	for _, p := range c.Portal.WebhookAllowedIPs {
+		if _, _, err := net.ParseCIDR(p); err != nil && net.ParseIP(p) == nil {
+			add("portal.webhook_allowed_ips", "%q is not an IP or CIDR", p)
+		}
+	}
+	switch c.Portal.ClientMismatch {
+	case "refuse", "allow":
+	default:
+		add("portal.client_mismatch", "must be refuse or allow")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level", "must be debug, info, warn or error")
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		add("log.format", "must be json or text")
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("config: %w", errors.Join(errs...))
+	}
+	return nil
+}

@@ -1,0 +1,140 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func prodBase() Config {
+	c := Defaults()
+	c.Listen.PlainHTTP = true
+	return c
+}
+
+func TestPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "k.yaml")
+	os.WriteFile(file, []byte(`
+vault:
+  addr: https://vault.file:8200
+  token: file-token-123
+firebase:
+  project_ids: [" proj-a ", proj-b]
+passkey:
+  rp_id: example.com
+  origins: [https://example.com]
+session:
+  ttl: 2m
+`), 0o600)
+	secretFile := filepath.Join(dir, "secret")
+	os.WriteFile(secretFile, []byte("webhook-secret-from-file-0001\n"), 0o600)
+	c, err := Load(prodBase(), file, []string{
+		"KEYWARDEN_VAULT_ADDR=https://vault.env:8200",
+		"KEYWARDEN_PORTAL_WEBHOOK_SECRET_FILE=" + secretFile,
+		"KEYWARDEN_TPM_PCRS=7,11",
+		"UNRELATED=1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Vault.Addr != "https://vault.env:8200" {
+		t.Errorf("env did not override file: %s", c.Vault.Addr)
+	}
+	if c.Vault.Token.Reveal() != "file-token-123" {
+		t.Error("file value lost")
+	}
+	if strings.Join(c.Firebase.ProjectIDs, ",") != "proj-a,proj-b" {
+		t.Errorf("project ids not trimmed: %q", c.Firebase.ProjectIDs)
+	}
+	if c.Session.TTL != 2*time.Minute || c.Session.MaxTTL != time.Hour {
+		t.Errorf("durations: %v %v", c.Session.TTL, c.Session.MaxTTL)
+	}
+	if len(c.Portal.WebhookSecrets) != 1 || c.Portal.WebhookSecrets[0].Reveal() != "webhook-secret-from-file-0001" {
+		t.Error("_FILE alias not applied or not trimmed")
+	}
+	if len(c.TPM.PCRs) != 2 || c.TPM.PCRs[1] != 11 {
+		t.Errorf("pcrs %v", c.TPM.PCRs)
+	}
+	if c.Data.DB != "/var/lib/keywarden/keywarden.db" {
+		t.Errorf("derived db path %q", c.Data.DB)
+	}
+	dump := c.Dump()
+	for _, s := range []string{"file-token-123", "webhook-secret-from-file"} {
+		if strings.Contains(dump, s) {
+			t.Errorf("config dump leaks %q", s)
+		}
+	}
+}
+
+func TestIssueEnvNames(t *testing.T) {
+	names := map[string]bool{}
+	for _, envs := range EnvNames() {
+		for _, e := range envs {
+			names[e] = true
+		}
+	}
+	for _, want := range []string{"KEYWARDEN_PORTAL_API_URL", "KEYWARDEN_PORTAL_CUSTODIAN_ID", "KEYWARDEN_PORTAL_WEBHOOK_SECRET", "KEYWARDEN_PORTAL_WEBHOOK_SECRETS", "KEYWARDEN_FIREBASE_PROJECT_ID", "KEYWARDEN_FIREBASE_PROJECT_IDS", "KEYWARDEN_FIREBASE_CERTS_URL", "KEYWARDEN_VAULT_ADDR", "KEYWARDEN_VAULT_TOKEN", "KEYWARDEN_ADMIN_KEY"} {
+		if !names[want] {
+			t.Errorf("environment name %s is not recognised", want)
+		}
+	}
+	c, err := Load(DevDefaults(), "", []string{"KEYWARDEN_FIREBASE_PROJECT_ID=solo", "KEYWARDEN_PORTAL_API_URL=http://127.0.0.1:9"})
+	if err != nil || c.Firebase.ProjectIDs[0] != "solo" || c.Portal.APIURL != "http://127.0.0.1:9" {
+		t.Fatalf("aliases: %v %+v", err, c.Firebase.ProjectIDs)
+	}
+}
+
+func TestValidationNamesTheField(t *testing.T) {
+	cases := map[string][]string{
+		"listen.addr":            {"KEYWARDEN_LISTEN_ADDR=nope"},
+		"listen.tls_cert":        {"KEYWARDEN_LISTEN_PLAIN_HTTP=false"},
+		"tpm.path":               {"KEYWARDEN_TPM_PATH=simulator"},
+		"tpm.pcrs":               {"KEYWARDEN_TPM_PCRS=24"},
+		"admin.key_hashes":       {"KEYWARDEN_ADMIN_KEY_HASHES=md5:abc"},
+		"admin.key":              {"KEYWARDEN_ADMIN_KEY=plain-text-admin-key"},
+		"session.ttl":            {"KEYWARDEN_SESSION_TTL=2h"},
+		"passkey.rp_id":          {"KEYWARDEN_PASSKEY_RP_ID=https://example.com", "KEYWARDEN_PASSKEY_ORIGINS=https://example.com"},
+		"passkey.origins":        {"KEYWARDEN_PASSKEY_RP_ID=example.com", "KEYWARDEN_PASSKEY_ORIGINS=example.com/path"},
+		"firebase.leeway":        {"KEYWARDEN_FIREBASE_LEEWAY=1h"},
+		"vault.token":            {"KEYWARDEN_VAULT_ADDR=http://127.0.0.1:8200"},
+		"vault.addr":             {"KEYWARDEN_VAULT_ADDR=ftp://x", "KEYWARDEN_VAULT_TOKEN=t"},
+		"portal.webhook_secrets": {"KEYWARDEN_PORTAL_WEBHOOK_SECRETS=short"},
+		"listen.cors_origins":    {"KEYWARDEN_LISTEN_CORS_ORIGINS=*"},
+		"log.level":              {"KEYWARDEN_LOG_LEVEL=loud"},
+		"limits.max_body_bytes":  {"KEYWARDEN_LIMITS_MAX_BODY_BYTES=12"},
+		"KEYWARDEN_SESSION_TTL":  {"KEYWARDEN_SESSION_TTL=soon"},
+	}
+	for want, env := range cases {
+		_, err := Load(prodBase(), "", env)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v: error %v does not name %s", env, err, want)
+		}
+	}
+	if _, err := Load(prodBase(), "", nil); err != nil {
+		t.Fatalf("defaults (plain HTTP) do not validate: %v", err)
+	}
+	if _, err := Load(DevDefaults(), "", []string{"KEYWARDEN_ADMIN_KEY=dev-admin-key-0123456789"}); err != nil {
+		t.Fatalf("dev defaults do not validate: %v", err)
+	}
+}
+
+func TestFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"unknown setting listen.bogus": "listen:\n  bogus: 1\n",
+		"not valid YAML":               "listen: [\n",
+		"listen.max_concurrent":        "listen:\n  max_concurrent: lots\n",
+	} {
+		p := filepath.Join(dir, "c.yaml")
+		os.WriteFile(p, []byte(body), 0o600)
+		if _, err := Load(prodBase(), p, nil); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%q: %v", body, err)
+		}
+	}
+	if _, err := Load(prodBase(), filepath.Join(dir, "missing.yaml"), nil); err == nil {
+		t.Error("missing file accepted")
+	}
+}
