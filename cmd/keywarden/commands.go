@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/config"
+	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/store"
+)
+
+func cmdConfigCheck(args []string) error {
+	dev := false
+	rest := args[:0]
+	for _, a := range args {
+		if a == "-dev" || a == "--dev" {
+			dev = true
+			continue
+		}
+		rest = append(rest, a)
+	}
+	cfg, _, err := loadConfig(rest, dev)
+	if err != nil {
+		return err
+	}
+	fmt.Println(cfg.Dump())
+	fmt.Fprintln(os.Stderr, "configuration is valid")
+	return nil
+}
+
+func cmdAdminKeyHash() error {
+	line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	key := strings.TrimSpace(line)
+	if len(key) < 16 {
+		return errors.New("an admin API key must be at least 16 characters")
+	}
+	fmt.Println(server.HashAdminKey(key))
+	return nil
+}
+
+// cmdInit creates the root key and seals it to the configured TPM.
+func cmdInit(ctx context.Context, args []string) error {
+	cfg, _, err := loadConfig(args, false)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.Data.Dir, 0o700); err != nil {
+		return err
+	}
+	tpm, err := openTPM(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer tpm.Close()
+	db, err := store.Open(cfg.Data.DB, store.Options{})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	root, raw, err := enclave.Initialize(ctx, tpm, db, enclave.InitOptions{PCRs: cfg.TPM.PCRs})
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	defer raw.Wipe()
+	if err := initExtras(ctx, cfg, tpm, db, root, raw); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "root key created and sealed to %s (PCRs %v)\n", cfg.TPM.Path, cfg.TPM.PCRs)
+	return nil
+}
+
+// initSteps run after the root key exists (recovery shares, attestation key).
+var initSteps []func(ctx context.Context, c initContext) error
+
+// initContext is what an init step gets.
+type initContext struct {
+	cfg  config.Config
+	tpm  transport.TPM
+	db   *store.DB
+	root *enclave.Root
+	raw  secret.Bytes
+}
+
+func initExtras(ctx context.Context, cfg config.Config, tpm transport.TPM, db *store.DB, root *enclave.Root, raw secret.Bytes) error {
+	for _, s := range initSteps {
+		if err := s(ctx, initContext{cfg: cfg, tpm: tpm, db: db, root: root, raw: raw}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cmdBackup asks the running server for a consistent copy of the store
+// (bbolt's lock keeps a second process from reading the live file).
+func cmdBackup(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
+	out := fs.String("out", "", "file to write")
+	url := fs.String("url", envOr("KEYWARDEN_ADMIN_URL", "http://127.0.0.1:8421"), "admin listener URL")
+	if err := fs.Parse(args); err != nil {
+		return usageError(err.Error())
+	}
+	if *out == "" {
+		return usageError("backup: -out FILE is required")
+	}
+	key := os.Getenv("KEYWARDEN_ADMIN_KEY")
+	if key == "" {
+		return errors.New("backup: set KEYWARDEN_ADMIN_KEY to an admin API key")
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(*url, "/")+"/v1/admin/backup", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := (&http.Client{Timeout: 10 * time.Minute}).Do(req)
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("backup: server answered %s: %s", resp.Status, b)
+	}
+	tmp := *out + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(f, resp.Body)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("backup: %w", err)
+	}
+	if err := os.Rename(tmp, *out); err != nil {
+		return err
+	}
+	// Check the copy opens as a store.
+	db, err := store.Open(*out, store.Options{ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("backup written but does not open: %w", err)
+	}
+	db.Close()
+	fmt.Fprintf(os.Stderr, "backup: %d bytes written to %s\n", n, *out)
+	return nil
+}
+
+func envOr(k, d string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return d
+}
+
+// cmdAuditVerify checks the audit chain. The anchor key is a root-key
+// subkey, so it needs the TPM and the store (stop the server, or run it on
+// a copy made by `keywarden backup`: -db).
+func cmdAuditVerify(args []string) error {
+	cfg, fs, err := loadConfig(args, os.Getenv("KEYWARDEN_DEV") == "1")
+	if err != nil {
+		return err
+	}
+	_ = fs
+	ctx := context.Background()
+	tpm, err := openTPM(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer tpm.Close()
+	db, err := store.Open(cfg.Data.DB, store.Options{ReadOnly: true, Timeout: 2 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	root, err := enclave.Unseal(ctx, tpm, db)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	rep, err := audit.Verify(cfg.Audit.Dir, root.Subkey("audit-anchor"))
+	fmt.Printf("%+v\n", rep)
+	return err
+}

@@ -1,0 +1,341 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/config"
+	"github.com/keywarden/keywarden/internal/metrics"
+	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/internal/tpmdev"
+	"github.com/keywarden/keywarden/internal/tpmsim"
+	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/firebase"
+	"github.com/keywarden/keywarden/store"
+)
+
+func loadConfig(args []string, dev bool) (config.Config, *flag.FlagSet, error) {
+	fs := flag.NewFlagSet("keywarden", flag.ContinueOnError)
+	path := fs.String("config", os.Getenv("KEYWARDEN_CONFIG"), "configuration file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return config.Config{}, nil, usageError(err.Error())
+	}
+	base := config.Defaults()
+	if dev {
+		base = config.DevDefaults()
+	}
+	c, err := config.Load(base, *path, os.Environ())
+	return c, fs, err
+}
+
+func newLogger(c config.Log) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}
+
+// openTPM is the only place a TPM is opened.
+func openTPM(ctx context.Context, c config.Config) (transport.TPMCloser, error) {
+	if c.TPM.Path == "simulator" {
+		if !c.Dev {
+			return nil, errors.New("the TPM simulator is for `keywarden dev` only")
+		}
+		return tpmsim.Open(tpmsim.DevSeed)
+	}
+	return tpmdev.Open(ctx, c.TPM.Path)
+}
+
+// appliance is everything serve and dev open.
+type appliance struct {
+	cfg     config.Config
+	log     *slog.Logger
+	tpm     *tpmdev.Counting
+	rawTPM  transport.TPMCloser
+	db      *store.DB
+	root    *enclave.Root
+	sealed  string
+	audit   *audit.Log
+	metrics *metrics.Metrics
+	closers []func()
+}
+
+func (a *appliance) Close() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		a.closers[i]()
+	}
+}
+
+func openAppliance(ctx context.Context, cfg config.Config, log *slog.Logger) (*appliance, error) {
+	a := &appliance{cfg: cfg, log: log, metrics: metrics.New()}
+	if err := os.MkdirAll(cfg.Data.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	raw, err := openTPM(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open TPM %s: %w", cfg.TPM.Path, err)
+	}
+	a.rawTPM = raw
+	a.tpm = tpmdev.NewCounting(raw)
+	a.closers = append(a.closers, func() { raw.Close() })
+	a.metrics.CounterFunc("keywarden_tpm_commands_total", "TPM commands sent (a release or store sends none).", func() float64 { return float64(a.tpm.Count()) })
+
+	db, err := store.Open(cfg.Data.DB, store.Options{})
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	a.db = db
+	a.closers = append(a.closers, func() { db.Close() })
+	a.metrics.GaugeFunc("keywarden_store_size_bytes", "Size of the bbolt file.", func() float64 { return float64(db.Stats().Size) })
+	a.metrics.CounterFunc("keywarden_store_commits_total", "Store transactions committed (one fsync each).", func() float64 { return float64(db.Stats().Commits) })
+
+	root, err := enclave.Unseal(ctx, a.tpm, db)
+	switch {
+	case errors.Is(err, enclave.ErrNotInitialized) && cfg.Dev:
+		log.Warn("dev mode: creating a root key sealed to the SIMULATED TPM (public seed: INSECURE, for trying Keywarden out only)")
+		var rawKey secret.Bytes
+		root, rawKey, err = enclave.Initialize(ctx, a.tpm, db, enclave.InitOptions{})
+		rawKey.Wipe()
+		if err != nil {
+			a.Close()
+			return nil, err
+		}
+	case errors.Is(err, enclave.ErrNotInitialized):
+		a.Close()
+		return nil, err
+	case err != nil:
+		// Sealed: keep serving health so the operator and the load balancer
+		// see why; serve no key. Nothing is destroyed.
+		log.Error("root key stays sealed; serving health only", "err", err)
+		a.sealed = err.Error()
+		root = nil
+	}
+	a.root = root
+	if root != nil {
+		a.closers = append(a.closers, root.Close)
+		if !root.Locked() {
+			log.Warn("could not lock the root key's memory against swap (raise LimitMEMLOCK)")
+		}
+		alog, err := audit.Open(ctx, audit.Options{Dir: cfg.Audit.Dir, AnchorKey: root.Subkey("audit-anchor"), WriteTimeout: cfg.Audit.WriteTimeout, MaxFileBytes: cfg.Audit.MaxFileBytes})
+		if err != nil {
+			a.Close()
+			return nil, fmt.Errorf("audit log: %w", err)
+		}
+		a.audit = alog
+		a.closers = append(a.closers, func() { _ = alog.Close(context.Background()) })
+		registerAuditMetrics(a.metrics, alog)
+	}
+	return a, nil
+}
+
+func registerAuditMetrics(m *metrics.Metrics, l *audit.Log) {
+	m.CounterFunc("keywarden_audit_lines_total", "Audit lines written.", func() float64 { return float64(l.Stats().Lines) })
+	m.CounterFunc("keywarden_audit_fsyncs_total", "Audit fsyncs (group commits).", func() float64 { return float64(l.Stats().Fsyncs) })
+	m.CounterFunc("keywarden_audit_refusals_dropped_total", "Refusals counted but not written as a line (sampling).", func() float64 { return float64(l.Stats().RefusalsDropped) })
+	m.GaugeFunc("keywarden_audit_healthy", "1 while the audit log can be written.", func() float64 {
+		if l.Healthy() {
+			return 1
+		}
+		return 0
+	})
+}
+
+// sealedAudit stands in while the root key is sealed: nothing that needs
+// an audit line can happen then.
+type sealedAudit struct{}
+
+func (sealedAudit) Record(context.Context, audit.Event) error { return errors.New("sealed") }
+func (sealedAudit) Refusal(context.Context, audit.Event)      {}
+
+func cmdServe(ctx context.Context, args []string, dev bool) error {
+	cfg, _, err := loadConfig(args, dev)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log)
+	if dev {
+		if !tpmsim.Available {
+			return errors.New("`keywarden dev` needs a development build with the TPM simulator (cgo); release builds refuse it")
+		}
+		if err := devLoopbackOnly(cfg); err != nil {
+			return err
+		}
+		if cfg.Admin.Key.IsZero() && len(cfg.Admin.KeyHashes) == 0 {
+			var b [24]byte
+			_, _ = rand.Read(b[:])
+			cfg.Admin.Key = secret.NewString("dev-" + base64.RawURLEncoding.EncodeToString(b[:]))
+			// Printed once, on purpose: dev mode's only way to learn it.
+			fmt.Fprintf(os.Stderr, "keywarden dev: admin API key (shown once): %s\n", cfg.Admin.Key.Reveal())
+		}
+	}
+	a, err := openAppliance(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	srv, err := buildServer(ctx, a)
+	if err != nil {
+		return err
+	}
+	return listenAndServe(ctx, a, srv)
+}
+
+func devLoopbackOnly(c config.Config) error {
+	for _, addr := range []string{c.Listen.Addr, c.Listen.AdminAddr} {
+		host, _, _ := net.SplitHostPort(addr)
+		ip := net.ParseIP(host)
+		if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("dev mode listens on loopback only; %s is not a loopback address", addr)
+		}
+	}
+	return nil
+}
+
+// buildServer wires the capabilities into the HTTP server.
+func buildServer(ctx context.Context, a *appliance) (*server.Server, error) {
+	opts := server.Options{Config: a.cfg, Logger: a.log, DB: a.db, Metrics: a.metrics, SealedReason: a.sealed}
+	if a.root == nil {
+		opts.Audit = sealedAudit{}
+		return server.New(opts)
+	}
+	opts.Audit = a.audit
+	opts.Custody = enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{VersionRetention: a.cfg.Keys.VersionRetention})
+	opts.Sessions = a.root.SessionTokens(nil)
+	if len(a.cfg.Firebase.ProjectIDs) > 0 {
+		v, err := firebase.New(ctx, firebaseOptions(a.cfg.Firebase))
+		if err != nil {
+			return nil, fmt.Errorf("firebase: %w", err)
+		}
+		a.closers = append(a.closers, v.Close)
+		opts.Firebase = v
+		opts.Degraded = append(opts.Degraded, server.Check{Name: "firebase_keys", Run: func(context.Context) error {
+			if st := v.KeySetStatus(); st.Degraded {
+				return errors.New("Google's certificates are stale or unavailable")
+			}
+			return nil
+		}})
+	}
+	if err := wireCapabilities(ctx, a, &opts); err != nil {
+		return nil, err
+	}
+	return server.New(opts)
+}
+
+func firebaseOptions(c config.Firebase) firebase.Options {
+	o := firebase.Options{
+		ProjectIDs: c.ProjectIDs, Tenants: c.Tenants, Leeway: c.Leeway, MaxAuthAge: c.MaxAuthAge,
+		AllowedProviders: c.AllowedProviders, RequireEmailVerified: c.RequireEmailVerified, MaxStale: c.MaxStale,
+	}
+	if c.CertsFile != "" {
+		o.CertsFile = c.CertsFile
+	} else {
+		o.CertsURL = c.CertsURL
+	}
+	return o
+}
+
+// wireCapabilities adds passkeys, custodian, Portal and attestation (each
+// in its own file of this package).
+var wireSteps []func(ctx context.Context, a *appliance, opts *server.Options) error
+
+func wireCapabilities(ctx context.Context, a *appliance, opts *server.Options) error {
+	for _, step := range wireSteps {
+		if err := step(ctx, a, opts); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func listenAndServe(ctx context.Context, a *appliance, srv *server.Server) error {
+	l := a.cfg.Listen
+	mk := func(addr string, h http.Handler) *http.Server {
+		return &http.Server{
+			Addr: addr, Handler: h,
+			ReadHeaderTimeout: l.ReadHeaderTimeout, ReadTimeout: l.ReadTimeout,
+			WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout, MaxHeaderBytes: 32 << 10,
+			ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		}
+	}
+	servers := []*http.Server{mk(l.Addr, srv.Public)}
+	if srv.Admin != srv.Public {
+		servers = append(servers, mk(l.AdminAddr, srv.Admin))
+	}
+	var tlsReloader *certReloader
+	if !l.PlainHTTP {
+		var err error
+		tlsReloader, err = newCertReloader(l.TLSCert, l.TLSKey, a.log)
+		if err != nil {
+			return err
+		}
+		defer tlsReloader.Close()
+		for i, s := range servers {
+			s.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: tlsReloader.GetCertificate}
+			if i == 1 && l.AdminClientCA != "" {
+				if err := requireClientCerts(s.TLSConfig, l.AdminClientCA); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	errc := make(chan error, len(servers))
+	for _, s := range servers {
+		ln, err := net.Listen("tcp", s.Addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", s.Addr, err)
+		}
+		if s.TLSConfig != nil {
+			ln = tls.NewListener(ln, s.TLSConfig)
+		}
+		a.log.Info("listening", "addr", ln.Addr().String(), "tls", s.TLSConfig != nil)
+		go func() { errc <- s.Serve(ln) }()
+	}
+	if a.audit != nil {
+		v, r, _ := buildInfo()
+		_ = a.audit.Record(ctx, audit.Event{Action: audit.ActionStart, Outcome: audit.OutcomeSuccess, Fields: map[string]string{"version": v, "revision": r}})
+	}
+	a.log.Info("keywarden serving", "version", versionString(), "dev", a.cfg.Dev, "sealed", a.root == nil)
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	// Graceful shutdown: readiness fails first so load balancers drain,
+	// then the listeners close and in-flight requests finish.
+	srv.Drain()
+	a.log.Info("draining", "delay", l.DrainDelay)
+	time.Sleep(l.DrainDelay)
+	sctx, cancel := context.WithTimeout(context.Background(), l.ShutdownTimeout)
+	defer cancel()
+	for _, s := range servers {
+		_ = s.Shutdown(sctx)
+	}
+	if a.audit != nil {
+		_ = a.audit.Record(sctx, audit.Event{Action: audit.ActionStop, Outcome: audit.OutcomeSuccess})
+	}
+	a.log.Info("stopped")
+	return nil
+}
+
+func dataPath(c config.Config, name string) string { return filepath.Join(c.Data.Dir, name) }

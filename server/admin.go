@@ -1,0 +1,240 @@
+package server
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/config"
+)
+
+var errAdminAuth = apierr.New(http.StatusUnauthorized, "admin_unauthorized", "missing or invalid admin API key (Authorization: Bearer <key>)")
+
+// HashAdminKey is the configured form of an admin API key.
+func HashAdminKey(key string) string {
+	h := sha256.Sum256([]byte(key))
+	return "sha256:" + hex.EncodeToString(h[:])
+}
+
+func adminKeyHashes(a config.Admin) ([][32]byte, error) {
+	var out [][32]byte
+	for _, h := range a.KeyHashes {
+		b, err := hex.DecodeString(strings.TrimPrefix(h, "sha256:"))
+		if err != nil || len(b) != 32 {
+			return nil, fmt.Errorf("server: admin.key_hashes: bad entry")
+		}
+		out = append(out, [32]byte(b))
+	}
+	if !a.Key.IsZero() {
+		out = append(out, sha256.Sum256([]byte(a.Key.Reveal())))
+	}
+	return out, nil
+}
+
+// requireAdmin checks the admin API key. The presented key is hashed and
+// compared in constant time with every configured hash.
+func (s *Server) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		tok, ok := bearer(c.Request().Header.Get("Authorization"))
+		if !ok {
+			return errAdminAuth
+		}
+		h := sha256.Sum256([]byte(tok))
+		match := 0
+		for _, k := range s.adminKey {
+			match |= subtle.ConstantTimeCompare(h[:], k[:])
+		}
+		if match != 1 {
+			s.opts.Audit.Refusal(c.Request().Context(), s.event(c, "admin_auth", "", "", "admin_unauthorized"))
+			return errAdminAuth
+		}
+		c.Set("actor", "admin:"+hex.EncodeToString(h[:4]))
+		return next(c)
+	}
+}
+
+func bearer(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	return tok, tok != ""
+}
+
+// event makes an audit event for this request.
+func (s *Server) event(c echo.Context, action, owner, method, reason string) audit.Event {
+	actor, _ := c.Get("actor").(string)
+	outcome := audit.OutcomeSuccess
+	if reason != "" {
+		outcome = audit.OutcomeRefused
+	}
+	return audit.Event{Action: action, Outcome: outcome, Actor: actor, Owner: owner, Method: method, Reason: reason, RequestID: RequestID(c), Remote: c.RealIP()}
+}
+
+var errBadUserID = apierr.New(http.StatusBadRequest, "invalid_user_id", "userId must be 1 to 128 characters of A-Z a-z 0-9 . _ - @ : +")
+
+// ValidUserID accepts ASCII-safe user ids, so they round-trip as WebAuthn
+// user handles on iOS, Android and the web alike.
+func ValidUserID(id string) error {
+	if len(id) < 1 || len(id) > 128 {
+		return errBadUserID
+	}
+	for _, r := range id {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', strings.ContainsRune("._-@:+", r):
+		default:
+			return errBadUserID
+		}
+	}
+	return nil
+}
+
+type sessionTokenRequest struct {
+	TTL string `json:"ttl"`
+}
+
+type sessionTokenResponse struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expiresAt"`
+}
+
+func (s *Server) mintSessionToken(c echo.Context) error {
+	userID := c.Param("userId")
+	if err := ValidUserID(userID); err != nil {
+		return err
+	}
+	var req sessionTokenRequest
+	if c.Request().ContentLength != 0 {
+		if err := bindJSON(c, &req); err != nil {
+			return err
+		}
+	}
+	ttl := s.cfg.Session.TTL
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 || d > s.cfg.Session.MaxTTL {
+			return apierr.ErrBadRequest.WithMessage("ttl must be a duration between 0 and %s", s.cfg.Session.MaxTTL)
+		}
+		ttl = d
+	}
+	if err := s.opts.Audit.Record(c.Request().Context(), s.event(c, "admin_session_token", string(enclave.UserOwner(userID)), "", "")); err != nil {
+		return err
+	}
+	tok, exp := s.opts.Sessions.Mint(userID, ttl)
+	return c.JSON(http.StatusCreated, sessionTokenResponse{Token: tok, ExpiresAt: exp})
+}
+
+type userDescription struct {
+	UserID string            `json:"userId"`
+	Keys   []enclave.KeyInfo `json:"keys"`
+	Data   map[string]any    `json:"data,omitempty"`
+}
+
+func (s *Server) describeUser(c echo.Context) error {
+	userID := c.Param("userId")
+	if err := ValidUserID(userID); err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	keys, err := s.opts.Custody.ListKeys(ctx, enclave.UserOwner(userID))
+	if err != nil {
+		return err
+	}
+	d := userDescription{UserID: userID, Keys: keys, Data: map[string]any{}}
+	if d.Keys == nil {
+		d.Keys = []enclave.KeyInfo{}
+	}
+	for _, u := range s.opts.Users {
+		v, err := u.DescribeUser(ctx, userID)
+		if err != nil {
+			return err
+		}
+		if v != nil {
+			d.Data[u.Name()] = v
+		}
+	}
+	if len(d.Keys) == 0 && len(d.Data) == 0 {
+		return apierr.ErrNotFound.WithMessage("nothing is stored for this user")
+	}
+	return c.JSON(http.StatusOK, d)
+}
+
+func (s *Server) deleteUser(c echo.Context) error {
+	userID := c.Param("userId")
+	if err := ValidUserID(userID); err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	owner := enclave.UserOwner(userID)
+	if err := s.opts.Audit.Record(ctx, s.event(c, "admin_delete_user", string(owner), "", "")); err != nil {
+		return err
+	}
+	if _, err := s.opts.Custody.DeleteOwner(ctx, owner); err != nil {
+		return err
+	}
+	for _, u := range s.opts.Users {
+		if err := u.DeleteUser(ctx, userID); err != nil {
+			return err
+		}
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+func (s *Server) listVersions(c echo.Context) error {
+	userID := c.Param("userId")
+	if err := ValidUserID(userID); err != nil {
+		return err
+	}
+	vs, err := s.opts.Custody.ListVersions(c.Request().Context(), enclave.UserOwner(userID), c.Param("method"))
+	if err != nil {
+		return err
+	}
+	if vs == nil {
+		vs = []enclave.VersionInfo{}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"versions": vs})
+}
+
+func (s *Server) restoreVersion(c echo.Context) error {
+	userID := c.Param("userId")
+	if err := ValidUserID(userID); err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	owner, method := enclave.UserOwner(userID), c.Param("method")
+	ev := s.event(c, "admin_restore_version", string(owner), method, "")
+	ev.Fields = map[string]string{"version": c.Param("versionId")}
+	if err := s.opts.Audit.Record(ctx, ev); err != nil {
+		return err
+	}
+	if err := s.opts.Custody.RestoreVersion(ctx, owner, method, c.Param("versionId")); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// backup streams a consistent copy of the live store (Tx.WriteTo): bbolt's
+// lock keeps other processes from copying the file (DECISIONS 15).
+func (s *Server) backup(c echo.Context) error {
+	if err := s.opts.Audit.Record(c.Request().Context(), s.event(c, "admin_backup", "", "", "")); err != nil {
+		return err
+	}
+	c.Response().Header().Set(echo.HeaderContentType, "application/octet-stream")
+	c.Response().Header().Set("Content-Disposition", `attachment; filename="keywarden-backup.db"`)
+	c.Response().WriteHeader(http.StatusOK)
+	_, err := s.opts.DB.WriteTo(c.Response())
+	if err != nil {
+		s.log.Error("backup stream failed", "err", err)
+	}
+	return nil
+}

@@ -1,0 +1,239 @@
+package server
+
+import (
+	"context"
+	"encoding/base64"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/server/firebase"
+)
+
+// FirebaseVerifier verifies Firebase ID tokens (server/firebase.Verifier).
+type FirebaseVerifier interface {
+	Verify(ctx context.Context, rawToken string) (*firebase.Identity, error)
+}
+
+// MethodFirebase is the backup method of keys stored through a Firebase
+// ID token.
+const MethodFirebase = "FIREBASE"
+
+var (
+	errFirebaseOff    = apierr.New(http.StatusServiceUnavailable, "firebase_not_configured", "Firebase Auth is not configured on this appliance (firebase.project_ids)")
+	errBlocked        = apierr.New(http.StatusForbidden, "user_blocked", "this user is blocked by the operator")
+	errTokenMissing   = apierr.New(http.StatusUnauthorized, "token_missing", "send the Firebase ID token as Authorization: Bearer <token>")
+	errRecentSignIn   = apierr.ErrKeyExists.WithMessage("a key is already stored; replacing it needs a recent sign-in (re-authenticate and retry with a fresh token)")
+	errBadKeyEncoding = apierr.New(http.StatusBadRequest, "invalid_key", "key must be standard base64 of 32 to 64 bytes")
+)
+
+func (s *Server) firebaseRoutes(public, admin *echo.Group) {
+	public.PUT("/v1/firebase/key", s.firebasePut, s.unsealed)
+	public.GET("/v1/firebase/key", s.firebaseGet, s.unsealed)
+	public.POST("/v1/firebase/key/release", s.firebaseGet, s.unsealed)
+	public.DELETE("/v1/firebase/key", s.firebaseDelete, s.unsealed)
+}
+
+// VerifyFirebase checks the request's Firebase ID token (from header h, or
+// Authorization: Bearer when h is empty) and the operator's block list.
+func (s *Server) VerifyFirebase(c echo.Context, header string) (*firebase.Identity, error) {
+	if s.opts.Firebase == nil {
+		return nil, errFirebaseOff
+	}
+	var raw string
+	if header != "" {
+		raw = strings.TrimSpace(c.Request().Header.Get(header))
+		raw = strings.TrimPrefix(raw, "Bearer ")
+	} else {
+		raw, _ = bearer(c.Request().Header.Get("Authorization"))
+	}
+	if raw == "" {
+		return nil, errTokenMissing
+	}
+	id, err := s.opts.Firebase.Verify(c.Request().Context(), raw)
+	if err != nil {
+		if e, ok := apierr.As(err); ok && e.Status == http.StatusUnauthorized {
+			s.opts.Audit.Refusal(c.Request().Context(), s.event(c, audit.ActionRefusal, "", MethodFirebase, e.Code))
+		}
+		return nil, err
+	}
+	if s.blocked.has(id.Owner()) {
+		s.opts.Audit.Refusal(c.Request().Context(), s.event(c, audit.ActionRefusal, id.Owner(), MethodFirebase, "user_blocked"))
+		return nil, errBlocked
+	}
+	c.Set("actor", id.Owner())
+	return id, nil
+}
+
+type keyRequest struct {
+	Key string `json:"key"`
+}
+
+func decodeKey(s string) (secret.Bytes, error) {
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		b, err = base64.RawStdEncoding.DecodeString(s)
+	}
+	if err != nil || len(b) < 32 || len(b) > 64 {
+		return secret.Bytes{}, errBadKeyEncoding
+	}
+	return secret.NewBytes(b), nil
+}
+
+func (s *Server) firebasePut(c echo.Context) error {
+	id, err := s.VerifyFirebase(c, "")
+	if err != nil {
+		return err
+	}
+	var req keyRequest
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	key, err := decodeKey(req.Key)
+	if err != nil {
+		return err
+	}
+	defer key.Wipe()
+	ctx := c.Request().Context()
+	owner := enclave.Owner(id.Owner())
+	if max := s.cfg.Firebase.OverwriteMaxAuthAge; max > 0 && s.now().Sub(id.AuthTime) > max {
+		if has, err := s.opts.Custody.HasKey(ctx, owner, MethodFirebase); err != nil {
+			return err
+		} else if has {
+			s.opts.Audit.Refusal(ctx, s.event(c, audit.ActionRefusal, string(owner), MethodFirebase, "key_exists"))
+			return errRecentSignIn
+		}
+	}
+	replaced, err := s.StoreKey(c, owner, MethodFirebase, key.Reveal(), enclave.PutOptions{})
+	if err != nil {
+		return err
+	}
+	if replaced {
+		return c.NoContent(http.StatusOK)
+	}
+	return c.NoContent(http.StatusCreated)
+}
+
+// StoreKey stores a key with audit (fail closed: the audit line is durable
+// before the key is written) and metrics.
+func (s *Server) StoreKey(c echo.Context, owner enclave.Owner, method string, key []byte, opts enclave.PutOptions) (bool, error) {
+	ctx := c.Request().Context()
+	if err := s.opts.Audit.Record(ctx, s.event(c, audit.ActionStore, string(owner), method, "")); err != nil {
+		s.opts.Metrics.Stores.WithLabelValues(method, "audit_failed").Inc()
+		return false, err
+	}
+	replaced, err := s.opts.Custody.PutKey(ctx, owner, method, key, opts)
+	outcome := "stored"
+	if err != nil {
+		outcome = "failed"
+	}
+	s.opts.Metrics.Stores.WithLabelValues(method, outcome).Inc()
+	return replaced, err
+}
+
+// ReleaseKey opens a key for its verified owner, audits the release (fail
+// closed) and observes its latency. It makes no TPM command.
+func (s *Server) ReleaseKey(c echo.Context, owner enclave.Owner, method string) (secret.Bytes, *enclave.KeyInfo, error) {
+	start := time.Now()
+	ctx := c.Request().Context()
+	key, info, err := s.opts.Custody.Lookup(ctx, owner, method)
+	if err != nil {
+		s.opts.Metrics.Releases.WithLabelValues(method, "not_released").Observe(time.Since(start).Seconds())
+		return secret.Bytes{}, nil, err
+	}
+	if err := s.opts.Audit.Record(ctx, s.event(c, audit.ActionRelease, string(owner), method, "")); err != nil {
+		key.Wipe()
+		s.opts.Metrics.Releases.WithLabelValues(method, "audit_failed").Observe(time.Since(start).Seconds())
+		return secret.Bytes{}, nil, err
+	}
+	s.opts.Metrics.Releases.WithLabelValues(method, "released").Observe(time.Since(start).Seconds())
+	return key, info, nil
+}
+
+type releaseRequest struct {
+	RecipientPublicKey string `json:"recipientPublicKey"`
+}
+
+// KeyResponse is a released key: in the clear (over TLS) or sealed to the
+// client's HPKE key.
+type KeyResponse struct {
+	Key       string `json:"key,omitempty"`
+	SealedKey string `json:"sealedKey,omitempty"`
+	Enc       string `json:"enc,omitempty"`
+	Suite     string `json:"suite,omitempty"`
+}
+
+func decodeB64Any(s string) ([]byte, error) {
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(s); err == nil {
+			return b, nil
+		}
+	}
+	return nil, apierr.New(http.StatusBadRequest, "invalid_recipient_key", "recipientPublicKey must be base64 or base64url")
+}
+
+// HPKEInfo is the HPKE info string a Firebase release is sealed with.
+func HPKEInfo(route string, owner enclave.Owner) []byte {
+	return []byte("keywarden release v1|" + route + "|" + string(owner))
+}
+
+func (s *Server) firebaseGet(c echo.Context) error {
+	id, err := s.VerifyFirebase(c, "")
+	if err != nil {
+		return err
+	}
+	recipient := c.QueryParam("recipientPublicKey")
+	if c.Request().Method == http.MethodPost {
+		var req releaseRequest
+		if err := bindJSON(c, &req); err != nil {
+			return err
+		}
+		recipient = req.RecipientPublicKey
+	}
+	var rpk []byte
+	if recipient != "" {
+		if rpk, err = decodeB64Any(recipient); err != nil {
+			return err
+		}
+		if err := enclave.ValidRecipientKey(rpk); err != nil {
+			return err
+		}
+	}
+	owner := enclave.Owner(id.Owner())
+	key, _, err := s.ReleaseKey(c, owner, MethodFirebase)
+	if err != nil {
+		return err
+	}
+	defer key.Wipe()
+	if rpk != nil {
+		enc, ct, suite, err := enclave.SealToRecipient(rpk, key.Reveal(), HPKEInfo("firebase", owner))
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, KeyResponse{SealedKey: base64.StdEncoding.EncodeToString(ct), Enc: base64.StdEncoding.EncodeToString(enc), Suite: suite})
+	}
+	c.Response().Header().Set("Cache-Control", "no-store")
+	return c.JSON(http.StatusOK, KeyResponse{Key: base64.StdEncoding.EncodeToString(key.Reveal())})
+}
+
+func (s *Server) firebaseDelete(c echo.Context) error {
+	id, err := s.VerifyFirebase(c, "")
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	owner := enclave.Owner(id.Owner())
+	if err := s.opts.Audit.Record(ctx, s.event(c, audit.ActionDelete, string(owner), MethodFirebase, "")); err != nil {
+		return err
+	}
+	if err := s.opts.Custody.DeleteKey(ctx, owner, MethodFirebase); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}

@@ -1,0 +1,505 @@
+// Package server is Keywarden's HTTP API on labstack/echo.
+//
+// Two listeners (DECISIONS 18): the public one serves client, SDK, webhook
+// and health routes; the admin one serves /v1/admin/* and /metrics
+// (loopback by default). In dev mode both are one listener.
+//
+// Handlers are thin: bind → validate → one service call → JSON. Errors
+// become HTTP in one place, [Server.handleError], from *apierr.Error values:
+// {"error":{"code":"…","message":"…"}} with the right status.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/config"
+	"github.com/keywarden/keywarden/internal/metrics"
+	"github.com/keywarden/keywarden/store"
+)
+
+// Auditor is the audit log: Record is durable (fail closed), Refusal is
+// counted and sampled.
+type Auditor interface {
+	Record(ctx context.Context, ev audit.Event) error
+	Refusal(ctx context.Context, ev audit.Event)
+}
+
+// Routes is a capability that adds its routes (passkeys, custodian, Portal…).
+type Routes interface {
+	RegisterRoutes(public, admin *echo.Group)
+}
+
+// UserData is a capability that keeps per-user data: the admin API lists
+// and deletes it with the user.
+type UserData interface {
+	// DescribeUser returns a JSON-able description without secrets, or nil.
+	DescribeUser(ctx context.Context, userID string) (any, error)
+	// DeleteUser removes everything of userID it keeps.
+	DeleteUser(ctx context.Context, userID string) error
+	// Name is the key under which DescribeUser's answer appears.
+	Name() string
+}
+
+// Check is a dependency reported in /readyz. Degraded checks never fail
+// readiness (DECISIONS 20); the routes that need them answer 503 themselves.
+type Check struct {
+	Name string
+	Run  func(ctx context.Context) error
+}
+
+// Options are the server's dependencies.
+type Options struct {
+	Config   config.Config
+	Logger   *slog.Logger
+	DB       *store.DB
+	Custody  *enclave.Custody // nil while the root key is sealed
+	Sessions *enclave.SessionTokens
+	Audit    Auditor
+	Metrics  *metrics.Metrics
+	Firebase FirebaseVerifier // nil: Firebase routes answer 503
+	Routes   []Routes
+	Users    []UserData
+	Degraded []Check
+	// SealedReason explains why Custody is nil (shown in /readyz).
+	SealedReason string
+	Clock        func() time.Time
+}
+
+// Server is the HTTP API.
+type Server struct {
+	opts     Options
+	log      *slog.Logger
+	cfg      config.Config
+	Public   *echo.Echo
+	Admin    *echo.Echo // the same as Public when both listen on one address
+	draining atomic.Bool
+	adminKey [][32]byte
+	blocked  *blockList
+	now      func() time.Time
+
+	storeMu      sync.Mutex
+	storeChecked time.Time
+	storeErr     error
+}
+
+// New builds the server and its routes.
+func New(opts Options) (*Server, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	if opts.DB == nil || opts.Audit == nil {
+		return nil, errors.New("server: DB and Audit are required")
+	}
+	s := &Server{opts: opts, log: opts.Logger, cfg: opts.Config, now: opts.Clock}
+	hashes, err := adminKeyHashes(opts.Config.Admin)
+	if err != nil {
+		return nil, err
+	}
+	s.adminKey = hashes
+	if s.blocked, err = loadBlockList(context.Background(), opts.DB); err != nil {
+		return nil, err
+	}
+	s.Public = s.newEcho()
+	s.Admin = s.Public
+	if opts.Config.Listen.AdminAddr != opts.Config.Listen.Addr {
+		s.Admin = s.newEcho()
+	}
+	s.routes()
+	return s, nil
+}
+
+func (s *Server) newEcho() *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.handleError
+	e.IPExtractor = ipExtractor(s.cfg.Listen.TrustedProxies)
+	e.Use(s.requestID, s.recoverPanics, s.instrument, s.concurrencyCap(s.cfg.Listen.MaxConcurrent))
+	e.Use(middleware.BodyLimit(strconv.FormatInt(s.cfg.Limits.MaxBodyBytes, 10) + "B"))
+	return e
+}
+
+// ipExtractor believes X-Forwarded-For only from trusted proxies
+// (DECISIONS 19); by default only the direct peer counts.
+func ipExtractor(trusted []string) echo.IPExtractor {
+	if len(trusted) == 0 {
+		return echo.ExtractIPDirect()
+	}
+	opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+	for _, t := range trusted {
+		if !strings.Contains(t, "/") {
+			if strings.Contains(t, ":") {
+				t += "/128"
+			} else {
+				t += "/32"
+			}
+		}
+		if _, n, err := net.ParseCIDR(t); err == nil {
+			opts = append(opts, echo.TrustIPRange(n))
+		}
+	}
+	return echo.ExtractIPFromXFFHeader(opts...)
+}
+
+func (s *Server) routes() {
+	for _, e := range dedupe(s.Public, s.Admin) {
+		e.GET("/healthz", s.healthz)
+		e.HEAD("/healthz", s.healthz)
+		e.GET("/readyz", s.readyz)
+		e.HEAD("/readyz", s.readyz)
+	}
+	s.Admin.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.opts.Metrics.Registry, promhttp.HandlerOpts{})))
+
+	limiter := s.rateLimit()
+	var client []echo.MiddlewareFunc
+	if len(s.cfg.Listen.CORSOrigins) > 0 {
+		client = append(client, middleware.CORSWithConfig(middleware.CORSConfig{
+			AllowOrigins: s.cfg.Listen.CORSOrigins,
+			AllowMethods: []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete},
+			AllowHeaders: []string{"Authorization", "Content-Type", "X-Firebase-Token", "X-Portal-Trace-Id"},
+			MaxAge:       600,
+		}))
+	}
+	client = append(client, limiter)
+	public := s.Public.Group("", client...)
+	admin := s.Admin.Group("/v1/admin", s.requireAdmin)
+
+	admin.POST("/users/:userId/session-tokens", s.mintSessionToken, s.unsealed)
+	admin.GET("/users/:userId", s.describeUser, s.unsealed)
+	admin.DELETE("/users/:userId", s.deleteUser, s.unsealed)
+	admin.GET("/users/:userId/keys/:method/versions", s.listVersions, s.unsealed)
+	admin.POST("/users/:userId/keys/:method/versions/:versionId/restore", s.restoreVersion, s.unsealed)
+	admin.GET("/backup", s.backup)
+	admin.GET("/firebase/blocked", s.listBlocked)
+	admin.PUT("/firebase/blocked/:subject", s.block)
+	admin.DELETE("/firebase/blocked/:subject", s.unblock)
+	s.firebaseRoutes(public, admin)
+	for _, r := range s.opts.Routes {
+		r.RegisterRoutes(public, admin)
+	}
+}
+
+func dedupe(a, b *echo.Echo) []*echo.Echo {
+	if a == b {
+		return []*echo.Echo{a}
+	}
+	return []*echo.Echo{a, b}
+}
+
+// Drain makes /readyz answer 503 so load balancers stop sending traffic
+// (the first step of a graceful shutdown).
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// Draining reports whether Drain was called.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// --- middleware ---------------------------------------------------------
+
+const ctxRequestID = "request_id"
+
+// requestID takes X-Portal-Trace-Id or X-Request-Id when it is a sane
+// token, else makes one; it is the correlation id in logs and audit lines.
+func (s *Server) requestID(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		id := c.Request().Header.Get("X-Portal-Trace-Id")
+		if !saneID(id) {
+			id = c.Request().Header.Get("X-Request-Id")
+		}
+		if !saneID(id) {
+			id = newID()
+		}
+		c.Set(ctxRequestID, id)
+		c.Response().Header().Set("X-Request-Id", id)
+		return next(c)
+	}
+}
+
+func saneID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, r := range id {
+		if r < 0x21 || r > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// RequestID returns the request's correlation id.
+func RequestID(c echo.Context) string {
+	id, _ := c.Get(ctxRequestID).(string)
+	return id
+}
+
+func (s *Server) recoverPanics(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				if r == http.ErrAbortHandler {
+					panic(r)
+				}
+				// The panic value is not logged: it could hold request data.
+				s.log.Error("panic in handler", "route", c.Path(), "request_id", RequestID(c), "type", fmt.Sprintf("%T", r))
+				err = apierr.ErrInternal
+			}
+		}()
+		return next(c)
+	}
+}
+
+func (s *Server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
+	m := s.opts.Metrics
+	return func(c echo.Context) error {
+		start := time.Now()
+		m.InFlight.Inc()
+		err := next(c)
+		if err != nil {
+			c.Error(err)
+		}
+		m.InFlight.Dec()
+		route := c.Path()
+		if route == "" {
+			route = "unmatched"
+		}
+		m.Requests.WithLabelValues(route, c.Request().Method, strconv.Itoa(c.Response().Status)).Inc()
+		m.RequestDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		return nil
+	}
+}
+
+var errOverloaded = apierr.New(http.StatusServiceUnavailable, "overloaded", "the appliance is at its concurrent request limit; retry shortly").WithRetry(time.Second)
+
+func (s *Server) concurrencyCap(n int) echo.MiddlewareFunc {
+	sem := make(chan struct{}, n)
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+				return next(c)
+			default:
+				return errOverloaded
+			}
+		}
+	}
+}
+
+// rateLimit limits requests per client address (token bucket).
+func (s *Server) rateLimit() echo.MiddlewareFunc {
+	store := middleware.NewRateLimiterMemoryStoreWithConfig(middleware.RateLimiterMemoryStoreConfig{
+		Rate: rate.Limit(s.cfg.Limits.RatePerSecond), Burst: s.cfg.Limits.RateBurst, ExpiresIn: 3 * time.Minute,
+	})
+	retry := time.Duration(float64(time.Second) / s.cfg.Limits.RatePerSecond)
+	if retry < time.Second {
+		retry = time.Second
+	}
+	return middleware.RateLimiterWithConfig(middleware.RateLimiterConfig{
+		Store:               store,
+		IdentifierExtractor: func(c echo.Context) (string, error) { return c.RealIP(), nil },
+		ErrorHandler:        func(echo.Context, error) error { return apierr.ErrBadRequest },
+		DenyHandler: func(c echo.Context, _ string, _ error) error {
+			return apierr.ErrRateLimited.WithRetry(retry)
+		},
+	})
+}
+
+// unsealed refuses key routes while the root key is sealed.
+func (s *Server) unsealed(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if s.opts.Custody == nil {
+			return apierr.ErrSealed
+		}
+		return next(c)
+	}
+}
+
+// --- errors -------------------------------------------------------------
+
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// handleError is the one place errors become HTTP.
+func (s *Server) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	e := s.toAPIError(err)
+	if e.Code == "route_not_found" && s.otherMethodMatches(c) {
+		e = errMethodNotAllowed
+	}
+	if e.Status >= 500 && e.Status != http.StatusServiceUnavailable {
+		s.log.Error("request failed", "route", c.Path(), "request_id", RequestID(c), "code", e.Code, "cause", errString(e.Cause))
+	} else if e.Cause != nil {
+		s.log.Debug("request refused", "route", c.Path(), "request_id", RequestID(c), "code", e.Code, "cause", errString(e.Cause))
+	}
+	if e.Status >= 400 && e.Status < 500 && e.Status != http.StatusNotFound {
+		s.opts.Metrics.Refusals.WithLabelValues(e.Code).Inc()
+	}
+	if e.RetryAfter > 0 {
+		secs := int((e.RetryAfter + time.Second - 1) / time.Second)
+		c.Response().Header().Set("Retry-After", strconv.Itoa(secs))
+	}
+	if e.Status == http.StatusUnauthorized && c.Response().Header().Get("WWW-Authenticate") == "" {
+		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="keywarden"`)
+	}
+	if c.Request().Method == http.MethodHead {
+		_ = c.NoContent(e.Status)
+		return
+	}
+	var body errorBody
+	body.Error.Code, body.Error.Message = e.Code, e.Message
+	_ = c.JSON(e.Status, body)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func (s *Server) toAPIError(err error) *apierr.Error {
+	if e, ok := apierr.As(err); ok {
+		return e
+	}
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		switch he.Code {
+		case http.StatusNotFound:
+			return apierr.New(http.StatusNotFound, "route_not_found", "no such route; see the API in README.md")
+		case http.StatusMethodNotAllowed:
+			return errMethodNotAllowed
+		case http.StatusRequestEntityTooLarge:
+			return apierr.ErrTooLarge.WithMessage("the request body is larger than %d bytes", s.cfg.Limits.MaxBodyBytes)
+		case http.StatusUnsupportedMediaType:
+			return apierr.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send Content-Type: application/json")
+		case http.StatusBadRequest:
+			return apierr.ErrBadRequest.Wrap(err)
+		case http.StatusTooManyRequests:
+			return apierr.ErrRateLimited
+		}
+		if he.Code >= 400 && he.Code < 500 {
+			return apierr.New(he.Code, "request_error", http.StatusText(he.Code))
+		}
+		return apierr.ErrInternal.Wrap(err)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return apierr.ErrUnavailable.WithRetry(time.Second).Wrap(err)
+	}
+	if errors.Is(err, audit.ErrUnavailable) {
+		return apierr.ErrAuditFailed.WithRetry(5 * time.Second).Wrap(err)
+	}
+	if errors.Is(err, enclave.ErrOpen) {
+		return apierr.New(http.StatusInternalServerError, "record_damaged", "the stored record does not open; an operator has been told").Wrap(err)
+	}
+	return apierr.ErrInternal.Wrap(err)
+}
+
+// bindJSON decodes one JSON object from the body into v. Malformed JSON is
+// a 400 that says where; a body over the limit a 413.
+func bindJSON(c echo.Context, v any) error {
+	ct := c.Request().Header.Get(echo.HeaderContentType)
+	if ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
+		return apierr.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send Content-Type: application/json")
+	}
+	dec := json.NewDecoder(c.Request().Body)
+	if err := dec.Decode(v); err != nil {
+		var he *echo.HTTPError
+		if errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge {
+			return he
+		}
+		if errors.Is(err, io.EOF) {
+			return apierr.ErrInvalidJSON.WithMessage("the body is empty; send a JSON object")
+		}
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &se):
+			return apierr.ErrInvalidJSON.WithMessage("malformed JSON at byte %d", se.Offset)
+		case errors.As(err, &te):
+			return apierr.ErrInvalidJSON.WithMessage("field %q must be %s", te.Field, te.Type.String())
+		}
+		return apierr.ErrInvalidJSON.Wrap(err)
+	}
+	if dec.More() {
+		return apierr.ErrInvalidJSON.WithMessage("the body holds more than one JSON value")
+	}
+	return nil
+}
+
+func newID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+var errMethodNotAllowed = apierr.New(http.StatusMethodNotAllowed, "method_not_allowed", "this route does not take that HTTP method")
+
+// otherMethodMatches reports whether the path has a real route for another
+// method (echo's groups register catch-all not-found routes that would
+// otherwise turn every 405 into a 404).
+func (s *Server) otherMethodMatches(c echo.Context) bool {
+	path := c.Request().URL.Path
+	for _, e := range dedupe(s.Public, s.Admin) {
+		for _, r := range e.Routes() {
+			if r.Method == c.Request().Method || r.Method == echo.RouteNotFound || strings.HasSuffix(r.Path, "*") {
+				continue
+			}
+			if routeMatches(r.Path, path) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func routeMatches(pattern, path string) bool {
+	ps, xs := strings.Split(pattern, "/"), strings.Split(path, "/")
+	if len(ps) != len(xs) {
+		return false
+	}
+	for i := range ps {
+		if strings.HasPrefix(ps[i], ":") {
+			if xs[i] == "" {
+				return false
+			}
+			continue
+		}
+		if ps[i] != xs[i] {
+			return false
+		}
+	}
+	return true
+}
