@@ -59,7 +59,11 @@ func openTPM(ctx context.Context, c config.Config) (transport.TPMCloser, error) 
 		if !c.Dev {
 			return nil, errors.New("the TPM simulator is for `keywarden dev` only")
 		}
-		return tpmsim.Open(tpmsim.DevSeed)
+		seed := c.TPM.SimulatorSeed
+		if seed == 0 {
+			seed = tpmsim.DevSeed
+		}
+		return tpmsim.Open(seed)
 	}
 	return tpmdev.Open(ctx, c.TPM.Path)
 }

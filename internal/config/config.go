@@ -80,6 +80,10 @@ type TPM struct {
 	PCRs []int `key:"pcrs"`
 	// AttestPCRs are quoted by /v1/attestation.
 	AttestPCRs []int `key:"attest_pcrs"`
+	// SimulatorSeed seeds the simulated TPM of dev mode (0: the built-in
+	// public dev seed). Another seed is another "TPM": data sealed under
+	// one does not unseal under the other.
+	SimulatorSeed int64 `key:"simulator_seed"`
 }
 
 // Admin authenticates the customer's backend.
@@ -297,6 +301,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TPM.Path == "" {
 		add("tpm.path", "must be set (/dev/tpmrm0, tcp://host:port, or simulator in dev mode)")
+	}
+	if c.TPM.SimulatorSeed != 0 && c.TPM.Path != "simulator" {
+		add("tpm.simulator_seed", "only applies to tpm.path: simulator")
 	}
 	if c.TPM.Path == "simulator" && !c.Dev {
 		add("tpm.path", "the simulator is for `keywarden dev` only: its keys are derived from a public seed")
