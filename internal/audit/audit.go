@@ -1,0 +1,543 @@
+// Package audit is Keywarden's tamper-evident audit log: one JSON line per
+// event, hash-chained, group-committed, anchored with an HMAC, and built to
+// fail closed without ever hanging a request.
+//
+// # Files and lines
+//
+// The log lives in [Options.Dir] as audit-000001.jsonl, audit-000002.jsonl, …
+// A file is rotated once it reaches [Options.MaxFileBytes]. Every line is a
+// JSON object that starts with
+//
+//	{"seq":N,"time":"…","prev":"<hex SHA-256 of the previous line>","type":"event"|"anchor",…}
+//
+// seq counts lines from 1 across all files; prev is the SHA-256 of the
+// previous line's bytes (without its newline), and the first line ever has a
+// prev of 64 zeros. The chain runs across rotation: the first line of a new
+// file carries the hash of the last line of the file before it.
+//
+// # Durability: group commit, bounded waits, failing closed
+//
+// [Log.Record] returns only when its line is on disk (written and fsynced).
+// One writer goroutine takes every line that arrived while the previous
+// batch was being written, writes them with one write and one fsync, and
+// wakes all their callers: failing closed costs one fsync per batch, not one
+// per request. A Record that cannot be made durable within
+// [Options.WriteTimeout] (or its context) returns an error wrapping
+// [ErrUnavailable]; the caller must refuse the action. The log then reports
+// itself unhealthy ([Log.Healthy], [Log.LastError]) until a later write
+// succeeds. A Record that gave up before the writer took its line is never
+// written; one that gave up while its line was being written may still
+// appear in the log. The log may over-report an attempted action; it never
+// under-reports one that was allowed.
+//
+// When a write or fsync fails, the file is truncated back to the end of the
+// last good batch, so no partial line stays in the chain. If that is not
+// possible (the descriptor is gone, the file was deleted), the log starts a
+// new file for the next batch, chaining from the last good line. A deleted
+// audit file is noticed on the next batch (its link count is zero) and the
+// batch fails.
+//
+// # Refusals cannot flood the log
+//
+// [Log.Refusal] never blocks and is not durable per call. Refusals are
+// counted per reason ([Stats.RefusalsByReason]) and at most
+// [Options.RefusalRate] lines per second are written (a token bucket with a
+// burst of one second's worth); the others are dropped and their number, per
+// reason, is carried in the "refusals_skipped" object of the next line
+// written. Sampled lines reach the disk with the next fsync, at the latest
+// at the next anchor.
+//
+// # Disk space reserve
+//
+// Open allocates [Options.ReserveBytes] in a file named .audit-reserve in
+// the audit directory (fallocate on Linux, written out elsewhere). When a
+// write fails because the disk or quota is full, the log truncates the
+// failed batch away, deletes the reserve file and, in the space that frees,
+// writes an "audit_disk_full" line. From then on every Record fails at once
+// with [ErrDiskFull] (callers refuse: fail closed, without waiting for a
+// timeout), while sampled refusal lines and anchors keep being written until
+// they have used ReserveBytes. Each later batch tries to allocate the
+// reserve again; when that succeeds the log writes "audit_space_restored"
+// and accepts Records again. The reserve guarantees space only against this
+// appliance's own growth on a shared filesystem: another process may take
+// the freed space first, and copy-on-write filesystems with snapshots may
+// not free it at all. For a hard guarantee give the audit directory its own
+// filesystem or quota.
+//
+// # Anchors and verification
+//
+// Every [Options.AnchorInterval] (when something was written since the last
+// anchor), on [Log.Anchor] and at [Log.Close], the log writes an anchor line
+// {"seq","time","prev","type":"anchor",…,"hmac"} whose hmac is
+// HMAC-SHA256 under [Options.AnchorKey] over the domain string
+// "keywarden-audit-anchor-v1\x00" and the anchor line itself without its
+// hmac member. Since prev commits to every line before it, an anchor
+// authenticates the whole chain up to itself. [Verify] checks every line and
+// every anchor and reports the first broken entry; its semantics are
+// documented there. Someone who can write the disk but does not hold the key
+// can still cut the log back to an earlier anchor: keep [Log.Head] (or the
+// last anchor's seq) somewhere else, such as the store or a remote log, to
+// notice that.
+//
+// # Secrets
+//
+// No secret ever belongs in an audit line. The log writes what the caller
+// gives it: every [Event] field, Fields included, is a string the caller
+// vouches for. A [secret.Bytes] or [secret.String] formatted with fmt turns
+// into "[redacted]", so an accidental fmt.Sprint of one is harmless; never
+// call Reveal to fill an Event.
+package audit
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/secret"
+)
+
+// Defaults for the zero values of [Options].
+const (
+	DefaultMaxFileBytes   = 64 << 20
+	DefaultReserveBytes   = 16 << 20
+	DefaultWriteTimeout   = 2 * time.Second
+	DefaultAnchorInterval = time.Minute
+	DefaultRefusalRate    = 10
+
+	// MinAnchorKeyBytes is the shortest accepted anchor key.
+	MinAnchorKeyBytes = 32
+	// MaxEventBytes is the longest event line Record accepts.
+	MaxEventBytes = 8 << 10
+	// MaxLineBytes is the longest line the log writes and [Verify]
+	// accepts: an event and the refusals_skipped counts it may carry.
+	MaxLineBytes = 16 << 10
+	// minMaxFileBytes is the smallest MaxFileBytes accepted.
+	minMaxFileBytes = 4 << 10
+)
+
+// Actions used across Keywarden. Admin actions are "admin_" + a verb.
+const (
+	ActionStore           = "store"
+	ActionRelease         = "release"
+	ActionDelete          = "delete"
+	ActionRefusal         = "refusal"
+	ActionPasskeyRegister = "passkey_register"
+	ActionPasskeyRevoke   = "passkey_revoke"
+	ActionStart           = "start"
+	ActionStop            = "stop"
+
+	// Written by the log itself; [Verify] lists them as [Incident]s.
+	ActionTailRepaired    = "audit_tail_repaired"   // an incomplete last line was cut at Open
+	ActionTailUnanchored  = "audit_tail_unanchored" // the previous run ended without an anchor
+	ActionDiskFull        = "audit_disk_full"       // the reserve was released
+	ActionSpaceRestored   = "audit_space_restored"  // the reserve was allocated again
+	incidentActionPrefix  = "audit_"
+	defaultRefusalOutcome = "refused"
+)
+
+// Outcomes.
+const (
+	OutcomeSuccess = "success"
+	OutcomeFailure = "failure"
+	OutcomeRefused = defaultRefusalOutcome
+	OutcomeWarning = "warning"
+)
+
+// Errors. Every error Record returns because the log could not make the line
+// durable wraps ErrUnavailable (and, where it applies, ErrTimeout,
+// ErrDiskFull or ErrClosed); callers refuse the action on any error.
+var (
+	ErrUnavailable    = errors.New("audit: log unavailable")
+	ErrTimeout        = errors.New("audit: write not durable within the write timeout")
+	ErrDiskFull       = errors.New("audit: disk full")
+	ErrClosed         = errors.New("audit: log closed")
+	ErrFileRemoved    = errors.New("audit: current audit file was removed")
+	ErrInvalidEvent   = errors.New("audit: invalid event")
+	ErrInvalidOptions = errors.New("audit: invalid options")
+
+	// Verify's errors.
+	ErrBroken     = errors.New("audit: chain broken")
+	ErrUnanchored = errors.New("audit: unanchored tail")
+)
+
+// Options configure [Open]. Zero values take the documented defaults;
+// [Options.Validate] checks and never changes them.
+type Options struct {
+	// Dir holds the audit files (created 0700 if missing). Required.
+	Dir string
+	// MaxFileBytes rotates to a new file once a file reaches this size; a
+	// single batch is never split, so a file may exceed it by one batch.
+	// 0 means DefaultMaxFileBytes (64 MiB); at least 4 KiB.
+	MaxFileBytes int64
+	// ReserveBytes is disk space allocated up front so that a full disk
+	// still lets the log record that it is full, keep writing sampled
+	// refusals and anchors, and fail closed cleanly (see the package doc).
+	// Guards against the log being silenced by a disk filled through other
+	// means. 0 means DefaultReserveBytes (16 MiB); negative disables it.
+	ReserveBytes int64
+	// WriteTimeout bounds how long Record waits for durability before it
+	// fails (a dead disk or a hung fsync must not hang every request).
+	// 0 means DefaultWriteTimeout (2 s).
+	WriteTimeout time.Duration
+	// AnchorKey is the HMAC key for anchors, a root-key subkey; at least 32
+	// bytes. It makes a recomputed chain fail verification. Required.
+	// Open copies it; Close wipes the copy.
+	AnchorKey secret.Bytes
+	// AnchorInterval is how often the head is anchored while lines are
+	// being written. 0 means DefaultAnchorInterval (1 min).
+	AnchorInterval time.Duration
+	// RefusalRate is the number of refusal lines written per second at
+	// most (see [Log.Refusal]). It bounds what a flood of bad requests
+	// costs in disk space and I/O. 0 means DefaultRefusalRate (10).
+	RefusalRate int
+	// Clock returns the time written into lines and drives the refusal
+	// sampler. nil means time.Now.
+	Clock func() time.Time
+}
+
+// Validate checks o without changing it.
+func (o Options) Validate() error {
+	bad := func(field, why string) error {
+		return fmt.Errorf("%w: %s: %s", ErrInvalidOptions, field, why)
+	}
+	switch {
+	case o.Dir == "":
+		return bad("Dir", "required")
+	case o.MaxFileBytes < 0 || (o.MaxFileBytes > 0 && o.MaxFileBytes < minMaxFileBytes):
+		return bad("MaxFileBytes", fmt.Sprintf("must be 0 (default) or at least %d", minMaxFileBytes))
+	case o.WriteTimeout < 0:
+		return bad("WriteTimeout", "must not be negative")
+	case o.AnchorKey.Len() < MinAnchorKeyBytes:
+		return bad("AnchorKey", fmt.Sprintf("must be at least %d bytes", MinAnchorKeyBytes))
+	case o.AnchorInterval < 0:
+		return bad("AnchorInterval", "must not be negative")
+	case o.RefusalRate < 0:
+		return bad("RefusalRate", "must not be negative")
+	}
+	return nil
+}
+
+func (o Options) withDefaults() Options {
+	if o.MaxFileBytes == 0 {
+		o.MaxFileBytes = DefaultMaxFileBytes
+	}
+	if o.ReserveBytes == 0 {
+		o.ReserveBytes = DefaultReserveBytes
+	}
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = DefaultWriteTimeout
+	}
+	if o.AnchorInterval == 0 {
+		o.AnchorInterval = DefaultAnchorInterval
+	}
+	if o.RefusalRate == 0 {
+		o.RefusalRate = DefaultRefusalRate
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	return o
+}
+
+// Event is one audited fact. Every field is written as given: never put a
+// secret in one (see the package doc).
+type Event struct {
+	Time      time.Time         // zero means the log's clock at Record
+	Action    string            // required: ActionStore, ActionRelease, "admin_…", …
+	Outcome   string            // OutcomeSuccess, OutcomeFailure, OutcomeRefused, …
+	Actor     string            // who asked: "admin:<key id>", "user:<id>", …
+	Owner     string            // whose key (enclave.Owner)
+	Method    string            // backup method
+	Reason    string            // why, as a stable snake_case code
+	RequestID string            // correlation id (X-Portal-Trace-Id, …)
+	Remote    string            // client address
+	Fields    map[string]string // anything else; strings the caller vouches for
+}
+
+// Stats is a snapshot of the log's counters, for Prometheus.
+type Stats struct {
+	Lines       uint64 // lines written (events, sampled refusals, anchors)
+	Batches     uint64 // successful batch writes
+	Fsyncs      uint64 // fsyncs issued
+	Anchors     uint64 // anchor lines written
+	WriteErrors uint64 // failed batches
+	Timeouts    uint64 // Records that gave up after WriteTimeout
+
+	Refusals         uint64            // Refusal calls
+	RefusalsSampled  uint64            // refusal lines written
+	RefusalsDropped  uint64            // refusals not written as a line (counted in refusals_skipped)
+	RefusalsByReason map[string]uint64 // Refusal calls per reason (at most 64 reasons, then "other")
+
+	File      string // current file name
+	LowSpace  bool   // the reserve is in use: Records fail with ErrDiskFull
+	Healthy   bool
+	LastError error // nil when healthy
+}
+
+// Log is an open audit log. Its methods are safe for concurrent use.
+type Log struct {
+	opts Options // with defaults
+	key  secret.Bytes
+
+	reqs     chan *request
+	refusals chan Event
+	inject   chan func() // lets tests run code on the writer goroutine
+	closing  chan struct{}
+	done     chan struct{}
+	closed   atomic.Bool
+	closeErr error // set by the writer before done is closed
+
+	w writer // owned by the writer goroutine
+
+	sampler sampler
+
+	lines, batches, fsyncs, anchors, writeErrors, timeouts atomic.Uint64
+	busySince                                              atomic.Int64 // unix nanos while a batch is being written
+
+	mu       sync.Mutex // guards the fields below
+	lastErr  error
+	pubSeq   uint64
+	pubHead  [sha256.Size]byte
+	pubFile  string
+	lowSpace bool
+}
+
+// request is one Record or Anchor call waiting for its line.
+type request struct {
+	anchor bool
+	ev     Event
+	state  atomic.Int32 // reqPending → reqTaken (by the writer) or reqAbandoned (by the caller)
+	done   chan error   // buffered: the writer never blocks on it
+}
+
+const (
+	reqPending int32 = iota
+	reqTaken
+	reqAbandoned
+)
+
+// Open opens (or creates) the log in opts.Dir and continues its chain. It
+// checks the last file completely (every link and anchor): a broken line
+// there is an error naming the file and line. An incomplete last line (a
+// write interrupted by a crash: it was never acknowledged) is cut off, and a
+// tail that ends without an anchor is accepted; both are recorded in the log
+// ([ActionTailRepaired], [ActionTailUnanchored]) before Open returns. The
+// disk reserve is allocated before anything else; Open fails if it cannot be.
+func Open(ctx context.Context, opts Options) (*Log, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	o := opts.withDefaults()
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("audit: open: %w", err)
+	}
+	l := &Log{
+		opts:     o,
+		key:      secret.CopyBytes(o.AnchorKey.Reveal()),
+		reqs:     make(chan *request, 1024),
+		refusals: make(chan Event, max(o.RefusalRate, 16)),
+		inject:   make(chan func()),
+		closing:  make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	l.opts.AnchorKey = secret.Bytes{} // the caller's slice; l.key is ours
+	l.sampler.init(o.RefusalRate)
+	if o.ReserveBytes > 0 {
+		l.w.reserve = &reserve{path: reservePath(o.Dir), size: o.ReserveBytes}
+		if err := l.w.reserve.allocate(); err != nil {
+			return nil, fmt.Errorf("audit: open: reserving %d bytes in %s: %w", o.ReserveBytes, o.Dir, err)
+		}
+	}
+	notes, err := l.w.resume(o.Dir, l.key.Reveal())
+	if err != nil {
+		return nil, err
+	}
+	l.publish()
+	go l.run()
+	for _, n := range notes {
+		if err := l.Record(ctx, n); err != nil {
+			_ = l.Close(ctx)
+			return nil, fmt.Errorf("audit: open: recording %s: %w", n.Action, err)
+		}
+	}
+	return l, nil
+}
+
+// Record writes ev as one line and returns when it is durable. Any error
+// means the line may not be on disk and the action must be refused; errors
+// from the log wrap [ErrUnavailable]. Record waits at most
+// [Options.WriteTimeout] (less if ctx ends sooner).
+func (l *Log) Record(ctx context.Context, ev Event) error {
+	if ev.Time.IsZero() {
+		ev.Time = l.opts.Clock()
+	}
+	if err := checkEvent(ev); err != nil {
+		return err
+	}
+	return l.submit(ctx, &request{ev: ev, done: make(chan error, 1)})
+}
+
+// Anchor writes an anchor line now and returns when it is durable. Call it
+// before verifying a live log, so that its tail is anchored.
+func (l *Log) Anchor(ctx context.Context) error {
+	return l.submit(ctx, &request{anchor: true, done: make(chan error, 1)})
+}
+
+func (l *Log) submit(ctx context.Context, r *request) error {
+	if l.closed.Load() {
+		return unavailable(ErrClosed)
+	}
+	timer := time.NewTimer(l.opts.WriteTimeout)
+	defer timer.Stop()
+	var why error
+	select {
+	case l.reqs <- r:
+		select {
+		case err := <-r.done:
+			return err
+		case <-timer.C:
+			why = ErrTimeout
+		case <-ctx.Done():
+			why = ctx.Err()
+		case <-l.done:
+			why = ErrClosed
+		}
+	case <-timer.C:
+		why = ErrTimeout
+	case <-ctx.Done():
+		return unavailable(ctx.Err())
+	case <-l.done:
+		return unavailable(ErrClosed)
+	}
+	// Gave up. If the writer has not taken the line, it never will; if it
+	// has, its answer may already be there (and it always is once the
+	// writer has exited).
+	if !r.state.CompareAndSwap(reqPending, reqAbandoned) {
+		if why == ErrClosed {
+			return <-r.done
+		}
+		select {
+		case err := <-r.done:
+			return err
+		default:
+		}
+	}
+	if why == ErrTimeout {
+		l.timeouts.Add(1)
+		l.setErr(fmt.Errorf("%w (%s)", ErrTimeout, l.opts.WriteTimeout))
+	}
+	return unavailable(why)
+}
+
+// Refusal counts a refused request and, within [Options.RefusalRate],
+// writes it as a line. It never blocks and is not durable per call (see the
+// package doc). Action defaults to [ActionRefusal], Outcome to
+// [OutcomeRefused]; Reason should be a stable code such as
+// "origin_mismatch": it is the counting key.
+func (l *Log) Refusal(_ context.Context, ev Event) {
+	if ev.Action == "" {
+		ev.Action = ActionRefusal
+	}
+	if ev.Outcome == "" {
+		ev.Outcome = OutcomeRefused
+	}
+	now := l.opts.Clock()
+	if !l.sampler.admit(ev.Reason, now) || l.closed.Load() {
+		l.sampler.skip(ev.Reason)
+		return
+	}
+	if ev.Time.IsZero() {
+		ev.Time = now
+	}
+	if checkEvent(ev) != nil {
+		l.sampler.skip(ev.Reason)
+		return
+	}
+	select {
+	case l.refusals <- ev:
+	default:
+		l.sampler.skip(ev.Reason)
+	}
+}
+
+// Close writes the remaining lines and a final anchor, then closes the
+// file. Records after Close fail with [ErrClosed]. It returns an error if the
+// final lines could not be made durable, or ctx's error if it ends first.
+func (l *Log) Close(ctx context.Context) error {
+	if !l.closed.CompareAndSwap(false, true) {
+		return ErrClosed
+	}
+	close(l.closing)
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+		return fmt.Errorf("audit: close: %w", ctx.Err())
+	}
+	l.key.Wipe()
+	return l.closeErr
+}
+
+// Healthy reports whether the last write succeeded and no batch has been
+// pending longer than the write timeout.
+func (l *Log) Healthy() bool { return l.LastError() == nil }
+
+// LastError is why the log is unhealthy, or nil.
+func (l *Log) LastError() error {
+	if since := l.busySince.Load(); since != 0 {
+		if d := time.Since(time.Unix(0, since)); d > l.opts.WriteTimeout {
+			return fmt.Errorf("%w: a batch has been pending for %s", ErrTimeout, d.Round(time.Millisecond))
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lastErr
+}
+
+// Head returns the seq and hex hash of the last line written. Keep the
+// value of an anchor somewhere outside the audit directory to notice the log
+// being cut back to an earlier anchor.
+func (l *Log) Head() (seq uint64, hash string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.pubSeq, hex.EncodeToString(l.pubHead[:])
+}
+
+// Stats returns the counters.
+func (l *Log) Stats() Stats {
+	s := Stats{
+		Lines:       l.lines.Load(),
+		Batches:     l.batches.Load(),
+		Fsyncs:      l.fsyncs.Load(),
+		Anchors:     l.anchors.Load(),
+		WriteErrors: l.writeErrors.Load(),
+		Timeouts:    l.timeouts.Load(),
+	}
+	s.Refusals, s.RefusalsSampled, s.RefusalsDropped, s.RefusalsByReason = l.sampler.stats()
+	s.LastError = l.LastError()
+	s.Healthy = s.LastError == nil
+	l.mu.Lock()
+	s.File, s.LowSpace = l.pubFile, l.lowSpace
+	l.mu.Unlock()
+	return s
+}
+
+func (l *Log) setErr(err error) {
+	l.mu.Lock()
+	l.lastErr = err
+	l.mu.Unlock()
+}
+
+// publish copies the writer's state for the getters.
+func (l *Log) publish() {
+	l.mu.Lock()
+	l.pubSeq, l.pubHead, l.pubFile, l.lowSpace = l.w.seq, l.w.head, l.w.fileName(), l.w.lowSpace
+	l.mu.Unlock()
+}
+
+func unavailable(err error) error { return fmt.Errorf("%w: %w", ErrUnavailable, err) }

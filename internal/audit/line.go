@@ -1,0 +1,162 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+)
+
+const (
+	typeEvent  = "event"
+	typeAnchor = "anchor"
+
+	anchorDomain = "keywarden-audit-anchor-v1\x00"
+	// hmacPrefix starts the last member of an anchor line; the line ends
+	// with hmacPrefix, 64 hex digits and `"}`.
+	hmacPrefix = `,"hmac":"`
+	hmacSuffix = len(hmacPrefix) + 2*sha256.Size + len(`"}`)
+)
+
+// zeroHash is the prev of the first line ever.
+var zeroHash = strings.Repeat("0", 2*sha256.Size)
+
+// wireLine is a line as written. Field order is the order on disk: the
+// chain fields first, the hmac last (anchors rely on it).
+type wireLine struct {
+	Seq             uint64            `json:"seq"`
+	Time            string            `json:"time"`
+	Prev            string            `json:"prev"`
+	Type            string            `json:"type"`
+	Action          string            `json:"action,omitempty"`
+	Outcome         string            `json:"outcome,omitempty"`
+	Actor           string            `json:"actor,omitempty"`
+	Owner           string            `json:"owner,omitempty"`
+	Method          string            `json:"method,omitempty"`
+	Reason          string            `json:"reason,omitempty"`
+	RequestID       string            `json:"request_id,omitempty"`
+	Remote          string            `json:"remote,omitempty"`
+	Fields          map[string]string `json:"fields,omitempty"`
+	RefusalsSkipped map[string]uint64 `json:"refusals_skipped,omitempty"`
+	HMAC            string            `json:"hmac,omitempty"`
+}
+
+func eventLine(ev Event) wireLine {
+	return wireLine{
+		Type:      typeEvent,
+		Time:      formatTime(ev.Time),
+		Action:    ev.Action,
+		Outcome:   ev.Outcome,
+		Actor:     ev.Actor,
+		Owner:     ev.Owner,
+		Method:    ev.Method,
+		Reason:    ev.Reason,
+		RequestID: ev.RequestID,
+		Remote:    ev.Remote,
+		Fields:    ev.Fields,
+	}
+}
+
+// checkEvent rejects an event without an action or whose line would be
+// longer than MaxEventBytes.
+func checkEvent(ev Event) error {
+	if ev.Action == "" {
+		return fmt.Errorf("%w: Action is required", ErrInvalidEvent)
+	}
+	w := eventLine(ev)
+	w.Seq, w.Prev = math.MaxUint64, zeroHash
+	b, err := json.Marshal(w)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
+	}
+	if len(b) > MaxEventBytes {
+		return fmt.Errorf("%w: line of %d bytes exceeds %d", ErrInvalidEvent, len(b), MaxEventBytes)
+	}
+	return nil
+}
+
+func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// batch builds the lines of one write, continuing the chain from seq and
+// head without touching the writer's state until the write succeeded.
+type batch struct {
+	buf         []byte
+	seq         uint64
+	head        [sha256.Size]byte
+	lines       int
+	anchors     int
+	sinceAnchor int // lines since the last anchor, after this batch
+	sync        bool
+	skipped     map[string]uint64 // carried by the first line
+}
+
+// add appends one line. On error (the line would be too long) the batch is
+// unchanged.
+func (b *batch) add(w wireLine, key []byte) error {
+	w.Seq = b.seq + 1
+	w.Prev = hex.EncodeToString(b.head[:])
+	if b.lines == 0 && len(b.skipped) > 0 {
+		w.RefusalsSkipped = b.skipped
+	}
+	line, err := json.Marshal(w)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
+	}
+	if w.Type == typeAnchor {
+		line = appendHMAC(line, key)
+	}
+	if len(line)+1 > MaxLineBytes {
+		return fmt.Errorf("%w: line of %d bytes exceeds %d", ErrInvalidEvent, len(line)+1, MaxLineBytes)
+	}
+	b.buf = append(append(b.buf, line...), '\n')
+	b.seq++
+	b.head = sha256.Sum256(line)
+	b.lines++
+	if w.Type == typeAnchor {
+		b.anchors++
+		b.sinceAnchor = 0
+	} else {
+		b.sinceAnchor++
+	}
+	return nil
+}
+
+// appendHMAC turns the marshalled anchor body {…} into {…,"hmac":"…"}.
+func appendHMAC(body, key []byte) []byte {
+	mac := anchorMAC(body, key)
+	out := make([]byte, 0, len(body)+hmacSuffix-1)
+	out = append(out, body[:len(body)-1]...)
+	out = append(out, hmacPrefix...)
+	out = hex.AppendEncode(out, mac)
+	return append(out, `"}`...)
+}
+
+func anchorMAC(body, key []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(anchorDomain))
+	m.Write(body)
+	return m.Sum(nil)
+}
+
+// checkAnchorMAC verifies an anchor line's hmac, which must be its last
+// member.
+func checkAnchorMAC(line, key []byte) bool {
+	if len(line) < hmacSuffix+2 || !bytes.HasSuffix(line, []byte(`"}`)) {
+		return false
+	}
+	cut := len(line) - hmacSuffix
+	if !bytes.Equal(line[cut:cut+len(hmacPrefix)], []byte(hmacPrefix)) {
+		return false
+	}
+	got := make([]byte, sha256.Size)
+	if _, err := hex.Decode(got, line[cut+len(hmacPrefix):len(line)-2]); err != nil {
+		return false
+	}
+	body := append(bytes.Clone(line[:cut]), '}')
+	return hmac.Equal(got, anchorMAC(body, key))
+}

@@ -1,0 +1,472 @@
+package audit
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"time"
+)
+
+var fileNameRE = regexp.MustCompile(`^audit-([0-9]{6,9})\.jsonl$`)
+
+func fileName(index int) string { return fmt.Sprintf("audit-%06d.jsonl", index) }
+
+// auditFile is one audit file found in the directory.
+type auditFile struct {
+	index int
+	name  string
+}
+
+// listFiles returns the audit files in dir in chain order.
+func listFiles(dir string) ([]auditFile, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var files []auditFile
+	for _, e := range entries {
+		m := fileNameRE.FindStringSubmatch(e.Name())
+		if m == nil || !e.Type().IsRegular() {
+			continue
+		}
+		n, _ := strconv.Atoi(m[1])
+		files = append(files, auditFile{index: n, name: e.Name()})
+	}
+	slices.SortFunc(files, func(a, b auditFile) int { return a.index - b.index })
+	return files, nil
+}
+
+// writer is the state the writer goroutine owns.
+type writer struct {
+	dir          string
+	f            *os.File // nil: the next batch opens a new file
+	index        int      // of f, or of the last file
+	size         int64    // bytes of f known to be good
+	unsynced     bool     // f has lines written without fsync
+	seq          uint64
+	head         [sha256.Size]byte
+	sinceAnchor  int
+	reserve      *reserve // nil when disabled
+	lowSpace     bool     // the reserve was released
+	lowSpaceUsed int64    // bytes written since
+	lowSpaceErr  error    // why
+}
+
+func (w *writer) fileName() string {
+	if w.index == 0 {
+		return ""
+	}
+	return fileName(w.index)
+}
+
+// resume finds the end of the chain in dir, repairs an incomplete last
+// line, opens the last file for appending, and returns the events to record
+// about what it found.
+func (w *writer) resume(dir string, key []byte) ([]Event, error) {
+	w.dir = dir
+	files, err := listFiles(dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit: open: %w", err)
+	}
+	if len(files) == 0 {
+		return nil, nil
+	}
+	w.index = files[len(files)-1].index
+	// The chain ends in the last file with a line; later files are empty
+	// (created just before a failure).
+	var notes []Event
+	for i := len(files) - 1; i >= 0; i-- {
+		path := filepath.Join(dir, files[i].name)
+		fi, err := os.Stat(path)
+		if err != nil {
+			return nil, fmt.Errorf("audit: open: %w", err)
+		}
+		if fi.Size() == 0 {
+			continue
+		}
+		c := newChain(key, nil)
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("audit: open: %w", err)
+		}
+		good, brk, err := c.file(files[i].name, f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("audit: open: reading %s: %w", files[i].name, err)
+		}
+		if brk == nil {
+			brk = c.finish(false)
+		}
+		if brk != nil && brk.Kind == KindIncomplete && good >= 0 {
+			if err := os.Truncate(path, good); err != nil {
+				return nil, fmt.Errorf("audit: open: cutting the incomplete last line of %s: %w", files[i].name, err)
+			}
+			notes = append(notes, Event{Action: ActionTailRepaired, Outcome: OutcomeWarning,
+				Reason: "incomplete_last_line", Fields: map[string]string{
+					"file": files[i].name, "line": strconv.Itoa(brk.Line), "bytes_cut": strconv.FormatInt(fi.Size()-good, 10)}})
+			brk = c.finish(false)
+		}
+		if brk != nil {
+			return nil, fmt.Errorf("audit: open: %w: %s", ErrBroken, brk)
+		}
+		if c.lines == 0 {
+			continue // held only the incomplete line just cut
+		}
+		w.seq, w.head, w.sinceAnchor = c.seq, c.head, c.sinceAnchor
+		if c.sinceAnchor > 0 {
+			notes = append(notes, Event{Action: ActionTailUnanchored, Outcome: OutcomeWarning,
+				Reason: "previous_run_ended_without_anchor", Fields: map[string]string{
+					"file": files[i].name, "lines": strconv.Itoa(c.sinceAnchor),
+					"first_seq": strconv.FormatUint(c.seq-uint64(c.sinceAnchor)+1, 10)}})
+		}
+		break
+	}
+	last := filepath.Join(dir, fileName(w.index))
+	f, err := os.OpenFile(last, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return nil, fmt.Errorf("audit: open: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("audit: open: %w", err)
+	}
+	w.f, w.size = f, fi.Size()
+	return notes, nil
+}
+
+// run is the writer goroutine.
+func (l *Log) run() {
+	defer close(l.done)
+	ticker := time.NewTicker(l.opts.AnchorInterval)
+	defer ticker.Stop()
+	var reqs []*request
+	var refs []Event
+	for {
+		anchor := false
+		select {
+		case r := <-l.reqs:
+			reqs = append(reqs, r)
+		case ev := <-l.refusals:
+			refs = append(refs, ev)
+		case <-ticker.C:
+			anchor = l.w.sinceAnchor > 0 || l.sampler.pendingSkipped()
+		case fn := <-l.inject:
+			fn()
+			continue
+		case <-l.closing:
+			reqs, refs = l.drain(reqs, refs)
+			l.closeErr = l.commit(reqs, refs, true)
+			if l.w.f != nil {
+				if err := l.w.f.Close(); err != nil && l.closeErr == nil {
+					l.closeErr = fmt.Errorf("audit: close: %w", err)
+				}
+			}
+			return
+		}
+		reqs, refs = l.drain(reqs, refs)
+		_ = l.commit(reqs, refs, anchor)
+		clear(reqs)
+		clear(refs)
+		reqs, refs = reqs[:0], refs[:0]
+	}
+}
+
+// drain takes every line already waiting: they share one write and fsync.
+func (l *Log) drain(reqs []*request, refs []Event) ([]*request, []Event) {
+	for {
+		select {
+		case r := <-l.reqs:
+			reqs = append(reqs, r)
+		case ev := <-l.refusals:
+			refs = append(refs, ev)
+		default:
+			return reqs, refs
+		}
+	}
+}
+
+// commit writes one batch: the events of reqs (durable), the refusal lines
+// refs (not synced unless something else is), and an anchor if asked for or
+// if an Anchor call is among reqs. It answers every request it takes.
+func (l *Log) commit(reqs []*request, refs []Event, anchor bool) error {
+	var events, anchorWaiters []*request
+	for _, r := range reqs {
+		if !r.state.CompareAndSwap(reqPending, reqTaken) {
+			continue // its caller gave up: never written
+		}
+		if r.anchor {
+			anchor = true
+			anchorWaiters = append(anchorWaiters, r)
+		} else {
+			events = append(events, r)
+		}
+	}
+	if anchor && l.w.sinceAnchor == 0 && len(events) == 0 && len(refs) == 0 && !l.sampler.pendingSkipped() && l.w.seq > 0 {
+		anchor = false // the head is anchored already
+		answer(anchorWaiters, nil)
+		anchorWaiters = nil
+	}
+	if len(events) == 0 && len(refs) == 0 && !anchor {
+		return nil
+	}
+	l.busySince.Store(time.Now().UnixNano())
+
+	// Events refused for lack of space, answered with the others at the
+	// end, once the health state is set.
+	var refused []*request
+	var notes []Event
+	if l.w.lowSpace {
+		if err := l.w.reserve.allocate(); err == nil {
+			l.w.lowSpace, l.w.lowSpaceErr = false, nil
+			notes = append(notes, Event{Action: ActionSpaceRestored, Outcome: OutcomeSuccess,
+				Reason: "reserve_allocated", Time: l.opts.Clock()})
+		} else {
+			refused, events = events, nil
+		}
+	}
+	err := l.write(notes, events, refs, anchor)
+	if err != nil {
+		l.writeErrors.Add(1)
+	}
+	if err != nil && isNoSpace(err) && l.w.reserve != nil && !l.w.lowSpace {
+		// The disk is full: refuse the events (their callers refuse the
+		// actions), free the reserve and say so in the space it frees.
+		l.w.lowSpace, l.w.lowSpaceUsed = true, 0
+		l.w.lowSpaceErr = fmt.Errorf("%w: %w", ErrDiskFull, err)
+		refused, events = append(refused, events...), nil
+		if rerr := l.w.reserve.release(); rerr != nil {
+			err = errors.Join(err, rerr)
+		} else {
+			notes = []Event{{Action: ActionDiskFull, Outcome: OutcomeFailure, Reason: "no_space",
+				Time: l.opts.Clock(), Fields: map[string]string{"error": err.Error()}}}
+			if err = l.write(notes, nil, refs, anchor); err != nil {
+				l.writeErrors.Add(1)
+			}
+		}
+	}
+	l.busySince.Store(0)
+	if err != nil {
+		l.sampler.unwritten(nil, refs)
+	}
+	switch {
+	case err != nil:
+		l.setErr(err)
+	case l.w.lowSpace:
+		l.setErr(l.w.lowSpaceErr)
+	default:
+		l.setErr(nil)
+	}
+	l.publish()
+	if len(refused) > 0 {
+		answer(refused, unavailable(l.w.lowSpaceErr))
+	}
+	answer(events, wrapUnavailable(err))
+	answer(anchorWaiters, wrapUnavailable(err))
+	return err
+}
+
+func wrapUnavailable(err error) error {
+	if err == nil {
+		return nil
+	}
+	return unavailable(err)
+}
+
+func answer(reqs []*request, err error) {
+	for _, r := range reqs {
+		r.done <- err
+	}
+}
+
+// write encodes and writes one batch: notes and events (durable), sampled
+// refusal lines, and an anchor last. On error nothing of it counts: the
+// chain state is unchanged, the file is cut back, and the skipped counts
+// wait for the next line (the caller accounts for refs).
+func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool) error {
+	b := batch{seq: l.w.seq, head: l.w.head, sinceAnchor: l.w.sinceAnchor, skipped: l.sampler.takeSkipped()}
+	fail := func(err error) error {
+		l.sampler.unwritten(b.skipped, nil)
+		return err
+	}
+	key := l.key.Reveal()
+	for _, n := range notes {
+		if err := b.add(eventLine(n), key); err != nil {
+			return fail(err)
+		}
+	}
+	for _, r := range events {
+		if err := b.add(eventLine(r.ev), key); err != nil {
+			return fail(err) // cannot happen: Record checked the size
+		}
+	}
+	b.sync = b.lines > 0
+	var sampled, dropped []Event
+	for _, ev := range refs {
+		// In low space, refusal lines may use half the reserve; anchors
+		// and notes keep the rest.
+		if l.w.lowSpace && l.w.lowSpaceUsed+int64(len(b.buf)) >= l.w.reserve.size/2 {
+			dropped = append(dropped, ev)
+			continue
+		}
+		if err := b.add(eventLine(ev), key); err != nil {
+			dropped = append(dropped, ev)
+			continue
+		}
+		sampled = append(sampled, ev)
+	}
+	if anchor {
+		if err := b.add(wireLine{Type: typeAnchor, Time: formatTime(l.opts.Clock())}, key); err != nil {
+			return fail(err)
+		}
+		b.sync = true
+	}
+	if b.lines == 0 {
+		l.sampler.unwritten(b.skipped, dropped)
+		return nil
+	}
+	if l.w.lowSpace && l.w.lowSpaceUsed+int64(len(b.buf)) > l.w.reserve.size {
+		return fail(fmt.Errorf("%w: the reserve of %d bytes is used up", ErrDiskFull, l.w.reserve.size))
+	}
+	if err := l.w.writeBatch(&b, l.opts.MaxFileBytes); err != nil {
+		return fail(err)
+	}
+	if b.sync {
+		l.fsyncs.Add(1)
+	}
+	l.sampler.unwritten(nil, dropped)
+	l.sampler.wrote(len(sampled))
+	l.lines.Add(uint64(b.lines))
+	l.anchors.Add(uint64(b.anchors))
+	l.batches.Add(1)
+	if l.w.lowSpace {
+		l.w.lowSpaceUsed += int64(len(b.buf))
+	}
+	return nil
+}
+
+// writeBatch appends b to the current file (rotating first if it would
+// grow past maxBytes) and fsyncs if b.sync. On success it moves the chain
+// state forward; on failure it cuts the file back to its last good size or,
+// if that fails, drops the file so the next batch starts a new one.
+func (w *writer) writeBatch(b *batch, maxBytes int64) error {
+	if w.f != nil && w.size > 0 && w.size+int64(len(b.buf)) > maxBytes {
+		if err := w.closeFile(); err != nil {
+			return err
+		}
+	}
+	if w.f == nil {
+		if err := w.newFile(); err != nil {
+			return err
+		}
+	}
+	if err := w.checkLinked(); err != nil {
+		w.dropFile()
+		return err
+	}
+	if _, err := w.f.Write(b.buf); err != nil {
+		w.cutBack()
+		return fmt.Errorf("audit: writing %s: %w", w.fileName(), err)
+	}
+	if b.sync {
+		if err := w.f.Sync(); err != nil {
+			// After a failed fsync the state of unsynced pages is unknown:
+			// cut back and never write to this file again.
+			w.cutBack()
+			w.dropFile()
+			return fmt.Errorf("audit: fsync %s: %w", w.fileName(), err)
+		}
+	}
+	w.unsynced = !b.sync
+	w.size += int64(len(b.buf))
+	w.seq, w.head, w.sinceAnchor = b.seq, b.head, b.sinceAnchor
+	return nil
+}
+
+// cutBack truncates the file to its last good size; if it cannot, the file
+// is dropped.
+func (w *writer) cutBack() {
+	if w.f == nil {
+		return
+	}
+	if err := w.f.Truncate(w.size); err != nil {
+		w.dropFile()
+	}
+}
+
+// dropFile closes the current file without further writes.
+func (w *writer) dropFile() {
+	if w.f != nil {
+		_ = w.f.Close()
+		w.f = nil
+	}
+}
+
+// closeFile syncs (if needed) and closes the current file before rotation.
+func (w *writer) closeFile() error {
+	if w.unsynced {
+		if err := w.f.Sync(); err != nil {
+			w.dropFile()
+			return fmt.Errorf("audit: fsync %s: %w", w.fileName(), err)
+		}
+		w.unsynced = false
+	}
+	err := w.f.Close()
+	w.f = nil
+	if err != nil {
+		return fmt.Errorf("audit: closing %s: %w", w.fileName(), err)
+	}
+	return nil
+}
+
+// newFile creates the next audit file and makes its name durable.
+func (w *writer) newFile() error {
+	next := w.index + 1
+	files, err := listFiles(w.dir)
+	if err != nil {
+		return fmt.Errorf("audit: new file: %w", err)
+	}
+	if len(files) > 0 {
+		next = max(next, files[len(files)-1].index+1)
+	}
+	f, err := os.OpenFile(filepath.Join(w.dir, fileName(next)), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("audit: new file: %w", err)
+	}
+	if err := syncDir(w.dir); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("audit: new file: %w", err)
+	}
+	w.f, w.index, w.size, w.unsynced = f, next, 0, false
+	return nil
+}
+
+// checkLinked fails when the current file was deleted: lines written to it
+// would be lost.
+func (w *writer) checkLinked() error {
+	fi, err := w.f.Stat()
+	if err != nil {
+		return fmt.Errorf("audit: %s: %w", w.fileName(), err)
+	}
+	if n, ok := linkCount(fi); ok && n == 0 {
+		return fmt.Errorf("%w: %s", ErrFileRemoved, w.fileName())
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
