@@ -448,7 +448,10 @@ func (l *Log) Refusal(_ context.Context, ev Event) {
 		ev.Outcome = OutcomeRefused
 	}
 	now := l.opts.Clock()
-	if !l.sampler.admit(ev.Reason, now) || l.closed.Load() {
+	if !l.sampler.admit(ev.Reason, now) {
+		return
+	}
+	if l.closed.Load() {
 		l.sampler.skip(ev.Reason)
 		return
 	}

@@ -574,83 +574,6 @@ func TestRecordTimesOut(t *testing.T) {
 	}
 }
 
-// TestDiskFullTmpfs fills a real, small filesystem. It needs the right to
-// mount (root with CAP_SYS_ADMIN) and is skipped without it.
-func TestDiskFullTmpfs(t *testing.T) {
-	mnt := t.TempDir()
-	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=512k"); err != nil {
-		t.Skip("cannot mount a tmpfs:", err)
-	}
-	t.Cleanup(func() { _ = syscall.Unmount(mnt, syscall.MNT_DETACH) })
-	dir := filepath.Join(mnt, "audit")
-	l := openLog(t, Options{Dir: dir, ReserveBytes: 64 << 10})
-	mustRecord(t, l, Event{Action: ActionStart})
-
-	filler, err := os.Create(filepath.Join(mnt, "filler"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 4096)
-	for {
-		if _, err := filler.Write(chunk); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
-	filler.Close()
-
-	var failed error
-	for i := 0; failed == nil; i++ { // the last partial block may still take a line or two
-		failed = l.Record(context.Background(), Event{Action: ActionStore, Owner: fmt.Sprintf("user:%d", i)})
-		if i > 100 {
-			t.Fatal("Records keep succeeding on a full disk")
-		}
-	}
-	if !errors.Is(failed, ErrDiskFull) || l.Healthy() {
-		t.Fatalf("Record on a full disk = %v (healthy %v), want ErrDiskFull", failed, l.Healthy())
-	}
-	if err := l.Record(context.Background(), Event{Action: ActionRelease}); !errors.Is(err, ErrDiskFull) {
-		t.Fatalf("Record in low space = %v, want ErrDiskFull", err)
-	}
-	for range 5 {
-		l.Refusal(context.Background(), Event{Reason: "audit_unavailable"})
-	}
-	if err := l.Anchor(context.Background()); err != nil {
-		t.Fatalf("anchor in low space: %v", err)
-	}
-
-	if err := os.Remove(filepath.Join(mnt, "filler")); err != nil {
-		t.Fatal(err)
-	}
-	mustRecord(t, l, Event{Action: ActionStore, Owner: "user:after"})
-	if !l.Healthy() {
-		t.Fatal(l.LastError())
-	}
-	mustClose(t, l)
-	rep, err := Verify(dir, testKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, in := range rep.Incidents {
-		got = append(got, in.Action)
-	}
-	if fmt.Sprint(got) != fmt.Sprint([]string{ActionDiskFull, ActionSpaceRestored}) {
-		t.Fatalf("incidents %v", got)
-	}
-	refusals := 0
-	for _, line := range readLines(t, dir) {
-		if strings.Contains(line.Text, `"action":"refusal"`) {
-			refusals++
-		}
-	}
-	if refusals == 0 {
-		t.Fatal("no refusal line was written in low space")
-	}
-}
-
 func TestGroupCommit(t *testing.T) {
 	l := openLog(t, Options{})
 	const writers, each = 64, 8
@@ -823,5 +746,36 @@ func TestSecretsRedacted(t *testing.T) {
 	}
 	if strings.Count(out, "[redacted]") < 7 {
 		t.Fatalf("redaction markers missing: %s", out)
+	}
+}
+
+func TestOpenFails(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		opts Options
+		want error
+	}{
+		{"invalid options", Options{Dir: t.TempDir()}, ErrInvalidOptions},
+		{"dir under a regular file", Options{Dir: filepath.Join(file, "audit"), AnchorKey: testKey()}, syscall.ENOTDIR},
+		{"reserve larger than the disk", Options{Dir: t.TempDir(), AnchorKey: testKey(), ReserveBytes: 1 << 60}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, err := Open(context.Background(), tt.opts)
+			if err == nil {
+				l.Close(context.Background())
+				t.Fatal("Open succeeded")
+			}
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("Open = %v, want %v", err, tt.want)
+			}
+			if _, serr := os.Stat(reservePath(tt.opts.Dir)); serr == nil {
+				t.Fatal("a failed reserve left its file behind")
+			}
+		})
 	}
 }

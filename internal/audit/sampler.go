@@ -51,12 +51,14 @@ func (s *sampler) reasonKey(reason string) string {
 	return reason
 }
 
-// admit counts one refusal and reports whether it may become a line.
+// admit counts one refusal and reports whether it may become a line; when
+// it may not, it is counted as skipped (one lock either way).
 func (s *sampler) admit(reason string, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	key := s.reasonKey(reason)
 	s.total++
-	s.byReason[s.reasonKey(reason)]++
+	s.byReason[key]++
 	if !s.last.IsZero() {
 		if d := now.Sub(s.last); d > 0 {
 			s.tokens = min(s.rate, s.tokens+d.Seconds()*s.rate)
@@ -64,6 +66,8 @@ func (s *sampler) admit(reason string, now time.Time) bool {
 	}
 	s.last = now
 	if s.tokens < 1 {
+		s.dropped++
+		s.skipped[key]++
 		return false
 	}
 	s.tokens--
