@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -245,8 +246,8 @@ path "transit/decrypt/*" { capabilities = ["update"] }
 	})
 }
 
-// A Vault call that times out is retried, and the whole call ends within
-// the caller's context; Stats count the retries.
+// Vault stopped: a call is retried MaxRetries times, then fails with 503
+// and Retry-After; Health reports it.
 func TestVaultStoppedClient(t *testing.T) {
 	v := vaultdev.Start(t)
 	c := newClient(t, v, nil)
@@ -405,6 +406,7 @@ type countingProxy struct {
 	srv      *httptest.Server
 	inFlight atomic.Int64
 	peak     atomic.Int64
+	conns    atomic.Int64 // TCP connections the client opened
 	mu       sync.Mutex
 	gate     chan struct{}
 	arrived  chan struct{}
@@ -417,7 +419,7 @@ func newCountingProxy(t *testing.T, target string) *countingProxy {
 	}
 	p := &countingProxy{arrived: make(chan struct{}, 1000)}
 	rp := httputil.NewSingleHostReverseProxy(u)
-	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	p.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v1/transit/") {
 			n := p.inFlight.Add(1)
 			defer p.inFlight.Add(-1)
@@ -435,6 +437,12 @@ func newCountingProxy(t *testing.T, target string) *countingProxy {
 		}
 		rp.ServeHTTP(w, r)
 	}))
+	p.srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			p.conns.Add(1)
+		}
+	}
+	p.srv.Start()
 	t.Cleanup(p.srv.Close)
 	return p
 }
@@ -564,4 +572,29 @@ func FuzzCiphertextVersion(f *testing.F) {
 			t.Fatalf("%q → %d", s, v)
 		}
 	})
+}
+
+// Sequential calls reuse one connection (a body left unread would force a
+// new TCP and TLS handshake per call).
+func TestConnectionReuse(t *testing.T) {
+	v := vaultdev.Start(t)
+	p := newCountingProxy(t, v.Addr())
+	c := newClient(t, v, func(o *Options) { o.Addr = p.srv.URL })
+	ctx := testCtx(t)
+	ct, err := c.Wrap(ctx, "user:a", []byte("share"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := p.conns.Load()
+	for range 20 {
+		if _, err := c.Unwrap(ctx, "user:a", ct); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.KeyInfo(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := p.conns.Load() - before; n > 1 {
+		t.Fatalf("40 sequential calls opened %d connections", n)
+	}
 }

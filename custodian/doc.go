@@ -58,8 +58,12 @@
 //	path "M/encrypt/K" { capabilities = ["update"] }
 //	path "M/decrypt/K" { capabilities = ["update"] }
 //	path "M/rewrap/K"  { capabilities = ["update"] }
-//	path "M/keys/K"    { capabilities = ["read"] }            # key checks, rewrap target; optional
-//	path "M/keys/K"    { capabilities = ["read", "create", "update"] } # to let Keywarden create the key
+//	path "M/keys/K"    { capabilities = ["read"] }
 //
-// and the default policy (token lookup-self and renew-self).
+// and the default policy (token lookup-self and renew-self, used at login
+// and by Health). Reading M/keys/K is optional: without it the derivation
+// check is a probe and the rewrap job rewraps every record instead of
+// skipping those already at the latest version. Add "create" and "update"
+// on M/keys/K only to let Keywarden create the key. Rotation and
+// min_decryption_version stay with the Vault operator.
 package custodian

@@ -2,6 +2,8 @@ package custodian
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -87,6 +89,10 @@ func classify(err error) (e *apierr.Error, retryable bool) {
 		return ErrVaultUnavailable.WithMessage("the Vault call was cancelled").
 			WithRetry(retryAfterUnavailable).Wrap(err), false
 	}
+	if isTLSVerifyError(err) {
+		// A configuration error, not an outage: retrying cannot help.
+		return ErrVaultError.WithMessage("Vault's TLS certificate is not trusted (check ca_cert and the address)").Wrap(err), false
+	}
 	var ne net.Error
 	var oe *net.OpError
 	if errors.As(err, &ne) || errors.As(err, &oe) || isConnError(err) {
@@ -162,4 +168,13 @@ func isConnError(err error) bool {
 		}
 	}
 	return false
+}
+
+func isTLSVerifyError(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	var rh tls.RecordHeaderError // plain HTTP answered an https:// address
+	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) || errors.As(err, &rh)
 }

@@ -246,6 +246,72 @@ func TestServiceVaultStoppedMidRun(t *testing.T) {
 	}
 }
 
+// Puts run while Vault stops: every Put that succeeded is stored, every
+// one that failed stored nothing and failed with 503.
+func TestServiceVaultStoppedDuringPuts(t *testing.T) {
+	v := vaultdev.Start(t)
+	db := newDB(t)
+	s := newService(t, newClient(t, v, nil), db, ServiceOptions{})
+	ctx := testCtx(t)
+
+	const workers = 4
+	var mu sync.Mutex
+	results := map[string]error{}
+	stopped := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				owner := fmt.Sprintf("user:w%d-%04d", w, i)
+				_, err := s.Put(ctx, owner, "default", []byte("share-"+owner))
+				mu.Lock()
+				results[owner] = err
+				mu.Unlock()
+				if err != nil {
+					select {
+					case <-stopped:
+						return
+					default:
+						t.Errorf("Put %s before the stop: %v", owner, err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	for {
+		mu.Lock()
+		n := len(results)
+		mu.Unlock()
+		if n >= 40 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(stopped)
+	v.Stop()
+	wg.Wait()
+
+	ok, failed := 0, 0
+	for owner, perr := range results {
+		_, err := s.Info(ctx, owner, "default")
+		switch {
+		case perr == nil && err == nil:
+			ok++
+		case perr != nil && errors.Is(err, apierr.ErrNotFound):
+			wantCode(t, perr, ErrVaultUnavailable.Code)
+			failed++
+		default:
+			t.Errorf("%s: Put returned %v, store says %v", owner, perr, err)
+		}
+	}
+	if ok < 40 || failed < workers {
+		t.Fatalf("%d stored, %d refused", ok, failed)
+	}
+}
+
 func snapshot(t *testing.T, db *store.DB) string {
 	var b strings.Builder
 	err := db.View(context.Background(), func(tx *store.Tx) error {

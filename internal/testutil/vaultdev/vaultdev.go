@@ -56,6 +56,7 @@ const TransitMount = "transit"
 type Server struct {
 	t         testing.TB
 	addr      string
+	caCert    string // with TLS
 	rootToken string
 	unsealKey string
 	cmd       *exec.Cmd
@@ -66,15 +67,29 @@ type Server struct {
 	stopped bool
 }
 
+// Options change what [StartWith] starts. The zero value is [Start]'s server.
+type Options struct {
+	// TLS serves HTTPS with a CA and certificate Vault generates
+	// (-dev-tls); [Server.CACert] is the CA file. The listener asks for
+	// client certificates, so the cert auth method works.
+	TLS bool
+}
+
 // Start starts a Vault dev server, waits until it answers, mounts Transit
 // and creates [KeyName]. It is stopped when the test ends.
 func Start(t testing.TB) *Server {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, opts Options) *Server {
 	t.Helper()
 	bin := Binary(t)
 
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ { // a free port can be taken between probe and bind
-		s, err := start(t, bin)
+		s, err := start(t, bin, opts)
 		if err == nil {
 			t.Cleanup(s.Stop)
 			s.setup()
@@ -180,7 +195,7 @@ func cachedBinary(root string) (string, error) {
 	return filepath.Join(cache, "vault-"+sum, "vault"), nil
 }
 
-func start(t testing.TB, bin string) (*Server, error) {
+func start(t testing.TB, bin string, opts Options) (*Server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -188,12 +203,22 @@ func start(t testing.TB, bin string) (*Server, error) {
 	token := "root-" + randomHex(12)
 	home := t.TempDir()
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
-	cmd := exec.Command(bin, "server", "-dev",
-		"-dev-root-token-id="+token,
-		"-dev-listen-address="+listen,
+	args := []string{"server", "-dev",
+		"-dev-root-token-id=" + token,
+		"-dev-listen-address=" + listen,
 		"-dev-no-store-token",
 		"-log-level=warn",
-	)
+	}
+	scheme, caCert := "http", ""
+	if opts.TLS {
+		dir := filepath.Join(home, "tls")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return nil, err
+		}
+		args = append(args, "-dev-tls", "-dev-tls-cert-dir="+dir)
+		scheme, caCert = "https", filepath.Join(dir, "vault-ca.pem")
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = home
 	cmd.Env = cleanEnv(home)
 	out := &syncBuffer{}
@@ -202,7 +227,7 @@ func start(t testing.TB, bin string) (*Server, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	s := &Server{t: t, addr: "http://" + listen, rootToken: token, cmd: cmd, done: make(chan struct{}), out: out}
+	s := &Server{t: t, addr: scheme + "://" + listen, caCert: caCert, rootToken: token, cmd: cmd, done: make(chan struct{}), out: out}
 	go func() { _ = cmd.Wait(); close(s.done) }()
 
 	if err := s.waitHealthy(30 * time.Second); err != nil {
@@ -223,7 +248,6 @@ func cleanEnv(home string) []string {
 }
 
 func (s *Server) waitHealthy(limit time.Duration) error {
-	c := s.Client()
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
 		select {
@@ -231,8 +255,14 @@ func (s *Server) waitHealthy(limit time.Duration) error {
 			return errors.New("vault exited during start")
 		default:
 		}
+		c, err := s.apiClient() // with TLS, the CA file appears as Vault starts
+		if err != nil {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		h, err := c.Sys().HealthWithContext(ctx)
+		var h *api.HealthResponse
+		h, err = c.Sys().HealthWithContext(ctx)
 		cancel()
 		if err == nil && h.Initialized && !h.Sealed {
 			// The root token must work too (the mount table is ready).
@@ -302,6 +332,10 @@ func (s *Server) SetMinDecryptionVersion(name string, v int) {
 // Addr is the server's address, http://127.0.0.1:<port>.
 func (s *Server) Addr() string { return s.addr }
 
+// CACert is the PEM file of the CA that signed the server's certificate
+// ("" without TLS).
+func (s *Server) CACert() string { return s.caCert }
+
 // RootToken is the dev server's root token (random per server).
 func (s *Server) RootToken() string { return s.rootToken }
 
@@ -321,17 +355,30 @@ func (s *Server) UnsealKey() string {
 // Client returns a new API client for the server with the root token.
 // It reads no VAULT_* environment and does not retry.
 func (s *Server) Client() *api.Client {
+	c, err := s.apiClient()
+	if err != nil {
+		s.t.Fatalf("vaultdev: client: %v", err)
+	}
+	return c
+}
+
+func (s *Server) apiClient() (*api.Client, error) {
 	cfg := api.DefaultConfig()
 	cfg.Address = s.addr
 	cfg.MaxRetries = 0
 	cfg.Timeout = 10 * time.Second
+	if s.caCert != "" {
+		if err := cfg.ConfigureTLS(&api.TLSConfig{CACert: s.caCert}); err != nil {
+			return nil, err
+		}
+	}
 	c, err := api.NewClient(cfg)
 	if err != nil {
-		s.t.Fatalf("vaultdev: client: %v", err)
+		return nil, err
 	}
 	c.SetToken(s.rootToken)
 	c.ClearNamespace()
-	return c
+	return c, nil
 }
 
 // WritePolicy writes an ACL policy.
@@ -399,6 +446,28 @@ func (s *Server) EnableAppRole(role string, tokenTTL time.Duration, policies ...
 	}
 	secretID, _ = sec.Data["secret_id"].(string)
 	return roleID, secretID
+}
+
+// EnableCertAuth enables the TLS certificate auth method (once) and trusts
+// client certificates signed by caPEM for role, with the given policies.
+func (s *Server) EnableCertAuth(role string, caPEM []byte, policies ...string) {
+	s.t.Helper()
+	c := s.Client()
+	auths, err := c.Sys().ListAuth()
+	if err != nil {
+		s.t.Fatalf("vaultdev: list auth: %v", err)
+	}
+	if _, ok := auths["cert/"]; !ok {
+		if err := c.Sys().EnableAuthWithOptions("cert", &api.EnableAuthOptions{Type: "cert"}); err != nil {
+			s.t.Fatalf("vaultdev: enable cert: %v", err)
+		}
+	}
+	if _, err := c.Logical().Write("auth/cert/certs/"+role, map[string]any{
+		"certificate":    string(caPEM),
+		"token_policies": strings.Join(policies, ","),
+	}); err != nil {
+		s.t.Fatalf("vaultdev: write cert role: %v", err)
+	}
 }
 
 // Seal seals the server (sys/seal): every request then answers 503.
