@@ -74,6 +74,9 @@ func (w *policyWire) policy() (*Policy, error) {
 		if err != nil || strconv.Itoa(i) != k || i < 0 || i > MaxPCR {
 			return nil, refuse(ErrBadPolicy, fmt.Sprintf("PCR %q: want a decimal index 0..%d", k, MaxPCR), nil)
 		}
+		if len(vals) == 0 {
+			return nil, refuse(ErrBadPolicy, fmt.Sprintf("PCR %d has no allowed value", i), nil)
+		}
 		for _, v := range vals {
 			b, err := hex.DecodeString(strings.TrimSpace(v))
 			if err != nil || len(b) != 32 {
