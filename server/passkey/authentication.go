@@ -1,0 +1,510 @@
+package passkey
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/go-webauthn/webauthn/protocol"
+	"github.com/go-webauthn/webauthn/protocol/webauthncbor"
+	"github.com/go-webauthn/webauthn/protocol/webauthncose"
+	"github.com/go-webauthn/webauthn/webauthn"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/store"
+)
+
+// AuthenticationRequest begins an authentication.
+type AuthenticationRequest struct {
+	// Subject is the user to authenticate; nil begins a discoverable
+	// ceremony (the credential names its user).
+	Subject *Subject
+	// OwnerPrefix restricts a discoverable ceremony to credentials whose
+	// owner starts with it; "" means OwnerPrefixUser (native users), so a
+	// Portal credential never releases through the native API.
+	OwnerPrefix string
+	// RPID names a configured relying party; "" is the default one.
+	RPID string
+	// RecipientPublicKey, when set, is the client's HPKE public key
+	// (X25519, 32 bytes, or ML-KEM-768+X25519, 1216 bytes). The challenge
+	// is SHA-256(Nonce ‖ RecipientPublicKey) and the key is released only
+	// sealed to it (DECISIONS 8).
+	RecipientPublicKey []byte
+	ClientAddr         string
+}
+
+// AuthenticationBegin is the answer to BeginAuthentication.
+type AuthenticationBegin struct {
+	CeremonyID string
+	// Options are the request options for navigator.credentials.get (the
+	// "publicKey" member).
+	Options protocol.PublicKeyCredentialRequestOptions
+	// Nonce is set with a recipient key: the client checks that
+	// challenge = SHA-256(Nonce ‖ its recipient key) before it signs.
+	Nonce   []byte
+	Expires time.Time
+}
+
+// BeginAuthentication starts an authentication. For a user without
+// passkeys (or an unknown user id) it answers exactly as for a known one,
+// with decoy credential ids (DECISIONS 7).
+func (s *Service) BeginAuthentication(ctx context.Context, req AuthenticationRequest) (*AuthenticationBegin, error) {
+	out, err := s.beginAuthentication(ctx, req)
+	if err != nil {
+		var owner enclave.Owner
+		if req.Subject != nil {
+			owner = req.Subject.Owner
+		}
+		return nil, s.refuse(ctx, err, owner, req.ClientAddr, "authentication_begin")
+	}
+	return out, nil
+}
+
+func (s *Service) beginAuthentication(ctx context.Context, req AuthenticationRequest) (*AuthenticationBegin, error) {
+	rp, err := s.rp(req.RPID)
+	if err != nil {
+		return nil, err
+	}
+	c := &ceremony{kind: kindAuthentication, rp: rp, addr: req.ClientAddr, prefix: req.OwnerPrefix}
+	if c.prefix == "" {
+		c.prefix = OwnerPrefixUser
+	}
+	var allow []protocol.CredentialDescriptor
+	if req.Subject != nil {
+		if err := req.Subject.validate(); err != nil {
+			return nil, err
+		}
+		subj := *req.Subject
+		c.subject = &subj
+		creds, err := s.loadOwnerCredentials(ctx, subj.Owner, rp.cfg.ID)
+		if err != nil {
+			return nil, err
+		}
+		if creds = active(creds); len(creds) > 0 {
+			allow = descriptors(creds)
+		} else {
+			allow = s.decoyDescriptors(rp.cfg.ID, subj.UserID)
+		}
+	}
+	nonce := make([]byte, 32)
+	_, _ = rand.Read(nonce)
+	challenge := nonce
+	if req.RecipientPublicKey != nil {
+		if err := enclave.ValidRecipientKey(req.RecipientPublicKey); err != nil {
+			return nil, err
+		}
+		c.recipient = bytes.Clone(req.RecipientPublicKey)
+		challenge = RecipientChallenge(nonce, c.recipient)
+	}
+	opts := []webauthn.LoginOption{webauthn.WithChallenge(challenge)}
+	if allow != nil {
+		opts = append(opts, webauthn.WithAllowedCredentials(allow))
+	}
+	assertion, session, err := rp.wa.BeginDiscoverableLogin(opts...)
+	if err != nil {
+		return nil, apierr.ErrInternal.Wrap(err)
+	}
+	c.session = *session
+	if err := s.addCeremony(c); err != nil {
+		return nil, err
+	}
+	rp.begun.Add(1)
+	out := &AuthenticationBegin{CeremonyID: c.id, Options: assertion.Response, Expires: c.expires}
+	if c.recipient != nil {
+		out.Nonce = nonce
+	}
+	return out, nil
+}
+
+// RecipientChallenge is the challenge of a ceremony bound to an HPKE
+// recipient key: SHA-256(nonce ‖ recipientPublicKey) (DECISIONS 8).
+// Clients recompute it before signing.
+func RecipientChallenge(nonce, recipientPublicKey []byte) []byte {
+	h := sha256.New()
+	h.Write(nonce)
+	h.Write(recipientPublicKey)
+	return h.Sum(nil)
+}
+
+// ReleaseInfo is the HPKE info a released key is sealed with: it binds the
+// ciphertext to the ceremony and the user. Clients open with the same.
+func ReleaseInfo(ceremonyID, userID string) []byte {
+	return []byte("keywarden passkey release v1\x00" + ceremonyID + "\x00" + userID)
+}
+
+// FinishAuthenticationRequest finishes an authentication.
+type FinishAuthenticationRequest struct {
+	CeremonyID string
+	// RPID, when not empty, must be the ceremony's relying party.
+	RPID string
+	// Credential is the assertion response JSON (an object, or a JSON
+	// string holding one). Its userHandle may be base64url, the plain
+	// string, empty or absent.
+	Credential []byte
+	// RecipientPublicKey, when set, must equal the key given at begin (a
+	// key swapped on the way is refused).
+	RecipientPublicKey []byte
+	// ReplaceKey, when set, stores this key in place of the user's key
+	// (the old one kept as a prior version) instead of releasing it: the
+	// assertion authorizes the write (Portal's finish-login/write).
+	ReplaceKey       []byte
+	ReplaceKeyFormat string
+	ReplaceClientID  string
+	ClientAddr       string
+}
+
+// Authentication is the result of FinishAuthentication. Exactly one of
+// Key (plain release), Sealed (release to the ceremony's recipient key)
+// or Replaced (a ReplaceKey write) is set.
+type Authentication struct {
+	Subject      Subject
+	CredentialID string // base64url
+	Key          secret.Bytes
+	KeyFormat    string
+	Sealed       *SealedKey
+	Replaced     bool
+	// ProofID names this authentication for RegistrationRequest.
+	// AssertionCeremonyID (adding a passkey), for the ceremony lifetime.
+	ProofID string
+}
+
+// SealedKey is a key sealed with HPKE to the ceremony's recipient key,
+// with info = ReleaseInfo(ceremonyID, userID).
+type SealedKey struct {
+	Enc        []byte
+	Ciphertext []byte
+	Suite      string
+}
+
+// FinishAuthentication verifies an assertion and releases (or replaces)
+// the key of the credential's user. It makes no TPM command: the key
+// comes from custody (one store read) and is opened with the root key in
+// memory. It writes the store only when the credential's counter or
+// backup flags changed.
+func (s *Service) FinishAuthentication(ctx context.Context, req FinishAuthenticationRequest) (*Authentication, error) {
+	now := s.now()
+	if ok, wait := s.addrLimit.allow(req.ClientAddr, now); !ok {
+		return nil, s.refuse(ctx, apierr.ErrRateLimited.WithRetry(wait), "", req.ClientAddr, "authentication_finish")
+	}
+	c, err := s.ceremonies.take(now, req.CeremonyID, kindAuthentication)
+	if err != nil {
+		s.addrLimit.fail(req.ClientAddr, now)
+		return nil, s.refuse(ctx, err, "", req.ClientAddr, "authentication_finish")
+	}
+	out, owner, err := s.finishAuthentication(ctx, c, req)
+	if err != nil {
+		if e, ok := apierr.As(err); !ok || e.Code != apierr.ErrRateLimited.Code {
+			s.addrLimit.fail(req.ClientAddr, now)
+		}
+		return nil, s.refuse(ctx, err, owner, req.ClientAddr, "authentication_finish")
+	}
+	c.rp.done.Add(1)
+	// Keep the finished ceremony as proof of a fresh assertion (adding a
+	// passkey); it takes the slot the ceremony freed.
+	proof := &ceremony{kind: kindProof, rp: c.rp, subject: &out.Subject, addr: c.addr}
+	if s.addCeremonyWithID(c.id, proof) == nil {
+		out.ProofID = c.id
+	}
+	return out, nil
+}
+
+func (s *Service) addCeremonyWithID(id string, c *ceremony) error {
+	now := s.now()
+	c.id, c.expires = id, now.Add(s.opts.CeremonyTTL)
+	_, err := s.ceremonies.add(now, c)
+	return err
+}
+
+func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req FinishAuthenticationRequest) (*Authentication, enclave.Owner, error) {
+	rp := c.rp
+	var owner enclave.Owner
+	if c.subject != nil {
+		owner = c.subject.Owner
+	}
+	if req.RPID != "" && req.RPID != rp.cfg.ID {
+		return nil, owner, ErrCeremonyRP
+	}
+	if req.RecipientPublicKey != nil && !bytes.Equal(req.RecipientPublicKey, c.recipient) {
+		return nil, owner, ErrRecipientMismatch
+	}
+	if req.ReplaceKey != nil && c.recipient != nil {
+		return nil, owner, apierr.ErrBadRequest.WithMessage("a key write cannot be combined with a sealed release")
+	}
+	raw, err := unquoteCredential(req.Credential)
+	if err != nil {
+		return nil, owner, err
+	}
+	// DECISIONS 6: take the user handle out before go-webauthn sees it (it
+	// would decode it as base64url and compare other bytes); compare it
+	// ourselves below, in either form.
+	raw, handle, err := splitUserHandle(raw)
+	if err != nil {
+		return nil, owner, err
+	}
+	parsed, err := protocol.ParseCredentialRequestResponseBytes(raw)
+	if err != nil {
+		return nil, owner, ErrInvalidCredential.Wrap(err)
+	}
+
+	// Find the credential by its id; never assume it is one we listed
+	// (iOS lets the user pick any passkey of the RP).
+	rec, err := s.loadCredential(ctx, parsed.RawID)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.RPID != rp.cfg.ID) {
+		return nil, owner, ErrCredentialUnknown
+	}
+	if err != nil {
+		return nil, owner, err
+	}
+	if c.subject != nil && rec.Owner != c.subject.Owner {
+		return nil, owner, ErrCredentialNotUsers
+	}
+	if c.subject == nil && !hasPrefix(rec.Owner, c.prefix) {
+		return nil, owner, ErrCredentialUnknown
+	}
+	owner = rec.Owner
+	if rec.Revoked != nil {
+		return nil, owner, ErrCredentialRevoked
+	}
+	if handle != nil && !userHandleMatches(*handle, rec.UserID) {
+		return nil, owner, ErrUserHandle
+	}
+	if ok, wait := s.userLimit.allow(string(rec.Owner), s.now()); !ok {
+		return nil, owner, apierr.ErrRateLimited.WithRetry(wait)
+	}
+	if err := s.checkClientData(rp, c, parsed.Response.CollectedClientData, protocol.AssertCeremony); err != nil {
+		return nil, owner, err
+	}
+	ad := parsed.Response.AuthenticatorData
+	if err := s.checkAuthData(rp, ad); err != nil {
+		return nil, owner, err
+	}
+	be, bs := ad.Flags.HasBackupEligible(), ad.Flags.HasBackupState()
+	if rec.BE && !be {
+		return nil, owner, ErrBackupFlags
+	}
+
+	// go-webauthn verifies everything again, and the signature. It gets
+	// the one credential found above, with BE as asserted when it went
+	// from false to true (synced passkeys do: FIELD-NOTES), and a session
+	// bound to the credential's user.
+	flags := protocol.FlagUserPresent
+	if rec.UV {
+		flags |= protocol.FlagUserVerified
+	}
+	if be {
+		flags |= protocol.FlagBackupEligible
+	}
+	if rec.BS {
+		flags |= protocol.FlagBackupState
+	}
+	wc := webauthn.Credential{
+		ID: rec.ID, PublicKey: rec.PublicKey, AttestationFormat: rec.Format, AttestationType: rec.AttType,
+		Flags:         webauthn.NewCredentialFlags(flags),
+		Authenticator: webauthn.Authenticator{AAGUID: rec.AAGUID, SignCount: rec.SignCount},
+	}
+	session := c.session
+	session.UserID = []byte(rec.UserID)
+	session.AllowedCredentialIDs = nil
+	user := &waUser{id: []byte(rec.UserID), creds: []webauthn.Credential{wc}}
+	if _, err := rp.wa.ValidateLogin(user, session, parsed); err != nil {
+		err = protocolCause(err, ErrVerification)
+		if errors.Is(err, ErrSignature) {
+			// Only signature failures on the user's own credential count
+			// against the user (DECISIONS 7).
+			s.userLimit.fail(string(rec.Owner), s.now())
+		}
+		return nil, owner, err
+	}
+
+	// Sign counter: 0 and 0 means the authenticator keeps none (synced
+	// passkeys); otherwise it must grow.
+	n := ad.Counter
+	counterChanged := n != rec.SignCount
+	if counterChanged && n <= rec.SignCount || (!counterChanged && n != 0) {
+		return nil, owner, s.counterRegressed(ctx, rec, n, req.ClientAddr)
+	}
+	if counterChanged || be != rec.BE || bs != rec.BS {
+		if err := s.updateCredential(ctx, rec, n, counterChanged, be, bs, req.ClientAddr); err != nil {
+			return nil, owner, err
+		}
+	}
+
+	subj := Subject{Owner: rec.Owner, UserID: rec.UserID}
+	out := &Authentication{Subject: subj, CredentialID: rec.idString()}
+	fields := map[string]string{"credential": rec.idString(), "rp_id": rp.cfg.ID}
+	if req.ReplaceKey != nil {
+		if err := s.audit.Record(ctx, audit.Event{Action: audit.ActionStore, Outcome: audit.OutcomeSuccess, Actor: string(rec.Owner),
+			Owner: string(rec.Owner), Method: Method, Reason: "passkey_assertion", Remote: req.ClientAddr, Fields: fields}); err != nil {
+			return nil, owner, apierr.ErrAuditFailed.Wrap(err)
+		}
+		if _, err := s.custody.PutKey(ctx, rec.Owner, Method, req.ReplaceKey,
+			enclave.PutOptions{Format: req.ReplaceKeyFormat, ClientID: req.ReplaceClientID}); err != nil {
+			return nil, owner, err
+		}
+		out.Replaced = true
+		return out, owner, nil
+	}
+
+	key, info, err := s.custody.Lookup(ctx, rec.Owner, Method)
+	if err != nil {
+		return nil, owner, err
+	}
+	fields["sealed"] = boolString(c.recipient != nil)
+	if err := s.audit.Record(ctx, audit.Event{Action: audit.ActionRelease, Outcome: audit.OutcomeSuccess, Actor: string(rec.Owner),
+		Owner: string(rec.Owner), Method: Method, Reason: "passkey_assertion", Remote: req.ClientAddr, Fields: fields}); err != nil {
+		key.Wipe()
+		return nil, owner, apierr.ErrAuditFailed.Wrap(err)
+	}
+	out.KeyFormat = info.Format
+	if c.recipient != nil {
+		enc, ct, suite, err := enclave.SealToRecipient(c.recipient, key.Reveal(), ReleaseInfo(c.id, rec.UserID))
+		key.Wipe()
+		if err != nil {
+			return nil, owner, err
+		}
+		out.Sealed = &SealedKey{Enc: enc, Ciphertext: ct, Suite: suite}
+		return out, owner, nil
+	}
+	out.Key = key
+	return out, owner, nil
+}
+
+// counterRegressed audits (durably: a possible cloned authenticator is
+// worth a line) and refuses.
+func (s *Service) counterRegressed(ctx context.Context, rec *credential, got uint32, addr string) error {
+	_ = s.audit.Record(ctx, audit.Event{Action: audit.ActionRefusal, Outcome: audit.OutcomeRefused, Reason: ErrCounterRegressed.Code,
+		Owner: string(rec.Owner), Method: Method, Remote: addr,
+		Fields: map[string]string{"credential": rec.idString(), "stored": strconv.FormatUint(uint64(rec.SignCount), 10),
+			"received": strconv.FormatUint(uint64(got), 10)}})
+	s.log.Warn("passkey: signature counter did not increase (cloned authenticator?)", "owner", string(rec.Owner),
+		"credential", rec.idString(), "stored", rec.SignCount, "received", got)
+	return ErrCounterRegressed
+}
+
+// updateCredential records a new counter and backup flags. It re-reads
+// the record in the transaction so two concurrent assertions with the
+// same counter cannot both pass.
+func (s *Service) updateCredential(ctx context.Context, rec *credential, n uint32, counterChanged, be, bs bool, addr string) error {
+	now := s.now().UTC()
+	var regressed bool
+	err := s.db.Update(ctx, func(tx *store.Tx) error {
+		regressed = false
+		cur, err := getCredential(tx, rec.ID)
+		if errors.Is(err, store.ErrNotFound) {
+			return ErrCredentialUnknown
+		}
+		if err != nil {
+			return err
+		}
+		if cur.Revoked != nil {
+			return ErrCredentialRevoked
+		}
+		if counterChanged {
+			if n <= cur.SignCount {
+				regressed = true
+				return nil
+			}
+			cur.SignCount = n
+		}
+		cur.BE, cur.BS, cur.Updated = be, bs, now
+		return putCredential(tx, cur)
+	})
+	if err != nil {
+		return err
+	}
+	if regressed {
+		return s.counterRegressed(ctx, rec, n, addr)
+	}
+	return nil
+}
+
+// userHandleMatches compares a received user handle with the user id:
+// an empty handle says nothing (Safari); otherwise it must be the id's
+// bytes base64url-encoded (browsers, Android) or the id itself as a plain
+// string (iOS through Portal's SDK).
+func userHandleMatches(handle, userID string) bool {
+	if handle == "" || handle == userID {
+		return true
+	}
+	b, err := base64.RawURLEncoding.DecodeString(trimPad(handle))
+	return err == nil && string(b) == userID
+}
+
+func trimPad(s string) string {
+	for len(s) > 0 && s[len(s)-1] == '=' {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// unquoteCredential accepts a credential as a JSON object or as a JSON
+// string holding one, and bounds its size.
+func unquoteCredential(raw []byte) ([]byte, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || len(raw) > MaxCredentialJSON {
+		return nil, ErrInvalidCredential
+	}
+	if raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, ErrInvalidCredential.Wrap(err)
+		}
+		raw = bytes.TrimSpace([]byte(s))
+	}
+	if len(raw) == 0 || raw[0] != '{' {
+		return nil, ErrInvalidCredential
+	}
+	return raw, nil
+}
+
+// splitUserHandle removes response.userHandle from an assertion and
+// returns it (nil when absent or null).
+func splitUserHandle(raw []byte) ([]byte, *string, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &top); err != nil {
+		return nil, nil, ErrInvalidCredential.Wrap(err)
+	}
+	var resp map[string]json.RawMessage
+	if err := json.Unmarshal(top["response"], &resp); err != nil || resp == nil {
+		return nil, nil, ErrInvalidCredential.WithMessage("the credential has no response object")
+	}
+	var handle *string
+	if uh, ok := resp["userHandle"]; ok {
+		if !bytes.Equal(bytes.TrimSpace(uh), []byte("null")) {
+			var h string
+			if err := json.Unmarshal(uh, &h); err != nil {
+				return nil, nil, ErrInvalidCredential.WithMessage("response.userHandle must be a string")
+			}
+			handle = &h
+		}
+		delete(resp, "userHandle")
+	}
+	rb, err := json.Marshal(resp)
+	if err != nil {
+		return nil, nil, ErrInvalidCredential.Wrap(err)
+	}
+	top["response"] = rb
+	out, err := json.Marshal(top)
+	if err != nil {
+		return nil, nil, ErrInvalidCredential.Wrap(err)
+	}
+	return out, handle, nil
+}
+
+// coseAlgorithm reads the alg of a COSE_Key (0 when unreadable).
+func coseAlgorithm(key []byte) int64 {
+	var pk webauthncose.PublicKeyData
+	if webauthncbor.Unmarshal(key, &pk) != nil {
+		return 0
+	}
+	return pk.Algorithm
+}

@@ -1,0 +1,462 @@
+package passkey
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-webauthn/webauthn/protocol"
+	"github.com/labstack/echo/v4"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/apierr"
+)
+
+// DefaultMaxBodyBytes bounds a request body when Handler.MaxBodyBytes is 0.
+const DefaultMaxBodyBytes = 64 << 10
+
+// Handler serves the passkey routes over a [Service]. Handlers are thin:
+// bind, validate, one service call, JSON. Errors are returned as
+// *apierr.Error for the server's central error handler.
+type Handler struct {
+	Service *Service
+	// Sessions verifies the user session tokens of registration/begin.
+	Sessions *enclave.SessionTokens
+	// MaxBodyBytes bounds request bodies (413 beyond); zero means
+	// DefaultMaxBodyBytes.
+	MaxBodyBytes int64
+	// Actor names the admin caller in audit lines; nil means "admin".
+	Actor func(c echo.Context) string
+}
+
+// Register adds the public routes to g, which must be the root of the
+// public listener (paths are absolute: /v1/passkeys/…, /.well-known/…).
+func (h *Handler) Register(g *echo.Group) {
+	g.POST("/v1/passkeys/registration/begin", h.registrationBegin)
+	g.POST("/v1/passkeys/registration/finish", h.registrationFinish)
+	g.POST("/v1/passkeys/authentication/begin", h.authenticationBegin)
+	g.POST("/v1/passkeys/authentication/finish", h.authenticationFinish)
+	g.GET("/.well-known/apple-app-site-association", h.appleAppSiteAssociation)
+	g.GET("/.well-known/assetlinks.json", h.assetLinks)
+}
+
+// RegisterAdmin adds the admin routes to g, the root of the admin
+// listener behind the admin-key middleware (paths are absolute).
+func (h *Handler) RegisterAdmin(g *echo.Group) {
+	g.GET("/v1/admin/users/:userId/passkeys", h.adminList)
+	g.DELETE("/v1/admin/users/:userId/passkeys/:credentialId", h.adminRevoke)
+	g.POST("/v1/admin/users/:userId/passkeys/reset", h.adminReset)
+}
+
+// bind reads a bounded JSON body into v, refusing unknown fields (a
+// misspelt recipientPublicKey must not silently release a key in the
+// clear) and trailing data. An empty body is {}.
+func (h *Handler) bind(c echo.Context, v interface{ Validate() error }) error {
+	limit := h.MaxBodyBytes
+	if limit == 0 {
+		limit = DefaultMaxBodyBytes
+	}
+	body, err := io.ReadAll(io.LimitReader(c.Request().Body, limit+1))
+	if err != nil {
+		return apierr.ErrBadRequest.Wrap(err)
+	}
+	if int64(len(body)) > limit {
+		return apierr.ErrTooLarge
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		body = []byte("{}")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return apierr.ErrInvalidJSON.WithMessage("the body is not valid JSON for this route: %s", jsonProblem(err)).Wrap(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return apierr.ErrInvalidJSON.WithMessage("the body has data after the JSON object")
+	}
+	return v.Validate()
+}
+
+// jsonProblem describes a decoding error without echoing values.
+func jsonProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return "field " + te.Field + " has the wrong type"
+	}
+	if s := err.Error(); strings.HasPrefix(s, "json: unknown field ") {
+		return "unknown field " + strings.TrimPrefix(s, "json: unknown field ")
+	}
+	return "syntax error"
+}
+
+// decodeBase64 accepts standard and URL alphabets, padded or not.
+func decodeBase64(s string) ([]byte, bool) {
+	s = strings.TrimRight(s, "=")
+	if b, err := base64.RawStdEncoding.DecodeString(s); err == nil {
+		return b, true
+	}
+	if b, err := base64.RawURLEncoding.DecodeString(s); err == nil {
+		return b, true
+	}
+	return nil, false
+}
+
+func validCeremonyID(id string) error {
+	if id == "" || len(id) > 128 {
+		return apierr.ErrBadRequest.WithMessage("ceremonyId is required")
+	}
+	return nil
+}
+
+func validCredential(raw json.RawMessage) error {
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+		return ErrInvalidCredential.WithMessage("credential is required")
+	}
+	return nil
+}
+
+// Key sizes of the native API.
+const (
+	MinNativeKeyBytes = 32
+	MaxNativeKeyBytes = 64
+)
+
+type registrationBeginRequest struct {
+	DisplayName         string `json:"displayName"`
+	AssertionCeremonyID string `json:"assertionCeremonyId"`
+}
+
+func (r *registrationBeginRequest) Validate() error {
+	if len(r.DisplayName) > 128 || len(r.AssertionCeremonyID) > 128 {
+		return apierr.ErrBadRequest.WithMessage("displayName or assertionCeremonyId is too long")
+	}
+	return nil
+}
+
+type registrationBeginResponse struct {
+	CeremonyID  string                                      `json:"ceremonyId"`
+	PublicKey   protocol.PublicKeyCredentialCreationOptions `json:"publicKey"`
+	ExpiresAt   time.Time                                   `json:"expiresAt"`
+	KeyRequired bool                                        `json:"keyRequired"`
+}
+
+func (h *Handler) registrationBegin(c echo.Context) error {
+	tok, ok := bearer(c)
+	if !ok {
+		return apierr.ErrUnauthorized.WithMessage("registration needs Authorization: Bearer <user session token>")
+	}
+	claims, err := h.Sessions.Verify(tok)
+	if err != nil {
+		return err
+	}
+	var req registrationBeginRequest
+	if err := h.bind(c, &req); err != nil {
+		return err
+	}
+	if err := ValidUserID(claims.UserID); err != nil {
+		return err
+	}
+	out, err := h.Service.BeginRegistration(c.Request().Context(), RegistrationRequest{
+		Subject: UserSubject(claims.UserID), DisplayName: req.DisplayName,
+		AssertionCeremonyID: req.AssertionCeremonyID, ClientAddr: c.RealIP(),
+	})
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, registrationBeginResponse{CeremonyID: out.CeremonyID, PublicKey: out.Options,
+		ExpiresAt: out.Expires.UTC(), KeyRequired: out.KeyRequired})
+}
+
+type registrationFinishRequest struct {
+	CeremonyID string          `json:"ceremonyId"`
+	Credential json.RawMessage `json:"credential"`
+	Key        *string         `json:"key"`
+
+	key []byte
+}
+
+func (r *registrationFinishRequest) Validate() error {
+	if err := validCeremonyID(r.CeremonyID); err != nil {
+		return err
+	}
+	if err := validCredential(r.Credential); err != nil {
+		return err
+	}
+	if r.Key != nil {
+		k, ok := decodeBase64(*r.Key)
+		if !ok || len(k) < MinNativeKeyBytes || len(k) > MaxNativeKeyBytes {
+			clear(k)
+			return ErrInvalidKey
+		}
+		r.key = k
+	}
+	return nil
+}
+
+type registrationFinishResponse struct {
+	UserID       string `json:"userId"`
+	CredentialID string `json:"credentialId"`
+	KeyStored    bool   `json:"keyStored"`
+	KeyReplaced  bool   `json:"keyReplaced"`
+}
+
+func (h *Handler) registrationFinish(c echo.Context) error {
+	var req registrationFinishRequest
+	if err := h.bind(c, &req); err != nil {
+		return err
+	}
+	defer clear(req.key)
+	out, err := h.Service.FinishRegistration(c.Request().Context(), FinishRegistrationRequest{
+		CeremonyID: req.CeremonyID, Credential: req.Credential, Key: req.key, ClientAddr: c.RealIP(),
+	})
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, registrationFinishResponse{UserID: out.Subject.UserID, CredentialID: out.CredentialID,
+		KeyStored: out.KeyStored, KeyReplaced: out.KeyReplaced})
+}
+
+type authenticationBeginRequest struct {
+	UserID             *string `json:"userId"`
+	RecipientPublicKey string  `json:"recipientPublicKey"`
+
+	recipient []byte
+}
+
+func (r *authenticationBeginRequest) Validate() error {
+	if r.UserID != nil {
+		if err := ValidUserID(*r.UserID); err != nil {
+			return err
+		}
+	}
+	if r.RecipientPublicKey != "" {
+		k, ok := decodeBase64(r.RecipientPublicKey)
+		if !ok {
+			return apierr.ErrBadRequest.WithMessage("recipientPublicKey is not base64")
+		}
+		if err := enclave.ValidRecipientKey(k); err != nil {
+			return err
+		}
+		r.recipient = k
+	}
+	return nil
+}
+
+type authenticationBeginResponse struct {
+	CeremonyID string                                     `json:"ceremonyId"`
+	PublicKey  protocol.PublicKeyCredentialRequestOptions `json:"publicKey"`
+	Nonce      string                                     `json:"nonce,omitempty"`
+	ExpiresAt  time.Time                                  `json:"expiresAt"`
+}
+
+func (h *Handler) authenticationBegin(c echo.Context) error {
+	var req authenticationBeginRequest
+	if err := h.bind(c, &req); err != nil {
+		return err
+	}
+	sreq := AuthenticationRequest{RecipientPublicKey: req.recipient, ClientAddr: c.RealIP()}
+	if req.UserID != nil {
+		s := UserSubject(*req.UserID)
+		sreq.Subject = &s
+	}
+	out, err := h.Service.BeginAuthentication(c.Request().Context(), sreq)
+	if err != nil {
+		return err
+	}
+	resp := authenticationBeginResponse{CeremonyID: out.CeremonyID, PublicKey: out.Options, ExpiresAt: out.Expires.UTC()}
+	if out.Nonce != nil {
+		resp.Nonce = base64.RawURLEncoding.EncodeToString(out.Nonce)
+	}
+	return c.JSON(http.StatusOK, resp)
+}
+
+type authenticationFinishRequest struct {
+	CeremonyID         string          `json:"ceremonyId"`
+	Credential         json.RawMessage `json:"credential"`
+	RecipientPublicKey string          `json:"recipientPublicKey"`
+
+	recipient []byte
+}
+
+func (r *authenticationFinishRequest) Validate() error {
+	if err := validCeremonyID(r.CeremonyID); err != nil {
+		return err
+	}
+	if err := validCredential(r.Credential); err != nil {
+		return err
+	}
+	if r.RecipientPublicKey != "" {
+		k, ok := decodeBase64(r.RecipientPublicKey)
+		if !ok {
+			return apierr.ErrBadRequest.WithMessage("recipientPublicKey is not base64")
+		}
+		r.recipient = k
+	}
+	return nil
+}
+
+// authenticationFinishResponse carries the key either in the clear (Key)
+// or sealed (SealedKey, Enc, Suite), never both.
+type authenticationFinishResponse struct {
+	UserID              string `json:"userId"`
+	CredentialID        string `json:"credentialId"`
+	Key                 string `json:"key,omitempty"`
+	SealedKey           string `json:"sealedKey,omitempty"`
+	Enc                 string `json:"enc,omitempty"`
+	Suite               string `json:"suite,omitempty"`
+	AssertionCeremonyID string `json:"assertionCeremonyId,omitempty"`
+}
+
+func (h *Handler) authenticationFinish(c echo.Context) error {
+	var req authenticationFinishRequest
+	if err := h.bind(c, &req); err != nil {
+		return err
+	}
+	out, err := h.Service.FinishAuthentication(c.Request().Context(), FinishAuthenticationRequest{
+		CeremonyID: req.CeremonyID, Credential: req.Credential, RecipientPublicKey: req.recipient, ClientAddr: c.RealIP(),
+	})
+	if err != nil {
+		return err
+	}
+	resp := authenticationFinishResponse{UserID: out.Subject.UserID, CredentialID: out.CredentialID, AssertionCeremonyID: out.ProofID}
+	if out.Sealed != nil {
+		resp.SealedKey = base64.StdEncoding.EncodeToString(out.Sealed.Ciphertext)
+		resp.Enc = base64.StdEncoding.EncodeToString(out.Sealed.Enc)
+		resp.Suite = out.Sealed.Suite
+	} else {
+		resp.Key = base64.StdEncoding.EncodeToString(out.Key.Reveal())
+		out.Key.Wipe()
+	}
+	return c.JSON(http.StatusOK, resp)
+}
+
+func bearer(c echo.Context) (string, bool) {
+	h := c.Request().Header.Get(echo.HeaderAuthorization)
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	return tok, tok != ""
+}
+
+func (h *Handler) actor(c echo.Context) string {
+	if h.Actor != nil {
+		return h.Actor(c)
+	}
+	return "admin"
+}
+
+func adminOwner(c echo.Context) (enclave.Owner, error) {
+	id := c.Param("userId")
+	if err := ValidUserID(id); err != nil {
+		return "", err
+	}
+	return enclave.UserOwner(id), nil
+}
+
+type adminListResponse struct {
+	UserID   string        `json:"userId"`
+	Passkeys []PasskeyInfo `json:"passkeys"`
+}
+
+func (h *Handler) adminList(c echo.Context) error {
+	owner, err := adminOwner(c)
+	if err != nil {
+		return err
+	}
+	list, err := h.Service.ListPasskeys(c.Request().Context(), owner)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, adminListResponse{UserID: c.Param("userId"), Passkeys: list})
+}
+
+func (h *Handler) adminRevoke(c echo.Context) error {
+	owner, err := adminOwner(c)
+	if err != nil {
+		return err
+	}
+	if err := h.Service.RevokePasskey(c.Request().Context(), owner, c.Param("credentialId"), h.actor(c)); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+func (h *Handler) adminReset(c echo.Context) error {
+	owner, err := adminOwner(c)
+	if err != nil {
+		return err
+	}
+	out, err := h.Service.ResetPasskeys(c.Request().Context(), owner, h.actor(c))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+// wellKnownRP is the relying party whose ID is the request's host, or
+// the default one.
+func (h *Handler) wellKnownRP(c echo.Context) *relyingParty {
+	host := c.Request().Host
+	if hh, _, err := net.SplitHostPort(host); err == nil {
+		host = hh
+	}
+	for _, rp := range h.Service.rps {
+		if strings.EqualFold(rp.cfg.ID, host) {
+			return rp
+		}
+	}
+	return h.Service.rps[0]
+}
+
+// appleAppSiteAssociation serves the webcredentials apps of the RP, so iOS
+// lets those apps use passkeys of this domain.
+func (h *Handler) appleAppSiteAssociation(c echo.Context) error {
+	rp := h.wellKnownRP(c)
+	if len(rp.cfg.AppleAppIDs) == 0 {
+		return apierr.ErrNotFound.WithMessage("no Apple app ids are configured for %s", rp.cfg.ID)
+	}
+	type apps struct {
+		Apps []string `json:"apps"`
+	}
+	c.Response().Header().Set(echo.HeaderCacheControl, "public, max-age=3600")
+	return c.JSON(http.StatusOK, map[string]apps{"webcredentials": {Apps: rp.cfg.AppleAppIDs}})
+}
+
+type assetLink struct {
+	Relation []string `json:"relation"`
+	Target   struct {
+		Namespace    string   `json:"namespace"`
+		PackageName  string   `json:"package_name"`
+		Fingerprints []string `json:"sha256_cert_fingerprints"`
+	} `json:"target"`
+}
+
+// assetLinks serves the Android apps of the RP with the
+// get_login_creds relation, fingerprints as colon-hex.
+func (h *Handler) assetLinks(c echo.Context) error {
+	rp := h.wellKnownRP(c)
+	if len(rp.cfg.AndroidApps) == 0 {
+		return apierr.ErrNotFound.WithMessage("no Android apps are configured for %s", rp.cfg.ID)
+	}
+	out := make([]assetLink, 0, len(rp.cfg.AndroidApps))
+	for _, app := range rp.cfg.AndroidApps {
+		var l assetLink
+		l.Relation = []string{"delegate_permission/common.get_login_creds"}
+		l.Target.Namespace, l.Target.PackageName = "android_app", app.Package
+		for _, f := range app.Fingerprints {
+			fp, _ := ParseFingerprint(f)
+			l.Target.Fingerprints = append(l.Target.Fingerprints, colonHex(fp))
+		}
+		out = append(out, l)
+	}
+	c.Response().Header().Set(echo.HeaderCacheControl, "public, max-age=3600")
+	return c.JSON(http.StatusOK, out)
+}

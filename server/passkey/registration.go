@@ -1,0 +1,283 @@
+package passkey
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"time"
+
+	"github.com/go-webauthn/webauthn/protocol"
+	"github.com/go-webauthn/webauthn/webauthn"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/store"
+)
+
+// RegistrationRequest begins a registration.
+type RegistrationRequest struct {
+	// Subject is the user the caller vouched for (a session token, or the
+	// Portal client the adapter resolved).
+	Subject Subject
+	// RPID names a configured relying party; "" is the default one.
+	RPID string
+	// DisplayName is shown by the authenticator; "" means the user id.
+	DisplayName string
+	// AssertionCeremonyID names an authentication of the same user that
+	// finished within the ceremony lifetime. It is required when a key is
+	// already stored for the user (a session token alone never binds a new
+	// passkey to an existing key, DECISIONS 5) and is used up here.
+	AssertionCeremonyID string
+	// ClientAddr is the client's address (open ceremonies are capped per
+	// address).
+	ClientAddr string
+}
+
+// RegistrationBegin is the answer to BeginRegistration.
+type RegistrationBegin struct {
+	CeremonyID string
+	// Options are the creation options for navigator.credentials.create
+	// (the "publicKey" member).
+	Options protocol.PublicKeyCredentialCreationOptions
+	Expires time.Time
+	// KeyRequired reports that finish must carry the key (none is stored
+	// yet); with an existing key and an assertion the key is optional and,
+	// when given, replaces the stored one (the old one kept as a prior
+	// version, DECISIONS 3).
+	KeyRequired bool
+}
+
+// BeginRegistration starts registering a passkey for req.Subject.
+func (s *Service) BeginRegistration(ctx context.Context, req RegistrationRequest) (*RegistrationBegin, error) {
+	out, err := s.beginRegistration(ctx, req)
+	if err != nil {
+		return nil, s.refuse(ctx, err, req.Subject.Owner, req.ClientAddr, "registration_begin")
+	}
+	return out, nil
+}
+
+func (s *Service) beginRegistration(ctx context.Context, req RegistrationRequest) (*RegistrationBegin, error) {
+	if err := req.Subject.validate(); err != nil {
+		return nil, err
+	}
+	rp, err := s.rp(req.RPID)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.DisplayName) > 128 {
+		return nil, apierr.ErrBadRequest.WithMessage("displayName is longer than 128 characters")
+	}
+	stepUp := false
+	if req.AssertionCeremonyID != "" {
+		p, err := s.ceremonies.take(s.now(), req.AssertionCeremonyID, kindProof)
+		if err != nil || p.subject.Owner != req.Subject.Owner || p.rp != rp {
+			return nil, ErrAssertionInvalid
+		}
+		stepUp = true
+	}
+	hasKey, err := s.custody.HasKey(ctx, req.Subject.Owner, Method)
+	if err != nil {
+		return nil, err
+	}
+	if hasKey && !stepUp {
+		return nil, ErrKeyExists
+	}
+	creds, err := s.loadOwnerCredentials(ctx, req.Subject.Owner, "")
+	if err != nil {
+		return nil, err
+	}
+	creds = active(creds)
+	if len(creds) >= s.opts.MaxCredentialsPerUser {
+		return nil, ErrTooManyPasskeys
+	}
+	display := req.DisplayName
+	if display == "" {
+		display = req.Subject.UserID
+	}
+	user := &waUser{id: []byte(req.Subject.UserID), displayName: display}
+	creation, session, err := rp.wa.BeginRegistration(user,
+		webauthn.WithCredentialParameters(credentialParameters),
+		webauthn.WithExclusions(descriptors(creds)),
+		webauthn.WithExtensions(webauthn.WithExtensionCredProps(), webauthn.WithExtensionPRFSupport()),
+	)
+	if err != nil {
+		return nil, apierr.ErrInternal.Wrap(err)
+	}
+	c := &ceremony{kind: kindRegistration, rp: rp, subject: &req.Subject, session: *session, addr: req.ClientAddr,
+		stepUp: stepUp, keyStored: hasKey}
+	if err := s.addCeremony(c); err != nil {
+		return nil, err
+	}
+	rp.begun.Add(1)
+	return &RegistrationBegin{CeremonyID: c.id, Options: creation.Response, Expires: c.expires, KeyRequired: !hasKey}, nil
+}
+
+// FinishRegistrationRequest finishes a registration.
+type FinishRegistrationRequest struct {
+	CeremonyID string
+	// RPID, when not empty, must be the ceremony's relying party (the
+	// Portal adapter passes the SDK's relyingParty).
+	RPID string
+	// Credential is the registration response JSON (an object, or a JSON
+	// string holding one, as Portal's SDK sends it).
+	Credential []byte
+	// Key is the client's encryption key to store; required when none is
+	// stored. Its length is checked by the caller (the native API wants
+	// 32..64 bytes) and by custody (1..1024).
+	Key []byte
+	// KeyFormat is enclave.FormatBytes (default) or enclave.FormatText.
+	KeyFormat string
+	// ClientID is recorded with the key (the Portal client).
+	ClientID   string
+	ClientAddr string
+}
+
+// Registration is the result of FinishRegistration.
+type Registration struct {
+	Subject      Subject
+	CredentialID string // base64url
+	KeyStored    bool   // a key was stored by this registration
+	KeyReplaced  bool   // it replaced a stored key (kept as a prior version)
+}
+
+// FinishRegistration verifies the attestation, stores the credential and,
+// when given, the key.
+func (s *Service) FinishRegistration(ctx context.Context, req FinishRegistrationRequest) (*Registration, error) {
+	now := s.now()
+	if ok, wait := s.addrLimit.allow(req.ClientAddr, now); !ok {
+		return nil, s.refuse(ctx, apierr.ErrRateLimited.WithRetry(wait), "", req.ClientAddr, "registration_finish")
+	}
+	c, err := s.ceremonies.take(now, req.CeremonyID, kindRegistration)
+	if err != nil {
+		s.addrLimit.fail(req.ClientAddr, now)
+		return nil, s.refuse(ctx, err, "", req.ClientAddr, "registration_finish")
+	}
+	out, err := s.finishRegistration(ctx, c, req)
+	if err != nil {
+		s.addrLimit.fail(req.ClientAddr, now)
+		return nil, s.refuse(ctx, err, c.subject.Owner, req.ClientAddr, "registration_finish")
+	}
+	c.rp.done.Add(1)
+	return out, nil
+}
+
+func (s *Service) finishRegistration(ctx context.Context, c *ceremony, req FinishRegistrationRequest) (*Registration, error) {
+	rp, subj := c.rp, *c.subject
+	if req.RPID != "" && req.RPID != rp.cfg.ID {
+		return nil, ErrCeremonyRP
+	}
+	if len(req.Key) == 0 && !c.stepUp {
+		return nil, ErrKeyRequired
+	}
+	raw, err := unquoteCredential(req.Credential)
+	if err != nil {
+		return nil, err
+	}
+	parsed, err := protocol.ParseCredentialCreationResponseBytes(raw)
+	if err != nil {
+		return nil, ErrInvalidCredential.Wrap(err)
+	}
+	if err := s.checkClientData(rp, c, parsed.Response.CollectedClientData, protocol.CreateCeremony); err != nil {
+		return nil, err
+	}
+	if err := s.checkAuthData(rp, parsed.Response.AttestationObject.AuthData); err != nil {
+		return nil, err
+	}
+	user := &waUser{id: []byte(subj.UserID)}
+	wc, err := rp.wa.CreateCredential(user, c.session, parsed)
+	if err != nil {
+		return nil, protocolCause(err, ErrAttestation)
+	}
+	now := s.now().UTC()
+	rec := &credential{
+		ID: wc.ID, Owner: subj.Owner, UserID: subj.UserID, RPID: rp.cfg.ID,
+		PublicKey: wc.PublicKey, Algorithm: wc.Attestation.PublicKeyAlgorithm,
+		Format: wc.AttestationFormat, AttType: wc.AttestationType, AAGUID: wc.Authenticator.AAGUID,
+		SignCount: wc.Authenticator.SignCount,
+		BE:        wc.Flags.BackupEligible, BS: wc.Flags.BackupState, UV: wc.Flags.UserVerified,
+		PRF:        wc.Extensions.PRFEnabled,
+		Attachment: string(wc.Authenticator.Attachment),
+		Created:    now, Updated: now,
+	}
+	if rec.Algorithm == 0 {
+		rec.Algorithm = coseAlgorithm(wc.PublicKey)
+	}
+	for _, t := range wc.Transport {
+		rec.Transports = append(rec.Transports, string(t))
+	}
+
+	// Audit first: if the line cannot be made durable, nothing is stored.
+	fields := map[string]string{"credential": rec.idString(), "rp_id": rp.cfg.ID, "fmt": rec.Format,
+		"aaguid": aaguidString(rec.AAGUID), "step_up": boolString(c.stepUp), "key": boolString(len(req.Key) > 0)}
+	if err := s.audit.Record(ctx, audit.Event{Action: audit.ActionPasskeyRegister, Outcome: audit.OutcomeSuccess,
+		Actor: string(subj.Owner), Owner: string(subj.Owner), Method: Method, Remote: req.ClientAddr, Fields: fields}); err != nil {
+		return nil, apierr.ErrAuditFailed.Wrap(err)
+	}
+
+	// The credential goes in first: a crash before the key is stored leaves
+	// a credential without a key, which the user can register over again;
+	// the other order would strand a key no passkey opens.
+	err = s.db.Update(ctx, func(tx *store.Tx) error {
+		if _, err := getCredential(tx, rec.ID); err == nil {
+			return ErrCredentialExists
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		cs, err := ownerCredentials(tx, subj.Owner, "")
+		if err != nil {
+			return err
+		}
+		if len(active(cs)) >= s.opts.MaxCredentialsPerUser {
+			return ErrTooManyPasskeys
+		}
+		return putCredential(tx, rec)
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := &Registration{Subject: subj, CredentialID: rec.idString()}
+	if len(req.Key) > 0 {
+		replaced, err := s.custody.PutKey(ctx, subj.Owner, Method, req.Key,
+			enclave.PutOptions{NoOverwrite: !c.stepUp, Format: req.KeyFormat, ClientID: req.ClientID})
+		if err != nil {
+			// Take the credential back: it must not outlive a refused key.
+			_ = s.db.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+				if err := tx.Delete(store.BucketCredentials, credKey(rec.ID)); err != nil {
+					return err
+				}
+				return tx.Delete(store.BucketCredentials, indexKey(rec.Owner, rec.ID))
+			})
+			if errors.Is(err, apierr.ErrKeyExists) {
+				return nil, ErrKeyExists
+			}
+			return nil, err
+		}
+		out.KeyStored, out.KeyReplaced = true, replaced
+	}
+	return out, nil
+}
+
+func boolString(b bool) string {
+	if b {
+		return "true"
+	}
+	return "false"
+}
+
+func aaguidString(b []byte) string {
+	if len(b) != 16 {
+		return ""
+	}
+	const hexd = "0123456789abcdef"
+	out := make([]byte, 0, 36)
+	for i, c := range b {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			out = append(out, '-')
+		}
+		out = append(out, hexd[c>>4], hexd[c&15])
+	}
+	return string(out)
+}
+
+func credentialIDString(id []byte) string { return base64.RawURLEncoding.EncodeToString(id) }

@@ -1,0 +1,360 @@
+package passkey
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-webauthn/webauthn/protocol"
+	"github.com/go-webauthn/webauthn/protocol/webauthncose"
+	"github.com/go-webauthn/webauthn/webauthn"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/store"
+)
+
+// Method is the custody method under which a passkey user's key is stored.
+const Method = "PASSKEY"
+
+// OwnerPrefixUser is the owner prefix of native users (enclave.UserOwner).
+const OwnerPrefixUser = "user:"
+
+// MaxCredentialJSON bounds the size of a credential (registration or
+// assertion response JSON) the service parses.
+const MaxCredentialJSON = 32 << 10
+
+// Auditor is what the service needs of the audit log (*audit.Log).
+// Record is durable and fails closed: when it errors, the action is
+// refused. Refusal is sampled and never blocks.
+type Auditor interface {
+	Record(ctx context.Context, ev audit.Event) error
+	Refusal(ctx context.Context, ev audit.Event)
+}
+
+// Deps are the components the service uses.
+type Deps struct {
+	DB      *store.DB        // credentials (store.BucketCredentials)
+	Custody *enclave.Custody // keys (owner, Method); its root key derives the decoy-credential key
+	Audit   Auditor          // required
+	Logger  *slog.Logger     // nil: slog.Default()
+	Clock   func() time.Time // nil: time.Now
+}
+
+// Subject is whose passkeys and key a ceremony concerns.
+type Subject struct {
+	// Owner owns the key in custody and the credentials:
+	// enclave.UserOwner(id) for native users, "portal:<clientId>" for the
+	// Portal adapter.
+	Owner enclave.Owner
+	// UserID is the WebAuthn user handle as a string: the authenticator
+	// stores and returns its UTF-8 bytes. 1 to 64 printable ASCII
+	// characters, so that raw, base64url and plain-string user handles all
+	// round-trip (FIELD-NOTES).
+	UserID string
+}
+
+// UserSubject is the subject of a native user id.
+func UserSubject(userID string) Subject {
+	return Subject{Owner: enclave.UserOwner(userID), UserID: userID}
+}
+
+// ValidUserID checks a user id's form.
+func ValidUserID(id string) error {
+	if len(id) == 0 || len(id) > protocol.MaximumUserHandleLength {
+		return ErrInvalidUserID
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x21 || id[i] > 0x7e {
+			return ErrInvalidUserID
+		}
+	}
+	return nil
+}
+
+func (s Subject) validate() error {
+	if err := ValidUserID(s.UserID); err != nil {
+		return err
+	}
+	return s.Owner.Validate()
+}
+
+// Service runs WebAuthn registration and authentication ceremonies, keeps
+// credentials in the store and releases keys from custody. Its Begin and
+// Finish methods are the API for every transport: the native echo
+// handlers ([Handler]) and the Portal adapter.
+type Service struct {
+	opts    Options
+	rps     []*relyingParty
+	db      *store.DB
+	custody *enclave.Custody
+	audit   Auditor
+	log     *slog.Logger
+	now     func() time.Time
+	decoy   secret.Bytes
+
+	ceremonies *ceremonies
+	userLimit  *limiter
+	addrLimit  *limiter
+
+	stats stats
+}
+
+type relyingParty struct {
+	cfg     RelyingParty
+	origins []string
+	wa      *webauthn.WebAuthn
+	begun   atomic.Uint64
+	done    atomic.Uint64
+}
+
+type stats struct {
+	expired  atomic.Uint64
+	mu       sync.Mutex
+	refusals map[string]uint64
+}
+
+// NewService validates opts and returns the service.
+func NewService(opts Options, deps Deps) (*Service, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.DB == nil || deps.Custody == nil || deps.Audit == nil {
+		return nil, errors.New("passkey: Deps.DB, Deps.Custody and Deps.Audit are required")
+	}
+	o := opts.withDefaults()
+	s := &Service{
+		opts: o, db: deps.DB, custody: deps.Custody, audit: deps.Audit, log: deps.Logger, now: deps.Clock,
+		decoy:      deps.Custody.Root().Subkey("passkey decoy credential ids"),
+		ceremonies: newCeremonies(o.MaxCeremonies, o.MaxCeremoniesPerAddress),
+		userLimit:  newLimiter(o.UserFailureBurst, o.UserFailureInterval, o.MaxTrackedLimits),
+		addrLimit:  newLimiter(o.AddressFailureBurst, o.AddressFailureInterval, o.MaxTrackedLimits),
+	}
+	s.stats.refusals = map[string]uint64{}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	requireRK := o.ResidentKey == "required"
+	for _, rp := range o.RelyingParties {
+		name := rp.Name
+		if name == "" {
+			name = rp.ID
+		}
+		origins := rp.origins()
+		wa, err := webauthn.New(&webauthn.Config{
+			RPID: rp.ID, RPDisplayName: name, RPOrigins: origins,
+			AttestationPreference: protocol.PreferNoAttestation,
+			AuthenticatorSelection: protocol.AuthenticatorSelection{
+				ResidentKey:        protocol.ResidentKeyRequirement(o.ResidentKey),
+				RequireResidentKey: &requireRK,
+				UserVerification:   protocol.UserVerificationRequirement(o.UserVerification),
+			},
+			Timeouts: webauthn.TimeoutsConfig{
+				Login:        webauthn.TimeoutConfig{Timeout: o.CeremonyTTL, TimeoutUVD: o.CeremonyTTL},
+				Registration: webauthn.TimeoutConfig{Timeout: o.CeremonyTTL, TimeoutUVD: o.CeremonyTTL},
+			},
+			// Password managers add outputs nobody asked for; refusing them
+			// would lock users out for nothing.
+			ExtensionsUnsolicitedOutputPolicy: protocol.UnsolicitedOutputPolicyIgnore,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("passkey: relying party %q: %w", rp.ID, err)
+		}
+		s.rps = append(s.rps, &relyingParty{cfg: rp, origins: origins, wa: wa})
+	}
+	return s, nil
+}
+
+// RelyingParty returns the configured relying party with this ID ("" is
+// the default one).
+func (s *Service) rp(id string) (*relyingParty, error) {
+	if id == "" {
+		return s.rps[0], nil
+	}
+	for _, rp := range s.rps {
+		if rp.cfg.ID == id {
+			return rp, nil
+		}
+	}
+	return nil, ErrUnknownRP
+}
+
+// HasRelyingParty reports whether id is a configured RP ID.
+func (s *Service) HasRelyingParty(id string) bool {
+	_, err := s.rp(id)
+	return id != "" && err == nil
+}
+
+// Stats are counters for metrics.
+type Stats struct {
+	// Per RP ID: ceremonies begun and finished successfully; begun minus
+	// finished counts ceremonies abandoned or refused (FIELD-NOTES: most
+	// passkey failures never reach the server).
+	Begun, Finished map[string]uint64
+	// Expired counts ceremonies dropped unused at their expiry.
+	Expired uint64
+	// Open is the number of ceremonies held now.
+	Open int
+	// Refusals counts refused requests by error code.
+	Refusals map[string]uint64
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Service) Stats() Stats {
+	st := Stats{Begun: map[string]uint64{}, Finished: map[string]uint64{}, Expired: s.stats.expired.Load(),
+		Open: s.ceremonies.len(), Refusals: map[string]uint64{}}
+	for _, rp := range s.rps {
+		st.Begun[rp.cfg.ID] = rp.begun.Load()
+		st.Finished[rp.cfg.ID] = rp.done.Load()
+	}
+	s.stats.mu.Lock()
+	for k, v := range s.stats.refusals {
+		st.Refusals[k] = v
+	}
+	s.stats.mu.Unlock()
+	return st
+}
+
+// refuse counts and audits (sampled) a refusal and returns err.
+func (s *Service) refuse(ctx context.Context, err error, owner enclave.Owner, addr, action string) error {
+	code := "internal"
+	if e, ok := apierr.As(err); ok {
+		code = e.Code
+	}
+	s.stats.mu.Lock()
+	s.stats.refusals[code]++
+	s.stats.mu.Unlock()
+	s.audit.Refusal(ctx, audit.Event{Action: audit.ActionRefusal, Reason: code, Owner: string(owner), Method: Method,
+		Remote: addr, Fields: map[string]string{"ceremony": action}})
+	return err
+}
+
+func (s *Service) addCeremony(c *ceremony) error {
+	now := s.now()
+	c.id = newCeremonyID()
+	c.expires = now.Add(s.opts.CeremonyTTL)
+	expired, err := s.ceremonies.add(now, c)
+	s.stats.expired.Add(uint64(expired))
+	return err
+}
+
+type waUser struct {
+	id          []byte
+	displayName string
+	creds       []webauthn.Credential
+}
+
+func (u *waUser) WebAuthnID() []byte                         { return u.id }
+func (u *waUser) WebAuthnName() string                       { return string(u.id) }
+func (u *waUser) WebAuthnDisplayName() string                { return u.displayName }
+func (u *waUser) WebAuthnCredentials() []webauthn.Credential { return u.creds }
+
+func descriptors(cs []*credential) []protocol.CredentialDescriptor {
+	out := make([]protocol.CredentialDescriptor, 0, len(cs))
+	for _, c := range cs {
+		d := protocol.CredentialDescriptor{Type: protocol.PublicKeyCredentialType, CredentialID: c.ID}
+		for _, t := range c.Transports {
+			d.Transport = append(d.Transport, protocol.AuthenticatorTransport(t))
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// decoyDescriptors are the allowCredentials of a user without passkeys:
+// stable (derived by HMAC from the RP and user id, DECISIONS 7) and shaped
+// like real ones, so begin does not tell who has passkeys.
+func (s *Service) decoyDescriptors(rpID, userID string) []protocol.CredentialDescriptor {
+	m := hmac.New(sha256.New, s.decoy.Reveal())
+	m.Write([]byte("keywarden passkey decoy v1\x00" + rpID + "\x00" + userID))
+	seed := m.Sum(nil)
+	n := 1 + int(seed[0]%2)
+	out := make([]protocol.CredentialDescriptor, 0, n)
+	for i := range n {
+		m := hmac.New(sha256.New, seed)
+		m.Write([]byte{byte(i)})
+		id := m.Sum(nil)
+		id = id[:[]int{16, 20, 32}[int(seed[1+i])%3]]
+		out = append(out, protocol.CredentialDescriptor{Type: protocol.PublicKeyCredentialType, CredentialID: id,
+			Transport: []protocol.AuthenticatorTransport{protocol.Internal, protocol.Hybrid}})
+	}
+	return out
+}
+
+var credentialParameters = []protocol.CredentialParameter{
+	{Type: protocol.PublicKeyCredentialType, Algorithm: webauthncose.AlgES256},
+	{Type: protocol.PublicKeyCredentialType, Algorithm: webauthncose.AlgEdDSA},
+	{Type: protocol.PublicKeyCredentialType, Algorithm: webauthncose.AlgRS256},
+}
+
+// checkClientData makes the client-data checks of both ceremonies
+// explicitly, before go-webauthn repeats them, so each failure has its own
+// code and a refused origin is logged.
+func (s *Service) checkClientData(rp *relyingParty, c *ceremony, cd protocol.CollectedClientData, want protocol.CeremonyType) error {
+	if cd.Type != want {
+		return ErrClientDataType
+	}
+	if !hmac.Equal([]byte(cd.Challenge), []byte(c.session.Challenge)) {
+		return ErrChallengeMismatch
+	}
+	if !protocol.IsOriginInHaystack(cd.Origin, rp.origins) {
+		// The origin received is the first thing an operator needs
+		// (FIELD-NOTES: Android origins).
+		s.log.Warn("passkey: origin refused", "origin", truncate(cd.Origin, 256), "rp_id", rp.cfg.ID, "allowed", rp.origins)
+		return ErrOriginMismatch
+	}
+	return nil
+}
+
+// checkAuthData checks the RP ID hash and the UP and UV flags.
+func (s *Service) checkAuthData(rp *relyingParty, ad protocol.AuthenticatorData) error {
+	want := sha256.Sum256([]byte(rp.cfg.ID))
+	if !hmac.Equal(ad.RPIDHash, want[:]) {
+		return ErrRPIDMismatch
+	}
+	if !ad.Flags.UserPresent() {
+		return ErrUserPresence
+	}
+	if s.opts.UserVerification == "required" && !ad.Flags.UserVerified() {
+		return ErrUserVerification
+	}
+	if ad.Flags.HasBackupState() && !ad.Flags.HasBackupEligible() {
+		return ErrBackupFlags
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// protocolCause maps a go-webauthn error to ours, keeping it as the cause.
+func protocolCause(err error, fallback *apierr.Error) error {
+	var pe *protocol.Error
+	if errors.As(err, &pe) && pe.Type == protocol.ErrAssertionSignature.Type {
+		return ErrSignature.Wrap(err)
+	}
+	if errors.As(err, &pe) {
+		return fallback.Wrap(fmt.Errorf("%s: %s", pe.Details, pe.DevInfo))
+	}
+	return fallback.Wrap(err)
+}
+
+func ptrBool(b bool) *bool { return &b }
+
+func hasPrefix(o enclave.Owner, p string) bool { return strings.HasPrefix(string(o), p) }
