@@ -95,6 +95,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -133,19 +134,19 @@ const (
 	ActionStop            = "stop"
 
 	// Written by the log itself; [Verify] lists them as [Incident]s.
-	ActionTailRepaired    = "audit_tail_repaired"   // an incomplete last line was cut at Open
-	ActionTailUnanchored  = "audit_tail_unanchored" // the previous run ended without an anchor
-	ActionDiskFull        = "audit_disk_full"       // the reserve was released
-	ActionSpaceRestored   = "audit_space_restored"  // the reserve was allocated again
-	incidentActionPrefix  = "audit_"
-	defaultRefusalOutcome = "refused"
+	// Actions starting with "audit_" are reserved for the log.
+	ActionTailRepaired   = "audit_tail_repaired"   // an incomplete last line was cut at Open
+	ActionTailUnanchored = "audit_tail_unanchored" // the previous run ended without an anchor
+	ActionDiskFull       = "audit_disk_full"       // the reserve was released
+	ActionSpaceRestored  = "audit_space_restored"  // the reserve was allocated again
+	incidentActionPrefix = "audit_"
 )
 
 // Outcomes.
 const (
 	OutcomeSuccess = "success"
 	OutcomeFailure = "failure"
-	OutcomeRefused = defaultRefusalOutcome
+	OutcomeRefused = "refused"
 	OutcomeWarning = "warning"
 )
 
@@ -361,7 +362,8 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 	l.publish()
 	go l.run()
 	for _, n := range notes {
-		if err := l.Record(ctx, n); err != nil {
+		n.Time = o.Clock()
+		if err := l.record(ctx, n); err != nil {
 			_ = l.Close(ctx)
 			return nil, fmt.Errorf("audit: open: recording %s: %w", n.Action, err)
 		}
@@ -377,6 +379,15 @@ func (l *Log) Record(ctx context.Context, ev Event) error {
 	if ev.Time.IsZero() {
 		ev.Time = l.opts.Clock()
 	}
+	if strings.HasPrefix(ev.Action, incidentActionPrefix) {
+		return fmt.Errorf("%w: actions starting with %q are reserved", ErrInvalidEvent, incidentActionPrefix)
+	}
+	return l.record(ctx, ev)
+}
+
+// record is Record without the reserved-action check, for the log's own
+// notes.
+func (l *Log) record(ctx context.Context, ev Event) error {
 	if err := checkEvent(ev); err != nil {
 		return err
 	}
@@ -458,7 +469,7 @@ func (l *Log) Refusal(_ context.Context, ev Event) {
 	if ev.Time.IsZero() {
 		ev.Time = now
 	}
-	if checkEvent(ev) != nil {
+	if checkEvent(ev) != nil || strings.HasPrefix(ev.Action, incidentActionPrefix) {
 		l.sampler.skip(ev.Reason)
 		return
 	}

@@ -66,6 +66,7 @@ func TestRecordRejectsBadEvents(t *testing.T) {
 		ev   Event
 	}{
 		{"no action", Event{Owner: "user:1"}},
+		{"reserved action", Event{Action: ActionDiskFull}},
 		{"too long", Event{Action: ActionStore, Fields: map[string]string{"x": strings.Repeat("a", MaxEventBytes)}}},
 	}
 	for _, tt := range tests {
