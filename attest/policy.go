@@ -147,7 +147,7 @@ func PolicyFromPCRs(values map[int][]byte) (*Policy, error) {
 }
 
 // MarshalJSON writes the policy in its file form, PCRs in numeric order.
-func (p *Policy) MarshalJSON() ([]byte, error) {
+func (p Policy) MarshalJSON() ([]byte, error) {
 	var b bytes.Buffer
 	b.WriteString(`{"bank":"sha256","pcrs":{`)
 	for n, i := range p.Indices() {
@@ -182,7 +182,7 @@ func (p *Policy) UnmarshalJSON(data []byte) error {
 }
 
 // MarshalYAML writes the file form, PCRs in numeric order.
-func (p *Policy) MarshalYAML() (any, error) {
+func (p Policy) MarshalYAML() (any, error) {
 	pcrs := &yaml.Node{Kind: yaml.MappingNode}
 	for _, i := range p.Indices() {
 		vals := &yaml.Node{Kind: yaml.SequenceNode}

@@ -161,3 +161,26 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 	})
 }
+
+// TestPolicyValueMarshals: a Policy value (not only a pointer) marshals in
+// the file form.
+func TestPolicyValueMarshals(t *testing.T) {
+	p, err := attest.PolicyFromPCRs(map[int][]byte{3: make([]byte, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := json.Marshal(struct{ P attest.Policy }{*p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"P":{"bank":"sha256","pcrs":{"3":["` + strings.Repeat("0", 64) + `"]}}}`; string(j) != want {
+		t.Fatalf("JSON %s, want %s", j, want)
+	}
+	y, err := yaml.Marshal(*p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := attest.ParsePolicy(y); err != nil {
+		t.Fatalf("YAML of a value does not parse back:\n%s\n%v", y, err)
+	}
+}

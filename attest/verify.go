@@ -318,13 +318,13 @@ func verifyEKChain(ev *Evidence, roots *x509.CertPool, now time.Time) (*x509.Cer
 	if len(ev.EKCertificates) == 0 {
 		return nil, refuse(ErrNoEKCertificate, "the evidence has no EK certificate", nil)
 	}
+	// Intermediates are only candidates for path building: one that does
+	// not parse is skipped, and a chain that needed it fails below.
 	inter := x509.NewCertPool()
 	for _, der := range ev.EKChain {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, refuse(ErrMalformed, "an EK chain certificate does not parse", err)
+		if c, err := x509.ParseCertificate(der); err == nil {
+			inter.AddCert(c)
 		}
-		inter.AddCert(c)
 	}
 	if now.IsZero() {
 		now = time.Now()
