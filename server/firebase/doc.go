@@ -17,11 +17,12 @@
 // token, a custom token, another project's token — but never contain the
 // token.
 //
-// golang-jwt is used for the RS256 signature, restricted to RS256 and with
-// its own claim validation off. The token is parsed first by this package,
-// more strictly than golang-jwt would: base64url without padding or line
-// breaks, JSON objects with unique member names matched exactly (so neither
-// a duplicate "aud" nor an "AUD" can confuse two parsers), valid UTF-8, time
+// The signature is checked with golang-jwt's RS256 method; nothing else of
+// golang-jwt is used, because its parser is more forgiving than a verifier
+// of untrusted tokens should be. This package parses the token itself:
+// base64url without padding or line breaks, JSON objects with unique member
+// names (compared after unescaping) looked up by exact name (encoding/json's
+// struct decoding would let "AUD" stand in for "aud"), valid UTF-8, time
 // claims as integers.
 //
 // # Certificates

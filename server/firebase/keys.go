@@ -226,6 +226,10 @@ var errClosed = errors.New("firebase: verifier closed")
 // so a caller that gives up does not abort it for the others; the caller
 // stops waiting when ctx ends.
 func (v *Verifier) refresh(ctx context.Context) error {
+	if v.tooSoon(v.now()) { // the common case under a flood: not even a goroutine
+		v.stats.suppressed.Add(1)
+		return errRefetchTooSoon
+	}
 	v.closeMu.RLock()
 	if v.closed {
 		v.closeMu.RUnlock()

@@ -127,8 +127,8 @@ func TestUnknownKidFloodCausesOneFetchPerInterval(t *testing.T) {
 	iss := firebasetest.NewIssuer(t, projectA)
 	clock := iss.Clock()
 	v := newVerifier(t, iss, nil)
-	attacker := firebasetest.GenerateKey(t, clock.Now().Add(-time.Hour), clock.Now().Add(time.Hour))
 	wantFetches(t, iss, 1)
+	sig := make([]byte, 256) // the kid is judged before the signature
 
 	flood := func() {
 		t.Helper()
@@ -136,7 +136,7 @@ func TestUnknownKidFloodCausesOneFetchPerInterval(t *testing.T) {
 		errs := make(chan error, 200)
 		for n := range 200 {
 			wg.Go(func() {
-				tok := iss.Sign(firebasetest.Token{Kid: fmt.Sprintf("bad-kid-%d", n), Key: attacker.Private})
+				tok := iss.Sign(firebasetest.Token{Kid: fmt.Sprintf("bad-kid-%d", n), Signature: sig})
 				id, err := v.Verify(context.Background(), tok)
 				if id != nil || !errors.Is(err, ErrTokenKidUnknown) {
 					errs <- fmt.Errorf("kid %d: %v %v", n, id, err)

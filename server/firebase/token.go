@@ -1,12 +1,10 @@
 package firebase
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -38,8 +36,10 @@ type jsonObject map[string]json.RawMessage
 // parsedToken is a token that passed the structural checks. Nothing in it
 // is authenticated until the signature is checked.
 type parsedToken struct {
-	kid    string
-	claims jsonObject
+	kid          string
+	claims       jsonObject
+	signingInput string // header.claims, as signed
+	signature    []byte
 }
 
 // parseToken makes the structural checks, in this order: present, size,
@@ -101,10 +101,11 @@ func parseToken(raw string) (*parsedToken, *apierr.Error) {
 	if parts[2] == "" {
 		return nil, ErrTokenSignature.WithMessage("the Firebase ID token is not signed")
 	}
-	if _, err := b64.DecodeString(parts[2]); err != nil {
+	sig, err := b64.DecodeString(parts[2])
+	if err != nil {
 		return nil, ErrTokenMalformed.WithMessage("the Firebase ID token's signature is not base64url").Wrap(err)
 	}
-	return &parsedToken{kid: kid, claims: claims}, nil
+	return &parsedToken{kid: kid, claims: claims, signingInput: raw[:len(parts[0])+1+len(parts[1])], signature: sig}, nil
 }
 
 var (
@@ -124,76 +125,154 @@ func decodeSegment(seg string) (jsonObject, error) {
 	return decodeObject(data)
 }
 
-// decodeObject decodes one JSON object, refusing invalid UTF-8 (which
-// encoding/json would quietly replace), duplicate member names at any
-// depth, nesting deeper than maxJSONDepth and trailing data.
+// decodeObject decodes one JSON object into its members, refusing invalid
+// JSON, invalid UTF-8 (which encoding/json would quietly replace), duplicate
+// member names at any depth (compared after unescaping, so "aud" and
+// "\u0061ud" are duplicates), nesting deeper than maxJSONDepth and trailing
+// data. Member values are not copied: they alias data.
 func decodeObject(data []byte) (jsonObject, error) {
 	if !utf8.Valid(data) {
 		return nil, errNotUTF8
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err != nil {
+	if !json.Valid(data) {
 		return nil, errNotObject
 	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	sc := scanner{data: data}
+	sc.space()
+	if sc.pos >= len(data) || data[sc.pos] != '{' {
 		return nil, errNotObject
 	}
-	if err := checkMembers(dec, '}', 1); err != nil {
+	obj := jsonObject{}
+	if err := sc.object(1, obj); err != nil {
 		return nil, err
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errTrailingData
-	}
-	var obj jsonObject
-	if err := json.Unmarshal(data, &obj); err != nil {
-		return nil, errNotObject
+	sc.space()
+	if sc.pos != len(data) {
+		return nil, errTrailingData // unreachable after json.Valid; kept for clarity
 	}
 	return obj, nil
 }
 
-// checkMembers walks the rest of an object (end '}') or array (end ']')
-// whose opening delimiter was just read.
-func checkMembers(dec *json.Decoder, end json.Delim, depth int) error {
+// scanner walks JSON that json.Valid has accepted, so it checks only what
+// json.Valid does not: duplicate names and depth.
+type scanner struct {
+	data []byte
+	pos  int
+}
+
+func (s *scanner) space() {
+	for s.pos < len(s.data) {
+		switch s.data[s.pos] {
+		case ' ', '\t', '\n', '\r':
+			s.pos++
+		default:
+			return
+		}
+	}
+}
+
+// object reads an object starting at '{'. When into is not nil the members
+// are stored there.
+func (s *scanner) object(depth int, into jsonObject) error {
 	if depth > maxJSONDepth {
 		return errTooDeep
 	}
-	var seen map[string]struct{}
-	if end == '}' {
-		seen = map[string]struct{}{}
+	if into == nil {
+		into = jsonObject{}
 	}
-	for dec.More() {
-		if end == '}' {
-			tok, err := dec.Token()
-			if err != nil {
-				return errNotObject
-			}
-			name, ok := tok.(string)
-			if !ok {
-				return errNotObject
-			}
-			if _, dup := seen[name]; dup {
-				return fmt.Errorf("%w %s", errDuplicateName, quote(name))
-			}
-			seen[name] = struct{}{}
+	s.pos++ // '{'
+	s.space()
+	if s.data[s.pos] == '}' {
+		s.pos++
+		return nil
+	}
+	for {
+		name := s.name()
+		if _, dup := into[name]; dup {
+			return fmt.Errorf("%w %s", errDuplicateName, quote(name))
 		}
-		tok, err := dec.Token()
-		if err != nil {
-			return errNotObject
+		s.space()
+		s.pos++ // ':'
+		s.space()
+		start := s.pos
+		if err := s.value(depth); err != nil {
+			return err
 		}
-		if d, ok := tok.(json.Delim); ok {
-			var inner json.Delim = '}'
-			if d == '[' {
-				inner = ']'
-			}
-			if err := checkMembers(dec, inner, depth+1); err != nil {
+		into[name] = json.RawMessage(s.data[start:s.pos])
+		s.space()
+		if s.data[s.pos] == '}' {
+			s.pos++
+			return nil
+		}
+		s.pos++ // ','
+		s.space()
+	}
+}
+
+// name reads a member name, unescaping it when needed.
+func (s *scanner) name() string {
+	start := s.pos
+	escaped := s.skipString()
+	raw := s.data[start:s.pos]
+	if !escaped {
+		return string(raw[1 : len(raw)-1])
+	}
+	var name string
+	_ = json.Unmarshal(raw, &name) // valid JSON: cannot fail
+	return name
+}
+
+// skipString moves past a string starting at '"' and reports whether it
+// contains an escape.
+func (s *scanner) skipString() (escaped bool) {
+	s.pos++
+	for {
+		switch s.data[s.pos] {
+		case '\\':
+			escaped = true
+			s.pos += 2
+		case '"':
+			s.pos++
+			return escaped
+		default:
+			s.pos++
+		}
+	}
+}
+
+// value moves past any value.
+func (s *scanner) value(depth int) error {
+	switch s.data[s.pos] {
+	case '{':
+		return s.object(depth+1, nil)
+	case '[':
+		if depth+1 > maxJSONDepth {
+			return errTooDeep
+		}
+		s.pos++
+		s.space()
+		if s.data[s.pos] == ']' {
+			s.pos++
+			return nil
+		}
+		for {
+			if err := s.value(depth + 1); err != nil {
 				return err
 			}
+			s.space()
+			if s.data[s.pos] == ']' {
+				s.pos++
+				return nil
+			}
+			s.pos++ // ','
+			s.space()
 		}
-	}
-	if tok, err := dec.Token(); err != nil || tok != end {
-		return errNotObject
+	case '"':
+		s.skipString()
+	default: // number, true, false, null
+		for s.pos < len(s.data) && !strings.ContainsRune(",]} \t\n\r", rune(s.data[s.pos])) {
+			s.pos++
+		}
 	}
 	return nil
 }

@@ -157,6 +157,7 @@ func TestVerifyRefusesHostileTokens(t *testing.T) {
 		{name: "claims null", token: sign(firebasetest.Token{RawClaims: []byte(`null`)}), code: "token_malformed"},
 		{name: "claims duplicate aud", token: rawClaims(`"aud":"someone-else",`), code: "token_malformed"},
 		{name: "claims duplicate sub", token: rawClaims(`"sub":"victim",`), code: "token_malformed"},
+		{name: "claims duplicate aud, escaped", token: rawClaims(`"\u0061ud":"someone-else",`), code: "token_malformed"},
 		{name: "claims nested duplicate tenant", token: rawClaims(`"x":{"tenant":"a","tenant":"b"},`), code: "token_malformed"},
 		{name: "claims nested too deep", token: rawClaims(`"x":` + strings.Repeat("[", 20) + strings.Repeat("]", 20) + `,`), code: "token_malformed"},
 		{name: "signature of impossible length", token: func(*testing.T) string { return iss.Mint(nil) + "AAA" }, code: "token_malformed"},
@@ -243,6 +244,11 @@ func TestVerifyRefusesHostileTokens(t *testing.T) {
 		{name: "sub a number", token: mint(firebasetest.Claims{"sub": 42}), code: "subject_invalid"},
 		{name: "sub with NUL", token: mint(firebasetest.Claims{"sub": "uid\x00other"}), code: "subject_invalid"},
 		{name: "sub with newline", token: mint(firebasetest.Claims{"sub": "uid\nother"}), code: "subject_invalid"},
+		{name: "sub with U+FFFD", token: mint(firebasetest.Claims{"sub": "uid\uFFFD"}), code: "subject_invalid"},
+		{name: "sub a lone surrogate escape", token: func(t *testing.T) string {
+			b, _ := json.Marshal(merge(iss.Claims(), firebasetest.Claims{"sub": "SUBX"}))
+			return iss.Sign(firebasetest.Token{RawClaims: []byte(strings.Replace(string(b), `"SUBX"`, `"uid\ud800"`, 1))})
+		}, code: "subject_invalid"},
 
 		// Times (leeway is 1 minute).
 		{name: "expired", token: mint(firebasetest.Claims{"iat": now - 2*hour, "auth_time": now - 2*hour, "exp": now - hour}), code: "token_expired"},
