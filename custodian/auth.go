@@ -195,9 +195,12 @@ func (c *Client) renewLoop(sec *api.Secret) {
 		go nw.Start()
 	}
 	tryLogin := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout*time.Duration(c.opts.MaxRetries+1)+time.Second)
+		ctx, cancel := context.WithTimeout(c.stopCtx, c.opts.Timeout*time.Duration(c.opts.MaxRetries+1)+time.Second)
 		s, err := c.login(ctx)
 		cancel()
+		if err != nil && c.stopCtx.Err() != nil {
+			return // closing
+		}
 		if err != nil {
 			e, _ := classify(err)
 			c.setAuthErr(e)

@@ -29,6 +29,8 @@ type Client struct {
 	sem  chan struct{}
 
 	stop      chan struct{}
+	stopCtx   context.Context // cancelled by Close: ends background logins
+	stopAll   context.CancelFunc
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 
@@ -66,7 +68,10 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("custodian: %w", err)
 	}
+	stopCtx, stopAll := context.WithCancel(context.Background())
 	c := &Client{
+		stopCtx:   stopCtx,
+		stopAll:   stopAll,
 		opts:      o,
 		vc:        vc,
 		log:       o.Logger.With("component", "custodian"),
@@ -151,6 +156,7 @@ func newAPIClient(o Options) (*api.Client, error) {
 func (c *Client) Close() {
 	c.closeOnce.Do(func() {
 		close(c.stop)
+		c.stopAll()
 		c.wg.Wait()
 		c.vc.ClearToken()
 	})

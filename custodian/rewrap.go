@@ -75,8 +75,8 @@ func jobKey(id string) []byte { return store.Key(JobKind, id) }
 // cannot be rewrapped (Vault refuses to open them): they are counted as
 // Failed and named in FailedItems.
 func (s *Service) StartRewrap(ctx context.Context) (string, error) {
-	s.jobMu.Lock()
-	defer s.jobMu.Unlock()
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
 	if err := s.ctx.Err(); err != nil {
 		return "", ErrVaultUnavailable.WithMessage("the custodian service is shutting down").Wrap(err)
 	}
@@ -125,8 +125,8 @@ func (s *Service) StartRewrap(ctx context.Context) (string, error) {
 // ResumeJobs continues every job left "running" by a previous process
 // (crash, restart). Call it once at start; it returns at once.
 func (s *Service) ResumeJobs(ctx context.Context) error {
-	s.jobMu.Lock()
-	defer s.jobMu.Unlock()
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
 	jobs, err := s.jobs(ctx)
 	if err != nil {
 		return err
@@ -191,7 +191,9 @@ func (s *Service) RewrapProgress() JobStatus {
 }
 
 func (s *Service) setLast(j JobStatus) {
+	s.jobMu.Lock()
 	s.last = j
+	s.jobMu.Unlock()
 }
 
 func (s *Service) saveJob(ctx context.Context, j JobStatus) error {
@@ -209,8 +211,9 @@ func newJobID() string {
 }
 
 // launch runs the job in the background unless it already runs here.
-// Callers hold jobMu.
 func (s *Service) launch(id string) {
+	s.jobMu.Lock()
+	defer s.jobMu.Unlock()
 	if s.running[id] {
 		return
 	}
@@ -262,9 +265,7 @@ func (s *Service) runJob(ctx context.Context, id string) {
 			if err := s.saveJob(ctx, j); err != nil {
 				return
 			}
-			s.jobMu.Lock()
 			s.setLast(j)
-			s.jobMu.Unlock()
 			s.log.Info("custodian rewrap job done", "job", id, "done", j.Done, "rewrapped", j.Rewrapped, "failed", j.Failed)
 			return
 		}
@@ -281,9 +282,7 @@ func (s *Service) runJob(ctx context.Context, id string) {
 				j.State = JobFailed
 			}
 			_ = s.saveJob(ctx, j)
-			s.jobMu.Lock()
 			s.setLast(j)
-			s.jobMu.Unlock()
 			s.log.Warn("custodian rewrap step failed", "job", id, "attempt", j.Attempts, "error", err)
 			if j.State == JobFailed {
 				return
@@ -297,9 +296,7 @@ func (s *Service) runJob(ctx context.Context, id string) {
 			}
 			continue
 		}
-		s.jobMu.Lock()
 		s.setLast(j)
-		s.jobMu.Unlock()
 		if s.onStep != nil {
 			s.onStep(j)
 		}

@@ -107,7 +107,8 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	jobMu   sync.Mutex
+	startMu sync.Mutex      // serializes StartRewrap and ResumeJobs
+	jobMu   sync.Mutex      // guards running and last
 	running map[string]bool // job ids running in this process
 	last    JobStatus       // most recent progress, for metrics
 
