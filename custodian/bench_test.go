@@ -120,4 +120,27 @@ func BenchmarkTransitDirect(b *testing.B) {
 			}
 		}
 	})
+	// The same with a batch_input of one, which is what Wrap and Unwrap send.
+	b.Run("decrypt-batch1", func(b *testing.B) {
+		b.ReportAllocs()
+		in := []map[string]any{{"ciphertext": ct, "context": cx}}
+		for b.Loop() {
+			if _, err := vc.Logical().WriteWithContext(ctx, fmt.Sprintf(path, "decrypt"), map[string]any{"batch_input": in}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	// The same with a policy token instead of the root token (what the
+	// custodian benchmarks use).
+	v.WritePolicy("custodian", transitPolicy)
+	pc := v.Client()
+	pc.SetToken(v.NewToken(0, "custodian"))
+	b.Run("decrypt-policy-token", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := pc.Logical().WriteWithContext(ctx, fmt.Sprintf(path, "decrypt"), map[string]any{"ciphertext": ct, "context": cx}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
