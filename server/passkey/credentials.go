@@ -21,14 +21,14 @@ type credential struct {
 	RPID       string        `json:"rpId"`
 	PublicKey  []byte        `json:"publicKey"` // COSE_Key
 	Algorithm  int64         `json:"alg"`
-	Format     string        `json:"fmt"`            // attestation format
-	AttType    string        `json:"attType"`        // attestation type
-	AAGUID     []byte        `json:"aaguid"`         // 16 bytes
-	SignCount  uint32        `json:"signCount"`      // 0: the authenticator keeps no counter
-	BE         bool          `json:"be"`             // backup eligible
-	BS         bool          `json:"bs"`             // backup state
-	UV         bool          `json:"uv"`             // user verified at registration
-	PRF        *bool         `json:"prf,omitempty"`  // prf.enabled as reported at registration (nil: not reported)
+	Format     string        `json:"fmt"`           // attestation format
+	AttType    string        `json:"attType"`       // attestation type
+	AAGUID     []byte        `json:"aaguid"`        // 16 bytes
+	SignCount  uint32        `json:"signCount"`     // 0: the authenticator keeps no counter
+	BE         bool          `json:"be"`            // backup eligible
+	BS         bool          `json:"bs"`            // backup state
+	UV         bool          `json:"uv"`            // user verified at registration
+	PRF        *bool         `json:"prf,omitempty"` // prf.enabled as reported at registration (nil: not reported)
 	Transports []string      `json:"transports,omitempty"`
 	Attachment string        `json:"attachment,omitempty"`
 	Created    time.Time     `json:"created"`

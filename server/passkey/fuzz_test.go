@@ -1,0 +1,44 @@
+package passkey
+
+import (
+	"testing"
+
+	"github.com/go-webauthn/webauthn/protocol"
+)
+
+// FuzzAssertionParsing runs the parsing an untrusted assertion goes
+// through before any check: it must never panic, and a user handle it
+// reports must be gone from what go-webauthn parses.
+func FuzzAssertionParsing(f *testing.F) {
+	f.Add([]byte(`{"id":"AQ","rawId":"AQ","type":"public-key","response":{"clientDataJSON":"e30","authenticatorData":"AA","signature":"AA","userHandle":"alice"}}`))
+	f.Add([]byte(`"{\"id\":\"AQ\",\"response\":{\"userHandle\":null}}"`))
+	f.Add([]byte(`{"response":{"userHandle":7}}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		raw, err := unquoteCredential(in)
+		if err != nil {
+			return
+		}
+		clean, handle, err := splitUserHandle(raw)
+		if err != nil {
+			return
+		}
+		if handle != nil {
+			_ = userHandleMatches(*handle, "alice")
+		}
+		if p, err := protocol.ParseCredentialRequestResponseBytes(clean); err == nil && len(p.Response.UserHandle) != 0 {
+			t.Fatal("user handle reached go-webauthn")
+		}
+	})
+}
+
+func FuzzParseFingerprint(f *testing.F) {
+	f.Add(testFP)
+	f.Add("q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, s string) {
+		if b, err := ParseFingerprint(s); err == nil && len(b) != 32 {
+			t.Fatalf("%q parsed to %d bytes", s, len(b))
+		}
+	})
+}
