@@ -10,7 +10,7 @@
 # also starts from an empty Go build cache, so a cached object cannot hide a
 # difference. WORKDIR (default: a temporary folder, removed afterwards)
 # keeps the two binaries as WORKDIR/a/keywarden and WORKDIR/b/keywarden.
-# Prints "sha256 a <digest>" and "sha256 b <digest>".
+# Prints "revision <commit>", "sha256 a <digest>" and "sha256 b <digest>".
 set -euo pipefail
 root=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
 rev=$(git -C "$root" rev-parse HEAD)
@@ -24,6 +24,7 @@ fi
 src_a=$work/a/src
 src_b=$work/b/another/much/longer/path/to/the/source
 echo "reproducible: building $rev twice" >&2
+echo "revision $rev"
 for d in "$src_a" "$src_b"; do
   rm -rf "$d"
   git clone -q --no-checkout "$root" "$d"
