@@ -209,19 +209,12 @@ func (s *Service) FinishAuthentication(ctx context.Context, req FinishAuthentica
 	}
 	c.rp.done.Add(1)
 	// Keep the finished ceremony as proof of a fresh assertion (adding a
-	// passkey); it takes the slot the ceremony freed.
-	proof := &ceremony{kind: kindProof, rp: c.rp, subject: &out.Subject, addr: c.addr}
-	if s.addCeremonyWithID(c.id, proof) == nil {
-		out.ProofID = c.id
-	}
+	// passkey). Proofs have their own bounded store: they count against
+	// no client's ceremony cap, and the oldest is dropped when it is full.
+	now = s.now()
+	s.proofs.put(now, &ceremony{id: c.id, kind: kindProof, rp: c.rp, subject: &out.Subject, expires: now.Add(s.opts.CeremonyTTL)})
+	out.ProofID = c.id
 	return out, nil
-}
-
-func (s *Service) addCeremonyWithID(id string, c *ceremony) error {
-	now := s.now()
-	c.id, c.expires = id, now.Add(s.opts.CeremonyTTL)
-	_, err := s.ceremonies.add(now, c)
-	return err
 }
 
 func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req FinishAuthenticationRequest) (*Authentication, enclave.Owner, error) {

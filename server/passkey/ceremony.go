@@ -116,6 +116,24 @@ func (cs *ceremonies) add(now time.Time, c *ceremony) (expired int, err error) {
 	return expired, nil
 }
 
+// put stores c, evicting the oldest entries when the cap is reached
+// (for proofs: losing an old one only means authenticating again).
+func (cs *ceremonies) put(now time.Time, c *ceremony) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.sweep(now)
+	for len(cs.m) >= cs.max && len(cs.queue) > 0 {
+		if old := cs.queue[0]; !old.removed {
+			cs.remove(old)
+		}
+		cs.queue[0] = nil
+		cs.queue = cs.queue[1:]
+	}
+	cs.m[c.id] = c
+	cs.perAddr[c.addr]++
+	cs.queue = append(cs.queue, c)
+}
+
 // retryAfter is when the oldest open ceremony (of addr, or any) expires.
 func (cs *ceremonies) retryAfter(now time.Time, addr string) time.Duration {
 	for _, c := range cs.queue {

@@ -428,3 +428,30 @@ func TestCeremonyMemoryBounded(t *testing.T) {
 		t.Fatalf("refusals: %v", st.Refusals)
 	}
 }
+
+// TestManyReleasesFromOneAddress: finished ceremonies (kept as proofs for
+// adding a passkey) never count against the address's ceremony cap, and
+// their own store is bounded, oldest dropped first.
+func TestManyReleasesFromOneAddress(t *testing.T) {
+	v := newEnv(t, func(o *Options) { o.MaxCeremonies = 8; o.MaxCeremoniesPerAddress = 2 })
+	v.register(nil, "alice", aliceKey, softauthn.CreateOptions{})
+	var proofs []string
+	for range 20 {
+		r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{}, nil)
+		if r.status != 200 {
+			t.Fatalf("release: %d %s", r.status, r.body)
+		}
+		proofs = append(proofs, r.json(t)["assertionCeremonyId"].(string))
+	}
+	if n := v.svc.proofs.len(); n > 8 {
+		t.Fatalf("%d proofs held, cap 8", n)
+	}
+	r := v.do("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": proofs[0]}, withBearer(v.token("alice")))
+	if r.code() != "assertion_invalid" {
+		t.Fatalf("evicted proof: %d %s", r.status, r.body)
+	}
+	r = v.do("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": proofs[19]}, withBearer(v.token("alice")))
+	if r.status != 200 {
+		t.Fatalf("newest proof: %d %s", r.status, r.body)
+	}
+}

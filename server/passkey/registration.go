@@ -70,7 +70,7 @@ func (s *Service) beginRegistration(ctx context.Context, req RegistrationRequest
 	}
 	stepUp := false
 	if req.AssertionCeremonyID != "" {
-		p, err := s.ceremonies.take(s.now(), req.AssertionCeremonyID, kindProof)
+		p, err := s.proofs.take(s.now(), req.AssertionCeremonyID, kindProof)
 		if err != nil || p.subject.Owner != req.Subject.Owner || p.rp != rp {
 			return nil, ErrAssertionInvalid
 		}

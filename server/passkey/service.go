@@ -103,6 +103,7 @@ type Service struct {
 	decoy   secret.Bytes
 
 	ceremonies *ceremonies
+	proofs     *ceremonies // finished authentications (kindProof), FIFO-evicted
 	userLimit  *limiter
 	addrLimit  *limiter
 
@@ -136,6 +137,7 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 		opts: o, db: deps.DB, custody: deps.Custody, audit: deps.Audit, log: deps.Logger, now: deps.Clock,
 		decoy:      deps.Custody.Root().Subkey("passkey decoy credential ids"),
 		ceremonies: newCeremonies(o.MaxCeremonies, o.MaxCeremoniesPerAddress),
+		proofs:     newCeremonies(o.MaxCeremonies, o.MaxCeremonies),
 		userLimit:  newLimiter(o.UserFailureBurst, o.UserFailureInterval, o.MaxTrackedLimits),
 		addrLimit:  newLimiter(o.AddressFailureBurst, o.AddressFailureInterval, o.MaxTrackedLimits),
 	}
