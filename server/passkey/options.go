@@ -97,7 +97,9 @@ type RelyingParty struct {
 	// Origins are the web origins allowed to use the RP, such as
 	// "https://app.example.com" (scheme, host, optional port; no path).
 	// Their host must be ID or a subdomain of it; http is allowed only
-	// for localhost.
+	// for localhost. An Android origin may also be given directly as
+	// "android:apk-key-hash:<base64url SHA-256>" (AndroidApps is the
+	// friendlier form, and also feeds assetlinks.json).
 	Origins []string
 	// AndroidApps are Android apps allowed to use the RP; each of their
 	// signing-certificate fingerprints becomes an allowed origin
@@ -245,8 +247,14 @@ func validRPID(id string) error {
 }
 
 func validOrigin(origin, rpID string) error {
+	if h, ok := strings.CutPrefix(origin, "android:apk-key-hash:"); ok {
+		if b, err := base64.RawURLEncoding.DecodeString(h); err != nil || len(b) != 32 {
+			return fmt.Errorf("%q: the hash must be the base64url (unpadded) SHA-256 of the signing certificate", origin)
+		}
+		return nil
+	}
 	if strings.HasPrefix(origin, "android:") {
-		return errors.New("list Android apps under androidApps (with their fingerprints), not as origins")
+		return fmt.Errorf("%q: the only Android origin form is android:apk-key-hash:<base64url SHA-256>", origin)
 	}
 	u, err := url.Parse(origin)
 	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {

@@ -17,6 +17,10 @@ func TestOptionsValidate(t *testing.T) {
 	if err := dev.Validate(); err != nil {
 		t.Fatalf("dev options: %v", err)
 	}
+	direct := Options{RelyingParties: []RelyingParty{{ID: "example.com", Origins: []string{"android:apk-key-hash:q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k"}}}}
+	if err := direct.Validate(); err != nil {
+		t.Fatalf("android origin given directly: %v", err)
+	}
 	androidOnly := Options{RelyingParties: []RelyingParty{{ID: "example.com", AndroidApps: []AndroidApp{{Package: "com.example.app", Fingerprints: []string{testFP}}}}}}
 	if err := androidOnly.Validate(); err != nil {
 		t.Fatalf("android-only options: %v", err)
@@ -37,7 +41,8 @@ func TestOptionsValidate(t *testing.T) {
 		"origin of other site": {"relyingParties[0].origins[0]", func(o *Options) { o.RelyingParties[0].Origins[0] = "https://example.org" }},
 		"origin suffix trick":  {"relyingParties[0].origins[0]", func(o *Options) { o.RelyingParties[0].Origins[0] = "https://evilexample.com" }},
 		"plain http":           {"relyingParties[0].origins[0]", func(o *Options) { o.RelyingParties[0].Origins[0] = "http://app.example.com" }},
-		"android as origin":    {"relyingParties[0].origins[0]", func(o *Options) { o.RelyingParties[0].Origins[0] = "android:apk-key-hash:abc" }},
+		"short android origin": {"relyingParties[0].origins[0]", func(o *Options) { o.RelyingParties[0].Origins[0] = "android:apk-key-hash:abc" }},
+		"other android origin": {"relyingParties[0].origins[0]", func(o *Options) { o.RelyingParties[0].Origins[0] = "android:facet:abc" }},
 		"bad package":          {"relyingParties[0].androidApps[0].package", func(o *Options) { o.RelyingParties[0].AndroidApps[0].Package = "nodots" }},
 		"no fingerprints":      {"relyingParties[0].androidApps[0].fingerprints", func(o *Options) { o.RelyingParties[0].AndroidApps[0].Fingerprints = nil }},
 		"short fingerprint":    {"relyingParties[0].androidApps[0].fingerprints[0]", func(o *Options) { o.RelyingParties[0].AndroidApps[0].Fingerprints = []string{"AB:CD"} }},

@@ -420,4 +420,11 @@ func TestAndroidOrigin(t *testing.T) {
 	if r.code() != "origin_mismatch" {
 		t.Fatalf("other android signer: %d %s", r.status, r.body)
 	}
+	// The same origin configured directly (as config's passkey.origins may).
+	v2 := newEnv(t, func(o *Options) { o.RelyingParties[0].Origins = []string{testOrigin, AndroidOrigin(other[:])} })
+	v2.register(nil, "alice", testKey(1), softauthn.CreateOptions{})
+	r = v2.assert(nil, v2.beginAuth(user("alice")), AndroidOrigin(other[:]), softauthn.GetOptions{}, nil)
+	if r.status != 200 {
+		t.Fatalf("directly configured android origin: %d %s", r.status, r.body)
+	}
 }
