@@ -179,7 +179,7 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 	return s, nil
 }
 
-// RelyingParty returns the configured relying party with this ID ("" is
+// rp returns the configured relying party with this ID ("" is
 // the default one).
 func (s *Service) rp(id string) (*relyingParty, error) {
 	if id == "" {
