@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -334,8 +335,10 @@ func (c *Custody) ListVersions(ctx context.Context, owner Owner, method string) 
 	err := c.db.View(ctx, func(tx *store.Tx) error {
 		return tx.ForEach(store.BucketKeyVersions, prefix, func(k, v []byte) error {
 			id := string(k[len(prefix):])
-			var ns int64
-			fmt.Sscan(id, &ns)
+			ns, err := strconv.ParseInt(id, 10, 64)
+			if err != nil {
+				return fmt.Errorf("enclave: prior version id %q damaged: %w", id, err)
+			}
 			var rec keyRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return err

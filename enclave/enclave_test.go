@@ -254,6 +254,9 @@ func TestCustodyOverwriteVersionsRestore(t *testing.T) {
 	if err != nil || len(vs) != 1 {
 		t.Fatalf("versions: %v %v", vs, err)
 	}
+	if !vs[0].ReplacedAt.Equal(now) {
+		t.Fatalf("ReplacedAt = %v, want %v", vs[0].ReplacedAt, now)
+	}
 	if err := c.RestoreVersion(ctx, o, "FIREBASE", vs[0].ID); err != nil {
 		t.Fatal(err)
 	}
