@@ -71,6 +71,12 @@ func bearer(h string) (string, bool) {
 	return tok, tok != ""
 }
 
+// Event makes an audit event for this request: actor, request id and
+// client address filled in; reason non-empty marks a refusal.
+func (s *Server) Event(c echo.Context, action, owner, method, reason string) audit.Event {
+	return s.event(c, action, owner, method, reason)
+}
+
 // event makes an audit event for this request.
 func (s *Server) event(c echo.Context, action, owner, method, reason string) audit.Event {
 	actor, _ := c.Get("actor").(string)

@@ -46,9 +46,13 @@ type Auditor interface {
 	Refusal(ctx context.Context, ev audit.Event)
 }
 
-// Routes is a capability that adds its routes (passkeys, custodian, Portal…).
+// Routes is a capability that adds its routes (passkeys, custodian,
+// Portal…). public carries CORS and the per-address rate limit; admin
+// requires the admin API key. Capabilities use the server's shared
+// operations (StoreKey, ReleaseKey, VerifyFirebase, Event, BindJSON) so
+// audit, metrics and errors stay in one place.
 type Routes interface {
-	RegisterRoutes(public, admin *echo.Group)
+	RegisterRoutes(s *Server, public, admin *echo.Group)
 }
 
 // UserData is a capability that keeps per-user data: the admin API lists
@@ -202,7 +206,7 @@ func (s *Server) routes() {
 	admin.DELETE("/firebase/blocked/:subject", s.unblock)
 	s.firebaseRoutes(public, admin)
 	for _, r := range s.opts.Routes {
-		r.RegisterRoutes(public, admin)
+		r.RegisterRoutes(s, public, admin)
 	}
 }
 
@@ -426,6 +430,24 @@ func (s *Server) toAPIError(err error) *apierr.Error {
 	}
 	return apierr.ErrInternal.Wrap(err)
 }
+
+// BindJSON decodes one JSON object from the body into v (see bindJSON).
+func BindJSON(c echo.Context, v any) error { return bindJSON(c, v) }
+
+// Audit is the audit log.
+func (s *Server) Audit() Auditor { return s.opts.Audit }
+
+// Custody is the key custody (nil while sealed).
+func (s *Server) Custody() *enclave.Custody { return s.opts.Custody }
+
+// Metrics are the Prometheus collectors.
+func (s *Server) Metrics() *metrics.Metrics { return s.opts.Metrics }
+
+// Logger is the server's logger.
+func (s *Server) Logger() *slog.Logger { return s.log }
+
+// Unsealed is middleware that answers 503 sealed while the root key is sealed.
+func (s *Server) Unsealed(next echo.HandlerFunc) echo.HandlerFunc { return s.unsealed(next) }
 
 // bindJSON decodes one JSON object from the body into v. Malformed JSON is
 // a 400 that says where; a body over the limit a 413.

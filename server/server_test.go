@@ -216,10 +216,10 @@ func TestFirebaseProjectsAndTokens(t *testing.T) {
 		tok  string
 		code string
 	}{
-		"expired":        {h.issuer.Mint(firebasetest.Claims{"exp": h.issuer.Clock().Now().Add(-time.Hour).Unix()}), "token_expired"},
-		"other project":  {h.issuer.Mint(firebasetest.Claims{"aud": "proj-z", "iss": "https://securetoken.google.com/proj-z"}), "wrong_audience"},
-		"garbage":        {"abc.def.ghi", "token_malformed"},
-		"missing":        {"", "token_missing"},
+		"expired":       {h.issuer.Mint(firebasetest.Claims{"exp": h.issuer.Clock().Now().Add(-time.Hour).Unix()}), "token_expired"},
+		"other project": {h.issuer.Mint(firebasetest.Claims{"aud": "proj-z", "iss": "https://securetoken.google.com/proj-z"}), "wrong_audience"},
+		"garbage":       {"abc.def.ghi", "token_malformed"},
+		"missing":       {"", "token_missing"},
 	}
 	for name, tc := range cases {
 		r := h.firebase("GET", "/v1/firebase/key", tc.tok, nil)
