@@ -1,0 +1,741 @@
+package enclave
+
+// # Rollback detection
+//
+// A copy of the store is a complete, valid store: restoring yesterday's
+// backup would bring back keys that were deleted since (DECISIONS 12, 13).
+// A TPM NV counter (TPM_NT_COUNTER: it only moves forward, and a counter
+// defined anew starts at or above the highest value any counter of that TPM
+// has had) records how far the store has gone:
+//
+//   - the store keeps a generation in its meta bucket, MACed under the root
+//     subkey "rollback" together with the counter's NV index and the name of
+//     the TPM's storage root key (which TPM it counts on);
+//   - after a destructive change commits, [Rollback.Destructive] raises the
+//     recorded generation to the counter's value + 1 (durably), and a
+//     background goroutine then increments the counter to that value — commit
+//     first, then increment; no request waits on the NV write. Changes that
+//     arrive while an increment is pending share its generation, so the
+//     counter moves at most once per [RollbackOptions.Interval];
+//   - at start, [OpenRollback] compares: a store generation ≥ the counter is
+//     accepted and the counter is caught up (an increment lost in a crash);
+//     a store generation below the counter is a store older than the last
+//     destructive change the TPM saw: [ErrRolledBack]. An operator who
+//     restores a backup on purpose accepts it with
+//     [RollbackOptions.AcceptRollback], which records the counter's value as
+//     the new baseline (and the caller audits it).
+//
+// Limits, stated plainly: a copy taken within one Interval before a
+// destructive change may carry the same generation as the store after it
+// (coalescing). Backups through the admin API call [Rollback.BeforeBackup]
+// so the next destructive change takes a new generation; a raw disk
+// snapshot does not, and a crash between a commit and its increment loses
+// that increment. The MAC covers the generation only, not a digest of the
+// records: splicing an old record into the live file is caught by the
+// record's write version only where the reader knows the expected version.
+//
+// The counter's authValue is a subkey of the root key, so only this
+// appliance can increment it (an unauthorised increment would make the
+// store look rolled back at the next start). Defining it needs owner
+// authorization (empty by default).
+//
+// On another TPM (after `keywarden recover`) the storage root key differs:
+// the counter there has no history of this store, and the store's
+// generation is rebased onto it. On the same TPM a missing counter means it
+// was deleted (TPM2_Clear also changes the storage root key, so that is
+// not it): refused like a rollback. The in-process simulator keeps no NV
+// state across a process restart; in dev mode a missing counter is defined
+// again with a warning in [RollbackStatus], and when the TPM refuses to
+// define one the counter is reported unavailable and the store generation
+// alone is kept.
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/keywarden/keywarden/store"
+)
+
+var metaRollback = []byte("rollback")
+
+// DefaultCounterIndex is the NV index of the rollback counter: in the range
+// the TCG handle registry leaves to the platform owner (0x01800000–0x01BFFFFF).
+const DefaultCounterIndex uint32 = 0x01800020
+
+// DefaultRollbackInterval is how often, at most, the counter is incremented.
+const DefaultRollbackInterval = 10 * time.Second
+
+// maxCatchUp bounds the increments [OpenRollback] makes to bring the counter
+// up to the store: the store is normally ahead by one at most.
+const maxCatchUp = 64
+
+// ErrRolledBack means the store is older than the TPM's rollback counter:
+// it is a copy from before the last destructive change (deleted keys would
+// come back). Restore the newest backup, or accept this one deliberately
+// (`keywarden rollback accept`, audited).
+var ErrRolledBack = errors.New("enclave: the store is older than the TPM's rollback counter (a restored or copied store from before the last deletion)")
+
+// ErrRollbackRecord means the store's rollback record is missing where one
+// must exist, or does not verify under the root key (altered).
+var ErrRollbackRecord = errors.New("enclave: the store's rollback record is missing or does not verify")
+
+// RollbackError says by how much a store is behind.
+type RollbackError struct {
+	Store   uint64 // generation recorded in the store
+	Counter uint64 // the TPM counter's value
+	Reason  string // extra detail, may be empty
+}
+
+func (e *RollbackError) Error() string {
+	msg := fmt.Sprintf("%v: store generation %d, TPM counter %d", ErrRolledBack, e.Store, e.Counter)
+	if e.Reason != "" {
+		msg += " (" + e.Reason + ")"
+	}
+	return msg + "; restore the newest backup, or accept this store deliberately with `keywarden rollback accept` (audited)"
+}
+
+func (e *RollbackError) Unwrap() error { return ErrRolledBack }
+
+// RollbackOptions configure [OpenRollback]. The zero value is production's:
+// the default index and interval, no override.
+type RollbackOptions struct {
+	// NVIndex of the counter. Zero means DefaultCounterIndex.
+	NVIndex uint32
+	// Interval is the least time between two counter increments (NV
+	// wear, TPM latency). Zero means DefaultRollbackInterval.
+	Interval time.Duration
+	// AcceptRollback starts a store older than the counter (or with a
+	// missing or unverifiable rollback record) and records the counter as
+	// its new baseline. It is the operator's override for a deliberate
+	// restore; the caller must audit it (RollbackStatus.Event says what
+	// was accepted).
+	AcceptRollback bool
+	// Dev tolerates a missing counter on the same TPM (the in-process
+	// simulator keeps no NV across restarts), a store without a rollback
+	// record, and a TPM that refuses to define a counter (then the counter
+	// is unavailable and only the store generation is kept).
+	Dev bool
+	// Logger receives background increment failures. Nil means
+	// slog.Default().
+	Logger *slog.Logger
+
+	// init is set by InitRollback: the store may have no record yet.
+	init bool
+}
+
+// Rollback events, in RollbackStatus.Event.
+const (
+	RollbackAccepted    = "accepted"            // store ≥ counter
+	RollbackCaughtUp    = "counter_caught_up"   // store was ahead; counter incremented
+	RollbackNewCounter  = "new_counter"         // counter defined (init, new TPM, dev restart); store rebased
+	RollbackOverride    = "rollback_accepted"   // AcceptRollback used on a refused store
+	RollbackUnavailable = "counter_unavailable" // dev: no NV counter, store generation only
+)
+
+// RollbackStatus describes the counter at start and now.
+type RollbackStatus struct {
+	Available  bool   // an NV counter is in use
+	NVIndex    uint32 // its index
+	Generation uint64 // the store's recorded generation
+	Counter    uint64 // the counter's last known value
+	Pending    bool   // an increment is scheduled
+	Event      string // what OpenRollback did (Rollback… constants)
+	Detail     string // a sentence for the log or the audit line
+}
+
+// Rollback keeps the store's generation and the TPM counter in step.
+type Rollback struct {
+	tpm       transport.TPM
+	db        *store.DB
+	root      *Root
+	index     tpm2.TPMHandle
+	auth      []byte // the counter's authValue (root subkey)
+	srkName   []byte
+	interval  time.Duration
+	log       *slog.Logger
+	available bool
+
+	tpmMu sync.Mutex // one NV sequence at a time
+
+	mu        sync.Mutex
+	gen       uint64 // highest generation recorded in the store
+	confirmed uint64 // counter value known to be reached
+	shareable bool   // gen may absorb more destructive changes (increment pending, no backup since)
+	last      time.Time
+	status    RollbackStatus
+	closed    bool
+
+	kick chan struct{}
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+// rollbackState is the meta record.
+type rollbackState struct {
+	V          int    `json:"v"`
+	Generation uint64 `json:"gen"`
+	NVIndex    uint32 `json:"nv_index"`
+	TPM        []byte `json:"tpm"`     // name of the TPM's storage root key
+	Counter    bool   `json:"counter"` // false: no NV counter (dev)
+	MAC        []byte `json:"mac"`
+}
+
+func (s *rollbackState) mac(root *Root) []byte {
+	k := root.Subkey("rollback")
+	defer k.Wipe()
+	m := hmac.New(sha256.New, k.Reveal())
+	m.Write([]byte("keywarden rollback v1\x00"))
+	var b []byte
+	b = binary.BigEndian.AppendUint32(b, uint32(s.V))
+	b = binary.BigEndian.AppendUint64(b, s.Generation)
+	b = binary.BigEndian.AppendUint32(b, s.NVIndex)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s.TPM)))
+	b = append(b, s.TPM...)
+	if s.Counter {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	m.Write(b)
+	return m.Sum(nil)
+}
+
+func (s *rollbackState) verify(root *Root) bool { return hmac.Equal(s.mac(root), s.MAC) }
+
+func (s *rollbackState) seal(root *Root) ([]byte, error) {
+	s.V = 1
+	s.MAC = s.mac(root)
+	return json.Marshal(s)
+}
+
+// loadRollbackState reads the record; nil when there is none.
+func loadRollbackState(ctx context.Context, db *store.DB) (*rollbackState, error) {
+	var b []byte
+	err := db.View(ctx, func(tx *store.Tx) (err error) { b, err = tx.Get(store.BucketMeta, metaRollback); return })
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return parseRollbackState(b)
+}
+
+func parseRollbackState(b []byte) (*rollbackState, error) {
+	var s rollbackState
+	if err := json.Unmarshal(b, &s); err != nil || s.V != 1 {
+		return nil, fmt.Errorf("%w: damaged", ErrRollbackRecord)
+	}
+	return &s, nil
+}
+
+// InitRollback defines the counter for a newly initialized store (at
+// `keywarden init`) and records the store's first generation. A stale
+// counter at the index that this root key cannot use (left by an earlier
+// installation) is replaced, with owner authorization.
+func InitRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Root, opts RollbackOptions) (*Rollback, error) {
+	st, err := loadRollbackState(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	if st != nil {
+		return nil, errors.New("enclave: the store already has a rollback record")
+	}
+	opts.init = true
+	return OpenRollback(ctx, tpm, db, root, opts)
+}
+
+// OpenRollback checks the store's generation against the TPM counter (see
+// the section comment above) and starts the background incrementer. It
+// sends a handful of TPM commands (one storage-root-key creation, the NV
+// reads); it runs once, at start. Close it at shutdown.
+func OpenRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Root, opts RollbackOptions) (*Rollback, error) {
+	if opts.NVIndex == 0 {
+		opts.NVIndex = DefaultCounterIndex
+	}
+	if opts.NVIndex>>24 != uint32(tpm2.TPMHTNVIndex) {
+		return nil, fmt.Errorf("enclave: rollback NV index %#08x is not an NV index handle (0x01xxxxxx)", opts.NVIndex)
+	}
+	if opts.Interval <= 0 {
+		opts.Interval = DefaultRollbackInterval
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	r := &Rollback{
+		tpm: tpm, db: db, root: root, index: tpm2.TPMHandle(opts.NVIndex),
+		auth: counterAuth(root), interval: opts.Interval, log: opts.Logger,
+		kick: make(chan struct{}, 1), done: make(chan struct{}),
+	}
+	st, err := loadRollbackState(ctx, db)
+	if err != nil && !opts.AcceptRollback {
+		return nil, err
+	}
+	override := ""
+	switch {
+	case st != nil && !st.verify(root):
+		if !opts.AcceptRollback {
+			return nil, fmt.Errorf("%w: its MAC does not verify under the root key (altered)", ErrRollbackRecord)
+		}
+		override, st = "the rollback record did not verify", nil
+	case st == nil && !opts.init && !opts.Dev:
+		if !opts.AcceptRollback {
+			return nil, fmt.Errorf("%w: the store has none (every initialized store records one; was it removed?); accept deliberately with `keywarden rollback accept`", ErrRollbackRecord)
+		}
+		override = "the store had no rollback record"
+	}
+	if err := r.start(ctx, st, opts, override); err != nil {
+		return nil, err
+	}
+	r.wg.Add(1)
+	go r.loop()
+	return r, nil
+}
+
+// start does OpenRollback's TPM work and records the result.
+func (r *Rollback) start(ctx context.Context, st *rollbackState, opts RollbackOptions, override string) error {
+	r.tpmMu.Lock()
+	defer r.tpmMu.Unlock()
+	srk, done, err := srk(r.tpm)
+	if err != nil {
+		return err
+	}
+	defer done()
+	r.srkName = append([]byte(nil), tpm2.Marshal(srk.Name)...)
+	sameTPM := st != nil && hmac.Equal(st.TPM, r.srkName)
+
+	status := RollbackStatus{NVIndex: uint32(r.index)}
+	fresh := false // the counter has no history of this store: rebase
+	pub, err := r.readPublic()
+	switch {
+	case errors.Is(err, tpm2.TPMRCHandle):
+		// No counter at the index.
+		if sameTPM && st.Counter && !opts.Dev && !opts.AcceptRollback {
+			return &RollbackError{Store: st.Generation, Reason: fmt.Sprintf("the counter at NV index %#08x was deleted from this TPM", uint32(r.index))}
+		}
+		if sameTPM && st.Counter {
+			status.Detail = "the rollback counter was missing from this TPM and was defined again"
+			if opts.AcceptRollback && !opts.Dev {
+				override = status.Detail
+			}
+		}
+		if err := r.define(srk); err != nil {
+			if opts.Dev {
+				return r.unavailable(ctx, st, fmt.Sprintf("the TPM refused to define the rollback counter: %v", err))
+			}
+			return err
+		}
+		fresh = true
+	case err != nil:
+		return err
+	default:
+		if err := checkCounterPublic(pub); err != nil {
+			return err
+		}
+		if _, err := r.read(); errors.Is(err, tpm2.TPMRCAuthFail) || errors.Is(err, tpm2.TPMRCBadAuth) {
+			// A counter another root key made (an earlier installation,
+			// or someone else's). Replace it where this store has no
+			// history on this TPM, or on the operator's word.
+			if sameTPM && st.Counter && !opts.AcceptRollback {
+				return &RollbackError{Store: st.Generation, Reason: fmt.Sprintf("the counter at NV index %#08x was replaced by one this appliance did not make", uint32(r.index))}
+			}
+			if err := r.undefine(srk); err != nil {
+				return fmt.Errorf("enclave: NV index %#08x holds a counter this root key cannot use, and removing it failed (remove it with `tpm2_nvundefine %#08x` if it is not in use): %w", uint32(r.index), uint32(r.index), err)
+			}
+			if err := r.define(srk); err != nil {
+				return err
+			}
+			if sameTPM && st.Counter {
+				override = "the counter was replaced"
+			}
+			fresh = true
+		} else if err != nil && !errors.Is(err, tpm2.TPMRCNVUninitialized) {
+			return err
+		} else if errors.Is(err, tpm2.TPMRCNVUninitialized) {
+			fresh = true // defined, never incremented (a crash at define)
+		}
+	}
+	if fresh {
+		if err := r.increment(); err != nil {
+			return err
+		}
+	}
+	c, err := r.read()
+	if err != nil {
+		return err
+	}
+	gen := c
+	event := RollbackNewCounter
+	switch {
+	case st == nil || fresh:
+		if status.Detail == "" {
+			status.Detail = fmt.Sprintf("rollback counter %#08x: store generation set to its value %d", uint32(r.index), c)
+		}
+	case !sameTPM:
+		status.Detail = fmt.Sprintf("first start on this TPM: store generation %d rebased onto counter %d", st.Generation, c)
+	case st.Generation >= c:
+		gen, event = st.Generation, RollbackAccepted
+		if st.Generation > c {
+			if st.Generation-c > maxCatchUp && !opts.AcceptRollback {
+				return &RollbackError{Store: st.Generation, Counter: c, Reason: "the store is far ahead of the counter; if this is expected, accept it"}
+			}
+			if st.Generation-c > maxCatchUp {
+				gen, override = c, "the store was far ahead of the counter"
+				break
+			}
+			for range st.Generation - c {
+				if err := r.increment(); err != nil {
+					return err
+				}
+			}
+			if c, err = r.read(); err != nil {
+				return err
+			}
+			event = RollbackCaughtUp
+			status.Detail = fmt.Sprintf("counter caught up to the store's generation %d", st.Generation)
+			if c > gen {
+				gen = c // someone else incremented meanwhile
+			}
+		}
+	default: // st.Generation < c
+		if !opts.AcceptRollback {
+			return &RollbackError{Store: st.Generation, Counter: c}
+		}
+		override = fmt.Sprintf("store generation %d was older than counter %d", st.Generation, c)
+	}
+	if override != "" {
+		event = RollbackOverride
+		status.Detail = "rollback accepted by the operator: " + override + fmt.Sprintf("; new baseline %d", gen)
+	}
+	if err := r.record(ctx, gen, true); err != nil {
+		return err
+	}
+	status.Available, status.Generation, status.Counter, status.Event = true, gen, c, event
+	r.available, r.gen, r.confirmed, r.status, r.last = true, gen, c, status, time.Now()
+	return nil
+}
+
+// unavailable keeps the store generation only (dev mode without NV).
+func (r *Rollback) unavailable(ctx context.Context, st *rollbackState, why string) error {
+	var gen uint64
+	if st != nil {
+		gen = st.Generation
+	}
+	if err := r.record(ctx, gen, false); err != nil {
+		return err
+	}
+	r.gen = gen
+	r.status = RollbackStatus{NVIndex: uint32(r.index), Generation: gen, Event: RollbackUnavailable, Detail: why}
+	return nil
+}
+
+// record writes the state with generation gen (never lowering a recorded
+// generation unless it is the start's own decision, which runs before any
+// Destructive).
+func (r *Rollback) record(ctx context.Context, gen uint64, counter bool) error {
+	st := rollbackState{Generation: gen, NVIndex: uint32(r.index), TPM: r.srkName, Counter: counter}
+	b, err := st.seal(r.root)
+	if err != nil {
+		return err
+	}
+	return r.db.Update(ctx, func(tx *store.Tx) error { return tx.Put(store.BucketMeta, metaRollback, b) })
+}
+
+// Destructive records that a destructive change (a deletion, a revocation,
+// a reset) has committed: the store's generation moves past the counter's
+// value durably before it returns, and the counter increment is scheduled
+// (coalesced, at most one per interval). It sends no TPM command. Call it
+// after the change's own Update returned; if it fails, the change stands
+// but is not yet protected against rollback (log it; the next call covers
+// it).
+func (r *Rollback) Destructive(ctx context.Context) error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return errors.New("enclave: rollback counter closed")
+	}
+	target := r.gen
+	if !r.shareable || r.gen <= r.confirmed || !r.available {
+		target = r.gen + 1
+	}
+	r.mu.Unlock()
+	if target > r.gen {
+		err := r.db.Update(ctx, func(tx *store.Tx) error {
+			b, err := tx.Get(store.BucketMeta, metaRollback)
+			if err == nil {
+				cur, err := parseRollbackState(b)
+				if err != nil {
+					return err
+				}
+				if cur.Generation >= target {
+					return nil // a concurrent call recorded it
+				}
+			} else if !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			st := rollbackState{Generation: target, NVIndex: uint32(r.index), TPM: r.srkName, Counter: r.available}
+			nb, err := st.seal(r.root)
+			if err != nil {
+				return err
+			}
+			return tx.Put(store.BucketMeta, metaRollback, nb)
+		})
+		if err != nil {
+			return fmt.Errorf("enclave: record rollback generation: %w", err)
+		}
+	}
+	r.mu.Lock()
+	if target > r.gen {
+		r.gen = target
+	}
+	r.shareable = true
+	r.status.Generation, r.status.Pending = r.gen, r.available && r.gen > r.confirmed
+	r.mu.Unlock()
+	if r.available {
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// BeforeBackup closes the current generation: the next destructive change
+// takes a new one, so a backup written now is detected as older once that
+// change's increment lands. Call it just before streaming a backup. It
+// sends no TPM command.
+func (r *Rollback) BeforeBackup() {
+	r.mu.Lock()
+	r.shareable = false
+	r.mu.Unlock()
+}
+
+// Flush increments the counter now up to the store's generation (Close
+// does it too).
+func (r *Rollback) Flush(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return r.sync(ctx)
+}
+
+// Status reports the counter's state.
+func (r *Rollback) Status() RollbackStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status
+}
+
+// Close stops the background incrementer and makes any pending increment.
+func (r *Rollback) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	r.mu.Unlock()
+	close(r.done)
+	r.wg.Wait()
+	err := r.sync(context.Background())
+	clear(r.auth)
+	return err
+}
+
+func (r *Rollback) loop() {
+	defer r.wg.Done()
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-r.kick:
+		case <-retry:
+		}
+		retry = nil
+		r.mu.Lock()
+		wait := time.Until(r.last.Add(r.interval))
+		r.mu.Unlock()
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-r.done:
+				t.Stop()
+				return // Close flushes
+			case <-t.C:
+			}
+		}
+		if err := r.sync(context.Background()); err != nil {
+			r.log.Error("rollback counter increment failed; retrying (the store stays ahead of the counter, which start accepts)", "err", err)
+			retry = time.After(r.interval)
+		}
+	}
+}
+
+// sync increments the counter up to the recorded generation.
+func (r *Rollback) sync(ctx context.Context) error {
+	if !r.available {
+		return nil
+	}
+	r.tpmMu.Lock()
+	defer r.tpmMu.Unlock()
+	r.mu.Lock()
+	target, confirmed := r.gen, r.confirmed
+	// Close the generation before the increment: a change that commits
+	// from now on may already be too late for it, so it takes the next.
+	r.shareable = false
+	r.mu.Unlock()
+	if confirmed >= target {
+		return nil
+	}
+	for range target - confirmed {
+		if err := r.increment(); err != nil {
+			return err
+		}
+	}
+	c, err := r.read()
+	if err != nil {
+		return err
+	}
+	if c > target {
+		// Someone else incremented the counter (it needs this root's
+		// subkey, so: another process of this appliance). Keep the live
+		// store ahead so it still starts.
+		if err := r.record(ctx, c, true); err != nil {
+			return err
+		}
+	}
+	r.mu.Lock()
+	r.confirmed = c
+	if c > r.gen {
+		r.gen = c
+	}
+	r.last = time.Now()
+	r.status.Counter, r.status.Generation, r.status.Pending = r.confirmed, r.gen, r.gen > r.confirmed
+	r.mu.Unlock()
+	return nil
+}
+
+// counterAuth is the counter's authValue: 128 bits of a root subkey, in
+// hex. It must hold no zero byte: go-tpm v0.9.8 builds the HMAC key by
+// cutting the authValue at its last zero byte rather than trimming trailing
+// zeros only (tpm2/sessions.go hmacKeyFromAuthValue), so a random binary
+// value fails about one time in eight with TPM_RC_BAD_AUTH.
+func counterAuth(root *Root) []byte {
+	k := root.Subkey("rollback-nv-auth")
+	defer k.Wipe()
+	return []byte(hex.EncodeToString(k.Reveal()[:16]))
+}
+
+// counterPublic is the counter's public area.
+func (r *Rollback) counterPublic() tpm2.TPMSNVPublic {
+	return tpm2.TPMSNVPublic{
+		NVIndex: r.index,
+		NameAlg: tpm2.TPMAlgSHA256,
+		Attributes: tpm2.TPMANV{
+			AuthWrite: true,
+			AuthRead:  true,
+			NT:        tpm2.TPMNTCounter,
+			NoDA:      true,
+		},
+		DataSize: 8,
+	}
+}
+
+func checkCounterPublic(p *tpm2.TPMSNVPublic) error {
+	a := p.Attributes
+	if a.NT != tpm2.TPMNTCounter || p.DataSize != 8 || !a.AuthWrite || !a.AuthRead || p.NameAlg != tpm2.TPMAlgSHA256 {
+		return fmt.Errorf("enclave: NV index %#08x is in use by something that is not a Keywarden rollback counter; choose another index", uint32(p.NVIndex))
+	}
+	return nil
+}
+
+func (r *Rollback) readPublic() (*tpm2.TPMSNVPublic, error) {
+	rsp, err := tpm2.NVReadPublic{NVIndex: r.index}.Execute(r.tpm)
+	if err != nil {
+		return nil, err
+	}
+	return rsp.NVPublic.Contents()
+}
+
+func (r *Rollback) nvHandle() (tpm2.AuthHandle, error) {
+	rsp, err := tpm2.NVReadPublic{NVIndex: r.index}.Execute(r.tpm)
+	if err != nil {
+		return tpm2.AuthHandle{}, fmt.Errorf("enclave: rollback counter: %w", err)
+	}
+	return tpm2.AuthHandle{Handle: r.index, Name: rsp.NVName, Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Auth(r.auth))}, nil
+}
+
+// define creates the counter. The authValue travels encrypted under a
+// session salted with the storage root key.
+func (r *Rollback) define(srk *tpm2.CreatePrimaryResponse) error {
+	srkPub, err := srk.OutPublic.Contents()
+	if err != nil {
+		return err
+	}
+	_, err = tpm2.NVDefineSpace{
+		AuthHandle: tpm2.AuthHandle{
+			Handle: tpm2.TPMRHOwner,
+			Auth:   tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Auth(nil), tpm2.AESEncryption(128, tpm2.EncryptIn), tpm2.Salted(srk.ObjectHandle, *srkPub)),
+		},
+		Auth:       tpm2.TPM2BAuth{Buffer: r.auth},
+		PublicInfo: tpm2.New2B(r.counterPublic()),
+	}.Execute(r.tpm)
+	if err != nil {
+		return fmt.Errorf("enclave: define rollback counter at NV index %#08x (needs owner authorization): %w", uint32(r.index), err)
+	}
+	return nil
+}
+
+func (r *Rollback) undefine(srk *tpm2.CreatePrimaryResponse) error {
+	rsp, err := tpm2.NVReadPublic{NVIndex: r.index}.Execute(r.tpm)
+	if err != nil {
+		return err
+	}
+	_, err = tpm2.NVUndefineSpace{
+		AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+		NVIndex:    tpm2.NamedHandle{Handle: r.index, Name: rsp.NVName},
+	}.Execute(r.tpm)
+	return err
+}
+
+func (r *Rollback) increment() error {
+	h, err := r.nvHandle()
+	if err != nil {
+		return err
+	}
+	if _, err := (tpm2.NVIncrement{AuthHandle: h, NVIndex: tpm2.NamedHandle{Handle: h.Handle, Name: h.Name}}).Execute(r.tpm); err != nil {
+		return fmt.Errorf("enclave: increment rollback counter: %w", err)
+	}
+	return nil
+}
+
+func (r *Rollback) read() (uint64, error) {
+	h, err := r.nvHandle()
+	if err != nil {
+		return 0, err
+	}
+	rsp, err := tpm2.NVRead{AuthHandle: h, NVIndex: tpm2.NamedHandle{Handle: h.Handle, Name: h.Name}, Size: 8}.Execute(r.tpm)
+	if err != nil {
+		return 0, fmt.Errorf("enclave: read rollback counter: %w", err)
+	}
+	if len(rsp.Data.Buffer) != 8 {
+		return 0, fmt.Errorf("enclave: rollback counter returned %d bytes", len(rsp.Data.Buffer))
+	}
+	return binary.BigEndian.Uint64(rsp.Data.Buffer), nil
+}
