@@ -26,6 +26,7 @@ import (
 	"github.com/keywarden/keywarden/internal/tpmsim"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/firebase"
+	"github.com/keywarden/keywarden/server/passkey"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -80,6 +81,8 @@ type appliance struct {
 	audit   *audit.Log
 	metrics *metrics.Metrics
 	closers []func()
+
+	passkey *passkey.Service // set by wirePasskey when passkeys are configured
 }
 
 func (a *appliance) Close() {
