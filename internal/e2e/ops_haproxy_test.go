@@ -242,3 +242,21 @@ func opsHAProxyReadiness(t *testing.T, bin string) {
 	}
 	t.Logf("right TPM again: %s", st)
 }
+
+// TestOpsDocHealthCheck keeps docs/OPERATIONS.md's HAProxy example on the
+// health check this file tests.
+func TestOpsDocHealthCheck(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "OPERATIONS.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := opsHAProxyConfig("/run/haproxy.sock", "127.0.0.1:1", "127.0.0.1:2")
+	for _, line := range []string{"option httpchk GET /readyz", "http-check expect status 200"} {
+		if !strings.Contains(cfg, line) {
+			t.Fatalf("the tested configuration lacks %q", line)
+		}
+		if !strings.Contains(string(doc), line) {
+			t.Errorf("docs/OPERATIONS.md's HAProxy example lacks %q (tested in opsHAProxyConfig)", line)
+		}
+	}
+}
