@@ -169,9 +169,10 @@ type RecoveryShare struct {
 	Armored   []byte    `json:"armored"` // ASCII-armored age file
 }
 
-// FileName is the share's suggested file name.
+// FileName is the share's suggested file name: root key id and split id
+// prefixes, so a reshare never reuses a name.
 func (s RecoveryShare) FileName() string {
-	return fmt.Sprintf("keywarden-share-%s-%d-of-%d.age", s.RootID[:min(8, len(s.RootID))], s.Index, s.Total)
+	return fmt.Sprintf("keywarden-share-%s-%s-%d-of-%d.age", s.RootID[:min(8, len(s.RootID))], s.SplitID[:min(8, len(s.SplitID))], s.Index, s.Total)
 }
 
 // File is the share as an operator keeps it: a few comment lines (ignored
