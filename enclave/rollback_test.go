@@ -554,3 +554,31 @@ func TestRollbackSwtpmRestart(t *testing.T) {
 	}
 	h.stop()
 }
+
+// BenchmarkDestructive is the cost a deletion pays for rollback detection:
+// one store update, no TPM command (the increment is coalesced in the
+// background).
+func BenchmarkDestructive(b *testing.B) {
+	ctx := context.Background()
+	sim := openSim(b, testSeed)
+	defer sim.Close()
+	db := openDB(b, filepath.Join(b.TempDir(), "k.db"))
+	defer db.Close()
+	root, raw, err := Initialize(ctx, sim, db, InitOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw.Wipe()
+	defer root.Close()
+	rb, err := InitRollback(ctx, sim, db, root, RollbackOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rb.Close()
+	for b.Loop() {
+		rb.BeforeBackup() // every call takes a new generation: the worst case
+		if err := rb.Destructive(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
