@@ -284,22 +284,26 @@ func OpenRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Ro
 	}
 	st, err := loadRollbackState(ctx, db)
 	if err != nil && !opts.AcceptRollback {
+		clear(r.auth)
 		return nil, err
 	}
 	override := ""
 	switch {
 	case st != nil && !st.verify(root):
 		if !opts.AcceptRollback {
+			clear(r.auth)
 			return nil, fmt.Errorf("%w: its MAC does not verify under the root key (altered)", ErrRollbackRecord)
 		}
 		override, st = "the rollback record did not verify", nil
 	case st == nil && !opts.init && !opts.Dev:
 		if !opts.AcceptRollback {
+			clear(r.auth)
 			return nil, fmt.Errorf("%w: the store has none (every initialized store records one; was it removed?); accept deliberately with `keywarden rollback accept`", ErrRollbackRecord)
 		}
 		override = "the store had no rollback record"
 	}
 	if err := r.start(ctx, st, opts, override); err != nil {
+		clear(r.auth)
 		return nil, err
 	}
 	r.wg.Add(1)
