@@ -61,7 +61,7 @@ func parseExposure(out string) (unit string, score float64, verdict string, err 
 	return m[1], score, m[3], err
 }
 
-func TestParseExposure(t *testing.T) {
+func TestImageParseExposure(t *testing.T) {
 	tests := []struct {
 		name, out string
 		unit      string
@@ -329,7 +329,7 @@ func readUnit(t *testing.T, path string, uncomment bool) (unit, string) {
 	return u, string(b)
 }
 
-func TestServiceUnitSettings(t *testing.T) {
+func TestImageServiceUnitSettings(t *testing.T) {
 	u, text := readUnit(t, "keywarden.service", false)
 	for _, err := range checkServiceUnit(u) {
 		t.Error(err)
@@ -387,10 +387,10 @@ func TestSystemdTimeParsing(t *testing.T) {
 	}
 }
 
-// TestCredentialsDropIn: every secret goes through LoadCredential= and a
+// TestImageCredentialsDropIn: every secret goes through LoadCredential= and a
 // real setting's …_FILE form (or a setting that takes a path), never
 // through a plain environment value.
-func TestCredentialsDropIn(t *testing.T) {
+func TestImageCredentialsDropIn(t *testing.T) {
 	u, _ := readUnit(t, "credentials.conf", true)
 	known := map[string]bool{}
 	for _, names := range config.EnvNames() {
@@ -432,9 +432,9 @@ func TestCredentialsDropIn(t *testing.T) {
 	}
 }
 
-// TestBackupUnitMatchesService: the backup job runs the same binary, as
+// TestImageBackupUnitMatchesService: the backup job runs the same binary, as
 // the same user, against the default admin listener.
-func TestBackupUnitMatchesService(t *testing.T) {
+func TestImageBackupUnitMatchesService(t *testing.T) {
 	svc, _ := readUnit(t, "keywarden.service", false)
 	bak, _ := readUnit(t, "keywarden-backup.service", false)
 	start, _ := svc.last("Service", "ExecStart")
@@ -463,9 +463,9 @@ func TestBackupUnitMatchesService(t *testing.T) {
 	}
 }
 
-// TestSysusersAndTmpfiles creates the user and the folders in a scratch
+// TestImageSysusersAndTmpfiles creates the user and the folders in a scratch
 // root with Debian's systemd-sysusers and systemd-tmpfiles.
-func TestSysusersAndTmpfiles(t *testing.T) {
+func TestImageSysusersAndTmpfiles(t *testing.T) {
 	sysusers := needTool(t, "systemd-sysusers")
 	tmpfiles := needTool(t, "systemd-tmpfiles")
 	if os.Geteuid() != 0 {
@@ -546,10 +546,10 @@ var (
 	yamlKey     = regexp.MustCompile(`^\s+(?:#\s*)?([a-z_]+):`)
 )
 
-// TestExampleConfig loads image/keywarden.yaml with the real loader and
+// TestImageExampleConfig loads image/keywarden.yaml with the real loader and
 // checks that it names every setting (commented or not), so the example
 // stays the complete reference when settings are added.
-func TestExampleConfig(t *testing.T) {
+func TestImageExampleConfig(t *testing.T) {
 	c, err := config.Load(config.Defaults(), "keywarden.yaml", nil)
 	if err != nil {
 		t.Fatalf("the example configuration does not load: %v", err)
