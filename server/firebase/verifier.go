@@ -59,6 +59,7 @@ type Verifier struct {
 	src       source
 
 	keys   atomic.Pointer[keySet]
+	sigs   sigCache
 	flight singleflight.Group
 	stats  stats
 
@@ -176,8 +177,11 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (*Identity, erro
 	if aerr != nil {
 		return nil, aerr
 	}
-	if err := jwt.SigningMethodRS256.Verify(tok.signingInput, tok.signature, key); err != nil {
-		return nil, ErrTokenSignature.Wrap(err)
+	if !v.sigs.verified(tok.signingInput, tok.signature, key, now) {
+		if err := jwt.SigningMethodRS256.Verify(tok.signingInput, tok.signature, key); err != nil {
+			return nil, ErrTokenSignature.Wrap(err)
+		}
+		v.sigs.remember(tok.signingInput, tok.signature, key, id.Expiry)
 	}
 	if aerr := v.checkPolicy(id, ext, now); aerr != nil {
 		return nil, aerr
