@@ -193,6 +193,7 @@ func (s *Server) deleteUser(c echo.Context) error {
 			return err
 		}
 	}
+	s.Destructive(c)
 	return c.NoContent(http.StatusNoContent)
 }
 
@@ -234,6 +235,9 @@ func (s *Server) restoreVersion(c echo.Context) error {
 func (s *Server) backup(c echo.Context) error {
 	if err := s.opts.Audit.Record(c.Request().Context(), s.event(c, "admin_backup", "", "", "")); err != nil {
 		return err
+	}
+	if s.opts.Rollback != nil {
+		s.opts.Rollback.BeforeBackup()
 	}
 	c.Response().Header().Set(echo.HeaderContentType, "application/octet-stream")
 	c.Response().Header().Set("Content-Disposition", `attachment; filename="keywarden-backup.db"`)

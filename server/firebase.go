@@ -235,5 +235,6 @@ func (s *Server) firebaseDelete(c echo.Context) error {
 	if err := s.opts.Custody.DeleteKey(ctx, owner, MethodFirebase); err != nil {
 		return err
 	}
+	s.Destructive(c)
 	return c.NoContent(http.StatusNoContent)
 }

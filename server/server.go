@@ -66,6 +66,25 @@ type UserData interface {
 	Name() string
 }
 
+// Rollback is the TPM rollback counter (enclave.Rollback).
+type Rollback interface {
+	Destructive(ctx context.Context) error
+	BeforeBackup()
+}
+
+// Destructive records a destructive change (a deletion, a revocation, a
+// reset) after it committed: the store generation advances and the TPM
+// counter follows, coalesced. A failure is logged: the change itself is
+// done, and the next start catches the counter up.
+func (s *Server) Destructive(c echo.Context) {
+	if s.opts.Rollback == nil {
+		return
+	}
+	if err := s.opts.Rollback.Destructive(c.Request().Context()); err != nil {
+		s.log.Error("rollback generation not advanced after a destructive change", "route", c.Path(), "request_id", RequestID(c), "err", err)
+	}
+}
+
 // Check is a dependency reported in /readyz. Degraded checks never fail
 // readiness (DECISIONS 20); the routes that need them answer 503 themselves.
 type Check struct {
@@ -86,6 +105,9 @@ type Options struct {
 	Routes   []Routes
 	Users    []UserData
 	Degraded []Check
+	// Rollback advances the store generation after destructive changes
+	// (DECISIONS 12, 13); nil when there is no counter.
+	Rollback Rollback
 	// SealedReason explains why Custody is nil (shown in /readyz).
 	SealedReason string
 	Clock        func() time.Time

@@ -56,8 +56,12 @@ func cmdAdminKeyHash() error {
 
 // cmdInit creates the root key and seals it to the configured TPM.
 func cmdInit(ctx context.Context, args []string) error {
-	cfg, _, err := loadConfig(args, false)
+	cfg, _, err := loadConfig(args, false, registerInitFlags)
 	if err != nil {
+		return err
+	}
+	// Refuse a bad recovery setting before any root key exists.
+	if err := preflightInit(cfg); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(cfg.Data.Dir, 0o700); err != nil {

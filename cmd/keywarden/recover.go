@@ -74,7 +74,10 @@ type recoverySettings struct {
 //
 //	return recoverySettings{Recipients: c.Recovery.Recipients, Threshold: c.Recovery.Threshold,
 //		AllowSingleShare: c.Recovery.AllowSingleShare, SharesDir: c.Recovery.SharesDir}
-var configRecovery = func(c config.Config) recoverySettings { return recoverySettings{} }
+var configRecovery = func(c config.Config) recoverySettings {
+	return recoverySettings{Recipients: c.Recovery.Recipients, Threshold: c.Recovery.Threshold,
+		AllowSingleShare: c.Recovery.AllowSingleShare, SharesDir: c.Recovery.SharesDir}
+}
 
 // initFlags are init's recovery flags (see registerInitFlags).
 var initFlags struct {
@@ -740,8 +743,7 @@ func rollbackWireStep(ctx context.Context, a *appliance, opts *server.Options) e
 			}})
 		}
 	}
-	// The server calls rb.Destructive after each destructive commit and
-	// rb.BeforeBackup before a backup once server.Options carries it.
+	opts.Rollback = rb
 	return nil
 }
 

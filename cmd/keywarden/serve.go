@@ -30,9 +30,14 @@ import (
 	"github.com/keywarden/keywarden/store"
 )
 
-func loadConfig(args []string, dev bool) (config.Config, *flag.FlagSet, error) {
+// loadConfig parses the command's flags (-config and those extra adds)
+// and loads the configuration.
+func loadConfig(args []string, dev bool, extra ...func(*flag.FlagSet)) (config.Config, *flag.FlagSet, error) {
 	fs := flag.NewFlagSet("keywarden", flag.ContinueOnError)
 	path := fs.String("config", os.Getenv("KEYWARDEN_CONFIG"), "configuration file (YAML)")
+	for _, f := range extra {
+		f(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		return config.Config{}, nil, usageError(err.Error())
 	}
@@ -174,7 +179,9 @@ func (sealedAudit) Record(context.Context, audit.Event) error { return errors.Ne
 func (sealedAudit) Refusal(context.Context, audit.Event)      {}
 
 func cmdServe(ctx context.Context, args []string, dev bool) error {
-	cfg, _, err := loadConfig(args, dev)
+	cfg, _, err := loadConfig(args, dev, func(fs *flag.FlagSet) {
+		fs.BoolVar(&acceptRollback, "accept-rollback", false, "start a store older than the TPM's rollback counter, recording a new baseline (audited); prefer `keywarden rollback accept`")
+	})
 	if err != nil {
 		return err
 	}

@@ -43,7 +43,16 @@ type Config struct {
 	Vault    Vault    `key:"vault"`
 	Portal   Portal   `key:"portal"`
 	Audit    Audit    `key:"audit"`
+	Recovery Recovery `key:"recovery"`
 	Log      Log      `key:"log"`
+}
+
+// Recovery configures the T-of-N recovery shares made at init (DECISIONS 16).
+type Recovery struct {
+	Recipients       []string `key:"recipients"`         // operators' age recipients (age1…)
+	Threshold        int      `key:"threshold"`          // shares needed; 0: a majority
+	AllowSingleShare bool     `key:"allow_single_share"` // N = 1 on purpose
+	SharesDir        string   `key:"shares_dir"`         // default <data.dir>/recovery-shares
 }
 
 // Listen is the network edge (DECISIONS 18, 19).
@@ -410,6 +419,14 @@ func (c *Config) Validate() error {
 	case "refuse", "allow":
 	default:
 		add("portal.client_mismatch", "must be refuse or allow")
+	}
+	if c.Recovery.Threshold < 0 || (len(c.Recovery.Recipients) > 0 && c.Recovery.Threshold > len(c.Recovery.Recipients)) {
+		add("recovery.threshold", "must be between 0 (a majority) and the number of recipients")
+	}
+	for _, r := range c.Recovery.Recipients {
+		if !strings.HasPrefix(r, "age1") {
+			add("recovery.recipients", "%q is not an age recipient (age1…)", r)
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

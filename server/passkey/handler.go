@@ -46,12 +46,12 @@ func (h *Handler) Register(g *echo.Group) {
 	g.GET("/.well-known/assetlinks.json", h.assetLinks)
 }
 
-// RegisterAdmin adds the admin routes to g, the root of the admin
-// listener behind the admin-key middleware (paths are absolute).
+// RegisterAdmin adds the admin routes to g, the /v1/admin group of the
+// admin listener behind the admin-key middleware (paths are relative to it).
 func (h *Handler) RegisterAdmin(g *echo.Group) {
-	g.GET("/v1/admin/users/:userId/passkeys", h.adminList)
-	g.DELETE("/v1/admin/users/:userId/passkeys/:credentialId", h.adminRevoke)
-	g.POST("/v1/admin/users/:userId/passkeys/reset", h.adminReset)
+	g.GET("/users/:userId/passkeys", h.adminList)
+	g.DELETE("/users/:userId/passkeys/:credentialId", h.adminRevoke)
+	g.POST("/users/:userId/passkeys/reset", h.adminReset)
 }
 
 // bind reads a bounded JSON body into v, refusing unknown fields (a

@@ -133,7 +133,7 @@ func newEnv(t testing.TB, mod func(*Options)) *env {
 	e.HTTPErrorHandler = errorHandler
 	h := &Handler{Service: svc, Sessions: sessions}
 	h.Register(e.Group(""))
-	h.RegisterAdmin(e.Group(""))
+	h.RegisterAdmin(e.Group("/v1/admin"))
 	return &env{t: t, e: e, svc: svc, db: db, custody: custody, sessions: sessions, audit: al, auditDir: auditDir,
 		clock: clk, logs: logs, auth: softauthn.New([16]byte{0xad, 0xce, 0x00, 0x02})}
 }
