@@ -7,6 +7,7 @@
 //	keywarden backup  -out FILE        consistent copy of the live store (through the running server's admin API)
 //	keywarden audit verify [-dir DIR]
 //	keywarden admin-key hash           read a key on stdin, print its configured form
+//	keywarden recover | reseal | recovery | rollback | attest   see `keywarden help`
 //	keywarden version
 //
 // Every setting also comes from the environment (KEYWARDEN_…); see README.md.
@@ -48,6 +49,11 @@ const usage = `usage: keywarden <command> [flags]
   backup         write a consistent copy of the live store (-out FILE; asks the running server)
   audit verify   check the audit log's hash chain and anchors
   admin-key hash read an admin API key on stdin and print its sha256 form for admin.key_hashes
+  recover        rebuild the root key from T recovery shares and a backup on a new TPM
+  reseal         seal the root key again to other PCRs (before a firmware update)
+  recovery       status | reshare: the recovery shares of the root key
+  rollback       accept: start from a deliberately restored older store (audited)
+  attest         verify | policy | ak-name: check a running appliance with TPM attestation
   version        print the version`
 
 func run(ctx context.Context, args []string) error {
