@@ -167,7 +167,7 @@ func (s *Server) newEcho() *echo.Echo {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
 	e.IPExtractor = ipExtractor(s.cfg.Listen.TrustedProxies)
-	e.Use(s.requestID, s.recoverPanics, s.instrument, s.concurrencyCap(s.cfg.Listen.MaxConcurrent))
+	e.Use(s.requestID, s.recoverPanics, s.instrument, s.concurrencyCap(s.cfg.Listen.MaxConcurrent, "/healthz", "/readyz"))
 	e.Use(middleware.BodyLimit(strconv.FormatInt(s.cfg.Limits.MaxBodyBytes, 10) + "B"))
 	return e
 }
@@ -323,10 +323,18 @@ func (s *Server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
 
 var errOverloaded = apierr.New(http.StatusServiceUnavailable, "overloaded", "the appliance is at its concurrent request limit; retry shortly").WithRetry(time.Second)
 
-func (s *Server) concurrencyCap(n int) echo.MiddlewareFunc {
+// concurrencyCap bounds concurrent requests; the exempt paths (health
+// probes) always pass, so a saturated node is not taken out of the load
+// balancer for being busy.
+func (s *Server) concurrencyCap(n int, exempt ...string) echo.MiddlewareFunc {
 	sem := make(chan struct{}, n)
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
+			for _, p := range exempt {
+				if c.Request().URL.Path == p {
+					return next(c)
+				}
+			}
 			select {
 			case sem <- struct{}{}:
 				defer func() { <-sem }()

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -117,6 +119,10 @@ func cmdBackup(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
 	out := fs.String("out", "", "file to write")
 	url := fs.String("url", envOr("KEYWARDEN_ADMIN_URL", "http://127.0.0.1:8421"), "admin listener URL")
+	caFile := fs.String("cacert", "", "CA certificate (PEM) that signed the admin listener's TLS certificate")
+	serverName := fs.String("server-name", "", "TLS server name to verify (when -url names 127.0.0.1 but the certificate names the public host)")
+	certFile := fs.String("cert", "", "client certificate (PEM) when listen.admin_client_ca is set")
+	keyFile := fs.String("key", "", "client certificate's key (PEM)")
 	if err := fs.Parse(args); err != nil {
 		return usageError(err.Error())
 	}
@@ -124,12 +130,37 @@ func cmdBackup(ctx context.Context, args []string) error {
 		return usageError("backup: -out FILE is required")
 	}
 	key := os.Getenv("KEYWARDEN_ADMIN_KEY")
+	if p := os.Getenv("KEYWARDEN_ADMIN_KEY_FILE"); key == "" && p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("backup: KEYWARDEN_ADMIN_KEY_FILE: %w", err)
+		}
+		key = strings.TrimSpace(string(b))
+	}
 	if key == "" {
-		return errors.New("backup: set KEYWARDEN_ADMIN_KEY to an admin API key")
+		return errors.New("backup: set KEYWARDEN_ADMIN_KEY or KEYWARDEN_ADMIN_KEY_FILE to an admin API key")
+	}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: *serverName}
+	if *caFile != "" {
+		pem, err := os.ReadFile(*caFile)
+		if err != nil {
+			return fmt.Errorf("backup: -cacert: %w", err)
+		}
+		tlsCfg.RootCAs = x509.NewCertPool()
+		if !tlsCfg.RootCAs.AppendCertsFromPEM(pem) {
+			return errors.New("backup: -cacert: no PEM certificate in the file")
+		}
+	}
+	if *certFile != "" {
+		c, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+		if err != nil {
+			return fmt.Errorf("backup: client certificate: %w", err)
+		}
+		tlsCfg.Certificates = []tls.Certificate{c}
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(*url, "/")+"/v1/admin/backup", nil)
 	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := (&http.Client{Timeout: 10 * time.Minute}).Do(req)
+	resp, err := (&http.Client{Timeout: 10 * time.Minute, Transport: &http.Transport{TLSClientConfig: tlsCfg}}).Do(req)
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}

@@ -12,7 +12,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
@@ -295,7 +297,18 @@ func listenAndServe(ctx context.Context, a *appliance, srv *server.Server) error
 		servers = append(servers, mk(l.AdminAddr, srv.Admin))
 	}
 	var tlsReloader *certReloader
-	if !l.PlainHTTP {
+	if l.PlainHTTP {
+		// SIGHUP reloads TLS; without TLS it must not end the process
+		// (systemd's ExecReload sends it).
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for range hup {
+				a.log.Info("SIGHUP: nothing to reload (plain HTTP)")
+			}
+		}()
+	} else {
 		var err error
 		tlsReloader, err = newCertReloader(l.TLSCert, l.TLSKey, a.log)
 		if err != nil {
