@@ -71,7 +71,7 @@ var (
 	errRateLimited = apierr.ErrRateLimited.WithMessage("quotes are rate-limited for the whole appliance (the TPM is slow and shared); retry after the time in Retry-After")
 )
 
-// Options configure a [Handler]. PCRs are required, and TPM whenever AK is
+// Options configure a [Handler]. PCRs and TPM are required whenever AK is
 // set; the zero value of every other field is documented with it.
 type Options struct {
 	// TPM is the TPM the attestation key was loaded into.
@@ -80,7 +80,8 @@ type Options struct {
 	// attestation_unavailable (Unavailable says why, in the log only).
 	AK          *attest.AK
 	Unavailable string
-	// PCRs are the SHA-256 bank PCRs every quote covers (tpm.attest_pcrs).
+	// PCRs are the SHA-256 bank PCRs every quote covers (tpm.attest_pcrs),
+	// at least one when AK is set.
 	PCRs []int
 	// HPKEPublicKey is the appliance's HPKE public key
 	// (enclave.Root.HPKEKey). Nil means the root key is sealed: both
@@ -113,7 +114,7 @@ type Options struct {
 
 // Validate checks the options without touching the TPM.
 func (o *Options) Validate() error {
-	if len(o.PCRs) == 0 {
+	if len(o.PCRs) == 0 && o.AK != nil {
 		return errors.New("attestapi: PCRs are required (tpm.attest_pcrs)")
 	}
 	for _, i := range o.PCRs {

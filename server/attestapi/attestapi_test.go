@@ -483,31 +483,3 @@ func TestUnavailable(t *testing.T) {
 		}
 	})
 }
-
-func TestOptionsValidate(t *testing.T) {
-	key, err := newHPKEKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name string
-		opts attestapi.Options
-		ok   bool
-	}{
-		{"minimal", attestapi.Options{PCRs: []int{16}}, true},
-		{"with HPKE key", attestapi.Options{PCRs: []int{0, 7, 16}, HPKEPublicKey: key}, true},
-		{"no PCRs", attestapi.Options{}, false},
-		{"PCR 24", attestapi.Options{PCRs: []int{24}}, false},
-		{"PCR -1", attestapi.Options{PCRs: []int{-1}}, false},
-		{"AK without TPM", attestapi.Options{PCRs: []int{16}, AK: &attest.AK{}}, false},
-		{"bad HPKE key", attestapi.Options{PCRs: []int{16}, HPKEPublicKey: []byte("short")}, false},
-		{"negative rate", attestapi.Options{PCRs: []int{16}, Rate: -1}, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := attestapi.New(tc.opts)
-			if (err == nil) != tc.ok {
-				t.Fatalf("New = %v, want ok %v", err, tc.ok)
-			}
-		})
-	}
-}
