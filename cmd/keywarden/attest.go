@@ -11,6 +11,7 @@ package main
 // TPM on the operator's machine; the checks are attest.Verify's.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -263,8 +264,13 @@ func attestPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return fmt.Errorf("attest policy: %w", err)
 	}
-	out, err := yaml.Marshal(p)
-	if err != nil {
+	var out bytes.Buffer
+	enc := yaml.NewEncoder(&out)
+	enc.SetIndent(2)
+	if err := enc.Encode(p); err != nil {
+		return fmt.Errorf("attest policy: %w", err)
+	}
+	if err := enc.Close(); err != nil {
 		return fmt.Errorf("attest policy: %w", err)
 	}
 	pinned := "not pinned"
@@ -275,7 +281,7 @@ func attestPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fmt.Fprintf(stdout, "# Attestation key %x (%s).\n", facts.AKName, pinned)
 	fmt.Fprintln(stdout, "# These are the values the appliance has NOW. Check them against what your image and")
 	fmt.Fprintln(stdout, "# firmware should measure before trusting them; add the values after a planned update.")
-	_, err = stdout.Write(out)
+	_, err = stdout.Write(out.Bytes())
 	return err
 }
 
