@@ -1,0 +1,481 @@
+package custodianapi
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keywarden/keywarden/custodian"
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/store"
+)
+
+// DefaultMethod is the method of a share stored without ?method=
+// (DECISIONS 4).
+const DefaultMethod = "default"
+
+// Audit actions of this package besides audit.ActionStore, ActionRelease
+// and ActionDelete. Every line carries the field kind=custodian_share.
+const (
+	ActionRestore = "admin_restore_version"
+	ActionRewrap  = "admin_custodian_rewrap"
+	auditKind     = "custodian_share"
+)
+
+// Errors of this package (the custodian package's pass through).
+var (
+	// ErrNotConfigured: the appliance has no Vault (vault.addr is empty).
+	ErrNotConfigured = apierr.New(http.StatusServiceUnavailable, "custodian_not_configured",
+		"custodian shares need Vault Transit, which is not configured on this appliance: set vault.addr and one Vault auth "+
+			"(vault.token, vault.role_id + vault.secret_id, or vault.cert_file + vault.key_file)")
+	// ErrInvalidShare: the share is not standard base64 of 1 to
+	// custodian.MaxShareSize bytes.
+	ErrInvalidShare = custodian.ErrInvalidShare.WithMessage(
+		"share must be standard base64 of 1 to %d bytes", custodian.MaxShareSize)
+	// ErrTooManyItems: a batch over [Options.MaxBatchItems] items.
+	ErrTooManyItems = apierr.New(http.StatusBadRequest, "too_many_items", "too many items in one batch")
+	// ErrBadMethod: a method that is empty, longer than 128 bytes, not
+	// UTF-8 or holding a NUL (the custodian service's rule).
+	ErrBadMethod = apierr.ErrBadRequest.WithMessage("method must be 1 to 128 bytes of UTF-8 without NUL")
+	// ErrNoItems: a batch without items.
+	ErrNoItems = apierr.New(http.StatusBadRequest, "no_items", `send {"items":[…]} with at least one item`)
+)
+
+// Options configure [New].
+type Options struct {
+	// Service stores the shares. Nil means the custodian is unavailable:
+	// every route answers Unavailable.
+	Service *custodian.Service
+	// Unavailable is the answer while Service is nil; nil means
+	// [ErrNotConfigured]. The wiring sets it to Vault's refusal at start
+	// (credentials refused, key not derived) so the routes say why.
+	Unavailable error
+	// DB is the store the Service writes to. Required: the admin user
+	// routes describe and delete a user's shares from it even without
+	// Vault (a user deletion never waits for, or depends on, Vault).
+	DB *store.DB
+	// MaxBatchItems caps the items of one batch; 0 means 500.
+	MaxBatchItems int
+}
+
+// Handler serves the custodian admin routes. It implements server.Routes
+// and server.UserData.
+type Handler struct {
+	svc         *custodian.Service
+	unavailable error
+	db          *store.DB
+	maxBatch    int
+	srv         *server.Server
+	latency     *prometheus.HistogramVec
+}
+
+// New returns the routes.
+func New(opts Options) (*Handler, error) {
+	if opts.DB == nil {
+		return nil, errors.New("custodianapi: DB is required")
+	}
+	if opts.Unavailable == nil {
+		opts.Unavailable = ErrNotConfigured
+	}
+	if opts.MaxBatchItems <= 0 {
+		opts.MaxBatchItems = 500
+	}
+	return &Handler{svc: opts.Service, unavailable: opts.Unavailable, db: opts.DB, maxBatch: opts.MaxBatchItems}, nil
+}
+
+// Service is the share service, or nil with the error the routes answer.
+func (h *Handler) Service() (*custodian.Service, error) {
+	if h.svc == nil {
+		return nil, h.unavailable
+	}
+	return h.svc, nil
+}
+
+// RegisterRoutes adds the admin routes (see the package doc) and the
+// latency histogram keywarden_custodian_operation_duration_seconds.
+func (h *Handler) RegisterRoutes(s *server.Server, _, admin *echo.Group) {
+	h.srv = s
+	h.latency = registerLatency(s.Metrics().Registry)
+	mw := []echo.MiddlewareFunc{s.Unsealed, h.configured}
+	const u = "/users/:userId/custodian-share"
+	admin.PUT(u, h.put, mw...)
+	admin.GET(u, h.get, mw...)
+	admin.DELETE(u, h.delete, mw...)
+	admin.GET(u+"/versions", h.versions, mw...)
+	admin.POST(u+"/versions/:versionId/restore", h.restore, mw...)
+	admin.GET("/users/:userId/custodian-shares", h.list, mw...)
+	admin.POST("/custodian-shares/batch-put", h.batchPut, mw...)
+	admin.POST("/custodian-shares/batch-get", h.batchGet, mw...)
+	admin.POST("/custodian/rewrap", h.startRewrap, mw...)
+	admin.GET("/custodian/rewrap", h.listJobs, mw...)
+	admin.GET("/custodian/rewrap/:jobId", h.job, mw...)
+}
+
+func registerLatency(r *prometheus.Registry) *prometheus.HistogramVec {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "keywarden_custodian_operation_duration_seconds",
+		Help:    "Custodian share operations through Vault Transit (store, release, batch), by operation and outcome (ok or the error code).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"op", "outcome"})
+	if err := r.Register(h); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(*prometheus.HistogramVec); ok {
+				return existing
+			}
+		}
+		return h // unregistered, still usable
+	}
+	return h
+}
+
+func (h *Handler) observe(op string, start time.Time, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+		if e, ok := apierr.As(err); ok {
+			outcome = e.Code
+		}
+	}
+	h.latency.WithLabelValues(op, outcome).Observe(time.Since(start).Seconds())
+}
+
+// configured answers Unavailable while there is no Service.
+func (h *Handler) configured(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if h.svc == nil {
+			return h.unavailable
+		}
+		return next(c)
+	}
+}
+
+// methodOf is ?method= or DefaultMethod.
+func methodOf(m string) string {
+	if m == "" {
+		return DefaultMethod
+	}
+	return m
+}
+
+// validMethod applies the custodian service's rule up front, so that a
+// refused item never gets an audit line.
+func validMethod(m string) error {
+	if m == "" || len(m) > 128 || strings.IndexByte(m, 0) >= 0 || !utf8.ValidString(m) {
+		return ErrBadMethod
+	}
+	return nil
+}
+
+// target validates the path's user id and ?method=.
+func target(c echo.Context) (enclave.Owner, string, error) {
+	userID := c.Param("userId")
+	if err := server.ValidUserID(userID); err != nil {
+		return "", "", err
+	}
+	method := methodOf(c.QueryParam("method"))
+	if err := validMethod(method); err != nil {
+		return "", "", err
+	}
+	return enclave.UserOwner(userID), method, nil
+}
+
+func (h *Handler) event(c echo.Context, action string, owner enclave.Owner, method string, fields map[string]string) audit.Event {
+	ev := h.srv.Event(c, action, string(owner), method, "")
+	ev.Fields = map[string]string{"kind": auditKind}
+	for k, v := range fields {
+		ev.Fields[k] = v
+	}
+	return ev
+}
+
+func (h *Handler) record(c echo.Context, action string, owner enclave.Owner, method string, fields map[string]string) error {
+	return h.srv.Audit().Record(c.Request().Context(), h.event(c, action, owner, method, fields))
+}
+
+// decodeShare reads a standard-base64 share of 1 to MaxShareSize bytes.
+func decodeShare(s string) (secret.Bytes, error) {
+	if s == "" || base64.StdEncoding.DecodedLen(len(s)) > custodian.MaxShareSize+3 {
+		return secret.Bytes{}, ErrInvalidShare
+	}
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil || len(b) == 0 || len(b) > custodian.MaxShareSize {
+		clear(b)
+		return secret.Bytes{}, ErrInvalidShare
+	}
+	return secret.NewBytes(b), nil
+}
+
+type putRequest struct {
+	Share string `json:"share"`
+}
+
+type shareResponse struct {
+	Method string `json:"method"`
+	Share  string `json:"share"`
+}
+
+func (h *Handler) put(c echo.Context) error {
+	owner, method, err := target(c)
+	if err != nil {
+		return err
+	}
+	var req putRequest
+	if err := server.BindJSON(c, &req); err != nil {
+		return err
+	}
+	share, err := decodeShare(req.Share)
+	if err != nil {
+		return err
+	}
+	defer share.Wipe()
+	ctx := c.Request().Context()
+	if err := h.record(c, audit.ActionStore, owner, method, nil); err != nil {
+		return err
+	}
+	start := time.Now()
+	replaced, err := h.svc.Put(ctx, string(owner), method, share.Reveal())
+	h.observe("store", start, err)
+	if err != nil {
+		return err
+	}
+	info, err := h.svc.Info(ctx, string(owner), method)
+	if err != nil {
+		return err
+	}
+	if replaced {
+		return c.JSON(http.StatusOK, info)
+	}
+	return c.JSON(http.StatusCreated, info)
+}
+
+func (h *Handler) get(c echo.Context) error {
+	owner, method, err := target(c)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	share, err := h.svc.Get(c.Request().Context(), string(owner), method)
+	h.observe("release", start, err)
+	if err != nil {
+		return err
+	}
+	defer share.Wipe()
+	if err := h.record(c, audit.ActionRelease, owner, method, nil); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, shareResponse{Method: method, Share: base64.StdEncoding.EncodeToString(share.Reveal())})
+}
+
+func (h *Handler) delete(c echo.Context) error {
+	owner, method, err := target(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	// Not found is answered without an audit line: nothing would change.
+	if _, err := h.svc.Info(ctx, string(owner), method); err != nil {
+		return err
+	}
+	if err := h.record(c, audit.ActionDelete, owner, method, nil); err != nil {
+		return err
+	}
+	if err := h.svc.Delete(ctx, string(owner), method); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+func (h *Handler) list(c echo.Context) error {
+	userID := c.Param("userId")
+	if err := server.ValidUserID(userID); err != nil {
+		return err
+	}
+	infos, err := h.describe(c.Request().Context(), enclave.UserOwner(userID))
+	if err != nil {
+		return err
+	}
+	if infos == nil {
+		infos = []custodian.ShareInfo{}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"shares": infos})
+}
+
+func (h *Handler) versions(c echo.Context) error {
+	owner, method, err := target(c)
+	if err != nil {
+		return err
+	}
+	vs, err := h.svc.ListVersions(c.Request().Context(), string(owner), method)
+	if err != nil {
+		return err
+	}
+	if vs == nil {
+		vs = []custodian.VersionInfo{}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"versions": vs})
+}
+
+func (h *Handler) restore(c echo.Context) error {
+	owner, method, err := target(c)
+	if err != nil {
+		return err
+	}
+	id := c.Param("versionId")
+	if !validVersionID(id) {
+		return apierr.ErrNotFound.WithMessage("no such prior version")
+	}
+	if err := h.record(c, ActionRestore, owner, method, map[string]string{"version": id}); err != nil {
+		return err
+	}
+	if err := h.svc.RestoreVersion(c.Request().Context(), string(owner), method, id); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// validVersionID accepts the 20-digit ids ListVersions returns.
+func validVersionID(id string) bool {
+	if len(id) != 20 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < '0' || id[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// --- rewrap -------------------------------------------------------------
+
+type jobStarted struct {
+	JobID string `json:"jobId"`
+}
+
+func (h *Handler) startRewrap(c echo.Context) error {
+	if err := h.record(c, ActionRewrap, "", "", nil); err != nil {
+		return err
+	}
+	id, err := h.svc.StartRewrap(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set(echo.HeaderLocation, "/v1/admin/custodian/rewrap/"+id)
+	return c.JSON(http.StatusAccepted, jobStarted{JobID: id})
+}
+
+// jobView is a job's progress without its internal cursor.
+func jobView(j custodian.JobStatus) custodian.JobStatus {
+	j.Cursor = nil
+	return j
+}
+
+func (h *Handler) job(c echo.Context) error {
+	j, err := h.svc.JobStatus(c.Request().Context(), c.Param("jobId"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, jobView(j))
+}
+
+func (h *Handler) listJobs(c echo.Context) error {
+	js, err := h.svc.Jobs(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	out := make([]custodian.JobStatus, 0, len(js))
+	for _, j := range js {
+		out = append(out, jobView(j))
+	}
+	return c.JSON(http.StatusOK, map[string]any{"jobs": out})
+}
+
+// --- users --------------------------------------------------------------
+
+// Name is the key of this package's part of GET /v1/admin/users/:userId.
+func (h *Handler) Name() string { return "custodianShares" }
+
+// methods lists the methods owner has a current share for, from the store
+// (the key layout of custodian.Service: owner 0x00 method, prior versions
+// one level deeper).
+func (h *Handler) methods(ctx context.Context, owner enclave.Owner) ([]string, error) {
+	var out []string
+	prefix := store.Prefix(string(owner))
+	err := h.db.View(ctx, func(tx *store.Tx) error {
+		out = out[:0]
+		return tx.ForEach(store.BucketCustodian, prefix, func(k, _ []byte) error {
+			if m := string(k[len(prefix):]); strings.IndexByte(m, 0) < 0 {
+				out = append(out, m)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// describe lists owner's shares without opening them (no Vault call).
+// Without a Service only the methods are known.
+func (h *Handler) describe(ctx context.Context, owner enclave.Owner) ([]custodian.ShareInfo, error) {
+	ms, err := h.methods(ctx, owner)
+	if err != nil || len(ms) == 0 {
+		return nil, err
+	}
+	out := make([]custodian.ShareInfo, 0, len(ms))
+	for _, m := range ms {
+		if h.svc == nil {
+			out = append(out, custodian.ShareInfo{Method: m})
+			continue
+		}
+		info, err := h.svc.Info(ctx, string(owner), m)
+		if errors.Is(err, apierr.ErrNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+// DescribeUser lists the user's custodian shares without the shares (nil
+// when there are none). It makes no Vault call.
+func (h *Handler) DescribeUser(ctx context.Context, userID string) (any, error) {
+	infos, err := h.describe(ctx, enclave.UserOwner(userID))
+	if err != nil || len(infos) == 0 {
+		return nil, err
+	}
+	return infos, nil
+}
+
+// DeleteUser removes every custodian share of the user, prior versions
+// included. It needs no Vault: without a Service the records are removed
+// from the store directly.
+func (h *Handler) DeleteUser(ctx context.Context, userID string) error {
+	owner := string(enclave.UserOwner(userID))
+	if h.svc != nil {
+		_, err := h.svc.DeleteOwner(ctx, owner)
+		return err
+	}
+	return h.db.Update(ctx, func(tx *store.Tx) error {
+		_, err := tx.DeletePrefix(store.BucketCustodian, store.Prefix(owner))
+		return err
+	})
+}
+
+var _ interface {
+	server.Routes
+	server.UserData
+} = (*Handler)(nil)
