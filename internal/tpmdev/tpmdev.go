@@ -192,12 +192,14 @@ func (t *tcpTPM) Close() error {
 }
 
 // Counting is a [transport.TPM] that counts the commands sent through it.
-// It is safe for concurrent use (the count is atomic; whether the wrapped TPM
-// accepts concurrent commands is its own affair). Build one with
-// [NewCounting].
+// It is safe for concurrent use: Send holds a lock for the whole exchange,
+// so a command and its response stay together even when several users
+// (attestation quotes, the rollback counter) share the TPM and the wrapped
+// transport does not serialize them itself. Build one with [NewCounting].
 type Counting struct {
 	tpm transport.TPM
 	n   atomic.Uint64
+	mu  sync.Mutex
 }
 
 // NewCounting wraps tpm.
@@ -207,6 +209,8 @@ func NewCounting(tpm transport.TPM) *Counting { return &Counting{tpm: tpm} }
 // one still occupied the TPM.
 func (c *Counting) Send(cmd []byte) ([]byte, error) {
 	c.n.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return c.tpm.Send(cmd)
 }
 
