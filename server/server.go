@@ -230,6 +230,15 @@ func (s *Server) routes() {
 	for _, r := range s.opts.Routes {
 		r.RegisterRoutes(s, public, admin)
 	}
+	if s.opts.Custody == nil {
+		// Sealed: the capabilities were not wired; every API route says why.
+		sealed := func(echo.Context) error { return apierr.ErrSealed }
+		for _, e := range dedupe(s.Public, s.Admin) {
+			for _, p := range []string{"/v1/*", "/passkeys/*", "/webhook/*"} {
+				e.Any(p, sealed)
+			}
+		}
+	}
 }
 
 func dedupe(a, b *echo.Echo) []*echo.Echo {

@@ -59,6 +59,11 @@ func TestSealedServesNothing(t *testing.T) {
 	if r := h.admin("POST", "/v1/admin/users/alice/session-tokens", nil); r.Status != 503 || r.code() != "sealed" {
 		t.Fatalf("sealed admin = %d %s", r.Status, r.Body)
 	}
+	for _, p := range []string{"/v1/passkeys/authentication/begin", "/passkeys/status", "/webhook/backup"} {
+		if r := h.do("POST", p, "{}"); r.Status != 503 || r.code() != "sealed" {
+			t.Fatalf("sealed %s = %d %s", p, r.Status, r.Body)
+		}
+	}
 }
 
 func TestErrorsAreJSON(t *testing.T) {
