@@ -179,6 +179,7 @@ func (h *Handler) delete(c echo.Context) error {
 	if err := h.store.Delete(ctx, owner, method); err != nil {
 		return err
 	}
+	h.srv.Destructive(c)
 	return c.NoContent(http.StatusNoContent)
 }
 
