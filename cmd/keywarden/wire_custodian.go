@@ -24,6 +24,7 @@ func custodianOptions(c config.Vault) custodian.Options {
 	o := custodian.Options{
 		Addr: c.Addr, CACert: c.CACert,
 		TransitMount: c.TransitMount, KeyName: c.KeyName, Timeout: c.Timeout,
+		Namespace: c.Namespace, MaxRetries: c.MaxRetries, MaxConcurrent: c.MaxConcurrent,
 	}
 	switch {
 	case c.RoleID != "":

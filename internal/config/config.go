@@ -155,16 +155,19 @@ type Firebase struct {
 
 // Vault configures custodian-share wrapping by Vault Transit.
 type Vault struct {
-	Addr         string        `key:"addr"`
-	Token        secret.String `key:"token"`
-	RoleID       string        `key:"role_id"`
-	SecretID     secret.String `key:"secret_id"`
-	CertFile     string        `key:"cert_file"`
-	KeyFile      string        `key:"key_file"`
-	CACert       string        `key:"ca_cert"`
-	TransitMount string        `key:"transit_mount"`
-	KeyName      string        `key:"key_name"`
-	Timeout      time.Duration `key:"timeout"`
+	Addr          string        `key:"addr"`
+	Token         secret.String `key:"token"`
+	RoleID        string        `key:"role_id"`
+	SecretID      secret.String `key:"secret_id"`
+	CertFile      string        `key:"cert_file"`
+	KeyFile       string        `key:"key_file"`
+	CACert        string        `key:"ca_cert"`
+	TransitMount  string        `key:"transit_mount"`
+	KeyName       string        `key:"key_name"`
+	Timeout       time.Duration `key:"timeout"`
+	Namespace     string        `key:"namespace"`      // Vault Enterprise namespace
+	MaxRetries    int           `key:"max_retries"`    // per call, on network errors, 5xx and sealed
+	MaxConcurrent int           `key:"max_concurrent"` // calls in flight at once; beyond, callers wait (bounded by their context)
 }
 
 // Portal configures the Portal SDK drop-in.
@@ -206,7 +209,7 @@ func Defaults() Config {
 		Keys:     Keys{VersionRetention: 30 * 24 * time.Hour},
 		Passkey:  Passkey{RPName: "Keywarden", UserVerification: "required", CeremonyTTL: 5 * time.Minute, MaxCeremonies: 100000, MaxPerAddress: 64, FailuresPerUser: 10},
 		Firebase: Firebase{CertsURL: "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com", Leeway: time.Minute, MaxStale: 24 * time.Hour},
-		Vault:    Vault{TransitMount: "transit", KeyName: "keywarden-custodian", Timeout: 5 * time.Second},
+		Vault:    Vault{TransitMount: "transit", KeyName: "keywarden-custodian", Timeout: 5 * time.Second, MaxRetries: 2, MaxConcurrent: 32},
 		Portal:   Portal{APIURL: "https://api.portalhq.io", IdentityTTL: 5 * time.Minute, ClientMismatch: "refuse"},
 		Audit:    Audit{WriteTimeout: 2 * time.Second, MaxFileBytes: 64 << 20},
 		Log:      Log{Level: "info", Format: "json"},
@@ -398,6 +401,12 @@ func (c *Config) Validate() error {
 		if auths != 1 {
 			add("vault.token", "set exactly one Vault auth: vault.token, vault.role_id+vault.secret_id, or vault.cert_file+vault.key_file")
 		}
+	}
+	if c.Vault.MaxRetries < 0 || c.Vault.MaxRetries > 10 {
+		add("vault.max_retries", "must be between 0 and 10")
+	}
+	if c.Vault.MaxConcurrent < 1 {
+		add("vault.max_concurrent", "must be at least 1")
 	}
 	if c.Portal.APIURL != "" {
 		if u, err := url.Parse(c.Portal.APIURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
