@@ -149,7 +149,12 @@ func openAppliance(ctx context.Context, cfg config.Config, log *slog.Logger) (*a
 		if !root.Locked() {
 			log.Warn("could not lock the root key's memory against swap (raise LimitMEMLOCK)")
 		}
-		alog, err := audit.Open(ctx, audit.Options{Dir: cfg.Audit.Dir, AnchorKey: root.Subkey("audit-anchor"), WriteTimeout: cfg.Audit.WriteTimeout, MaxFileBytes: cfg.Audit.MaxFileBytes})
+		aopts := audit.Options{Dir: cfg.Audit.Dir, AnchorKey: root.Subkey("audit-anchor"), WriteTimeout: cfg.Audit.WriteTimeout, MaxFileBytes: cfg.Audit.MaxFileBytes}
+		if !cfg.Audit.SyncReleases {
+			aopts.WrittenActions = []string{audit.ActionRelease}
+			aopts.WrittenSyncDelay = cfg.Audit.ReleaseSyncDelay
+		}
+		alog, err := audit.Open(ctx, aopts)
 		if err != nil {
 			a.Close()
 			return nil, fmt.Errorf("audit log: %w", err)

@@ -95,6 +95,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -139,6 +140,7 @@ const (
 	ActionTailUnanchored = "audit_tail_unanchored" // the previous run ended without an anchor
 	ActionDiskFull       = "audit_disk_full"       // the reserve was released
 	ActionSpaceRestored  = "audit_space_restored"  // the reserve was allocated again
+	ActionFsyncFailed    = "audit_fsync_failed"    // a background fsync failed: earlier written-only lines may be lost
 	incidentActionPrefix = "audit_"
 )
 
@@ -200,6 +202,17 @@ type Options struct {
 	// Clock returns the time written into lines and drives the refusal
 	// sampler. nil means time.Now.
 	Clock func() time.Time
+	// WrittenActions lists actions that Record treats as RecordWritten:
+	// answered once the line is written, with its fsync started right
+	// after (a window of one fsync), instead of after the fsync. Empty (the
+	// zero value): every Record waits for durability.
+	WrittenActions []string
+	// WrittenSyncDelay is how long the background fsync of written-only
+	// lines waits for more batches to join it. It bounds the window in
+	// which an acknowledged RecordWritten line is not yet durable (delay
+	// plus one fsync) and trades it for fewer fsyncs under load. Zero:
+	// fsync as soon as asked. At most 100 ms.
+	WrittenSyncDelay time.Duration
 }
 
 // Validate checks o without changing it.
@@ -220,6 +233,8 @@ func (o Options) Validate() error {
 		return bad("AnchorInterval", "must not be negative")
 	case o.RefusalRate < 0:
 		return bad("RefusalRate", "must not be negative")
+	case o.WrittenSyncDelay < 0 || o.WrittenSyncDelay > 100*time.Millisecond:
+		return bad("WrittenSyncDelay", "must be between 0 and 100ms")
 	}
 	return nil
 }
@@ -294,7 +309,13 @@ type Log struct {
 	closed   atomic.Bool
 	closeErr error // set by the writer before done is closed
 
-	w writer // owned by the writer goroutine
+	w writer // owned by the writer goroutine (w.f also read by the syncer, under w.fmu)
+
+	syncKick chan struct{}         // the writer asks the syncer for an fsync
+	syncDone chan struct{}         // closed when the syncer has exited
+	syncErr  atomic.Pointer[error] // a background fsync failed (the writer handles it)
+
+	pendingNotes []Event // incident lines for the next batch (writer goroutine only)
 
 	sampler sampler
 
@@ -311,10 +332,12 @@ type Log struct {
 
 // request is one Record or Anchor call waiting for its line.
 type request struct {
-	anchor bool
-	ev     Event
-	state  atomic.Int32 // reqPending → reqTaken (by the writer) or reqAbandoned (by the caller)
-	done   chan error   // buffered: the writer never blocks on it
+	anchor   bool
+	written  bool // answer once written, before the fsync (RecordWritten)
+	answered bool // written and answered (set by the writer)
+	ev       Event
+	state    atomic.Int32 // reqPending → reqTaken (by the writer) or reqAbandoned (by the caller)
+	done     chan error   // buffered: the writer never blocks on it
 }
 
 const (
@@ -346,6 +369,8 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 		inject:   make(chan func()),
 		closing:  make(chan struct{}),
 		done:     make(chan struct{}),
+		syncKick: make(chan struct{}, 1),
+		syncDone: make(chan struct{}),
 	}
 	l.opts.AnchorKey = secret.Bytes{} // the caller's slice; l.key is ours
 	l.sampler.init(o.RefusalRate)
@@ -360,6 +385,7 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 		return nil, err
 	}
 	l.publish()
+	go l.syncer()
 	go l.run()
 	for _, n := range notes {
 		n.Time = o.Clock()
@@ -382,7 +408,33 @@ func (l *Log) Record(ctx context.Context, ev Event) error {
 	if strings.HasPrefix(ev.Action, incidentActionPrefix) {
 		return fmt.Errorf("%w: actions starting with %q are reserved", ErrInvalidEvent, incidentActionPrefix)
 	}
+	if slices.Contains(l.opts.WrittenActions, ev.Action) {
+		return l.RecordWritten(ctx, ev)
+	}
 	return l.record(ctx, ev)
+}
+
+// RecordWritten writes ev as one line and returns when the line is
+// written to the file, in chain order, and the fsync that makes it durable
+// has been started by the same batch: the writer fsyncs right after
+// answering, so the line is durable about one fsync later. Any write error
+// refuses (fail closed); an fsync that fails makes the log unhealthy and
+// every later Record and RecordWritten fails until a write succeeds again.
+// It trades a window of one fsync (a power loss in it can lose the line)
+// for not making the caller wait for the disk's flush: Keywarden uses it
+// for key releases when audit.sync_releases is off (see
+// docs/ARCHITECTURE.md), and Record for everything else.
+func (l *Log) RecordWritten(ctx context.Context, ev Event) error {
+	if ev.Time.IsZero() {
+		ev.Time = l.opts.Clock()
+	}
+	if strings.HasPrefix(ev.Action, incidentActionPrefix) {
+		return fmt.Errorf("%w: actions starting with %q are reserved", ErrInvalidEvent, incidentActionPrefix)
+	}
+	if err := checkEvent(ev); err != nil {
+		return err
+	}
+	return l.submit(ctx, &request{ev: ev, written: true, done: make(chan error, 1)})
 }
 
 // record is Record without the reserved-action check, for the log's own

@@ -92,6 +92,7 @@ type batch struct {
 	anchors     int
 	sinceAnchor int // lines since the last anchor, after this batch
 	sync        bool
+	async       bool              // sync in the background: only RecordWritten lines need it
 	skipped     map[string]uint64 // carried by the first line
 }
 

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -43,6 +44,7 @@ func listFiles(dir string) ([]auditFile, error) {
 
 // writer is the state the writer goroutine owns.
 type writer struct {
+	fmu          sync.Mutex // guards f against the syncer while it is replaced or closed
 	dir          string
 	f            *os.File // nil: the next batch opens a new file
 	index        int      // of f, or of the last file
@@ -162,6 +164,8 @@ func (l *Log) run() {
 		case <-l.closing:
 			reqs, refs = l.drain(reqs, refs)
 			l.closeErr = l.commit(reqs, refs, true)
+			close(l.syncKick)
+			<-l.syncDone
 			if l.w.f != nil {
 				if err := l.w.f.Close(); err != nil && l.closeErr == nil {
 					l.closeErr = fmt.Errorf("audit: close: %w", err)
@@ -195,6 +199,15 @@ func (l *Log) drain(reqs []*request, refs []Event) ([]*request, []Event) {
 // refs (not synced unless something else is), and an anchor if asked for or
 // if an Anchor call is among reqs. It answers every request it takes.
 func (l *Log) commit(reqs []*request, refs []Event, anchor bool) error {
+	if perr := l.syncErr.Swap(nil); perr != nil {
+		// A background fsync failed: what it covered may be lost. Never
+		// write to that file again; the next batch starts a new one and
+		// says so first.
+		l.w.dropFile()
+		l.setErr(*perr)
+		l.pendingNotes = append(l.pendingNotes, Event{Action: ActionFsyncFailed, Outcome: OutcomeFailure,
+			Reason: "fsync_failed", Time: l.opts.Clock(), Fields: map[string]string{"error": (*perr).Error()}})
+	}
 	var events, anchorWaiters []*request
 	for _, r := range reqs {
 		if !r.state.CompareAndSwap(reqPending, reqTaken) {
@@ -212,7 +225,7 @@ func (l *Log) commit(reqs []*request, refs []Event, anchor bool) error {
 		answer(anchorWaiters, nil)
 		anchorWaiters = nil
 	}
-	if len(events) == 0 && len(refs) == 0 && !anchor {
+	if len(events) == 0 && len(refs) == 0 && !anchor && len(l.pendingNotes) == 0 {
 		return nil
 	}
 	l.busySince.Store(time.Now().UnixNano())
@@ -220,7 +233,8 @@ func (l *Log) commit(reqs []*request, refs []Event, anchor bool) error {
 	// Events refused for lack of space, answered with the others at the
 	// end, once the health state is set.
 	var refused []*request
-	var notes []Event
+	notes := l.pendingNotes
+	l.pendingNotes = nil
 	if l.w.lowSpace {
 		if err := l.w.reserve.allocate(); err == nil {
 			l.w.lowSpace, l.w.lowSpaceErr = false, nil
@@ -280,6 +294,9 @@ func wrapUnavailable(err error) error {
 
 func answer(reqs []*request, err error) {
 	for _, r := range reqs {
+		if r.written && r.answered {
+			continue // answered after the write (RecordWritten)
+		}
 		r.done <- err
 	}
 }
@@ -306,6 +323,12 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 		}
 	}
 	b.sync = b.lines > 0
+	b.async = len(notes) == 0 && len(events) > 0
+	for _, r := range events {
+		if !r.written {
+			b.async = false
+		}
+	}
 	var sampled, dropped []Event
 	for _, ev := range refs {
 		// In low space, refusal lines may use half the reserve; anchors
@@ -324,7 +347,7 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 		if err := b.add(wireLine{Type: typeAnchor, Time: formatTime(l.opts.Clock())}, key); err != nil {
 			return fail(err)
 		}
-		b.sync = true
+		b.sync, b.async = true, false
 	}
 	if b.lines == 0 {
 		l.sampler.unwritten(b.skipped, dropped)
@@ -333,10 +356,26 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 	if l.w.lowSpace && l.w.lowSpaceUsed+int64(len(b.buf)) > l.w.reserve.size {
 		return fail(fmt.Errorf("%w: the reserve of %d bytes is used up", ErrDiskFull, l.w.reserve.size))
 	}
-	if err := l.w.writeBatch(&b, l.opts.MaxFileBytes); err != nil {
+	// Requests that wait only for the write are answered between the
+	// write and the fsync (RecordWritten).
+	afterWrite := func() {
+		for _, r := range events {
+			if r.written {
+				r.answered = true
+				r.done <- nil
+			}
+		}
+	}
+	if err := l.w.writeBatch(&b, l.opts.MaxFileBytes, afterWrite); err != nil {
 		return fail(err)
 	}
-	if b.sync {
+	switch {
+	case b.sync && b.async:
+		select {
+		case l.syncKick <- struct{}{}:
+		default: // an fsync is already asked for; it will cover this batch
+		}
+	case b.sync:
 		l.fsyncs.Add(1)
 	}
 	l.sampler.unwritten(nil, dropped)
@@ -354,7 +393,7 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 // grow past maxBytes) and fsyncs if b.sync. On success it moves the chain
 // state forward; on failure it cuts the file back to its last good size or,
 // if that fails, drops the file so the next batch starts a new one.
-func (w *writer) writeBatch(b *batch, maxBytes int64) error {
+func (w *writer) writeBatch(b *batch, maxBytes int64, afterWrite func()) error {
 	if w.f != nil && w.size > 0 && w.size+int64(len(b.buf)) > maxBytes {
 		if err := w.closeFile(); err != nil {
 			return err
@@ -372,6 +411,17 @@ func (w *writer) writeBatch(b *batch, maxBytes int64) error {
 	if _, err := w.f.Write(b.buf); err != nil {
 		w.cutBack()
 		return fmt.Errorf("audit: writing %s: %w", w.fileName(), err)
+	}
+	if afterWrite != nil {
+		afterWrite()
+	}
+	if b.sync && b.async {
+		// The syncer fsyncs in the background; a later durable batch, a
+		// rotation or Close also covers these bytes.
+		w.unsynced = true
+		w.size += int64(len(b.buf))
+		w.seq, w.head, w.sinceAnchor = b.seq, b.head, b.sinceAnchor
+		return nil
 	}
 	if b.sync {
 		if err := w.f.Sync(); err != nil {
@@ -401,6 +451,8 @@ func (w *writer) cutBack() {
 
 // dropFile closes the current file without further writes.
 func (w *writer) dropFile() {
+	w.fmu.Lock()
+	defer w.fmu.Unlock()
 	if w.f != nil {
 		_ = w.f.Close()
 		w.f = nil
@@ -409,9 +461,12 @@ func (w *writer) dropFile() {
 
 // closeFile syncs (if needed) and closes the current file before rotation.
 func (w *writer) closeFile() error {
+	w.fmu.Lock()
+	defer w.fmu.Unlock()
 	if w.unsynced {
 		if err := w.f.Sync(); err != nil {
-			w.dropFile()
+			_ = w.f.Close()
+			w.f = nil
 			return fmt.Errorf("audit: fsync %s: %w", w.fileName(), err)
 		}
 		w.unsynced = false
@@ -442,7 +497,9 @@ func (w *writer) newFile() error {
 		_ = f.Close()
 		return fmt.Errorf("audit: new file: %w", err)
 	}
+	w.fmu.Lock()
 	w.f, w.index, w.size, w.unsynced = f, next, 0, false
+	w.fmu.Unlock()
 	return nil
 }
 
@@ -469,4 +526,32 @@ func syncDir(dir string) error {
 		err = cerr
 	}
 	return err
+}
+
+// syncer makes RecordWritten lines durable in the background: one fsync
+// per kick, each covering every batch written before it started, so the
+// writer never waits for the disk on their account.
+func (l *Log) syncer() {
+	defer close(l.syncDone)
+	for range l.syncKick {
+		if d := l.opts.WrittenSyncDelay; d > 0 {
+			time.Sleep(d) // let more batches join this fsync
+		}
+		l.w.fmu.Lock()
+		f := l.w.f
+		var err error
+		if f != nil {
+			err = f.Sync()
+		}
+		l.w.fmu.Unlock()
+		switch {
+		case f == nil:
+		case err != nil:
+			err = fmt.Errorf("audit: background fsync: %w", err)
+			l.syncErr.Store(&err)
+			l.setErr(err)
+		default:
+			l.fsyncs.Add(1)
+		}
+	}
 }

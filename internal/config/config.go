@@ -185,6 +185,15 @@ type Audit struct {
 	Dir          string        `key:"dir"` // default <data.dir>/audit
 	WriteTimeout time.Duration `key:"write_timeout"`
 	MaxFileBytes int64         `key:"max_file_bytes"`
+	// SyncReleases makes a release wait for its audit line's fsync. Off
+	// (default): the line is written, in chain order, before the key goes
+	// out, and its group fsync starts at once (a window of one fsync);
+	// stores, deletes and admin actions always wait for durability.
+	SyncReleases bool `key:"sync_releases"`
+	// ReleaseSyncDelay lets more release lines join one background fsync;
+	// the window in which a released key's line is written but not yet
+	// durable is this plus one fsync.
+	ReleaseSyncDelay time.Duration `key:"release_sync_delay"`
 }
 
 // Log configures structured logs.
@@ -211,7 +220,7 @@ func Defaults() Config {
 		Firebase: Firebase{CertsURL: "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com", Leeway: time.Minute, MaxStale: 24 * time.Hour},
 		Vault:    Vault{TransitMount: "transit", KeyName: "keywarden-custodian", Timeout: 5 * time.Second, MaxRetries: 2, MaxConcurrent: 32},
 		Portal:   Portal{APIURL: "https://api.portalhq.io", IdentityTTL: 5 * time.Minute, ClientMismatch: "refuse"},
-		Audit:    Audit{WriteTimeout: 2 * time.Second, MaxFileBytes: 64 << 20},
+		Audit:    Audit{WriteTimeout: 2 * time.Second, MaxFileBytes: 64 << 20, ReleaseSyncDelay: 5 * time.Millisecond},
 		Log:      Log{Level: "info", Format: "json"},
 	}
 }
@@ -436,6 +445,9 @@ func (c *Config) Validate() error {
 		if !strings.HasPrefix(r, "age1") {
 			add("recovery.recipients", "%q is not an age recipient (age1…)", r)
 		}
+	}
+	if c.Audit.ReleaseSyncDelay < 0 || c.Audit.ReleaseSyncDelay > 100*time.Millisecond {
+		add("audit.release_sync_delay", "must be between 0 and 100ms")
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
