@@ -37,7 +37,7 @@ sleep 1
   KEYWARDEN_ADMIN_KEY=bench-admin-key-0123456789 KEYWARDEN_FIREBASE_PROJECT_IDS=bench-project \
   KEYWARDEN_FIREBASE_CERTS_URL=http://127.0.0.1:18801/certs KEYWARDEN_LIMITS_RATE_PER_SECOND=10000000 \
   KEYWARDEN_LIMITS_RATE_BURST=10000000 KEYWARDEN_LOG_LEVEL=warn KEYWARDEN_PASSKEY_ORIGINS=http://localhost:18802 \
-  KEYWARDEN_PASSKEY_MAX_CEREMONIES_PER_ADDRESS=100000 ./keywarden dev >"$work/kw.log" 2>&1) & pids+=($!)
+  KEYWARDEN_PASSKEY_MAX_CEREMONIES_PER_ADDRESS=100000 exec ./keywarden dev >"$work/kw.log" 2>&1) & pids+=($!)
 "$work/loadbench" bare -addr 127.0.0.1:18803 -project bench-project -certs http://127.0.0.1:18801/certs & pids+=($!)
 "$work/passkeybench" bare -addr 127.0.0.1:18811 -origin http://localhost:18811 & pids+=($!)
 "$vault" server -dev -dev-root-token-id=bench-root -dev-listen-address=127.0.0.1:18804 >"$work/vault.log" 2>&1 & pids+=($!)

@@ -22,4 +22,3 @@ var ErrNoSimulator = errors.New("tpmsim: this build has no TPM simulator (releas
 
 // Open fails: the release build has no simulator.
 func Open(seed int64) (*Sim, error) { return nil, ErrNoSimulator }
-

@@ -34,4 +34,3 @@ func Open(seed int64) (*Sim, error) {
 	}
 	return &Sim{TPMCloser: transport.FromReadWriteCloser(s), sim: s}, nil
 }
-
