@@ -1,0 +1,202 @@
+package portal
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/keywarden/keywarden/custodian"
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/passkey"
+)
+
+// OwnerPrefix starts the owner of every record the adapter keeps for a
+// Portal client (passkeys, their key, custodian shares): "portal:<clientId>".
+const OwnerPrefix = "portal:"
+
+// ClientOwner is the owner of a Portal client's records.
+func ClientOwner(clientID string) enclave.Owner { return enclave.Owner(OwnerPrefix + clientID) }
+
+// ShareStore keeps custodian backup shares by (owner, method), wrapped
+// with Vault Transit (custodian.Service).
+type ShareStore interface {
+	// Put wraps and stores share durably under (owner, method), replacing
+	// (and keeping as a prior version) any share there.
+	Put(ctx context.Context, owner, method string, share []byte) (replaced bool, err error)
+	// List opens every current share of owner, ordered by method.
+	List(ctx context.Context, owner string) ([]custodian.Share, error)
+}
+
+// Adapter serves Portal's SDK wire protocol over the appliance's own
+// services. It keeps no record of its own: Firebase keys go through the
+// server's StoreKey/ReleaseKey, passkeys through the passkey service,
+// shares through the custodian service. Its only state is the identity
+// cache and a per-process key that binds a sessionId to its client.
+type Adapter struct {
+	opts     Options
+	resolver *Resolver
+	pk       *passkey.Service
+	shares   ShareStore
+	log      *slog.Logger
+	now      func() time.Time
+	srv      *server.Server
+
+	sessionKey  []byte
+	secretHash  [][32]byte
+	allowedNets []*net.IPNet
+}
+
+// New validates opts and returns the adapter. Add it to server.Options.Routes.
+func New(opts Options, deps Deps) (*Adapter, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	o := opts.withDefaults()
+	if deps.Logger == nil {
+		deps.Logger = slog.Default()
+	}
+	if deps.Clock == nil {
+		deps.Clock = time.Now
+	}
+	r, err := NewResolver(opts, deps.Logger, deps.Clock)
+	if err != nil {
+		return nil, err
+	}
+	a := &Adapter{opts: o, resolver: r, pk: deps.Passkey, shares: deps.Shares, log: deps.Logger, now: deps.Clock,
+		sessionKey: make([]byte, 32)}
+	_, _ = rand.Read(a.sessionKey)
+	for _, s := range o.WebhookSecrets {
+		a.secretHash = append(a.secretHash, sha256.Sum256([]byte(s.Reveal())))
+	}
+	for _, p := range o.WebhookAllowedIPs {
+		n, _ := parseNet(p)
+		a.allowedNets = append(a.allowedNets, n)
+	}
+	return a, nil
+}
+
+// Resolver is the adapter's identity resolver (for metrics and tests).
+func (a *Adapter) Resolver() *Resolver { return a.resolver }
+
+// RegisterRoutes adds the SDK routes at the root of the public listener
+// and an admin route that empties the identity cache.
+func (a *Adapter) RegisterRoutes(s *server.Server, public, admin *echo.Group) {
+	a.srv = s
+	public.PUT("/v1/backup/encrypt-key", a.tbsPut, s.Unsealed)
+	public.GET("/v1/backup/encrypt-key", a.tbsGet, s.Unsealed)
+
+	public.GET("/passkeys/status", a.passkeyStatus, s.Unsealed)
+	public.POST("/passkeys/begin-registration", a.beginRegistration, s.Unsealed)
+	public.POST("/passkeys/finish-registration", a.finishRegistration, s.Unsealed)
+	public.POST("/passkeys/begin-login", a.beginLogin, s.Unsealed)
+	public.POST("/passkeys/finish-login/read", a.finishLoginRead, s.Unsealed)
+	public.POST("/passkeys/finish-login/write", a.finishLoginWrite, s.Unsealed)
+
+	public.POST("/webhook/backup", a.webhookBackup, s.Unsealed, a.webhookAuth)
+	public.POST("/webhook/backup/fetch", a.webhookFetch, s.Unsealed, a.webhookAuth)
+
+	admin.DELETE("/portal/identities", a.flushIdentities)
+}
+
+// credential reads the Portal client credential and checks its shape.
+func credential(c echo.Context) (string, error) {
+	h := c.Request().Header.Get(echo.HeaderAuthorization)
+	if h == "" {
+		return "", ErrCredentialMissing
+	}
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", ErrCredentialMissing
+	}
+	tok = strings.TrimSpace(tok)
+	if err := CheckCredential(tok); err != nil {
+		return "", err
+	}
+	return tok, nil
+}
+
+// resolve turns the checked credential into the caller's client, auditing
+// (sampled) a refusal.
+func (a *Adapter) resolve(c echo.Context, cred string) (Client, error) {
+	client, err := a.resolver.Resolve(c.Request().Context(), cred, c.RealIP(), server.RequestID(c))
+	if err != nil {
+		if e, ok := apierr.As(err); ok && (e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden) {
+			a.srv.Audit().Refusal(c.Request().Context(), a.srv.Event(c, audit.ActionRefusal, "", "", e.Code))
+		}
+		return Client{}, err
+	}
+	c.Set("actor", string(ClientOwner(client.ID)))
+	return client, nil
+}
+
+// validator is a request body that checks itself after decoding.
+type validator interface{ Validate() error }
+
+// bind decodes one JSON object of at most limit bytes into v and
+// validates it. Unknown members are ignored (a newer SDK may add some);
+// trailing data is refused. Values are never echoed in errors.
+func bind(c echo.Context, v validator, limit int64) error {
+	ct := c.Request().Header.Get(echo.HeaderContentType)
+	if ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
+		return apierr.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send Content-Type: application/json")
+	}
+	body, err := io.ReadAll(io.LimitReader(c.Request().Body, limit+1))
+	if err != nil {
+		var he *echo.HTTPError
+		if errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge {
+			return apierr.ErrTooLarge
+		}
+		return apierr.ErrBadRequest.Wrap(err)
+	}
+	if int64(len(body)) > limit {
+		return apierr.ErrTooLarge.WithMessage("the request body is larger than this route accepts (%d bytes)", limit)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return apierr.ErrInvalidJSON.WithMessage("the body is empty; send a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return apierr.ErrInvalidJSON.WithMessage("field %q has the wrong type", te.Field)
+		}
+		return apierr.ErrInvalidJSON.WithMessage("the body is not a JSON object")
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return apierr.ErrInvalidJSON.WithMessage("the body has data after the JSON object")
+	}
+	return v.Validate()
+}
+
+// ok answers a write: the SDK ignores the body, but a JSON object parses
+// in every client.
+func ok(c echo.Context, status int) error {
+	return c.JSONBlob(status, []byte("{}"))
+}
+
+func noStore(c echo.Context) {
+	c.Response().Header().Set(echo.HeaderCacheControl, "no-store")
+}
+
+func (a *Adapter) flushIdentities(c echo.Context) error {
+	ev := a.srv.Event(c, "admin_portal_identities_flush", "", "", "")
+	if err := a.srv.Audit().Record(c.Request().Context(), ev); err != nil {
+		return err
+	}
+	n := a.resolver.Flush()
+	return c.JSON(http.StatusOK, map[string]int{"flushed": n})
+}

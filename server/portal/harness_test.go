@@ -1,0 +1,315 @@
+package portal
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keywarden/keywarden/custodian"
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/config"
+	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/internal/softauthn"
+	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
+	"github.com/keywarden/keywarden/internal/testutil/vaultdev"
+	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/firebase"
+	"github.com/keywarden/keywarden/server/passkey"
+	"github.com/keywarden/keywarden/store"
+)
+
+const (
+	testCustodian = "custodian-acme"
+	testRPID      = "localhost"
+	testOrigin    = "https://localhost" // what iOS puts in clientDataJSON for the RP
+	testProject   = "proj-portal"
+	testSecret    = "webhook-secret-0123456789abcdef"
+	testSecret2   = "webhook-secret-rotated-fedcba9876"
+	testAdminKey  = "portal-test-admin-key-0123456789"
+)
+
+// portalAPI is a stand-in for Portal's API in its real wire format: GET
+// /api/v3/clients/me with a bearer answers the client's description. It
+// counts the calls it receives.
+type portalAPI struct {
+	srv   *httptest.Server
+	calls atomic.Int64
+
+	mu      sync.Mutex
+	clients map[string][2]string // credential → {client id, custodian id}
+	status  int                  // when not 0, every call answers this
+	gate    chan struct{}        // when not nil, calls wait for it to close
+}
+
+func newPortalAPI(t testing.TB) *portalAPI {
+	t.Helper()
+	p := &portalAPI{clients: map[string][2]string{}}
+	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+func (p *portalAPI) serve(w http.ResponseWriter, r *http.Request) {
+	p.calls.Add(1)
+	p.mu.Lock()
+	gate, status := p.gate, p.status
+	p.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	if r.URL.Path != ClientsMePath || r.Method != http.MethodGet {
+		http.NotFound(w, r)
+		return
+	}
+	if status != 0 {
+		w.WriteHeader(status)
+		_, _ = w.Write([]byte(`{"error":"stand-in"}`))
+		return
+	}
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	p.mu.Lock()
+	c, known := p.clients[tok]
+	p.mu.Unlock()
+	if !ok || !known {
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = w.Write([]byte(`{"error":"Unauthorized"}`))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"id": c[0], "custodian": map[string]any{"id": c[1], "name": "Acme"},
+		"createdAt": "2026-01-01T00:00:00.000Z", "environment": map[string]any{"id": "env-1", "name": "prod"},
+		"ejectedAt": nil, "isAccountAbstracted": false, "metadata": map[string]any{"namespaces": map[string]any{}},
+		"wallets": []any{},
+	})
+}
+
+func (p *portalAPI) add(cred, clientID, custodianID string) {
+	p.mu.Lock()
+	p.clients[cred] = [2]string{clientID, custodianID}
+	p.mu.Unlock()
+}
+
+func (p *portalAPI) setStatus(s int) {
+	p.mu.Lock()
+	p.status = s
+	p.mu.Unlock()
+}
+
+// hold makes calls wait until the returned release is called (also at
+// the test's end, so a failing test never hangs on a held call).
+func (p *portalAPI) hold(t testing.TB) (release func()) {
+	g := make(chan struct{})
+	p.mu.Lock()
+	p.gate = g
+	p.mu.Unlock()
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			p.mu.Lock()
+			p.gate = nil
+			p.mu.Unlock()
+			close(g)
+		})
+	}
+	t.Cleanup(release)
+	return release
+}
+
+func (p *portalAPI) url() string { return p.srv.URL }
+
+// harness is the real server with the adapter in process: bbolt, a root
+// key, the audit log, a Firebase issuer stand-in, the passkey service, and
+// (when asked) the custodian service on a real Vault dev server.
+type harness struct {
+	t       testing.TB
+	srv     *server.Server
+	http    *httptest.Server
+	api     *portalAPI
+	issuer  *firebasetest.Issuer
+	custody *enclave.Custody
+	adapter *Adapter
+	pk      *passkey.Service
+	auth    *softauthn.Authenticator
+	vault   *vaultdev.Server // with harnessOptions.vault
+	dir     string
+}
+
+type harnessOptions struct {
+	vault  bool
+	portal func(*Options)
+}
+
+func newHarness(t testing.TB, ho harnessOptions) *harness {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := store.Open(filepath.Join(dir, "k.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	root, err := enclave.NewRoot(enclave.NewRootKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	alog, err := audit.Open(ctx, audit.Options{Dir: filepath.Join(dir, "audit"), AnchorKey: root.Subkey("audit-anchor"), ReserveBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = alog.Close(context.Background()) })
+	issuer := firebasetest.NewIssuer(t, testProject)
+	clock := issuer.Clock().Now
+	v, err := firebase.New(ctx, firebase.Options{ProjectIDs: []string{testProject}, CertsURL: issuer.URL(), Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close)
+	custody := enclave.NewCustody(db, root, enclave.CustodyOptions{Clock: clock})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	pk, err := passkey.NewService(passkey.Options{RelyingParties: []passkey.RelyingParty{{ID: testRPID, Origins: []string{testOrigin}}}},
+		passkey.Deps{DB: db, Custody: custody, Audit: alog, Logger: log, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := newPortalAPI(t)
+	opts := Options{APIURL: api.url(), CustodianID: testCustodian, WebhookSecrets: []secret.String{secret.NewString(testSecret), secret.NewString(testSecret2)}}
+	if ho.portal != nil {
+		ho.portal(&opts)
+	}
+	deps := Deps{Passkey: pk, Logger: log, Clock: clock}
+	var vs *vaultdev.Server
+	if ho.vault {
+		vs = vaultdev.Start(t)
+		deps.Shares = newShares(t, vs, db)
+	}
+	ad, err := New(opts, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.DevDefaults()
+	cfg.Admin.Key = secret.NewString(testAdminKey)
+	cfg.Firebase.ProjectIDs = []string{testProject}
+	cfg.Limits.RatePerSecond, cfg.Limits.RateBurst = 100000, 100000
+	srv, err := server.New(server.Options{Config: cfg, Logger: log, DB: db, Custody: custody, Sessions: root.SessionTokens(clock),
+		Audit: alog, Firebase: v, Clock: clock, Routes: []server.Routes{ad}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Public)
+	t.Cleanup(hs.Close)
+	return &harness{t: t, srv: srv, http: hs, api: api, issuer: issuer, custody: custody, adapter: ad, pk: pk,
+		auth: softauthn.New([16]byte{0xad, 0xce}), vault: vs, dir: dir}
+}
+
+// newShares is the custodian service on a real Vault dev server.
+func newShares(t testing.TB, vs *vaultdev.Server, db *store.DB) *custodian.Service {
+	t.Helper()
+	vc, err := custodian.New(context.Background(), custodian.Options{Addr: vs.Addr(), Token: secret.NewString(vs.RootToken()),
+		KeyName: vaultdev.KeyName, Timeout: 2 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(vc.Close)
+	svc := custodian.NewService(vc, db, custodian.ServiceOptions{})
+	t.Cleanup(svc.Close)
+	return svc
+}
+
+type reply struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+func (r reply) code() string {
+	var e struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal(r.Body, &e)
+	return e.Error.Code
+}
+
+// decode decodes strictly: every member of v must be in the body and no
+// other (what the SDK's Codable types need, and more).
+func (r reply) decode(t testing.TB, v any) {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(r.Body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		t.Fatalf("decode %s: %v", r.Body, err)
+	}
+}
+
+// do sends a request as the SDK does: JSON headers, a trace id, the
+// client credential, and extra header pairs.
+func (h *harness) do(method, path, cred string, body any, headers ...string) reply {
+	h.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, h.http.URL+path, rd)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Portal-Trace-Id", "trace-"+strings.ReplaceAll(path, "/", "-"))
+	if cred != "" {
+		req.Header.Set("Authorization", "Bearer "+cred)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return reply{resp.StatusCode, resp.Header, b}
+}
+
+func (h *harness) advance(d time.Duration) { h.issuer.Clock().Advance(d) }
+
+// mustStatus fails unless r has the status (and, when given, the code).
+func mustStatus(t testing.TB, r reply, status int, code string) {
+	t.Helper()
+	if r.Status != status || (code != "" && r.code() != code) {
+		t.Fatalf("got %d %s, want %d %s", r.Status, r.Body, status, code)
+	}
+}
+
+// noSecret fails if the body holds any of the secrets.
+func noSecret(t testing.TB, r reply, secrets ...string) {
+	t.Helper()
+	for _, s := range secrets {
+		if s != "" && bytes.Contains(r.Body, []byte(s)) {
+			t.Fatalf("the answer %d holds a secret: %s", r.Status, r.Body)
+		}
+	}
+}

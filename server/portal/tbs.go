@@ -1,0 +1,158 @@
+package portal
+
+import (
+	"errors"
+	"net/http"
+	"unicode/utf8"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/firebase"
+)
+
+// FirebaseTokenHeader carries the Firebase ID token on the TBS routes.
+const FirebaseTokenHeader = "X-Firebase-Token"
+
+// encryptKeyRequest is PUT /v1/backup/encrypt-key's body.
+type encryptKeyRequest struct {
+	EncryptionKey *string `json:"encryptionKey"`
+}
+
+func (r *encryptKeyRequest) Validate() error {
+	if r.EncryptionKey == nil {
+		return ErrInvalidKey
+	}
+	return checkKey(*r.EncryptionKey)
+}
+
+// checkKey checks the SDK's encryption key: opaque text of 1 to
+// MaxKeyBytes bytes of UTF-8, kept byte for byte.
+func checkKey(k string) error {
+	if k == "" || len(k) > MaxKeyBytes || !utf8.ValidString(k) {
+		return ErrInvalidKey
+	}
+	return nil
+}
+
+// EncryptKeyResponse is GET /v1/backup/encrypt-key's answer.
+type EncryptKeyResponse struct {
+	EncryptionKey string `json:"encryptionKey"`
+}
+
+// firebaseCaller checks, in order, the credential's shape, the Firebase token and
+// (only then, over the network if not cached) the Portal client.
+func (a *Adapter) firebaseCaller(c echo.Context, body validator) (*firebase.Identity, Client, error) {
+	cred, err := credential(c)
+	if err != nil {
+		return nil, Client{}, err
+	}
+	id, err := a.srv.VerifyFirebase(c, FirebaseTokenHeader)
+	if err != nil {
+		return nil, Client{}, err
+	}
+	if body != nil {
+		if err := bind(c, body, maxSmallBody); err != nil {
+			return nil, Client{}, err
+		}
+	}
+	client, err := a.resolve(c, cred)
+	if err != nil {
+		return nil, Client{}, err
+	}
+	// The audit lines name the client as actor and the Firebase user as
+	// owner.
+	return id, client, nil
+}
+
+// checkClient refuses a client other than the one that first stored the
+// key (unless configured to allow it). A key stored without a client id
+// (the native API) is open to any client of the custodian.
+func (a *Adapter) checkClient(c echo.Context, owner enclave.Owner, info *enclave.KeyInfo, client Client) error {
+	if info == nil || info.ClientID == "" || info.ClientID == client.ID || a.opts.AllowClientMismatch {
+		return nil
+	}
+	a.srv.Audit().Refusal(c.Request().Context(), a.srv.Event(c, audit.ActionRefusal, string(owner), server.MethodFirebase, ErrClientMismatch.Code))
+	return ErrClientMismatch
+}
+
+// info describes the stored Firebase key, nil when there is none.
+func (a *Adapter) info(c echo.Context, owner enclave.Owner) (*enclave.KeyInfo, error) {
+	info, err := a.srv.Custody().Info(c.Request().Context(), owner, server.MethodFirebase)
+	if errors.Is(err, apierr.ErrNotFound) {
+		return nil, nil
+	}
+	return info, err
+}
+
+// tbsPut stores the SDK's encryption key for the Firebase user, keyed
+// exactly as the native Firebase API keys it, as text, with the client id.
+func (a *Adapter) tbsPut(c echo.Context) error {
+	var req encryptKeyRequest
+	id, client, err := a.firebaseCaller(c, &req)
+	if err != nil {
+		return err
+	}
+	owner := enclave.Owner(id.Owner())
+	info, err := a.info(c, owner)
+	if err != nil {
+		return err
+	}
+	if err := a.checkClient(c, owner, info, client); err != nil {
+		return err
+	}
+	if max := a.opts.OverwriteMaxAuthAge; max > 0 && info != nil && a.now().Sub(id.AuthTime) > max {
+		a.srv.Audit().Refusal(c.Request().Context(), a.srv.Event(c, audit.ActionRefusal, string(owner), server.MethodFirebase, "key_exists"))
+		return ErrRecentSignIn
+	}
+	key := []byte(*req.EncryptionKey)
+	defer clear(key)
+	replaced, err := a.srv.StoreKey(c, owner, server.MethodFirebase, key,
+		enclave.PutOptions{Format: enclave.FormatText, ClientID: client.ID})
+	if err != nil {
+		return err
+	}
+	if replaced {
+		return ok(c, http.StatusOK)
+	}
+	return ok(c, http.StatusCreated)
+}
+
+// tbsGet releases the Firebase user's key as the string that was stored.
+func (a *Adapter) tbsGet(c echo.Context) error {
+	id, client, err := a.firebaseCaller(c, nil)
+	if err != nil {
+		return err
+	}
+	owner := enclave.Owner(id.Owner())
+	info, err := a.info(c, owner)
+	if err != nil {
+		return err
+	}
+	if info == nil {
+		return apierr.ErrNotFound.WithMessage("no key is stored for this user")
+	}
+	if err := a.checkClient(c, owner, info, client); err != nil {
+		return err
+	}
+	if info.Format != enclave.FormatText {
+		return ErrKeyFormat
+	}
+	key, rinfo, err := a.srv.ReleaseKey(c, owner, server.MethodFirebase)
+	if err != nil {
+		return err
+	}
+	defer key.Wipe()
+	// The record may have changed between the two reads.
+	if err := a.checkClient(c, owner, rinfo, client); err != nil {
+		return err
+	}
+	if rinfo.Format != enclave.FormatText {
+		return ErrKeyFormat
+	}
+	noStore(c)
+	return c.JSON(http.StatusOK, EncryptKeyResponse{EncryptionKey: string(key.Reveal())})
+}
