@@ -17,7 +17,7 @@ import (
 // FuzzParseClient: Portal's answer is untrusted input. Whatever it is,
 // ParseClient either fails with portal_bad_answer or returns a client id
 // of the documented form and a custodian id.
-func FuzzParseClient(f *testing.F) {
+func FuzzPortalParseClient(f *testing.F) {
 	for _, s := range []string{
 		`{"id":"cl1","custodian":{"id":"cu1","name":"A"}}`,
 		`{"id":"","custodian":{"id":"cu1"}}`,
@@ -43,7 +43,7 @@ func FuzzParseClient(f *testing.F) {
 
 // FuzzCeremonyOf: a sessionId is untrusted input. Only the one the
 // adapter issued for that client and kind yields its ceremony id.
-func FuzzCeremonyOf(f *testing.F) {
+func FuzzPortalCeremonyOf(f *testing.F) {
 	a, err := New(Options{CustodianID: "cu"}, Deps{})
 	if err != nil {
 		f.Fatal(err)
@@ -68,7 +68,7 @@ func FuzzCeremonyOf(f *testing.F) {
 
 // FuzzBind: request bodies are untrusted input. bind never panics, and a
 // body it accepts validates.
-func FuzzBind(f *testing.F) {
+func FuzzPortalBind(f *testing.F) {
 	for _, s := range []string{
 		`{"encryptionKey":"abc"}`,
 		`{"attestation":"{\"id\":\"x\"}","sessionId":"s.t","encryptionKey":"k","relyingParty":"localhost"}`,

@@ -40,7 +40,7 @@ func wantCode(t *testing.T, err error, code string) {
 	}
 }
 
-func TestResolverCachesAnswers(t *testing.T) {
+func TestPortalResolverCachesAnswers(t *testing.T) {
 	api := newPortalAPI(t)
 	api.add("key-a", "client-a", testCustodian)
 	r, _ := newTestResolver(t, api, nil)
@@ -62,7 +62,7 @@ func TestResolverCachesAnswers(t *testing.T) {
 	}
 }
 
-func TestResolverExpiresAfterTTL(t *testing.T) {
+func TestPortalResolverExpiresAfterTTL(t *testing.T) {
 	api := newPortalAPI(t)
 	api.add("key-a", "client-a", testCustodian)
 	r, clk := newTestResolver(t, api, func(o *Options) { o.IdentityTTL = time.Minute })
@@ -86,7 +86,7 @@ func TestResolverExpiresAfterTTL(t *testing.T) {
 	}
 }
 
-func TestResolverRefusals(t *testing.T) {
+func TestPortalResolverRefusals(t *testing.T) {
 	api := newPortalAPI(t)
 	api.add("key-other", "client-o", "custodian-other")
 	tests := []struct {
@@ -127,7 +127,7 @@ func TestResolverRefusals(t *testing.T) {
 	}
 }
 
-func TestResolverFailureTTL(t *testing.T) {
+func TestPortalResolverFailureTTL(t *testing.T) {
 	api := newPortalAPI(t)
 	r, clk := newTestResolver(t, api, func(o *Options) { o.FailureTTL = 10 * time.Second })
 	ctx := context.Background()
@@ -143,7 +143,7 @@ func TestResolverFailureTTL(t *testing.T) {
 	}
 }
 
-func TestResolverPortalDown(t *testing.T) {
+func TestPortalResolverPortalDown(t *testing.T) {
 	api := newPortalAPI(t)
 	api.add("key-a", "client-a", testCustodian)
 	api.add("key-b", "client-b", testCustodian)
@@ -173,7 +173,7 @@ func TestResolverPortalDown(t *testing.T) {
 	wantCode(t, err, ErrPortalUnavailable.Code)
 }
 
-func TestResolverStaleDisabled(t *testing.T) {
+func TestPortalResolverStaleDisabled(t *testing.T) {
 	api := newPortalAPI(t)
 	api.add("key-a", "client-a", testCustodian)
 	r, clk := newTestResolver(t, api, func(o *Options) { o.IdentityTTL = time.Minute; o.StaleIfError = -1 })
@@ -187,7 +187,7 @@ func TestResolverStaleDisabled(t *testing.T) {
 	wantCode(t, err, ErrPortalUnavailable.Code)
 }
 
-func TestResolverSingleflight(t *testing.T) {
+func TestPortalResolverSingleflight(t *testing.T) {
 	api := newPortalAPI(t)
 	api.add("key-a", "client-a", testCustodian)
 	release := api.hold(t)
@@ -221,7 +221,7 @@ func TestResolverSingleflight(t *testing.T) {
 	}
 }
 
-func TestResolverGlobalCap(t *testing.T) {
+func TestPortalResolverGlobalCap(t *testing.T) {
 	api := newPortalAPI(t)
 	api.add("key-a", "client-a", testCustodian)
 	api.add("key-b", "client-b", testCustodian)
@@ -248,7 +248,7 @@ func TestResolverGlobalCap(t *testing.T) {
 	}
 }
 
-func TestResolverMissLimitPerAddress(t *testing.T) {
+func TestPortalResolverMissLimitPerAddress(t *testing.T) {
 	api := newPortalAPI(t)
 	api.add("key-good", "client-g", testCustodian)
 	r, clk := newTestResolver(t, api, func(o *Options) { o.MissBurst = 3; o.MissInterval = 10 * time.Second })
@@ -277,7 +277,7 @@ func TestResolverMissLimitPerAddress(t *testing.T) {
 	wantCode(t, err, ErrCredentialUnknown.Code)
 }
 
-func TestResolverBoundedCache(t *testing.T) {
+func TestPortalResolverBoundedCache(t *testing.T) {
 	api := newPortalAPI(t)
 	for _, k := range []string{"k1", "k2", "k3"} {
 		api.add(k, "client-"+k, testCustodian)
@@ -303,7 +303,7 @@ func TestResolverBoundedCache(t *testing.T) {
 	}
 }
 
-func TestResolverShapeCheckedFirst(t *testing.T) {
+func TestPortalResolverShapeCheckedFirst(t *testing.T) {
 	api := newPortalAPI(t)
 	r, _ := newTestResolver(t, api, nil)
 	for _, cred := range []string{"", "has space", "tab\there", "nul\x00", "é-accent", strings.Repeat("a", MaxCredentialBytes+1)} {
@@ -317,7 +317,7 @@ func TestResolverShapeCheckedFirst(t *testing.T) {
 	}
 }
 
-func TestResolverNeverFollowsRedirects(t *testing.T) {
+func TestPortalResolverNeverFollowsRedirects(t *testing.T) {
 	var leaked atomic.Bool
 	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "" {
@@ -339,7 +339,7 @@ func TestResolverNeverFollowsRedirects(t *testing.T) {
 	}
 }
 
-func TestResolverForwardsTraceID(t *testing.T) {
+func TestPortalResolverForwardsTraceID(t *testing.T) {
 	var got atomic.Value
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got.Store(r.Header.Get("X-Portal-Trace-Id") + "|" + r.Header.Get("Authorization"))
@@ -358,7 +358,7 @@ func TestResolverForwardsTraceID(t *testing.T) {
 	}
 }
 
-func TestResolverCallerCancelled(t *testing.T) {
+func TestPortalResolverCallerCancelled(t *testing.T) {
 	api := newPortalAPI(t)
 	api.add("key-a", "client-a", testCustodian)
 	release := api.hold(t)
@@ -390,7 +390,7 @@ func TestResolverCallerCancelled(t *testing.T) {
 	}
 }
 
-func TestParseClient(t *testing.T) {
+func TestPortalParseClient(t *testing.T) {
 	tests := []struct {
 		name, body, id, custodian string
 		ok                        bool
@@ -425,7 +425,7 @@ func TestParseClient(t *testing.T) {
 	}
 }
 
-func TestOptionsValidate(t *testing.T) {
+func TestPortalOptionsValidate(t *testing.T) {
 	good := Options{CustodianID: "cu"}
 	tests := []struct {
 		name string

@@ -140,7 +140,7 @@ func readKey(t testing.TB, r reply) string {
 	return k.EncryptionKey
 }
 
-func TestPasskeyFlow(t *testing.T) {
+func TestPortalPasskeyFlow(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.clients()
 	if s := h.status(credA); s != StatusNotRegistered {
@@ -200,7 +200,7 @@ func TestPasskeyFlow(t *testing.T) {
 	}
 }
 
-func TestPasskeyStatusRegisteredWithoutKey(t *testing.T) {
+func TestPortalPasskeyStatusRegisteredWithoutKey(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.clients()
 	h.register(credA, h.auth, keyHex1)
@@ -223,7 +223,7 @@ func TestPasskeyStatusRegisteredWithoutKey(t *testing.T) {
 	}
 }
 
-func TestPasskeyRefusals(t *testing.T) {
+func TestPortalPasskeyRefusals(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.clients()
 	h.register(credA, h.auth, keyHex1)
@@ -336,7 +336,7 @@ func TestPasskeyRefusals(t *testing.T) {
 	}
 }
 
-func TestPasskeyRegistrationNeverReplaces(t *testing.T) {
+func TestPortalPasskeyRegistrationNeverReplaces(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.clients()
 	// Two registrations begun before the first finishes: the second
@@ -370,14 +370,14 @@ func TestPasskeyRegistrationNeverReplaces(t *testing.T) {
 	mustStatus(t, h.loginRead(credA, sid, assertionOf(t, raw)), http.StatusUnauthorized, passkey.ErrCredentialUnknown.Code)
 }
 
-func TestPasskeysOffWithoutService(t *testing.T) {
+func TestPortalPasskeysOffWithoutService(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.clients()
 	h.adapter.pk = nil
 	mustStatus(t, h.do(http.MethodGet, "/passkeys/status", credA, nil), http.StatusServiceUnavailable, ErrPasskeysOff.Code)
 }
 
-func TestSessionIDBinding(t *testing.T) {
+func TestPortalSessionIDBinding(t *testing.T) {
 	a, err := New(Options{CustodianID: "cu"}, Deps{})
 	if err != nil {
 		t.Fatal(err)
@@ -412,7 +412,7 @@ func TestSessionIDBinding(t *testing.T) {
 	}
 }
 
-func TestSubjectOfLongClientID(t *testing.T) {
+func TestPortalSubjectOfLongClientID(t *testing.T) {
 	long := strings.Repeat("c", 100)
 	s := subject(Client{ID: long})
 	if s.Owner != ClientOwner(long) || passkey.ValidUserID(s.UserID) != nil || s.UserID == long {

@@ -32,7 +32,7 @@ func (h *harness) tbs(method, cred, token string, body any) reply {
 	return h.do(method, "/v1/backup/encrypt-key", cred, body, FirebaseTokenHeader, token)
 }
 
-func TestTBSWriteReadRebackup(t *testing.T) {
+func TestPortalTBSWriteReadRebackup(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.clients()
 	tok := h.issuer.Mint(nil)
@@ -84,7 +84,7 @@ func TestTBSWriteReadRebackup(t *testing.T) {
 	}
 }
 
-func TestTBSKeyKeptByteForByte(t *testing.T) {
+func TestPortalTBSKeyKeptByteForByte(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.clients()
 	tok := h.issuer.Mint(nil)
@@ -102,7 +102,7 @@ func TestTBSKeyKeptByteForByte(t *testing.T) {
 	}
 }
 
-func TestTBSRefusals(t *testing.T) {
+func TestPortalTBSRefusals(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.clients()
 	tok := h.issuer.Mint(nil)
@@ -158,7 +158,7 @@ func TestTBSRefusals(t *testing.T) {
 	}
 }
 
-func TestTBSClientMismatchAllowed(t *testing.T) {
+func TestPortalTBSClientMismatchAllowed(t *testing.T) {
 	h := newHarness(t, harnessOptions{portal: func(o *Options) { o.AllowClientMismatch = true }})
 	h.clients()
 	tok := h.issuer.Mint(nil)
@@ -172,7 +172,7 @@ func TestTBSClientMismatchAllowed(t *testing.T) {
 	}
 }
 
-func TestTBSNativeBytesKeyNotConverted(t *testing.T) {
+func TestPortalTBSNativeBytesKeyNotConverted(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.clients()
 	tok := h.issuer.Mint(nil)
@@ -183,7 +183,7 @@ func TestTBSNativeBytesKeyNotConverted(t *testing.T) {
 	noSecret(t, r, strings.Repeat("k", 32))
 }
 
-func TestTBSPortalDown(t *testing.T) {
+func TestPortalTBSPortalDown(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	h.clients()
 	tok := h.issuer.Mint(nil)
@@ -200,7 +200,7 @@ func TestTBSPortalDown(t *testing.T) {
 	noSecret(t, r, keyHex1)
 }
 
-func TestTBSOverwriteNeedsRecentSignIn(t *testing.T) {
+func TestPortalTBSOverwriteNeedsRecentSignIn(t *testing.T) {
 	h := newHarness(t, harnessOptions{portal: func(o *Options) { o.OverwriteMaxAuthAge = 10 * time.Minute }})
 	h.clients()
 	now := h.issuer.Clock().Now()

@@ -35,7 +35,7 @@ func (h *harness) fetch(secret, clientID string) []string {
 	return f.BackupShares
 }
 
-func TestWebhookBackupFetchReplace(t *testing.T) {
+func TestPortalWebhookBackupFetchReplace(t *testing.T) {
 	h := newHarness(t, harnessOptions{vault: true})
 	if got := h.fetch(testSecret, "client-a"); len(got) != 0 {
 		t.Fatalf("fetch before any backup: %q", got)
@@ -63,7 +63,7 @@ func TestWebhookBackupFetchReplace(t *testing.T) {
 	}
 }
 
-func TestWebhookRefusals(t *testing.T) {
+func TestPortalWebhookRefusals(t *testing.T) {
 	h := newHarness(t, harnessOptions{vault: true})
 	mustStatus(t, h.webhook("/webhook/backup", testSecret, map[string]string{"clientId": "client-a", "backupMethod": "GDRIVE-ED25519", "share": shareGDrive}), http.StatusNoContent, "")
 	tests := []struct {
@@ -103,7 +103,7 @@ func TestWebhookRefusals(t *testing.T) {
 	}
 }
 
-func TestWebhookAllowList(t *testing.T) {
+func TestPortalWebhookAllowList(t *testing.T) {
 	h := newHarness(t, harnessOptions{vault: true, portal: func(o *Options) { o.WebhookAllowedIPs = []string{"203.0.113.0/24"} }})
 	r := h.webhook("/webhook/backup/fetch", testSecret, map[string]string{"clientId": "client-a"})
 	mustStatus(t, r, http.StatusForbidden, ErrWebhookSource.Code)
@@ -112,7 +112,7 @@ func TestWebhookAllowList(t *testing.T) {
 	mustStatus(t, h2.webhook("/webhook/backup/fetch", testSecret, map[string]string{"clientId": "client-a"}), http.StatusOK, "")
 }
 
-func TestWebhookNotConfigured(t *testing.T) {
+func TestPortalWebhookNotConfigured(t *testing.T) {
 	// No share store: 503, whatever the secret.
 	h := newHarness(t, harnessOptions{})
 	mustStatus(t, h.webhook("/webhook/backup/fetch", testSecret, map[string]string{"clientId": "client-a"}), http.StatusServiceUnavailable, ErrWebhookOff.Code)
@@ -122,7 +122,7 @@ func TestWebhookNotConfigured(t *testing.T) {
 	mustStatus(t, h2.webhook("/webhook/backup/fetch", testSecret, map[string]string{"clientId": "client-a"}), http.StatusServiceUnavailable, ErrWebhookOff.Code)
 }
 
-func TestWebhookVaultDown(t *testing.T) {
+func TestPortalWebhookVaultDown(t *testing.T) {
 	h := newHarness(t, harnessOptions{vault: true, portal: func(o *Options) { o.WebhookTimeout = 3 * time.Second }})
 	mustStatus(t, h.webhook("/webhook/backup", testSecret, map[string]string{"clientId": "client-a", "backupMethod": "GDRIVE-ED25519", "share": shareGDrive}), http.StatusNoContent, "")
 	h.vault.Stop()
