@@ -163,11 +163,12 @@ func opsOverload(t *testing.T, node *opsNode) {
 	held := []net.Conn{opsHoldRequest(t, node), opsHoldRequest(t, node)}
 	var body []byte
 	var hdr http.Header
-	// Any route but the health probes counts (an unknown one is cheapest:
-	// the cap answers before routing); the probes stay exempt, so a busy
-	// node is not taken out of its load balancer.
+	// Any route but the health probes counts (an unknown admin one is
+	// cheapest and takes no client rate-limit tokens: the cap answers
+	// before routing); the probes stay exempt, so a busy node is not taken
+	// out of its load balancer.
 	opsEventually(t, 15*time.Second, "a request beyond max_concurrent is refused", func() (bool, string) {
-		st, b, h, err := opsGet(node.url("/v1/no-such-route"))
+		st, b, h, err := opsGet(node.url("/v1/admin/no-such-route"))
 		body, hdr = b, h
 		return err == nil && st == http.StatusServiceUnavailable, fmt.Sprintf("%d %s %v", st, b, err)
 	})
@@ -184,8 +185,8 @@ func opsOverload(t *testing.T, node *opsNode) {
 		c.Close()
 	}
 	opsEventually(t, 15*time.Second, "the node serves again once the held requests end", func() (bool, string) {
-		st, b, _, err := opsGet(node.url("/v1/no-such-route"))
-		return err == nil && st == http.StatusNotFound, fmt.Sprintf("%d %s %v", st, b, err)
+		st, b, _, err := opsGet(node.url("/v1/admin/no-such-route"))
+		return err == nil && st == http.StatusUnauthorized, fmt.Sprintf("%d %s %v", st, b, err)
 	})
 }
 
