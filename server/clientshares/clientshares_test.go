@@ -32,44 +32,44 @@ func TestCRUDStatusAndVersions(t *testing.T) {
 	v := newEnv(t)
 	p := sharePath("alice", "GDRIVE")
 
-	want(t, v.admin("GET", p, nil), 404, "not_found")
-	r := v.admin("PUT", p, map[string]any{"cipherText": ct1})
+	want(t, v.Admin("GET", p, nil), 404, "not_found")
+	r := v.Admin("PUT", p, map[string]any{"cipherText": ct1})
 	want(t, r, http.StatusCreated, "")
 	var info shareBody
-	r.decode(t, &info)
+	r.Decode(t, &info)
 	if info.Stored || info.Method != "GDRIVE" || info.CipherText != "" || info.Version != 1 {
 		t.Fatalf("PUT answered %s", r.Body)
 	}
 
 	var got shareBody
-	r = v.admin("GET", p, nil)
+	r = v.Admin("GET", p, nil)
 	want(t, r, 200, "")
-	r.decode(t, &got)
+	r.Decode(t, &got)
 	if got.CipherText != ct1 || got.Stored {
 		t.Fatalf("GET answered %s", r.Body)
 	}
 
 	// The app confirms it kept the backup.
 	v.now = v.now.Add(time.Minute)
-	r = v.admin("PUT", p+"/status", map[string]any{"stored": true})
+	r = v.Admin("PUT", p+"/status", map[string]any{"stored": true})
 	want(t, r, 200, "")
-	v.admin("GET", p, nil).decode(t, &got)
+	v.Admin("GET", p, nil).Decode(t, &got)
 	if !got.Stored || got.CipherText != ct1 || !got.StatusUpdatedAt.Equal(v.now) || !got.UpdatedAt.Equal(v.now.Add(-time.Minute)) {
 		t.Fatalf("after status: %+v", got)
 	}
 
 	// Overwrite: 200, unconfirmed again, the old value kept as a version.
 	v.now = v.now.Add(time.Minute)
-	r = v.admin("PUT", p, map[string]any{"cipherText": ct2})
+	r = v.Admin("PUT", p, map[string]any{"cipherText": ct2})
 	want(t, r, http.StatusOK, "")
-	v.admin("GET", p, nil).decode(t, &got)
+	v.Admin("GET", p, nil).Decode(t, &got)
 	if got.CipherText != ct2 || got.Stored || got.Version != 2 || !got.CreatedAt.Equal(v.now.Add(-2*time.Minute)) {
 		t.Fatalf("after overwrite: %+v", got)
 	}
 	var vs struct {
 		Versions []VersionInfo `json:"versions"`
 	}
-	v.admin("GET", p+"/versions", nil).decode(t, &vs)
+	v.Admin("GET", p+"/versions", nil).Decode(t, &vs)
 	if len(vs.Versions) != 1 || !vs.Versions[0].Stored || !vs.Versions[0].ReplacedAt.Equal(v.now) {
 		t.Fatalf("versions: %+v", vs)
 	}
@@ -77,21 +77,21 @@ func TestCRUDStatusAndVersions(t *testing.T) {
 	// Restore: the old value (and its status) is current again, the
 	// replaced one becomes a version.
 	v.now = v.now.Add(time.Minute)
-	want(t, v.admin("POST", p+"/versions/"+vs.Versions[0].ID+"/restore", nil), 200, "")
-	v.admin("GET", p, nil).decode(t, &got)
+	want(t, v.Admin("POST", p+"/versions/"+vs.Versions[0].ID+"/restore", nil), 200, "")
+	v.Admin("GET", p, nil).Decode(t, &got)
 	if got.CipherText != ct1 || !got.Stored || got.Version != 3 {
 		t.Fatalf("after restore: %+v", got)
 	}
-	v.admin("GET", p+"/versions", nil).decode(t, &vs)
+	v.Admin("GET", p+"/versions", nil).Decode(t, &vs)
 	if len(vs.Versions) != 1 || vs.Versions[0].Stored {
 		t.Fatalf("versions after restore: %+v", vs)
 	}
-	want(t, v.admin("POST", p+"/versions/00000000000000000001/restore", nil), 404, "not_found")
-	want(t, v.admin("POST", p+"/versions/x/restore", nil), 404, "not_found")
+	want(t, v.Admin("POST", p+"/versions/00000000000000000001/restore", nil), 404, "not_found")
+	want(t, v.Admin("POST", p+"/versions/x/restore", nil), 404, "not_found")
 
 	// A second method is independent; the list shows both without cipherText.
-	want(t, v.admin("PUT", sharePath("alice", "PASSWORD"), map[string]any{"cipherText": ct2, "stored": true}), 201, "")
-	r = v.admin("GET", "/v1/admin/users/alice/client-shares", nil)
+	want(t, v.Admin("PUT", sharePath("alice", "PASSWORD"), map[string]any{"cipherText": ct2, "stored": true}), 201, "")
+	r = v.Admin("GET", "/v1/admin/users/alice/client-shares", nil)
 	want(t, r, 200, "")
 	if bytes.Contains(r.Body, []byte(ct1)) || bytes.Contains(r.Body, []byte(ct2)) {
 		t.Fatalf("the list holds a cipherText: %s", r.Body)
@@ -99,26 +99,26 @@ func TestCRUDStatusAndVersions(t *testing.T) {
 	var list struct {
 		Shares []Info `json:"shares"`
 	}
-	r.decode(t, &list)
+	r.Decode(t, &list)
 	if len(list.Shares) != 2 || list.Shares[0].Method != "GDRIVE" || list.Shares[1].Method != "PASSWORD" || !list.Shares[1].Stored {
 		t.Fatalf("list: %s", r.Body)
 	}
 
 	// Delete removes the share and its versions.
-	want(t, v.admin("DELETE", p, nil), 204, "")
-	want(t, v.admin("GET", p, nil), 404, "not_found")
-	want(t, v.admin("DELETE", p, nil), 404, "not_found")
-	v.admin("GET", p+"/versions", nil).decode(t, &vs)
+	want(t, v.Admin("DELETE", p, nil), 204, "")
+	want(t, v.Admin("GET", p, nil), 404, "not_found")
+	want(t, v.Admin("DELETE", p, nil), 404, "not_found")
+	v.Admin("GET", p+"/versions", nil).Decode(t, &vs)
 	if len(vs.Versions) != 0 {
 		t.Fatalf("versions survive the delete: %+v", vs)
 	}
-	want(t, v.admin("PUT", p+"/status", map[string]any{"stored": true}), 404, "not_found")
-	want(t, v.admin("GET", sharePath("alice", "PASSWORD"), nil), 200, "")
+	want(t, v.Admin("PUT", p+"/status", map[string]any{"stored": true}), 404, "not_found")
+	want(t, v.Admin("GET", sharePath("alice", "PASSWORD"), nil), 200, "")
 }
 
 func TestRefusals(t *testing.T) {
 	v := newEnv(t)
-	want(t, v.admin("PUT", sharePath("bob", "ICLOUD"), map[string]any{"cipherText": ct1}), 201, "")
+	want(t, v.Admin("PUT", sharePath("bob", "ICLOUD"), map[string]any{"cipherText": ct1}), 201, "")
 	big := strings.Repeat("A", 70<<10)
 	cases := []struct {
 		name, method, path string
@@ -142,12 +142,12 @@ func TestRefusals(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			want(t, v.admin(c.method, c.path, c.body), c.status, c.code)
+			want(t, v.Admin(c.method, c.path, c.body), c.status, c.code)
 		})
 	}
 	// Nothing of the refused requests changed bob's share.
 	var got shareBody
-	v.admin("GET", sharePath("bob", "ICLOUD"), nil).decode(t, &got)
+	v.Admin("GET", sharePath("bob", "ICLOUD"), nil).Decode(t, &got)
 	if got.CipherText != ct1 || got.Version != 1 {
 		t.Fatalf("a refused request changed the share: %+v", got)
 	}
@@ -157,11 +157,11 @@ func TestRefusals(t *testing.T) {
 func TestCipherTextLimit(t *testing.T) {
 	v := newEnv(t, func(c *config.Config, _ *Options) { c.Limits.MaxBodyBytes = 256 << 10 })
 	p := sharePath("carol", "PASSKEY")
-	want(t, v.admin("PUT", p, map[string]any{"cipherText": strings.Repeat("x", MaxCipherTextBytes+1)}), 413, "body_too_large")
-	want(t, v.admin("GET", p, nil), 404, "not_found")
-	want(t, v.admin("PUT", p, map[string]any{"cipherText": strings.Repeat("x", MaxCipherTextBytes)}), 201, "")
+	want(t, v.Admin("PUT", p, map[string]any{"cipherText": strings.Repeat("x", MaxCipherTextBytes+1)}), 413, "body_too_large")
+	want(t, v.Admin("GET", p, nil), 404, "not_found")
+	want(t, v.Admin("PUT", p, map[string]any{"cipherText": strings.Repeat("x", MaxCipherTextBytes)}), 201, "")
 	var got shareBody
-	v.admin("GET", p, nil).decode(t, &got)
+	v.Admin("GET", p, nil).Decode(t, &got)
 	if len(got.CipherText) != MaxCipherTextBytes {
 		t.Fatalf("got %d bytes back", len(got.CipherText))
 	}
@@ -169,10 +169,10 @@ func TestCipherTextLimit(t *testing.T) {
 
 func TestUnauthenticated(t *testing.T) {
 	v := newEnv(t)
-	want(t, v.admin("PUT", sharePath("dave", "FIREBASE"), map[string]any{"cipherText": ct1}), 201, "")
+	want(t, v.Admin("PUT", sharePath("dave", "FIREBASE"), map[string]any{"cipherText": ct1}), 201, "")
 	for _, hdr := range [][]string{nil, {"Authorization", "Bearer wrong-key"}, {"Authorization", "Basic " + testAdminKey}} {
 		for _, m := range []string{"GET", "PUT", "DELETE"} {
-			r := v.do(m, sharePath("dave", "FIREBASE"), map[string]any{"cipherText": ct2}, hdr...)
+			r := v.Do(m, sharePath("dave", "FIREBASE"), map[string]any{"cipherText": ct2}, hdr...)
 			want(t, r, 401, "admin_unauthorized")
 			if bytes.Contains(r.Body, []byte(ct1)) {
 				t.Fatal("a refusal holds the cipherText")
@@ -180,7 +180,7 @@ func TestUnauthenticated(t *testing.T) {
 		}
 	}
 	var got shareBody
-	v.admin("GET", sharePath("dave", "FIREBASE"), nil).decode(t, &got)
+	v.Admin("GET", sharePath("dave", "FIREBASE"), nil).Decode(t, &got)
 	if got.CipherText != ct1 {
 		t.Fatal("an unauthenticated request changed the share")
 	}
@@ -190,8 +190,8 @@ func TestUnauthenticated(t *testing.T) {
 // method does not open.
 func TestSealedAtRest(t *testing.T) {
 	v := newEnv(t)
-	want(t, v.admin("PUT", sharePath("erin", "PASSWORD"), map[string]any{"cipherText": ct1}), 201, "")
-	want(t, v.admin("PUT", sharePath("erin", "PASSWORD"), map[string]any{"cipherText": ct2}), 200, "")
+	want(t, v.Admin("PUT", sharePath("erin", "PASSWORD"), map[string]any{"cipherText": ct1}), 201, "")
+	want(t, v.Admin("PUT", sharePath("erin", "PASSWORD"), map[string]any{"cipherText": ct2}), 200, "")
 	raw := v.rawBucket()
 	if len(raw) != 2 {
 		t.Fatalf("want a current record and a version, got %d records", len(raw))
@@ -205,32 +205,32 @@ func TestSealedAtRest(t *testing.T) {
 	}
 	cur := raw[string(store.Key("user:erin", "PASSWORD"))]
 	for _, dst := range [][]byte{store.Key("user:mallory", "PASSWORD"), store.Key("user:erin", "GDRIVE")} {
-		if err := v.db.Update(context.Background(), func(tx *store.Tx) error {
+		if err := v.DB.Update(context.Background(), func(tx *store.Tx) error {
 			return tx.Put(store.BucketClientShares, dst, cur)
 		}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	want(t, v.admin("GET", sharePath("mallory", "PASSWORD"), nil), 500, "record_damaged")
-	want(t, v.admin("GET", sharePath("erin", "GDRIVE"), nil), 500, "record_damaged")
+	want(t, v.Admin("GET", sharePath("mallory", "PASSWORD"), nil), 500, "record_damaged")
+	want(t, v.Admin("GET", sharePath("erin", "GDRIVE"), nil), 500, "record_damaged")
 	var got shareBody
-	v.admin("GET", sharePath("erin", "PASSWORD"), nil).decode(t, &got)
+	v.Admin("GET", sharePath("erin", "PASSWORD"), nil).Decode(t, &got)
 	if got.CipherText != ct2 {
 		t.Fatal("the original record no longer opens")
 	}
 	// A damaged prior version is never made current.
 	vk := store.Key("user:mallory", "PASSWORD", versionsSub, "00000000000000000042")
-	_ = v.db.Update(context.Background(), func(tx *store.Tx) error { return tx.Put(store.BucketClientShares, vk, cur) })
-	want(t, v.admin("POST", sharePath("mallory", "PASSWORD")+"/versions/00000000000000000042/restore", nil), 500, "record_damaged")
+	_ = v.DB.Update(context.Background(), func(tx *store.Tx) error { return tx.Put(store.BucketClientShares, vk, cur) })
+	want(t, v.Admin("POST", sharePath("mallory", "PASSWORD")+"/versions/00000000000000000042/restore", nil), 500, "record_damaged")
 }
 
 func TestUserDescribeAndDelete(t *testing.T) {
 	v := newEnv(t)
-	want(t, v.admin("PUT", sharePath("frank", "PASSKEY"), map[string]any{"cipherText": ct1, "stored": true}), 201, "")
-	want(t, v.admin("PUT", sharePath("frank", "PASSKEY"), map[string]any{"cipherText": ct2}), 200, "")
-	want(t, v.admin("PUT", sharePath("grace", "PASSKEY"), map[string]any{"cipherText": ct1}), 201, "")
+	want(t, v.Admin("PUT", sharePath("frank", "PASSKEY"), map[string]any{"cipherText": ct1, "stored": true}), 201, "")
+	want(t, v.Admin("PUT", sharePath("frank", "PASSKEY"), map[string]any{"cipherText": ct2}), 200, "")
+	want(t, v.Admin("PUT", sharePath("grace", "PASSKEY"), map[string]any{"cipherText": ct1}), 201, "")
 
-	r := v.admin("GET", "/v1/admin/users/frank", nil)
+	r := v.Admin("GET", "/v1/admin/users/frank", nil)
 	want(t, r, 200, "")
 	if bytes.Contains(r.Body, []byte(ct1)) || bytes.Contains(r.Body, []byte(ct2)) {
 		t.Fatalf("the description holds a cipherText: %s", r.Body)
@@ -240,34 +240,34 @@ func TestUserDescribeAndDelete(t *testing.T) {
 			ClientShares []Info `json:"clientShares"`
 		} `json:"data"`
 	}
-	r.decode(t, &d)
+	r.Decode(t, &d)
 	if len(d.Data.ClientShares) != 1 || d.Data.ClientShares[0].Method != "PASSKEY" {
 		t.Fatalf("description: %s", r.Body)
 	}
 
-	want(t, v.admin("DELETE", "/v1/admin/users/frank", nil), 204, "")
-	want(t, v.admin("GET", sharePath("frank", "PASSKEY"), nil), 404, "not_found")
+	want(t, v.Admin("DELETE", "/v1/admin/users/frank", nil), 204, "")
+	want(t, v.Admin("GET", sharePath("frank", "PASSKEY"), nil), 404, "not_found")
 	for k := range v.rawBucket() {
 		if strings.HasPrefix(k, "user:frank\x00") {
 			t.Fatalf("record %q survives the user's deletion", k)
 		}
 	}
-	want(t, v.admin("GET", sharePath("grace", "PASSKEY"), nil), 200, "")
+	want(t, v.Admin("GET", sharePath("grace", "PASSKEY"), nil), 200, "")
 }
 
 func TestAuditLinesWithoutCipherText(t *testing.T) {
 	v := newEnv(t)
 	p := sharePath("heidi", "ICLOUD")
-	want(t, v.admin("PUT", p, map[string]any{"cipherText": ct1}), 201, "")
-	want(t, v.admin("PUT", p, map[string]any{"cipherText": ct2}), 200, "")
-	want(t, v.admin("GET", p, nil), 200, "")
-	want(t, v.admin("PUT", p+"/status", map[string]any{"stored": true}), 200, "")
+	want(t, v.Admin("PUT", p, map[string]any{"cipherText": ct1}), 201, "")
+	want(t, v.Admin("PUT", p, map[string]any{"cipherText": ct2}), 200, "")
+	want(t, v.Admin("GET", p, nil), 200, "")
+	want(t, v.Admin("PUT", p+"/status", map[string]any{"stored": true}), 200, "")
 	var vs struct{ Versions []VersionInfo }
-	v.admin("GET", p+"/versions", nil).decode(t, &vs)
-	want(t, v.admin("POST", p+"/versions/"+vs.Versions[0].ID+"/restore", nil), 200, "")
-	want(t, v.admin("DELETE", p, nil), 204, "")
+	v.Admin("GET", p+"/versions", nil).Decode(t, &vs)
+	want(t, v.Admin("POST", p+"/versions/"+vs.Versions[0].ID+"/restore", nil), 200, "")
+	want(t, v.Admin("DELETE", p, nil), 204, "")
 
-	lines := v.auditLines()
+	lines := v.AuditLines(t)
 	for _, s := range []string{ct1, ct2, "client-share-", testAdminKey} {
 		if strings.Contains(lines, s) {
 			t.Fatalf("an audit line holds a secret (%q…)", s[:8])
@@ -303,16 +303,16 @@ func TestAuditLinesWithoutCipherText(t *testing.T) {
 func TestAuditUnavailable(t *testing.T) {
 	v := newEnv(t)
 	p := sharePath("ivan", "PASSWORD")
-	want(t, v.admin("PUT", p, map[string]any{"cipherText": ct1}), 201, "")
-	v.audit.Close(context.Background())
-	r := v.admin("GET", p, nil)
+	want(t, v.Admin("PUT", p, map[string]any{"cipherText": ct1}), 201, "")
+	v.Audit.Close(context.Background())
+	r := v.Admin("GET", p, nil)
 	want(t, r, 503, "audit_unavailable")
 	if bytes.Contains(r.Body, []byte(ct1)) {
 		t.Fatal("released without an audit line")
 	}
-	want(t, v.admin("PUT", p, map[string]any{"cipherText": ct2}), 503, "audit_unavailable")
-	want(t, v.admin("DELETE", p, nil), 503, "audit_unavailable")
-	want(t, v.admin("PUT", sharePath("judy", "PASSWORD"), map[string]any{"cipherText": ct2}), 503, "audit_unavailable")
+	want(t, v.Admin("PUT", p, map[string]any{"cipherText": ct2}), 503, "audit_unavailable")
+	want(t, v.Admin("DELETE", p, nil), 503, "audit_unavailable")
+	want(t, v.Admin("PUT", sharePath("judy", "PASSWORD"), map[string]any{"cipherText": ct2}), 503, "audit_unavailable")
 	sh, err := v.store.Get(context.Background(), enclave.UserOwner("ivan"), "PASSWORD")
 	if err != nil || sh.CipherText.Reveal() != ct1 {
 		t.Fatalf("the share changed without an audit line: %v", err)
@@ -326,17 +326,17 @@ func TestRetention(t *testing.T) {
 	v := newEnv(t, func(_ *config.Config, o *Options) { o.VersionRetention = time.Hour })
 	p := sharePath("kim", "GDRIVE")
 	for i := 0; i < 3; i++ {
-		want(t, v.admin("PUT", p, map[string]any{"cipherText": ct1 + string(rune('a'+i))}), []int{201, 200, 200}[i], "")
+		want(t, v.Admin("PUT", p, map[string]any{"cipherText": ct1 + string(rune('a'+i))}), []int{201, 200, 200}[i], "")
 		v.now = v.now.Add(40 * time.Minute)
 	}
 	var vs struct{ Versions []VersionInfo }
-	v.admin("GET", p+"/versions", nil).decode(t, &vs)
+	v.Admin("GET", p+"/versions", nil).Decode(t, &vs)
 	// Versions replaced at +40m and +80m; at +80m the cutoff is +20m.
 	if len(vs.Versions) != 2 {
 		t.Fatalf("versions: %+v", vs.Versions)
 	}
-	want(t, v.admin("PUT", p, map[string]any{"cipherText": ct2}), 200, "")
-	v.admin("GET", p+"/versions", nil).decode(t, &vs)
+	want(t, v.Admin("PUT", p, map[string]any{"cipherText": ct2}), 200, "")
+	v.Admin("GET", p+"/versions", nil).Decode(t, &vs)
 	// Now +120m: the cutoff is +60m, so the one replaced at +40m is gone.
 	if len(vs.Versions) != 2 || !vs.Versions[0].ReplacedAt.Equal(time.Date(2025, 3, 1, 13, 20, 0, 0, time.UTC)) {
 		t.Fatalf("versions after pruning: %+v", vs.Versions)
@@ -346,10 +346,10 @@ func TestRetention(t *testing.T) {
 func TestNoRetention(t *testing.T) {
 	v := newEnv(t, func(_ *config.Config, o *Options) { o.VersionRetention = -1 })
 	p := sharePath("kim", "GDRIVE")
-	want(t, v.admin("PUT", p, map[string]any{"cipherText": ct1}), 201, "")
-	want(t, v.admin("PUT", p, map[string]any{"cipherText": ct2}), 200, "")
+	want(t, v.Admin("PUT", p, map[string]any{"cipherText": ct1}), 201, "")
+	want(t, v.Admin("PUT", p, map[string]any{"cipherText": ct2}), 200, "")
 	var vs struct{ Versions []VersionInfo }
-	v.admin("GET", p+"/versions", nil).decode(t, &vs)
+	v.Admin("GET", p+"/versions", nil).Decode(t, &vs)
 	if len(vs.Versions) != 0 || len(v.rawBucket()) != 1 {
 		t.Fatalf("negative retention kept %d versions", len(vs.Versions))
 	}

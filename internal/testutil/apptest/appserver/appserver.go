@@ -1,0 +1,124 @@
+// Package appserver runs the real server (server.New) on an httptest
+// server over an apptest.Core, for the tests of the packages whose routes
+// plug into it. Package server's own tests cannot import it (a cycle) and
+// use apptest directly.
+package appserver
+
+import (
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/config"
+	"github.com/keywarden/keywarden/internal/testutil/apptest"
+	"github.com/keywarden/keywarden/server"
+)
+
+// App is the appliance in process, serving on URL.
+type App struct {
+	*apptest.Core
+	*apptest.Client
+	Custody  *enclave.Custody
+	Sessions *enclave.SessionTokens
+	Config   config.Config
+	Server   *server.Server
+	HTTP     *httptest.Server
+	URL      string
+}
+
+// Setup is what New builds from; Options change it.
+type Setup struct {
+	Core   []apptest.CoreOption
+	Clock  func() time.Time // custody, session tokens and server; nil: time.Now
+	Config config.Config    // apptest.Config()
+	Server server.Options   // Config, DB, Custody, Sessions, Audit and Clock are filled in
+	TLS    bool             // serve over TLS; the Client trusts the certificate
+	// Before runs before server.New, when the App has its Core, Custody,
+	// Sessions, HTTP and URL: for routes built on them (add them to o).
+	Before func(a *App, o *server.Options)
+}
+
+// Option changes the Setup.
+type Option func(*Setup)
+
+// Core passes options to apptest.NewCore.
+func Core(o ...apptest.CoreOption) Option {
+	return func(s *Setup) { s.Core = append(s.Core, o...) }
+}
+
+// Clock sets the clock of custody, session tokens and the server.
+func Clock(now func() time.Time) Option { return func(s *Setup) { s.Clock = now } }
+
+// Configure changes the configuration.
+func Configure(f func(*config.Config)) Option { return func(s *Setup) { f(&s.Config) } }
+
+// ServerOptions changes server.Options (in the order given with Routes,
+// Users and Firebase).
+func ServerOptions(f func(*server.Options)) Option {
+	return func(s *Setup) { f(&s.Server) }
+}
+
+// Routes adds route sets.
+func Routes(r ...server.Routes) Option {
+	return func(s *Setup) { s.Server.Routes = append(s.Server.Routes, r...) }
+}
+
+// Users adds holders of per-user data.
+func Users(u ...server.UserData) Option {
+	return func(s *Setup) { s.Server.Users = append(s.Server.Users, u...) }
+}
+
+// Firebase sets the Firebase verifier.
+func Firebase(v server.FirebaseVerifier) Option {
+	return func(s *Setup) { s.Server.Firebase = v }
+}
+
+// TLS serves over TLS.
+func TLS() Option { return func(s *Setup) { s.TLS = true } }
+
+// Before sets Setup.Before.
+func Before(f func(a *App, o *server.Options)) Option {
+	return func(s *Setup) { s.Before = f }
+}
+
+// New builds the core, then the server with the options, and serves it.
+func New(t testing.TB, opts ...Option) *App {
+	t.Helper()
+	s := Setup{Config: apptest.Config()}
+	for _, o := range opts {
+		o(&s)
+	}
+	core := apptest.NewCore(t, s.Core...)
+	a := &App{Core: core, Config: s.Config}
+	a.Custody = enclave.NewCustody(core.DB, core.Root, enclave.CustodyOptions{Clock: s.Clock})
+	a.Sessions = core.Root.SessionTokens(s.Clock)
+	o := s.Server
+	o.Config, o.DB, o.Custody, o.Sessions, o.Audit = s.Config, core.DB, a.Custody, a.Sessions, core.Audit
+	if o.Clock == nil {
+		o.Clock = s.Clock
+	}
+	hs := httptest.NewUnstartedServer(nil)
+	if s.TLS {
+		hs.StartTLS()
+	} else {
+		hs.Start()
+	}
+	t.Cleanup(hs.Close)
+	a.HTTP, a.URL = hs, hs.URL
+	a.Client = &apptest.Client{T: t, URL: hs.URL}
+	if s.TLS {
+		a.Client.HTTP = hs.Client()
+	}
+	if s.Before != nil {
+		s.Before(a, &o)
+	}
+	a.Config = o.Config
+	srv, err := server.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs.Config.Handler = srv.Public
+	a.Server = srv
+	return a
+}

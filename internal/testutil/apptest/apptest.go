@@ -1,0 +1,132 @@
+// Package apptest is the shared scaffolding of the appliance's in-process
+// tests: the core (TPM simulator, bbolt store, root key, audit log), the
+// test configuration, and an HTTP client whose replies decode the API's
+// error body. It does not import package server, so server's own tests
+// can use it; package appserver adds server.New and an httptest server.
+//
+// The TPM simulator is one per process: tests using a Core must not call
+// t.Parallel.
+package apptest
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/config"
+	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/internal/tpmdev"
+	"github.com/keywarden/keywarden/internal/tpmsim"
+	"github.com/keywarden/keywarden/store"
+)
+
+// AdminKey is the admin API key of Config.
+const AdminKey = "test-admin-key-0123456789abcdef"
+
+// Core is the appliance below the HTTP server, with real components.
+type Core struct {
+	Dir      string           // the test's temporary directory
+	DB       *store.DB        // bbolt at Dir/k.db
+	Sim      *tpmsim.Sim      // the simulator; nil with NoTPM
+	TPM      *tpmdev.Counting // counts the commands sent to Sim; nil with NoTPM
+	Root     *enclave.Root    // sealed by the simulator (NoTPM: an unsealed key)
+	Audit    *audit.Log       // at AuditDir, anchored with Root's "audit-anchor" subkey
+	AuditDir string
+}
+
+type coreSetup struct {
+	seed  int64
+	noTPM bool
+}
+
+// CoreOption changes NewCore.
+type CoreOption func(*coreSetup)
+
+// Seed sets the simulator's seed (default 7).
+func Seed(seed int64) CoreOption { return func(s *coreSetup) { s.seed = seed } }
+
+// NoTPM makes the root key from enclave.NewRootKey, without the simulator
+// (for tests that may run in parallel).
+func NoTPM() CoreOption { return func(s *coreSetup) { s.noTPM = true } }
+
+// NewCore opens the simulator, a bbolt store in t.TempDir, initializes the
+// root key and opens the audit log; t.Cleanup closes them.
+func NewCore(t testing.TB, opts ...CoreOption) *Core {
+	t.Helper()
+	s := coreSetup{seed: 7}
+	for _, o := range opts {
+		o(&s)
+	}
+	ctx := context.Background()
+	c := &Core{Dir: t.TempDir()}
+	if !s.noTPM {
+		sim, err := tpmsim.Open(s.seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sim.Close() })
+		c.Sim, c.TPM = sim, tpmdev.NewCounting(sim)
+	}
+	db, err := store.Open(filepath.Join(c.Dir, "k.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	c.DB = db
+	if s.noTPM {
+		c.Root, err = enclave.NewRoot(enclave.NewRootKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		root, raw, err := enclave.Initialize(ctx, c.TPM, db, enclave.InitOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw.Wipe()
+		c.Root = root
+	}
+	t.Cleanup(c.Root.Close)
+	c.AuditDir = filepath.Join(c.Dir, "audit")
+	c.Audit, err = audit.Open(ctx, audit.Options{Dir: c.AuditDir, AnchorKey: c.Root.Subkey("audit-anchor"), ReserveBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Audit.Close(context.Background()) })
+	return c
+}
+
+// AuditLines anchors the audit log (making every line durable) and returns
+// every line written so far.
+func (c *Core) AuditLines(t testing.TB) string {
+	t.Helper()
+	if err := c.Audit.Anchor(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(c.AuditDir, "*.jsonl"))
+	var sb strings.Builder
+	for _, f := range files {
+		if fi, err := os.Stat(f); err != nil || fi.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb.Write(b)
+	}
+	return sb.String()
+}
+
+// Config is config.DevDefaults with AdminKey and rate limits high enough
+// that tests never meet them.
+func Config() config.Config {
+	cfg := config.DevDefaults()
+	cfg.Admin.Key = secret.NewString(AdminKey)
+	cfg.Limits.RatePerSecond, cfg.Limits.RateBurst = 1e6, 1e6
+	return cfg
+}
