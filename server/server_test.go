@@ -19,26 +19,26 @@ import (
 func TestHealthAndReadiness(t *testing.T) {
 	h := newHarness(t)
 	for _, m := range []string{http.MethodGet, http.MethodHead} {
-		if r := h.do(m, "/healthz", nil); r.Status != 200 {
+		if r := h.Do(m, "/healthz", nil); r.Status != 200 {
 			t.Fatalf("%s /healthz = %d", m, r.Status)
 		}
-		if r := h.do(m, "/readyz", nil); r.Status != 200 {
+		if r := h.Do(m, "/readyz", nil); r.Status != 200 {
 			t.Fatalf("%s /readyz = %d %s", m, r.Status, r.Body)
 		}
 	}
 	var rd readiness
-	h.do("GET", "/readyz", nil).json(t, &rd)
+	h.Do("GET", "/readyz", nil).Decode(t, &rd)
 	if rd.Checks["root_key"].Status != "ok" || rd.Checks["store"].Status != "ok" {
 		t.Fatalf("checks: %+v", rd)
 	}
 	h.srv.Drain()
-	if r := h.do("GET", "/readyz", nil); r.Status != 503 || !strings.Contains(string(r.Body), "draining") {
+	if r := h.Do("GET", "/readyz", nil); r.Status != 503 || !strings.Contains(string(r.Body), "draining") {
 		t.Fatalf("draining /readyz = %d %s", r.Status, r.Body)
 	}
-	if r := h.do("HEAD", "/readyz", nil); r.Status != 503 {
+	if r := h.Do("HEAD", "/readyz", nil); r.Status != 503 {
 		t.Fatalf("draining HEAD /readyz = %d", r.Status)
 	}
-	if r := h.do("GET", "/healthz", nil); r.Status != 200 {
+	if r := h.Do("GET", "/healthz", nil); r.Status != 200 {
 		t.Fatal("liveness failed while draining")
 	}
 }
@@ -48,19 +48,19 @@ func TestSealedServesNothing(t *testing.T) {
 		o.Custody = nil
 		o.SealedReason = "PCR values differ"
 	})
-	r := h.do("GET", "/readyz", nil)
+	r := h.Do("GET", "/readyz", nil)
 	if r.Status != 503 || !strings.Contains(string(r.Body), "PCR values differ") {
 		t.Fatalf("sealed /readyz = %d %s", r.Status, r.Body)
 	}
 	tok := h.issuer.Mint(nil)
-	if r := h.firebase("GET", "/v1/firebase/key", tok, nil); r.Status != 503 || r.code() != "sealed" {
+	if r := h.Bearer("GET", "/v1/firebase/key", tok, nil); r.Status != 503 || r.Code() != "sealed" {
 		t.Fatalf("sealed release = %d %s", r.Status, r.Body)
 	}
-	if r := h.admin("POST", "/v1/admin/users/alice/session-tokens", nil); r.Status != 503 || r.code() != "sealed" {
+	if r := h.Admin("POST", "/v1/admin/users/alice/session-tokens", nil); r.Status != 503 || r.Code() != "sealed" {
 		t.Fatalf("sealed admin = %d %s", r.Status, r.Body)
 	}
 	for _, p := range []string{"/v1/passkeys/authentication/begin", "/passkeys/status", "/webhook/backup"} {
-		if r := h.do("POST", p, "{}"); r.Status != 503 || r.code() != "sealed" {
+		if r := h.Do("POST", p, "{}"); r.Status != 503 || r.Code() != "sealed" {
 			t.Fatalf("sealed %s = %d %s", p, r.Status, r.Body)
 		}
 	}
@@ -93,8 +93,8 @@ func TestErrorsAreJSON(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			r := h.do(tc.method, tc.path, tc.body, tc.headers...)
-			if r.Status != tc.status || r.code() != tc.code {
+			r := h.Do(tc.method, tc.path, tc.body, tc.headers...)
+			if r.Status != tc.status || r.Code() != tc.code {
 				t.Fatalf("= %d %s, want %d %s", r.Status, r.Body, tc.status, tc.code)
 			}
 			if !strings.HasPrefix(r.Header.Get("Content-Type"), "application/json") {
@@ -106,27 +106,27 @@ func TestErrorsAreJSON(t *testing.T) {
 
 func TestAdminUsers(t *testing.T) {
 	h := newHarness(t)
-	r := h.admin("POST", "/v1/admin/users/alice/session-tokens", map[string]string{"ttl": "5m"})
+	r := h.Admin("POST", "/v1/admin/users/alice/session-tokens", map[string]string{"ttl": "5m"})
 	var st sessionTokenResponse
-	r.json(t, &st)
+	r.Decode(t, &st)
 	if r.Status != 201 || !strings.HasPrefix(st.Token, "kws1.") || st.ExpiresAt.IsZero() {
 		t.Fatalf("mint: %d %s", r.Status, r.Body)
 	}
-	if r := h.admin("POST", "/v1/admin/users/alice/session-tokens", map[string]string{"ttl": "5h"}); r.Status != 400 {
+	if r := h.Admin("POST", "/v1/admin/users/alice/session-tokens", map[string]string{"ttl": "5h"}); r.Status != 400 {
 		t.Fatalf("ttl over max: %d", r.Status)
 	}
 	ctx := context.Background()
 	if _, err := h.custody.PutKey(ctx, enclave.UserOwner("alice"), "PASSKEY", []byte("0123456789abcdef0123456789abcdef"), enclave.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	r = h.admin("GET", "/v1/admin/users/alice", nil)
+	r = h.Admin("GET", "/v1/admin/users/alice", nil)
 	if r.Status != 200 || !strings.Contains(string(r.Body), `"method":"PASSKEY"`) || strings.Contains(string(r.Body), "0123456789abcdef") {
 		t.Fatalf("describe: %d %s", r.Status, r.Body)
 	}
-	if r := h.admin("DELETE", "/v1/admin/users/alice", nil); r.Status != 204 {
+	if r := h.Admin("DELETE", "/v1/admin/users/alice", nil); r.Status != 204 {
 		t.Fatalf("delete: %d %s", r.Status, r.Body)
 	}
-	if r := h.admin("GET", "/v1/admin/users/alice", nil); r.Status != 404 {
+	if r := h.Admin("GET", "/v1/admin/users/alice", nil); r.Status != 404 {
 		t.Fatalf("after delete: %d %s", r.Status, r.Body)
 	}
 }
@@ -137,17 +137,17 @@ func TestFirebaseStoreReleaseDelete(t *testing.T) {
 	h := newHarness(t)
 	tok := h.issuer.Mint(nil)
 	key := []byte("0123456789abcdef0123456789abcdef")
-	if r := h.firebase("GET", "/v1/firebase/key", tok, nil); r.Status != 404 {
+	if r := h.Bearer("GET", "/v1/firebase/key", tok, nil); r.Status != 404 {
 		t.Fatalf("get before put: %d %s", r.Status, r.Body)
 	}
-	if r := h.firebase("PUT", "/v1/firebase/key", tok, keyRequest{Key: b64(key)}); r.Status != 201 {
+	if r := h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: b64(key)}); r.Status != 201 {
 		t.Fatalf("put: %d %s", r.Status, r.Body)
 	}
 	before := h.tpm.Count()
 	for range 50 {
-		r := h.firebase("GET", "/v1/firebase/key", tok, nil)
+		r := h.Bearer("GET", "/v1/firebase/key", tok, nil)
 		var kr KeyResponse
-		r.json(t, &kr)
+		r.Decode(t, &kr)
 		if r.Status != 200 || kr.Key != b64(key) {
 			t.Fatalf("get: %d %s", r.Status, r.Body)
 		}
@@ -157,7 +157,7 @@ func TestFirebaseStoreReleaseDelete(t *testing.T) {
 	}
 	// Overwrite is allowed by default (200) and keeps the prior value.
 	key2 := []byte("fedcba9876543210fedcba9876543210")
-	if r := h.firebase("PUT", "/v1/firebase/key", tok, keyRequest{Key: b64(key2)}); r.Status != 200 {
+	if r := h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: b64(key2)}); r.Status != 200 {
 		t.Fatalf("overwrite: %d %s", r.Status, r.Body)
 	}
 	owner := enclave.Owner("firebase:proj-a//" + firebasetest.DefaultSubject)
@@ -166,14 +166,14 @@ func TestFirebaseStoreReleaseDelete(t *testing.T) {
 	}
 	// Bad keys.
 	for _, bad := range []string{"", "not base64!", b64(make([]byte, 31)), b64(make([]byte, 65))} {
-		if r := h.firebase("PUT", "/v1/firebase/key", tok, keyRequest{Key: bad}); r.Status != 400 || r.code() != "invalid_key" {
+		if r := h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: bad}); r.Status != 400 || r.Code() != "invalid_key" {
 			t.Fatalf("bad key %q: %d %s", bad, r.Status, r.Body)
 		}
 	}
-	if r := h.firebase("DELETE", "/v1/firebase/key", tok, nil); r.Status != 204 {
+	if r := h.Bearer("DELETE", "/v1/firebase/key", tok, nil); r.Status != 204 {
 		t.Fatalf("delete: %d %s", r.Status, r.Body)
 	}
-	if r := h.firebase("GET", "/v1/firebase/key", tok, nil); r.Status != 404 {
+	if r := h.Bearer("GET", "/v1/firebase/key", tok, nil); r.Status != 404 {
 		t.Fatalf("get after delete: %d", r.Status)
 	}
 }
@@ -182,15 +182,15 @@ func TestFirebaseHPKERelease(t *testing.T) {
 	h := newHarness(t)
 	tok := h.issuer.Mint(nil)
 	key := []byte("0123456789abcdef0123456789abcdef")
-	h.firebase("PUT", "/v1/firebase/key", tok, keyRequest{Key: b64(key)})
+	h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: b64(key)})
 	for name, kem := range map[string]hpke.KEM{"mlkem768x25519": hpke.MLKEM768X25519(), "x25519": hpke.DHKEM(nil)} {
 		if kem == nil || name == "x25519" {
 			continue // covered below through the query form
 		}
 		priv, _ := kem.GenerateKey()
-		r := h.firebase("POST", "/v1/firebase/key/release", tok, releaseRequest{RecipientPublicKey: b64(priv.PublicKey().Bytes())})
+		r := h.Bearer("POST", "/v1/firebase/key/release", tok, releaseRequest{RecipientPublicKey: b64(priv.PublicKey().Bytes())})
 		var kr KeyResponse
-		r.json(t, &kr)
+		r.Decode(t, &kr)
 		if r.Status != 200 || kr.Key != "" || kr.SealedKey == "" {
 			t.Fatalf("%s: %d %s", name, r.Status, r.Body)
 		}
@@ -202,7 +202,7 @@ func TestFirebaseHPKERelease(t *testing.T) {
 			t.Fatalf("%s: open: %v", name, err)
 		}
 	}
-	if r := h.firebase("GET", "/v1/firebase/key?recipientPublicKey=AAAA", tok, nil); r.Status != 400 || r.code() != "invalid_recipient_key" {
+	if r := h.Bearer("GET", "/v1/firebase/key?recipientPublicKey=AAAA", tok, nil); r.Status != 400 || r.Code() != "invalid_recipient_key" {
 		t.Fatalf("bad recipient: %d %s", r.Status, r.Body)
 	}
 }
@@ -211,10 +211,10 @@ func TestFirebaseProjectsAndTokens(t *testing.T) {
 	h := newHarness(t)
 	key := []byte("0123456789abcdef0123456789abcdef")
 	tokA := h.issuer.Mint(nil)
-	h.firebase("PUT", "/v1/firebase/key", tokA, keyRequest{Key: b64(key)})
+	h.Bearer("PUT", "/v1/firebase/key", tokA, keyRequest{Key: b64(key)})
 	// The same uid in project B sees nothing of project A.
 	tokB := h.issuer.Mint(firebasetest.Claims{"aud": "proj-b", "iss": "https://securetoken.google.com/proj-b"})
-	if r := h.firebase("GET", "/v1/firebase/key", tokB, nil); r.Status != 404 {
+	if r := h.Bearer("GET", "/v1/firebase/key", tokB, nil); r.Status != 404 {
 		t.Fatalf("project B reads project A: %d %s", r.Status, r.Body)
 	}
 	cases := map[string]struct {
@@ -227,8 +227,8 @@ func TestFirebaseProjectsAndTokens(t *testing.T) {
 		"missing":       {"", "token_missing"},
 	}
 	for name, tc := range cases {
-		r := h.firebase("GET", "/v1/firebase/key", tc.tok, nil)
-		if r.Status != 401 || r.code() != tc.code || strings.Contains(string(r.Body), b64(key)) {
+		r := h.Bearer("GET", "/v1/firebase/key", tc.tok, nil)
+		if r.Status != 401 || r.Code() != tc.code || strings.Contains(string(r.Body), b64(key)) {
 			t.Errorf("%s: %d %s, want 401 %s", name, r.Status, r.Body, tc.code)
 		}
 		if tc.tok != "" && len(tc.tok) > 20 && strings.Contains(string(r.Body), tc.tok) {
@@ -241,29 +241,29 @@ func TestFirebaseBlockAndOverwritePolicy(t *testing.T) {
 	h := newHarness(t, func(c *config.Config, o *Options) { c.Firebase.OverwriteMaxAuthAge = 10 * time.Minute })
 	key := b64([]byte("0123456789abcdef0123456789abcdef"))
 	tok := h.issuer.Mint(nil)
-	if r := h.firebase("PUT", "/v1/firebase/key", tok, keyRequest{Key: key}); r.Status != 201 {
+	if r := h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: key}); r.Status != 201 {
 		t.Fatalf("put: %d %s", r.Status, r.Body)
 	}
 	h.advance(20 * time.Minute)
 	old := h.issuer.Mint(firebasetest.Claims{"auth_time": h.issuer.Clock().Now().Add(-20 * time.Minute).Unix()})
-	if r := h.firebase("PUT", "/v1/firebase/key", old, keyRequest{Key: key}); r.Status != 409 || r.code() != "key_exists" {
+	if r := h.Bearer("PUT", "/v1/firebase/key", old, keyRequest{Key: key}); r.Status != 409 || r.Code() != "key_exists" {
 		t.Fatalf("overwrite with an old sign-in: %d %s", r.Status, r.Body)
 	}
 	fresh := h.issuer.Mint(nil)
-	if r := h.firebase("PUT", "/v1/firebase/key", fresh, keyRequest{Key: key}); r.Status != 200 {
+	if r := h.Bearer("PUT", "/v1/firebase/key", fresh, keyRequest{Key: key}); r.Status != 200 {
 		t.Fatalf("overwrite with a fresh sign-in: %d %s", r.Status, r.Body)
 	}
 	subject := "firebase:proj-a%2F%2F" + firebasetest.DefaultSubject
-	if r := h.admin("PUT", "/v1/admin/firebase/blocked/"+subject, nil); r.Status != 204 {
+	if r := h.Admin("PUT", "/v1/admin/firebase/blocked/"+subject, nil); r.Status != 204 {
 		t.Fatalf("block: %d %s", r.Status, r.Body)
 	}
-	if r := h.firebase("GET", "/v1/firebase/key", fresh, nil); r.Status != 403 || r.code() != "user_blocked" {
+	if r := h.Bearer("GET", "/v1/firebase/key", fresh, nil); r.Status != 403 || r.Code() != "user_blocked" {
 		t.Fatalf("blocked user: %d %s", r.Status, r.Body)
 	}
-	if r := h.admin("DELETE", "/v1/admin/firebase/blocked/"+subject, nil); r.Status != 204 {
+	if r := h.Admin("DELETE", "/v1/admin/firebase/blocked/"+subject, nil); r.Status != 204 {
 		t.Fatalf("unblock: %d %s", r.Status, r.Body)
 	}
-	if r := h.firebase("GET", "/v1/firebase/key", fresh, nil); r.Status != 200 {
+	if r := h.Bearer("GET", "/v1/firebase/key", fresh, nil); r.Status != 200 {
 		t.Fatalf("unblocked: %d %s", r.Status, r.Body)
 	}
 }
@@ -274,15 +274,15 @@ func TestAuditFailsClosed(t *testing.T) {
 	h := newHarness(t)
 	key := b64([]byte("0123456789abcdef0123456789abcdef"))
 	tok := h.issuer.Mint(nil)
-	h.firebase("PUT", "/v1/firebase/key", tok, keyRequest{Key: key})
+	h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: key})
 	if err := h.audit.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	r := h.firebase("GET", "/v1/firebase/key", tok, nil)
-	if r.Status != 503 || r.code() != "audit_unavailable" || strings.Contains(string(r.Body), key) || r.Header.Get("Retry-After") == "" {
+	r := h.Bearer("GET", "/v1/firebase/key", tok, nil)
+	if r.Status != 503 || r.Code() != "audit_unavailable" || strings.Contains(string(r.Body), key) || r.Header.Get("Retry-After") == "" {
 		t.Fatalf("release with a dead audit log: %d %s", r.Status, r.Body)
 	}
-	if r := h.firebase("PUT", "/v1/firebase/key", tok, keyRequest{Key: b64([]byte("fedcba9876543210fedcba9876543210"))}); r.Status != 503 {
+	if r := h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: b64([]byte("fedcba9876543210fedcba9876543210"))}); r.Status != 503 {
 		t.Fatalf("store with a dead audit log: %d %s", r.Status, r.Body)
 	}
 	k, err := h.custody.GetKey(context.Background(), enclave.Owner("firebase:proj-a//"+firebasetest.DefaultSubject), MethodFirebase)
@@ -295,9 +295,9 @@ func TestAuditLinesCarryNoSecrets(t *testing.T) {
 	h := newHarness(t)
 	key := b64([]byte("0123456789abcdef0123456789abcdef"))
 	tok := h.issuer.Mint(nil)
-	h.firebase("PUT", "/v1/firebase/key", tok, keyRequest{Key: key})
-	h.firebase("GET", "/v1/firebase/key", tok, nil)
-	h.admin("POST", "/v1/admin/users/alice/session-tokens", nil)
+	h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: key})
+	h.Bearer("GET", "/v1/firebase/key", tok, nil)
+	h.Admin("POST", "/v1/admin/users/alice/session-tokens", nil)
 	h.audit.Close(context.Background())
 	files, _ := filepath.Glob(filepath.Join(filepath.Dir(h.db.Path()), "audit", "*"))
 	var all strings.Builder
@@ -321,15 +321,15 @@ func TestRateLimit(t *testing.T) {
 	tok := h.issuer.Mint(nil)
 	var limited reply
 	for range 10 {
-		if r := h.firebase("GET", "/v1/firebase/key", tok, nil); r.Status == 429 {
+		if r := h.Bearer("GET", "/v1/firebase/key", tok, nil); r.Status == 429 {
 			limited = r
 			break
 		}
 	}
-	if limited.Status != 429 || limited.code() != "rate_limited" || limited.Header.Get("Retry-After") == "" {
+	if limited.Status != 429 || limited.Code() != "rate_limited" || limited.Header.Get("Retry-After") == "" {
 		t.Fatalf("no 429 with Retry-After: %+v", limited)
 	}
-	if r := h.do("GET", "/healthz", nil); r.Status != 200 {
+	if r := h.Do("GET", "/healthz", nil); r.Status != 200 {
 		t.Fatal("health is rate limited")
 	}
 }
