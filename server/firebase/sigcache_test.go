@@ -10,21 +10,25 @@ import (
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
 )
 
-// TestSignatureCacheSkipsOnlyRSA: a token verified once is verified again
-// from the cache, but every claim is still checked on every call, and a
-// changed signature or a rotated key is never a hit.
-func TestSignatureCacheSkipsOnlyRSA(t *testing.T) {
+// TestTokenCache: a token verified once is answered from the cache, but
+// every time claim and policy is checked again, a changed byte is never a
+// hit, and a rotated-away key is refused.
+func TestTokenCache(t *testing.T) {
 	iss := firebasetest.NewIssuer(t, "proj")
-	v := newVerifier(t, iss, nil)
+	v := newVerifier(t, iss, func(o *Options) { o.MaxAuthAge = 2 * time.Hour })
 	ctx := context.Background()
 	tok := iss.Mint(nil)
 	for range 3 {
-		if _, err := v.Verify(ctx, tok); err != nil {
-			t.Fatal(err)
+		id, err := v.Verify(ctx, tok)
+		if err != nil || id.Subject != firebasetest.DefaultSubject {
+			t.Fatalf("verify: %+v %v", id, err)
 		}
 	}
-	if n := len(v.sigs.m); n != 1 {
+	if n := v.tokens.len(); n != 1 {
 		t.Fatalf("cache holds %d entries, want 1", n)
+	}
+	if _, ok := v.verifiedBefore(ctx, tok); !ok {
+		t.Fatal("a verified token is not a cache hit")
 	}
 	// A tampered signature with the same claims is refused (not a hit).
 	parts := strings.Split(tok, ".")
@@ -38,27 +42,58 @@ func TestSignatureCacheSkipsOnlyRSA(t *testing.T) {
 		t.Fatalf("tampered signature: %v", err)
 	}
 	// Time moves past exp: the cached token is refused by the claim checks.
-	iss.Clock().Advance(2 * time.Hour)
+	iss.Clock().Advance(90 * time.Minute)
 	if _, err := v.Verify(ctx, tok); !errors.Is(err, ErrTokenExpired) {
 		t.Fatalf("expired cached token: %v", err)
 	}
 }
 
-func TestSignatureCacheRespectsKeyObject(t *testing.T) {
+func TestTokenCacheRechecksPolicyAndKey(t *testing.T) {
 	iss := firebasetest.NewIssuer(t, "proj")
-	v := newVerifier(t, iss, nil)
+	v := newVerifier(t, iss, func(o *Options) { o.MaxAuthAge = 10 * time.Minute })
+	ctx := context.Background()
 	tok := iss.Mint(nil)
-	if _, err := v.Verify(context.Background(), tok); err != nil {
+	if _, err := v.Verify(ctx, tok); err != nil {
 		t.Fatal(err)
 	}
-	tp, _ := parseToken(tok)
-	key, _ := v.key(context.Background(), tp.kid)
-	if !v.sigs.verified(tp.signingInput, tp.signature, key, iss.Clock().Now()) {
-		t.Fatal("not cached under the current key")
+	// The sign-in ages past MaxAuthAge while the token is still valid.
+	iss.Clock().Advance(20 * time.Minute)
+	if _, err := v.Verify(ctx, tok); !errors.Is(err, ErrAuthTooOld) {
+		t.Fatalf("cached token past MaxAuthAge: %v", err)
 	}
+	// A cache entry under another key object is not a hit.
+	tok2 := iss.Mint(nil)
+	if _, err := v.Verify(ctx, tok2); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := v.tokens.get(tok2)
 	other := firebasetest.GenerateKey(t, iss.Clock().Now().Add(-time.Hour), iss.Clock().Now().Add(time.Hour))
-	if v.sigs.verified(tp.signingInput, tp.signature, &other.Private.PublicKey, iss.Clock().Now()) {
-		t.Fatal("hit under another key")
+	e.key = &other.Private.PublicKey
+	v.tokens.remember(tok2, e)
+	if _, ok := v.verifiedBefore(ctx, tok2); ok {
+		t.Fatal("hit under another key object")
 	}
+}
 
+// TestTokenCacheRotatedAwayKey: once Google stops serving the key that
+// signed a cached token, the token is refused like any other.
+func TestTokenCacheRotatedAwayKey(t *testing.T) {
+	iss := firebasetest.NewIssuer(t, "proj")
+	v := newVerifier(t, iss, nil)
+	ctx := context.Background()
+	tok := iss.Mint(nil)
+	if _, err := v.Verify(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	iss.Rotate()
+	iss.Rotate() // the signing key is no longer published
+	iss.Clock().Advance(2 * time.Hour)
+	iss.Clock().Advance(-2*time.Hour + time.Minute) // stale set forces a refetch, token still valid
+	tok2 := iss.Mint(nil)
+	if _, err := v.Verify(ctx, tok2); err != nil {
+		t.Fatalf("a token of the new key: %v", err)
+	}
+	if _, err := v.Verify(ctx, tok); !errors.Is(err, ErrTokenKidUnknown) {
+		t.Fatalf("cached token of a retired key: %v", err)
+	}
 }

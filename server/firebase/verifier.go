@@ -59,7 +59,7 @@ type Verifier struct {
 	src       source
 
 	keys   atomic.Pointer[keySet]
-	sigs   sigCache
+	tokens tokenCache
 	flight singleflight.Group
 	stats  stats
 
@@ -164,6 +164,9 @@ func (v *Verifier) now() time.Time { return v.opts.Clock() }
 // Revocation and disabled accounts cannot be known offline: a token stays
 // valid until exp.
 func (v *Verifier) Verify(ctx context.Context, rawToken string) (*Identity, error) {
+	if id, ok := v.verifiedBefore(ctx, rawToken); ok {
+		return id, nil
+	}
 	tok, aerr := parseToken(rawToken)
 	if aerr != nil {
 		return nil, aerr
@@ -177,16 +180,44 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (*Identity, erro
 	if aerr != nil {
 		return nil, aerr
 	}
-	if !v.sigs.verified(tok.signingInput, tok.signature, key, now) {
-		if err := jwt.SigningMethodRS256.Verify(tok.signingInput, tok.signature, key); err != nil {
-			return nil, ErrTokenSignature.Wrap(err)
-		}
-		v.sigs.remember(tok.signingInput, tok.signature, key, id.Expiry)
+	if err := jwt.SigningMethodRS256.Verify(tok.signingInput, tok.signature, key); err != nil {
+		return nil, ErrTokenSignature.Wrap(err)
 	}
 	if aerr := v.checkPolicy(id, ext, now); aerr != nil {
 		return nil, aerr
 	}
+	nbf, hasNbf, _ := tok.claims.unix("nbf")
+	v.tokens.remember(rawToken, tokenEntry{key: key, kid: tok.kid, id: *id, ext: ext, nbf: nbf, hasNbf: hasNbf})
 	return id, nil
+}
+
+// verifiedBefore answers from the cache of tokens that passed every check
+// (see tokenCache): the same token bytes, still signed by the very key
+// object of the current key set, re-checked against the clock and the
+// policies. Anything else takes the full path, which names the failure.
+func (v *Verifier) verifiedBefore(ctx context.Context, raw string) (*Identity, bool) {
+	e, ok := v.tokens.get(raw)
+	if !ok {
+		return nil, false
+	}
+	now := v.now()
+	leeway := v.opts.Leeway
+	if !now.Before(e.id.Expiry.Add(leeway)) || e.id.IssuedAt.After(now.Add(leeway)) ||
+		e.id.AuthTime.After(now.Add(leeway)) || (e.hasNbf && time.Unix(e.nbf, 0).After(now.Add(leeway))) {
+		return nil, false
+	}
+	if ks := v.keys.Load(); ks == nil || !ks.usable(now, v.opts.MaxStale) {
+		return nil, false
+	}
+	key, aerr := v.key(ctx, e.kid)
+	if aerr != nil || key != e.key {
+		return nil, false
+	}
+	id := e.id
+	if aerr := v.checkPolicy(&id, e.ext, now); aerr != nil {
+		return nil, false
+	}
+	return &id, true
 }
 
 // claimExtras are claims read before the signature but judged after it.
