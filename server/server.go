@@ -520,10 +520,15 @@ func bindJSON(c echo.Context, v any) error {
 	return nil
 }
 
+// Request ids are a random per-process prefix and a counter: unique, cheap
+// (no syscall per request), and they need not be secret.
+var (
+	idPrefix  = func() string { var b [6]byte; _, _ = rand.Read(b[:]); return hex.EncodeToString(b[:]) }()
+	idCounter atomic.Uint64
+)
+
 func newID() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	return idPrefix + "-" + strconv.FormatUint(idCounter.Add(1), 36)
 }
 
 var errMethodNotAllowed = apierr.New(http.StatusMethodNotAllowed, "method_not_allowed", "this route does not take that HTTP method")
