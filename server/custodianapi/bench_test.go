@@ -17,10 +17,10 @@ var benchShare = make([]byte, 512)
 // decrypt, an audit line, JSON. Compare with BenchmarkTransitDirect.
 func BenchmarkHTTPUnwrap(b *testing.B) {
 	v := newEnv(b, envOpts{})
-	want(b, v.admin("PUT", sharePath("bench", ""), map[string]string{"share": b64(benchShare)}), 201, "")
+	want(b, v.Admin("PUT", sharePath("bench", ""), map[string]string{"share": b64(benchShare)}), 201, "")
 	b.ReportAllocs()
 	for b.Loop() {
-		if r := v.admin("GET", sharePath("bench", ""), nil); r.Status != http.StatusOK {
+		if r := v.Admin("GET", sharePath("bench", ""), nil); r.Status != http.StatusOK {
 			b.Fatalf("GET: %d %s", r.Status, r.Body)
 		}
 	}
@@ -33,7 +33,7 @@ func BenchmarkHTTPWrap(b *testing.B) {
 	body := map[string]string{"share": b64(benchShare)}
 	b.ReportAllocs()
 	for b.Loop() {
-		if r := v.admin("PUT", sharePath("bench", ""), body); r.Status/100 != 2 {
+		if r := v.Admin("PUT", sharePath("bench", ""), body); r.Status/100 != 2 {
 			b.Fatalf("PUT: %d %s", r.Status, r.Body)
 		}
 	}

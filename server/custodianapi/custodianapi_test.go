@@ -26,10 +26,10 @@ func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 
 func (v *env) getShare(user, method string) []byte {
 	v.t.Helper()
-	r := v.admin("GET", sharePath(user, method), nil)
+	r := v.Admin("GET", sharePath(user, method), nil)
 	want(v.t, r, 200, "")
 	var s shareBody
-	r.decode(v.t, &s)
+	r.Decode(v.t, &s)
 	b, err := base64.StdEncoding.DecodeString(s.Share)
 	if err != nil {
 		v.t.Fatalf("share is not base64: %v", err)
@@ -41,11 +41,11 @@ func TestRoundTrip(t *testing.T) {
 	v := newEnv(t, envOpts{})
 	s1, s2, s3 := shareText(1), shareText(2), shareText(3)
 
-	want(t, v.admin("GET", sharePath("alice", ""), nil), 404, "not_found")
-	r := v.admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(s1)})
+	want(t, v.Admin("GET", sharePath("alice", ""), nil), 404, "not_found")
+	r := v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(s1)})
 	want(t, r, http.StatusCreated, "")
 	var info infoBody
-	r.decode(t, &info)
+	r.Decode(t, &info)
 	if info.Method != DefaultMethod || info.KeyVersion != 1 || bytes.Contains(r.Body, []byte(b64(s1))) {
 		t.Fatalf("PUT answered %s", r.Body)
 	}
@@ -58,33 +58,33 @@ func TestRoundTrip(t *testing.T) {
 	}
 
 	// Another method is another share.
-	want(t, v.admin("PUT", sharePath("alice", "PASSKEY-SECP256K1"), map[string]string{"share": b64(s2)}), 201, "")
+	want(t, v.Admin("PUT", sharePath("alice", "PASSKEY-SECP256K1"), map[string]string{"share": b64(s2)}), 201, "")
 	if got := v.getShare("alice", ""); !bytes.Equal(got, s1) {
 		t.Fatal("a second method replaced the default share")
 	}
 
 	// Replace: 200, the old one kept as a prior version and restorable.
-	want(t, v.admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(s3)}), http.StatusOK, "")
+	want(t, v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(s3)}), http.StatusOK, "")
 	if got := v.getShare("alice", ""); !bytes.Equal(got, s3) {
 		t.Fatal("replace did not take")
 	}
 	var vs struct {
 		Versions []custodian.VersionInfo `json:"versions"`
 	}
-	v.admin("GET", "/v1/admin/users/alice/custodian-share/versions", nil).decode(t, &vs)
+	v.Admin("GET", "/v1/admin/users/alice/custodian-share/versions", nil).Decode(t, &vs)
 	if len(vs.Versions) != 1 || vs.Versions[0].Method != DefaultMethod {
 		t.Fatalf("versions: %+v", vs)
 	}
-	want(t, v.admin("POST", "/v1/admin/users/alice/custodian-share/versions/"+vs.Versions[0].ID+"/restore", nil), 204, "")
+	want(t, v.Admin("POST", "/v1/admin/users/alice/custodian-share/versions/"+vs.Versions[0].ID+"/restore", nil), 204, "")
 	if got := v.getShare("alice", ""); !bytes.Equal(got, s1) {
 		t.Fatal("restore did not bring the old share back")
 	}
-	want(t, v.admin("POST", "/v1/admin/users/alice/custodian-share/versions/00000000000000000007/restore", nil), 404, "not_found")
-	want(t, v.admin("POST", "/v1/admin/users/alice/custodian-share/versions/7/restore", nil), 404, "not_found")
+	want(t, v.Admin("POST", "/v1/admin/users/alice/custodian-share/versions/00000000000000000007/restore", nil), 404, "not_found")
+	want(t, v.Admin("POST", "/v1/admin/users/alice/custodian-share/versions/7/restore", nil), 404, "not_found")
 
 	// Descriptions carry no share.
 	for _, p := range []string{"/v1/admin/users/alice/custodian-shares", "/v1/admin/users/alice"} {
-		r := v.admin("GET", p, nil)
+		r := v.Admin("GET", p, nil)
 		want(t, r, 200, "")
 		for _, s := range [][]byte{s1, s2, s3} {
 			if bytes.Contains(r.Body, []byte(b64(s))) || bytes.Contains(r.Body, []byte("custodianShareSecret")) {
@@ -95,7 +95,7 @@ func TestRoundTrip(t *testing.T) {
 	var list struct {
 		Shares []custodian.ShareInfo `json:"shares"`
 	}
-	v.admin("GET", "/v1/admin/users/alice/custodian-shares", nil).decode(t, &list)
+	v.Admin("GET", "/v1/admin/users/alice/custodian-shares", nil).Decode(t, &list)
 	if len(list.Shares) != 2 || list.Shares[0].Method != "PASSKEY-SECP256K1" || list.Shares[1].Method != DefaultMethod || list.Shares[1].KeyVersion != 1 {
 		t.Fatalf("list: %+v", list)
 	}
@@ -104,7 +104,7 @@ func TestRoundTrip(t *testing.T) {
 			CustodianShares []custodian.ShareInfo `json:"custodianShares"`
 		} `json:"data"`
 	}
-	v.admin("GET", "/v1/admin/users/alice", nil).decode(t, &user)
+	v.Admin("GET", "/v1/admin/users/alice", nil).Decode(t, &user)
 	if len(user.Data.CustodianShares) != 2 {
 		t.Fatalf("user description: %+v", user)
 	}
@@ -116,22 +116,22 @@ func TestRoundTrip(t *testing.T) {
 		}
 	}
 
-	want(t, v.admin("DELETE", sharePath("alice", ""), nil), 204, "")
-	want(t, v.admin("GET", sharePath("alice", ""), nil), 404, "not_found")
-	want(t, v.admin("DELETE", sharePath("alice", ""), nil), 404, "not_found")
+	want(t, v.Admin("DELETE", sharePath("alice", ""), nil), 204, "")
+	want(t, v.Admin("GET", sharePath("alice", ""), nil), 404, "not_found")
+	want(t, v.Admin("DELETE", sharePath("alice", ""), nil), 404, "not_found")
 	if got := v.getShare("alice", "PASSKEY-SECP256K1"); !bytes.Equal(got, s2) {
 		t.Fatal("deleting one method touched another")
 	}
 
 	// Deleting the user removes the rest.
-	want(t, v.admin("PUT", sharePath("bob", ""), map[string]string{"share": b64(s1)}), 201, "")
-	want(t, v.admin("DELETE", "/v1/admin/users/alice", nil), 204, "")
+	want(t, v.Admin("PUT", sharePath("bob", ""), map[string]string{"share": b64(s1)}), 201, "")
+	want(t, v.Admin("DELETE", "/v1/admin/users/alice", nil), 204, "")
 	for k := range v.rawBucket() {
 		if strings.HasPrefix(k, "user:alice\x00") {
 			t.Fatalf("record %q survives the user's deletion", k)
 		}
 	}
-	want(t, v.admin("GET", sharePath("alice", "PASSKEY-SECP256K1"), nil), 404, "not_found")
+	want(t, v.Admin("GET", sharePath("alice", "PASSKEY-SECP256K1"), nil), 404, "not_found")
 	if got := v.getShare("bob", ""); !bytes.Equal(got, s1) {
 		t.Fatal("deleting alice touched bob")
 	}
@@ -168,7 +168,7 @@ func (b batchResults) codes() []string {
 func TestBatch(t *testing.T) {
 	v := newEnv(t, envOpts{maxBatch: 6})
 	s1, s2, s3 := shareText(1), shareText(2), shareText(3)
-	r := v.admin("POST", "/v1/admin/custodian-shares/batch-put", map[string]any{"items": []map[string]string{
+	r := v.Admin("POST", "/v1/admin/custodian-shares/batch-put", map[string]any{"items": []map[string]string{
 		{"userId": "alice", "share": b64(s1)},
 		{"userId": "bob", "method": "GDRIVE-ED25519", "share": b64(s2)},
 		{"userId": "not valid!", "share": b64(s3)},
@@ -178,7 +178,7 @@ func TestBatch(t *testing.T) {
 	}})
 	want(t, r, 200, "")
 	var res batchResults
-	r.decode(t, &res)
+	r.Decode(t, &res)
 	wantCodes := []string{"201", "201", "invalid_user_id", "invalid_share", "invalid_share", "bad_request"}
 	if got := res.codes(); fmt.Sprint(got) != fmt.Sprint(wantCodes) {
 		t.Fatalf("batch-put results %v, want %v", got, wantCodes)
@@ -190,16 +190,16 @@ func TestBatch(t *testing.T) {
 		t.Fatalf("%d records stored, want 2", len(v.rawBucket()))
 	}
 
-	r = v.admin("POST", "/v1/admin/custodian-shares/batch-put", map[string]any{"items": []map[string]string{
+	r = v.Admin("POST", "/v1/admin/custodian-shares/batch-put", map[string]any{"items": []map[string]string{
 		{"userId": "alice", "method": "default", "share": b64(s3)},
 	}})
 	res = batchResults{}
-	r.decode(t, &res)
+	r.Decode(t, &res)
 	if got := res.codes(); fmt.Sprint(got) != "[200]" {
 		t.Fatalf("replace in a batch: %v", got)
 	}
 
-	r = v.admin("POST", "/v1/admin/custodian-shares/batch-get", map[string]any{"items": []map[string]string{
+	r = v.Admin("POST", "/v1/admin/custodian-shares/batch-get", map[string]any{"items": []map[string]string{
 		{"userId": "alice"},
 		{"userId": "bob", "method": "GDRIVE-ED25519"},
 		{"userId": "bob"},
@@ -207,26 +207,26 @@ func TestBatch(t *testing.T) {
 	}})
 	want(t, r, 200, "")
 	res = batchResults{}
-	r.decode(t, &res)
+	r.Decode(t, &res)
 	wantCodes = []string{"share:" + b64(s3), "share:" + b64(s2), "not_found", "invalid_user_id"}
 	if got := res.codes(); fmt.Sprint(got) != fmt.Sprint(wantCodes) {
 		t.Fatalf("batch-get results %v, want %v", got, wantCodes)
 	}
 
 	for _, path := range []string{"/v1/admin/custodian-shares/batch-put", "/v1/admin/custodian-shares/batch-get"} {
-		want(t, v.admin("POST", path, map[string]any{"items": []any{}}), 400, "no_items")
-		want(t, v.admin("POST", path, `{}`), 400, "no_items")
-		want(t, v.admin("POST", path, `{"items":[`), 400, "invalid_json")
+		want(t, v.Admin("POST", path, map[string]any{"items": []any{}}), 400, "no_items")
+		want(t, v.Admin("POST", path, `{}`), 400, "no_items")
+		want(t, v.Admin("POST", path, `{"items":[`), 400, "invalid_json")
 		seven := make([]map[string]string, 7)
 		for i := range seven {
 			seven[i] = map[string]string{"userId": "u" + strconv.Itoa(i), "share": b64(s1)}
 		}
-		want(t, v.admin("POST", path, map[string]any{"items": seven}), 400, "too_many_items")
+		want(t, v.Admin("POST", path, map[string]any{"items": seven}), 400, "too_many_items")
 	}
 
 	// One audit line per stored or released item.
 	n := map[string]int{}
-	for _, l := range strings.Split(strings.TrimSpace(v.auditLines()), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(v.AuditLines(v.t)), "\n") {
 		var ln struct {
 			Action string
 			Fields map[string]string
@@ -247,18 +247,18 @@ func TestRewrapJob(t *testing.T) {
 	for i := range items {
 		items[i] = map[string]string{"userId": fmt.Sprintf("user%02d", i), "share": b64(shareText(i))}
 	}
-	want(t, v.admin("POST", "/v1/admin/custodian-shares/batch-put", map[string]any{"items": items}), 200, "")
+	want(t, v.Admin("POST", "/v1/admin/custodian-shares/batch-put", map[string]any{"items": items}), 200, "")
 	for i := 0; i < 3; i++ { // three prior versions
-		want(t, v.admin("PUT", sharePath(fmt.Sprintf("user%02d", i), ""), map[string]string{"share": b64(shareText(100 + i))}), 200, "")
+		want(t, v.Admin("PUT", sharePath(fmt.Sprintf("user%02d", i), ""), map[string]string{"share": b64(shareText(100 + i))}), 200, "")
 	}
 	latest := v.vault.RotateKey("keywarden-custodian")
 
-	r := v.admin("POST", "/v1/admin/custodian/rewrap", nil)
+	r := v.Admin("POST", "/v1/admin/custodian/rewrap", nil)
 	want(t, r, http.StatusAccepted, "")
 	var started struct {
 		JobID string `json:"jobId"`
 	}
-	r.decode(t, &started)
+	r.Decode(t, &started)
 	if started.JobID == "" || r.Header.Get("Location") != "/v1/admin/custodian/rewrap/"+started.JobID {
 		t.Fatalf("start answered %s (Location %q)", r.Body, r.Header.Get("Location"))
 	}
@@ -275,7 +275,7 @@ func TestRewrapJob(t *testing.T) {
 	var jobs struct {
 		Jobs []custodian.JobStatus `json:"jobs"`
 	}
-	v.admin("GET", "/v1/admin/custodian/rewrap", nil).decode(t, &jobs)
+	v.Admin("GET", "/v1/admin/custodian/rewrap", nil).Decode(t, &jobs)
 	if len(jobs.Jobs) != 1 || jobs.Jobs[0].ID != started.JobID || jobs.Jobs[0].State != custodian.JobDone {
 		t.Fatalf("jobs: %+v", jobs)
 	}
@@ -291,20 +291,20 @@ func TestRewrapJob(t *testing.T) {
 		t.Fatal("a rewrapped share does not open")
 	}
 	var vs struct{ Versions []custodian.VersionInfo }
-	v.admin("GET", sharePath("user01", "")+"/versions", nil).decode(t, &vs)
+	v.Admin("GET", sharePath("user01", "")+"/versions", nil).Decode(t, &vs)
 	if len(vs.Versions) != 1 || vs.Versions[0].KeyVersion != latest {
 		t.Fatalf("prior version: %+v", vs)
 	}
-	want(t, v.admin("POST", "/v1/admin/users/user01/custodian-share/versions/"+vs.Versions[0].ID+"/restore", nil), 204, "")
+	want(t, v.Admin("POST", "/v1/admin/users/user01/custodian-share/versions/"+vs.Versions[0].ID+"/restore", nil), 204, "")
 	if got := v.getShare("user01", ""); !bytes.Equal(got, shareText(1)) {
 		t.Fatal("a rewrapped prior version does not open")
 	}
 
 	// A second job finds nothing to do.
-	r = v.admin("POST", "/v1/admin/custodian/rewrap", nil)
+	r = v.Admin("POST", "/v1/admin/custodian/rewrap", nil)
 	want(t, r, http.StatusAccepted, "")
 	var again struct{ JobID string }
-	r.decode(t, &again)
+	r.Decode(t, &again)
 	if again.JobID == started.JobID {
 		t.Fatal("a finished job was started again")
 	}
@@ -313,8 +313,8 @@ func TestRewrapJob(t *testing.T) {
 		t.Fatalf("second job %+v", j)
 	}
 
-	want(t, v.admin("GET", "/v1/admin/custodian/rewrap/0123456789abcdef01234567", nil), 404, "not_found")
-	want(t, v.admin("GET", "/v1/admin/custodian/rewrap/"+strings.Repeat("a", 65), nil), 400, "invalid_job_id")
+	want(t, v.Admin("GET", "/v1/admin/custodian/rewrap/0123456789abcdef01234567", nil), 404, "not_found")
+	want(t, v.Admin("GET", "/v1/admin/custodian/rewrap/"+strings.Repeat("a", 65), nil), 400, "invalid_job_id")
 
 	// Latency is exported by operation.
 	mfs, err := v.metrics.Registry.Gather()
@@ -340,18 +340,18 @@ func TestRewrapJob(t *testing.T) {
 // version; the rewrap job counts it as failed and names it.
 func TestRetiredVersion(t *testing.T) {
 	v := newEnv(t, envOpts{})
-	want(t, v.admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(1))}), 201, "")
+	want(t, v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(1))}), 201, "")
 	latest := v.vault.RotateKey("keywarden-custodian")
 	v.vault.SetMinDecryptionVersion("keywarden-custodian", latest)
-	r := v.admin("GET", sharePath("alice", ""), nil)
+	r := v.Admin("GET", sharePath("alice", ""), nil)
 	want(t, r, http.StatusConflict, "ciphertext_version_retired")
-	if !strings.Contains(r.message(), "version 1") {
-		t.Fatalf("the message does not name the version: %q", r.message())
+	if !strings.Contains(r.Message(), "version 1") {
+		t.Fatalf("the message does not name the version: %q", r.Message())
 	}
-	r = v.admin("POST", "/v1/admin/custodian/rewrap", nil)
+	r = v.Admin("POST", "/v1/admin/custodian/rewrap", nil)
 	want(t, r, http.StatusAccepted, "")
 	var started struct{ JobID string }
-	r.decode(t, &started)
+	r.Decode(t, &started)
 	seen := v.waitJob(started.JobID)
 	j := seen[len(seen)-1]
 	if j.State != custodian.JobDone || j.Failed != 1 || len(j.FailedItems) != 1 || j.FailedItems[0] != "user:alice/default: ciphertext_version_retired" {
@@ -362,7 +362,7 @@ func TestRetiredVersion(t *testing.T) {
 func TestVaultStopped(t *testing.T) {
 	v := newEnv(t, envOpts{client: func(o *custodian.Options) { o.MaxRetries = -1; o.Timeout = 2 * time.Second }})
 	s1 := shareText(1)
-	want(t, v.admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(s1)}), 201, "")
+	want(t, v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(s1)}), 201, "")
 	before := v.rawBucket()
 	v.vault.Stop()
 
@@ -377,7 +377,7 @@ func TestVaultStopped(t *testing.T) {
 		{"POST", "/v1/admin/custodian-shares/batch-get", map[string]any{"items": []map[string]string{{"userId": "alice"}}}},
 		{"POST", "/v1/admin/custodian/rewrap", nil},
 	} {
-		r := v.admin(c.method, c.path, c.body)
+		r := v.Admin(c.method, c.path, c.body)
 		want(t, r, http.StatusServiceUnavailable, "vault_unavailable")
 		if ra, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || ra < 1 {
 			t.Fatalf("%s %s: Retry-After %q", c.method, c.path, r.Header.Get("Retry-After"))
@@ -391,22 +391,22 @@ func TestVaultStopped(t *testing.T) {
 		t.Fatalf("the store changed while Vault was down:\nbefore %v\nafter  %v", before, after)
 	}
 	// What needs no Vault still works.
-	want(t, v.admin("GET", "/v1/admin/users/alice/custodian-shares", nil), 200, "")
-	want(t, v.admin("DELETE", sharePath("alice", ""), nil), 204, "")
+	want(t, v.Admin("GET", "/v1/admin/users/alice/custodian-shares", nil), 200, "")
+	want(t, v.Admin("DELETE", sharePath("alice", ""), nil), 204, "")
 }
 
 func TestVaultSealed(t *testing.T) {
 	v := newEnv(t, envOpts{client: func(o *custodian.Options) { o.MaxRetries = -1 }})
 	s1 := shareText(1)
-	want(t, v.admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(s1)}), 201, "")
+	want(t, v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(s1)}), 201, "")
 	before := v.rawBucket()
 	v.vault.Seal()
 	for _, r := range []reply{
-		v.admin("GET", sharePath("alice", ""), nil),
-		v.admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(2))}),
+		v.Admin("GET", sharePath("alice", ""), nil),
+		v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(2))}),
 	} {
 		want(t, r, http.StatusServiceUnavailable, "vault_unavailable")
-		if r.Header.Get("Retry-After") == "" || !strings.Contains(r.message(), "sealed") {
+		if r.Header.Get("Retry-After") == "" || !strings.Contains(r.Message(), "sealed") {
 			t.Fatalf("sealed answer %v %s", r.Header, r.Body)
 		}
 	}
@@ -425,20 +425,20 @@ path "transit/encrypt/keywarden-custodian" { capabilities = ["update"] }
 path "transit/keys/keywarden-custodian"    { capabilities = ["read"] }
 `
 	v := newEnv(t, envOpts{policy: noDecrypt})
-	want(t, v.admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(1))}), 201, "")
-	r := v.admin("GET", sharePath("alice", ""), nil)
+	want(t, v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(1))}), 201, "")
+	r := v.Admin("GET", sharePath("alice", ""), nil)
 	want(t, r, http.StatusBadGateway, "vault_forbidden")
-	r = v.admin("POST", "/v1/admin/custodian-shares/batch-get", map[string]any{"items": []map[string]string{{"userId": "alice"}}})
+	r = v.Admin("POST", "/v1/admin/custodian-shares/batch-get", map[string]any{"items": []map[string]string{{"userId": "alice"}}})
 	want(t, r, http.StatusBadGateway, "vault_forbidden")
 }
 
 func TestTokenRevoked(t *testing.T) {
 	v := newEnv(t, envOpts{})
-	want(t, v.admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(1))}), 201, "")
+	want(t, v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(1))}), 201, "")
 	before := v.rawBucket()
 	v.vault.RevokeToken(v.token)
-	want(t, v.admin("GET", sharePath("alice", ""), nil), http.StatusBadGateway, "vault_forbidden")
-	want(t, v.admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(2))}), http.StatusBadGateway, "vault_forbidden")
+	want(t, v.Admin("GET", sharePath("alice", ""), nil), http.StatusBadGateway, "vault_forbidden")
+	want(t, v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(2))}), http.StatusBadGateway, "vault_forbidden")
 	if fmt.Sprint(v.rawBucket()) != fmt.Sprint(before) {
 		t.Fatal("the store changed with a revoked token")
 	}
@@ -452,16 +452,16 @@ func TestNotConfigured(t *testing.T) {
 		{"POST", "/v1/admin/custodian-shares/batch-put"}, {"POST", "/v1/admin/custodian-shares/batch-get"},
 		{"POST", "/v1/admin/custodian/rewrap"}, {"GET", "/v1/admin/custodian/rewrap"}, {"GET", "/v1/admin/custodian/rewrap/x"},
 	} {
-		r := v.admin(c.method, c.path, map[string]string{"share": b64(shareText(1))})
+		r := v.Admin(c.method, c.path, map[string]string{"share": b64(shareText(1))})
 		want(t, r, http.StatusServiceUnavailable, "custodian_not_configured")
-		if !strings.Contains(r.message(), "vault.addr") {
-			t.Fatalf("the message does not say what to configure: %q", r.message())
+		if !strings.Contains(r.Message(), "vault.addr") {
+			t.Fatalf("the message does not say what to configure: %q", r.Message())
 		}
 	}
 	// Records left from a time with Vault are still described and deleted
 	// with the user.
 	rec := `{"ciphertext":"vault:v1:AAAA","keyVersion":1}`
-	if err := v.db.Update(context.Background(), func(tx *store.Tx) error {
+	if err := v.DB.Update(context.Background(), func(tx *store.Tx) error {
 		if err := tx.Put(store.BucketCustodian, store.Key("user:zoe", "default"), []byte(rec)); err != nil {
 			return err
 		}
@@ -469,12 +469,12 @@ func TestNotConfigured(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	r := v.admin("GET", "/v1/admin/users/zoe", nil)
+	r := v.Admin("GET", "/v1/admin/users/zoe", nil)
 	want(t, r, 200, "")
 	if !strings.Contains(string(r.Body), `"custodianShares":[{"method":"default"`) || strings.Contains(string(r.Body), "vault:v1") {
 		t.Fatalf("description: %s", r.Body)
 	}
-	want(t, v.admin("DELETE", "/v1/admin/users/zoe", nil), 204, "")
+	want(t, v.Admin("DELETE", "/v1/admin/users/zoe", nil), 204, "")
 	if n := len(v.rawBucket()); n != 0 {
 		t.Fatalf("%d records survive the user's deletion", n)
 	}
@@ -482,7 +482,7 @@ func TestNotConfigured(t *testing.T) {
 
 func TestRefusals(t *testing.T) {
 	v := newEnv(t, envOpts{maxBody: 256 << 10})
-	want(t, v.admin("PUT", sharePath("bob", ""), map[string]string{"share": b64(shareText(1))}), 201, "")
+	want(t, v.Admin("PUT", sharePath("bob", ""), map[string]string{"share": b64(shareText(1))}), 201, "")
 	before := v.rawBucket()
 	cases := []struct {
 		name, method, path string
@@ -505,10 +505,10 @@ func TestRefusals(t *testing.T) {
 		{"unknown job", "GET", "/v1/admin/custodian/rewrap/feedfeedfeedfeedfeedfeed", nil, 404, "not_found"},
 	}
 	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) { want(t, v.admin(c.method, c.path, c.body), c.status, c.code) })
+		t.Run(c.name, func(t *testing.T) { want(t, v.Admin(c.method, c.path, c.body), c.status, c.code) })
 	}
 	// The largest share is accepted.
-	want(t, v.admin("PUT", sharePath("max", ""), map[string]string{"share": b64(bytes.Repeat([]byte{7}, custodian.MaxShareSize))}), 201, "")
+	want(t, v.Admin("PUT", sharePath("max", ""), map[string]string{"share": b64(bytes.Repeat([]byte{7}, custodian.MaxShareSize))}), 201, "")
 	after := v.rawBucket()
 	delete(after, string(store.Key("user:max", "default")))
 	if fmt.Sprint(after) != fmt.Sprint(before) {
@@ -519,14 +519,14 @@ func TestRefusals(t *testing.T) {
 func TestUnauthenticated(t *testing.T) {
 	v := newEnv(t, envOpts{})
 	s1 := shareText(1)
-	want(t, v.admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(s1)}), 201, "")
+	want(t, v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(s1)}), 201, "")
 	for _, hdr := range [][]string{nil, {"Authorization", "Bearer not-the-key"}, {"Authorization", testAdminKey}} {
 		for _, c := range []struct{ method, path string }{
 			{"GET", sharePath("alice", "")}, {"PUT", sharePath("alice", "")}, {"DELETE", sharePath("alice", "")},
 			{"POST", "/v1/admin/custodian-shares/batch-get"}, {"POST", "/v1/admin/custodian-shares/batch-put"},
 			{"POST", "/v1/admin/custodian/rewrap"}, {"GET", "/v1/admin/custodian/rewrap"},
 		} {
-			r := v.do(c.method, c.path, map[string]any{"share": b64(shareText(2)), "items": []map[string]string{{"userId": "alice"}}}, hdr...)
+			r := v.Do(c.method, c.path, map[string]any{"share": b64(shareText(2)), "items": []map[string]string{{"userId": "alice"}}}, hdr...)
 			want(t, r, http.StatusUnauthorized, "admin_unauthorized")
 			if bytes.Contains(r.Body, []byte("custodianShareSecret")) || bytes.Contains(r.Body, []byte(b64(s1))) {
 				t.Fatal("a refusal holds a share")
@@ -537,7 +537,7 @@ func TestUnauthenticated(t *testing.T) {
 		t.Fatal("an unauthenticated request changed the share")
 	}
 	var jobs struct{ Jobs []custodian.JobStatus }
-	v.admin("GET", "/v1/admin/custodian/rewrap", nil).decode(t, &jobs)
+	v.Admin("GET", "/v1/admin/custodian/rewrap", nil).Decode(t, &jobs)
 	if len(jobs.Jobs) != 0 {
 		t.Fatal("an unauthenticated request started a job")
 	}
@@ -546,20 +546,20 @@ func TestUnauthenticated(t *testing.T) {
 func TestAuditLines(t *testing.T) {
 	v := newEnv(t, envOpts{})
 	s1, s2 := shareText(1), shareText(2)
-	want(t, v.admin("PUT", sharePath("alice", "m1"), map[string]string{"share": b64(s1)}), 201, "")
-	want(t, v.admin("PUT", sharePath("alice", "m1"), map[string]string{"share": b64(s2)}), 200, "")
-	want(t, v.admin("GET", sharePath("alice", "m1"), nil), 200, "")
+	want(t, v.Admin("PUT", sharePath("alice", "m1"), map[string]string{"share": b64(s1)}), 201, "")
+	want(t, v.Admin("PUT", sharePath("alice", "m1"), map[string]string{"share": b64(s2)}), 200, "")
+	want(t, v.Admin("GET", sharePath("alice", "m1"), nil), 200, "")
 	var vs struct{ Versions []custodian.VersionInfo }
-	v.admin("GET", "/v1/admin/users/alice/custodian-share/versions?method=m1", nil).decode(t, &vs)
-	want(t, v.admin("POST", "/v1/admin/users/alice/custodian-share/versions/"+vs.Versions[0].ID+"/restore?method=m1", nil), 204, "")
-	want(t, v.admin("POST", "/v1/admin/custodian-shares/batch-get", map[string]any{"items": []map[string]string{{"userId": "alice", "method": "m1"}}}), 200, "")
-	r := v.admin("POST", "/v1/admin/custodian/rewrap", nil)
+	v.Admin("GET", "/v1/admin/users/alice/custodian-share/versions?method=m1", nil).Decode(t, &vs)
+	want(t, v.Admin("POST", "/v1/admin/users/alice/custodian-share/versions/"+vs.Versions[0].ID+"/restore?method=m1", nil), 204, "")
+	want(t, v.Admin("POST", "/v1/admin/custodian-shares/batch-get", map[string]any{"items": []map[string]string{{"userId": "alice", "method": "m1"}}}), 200, "")
+	r := v.Admin("POST", "/v1/admin/custodian/rewrap", nil)
 	var started struct{ JobID string }
-	r.decode(t, &started)
+	r.Decode(t, &started)
 	v.waitJob(started.JobID)
-	want(t, v.admin("DELETE", sharePath("alice", "m1"), nil), 204, "")
+	want(t, v.Admin("DELETE", sharePath("alice", "m1"), nil), 204, "")
 
-	lines := v.auditLines()
+	lines := v.AuditLines(v.t)
 	for _, s := range []string{b64(s1), b64(s2), "custodianShareSecret", testAdminKey, v.token, "vault:v"} {
 		if strings.Contains(lines, s) {
 			t.Fatalf("an audit line holds a secret or ciphertext (%q…)", s[:8])
@@ -592,17 +592,17 @@ func TestAuditLines(t *testing.T) {
 func TestAuditUnavailable(t *testing.T) {
 	v := newEnv(t, envOpts{})
 	s1 := shareText(1)
-	want(t, v.admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(s1)}), 201, "")
+	want(t, v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(s1)}), 201, "")
 	before := v.rawBucket()
-	v.audit.Close(context.Background())
+	v.Audit.Close(context.Background())
 	for _, r := range []reply{
-		v.admin("GET", sharePath("alice", ""), nil),
-		v.admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(2))}),
-		v.admin("PUT", sharePath("bob", ""), map[string]string{"share": b64(shareText(2))}),
-		v.admin("DELETE", sharePath("alice", ""), nil),
-		v.admin("POST", "/v1/admin/custodian-shares/batch-get", map[string]any{"items": []map[string]string{{"userId": "alice"}}}),
-		v.admin("POST", "/v1/admin/custodian-shares/batch-put", map[string]any{"items": []map[string]string{{"userId": "carol", "share": b64(s1)}}}),
-		v.admin("POST", "/v1/admin/custodian/rewrap", nil),
+		v.Admin("GET", sharePath("alice", ""), nil),
+		v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(2))}),
+		v.Admin("PUT", sharePath("bob", ""), map[string]string{"share": b64(shareText(2))}),
+		v.Admin("DELETE", sharePath("alice", ""), nil),
+		v.Admin("POST", "/v1/admin/custodian-shares/batch-get", map[string]any{"items": []map[string]string{{"userId": "alice"}}}),
+		v.Admin("POST", "/v1/admin/custodian-shares/batch-put", map[string]any{"items": []map[string]string{{"userId": "carol", "share": b64(s1)}}}),
+		v.Admin("POST", "/v1/admin/custodian/rewrap", nil),
 	} {
 		want(t, r, http.StatusServiceUnavailable, "audit_unavailable")
 		if bytes.Contains(r.Body, []byte(b64(s1))) {
