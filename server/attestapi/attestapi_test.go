@@ -19,14 +19,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -37,19 +35,17 @@ import (
 
 	"github.com/keywarden/keywarden/attest"
 	"github.com/keywarden/keywarden/enclave"
-	"github.com/keywarden/keywarden/internal/audit"
-	"github.com/keywarden/keywarden/internal/config"
-	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/internal/testutil/apptest"
+	"github.com/keywarden/keywarden/internal/testutil/apptest/appserver"
 	"github.com/keywarden/keywarden/internal/tpmdev"
-	"github.com/keywarden/keywarden/internal/tpmsim"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/attestapi"
-	"github.com/keywarden/keywarden/store"
 )
 
 const attestPCR = 16 // the debug PCR: resettable, so tests can extend it
 
 type appliance struct {
+	*appserver.App
 	t       *testing.T
 	tpm     *tpmdev.Counting
 	ak      *attest.AK
@@ -67,36 +63,26 @@ type setup struct {
 	change func(o *attestapi.Options) // last word on the options
 }
 
-// newAppliance runs the real server with an attestation key on the
-// simulator.
+// newAppliance runs the real server (apptest: simulator-sealed root key,
+// bbolt, audit log) with an attestation key on the simulator.
 func newAppliance(t *testing.T, st setup) *appliance {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	sim, err := tpmsim.Open(11)
-	if err != nil {
-		t.Fatal(err)
+	a := &appliance{t: t}
+	opts := []appserver.Option{appserver.Core(apptest.Seed(11)), appserver.Before(func(app *appserver.App, so *server.Options) {
+		so.Routes = append(so.Routes, a.routes(app, st))
+	})}
+	if st.tls {
+		opts = append(opts, appserver.TLS())
 	}
-	t.Cleanup(func() { sim.Close() })
-	tpm := tpmdev.NewCounting(sim)
-	db, err := store.Open(filepath.Join(dir, "k.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	root, raw, err := enclave.Initialize(ctx, tpm, db, enclave.InitOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw.Wipe()
-	t.Cleanup(root.Close)
-	alog, err := audit.Open(ctx, audit.Options{Dir: filepath.Join(dir, "audit"), AnchorKey: root.Subkey("audit-anchor"), ReserveBytes: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { alog.Close(context.Background()) })
+	a.App = appserver.New(t, opts...)
+	a.url = a.URL
+	return a
+}
 
-	a := &appliance{t: t, tpm: tpm}
+// routes builds the attestation routes on app's simulator and root key.
+func (a *appliance) routes(app *appserver.App, st setup) *attestapi.Handler {
+	t, ctx, tpm := a.t, context.Background(), app.TPM
+	a.tpm = tpm
 	opts := attestapi.Options{TPM: tpm, PCRs: []int{attestPCR}, Version: "keywarden test", BinaryDigest: strings.Repeat("ab", 32)}
 	if !st.noAK {
 		blob, err := attest.CreateAK(ctx, tpm)
@@ -109,7 +95,7 @@ func newAppliance(t *testing.T, st setup) *appliance {
 		}
 		t.Cleanup(func() {
 			a.ak.Close()
-			if hs, err := tpmdev.TransientHandles(sim); err != nil || len(hs) != 0 {
+			if hs, err := tpmdev.TransientHandles(app.Sim); err != nil || len(hs) != 0 {
 				t.Errorf("after closing the AK: transient handles %v (%v), want none", hs, err)
 			}
 		})
@@ -118,31 +104,23 @@ func newAppliance(t *testing.T, st setup) *appliance {
 		opts.Unavailable = "test: no attestation key"
 	}
 	if !st.sealed {
-		k, err := root.HPKEKey()
+		k, err := app.Root.HPKEKey()
 		if err != nil {
 			t.Fatal(err)
 		}
 		a.hpkePub = k.PublicKey().Bytes()
 		opts.HPKEPublicKey = a.hpkePub
 	}
-
-	cfg := config.DevDefaults()
-	cfg.Admin.Key = secret.NewString("test-admin-key-0123456789abcdef")
-	cfg.Limits.RatePerSecond, cfg.Limits.RateBurst = 10000, 10000
-	hs := httptest.NewUnstartedServer(nil)
+	a.http = http.DefaultClient
 	if st.tls {
-		hs.StartTLS()
+		hs := app.HTTP
 		cert := hs.TLS.Certificates[0]
 		opts.TLSPublicKey = func() ([]byte, error) { return attestapi.SPKI(&cert) }
 		a.tlsCA = x509.NewCertPool()
 		a.tlsCA.AddCert(hs.Certificate())
 		a.tlsSPKI = hs.Certificate().RawSubjectPublicKeyInfo
 		a.http = hs.Client()
-	} else {
-		hs.Start()
-		a.http = http.DefaultClient
 	}
-	t.Cleanup(hs.Close)
 	if st.change != nil {
 		st.change(&opts)
 	}
@@ -150,43 +128,17 @@ func newAppliance(t *testing.T, st setup) *appliance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Options{Config: cfg, DB: db, Custody: enclave.NewCustody(db, root, enclave.CustodyOptions{}),
-		Sessions: root.SessionTokens(nil), Audit: alog, Routes: []server.Routes{h}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs.Config.Handler = srv.Public
-	a.url = hs.URL
-	return a
+	return h
 }
 
 func (a *appliance) client() *attestapi.Client {
 	return &attestapi.Client{BaseURL: a.url, HTTP: a.http}
 }
 
-type reply struct {
-	status int
-	header http.Header
-	body   []byte
-}
-
-func (r reply) code() string {
-	var e struct {
-		Error struct{ Code string } `json:"error"`
-	}
-	_ = json.Unmarshal(r.body, &e)
-	return e.Error.Code
-}
-
-func (a *appliance) get(path string) reply {
+// get sends GET path with the appliance's HTTP client.
+func (a *appliance) get(path string) apptest.Reply {
 	a.t.Helper()
-	resp, err := a.http.Get(a.url + path)
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return reply{resp.StatusCode, resp.Header, b}
+	return a.Do("GET", path, nil)
 }
 
 // policyNow is what `keywarden attest policy` prints: the current values
@@ -246,10 +198,10 @@ func TestEvidenceVerifies(t *testing.T) {
 
 	// The raw answer: JSON evidence, not cached.
 	r := a.get("/v1/attestation?nonce=" + strings.Repeat("A1", 16))
-	if r.status != http.StatusOK || r.header.Get("Cache-Control") != "no-store" {
-		t.Fatalf("GET /v1/attestation: %d, Cache-Control %q", r.status, r.header.Get("Cache-Control"))
+	if r.Status != http.StatusOK || r.Header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("GET /v1/attestation: %d, Cache-Control %q", r.Status, r.Header.Get("Cache-Control"))
 	}
-	ev, err := attest.ParseEvidence(r.body)
+	ev, err := attest.ParseEvidence(r.Body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,14 +372,14 @@ func TestBadRequests(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := a.get("/v1/attestation?" + tc.query)
-			if r.status != http.StatusBadRequest || r.code() != tc.code {
-				t.Fatalf("%d %s, want 400 %s", r.status, r.body, tc.code)
+			if r.Status != http.StatusBadRequest || r.Code() != tc.code {
+				t.Fatalf("%d %s, want 400 %s", r.Status, r.Body, tc.code)
 			}
 		})
 	}
 	// None of them took the single token of the bucket.
-	if r := a.get("/v1/attestation?nonce=" + strings.Repeat("00", 16)); r.status != http.StatusOK {
-		t.Fatalf("a good request after bad ones: %d %s", r.status, r.body)
+	if r := a.get("/v1/attestation?nonce=" + strings.Repeat("00", 16)); r.Status != http.StatusOK {
+		t.Fatalf("a good request after bad ones: %d %s", r.Status, r.Body)
 	}
 }
 
@@ -436,17 +388,17 @@ func TestRateLimit(t *testing.T) {
 	a := newAppliance(t, setup{change: func(o *attestapi.Options) { o.Rate, o.Burst = 0.001, burst }})
 	q := "/v1/attestation?nonce=" + strings.Repeat("42", 32)
 	for i := 0; i < burst; i++ {
-		if r := a.get(q); r.status != http.StatusOK {
-			t.Fatalf("request %d within the burst: %d %s", i+1, r.status, r.body)
+		if r := a.get(q); r.Status != http.StatusOK {
+			t.Fatalf("request %d within the burst: %d %s", i+1, r.Status, r.Body)
 		}
 	}
 	before := a.tpm.Count()
 	r := a.get(q)
-	if r.status != http.StatusTooManyRequests || r.code() != "rate_limited" {
-		t.Fatalf("request past the burst: %d %s, want 429 rate_limited", r.status, r.body)
+	if r.Status != http.StatusTooManyRequests || r.Code() != "rate_limited" {
+		t.Fatalf("request past the burst: %d %s, want 429 rate_limited", r.Status, r.Body)
 	}
-	if secs, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || secs < 1 {
-		t.Fatalf("Retry-After %q", r.header.Get("Retry-After"))
+	if secs, err := strconv.Atoi(r.Header.Get("Retry-After")); err != nil || secs < 1 {
+		t.Fatalf("Retry-After %q", r.Header.Get("Retry-After"))
 	}
 	if a.tpm.Count() != before {
 		t.Error("a refused quote still sent TPM commands")
@@ -458,8 +410,8 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("client error %v, want a 429 APIError with Retry-After", err)
 	}
 	// The appliance key costs no TPM command and is not limited.
-	if r := a.get("/v1/appliance-key"); r.status != http.StatusOK {
-		t.Fatalf("appliance key while quotes are limited: %d", r.status)
+	if r := a.get("/v1/appliance-key"); r.Status != http.StatusOK {
+		t.Fatalf("appliance key while quotes are limited: %d", r.Status)
 	}
 }
 
@@ -467,18 +419,18 @@ func TestUnavailable(t *testing.T) {
 	t.Run("no attestation key", func(t *testing.T) {
 		a := newAppliance(t, setup{noAK: true})
 		r := a.get("/v1/attestation?nonce=" + strings.Repeat("00", 16))
-		if r.status != http.StatusServiceUnavailable || r.code() != "attestation_unavailable" {
-			t.Fatalf("%d %s, want 503 attestation_unavailable", r.status, r.body)
+		if r.Status != http.StatusServiceUnavailable || r.Code() != "attestation_unavailable" {
+			t.Fatalf("%d %s, want 503 attestation_unavailable", r.Status, r.Body)
 		}
-		if strings.Contains(string(r.body), "test: no attestation key") {
+		if strings.Contains(string(r.Body), "test: no attestation key") {
 			t.Error("the internal reason reached the client")
 		}
 	})
 	t.Run("sealed", func(t *testing.T) {
 		a := newAppliance(t, setup{sealed: true})
 		for _, p := range []string{"/v1/attestation?nonce=" + strings.Repeat("00", 16), "/v1/appliance-key"} {
-			if r := a.get(p); r.status != http.StatusServiceUnavailable || r.code() != "sealed" {
-				t.Fatalf("%s: %d %s, want 503 sealed", p, r.status, r.body)
+			if r := a.get(p); r.Status != http.StatusServiceUnavailable || r.Code() != "sealed" {
+				t.Fatalf("%s: %d %s, want 503 sealed", p, r.Status, r.Body)
 			}
 		}
 	})
