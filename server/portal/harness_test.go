@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,10 +16,11 @@ import (
 
 	"github.com/keywarden/keywarden/custodian"
 	"github.com/keywarden/keywarden/enclave"
-	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/internal/softauthn"
+	"github.com/keywarden/keywarden/internal/testutil/apptest"
+	"github.com/keywarden/keywarden/internal/testutil/apptest/appserver"
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
 	"github.com/keywarden/keywarden/internal/testutil/vaultdev"
 	"github.com/keywarden/keywarden/server"
@@ -36,7 +36,6 @@ const (
 	testProject   = "proj-portal"
 	testSecret    = "webhook-secret-0123456789abcdef"
 	testSecret2   = "webhook-secret-rotated-fedcba9876"
-	testAdminKey  = "portal-test-admin-key-0123456789"
 )
 
 // portalAPI is a stand-in for Portal's API in its real wire format: GET
@@ -129,13 +128,14 @@ func (p *portalAPI) hold(t testing.TB) (release func()) {
 
 func (p *portalAPI) url() string { return p.srv.URL }
 
-// harness is the real server with the adapter in process: bbolt, a root
-// key, the audit log, a Firebase issuer stand-in, the passkey service, and
-// (when asked) the custodian service on a real Vault dev server.
+// harness is the real server with the adapter in process (appserver: bbolt,
+// a root key without the TPM, the audit log), a Firebase issuer stand-in,
+// the passkey service, and (when asked) the custodian service on a real
+// Vault dev server.
 type harness struct {
+	*appserver.App
 	t       testing.TB
 	srv     *server.Server
-	http    *httptest.Server
 	api     *portalAPI
 	issuer  *firebasetest.Issuer
 	custody *enclave.Custody
@@ -143,7 +143,6 @@ type harness struct {
 	pk      *passkey.Service
 	auth    *softauthn.Authenticator
 	vault   *vaultdev.Server // with harnessOptions.vault
-	dir     string
 }
 
 type harnessOptions struct {
@@ -153,64 +152,44 @@ type harnessOptions struct {
 
 func newHarness(t testing.TB, ho harnessOptions) *harness {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := store.Open(filepath.Join(dir, "k.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	root, err := enclave.NewRoot(enclave.NewRootKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	alog, err := audit.Open(ctx, audit.Options{Dir: filepath.Join(dir, "audit"), AnchorKey: root.Subkey("audit-anchor"), ReserveBytes: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = alog.Close(context.Background()) })
-	issuer := firebasetest.NewIssuer(t, testProject)
-	clock := issuer.Clock().Now
-	v, err := firebase.New(ctx, firebase.Options{ProjectIDs: []string{testProject}, CertsURL: issuer.URL(), Clock: clock})
+	h := &harness{t: t, auth: softauthn.New([16]byte{0xad, 0xce})}
+	h.issuer = firebasetest.NewIssuer(t, testProject)
+	clock := h.issuer.Clock().Now
+	v, err := firebase.New(context.Background(), firebase.Options{ProjectIDs: []string{testProject}, CertsURL: h.issuer.URL(), Clock: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(v.Close)
-	custody := enclave.NewCustody(db, root, enclave.CustodyOptions{Clock: clock})
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	pk, err := passkey.NewService(passkey.Options{RelyingParties: []passkey.RelyingParty{{ID: testRPID, Origins: []string{testOrigin}}}},
-		passkey.Deps{DB: db, Custody: custody, Audit: alog, Logger: log, Clock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	api := newPortalAPI(t)
-	opts := Options{APIURL: api.url(), CustodianID: testCustodian, WebhookSecrets: []secret.String{secret.NewString(testSecret), secret.NewString(testSecret2)}}
-	if ho.portal != nil {
-		ho.portal(&opts)
-	}
-	deps := Deps{Passkey: pk, Logger: log, Clock: clock}
-	var vs *vaultdev.Server
-	if ho.vault {
-		vs = vaultdev.Start(t)
-		deps.Shares = newShares(t, vs, db)
-	}
-	ad, err := New(opts, deps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.DevDefaults()
-	cfg.Admin.Key = secret.NewString(testAdminKey)
-	cfg.Firebase.ProjectIDs = []string{testProject}
-	cfg.Limits.RatePerSecond, cfg.Limits.RateBurst = 100000, 100000
-	srv, err := server.New(server.Options{Config: cfg, Logger: log, DB: db, Custody: custody, Sessions: root.SessionTokens(clock),
-		Audit: alog, Firebase: v, Clock: clock, Routes: []server.Routes{ad}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Public)
-	t.Cleanup(hs.Close)
-	return &harness{t: t, srv: srv, http: hs, api: api, issuer: issuer, custody: custody, adapter: ad, pk: pk,
-		auth: softauthn.New([16]byte{0xad, 0xce}), vault: vs, dir: dir}
+	h.App = appserver.New(t, appserver.Core(apptest.NoTPM()), appserver.Clock(clock), appserver.Firebase(v),
+		appserver.Configure(func(cfg *config.Config) { cfg.Firebase.ProjectIDs = []string{testProject} }),
+		appserver.ServerOptions(func(o *server.Options) { o.Logger = log }),
+		appserver.Before(func(a *appserver.App, so *server.Options) {
+			pk, err := passkey.NewService(passkey.Options{RelyingParties: []passkey.RelyingParty{{ID: testRPID, Origins: []string{testOrigin}}}},
+				passkey.Deps{DB: a.DB, Custody: a.Custody, Audit: a.Audit, Logger: log, Clock: clock})
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.api = newPortalAPI(t)
+			opts := Options{APIURL: h.api.url(), CustodianID: testCustodian, WebhookSecrets: []secret.String{secret.NewString(testSecret), secret.NewString(testSecret2)}}
+			if ho.portal != nil {
+				ho.portal(&opts)
+			}
+			deps := Deps{Passkey: pk, Logger: log, Clock: clock}
+			if ho.vault {
+				h.vault = vaultdev.Start(t)
+				deps.Shares = newShares(t, h.vault, a.DB)
+			}
+			ad, err := New(opts, deps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.pk, h.adapter = pk, ad
+			so.Routes = append(so.Routes, ad)
+		}))
+	h.srv, h.custody = h.Server, h.Custody
+	h.Client.Header = http.Header{"Accept": {"application/json"}, "Content-Type": {"application/json"}}
+	return h
 }
 
 // newShares is the custodian service on a real Vault dev server.
@@ -227,82 +206,26 @@ func newShares(t testing.TB, vs *vaultdev.Server, db *store.DB) *custodian.Servi
 	return svc
 }
 
-type reply struct {
-	Status int
-	Header http.Header
-	Body   []byte
-}
-
-func (r reply) code() string {
-	var e struct {
-		Error struct {
-			Code string `json:"code"`
-		} `json:"error"`
-	}
-	_ = json.Unmarshal(r.Body, &e)
-	return e.Error.Code
-}
-
-// decode decodes strictly: every member of v must be in the body and no
-// other (what the SDK's Codable types need, and more).
-func (r reply) decode(t testing.TB, v any) {
-	t.Helper()
-	dec := json.NewDecoder(bytes.NewReader(r.Body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		t.Fatalf("decode %s: %v", r.Body, err)
-	}
-}
+// reply is an answer as received; decode it with DecodeStrict (every
+// member of v must be in the body and no other: what the SDK's Codable
+// types need, and more).
+type reply = apptest.Reply
 
 // do sends a request as the SDK does: JSON headers, a trace id, the
 // client credential, and extra header pairs.
 func (h *harness) do(method, path, cred string, body any, headers ...string) reply {
 	h.t.Helper()
-	var rd io.Reader
-	switch b := body.(type) {
-	case nil:
-	case string:
-		rd = strings.NewReader(b)
-	case []byte:
-		rd = bytes.NewReader(b)
-	default:
-		j, err := json.Marshal(b)
-		if err != nil {
-			h.t.Fatal(err)
-		}
-		rd = bytes.NewReader(j)
-	}
-	req, err := http.NewRequest(method, h.http.URL+path, rd)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Portal-Trace-Id", "trace-"+strings.ReplaceAll(path, "/", "-"))
+	hd := []string{"X-Portal-Trace-Id", "trace-" + strings.ReplaceAll(path, "/", "-")}
 	if cred != "" {
-		req.Header.Set("Authorization", "Bearer "+cred)
+		hd = append(hd, "Authorization", "Bearer "+cred)
 	}
-	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Set(headers[i], headers[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return reply{resp.StatusCode, resp.Header, b}
+	return h.Do(method, path, body, append(hd, headers...)...)
 }
 
 func (h *harness) advance(d time.Duration) { h.issuer.Clock().Advance(d) }
 
 // mustStatus fails unless r has the status (and, when given, the code).
-func mustStatus(t testing.TB, r reply, status int, code string) {
-	t.Helper()
-	if r.Status != status || (code != "" && r.code() != code) {
-		t.Fatalf("got %d %s, want %d %s", r.Status, r.Body, status, code)
-	}
-}
+var mustStatus = apptest.Want
 
 // noSecret fails if the body holds any of the secrets.
 func noSecret(t testing.TB, r reply, secrets ...string) {

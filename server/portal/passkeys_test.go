@@ -67,7 +67,7 @@ func (h *harness) status(cred string) string {
 	r := h.do(http.MethodGet, "/passkeys/status", cred, nil)
 	mustStatus(h.t, r, http.StatusOK, "")
 	var s StatusResponse
-	r.decode(h.t, &s)
+	r.DecodeStrict(h.t, &s)
 	return s.Status
 }
 
@@ -76,7 +76,7 @@ func (h *harness) beginRegistration(cred string) ([]byte, string) {
 	r := h.do(http.MethodPost, "/passkeys/begin-registration", cred, map[string]string{"relyingParty": testRPID})
 	mustStatus(h.t, r, http.StatusOK, "")
 	var strict RegistrationResponse
-	r.decode(h.t, &strict)
+	r.DecodeStrict(h.t, &strict)
 	return optionsOf(h.t, r)
 }
 
@@ -103,7 +103,7 @@ func (h *harness) beginLogin(cred string) ([]byte, string) {
 	r := h.do(http.MethodPost, "/passkeys/begin-login", cred, map[string]string{"relyingParty": testRPID})
 	mustStatus(h.t, r, http.StatusOK, "")
 	var strict LoginResponse
-	r.decode(h.t, &strict)
+	r.DecodeStrict(h.t, &strict)
 	return optionsOf(h.t, r)
 }
 
@@ -136,7 +136,7 @@ func readKey(t testing.TB, r reply) string {
 	t.Helper()
 	mustStatus(t, r, http.StatusOK, "")
 	var k EncryptKeyResponse
-	r.decode(t, &k)
+	r.DecodeStrict(t, &k)
 	return k.EncryptionKey
 }
 

@@ -42,7 +42,7 @@ func TestPortalTBSWriteReadRebackup(t *testing.T) {
 	r = h.tbs(http.MethodGet, credA, tok, nil)
 	mustStatus(t, r, http.StatusOK, "")
 	var got EncryptKeyResponse
-	r.decode(t, &got)
+	r.DecodeStrict(t, &got)
 	if got.EncryptionKey != keyHex1 {
 		t.Fatalf("read %q, stored %q", got.EncryptionKey, keyHex1)
 	}
@@ -53,7 +53,7 @@ func TestPortalTBSWriteReadRebackup(t *testing.T) {
 	// Re-backup replaces the key and keeps the old one as a prior version.
 	h.advance(time.Second)
 	mustStatus(t, h.tbs(http.MethodPut, credA, tok, map[string]string{"encryptionKey": keyHex2}), http.StatusOK, "")
-	h.tbs(http.MethodGet, credA, tok, nil).decode(t, &got)
+	h.tbs(http.MethodGet, credA, tok, nil).DecodeStrict(t, &got)
 	if got.EncryptionKey != keyHex2 {
 		t.Fatalf("after re-backup read %q", got.EncryptionKey)
 	}
@@ -71,7 +71,7 @@ func TestPortalTBSWriteReadRebackup(t *testing.T) {
 	r = h.do(http.MethodGet, "/v1/firebase/key", tok, nil)
 	mustStatus(t, r, http.StatusOK, "")
 	var native server.KeyResponse
-	r.decode(t, &native)
+	r.DecodeStrict(t, &native)
 	if b, _ := base64.StdEncoding.DecodeString(native.Key); string(b) != keyHex2 {
 		t.Fatalf("native read %q", b)
 	}
@@ -95,7 +95,7 @@ func TestPortalTBSKeyKeptByteForByte(t *testing.T) {
 		}
 		mustStatus(t, h.tbs(http.MethodPut, credA, tok, map[string]string{"encryptionKey": k}), want, "")
 		var got EncryptKeyResponse
-		h.tbs(http.MethodGet, credA, tok, nil).decode(t, &got)
+		h.tbs(http.MethodGet, credA, tok, nil).DecodeStrict(t, &got)
 		if got.EncryptionKey != k {
 			t.Fatalf("stored %q, read %q", k, got.EncryptionKey)
 		}
@@ -152,7 +152,7 @@ func TestPortalTBSRefusals(t *testing.T) {
 	}
 	// Nothing above changed the stored key.
 	var got EncryptKeyResponse
-	h.tbs(http.MethodGet, credA, tok, nil).decode(t, &got)
+	h.tbs(http.MethodGet, credA, tok, nil).DecodeStrict(t, &got)
 	if got.EncryptionKey != keyHex1 {
 		t.Fatalf("key now %q", got.EncryptionKey)
 	}
@@ -166,7 +166,7 @@ func TestPortalTBSClientMismatchAllowed(t *testing.T) {
 	var got EncryptKeyResponse
 	r := h.tbs(http.MethodGet, credB, tok, nil)
 	mustStatus(t, r, http.StatusOK, "")
-	r.decode(t, &got)
+	r.DecodeStrict(t, &got)
 	if got.EncryptionKey != keyHex1 {
 		t.Fatalf("read %q", got.EncryptionKey)
 	}

@@ -28,7 +28,7 @@ func (h *harness) fetch(secret, clientID string) []string {
 	r := h.webhook("/webhook/backup/fetch", secret, map[string]string{"clientId": clientID})
 	mustStatus(h.t, r, http.StatusOK, "")
 	var f FetchResponse
-	r.decode(h.t, &f)
+	r.DecodeStrict(h.t, &f)
 	if f.BackupShares == nil {
 		h.t.Fatalf("backupShares is null: %s", r.Body)
 	}
