@@ -35,10 +35,10 @@ func BenchmarkPasskeyRelease(b *testing.B) {
 			}
 			b.ResetTimer()
 			for b.Loop() {
-				r := v.do("POST", "/v1/passkeys/authentication/begin", begin)
+				r := v.Send("POST", "/v1/passkeys/authentication/begin", begin)
 				var bg begun
-				if err := json.Unmarshal(r.body, &bg); err != nil || r.status != 200 {
-					b.Fatalf("begin: %d %s", r.status, r.body)
+				if err := json.Unmarshal(r.Body, &bg); err != nil || r.Status != 200 {
+					b.Fatalf("begin: %d %s", r.Status, r.Body)
 				}
 				b.StopTimer()
 				cred, err := v.auth.Get(bg.PublicKey, testOrigin)
@@ -47,8 +47,8 @@ func BenchmarkPasskeyRelease(b *testing.B) {
 				}
 				body, _ := json.Marshal(map[string]any{"ceremonyId": bg.CeremonyID, "credential": json.RawMessage(cred)})
 				b.StartTimer()
-				if r := v.do("POST", "/v1/passkeys/authentication/finish", body); r.status != 200 {
-					b.Fatalf("finish: %d %s", r.status, r.body)
+				if r := v.Send("POST", "/v1/passkeys/authentication/finish", body); r.Status != 200 {
+					b.Fatalf("finish: %d %s", r.Status, r.Body)
 				}
 			}
 		})
@@ -64,15 +64,15 @@ func BenchmarkPasskeyReleaseParallel(b *testing.B) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			r := v.do("POST", "/v1/passkeys/authentication/begin", map[string]any{"userId": "alice"})
+			r := v.Send("POST", "/v1/passkeys/authentication/begin", map[string]any{"userId": "alice"})
 			var bg begun
-			if err := json.Unmarshal(r.body, &bg); err != nil || r.status != 200 {
-				b.Errorf("begin: %d %s", r.status, r.body)
+			if err := json.Unmarshal(r.Body, &bg); err != nil || r.Status != 200 {
+				b.Errorf("begin: %d %s", r.Status, r.Body)
 				return
 			}
 			cred, _ := v.auth.Get(bg.PublicKey, testOrigin)
-			if r := v.do("POST", "/v1/passkeys/authentication/finish", map[string]any{"ceremonyId": bg.CeremonyID, "credential": json.RawMessage(cred)}); r.status != 200 {
-				b.Errorf("finish: %d %s", r.status, r.body)
+			if r := v.Send("POST", "/v1/passkeys/authentication/finish", map[string]any{"ceremonyId": bg.CeremonyID, "credential": json.RawMessage(cred)}); r.Status != 200 {
+				b.Errorf("finish: %d %s", r.Status, r.Body)
 				return
 			}
 		}

@@ -2,17 +2,12 @@ package passkey
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,9 +16,8 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
-	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/softauthn"
-	"github.com/keywarden/keywarden/store"
+	"github.com/keywarden/keywarden/internal/testutil/apptest"
 )
 
 const (
@@ -70,18 +64,17 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// env is an appliance slice with real components: bbolt in a temp dir,
-// a root key, custody, session tokens, the audit log, the service and its
-// handlers behind echo.
+// env is an appliance slice with real components (apptest.NewCore: bbolt
+// in a temp dir, a root key, the audit log), custody, session tokens, the
+// service and its handlers behind echo, and an in-process client.
 type env struct {
+	*apptest.Core
+	*apptest.Client
 	t        testing.TB
 	e        *echo.Echo
 	svc      *Service
-	db       *store.DB
 	custody  *enclave.Custody
 	sessions *enclave.SessionTokens
-	audit    *audit.Log
-	auditDir string
 	clock    *clock
 	logs     *syncBuffer
 	auth     *softauthn.Authenticator
@@ -97,36 +90,20 @@ func testOptions() Options {
 
 func newEnv(t testing.TB, mod func(*Options)) *env {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := store.Open(filepath.Join(dir, "k.db"), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	root, err := enclave.NewRoot(enclave.NewRootKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	core := apptest.NewCore(t, apptest.NoTPM())
 	clk := &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-	auditDir := filepath.Join(dir, "audit")
-	al, err := audit.Open(ctx, audit.Options{Dir: auditDir, AnchorKey: root.Subkey("audit-anchor"), ReserveBytes: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = al.Close(context.Background()) })
-	custody := enclave.NewCustody(db, root, enclave.CustodyOptions{Clock: clk.Now})
+	custody := enclave.NewCustody(core.DB, core.Root, enclave.CustodyOptions{Clock: clk.Now})
 	logs := &syncBuffer{}
 	opts := testOptions()
 	if mod != nil {
 		mod(&opts)
 	}
-	svc, err := NewService(opts, Deps{DB: db, Custody: custody, Audit: al, Clock: clk.Now,
+	svc, err := NewService(opts, Deps{DB: core.DB, Custody: custody, Audit: core.Audit, Clock: clk.Now,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sessions := root.SessionTokens(clk.Now)
+	sessions := core.Root.SessionTokens(clk.Now)
 	e := echo.New()
 	e.HideBanner = true
 	e.IPExtractor = echo.ExtractIPDirect()
@@ -134,7 +111,9 @@ func newEnv(t testing.TB, mod func(*Options)) *env {
 	h := &Handler{Service: svc, Sessions: sessions}
 	h.Register(e.Group(""))
 	h.RegisterAdmin(e.Group("/v1/admin"))
-	return &env{t: t, e: e, svc: svc, db: db, custody: custody, sessions: sessions, audit: al, auditDir: auditDir,
+	client := &apptest.Client{T: t, Handler: e, Header: http.Header{"Content-Type": {"application/json"}},
+		Prepare: func(r *http.Request) { r.RemoteAddr = testAddr + ":40000" }}
+	return &env{Core: core, Client: client, t: t, e: e, svc: svc, custody: custody, sessions: sessions,
 		clock: clk, logs: logs, auth: softauthn.New([16]byte{0xad, 0xce, 0x00, 0x02})}
 }
 
@@ -155,30 +134,10 @@ func errorHandler(err error, c echo.Context) {
 	_ = c.JSON(500, map[string]any{"error": map[string]string{"code": "internal", "message": "internal error"}})
 }
 
-type resp struct {
-	status int
-	body   []byte
-	header http.Header
-}
+// resp is an answer as received.
+type resp = apptest.Reply
 
-func (r resp) json(t testing.TB) map[string]any {
-	t.Helper()
-	var m map[string]any
-	if err := json.Unmarshal(r.body, &m); err != nil {
-		t.Fatalf("response is not JSON (%d): %s", r.status, r.body)
-	}
-	return m
-}
-
-func (r resp) code() string {
-	var m struct {
-		Error struct{ Code string } `json:"error"`
-	}
-	_ = json.Unmarshal(r.body, &m)
-	return m.Error.Code
-}
-
-type reqOpt func(*http.Request)
+type reqOpt = func(*http.Request)
 
 func withBearer(tok string) reqOpt {
 	return func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+tok) }
@@ -186,34 +145,6 @@ func withBearer(tok string) reqOpt {
 
 func fromAddr(addr string) reqOpt {
 	return func(r *http.Request) { r.RemoteAddr = addr + ":40000" }
-}
-
-func (v *env) do(method, path string, body any, opts ...reqOpt) resp {
-	v.t.Helper()
-	var rd *bytes.Reader
-	switch b := body.(type) {
-	case nil:
-		rd = bytes.NewReader(nil)
-	case []byte:
-		rd = bytes.NewReader(b)
-	case string:
-		rd = bytes.NewReader([]byte(b))
-	default:
-		j, err := json.Marshal(b)
-		if err != nil {
-			v.t.Fatal(err)
-		}
-		rd = bytes.NewReader(j)
-	}
-	req := httptest.NewRequest(method, path, rd)
-	req.Header.Set("Content-Type", "application/json")
-	req.RemoteAddr = testAddr + ":40000"
-	for _, o := range opts {
-		o(req)
-	}
-	rec := httptest.NewRecorder()
-	v.e.ServeHTTP(rec, req)
-	return resp{status: rec.Code, body: rec.Body.Bytes(), header: rec.Header()}
 }
 
 func (v *env) token(userID string) string {
@@ -224,15 +155,15 @@ func (v *env) token(userID string) string {
 // beginRegistration returns the ceremony id and the publicKey options.
 func (v *env) beginRegistration(userID string, body map[string]any) (string, []byte) {
 	v.t.Helper()
-	r := v.do("POST", "/v1/passkeys/registration/begin", body, withBearer(v.token(userID)))
-	if r.status != 200 {
-		v.t.Fatalf("registration/begin: %d %s", r.status, r.body)
+	r := v.Send("POST", "/v1/passkeys/registration/begin", body, withBearer(v.token(userID)))
+	if r.Status != 200 {
+		v.t.Fatalf("registration/begin: %d %s", r.Status, r.Body)
 	}
 	var out struct {
 		CeremonyID string          `json:"ceremonyId"`
 		PublicKey  json.RawMessage `json:"publicKey"`
 	}
-	if err := json.Unmarshal(r.body, &out); err != nil {
+	if err := json.Unmarshal(r.Body, &out); err != nil {
 		v.t.Fatal(err)
 	}
 	return out.CeremonyID, out.PublicKey
@@ -253,9 +184,9 @@ func (v *env) register(a *softauthn.Authenticator, userID string, key []byte, o 
 	if key != nil {
 		body["key"] = base64.StdEncoding.EncodeToString(key)
 	}
-	r := v.do("POST", "/v1/passkeys/registration/finish", body)
-	if r.status != 201 {
-		v.t.Fatalf("registration/finish: %d %s", r.status, r.body)
+	r := v.Send("POST", "/v1/passkeys/registration/finish", body)
+	if r.Status != 201 {
+		v.t.Fatalf("registration/finish: %d %s", r.Status, r.Body)
 	}
 	return c
 }
@@ -268,12 +199,12 @@ type begun struct {
 
 func (v *env) beginAuth(body map[string]any, opts ...reqOpt) begun {
 	v.t.Helper()
-	r := v.do("POST", "/v1/passkeys/authentication/begin", body, opts...)
-	if r.status != 200 {
-		v.t.Fatalf("authentication/begin: %d %s", r.status, r.body)
+	r := v.Send("POST", "/v1/passkeys/authentication/begin", body, opts...)
+	if r.Status != 200 {
+		v.t.Fatalf("authentication/begin: %d %s", r.Status, r.Body)
 	}
 	var b begun
-	if err := json.Unmarshal(r.body, &b); err != nil {
+	if err := json.Unmarshal(r.Body, &b); err != nil {
 		v.t.Fatal(err)
 	}
 	return b
@@ -295,21 +226,21 @@ func (v *env) assert(a *softauthn.Authenticator, b begun, origin string, o softa
 	for k, x := range extra {
 		body[k] = x
 	}
-	return v.do("POST", "/v1/passkeys/authentication/finish", body, opts...)
+	return v.Send("POST", "/v1/passkeys/authentication/finish", body, opts...)
 }
 
 // release runs begin+finish for userID and returns the key.
 func (v *env) release(a *softauthn.Authenticator, userID string, o softauthn.GetOptions) []byte {
 	v.t.Helper()
 	r := v.assert(a, v.beginAuth(user(userID)), testOrigin, o, nil)
-	if r.status != 200 {
-		v.t.Fatalf("authentication/finish: %d %s", r.status, r.body)
+	if r.Status != 200 {
+		v.t.Fatalf("authentication/finish: %d %s", r.Status, r.Body)
 	}
 	var out struct {
 		Key    string `json:"key"`
 		UserID string `json:"userId"`
 	}
-	if err := json.Unmarshal(r.body, &out); err != nil {
+	if err := json.Unmarshal(r.Body, &out); err != nil {
 		v.t.Fatal(err)
 	}
 	if out.UserID != userID {
@@ -320,24 +251,6 @@ func (v *env) release(a *softauthn.Authenticator, userID string, o softauthn.Get
 		v.t.Fatal(err)
 	}
 	return k
-}
-
-// auditLines returns the audit log's lines (after the log made them durable).
-func (v *env) auditLines() string {
-	v.t.Helper()
-	if err := v.audit.Anchor(context.Background()); err != nil {
-		v.t.Fatal(err)
-	}
-	files, _ := filepath.Glob(filepath.Join(v.auditDir, "*.jsonl"))
-	var sb strings.Builder
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			v.t.Fatal(err)
-		}
-		sb.Write(b)
-	}
-	return sb.String()
 }
 
 func testKey(seed byte) []byte {

@@ -72,8 +72,8 @@ func TestHostile(t *testing.T) {
 		}},
 		{"replayed ceremonyId", nil, 400, "ceremony_unknown", func(t *testing.T, v *env, f fixture) resp {
 			b := v.beginAuth(user("alice"))
-			if r := v.assert(nil, b, testOrigin, softauthn.GetOptions{}, nil); r.status != 200 {
-				t.Fatalf("first finish: %d %s", r.status, r.body)
+			if r := v.assert(nil, b, testOrigin, softauthn.GetOptions{}, nil); r.Status != 200 {
+				t.Fatalf("first finish: %d %s", r.Status, r.Body)
 			}
 			return v.assert(nil, b, testOrigin, softauthn.GetOptions{}, nil)
 		}},
@@ -81,10 +81,10 @@ func TestHostile(t *testing.T) {
 			b := v.beginAuth(user("alice"))
 			cred, _ := v.auth.Get(b.PublicKey, testOrigin)
 			body := map[string]any{"ceremonyId": b.CeremonyID, "credential": json.RawMessage(cred)}
-			if r := v.do("POST", "/v1/passkeys/authentication/finish", body); r.status != 200 {
-				t.Fatalf("first finish: %d %s", r.status, r.body)
+			if r := v.Send("POST", "/v1/passkeys/authentication/finish", body); r.Status != 200 {
+				t.Fatalf("first finish: %d %s", r.Status, r.Body)
 			}
-			return v.do("POST", "/v1/passkeys/authentication/finish", body)
+			return v.Send("POST", "/v1/passkeys/authentication/finish", body)
 		}},
 		{"expired ceremony", nil, 400, "ceremony_expired", func(t *testing.T, v *env, f fixture) resp {
 			b := v.beginAuth(user("alice"))
@@ -117,7 +117,7 @@ func TestHostile(t *testing.T) {
 		}},
 		{"counter going backwards", nil, 401, "counter_regressed", func(t *testing.T, v *env, f fixture) resp {
 			r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{SignCount: u32(50)}, nil)
-			if lines := v.auditLines(); !strings.Contains(lines, `"reason":"counter_regressed"`) || !strings.Contains(lines, `"received":"50"`) {
+			if lines := v.AuditLines(t); !strings.Contains(lines, `"reason":"counter_regressed"`) || !strings.Contains(lines, `"received":"50"`) {
 				t.Errorf("counter regression not audited:\n%s", lines)
 			}
 			return r
@@ -135,45 +135,45 @@ func TestHostile(t *testing.T) {
 			return v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{SetFlags: softauthn.FlagBS}, nil)
 		}},
 		{"malformed JSON body", nil, 400, "invalid_json", func(t *testing.T, v *env, f fixture) resp {
-			return v.do("POST", "/v1/passkeys/authentication/finish", `{"ceremonyId":"x","credential":{`)
+			return v.Send("POST", "/v1/passkeys/authentication/finish", `{"ceremonyId":"x","credential":{`)
 		}},
 		{"misspelt field", nil, 400, "invalid_json", func(t *testing.T, v *env, f fixture) resp {
-			return v.do("POST", "/v1/passkeys/authentication/begin", `{"userId":"alice","recipientKey":"AAAA"}`)
+			return v.Send("POST", "/v1/passkeys/authentication/begin", `{"userId":"alice","recipientKey":"AAAA"}`)
 		}},
 		{"trailing data", nil, 400, "invalid_json", func(t *testing.T, v *env, f fixture) resp {
-			return v.do("POST", "/v1/passkeys/authentication/begin", `{"userId":"alice"} {"userId":"bob"}`)
+			return v.Send("POST", "/v1/passkeys/authentication/begin", `{"userId":"alice"} {"userId":"bob"}`)
 		}},
 		{"credential not an object", nil, 400, "invalid_credential", func(t *testing.T, v *env, f fixture) resp {
 			b := v.beginAuth(user("alice"))
-			return v.do("POST", "/v1/passkeys/authentication/finish", map[string]any{"ceremonyId": b.CeremonyID, "credential": 42})
+			return v.Send("POST", "/v1/passkeys/authentication/finish", map[string]any{"ceremonyId": b.CeremonyID, "credential": 42})
 		}},
 		{"user handle not a string", nil, 400, "invalid_credential", func(t *testing.T, v *env, f fixture) resp {
 			b := v.beginAuth(user("alice"))
 			cred, _ := v.auth.Get(b.PublicKey, testOrigin)
 			cred = mutateCredential(t, cred, "userHandle", 7)
-			return v.do("POST", "/v1/passkeys/authentication/finish", map[string]any{"ceremonyId": b.CeremonyID, "credential": json.RawMessage(cred)})
+			return v.Send("POST", "/v1/passkeys/authentication/finish", map[string]any{"ceremonyId": b.CeremonyID, "credential": json.RawMessage(cred)})
 		}},
 		{"truncated authenticatorData", nil, 400, "invalid_credential", func(t *testing.T, v *env, f fixture) resp {
 			b := v.beginAuth(user("alice"))
 			cred, _ := v.auth.Get(b.PublicKey, testOrigin)
 			cred = mutateCredential(t, cred, "authenticatorData", base64.RawURLEncoding.EncodeToString(make([]byte, 20)))
-			return v.do("POST", "/v1/passkeys/authentication/finish", map[string]any{"ceremonyId": b.CeremonyID, "credential": json.RawMessage(cred)})
+			return v.Send("POST", "/v1/passkeys/authentication/finish", map[string]any{"ceremonyId": b.CeremonyID, "credential": json.RawMessage(cred)})
 		}},
 		{"signature not base64url", nil, 400, "invalid_credential", func(t *testing.T, v *env, f fixture) resp {
 			b := v.beginAuth(user("alice"))
 			cred, _ := v.auth.Get(b.PublicKey, testOrigin)
 			cred = mutateCredential(t, cred, "signature", "***")
-			return v.do("POST", "/v1/passkeys/authentication/finish", map[string]any{"ceremonyId": b.CeremonyID, "credential": json.RawMessage(cred)})
+			return v.Send("POST", "/v1/passkeys/authentication/finish", map[string]any{"ceremonyId": b.CeremonyID, "credential": json.RawMessage(cred)})
 		}},
 		{"malformed CBOR attestation", nil, 400, "invalid_credential", func(t *testing.T, v *env, f fixture) resp {
 			id, opts := v.beginRegistration("carol", nil)
 			cred, _, _ := softauthn.New([16]byte{}).Create(opts, testOrigin)
 			cred = mutateCredential(t, cred, "attestationObject", base64.RawURLEncoding.EncodeToString([]byte{0xa3, 0x63, 0x66, 0x6d, 0x74, 0xff}))
-			return v.do("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(testKey(1))})
+			return v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(testKey(1))})
 		}},
 		{"oversized body", nil, 413, "body_too_large", func(t *testing.T, v *env, f fixture) resp {
 			b := v.beginAuth(user("alice"))
-			return v.do("POST", "/v1/passkeys/authentication/finish", map[string]any{"ceremonyId": b.CeremonyID,
+			return v.Send("POST", "/v1/passkeys/authentication/finish", map[string]any{"ceremonyId": b.CeremonyID,
 				"credential": map[string]any{"pad": strings.Repeat("A", DefaultMaxBodyBytes)}})
 		}},
 		{"unknown credential", nil, 401, "credential_unknown", func(t *testing.T, v *env, f fixture) resp {
@@ -193,18 +193,18 @@ func TestHostile(t *testing.T) {
 		{"session token expired", nil, 401, "session_expired", func(t *testing.T, v *env, f fixture) resp {
 			tok := v.token("carol")
 			v.clock.Advance(11 * time.Minute)
-			return v.do("POST", "/v1/passkeys/registration/begin", nil, withBearer(tok))
+			return v.Send("POST", "/v1/passkeys/registration/begin", nil, withBearer(tok))
 		}},
 		{"session token garbage", nil, 401, "session_invalid", func(t *testing.T, v *env, f fixture) resp {
-			return v.do("POST", "/v1/passkeys/registration/begin", nil, withBearer("kws1.garbage.garbage"))
+			return v.Send("POST", "/v1/passkeys/registration/begin", nil, withBearer("kws1.garbage.garbage"))
 		}},
 		{"session token of another appliance", nil, 401, "session_invalid", func(t *testing.T, v *env, f fixture) resp {
 			other, _ := enclave.NewRoot(enclave.NewRootKey())
 			tok, _ := other.SessionTokens(v.clock.Now).Mint("alice", time.Hour)
-			return v.do("POST", "/v1/passkeys/registration/begin", nil, withBearer(tok))
+			return v.Send("POST", "/v1/passkeys/registration/begin", nil, withBearer(tok))
 		}},
 		{"no session token", nil, 401, "unauthorized", func(t *testing.T, v *env, f fixture) resp {
-			return v.do("POST", "/v1/passkeys/registration/begin", nil)
+			return v.Send("POST", "/v1/passkeys/registration/begin", nil)
 		}},
 		{"session token for another user registers for that user only", nil, 401, "credential_not_allowed", func(t *testing.T, v *env, f fixture) resp {
 			// Dave's token makes a passkey bound to dave: it cannot release alice's key.
@@ -213,16 +213,16 @@ func TestHostile(t *testing.T) {
 			return v.assert(mallory, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{CredentialID: mallory.Credentials()[0].ID}, nil)
 		}},
 		{"registration over an existing key without assertion", nil, 409, "key_exists", func(t *testing.T, v *env, f fixture) resp {
-			return v.do("POST", "/v1/passkeys/registration/begin", nil, withBearer(v.token("alice")))
+			return v.Send("POST", "/v1/passkeys/registration/begin", nil, withBearer(v.token("alice")))
 		}},
 		{"registration with another user's assertion", nil, 403, "assertion_invalid", func(t *testing.T, v *env, f fixture) resp {
 			fin := v.assert(f.bobAuth, v.beginAuth(user("bob")), testOrigin, softauthn.GetOptions{}, nil)
-			proof, _ := fin.json(t)["assertionCeremonyId"].(string)
-			return v.do("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": proof}, withBearer(v.token("alice")))
+			proof, _ := fin.Map(t)["assertionCeremonyId"].(string)
+			return v.Send("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": proof}, withBearer(v.token("alice")))
 		}},
 		{"registration with an authentication ceremony not finished", nil, 403, "assertion_invalid", func(t *testing.T, v *env, f fixture) resp {
 			b := v.beginAuth(user("alice"))
-			return v.do("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": b.CeremonyID}, withBearer(v.token("alice")))
+			return v.Send("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": b.CeremonyID}, withBearer(v.token("alice")))
 		}},
 		{"two registrations race to store a first key", nil, 409, "key_exists", func(t *testing.T, v *env, f fixture) resp {
 			id1, o1 := v.beginRegistration("carol", nil)
@@ -230,10 +230,10 @@ func TestHostile(t *testing.T) {
 			c1, _, _ := softauthn.New([16]byte{1}).Create(o1, testOrigin)
 			c2, _, _ := softauthn.New([16]byte{2}).Create(o2, testOrigin)
 			k := base64.StdEncoding.EncodeToString(testKey(0xc0))
-			if r := v.do("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id1, "credential": json.RawMessage(c1), "key": k}); r.status != 201 {
-				t.Fatalf("first: %d %s", r.status, r.body)
+			if r := v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id1, "credential": json.RawMessage(c1), "key": k}); r.Status != 201 {
+				t.Fatalf("first: %d %s", r.Status, r.Body)
 			}
-			r := v.do("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id2, "credential": json.RawMessage(c2),
+			r := v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id2, "credential": json.RawMessage(c2),
 				"key": base64.StdEncoding.EncodeToString(testKey(0xc1))})
 			if list, _ := v.svc.ListPasskeys(context.Background(), enclave.UserOwner("carol")); len(list) != 1 {
 				t.Errorf("refused registration left its credential: %d passkeys", len(list))
@@ -251,7 +251,7 @@ func TestHostile(t *testing.T) {
 			return v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{}, map[string]any{"recipientPublicKey": base64.StdEncoding.EncodeToString(k.PublicKey().Bytes())})
 		}},
 		{"recipient key of a wrong size", nil, 400, "invalid_recipient_key", func(t *testing.T, v *env, f fixture) resp {
-			return v.do("POST", "/v1/passkeys/authentication/begin", map[string]any{"userId": "alice", "recipientPublicKey": base64.StdEncoding.EncodeToString(make([]byte, 33))})
+			return v.Send("POST", "/v1/passkeys/authentication/begin", map[string]any{"userId": "alice", "recipientPublicKey": base64.StdEncoding.EncodeToString(make([]byte, 33))})
 		}},
 		{"unknown ceremony", nil, 400, "ceremony_unknown", func(t *testing.T, v *env, f fixture) resp {
 			b := v.beginAuth(user("alice"))
@@ -268,12 +268,12 @@ func TestHostile(t *testing.T) {
 			for range 3 {
 				v.beginAuth(user("alice"))
 			}
-			r := v.do("POST", "/v1/passkeys/authentication/begin", user("alice"))
-			if r.header.Get("Retry-After") == "" {
+			r := v.Send("POST", "/v1/passkeys/authentication/begin", user("alice"))
+			if r.Header.Get("Retry-After") == "" {
 				t.Error("no Retry-After")
 			}
-			if other := v.do("POST", "/v1/passkeys/authentication/begin", user("alice"), fromAddr("203.0.113.9")); other.status != 200 {
-				t.Errorf("another address refused: %d", other.status)
+			if other := v.Send("POST", "/v1/passkeys/authentication/begin", user("alice"), fromAddr("203.0.113.9")); other.Status != 200 {
+				t.Errorf("another address refused: %d", other.Status)
 			}
 			return r
 		}},
@@ -283,45 +283,45 @@ func TestHostile(t *testing.T) {
 					v.beginAuth(user("alice"), fromAddr(a))
 				}
 			}
-			return v.do("POST", "/v1/passkeys/authentication/begin", user("alice"), fromAddr("203.0.113.3"))
+			return v.Send("POST", "/v1/passkeys/authentication/begin", user("alice"), fromAddr("203.0.113.3"))
 		}},
 		{"registration from a wrong origin", nil, 401, "origin_mismatch", func(t *testing.T, v *env, f fixture) resp {
 			id, opts := v.beginRegistration("carol", nil)
 			cred, _, _ := softauthn.New([16]byte{}).Create(opts, "https://evil.example")
-			return v.do("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(testKey(1))})
+			return v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(testKey(1))})
 		}},
 		{"registration without UV", nil, 401, "user_verification_missing", func(t *testing.T, v *env, f fixture) resp {
 			id, opts := v.beginRegistration("carol", nil)
 			cred, _, _ := softauthn.New([16]byte{}).CreateWith(opts, testOrigin, softauthn.CreateOptions{NoUserVerification: true})
-			return v.do("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(testKey(1))})
+			return v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(testKey(1))})
 		}},
 		{"registration with another ceremony's challenge", nil, 401, "challenge_mismatch", func(t *testing.T, v *env, f fixture) resp {
 			id, _ := v.beginRegistration("carol", nil)
 			_, opts2 := v.beginRegistration("carol", nil)
 			cred, _, _ := softauthn.New([16]byte{}).Create(opts2, testOrigin)
-			return v.do("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(testKey(1))})
+			return v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(testKey(1))})
 		}},
 		{"registration with a wrong RP ID hash", nil, 401, "rp_id_mismatch", func(t *testing.T, v *env, f fixture) resp {
 			id, opts := v.beginRegistration("carol", nil)
 			cred, _, _ := softauthn.New([16]byte{}).CreateWith(opts, testOrigin, softauthn.CreateOptions{RPIDHash: make([]byte, 32)})
-			return v.do("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(testKey(1))})
+			return v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(testKey(1))})
 		}},
 		{"registration key too short", nil, 400, "invalid_key", func(t *testing.T, v *env, f fixture) resp {
 			id, opts := v.beginRegistration("carol", nil)
 			cred, _, _ := softauthn.New([16]byte{}).Create(opts, testOrigin)
-			return v.do("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(make([]byte, 16))})
+			return v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(make([]byte, 16))})
 		}},
 		{"first registration without a key", nil, 400, "key_required", func(t *testing.T, v *env, f fixture) resp {
 			id, opts := v.beginRegistration("carol", nil)
 			cred, _, _ := softauthn.New([16]byte{}).Create(opts, testOrigin)
-			return v.do("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred)})
+			return v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred)})
 		}},
 		{"user id not ASCII-safe", nil, 400, "invalid_user_id", func(t *testing.T, v *env, f fixture) resp {
-			return v.do("POST", "/v1/passkeys/authentication/begin", user("al ice"))
+			return v.Send("POST", "/v1/passkeys/authentication/begin", user("al ice"))
 		}},
 		{"audit log unavailable", nil, 503, "audit_unavailable", func(t *testing.T, v *env, f fixture) resp {
 			b := v.beginAuth(user("alice"))
-			if err := v.audit.Close(context.Background()); err != nil {
+			if err := v.Audit.Close(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			return v.assert(nil, b, testOrigin, softauthn.GetOptions{}, nil)
@@ -332,14 +332,14 @@ func TestHostile(t *testing.T) {
 			v := newEnv(t, tc.opts)
 			f := setup(v)
 			r := tc.run(t, v, f)
-			if r.status != tc.status || r.code() != tc.code {
-				t.Fatalf("got %d %q, want %d %q: %s", r.status, r.code(), tc.status, tc.code, r.body)
+			if r.Status != tc.status || r.Code() != tc.code {
+				t.Fatalf("got %d %q, want %d %q: %s", r.Status, r.Code(), tc.status, tc.code, r.Body)
 			}
-			if m := r.json(t); len(m) != 1 || m["error"] == nil {
-				t.Fatalf("answer carries more than an error: %s", r.body)
+			if m := r.Map(t); len(m) != 1 || m["error"] == nil {
+				t.Fatalf("answer carries more than an error: %s", r.Body)
 			}
 			for _, k := range [][]byte{aliceKey, testKey(0xb0)} {
-				if bytes.Contains(r.body, []byte(base64.StdEncoding.EncodeToString(k))) {
+				if bytes.Contains(r.Body, []byte(base64.StdEncoding.EncodeToString(k))) {
 					t.Fatal("a key is in the answer")
 				}
 			}
@@ -367,21 +367,21 @@ func TestRateLimits(t *testing.T) {
 		for i := range 5 {
 			r := v.assert(stranger, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{CredentialID: stranger.Credentials()[0].ID}, nil,
 				fromAddr("203.0.113."+string(rune('1'+i))))
-			if r.code() != "credential_unknown" {
-				t.Fatalf("stranger: %d %s", r.status, r.body)
+			if r.Code() != "credential_unknown" {
+				t.Fatalf("stranger: %d %s", r.Status, r.Body)
 			}
 		}
 		if got := v.release(nil, "alice", softauthn.GetOptions{}); !bytes.Equal(got, aliceKey) {
 			t.Fatal("strangers' failures slowed alice down")
 		}
 		for range 2 {
-			if r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{TamperSignature: true}, nil); r.code() != "signature_invalid" {
-				t.Fatalf("bad signature: %d %s", r.status, r.body)
+			if r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{TamperSignature: true}, nil); r.Code() != "signature_invalid" {
+				t.Fatalf("bad signature: %d %s", r.Status, r.Body)
 			}
 		}
 		r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{}, nil)
-		if r.status != 429 || r.code() != "rate_limited" || r.header.Get("Retry-After") == "" {
-			t.Fatalf("after the burst: %d %s", r.status, r.body)
+		if r.Status != 429 || r.Code() != "rate_limited" || r.Header.Get("Retry-After") == "" {
+			t.Fatalf("after the burst: %d %s", r.Status, r.Body)
 		}
 		v.clock.Advance(time.Minute)
 		if got := v.release(nil, "alice", softauthn.GetOptions{}); !bytes.Equal(got, aliceKey) {
@@ -397,12 +397,12 @@ func TestRateLimits(t *testing.T) {
 			v.assert(nil, b, testOrigin, softauthn.GetOptions{}, nil)
 		}
 		r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{}, nil)
-		if r.status != 429 || r.code() != "rate_limited" {
-			t.Fatalf("limited address: %d %s", r.status, r.body)
+		if r.Status != 429 || r.Code() != "rate_limited" {
+			t.Fatalf("limited address: %d %s", r.Status, r.Body)
 		}
 		r = v.assert(nil, v.beginAuth(user("alice"), fromAddr("203.0.113.50")), testOrigin, softauthn.GetOptions{}, nil, fromAddr("203.0.113.50"))
-		if r.status != 200 {
-			t.Fatalf("other address: %d %s", r.status, r.body)
+		if r.Status != 200 {
+			t.Fatalf("other address: %d %s", r.Status, r.Body)
 		}
 	})
 }
@@ -412,14 +412,14 @@ func TestRateLimits(t *testing.T) {
 func TestCeremonyMemoryBounded(t *testing.T) {
 	v := newEnv(t, func(o *Options) { o.MaxCeremonies = 50; o.MaxCeremoniesPerAddress = 20 })
 	for i := range 200 {
-		v.do("POST", "/v1/passkeys/authentication/begin", user("u"+string(rune('a'+i%26))), fromAddr(fmt.Sprintf("203.0.113.%d", i%10)))
+		v.Send("POST", "/v1/passkeys/authentication/begin", user("u"+string(rune('a'+i%26))), fromAddr(fmt.Sprintf("203.0.113.%d", i%10)))
 	}
 	if n := v.svc.Stats().Open; n != 50 {
 		t.Fatalf("%d open ceremonies, want the cap 50", n)
 	}
 	v.clock.Advance(DefaultCeremonyTTL + time.Second)
-	if r := v.do("POST", "/v1/passkeys/authentication/begin", user("alice")); r.status != 200 {
-		t.Fatalf("after expiry: %d", r.status)
+	if r := v.Send("POST", "/v1/passkeys/authentication/begin", user("alice")); r.Status != 200 {
+		t.Fatalf("after expiry: %d", r.Status)
 	}
 	if st := v.svc.Stats(); st.Open != 1 || st.Expired != 50 {
 		t.Fatalf("after expiry: open %d expired %d", st.Open, st.Expired)
@@ -438,20 +438,20 @@ func TestManyReleasesFromOneAddress(t *testing.T) {
 	var proofs []string
 	for range 20 {
 		r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{}, nil)
-		if r.status != 200 {
-			t.Fatalf("release: %d %s", r.status, r.body)
+		if r.Status != 200 {
+			t.Fatalf("release: %d %s", r.Status, r.Body)
 		}
-		proofs = append(proofs, r.json(t)["assertionCeremonyId"].(string))
+		proofs = append(proofs, r.Map(t)["assertionCeremonyId"].(string))
 	}
 	if n := v.svc.proofs.len(); n > 8 {
 		t.Fatalf("%d proofs held, cap 8", n)
 	}
-	r := v.do("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": proofs[0]}, withBearer(v.token("alice")))
-	if r.code() != "assertion_invalid" {
-		t.Fatalf("evicted proof: %d %s", r.status, r.body)
+	r := v.Send("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": proofs[0]}, withBearer(v.token("alice")))
+	if r.Code() != "assertion_invalid" {
+		t.Fatalf("evicted proof: %d %s", r.Status, r.Body)
 	}
-	r = v.do("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": proofs[19]}, withBearer(v.token("alice")))
-	if r.status != 200 {
-		t.Fatalf("newest proof: %d %s", r.status, r.body)
+	r = v.Send("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": proofs[19]}, withBearer(v.token("alice")))
+	if r.Status != 200 {
+		t.Fatalf("newest proof: %d %s", r.Status, r.Body)
 	}
 }

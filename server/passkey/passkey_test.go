@@ -33,7 +33,7 @@ func TestRegisterThenRelease(t *testing.T) {
 			if err != nil || len(list) != 1 || list[0].Algorithm != int64(alg) || list[0].SignCount != 3 {
 				t.Fatalf("list: %+v %v", list, err)
 			}
-			if !strings.Contains(v.auditLines(), `"action":"release"`) {
+			if !strings.Contains(v.AuditLines(t), `"action":"release"`) {
 				t.Fatal("release not audited")
 			}
 		})
@@ -55,14 +55,14 @@ func TestDiscoverableLogin(t *testing.T) {
 			t.Fatal("discoverable begin lists credentials")
 		}
 		r := v.assert(nil, b, testOrigin, softauthn.GetOptions{UserHandle: form}, nil)
-		m := r.json(t)
-		if r.status != 200 || m["userId"] != "alice" || m["key"] != base64.StdEncoding.EncodeToString(testKey(1)) {
-			t.Fatalf("form %d: %d %s", form, r.status, r.body)
+		m := r.Map(t)
+		if r.Status != 200 || m["userId"] != "alice" || m["key"] != base64.StdEncoding.EncodeToString(testKey(1)) {
+			t.Fatalf("form %d: %d %s", form, r.Status, r.Body)
 		}
 	}
 	r := v.assert(other, v.beginAuth(nil), testOrigin, softauthn.GetOptions{}, nil)
-	if m := r.json(t); r.status != 200 || m["userId"] != "bob" {
-		t.Fatalf("bob discoverable: %d %s", r.status, r.body)
+	if m := r.Map(t); r.Status != 200 || m["userId"] != "bob" {
+		t.Fatalf("bob discoverable: %d %s", r.Status, r.Body)
 	}
 }
 
@@ -106,11 +106,11 @@ func TestSealedRelease(t *testing.T) {
 				t.Fatal("challenge is not SHA-256(nonce ‖ recipientPublicKey)")
 			}
 			r := v.assert(nil, b, testOrigin, softauthn.GetOptions{}, nil)
-			m := r.json(t)
-			if r.status != 200 || m["key"] != nil || m["sealedKey"] == nil {
-				t.Fatalf("sealed release: %d %s", r.status, r.body)
+			m := r.Map(t)
+			if r.Status != 200 || m["key"] != nil || m["sealedKey"] == nil {
+				t.Fatalf("sealed release: %d %s", r.Status, r.Body)
 			}
-			if bytes.Contains(r.body, []byte(base64.StdEncoding.EncodeToString(key))) {
+			if bytes.Contains(r.Body, []byte(base64.StdEncoding.EncodeToString(key))) {
 				t.Fatal("plain key in a sealed answer")
 			}
 			enc, _ := base64.StdEncoding.DecodeString(m["enc"].(string))
@@ -147,8 +147,8 @@ func TestBackupEligibleFlip(t *testing.T) {
 	}
 	c.BackupEligible = false
 	r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{}, nil)
-	if r.status != 401 || r.code() != "backup_flags_invalid" {
-		t.Fatalf("BE withdrawn: %d %s", r.status, r.body)
+	if r.Status != 401 || r.Code() != "backup_flags_invalid" {
+		t.Fatalf("BE withdrawn: %d %s", r.Status, r.Body)
 	}
 }
 
@@ -159,18 +159,18 @@ func TestCounterWritesOnlyWhenChanged(t *testing.T) {
 	v.register(nil, "sync", testKey(5), softauthn.CreateOptions{})
 	hw := softauthn.New([16]byte{7})
 	v.register(hw, "hw", testKey(6), softauthn.CreateOptions{SignCount: 10, CounterStep: 3})
-	before := v.db.Stats().Commits
+	before := v.DB.Stats().Commits
 	for range 5 {
 		v.release(nil, "sync", softauthn.GetOptions{})
 	}
-	if d := v.db.Stats().Commits - before; d != 0 {
+	if d := v.DB.Stats().Commits - before; d != 0 {
 		t.Fatalf("%d store commits for 5 releases of a counter-less passkey, want 0", d)
 	}
-	before = v.db.Stats().Commits
+	before = v.DB.Stats().Commits
 	for range 5 {
 		v.release(hw, "hw", softauthn.GetOptions{})
 	}
-	if d := v.db.Stats().Commits - before; d != 5 {
+	if d := v.DB.Stats().Commits - before; d != 5 {
 		t.Fatalf("%d store commits for 5 counter changes, want 5", d)
 	}
 	list, _ := v.svc.ListPasskeys(context.Background(), enclave.UserOwner("hw"))
@@ -186,14 +186,14 @@ func TestAddPasskeyWithAssertion(t *testing.T) {
 	key := testKey(7)
 	v.register(nil, "alice", key, softauthn.CreateOptions{})
 
-	r := v.do("POST", "/v1/passkeys/registration/begin", nil, withBearer(v.token("alice")))
-	if r.status != 409 || r.code() != "key_exists" {
-		t.Fatalf("session token alone: %d %s", r.status, r.body)
+	r := v.Send("POST", "/v1/passkeys/registration/begin", nil, withBearer(v.token("alice")))
+	if r.Status != 409 || r.Code() != "key_exists" {
+		t.Fatalf("session token alone: %d %s", r.Status, r.Body)
 	}
 	fin := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{}, nil)
-	proof, _ := fin.json(t)["assertionCeremonyId"].(string)
+	proof, _ := fin.Map(t)["assertionCeremonyId"].(string)
 	if proof == "" {
-		t.Fatalf("no assertionCeremonyId: %s", fin.body)
+		t.Fatalf("no assertionCeremonyId: %s", fin.Body)
 	}
 	laptop := softauthn.New([16]byte{8})
 	id, opts := v.beginRegistration("alice", map[string]any{"assertionCeremonyId": proof})
@@ -208,46 +208,46 @@ func TestAddPasskeyWithAssertion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r = v.do("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred)})
-	if m := r.json(t); r.status != 201 || m["keyStored"] != false {
-		t.Fatalf("add passkey: %d %s", r.status, r.body)
+	r = v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred)})
+	if m := r.Map(t); r.Status != 201 || m["keyStored"] != false {
+		t.Fatalf("add passkey: %d %s", r.Status, r.Body)
 	}
 	if got := v.release(laptop, "alice", softauthn.GetOptions{}); !bytes.Equal(got, key) {
 		t.Fatal("second passkey releases another key")
 	}
 	// The proof is single use.
-	r = v.do("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": proof}, withBearer(v.token("alice")))
-	if r.status != 403 || r.code() != "assertion_invalid" {
-		t.Fatalf("reused proof: %d %s", r.status, r.body)
+	r = v.Send("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": proof}, withBearer(v.token("alice")))
+	if r.Status != 403 || r.Code() != "assertion_invalid" {
+		t.Fatalf("reused proof: %d %s", r.Status, r.Body)
 	}
 }
 
 func TestAdminListRevokeReset(t *testing.T) {
 	v := newEnv(t, nil)
 	c := v.register(nil, "alice", testKey(1), softauthn.CreateOptions{})
-	r := v.do("GET", "/v1/admin/users/alice/passkeys", nil)
-	if r.status != 200 || bytes.Contains(r.body, []byte("publicKey")) || bytes.Contains(r.body, []byte(base64.StdEncoding.EncodeToString(testKey(1)))) {
-		t.Fatalf("list: %d %s", r.status, r.body)
+	r := v.Send("GET", "/v1/admin/users/alice/passkeys", nil)
+	if r.Status != 200 || bytes.Contains(r.Body, []byte("publicKey")) || bytes.Contains(r.Body, []byte(base64.StdEncoding.EncodeToString(testKey(1)))) {
+		t.Fatalf("list: %d %s", r.Status, r.Body)
 	}
 	var list struct{ Passkeys []PasskeyInfo }
-	_ = json.Unmarshal(r.body, &list)
+	_ = json.Unmarshal(r.Body, &list)
 	if len(list.Passkeys) != 1 || list.Passkeys[0].ID != base64.RawURLEncoding.EncodeToString(c.ID) || list.Passkeys[0].AttestationFormat != "none" ||
 		list.Passkeys[0].AAGUID != "adce0002-0000-0000-0000-000000000000" {
-		t.Fatalf("list: %s", r.body)
+		t.Fatalf("list: %s", r.Body)
 	}
-	if r := v.do("POST", "/v1/admin/users/alice/passkeys/reset", nil); r.status != 403 || r.code() != "passkey_reset_disabled" {
-		t.Fatalf("reset while disabled: %d %s", r.status, r.body)
+	if r := v.Send("POST", "/v1/admin/users/alice/passkeys/reset", nil); r.Status != 403 || r.Code() != "passkey_reset_disabled" {
+		t.Fatalf("reset while disabled: %d %s", r.Status, r.Body)
 	}
-	if r := v.do("DELETE", "/v1/admin/users/bob/passkeys/"+list.Passkeys[0].ID, nil); r.status != 404 {
-		t.Fatalf("revoke another user's passkey: %d %s", r.status, r.body)
+	if r := v.Send("DELETE", "/v1/admin/users/bob/passkeys/"+list.Passkeys[0].ID, nil); r.Status != 404 {
+		t.Fatalf("revoke another user's passkey: %d %s", r.Status, r.Body)
 	}
-	if r := v.do("DELETE", "/v1/admin/users/alice/passkeys/"+list.Passkeys[0].ID, nil); r.status != 204 {
-		t.Fatalf("revoke: %d %s", r.status, r.body)
+	if r := v.Send("DELETE", "/v1/admin/users/alice/passkeys/"+list.Passkeys[0].ID, nil); r.Status != 204 {
+		t.Fatalf("revoke: %d %s", r.Status, r.Body)
 	}
-	if r := v.do("DELETE", "/v1/admin/users/alice/passkeys/"+list.Passkeys[0].ID, nil); r.status != 404 {
-		t.Fatalf("revoke twice: %d %s", r.status, r.body)
+	if r := v.Send("DELETE", "/v1/admin/users/alice/passkeys/"+list.Passkeys[0].ID, nil); r.Status != 404 {
+		t.Fatalf("revoke twice: %d %s", r.Status, r.Body)
 	}
-	if !strings.Contains(v.auditLines(), `"action":"passkey_revoke"`) {
+	if !strings.Contains(v.AuditLines(t), `"action":"passkey_revoke"`) {
 		t.Fatal("revocation not audited")
 	}
 }
@@ -258,23 +258,23 @@ func TestAdminListRevokeReset(t *testing.T) {
 func TestResetDestroysKey(t *testing.T) {
 	v := newEnv(t, func(o *Options) { o.AllowReset = true })
 	old := v.register(nil, "alice", testKey(1), softauthn.CreateOptions{})
-	r := v.do("POST", "/v1/admin/users/alice/passkeys/reset", nil)
-	if m := r.json(t); r.status != 200 || m["revoked"] != float64(1) || m["keyDeleted"] != true {
-		t.Fatalf("reset: %d %s", r.status, r.body)
+	r := v.Send("POST", "/v1/admin/users/alice/passkeys/reset", nil)
+	if m := r.Map(t); r.Status != 200 || m["revoked"] != float64(1) || m["keyDeleted"] != true {
+		t.Fatalf("reset: %d %s", r.Status, r.Body)
 	}
 	if has, _ := v.custody.HasKey(context.Background(), enclave.UserOwner("alice"), Method); has {
 		t.Fatal("key survived the reset")
 	}
 	r = v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{CredentialID: old.ID}, nil)
-	if r.code() != "credential_revoked" {
-		t.Fatalf("old passkey after reset: %d %s", r.status, r.body)
+	if r.Code() != "credential_revoked" {
+		t.Fatalf("old passkey after reset: %d %s", r.Status, r.Body)
 	}
 	fresh := softauthn.New([16]byte{5})
 	v.register(fresh, "alice", testKey(2), softauthn.CreateOptions{})
 	if got := v.release(fresh, "alice", softauthn.GetOptions{}); !bytes.Equal(got, testKey(2)) {
 		t.Fatal("fresh registration after reset")
 	}
-	if !strings.Contains(v.auditLines(), `"action":"admin_passkey_reset"`) {
+	if !strings.Contains(v.AuditLines(t), `"action":"admin_passkey_reset"`) {
 		t.Fatal("reset not audited")
 	}
 }
@@ -285,12 +285,12 @@ func TestUnknownUserLooksKnown(t *testing.T) {
 	v := newEnv(t, nil)
 	v.register(nil, "alice", testKey(1), softauthn.CreateOptions{})
 	shape := func(id string) (keys []string, creds []map[string]any) {
-		r := v.do("POST", "/v1/passkeys/authentication/begin", user(id))
-		if r.status != 200 {
-			t.Fatalf("begin %s: %d %s", id, r.status, r.body)
+		r := v.Send("POST", "/v1/passkeys/authentication/begin", user(id))
+		if r.Status != 200 {
+			t.Fatalf("begin %s: %d %s", id, r.Status, r.Body)
 		}
 		var m map[string]json.RawMessage
-		_ = json.Unmarshal(r.body, &m)
+		_ = json.Unmarshal(r.Body, &m)
 		for k := range m {
 			keys = append(keys, k)
 		}
@@ -364,8 +364,8 @@ func TestServiceLevelAPI(t *testing.T) {
 	}
 	// A native discoverable ceremony does not accept a Portal credential.
 	r := v.assert(a, v.beginAuth(nil), testOrigin, softauthn.GetOptions{}, nil)
-	if r.status != 401 || r.code() != "credential_unknown" {
-		t.Fatalf("portal credential through native API: %d %s", r.status, r.body)
+	if r.Status != 401 || r.Code() != "credential_unknown" {
+		t.Fatalf("portal credential through native API: %d %s", r.Status, r.Body)
 	}
 	// Wrong relying party.
 	if _, err := v.svc.BeginAuthentication(ctx, AuthenticationRequest{Subject: &subj, RPID: "evil.example", ClientAddr: testAddr}); err == nil {
@@ -374,7 +374,7 @@ func TestServiceLevelAPI(t *testing.T) {
 	if n, err := v.svc.DeleteOwner(ctx, subj.Owner); err != nil || n != 1 {
 		t.Fatalf("delete owner: %d %v", n, err)
 	}
-	if err := v.db.View(ctx, func(tx *store.Tx) error {
+	if err := v.DB.View(ctx, func(tx *store.Tx) error {
 		return tx.ForEach(store.BucketCredentials, nil, func(k, _ []byte) error {
 			if bytes.Contains(k, []byte("portal:")) {
 				t.Errorf("left behind: %q", k)
@@ -388,20 +388,20 @@ func TestServiceLevelAPI(t *testing.T) {
 
 func TestWellKnown(t *testing.T) {
 	v := newEnv(t, nil)
-	r := v.do("GET", "/.well-known/apple-app-site-association", nil)
-	if r.status != 200 || !strings.Contains(string(r.body), `"webcredentials":{"apps":["`+testAppleApp+`"]}`) {
-		t.Fatalf("aasa: %d %s", r.status, r.body)
+	r := v.Send("GET", "/.well-known/apple-app-site-association", nil)
+	if r.Status != 200 || !strings.Contains(string(r.Body), `"webcredentials":{"apps":["`+testAppleApp+`"]}`) {
+		t.Fatalf("aasa: %d %s", r.Status, r.Body)
 	}
-	r = v.do("GET", "/.well-known/assetlinks.json", nil)
+	r = v.Send("GET", "/.well-known/assetlinks.json", nil)
 	var links []assetLink
-	if err := json.Unmarshal(r.body, &links); err != nil || r.status != 200 || len(links) != 1 ||
+	if err := json.Unmarshal(r.Body, &links); err != nil || r.Status != 200 || len(links) != 1 ||
 		links[0].Target.PackageName != "com.example.wallet" || links[0].Target.Fingerprints[0] != testFP ||
 		links[0].Relation[0] != "delegate_permission/common.get_login_creds" {
-		t.Fatalf("assetlinks: %d %s", r.status, r.body)
+		t.Fatalf("assetlinks: %d %s", r.Status, r.Body)
 	}
 	v2 := newEnv(t, func(o *Options) { o.RelyingParties[0].AppleAppIDs = nil; o.RelyingParties[0].AndroidApps = nil })
-	if r := v2.do("GET", "/.well-known/assetlinks.json", nil); r.status != 404 {
-		t.Fatalf("assetlinks without apps: %d", r.status)
+	if r := v2.Send("GET", "/.well-known/assetlinks.json", nil); r.Status != 404 {
+		t.Fatalf("assetlinks without apps: %d", r.Status)
 	}
 }
 
@@ -412,19 +412,19 @@ func TestAndroidOrigin(t *testing.T) {
 	v.register(nil, "alice", testKey(1), softauthn.CreateOptions{})
 	fp, _ := ParseFingerprint(testFP)
 	r := v.assert(nil, v.beginAuth(user("alice")), AndroidOrigin(fp), softauthn.GetOptions{UserHandle: softauthn.UserHandleAbsent}, nil)
-	if r.status != 200 {
-		t.Fatalf("android origin: %d %s", r.status, r.body)
+	if r.Status != 200 {
+		t.Fatalf("android origin: %d %s", r.Status, r.Body)
 	}
 	other := sha256.Sum256([]byte("debug key"))
 	r = v.assert(nil, v.beginAuth(user("alice")), AndroidOrigin(other[:]), softauthn.GetOptions{}, nil)
-	if r.code() != "origin_mismatch" {
-		t.Fatalf("other android signer: %d %s", r.status, r.body)
+	if r.Code() != "origin_mismatch" {
+		t.Fatalf("other android signer: %d %s", r.Status, r.Body)
 	}
 	// The same origin configured directly (as config's passkey.origins may).
 	v2 := newEnv(t, func(o *Options) { o.RelyingParties[0].Origins = []string{testOrigin, AndroidOrigin(other[:])} })
 	v2.register(nil, "alice", testKey(1), softauthn.CreateOptions{})
 	r = v2.assert(nil, v2.beginAuth(user("alice")), AndroidOrigin(other[:]), softauthn.GetOptions{}, nil)
-	if r.status != 200 {
-		t.Fatalf("directly configured android origin: %d %s", r.status, r.body)
+	if r.Status != 200 {
+		t.Fatalf("directly configured android origin: %d %s", r.Status, r.Body)
 	}
 }

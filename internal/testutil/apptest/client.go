@@ -5,17 +5,26 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
 
-// Client sends test requests to an appliance at URL.
+// Client sends test requests to an appliance at URL, or in process to
+// Handler.
 type Client struct {
 	T        testing.TB
 	URL      string       // base URL, no trailing slash
 	HTTP     *http.Client // nil: http.DefaultClient
 	AdminKey string       // what Admin sends; "" means AdminKey
 	Header   http.Header  // set on every request, before the call's own headers
+
+	// Handler, when not nil, serves the requests in process (through an
+	// httptest.ResponseRecorder; URL and HTTP are not used).
+	Handler http.Handler
+	// Prepare, when not nil, changes every request before the call's own
+	// changes (e.g. RemoteAddr for an in-process Handler).
+	Prepare func(*http.Request)
 }
 
 // Reply is an answer as received.
@@ -29,6 +38,16 @@ type Reply struct {
 // the header pairs (name, value, name, value…) and returns the answer. A
 // request with a body has Content-Type application/json.
 func (c *Client) Do(method, path string, body any, headers ...string) Reply {
+	c.T.Helper()
+	return c.Send(method, path, body, func(req *http.Request) {
+		for i := 0; i+1 < len(headers); i += 2 {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+	})
+}
+
+// Send is Do with functions that change the request last.
+func (c *Client) Send(method, path string, body any, mods ...func(*http.Request)) Reply {
 	c.T.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
@@ -44,9 +63,14 @@ func (c *Client) Do(method, path string, body any, headers ...string) Reply {
 		}
 		rd = bytes.NewReader(j)
 	}
-	req, err := http.NewRequest(method, c.URL+path, rd)
-	if err != nil {
-		c.T.Fatal(err)
+	var req *http.Request
+	if c.Handler != nil {
+		req = httptest.NewRequest(method, path, rd)
+	} else {
+		var err error
+		if req, err = http.NewRequest(method, c.URL+path, rd); err != nil {
+			c.T.Fatal(err)
+		}
 	}
 	for k, vs := range c.Header {
 		req.Header[k] = append([]string(nil), vs...)
@@ -54,8 +78,16 @@ func (c *Client) Do(method, path string, body any, headers ...string) Reply {
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Set(headers[i], headers[i+1])
+	if c.Prepare != nil {
+		c.Prepare(req)
+	}
+	for _, m := range mods {
+		m(req)
+	}
+	if c.Handler != nil {
+		rec := httptest.NewRecorder()
+		c.Handler.ServeHTTP(rec, req)
+		return Reply{rec.Code, rec.Header(), rec.Body.Bytes()}
 	}
 	hc := c.HTTP
 	if hc == nil {
@@ -113,6 +145,16 @@ func (r Reply) Decode(t testing.TB, v any) {
 	if err := json.Unmarshal(r.Body, v); err != nil {
 		t.Fatalf("decode %s: %v", r.Body, err)
 	}
+}
+
+// Map decodes the JSON object body or fails the test.
+func (r Reply) Map(t testing.TB) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.Body, &m); err != nil {
+		t.Fatalf("response is not JSON (%d): %s", r.Status, r.Body)
+	}
+	return m
 }
 
 // DecodeStrict decodes like Decode but fails on members v does not have.
