@@ -18,6 +18,7 @@ import (
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/softauthn"
 	"github.com/keywarden/keywarden/internal/testutil/apptest"
+	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
 )
 
 const (
@@ -27,24 +28,6 @@ const (
 	testAddr     = "198.51.100.7"
 	testAppleApp = "ABCDE12345.com.example.wallet"
 )
-
-// clock is a settable test clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // syncBuffer is a log sink safe for concurrent writes.
 type syncBuffer struct {
@@ -75,7 +58,7 @@ type env struct {
 	svc      *Service
 	custody  *enclave.Custody
 	sessions *enclave.SessionTokens
-	clock    *clock
+	clock    *firebasetest.Clock // settable
 	logs     *syncBuffer
 	auth     *softauthn.Authenticator
 }
@@ -91,7 +74,7 @@ func testOptions() Options {
 func newEnv(t testing.TB, mod func(*Options)) *env {
 	t.Helper()
 	core := apptest.NewCore(t, apptest.NoTPM())
-	clk := &clock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clk := firebasetest.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	custody := enclave.NewCustody(core.DB, core.Root, enclave.CustodyOptions{Clock: clk.Now})
 	logs := &syncBuffer{}
 	opts := testOptions()
