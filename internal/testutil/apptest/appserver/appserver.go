@@ -32,7 +32,7 @@ type Setup struct {
 	Core   []apptest.CoreOption
 	Clock  func() time.Time // custody, session tokens and server; nil: time.Now
 	Config config.Config    // apptest.Config()
-	Server server.Options   // Config, DB, Custody, Sessions, Audit and Clock are filled in
+	Server server.Options   // New fills in Config, DB, Custody, Sessions, Audit (and Clock when nil)
 	TLS    bool             // serve over TLS; the Client trusts the certificate
 	// Before runs before server.New, when the App has its Core, Custody,
 	// Sessions, HTTP and URL: for routes built on them (add them to o).
