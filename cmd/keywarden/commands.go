@@ -231,6 +231,18 @@ func cmdAuditVerify(args []string) error {
 	}
 	defer root.Close()
 	rep, err := audit.Verify(cfg.Audit.Dir, root.Subkey("audit-anchor"))
-	fmt.Printf("%+v\n", rep)
+	fmt.Printf("audit log %s: %d lines (seq %d..%d) in %d files, %d anchors\n", cfg.Audit.Dir, rep.Lines, rep.FirstSeq, rep.LastSeq, len(rep.Files), rep.Anchors)
+	if rep.LastAnchor != nil {
+		fmt.Printf("last anchor: %s\n", rep.LastAnchor)
+	}
+	for _, in := range rep.Incidents {
+		fmt.Printf("incident: %+v\n", in)
+	}
+	if rep.Broken != nil {
+		fmt.Printf("FIRST BROKEN ENTRY: %s\n", rep.Broken)
+	}
+	if err == nil {
+		fmt.Println("chain and anchors verify")
+	}
 	return err
 }
