@@ -192,18 +192,18 @@ type SealedKey struct {
 // backup flags changed.
 func (s *Service) FinishAuthentication(ctx context.Context, req FinishAuthenticationRequest) (*Authentication, error) {
 	now := s.now()
-	if ok, wait := s.addrLimit.allow(req.ClientAddr, now); !ok {
+	if ok, wait := checkLimit(s.addrLimit, req.ClientAddr, now); !ok {
 		return nil, s.refuse(ctx, apierr.ErrRateLimited.WithRetry(wait), "", req.ClientAddr, "authentication_finish")
 	}
 	c, err := s.ceremonies.take(now, req.CeremonyID, kindAuthentication)
 	if err != nil {
-		s.addrLimit.fail(req.ClientAddr, now)
+		s.addrLimit.Spend(req.ClientAddr, now)
 		return nil, s.refuse(ctx, err, "", req.ClientAddr, "authentication_finish")
 	}
 	out, owner, err := s.finishAuthentication(ctx, c, req)
 	if err != nil {
 		if e, ok := apierr.As(err); !ok || e.Code != apierr.ErrRateLimited.Code {
-			s.addrLimit.fail(req.ClientAddr, now)
+			s.addrLimit.Spend(req.ClientAddr, now)
 		}
 		return nil, s.refuse(ctx, err, owner, req.ClientAddr, "authentication_finish")
 	}
@@ -270,7 +270,7 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 	if handle != nil && !userHandleMatches(*handle, rec.UserID) {
 		return nil, owner, ErrUserHandle
 	}
-	if ok, wait := s.userLimit.allow(string(rec.Owner), s.now()); !ok {
+	if ok, wait := checkLimit(s.userLimit, string(rec.Owner), s.now()); !ok {
 		return nil, owner, apierr.ErrRateLimited.WithRetry(wait)
 	}
 	if err := s.checkClientData(rp, c, parsed.Response.CollectedClientData, protocol.AssertCeremony); err != nil {
@@ -313,7 +313,7 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 		if errors.Is(err, ErrSignature) {
 			// Only signature failures on the user's own credential count
 			// against the user (DECISIONS 7).
-			s.userLimit.fail(string(rec.Owner), s.now())
+			s.userLimit.Spend(string(rec.Owner), s.now())
 		}
 		return nil, owner, err
 	}

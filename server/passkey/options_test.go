@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/ratelimit"
 )
 
 func TestOptionsValidate(t *testing.T) {
@@ -109,32 +111,24 @@ func ExampleAndroidOrigin() {
 	// Output: android:apk-key-hash:q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k
 }
 
-func TestLimiter(t *testing.T) {
+// The limiter itself is tested in internal/ratelimit; passkey rounds its
+// waits to whole seconds.
+func TestCheckLimitRounds(t *testing.T) {
 	now := time.Unix(0, 0)
-	l := newLimiter(2, 10*time.Second, 3)
-	for i := range 2 {
-		if ok, _ := l.allow("a", now); !ok {
-			t.Fatalf("refused before failure %d", i)
+	l := ratelimit.New(1, 10*time.Second, 3)
+	l.Spend("a", now)
+	for _, tc := range []struct {
+		at   time.Duration
+		wait time.Duration
+	}{{0, 10 * time.Second}, {1400 * time.Millisecond, 9 * time.Second}, {1600 * time.Millisecond, 8 * time.Second}, {9800 * time.Millisecond, time.Second}} {
+		if ok, wait := checkLimit(l, "a", now.Add(tc.at)); ok || wait != tc.wait {
+			t.Fatalf("at +%s: %v %s, want refused for %s", tc.at, ok, wait, tc.wait)
 		}
-		l.fail("a", now)
 	}
-	if ok, wait := l.allow("a", now); ok || wait != 10*time.Second {
-		t.Fatalf("after the burst: %v %s", ok, wait)
-	}
-	if ok, _ := l.allow("a", now.Add(10*time.Second)); !ok {
+	if ok, _ := checkLimit(l, "a", now.Add(10*time.Second)); !ok {
 		t.Fatal("not refilled after an interval")
 	}
-	for _, k := range []string{"b", "c", "d", "e", "f"} {
-		l.fail(k, now)
-	}
-	if len(l.m) > 3 {
-		t.Fatalf("limiter holds %d keys, cap 3", len(l.m))
-	}
-	if newLimiter(-1, time.Second, 1) != nil {
-		t.Fatal("negative burst should disable")
-	}
-	var off *limiter
-	if ok, _ := off.allow("x", now); !ok {
+	if ok, wait := checkLimit(nil, "a", now); !ok || wait != 0 {
 		t.Fatal("disabled limiter refused")
 	}
 }

@@ -145,17 +145,17 @@ type Registration struct {
 // when given, the key.
 func (s *Service) FinishRegistration(ctx context.Context, req FinishRegistrationRequest) (*Registration, error) {
 	now := s.now()
-	if ok, wait := s.addrLimit.allow(req.ClientAddr, now); !ok {
+	if ok, wait := checkLimit(s.addrLimit, req.ClientAddr, now); !ok {
 		return nil, s.refuse(ctx, apierr.ErrRateLimited.WithRetry(wait), "", req.ClientAddr, "registration_finish")
 	}
 	c, err := s.ceremonies.take(now, req.CeremonyID, kindRegistration)
 	if err != nil {
-		s.addrLimit.fail(req.ClientAddr, now)
+		s.addrLimit.Spend(req.ClientAddr, now)
 		return nil, s.refuse(ctx, err, "", req.ClientAddr, "registration_finish")
 	}
 	out, err := s.finishRegistration(ctx, c, req)
 	if err != nil {
-		s.addrLimit.fail(req.ClientAddr, now)
+		s.addrLimit.Spend(req.ClientAddr, now)
 		return nil, s.refuse(ctx, err, c.subject.Owner, req.ClientAddr, "registration_finish")
 	}
 	c.rp.done.Add(1)

@@ -19,6 +19,7 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/ratelimit"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/store"
 )
@@ -103,9 +104,9 @@ type Service struct {
 	decoy   secret.Bytes
 
 	ceremonies *ceremonies
-	proofs     *ceremonies // finished authentications (kindProof), FIFO-evicted
-	userLimit  *limiter
-	addrLimit  *limiter
+	proofs     *ceremonies        // finished authentications (kindProof), FIFO-evicted
+	userLimit  *ratelimit.Limiter // only failures spend (DECISIONS 7)
+	addrLimit  *ratelimit.Limiter
 
 	stats stats
 }
@@ -138,8 +139,8 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 		decoy:      deps.Custody.Root().Subkey("passkey decoy credential ids"),
 		ceremonies: newCeremonies(o.MaxCeremonies, o.MaxCeremoniesPerAddress),
 		proofs:     newCeremonies(o.MaxCeremonies, o.MaxCeremonies),
-		userLimit:  newLimiter(o.UserFailureBurst, o.UserFailureInterval, o.MaxTrackedLimits),
-		addrLimit:  newLimiter(o.AddressFailureBurst, o.AddressFailureInterval, o.MaxTrackedLimits),
+		userLimit:  ratelimit.New(o.UserFailureBurst, o.UserFailureInterval, o.MaxTrackedLimits),
+		addrLimit:  ratelimit.New(o.AddressFailureBurst, o.AddressFailureInterval, o.MaxTrackedLimits),
 	}
 	s.stats.refusals = map[string]uint64{}
 	if s.log == nil {
@@ -360,3 +361,10 @@ func protocolCause(err error, fallback *apierr.Error) error {
 func ptrBool(b bool) *bool { return &b }
 
 func hasPrefix(o enclave.Owner, p string) bool { return strings.HasPrefix(string(o), p) }
+
+// checkLimit reports whether key may try again under l (spending nothing),
+// and if not, after how long, rounded to whole seconds.
+func checkLimit(l *ratelimit.Limiter, key string, now time.Time) (bool, time.Duration) {
+	ok, wait := l.Check(key, now)
+	return ok, wait.Round(time.Second)
+}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/ratelimit"
 )
 
 // ClientsMePath is the Portal API route that describes the caller's client.
@@ -83,7 +84,7 @@ type Resolver struct {
 
 	flight singleflight.Group
 	sem    chan struct{}
-	misses *addrLimiter
+	misses *ratelimit.Limiter // per client address; Take: every miss spends
 
 	hits, stale, lookups, failures, limited, busy atomic.Uint64
 	lastErr                                       atomic.Value // string
@@ -121,7 +122,7 @@ func NewResolver(opts Options, logger *slog.Logger, clock func() time.Time) (*Re
 		opts: o, url: o.APIURL + ClientsMePath, client: hc, log: logger, now: clock,
 		entries: map[[32]byte]*list.Element{}, lru: list.New(), waiting: map[[32]byte]int{},
 		sem:    make(chan struct{}, o.MaxConcurrentLookups),
-		misses: newAddrLimiter(o.MissBurst, o.MissInterval, o.MaxTrackedAddresses),
+		misses: ratelimit.New(o.MissBurst, o.MissInterval, o.MaxTrackedAddresses),
 	}
 	r.lastErr.Store("")
 	return r, nil
@@ -162,7 +163,7 @@ func (r *Resolver) Resolve(ctx context.Context, cred, clientAddr, traceID string
 	// A caller that joins a look-up already in flight costs Portal
 	// nothing and is not counted as a miss.
 	if !r.join(key) {
-		if ok, wait := r.misses.allow(clientAddr, now); !ok {
+		if ok, wait := r.misses.Take(clientAddr, now); !ok {
 			r.leave(key)
 			if c, ok := r.staleOK(cached, now); ok {
 				return c, nil
@@ -417,78 +418,6 @@ func (r *Resolver) Stats() ResolverStats {
 	last, _ := r.lastErr.Load().(string)
 	return ResolverStats{Hits: r.hits.Load(), Stale: r.stale.Load(), Lookups: r.lookups.Load(), Failures: r.failures.Load(),
 		Limited: r.limited.Load(), Busy: r.busy.Load(), Entries: n, InFlight: int64(len(r.sem)), LastError: last}
-}
-
-// addrLimiter is a token bucket per client address: burst misses at once,
-// then one per interval. Memory is bounded: when full, idle (refilled)
-// buckets are dropped, then arbitrary ones.
-type addrLimiter struct {
-	mu       sync.Mutex
-	burst    float64
-	interval time.Duration
-	max      int
-	m        map[string]*bucket
-}
-
-type bucket struct {
-	tokens float64
-	last   time.Time
-}
-
-func newAddrLimiter(burst int, interval time.Duration, max int) *addrLimiter {
-	if burst < 0 {
-		return nil
-	}
-	return &addrLimiter{burst: float64(burst), interval: interval, max: max, m: map[string]*bucket{}}
-}
-
-// allow spends one token of addr, or says how long to wait.
-func (l *addrLimiter) allow(addr string, now time.Time) (bool, time.Duration) {
-	if l == nil {
-		return true, 0
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, ok := l.m[addr]
-	if !ok {
-		if len(l.m) >= l.max {
-			l.evict(now)
-		}
-		b = &bucket{tokens: l.burst, last: now}
-		l.m[addr] = b
-	}
-	if el := now.Sub(b.last); el > 0 {
-		b.tokens += float64(el) / float64(l.interval)
-		if b.tokens > l.burst {
-			b.tokens = l.burst
-		}
-		b.last = now
-	}
-	if b.tokens >= 1 {
-		b.tokens--
-		return true, 0
-	}
-	wait := time.Duration((1 - b.tokens) * float64(l.interval))
-	if wait < time.Second {
-		wait = time.Second
-	}
-	return false, wait
-}
-
-// evict makes room; l.mu is held.
-func (l *addrLimiter) evict(now time.Time) {
-	full := time.Duration(l.burst * float64(l.interval))
-	for k, b := range l.m {
-		if now.Sub(b.last) >= full {
-			delete(l.m, k)
-		}
-	}
-	for k := range l.m {
-		if len(l.m) < l.max {
-			break
-		}
-		delete(l.m, k)
-	}
 }
 
 // APIURL is the Portal API base URL in use.
