@@ -182,6 +182,9 @@ func (s *Server) deleteUser(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	owner := enclave.UserOwner(userID)
+	if ok, wait := s.deletes.Take("user-delete", s.now()); !ok {
+		return apierr.ErrRateLimited.WithMessage("too many user deletions; at most %d a minute (limits.user_deletes_per_minute)", s.cfg.Limits.UserDeletesPerMinute).WithRetry(wait)
+	}
 	if err := s.opts.Audit.Record(ctx, s.event(c, "admin_delete_user", string(owner), "", "")); err != nil {
 		return err
 	}

@@ -36,6 +36,7 @@ import (
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/metrics"
+	"github.com/keywarden/keywarden/internal/ratelimit"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -123,6 +124,7 @@ type Server struct {
 	draining atomic.Bool
 	adminKey [][32]byte
 	blocked  *blockList
+	deletes  *ratelimit.Limiter // admin user deletions (DECISIONS 13)
 	now      func() time.Time
 
 	storeMu      sync.Mutex
@@ -150,6 +152,8 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.adminKey = hashes
+	perMin := max(opts.Config.Limits.UserDeletesPerMinute, 1)
+	s.deletes = ratelimit.New(perMin, time.Minute/time.Duration(perMin), 1)
 	if s.blocked, err = loadBlockList(context.Background(), opts.DB); err != nil {
 		return nil, err
 	}

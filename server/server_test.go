@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/hpke"
 	"encoding/base64"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -331,5 +332,24 @@ func TestRateLimit(t *testing.T) {
 	}
 	if r := h.Do("GET", "/healthz", nil); r.Status != 200 {
 		t.Fatal("health is rate limited")
+	}
+}
+
+// TestUserDeletesAreRateLimited: deletions advance the TPM's rollback
+// counter, so they are bounded (DECISIONS 13).
+func TestUserDeletesAreRateLimited(t *testing.T) {
+	h := newHarness(t, func(c *config.Config, _ *Options) { c.Limits.UserDeletesPerMinute = 3 })
+	for i := range 3 {
+		if r := h.Admin("DELETE", fmt.Sprintf("/v1/admin/users/u%d", i), nil); r.Status != 204 {
+			t.Fatalf("delete %d: %d %s", i, r.Status, r.Body)
+		}
+	}
+	r := h.Admin("DELETE", "/v1/admin/users/u9", nil)
+	if r.Status != 429 || r.Code() != "rate_limited" || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("fourth delete in a minute: %d %s", r.Status, r.Body)
+	}
+	h.advance(time.Minute)
+	if r := h.Admin("DELETE", "/v1/admin/users/u9", nil); r.Status != 204 {
+		t.Fatalf("after a minute: %d %s", r.Status, r.Body)
 	}
 }

@@ -114,6 +114,10 @@ type Limits struct {
 	MaxBodyBytes  int64   `key:"max_body_bytes"`
 	RatePerSecond float64 `key:"rate_per_second"` // per client address
 	RateBurst     int     `key:"rate_burst"`
+	// UserDeletesPerMinute bounds admin user deletions (each advances the
+	// rollback generation and, coalesced, the TPM's NV counter, whose
+	// writes wear the TPM; DECISIONS 13). Beyond it: 429.
+	UserDeletesPerMinute int `key:"user_deletes_per_minute"`
 }
 
 // Keys is the key custody policy.
@@ -214,7 +218,7 @@ func Defaults() Config {
 		Data:     Data{Dir: "/var/lib/keywarden"},
 		TPM:      TPM{Path: "/dev/tpmrm0"},
 		Session:  Session{TTL: 10 * time.Minute, MaxTTL: time.Hour},
-		Limits:   Limits{MaxBodyBytes: 64 << 10, RatePerSecond: 50, RateBurst: 100},
+		Limits:   Limits{MaxBodyBytes: 64 << 10, RatePerSecond: 50, RateBurst: 100, UserDeletesPerMinute: 60},
 		Keys:     Keys{VersionRetention: 30 * 24 * time.Hour},
 		Passkey:  Passkey{RPName: "Keywarden", UserVerification: "required", CeremonyTTL: 5 * time.Minute, MaxCeremonies: 100000, MaxPerAddress: 64, FailuresPerUser: 10},
 		Firebase: Firebase{CertsURL: "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com", Leeway: time.Minute, MaxStale: 24 * time.Hour},
@@ -352,6 +356,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.MaxBodyBytes < 1024 || c.Limits.MaxBodyBytes > 16<<20 {
 		add("limits.max_body_bytes", "must be between 1 KiB and 16 MiB")
+	}
+	if c.Limits.UserDeletesPerMinute < 1 {
+		add("limits.user_deletes_per_minute", "must be at least 1")
 	}
 	if c.Limits.RatePerSecond <= 0 || c.Limits.RateBurst < 1 {
 		add("limits.rate_per_second", "rate and burst must be positive")
