@@ -276,6 +276,8 @@ func (s *Server) requestID(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		c.Set(ctxRequestID, id)
 		c.Response().Header().Set("X-Request-Id", id)
+		// Services audit with it too (audit.RequestIDFrom).
+		c.SetRequest(c.Request().WithContext(audit.WithRequestID(c.Request().Context(), id)))
 		return next(c)
 	}
 }

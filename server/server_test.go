@@ -297,7 +297,7 @@ func TestAuditLinesCarryNoSecrets(t *testing.T) {
 	key := b64([]byte("0123456789abcdef0123456789abcdef"))
 	tok := h.issuer.Mint(nil)
 	h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: key})
-	h.Bearer("GET", "/v1/firebase/key", tok, nil)
+	h.Bearer("GET", "/v1/firebase/key", tok, nil, "X-Portal-Trace-Id", "trace-release-42")
 	h.Admin("POST", "/v1/admin/users/alice/session-tokens", nil)
 	h.audit.Close(context.Background())
 	files, _ := filepath.Glob(filepath.Join(filepath.Dir(h.db.Path()), "audit", "*"))
@@ -309,6 +309,9 @@ func TestAuditLinesCarryNoSecrets(t *testing.T) {
 	s := all.String()
 	if !strings.Contains(s, `"release"`) || !strings.Contains(s, `"store"`) {
 		t.Fatalf("audit log lacks the store and release lines:\n%s", s)
+	}
+	if !strings.Contains(s, `"trace-release-42"`) {
+		t.Fatalf("the release line lacks the request's X-Portal-Trace-Id:\n%s", s)
 	}
 	for _, secretPart := range []string{key, tok[len(tok)-20:], testAdminKey, "kws1."} {
 		if strings.Contains(s, secretPart) {

@@ -402,6 +402,9 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 // from the log wrap [ErrUnavailable]. Record waits at most
 // [Options.WriteTimeout] (less if ctx ends sooner).
 func (l *Log) Record(ctx context.Context, ev Event) error {
+	if ev.RequestID == "" {
+		ev.RequestID = RequestIDFrom(ctx)
+	}
 	if ev.Time.IsZero() {
 		ev.Time = l.opts.Clock()
 	}
@@ -425,6 +428,9 @@ func (l *Log) Record(ctx context.Context, ev Event) error {
 // for key releases when audit.sync_releases is off (see
 // docs/ARCHITECTURE.md), and Record for everything else.
 func (l *Log) RecordWritten(ctx context.Context, ev Event) error {
+	if ev.RequestID == "" {
+		ev.RequestID = RequestIDFrom(ctx)
+	}
 	if ev.Time.IsZero() {
 		ev.Time = l.opts.Clock()
 	}
@@ -503,7 +509,10 @@ func (l *Log) submit(ctx context.Context, r *request) error {
 // package doc). Action defaults to [ActionRefusal], Outcome to
 // [OutcomeRefused]; Reason should be a stable code such as
 // "origin_mismatch": it is the counting key.
-func (l *Log) Refusal(_ context.Context, ev Event) {
+func (l *Log) Refusal(ctx context.Context, ev Event) {
+	if ev.RequestID == "" {
+		ev.RequestID = RequestIDFrom(ctx)
+	}
 	if ev.Action == "" {
 		ev.Action = ActionRefusal
 	}
@@ -607,3 +616,19 @@ func (l *Log) publish() {
 }
 
 func unavailable(err error) error { return fmt.Errorf("%w: %w", ErrUnavailable, err) }
+
+type requestIDKey struct{}
+
+// WithRequestID returns ctx carrying the request's correlation id: Record,
+// RecordWritten and Refusal fill an event's empty RequestID from it, so
+// services deep below the HTTP layer audit with the id of the request that
+// called them.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestIDKey{}, id)
+}
+
+// RequestIDFrom returns the correlation id WithRequestID put in ctx.
+func RequestIDFrom(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}

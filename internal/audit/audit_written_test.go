@@ -1,7 +1,10 @@
 package audit
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -48,5 +51,30 @@ func TestRecordWritten(t *testing.T) {
 	}
 	if err := l.RecordWritten(context.Background(), Event{Action: ActionRelease, Outcome: OutcomeSuccess}); err == nil {
 		t.Fatal("RecordWritten after Close succeeded")
+	}
+}
+
+// TestRequestIDFromContext: an event without a RequestID takes the one
+// the context carries; an explicit one wins.
+func TestRequestIDFromContext(t *testing.T) {
+	dir := t.TempDir()
+	key := secret.CopyBytes(make([]byte, 32))
+	l, err := Open(context.Background(), Options{Dir: dir, AnchorKey: key, ReserveBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := WithRequestID(context.Background(), "trace-123")
+	if err := l.Record(ctx, Event{Action: ActionRelease, Outcome: OutcomeSuccess}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Record(ctx, Event{Action: ActionStore, Outcome: OutcomeSuccess, RequestID: "explicit-9"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "audit-000001.jsonl"))
+	if !bytes.Contains(b, []byte(`"trace-123"`)) || !bytes.Contains(b, []byte(`"explicit-9"`)) || bytes.Count(b, []byte("trace-123")) != 1 {
+		t.Fatalf("request ids in the log:\n%s", b)
 	}
 }
