@@ -120,7 +120,7 @@ func TestCheckLimitRounds(t *testing.T) {
 	for _, tc := range []struct {
 		at   time.Duration
 		wait time.Duration
-	}{{0, 10 * time.Second}, {1400 * time.Millisecond, 9 * time.Second}, {1600 * time.Millisecond, 8 * time.Second}, {9800 * time.Millisecond, time.Second}} {
+	}{{0, 10 * time.Second}, {1400 * time.Millisecond, 9 * time.Second}, {1600 * time.Millisecond, 9 * time.Second}, {2000 * time.Millisecond, 8 * time.Second}, {9800 * time.Millisecond, time.Second}} {
 		if ok, wait := checkLimit(l, "a", now.Add(tc.at)); ok || wait != tc.wait {
 			t.Fatalf("at +%s: %v %s, want refused for %s", tc.at, ok, wait, tc.wait)
 		}

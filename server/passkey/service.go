@@ -363,8 +363,12 @@ func ptrBool(b bool) *bool { return &b }
 func hasPrefix(o enclave.Owner, p string) bool { return strings.HasPrefix(string(o), p) }
 
 // checkLimit reports whether key may try again under l (spending nothing),
-// and if not, after how long, rounded to whole seconds.
+// and if not, after how long, rounded up to whole seconds.
 func checkLimit(l *ratelimit.Limiter, key string, now time.Time) (bool, time.Duration) {
 	ok, wait := l.Check(key, now)
-	return ok, wait.Round(time.Second)
+	// Round up: a Retry-After that is early gets the client refused again.
+	if r := wait.Truncate(time.Second); r < wait {
+		wait = r + time.Second
+	}
+	return ok, wait
 }
