@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"strconv"
 	"time"
 
@@ -239,13 +240,9 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 	// DECISIONS 6: take the user handle out before go-webauthn sees it (it
 	// would decode it as base64url and compare other bytes); compare it
 	// ourselves below, in either form.
-	raw, handle, err := splitUserHandle(raw)
+	parsed, handle, err := parseAssertion(raw)
 	if err != nil {
 		return nil, owner, err
-	}
-	parsed, err := protocol.ParseCredentialRequestResponseBytes(raw)
-	if err != nil {
-		return nil, owner, ErrInvalidCredential.Wrap(err)
 	}
 
 	// Find the credential by its id; never assume it is one we listed
@@ -459,38 +456,52 @@ func unquoteCredential(raw []byte) ([]byte, error) {
 	return raw, nil
 }
 
-// splitUserHandle removes response.userHandle from an assertion and
-// returns it (nil when absent or null).
-func splitUserHandle(raw []byte) ([]byte, *string, error) {
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &top); err != nil {
+// parseAssertion decodes an untrusted assertion once: it takes the user
+// handle out as given (a string, or nil when absent or null) and hands the
+// rest to go-webauthn's parser, which never sees the handle (DECISIONS 6:
+// go-webauthn would decode it as base64url and compare other bytes). Like
+// go-webauthn's own decoder it refuses trailing data.
+func parseAssertion(raw []byte) (*protocol.ParsedCredentialAssertionData, *string, error) {
+	var a struct {
+		protocol.PublicKeyCredential
+		Response *struct {
+			protocol.AuthenticatorResponse
+			AuthenticatorData protocol.URLEncodedBase64 `json:"authenticatorData"`
+			Signature         protocol.URLEncodedBase64 `json:"signature"`
+			UserHandle        json.RawMessage           `json:"userHandle"`
+		} `json:"response"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&a); err != nil {
 		return nil, nil, ErrInvalidCredential.Wrap(err)
 	}
-	var resp map[string]json.RawMessage
-	if err := json.Unmarshal(top["response"], &resp); err != nil || resp == nil {
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, nil, ErrInvalidCredential.WithMessage("the credential has trailing data")
+	}
+	if a.Response == nil {
 		return nil, nil, ErrInvalidCredential.WithMessage("the credential has no response object")
 	}
 	var handle *string
-	if uh, ok := resp["userHandle"]; ok {
-		if !bytes.Equal(bytes.TrimSpace(uh), []byte("null")) {
-			var h string
-			if err := json.Unmarshal(uh, &h); err != nil {
-				return nil, nil, ErrInvalidCredential.WithMessage("response.userHandle must be a string")
-			}
-			handle = &h
+	if uh := bytes.TrimSpace(a.Response.UserHandle); len(uh) > 0 && !bytes.Equal(uh, []byte("null")) {
+		var h string
+		if err := json.Unmarshal(uh, &h); err != nil {
+			return nil, nil, ErrInvalidCredential.WithMessage("response.userHandle must be a string")
 		}
-		delete(resp, "userHandle")
+		handle = &h
 	}
-	rb, err := json.Marshal(resp)
+	car := protocol.CredentialAssertionResponse{
+		PublicKeyCredential: a.PublicKeyCredential,
+		AssertionResponse: protocol.AuthenticatorAssertionResponse{
+			AuthenticatorResponse: a.Response.AuthenticatorResponse,
+			AuthenticatorData:     a.Response.AuthenticatorData,
+			Signature:             a.Response.Signature,
+		},
+	}
+	parsed, err := car.Parse()
 	if err != nil {
 		return nil, nil, ErrInvalidCredential.Wrap(err)
 	}
-	top["response"] = rb
-	out, err := json.Marshal(top)
-	if err != nil {
-		return nil, nil, ErrInvalidCredential.Wrap(err)
-	}
-	return out, handle, nil
+	return parsed, handle, nil
 }
 
 // coseAlgorithm reads the alg of a COSE_Key (0 when unreadable).

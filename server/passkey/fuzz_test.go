@@ -2,8 +2,6 @@ package passkey
 
 import (
 	"testing"
-
-	"github.com/go-webauthn/webauthn/protocol"
 )
 
 // FuzzAssertionParsing runs the parsing an untrusted assertion goes
@@ -19,14 +17,14 @@ func FuzzAssertionParsing(f *testing.F) {
 		if err != nil {
 			return
 		}
-		clean, handle, err := splitUserHandle(raw)
+		p, handle, err := parseAssertion(raw)
 		if err != nil {
 			return
 		}
 		if handle != nil {
 			_ = userHandleMatches(*handle, "alice")
 		}
-		if p, err := protocol.ParseCredentialRequestResponseBytes(clean); err == nil && len(p.Response.UserHandle) != 0 {
+		if len(p.Response.UserHandle) != 0 {
 			t.Fatal("user handle reached go-webauthn")
 		}
 	})
