@@ -1,11 +1,14 @@
 package passkey
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/keywarden/keywarden/enclave"
@@ -53,15 +56,61 @@ func indexKey(owner enclave.Owner, id []byte) []byte {
 func indexPrefix(owner enclave.Owner) []byte { return store.Prefix("o", string(owner)) }
 
 func getCredential(tx *store.Tx, id []byte) (*credential, error) {
-	b, err := tx.Get(store.BucketCredentials, credKey(id))
+	k := credKey(id)
+	b, err := tx.Get(store.BucketCredentials, k)
 	if err != nil {
 		return nil, err
+	}
+	if c, ok := decoded.get(string(k), b); ok {
+		return c, nil
 	}
 	var c credential
 	if err := json.Unmarshal(b, &c); err != nil {
 		return nil, fmt.Errorf("passkey: credential record damaged: %w", err)
 	}
-	return &c, nil
+	decoded.put(string(k), b, &c)
+	cp := c
+	return &cp, nil
+}
+
+// decodedCredentials remembers the decoding of stored credential records:
+// a release reads its credential every time, and decoding the JSON is most
+// of that read. An entry is used only while the stored bytes are exactly
+// the bytes it was decoded from (compared on every read), so it can never
+// be stale; callers get their own copy of the struct.
+type decodedCredentials struct {
+	mu sync.RWMutex
+	m  map[string]decodedCredential
+}
+
+type decodedCredential struct {
+	raw []byte
+	c   credential
+}
+
+const maxDecodedCredentials = 100000
+
+var decoded decodedCredentials
+
+func (d *decodedCredentials) get(key string, raw []byte) (*credential, bool) {
+	d.mu.RLock()
+	e, ok := d.m[key]
+	d.mu.RUnlock()
+	if !ok || !bytes.Equal(e.raw, raw) {
+		return nil, false
+	}
+	c := e.c
+	c.ID, c.PublicKey, c.AAGUID, c.Transports = slices.Clone(c.ID), slices.Clone(c.PublicKey), slices.Clone(c.AAGUID), slices.Clone(c.Transports)
+	return &c, true
+}
+
+func (d *decodedCredentials) put(key string, raw []byte, c *credential) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.m == nil || len(d.m) >= maxDecodedCredentials {
+		d.m = make(map[string]decodedCredential)
+	}
+	d.m[key] = decodedCredential{raw: raw, c: *c}
 }
 
 func putCredential(tx *store.Tx, c *credential) error {
