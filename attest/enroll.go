@@ -95,9 +95,11 @@ func ekPublicArea(ek crypto.PublicKey) (*tpm2.TPMTPublic, string, error) {
 		if k.Curve != elliptic.P256() {
 			return nil, "", fmt.Errorf("attest: EK curve %s, want P-256", k.Curve.Params().Name)
 		}
-		x, y := make([]byte, 32), make([]byte, 32)
-		k.X.FillBytes(x)
-		k.Y.FillBytes(y)
+		raw, err := k.Bytes() // uncompressed point: 0x04 ‖ X ‖ Y
+		if err != nil || len(raw) != 65 {
+			return nil, "", fmt.Errorf("attest: EK public key: %v", err)
+		}
+		x, y := raw[1:33], raw[33:65]
 		pub := tpm2.ECCEKTemplate
 		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
 			X: tpm2.TPM2BECCParameter{Buffer: x},

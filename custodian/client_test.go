@@ -568,7 +568,7 @@ func FuzzCiphertextVersion(f *testing.F) {
 	f.Add("vault:v-1:x")
 	f.Fuzz(func(t *testing.T, s string) {
 		v, err := CiphertextVersion(s)
-		if err == nil && (v < 1 || !strings.HasPrefix(s, fmt.Sprintf("vault:v")) || !strings.Contains(s, fmt.Sprintf("%d:", v))) {
+		if err == nil && (v < 1 || !strings.HasPrefix(s, "vault:v") || !strings.Contains(s, fmt.Sprintf("%d:", v))) {
 			t.Fatalf("%q → %d", s, v)
 		}
 	})

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Runs every test of Keywarden on a fresh Debian machine with Go:
 # installs the Debian packages the tests use, builds (once, cached) the real
-# Vault server, then vet, the whole suite with the race detector, and the
-# release build without cgo.
+# Vault server, then gofmt, vet, staticcheck, the release build without cgo,
+# and the whole suite with the race detector.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 go mod download
 KEYWARDEN_VAULT_BIN=$(bash scripts/vault.sh)
 export KEYWARDEN_VAULT_BIN
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './tools/*'))
+if [ -n "$unformatted" ]; then echo "not gofmt'ed: $unformatted" >&2; exit 1; fi
 echo "== go vet"
 go vet ./...
+echo "== staticcheck"
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 echo "== release build (CGO_ENABLED=0, no simulator)"
 CGO_ENABLED=0 go build -trimpath -o /dev/null ./cmd/keywarden
 echo "== go test -race"

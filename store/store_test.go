@@ -71,7 +71,10 @@ func TestForEachPrefix(t *testing.T) {
 	}
 	var seen []string
 	_ = db.View(ctx, func(tx *Tx) error {
-		return tx.ForEach(BucketKeys, Prefix("a"), func(k, v []byte) error { seen = append(seen, string(bytes.ReplaceAll(k, []byte{0}, []byte("/")))); return nil })
+		return tx.ForEach(BucketKeys, Prefix("a"), func(k, v []byte) error {
+			seen = append(seen, string(bytes.ReplaceAll(k, []byte{0}, []byte("/"))))
+			return nil
+		})
 	})
 	if strings.Join(seen, ",") != "a/1,a/2" {
 		t.Fatalf("prefix a: %v", seen)

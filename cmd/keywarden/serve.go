@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -250,7 +249,7 @@ func buildServer(ctx context.Context, a *appliance) (*server.Server, error) {
 		opts.Firebase = v
 		opts.Degraded = append(opts.Degraded, server.Check{Name: "firebase_keys", Run: func(context.Context) error {
 			if st := v.KeySetStatus(); st.Degraded {
-				return errors.New("Google's certificates are stale or unavailable")
+				return errors.New("google's certificates are stale or unavailable")
 			}
 			return nil
 		}})
@@ -369,5 +368,3 @@ func listenAndServe(ctx context.Context, a *appliance, srv *server.Server) error
 	a.log.Info("stopped")
 	return nil
 }
-
-func dataPath(c config.Config, name string) string { return filepath.Join(c.Data.Dir, name) }

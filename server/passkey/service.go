@@ -358,8 +358,6 @@ func protocolCause(err error, fallback *apierr.Error) error {
 	return fallback.Wrap(err)
 }
 
-func ptrBool(b bool) *bool { return &b }
-
 func hasPrefix(o enclave.Owner, p string) bool { return strings.HasPrefix(string(o), p) }
 
 // checkLimit reports whether key may try again under l (spending nothing),
