@@ -116,7 +116,14 @@ type PutOptions struct {
 	// ClientID records the Portal client that stored the key (kept from
 	// the first store).
 	ClientID string
+	// SameClientOnly refuses, inside the write transaction, to replace a
+	// key first stored by another client id (ErrClientMismatch): two
+	// clients racing to store the same new user's key cannot both win.
+	SameClientOnly bool
 }
+
+// ErrClientMismatch refuses a store over a key another client stored.
+var ErrClientMismatch = apierr.New(403, "client_mismatch", "this key was stored through another client")
 
 func validMethod(m string) error {
 	if m == "" || len(m) > 64 || strings.ContainsRune(m, 0) || !utf8.ValidString(m) {
@@ -156,6 +163,9 @@ func (c *Custody) PutKey(ctx context.Context, owner Owner, method string, key []
 			var prev keyRecord
 			if err := json.Unmarshal(old, &prev); err != nil {
 				return fmt.Errorf("enclave: stored key record damaged: %w", err)
+			}
+			if opts.SameClientOnly && prev.ClientID != "" && prev.ClientID != opts.ClientID {
+				return ErrClientMismatch
 			}
 			v, _ := RecordVersion(prev.Sealed)
 			version = v + 1

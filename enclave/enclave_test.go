@@ -507,3 +507,29 @@ func BenchmarkPutKeyParallel(b *testing.B) {
 		}
 	})
 }
+
+// TestPutKeySameClientOnly: a store over a key another client stored is
+// refused inside the transaction; the same client, or no restriction,
+// replaces it.
+func TestPutKeySameClientOnly(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, filepath.Join(t.TempDir(), "k.db"))
+	defer db.Close()
+	c := NewCustody(db, testRoot(t), CustodyOptions{})
+	o := Owner("firebase:p//u1")
+	if _, err := c.PutKey(ctx, o, "FIREBASE", []byte("k1"), PutOptions{ClientID: "client-a", SameClientOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PutKey(ctx, o, "FIREBASE", []byte("k2"), PutOptions{ClientID: "client-b", SameClientOnly: true}); !errors.Is(err, ErrClientMismatch) {
+		t.Fatalf("another client: %v", err)
+	}
+	if k, _ := c.GetKey(ctx, o, "FIREBASE"); string(k.Reveal()) != "k1" {
+		t.Fatal("a refused store changed the key")
+	}
+	if _, err := c.PutKey(ctx, o, "FIREBASE", []byte("k3"), PutOptions{ClientID: "client-a", SameClientOnly: true}); err != nil {
+		t.Fatalf("same client: %v", err)
+	}
+	if _, err := c.PutKey(ctx, o, "FIREBASE", []byte("k4"), PutOptions{ClientID: "client-b"}); err != nil {
+		t.Fatalf("without the restriction: %v", err)
+	}
+}

@@ -111,7 +111,7 @@ func (a *Adapter) tbsPut(c echo.Context) error {
 	key := []byte(*req.EncryptionKey)
 	defer clear(key)
 	replaced, err := a.srv.StoreKey(c, owner, server.MethodFirebase, key,
-		enclave.PutOptions{Format: enclave.FormatText, ClientID: client.ID})
+		enclave.PutOptions{Format: enclave.FormatText, ClientID: client.ID, SameClientOnly: !a.opts.AllowClientMismatch})
 	if err != nil {
 		return err
 	}
