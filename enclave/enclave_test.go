@@ -6,6 +6,7 @@ import (
 	"crypto/hpke"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -531,5 +532,71 @@ func TestPutKeySameClientOnly(t *testing.T) {
 	}
 	if _, err := c.PutKey(ctx, o, "FIREBASE", []byte("k4"), PutOptions{ClientID: "client-b"}); err != nil {
 		t.Fatalf("without the restriction: %v", err)
+	}
+}
+
+// TestVerifyBackup: a backup verifies on its TPM, opening every key; a
+// damaged record or another TPM fails it.
+func TestVerifyBackup(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	sim := openSim(t, testSeed)
+	db := openDB(t, filepath.Join(dir, "k.db"))
+	root, raw, err := Initialize(ctx, sim, db, InitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Wipe()
+	c := NewCustody(db, root, CustodyOptions{})
+	for i := range 5 {
+		if _, err := c.PutKey(ctx, UserOwner(fmt.Sprint("u", i)), "PASSKEY", []byte("key"), PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	backup := filepath.Join(dir, "backup.db")
+	f, _ := os.Create(backup)
+	if _, err := db.WriteTo(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	db.Close()
+	b, err := store.Open(backup, store.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := VerifyBackup(ctx, sim, b)
+	if err != nil || rep.Keys != 5 {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	b.Close()
+
+	// A damaged record fails it.
+	damaged := filepath.Join(dir, "damaged.db")
+	bb, _ := os.ReadFile(backup)
+	if err := os.WriteFile(damaged, bb, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := store.Open(damaged, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = d.Update(ctx, func(tx *store.Tx) error {
+		return tx.Put(store.BucketKeys, store.Key("user:u9", "PASSKEY"), []byte(`{"f":"bytes","s":"S0FBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB"}`))
+	})
+	d.Close()
+	dd, _ := store.Open(damaged, store.Options{ReadOnly: true})
+	if _, err := VerifyBackup(ctx, sim, dd); err == nil {
+		t.Fatal("a damaged record verified")
+	}
+	dd.Close()
+
+	// Another TPM cannot unseal it.
+	sim.Close()
+	other := openSim(t, testSeed+7)
+	defer other.Close()
+	b, _ = store.Open(backup, store.Options{ReadOnly: true})
+	defer b.Close()
+	if _, err := VerifyBackup(ctx, other, b); err == nil {
+		t.Fatal("verified on another TPM")
 	}
 }

@@ -224,3 +224,49 @@ func TestBackupFromRunningServer(t *testing.T) {
 	}
 
 }
+
+// TestBackupVerify: `keywarden backup -verify` opens every key of a backup
+// with this TPM; another TPM (seed) fails it.
+func TestBackupVerify(t *testing.T) {
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	const adminKey = "backup-admin-key-0123456789"
+	t.Setenv("KEYWARDEN_DATA_DIR", filepath.Join(dir, "data"))
+	t.Setenv("KEYWARDEN_LISTEN_ADDR", addr)
+	t.Setenv("KEYWARDEN_LISTEN_ADMIN_ADDR", addr)
+	t.Setenv("KEYWARDEN_ADMIN_KEY", adminKey)
+	t.Setenv("KEYWARDEN_TPM_SIMULATOR_SEED", "778")
+	t.Setenv("KEYWARDEN_LOG_LEVEL", "error")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cmdServe(ctx, nil, true) }()
+	url := "http://" + addr
+	for i := 0; ; i++ {
+		resp, err := http.Get(url + "/readyz")
+		if err == nil && resp.StatusCode == 200 {
+			resp.Body.Close()
+			break
+		}
+		if i > 200 {
+			t.Fatalf("server not ready: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out := filepath.Join(dir, "backup.db")
+	err := cmdBackup(ctx, []string{"-out", out, "-url", url})
+	cancel()
+	if serr := <-done; serr != nil {
+		t.Fatalf("serve: %v", serr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The simulator is one per process: verify after the server stopped.
+	if err := cmdBackup(context.Background(), []string{"-verify", out, "-dev"}); err != nil {
+		t.Fatalf("verify on the same TPM: %v", err)
+	}
+	t.Setenv("KEYWARDEN_TPM_SIMULATOR_SEED", "779")
+	if err := cmdBackup(context.Background(), []string{"-verify", out, "-dev"}); err == nil {
+		t.Fatal("a backup verified on another TPM")
+	}
+}

@@ -1,0 +1,62 @@
+package enclave
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/keywarden/keywarden/store"
+)
+
+// BackupReport is what VerifyBackup checked.
+type BackupReport struct {
+	Keys     int  // key records opened
+	Rollback bool // a rollback record was present and its MAC verified
+}
+
+// VerifyBackup checks that a backup (opened read-only) is restorable on
+// this TPM: its sealed root key unseals here, its rollback record's MAC
+// verifies under that key, and every stored key record opens. It changes
+// nothing. (On another TPM, restore with `keywarden recover` and the
+// recovery shares instead.)
+func VerifyBackup(ctx context.Context, tpm transport.TPM, db *store.DB) (BackupReport, error) {
+	var rep BackupReport
+	root, err := Unseal(ctx, tpm, db)
+	if err != nil {
+		return rep, fmt.Errorf("the backup's root key does not unseal on this TPM: %w", err)
+	}
+	defer root.Close()
+	st, err := loadRollbackState(ctx, db)
+	if err != nil {
+		return rep, err
+	}
+	if st != nil {
+		if !st.verify(root) {
+			return rep, fmt.Errorf("%w: the backup's rollback record does not verify", ErrWrongRootKey)
+		}
+		rep.Rollback = true
+	}
+	err = db.View(ctx, func(tx *store.Tx) error {
+		return tx.ForEach(store.BucketKeys, nil, func(k, v []byte) error {
+			o, m, ok := bytes.Cut(k, []byte{0})
+			if !ok {
+				return fmt.Errorf("enclave: key record with a malformed name")
+			}
+			var rec keyRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("enclave: key record of %s/%s damaged: %w", o, m, err)
+			}
+			pt, err := root.Open(Binding{Kind: "key", Owner: Owner(o), Method: string(m)}, rec.Sealed)
+			clear(pt)
+			if err != nil {
+				return fmt.Errorf("key record %d (%s, %s): %w", rep.Keys+1, o, m, err)
+			}
+			rep.Keys++
+			return nil
+		})
+	})
+	return rep, err
+}
