@@ -1,10 +1,12 @@
 package server
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
+	"github.com/keywarden/keywarden/store"
 	"net/http"
 	"strings"
 	"time"
@@ -248,6 +250,16 @@ func (s *Server) backup(c echo.Context) error {
 	_, err := s.opts.DB.WriteTo(c.Response())
 	if err != nil {
 		s.log.Error("backup stream failed", "err", err)
+		return nil
+	}
+	now := s.now().UTC()
+	s.lastBackup.Store(now.Unix())
+	if err := s.opts.DB.Update(context.Background(), func(tx *store.Tx) error {
+		return tx.Put(store.BucketMeta, metaLastBackup, []byte(now.Format(time.RFC3339)))
+	}); err != nil {
+		s.log.Error("recording the backup time failed", "err", err)
 	}
 	return nil
 }
+
+var metaLastBackup = []byte("last_backup")

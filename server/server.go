@@ -125,7 +125,9 @@ type Server struct {
 	adminKey [][32]byte
 	blocked  *blockList
 	deletes  *ratelimit.Limiter // admin user deletions (DECISIONS 13)
-	now      func() time.Time
+
+	lastBackup atomic.Int64 // unix seconds of the last completed backup stream (meta "last_backup")
+	now        func() time.Time
 
 	storeMu      sync.Mutex
 	storeChecked time.Time
@@ -157,6 +159,19 @@ func New(opts Options) (*Server, error) {
 	if s.blocked, err = loadBlockList(context.Background(), opts.DB); err != nil {
 		return nil, err
 	}
+	if err := opts.DB.View(context.Background(), func(tx *store.Tx) error {
+		if b, err := tx.Get(store.BucketMeta, metaLastBackup); err == nil {
+			if t, err := time.Parse(time.RFC3339, string(b)); err == nil {
+				s.lastBackup.Store(t.Unix())
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	opts.Metrics.GaugeFunc("keywarden_backup_last_success_timestamp_seconds",
+		"When the last backup stream (GET /v1/admin/backup) completed, unix seconds; 0: never.",
+		func() float64 { return float64(s.lastBackup.Load()) })
 	s.Public = s.newEcho()
 	s.Admin = s.Public
 	if opts.Config.Listen.AdminAddr != opts.Config.Listen.Addr {

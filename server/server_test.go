@@ -15,6 +15,7 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
+	"github.com/keywarden/keywarden/store"
 )
 
 func TestHealthAndReadiness(t *testing.T) {
@@ -354,5 +355,41 @@ func TestUserDeletesAreRateLimited(t *testing.T) {
 	h.advance(time.Minute)
 	if r := h.Admin("DELETE", "/v1/admin/users/u9", nil); r.Status != 204 {
 		t.Fatalf("after a minute: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestBackupStreamAndLastBackupMetric: the admin backup streams a store
+// that opens, and the last-backup gauge moves from 0.
+func TestBackupStreamAndLastBackupMetric(t *testing.T) {
+	h := newHarness(t)
+	metric := func() string {
+		r := h.Do("GET", "/metrics", nil)
+		for _, l := range strings.Split(string(r.Body), "\n") {
+			if strings.HasPrefix(l, "keywarden_backup_last_success_timestamp_seconds ") {
+				return strings.Fields(l)[1]
+			}
+		}
+		t.Fatal("no keywarden_backup_last_success_timestamp_seconds in /metrics")
+		return ""
+	}
+	if v := metric(); v != "0" {
+		t.Fatalf("before any backup: %s", v)
+	}
+	r := h.Admin("GET", "/v1/admin/backup", nil)
+	if r.Status != 200 || len(r.Body) < 4096 {
+		t.Fatalf("backup: %d, %d bytes", r.Status, len(r.Body))
+	}
+	p := filepath.Join(t.TempDir(), "b.db")
+	os.WriteFile(p, r.Body, 0o600)
+	b, err := store.Open(p, store.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("the streamed backup does not open: %v", err)
+	}
+	b.Close()
+	if v := metric(); v == "0" {
+		t.Fatal("the last-backup gauge did not move")
+	}
+	if r := h.Do("GET", "/v1/admin/backup", nil); r.Status != 401 {
+		t.Fatalf("backup without the admin key: %d", r.Status)
 	}
 }
