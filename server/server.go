@@ -242,6 +242,7 @@ func (s *Server) routes() {
 	admin.GET("/users/:userId/keys/:method/versions", s.listVersions, s.unsealed)
 	admin.POST("/users/:userId/keys/:method/versions/:versionId/restore", s.restoreVersion, s.unsealed)
 	admin.GET("/backup", s.backup)
+	admin.POST("/keys/import", s.importKeys, s.unsealed)
 	admin.GET("/firebase/blocked", s.listBlocked)
 	admin.PUT("/firebase/blocked/:subject", s.block)
 	admin.DELETE("/firebase/blocked/:subject", s.unblock)

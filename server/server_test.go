@@ -393,3 +393,69 @@ func TestBackupStreamAndLastBackupMetric(t *testing.T) {
 		t.Fatalf("backup without the admin key: %d", r.Status)
 	}
 }
+
+// TestBulkImport: keys exported elsewhere are imported per item, audited;
+// an existing key is kept unless overwrite; bad items fail alone.
+func TestBulkImport(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	keyB64 := b64([]byte("0123456789abcdef0123456789abcdef"))
+	text := strings.Repeat("ab", 32)
+	r := h.Admin("POST", "/v1/admin/keys/import", map[string]any{"items": []map[string]any{
+		{"userId": "alice", "method": "PASSKEY", "key": keyB64},
+		{"owner": "firebase:proj-a//" + firebasetest.DefaultSubject, "method": "FIREBASE", "keyText": text, "clientId": "client-1"},
+		{"owner": "nobody", "method": "X", "key": keyB64},
+		{"userId": "bob", "method": "PASSKEY", "key": "not base64!"},
+		{"userId": "carol", "owner": "portal:x", "method": "PASSKEY", "key": keyB64},
+	}})
+	var out struct{ Results []importResult }
+	r.Decode(t, &out)
+	if r.Status != 200 || len(out.Results) != 5 {
+		t.Fatalf("import: %d %s", r.Status, r.Body)
+	}
+	want := []int{201, 201, 400, 400, 400}
+	for i, res := range out.Results {
+		if res.Status != want[i] {
+			t.Errorf("item %d: %+v, want status %d", i, res, want[i])
+		}
+	}
+	if k, err := h.custody.GetKey(ctx, enclave.UserOwner("alice"), "PASSKEY"); err != nil || b64(k.Reveal()) != keyB64 {
+		t.Fatalf("alice's key: %v", err)
+	}
+	// The Firebase key is readable through the Firebase route, as text.
+	k, info, err := h.custody.Lookup(ctx, enclave.Owner("firebase:proj-a//"+firebasetest.DefaultSubject), MethodFirebase)
+	if err != nil || string(k.Reveal()) != text || info.Format != enclave.FormatText || info.ClientID != "client-1" {
+		t.Fatalf("firebase key: %+v %v", info, err)
+	}
+	// Again without overwrite: kept; with overwrite: replaced, prior kept.
+	other := b64([]byte("fedcba9876543210fedcba9876543210"))
+	r = h.Admin("POST", "/v1/admin/keys/import", map[string]any{"items": []map[string]any{{"userId": "alice", "method": "PASSKEY", "key": other}}})
+	r.Decode(t, &out)
+	if out.Results[0].Status != 409 || out.Results[0].Code != "key_exists" {
+		t.Fatalf("import over a stored key: %+v", out.Results[0])
+	}
+	r = h.Admin("POST", "/v1/admin/keys/import", map[string]any{"overwrite": true, "items": []map[string]any{{"userId": "alice", "method": "PASSKEY", "key": other}}})
+	r.Decode(t, &out)
+	if out.Results[0].Status != 200 || !out.Results[0].Replaced {
+		t.Fatalf("overwrite import: %+v", out.Results[0])
+	}
+	if vs, _ := h.custody.ListVersions(ctx, enclave.UserOwner("alice"), "PASSKEY"); len(vs) != 1 {
+		t.Fatalf("prior versions after an overwrite import: %v", vs)
+	}
+	if r := h.Admin("POST", "/v1/admin/keys/import", map[string]any{"items": []map[string]any{}}); r.Status != 400 || r.Code() != "invalid_import" {
+		t.Fatalf("empty import: %d %s", r.Status, r.Body)
+	}
+	if r := h.Do("POST", "/v1/admin/keys/import", map[string]any{"items": []map[string]any{{"userId": "x", "method": "M", "key": keyB64}}}); r.Status != 401 {
+		t.Fatalf("import without the admin key: %d", r.Status)
+	}
+	h.audit.Close(ctx)
+	lines := ""
+	files, _ := filepath.Glob(filepath.Join(filepath.Dir(h.db.Path()), "audit", "*"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		lines += string(b)
+	}
+	if strings.Count(lines, `"admin_import"`) != 4 || strings.Contains(lines, keyB64) || strings.Contains(lines, text) {
+		t.Fatalf("audit of the import: %d lines, or a key in it", strings.Count(lines, `"admin_import"`))
+	}
+}

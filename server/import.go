@@ -1,0 +1,117 @@
+package server
+
+import (
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/apierr"
+)
+
+// maxImportItems bounds one bulk import request.
+const maxImportItems = 500
+
+// importRequest is an admin bulk import of keys the customer can export
+// (moving from another backup host, DECISIONS 26). Each item names its
+// owner either as a user id (passkey users) or as a full owner
+// ("firebase:<project>/<tenant>/<uid>", "portal:<clientId>"), and its key
+// as base64 bytes (key) or as the SDK's text (keyText, kept byte for byte).
+type importRequest struct {
+	Overwrite bool         `json:"overwrite"`
+	Items     []importItem `json:"items"`
+}
+
+type importItem struct {
+	UserID   string  `json:"userId"`
+	Owner    string  `json:"owner"`
+	Method   string  `json:"method"`
+	Key      *string `json:"key"`
+	KeyText  *string `json:"keyText"`
+	ClientID string  `json:"clientId"`
+}
+
+type importResult struct {
+	Index    int    `json:"index"`
+	Status   int    `json:"status"`
+	Code     string `json:"code,omitempty"`
+	Message  string `json:"message,omitempty"`
+	Replaced bool   `json:"replaced,omitempty"`
+}
+
+var errImportItems = apierr.New(http.StatusBadRequest, "invalid_import", "send 1 to 500 items")
+
+// importKeys stores each item like a store through its own route would:
+// audited first (fail closed), sealed under the root key; an existing key
+// is kept unless overwrite (then it becomes a prior version). Items are
+// independent: each gets its own result.
+func (s *Server) importKeys(c echo.Context) error {
+	var req importRequest
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	if len(req.Items) == 0 || len(req.Items) > maxImportItems {
+		return errImportItems
+	}
+	results := make([]importResult, len(req.Items))
+	for i, it := range req.Items {
+		results[i] = s.importOne(c, i, it, req.Overwrite)
+	}
+	return c.JSON(http.StatusOK, map[string]any{"results": results})
+}
+
+func (s *Server) importOne(c echo.Context, i int, it importItem, overwrite bool) importResult {
+	fail := func(err error) importResult {
+		e := s.toAPIError(err)
+		return importResult{Index: i, Status: e.Status, Code: e.Code, Message: e.Message}
+	}
+	var owner enclave.Owner
+	switch {
+	case it.UserID != "" && it.Owner == "":
+		if err := ValidUserID(it.UserID); err != nil {
+			return fail(err)
+		}
+		owner = enclave.UserOwner(it.UserID)
+	case it.Owner != "" && it.UserID == "":
+		owner = enclave.Owner(it.Owner)
+		if err := owner.Validate(); err != nil || !(strings.HasPrefix(it.Owner, "user:") || strings.HasPrefix(it.Owner, "firebase:") || strings.HasPrefix(it.Owner, "portal:")) {
+			return fail(apierr.ErrBadRequest.WithMessage("owner must be user:<id>, firebase:<project>/<tenant>/<uid> or portal:<clientId>"))
+		}
+	default:
+		return fail(apierr.ErrBadRequest.WithMessage("give exactly one of userId and owner"))
+	}
+	opts := enclave.PutOptions{NoOverwrite: !overwrite, ClientID: it.ClientID}
+	var key []byte
+	switch {
+	case it.Key != nil && it.KeyText == nil:
+		b, err := base64.StdEncoding.DecodeString(*it.Key)
+		if err != nil {
+			return fail(apierr.New(http.StatusBadRequest, "invalid_key", "key must be standard base64"))
+		}
+		key, opts.Format = b, enclave.FormatBytes
+	case it.KeyText != nil && it.Key == nil:
+		key, opts.Format = []byte(*it.KeyText), enclave.FormatText
+	default:
+		return fail(apierr.New(http.StatusBadRequest, "invalid_key", "give exactly one of key (base64) and keyText"))
+	}
+	defer clear(key)
+	ev := s.event(c, "admin_import", string(owner), it.Method, "")
+	if err := s.opts.Audit.Record(c.Request().Context(), ev); err != nil {
+		return fail(err)
+	}
+	replaced, err := s.opts.Custody.PutKey(c.Request().Context(), owner, it.Method, key, opts)
+	if errors.Is(err, apierr.ErrKeyExists) {
+		return fail(apierr.ErrKeyExists.WithMessage("a key is already stored; set overwrite to replace it (the stored one is then kept as a prior version)"))
+	}
+	if err != nil {
+		return fail(err)
+	}
+	status := http.StatusCreated
+	if replaced {
+		status = http.StatusOK
+	}
+	return importResult{Index: i, Status: status, Replaced: replaced}
+}
