@@ -430,10 +430,14 @@ func (w *writer) writeBatch(b *batch, maxBytes int64, afterWrite func()) error {
 		w.cutBack()
 		return fmt.Errorf("audit: writing %s: %w", w.fileName(), err)
 	}
-	if afterWrite != nil {
-		afterWrite()
-	}
 	if b.sync && b.async {
+		// Written-only batch: its callers are answered now; the syncer
+		// fsyncs in the background. (Any other batch answers after its
+		// own fsync, so a failed fsync that cuts the file back never
+		// leaves an answered line behind.)
+		if afterWrite != nil {
+			afterWrite()
+		}
 		// The syncer fsyncs in the background; a later durable batch, a
 		// rotation or Close also covers these bytes.
 		w.unsynced = true
