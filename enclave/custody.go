@@ -136,6 +136,18 @@ func validMethod(m string) error {
 // key is replaced unless opts.NoOverwrite; the replaced value is kept as a
 // prior version for the retention time.
 func (c *Custody) PutKey(ctx context.Context, owner Owner, method string, key []byte, opts PutOptions) (replaced bool, err error) {
+	err = c.db.Update(ctx, func(tx *store.Tx) error {
+		var err error
+		replaced, err = c.PutKeyTx(tx, owner, method, key, opts)
+		return err
+	})
+	return replaced, err
+}
+
+// PutKeyTx is PutKey inside the caller's write transaction, so a key can
+// be stored atomically with other records (a passkey credential and its
+// key). Like every Update function it may run more than once.
+func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte, opts PutOptions) (replaced bool, err error) {
 	if err := owner.Validate(); err != nil {
 		return false, err
 	}
@@ -150,54 +162,50 @@ func (c *Custody) PutKey(ctx context.Context, owner Owner, method string, key []
 	}
 	k := store.Key(string(owner), method)
 	now := c.now().UTC()
-	err = c.db.Update(ctx, func(tx *store.Tx) error {
-		replaced = false
-		rec := keyRecord{Format: opts.Format, Created: now, Updated: now, ClientID: opts.ClientID}
-		version := uint64(1)
-		old, err := tx.Get(store.BucketKeys, k)
-		switch {
-		case err == nil:
-			if opts.NoOverwrite {
-				return apierr.ErrKeyExists
-			}
-			var prev keyRecord
-			if err := json.Unmarshal(old, &prev); err != nil {
-				return fmt.Errorf("enclave: stored key record damaged: %w", err)
-			}
-			if opts.SameClientOnly && prev.ClientID != "" && prev.ClientID != opts.ClientID {
-				return ErrClientMismatch
-			}
-			v, _ := RecordVersion(prev.Sealed)
-			version = v + 1
-			rec.Created = prev.Created
-			if prev.ClientID != "" {
-				rec.ClientID = prev.ClientID
-			}
-			if c.retention > 0 {
-				vk := store.Key(string(owner), method, fmt.Sprintf("%020d", now.UnixNano()))
-				if err := tx.Put(store.BucketKeyVersions, vk, old); err != nil {
-					return err
-				}
-			}
-			if err := c.pruneVersions(tx, owner, method, now); err != nil {
-				return err
-			}
-			replaced = true
-		case !errors.Is(err, store.ErrNotFound):
-			return err
+	rec := keyRecord{Format: opts.Format, Created: now, Updated: now, ClientID: opts.ClientID}
+	version := uint64(1)
+	old, err := tx.Get(store.BucketKeys, k)
+	switch {
+	case err == nil:
+		if opts.NoOverwrite {
+			return false, apierr.ErrKeyExists
 		}
-		sealed, err := c.root.Seal(Binding{Kind: "key", Owner: owner, Method: method, Version: version}, key)
-		if err != nil {
-			return err
+		var prev keyRecord
+		if err := json.Unmarshal(old, &prev); err != nil {
+			return false, fmt.Errorf("enclave: stored key record damaged: %w", err)
 		}
-		rec.Sealed = sealed
-		b, err := json.Marshal(rec)
-		if err != nil {
-			return err
+		if opts.SameClientOnly && prev.ClientID != "" && prev.ClientID != opts.ClientID {
+			return false, ErrClientMismatch
 		}
-		return tx.Put(store.BucketKeys, k, b)
-	})
-	return replaced, err
+		v, _ := RecordVersion(prev.Sealed)
+		version = v + 1
+		rec.Created = prev.Created
+		if prev.ClientID != "" {
+			rec.ClientID = prev.ClientID
+		}
+		if c.retention > 0 {
+			vk := store.Key(string(owner), method, fmt.Sprintf("%020d", now.UnixNano()))
+			if err := tx.Put(store.BucketKeyVersions, vk, old); err != nil {
+				return false, err
+			}
+		}
+		if err := c.pruneVersions(tx, owner, method, now); err != nil {
+			return false, err
+		}
+		replaced = true
+	case !errors.Is(err, store.ErrNotFound):
+		return false, err
+	}
+	sealed, err := c.root.Seal(Binding{Kind: "key", Owner: owner, Method: method, Version: version}, key)
+	if err != nil {
+		return false, err
+	}
+	rec.Sealed = sealed
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return false, err
+	}
+	return replaced, tx.Put(store.BucketKeys, k, b)
 }
 
 func (c *Custody) pruneVersions(tx *store.Tx, owner Owner, method string, now time.Time) error {

@@ -215,10 +215,13 @@ func (s *Service) finishRegistration(ctx context.Context, c *ceremony, req Finis
 		return nil, apierr.ErrAuditFailed.Wrap(err)
 	}
 
-	// The credential goes in first: a crash before the key is stored leaves
-	// a credential without a key, which the user can register over again;
-	// the other order would strand a key no passkey opens.
+	// The credential and the key go in together, in one transaction: a
+	// credential never exists beside a key it was not allowed to reach (a
+	// session token alone must not bind a passkey to a stored key,
+	// DECISIONS 5), and a refused key leaves no credential behind.
+	out := &Registration{Subject: subj, CredentialID: rec.idString()}
 	err = s.db.Update(ctx, func(tx *store.Tx) error {
+		out.KeyStored, out.KeyReplaced = false, false
 		if _, err := getCredential(tx, rec.ID); err == nil {
 			return ErrCredentialExists
 		} else if !errors.Is(err, store.ErrNotFound) {
@@ -231,29 +234,31 @@ func (s *Service) finishRegistration(ctx context.Context, c *ceremony, req Finis
 		if len(active(cs)) >= s.opts.MaxCredentialsPerUser {
 			return ErrTooManyPasskeys
 		}
-		return putCredential(tx, rec)
+		if !c.stepUp {
+			if _, err := tx.Get(store.BucketKeys, store.Key(string(subj.Owner), Method)); err == nil {
+				return ErrKeyExists
+			} else if !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+		}
+		if err := putCredential(tx, rec); err != nil {
+			return err
+		}
+		if len(req.Key) > 0 {
+			replaced, err := s.custody.PutKeyTx(tx, subj.Owner, Method, req.Key,
+				enclave.PutOptions{NoOverwrite: !c.stepUp, Format: req.KeyFormat, ClientID: req.ClientID})
+			if errors.Is(err, apierr.ErrKeyExists) {
+				return ErrKeyExists
+			}
+			if err != nil {
+				return err
+			}
+			out.KeyStored, out.KeyReplaced = true, replaced
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
-	}
-	out := &Registration{Subject: subj, CredentialID: rec.idString()}
-	if len(req.Key) > 0 {
-		replaced, err := s.custody.PutKey(ctx, subj.Owner, Method, req.Key,
-			enclave.PutOptions{NoOverwrite: !c.stepUp, Format: req.KeyFormat, ClientID: req.ClientID})
-		if err != nil {
-			// Take the credential back: it must not outlive a refused key.
-			_ = s.db.Update(context.WithoutCancel(ctx), func(tx *store.Tx) error {
-				if err := tx.Delete(store.BucketCredentials, credKey(rec.ID)); err != nil {
-					return err
-				}
-				return tx.Delete(store.BucketCredentials, indexKey(rec.Owner, rec.ID))
-			})
-			if errors.Is(err, apierr.ErrKeyExists) {
-				return nil, ErrKeyExists
-			}
-			return nil, err
-		}
-		out.KeyStored, out.KeyReplaced = true, replaced
 	}
 	return out, nil
 }
