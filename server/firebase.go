@@ -211,6 +211,7 @@ func (s *Server) firebaseGet(c echo.Context) error {
 		return err
 	}
 	defer key.Wipe()
+	c.Response().Header().Set("Cache-Control", "no-store")
 	if rpk != nil {
 		enc, ct, suite, err := enclave.SealToRecipient(rpk, key.Reveal(), HPKEInfo("firebase", owner))
 		if err != nil {
@@ -218,7 +219,6 @@ func (s *Server) firebaseGet(c echo.Context) error {
 		}
 		return c.JSON(http.StatusOK, KeyResponse{SealedKey: base64.StdEncoding.EncodeToString(ct), Enc: base64.StdEncoding.EncodeToString(enc), Suite: suite})
 	}
-	c.Response().Header().Set("Cache-Control", "no-store")
 	return c.JSON(http.StatusOK, KeyResponse{Key: base64.StdEncoding.EncodeToString(key.Reveal())})
 }
 

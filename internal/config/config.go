@@ -297,6 +297,9 @@ func (c *Config) Validate() error {
 			add(name, "%q is not host:port", a)
 		}
 	}
+	if !c.Dev && c.Listen.AdminAddr == c.Listen.Addr {
+		add("listen.admin_addr", "must differ from listen.addr outside dev mode: admin routes and /metrics have their own listener (loopback by default)")
+	}
 	if !c.Listen.PlainHTTP && (c.Listen.TLSCert == "" || c.Listen.TLSKey == "") {
 		add("listen.tls_cert", "TLS needs listen.tls_cert and listen.tls_key, or set listen.plain_http: true explicitly (behind a TLS-terminating load balancer)")
 	}

@@ -90,6 +90,7 @@ func TestIssueEnvNames(t *testing.T) {
 func TestValidationNamesTheField(t *testing.T) {
 	cases := map[string][]string{
 		"listen.addr":            {"KEYWARDEN_LISTEN_ADDR=nope"},
+		"listen.admin_addr":      {"KEYWARDEN_LISTEN_ADDR=127.0.0.1:9000", "KEYWARDEN_LISTEN_ADMIN_ADDR=127.0.0.1:9000"},
 		"listen.tls_cert":        {"KEYWARDEN_LISTEN_PLAIN_HTTP=false"},
 		"tpm.path":               {"KEYWARDEN_TPM_PATH=simulator"},
 		"tpm.pcrs":               {"KEYWARDEN_TPM_PCRS=24"},
