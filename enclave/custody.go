@@ -31,6 +31,9 @@ func (o Owner) Validate() error {
 // UserOwner is the owner of a user id vouched for by the customer's backend.
 func UserOwner(userID string) Owner { return Owner("user:" + userID) }
 
+// kindPrior is the record kind of prior values kept after an overwrite.
+const kindPrior = "key_prior"
+
 // Key formats (DECISIONS 2): the native API stores bytes, the Portal
 // adapter the SDK's string as given.
 const (
@@ -184,8 +187,25 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 			rec.ClientID = prev.ClientID
 		}
 		if c.retention > 0 {
+			// The prior value is sealed again as kind "key_prior", so it
+			// does not open if copied back into the keys bucket: only
+			// RestoreVersion (audited) brings it back.
+			pt, err := c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, prev.Sealed)
+			if err != nil {
+				return false, err
+			}
+			prior := prev
+			prior.Sealed, err = c.root.Seal(Binding{Kind: kindPrior, Owner: owner, Method: method, Version: v}, pt)
+			clear(pt)
+			if err != nil {
+				return false, err
+			}
+			pb, err := json.Marshal(prior)
+			if err != nil {
+				return false, err
+			}
 			vk := store.Key(string(owner), method, fmt.Sprintf("%020d", now.UnixNano()))
-			if err := tx.Put(store.BucketKeyVersions, vk, old); err != nil {
+			if err := tx.Put(store.BucketKeyVersions, vk, pb); err != nil {
 				return false, err
 			}
 		}
@@ -382,7 +402,7 @@ func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id st
 		if err := json.Unmarshal(b, &rec); err != nil {
 			return err
 		}
-		pt, err := c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, rec.Sealed)
+		pt, err := c.root.Open(Binding{Kind: kindPrior, Owner: owner, Method: method}, rec.Sealed)
 		if err != nil {
 			return err
 		}

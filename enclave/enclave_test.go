@@ -600,3 +600,35 @@ func TestVerifyBackup(t *testing.T) {
 		t.Fatal("verified on another TPM")
 	}
 }
+
+// TestPriorVersionSplicedBackDoesNotOpen: a prior value copied from
+// key_versions into keys does not open (it is sealed as another kind); only
+// RestoreVersion brings it back.
+func TestPriorVersionSplicedBackDoesNotOpen(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, filepath.Join(t.TempDir(), "k.db"))
+	defer db.Close()
+	c := NewCustody(db, testRoot(t), CustodyOptions{})
+	o := UserOwner("alice")
+	c.PutKey(ctx, o, "PASSKEY", []byte("old key"), PutOptions{})
+	c.PutKey(ctx, o, "PASSKEY", []byte("new key"), PutOptions{})
+	err := db.Update(ctx, func(tx *store.Tx) error {
+		var prior []byte
+		if err := tx.ForEach(store.BucketKeyVersions, store.Prefix(string(o), "PASSKEY"), func(_, v []byte) error {
+			prior = append([]byte(nil), v...)
+			return nil
+		}); err != nil {
+			return err
+		}
+		if prior == nil {
+			t.Fatal("no prior version kept")
+		}
+		return tx.Put(store.BucketKeys, store.Key(string(o), "PASSKEY"), prior)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetKey(ctx, o, "PASSKEY"); !errors.Is(err, ErrOpen) {
+		t.Fatalf("spliced prior value: %v, want ErrOpen", err)
+	}
+}
