@@ -89,6 +89,22 @@ type appliance struct {
 	closers []func()
 
 	passkey *passkey.Service // set by wirePasskey when passkeys are configured
+	tls     *certReloader    // made once by tlsReloader
+}
+
+// tlsReloader is the appliance's one TLS certificate reloader, shared by
+// the listeners and the attestation route that may bind the TLS key.
+func (a *appliance) tlsReloader() (*certReloader, error) {
+	if a.tls != nil {
+		return a.tls, nil
+	}
+	r, err := newCertReloader(a.cfg.Listen.TLSCert, a.cfg.Listen.TLSKey, a.log)
+	if err != nil {
+		return nil, err
+	}
+	a.tls = r
+	a.closers = append(a.closers, r.Close)
+	return r, nil
 }
 
 func (a *appliance) Close() {
@@ -314,11 +330,10 @@ func listenAndServe(ctx context.Context, a *appliance, srv *server.Server) error
 		}()
 	} else {
 		var err error
-		tlsReloader, err = newCertReloader(l.TLSCert, l.TLSKey, a.log)
+		tlsReloader, err = a.tlsReloader()
 		if err != nil {
 			return err
 		}
-		defer tlsReloader.Close()
 		for i, s := range servers {
 			s.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: tlsReloader.GetCertificate}
 			if i == 1 && l.AdminClientCA != "" {

@@ -154,13 +154,12 @@ func wireAttestation(ctx context.Context, a *appliance, opts *server.Options) er
 
 	if !a.cfg.Listen.PlainHTTP {
 		// The appliance terminates TLS itself, so clients may ask for its
-		// TLS key to be bound. This reloader watches the same files as the
-		// listener's (SIGHUP and file changes), so both serve one key.
-		r, err := newCertReloader(a.cfg.Listen.TLSCert, a.cfg.Listen.TLSKey, a.log)
+		// TLS key to be bound: the listeners' own reloader, so both serve
+		// one key.
+		r, err := a.tlsReloader()
 		if err != nil {
 			return err
 		}
-		a.closers = append(a.closers, r.Close)
 		o.TLSPublicKey = func() ([]byte, error) { return attestapi.SPKI(r.Current()) }
 	}
 
