@@ -163,40 +163,50 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// startDev runs `keywarden dev` in this process on a free loopback port
+// with its data in dir and the simulator seeded with seed, waits until it
+// is ready, and returns its URL and a stop function that reports serve's
+// error.
+func startDev(t *testing.T, dir, seed, adminKey string) (url string, stop func() error) {
+	t.Helper()
+	addr := freeAddr(t)
+	t.Setenv("KEYWARDEN_DATA_DIR", filepath.Join(dir, "data"))
+	t.Setenv("KEYWARDEN_LISTEN_ADDR", addr)
+	t.Setenv("KEYWARDEN_LISTEN_ADMIN_ADDR", addr)
+	t.Setenv("KEYWARDEN_ADMIN_KEY", adminKey)
+	t.Setenv("KEYWARDEN_TPM_SIMULATOR_SEED", seed)
+	t.Setenv("KEYWARDEN_LOG_LEVEL", "error")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cmdServe(ctx, nil, true) }()
+	stop = func() error { cancel(); return <-done }
+	url = "http://" + addr
+	for i := 0; ; i++ {
+		resp, err := http.Get(url + "/readyz")
+		if err == nil && resp.StatusCode == 200 {
+			resp.Body.Close()
+			return url, stop
+		}
+		if i > 200 {
+			stop()
+			t.Fatalf("server not ready: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // TestBackupFromRunningServer: `keywarden backup` copies the live store
 // through the admin API while `keywarden dev` holds its lock; the copy
 // opens and holds the sealed root key; a wrong admin key gets nothing.
 func TestBackupFromRunningServer(t *testing.T) {
 	dir := t.TempDir()
-	addr := freeAddr(t)
-	const adminKey = "backup-admin-key-0123456789"
-	t.Setenv("KEYWARDEN_DATA_DIR", filepath.Join(dir, "data"))
-	t.Setenv("KEYWARDEN_LISTEN_ADDR", addr)
-	t.Setenv("KEYWARDEN_LISTEN_ADMIN_ADDR", addr)
-	t.Setenv("KEYWARDEN_ADMIN_KEY", adminKey)
-	t.Setenv("KEYWARDEN_TPM_SIMULATOR_SEED", "777")
-	t.Setenv("KEYWARDEN_LOG_LEVEL", "error")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cmdServe(ctx, nil, true) }()
+	url, stop := startDev(t, dir, "777", "backup-admin-key-0123456789")
 	defer func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	}()
-	url := "http://" + addr
-	for i := 0; ; i++ {
-		resp, err := http.Get(url + "/readyz")
-		if err == nil && resp.StatusCode == 200 {
-			resp.Body.Close()
-			break
-		}
-		if i > 200 {
-			t.Fatalf("server not ready: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	ctx := context.Background()
 	out := filepath.Join(dir, "backup.db")
 	if err := cmdBackup(ctx, []string{"-out", out, "-url", url}); err != nil {
 		t.Fatal(err)
@@ -229,33 +239,10 @@ func TestBackupFromRunningServer(t *testing.T) {
 // with this TPM; another TPM (seed) fails it.
 func TestBackupVerify(t *testing.T) {
 	dir := t.TempDir()
-	addr := freeAddr(t)
-	const adminKey = "backup-admin-key-0123456789"
-	t.Setenv("KEYWARDEN_DATA_DIR", filepath.Join(dir, "data"))
-	t.Setenv("KEYWARDEN_LISTEN_ADDR", addr)
-	t.Setenv("KEYWARDEN_LISTEN_ADMIN_ADDR", addr)
-	t.Setenv("KEYWARDEN_ADMIN_KEY", adminKey)
-	t.Setenv("KEYWARDEN_TPM_SIMULATOR_SEED", "778")
-	t.Setenv("KEYWARDEN_LOG_LEVEL", "error")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cmdServe(ctx, nil, true) }()
-	url := "http://" + addr
-	for i := 0; ; i++ {
-		resp, err := http.Get(url + "/readyz")
-		if err == nil && resp.StatusCode == 200 {
-			resp.Body.Close()
-			break
-		}
-		if i > 200 {
-			t.Fatalf("server not ready: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	url, stop := startDev(t, dir, "778", "backup-admin-key-0123456789")
 	out := filepath.Join(dir, "backup.db")
-	err := cmdBackup(ctx, []string{"-out", out, "-url", url})
-	cancel()
-	if serr := <-done; serr != nil {
+	err := cmdBackup(context.Background(), []string{"-out", out, "-url", url})
+	if serr := stop(); serr != nil {
 		t.Fatalf("serve: %v", serr)
 	}
 	if err != nil {
