@@ -75,9 +75,12 @@
 // authenticates the whole chain up to itself. [Verify] checks every line and
 // every anchor and reports the first broken entry; its semantics are
 // documented there. Someone who can write the disk but does not hold the key
-// can still cut the log back to an earlier anchor: keep [Log.Head] (or the
-// last anchor's seq) somewhere else, such as the store or a remote log, to
-// notice that.
+// can still cut the log back to an earlier anchor: the cut log verifies on
+// its own. [Options.Heads] records the head of every anchor outside the log
+// (Keywarden: the store's meta bucket, [StoreHeads]), MACed under the anchor
+// key, and [VerifyHead] fails a log that ends before that recorded head,
+// naming the missing lines. Lines written after the last recorded head can
+// still be cut unnoticed: the window is one AnchorInterval.
 //
 // # Secrets
 //
