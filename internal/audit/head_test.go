@@ -236,7 +236,18 @@ func TestHeadCutAndRestart(t *testing.T) {
 
 	l := openLog(t, Options{Dir: dir, MaxFileBytes: 4096, Heads: StoreHeads(db)})
 	mustRecord(t, l, Event{Action: ActionStart})
+	if err := l.Anchor(context.Background()); err != nil { // records a lower head
+		t.Fatal(err)
+	}
+	mustRecord(t, l, Event{Action: ActionStore})
+	// Live (an unanchored tail): the cut the writer found outranks the tail.
+	if _, err := VerifyHead(dir, testKey(), loadHead(t, db)); !errors.Is(err, ErrTruncated) || !strings.Contains(err.Error(), "found it truncated") {
+		t.Fatalf("live log after the cut: %v, want ErrTruncated from the incident", err)
+	}
 	mustClose(t, l)
+	if got := loadHeadSeq(t, db); got > lines[cut].seq(t)+5 {
+		t.Fatalf("recorded head %d, want the restarted log's", got)
+	}
 	rep, err := VerifyHead(dir, testKey(), loadHead(t, db))
 	want := fmt.Sprintf("lines %d–%d are missing", lines[cut].seq(t)+1, last)
 	if !errors.Is(err, ErrTruncated) || !strings.Contains(err.Error(), want) {

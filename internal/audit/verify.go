@@ -204,10 +204,12 @@ func verify(dir string, anchorKey secret.Bytes, want *Checkpoint, withHead bool)
 			brk = &Break{pos, KindTruncated, truncationText(reason, fields)}
 		}
 	}
-	if withHead && want == nil && brk == nil && c.marked {
+	if withHead && want == nil && atEnd && c.marked {
 		brk = &Break{Kind: KindTruncated, Reason: truncationText("recorded_head_missing", nil)}
 	}
-	if brk == nil {
+	if brk == nil || (atEnd && brk.Kind != KindTruncated) {
+		// A cut found by the writer at Open, recorded in the log; it comes
+		// before an unanchored tail.
 		for _, in := range rep.Incidents {
 			if in.Action == ActionTruncated {
 				brk = &Break{in.Position, KindTruncated, "the log's writer found it truncated when it opened it: " + truncationText(in.Reason, in.Fields)}
