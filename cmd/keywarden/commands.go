@@ -236,8 +236,20 @@ func cmdAuditVerify(args []string) error {
 		return err
 	}
 	defer root.Close()
-	rep, err := audit.Verify(cfg.Audit.Dir, root.Subkey("audit-anchor"))
+	// The head recorded in the store at each anchor: a log that ends
+	// before it was cut back.
+	head, err := audit.StoreHeads(db).LoadHead(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the recorded audit head: %w", err)
+	}
+	rep, err := audit.VerifyHead(cfg.Audit.Dir, root.Subkey("audit-anchor"), head)
 	fmt.Printf("audit log %s: %d lines (seq %d..%d) in %d files, %d anchors\n", cfg.Audit.Dir, rep.Lines, rep.FirstSeq, rep.LastSeq, len(rep.Files), rep.Anchors)
+	switch {
+	case rep.Recorded != nil:
+		fmt.Printf("recorded head: %s\n", rep.Recorded)
+	case head == nil:
+		fmt.Println("no recorded head in the store: a log cut back to an earlier anchor cannot be told from a complete one")
+	}
 	if rep.LastAnchor != nil {
 		fmt.Printf("last anchor: %s\n", rep.LastAnchor)
 	}
@@ -248,7 +260,11 @@ func cmdAuditVerify(args []string) error {
 		fmt.Printf("FIRST BROKEN ENTRY: %s\n", rep.Broken)
 	}
 	if err == nil {
-		fmt.Println("chain and anchors verify")
+		if rep.Recorded != nil {
+			fmt.Println("chain, anchors and recorded head verify")
+		} else {
+			fmt.Println("chain and anchors verify")
+		}
 	}
 	return err
 }

@@ -165,6 +165,7 @@ func openAppliance(ctx context.Context, cfg config.Config, log *slog.Logger) (*a
 			log.Warn("could not lock the root key's memory against swap (raise LimitMEMLOCK)")
 		}
 		aopts := audit.Options{Dir: cfg.Audit.Dir, AnchorKey: root.Subkey("audit-anchor"), WriteTimeout: cfg.Audit.WriteTimeout, MaxFileBytes: cfg.Audit.MaxFileBytes}
+		aopts.Heads = audit.StoreHeads(db) // each anchored head is recorded in the store: `audit verify` catches a cut log
 		if !cfg.Audit.SyncReleases {
 			aopts.WrittenActions = []string{audit.ActionRelease}
 			aopts.WrittenSyncDelay = cfg.Audit.ReleaseSyncDelay
@@ -185,6 +186,7 @@ func registerAuditMetrics(m *metrics.Metrics, l *audit.Log) {
 	m.CounterFunc("keywarden_audit_lines_total", "Audit lines written.", func() float64 { return float64(l.Stats().Lines) })
 	m.CounterFunc("keywarden_audit_fsyncs_total", "Audit fsyncs (group commits).", func() float64 { return float64(l.Stats().Fsyncs) })
 	m.CounterFunc("keywarden_audit_refusals_dropped_total", "Refusals counted but not written as a line (sampling).", func() float64 { return float64(l.Stats().RefusalsDropped) })
+	m.CounterFunc("keywarden_audit_head_errors_total", "Anchored audit heads that could not be recorded in the store.", func() float64 { return float64(l.Stats().HeadErrors) })
 	m.GaugeFunc("keywarden_audit_healthy", "1 while the audit log can be written.", func() float64 {
 		if l.Healthy() {
 			return 1

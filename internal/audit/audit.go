@@ -75,9 +75,12 @@
 // authenticates the whole chain up to itself. [Verify] checks every line and
 // every anchor and reports the first broken entry; its semantics are
 // documented there. Someone who can write the disk but does not hold the key
-// can still cut the log back to an earlier anchor: keep [Log.Head] (or the
-// last anchor's seq) somewhere else, such as the store or a remote log, to
-// notice that.
+// can still cut the log back to an earlier anchor: the cut log verifies on
+// its own. [Options.Heads] records the head of every anchor outside the log
+// (Keywarden: the store's meta bucket, [StoreHeads]), MACed under the anchor
+// key, and [VerifyHead] fails a log that ends before that recorded head,
+// naming the missing lines. Lines written after the last recorded head can
+// still be cut unnoticed: the window is one AnchorInterval.
 //
 // # Secrets
 //
@@ -141,6 +144,7 @@ const (
 	ActionDiskFull       = "audit_disk_full"       // the reserve was released
 	ActionSpaceRestored  = "audit_space_restored"  // the reserve was allocated again
 	ActionFsyncFailed    = "audit_fsync_failed"    // a background fsync failed: earlier written-only lines may be lost
+	ActionTruncated      = "audit_truncated"       // Open found the log shorter than (or other than) the head recorded outside it
 	incidentActionPrefix = "audit_"
 )
 
@@ -207,6 +211,14 @@ type Options struct {
 	// after (a window of one fsync), instead of after the fsync. Empty (the
 	// zero value): every Record waits for durability.
 	WrittenActions []string
+	// Heads, when set, keeps the chain head outside the log: after every
+	// anchor is durable, its seq, hash and file are recorded there, MACed
+	// under AnchorKey, by a background goroutine (no Record waits for it);
+	// Anchor and Close wait for it. Open compares the log with the recorded
+	// head and, if the log ends before it, records an [ActionTruncated]
+	// incident (which makes [Verify] fail) before going on. Anchors of a
+	// log with Heads say so, so [VerifyHead] notices a removed head.
+	Heads HeadStore
 	// WrittenSyncDelay is how long the background fsync of written-only
 	// lines waits for more batches to join it. It bounds the window in
 	// which an acknowledged RecordWritten line is not yet durable (delay
@@ -290,6 +302,11 @@ type Stats struct {
 	RefusalsDropped  uint64            // refusals not written as a line (counted in refusals_skipped)
 	RefusalsByReason map[string]uint64 // Refusal calls per reason (at most 64 reasons, then "other")
 
+	HeadsRecorded uint64 // heads recorded in Options.Heads
+	HeadErrors    uint64 // heads that could not be recorded
+	HeadSeq       uint64 // seq of the last recorded head
+	HeadError     error  // why the last attempt failed; nil if it succeeded
+
 	File      string // current file name
 	LowSpace  bool   // the reserve is in use: Records fail with ErrDiskFull
 	Healthy   bool
@@ -317,6 +334,8 @@ type Log struct {
 
 	pendingNotes []Event // incident lines for the next batch (writer goroutine only)
 
+	heads *headSaver // nil without Options.Heads
+
 	sampler sampler
 
 	lines, batches, fsyncs, anchors, writeErrors, timeouts atomic.Uint64
@@ -333,8 +352,9 @@ type Log struct {
 // request is one Record or Anchor call waiting for its line.
 type request struct {
 	anchor   bool
-	written  bool // answer once written, before the fsync (RecordWritten)
-	answered bool // written and answered (set by the writer)
+	written  bool   // answer once written, before the fsync (RecordWritten)
+	answered bool   // written and answered (set by the writer)
+	seq      uint64 // of the anchor that answered an Anchor call (set by the writer)
 	ev       Event
 	state    atomic.Int32 // reqPending → reqTaken (by the writer) or reqAbandoned (by the caller)
 	done     chan error   // buffered: the writer never blocks on it
@@ -374,15 +394,32 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 	}
 	l.opts.AnchorKey = secret.Bytes{} // the caller's slice; l.key is ours
 	l.sampler.init(o.RefusalRate)
+	var err error
 	if o.ReserveBytes > 0 {
 		l.w.reserve = &reserve{path: reservePath(o.Dir), size: o.ReserveBytes}
 		if err := l.w.reserve.allocate(); err != nil {
 			return nil, fmt.Errorf("audit: open: reserving %d bytes in %s: %w", o.ReserveBytes, o.Dir, err)
 		}
 	}
-	notes, err := l.w.resume(o.Dir, l.key.Reveal())
+	var want *Checkpoint
+	var headNote *Event
+	if o.Heads != nil {
+		if want, headNote, err = l.loadHead(ctx); err != nil {
+			return nil, err
+		}
+	}
+	notes, err := l.w.resume(o.Dir, l.key.Reveal(), want)
 	if err != nil {
 		return nil, err
+	}
+	if o.Heads != nil {
+		if headNote == nil {
+			headNote = l.checkHead(want)
+		}
+		if headNote != nil {
+			notes = append(notes, *headNote)
+		}
+		l.heads = newHeadSaver(o.Heads, l.key.Reveal(), o.WriteTimeout)
 	}
 	l.publish()
 	go l.syncer()
@@ -452,10 +489,18 @@ func (l *Log) record(ctx context.Context, ev Event) error {
 	return l.submit(ctx, &request{ev: ev, done: make(chan error, 1)})
 }
 
-// Anchor writes an anchor line now and returns when it is durable. Call it
-// before verifying a live log, so that its tail is anchored.
+// Anchor writes an anchor line now and returns when it is durable and,
+// with [Options.Heads], recorded there. Call it before verifying a live log,
+// so that its tail is anchored.
 func (l *Log) Anchor(ctx context.Context) error {
-	return l.submit(ctx, &request{anchor: true, done: make(chan error, 1)})
+	r := &request{anchor: true, done: make(chan error, 1)}
+	if err := l.submit(ctx, r); err != nil {
+		return err
+	}
+	if l.heads != nil {
+		return l.heads.wait(r.seq)
+	}
+	return nil
 }
 
 func (l *Log) submit(ctx context.Context, r *request) error {
@@ -554,6 +599,11 @@ func (l *Log) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("audit: close: %w", ctx.Err())
 	}
+	if l.heads != nil {
+		if err := l.closeHeads(ctx); err != nil && l.closeErr == nil {
+			l.closeErr = err
+		}
+	}
 	l.key.Wipe()
 	return l.closeErr
 }
@@ -596,6 +646,9 @@ func (l *Log) Stats() Stats {
 	s.Refusals, s.RefusalsSampled, s.RefusalsDropped, s.RefusalsByReason = l.sampler.stats()
 	s.LastError = l.LastError()
 	s.Healthy = s.LastError == nil
+	if l.heads != nil {
+		s.HeadsRecorded, s.HeadErrors, s.HeadSeq, s.HeadError = l.heads.stats()
+	}
 	l.mu.Lock()
 	s.File, s.LowSpace = l.pubFile, l.lowSpace
 	l.mu.Unlock()

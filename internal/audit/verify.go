@@ -26,6 +26,8 @@ const (
 	KindBadGenesis   = "bad_genesis"     // seq 1 with a prev that is not zero
 	KindUnanchored   = "unanchored_tail" // lines after the last anchor
 	KindEmpty        = "empty"           // no line at all
+	KindTruncated    = "truncated"       // the log ends before (or rewrote) the head recorded outside it
+	KindBadHead      = "bad_head"        // the head recorded outside the log does not verify
 )
 
 // Position names a line of the log.
@@ -49,7 +51,12 @@ type Break struct {
 	Reason string // for people
 }
 
-func (b *Break) String() string { return fmt.Sprintf("%s: %s: %s", b.Position, b.Kind, b.Reason) }
+func (b *Break) String() string {
+	if b.File == "" {
+		return fmt.Sprintf("%s: %s", b.Kind, b.Reason)
+	}
+	return fmt.Sprintf("%s: %s: %s", b.Position, b.Kind, b.Reason)
+}
 
 // Incident is a line the log wrote about itself (an "audit_…" action): a
 // repaired or unanchored tail found at start, a full disk, space restored.
@@ -72,7 +79,8 @@ type Report struct {
 	LastAnchor *Position // the last anchor that verified; nil if none
 	Unanchored int       // lines after the last anchor
 	Incidents  []Incident
-	Broken     *Break // the first broken entry; nil when the log verifies
+	Broken     *Break      // the first broken entry; nil when the log verifies
+	Recorded   *Checkpoint // the recorded head checked by VerifyHead; nil if none
 }
 
 // Verify checks the audit log in dir with the anchor key and reports the
@@ -109,6 +117,48 @@ type Report struct {
 // earlier anchor leaves a log that verifies: compare Report.LastSeq and Head
 // with a value kept elsewhere ([Log.Head]).
 func Verify(dir string, anchorKey secret.Bytes) (Report, error) {
+	return verify(dir, anchorKey, nil, false)
+}
+
+// VerifyHead is [Verify] that also compares the log with the head recorded
+// outside it ([Options.Heads]; recorded as [HeadStore.LoadHead] returns it,
+// nil when none is recorded). On top of Verify's checks it fails, with an
+// error wrapping [ErrTruncated] and Report.Broken of [KindTruncated]:
+//
+//   - when the log ends before the recorded head: the reason names the
+//     missing range, "log truncated: lines 51–100 are missing (recorded
+//     head at …)" — across rotated files, and when every file is gone;
+//   - when the line at the recorded head's seq is another line (the log was
+//     cut back and written again from there);
+//   - when no head is recorded although an anchor of the log says its
+//     writer recorded heads (the recorded head was removed).
+//
+// A log longer than the recorded head (a store restored from an earlier
+// backup) verifies, as does one whose files up to the recorded head were
+// removed for retention. A recorded head whose MAC does not verify fails
+// with [ErrBadHead] ([KindBadHead]). Lines written after the last recorded
+// head are covered only by the anchors: cutting them (and their anchors)
+// away is not detected; the window is one anchor interval.
+func VerifyHead(dir string, anchorKey secret.Bytes, recorded []byte) (Report, error) {
+	if recorded == nil {
+		return verify(dir, anchorKey, nil, true)
+	}
+	if anchorKey.Len() < MinAnchorKeyBytes {
+		return Report{}, fmt.Errorf("audit: verify: anchor key must be at least %d bytes", MinAnchorKeyBytes)
+	}
+	cp, herr := OpenCheckpoint(recorded, anchorKey)
+	if herr != nil {
+		rep, err := verify(dir, anchorKey, nil, false)
+		if err != nil && !errors.Is(err, ErrTruncated) && !errors.Is(err, ErrUnanchored) {
+			return rep, err
+		}
+		rep.Broken = &Break{Kind: KindBadHead, Reason: herr.Error()}
+		return rep, herr
+	}
+	return verify(dir, anchorKey, &cp, true)
+}
+
+func verify(dir string, anchorKey secret.Bytes, want *Checkpoint, withHead bool) (Report, error) {
 	var rep Report
 	if anchorKey.Len() < MinAnchorKeyBytes {
 		return rep, fmt.Errorf("audit: verify: anchor key must be at least %d bytes", MinAnchorKeyBytes)
@@ -118,7 +168,10 @@ func Verify(dir string, anchorKey secret.Bytes) (Report, error) {
 		return rep, fmt.Errorf("audit: verify: %w", err)
 	}
 	c := newChain(anchorKey.Reveal(), &rep)
+	c.want = want
+	rep.Recorded = want
 	var brk *Break
+	endIncomplete := false // an incomplete last line, with nothing after it
 	for i, f := range files {
 		rep.Files = append(rep.Files, f.name)
 		fh, err := os.Open(filepath.Join(dir, f.name))
@@ -131,11 +184,7 @@ func Verify(dir string, anchorKey secret.Bytes) (Report, error) {
 			return rep, fmt.Errorf("audit: verify: reading %s: %w", f.name, err)
 		}
 		if brk != nil {
-			if brk.Kind == KindIncomplete && restEmpty(dir, files[i+1:]) {
-				c.fill()
-				rep.Broken = brk
-				return rep, fmt.Errorf("%w: %s", ErrUnanchored, brk)
-			}
+			endIncomplete = brk.Kind == KindIncomplete && restEmpty(dir, files[i+1:])
 			break
 		}
 	}
@@ -143,10 +192,38 @@ func Verify(dir string, anchorKey secret.Bytes) (Report, error) {
 		brk = c.finish(true)
 	}
 	c.fill()
+	// At the end of the log, a missing recorded range outranks an
+	// unanchored tail or an empty log.
+	atEnd := brk == nil || brk.Kind == KindUnanchored || brk.Kind == KindEmpty || endIncomplete
+	if want != nil && atEnd {
+		if reason, fields := headCheck(*want, c.seq, c.wantFound, c.wantHash); reason != "" {
+			pos := c.last
+			if reason == "recorded_head_replaced" {
+				pos = c.wantPos
+			}
+			brk = &Break{pos, KindTruncated, truncationText(reason, fields)}
+		}
+	}
+	if withHead && want == nil && atEnd && c.marked {
+		brk = &Break{Kind: KindTruncated, Reason: truncationText("recorded_head_missing", nil)}
+	}
+	if brk == nil || (atEnd && brk.Kind != KindTruncated) {
+		// A cut found by the writer at Open, recorded in the log; it comes
+		// before an unanchored tail.
+		for _, in := range rep.Incidents {
+			if in.Action == ActionTruncated {
+				brk = &Break{in.Position, KindTruncated, "the log's writer found it truncated when it opened it: " + truncationText(in.Reason, in.Fields)}
+				break
+			}
+		}
+	}
 	if brk != nil {
 		rep.Broken = brk
-		if brk.Kind == KindUnanchored {
+		switch {
+		case brk.Kind == KindUnanchored, endIncomplete && brk.Kind == KindIncomplete:
 			return rep, fmt.Errorf("%w: %s", ErrUnanchored, brk)
+		case brk.Kind == KindTruncated:
+			return rep, fmt.Errorf("%w: %s", ErrTruncated, brk)
 		}
 		return rep, fmt.Errorf("%w: %s", ErrBroken, brk)
 	}
@@ -181,6 +258,15 @@ type chain struct {
 	sinceAnchor     int
 	lastAnchor      *Position
 	firstUnanchored Position
+
+	// want is a recorded head to look for: the hash and position of the
+	// line with its seq, when the log holds it.
+	want      *Checkpoint
+	wantFound bool
+	wantHash  [sha256.Size]byte
+	wantPos   Position
+	// marked: an anchor said its writer records heads ([Options.Heads]).
+	marked bool
 }
 
 type pendingMismatch struct {
@@ -276,6 +362,9 @@ func (c *chain) line(pos Position, raw []byte) *Break {
 	}
 	anchor := v.Type == typeAnchor
 	sum := sha256.Sum256(raw)
+	if c.want != nil && *v.Seq == c.want.Seq {
+		c.wantFound, c.wantHash, c.wantPos = true, sum, pos
+	}
 	if c.started {
 		if *v.Seq != c.seq+1 {
 			why := fmt.Sprintf("seq %d follows seq %d at %s: ", *v.Seq, c.seq, c.last)
@@ -318,6 +407,9 @@ func (c *chain) line(pos Position, raw []byte) *Break {
 		}
 		c.lastAnchor = &pos
 		c.sinceAnchor = 0
+		if v.Fields[headField] == headRecorded {
+			c.marked = true
+		}
 		if c.rep != nil {
 			c.rep.Anchors++
 		}

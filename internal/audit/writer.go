@@ -63,6 +63,11 @@ type writer struct {
 	lowSpace     bool     // the reserve was released
 	lowSpaceUsed int64    // bytes written since
 	lowSpaceErr  error    // why
+
+	// What resume found about the recorded head it was given.
+	wantFound bool              // the last file holds the line at its seq
+	wantHash  [sha256.Size]byte // that line's hash
+	marked    bool              // an anchor of the last file says heads are recorded
 }
 
 func (w *writer) fileName() string {
@@ -75,7 +80,7 @@ func (w *writer) fileName() string {
 // resume finds the end of the chain in dir, repairs an incomplete last
 // line, opens the last file for appending, and returns the events to record
 // about what it found.
-func (w *writer) resume(dir string, key []byte) ([]Event, error) {
+func (w *writer) resume(dir string, key []byte, want *Checkpoint) ([]Event, error) {
 	w.dir = dir
 	files, err := listFiles(dir)
 	if err != nil {
@@ -98,6 +103,7 @@ func (w *writer) resume(dir string, key []byte) ([]Event, error) {
 			continue
 		}
 		c := newChain(key, nil)
+		c.want = want
 		f, err := os.Open(path)
 		if err != nil {
 			return nil, fmt.Errorf("audit: open: %w", err)
@@ -126,6 +132,7 @@ func (w *writer) resume(dir string, key []byte) ([]Event, error) {
 			continue // held only the incomplete line just cut
 		}
 		w.seq, w.head, w.sinceAnchor = c.seq, c.head, c.sinceAnchor
+		w.wantFound, w.wantHash, w.marked = c.wantFound, c.wantHash, c.marked
 		if c.sinceAnchor > 0 {
 			notes = append(notes, Event{Action: ActionTailUnanchored, Outcome: OutcomeWarning,
 				Reason: "previous_run_ended_without_anchor", Fields: map[string]string{
@@ -234,6 +241,10 @@ func (l *Log) commit(reqs []*request, refs []Event, anchor bool) error {
 	}
 	if anchor && l.w.sinceAnchor == 0 && len(events) == 0 && len(refs) == 0 && !l.sampler.pendingSkipped() && l.w.seq > 0 {
 		anchor = false // the head is anchored already
+		l.offerHead()
+		for _, r := range anchorWaiters {
+			r.seq = l.w.seq
+		}
 		answer(anchorWaiters, nil)
 		anchorWaiters = nil
 	}
@@ -293,6 +304,9 @@ func (l *Log) commit(reqs []*request, refs []Event, anchor bool) error {
 		answer(refused, unavailable(l.w.lowSpaceErr))
 	}
 	answer(events, wrapUnavailable(err))
+	for _, r := range anchorWaiters {
+		r.seq = l.w.seq
+	}
 	answer(anchorWaiters, wrapUnavailable(err))
 	return err
 }
@@ -356,7 +370,11 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 		sampled = append(sampled, ev)
 	}
 	if anchor {
-		if err := b.add(wireLine{Type: typeAnchor, Time: formatTime(l.opts.Clock())}, key); err != nil {
+		a := wireLine{Type: typeAnchor, Time: formatTime(l.opts.Clock())}
+		if l.heads != nil {
+			a.Fields = map[string]string{headField: headRecorded}
+		}
+		if err := b.add(a, key); err != nil {
 			return fail(err)
 		}
 		b.sync, b.async = true, false
@@ -394,6 +412,11 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 	l.sampler.wrote(len(sampled))
 	l.lines.Add(uint64(b.lines))
 	l.anchors.Add(uint64(b.anchors))
+	if anchor {
+		// The anchor is the batch's last line and durable: record it
+		// outside the log, in the background.
+		l.offerHead()
+	}
 	l.batches.Add(1)
 	if l.w.lowSpace {
 		l.w.lowSpaceUsed += int64(len(b.buf))
