@@ -345,7 +345,7 @@ func listenAndServe(ctx context.Context, a *appliance, srv *server.Server) error
 	}
 	errc := make(chan error, len(servers))
 	for _, s := range servers {
-		ln, err := net.Listen("tcp", s.Addr)
+		ln, err := listenTCP(s.Addr, l.TrustedProxies, l.ReadHeaderTimeout)
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", s.Addr, err)
 		}

@@ -63,7 +63,7 @@ type Listen struct {
 	TLSKey            string        `key:"tls_key"`
 	AdminClientCA     string        `key:"admin_client_ca"` // optional mTLS for the admin listener
 	PlainHTTP         bool          `key:"plain_http"`      // explicit opt-out of TLS (behind a TLS-terminating LB)
-	TrustedProxies    []string      `key:"trusted_proxies"` // CIDRs whose X-Forwarded-For is believed
+	TrustedProxies    []string      `key:"trusted_proxies"` // CIDRs whose X-Forwarded-For and PROXY headers are believed
 	ReadHeaderTimeout time.Duration `key:"read_header_timeout"`
 	ReadTimeout       time.Duration `key:"read_timeout"`
 	WriteTimeout      time.Duration `key:"write_timeout"`
