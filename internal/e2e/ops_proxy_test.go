@@ -110,7 +110,7 @@ func opsProxyProtocol(t *testing.T, bin string) {
 	)
 	node.waitHealthy(t)
 	lb := opsHAProxyPassthrough(t, addr)
-	key := "http://" + lb + "/v1/firebase/key" // a client route: per-address limited
+	key := "http://" + lb + "/v1/firebase/key"                       // a client route: per-address limited
 	auth := map[string]string{"Authorization": "Bearer not-a-token"} // refused after the limiter
 
 	statuses := func(src string, n int) []int {
