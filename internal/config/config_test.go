@@ -139,3 +139,32 @@ func TestFileErrors(t *testing.T) {
 		t.Error("missing file accepted")
 	}
 }
+
+// TestListSecretFromFile: a …_FILE for a list holds one value per line
+// (systemd LoadCredential= files), commas, or both.
+func TestListSecretFromFile(t *testing.T) {
+	for name, content := range map[string]string{
+		"one per line":      "webhook-secret-number-0001\nwebhook-secret-number-0002\n",
+		"CRLF, blank lines": "webhook-secret-number-0001\r\n\r\nwebhook-secret-number-0002\r\n",
+		"commas":            "webhook-secret-number-0001,webhook-secret-number-0002",
+		"both":              "webhook-secret-number-0001,\nwebhook-secret-number-0002\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := filepath.Join(t.TempDir(), "secrets")
+			if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c, err := Load(prodBase(), "", []string{"KEYWARDEN_PORTAL_WEBHOOK_SECRETS_FILE=" + f})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, s := range c.Portal.WebhookSecrets {
+				got = append(got, s.Reveal())
+			}
+			if strings.Join(got, "|") != "webhook-secret-number-0001|webhook-secret-number-0002" {
+				t.Fatalf("secrets from %q: %q, want the two values", content, got)
+			}
+		})
+	}
+}
