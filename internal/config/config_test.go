@@ -168,3 +168,19 @@ func TestListSecretFromFile(t *testing.T) {
 		})
 	}
 }
+
+// TestCORSOriginsAreExact: wildcards and patterns are refused at start, as
+// are paths and http for a non-loopback host; exact origins pass.
+func TestCORSOriginsAreExact(t *testing.T) {
+	for _, bad := range []string{"*", "https://*", "https://*.example.com", "https://app.example.*", "https://example.com/", "https://example.com/app", "http://example.com", "ftp://example.com", "example.com", "https://", "https://App.Example.com", "https://user@example.com"} {
+		_, err := Load(prodBase(), "", []string{"KEYWARDEN_LISTEN_CORS_ORIGINS=" + bad})
+		if err == nil || !strings.Contains(err.Error(), "listen.cors_origins") {
+			t.Errorf("cors origin %q: err = %v, want a refusal naming listen.cors_origins", bad, err)
+		}
+	}
+	for _, good := range []string{"https://app.example.com", "https://app.example.com:8443", "http://localhost:8420", "http://127.0.0.1:3000", "http://[::1]:3000"} {
+		if _, err := Load(prodBase(), "", []string{"KEYWARDEN_LISTEN_CORS_ORIGINS=" + good}); err != nil {
+			t.Errorf("cors origin %q refused: %v", good, err)
+		}
+	}
+}
