@@ -459,3 +459,21 @@ func TestBulkImport(t *testing.T) {
 		t.Fatalf("audit of the import: %d lines, or a key in it", strings.Count(lines, `"admin_import"`))
 	}
 }
+
+// TestUserIDRuleIsOneRule: the admin API takes exactly the user ids the
+// passkey routes take (1–64 of A-Z a-z 0-9 . _ - @ : +): an id one route
+// accepts and another refuses would strand a user.
+func TestUserIDRuleIsOneRule(t *testing.T) {
+	h := newHarness(t)
+	for id, want := range map[string]int{
+		strings.Repeat("a", 64): 201,
+		strings.Repeat("a", 65): 400,
+		"a%23b":                 400, // "a#b": printable, but not in the rule
+		"alice@example.com":     201,
+	} {
+		r := h.Admin("POST", "/v1/admin/users/"+id+"/session-tokens", nil)
+		if r.Status != want || (want == 400 && r.Code() != "invalid_user_id") {
+			t.Errorf("session token for %q: %d %s, want %d", id, r.Status, r.Code(), want)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package passkey
 import (
 	"net/http"
 
+	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 )
 
@@ -12,7 +13,7 @@ import (
 var (
 	// Requests.
 	ErrInvalidCredential = apierr.New(http.StatusBadRequest, "invalid_credential", "the credential is not a well-formed WebAuthn response (JSON, base64url, CBOR)")
-	ErrInvalidUserID     = apierr.New(http.StatusBadRequest, "invalid_user_id", "the user id must be 1 to 64 printable ASCII characters without spaces")
+	ErrInvalidUserID     = enclave.ErrInvalidUserID
 	ErrInvalidKey        = apierr.New(http.StatusBadRequest, "invalid_key", "the key must be base64 of 32 to 64 bytes")
 	ErrKeyRequired       = apierr.New(http.StatusBadRequest, "key_required", "no key is stored for this user yet: registration/finish must carry the key")
 	ErrUnknownRP         = apierr.New(http.StatusBadRequest, "unknown_relying_party", "the relying party is not configured on this appliance")
