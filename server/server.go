@@ -229,9 +229,9 @@ func (s *Server) routes() {
 			// Exact matches only: echo's AllowOrigins would also honour
 			// wildcards and subdomain patterns.
 			AllowOriginFunc: func(origin string) (bool, error) { _, ok := origins[origin]; return ok, nil },
-			AllowMethods: []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete},
-			AllowHeaders: []string{"Authorization", "Content-Type", "X-Firebase-Token", "X-Portal-Trace-Id"},
-			MaxAge:       600,
+			AllowMethods:    []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete},
+			AllowHeaders:    []string{"Authorization", "Content-Type", "X-Firebase-Token", "X-Portal-Trace-Id"},
+			MaxAge:          600,
 		}))
 	}
 	client = append(client, limiter)
