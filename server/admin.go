@@ -89,23 +89,8 @@ func (s *Server) event(c echo.Context, action, owner, method, reason string) aud
 	return audit.Event{Action: action, Outcome: outcome, Actor: actor, Owner: owner, Method: method, Reason: reason, RequestID: RequestID(c), Remote: c.RealIP()}
 }
 
-var errBadUserID = apierr.New(http.StatusBadRequest, "invalid_user_id", "userId must be 1 to 128 characters of A-Z a-z 0-9 . _ - @ : +")
-
-// ValidUserID accepts ASCII-safe user ids, so they round-trip as WebAuthn
-// user handles on iOS, Android and the web alike.
-func ValidUserID(id string) error {
-	if len(id) < 1 || len(id) > 128 {
-		return errBadUserID
-	}
-	for _, r := range id {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', strings.ContainsRune("._-@:+", r):
-		default:
-			return errBadUserID
-		}
-	}
-	return nil
-}
+// ValidUserID is the one user-id rule ([enclave.ValidUserID]).
+func ValidUserID(id string) error { return enclave.ValidUserID(id) }
 
 type sessionTokenRequest struct {
 	TTL string `json:"ttl"`

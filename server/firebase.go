@@ -30,7 +30,7 @@ var (
 	errBlocked        = apierr.New(http.StatusForbidden, "user_blocked", "this user is blocked by the operator")
 	errTokenMissing   = apierr.New(http.StatusUnauthorized, "token_missing", "send the Firebase ID token as Authorization: Bearer <token>")
 	errRecentSignIn   = apierr.ErrKeyExists.WithMessage("a key is already stored; replacing it needs a recent sign-in (re-authenticate and retry with a fresh token)")
-	errBadKeyEncoding = apierr.New(http.StatusBadRequest, "invalid_key", "key must be standard base64 of 32 to 64 bytes")
+	errBadKeyEncoding = apierr.New(http.StatusBadRequest, "invalid_key", "key must be standard base64 of 1 to 1024 bytes")
 )
 
 func (s *Server) firebaseRoutes(public, admin *echo.Group) {
@@ -80,7 +80,7 @@ func decodeKey(s string) (secret.Bytes, error) {
 	if err != nil {
 		b, err = base64.RawStdEncoding.DecodeString(s)
 	}
-	if err != nil || len(b) < 32 || len(b) > 64 {
+	if err != nil || len(b) < enclave.MinKeyBytes || len(b) > enclave.MaxKeyBytes {
 		return secret.Bytes{}, errBadKeyEncoding
 	}
 	return secret.NewBytes(b), nil

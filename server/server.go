@@ -224,12 +224,14 @@ func (s *Server) routes() {
 
 	limiter := s.rateLimit()
 	var client []echo.MiddlewareFunc
-	if len(s.cfg.Listen.CORSOrigins) > 0 {
+	if origins := corsOrigins(s.cfg); len(origins) > 0 {
 		client = append(client, middleware.CORSWithConfig(middleware.CORSConfig{
-			AllowOrigins: s.cfg.Listen.CORSOrigins,
-			AllowMethods: []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete},
-			AllowHeaders: []string{"Authorization", "Content-Type", "X-Firebase-Token", "X-Portal-Trace-Id"},
-			MaxAge:       600,
+			// Exact matches only: echo's AllowOrigins would also honour
+			// wildcards and subdomain patterns.
+			AllowOriginFunc: func(origin string) (bool, error) { _, ok := origins[origin]; return ok, nil },
+			AllowMethods:    []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete},
+			AllowHeaders:    []string{"Authorization", "Content-Type", "X-Firebase-Token", "X-Portal-Trace-Id"},
+			MaxAge:          600,
 		}))
 	}
 	client = append(client, limiter)
@@ -590,4 +592,24 @@ func routeMatches(pattern, path string) bool {
 		}
 	}
 	return true
+}
+
+// corsOrigins is the exact set of browser origins allowed on client routes:
+// listen.cors_origins when set, else the passkey origins that are https
+// (a browser app on the relying party's own origin then works without a
+// second list). Configuration validation refuses patterns.
+func corsOrigins(cfg config.Config) map[string]struct{} {
+	list := cfg.Listen.CORSOrigins
+	if len(list) == 0 {
+		for _, o := range cfg.Passkey.Origins {
+			if o = strings.TrimSuffix(o, "/"); strings.HasPrefix(o, "https://") && config.ExactOrigin(o) == nil {
+				list = append(list, o)
+			}
+		}
+	}
+	set := make(map[string]struct{}, len(list))
+	for _, o := range list {
+		set[o] = struct{}{}
+	}
+	return set
 }

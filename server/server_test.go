@@ -167,7 +167,7 @@ func TestFirebaseStoreReleaseDelete(t *testing.T) {
 		t.Fatalf("prior versions: %v", vs)
 	}
 	// Bad keys.
-	for _, bad := range []string{"", "not base64!", b64(make([]byte, 31)), b64(make([]byte, 65))} {
+	for _, bad := range []string{"", "not base64!", b64(make([]byte, 1025))} {
 		if r := h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: bad}); r.Status != 400 || r.Code() != "invalid_key" {
 			t.Fatalf("bad key %q: %d %s", bad, r.Status, r.Body)
 		}
@@ -457,5 +457,52 @@ func TestBulkImport(t *testing.T) {
 	}
 	if strings.Count(lines, `"admin_import"`) != 4 || strings.Contains(lines, keyB64) || strings.Contains(lines, text) {
 		t.Fatalf("audit of the import: %d lines, or a key in it", strings.Count(lines, `"admin_import"`))
+	}
+}
+
+// TestUserIDRuleIsOneRule: the admin API takes exactly the user ids the
+// passkey routes take (1–64 of A-Z a-z 0-9 . _ - @ : +): an id one route
+// accepts and another refuses would strand a user.
+func TestUserIDRuleIsOneRule(t *testing.T) {
+	h := newHarness(t)
+	for id, want := range map[string]int{
+		strings.Repeat("a", 64): 201,
+		strings.Repeat("a", 65): 400,
+		"a%23b":                 400, // "a#b": printable, but not in the rule
+		"alice@example.com":     201,
+	} {
+		r := h.Admin("POST", "/v1/admin/users/"+id+"/session-tokens", nil)
+		if r.Status != want || (want == 400 && r.Code() != "invalid_user_id") {
+			t.Errorf("session token for %q: %d %s, want %d", id, r.Status, r.Code(), want)
+		}
+	}
+}
+
+// TestKeySizeRule: the native Firebase route stores what every store route
+// stores, 1 to 1024 opaque bytes, and gives them back byte for byte.
+func TestKeySizeRule(t *testing.T) {
+	h := newHarness(t)
+	tok := h.issuer.Mint(nil)
+	for _, n := range []int{1, 32, 1024} {
+		key := make([]byte, n)
+		for i := range key {
+			key[i] = byte(i*7 + n)
+		}
+		if r := h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: b64(key)}); r.Status != 201 && r.Status != 200 {
+			t.Fatalf("PUT a %d-byte key: %d %s", n, r.Status, r.Body)
+		}
+		r := h.Bearer("GET", "/v1/firebase/key", tok, nil)
+		var got struct {
+			Key string `json:"key"`
+		}
+		if r.Status != 200 {
+			t.Fatalf("GET after a %d-byte key: %d %s", n, r.Status, r.Body)
+		}
+		if r.Decode(t, &got); got.Key != b64(key) {
+			t.Fatalf("GET after a %d-byte key: %d %s", n, r.Status, r.Body)
+		}
+	}
+	if r := h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: b64(make([]byte, 1025))}); r.Status != 400 || r.Code() != "invalid_key" {
+		t.Fatalf("1025 bytes: %d %s", r.Status, r.Body)
 	}
 }

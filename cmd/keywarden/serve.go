@@ -23,6 +23,7 @@ import (
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/internal/sysclock"
 	"github.com/keywarden/keywarden/internal/tpmdev"
 	"github.com/keywarden/keywarden/internal/tpmsim"
 	"github.com/keywarden/keywarden/server"
@@ -258,6 +259,7 @@ func buildServer(ctx context.Context, a *appliance) (*server.Server, error) {
 	opts.Audit = a.audit
 	opts.Custody = enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{VersionRetention: a.cfg.Keys.VersionRetention})
 	opts.Sessions = a.root.SessionTokens(nil)
+	var clockSkew func() (time.Duration, time.Time, bool) // against Google's Date, when Firebase is on
 	if len(a.cfg.Firebase.ProjectIDs) > 0 {
 		v, err := firebase.New(ctx, firebaseOptions(a.cfg.Firebase))
 		if err != nil {
@@ -271,7 +273,9 @@ func buildServer(ctx context.Context, a *appliance) (*server.Server, error) {
 			}
 			return nil
 		}})
+		clockSkew = v.ClockSkew
 	}
+	opts.Degraded = append(opts.Degraded, server.ClockCheck(sysclock.Read, clockSkew, a.cfg.Firebase.Leeway))
 	if err := wireCapabilities(ctx, a, &opts); err != nil {
 		return nil, err
 	}
@@ -347,7 +351,7 @@ func listenAndServe(ctx context.Context, a *appliance, srv *server.Server) error
 	}
 	errc := make(chan error, len(servers))
 	for _, s := range servers {
-		ln, err := net.Listen("tcp", s.Addr)
+		ln, err := listenTCP(s.Addr, l.TrustedProxies, l.ReadHeaderTimeout)
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", s.Addr, err)
 		}

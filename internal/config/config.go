@@ -63,7 +63,7 @@ type Listen struct {
 	TLSKey            string        `key:"tls_key"`
 	AdminClientCA     string        `key:"admin_client_ca"` // optional mTLS for the admin listener
 	PlainHTTP         bool          `key:"plain_http"`      // explicit opt-out of TLS (behind a TLS-terminating LB)
-	TrustedProxies    []string      `key:"trusted_proxies"` // CIDRs whose X-Forwarded-For is believed
+	TrustedProxies    []string      `key:"trusted_proxies"` // CIDRs whose X-Forwarded-For and PROXY headers are believed
 	ReadHeaderTimeout time.Duration `key:"read_header_timeout"`
 	ReadTimeout       time.Duration `key:"read_timeout"`
 	WriteTimeout      time.Duration `key:"write_timeout"`
@@ -312,8 +312,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, o := range c.Listen.CORSOrigins {
-		if o == "*" {
-			add("listen.cors_origins", "\"*\" is not allowed; list the web origins")
+		if err := ExactOrigin(o); err != nil {
+			add("listen.cors_origins", "%v", err)
 		}
 	}
 	for name, d := range map[string]time.Duration{"listen.read_header_timeout": c.Listen.ReadHeaderTimeout, "listen.read_timeout": c.Listen.ReadTimeout, "listen.write_timeout": c.Listen.WriteTimeout, "listen.idle_timeout": c.Listen.IdleTimeout} {
@@ -471,6 +471,36 @@ func (c *Config) Validate() error {
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// ExactOrigin accepts one exact web origin, scheme://host[:port], as a
+// browser sends it in Origin: https, or http for a loopback host. A
+// wildcard ("*", "https://*", "https://*.example.com") or any other pattern
+// is refused: a CORS allow-list that matches more than the operator's own
+// pages lets any site that matches call the client API from its users'
+// browsers.
+func ExactOrigin(o string) error {
+	if strings.ContainsAny(o, "*?{}()|^$\\ ") {
+		return fmt.Errorf("%q is a pattern; list each web origin exactly (scheme://host[:port])", o)
+	}
+	u, err := url.Parse(o)
+	if err != nil || u.Host == "" || u.Hostname() == "" || u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" || strings.HasSuffix(o, "?") || strings.HasSuffix(o, "#") {
+		return fmt.Errorf("%q is not an exact origin (scheme://host[:port], no path, no trailing slash)", o)
+	}
+	if strings.ToLower(o) != o {
+		return fmt.Errorf("%q: write the origin in lower case, as browsers send it", o)
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		h := u.Hostname()
+		if ip := net.ParseIP(h); !(h == "localhost" || (ip != nil && ip.IsLoopback())) {
+			return fmt.Errorf("%q: http origins are accepted only for loopback hosts; use https", o)
+		}
+	default:
+		return fmt.Errorf("%q: the scheme must be https (or http on loopback)", o)
 	}
 	return nil
 }

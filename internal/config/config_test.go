@@ -139,3 +139,48 @@ func TestFileErrors(t *testing.T) {
 		t.Error("missing file accepted")
 	}
 }
+
+// TestListSecretFromFile: a …_FILE for a list holds one value per line
+// (systemd LoadCredential= files), commas, or both.
+func TestListSecretFromFile(t *testing.T) {
+	for name, content := range map[string]string{
+		"one per line":      "webhook-secret-number-0001\nwebhook-secret-number-0002\n",
+		"CRLF, blank lines": "webhook-secret-number-0001\r\n\r\nwebhook-secret-number-0002\r\n",
+		"commas":            "webhook-secret-number-0001,webhook-secret-number-0002",
+		"both":              "webhook-secret-number-0001,\nwebhook-secret-number-0002\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := filepath.Join(t.TempDir(), "secrets")
+			if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c, err := Load(prodBase(), "", []string{"KEYWARDEN_PORTAL_WEBHOOK_SECRETS_FILE=" + f})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, s := range c.Portal.WebhookSecrets {
+				got = append(got, s.Reveal())
+			}
+			if strings.Join(got, "|") != "webhook-secret-number-0001|webhook-secret-number-0002" {
+				t.Fatalf("secrets from %q: %q, want the two values", content, got)
+			}
+		})
+	}
+}
+
+// TestCORSOriginsAreExact: wildcards and patterns are refused at start, as
+// are paths and http for a non-loopback host; exact origins pass.
+func TestCORSOriginsAreExact(t *testing.T) {
+	for _, bad := range []string{"*", "https://*", "https://*.example.com", "https://app.example.*", "https://example.com/", "https://example.com/app", "http://example.com", "ftp://example.com", "example.com", "https://", "https://App.Example.com", "https://user@example.com"} {
+		_, err := Load(prodBase(), "", []string{"KEYWARDEN_LISTEN_CORS_ORIGINS=" + bad})
+		if err == nil || !strings.Contains(err.Error(), "listen.cors_origins") {
+			t.Errorf("cors origin %q: err = %v, want a refusal naming listen.cors_origins", bad, err)
+		}
+	}
+	for _, good := range []string{"https://app.example.com", "https://app.example.com:8443", "http://localhost:8420", "http://127.0.0.1:3000", "http://[::1]:3000"} {
+		if _, err := Load(prodBase(), "", []string{"KEYWARDEN_LISTEN_CORS_ORIGINS=" + good}); err != nil {
+			t.Errorf("cors origin %q refused: %v", good, err)
+		}
+	}
+}

@@ -147,13 +147,15 @@ func (f field) set(c *Config, raw []string, isList bool) error {
 	return nil
 }
 
-// splitList: a file gives a list; the environment a comma-separated string.
+// splitList: a YAML file gives a list; the environment (or a …_FILE
+// named by it) a string of values separated by commas or line breaks, so a
+// credential file can hold one value per line.
 func splitList(raw []string, isList bool) []string {
 	var out []string
 	for _, r := range raw {
 		parts := []string{r}
 		if !isList {
-			parts = strings.Split(r, ",")
+			parts = strings.FieldsFunc(r, func(c rune) bool { return c == ',' || c == '\n' || c == '\r' })
 		}
 		for _, p := range parts {
 			if p = strings.TrimSpace(p); p != "" {

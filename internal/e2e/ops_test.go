@@ -37,6 +37,7 @@ const opsAdminKey = "ops-e2e-admin-key-0123456789"
 func TestOps(t *testing.T) {
 	bin := opsBuild(t)
 	t.Run("HAProxyReadiness", func(t *testing.T) { opsHAProxyReadiness(t, bin) })
+	t.Run("ProxyProtocol", func(t *testing.T) { opsProxyProtocol(t, bin) })
 	t.Run("Abuse", func(t *testing.T) { opsAbuse(t, bin) })
 	t.Run("GracefulShutdown", func(t *testing.T) { opsGracefulShutdown(t, bin) })
 }

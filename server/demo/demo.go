@@ -43,7 +43,6 @@ import (
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/server"
-	"github.com/keywarden/keywarden/server/passkey"
 )
 
 //go:embed static
@@ -186,14 +185,8 @@ func (d *Demo) session(c echo.Context) error {
 	return c.JSON(http.StatusCreated, sessionResponse{UserID: req.UserID, Token: tok, ExpiresAt: exp})
 }
 
-// validUserID accepts ids that both the admin API (which mints tokens in
-// production) and the passkey routes accept.
-func validUserID(id string) error {
-	if err := server.ValidUserID(id); err != nil {
-		return err
-	}
-	return passkey.ValidUserID(id)
-}
+// validUserID is the one user-id rule, the one the page's hint states.
+func validUserID(id string) error { return enclave.ValidUserID(id) }
 
 func (d *Demo) record(c echo.Context, userID string) error {
 	ev := audit.Event{

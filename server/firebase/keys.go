@@ -122,10 +122,16 @@ func parseCert(p string) (*certKey, error) {
 	return &certKey{pub: pub, notBefore: c.NotBefore, notAfter: c.NotAfter}, nil
 }
 
-// source loads the certificate JSON. maxAge is 0 when the set does not
-// expire (a file).
+// loaded is what a source returned.
+type loaded struct {
+	data   []byte
+	maxAge time.Duration // 0 when the set does not expire (a file)
+	date   time.Time     // the server's Date header; zero for a file or none
+}
+
+// source loads the certificate JSON.
 type source interface {
-	load(ctx context.Context) (data []byte, maxAge time.Duration, err error)
+	load(ctx context.Context) (l loaded, err error)
 	String() string
 }
 
@@ -136,29 +142,30 @@ type urlSource struct {
 
 func (s urlSource) String() string { return s.url }
 
-func (s urlSource) load(ctx context.Context) ([]byte, time.Duration, error) {
+func (s urlSource) load(ctx context.Context) (loaded, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
 	if err != nil {
-		return nil, 0, err
+		return loaded{}, err
 	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return nil, 0, err
+		return loaded{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
-		return nil, 0, fmt.Errorf("GET %s: %s", s.url, resp.Status)
+		return loaded{}, fmt.Errorf("GET %s: %s", s.url, resp.Status)
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxCertsResponse+1))
 	if err != nil {
-		return nil, 0, fmt.Errorf("GET %s: %w", s.url, err)
+		return loaded{}, fmt.Errorf("GET %s: %w", s.url, err)
 	}
 	if len(data) > maxCertsResponse {
-		return nil, 0, fmt.Errorf("GET %s: answer larger than %d bytes", s.url, maxCertsResponse)
+		return loaded{}, fmt.Errorf("GET %s: answer larger than %d bytes", s.url, maxCertsResponse)
 	}
-	return data, cacheMaxAge(resp.Header), nil
+	date, _ := http.ParseTime(resp.Header.Get("Date"))
+	return loaded{data: data, maxAge: cacheMaxAge(resp.Header), date: date}, nil
 }
 
 // cacheMaxAge reads Cache-Control's max-age less the Age header, clamped to
@@ -198,20 +205,20 @@ type fileSource struct{ path string }
 
 func (s fileSource) String() string { return "file:" + s.path }
 
-func (s fileSource) load(context.Context) ([]byte, time.Duration, error) {
+func (s fileSource) load(context.Context) (loaded, error) {
 	f, err := os.Open(s.path)
 	if err != nil {
-		return nil, 0, err
+		return loaded{}, err
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxCertsResponse+1))
 	if err != nil {
-		return nil, 0, fmt.Errorf("reading %s: %w", s.path, err)
+		return loaded{}, fmt.Errorf("reading %s: %w", s.path, err)
 	}
 	if len(data) > maxCertsResponse {
-		return nil, 0, fmt.Errorf("%s is larger than %d bytes", s.path, maxCertsResponse)
+		return loaded{}, fmt.Errorf("%s is larger than %d bytes", s.path, maxCertsResponse)
 	}
-	return data, 0, nil
+	return loaded{data: data}, nil
 }
 
 // errRefetchTooSoon means the last fetch attempt was less than
@@ -294,11 +301,11 @@ func (v *Verifier) fetchOnce() error {
 	ctx, cancel := context.WithTimeout(v.bgCtx, DefaultFetchTimeout)
 	defer cancel()
 	v.stats.fetches.Add(1)
-	data, maxAge, err := v.src.load(ctx)
+	l, err := v.src.load(ctx)
 	now = v.now()
 	var keys map[string]*certKey
 	if err == nil {
-		keys, err = parseCerts(data, now)
+		keys, err = parseCerts(l.data, now)
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -309,7 +316,12 @@ func (v *Verifier) fetchOnce() error {
 	}
 	s := &keySet{keys: keys, fetchedAt: now}
 	if _, isURL := v.src.(urlSource); isURL {
-		s.expiresAt = now.Add(maxAge)
+		s.expiresAt = now.Add(l.maxAge)
+	}
+	if !l.date.IsZero() {
+		// Date has whole seconds and was stamped before the answer
+		// travelled: the difference is exact to about a second.
+		v.skew.Store(&clockSkew{skew: now.Sub(l.date), at: now})
 	}
 	v.keys.Store(s)
 	v.lastErr = nil
@@ -337,6 +349,28 @@ func (v *Verifier) Stats() Stats {
 		RefetchesSuppressed: v.stats.suppressed.Load(),
 	}
 }
+
+// clockSkew is this host's clock minus Google's Date header, measured at
+// a certificate fetch.
+type clockSkew struct {
+	skew time.Duration
+	at   time.Time
+}
+
+// ClockSkew reports this host's clock minus the Date of Google's last
+// certificate answer (positive: this clock is ahead), and whether one was
+// measured. It is exact to about a second. A skew beyond the leeway makes
+// valid tokens look expired or not yet valid.
+func (v *Verifier) ClockSkew() (skew time.Duration, measuredAt time.Time, ok bool) {
+	s := v.skew.Load()
+	if s == nil {
+		return 0, time.Time{}, false
+	}
+	return s.skew, s.at, true
+}
+
+// Leeway is the clock skew tolerated on the token's times.
+func (v *Verifier) Leeway() time.Duration { return v.opts.Leeway }
 
 // KeySetStatus describes the certificates in use, for /readyz.
 type KeySetStatus struct {

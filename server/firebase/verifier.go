@@ -59,6 +59,7 @@ type Verifier struct {
 	src       source
 
 	keys   atomic.Pointer[keySet]
+	skew   atomic.Pointer[clockSkew] // of the last fetch with a Date header
 	tokens tokenCache
 	flight singleflight.Group
 	stats  stats

@@ -3,6 +3,7 @@ package passkey
 import (
 	"net/http"
 
+	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 )
 
@@ -12,8 +13,8 @@ import (
 var (
 	// Requests.
 	ErrInvalidCredential = apierr.New(http.StatusBadRequest, "invalid_credential", "the credential is not a well-formed WebAuthn response (JSON, base64url, CBOR)")
-	ErrInvalidUserID     = apierr.New(http.StatusBadRequest, "invalid_user_id", "the user id must be 1 to 64 printable ASCII characters without spaces")
-	ErrInvalidKey        = apierr.New(http.StatusBadRequest, "invalid_key", "the key must be base64 of 32 to 64 bytes")
+	ErrInvalidUserID     = enclave.ErrInvalidUserID
+	ErrInvalidKey        = apierr.New(http.StatusBadRequest, "invalid_key", "the key must be base64 of 1 to 1024 bytes")
 	ErrKeyRequired       = apierr.New(http.StatusBadRequest, "key_required", "no key is stored for this user yet: registration/finish must carry the key")
 	ErrUnknownRP         = apierr.New(http.StatusBadRequest, "unknown_relying_party", "the relying party is not configured on this appliance")
 	ErrRecipientMismatch = apierr.New(http.StatusBadRequest, "recipient_mismatch", "recipientPublicKey differs from the one given at begin; the key is sealed only to the key bound to the ceremony")

@@ -121,10 +121,11 @@ func validCredential(raw json.RawMessage) error {
 	return nil
 }
 
-// Key sizes of the native API.
+// Key sizes of the native API: the one rule of every store route, opaque
+// bytes of enclave.MinKeyBytes to enclave.MaxKeyBytes.
 const (
-	MinNativeKeyBytes = 32
-	MaxNativeKeyBytes = 64
+	MinNativeKeyBytes = enclave.MinKeyBytes
+	MaxNativeKeyBytes = enclave.MaxKeyBytes
 )
 
 type registrationBeginRequest struct {

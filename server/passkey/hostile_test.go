@@ -306,10 +306,15 @@ func TestHostile(t *testing.T) {
 			cred, _, _ := softauthn.New([16]byte{}).CreateWith(opts, testOrigin, softauthn.CreateOptions{RPIDHash: make([]byte, 32)})
 			return v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(testKey(1))})
 		}},
-		{"registration key too short", nil, 400, "invalid_key", func(t *testing.T, v *env, f fixture) resp {
+		{"registration key too long", nil, 400, "invalid_key", func(t *testing.T, v *env, f fixture) resp {
 			id, opts := v.beginRegistration("carol", nil)
 			cred, _, _ := softauthn.New([16]byte{}).Create(opts, testOrigin)
-			return v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(make([]byte, 16))})
+			return v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(make([]byte, 1025))})
+		}},
+		{"registration key empty", nil, 400, "invalid_key", func(t *testing.T, v *env, f fixture) resp {
+			id, opts := v.beginRegistration("carol", nil)
+			cred, _, _ := softauthn.New([16]byte{}).Create(opts, testOrigin)
+			return v.Send("POST", "/v1/passkeys/registration/finish", map[string]any{"ceremonyId": id, "credential": json.RawMessage(cred), "key": ""})
 		}},
 		{"first registration without a key", nil, 400, "key_required", func(t *testing.T, v *env, f fixture) resp {
 			id, opts := v.beginRegistration("carol", nil)

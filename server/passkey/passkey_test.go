@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -426,5 +427,20 @@ func TestAndroidOrigin(t *testing.T) {
 	r = v2.assert(nil, v2.beginAuth(user("alice")), AndroidOrigin(other[:]), softauthn.GetOptions{}, nil)
 	if r.Status != 200 {
 		t.Fatalf("directly configured android origin: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestKeySizeRule: passkey registration stores what every store route
+// stores, 1 to 1024 opaque bytes, and the release gives them back.
+func TestKeySizeRule(t *testing.T) {
+	for _, n := range []int{1, 1024} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			v := newEnv(t, nil)
+			key := bytes.Repeat([]byte{byte(n)}, n)
+			v.register(nil, "alice", key, softauthn.CreateOptions{})
+			if got := v.release(nil, "alice", softauthn.GetOptions{}); !bytes.Equal(got, key) {
+				t.Fatalf("released %d bytes, want the %d stored", len(got), n)
+			}
+		})
 	}
 }

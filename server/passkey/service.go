@@ -69,18 +69,8 @@ func UserSubject(userID string) Subject {
 	return Subject{Owner: enclave.UserOwner(userID), UserID: userID}
 }
 
-// ValidUserID checks a user id's form.
-func ValidUserID(id string) error {
-	if len(id) == 0 || len(id) > protocol.MaximumUserHandleLength {
-		return ErrInvalidUserID
-	}
-	for i := 0; i < len(id); i++ {
-		if id[i] < 0x21 || id[i] > 0x7e {
-			return ErrInvalidUserID
-		}
-	}
-	return nil
-}
+// ValidUserID is the one user-id rule ([enclave.ValidUserID]).
+func ValidUserID(id string) error { return enclave.ValidUserID(id) }
 
 func (s Subject) validate() error {
 	if err := ValidUserID(s.UserID); err != nil {

@@ -1,0 +1,45 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+)
+
+// listenTCP opens a listener on addr that understands the PROXY protocol
+// (v1 and v2) from trusted proxies only.
+//
+// Behind a TCP-passthrough load balancer (needed so that clients reach the
+// appliance's own TLS, whose key attestation binds) every connection comes
+// from the balancer's address, so per-address limits, ceremony caps and the
+// webhook allow-list would apply to all clients at once. A balancer listed
+// in listen.trusted_proxies may prefix each connection with a PROXY header
+// naming the real client; the connection's remote address then becomes that
+// client. The header is optional from a trusted source (HTTP-terminating
+// balancers on the same list send X-Forwarded-For instead, and health
+// checks may send none). A connection from any other source that opens
+// with a PROXY header is refused: otherwise anyone could claim any address.
+func listenTCP(addr string, trusted []string, headerTimeout time.Duration) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	ranges := make([]string, 0, len(trusted))
+	for _, t := range trusted {
+		if t = strings.TrimSpace(t); t != "" {
+			ranges = append(ranges, t)
+		}
+	}
+	policy, err := proxyproto.PolicyFromRanges(ranges, proxyproto.USE, proxyproto.REJECT)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen.trusted_proxies: %w", err)
+	}
+	if headerTimeout <= 0 {
+		headerTimeout = 5 * time.Second
+	}
+	return &proxyproto.Listener{Listener: ln, ConnPolicy: policy, ReadHeaderTimeout: headerTimeout}, nil
+}
