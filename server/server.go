@@ -342,11 +342,10 @@ func (s *Server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
 			c.Error(err)
 		}
 		m.InFlight.Dec()
-		route := c.Path()
-		if route == "" {
-			route = "unmatched"
-		}
-		m.Requests.WithLabelValues(route, c.Request().Method, strconv.Itoa(c.Response().Status)).Inc()
+		// Both labels come from closed sets (see package metrics): a client
+		// picks the method and path, so neither is used as it came.
+		route := metrics.RouteLabel(c.Path())
+		m.Requests.WithLabelValues(route, metrics.MethodLabel(c.Request().Method), strconv.Itoa(c.Response().Status)).Inc()
 		m.RequestDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 		return nil
 	}
