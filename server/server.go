@@ -234,7 +234,7 @@ func (s *Server) routes() {
 	}
 	client = append(client, limiter)
 	public := s.Public.Group("", client...)
-	admin := s.Admin.Group("/v1/admin", s.requireAdmin)
+	admin := s.Admin.Group("/v1/admin", noStore, s.requireAdmin)
 
 	admin.POST("/users/:userId/session-tokens", s.mintSessionToken, s.unsealed)
 	admin.GET("/users/:userId", s.describeUser, s.unsealed)
@@ -393,6 +393,17 @@ func (s *Server) rateLimit() echo.MiddlewareFunc {
 			return apierr.ErrRateLimited.WithRetry(retry)
 		},
 	})
+}
+
+// noStore marks every answer of the admin API as not to be kept by any
+// cache: many carry secrets (custodian shares, client shares, backups,
+// session tokens) and the rest describe users. It is set before the
+// handler runs, so refusals and errors carry it too.
+func noStore(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		c.Response().Header().Set(echo.HeaderCacheControl, "no-store")
+		return next(c)
+	}
 }
 
 // unsealed refuses key routes while the root key is sealed.
