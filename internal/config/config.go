@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/netcheck"
 	"github.com/keywarden/keywarden/internal/secret"
 )
 
@@ -404,8 +405,9 @@ func (c *Config) Validate() error {
 		add("firebase.leeway", "must be between 0 and 5m")
 	}
 	if c.Vault.Addr != "" {
-		if u, err := url.Parse(c.Vault.Addr); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			add("vault.addr", "must be an http(s) URL")
+		// The Vault token and every custodian share cross this connection.
+		if err := netcheck.ServiceURL(c.Vault.Addr); err != nil {
+			add("vault.addr", "%v", err)
 		}
 		auths := 0
 		if !c.Vault.Token.IsZero() {
