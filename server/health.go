@@ -29,8 +29,21 @@ func (s *Server) healthz(c echo.Context) error {
 // readyz is readiness (DECISIONS 20): 503 only when the root key is
 // sealed, the store is not writable, or the node is draining. Vault,
 // Google's key set and the clock appear as "degraded" with 200.
+//
+// Anyone who reaches the listener may ask, so the answer holds statuses
+// only (ready or not, and one status word per check): a check's detail can
+// carry a TPM error, Vault's address or the network's layout. The details
+// are on the admin API (adminReadyz).
 func (s *Server) readyz(c echo.Context) error {
-	r := s.Readiness(c.Request().Context())
+	return s.answerReadiness(c, s.Readiness(c.Request().Context()).statusesOnly())
+}
+
+// adminReadyz is GET /v1/admin/readyz: readiness with every check's detail.
+func (s *Server) adminReadyz(c echo.Context) error {
+	return s.answerReadiness(c, s.Readiness(c.Request().Context()))
+}
+
+func (s *Server) answerReadiness(c echo.Context, r readiness) error {
 	code := http.StatusOK
 	if r.Status != "ready" {
 		code = http.StatusServiceUnavailable
@@ -40,6 +53,15 @@ func (s *Server) readyz(c echo.Context) error {
 		return c.NoContent(code)
 	}
 	return c.JSON(code, r)
+}
+
+// statusesOnly is r without the checks' details.
+func (r readiness) statusesOnly() readiness {
+	out := readiness{Status: r.Status, Checks: make(map[string]checkResult, len(r.Checks))}
+	for name, c := range r.Checks {
+		out.Checks[name] = checkResult{Status: c.Status}
+	}
+	return out
 }
 
 // Readiness evaluates the checks.

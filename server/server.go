@@ -236,6 +236,7 @@ func (s *Server) routes() {
 	public := s.Public.Group("", client...)
 	admin := s.Admin.Group("/v1/admin", noStore, s.requireAdmin)
 
+	admin.GET("/readyz", s.adminReadyz)
 	admin.POST("/users/:userId/session-tokens", s.mintSessionToken, s.unsealed)
 	admin.GET("/users/:userId", s.describeUser, s.unsealed)
 	admin.DELETE("/users/:userId", s.deleteUser, s.unsealed)
