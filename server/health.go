@@ -9,8 +9,9 @@ import (
 )
 
 type checkResult struct {
-	Status string `json:"status"` // ok | failing | degraded
-	Detail string `json:"detail,omitempty"`
+	Status  string `json:"status"` // ok | failing | degraded
+	Detail  string `json:"detail,omitempty"`
+	private bool   // Check.Private: admin readiness only
 }
 
 type readiness struct {
@@ -55,10 +56,14 @@ func (s *Server) answerReadiness(c echo.Context, r readiness) error {
 	return c.JSON(code, r)
 }
 
-// statusesOnly is r without the checks' details.
+// statusesOnly is r without the checks' details and without the private
+// checks.
 func (r readiness) statusesOnly() readiness {
 	out := readiness{Status: r.Status, Checks: make(map[string]checkResult, len(r.Checks))}
 	for name, c := range r.Checks {
+		if c.private {
+			continue
+		}
 		out.Checks[name] = checkResult{Status: c.Status}
 	}
 	return out
@@ -93,9 +98,9 @@ func (s *Server) Readiness(ctx context.Context) readiness {
 		err := chk.Run(cctx)
 		cancel()
 		if err != nil {
-			r.Checks[chk.Name] = checkResult{Status: "degraded", Detail: err.Error()}
+			r.Checks[chk.Name] = checkResult{Status: "degraded", Detail: err.Error(), private: chk.Private}
 		} else {
-			r.Checks[chk.Name] = checkResult{Status: "ok"}
+			r.Checks[chk.Name] = checkResult{Status: "ok", private: chk.Private}
 		}
 	}
 	return r

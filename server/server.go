@@ -91,6 +91,10 @@ func (s *Server) Destructive(c echo.Context) {
 type Check struct {
 	Name string
 	Run  func(ctx context.Context) error
+	// Private checks describe the configuration (e.g. a root key sealed
+	// without a PCR policy): they appear only in the admin readiness
+	// (GET /v1/admin/readyz), not in the public /readyz.
+	Private bool
 }
 
 // Options are the server's dependencies.

@@ -89,6 +89,9 @@ func cmdInit(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "root key created and sealed to %s (PCRs %v)\n", cfg.TPM.Path, cfg.TPM.PCRs)
+	if len(cfg.TPM.PCRs) == 0 {
+		fmt.Fprintln(os.Stderr, "WARNING: no PCR policy (tpm.allow_no_pcr_policy): the root key is bound to this TPM only; `keywarden status` flags it")
+	}
 	return nil
 }
 

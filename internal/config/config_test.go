@@ -11,7 +11,40 @@ import (
 func prodBase() Config {
 	c := Defaults()
 	c.Listen.PlainHTTP = true
+	c.TPM.PCRs = []int{7}
 	return c
+}
+
+// TestPCRPolicyRequiredOutsideDev: outside dev mode the root key is sealed
+// with a PCR policy (a stolen machine that boots something else does not
+// unseal it), unless the operator says in so many words that it need not be.
+func TestPCRPolicyRequiredOutsideDev(t *testing.T) {
+	base := prodBase()
+	base.TPM.PCRs = nil
+	_, err := Load(base, "", nil)
+	if err == nil || !strings.Contains(err.Error(), "tpm.pcrs") || !strings.Contains(err.Error(), "tpm.allow_no_pcr_policy") {
+		t.Fatalf("no PCRs outside dev mode: %v", err)
+	}
+	if _, err := Load(base, "", []string{"KEYWARDEN_TPM_PCRS=7,11"}); err != nil {
+		t.Fatalf("with tpm.pcrs: %v", err)
+	}
+	c, err := Load(base, "", []string{"KEYWARDEN_TPM_ALLOW_NO_PCR_POLICY=true"})
+	if err != nil || !c.TPM.AllowNoPCRPolicy {
+		t.Fatalf("with tpm.allow_no_pcr_policy: %v", err)
+	}
+	if _, err := Load(base, "", []string{"KEYWARDEN_TPM_ALLOW_NO_PCR_POLICY=false"}); err == nil {
+		t.Fatal("allow_no_pcr_policy=false accepted without PCRs")
+	}
+	dir := t.TempDir()
+	p := filepath.Join(dir, "k.yaml")
+	os.WriteFile(p, []byte("tpm:\n  allow_no_pcr_policy: true\n"), 0o600)
+	if c, err := Load(base, p, nil); err != nil || !c.TPM.AllowNoPCRPolicy {
+		t.Fatalf("allow_no_pcr_policy from a file: %v", err)
+	}
+	// Dev mode's simulator has nothing to measure: no policy needed.
+	if _, err := Load(DevDefaults(), "", []string{"KEYWARDEN_ADMIN_KEY=dev-admin-key-0123456789"}); err != nil {
+		t.Fatalf("dev defaults: %v", err)
+	}
 }
 
 func TestPrecedence(t *testing.T) {
