@@ -221,13 +221,14 @@ func cmdServe(ctx context.Context, args []string, dev bool) error {
 	if err != nil {
 		return err
 	}
+	// The checks `config check` makes too, before the TPM is opened.
+	if err := validateForServe(cfg); err != nil {
+		return err
+	}
 	log := newLogger(cfg.Log)
 	if dev {
 		if !tpmsim.Available {
 			return errors.New("`keywarden dev` needs a development build with the TPM simulator (cgo); release builds refuse it")
-		}
-		if err := devLoopbackOnly(cfg); err != nil {
-			return err
 		}
 		if cfg.Admin.Key.IsZero() && len(cfg.Admin.KeyHashes) == 0 {
 			var b [24]byte
