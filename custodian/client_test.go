@@ -32,14 +32,22 @@ func TestOptionsValidate(t *testing.T) {
 		{"cert", Options{Addr: "https://v", Auth: AuthCert, Cert: CertAuth{CertFile: "c", KeyFile: "k"}}, ""},
 		{"no addr", Options{Token: tok}, "addr: required"},
 		{"bad scheme", Options{Addr: "ftp://v", Token: tok}, "addr:"},
-		{"no token", Options{Addr: "http://v"}, "token: required"},
-		{"approle without secret", Options{Addr: "http://v", Auth: AuthAppRole, AppRole: AppRoleAuth{RoleID: "r"}}, "secret_id"},
-		{"cert without key", Options{Addr: "http://v", Auth: AuthCert, Cert: CertAuth{CertFile: "c"}}, "key_file"},
-		{"unknown auth", Options{Addr: "http://v", Auth: "ldap", Token: tok}, "auth:"},
-		{"bad key name", Options{Addr: "http://v", Token: tok, KeyName: "a/b"}, "key_name"},
-		{"bad mount", Options{Addr: "http://v", Token: tok, TransitMount: "../sys"}, "transit_mount"},
-		{"negative timeout", Options{Addr: "http://v", Token: tok, Timeout: -1}, "timeout"},
-		{"negative concurrency", Options{Addr: "http://v", Token: tok, MaxConcurrent: -1}, "max_concurrent"},
+		{"plain http to localhost", Options{Addr: "http://localhost:8200", Token: tok}, ""},
+		{"plain http to ::1", Options{Addr: "http://[::1]:8200", Token: tok}, ""},
+		{"plain http to 127/8", Options{Addr: "http://127.3.2.1:8200", Token: tok}, ""},
+		// Shares and the token would cross the network in the clear.
+		{"plain http to a remote host", Options{Addr: "http://vault.internal:8200", Token: tok}, "addr: \"http://vault.internal:8200\": plain http is allowed only to a loopback address"},
+		{"plain http to a private address", Options{Addr: "http://10.0.0.8:8200", Token: tok}, "loopback"},
+		{"plain http to a name that starts like loopback", Options{Addr: "http://127.0.0.1.evil.example:8200", Token: tok}, "loopback"},
+		{"plain http to localhost's lookalike", Options{Addr: "http://localhost.evil.example", Token: tok}, "loopback"},
+		{"no token", Options{Addr: "https://v"}, "token: required"},
+		{"approle without secret", Options{Addr: "https://v", Auth: AuthAppRole, AppRole: AppRoleAuth{RoleID: "r"}}, "secret_id"},
+		{"cert without key", Options{Addr: "https://v", Auth: AuthCert, Cert: CertAuth{CertFile: "c"}}, "key_file"},
+		{"unknown auth", Options{Addr: "https://v", Auth: "ldap", Token: tok}, "auth:"},
+		{"bad key name", Options{Addr: "https://v", Token: tok, KeyName: "a/b"}, "key_name"},
+		{"bad mount", Options{Addr: "https://v", Token: tok, TransitMount: "../sys"}, "transit_mount"},
+		{"negative timeout", Options{Addr: "https://v", Token: tok, Timeout: -1}, "timeout"},
+		{"negative concurrency", Options{Addr: "https://v", Token: tok, MaxConcurrent: -1}, "max_concurrent"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -57,7 +65,7 @@ func TestOptionsValidate(t *testing.T) {
 		})
 	}
 	// The secret never appears in a formatted Options.
-	o := Options{Addr: "http://v", Token: secret.NewString("s.very-secret")}
+	o := Options{Addr: "https://v", Token: secret.NewString("s.very-secret")}
 	if strings.Contains(fmt.Sprintf("%+v %#v", o, o), "very-secret") {
 		t.Fatal("Options print the token")
 	}

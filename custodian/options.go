@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"regexp"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/netcheck"
 	"github.com/keywarden/keywarden/internal/secret"
 )
 
@@ -47,7 +47,8 @@ type CertAuth struct {
 // Options configure a [Client]. Zero values mean the documented default;
 // [Options.Validate] checks them and never changes them.
 type Options struct {
-	// Addr is Vault's address, e.g. https://vault.internal:8200. Required.
+	// Addr is Vault's address, e.g. https://vault.internal:8200. Required;
+	// plain http only to a loopback address.
 	Addr string
 	// CACert is a PEM file of CAs that verify Vault's TLS certificate
 	// ("" means the system roots). No option disables verification: a
@@ -105,12 +106,12 @@ var pathSegment = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_./-]*$`)
 // Validate reports what is wrong with o, naming the field.
 func (o Options) Validate() error {
 	var errs []error
-	u, err := url.Parse(o.Addr)
-	switch {
-	case o.Addr == "":
+	if o.Addr == "" {
 		errs = append(errs, errors.New("addr: required"))
-	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-		errs = append(errs, fmt.Errorf("addr: %q is not an http(s) URL", o.Addr))
+	} else if err := netcheck.ServiceURL(o.Addr); err != nil {
+		// The token and every share cross this connection: plain http
+		// only to a Vault on this host.
+		errs = append(errs, fmt.Errorf("addr: %w", err))
 	}
 	switch o.Auth {
 	case "", AuthToken:

@@ -9,8 +9,9 @@ import (
 )
 
 type checkResult struct {
-	Status string `json:"status"` // ok | failing | degraded
-	Detail string `json:"detail,omitempty"`
+	Status  string `json:"status"` // ok | failing | degraded
+	Detail  string `json:"detail,omitempty"`
+	private bool   // Check.Private: admin readiness only
 }
 
 type readiness struct {
@@ -29,8 +30,21 @@ func (s *Server) healthz(c echo.Context) error {
 // readyz is readiness (DECISIONS 20): 503 only when the root key is
 // sealed, the store is not writable, or the node is draining. Vault,
 // Google's key set and the clock appear as "degraded" with 200.
+//
+// Anyone who reaches the listener may ask, so the answer holds statuses
+// only (ready or not, and one status word per check): a check's detail can
+// carry a TPM error, Vault's address or the network's layout. The details
+// are on the admin API (adminReadyz).
 func (s *Server) readyz(c echo.Context) error {
-	r := s.Readiness(c.Request().Context())
+	return s.answerReadiness(c, s.Readiness(c.Request().Context()).statusesOnly())
+}
+
+// adminReadyz is GET /v1/admin/readyz: readiness with every check's detail.
+func (s *Server) adminReadyz(c echo.Context) error {
+	return s.answerReadiness(c, s.Readiness(c.Request().Context()))
+}
+
+func (s *Server) answerReadiness(c echo.Context, r readiness) error {
 	code := http.StatusOK
 	if r.Status != "ready" {
 		code = http.StatusServiceUnavailable
@@ -40,6 +54,19 @@ func (s *Server) readyz(c echo.Context) error {
 		return c.NoContent(code)
 	}
 	return c.JSON(code, r)
+}
+
+// statusesOnly is r without the checks' details and without the private
+// checks.
+func (r readiness) statusesOnly() readiness {
+	out := readiness{Status: r.Status, Checks: make(map[string]checkResult, len(r.Checks))}
+	for name, c := range r.Checks {
+		if c.private {
+			continue
+		}
+		out.Checks[name] = checkResult{Status: c.Status}
+	}
+	return out
 }
 
 // Readiness evaluates the checks.
@@ -71,9 +98,9 @@ func (s *Server) Readiness(ctx context.Context) readiness {
 		err := chk.Run(cctx)
 		cancel()
 		if err != nil {
-			r.Checks[chk.Name] = checkResult{Status: "degraded", Detail: err.Error()}
+			r.Checks[chk.Name] = checkResult{Status: "degraded", Detail: err.Error(), private: chk.Private}
 		} else {
-			r.Checks[chk.Name] = checkResult{Status: "ok"}
+			r.Checks[chk.Name] = checkResult{Status: "ok", private: chk.Private}
 		}
 	}
 	return r

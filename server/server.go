@@ -91,6 +91,10 @@ func (s *Server) Destructive(c echo.Context) {
 type Check struct {
 	Name string
 	Run  func(ctx context.Context) error
+	// Private checks describe the configuration (e.g. a root key sealed
+	// without a PCR policy): they appear only in the admin readiness
+	// (GET /v1/admin/readyz), not in the public /readyz.
+	Private bool
 }
 
 // Options are the server's dependencies.
@@ -236,8 +240,9 @@ func (s *Server) routes() {
 	}
 	client = append(client, limiter)
 	public := s.Public.Group("", client...)
-	admin := s.Admin.Group("/v1/admin", s.requireAdmin)
+	admin := s.Admin.Group("/v1/admin", noStore, s.requireAdmin)
 
+	admin.GET("/readyz", s.adminReadyz)
 	admin.POST("/users/:userId/session-tokens", s.mintSessionToken, s.unsealed)
 	admin.GET("/users/:userId", s.describeUser, s.unsealed)
 	admin.DELETE("/users/:userId", s.deleteUser, s.unsealed)
@@ -344,11 +349,10 @@ func (s *Server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
 			c.Error(err)
 		}
 		m.InFlight.Dec()
-		route := c.Path()
-		if route == "" {
-			route = "unmatched"
-		}
-		m.Requests.WithLabelValues(route, c.Request().Method, strconv.Itoa(c.Response().Status)).Inc()
+		// Both labels come from closed sets (see package metrics): a client
+		// picks the method and path, so neither is used as it came.
+		route := metrics.RouteLabel(c.Path())
+		m.Requests.WithLabelValues(route, metrics.MethodLabel(c.Request().Method), strconv.Itoa(c.Response().Status)).Inc()
 		m.RequestDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 		return nil
 	}
@@ -396,6 +400,17 @@ func (s *Server) rateLimit() echo.MiddlewareFunc {
 			return apierr.ErrRateLimited.WithRetry(retry)
 		},
 	})
+}
+
+// noStore marks every answer of the admin API as not to be kept by any
+// cache: many carry secrets (custodian shares, client shares, backups,
+// session tokens) and the rest describe users. It is set before the
+// handler runs, so refusals and errors carry it too.
+func noStore(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		c.Response().Header().Set(echo.HeaderCacheControl, "no-store")
+		return next(c)
+	}
 }
 
 // unsealed refuses key routes while the root key is sealed.

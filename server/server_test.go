@@ -51,8 +51,13 @@ func TestSealedServesNothing(t *testing.T) {
 		o.SealedReason = "PCR values differ"
 	})
 	r := h.Do("GET", "/readyz", nil)
-	if r.Status != 503 || !strings.Contains(string(r.Body), "PCR values differ") {
+	if r.Status != 503 || strings.Contains(string(r.Body), "PCR values differ") {
 		t.Fatalf("sealed /readyz = %d %s", r.Status, r.Body)
+	}
+	// Why: on the admin API only.
+	r = h.Admin("GET", "/v1/admin/readyz", nil)
+	if r.Status != 503 || !strings.Contains(string(r.Body), "PCR values differ") {
+		t.Fatalf("sealed /v1/admin/readyz = %d %s", r.Status, r.Body)
 	}
 	tok := h.issuer.Mint(nil)
 	if r := h.Bearer("GET", "/v1/firebase/key", tok, nil); r.Status != 503 || r.Code() != "sealed" {

@@ -38,6 +38,11 @@ func cmdConfigCheck(args []string) error {
 	if err != nil {
 		return err
 	}
+	// What serve checks beyond the configuration's own validation: each
+	// service's options, built as serve builds them.
+	if err := validateForServe(cfg); err != nil {
+		return err
+	}
 	fmt.Println(cfg.Dump())
 	fmt.Fprintln(os.Stderr, "configuration is valid")
 	return nil
@@ -89,6 +94,9 @@ func cmdInit(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "root key created and sealed to %s (PCRs %v)\n", cfg.TPM.Path, cfg.TPM.PCRs)
+	if len(cfg.TPM.PCRs) == 0 {
+		fmt.Fprintln(os.Stderr, "WARNING: no PCR policy (tpm.allow_no_pcr_policy): the root key is bound to this TPM only; `keywarden status` flags it")
+	}
 	return nil
 }
 
@@ -135,38 +143,13 @@ func cmdBackup(ctx context.Context, args []string) error {
 	if *out == "" {
 		return usageError("backup: -out FILE is required")
 	}
-	key := os.Getenv("KEYWARDEN_ADMIN_KEY")
-	if p := os.Getenv("KEYWARDEN_ADMIN_KEY_FILE"); key == "" && p != "" {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return fmt.Errorf("backup: KEYWARDEN_ADMIN_KEY_FILE: %w", err)
-		}
-		key = strings.TrimSpace(string(b))
-	}
-	if key == "" {
-		return errors.New("backup: set KEYWARDEN_ADMIN_KEY or KEYWARDEN_ADMIN_KEY_FILE to an admin API key")
-	}
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: *serverName}
-	if *caFile != "" {
-		pem, err := os.ReadFile(*caFile)
-		if err != nil {
-			return fmt.Errorf("backup: -cacert: %w", err)
-		}
-		tlsCfg.RootCAs = x509.NewCertPool()
-		if !tlsCfg.RootCAs.AppendCertsFromPEM(pem) {
-			return errors.New("backup: -cacert: no PEM certificate in the file")
-		}
-	}
-	if *certFile != "" {
-		c, err := tls.LoadX509KeyPair(*certFile, *keyFile)
-		if err != nil {
-			return fmt.Errorf("backup: client certificate: %w", err)
-		}
-		tlsCfg.Certificates = []tls.Certificate{c}
+	key, hc, err := adminClient(*caFile, *serverName, *certFile, *keyFile, 10*time.Minute)
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(*url, "/")+"/v1/admin/backup", nil)
 	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := (&http.Client{Timeout: 10 * time.Minute, Transport: &http.Transport{TLSClientConfig: tlsCfg}}).Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
@@ -202,6 +185,42 @@ func cmdBackup(ctx context.Context, args []string) error {
 	db.Close()
 	fmt.Fprintf(os.Stderr, "backup: %d bytes written to %s\n", n, *out)
 	return nil
+}
+
+// adminClient reads the admin API key (KEYWARDEN_ADMIN_KEY or
+// KEYWARDEN_ADMIN_KEY_FILE) and builds the HTTP client of the commands
+// that talk to the running server's admin listener.
+func adminClient(caFile, serverName, certFile, keyFile string, timeout time.Duration) (string, *http.Client, error) {
+	key := os.Getenv("KEYWARDEN_ADMIN_KEY")
+	if p := os.Getenv("KEYWARDEN_ADMIN_KEY_FILE"); key == "" && p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return "", nil, fmt.Errorf("KEYWARDEN_ADMIN_KEY_FILE: %w", err)
+		}
+		key = strings.TrimSpace(string(b))
+	}
+	if key == "" {
+		return "", nil, errors.New("set KEYWARDEN_ADMIN_KEY or KEYWARDEN_ADMIN_KEY_FILE to an admin API key")
+	}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return "", nil, fmt.Errorf("-cacert: %w", err)
+		}
+		tlsCfg.RootCAs = x509.NewCertPool()
+		if !tlsCfg.RootCAs.AppendCertsFromPEM(pem) {
+			return "", nil, errors.New("-cacert: no PEM certificate in the file")
+		}
+	}
+	if certFile != "" {
+		c, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return "", nil, fmt.Errorf("client certificate: %w", err)
+		}
+		tlsCfg.Certificates = []tls.Certificate{c}
+	}
+	return key, &http.Client{Timeout: timeout, Transport: &http.Transport{TLSClientConfig: tlsCfg}}, nil
 }
 
 func envOr(k, d string) string {

@@ -5,6 +5,7 @@
 //	keywarden init    [-config FILE]   create the root key and seal it to the TPM
 //	keywarden config check [-config FILE]
 //	keywarden backup  -out FILE        consistent copy of the live store (through the running server's admin API)
+//	keywarden status                   the running server's readiness with details (admin API)
 //	keywarden audit verify [-dir DIR]
 //	keywarden admin-key hash           read a key on stdin, print its configured form
 //	keywarden recover | reseal | recovery | rollback | attest   see `keywarden help`
@@ -47,6 +48,7 @@ const usage = `usage: keywarden <command> [flags]
   init           create the root key and seal it to the TPM (-config FILE)
   config check   load and validate the configuration, print it with secrets redacted
   backup         write a consistent copy of the live store (-out FILE; asks the running server)
+  status         the running server's readiness with every check's detail (admin API)
   audit verify   check the audit log's hash chain and anchors
   admin-key hash read an admin API key on stdin and print its sha256 form for admin.key_hashes
   recover        rebuild the root key from T recovery shares and a backup on a new TPM

@@ -435,6 +435,7 @@ func cmdRecover(ctx context.Context, args []string) error {
 	fmt.Fprintf(os.Stderr, "recovered: root key %s rebuilt from shares %s, sealed to %s (PCRs %v); store at %s; rollback counter: %s\n",
 		root.RootID(), used, cfg.TPM.Path, pcrs, target, rst.Detail)
 	fmt.Fprintln(os.Stderr, "next: make a new attestation key on this TPM, and check `keywarden recovery status`")
+	warnNoPCRPolicy(cfg, pcrs)
 	return nil
 }
 
@@ -595,7 +596,17 @@ func cmdReseal(ctx context.Context, args []string) error {
 		return fmt.Errorf("reseal: %w", err)
 	}
 	fmt.Fprintf(os.Stderr, "reseal: root key sealed to PCRs %v (was %v) and checked\n", pcrs, old.PCRs)
+	warnNoPCRPolicy(cfg, pcrs)
 	return nil
+}
+
+// warnNoPCRPolicy tells the operator that serve will refuse a root key
+// just sealed without PCRs (a step of a firmware update, say) until it is
+// sealed to PCRs again or tpm.allow_no_pcr_policy is set.
+func warnNoPCRPolicy(cfg config.Config, pcrs []int) {
+	if len(pcrs) == 0 && !cfg.Dev && !cfg.TPM.AllowNoPCRPolicy {
+		fmt.Fprintln(os.Stderr, "NOTE: the root key has no PCR policy now; `keywarden serve` refuses it until `keywarden reseal -pcrs LIST` seals it to PCRs again (or tpm.allow_no_pcr_policy: true is set)")
+	}
 }
 
 // cmdRecovery: `recovery reshare` and `recovery status`.

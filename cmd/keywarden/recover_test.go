@@ -436,7 +436,7 @@ func TestRollbackServeAndAccept(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	sw := swtpmtest.Start(t, swtpmtest.Options{StateDir: filepath.Join(dir, "tpmstate")})
-	cfgFile := writeConfigFile(t, dir, fmt.Sprintf("listen:\n  plain_http: true\ndata:\n  dir: %s\ntpm:\n  path: %s\n", filepath.Join(dir, "data"), sw.Spec))
+	cfgFile := writeConfigFile(t, dir, fmt.Sprintf("listen:\n  plain_http: true\ndata:\n  dir: %s\ntpm:\n  path: %s\n  pcrs: [7]\n", filepath.Join(dir, "data"), sw.Spec))
 	cfg, _, err := loadConfig([]string{"-config", cfgFile}, false)
 	if err != nil {
 		t.Fatal(err)

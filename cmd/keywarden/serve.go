@@ -89,6 +89,10 @@ type appliance struct {
 	metrics *metrics.Metrics
 	closers []func()
 
+	// noPCRPolicy: the root key is sealed without a PCR policy, allowed by
+	// tpm.allow_no_pcr_policy (flagged in the admin readiness).
+	noPCRPolicy bool
+
 	passkey *passkey.Service // set by wirePasskey when passkeys are configured
 	tls     *certReloader    // made once by tlsReloader
 }
@@ -137,6 +141,16 @@ func openAppliance(ctx context.Context, cfg config.Config, log *slog.Logger) (*a
 	a.closers = append(a.closers, func() { db.Close() })
 	a.metrics.GaugeFunc("keywarden_store_size_bytes", "Size of the bbolt file.", func() float64 { return float64(db.Stats().Size) })
 	a.metrics.CounterFunc("keywarden_store_commits_total", "Store transactions committed (one fsync each).", func() float64 { return float64(db.Stats().Commits) })
+
+	none, err := checkRootPCRPolicy(ctx, cfg, db)
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	a.noPCRPolicy = none
+	if none {
+		log.Warn("the root key is sealed without a PCR policy (tpm.allow_no_pcr_policy: true): a stolen machine unseals it whatever it boots")
+	}
 
 	root, err := enclave.Unseal(ctx, a.tpm, db)
 	switch {
@@ -210,13 +224,14 @@ func cmdServe(ctx context.Context, args []string, dev bool) error {
 	if err != nil {
 		return err
 	}
+	// The checks `config check` makes too, before the TPM is opened.
+	if err := validateForServe(cfg); err != nil {
+		return err
+	}
 	log := newLogger(cfg.Log)
 	if dev {
 		if !tpmsim.Available {
 			return errors.New("`keywarden dev` needs a development build with the TPM simulator (cgo); release builds refuse it")
-		}
-		if err := devLoopbackOnly(cfg); err != nil {
-			return err
 		}
 		if cfg.Admin.Key.IsZero() && len(cfg.Admin.KeyHashes) == 0 {
 			var b [24]byte
@@ -249,9 +264,47 @@ func devLoopbackOnly(c config.Config) error {
 	return nil
 }
 
+// errNoPCRPolicy: serve outside dev mode found a root key sealed without a
+// PCR policy and tpm.allow_no_pcr_policy is not set.
+var errNoPCRPolicy = errors.New("the root key is sealed without a PCR policy (bound to this TPM only: a stolen machine would unseal it whatever it boots); " +
+	"stop and run `keywarden reseal -pcrs LIST` (e.g. 7), or set tpm.allow_no_pcr_policy: true to serve it so knowingly")
+
+// checkRootPCRPolicy reads (without a TPM command) the PCRs the stored root
+// key is sealed to. Outside dev mode a root key without a PCR policy is
+// refused unless tpm.allow_no_pcr_policy; none reports that it was allowed.
+// What the key is sealed to counts, not tpm.pcrs: an older init or a
+// `reseal -pcrs none` may differ from the configuration.
+func checkRootPCRPolicy(ctx context.Context, cfg config.Config, db *store.DB) (none bool, err error) {
+	if cfg.Dev {
+		return false, nil
+	}
+	sr, err := enclave.LoadSealedRoot(ctx, db)
+	if err != nil {
+		return false, nil // not initialized or damaged: Unseal says so
+	}
+	if len(sr.PCRs) > 0 {
+		return false, nil
+	}
+	if !cfg.TPM.AllowNoPCRPolicy {
+		return false, errNoPCRPolicy
+	}
+	return true, nil
+}
+
+// pcrPolicyCheck flags a root key served without a PCR policy in the admin
+// readiness (`keywarden status`); the public /readyz leaves it out.
+func pcrPolicyCheck() server.Check {
+	return server.Check{Name: "pcr_policy", Private: true, Run: func(context.Context) error {
+		return errors.New("none: the root key is sealed without a PCR policy (tpm.allow_no_pcr_policy: true); reseal with `keywarden reseal -pcrs LIST`")
+	}}
+}
+
 // buildServer wires the capabilities into the HTTP server.
 func buildServer(ctx context.Context, a *appliance) (*server.Server, error) {
 	opts := server.Options{Config: a.cfg, Logger: a.log, DB: a.db, Metrics: a.metrics, SealedReason: a.sealed}
+	if a.noPCRPolicy {
+		opts.Degraded = append(opts.Degraded, pcrPolicyCheck())
+	}
 	if a.root == nil {
 		opts.Audit = sealedAudit{}
 		return server.New(opts)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/portal"
@@ -19,11 +20,12 @@ func init() { wireSteps = append(wireSteps, wirePortal) }
 // the custodian share service wired before, when Vault is configured).
 // It runs after wireCustodian and wirePasskey (file order).
 func wirePortal(_ context.Context, a *appliance, opts *server.Options) error {
+	po, on, err := portalOptions(a.cfg)
+	if err != nil {
+		return err
+	}
 	p := a.cfg.Portal
-	if p.CustodianID == "" {
-		if len(p.WebhookSecrets) > 0 {
-			return errors.New("config: portal.custodian_id: required when portal.webhook_secrets is set")
-		}
+	if !on {
 		a.log.Info("Portal SDK drop-in is off: portal.custodian_id is not set")
 		return nil
 	}
@@ -36,12 +38,7 @@ func wirePortal(_ context.Context, a *appliance, opts *server.Options) error {
 	if a.passkey == nil {
 		a.log.Info("Portal /passkeys routes answer 503: passkey.rp_id is not set")
 	}
-	ad, err := portal.New(portal.Options{
-		APIURL: p.APIURL, CustodianID: p.CustodianID,
-		WebhookSecrets: p.WebhookSecrets, WebhookAllowedIPs: p.WebhookAllowedIPs,
-		IdentityTTL: p.IdentityTTL, AllowClientMismatch: p.ClientMismatch == "allow",
-		OverwriteMaxAuthAge: a.cfg.Firebase.OverwriteMaxAuthAge,
-	}, deps)
+	ad, err := portal.New(po, deps)
 	if err != nil {
 		return fmt.Errorf("portal: %w", err)
 	}
@@ -50,6 +47,25 @@ func wirePortal(_ context.Context, a *appliance, opts *server.Options) error {
 	a.log.Info("Portal SDK drop-in on", "api_url", ad.Resolver().APIURL(), "custodian_id", p.CustodianID,
 		"passkeys", a.passkey != nil, "webhooks", deps.Shares != nil && len(p.WebhookSecrets) > 0)
 	return nil
+}
+
+// portalOptions maps the portal section onto the adapter's options; on is
+// false when the drop-in is off (no portal.custodian_id). serve and
+// `config check` (validateForServe) both build them here.
+func portalOptions(cfg config.Config) (o portal.Options, on bool, err error) {
+	p := cfg.Portal
+	if p.CustodianID == "" {
+		if len(p.WebhookSecrets) > 0 {
+			return o, false, errors.New("portal.custodian_id: required when portal.webhook_secrets is set")
+		}
+		return o, false, nil
+	}
+	return portal.Options{
+		APIURL: p.APIURL, CustodianID: p.CustodianID,
+		WebhookSecrets: p.WebhookSecrets, WebhookAllowedIPs: p.WebhookAllowedIPs,
+		IdentityTTL: p.IdentityTTL, AllowClientMismatch: p.ClientMismatch == "allow",
+		OverwriteMaxAuthAge: cfg.Firebase.OverwriteMaxAuthAge,
+	}, true, nil
 }
 
 func portalReason(err error) string {

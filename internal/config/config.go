@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/netcheck"
 	"github.com/keywarden/keywarden/internal/secret"
 )
 
@@ -85,8 +86,14 @@ type TPM struct {
 	// Path is a device (/dev/tpmrm0), "tcp://host:port" (swtpm), or
 	// "simulator" (dev builds only).
 	Path string `key:"path"`
-	// PCRs the root key is sealed to at init (SHA-256 bank). Empty: none.
+	// PCRs the root key is sealed to at init (SHA-256 bank). Required
+	// outside dev mode unless AllowNoPCRPolicy.
 	PCRs []int `key:"pcrs"`
+	// AllowNoPCRPolicy lets a root key sealed without a PCR policy (bound
+	// to this TPM only: a stolen machine unseals it whatever it boots) be
+	// created and served outside dev mode. `keywarden status` and the admin
+	// readiness flag it.
+	AllowNoPCRPolicy bool `key:"allow_no_pcr_policy"`
 	// AttestPCRs are quoted by /v1/attestation.
 	AttestPCRs []int `key:"attest_pcrs"`
 	// SimulatorSeed seeds the simulated TPM of dev mode (0: the built-in
@@ -336,6 +343,10 @@ func (c *Config) Validate() error {
 	if c.TPM.Path == "simulator" && !c.Dev {
 		add("tpm.path", "the simulator is for `keywarden dev` only: its keys are derived from a public seed")
 	}
+	if !c.Dev && len(c.TPM.PCRs) == 0 && !c.TPM.AllowNoPCRPolicy {
+		add("tpm.pcrs", "required outside dev mode: the PCRs the root key is sealed to (e.g. [7] for the Secure Boot state; see docs/OPERATIONS.md); "+
+			"to seal to this TPM only, without a PCR policy, set tpm.allow_no_pcr_policy: true")
+	}
 	for _, p := range append(append([]int{}, c.TPM.PCRs...), c.TPM.AttestPCRs...) {
 		if p < 0 || p > 23 {
 			add("tpm.pcrs", "PCR %d out of range 0..23", p)
@@ -404,8 +415,9 @@ func (c *Config) Validate() error {
 		add("firebase.leeway", "must be between 0 and 5m")
 	}
 	if c.Vault.Addr != "" {
-		if u, err := url.Parse(c.Vault.Addr); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			add("vault.addr", "must be an http(s) URL")
+		// The Vault token and every custodian share cross this connection.
+		if err := netcheck.ServiceURL(c.Vault.Addr); err != nil {
+			add("vault.addr", "%v", err)
 		}
 		auths := 0
 		if !c.Vault.Token.IsZero() {

@@ -11,7 +11,40 @@ import (
 func prodBase() Config {
 	c := Defaults()
 	c.Listen.PlainHTTP = true
+	c.TPM.PCRs = []int{7}
 	return c
+}
+
+// TestPCRPolicyRequiredOutsideDev: outside dev mode the root key is sealed
+// with a PCR policy (a stolen machine that boots something else does not
+// unseal it), unless the operator says in so many words that it need not be.
+func TestPCRPolicyRequiredOutsideDev(t *testing.T) {
+	base := prodBase()
+	base.TPM.PCRs = nil
+	_, err := Load(base, "", nil)
+	if err == nil || !strings.Contains(err.Error(), "tpm.pcrs") || !strings.Contains(err.Error(), "tpm.allow_no_pcr_policy") {
+		t.Fatalf("no PCRs outside dev mode: %v", err)
+	}
+	if _, err := Load(base, "", []string{"KEYWARDEN_TPM_PCRS=7,11"}); err != nil {
+		t.Fatalf("with tpm.pcrs: %v", err)
+	}
+	c, err := Load(base, "", []string{"KEYWARDEN_TPM_ALLOW_NO_PCR_POLICY=true"})
+	if err != nil || !c.TPM.AllowNoPCRPolicy {
+		t.Fatalf("with tpm.allow_no_pcr_policy: %v", err)
+	}
+	if _, err := Load(base, "", []string{"KEYWARDEN_TPM_ALLOW_NO_PCR_POLICY=false"}); err == nil {
+		t.Fatal("allow_no_pcr_policy=false accepted without PCRs")
+	}
+	dir := t.TempDir()
+	p := filepath.Join(dir, "k.yaml")
+	os.WriteFile(p, []byte("tpm:\n  allow_no_pcr_policy: true\n"), 0o600)
+	if c, err := Load(base, p, nil); err != nil || !c.TPM.AllowNoPCRPolicy {
+		t.Fatalf("allow_no_pcr_policy from a file: %v", err)
+	}
+	// Dev mode's simulator has nothing to measure: no policy needed.
+	if _, err := Load(DevDefaults(), "", []string{"KEYWARDEN_ADMIN_KEY=dev-admin-key-0123456789"}); err != nil {
+		t.Fatalf("dev defaults: %v", err)
+	}
 }
 
 func TestPrecedence(t *testing.T) {
@@ -89,19 +122,20 @@ func TestIssueEnvNames(t *testing.T) {
 
 func TestValidationNamesTheField(t *testing.T) {
 	cases := map[string][]string{
-		"listen.addr":            {"KEYWARDEN_LISTEN_ADDR=nope"},
-		"listen.admin_addr":      {"KEYWARDEN_LISTEN_ADDR=127.0.0.1:9000", "KEYWARDEN_LISTEN_ADMIN_ADDR=127.0.0.1:9000"},
-		"listen.tls_cert":        {"KEYWARDEN_LISTEN_PLAIN_HTTP=false"},
-		"tpm.path":               {"KEYWARDEN_TPM_PATH=simulator"},
-		"tpm.pcrs":               {"KEYWARDEN_TPM_PCRS=24"},
-		"admin.key_hashes":       {"KEYWARDEN_ADMIN_KEY_HASHES=md5:abc"},
-		"admin.key":              {"KEYWARDEN_ADMIN_KEY=plain-text-admin-key"},
-		"session.ttl":            {"KEYWARDEN_SESSION_TTL=2h"},
-		"passkey.rp_id":          {"KEYWARDEN_PASSKEY_RP_ID=https://example.com", "KEYWARDEN_PASSKEY_ORIGINS=https://example.com"},
-		"passkey.origins":        {"KEYWARDEN_PASSKEY_RP_ID=example.com", "KEYWARDEN_PASSKEY_ORIGINS=example.com/path"},
-		"firebase.leeway":        {"KEYWARDEN_FIREBASE_LEEWAY=1h"},
-		"vault.token":            {"KEYWARDEN_VAULT_ADDR=http://127.0.0.1:8200"},
-		"vault.addr":             {"KEYWARDEN_VAULT_ADDR=ftp://x", "KEYWARDEN_VAULT_TOKEN=t"},
+		"listen.addr":       {"KEYWARDEN_LISTEN_ADDR=nope"},
+		"listen.admin_addr": {"KEYWARDEN_LISTEN_ADDR=127.0.0.1:9000", "KEYWARDEN_LISTEN_ADMIN_ADDR=127.0.0.1:9000"},
+		"listen.tls_cert":   {"KEYWARDEN_LISTEN_PLAIN_HTTP=false"},
+		"tpm.path":          {"KEYWARDEN_TPM_PATH=simulator"},
+		"tpm.pcrs":          {"KEYWARDEN_TPM_PCRS=24"},
+		"admin.key_hashes":  {"KEYWARDEN_ADMIN_KEY_HASHES=md5:abc"},
+		"admin.key":         {"KEYWARDEN_ADMIN_KEY=plain-text-admin-key"},
+		"session.ttl":       {"KEYWARDEN_SESSION_TTL=2h"},
+		"passkey.rp_id":     {"KEYWARDEN_PASSKEY_RP_ID=https://example.com", "KEYWARDEN_PASSKEY_ORIGINS=https://example.com"},
+		"passkey.origins":   {"KEYWARDEN_PASSKEY_RP_ID=example.com", "KEYWARDEN_PASSKEY_ORIGINS=example.com/path"},
+		"firebase.leeway":   {"KEYWARDEN_FIREBASE_LEEWAY=1h"},
+		"vault.token":       {"KEYWARDEN_VAULT_ADDR=http://127.0.0.1:8200"},
+		"vault.addr":        {"KEYWARDEN_VAULT_ADDR=ftp://x", "KEYWARDEN_VAULT_TOKEN=t"},
+		"vault.addr: \"http://vault.internal:8200\": plain http is allowed only to a loopback address": {"KEYWARDEN_VAULT_ADDR=http://vault.internal:8200", "KEYWARDEN_VAULT_TOKEN=t"},
 		"portal.webhook_secrets": {"KEYWARDEN_PORTAL_WEBHOOK_SECRETS=short"},
 		"listen.cors_origins":    {"KEYWARDEN_LISTEN_CORS_ORIGINS=*"},
 		"log.level":              {"KEYWARDEN_LOG_LEVEL=loud"},
@@ -119,6 +153,38 @@ func TestValidationNamesTheField(t *testing.T) {
 	}
 	if _, err := Load(DevDefaults(), "", []string{"KEYWARDEN_ADMIN_KEY=dev-admin-key-0123456789"}); err != nil {
 		t.Fatalf("dev defaults do not validate: %v", err)
+	}
+}
+
+// TestVaultAddrPlainHTTPOnlyToLoopback: the Vault token and every custodian
+// share cross this connection, so plain http is for a Vault on this host
+// only (as for Firebase's and Portal's URLs).
+func TestVaultAddrPlainHTTPOnlyToLoopback(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"https://vault.internal:8200":    true,
+		"https://10.0.0.8:8200":          true,
+		"http://127.0.0.1:8200":          true,
+		"http://127.9.9.9:8200":          true,
+		"http://[::1]:8200":              true,
+		"http://localhost:8200":          true,
+		"http://vault.internal:8200":     false,
+		"http://10.0.0.8:8200":           false,
+		"http://[fd00::1]:8200":          false,
+		"http://0.0.0.0:8200":            false,
+		"http://localhost.evil.example":  false,
+		"http://127.0.0.1.nip.io:8200":   false,
+		"http://user@vault.internal":     false,
+		"HTTP://vault.internal:8200":     false,
+		"http://[::ffff:10.0.0.1]:8200":  false,
+		"http://[::ffff:127.0.0.1]:8200": true,
+	} {
+		_, err := Load(prodBase(), "", []string{"KEYWARDEN_VAULT_ADDR=" + addr, "KEYWARDEN_VAULT_TOKEN=t"})
+		if ok && err != nil {
+			t.Errorf("%s refused: %v", addr, err)
+		}
+		if !ok && (err == nil || !strings.Contains(err.Error(), "vault.addr")) {
+			t.Errorf("%s: error %v does not refuse vault.addr", addr, err)
+		}
 	}
 }
 

@@ -1,6 +1,18 @@
 // Package metrics holds Keywarden's Prometheus collectors, served on the
-// admin listener's /metrics. Labels never carry user ids or secrets: routes
-// are echo's route patterns, reasons are stable error codes.
+// admin listener's /metrics. Labels never carry user ids or secrets, and no
+// label takes a value a client chose: every series costs memory for the
+// life of the process and a line in every scrape, so a client that could
+// pick label values could grow both without bound. Each label comes from a
+// closed set fixed by the code:
+//
+//   - route: echo's route pattern (c.Path()), or RouteUnmatched; never the
+//     raw request path. The patterns are registered at start.
+//   - method (HTTP): MethodLabel maps the request method onto GET, HEAD,
+//     POST, PUT, DELETE, OPTIONS, PATCH or "other".
+//   - status: the status code the server answered with.
+//   - reason / outcome: stable error codes, constants in the code
+//     (apierr.New with a literal code), never text from a request.
+//   - method (backup method), op, rp_id: constants or configured values.
 package metrics
 
 import (
@@ -49,6 +61,32 @@ func New() *Metrics {
 	r.MustRegister(m.Requests, m.RequestDuration, m.Releases, m.Refusals, m.Stores, m.InFlight,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// RouteUnmatched is the route label of a request that matched no route
+// pattern at all.
+const RouteUnmatched = "unmatched"
+
+// MethodOther is the method label of every method outside the closed set.
+const MethodOther = "other"
+
+// MethodLabel maps an HTTP request method onto the closed set of method
+// labels. Methods are case-sensitive (RFC 9110), so "get" is "other".
+func MethodLabel(method string) string {
+	switch method {
+	case "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH":
+		return method
+	}
+	return MethodOther
+}
+
+// RouteLabel is the route label of a request whose matched route pattern
+// is pattern (echo's c.Path(); "" when nothing matched).
+func RouteLabel(pattern string) string {
+	if pattern == "" {
+		return RouteUnmatched
+	}
+	return pattern
 }
 
 // GaugeFunc registers a gauge read from f at scrape time.

@@ -354,3 +354,21 @@ func TestNoRetention(t *testing.T) {
 		t.Fatalf("negative retention kept %d versions", len(vs.Versions))
 	}
 }
+
+// TestAnswersNoStore: a client share is secret material; neither it nor
+// the routes around it may be kept by a cache on the way.
+func TestAnswersNoStore(t *testing.T) {
+	v := newEnv(t)
+	p := sharePath("alice", "GDRIVE")
+	want(t, v.Admin("PUT", p, map[string]any{"cipherText": ct1}), http.StatusCreated, "")
+	want(t, v.Admin("PUT", p, map[string]any{"cipherText": ct2}), http.StatusOK, "")
+	for _, path := range []string{p, p + "/versions", "/v1/admin/users/alice/client-shares", sharePath("alice", "ICLOUD")} {
+		r := v.Admin("GET", path, nil)
+		if r.Status != 200 && r.Status != 404 {
+			t.Fatalf("GET %s = %d %s", path, r.Status, r.Body)
+		}
+		if cc := r.Header.Get("Cache-Control"); !strings.Contains(cc, "no-store") {
+			t.Errorf("GET %s (%d): Cache-Control %q, want no-store", path, r.Status, cc)
+		}
+	}
+}

@@ -613,3 +613,31 @@ func TestAuditUnavailable(t *testing.T) {
 		t.Fatal("the store changed without audit lines")
 	}
 }
+
+// TestAnswersNoStore: an unwrapped custodian share is secret material;
+// neither it nor the routes around it may be kept by a cache on the way.
+func TestAnswersNoStore(t *testing.T) {
+	v := newEnv(t, envOpts{})
+	want(t, v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(1))}), http.StatusCreated, "")
+	want(t, v.Admin("PUT", sharePath("alice", ""), map[string]string{"share": b64(shareText(2))}), http.StatusOK, "")
+	check := func(r reply, what string) {
+		t.Helper()
+		if cc := r.Header.Get("Cache-Control"); !strings.Contains(cc, "no-store") {
+			t.Errorf("%s (%d): Cache-Control %q, want no-store", what, r.Status, cc)
+		}
+	}
+	for _, path := range []string{sharePath("alice", ""), sharePath("alice", "default") + "&x=1", "/v1/admin/users/alice/custodian-share/versions",
+		"/v1/admin/users/alice/custodian-shares", sharePath("bob", "")} {
+		r := v.Admin("GET", path, nil)
+		if r.Status != 200 && r.Status != 404 {
+			t.Fatalf("GET %s = %d %s", path, r.Status, r.Body)
+		}
+		check(r, "GET "+path)
+	}
+	r := v.Admin("POST", "/v1/admin/custodian-shares/batch-get", map[string]any{"items": []map[string]string{{"userId": "alice"}}})
+	want(t, r, 200, "")
+	if !strings.Contains(string(r.Body), b64(shareText(2))) {
+		t.Fatalf("batch-get did not return the share: %s", r.Body)
+	}
+	check(r, "POST batch-get")
+}

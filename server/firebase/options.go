@@ -3,11 +3,12 @@ package firebase
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/netcheck"
 )
 
 // GoogleCertsURL is where Google publishes the certificates that sign
@@ -171,9 +172,7 @@ func checkCertsURL(raw string) error {
 	switch u.Scheme {
 	case "https":
 	case "http":
-		host := u.Hostname()
-		ip := net.ParseIP(host)
-		if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		if !netcheck.LoopbackHost(u.Hostname()) {
 			return fmt.Errorf("firebase: certs_url %q: plain http is allowed only to a loopback address", raw)
 		}
 	default:

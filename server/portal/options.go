@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/netcheck"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/server/passkey"
 )
@@ -264,13 +265,7 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-func isLoopbackHost(h string) bool {
-	if h == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
-}
+func isLoopbackHost(h string) bool { return netcheck.LoopbackHost(h) }
 
 // parseNet reads an address or a CIDR as a network.
 func parseNet(s string) (*net.IPNet, error) {
