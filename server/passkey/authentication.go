@@ -20,6 +20,7 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/ratelimit"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/store"
 )
@@ -193,18 +194,18 @@ type SealedKey struct {
 // backup flags changed.
 func (s *Service) FinishAuthentication(ctx context.Context, req FinishAuthenticationRequest) (*Authentication, error) {
 	now := s.now()
-	if ok, wait := checkLimit(s.addrLimit, req.ClientAddr, now); !ok {
+	if ok, wait := checkLimit(s.addrLimit, ratelimit.AddrKey(req.ClientAddr), now); !ok {
 		return nil, s.refuse(ctx, apierr.ErrRateLimited.WithRetry(wait), "", req.ClientAddr, "authentication_finish")
 	}
 	c, err := s.ceremonies.take(now, req.CeremonyID, kindAuthentication)
 	if err != nil {
-		s.addrLimit.Spend(req.ClientAddr, now)
+		s.addrLimit.Spend(ratelimit.AddrKey(req.ClientAddr), now)
 		return nil, s.refuse(ctx, err, "", req.ClientAddr, "authentication_finish")
 	}
 	out, owner, err := s.finishAuthentication(ctx, c, req)
 	if err != nil {
 		if e, ok := apierr.As(err); !ok || e.Code != apierr.ErrRateLimited.Code {
-			s.addrLimit.Spend(req.ClientAddr, now)
+			s.addrLimit.Spend(ratelimit.AddrKey(req.ClientAddr), now)
 		}
 		return nil, s.refuse(ctx, err, owner, req.ClientAddr, "authentication_finish")
 	}
