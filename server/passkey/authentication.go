@@ -268,9 +268,6 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 	if handle != nil && !userHandleMatches(*handle, rec.UserID) {
 		return nil, owner, ErrUserHandle
 	}
-	if ok, wait := checkLimit(s.userLimit, string(rec.Owner), s.now()); !ok {
-		return nil, owner, apierr.ErrRateLimited.WithRetry(wait)
-	}
 	if err := s.checkClientData(rp, c, parsed.Response.CollectedClientData, protocol.AssertCeremony); err != nil {
 		return nil, owner, err
 	}
@@ -307,13 +304,18 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 	session.AllowedCredentialIDs = nil
 	user := &waUser{id: []byte(rec.UserID), creds: []webauthn.Credential{wc}}
 	if _, err := rp.wa.ValidateLogin(user, session, parsed); err != nil {
-		err = protocolCause(err, ErrVerification)
-		if errors.Is(err, ErrSignature) {
-			// Only signature failures on the user's own credential count
-			// against the user (DECISIONS 7).
-			s.userLimit.Spend(string(rec.Owner), s.now())
-		}
-		return nil, owner, err
+		// Nothing here is attributable to the credential's holder: anyone
+		// can name a credential id that begin listed and sign with another
+		// key. It spends the address's budget (FinishAuthentication) and
+		// the ceremony (single use), never the owner's.
+		return nil, owner, protocolCause(err, ErrVerification)
+	}
+	// The signature verifies: what follows comes from a holder of the
+	// private key. The per-user budget is spent only by such failures (a
+	// counter that goes backwards: a cloned authenticator), so only a
+	// holder can run it down.
+	if ok, wait := checkLimit(s.userLimit, string(rec.Owner), s.now()); !ok {
+		return nil, owner, apierr.ErrRateLimited.WithRetry(wait)
 	}
 
 	// Sign counter: 0 and 0 means the authenticator keeps none (synced
@@ -369,9 +371,11 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 	return out, owner, nil
 }
 
-// counterRegressed audits (durably: a possible cloned authenticator is
-// worth a line) and refuses.
+// counterRegressed spends the owner's failure budget (the signature
+// verified: only a holder of the key gets here), audits (durably: a
+// possible cloned authenticator is worth a line) and refuses.
 func (s *Service) counterRegressed(ctx context.Context, rec *credential, got uint32, addr string) error {
+	s.userLimit.Spend(string(rec.Owner), s.now())
 	_ = s.audit.Record(ctx, audit.Event{Action: audit.ActionRefusal, Outcome: audit.OutcomeRefused, Reason: ErrCounterRegressed.Code,
 		Owner: string(rec.Owner), Method: Method, Remote: addr,
 		Fields: map[string]string{"credential": rec.idString(), "stored": strconv.FormatUint(uint64(rec.SignCount), 10),

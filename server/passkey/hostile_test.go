@@ -350,9 +350,10 @@ func TestHostile(t *testing.T) {
 	}
 }
 
-// TestRateLimits: per-user limits count only signature failures on the
-// user's own credentials (a stranger with made-up credentials does not
-// slow the user down); per-address limits count every failure.
+// TestRateLimits: per-user limits count only failures a holder of the
+// user's passkey produced (a counter going backwards on a valid
+// signature); strangers, with made-up credentials or bad signatures, do
+// not slow the user down; per-address limits count every failure.
 func TestRateLimits(t *testing.T) {
 	t.Run("per user", func(t *testing.T) {
 		v := newEnv(t, func(o *Options) {
@@ -374,9 +375,17 @@ func TestRateLimits(t *testing.T) {
 		if got := v.release(nil, "alice", softauthn.GetOptions{}); !bytes.Equal(got, aliceKey) {
 			t.Fatal("strangers' failures slowed alice down")
 		}
-		for range 2 {
+		for range 3 { // a bad signature is not attributable to alice's passkey: it spends nothing of hers
 			if r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{TamperSignature: true}, nil); r.Code() != "signature_invalid" {
 				t.Fatalf("bad signature: %d %s", r.Status, r.Body)
+			}
+		}
+		if got := v.release(nil, "alice", softauthn.GetOptions{}); !bytes.Equal(got, aliceKey) {
+			t.Fatal("bad signatures slowed alice down")
+		}
+		for range 2 { // a counter going backwards on a valid signature is
+			if r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{SignCount: u32(1)}, nil); r.Code() != "counter_regressed" {
+				t.Fatalf("counter regression: %d %s", r.Status, r.Body)
 			}
 		}
 		r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{}, nil)
