@@ -112,7 +112,7 @@ func TestHostile(t *testing.T) {
 		{"UV missing when required", nil, 401, "user_verification_missing", func(t *testing.T, v *env, f fixture) resp {
 			return v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{NoUserVerification: true}, nil)
 		}},
-		{"bad signature", nil, 401, "signature_invalid", func(t *testing.T, v *env, f fixture) resp {
+		{"bad signature (answers as an unknown credential)", nil, 401, "credential_unknown", func(t *testing.T, v *env, f fixture) resp {
 			return v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{TamperSignature: true}, nil)
 		}},
 		{"counter going backwards", nil, 401, "counter_regressed", func(t *testing.T, v *env, f fixture) resp {
@@ -376,7 +376,7 @@ func TestRateLimits(t *testing.T) {
 			t.Fatal("strangers' failures slowed alice down")
 		}
 		for range 3 { // a bad signature is not attributable to alice's passkey: it spends nothing of hers
-			if r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{TamperSignature: true}, nil); r.Code() != "signature_invalid" {
+			if r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{TamperSignature: true}, nil); r.Code() != "credential_unknown" {
 				t.Fatalf("bad signature: %d %s", r.Status, r.Body)
 			}
 		}

@@ -2,6 +2,7 @@ package passkey
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-webauthn/webauthn/protocol"
+	"github.com/go-webauthn/webauthn/protocol/webauthncbor"
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 	"github.com/go-webauthn/webauthn/webauthn"
 
@@ -102,6 +104,10 @@ type Service struct {
 	log     *slog.Logger
 	now     func() time.Time
 	decoy   secret.Bytes
+	// decoyKey is the COSE public key an assertion naming an unknown
+	// credential is verified against (ES256, like most passkeys), so that
+	// it costs what a real one costs (DECISIONS 7).
+	decoyKey []byte
 
 	ceremonies *ceremonies
 	proofs     *ceremonies        // finished authentications (kindProof), FIFO-evicted
@@ -143,6 +149,7 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 		addrLimit:  ratelimit.New(o.AddressFailureBurst, o.AddressFailureInterval, o.MaxTrackedLimits),
 	}
 	s.stats.refusals = map[string]uint64{}
+	s.decoyKey = decoyVerificationKey(s.decoy.Reveal())
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -294,6 +301,30 @@ func (s *Service) decoyDescriptors(rpID, userID string) []protocol.CredentialDes
 			Transport: []protocol.AuthenticatorTransport{protocol.Internal, protocol.Hybrid}})
 	}
 	return out
+}
+
+// decoyVerificationKey derives a P-256 public key (COSE_Key) from the
+// decoy subkey by HMAC: deterministic, and no one holds its private half
+// outside this process (which never signs with it).
+func decoyVerificationKey(seed []byte) []byte {
+	for i := byte(0); ; i++ {
+		m := hmac.New(sha256.New, seed)
+		m.Write([]byte("keywarden passkey decoy verification key v1"))
+		m.Write([]byte{i})
+		k, err := ecdh.P256().NewPrivateKey(m.Sum(nil))
+		if err != nil {
+			continue // the scalar is out of range (probability ~2^-32)
+		}
+		pub := k.PublicKey().Bytes() // 0x04 ‖ X ‖ Y
+		key, err := webauthncbor.Marshal(webauthncose.EC2PublicKeyData{
+			PublicKeyData: webauthncose.PublicKeyData{KeyType: int64(webauthncose.EllipticKey), Algorithm: int64(webauthncose.AlgES256)},
+			Curve:         int64(webauthncose.P256), XCoord: pub[1:33], YCoord: pub[33:65],
+		})
+		if err != nil {
+			panic("passkey: encoding the decoy key: " + err.Error())
+		}
+		return key
+	}
 }
 
 var credentialParameters = []protocol.CredentialParameter{
