@@ -87,6 +87,7 @@ func (s *Service) beginAuthentication(ctx context.Context, req AuthenticationReq
 		}
 		subj := *req.Subject
 		c.subject = &subj
+		s.maybeRefreshDecoyShapes()
 		creds, err := s.loadOwnerCredentials(ctx, subj.Owner, rp.cfg.ID)
 		if err != nil {
 			return nil, err
@@ -94,7 +95,7 @@ func (s *Service) beginAuthentication(ctx context.Context, req AuthenticationReq
 		if creds = active(creds); len(creds) > 0 {
 			allow = descriptors(creds)
 		} else {
-			allow = s.decoyDescriptors(rp.cfg.ID, subj.UserID)
+			allow = s.decoyDescriptors(rp.cfg.ID, subj.Owner, subj.UserID)
 		}
 	}
 	nonce := make([]byte, 32)

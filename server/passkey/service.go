@@ -109,6 +109,7 @@ type Service struct {
 	// it costs what a real one costs (DECISIONS 7).
 	decoyKey []byte
 
+	shapes     decoyShapes
 	ceremonies *ceremonies
 	proofs     *ceremonies        // finished authentications (kindProof), FIFO-evicted
 	userLimit  *ratelimit.Limiter // only failures spend (DECISIONS 7)
@@ -156,6 +157,13 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	// Learn what real users' allowCredentials look like, for decoys; on
+	// failure the built-in mix stands in and the next begin retries.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	if err := s.refreshDecoyShapes(ctx); err != nil {
+		s.log.Warn("passkey: learning decoy credential shapes failed; using the built-in mix", "err", err)
+	}
+	cancel()
 	requireRK := o.ResidentKey == "required"
 	for _, rp := range o.RelyingParties {
 		name := rp.Name
@@ -279,26 +287,6 @@ func descriptors(cs []*credential) []protocol.CredentialDescriptor {
 			d.Transport = append(d.Transport, protocol.AuthenticatorTransport(t))
 		}
 		out = append(out, d)
-	}
-	return out
-}
-
-// decoyDescriptors are the allowCredentials of a user without passkeys:
-// stable (derived by HMAC from the RP and user id, DECISIONS 7) and shaped
-// like real ones, so begin does not tell who has passkeys.
-func (s *Service) decoyDescriptors(rpID, userID string) []protocol.CredentialDescriptor {
-	m := hmac.New(sha256.New, s.decoy.Reveal())
-	m.Write([]byte("keywarden passkey decoy v1\x00" + rpID + "\x00" + userID))
-	seed := m.Sum(nil)
-	n := 1 + int(seed[0]%2)
-	out := make([]protocol.CredentialDescriptor, 0, n)
-	for i := range n {
-		m := hmac.New(sha256.New, seed)
-		m.Write([]byte{byte(i)})
-		id := m.Sum(nil)
-		id = id[:[]int{16, 20, 32}[int(seed[1+i])%3]]
-		out = append(out, protocol.CredentialDescriptor{Type: protocol.PublicKeyCredentialType, CredentialID: id,
-			Transport: []protocol.AuthenticatorTransport{protocol.Internal, protocol.Hybrid}})
 	}
 	return out
 }
