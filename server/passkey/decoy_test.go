@@ -268,3 +268,29 @@ func TestDecoysStable(t *testing.T) {
 		t.Fatal("two unknown users share decoys")
 	}
 }
+
+// TestDecoyShapesRelearnt: the distribution is relearnt in the background
+// once it is older than decoyShapeRefresh, so decoys follow the passkeys
+// users register after the start.
+func TestDecoyShapesRelearnt(t *testing.T) {
+	v := newEnv(t, nil) // started with no passkey: the built-in mix
+	odd := authenticatorKind{1, 48, []string{"ble"}}
+	for i := range 20 {
+		v.registerKind(softauthn.New([16]byte{byte(i)}), fmt.Sprintf("user-%d", i), odd, true)
+	}
+	v.clock.Advance(decoyShapeRefresh + time.Second)
+	v.beginAuth(user("user-0")) // starts the refresh
+	for range 1000 {
+		v.svc.shapes.mu.RLock()
+		done := v.svc.shapes.built.Equal(v.clock.Now())
+		v.svc.shapes.mu.RUnlock()
+		if done && !v.svc.shapes.refreshing.Load() {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	full, count, l, tr := beginFeatures(t, v.svc, "nobody")
+	if count != 1 || l != len(base64.RawURLEncoding.EncodeToString(make([]byte, 48))) || tr != `["ble"]` {
+		t.Fatalf("decoy after the refresh: %s", full)
+	}
+}
