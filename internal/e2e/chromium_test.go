@@ -106,7 +106,7 @@ func TestChromiumDemo(t *testing.T) {
 				PrivateKey: chromiumP256Key(t), UserHandle: passkey.UserHandle, SignCount: passkey.SignCount + 1000,
 			})
 			setUserID(t, userID)
-			chromiumExpectRefused(t, b.clickAndWait(t, "recover"), stored, "signature_invalid")
+			chromiumExpectRefused(t, b.clickAndWait(t, "recover"), stored, "credential_unknown") // a bad signature answers as an unknown credential
 		}},
 		{"UnknownPasskeyRefused", func(t *testing.T) {
 			// A discoverable passkey for the same user handle that was never

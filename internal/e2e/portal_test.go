@@ -210,7 +210,7 @@ func portalPasskeys(t *testing.T, n *portalNode) {
 		{"bad signature", func(t *testing.T) portalReply {
 			opts, sid := a.beginLogin(t)
 			return a.read(t, sid, a.assert(t, opts, portalOrigin, softauthn.GetOptions{TamperSignature: true}))
-		}, 401, "signature_invalid"},
+		}, 401, "credential_unknown"}, // a bad signature answers as an unknown credential
 		{"wrong origin", func(t *testing.T) portalReply {
 			opts, sid := a.beginLogin(t)
 			return a.read(t, sid, a.assert(t, opts, "https://evil.example", softauthn.GetOptions{}))
@@ -226,7 +226,7 @@ func portalPasskeys(t *testing.T, n *portalNode) {
 		{"write with a bad signature", func(t *testing.T) portalReply {
 			opts, sid := a.beginLogin(t)
 			return a.write(t, sid, a.assert(t, opts, portalOrigin, softauthn.GetOptions{TamperSignature: true}), "attacker-key")
-		}, 401, "signature_invalid"},
+		}, 401, "credential_unknown"}, // a bad signature answers as an unknown credential
 		{"re-registration over a stored key (begin)", func(t *testing.T) portalReply {
 			return n.sdk(t, http.MethodPost, "/passkeys/begin-registration", credA, map[string]string{"relyingParty": portalRP})
 		}, 409, "key_exists"},

@@ -20,6 +20,7 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/ratelimit"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/store"
 )
@@ -86,6 +87,7 @@ func (s *Service) beginAuthentication(ctx context.Context, req AuthenticationReq
 		}
 		subj := *req.Subject
 		c.subject = &subj
+		s.maybeRefreshDecoyShapes()
 		creds, err := s.loadOwnerCredentials(ctx, subj.Owner, rp.cfg.ID)
 		if err != nil {
 			return nil, err
@@ -93,7 +95,7 @@ func (s *Service) beginAuthentication(ctx context.Context, req AuthenticationReq
 		if creds = active(creds); len(creds) > 0 {
 			allow = descriptors(creds)
 		} else {
-			allow = s.decoyDescriptors(rp.cfg.ID, subj.UserID)
+			allow = s.decoyDescriptors(rp.cfg.ID, subj.Owner, subj.UserID)
 		}
 	}
 	nonce := make([]byte, 32)
@@ -193,18 +195,18 @@ type SealedKey struct {
 // backup flags changed.
 func (s *Service) FinishAuthentication(ctx context.Context, req FinishAuthenticationRequest) (*Authentication, error) {
 	now := s.now()
-	if ok, wait := checkLimit(s.addrLimit, req.ClientAddr, now); !ok {
+	if ok, wait := checkLimit(s.addrLimit, ratelimit.AddrKey(req.ClientAddr), now); !ok {
 		return nil, s.refuse(ctx, apierr.ErrRateLimited.WithRetry(wait), "", req.ClientAddr, "authentication_finish")
 	}
 	c, err := s.ceremonies.take(now, req.CeremonyID, kindAuthentication)
 	if err != nil {
-		s.addrLimit.Spend(req.ClientAddr, now)
+		s.addrLimit.Spend(ratelimit.AddrKey(req.ClientAddr), now)
 		return nil, s.refuse(ctx, err, "", req.ClientAddr, "authentication_finish")
 	}
 	out, owner, err := s.finishAuthentication(ctx, c, req)
 	if err != nil {
 		if e, ok := apierr.As(err); !ok || e.Code != apierr.ErrRateLimited.Code {
-			s.addrLimit.Spend(req.ClientAddr, now)
+			s.addrLimit.Spend(ratelimit.AddrKey(req.ClientAddr), now)
 		}
 		return nil, s.refuse(ctx, err, owner, req.ClientAddr, "authentication_finish")
 	}
@@ -247,28 +249,24 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 
 	// Find the credential by its id; never assume it is one we listed
 	// (iOS lets the user pick any passkey of the RP).
+	//
+	// No user enumeration (DECISIONS 7): begin lists real ids for known
+	// users and decoys for others, so until the signature verifies the
+	// answer must not depend on what the id names. An id that is unknown
+	// here (or of another RP, or, discoverable, of owners this API does not
+	// serve) is verified against a decoy key, as much work as a real one;
+	// every check that reads the record (owner, revocation, user handle,
+	// backup eligibility) comes after the signature, so only a holder of
+	// the key learns its outcome. Before that, a failure is either
+	// independent of the record (origin, RP ID hash, challenge, flags) or
+	// the one ErrCredentialUnknown.
 	rec, err := s.loadCredential(ctx, parsed.RawID)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.RPID != rp.cfg.ID) {
-		return nil, owner, ErrCredentialUnknown
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, owner, err
 	}
-	if c.subject != nil && rec.Owner != c.subject.Owner {
-		return nil, owner, ErrCredentialNotUsers
-	}
-	if c.subject == nil && !hasPrefix(rec.Owner, c.prefix) {
-		return nil, owner, ErrCredentialUnknown
-	}
-	owner = rec.Owner
-	if rec.Revoked != nil {
-		return nil, owner, ErrCredentialRevoked
-	}
-	if handle != nil && !userHandleMatches(*handle, rec.UserID) {
-		return nil, owner, ErrUserHandle
-	}
-	if ok, wait := checkLimit(s.userLimit, string(rec.Owner), s.now()); !ok {
-		return nil, owner, apierr.ErrRateLimited.WithRetry(wait)
+	known := err == nil && rec.RPID == rp.cfg.ID && (c.subject != nil || hasPrefix(rec.Owner, c.prefix))
+	if known {
+		owner = rec.Owner
 	}
 	if err := s.checkClientData(rp, c, parsed.Response.CollectedClientData, protocol.AssertCeremony); err != nil {
 		return nil, owner, err
@@ -278,41 +276,61 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 		return nil, owner, err
 	}
 	be, bs := ad.Flags.HasBackupEligible(), ad.Flags.HasBackupState()
-	if rec.BE && !be {
-		return nil, owner, ErrBackupFlags
-	}
 
 	// go-webauthn verifies everything again, and the signature. It gets
-	// the one credential found above, with BE as asserted when it went
-	// from false to true (synced passkeys do: FIELD-NOTES), and a session
-	// bound to the credential's user.
-	flags := protocol.FlagUserPresent
-	if rec.UV {
-		flags |= protocol.FlagUserVerified
-	}
+	// the one credential found above (or the decoy), with BE as asserted
+	// (a change is checked below, after the signature; synced passkeys
+	// turn it on: FIELD-NOTES), and a session bound to the credential's
+	// user.
+	flags := protocol.FlagUserPresent | protocol.FlagUserVerified
 	if be {
 		flags |= protocol.FlagBackupEligible
 	}
-	if rec.BS {
+	if bs {
 		flags |= protocol.FlagBackupState
 	}
-	wc := webauthn.Credential{
-		ID: rec.ID, PublicKey: rec.PublicKey, AttestationFormat: rec.Format, AttestationType: rec.AttType,
-		Flags:         webauthn.NewCredentialFlags(flags),
-		Authenticator: webauthn.Authenticator{AAGUID: rec.AAGUID, SignCount: rec.SignCount},
+	wc := webauthn.Credential{ID: parsed.RawID, PublicKey: s.decoyKey, Flags: webauthn.NewCredentialFlags(flags)}
+	userID := []byte("decoy")
+	if known {
+		wc.PublicKey, wc.AttestationFormat, wc.AttestationType = rec.PublicKey, rec.Format, rec.AttType
+		wc.Authenticator = webauthn.Authenticator{AAGUID: rec.AAGUID, SignCount: rec.SignCount}
+		userID = []byte(rec.UserID)
 	}
 	session := c.session
-	session.UserID = []byte(rec.UserID)
+	session.UserID = userID
 	session.AllowedCredentialIDs = nil
-	user := &waUser{id: []byte(rec.UserID), creds: []webauthn.Credential{wc}}
+	user := &waUser{id: userID, creds: []webauthn.Credential{wc}}
 	if _, err := rp.wa.ValidateLogin(user, session, parsed); err != nil {
-		err = protocolCause(err, ErrVerification)
-		if errors.Is(err, ErrSignature) {
-			// Only signature failures on the user's own credential count
-			// against the user (DECISIONS 7).
-			s.userLimit.Spend(string(rec.Owner), s.now())
-		}
-		return nil, owner, err
+		// Nothing here is attributable to the credential's holder: anyone
+		// can name a credential id that begin listed and sign with another
+		// key. It spends the address's budget (FinishAuthentication) and
+		// the ceremony (single use), never the owner's. A bad signature is
+		// ErrCredentialUnknown, as the decoy key always gives.
+		return nil, owner, protocolCause(err, ErrVerification)
+	}
+	if !known {
+		return nil, owner, ErrCredentialUnknown // the decoy key's private half is never used
+	}
+
+	// The signature verifies: what follows comes from a holder of the
+	// private key, who may learn why it is refused.
+	if c.subject != nil && rec.Owner != c.subject.Owner {
+		return nil, owner, ErrCredentialNotUsers
+	}
+	if rec.Revoked != nil {
+		return nil, owner, ErrCredentialRevoked
+	}
+	if handle != nil && !userHandleMatches(*handle, rec.UserID) {
+		return nil, owner, ErrUserHandle
+	}
+	if rec.BE && !be {
+		return nil, owner, ErrBackupFlags
+	}
+	// The per-user budget is spent only by such failures (a counter that
+	// goes backwards: a cloned authenticator), so only a holder can run it
+	// down.
+	if ok, wait := checkLimit(s.userLimit, string(rec.Owner), s.now()); !ok {
+		return nil, owner, apierr.ErrRateLimited.WithRetry(wait)
 	}
 
 	// Sign counter: 0 and 0 means the authenticator keeps none (synced
@@ -368,9 +386,11 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 	return out, owner, nil
 }
 
-// counterRegressed audits (durably: a possible cloned authenticator is
-// worth a line) and refuses.
+// counterRegressed spends the owner's failure budget (the signature
+// verified: only a holder of the key gets here), audits (durably: a
+// possible cloned authenticator is worth a line) and refuses.
 func (s *Service) counterRegressed(ctx context.Context, rec *credential, got uint32, addr string) error {
+	s.userLimit.Spend(string(rec.Owner), s.now())
 	_ = s.audit.Record(ctx, audit.Event{Action: audit.ActionRefusal, Outcome: audit.OutcomeRefused, Reason: ErrCounterRegressed.Code,
 		Owner: string(rec.Owner), Method: Method, Remote: addr,
 		Fields: map[string]string{"credential": rec.idString(), "stored": strconv.FormatUint(uint64(rec.SignCount), 10),

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/go-webauthn/webauthn/webauthn"
+
+	"github.com/keywarden/keywarden/internal/ratelimit"
 )
 
 type ceremonyKind uint8
@@ -28,7 +30,9 @@ type ceremony struct {
 	subject *Subject // nil: discoverable authentication
 	prefix  string   // discoverable: owners the credential may belong to
 	session webauthn.SessionData
-	addr    string
+	addr    string // the client address as received
+	addrKey string // its limiting key (IPv6 /64), set by add
+	netKey  string // its network (IPv6 /48, IPv4 /24), set by add
 	expires time.Time
 	removed bool
 
@@ -37,20 +41,36 @@ type ceremony struct {
 	keyStored bool   // registration: a key was stored when the ceremony began
 }
 
-// ceremonies holds open ceremonies with a global and a per-address cap.
+// ceremonies holds open ceremonies with a global cap and two caps per
+// client: per address (IPv6 grouped by /64, ratelimit.AddrKey) and per
+// network (IPv6 /48, IPv4 /24, ratelimit.NetworkKey). Each client's share
+// is a fraction of the global cap, so one network rotating through its
+// addresses cannot take every ceremony and deny begin to everyone else.
 // Every entry has the same lifetime, so expiry order is insertion order:
 // a FIFO queue finds expired entries in amortized O(1).
 type ceremonies struct {
 	mu         sync.Mutex
 	m          map[string]*ceremony
 	perAddr    map[string]int
+	perNet     map[string]int
 	queue      []*ceremony
 	max        int
 	maxPerAddr int
+	maxPerNet  int
 }
 
-func newCeremonies(max, maxPerAddr int) *ceremonies {
-	return &ceremonies{m: map[string]*ceremony{}, perAddr: map[string]int{}, max: max, maxPerAddr: maxPerAddr}
+// Shares of the global cap: one address (/64) at most half of it, one
+// network at most an eighth (but never less than one address's share).
+const (
+	addrShareDiv = 2
+	netShareDiv  = 8
+)
+
+func newCeremonies(total, maxPerAddr int) *ceremonies {
+	maxPerAddr = min(maxPerAddr, max(1, total/addrShareDiv))
+	maxPerNet := max(maxPerAddr, total/netShareDiv)
+	return &ceremonies{m: map[string]*ceremony{}, perAddr: map[string]int{}, perNet: map[string]int{},
+		max: total, maxPerAddr: maxPerAddr, maxPerNet: maxPerNet}
 }
 
 func newCeremonyID() string {
@@ -91,10 +111,15 @@ func (cs *ceremonies) sweep(now time.Time) (expired int) {
 func (cs *ceremonies) remove(c *ceremony) {
 	c.removed = true
 	delete(cs.m, c.id)
-	if n := cs.perAddr[c.addr] - 1; n > 0 {
-		cs.perAddr[c.addr] = n
+	decrement(cs.perAddr, c.addrKey)
+	decrement(cs.perNet, c.netKey)
+}
+
+func decrement(m map[string]int, k string) {
+	if n := m[k] - 1; n > 0 {
+		m[k] = n
 	} else {
-		delete(cs.perAddr, c.addr)
+		delete(m, k)
 	}
 }
 
@@ -104,15 +129,17 @@ func (cs *ceremonies) add(now time.Time, c *ceremony) (expired int, err error) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	expired = cs.sweep(now)
-	if cs.perAddr[c.addr] >= cs.maxPerAddr {
-		return expired, ErrTooManyAddress.WithRetry(cs.retryAfter(now, c.addr))
+	c.addrKey, c.netKey = ratelimit.AddrKey(c.addr), ratelimit.NetworkKey(c.addr)
+	if cs.perAddr[c.addrKey] >= cs.maxPerAddr {
+		return expired, ErrTooManyAddress.WithRetry(cs.retryAfter(now, func(o *ceremony) bool { return o.addrKey == c.addrKey }))
+	}
+	if cs.perNet[c.netKey] >= cs.maxPerNet {
+		return expired, ErrTooManyAddress.WithRetry(cs.retryAfter(now, func(o *ceremony) bool { return o.netKey == c.netKey }))
 	}
 	if len(cs.m) >= cs.max {
-		return expired, ErrCeremoniesFull.WithRetry(cs.retryAfter(now, ""))
+		return expired, ErrCeremoniesFull.WithRetry(cs.retryAfter(now, nil))
 	}
-	cs.m[c.id] = c
-	cs.perAddr[c.addr]++
-	cs.queue = append(cs.queue, c)
+	cs.insert(c)
 	return expired, nil
 }
 
@@ -129,15 +156,23 @@ func (cs *ceremonies) put(now time.Time, c *ceremony) {
 		cs.queue[0] = nil
 		cs.queue = cs.queue[1:]
 	}
+	c.addrKey, c.netKey = ratelimit.AddrKey(c.addr), ratelimit.NetworkKey(c.addr)
+	cs.insert(c)
+}
+
+// insert adds c; cs.mu is held.
+func (cs *ceremonies) insert(c *ceremony) {
 	cs.m[c.id] = c
-	cs.perAddr[c.addr]++
+	cs.perAddr[c.addrKey]++
+	cs.perNet[c.netKey]++
 	cs.queue = append(cs.queue, c)
 }
 
-// retryAfter is when the oldest open ceremony (of addr, or any) expires.
-func (cs *ceremonies) retryAfter(now time.Time, addr string) time.Duration {
+// retryAfter is when the oldest open ceremony (matching of, or any)
+// expires.
+func (cs *ceremonies) retryAfter(now time.Time, of func(*ceremony) bool) time.Duration {
 	for _, c := range cs.queue {
-		if !c.removed && (addr == "" || c.addr == addr) {
+		if !c.removed && (of == nil || of(c)) {
 			if d := c.expires.Sub(now); d > time.Second {
 				return d.Round(time.Second)
 			}

@@ -28,18 +28,23 @@ var (
 	ErrAssertionInvalid = apierr.New(http.StatusForbidden, "assertion_invalid", "assertionCeremonyId does not name a fresh authentication of this user; authenticate with an existing passkey first")
 
 	// Verification (401).
-	ErrOriginMismatch     = apierr.New(http.StatusUnauthorized, "origin_mismatch", "the origin in clientDataJSON is not allowed for this relying party")
-	ErrRPIDMismatch       = apierr.New(http.StatusUnauthorized, "rp_id_mismatch", "the RP ID hash in authenticatorData is not this relying party's")
-	ErrChallengeMismatch  = apierr.New(http.StatusUnauthorized, "challenge_mismatch", "the challenge in clientDataJSON is not this ceremony's")
-	ErrClientDataType     = apierr.New(http.StatusUnauthorized, "client_data_type_mismatch", "clientDataJSON.type is not the one of this ceremony")
-	ErrUserPresence       = apierr.New(http.StatusUnauthorized, "user_presence_missing", "the authenticator did not report user presence (UP)")
-	ErrUserVerification   = apierr.New(http.StatusUnauthorized, "user_verification_missing", "user verification (UV) is required and the authenticator did not report it")
-	ErrCredentialUnknown  = apierr.New(http.StatusUnauthorized, "credential_unknown", "the credential is not registered with this relying party")
+	ErrOriginMismatch    = apierr.New(http.StatusUnauthorized, "origin_mismatch", "the origin in clientDataJSON is not allowed for this relying party")
+	ErrRPIDMismatch      = apierr.New(http.StatusUnauthorized, "rp_id_mismatch", "the RP ID hash in authenticatorData is not this relying party's")
+	ErrChallengeMismatch = apierr.New(http.StatusUnauthorized, "challenge_mismatch", "the challenge in clientDataJSON is not this ceremony's")
+	ErrClientDataType    = apierr.New(http.StatusUnauthorized, "client_data_type_mismatch", "clientDataJSON.type is not the one of this ceremony")
+	ErrUserPresence      = apierr.New(http.StatusUnauthorized, "user_presence_missing", "the authenticator did not report user presence (UP)")
+	ErrUserVerification  = apierr.New(http.StatusUnauthorized, "user_verification_missing", "user verification (UV) is required and the authenticator did not report it")
+	// ErrCredentialUnknown is the one answer to an assertion whose
+	// signature does not verify, whatever its credential id names (unknown,
+	// a decoy, the user's, another user's, revoked): anything more precise
+	// would tell real credential ids, and so real users, from decoys
+	// (DECISIONS 7). ErrSignature is the same error.
+	ErrCredentialUnknown  = apierr.New(http.StatusUnauthorized, "credential_unknown", "the assertion is not from a passkey registered for this user with this relying party: the credential is unknown or its signature does not verify")
 	ErrCredentialRevoked  = apierr.New(http.StatusUnauthorized, "credential_revoked", "the credential was revoked")
 	ErrCredentialNotUsers = apierr.New(http.StatusUnauthorized, "credential_not_allowed", "the credential does not belong to the user of this ceremony")
 	ErrUserHandle         = apierr.New(http.StatusUnauthorized, "user_handle_mismatch", "the user handle does not name the credential's user")
 	ErrBackupFlags        = apierr.New(http.StatusUnauthorized, "backup_flags_invalid", "the backup flags are inconsistent (backup state without eligibility, or eligibility withdrawn)")
-	ErrSignature          = apierr.New(http.StatusUnauthorized, "signature_invalid", "the assertion signature does not verify with the credential's public key")
+	ErrSignature          = ErrCredentialUnknown
 	ErrCounterRegressed   = apierr.New(http.StatusUnauthorized, "counter_regressed", "the signature counter did not increase: the authenticator may be cloned")
 	ErrVerification       = apierr.New(http.StatusUnauthorized, "assertion_invalid", "the WebAuthn response does not verify")
 	ErrAttestation        = apierr.New(http.StatusBadRequest, "attestation_invalid", "the registration response does not verify")

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"testing"
@@ -127,7 +128,7 @@ func withBearer(tok string) reqOpt {
 }
 
 func fromAddr(addr string) reqOpt {
-	return func(r *http.Request) { r.RemoteAddr = addr + ":40000" }
+	return func(r *http.Request) { r.RemoteAddr = net.JoinHostPort(addr, "40000") }
 }
 
 func (v *env) token(userID string) string {

@@ -112,7 +112,7 @@ func TestHostile(t *testing.T) {
 		{"UV missing when required", nil, 401, "user_verification_missing", func(t *testing.T, v *env, f fixture) resp {
 			return v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{NoUserVerification: true}, nil)
 		}},
-		{"bad signature", nil, 401, "signature_invalid", func(t *testing.T, v *env, f fixture) resp {
+		{"bad signature (answers as an unknown credential)", nil, 401, "credential_unknown", func(t *testing.T, v *env, f fixture) resp {
 			return v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{TamperSignature: true}, nil)
 		}},
 		{"counter going backwards", nil, 401, "counter_regressed", func(t *testing.T, v *env, f fixture) resp {
@@ -278,12 +278,12 @@ func TestHostile(t *testing.T) {
 			return r
 		}},
 		{"global ceremony cap", func(o *Options) { o.MaxCeremonies = 4; o.MaxCeremoniesPerAddress = 2 }, 503, "ceremony_capacity", func(t *testing.T, v *env, f fixture) resp {
-			for _, a := range []string{"203.0.113.1", "203.0.113.2"} {
+			for _, a := range []string{"203.0.113.1", "192.0.2.2"} { // two networks: one may hold an eighth at most
 				for range 2 {
 					v.beginAuth(user("alice"), fromAddr(a))
 				}
 			}
-			return v.Send("POST", "/v1/passkeys/authentication/begin", user("alice"), fromAddr("203.0.113.3"))
+			return v.Send("POST", "/v1/passkeys/authentication/begin", user("alice"), fromAddr("198.18.0.3"))
 		}},
 		{"registration from a wrong origin", nil, 401, "origin_mismatch", func(t *testing.T, v *env, f fixture) resp {
 			id, opts := v.beginRegistration("carol", nil)
@@ -355,9 +355,10 @@ func TestHostile(t *testing.T) {
 	}
 }
 
-// TestRateLimits: per-user limits count only signature failures on the
-// user's own credentials (a stranger with made-up credentials does not
-// slow the user down); per-address limits count every failure.
+// TestRateLimits: per-user limits count only failures a holder of the
+// user's passkey produced (a counter going backwards on a valid
+// signature); strangers, with made-up credentials or bad signatures, do
+// not slow the user down; per-address limits count every failure.
 func TestRateLimits(t *testing.T) {
 	t.Run("per user", func(t *testing.T) {
 		v := newEnv(t, func(o *Options) {
@@ -379,9 +380,17 @@ func TestRateLimits(t *testing.T) {
 		if got := v.release(nil, "alice", softauthn.GetOptions{}); !bytes.Equal(got, aliceKey) {
 			t.Fatal("strangers' failures slowed alice down")
 		}
-		for range 2 {
-			if r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{TamperSignature: true}, nil); r.Code() != "signature_invalid" {
+		for range 3 { // a bad signature is not attributable to alice's passkey: it spends nothing of hers
+			if r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{TamperSignature: true}, nil); r.Code() != "credential_unknown" {
 				t.Fatalf("bad signature: %d %s", r.Status, r.Body)
+			}
+		}
+		if got := v.release(nil, "alice", softauthn.GetOptions{}); !bytes.Equal(got, aliceKey) {
+			t.Fatal("bad signatures slowed alice down")
+		}
+		for range 2 { // a counter going backwards on a valid signature is
+			if r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{SignCount: u32(1)}, nil); r.Code() != "counter_regressed" {
+				t.Fatalf("counter regression: %d %s", r.Status, r.Body)
 			}
 		}
 		r := v.assert(nil, v.beginAuth(user("alice")), testOrigin, softauthn.GetOptions{}, nil)
@@ -417,7 +426,7 @@ func TestRateLimits(t *testing.T) {
 func TestCeremonyMemoryBounded(t *testing.T) {
 	v := newEnv(t, func(o *Options) { o.MaxCeremonies = 50; o.MaxCeremoniesPerAddress = 20 })
 	for i := range 200 {
-		v.Send("POST", "/v1/passkeys/authentication/begin", user("u"+string(rune('a'+i%26))), fromAddr(fmt.Sprintf("203.0.113.%d", i%10)))
+		v.Send("POST", "/v1/passkeys/authentication/begin", user("u"+string(rune('a'+i%26))), fromAddr(fmt.Sprintf("10.%d.0.1", i%10)))
 	}
 	if n := v.svc.Stats().Open; n != 50 {
 		t.Fatalf("%d open ceremonies, want the cap 50", n)

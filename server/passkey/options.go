@@ -54,8 +54,11 @@ type Options struct {
 	// MaxCeremonies bounds the ceremonies held in memory (a flood of
 	// begin calls cannot exhaust memory); zero means DefaultMaxCeremonies.
 	// MaxCeremoniesPerAddress bounds those begun from one client address
-	// (one client cannot take them all); zero means
-	// DefaultMaxCeremoniesPerAddress.
+	// (one client cannot take them all; IPv6 addresses count by /64, see
+	// ratelimit.AddrKey); zero means DefaultMaxCeremoniesPerAddress. One
+	// address never gets more than half of MaxCeremonies, and one network
+	// (IPv6 /48, IPv4 /24) never more than an eighth of it (or one
+	// address's share, when that is larger).
 	MaxCeremonies           int
 	MaxCeremoniesPerAddress int
 
@@ -64,12 +67,15 @@ type Options struct {
 	MaxCredentialsPerUser int
 
 	// Failed assertions are rate-limited with token buckets (DECISIONS 7):
-	// per user, only signature failures on that user's own credentials
-	// count, so strangers cannot lock a user out with made-up credentials
-	// (they can at worst slow the user down to one attempt per interval);
-	// per client address, every failed finish counts. A bucket holds Burst
-	// failures and regains one per Interval. Zero values mean the
-	// Default… constants; a negative burst disables that limit.
+	// per client address (IPv6 by /64), every failed finish counts; per
+	// user, only failures attributable to a holder of the user's passkey
+	// count: a sign counter going backwards on a valid signature (a cloned
+	// authenticator). A bad signature, origin, RP ID hash or challenge can
+	// come from anyone who read the credential ids begin lists, so it
+	// spends only the address's budget and the (single-use) ceremony: a
+	// stranger cannot lock a user out. A bucket holds Burst failures and
+	// regains one per Interval. Zero values mean the Default… constants; a
+	// negative burst disables that limit.
 	UserFailureBurst       int
 	UserFailureInterval    time.Duration
 	AddressFailureBurst    int

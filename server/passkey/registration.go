@@ -12,6 +12,7 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/ratelimit"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -145,17 +146,17 @@ type Registration struct {
 // when given, the key.
 func (s *Service) FinishRegistration(ctx context.Context, req FinishRegistrationRequest) (*Registration, error) {
 	now := s.now()
-	if ok, wait := checkLimit(s.addrLimit, req.ClientAddr, now); !ok {
+	if ok, wait := checkLimit(s.addrLimit, ratelimit.AddrKey(req.ClientAddr), now); !ok {
 		return nil, s.refuse(ctx, apierr.ErrRateLimited.WithRetry(wait), "", req.ClientAddr, "registration_finish")
 	}
 	c, err := s.ceremonies.take(now, req.CeremonyID, kindRegistration)
 	if err != nil {
-		s.addrLimit.Spend(req.ClientAddr, now)
+		s.addrLimit.Spend(ratelimit.AddrKey(req.ClientAddr), now)
 		return nil, s.refuse(ctx, err, "", req.ClientAddr, "registration_finish")
 	}
 	out, err := s.finishRegistration(ctx, c, req)
 	if err != nil {
-		s.addrLimit.Spend(req.ClientAddr, now)
+		s.addrLimit.Spend(ratelimit.AddrKey(req.ClientAddr), now)
 		return nil, s.refuse(ctx, err, c.subject.Owner, req.ClientAddr, "registration_finish")
 	}
 	c.rp.done.Add(1)

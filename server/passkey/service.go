@@ -2,6 +2,7 @@ package passkey
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-webauthn/webauthn/protocol"
+	"github.com/go-webauthn/webauthn/protocol/webauthncbor"
 	"github.com/go-webauthn/webauthn/protocol/webauthncose"
 	"github.com/go-webauthn/webauthn/webauthn"
 
@@ -92,7 +94,12 @@ type Service struct {
 	log     *slog.Logger
 	now     func() time.Time
 	decoy   secret.Bytes
+	// decoyKey is the COSE public key an assertion naming an unknown
+	// credential is verified against (ES256, like most passkeys), so that
+	// it costs what a real one costs (DECISIONS 7).
+	decoyKey []byte
 
+	shapes     decoyShapes
 	ceremonies *ceremonies
 	proofs     *ceremonies        // finished authentications (kindProof), FIFO-evicted
 	userLimit  *ratelimit.Limiter // only failures spend (DECISIONS 7)
@@ -133,12 +140,20 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 		addrLimit:  ratelimit.New(o.AddressFailureBurst, o.AddressFailureInterval, o.MaxTrackedLimits),
 	}
 	s.stats.refusals = map[string]uint64{}
+	s.decoyKey = decoyVerificationKey(s.decoy.Reveal())
 	if s.log == nil {
 		s.log = slog.Default()
 	}
 	if s.now == nil {
 		s.now = time.Now
 	}
+	// Learn what real users' allowCredentials look like, for decoys; on
+	// failure the built-in mix stands in and the next begin retries.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	if err := s.refreshDecoyShapes(ctx); err != nil {
+		s.log.Warn("passkey: learning decoy credential shapes failed; using the built-in mix", "err", err)
+	}
+	cancel()
 	requireRK := o.ResidentKey == "required"
 	for _, rp := range o.RelyingParties {
 		name := rp.Name
@@ -266,24 +281,28 @@ func descriptors(cs []*credential) []protocol.CredentialDescriptor {
 	return out
 }
 
-// decoyDescriptors are the allowCredentials of a user without passkeys:
-// stable (derived by HMAC from the RP and user id, DECISIONS 7) and shaped
-// like real ones, so begin does not tell who has passkeys.
-func (s *Service) decoyDescriptors(rpID, userID string) []protocol.CredentialDescriptor {
-	m := hmac.New(sha256.New, s.decoy.Reveal())
-	m.Write([]byte("keywarden passkey decoy v1\x00" + rpID + "\x00" + userID))
-	seed := m.Sum(nil)
-	n := 1 + int(seed[0]%2)
-	out := make([]protocol.CredentialDescriptor, 0, n)
-	for i := range n {
+// decoyVerificationKey derives a P-256 public key (COSE_Key) from the
+// decoy subkey by HMAC: deterministic, and no one holds its private half
+// outside this process (which never signs with it).
+func decoyVerificationKey(seed []byte) []byte {
+	for i := byte(0); ; i++ {
 		m := hmac.New(sha256.New, seed)
-		m.Write([]byte{byte(i)})
-		id := m.Sum(nil)
-		id = id[:[]int{16, 20, 32}[int(seed[1+i])%3]]
-		out = append(out, protocol.CredentialDescriptor{Type: protocol.PublicKeyCredentialType, CredentialID: id,
-			Transport: []protocol.AuthenticatorTransport{protocol.Internal, protocol.Hybrid}})
+		m.Write([]byte("keywarden passkey decoy verification key v1"))
+		m.Write([]byte{i})
+		k, err := ecdh.P256().NewPrivateKey(m.Sum(nil))
+		if err != nil {
+			continue // the scalar is out of range (probability ~2^-32)
+		}
+		pub := k.PublicKey().Bytes() // 0x04 ‖ X ‖ Y
+		key, err := webauthncbor.Marshal(webauthncose.EC2PublicKeyData{
+			PublicKeyData: webauthncose.PublicKeyData{KeyType: int64(webauthncose.EllipticKey), Algorithm: int64(webauthncose.AlgES256)},
+			Curve:         int64(webauthncose.P256), XCoord: pub[1:33], YCoord: pub[33:65],
+		})
+		if err != nil {
+			panic("passkey: encoding the decoy key: " + err.Error())
+		}
+		return key
 	}
-	return out
 }
 
 var credentialParameters = []protocol.CredentialParameter{

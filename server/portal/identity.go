@@ -64,7 +64,8 @@ type ResolverStats struct {
 //   - At most MaxConcurrentLookups calls are in flight in all; a look-up
 //     that cannot start within half of LookupTimeout is a 503.
 //   - Misses (credentials not in the cache, and no look-up of them in
-//     flight) are limited per client address (429 beyond).
+//     flight) are limited per client address (429 beyond), IPv6 grouped by
+//     /64 (ratelimit.AddrKey).
 //   - Only Portal's 401/403/404 and "another custodian" are cached as
 //     refusals (for FailureTTL); a Portal 5xx, 429, timeout or outage is
 //     never cached: it is a 503 with Retry-After for credentials not in the
@@ -163,7 +164,7 @@ func (r *Resolver) Resolve(ctx context.Context, cred, clientAddr, traceID string
 	// A caller that joins a look-up already in flight costs Portal
 	// nothing and is not counted as a miss.
 	if !r.join(key) {
-		if ok, wait := r.misses.Take(clientAddr, now); !ok {
+		if ok, wait := r.misses.Take(ratelimit.AddrKey(clientAddr), now); !ok {
 			r.leave(key)
 			if c, ok := r.staleOK(cached, now); ok {
 				return c, nil

@@ -277,6 +277,30 @@ func TestPortalResolverMissLimitPerAddress(t *testing.T) {
 	wantCode(t, err, ErrCredentialUnknown.Code)
 }
 
+// TestPortalResolverMissLimitPerIPv6Network: misses from addresses that
+// rotate inside one /64 share one bucket; the mapped form of an IPv4
+// address is that address.
+func TestPortalResolverMissLimitPerIPv6Network(t *testing.T) {
+	api := newPortalAPI(t)
+	r, _ := newTestResolver(t, api, func(o *Options) { o.MissBurst = 2; o.MissInterval = time.Minute })
+	ctx := context.Background()
+	for i, a := range []string{"2001:db8:5:5::1", "2001:db8:5:5:aaaa::2"} {
+		_, err := r.Resolve(ctx, "made-up-"+string(rune('a'+i)), a, "")
+		wantCode(t, err, ErrCredentialUnknown.Code)
+	}
+	_, err := r.Resolve(ctx, "made-up-z", "2001:db8:5:5:ffff:ffff:ffff:ffff", "")
+	wantCode(t, err, apierr.ErrRateLimited.Code)
+	_, err = r.Resolve(ctx, "made-up-y", "2001:db8:5:6::1", "")
+	wantCode(t, err, ErrCredentialUnknown.Code)
+
+	for i := range 2 {
+		_, err := r.Resolve(ctx, "made-up-4"+string(rune('a'+i)), "192.0.2.4", "")
+		wantCode(t, err, ErrCredentialUnknown.Code)
+	}
+	_, err = r.Resolve(ctx, "made-up-4z", "::ffff:192.0.2.4", "")
+	wantCode(t, err, apierr.ErrRateLimited.Code)
+}
+
 func TestPortalResolverBoundedCache(t *testing.T) {
 	api := newPortalAPI(t)
 	for _, k := range []string{"k1", "k2", "k3"} {
