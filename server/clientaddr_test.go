@@ -36,6 +36,24 @@ func TestTrustedProxiesXForwardedFor(t *testing.T) {
 			t.Fatal("198.51.100.2 was limited by another client's requests: every client shares the proxy's bucket")
 		}
 	})
+	t.Run("IPv6 clients are limited per /64", func(t *testing.T) {
+		h := newHarness(t, func(c *config.Config, _ *Options) {
+			c.Listen.TrustedProxies = []string{"127.0.0.1"}
+			c.Limits.RatePerSecond, c.Limits.RateBurst = 0.001, 3
+		})
+		tok := h.issuer.Mint(nil)
+		for i := range 3 {
+			if limited(h, tok, fmt.Sprintf("2001:db8:0:7::%x", i+1)) {
+				t.Fatalf("request %d limited within the /64's burst", i+1)
+			}
+		}
+		if !limited(h, tok, "2001:db8:0:7:ffff::9") {
+			t.Fatal("a new address in the same /64 got a fresh bucket: one host could rotate addresses forever")
+		}
+		if limited(h, tok, "2001:db8:0:8::1") {
+			t.Fatal("another /64 was limited by its neighbour's requests")
+		}
+	})
 	t.Run("untrusted peer: X-Forwarded-For is ignored", func(t *testing.T) {
 		h := newHarness(t, func(c *config.Config, _ *Options) {
 			c.Limits.RatePerSecond, c.Limits.RateBurst = 0.001, 3

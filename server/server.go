@@ -394,7 +394,7 @@ func (s *Server) rateLimit() echo.MiddlewareFunc {
 	}
 	return middleware.RateLimiterWithConfig(middleware.RateLimiterConfig{
 		Store:               store,
-		IdentifierExtractor: func(c echo.Context) (string, error) { return c.RealIP(), nil },
+		IdentifierExtractor: func(c echo.Context) (string, error) { return ratelimit.AddrKey(c.RealIP()), nil }, // IPv6 by /64
 		ErrorHandler:        func(echo.Context, error) error { return apierr.ErrBadRequest },
 		DenyHandler: func(c echo.Context, _ string, _ error) error {
 			return apierr.ErrRateLimited.WithRetry(retry)
