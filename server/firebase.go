@@ -140,9 +140,22 @@ func (s *Server) StoreKey(c echo.Context, owner enclave.Owner, method string, ke
 // ReleaseKey opens a key for its verified owner, audits the release (fail
 // closed) and observes its latency. It makes no TPM command.
 func (s *Server) ReleaseKey(c echo.Context, owner enclave.Owner, method string) (secret.Bytes, *enclave.KeyInfo, error) {
+	return s.ReleaseKeyChecked(c, owner, method, nil)
+}
+
+// ReleaseKeyChecked is ReleaseKey with check run on the description of the
+// very record that was opened, before the release is audited: a check that
+// refuses (and audits its own refusal) leaves no "release" line, so every
+// audit line describes what the client received.
+func (s *Server) ReleaseKeyChecked(c echo.Context, owner enclave.Owner, method string, check func(*enclave.KeyInfo) error) (secret.Bytes, *enclave.KeyInfo, error) {
 	start := time.Now()
 	ctx := c.Request().Context()
 	key, info, err := s.opts.Custody.Lookup(ctx, owner, method)
+	if err == nil && check != nil {
+		if err = check(info); err != nil {
+			key.Wipe()
+		}
+	}
 	if err != nil {
 		s.opts.Metrics.Releases.WithLabelValues(method, "not_released").Observe(time.Since(start).Seconds())
 		return secret.Bytes{}, nil, err

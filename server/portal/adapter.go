@@ -58,6 +58,10 @@ type Adapter struct {
 	sessionKey  []byte
 	secretHash  [][32]byte
 	allowedNets []*net.IPNet
+
+	// beforeRelease, when set by a test, runs in tbsGet just before the
+	// key is read for release (to change the record in between).
+	beforeRelease func()
 }
 
 // New validates opts and returns the adapter. Add it to server.Options.Routes.

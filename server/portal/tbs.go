@@ -141,18 +141,24 @@ func (a *Adapter) tbsGet(c echo.Context) error {
 	if info.Format != enclave.FormatText {
 		return ErrKeyFormat
 	}
-	key, rinfo, err := a.srv.ReleaseKey(c, owner, server.MethodFirebase)
+	if a.beforeRelease != nil {
+		a.beforeRelease()
+	}
+	// The record may have changed since the look above: the checks run
+	// again on the very record opened, before the release is audited.
+	key, _, err := a.srv.ReleaseKeyChecked(c, owner, server.MethodFirebase, func(rinfo *enclave.KeyInfo) error {
+		if err := a.checkClient(c, owner, rinfo, client); err != nil {
+			return err
+		}
+		if rinfo.Format != enclave.FormatText {
+			return ErrKeyFormat
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
 	defer key.Wipe()
-	// The record may have changed between the two reads.
-	if err := a.checkClient(c, owner, rinfo, client); err != nil {
-		return err
-	}
-	if rinfo.Format != enclave.FormatText {
-		return ErrKeyFormat
-	}
 	noStore(c)
 	return c.JSON(http.StatusOK, EncryptKeyResponse{EncryptionKey: string(key.Reveal())})
 }

@@ -210,3 +210,43 @@ func TestPortalTBSOverwriteNeedsRecentSignIn(t *testing.T) {
 	fresh := h.issuer.Mint(nil)
 	mustStatus(t, h.tbs(http.MethodPut, credA, fresh, map[string]string{"encryptionKey": keyHex2}), http.StatusOK, "")
 }
+
+// TestPortalTBSRefusedReadIsNotAuditedAsRelease: the record changes to
+// another client's between the adapter's first look and the release (a
+// delete and a store through client B). The read ends in 403, and the
+// audit log must not say the key was released for that request.
+func TestPortalTBSRefusedReadIsNotAuditedAsRelease(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.clients()
+	tok := h.issuer.Mint(nil)
+	mustStatus(t, h.tbs(http.MethodPut, credA, tok, map[string]string{"encryptionKey": keyHex1}), http.StatusCreated, "")
+	owner := enclave.Owner("firebase:" + testProject + "//" + firebasetest.DefaultSubject)
+	h.adapter.beforeRelease = func() {
+		ctx := context.Background()
+		if err := h.custody.DeleteKey(ctx, owner, server.MethodFirebase); err != nil {
+			t.Error(err)
+		}
+		if _, err := h.custody.PutKey(ctx, owner, server.MethodFirebase, []byte(keyHex2),
+			enclave.PutOptions{Format: enclave.FormatText, ClientID: "client-b"}); err != nil {
+			t.Error(err)
+		}
+	}
+	r := h.do(http.MethodGet, "/v1/backup/encrypt-key", credA, nil, FirebaseTokenHeader, tok, "X-Portal-Trace-Id", "raced-read-0001")
+	mustStatus(t, r, http.StatusForbidden, ErrClientMismatch.Code)
+	noSecret(t, r, keyHex1, keyHex2)
+	refused := false
+	for _, line := range strings.Split(h.AuditLines(t), "\n") {
+		if !strings.Contains(line, "raced-read-0001") {
+			continue
+		}
+		if strings.Contains(line, `"action":"release"`) {
+			t.Fatalf("a request answered 403 is audited as a release: %s", line)
+		}
+		if strings.Contains(line, `"reason":"client_mismatch"`) {
+			refused = true
+		}
+	}
+	if !refused {
+		t.Fatal("the refused read is not audited as a refusal")
+	}
+}
