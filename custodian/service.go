@@ -12,6 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/store"
@@ -508,6 +509,9 @@ func (s *Service) ListVersions(ctx context.Context, owner, method string) ([]Ver
 // bound to the same owner, so no Vault call is needed.
 func (s *Service) RestoreVersion(ctx context.Context, owner, method, id string) error {
 	if err := validOwnerMethod(owner, method); err != nil {
+		return err
+	}
+	if err := enclave.CheckVersionID(id); err != nil {
 		return err
 	}
 	now := s.now().UTC()

@@ -125,6 +125,31 @@ type PutOptions struct {
 	SameClientOnly bool
 }
 
+// VersionIDLen is the length of a prior version's id: the time it was
+// replaced, in Unix nanoseconds, as 20 decimal digits.
+const VersionIDLen = 20
+
+// ErrBadVersionID refuses a version id that is not one a version list gives.
+var ErrBadVersionID = apierr.New(400, "invalid_version_id", "a version id is the 20-digit number that the version list gives")
+
+// CheckVersionID accepts exactly the ids the version lists give (keys,
+// custodian shares, client shares): 20 ASCII digits that fit in an int64.
+// Every restore checks it before it touches the store.
+func CheckVersionID(id string) error {
+	if len(id) != VersionIDLen {
+		return ErrBadVersionID
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < '0' || id[i] > '9' {
+			return ErrBadVersionID
+		}
+	}
+	if _, err := strconv.ParseInt(id, 10, 64); err != nil {
+		return ErrBadVersionID
+	}
+	return nil
+}
+
 // ErrClientMismatch refuses a store over a key another client stored.
 var ErrClientMismatch = apierr.New(403, "client_mismatch", "this key was stored through another client")
 
@@ -391,6 +416,9 @@ func (c *Custody) ListVersions(ctx context.Context, owner Owner, method string) 
 // RestoreVersion makes prior version id the current key again; the value
 // it replaces becomes a prior version in turn.
 func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id string) error {
+	if err := CheckVersionID(id); err != nil {
+		return err
+	}
 	var old secret.Bytes
 	var format string
 	err := c.db.View(ctx, func(tx *store.Tx) error {

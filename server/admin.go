@@ -222,6 +222,9 @@ func (s *Server) restoreVersion(c echo.Context) error {
 	if err := ValidUserID(userID); err != nil {
 		return err
 	}
+	if err := enclave.CheckVersionID(c.Param("versionId")); err != nil {
+		return err
+	}
 	ctx := c.Request().Context()
 	owner, method := enclave.UserOwner(userID), c.Param("method")
 	ev := s.event(c, "admin_restore_version", string(owner), method, "")

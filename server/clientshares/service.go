@@ -439,19 +439,6 @@ func (s *Store) ListVersions(ctx context.Context, owner enclave.Owner, method st
 	return out, err
 }
 
-// validVersionID accepts the 20-digit ids ListVersions returns.
-func validVersionID(id string) bool {
-	if len(id) != 20 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if id[i] < '0' || id[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
 // RestoreVersion makes prior version id the current share again (with the
 // confirmation status it had); the share it replaces becomes a prior
 // version in turn. The old record must open, so a damaged one is never
@@ -460,8 +447,8 @@ func (s *Store) RestoreVersion(ctx context.Context, owner enclave.Owner, method,
 	if err := checkOwnerMethod(owner, method); err != nil {
 		return Info{}, err
 	}
-	if !validVersionID(id) {
-		return Info{}, ErrVersionNotFound
+	if err := enclave.CheckVersionID(id); err != nil {
+		return Info{}, err
 	}
 	now := s.now().UTC()
 	var info Info
