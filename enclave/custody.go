@@ -431,6 +431,10 @@ func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id st
 			return err
 		}
 		pt, err := c.root.Open(Binding{Kind: kindPrior, Owner: owner, Method: method}, rec.Sealed)
+		if errors.Is(err, ErrOpen) {
+			// Kept by a build from before prior values had their own kind.
+			pt, err = c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, rec.Sealed)
+		}
 		if err != nil {
 			return err
 		}

@@ -2,10 +2,12 @@ package enclave
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"testing"
 
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/store"
 )
 
 // badVersionIDs are ids an attacker or a typo could send to a restore:
@@ -41,5 +43,38 @@ func TestRestoreVersionRefusesMalformedIDs(t *testing.T) {
 	k, err := c.GetKey(ctx, o, "PASSKEY")
 	if err != nil || string(k.Reveal()) != "v2" {
 		t.Fatalf("key after refused restores: %q %v", k.Reveal(), err)
+	}
+}
+
+// TestRestoreVersionOfLegacyPrior: a prior value kept by a build from
+// before prior values had their own kind (sealed as "key") is still
+// restorable.
+func TestRestoreVersionOfLegacyPrior(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, filepath.Join(t.TempDir(), "k.db"))
+	defer db.Close()
+	root := testRoot(t)
+	c := NewCustody(db, root, CustodyOptions{})
+	o := UserOwner("alice")
+	if _, err := c.PutKey(ctx, o, "PASSKEY", []byte("current"), PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := root.Seal(Binding{Kind: "key", Owner: o, Method: "PASSKEY", Version: 1}, []byte("legacy prior"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(keyRecord{Format: FormatBytes, Sealed: sealed})
+	id := "00000000000000000042"
+	if err := db.Update(ctx, func(tx *store.Tx) error {
+		return tx.Put(store.BucketKeyVersions, store.Key(string(o), "PASSKEY", id), b)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RestoreVersion(ctx, o, "PASSKEY", id); err != nil {
+		t.Fatal(err)
+	}
+	k, err := c.GetKey(ctx, o, "PASSKEY")
+	if err != nil || string(k.Reveal()) != "legacy prior" {
+		t.Fatalf("after restore: %q %v", k.Reveal(), err)
 	}
 }
