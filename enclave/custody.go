@@ -211,28 +211,8 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 		if prev.ClientID != "" {
 			rec.ClientID = prev.ClientID
 		}
-		if c.retention > 0 {
-			// The prior value is sealed again as kind "key_prior", so it
-			// does not open if copied back into the keys bucket: only
-			// RestoreVersion (audited) brings it back.
-			pt, err := c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, prev.Sealed)
-			if err != nil {
-				return false, err
-			}
-			prior := prev
-			prior.Sealed, err = c.root.Seal(Binding{Kind: kindPrior, Owner: owner, Method: method, Version: v}, pt)
-			clear(pt)
-			if err != nil {
-				return false, err
-			}
-			pb, err := json.Marshal(prior)
-			if err != nil {
-				return false, err
-			}
-			vk := store.Key(string(owner), method, fmt.Sprintf("%020d", now.UnixNano()))
-			if err := tx.Put(store.BucketKeyVersions, vk, pb); err != nil {
-				return false, err
-			}
+		if err := c.keepPrior(tx, owner, method, old, prev, now); err != nil {
+			return false, err
 		}
 		if err := c.pruneVersions(tx, owner, method, now); err != nil {
 			return false, err
@@ -251,6 +231,48 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 		return false, err
 	}
 	return replaced, tx.Put(store.BucketKeys, k, b)
+}
+
+// keepPrior keeps prev (stored as old) as a prior version of (owner,
+// method) replaced at now, for the retention time. The value is sealed
+// again as kind "key_prior", so it does not open if copied back into the
+// keys bucket: only RestoreVersion (audited) brings it back. A current
+// record that does not open as a key (a prior copied back over it, or a
+// damaged one) is kept as it is, so an overwrite or a restore can repair
+// the slot.
+func (c *Custody) keepPrior(tx *store.Tx, owner Owner, method string, old []byte, prev keyRecord, now time.Time) error {
+	if c.retention <= 0 {
+		return nil
+	}
+	pb := old
+	pt, err := c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, prev.Sealed)
+	switch {
+	case err == nil:
+		v, _ := RecordVersion(prev.Sealed)
+		prior := prev
+		prior.Sealed, err = c.root.Seal(Binding{Kind: kindPrior, Owner: owner, Method: method, Version: v}, pt)
+		clear(pt)
+		if err != nil {
+			return err
+		}
+		if pb, err = json.Marshal(prior); err != nil {
+			return err
+		}
+	case !errors.Is(err, ErrOpen):
+		return err
+	}
+	// Two replacements within one nanosecond (an overwrite and a delete
+	// in one commit) get distinct ids.
+	var vk []byte
+	for at := now; ; at = at.Add(1) {
+		vk = store.Key(string(owner), method, fmt.Sprintf("%020d", at.UnixNano()))
+		if _, err := tx.Get(store.BucketKeyVersions, vk); errors.Is(err, store.ErrNotFound) {
+			break
+		} else if err != nil {
+			return err
+		}
+	}
+	return tx.Put(store.BucketKeyVersions, vk, pb)
 }
 
 func (c *Custody) pruneVersions(tx *store.Tx, owner Owner, method string, now time.Time) error {
@@ -354,7 +376,10 @@ func (c *Custody) ListKeys(ctx context.Context, owner Owner) ([]KeyInfo, error) 
 	return out, err
 }
 
-// DeleteKey removes the key of (owner, method) and its prior versions.
+// DeleteKey removes the key of (owner, method) and its prior versions at
+// once: for the passkey reset, which must destroy the key (a prior version
+// restored later would be released to the new passkey). User-facing
+// deletes use DeleteKeyKeepingPrior.
 func (c *Custody) DeleteKey(ctx context.Context, owner Owner, method string) error {
 	found := false
 	err := c.db.Update(ctx, func(tx *store.Tx) error {
@@ -369,6 +394,42 @@ func (c *Custody) DeleteKey(ctx context.Context, owner Owner, method string) err
 		}
 		_, err = tx.DeletePrefix(store.BucketKeyVersions, store.Prefix(string(owner), method))
 		return err
+	})
+	if err == nil && !found {
+		return errKeyNotFound
+	}
+	return err
+}
+
+// DeleteKeyKeepingPrior removes the current key of (owner, method) and
+// keeps its value as a prior version (a tombstone, sealed as key_prior)
+// for the retention time, listed and restorable by the admin like one
+// replaced by an overwrite: a stolen token cannot erase a key's history.
+// Only DeleteOwner (the admin's user deletion) and DeleteKey purge at once.
+func (c *Custody) DeleteKeyKeepingPrior(ctx context.Context, owner Owner, method string) error {
+	found := false
+	err := c.db.Update(ctx, func(tx *store.Tx) error {
+		k := store.Key(string(owner), method)
+		old, err := tx.Get(store.BucketKeys, k)
+		found = err == nil
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var prev keyRecord
+		if err := json.Unmarshal(old, &prev); err != nil {
+			return fmt.Errorf("enclave: stored key record damaged: %w", err)
+		}
+		now := c.now().UTC()
+		if err := c.keepPrior(tx, owner, method, old, prev, now); err != nil {
+			return err
+		}
+		if err := c.pruneVersions(tx, owner, method, now); err != nil {
+			return err
+		}
+		return tx.Delete(store.BucketKeys, k)
 	})
 	if err == nil && !found {
 		return errKeyNotFound
@@ -420,7 +481,7 @@ func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id st
 		return err
 	}
 	var old secret.Bytes
-	var format string
+	var format, clientID string
 	err := c.db.View(ctx, func(tx *store.Tx) error {
 		b, err := tx.Get(store.BucketKeyVersions, store.Key(string(owner), method, id))
 		if err != nil {
@@ -438,7 +499,7 @@ func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id st
 		if err != nil {
 			return err
 		}
-		old, format = secret.NewBytes(pt), rec.Format
+		old, format, clientID = secret.NewBytes(pt), rec.Format, rec.ClientID
 		return nil
 	})
 	if errors.Is(err, store.ErrNotFound) {
@@ -448,6 +509,8 @@ func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id st
 		return err
 	}
 	defer old.Wipe()
-	_, err = c.PutKey(ctx, owner, method, old.Reveal(), PutOptions{Format: format})
+	// The client id the value was stored with comes back with it (after
+	// a delete there is no current record to keep it).
+	_, err = c.PutKey(ctx, owner, method, old.Reveal(), PutOptions{Format: format, ClientID: clientID})
 	return err
 }

@@ -26,10 +26,13 @@ type FirebaseVerifier interface {
 const MethodFirebase = "FIREBASE"
 
 var (
-	errFirebaseOff    = apierr.New(http.StatusServiceUnavailable, "firebase_not_configured", "Firebase Auth is not configured on this appliance (firebase.project_ids)")
-	errBlocked        = apierr.New(http.StatusForbidden, "user_blocked", "this user is blocked by the operator")
-	errTokenMissing   = apierr.New(http.StatusUnauthorized, "token_missing", "send the Firebase ID token as Authorization: Bearer <token>")
-	errRecentSignIn   = apierr.ErrKeyExists.WithMessage("a key is already stored; replacing it needs a recent sign-in (re-authenticate and retry with a fresh token)")
+	errFirebaseOff  = apierr.New(http.StatusServiceUnavailable, "firebase_not_configured", "Firebase Auth is not configured on this appliance (firebase.project_ids)")
+	errBlocked      = apierr.New(http.StatusForbidden, "user_blocked", "this user is blocked by the operator")
+	errTokenMissing = apierr.New(http.StatusUnauthorized, "token_missing", "send the Firebase ID token as Authorization: Bearer <token>")
+	errRecentSignIn = apierr.ErrKeyExists.WithMessage("a key is already stored; replacing it needs a recent sign-in (re-authenticate and retry with a fresh token)")
+	// ErrReauthenticate refuses a delete with a token from an old sign-in
+	// when firebase.overwrite_max_auth_age is set.
+	ErrReauthenticate = apierr.New(http.StatusForbidden, "reauthentication_required", "deleting the key needs a recent sign-in (re-authenticate and retry with a fresh token)")
 	errBadKeyEncoding = apierr.New(http.StatusBadRequest, "invalid_key", "key must be standard base64 of 32 to 64 bytes")
 )
 
@@ -38,6 +41,11 @@ func (s *Server) firebaseRoutes(public, admin *echo.Group) {
 	public.GET("/v1/firebase/key", s.firebaseGet, s.unsealed)
 	public.POST("/v1/firebase/key/release", s.firebaseGet, s.unsealed)
 	public.DELETE("/v1/firebase/key", s.firebaseDelete, s.unsealed)
+	// The admin's view of Firebase users' keys: :subject is the owner
+	// firebase:<project>/<tenant>/<uid>, URL-escaped.
+	admin.GET("/firebase/users/:subject/keys/:method/versions", s.listFirebaseVersions, s.unsealed)
+	admin.POST("/firebase/users/:subject/keys/:method/versions/:versionId/restore", s.restoreFirebaseVersion, s.unsealed)
+	admin.DELETE("/firebase/users/:subject", s.deleteFirebaseUser, s.unsealed)
 }
 
 // VerifyFirebase checks the request's Firebase ID token (from header h, or
@@ -242,10 +250,18 @@ func (s *Server) firebaseDelete(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	owner := enclave.Owner(id.Owner())
+	// The sign-in age rule of overwrites holds for deletes too: otherwise
+	// a stolen old token deletes the key and stores its own.
+	if max := s.cfg.Firebase.OverwriteMaxAuthAge; max > 0 && s.now().Sub(id.AuthTime) > max {
+		s.opts.Audit.Refusal(ctx, s.event(c, audit.ActionRefusal, string(owner), MethodFirebase, ErrReauthenticate.Code))
+		return ErrReauthenticate
+	}
 	if err := s.opts.Audit.Record(ctx, s.event(c, audit.ActionDelete, string(owner), MethodFirebase, "")); err != nil {
 		return err
 	}
-	if err := s.opts.Custody.DeleteKey(ctx, owner, MethodFirebase); err != nil {
+	// The value is kept as a prior version (restorable by the admin for
+	// keys.version_retention); only the admin's user deletion purges.
+	if err := s.opts.Custody.DeleteKeyKeepingPrior(ctx, owner, MethodFirebase); err != nil {
 		return err
 	}
 	s.Destructive(c)
