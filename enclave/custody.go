@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -94,6 +95,56 @@ type Custody struct {
 	root      *Root
 	retention time.Duration
 	now       func() time.Time
+	isolation atomic.Bool // see SetClientIsolation
+}
+
+// Access names who acts on a key, for the client isolation rule.
+type Access struct {
+	// ClientID is the Portal client acting; empty for the native routes
+	// (and for any caller that carries no client id). For an owner
+	// "portal:<clientId>" the owner itself names the acting client.
+	ClientID string
+}
+
+// acting is the client that acts on owner's record.
+func (a Access) acting(owner Owner) string {
+	if a.ClientID != "" {
+		return a.ClientID
+	}
+	if id, ok := strings.CutPrefix(string(owner), "portal:"); ok {
+		return id
+	}
+	return ""
+}
+
+// SetClientIsolation turns the client isolation rule on or off (the Portal
+// drop-in turns it on with portal.client_mismatch: refuse). With the rule
+// on, a key that carries a client id (stored through a Portal client) is
+// released, replaced and deleted only for that client: another client, and
+// the native routes (no client id), get ErrClientMismatch. Keys without a
+// client id are open to every caller, as before. The rule is checked here,
+// on the record read or written, in every path (LookupAs, PutKey,
+// DeleteKeyKeepingPrior), so no route can skip it. The admin's restore,
+// purge and user deletion are not subject to it.
+func (c *Custody) SetClientIsolation(on bool) { c.isolation.Store(on) }
+
+// ClientIsolation reports whether the client isolation rule is on.
+func (c *Custody) ClientIsolation() bool { return c.isolation.Load() }
+
+// allowed applies the client isolation rule to a record stored with
+// recordClient.
+func (c *Custody) allowed(owner Owner, recordClient string, acc Access) bool {
+	return recordClient == "" || !c.isolation.Load() || recordClient == acc.acting(owner)
+}
+
+// CheckAccess applies the client isolation rule to a key described by
+// info (nil: no key), for an early answer before any audit line or write.
+// The operations check it again on the record they act on.
+func (c *Custody) CheckAccess(owner Owner, info *KeyInfo, acc Access) error {
+	if info != nil && !c.allowed(owner, info.ClientID, acc) {
+		return ErrClientMismatch
+	}
+	return nil
 }
 
 // NewCustody returns the key custody over db with the unsealed root.
@@ -122,7 +173,11 @@ type PutOptions struct {
 	// SameClientOnly refuses, inside the write transaction, to replace a
 	// key first stored by another client id (ErrClientMismatch): two
 	// clients racing to store the same new user's key cannot both win.
+	// With the client isolation rule on (SetClientIsolation) this holds
+	// for every store, with ClientID as the acting client.
 	SameClientOnly bool
+
+	operator bool // the admin's restore: not subject to client isolation
 }
 
 // VersionIDLen is the length of a prior version's id: the time it was
@@ -203,6 +258,9 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 			return false, fmt.Errorf("enclave: stored key record damaged: %w", err)
 		}
 		if opts.SameClientOnly && prev.ClientID != "" && prev.ClientID != opts.ClientID {
+			return false, ErrClientMismatch
+		}
+		if !opts.operator && !c.allowed(owner, prev.ClientID, Access{ClientID: opts.ClientID}) {
 			return false, ErrClientMismatch
 		}
 		v, _ := RecordVersion(prev.Sealed)
@@ -300,8 +358,16 @@ func (c *Custody) GetKey(ctx context.Context, owner Owner, method string) (secre
 	return k, err
 }
 
-// Lookup is GetKey with the key's description.
+// Lookup is GetKey with the key's description, for a caller that carries
+// no client id (LookupAs with the zero Access).
 func (c *Custody) Lookup(ctx context.Context, owner Owner, method string) (secret.Bytes, *KeyInfo, error) {
+	return c.LookupAs(ctx, owner, method, Access{})
+}
+
+// LookupAs opens the key of (owner, method) for acc: with the client
+// isolation rule on, a key stored through another client (or through any
+// client, for a caller without one) is ErrClientMismatch and is not opened.
+func (c *Custody) LookupAs(ctx context.Context, owner Owner, method string, acc Access) (secret.Bytes, *KeyInfo, error) {
 	var rec keyRecord
 	err := c.db.View(ctx, func(tx *store.Tx) error {
 		b, err := tx.Get(store.BucketKeys, store.Key(string(owner), method))
@@ -315,6 +381,9 @@ func (c *Custody) Lookup(ctx context.Context, owner Owner, method string) (secre
 	}
 	if err != nil {
 		return secret.Bytes{}, nil, err
+	}
+	if !c.allowed(owner, rec.ClientID, acc) {
+		return secret.Bytes{}, nil, ErrClientMismatch
 	}
 	pt, err := c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, rec.Sealed)
 	if err != nil {
@@ -406,7 +475,10 @@ func (c *Custody) DeleteKey(ctx context.Context, owner Owner, method string) err
 // for the retention time, listed and restorable by the admin like one
 // replaced by an overwrite: a stolen token cannot erase a key's history.
 // Only DeleteOwner (the admin's user deletion) and DeleteKey purge at once.
-func (c *Custody) DeleteKeyKeepingPrior(ctx context.Context, owner Owner, method string) error {
+//
+// With the client isolation rule on, a key stored through another client
+// (or through any client, for acc without one) is ErrClientMismatch.
+func (c *Custody) DeleteKeyKeepingPrior(ctx context.Context, owner Owner, method string, acc Access) error {
 	found := false
 	err := c.db.Update(ctx, func(tx *store.Tx) error {
 		k := store.Key(string(owner), method)
@@ -421,6 +493,9 @@ func (c *Custody) DeleteKeyKeepingPrior(ctx context.Context, owner Owner, method
 		var prev keyRecord
 		if err := json.Unmarshal(old, &prev); err != nil {
 			return fmt.Errorf("enclave: stored key record damaged: %w", err)
+		}
+		if !c.allowed(owner, prev.ClientID, acc) {
+			return ErrClientMismatch
 		}
 		now := c.now().UTC()
 		if err := c.keepPrior(tx, owner, method, old, prev, now); err != nil {
@@ -511,6 +586,6 @@ func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id st
 	defer old.Wipe()
 	// The client id the value was stored with comes back with it (after
 	// a delete there is no current record to keep it).
-	_, err = c.PutKey(ctx, owner, method, old.Reveal(), PutOptions{Format: format, ClientID: clientID})
+	_, err = c.PutKey(ctx, owner, method, old.Reveal(), PutOptions{Format: format, ClientID: clientID, operator: true})
 	return err
 }

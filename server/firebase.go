@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -110,6 +111,9 @@ func (s *Server) firebasePut(c echo.Context) error {
 	defer key.Wipe()
 	ctx := c.Request().Context()
 	owner := enclave.Owner(id.Owner())
+	if err := s.CheckAccess(c, owner, MethodFirebase, enclave.Access{}); err != nil {
+		return err
+	}
 	if max := s.cfg.Firebase.OverwriteMaxAuthAge; max > 0 && s.now().Sub(id.AuthTime) > max {
 		if has, err := s.opts.Custody.HasKey(ctx, owner, MethodFirebase); err != nil {
 			return err
@@ -128,10 +132,41 @@ func (s *Server) firebasePut(c echo.Context) error {
 	return c.NoContent(http.StatusCreated)
 }
 
+// CheckAccess answers early, before any audit line or write, whether the
+// client isolation rule (enclave.Custody.SetClientIsolation) lets acc act
+// on the key of (owner, method), auditing (sampled) a refusal. The custody
+// checks the rule again on the record it acts on.
+func (s *Server) CheckAccess(c echo.Context, owner enclave.Owner, method string, acc enclave.Access) error {
+	if !s.opts.Custody.ClientIsolation() {
+		return nil
+	}
+	info, err := s.opts.Custody.Info(c.Request().Context(), owner, method)
+	if errors.Is(err, apierr.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return s.refusedAccess(c, owner, method, s.opts.Custody.CheckAccess(owner, info, acc))
+}
+
+// refusedAccess audits (sampled) err when it is a client isolation refusal.
+func (s *Server) refusedAccess(c echo.Context, owner enclave.Owner, method string, err error) error {
+	if errors.Is(err, enclave.ErrClientMismatch) {
+		s.opts.Audit.Refusal(c.Request().Context(), s.event(c, audit.ActionRefusal, string(owner), method, enclave.ErrClientMismatch.Code))
+	}
+	return err
+}
+
 // StoreKey stores a key with audit (fail closed: the audit line is durable
-// before the key is written) and metrics.
+// before the key is written) and metrics. opts.ClientID is the acting
+// client for the client isolation rule.
 func (s *Server) StoreKey(c echo.Context, owner enclave.Owner, method string, key []byte, opts enclave.PutOptions) (bool, error) {
 	ctx := c.Request().Context()
+	if err := s.CheckAccess(c, owner, method, enclave.Access{ClientID: opts.ClientID}); err != nil {
+		s.opts.Metrics.Stores.WithLabelValues(method, "failed").Inc()
+		return false, err
+	}
 	if err := s.opts.Audit.Record(ctx, s.event(c, audit.ActionStore, string(owner), method, "")); err != nil {
 		s.opts.Metrics.Stores.WithLabelValues(method, "audit_failed").Inc()
 		return false, err
@@ -140,6 +175,7 @@ func (s *Server) StoreKey(c echo.Context, owner enclave.Owner, method string, ke
 	outcome := "stored"
 	if err != nil {
 		outcome = "failed"
+		err = s.refusedAccess(c, owner, method, err)
 	}
 	s.opts.Metrics.Stores.WithLabelValues(method, outcome).Inc()
 	return replaced, err
@@ -148,17 +184,19 @@ func (s *Server) StoreKey(c echo.Context, owner enclave.Owner, method string, ke
 // ReleaseKey opens a key for its verified owner, audits the release (fail
 // closed) and observes its latency. It makes no TPM command.
 func (s *Server) ReleaseKey(c echo.Context, owner enclave.Owner, method string) (secret.Bytes, *enclave.KeyInfo, error) {
-	return s.ReleaseKeyChecked(c, owner, method, nil)
+	return s.ReleaseKeyChecked(c, owner, method, enclave.Access{}, nil)
 }
 
-// ReleaseKeyChecked is ReleaseKey with check run on the description of the
-// very record that was opened, before the release is audited: a check that
-// refuses (and audits its own refusal) leaves no "release" line, so every
+// ReleaseKeyChecked is ReleaseKey for acc (the client isolation rule is
+// applied by the custody to the record it opens) with check run on the
+// description of the very record that was opened, before the release is
+// audited: a refusal (audited as one) leaves no "release" line, so every
 // audit line describes what the client received.
-func (s *Server) ReleaseKeyChecked(c echo.Context, owner enclave.Owner, method string, check func(*enclave.KeyInfo) error) (secret.Bytes, *enclave.KeyInfo, error) {
+func (s *Server) ReleaseKeyChecked(c echo.Context, owner enclave.Owner, method string, acc enclave.Access, check func(*enclave.KeyInfo) error) (secret.Bytes, *enclave.KeyInfo, error) {
 	start := time.Now()
 	ctx := c.Request().Context()
-	key, info, err := s.opts.Custody.Lookup(ctx, owner, method)
+	key, info, err := s.opts.Custody.LookupAs(ctx, owner, method, acc)
+	err = s.refusedAccess(c, owner, method, err)
 	if err == nil && check != nil {
 		if err = check(info); err != nil {
 			key.Wipe()
@@ -250,6 +288,9 @@ func (s *Server) firebaseDelete(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	owner := enclave.Owner(id.Owner())
+	if err := s.CheckAccess(c, owner, MethodFirebase, enclave.Access{}); err != nil {
+		return err
+	}
 	// The sign-in age rule of overwrites holds for deletes too: otherwise
 	// a stolen old token deletes the key and stores its own.
 	if max := s.cfg.Firebase.OverwriteMaxAuthAge; max > 0 && s.now().Sub(id.AuthTime) > max {
@@ -261,8 +302,8 @@ func (s *Server) firebaseDelete(c echo.Context) error {
 	}
 	// The value is kept as a prior version (restorable by the admin for
 	// keys.version_retention); only the admin's user deletion purges.
-	if err := s.opts.Custody.DeleteKeyKeepingPrior(ctx, owner, MethodFirebase); err != nil {
-		return err
+	if err := s.opts.Custody.DeleteKeyKeepingPrior(ctx, owner, MethodFirebase, enclave.Access{}); err != nil {
+		return s.refusedAccess(c, owner, MethodFirebase, err)
 	}
 	s.Destructive(c)
 	return c.NoContent(http.StatusNoContent)

@@ -67,14 +67,11 @@ func TestPortalTBSWriteReadRebackup(t *testing.T) {
 		t.Fatalf("info %+v %v", info, err)
 	}
 
-	// The native Firebase API sees the same key (its bytes, base64).
-	r = h.do(http.MethodGet, "/v1/firebase/key", tok, nil)
-	mustStatus(t, r, http.StatusOK, "")
-	var native server.KeyResponse
-	r.DecodeStrict(t, &native)
-	if b, _ := base64.StdEncoding.DecodeString(native.Key); string(b) != keyHex2 {
-		t.Fatalf("native read %q", b)
-	}
+	// The native Firebase API addresses the same record, but with
+	// portal.client_mismatch refuse (the default) a key stored through a
+	// Portal client is that client's alone (with allow, the native API
+	// reads it: TestPortalNativeRoutesWithClientMismatchAllowed).
+	mustStatus(t, h.do(http.MethodGet, "/v1/firebase/key", tok, nil), http.StatusForbidden, ErrClientMismatch.Code)
 	// Twenty reads with one credential: one Portal call in all.
 	for range 20 {
 		mustStatus(t, h.tbs(http.MethodGet, credA, tok, nil), http.StatusOK, "")
@@ -249,4 +246,64 @@ func TestPortalTBSRefusedReadIsNotAuditedAsRelease(t *testing.T) {
 	if !refused {
 		t.Fatal("the refused read is not audited as a refusal")
 	}
+}
+
+// TestPortalNativeRoutesObeyClientIsolation: with portal.client_mismatch
+// refuse, a key stored through Portal client A is refused to the native
+// Firebase routes (which carry no client id) with the same user's token,
+// as it is to client B through TBS. Nothing is released, replaced or
+// deleted, and no refused read is audited as a release.
+func TestPortalNativeRoutesObeyClientIsolation(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.clients()
+	tok := h.issuer.Mint(nil)
+	mustStatus(t, h.tbs(http.MethodPut, credA, tok, map[string]string{"encryptionKey": keyHex1}), http.StatusCreated, "")
+
+	other := base64.StdEncoding.EncodeToString([]byte(strings.Repeat("n", 32)))
+	r := h.do(http.MethodGet, "/v1/firebase/key", tok, nil, "X-Portal-Trace-Id", "native-read-0001")
+	mustStatus(t, r, http.StatusForbidden, ErrClientMismatch.Code)
+	noSecret(t, r, keyHex1, base64.StdEncoding.EncodeToString([]byte(keyHex1)))
+	r = h.do(http.MethodPost, "/v1/firebase/key/release", tok, map[string]string{})
+	mustStatus(t, r, http.StatusForbidden, ErrClientMismatch.Code)
+	noSecret(t, r, base64.StdEncoding.EncodeToString([]byte(keyHex1)))
+	mustStatus(t, h.do(http.MethodPut, "/v1/firebase/key", tok, map[string]string{"key": other}), http.StatusForbidden, ErrClientMismatch.Code)
+	mustStatus(t, h.do(http.MethodDelete, "/v1/firebase/key", tok, nil), http.StatusForbidden, ErrClientMismatch.Code)
+	mustStatus(t, h.tbs(http.MethodGet, credB, tok, nil), http.StatusForbidden, ErrClientMismatch.Code)
+	mustStatus(t, h.tbs(http.MethodPut, credB, tok, map[string]string{"encryptionKey": keyHex2}), http.StatusForbidden, ErrClientMismatch.Code)
+
+	// Client A still reads its key, unchanged, with no prior version made.
+	var got EncryptKeyResponse
+	h.tbs(http.MethodGet, credA, tok, nil).DecodeStrict(t, &got)
+	if got.EncryptionKey != keyHex1 {
+		t.Fatalf("key now %q", got.EncryptionKey)
+	}
+	owner := enclave.Owner("firebase:" + testProject + "//" + firebasetest.DefaultSubject)
+	if vs, err := h.custody.ListVersions(context.Background(), owner, server.MethodFirebase); err != nil || len(vs) != 0 {
+		t.Fatalf("prior versions %v %v", vs, err)
+	}
+	for _, line := range strings.Split(h.AuditLines(t), "\n") {
+		if strings.Contains(line, "native-read-0001") && strings.Contains(line, `"action":"release"`) {
+			t.Fatalf("a refused native read is audited as a release: %s", line)
+		}
+	}
+}
+
+// TestPortalNativeRoutesWithClientMismatchAllowed: with
+// portal.client_mismatch allow, the native routes act on a key stored
+// through a Portal client as before.
+func TestPortalNativeRoutesWithClientMismatchAllowed(t *testing.T) {
+	h := newHarness(t, harnessOptions{portal: func(o *Options) { o.AllowClientMismatch = true }})
+	h.clients()
+	tok := h.issuer.Mint(nil)
+	mustStatus(t, h.tbs(http.MethodPut, credA, tok, map[string]string{"encryptionKey": keyHex1}), http.StatusCreated, "")
+	r := h.do(http.MethodGet, "/v1/firebase/key", tok, nil)
+	mustStatus(t, r, http.StatusOK, "")
+	var native server.KeyResponse
+	r.DecodeStrict(t, &native)
+	if b, _ := base64.StdEncoding.DecodeString(native.Key); string(b) != keyHex1 {
+		t.Fatalf("native read %q", b)
+	}
+	other := base64.StdEncoding.EncodeToString([]byte(strings.Repeat("n", 32)))
+	mustStatus(t, h.do(http.MethodPut, "/v1/firebase/key", tok, map[string]string{"key": other}), http.StatusOK, "")
+	mustStatus(t, h.do(http.MethodDelete, "/v1/firebase/key", tok, nil), http.StatusNoContent, "")
 }
