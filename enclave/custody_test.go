@@ -3,6 +3,7 @@ package enclave
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"testing"
 
@@ -76,5 +77,68 @@ func TestRestoreVersionOfLegacyPrior(t *testing.T) {
 	k, err := c.GetKey(ctx, o, "PASSKEY")
 	if err != nil || string(k.Reveal()) != "legacy prior" {
 		t.Fatalf("after restore: %q %v", k.Reveal(), err)
+	}
+}
+
+// TestClientIsolationRule: with the rule on, a key stored by client A is
+// released, replaced and deleted only for A; a caller without a client id
+// (the native routes) and client B get ErrClientMismatch; the owner
+// "portal:<id>" names its client; a delete keeps the client id with the
+// prior, so the restored key stays A's. With the rule off nothing changes.
+func TestClientIsolationRule(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, filepath.Join(t.TempDir(), "k.db"))
+	defer db.Close()
+	c := NewCustody(db, testRoot(t), CustodyOptions{})
+	o := Owner("firebase:p//u1")
+	if _, err := c.PutKey(ctx, o, "FIREBASE", []byte("a's key"), PutOptions{ClientID: "client-a", Format: FormatText}); err != nil {
+		t.Fatal(err)
+	}
+	// Off: everyone, as before.
+	if _, _, err := c.LookupAs(ctx, o, "FIREBASE", Access{}); err != nil {
+		t.Fatalf("rule off, native lookup: %v", err)
+	}
+	c.SetClientIsolation(true)
+	for _, acc := range []Access{{}, {ClientID: "client-b"}} {
+		if _, _, err := c.LookupAs(ctx, o, "FIREBASE", acc); !errors.Is(err, ErrClientMismatch) {
+			t.Fatalf("lookup as %+v: %v", acc, err)
+		}
+		if _, err := c.PutKey(ctx, o, "FIREBASE", []byte("x"), PutOptions{ClientID: acc.ClientID}); !errors.Is(err, ErrClientMismatch) {
+			t.Fatalf("put as %+v: %v", acc, err)
+		}
+		if err := c.DeleteKeyKeepingPrior(ctx, o, "FIREBASE", acc); !errors.Is(err, ErrClientMismatch) {
+			t.Fatalf("delete as %+v: %v", acc, err)
+		}
+	}
+	if _, _, err := c.Lookup(ctx, o, "FIREBASE"); !errors.Is(err, ErrClientMismatch) {
+		t.Fatalf("plain Lookup (no client id): %v", err)
+	}
+	if k, _, err := c.LookupAs(ctx, o, "FIREBASE", Access{ClientID: "client-a"}); err != nil || string(k.Reveal()) != "a's key" {
+		t.Fatalf("lookup as client-a: %v", err)
+	}
+	// A Portal client's own owner names the client.
+	po := Owner("portal:client-a")
+	if _, err := c.PutKey(ctx, po, "PASSKEY", []byte("pk"), PutOptions{ClientID: "client-a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetKey(ctx, po, "PASSKEY"); err != nil {
+		t.Fatalf("portal owner lookup: %v", err)
+	}
+	// Delete as A, restore (the admin): A's again, still refused to others.
+	if err := c.DeleteKeyKeepingPrior(ctx, o, "FIREBASE", Access{ClientID: "client-a"}); err != nil {
+		t.Fatal(err)
+	}
+	vs, err := c.ListVersions(ctx, o, "FIREBASE")
+	if err != nil || len(vs) != 1 {
+		t.Fatalf("versions after delete: %v %v", vs, err)
+	}
+	if err := c.RestoreVersion(ctx, o, "FIREBASE", vs[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.LookupAs(ctx, o, "FIREBASE", Access{}); !errors.Is(err, ErrClientMismatch) {
+		t.Fatalf("restored key open to the native routes: %v", err)
+	}
+	if info, err := c.Info(ctx, o, "FIREBASE"); err != nil || info.ClientID != "client-a" {
+		t.Fatalf("restored key info %+v %v", info, err)
 	}
 }
