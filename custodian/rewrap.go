@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/store"
 )
@@ -234,8 +235,11 @@ func (s *Service) launch(id string) {
 type candidate struct {
 	key        []byte
 	owner      string
+	method     string
+	prior      bool // a prior version: its ciphertext is sealed as priorKind
 	ciphertext string
 	keyVersion int
+	err        error // the record's ciphertext could not be read
 }
 
 var errStop = errors.New("stop")
@@ -316,8 +320,13 @@ func (s *Service) nextBatch(ctx context.Context, cursor []byte) ([]candidate, er
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return fmt.Errorf("custodian: stored record damaged: %w", err)
 			}
-			owner, _, _ := strings.Cut(string(k), "\x00")
-			out = append(out, candidate{key: append([]byte(nil), k...), owner: owner, ciphertext: rec.Ciphertext, keyVersion: rec.KeyVersion})
+			owner, method, id, ok := splitKey(k)
+			if !ok {
+				owner, _, _ = strings.Cut(string(k), "\x00")
+			}
+			c := candidate{key: append([]byte(nil), k...), owner: owner, method: method, prior: id != "", keyVersion: rec.KeyVersion}
+			c.ciphertext, c.err = s.transitCiphertext(owner, method, c.prior, rec)
+			out = append(out, c)
 			if len(out) >= s.batchSize {
 				return errStop
 			}
@@ -338,8 +347,8 @@ func (s *Service) step(ctx context.Context, j JobStatus, batch []candidate) (Job
 	var items []UnwrapItem
 	var idx []int
 	for i, c := range batch {
-		if j.TargetVersion > 0 && c.keyVersion >= j.TargetVersion {
-			continue // already current
+		if c.err != nil || (j.TargetVersion > 0 && c.keyVersion >= j.TargetVersion) {
+			continue // unreadable (counted below) or already current
 		}
 		items = append(items, UnwrapItem{UserID: c.owner, Ciphertext: c.ciphertext})
 		idx = append(idx, i)
@@ -353,17 +362,27 @@ func (s *Service) step(ctx context.Context, j JobStatus, batch []candidate) (Job
 	err = s.db.Update(ctx, func(tx *store.Tx) error {
 		j = base
 		j.FailedItems = append([]string(nil), base.FailedItems...)
+		fail := func(c candidate, err error) {
+			j.Failed++
+			if len(j.FailedItems) < maxFailedItems {
+				code := "error"
+				if ae, ok := apierr.As(err); ok {
+					code = ae.Code
+				} else if errors.Is(err, enclave.ErrOpen) {
+					code = "record_damaged"
+				}
+				j.FailedItems = append(j.FailedItems, strings.ReplaceAll(string(c.key), "\x00", "/")+": "+code)
+			}
+		}
+		for _, c := range batch {
+			if c.err != nil {
+				fail(c, c.err)
+			}
+		}
 		for n, r := range res {
 			c := batch[idx[n]]
 			if r.Err != nil {
-				j.Failed++
-				if len(j.FailedItems) < maxFailedItems {
-					code := "error"
-					if ae, ok := apierr.As(r.Err); ok {
-						code = ae.Code
-					}
-					j.FailedItems = append(j.FailedItems, strings.ReplaceAll(string(c.key), "\x00", "/")+": "+code)
-				}
+				fail(c, r.Err)
 				continue
 			}
 			rec, err := getRecord(tx, c.key)
@@ -373,10 +392,13 @@ func (s *Service) step(ctx context.Context, j JobStatus, batch []candidate) (Job
 			if err != nil {
 				return err
 			}
-			if rec.Ciphertext != c.ciphertext {
+			if ct, err := s.transitCiphertext(c.owner, c.method, c.prior, rec); err != nil || ct != c.ciphertext {
 				continue // replaced meanwhile
 			}
-			rec.Ciphertext, rec.KeyVersion = r.Ciphertext, r.KeyVersion
+			if rec, err = s.withCiphertext(c.owner, c.method, c.prior, rec, r.Ciphertext); err != nil {
+				return err
+			}
+			rec.KeyVersion = r.KeyVersion
 			b, err := json.Marshal(rec)
 			if err != nil {
 				return err

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
 
+	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/store"
@@ -26,13 +28,30 @@ var errBadMethod = apierr.ErrBadRequest.WithMessage("invalid backup method name"
 // versionsSub is the sub-key below (owner, method) that holds prior values.
 const versionsSub = "versions"
 
+// priorKind is the enclave binding kind under which a prior version's
+// Transit ciphertext is sealed: a prior record copied over the current one
+// holds no ciphertext the current path reads, so it does not open as the
+// current share. Only RestoreVersion (audited) brings it back.
+const priorKind = "custodian_prior"
+
+// metaPriorsSealed marks, in store.BucketMeta, that prior versions written
+// by older builds (plain ciphertext records) were sealed as priorKind.
+var metaPriorsSealed = []byte("custodian_priors_sealed")
+
+// errPriorInCurrent: the current slot holds a sealed prior version (copied
+// there); it is not a current share.
+var errPriorInCurrent = apierr.New(http.StatusInternalServerError, "record_damaged",
+	"the stored record does not open; an operator has been told").Wrap(enclave.ErrOpen)
+
 // record is what BucketCustodian holds for a share: only the Transit
-// ciphertext, never the share.
+// ciphertext, never the share. A prior version holds the ciphertext sealed
+// under the root key as priorKind in Sealed, and no Ciphertext.
 type record struct {
 	Ciphertext string    `json:"ciphertext"`
 	KeyVersion int       `json:"keyVersion"`
 	CreatedAt  time.Time `json:"createdAt"`
 	UpdatedAt  time.Time `json:"updatedAt"`
+	Sealed     []byte    `json:"sealed,omitempty"`
 }
 
 // ShareInfo describes a stored share without opening it.
@@ -76,6 +95,10 @@ type ServiceOptions struct {
 	Clock func() time.Time
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+	// Root seals prior versions as priorKind. The appliance always sets
+	// it; without it (tests, tools) prior versions are kept as plain
+	// ciphertext records, which open if copied over the current one.
+	Root *enclave.Root
 }
 
 // Service stores custodian shares: each share is wrapped by Vault Transit
@@ -97,6 +120,7 @@ type ServiceOptions struct {
 type Service struct {
 	vault     *Client
 	db        *store.DB
+	root      *enclave.Root
 	retention time.Duration
 	batchSize int
 	retries   int
@@ -133,12 +157,119 @@ func NewService(vault *Client, db *store.DB, opts ServiceOptions) *Service {
 		opts.Logger = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Service{
-		vault: vault, db: db,
+	s := &Service{
+		vault: vault, db: db, root: opts.Root,
 		retention: opts.VersionRetention, batchSize: opts.JobBatchSize, retries: opts.JobRetries,
 		now: opts.Clock, log: opts.Logger.With("component", "custodian"),
 		ctx: ctx, cancel: cancel, running: map[string]bool{},
 	}
+	if s.root != nil {
+		if n, err := s.sealLegacyPriors(context.Background()); err != nil {
+			// Restores still read plain records; the next start retries.
+			s.log.Error("sealing prior versions of older builds failed", "err", err)
+		} else if n > 0 {
+			s.log.Info("sealed prior versions of older builds", "records", n)
+		}
+	}
+	return s
+}
+
+// splitKey splits a record key into owner, method and, for a prior
+// version, its id.
+func splitKey(k []byte) (owner, method, id string, ok bool) {
+	parts := strings.Split(string(k), "\x00")
+	switch {
+	case len(parts) == 2:
+		return parts[0], parts[1], "", true
+	case len(parts) == 4 && parts[2] == versionsSub:
+		return parts[0], parts[1], parts[3], true
+	}
+	return "", "", "", false
+}
+
+func priorBinding(owner, method string) enclave.Binding {
+	return enclave.Binding{Kind: priorKind, Owner: enclave.Owner(owner), Method: method}
+}
+
+// transitCiphertext is the Transit ciphertext rec holds: a current
+// record's own, a prior version's after opening its seal (or, written by
+// an older build, its own).
+func (s *Service) transitCiphertext(owner, method string, prior bool, rec record) (string, error) {
+	switch {
+	case !prior && rec.Sealed != nil, rec.Ciphertext == "" && rec.Sealed == nil:
+		return "", errPriorInCurrent
+	case rec.Sealed == nil:
+		return rec.Ciphertext, nil
+	case s.root == nil:
+		return "", fmt.Errorf("custodian: a sealed prior version needs the root key: %w", enclave.ErrOpen)
+	}
+	pt, err := s.root.Open(priorBinding(owner, method), rec.Sealed)
+	if err != nil {
+		return "", err
+	}
+	return string(pt), nil
+}
+
+// withCiphertext sets ct as rec's ciphertext the way its slot keeps it:
+// sealed as priorKind for a prior version (when the root key is there).
+func (s *Service) withCiphertext(owner, method string, prior bool, rec record, ct string) (record, error) {
+	if !prior || s.root == nil {
+		rec.Ciphertext, rec.Sealed = ct, nil
+		return rec, nil
+	}
+	sealed, err := s.root.Seal(priorBinding(owner, method), []byte(ct))
+	if err != nil {
+		return rec, err
+	}
+	rec.Ciphertext, rec.Sealed = "", sealed
+	return rec, nil
+}
+
+// sealLegacyPriors seals, as priorKind, every prior version an older build
+// kept as a plain ciphertext record, once per store (metaPriorsSealed).
+func (s *Service) sealLegacyPriors(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.Update(ctx, func(tx *store.Tx) error {
+		n = 0
+		if _, err := tx.Get(store.BucketMeta, metaPriorsSealed); err == nil {
+			return nil
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		type change struct{ k, v []byte }
+		var changes []change
+		err := tx.ForEach(store.BucketCustodian, nil, func(k, v []byte) error {
+			owner, method, id, ok := splitKey(k)
+			if !ok || id == "" {
+				return nil
+			}
+			var rec record
+			if err := json.Unmarshal(v, &rec); err != nil || rec.Sealed != nil || rec.Ciphertext == "" {
+				return nil
+			}
+			rec, err := s.withCiphertext(owner, method, true, rec, rec.Ciphertext)
+			if err != nil {
+				return err
+			}
+			b, err := json.Marshal(rec)
+			if err != nil {
+				return err
+			}
+			changes = append(changes, change{append([]byte(nil), k...), b})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, c := range changes {
+			if err := tx.Put(store.BucketCustodian, c.k, c.v); err != nil {
+				return err
+			}
+		}
+		n = len(changes)
+		return tx.Put(store.BucketMeta, metaPriorsSealed, []byte("1"))
+	})
+	return n, err
 }
 
 // Close stops background jobs and waits for them. A stopped job keeps its
@@ -259,7 +390,17 @@ func (s *Service) putTx(tx *store.Tx, owner, method string, rec record, now time
 					return false, err
 				}
 			}
-			if err := tx.Put(store.BucketCustodian, vk, old); err != nil {
+			pb := old
+			if prev.Sealed == nil && prev.Ciphertext != "" {
+				prior, err := s.withCiphertext(owner, method, true, prev, prev.Ciphertext)
+				if err != nil {
+					return false, err
+				}
+				if pb, err = json.Marshal(prior); err != nil {
+					return false, err
+				}
+			} // else a prior copied over the current one: kept as it is
+			if err := tx.Put(store.BucketCustodian, vk, pb); err != nil {
 				return false, err
 			}
 		}
@@ -326,6 +467,10 @@ func (s *Service) GetBatch(ctx context.Context, refs []Ref) ([]UnwrapResult, err
 			}
 			if err != nil {
 				return err
+			}
+			if rec.Sealed != nil || rec.Ciphertext == "" {
+				out[i].Err = errPriorInCurrent
+				continue
 			}
 			items = append(items, UnwrapItem{UserID: r.Owner, Ciphertext: rec.Ciphertext})
 			idx = append(idx, i)
@@ -397,6 +542,9 @@ func (s *Service) List(ctx context.Context, owner string) ([]Share, error) {
 			var rec record
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return fmt.Errorf("custodian: stored record damaged: %w", err)
+			}
+			if rec.Sealed != nil || rec.Ciphertext == "" {
+				return errPriorInCurrent
 			}
 			infos = append(infos, ShareInfo{Method: method, KeyVersion: rec.KeyVersion, CreatedAt: rec.CreatedAt, UpdatedAt: rec.UpdatedAt})
 			items = append(items, UnwrapItem{UserID: owner, Ciphertext: rec.Ciphertext})
@@ -510,6 +658,9 @@ func (s *Service) RestoreVersion(ctx context.Context, owner, method, id string) 
 	if err := validOwnerMethod(owner, method); err != nil {
 		return err
 	}
+	if err := enclave.CheckVersionID(id); err != nil {
+		return err
+	}
 	now := s.now().UTC()
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
 		vk := store.Key(owner, method, versionsSub, id)
@@ -517,9 +668,14 @@ func (s *Service) RestoreVersion(ctx context.Context, owner, method, id string) 
 		if err != nil {
 			return err
 		}
+		ct, err := s.transitCiphertext(owner, method, true, rec)
+		if err != nil {
+			return err
+		}
 		if err := tx.Delete(store.BucketCustodian, vk); err != nil {
 			return err
 		}
+		rec.Ciphertext, rec.Sealed = ct, nil
 		rec.UpdatedAt = now
 		_, err = s.putTx(tx, owner, method, rec, now)
 		return err

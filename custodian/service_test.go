@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/testutil/vaultdev"
 	"github.com/keywarden/keywarden/store"
@@ -540,5 +541,26 @@ func TestJobStatusUnknown(t *testing.T) {
 	}
 	if _, err := s.JobStatus(context.Background(), ""); err == nil {
 		t.Fatal("empty id accepted")
+	}
+}
+
+// TestServiceRestoreRefusesMalformedVersionID: a restore checks the id's
+// form (20 digits, as listed) before it reads the store.
+func TestServiceRestoreRefusesMalformedVersionID(t *testing.T) {
+	v := vaultdev.Start(t)
+	db := newDB(t)
+	s := newService(t, newClient(t, v, nil), db, ServiceOptions{})
+	ctx := testCtx(t)
+	for _, share := range []string{"share-1", "share-2"} {
+		if _, err := s.Put(ctx, "user:alice", "default", []byte(share)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{"", "x", "1", "0000000000000000000x", "000000000000000000001", "0000000000000000\x00001", "99999999999999999999"} {
+		wantCode(t, s.RestoreVersion(ctx, "user:alice", "default", id), enclave.ErrBadVersionID.Code)
+	}
+	got, err := s.Get(ctx, "user:alice", "default")
+	if err != nil || string(got.Reveal()) != "share-2" {
+		t.Fatalf("share after refused restores: %q %v", got.Reveal(), err)
 	}
 }

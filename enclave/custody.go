@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -94,6 +95,56 @@ type Custody struct {
 	root      *Root
 	retention time.Duration
 	now       func() time.Time
+	isolation atomic.Bool // see SetClientIsolation
+}
+
+// Access names who acts on a key, for the client isolation rule.
+type Access struct {
+	// ClientID is the Portal client acting; empty for the native routes
+	// (and for any caller that carries no client id). For an owner
+	// "portal:<clientId>" the owner itself names the acting client.
+	ClientID string
+}
+
+// acting is the client that acts on owner's record.
+func (a Access) acting(owner Owner) string {
+	if a.ClientID != "" {
+		return a.ClientID
+	}
+	if id, ok := strings.CutPrefix(string(owner), "portal:"); ok {
+		return id
+	}
+	return ""
+}
+
+// SetClientIsolation turns the client isolation rule on or off (the Portal
+// drop-in turns it on with portal.client_mismatch: refuse). With the rule
+// on, a key that carries a client id (stored through a Portal client) is
+// released, replaced and deleted only for that client: another client, and
+// the native routes (no client id), get ErrClientMismatch. Keys without a
+// client id are open to every caller, as before. The rule is checked here,
+// on the record read or written, in every path (LookupAs, PutKey,
+// DeleteKeyKeepingPrior), so no route can skip it. The admin's restore,
+// purge and user deletion are not subject to it.
+func (c *Custody) SetClientIsolation(on bool) { c.isolation.Store(on) }
+
+// ClientIsolation reports whether the client isolation rule is on.
+func (c *Custody) ClientIsolation() bool { return c.isolation.Load() }
+
+// allowed applies the client isolation rule to a record stored with
+// recordClient.
+func (c *Custody) allowed(owner Owner, recordClient string, acc Access) bool {
+	return recordClient == "" || !c.isolation.Load() || recordClient == acc.acting(owner)
+}
+
+// CheckAccess applies the client isolation rule to a key described by
+// info (nil: no key), for an early answer before any audit line or write.
+// The operations check it again on the record they act on.
+func (c *Custody) CheckAccess(owner Owner, info *KeyInfo, acc Access) error {
+	if info != nil && !c.allowed(owner, info.ClientID, acc) {
+		return ErrClientMismatch
+	}
+	return nil
 }
 
 // NewCustody returns the key custody over db with the unsealed root.
@@ -122,7 +173,36 @@ type PutOptions struct {
 	// SameClientOnly refuses, inside the write transaction, to replace a
 	// key first stored by another client id (ErrClientMismatch): two
 	// clients racing to store the same new user's key cannot both win.
+	// With the client isolation rule on (SetClientIsolation) this holds
+	// for every store, with ClientID as the acting client.
 	SameClientOnly bool
+
+	operator bool // the admin's restore: not subject to client isolation
+}
+
+// VersionIDLen is the length of a prior version's id: the time it was
+// replaced, in Unix nanoseconds, as 20 decimal digits.
+const VersionIDLen = 20
+
+// ErrBadVersionID refuses a version id that is not one a version list gives.
+var ErrBadVersionID = apierr.New(400, "invalid_version_id", "a version id is the 20-digit number that the version list gives")
+
+// CheckVersionID accepts exactly the ids the version lists give (keys,
+// custodian shares, client shares): 20 ASCII digits that fit in an int64.
+// Every restore checks it before it touches the store.
+func CheckVersionID(id string) error {
+	if len(id) != VersionIDLen {
+		return ErrBadVersionID
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < '0' || id[i] > '9' {
+			return ErrBadVersionID
+		}
+	}
+	if _, err := strconv.ParseInt(id, 10, 64); err != nil {
+		return ErrBadVersionID
+	}
+	return nil
 }
 
 // ErrClientMismatch refuses a store over a key another client stored.
@@ -180,34 +260,17 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 		if opts.SameClientOnly && prev.ClientID != "" && prev.ClientID != opts.ClientID {
 			return false, ErrClientMismatch
 		}
+		if !opts.operator && !c.allowed(owner, prev.ClientID, Access{ClientID: opts.ClientID}) {
+			return false, ErrClientMismatch
+		}
 		v, _ := RecordVersion(prev.Sealed)
 		version = v + 1
 		rec.Created = prev.Created
 		if prev.ClientID != "" {
 			rec.ClientID = prev.ClientID
 		}
-		if c.retention > 0 {
-			// The prior value is sealed again as kind "key_prior", so it
-			// does not open if copied back into the keys bucket: only
-			// RestoreVersion (audited) brings it back.
-			pt, err := c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, prev.Sealed)
-			if err != nil {
-				return false, err
-			}
-			prior := prev
-			prior.Sealed, err = c.root.Seal(Binding{Kind: kindPrior, Owner: owner, Method: method, Version: v}, pt)
-			clear(pt)
-			if err != nil {
-				return false, err
-			}
-			pb, err := json.Marshal(prior)
-			if err != nil {
-				return false, err
-			}
-			vk := store.Key(string(owner), method, fmt.Sprintf("%020d", now.UnixNano()))
-			if err := tx.Put(store.BucketKeyVersions, vk, pb); err != nil {
-				return false, err
-			}
+		if err := c.keepPrior(tx, owner, method, old, prev, now); err != nil {
+			return false, err
 		}
 		if err := c.pruneVersions(tx, owner, method, now); err != nil {
 			return false, err
@@ -226,6 +289,48 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 		return false, err
 	}
 	return replaced, tx.Put(store.BucketKeys, k, b)
+}
+
+// keepPrior keeps prev (stored as old) as a prior version of (owner,
+// method) replaced at now, for the retention time. The value is sealed
+// again as kind "key_prior", so it does not open if copied back into the
+// keys bucket: only RestoreVersion (audited) brings it back. A current
+// record that does not open as a key (a prior copied back over it, or a
+// damaged one) is kept as it is, so an overwrite or a restore can repair
+// the slot.
+func (c *Custody) keepPrior(tx *store.Tx, owner Owner, method string, old []byte, prev keyRecord, now time.Time) error {
+	if c.retention <= 0 {
+		return nil
+	}
+	pb := old
+	pt, err := c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, prev.Sealed)
+	switch {
+	case err == nil:
+		v, _ := RecordVersion(prev.Sealed)
+		prior := prev
+		prior.Sealed, err = c.root.Seal(Binding{Kind: kindPrior, Owner: owner, Method: method, Version: v}, pt)
+		clear(pt)
+		if err != nil {
+			return err
+		}
+		if pb, err = json.Marshal(prior); err != nil {
+			return err
+		}
+	case !errors.Is(err, ErrOpen):
+		return err
+	}
+	// Two replacements within one nanosecond (an overwrite and a delete
+	// in one commit) get distinct ids.
+	var vk []byte
+	for at := now; ; at = at.Add(1) {
+		vk = store.Key(string(owner), method, fmt.Sprintf("%020d", at.UnixNano()))
+		if _, err := tx.Get(store.BucketKeyVersions, vk); errors.Is(err, store.ErrNotFound) {
+			break
+		} else if err != nil {
+			return err
+		}
+	}
+	return tx.Put(store.BucketKeyVersions, vk, pb)
 }
 
 func (c *Custody) pruneVersions(tx *store.Tx, owner Owner, method string, now time.Time) error {
@@ -253,8 +358,16 @@ func (c *Custody) GetKey(ctx context.Context, owner Owner, method string) (secre
 	return k, err
 }
 
-// Lookup is GetKey with the key's description.
+// Lookup is GetKey with the key's description, for a caller that carries
+// no client id (LookupAs with the zero Access).
 func (c *Custody) Lookup(ctx context.Context, owner Owner, method string) (secret.Bytes, *KeyInfo, error) {
+	return c.LookupAs(ctx, owner, method, Access{})
+}
+
+// LookupAs opens the key of (owner, method) for acc: with the client
+// isolation rule on, a key stored through another client (or through any
+// client, for a caller without one) is ErrClientMismatch and is not opened.
+func (c *Custody) LookupAs(ctx context.Context, owner Owner, method string, acc Access) (secret.Bytes, *KeyInfo, error) {
 	var rec keyRecord
 	err := c.db.View(ctx, func(tx *store.Tx) error {
 		b, err := tx.Get(store.BucketKeys, store.Key(string(owner), method))
@@ -268,6 +381,9 @@ func (c *Custody) Lookup(ctx context.Context, owner Owner, method string) (secre
 	}
 	if err != nil {
 		return secret.Bytes{}, nil, err
+	}
+	if !c.allowed(owner, rec.ClientID, acc) {
+		return secret.Bytes{}, nil, ErrClientMismatch
 	}
 	pt, err := c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, rec.Sealed)
 	if err != nil {
@@ -329,7 +445,10 @@ func (c *Custody) ListKeys(ctx context.Context, owner Owner) ([]KeyInfo, error) 
 	return out, err
 }
 
-// DeleteKey removes the key of (owner, method) and its prior versions.
+// DeleteKey removes the key of (owner, method) and its prior versions at
+// once: for the passkey reset, which must destroy the key (a prior version
+// restored later would be released to the new passkey). User-facing
+// deletes use DeleteKeyKeepingPrior.
 func (c *Custody) DeleteKey(ctx context.Context, owner Owner, method string) error {
 	found := false
 	err := c.db.Update(ctx, func(tx *store.Tx) error {
@@ -344,6 +463,48 @@ func (c *Custody) DeleteKey(ctx context.Context, owner Owner, method string) err
 		}
 		_, err = tx.DeletePrefix(store.BucketKeyVersions, store.Prefix(string(owner), method))
 		return err
+	})
+	if err == nil && !found {
+		return errKeyNotFound
+	}
+	return err
+}
+
+// DeleteKeyKeepingPrior removes the current key of (owner, method) and
+// keeps its value as a prior version (a tombstone, sealed as key_prior)
+// for the retention time, listed and restorable by the admin like one
+// replaced by an overwrite: a stolen token cannot erase a key's history.
+// Only DeleteOwner (the admin's user deletion) and DeleteKey purge at once.
+//
+// With the client isolation rule on, a key stored through another client
+// (or through any client, for acc without one) is ErrClientMismatch.
+func (c *Custody) DeleteKeyKeepingPrior(ctx context.Context, owner Owner, method string, acc Access) error {
+	found := false
+	err := c.db.Update(ctx, func(tx *store.Tx) error {
+		k := store.Key(string(owner), method)
+		old, err := tx.Get(store.BucketKeys, k)
+		found = err == nil
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var prev keyRecord
+		if err := json.Unmarshal(old, &prev); err != nil {
+			return fmt.Errorf("enclave: stored key record damaged: %w", err)
+		}
+		if !c.allowed(owner, prev.ClientID, acc) {
+			return ErrClientMismatch
+		}
+		now := c.now().UTC()
+		if err := c.keepPrior(tx, owner, method, old, prev, now); err != nil {
+			return err
+		}
+		if err := c.pruneVersions(tx, owner, method, now); err != nil {
+			return err
+		}
+		return tx.Delete(store.BucketKeys, k)
 	})
 	if err == nil && !found {
 		return errKeyNotFound
@@ -391,8 +552,11 @@ func (c *Custody) ListVersions(ctx context.Context, owner Owner, method string) 
 // RestoreVersion makes prior version id the current key again; the value
 // it replaces becomes a prior version in turn.
 func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id string) error {
+	if err := CheckVersionID(id); err != nil {
+		return err
+	}
 	var old secret.Bytes
-	var format string
+	var format, clientID string
 	err := c.db.View(ctx, func(tx *store.Tx) error {
 		b, err := tx.Get(store.BucketKeyVersions, store.Key(string(owner), method, id))
 		if err != nil {
@@ -403,10 +567,14 @@ func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id st
 			return err
 		}
 		pt, err := c.root.Open(Binding{Kind: kindPrior, Owner: owner, Method: method}, rec.Sealed)
+		if errors.Is(err, ErrOpen) {
+			// Kept by a build from before prior values had their own kind.
+			pt, err = c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, rec.Sealed)
+		}
 		if err != nil {
 			return err
 		}
-		old, format = secret.NewBytes(pt), rec.Format
+		old, format, clientID = secret.NewBytes(pt), rec.Format, rec.ClientID
 		return nil
 	})
 	if errors.Is(err, store.ErrNotFound) {
@@ -416,6 +584,8 @@ func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id st
 		return err
 	}
 	defer old.Wipe()
-	_, err = c.PutKey(ctx, owner, method, old.Reveal(), PutOptions{Format: format})
+	// The client id the value was stored with comes back with it (after
+	// a delete there is no current record to keep it).
+	_, err = c.PutKey(ctx, owner, method, old.Reveal(), PutOptions{Format: format, ClientID: clientID, operator: true})
 	return err
 }

@@ -167,8 +167,25 @@ func (s *Server) deleteUser(c echo.Context) error {
 	if err := ValidUserID(userID); err != nil {
 		return err
 	}
+	return s.purgeOwner(c, enclave.UserOwner(userID), userID)
+}
+
+// deleteFirebaseUser purges every key and prior version of a Firebase user
+// (owner firebase:<project>/<tenant>/<uid>, URL-escaped): the user-facing
+// DELETE keeps a prior version, only this purges at once.
+func (s *Server) deleteFirebaseUser(c echo.Context) error {
+	owner, err := blockedOwner(c)
+	if err != nil {
+		return err
+	}
+	return s.purgeOwner(c, owner, "")
+}
+
+// purgeOwner is the admin's user deletion: rate-limited, audited (fail
+// closed), then every key and prior version of owner, and (for a user id)
+// what the capabilities keep, removed at once.
+func (s *Server) purgeOwner(c echo.Context, owner enclave.Owner, userID string) error {
 	ctx := c.Request().Context()
-	owner := enclave.UserOwner(userID)
 	if ok, wait := s.deletes.Take("user-delete", s.now()); !ok {
 		return apierr.ErrRateLimited.WithMessage("too many user deletions; at most %d a minute (limits.user_deletes_per_minute)", s.cfg.Limits.UserDeletesPerMinute).WithRetry(wait)
 	}
@@ -178,9 +195,11 @@ func (s *Server) deleteUser(c echo.Context) error {
 	if _, err := s.opts.Custody.DeleteOwner(ctx, owner); err != nil {
 		return err
 	}
-	for _, u := range s.opts.Users {
-		if err := u.DeleteUser(ctx, userID); err != nil {
-			return err
+	if userID != "" {
+		for _, u := range s.opts.Users {
+			if err := u.DeleteUser(ctx, userID); err != nil {
+				return err
+			}
 		}
 	}
 	s.Destructive(c)
@@ -192,7 +211,19 @@ func (s *Server) listVersions(c echo.Context) error {
 	if err := ValidUserID(userID); err != nil {
 		return err
 	}
-	vs, err := s.opts.Custody.ListVersions(c.Request().Context(), enclave.UserOwner(userID), c.Param("method"))
+	return s.listOwnerVersions(c, enclave.UserOwner(userID))
+}
+
+func (s *Server) listFirebaseVersions(c echo.Context) error {
+	owner, err := blockedOwner(c)
+	if err != nil {
+		return err
+	}
+	return s.listOwnerVersions(c, owner)
+}
+
+func (s *Server) listOwnerVersions(c echo.Context, owner enclave.Owner) error {
+	vs, err := s.opts.Custody.ListVersions(c.Request().Context(), owner, c.Param("method"))
 	if err != nil {
 		return err
 	}
@@ -207,8 +238,25 @@ func (s *Server) restoreVersion(c echo.Context) error {
 	if err := ValidUserID(userID); err != nil {
 		return err
 	}
+	return s.restoreOwnerVersion(c, enclave.UserOwner(userID))
+}
+
+func (s *Server) restoreFirebaseVersion(c echo.Context) error {
+	owner, err := blockedOwner(c)
+	if err != nil {
+		return err
+	}
+	return s.restoreOwnerVersion(c, owner)
+}
+
+// restoreOwnerVersion checks the version id's form, audits (fail closed)
+// and restores.
+func (s *Server) restoreOwnerVersion(c echo.Context, owner enclave.Owner) error {
+	if err := enclave.CheckVersionID(c.Param("versionId")); err != nil {
+		return err
+	}
 	ctx := c.Request().Context()
-	owner, method := enclave.UserOwner(userID), c.Param("method")
+	method := c.Param("method")
 	ev := s.event(c, "admin_restore_version", string(owner), method, "")
 	ev.Fields = map[string]string{"version": c.Param("versionId")}
 	if err := s.opts.Audit.Record(ctx, ev); err != nil {

@@ -111,7 +111,7 @@ func startCustodian(ctx context.Context, a *appliance) (svc *custodian.Service, 
 		}
 		return nil, nil, fmt.Errorf("vault: %w", err)
 	}
-	svc = custodian.NewService(client, a.db, custodian.ServiceOptions{VersionRetention: a.cfg.Keys.VersionRetention, Logger: a.log})
+	svc = custodian.NewService(client, a.db, custodian.ServiceOptions{VersionRetention: a.cfg.Keys.VersionRetention, Logger: a.log, Root: a.root})
 	// Closers run in reverse: the service (its jobs) stops before the client.
 	a.closers = append(a.closers, client.Close, svc.Close)
 	if err := svc.ResumeJobs(ctx); err != nil {

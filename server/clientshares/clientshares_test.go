@@ -87,7 +87,11 @@ func TestCRUDStatusAndVersions(t *testing.T) {
 		t.Fatalf("versions after restore: %+v", vs)
 	}
 	want(t, v.Admin("POST", p+"/versions/00000000000000000001/restore", nil), 404, "not_found")
-	want(t, v.Admin("POST", p+"/versions/x/restore", nil), 404, "not_found")
+	// A malformed version id is 400 invalid_version_id, before the store
+	// is read.
+	for _, id := range []string{"x", "1", "0000000000000000000x", "000000000000000000001", "99999999999999999999", "%2E%2E"} {
+		want(t, v.Admin("POST", p+"/versions/"+id+"/restore", nil), 400, enclave.ErrBadVersionID.Code)
+	}
 
 	// A second method is independent; the list shows both without cipherText.
 	want(t, v.Admin("PUT", sharePath("alice", "PASSWORD"), map[string]any{"cipherText": ct2, "stored": true}), 201, "")

@@ -219,8 +219,8 @@ func (h *Handler) restore(c echo.Context) error {
 		return err
 	}
 	id := c.Param("versionId")
-	if !validVersionID(id) {
-		return ErrVersionNotFound
+	if err := enclave.CheckVersionID(id); err != nil {
+		return err
 	}
 	if err := h.record(c, ActionRestore, owner, method, map[string]string{"version": id}); err != nil {
 		return err

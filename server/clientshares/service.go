@@ -27,6 +27,16 @@ const MaxCipherTextBytes = 64 << 10
 // bindingKind is the enclave binding kind of a sealed client share.
 const bindingKind = "client_share"
 
+// priorKind is the binding kind of a prior version: sealed again under its
+// own kind, so a prior record copied over the current one does not open as
+// the current share. Only RestoreVersion (audited) brings it back.
+const priorKind = "client_share_prior"
+
+// metaPriorsSealed marks, in store.BucketMeta, that prior versions written
+// by older builds (verbatim copies sealed as client_share) were sealed again
+// as priorKind.
+var metaPriorsSealed = []byte("clientshares_priors_sealed")
+
 // versionsSub is the sub-key below (owner, method) that holds prior values.
 const versionsSub = "versions"
 
@@ -136,7 +146,97 @@ func New(opts Options) (*Store, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	return &Store{db: opts.DB, root: opts.Root, retention: opts.VersionRetention, now: opts.Clock}, nil
+	s := &Store{db: opts.DB, root: opts.Root, retention: opts.VersionRetention, now: opts.Clock}
+	if err := s.sealLegacyPriors(context.Background()); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// sealLegacyPriors seals again, as priorKind, every prior version an older
+// build kept as a verbatim copy of the current record (sealed as
+// client_share), once per store (metaPriorsSealed). A record that opens
+// under neither kind is left as it is (its restore reports it damaged).
+func (s *Store) sealLegacyPriors(ctx context.Context) error {
+	return s.db.Update(ctx, func(tx *store.Tx) error {
+		if _, err := tx.Get(store.BucketMeta, metaPriorsSealed); err == nil {
+			return nil
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		type change struct{ k, v []byte }
+		var changes []change
+		err := tx.ForEach(store.BucketClientShares, nil, func(k, v []byte) error {
+			parts := strings.Split(string(k), "\x00")
+			if len(parts) != 4 || parts[2] != versionsSub {
+				return nil
+			}
+			owner, method := enclave.Owner(parts[0]), parts[1]
+			rec, err := decode(v)
+			if err != nil {
+				return nil
+			}
+			if _, err := s.root.Open(priorBinding(owner, method, 0), rec.Sealed); err == nil {
+				return nil
+			}
+			pt, err := s.root.Open(binding(owner, method, 0), rec.Sealed)
+			if err != nil {
+				return nil
+			}
+			ver, _ := enclave.RecordVersion(rec.Sealed)
+			rec.Sealed, err = s.root.Seal(priorBinding(owner, method, ver), pt)
+			clear(pt)
+			if err != nil {
+				return err
+			}
+			nb, err := json.Marshal(rec)
+			if err != nil {
+				return err
+			}
+			changes = append(changes, change{append([]byte(nil), k...), nb})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, c := range changes {
+			if err := tx.Put(store.BucketClientShares, c.k, c.v); err != nil {
+				return err
+			}
+		}
+		return tx.Put(store.BucketMeta, metaPriorsSealed, []byte("1"))
+	})
+}
+
+// priorOf is what the versions hold for the replaced record old: its share
+// sealed again as priorKind. A current record that opens only as a prior
+// (one copied back over the current) is kept as it is, and so is one that
+// opens under neither kind, so an overwrite or restore can repair the slot.
+func (s *Store) priorOf(owner enclave.Owner, method string, old []byte, prev record) ([]byte, error) {
+	pt, err := s.root.Open(binding(owner, method, 0), prev.Sealed)
+	if errors.Is(err, enclave.ErrOpen) {
+		return old, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer clear(pt)
+	ver, _ := enclave.RecordVersion(prev.Sealed)
+	prior := prev
+	if prior.Sealed, err = s.root.Seal(priorBinding(owner, method, ver), pt); err != nil {
+		return nil, err
+	}
+	return json.Marshal(prior)
+}
+
+// openPrior opens a prior version: sealed as priorKind, or (written by an
+// older build and not yet migrated) as client_share.
+func (s *Store) openPrior(owner enclave.Owner, method string, rec record) ([]byte, error) {
+	pt, err := s.root.Open(priorBinding(owner, method, 0), rec.Sealed)
+	if errors.Is(err, enclave.ErrOpen) {
+		return s.root.Open(binding(owner, method, 0), rec.Sealed)
+	}
+	return pt, err
 }
 
 func checkOwnerMethod(owner enclave.Owner, method string) error {
@@ -148,6 +248,10 @@ func checkOwnerMethod(owner enclave.Owner, method string) error {
 
 func binding(owner enclave.Owner, method string, version uint64) enclave.Binding {
 	return enclave.Binding{Kind: bindingKind, Owner: owner, Method: method, Version: version}
+}
+
+func priorBinding(owner enclave.Owner, method string, version uint64) enclave.Binding {
+	return enclave.Binding{Kind: priorKind, Owner: owner, Method: method, Version: version}
 }
 
 func versionID(t time.Time) string { return fmt.Sprintf("%020d", t.UnixNano()) }
@@ -215,7 +319,11 @@ func (s *Store) putTx(tx *store.Tx, owner enclave.Owner, method string, rec reco
 					return Info{}, false, err
 				}
 			}
-			if err := tx.Put(store.BucketClientShares, vk, old); err != nil {
+			pb, err := s.priorOf(owner, method, old, prev)
+			if err != nil {
+				return Info{}, false, err
+			}
+			if err := tx.Put(store.BucketClientShares, vk, pb); err != nil {
 				return Info{}, false, err
 			}
 		}
@@ -439,19 +547,6 @@ func (s *Store) ListVersions(ctx context.Context, owner enclave.Owner, method st
 	return out, err
 }
 
-// validVersionID accepts the 20-digit ids ListVersions returns.
-func validVersionID(id string) bool {
-	if len(id) != 20 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if id[i] < '0' || id[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
 // RestoreVersion makes prior version id the current share again (with the
 // confirmation status it had); the share it replaces becomes a prior
 // version in turn. The old record must open, so a damaged one is never
@@ -460,8 +555,8 @@ func (s *Store) RestoreVersion(ctx context.Context, owner enclave.Owner, method,
 	if err := checkOwnerMethod(owner, method); err != nil {
 		return Info{}, err
 	}
-	if !validVersionID(id) {
-		return Info{}, ErrVersionNotFound
+	if err := enclave.CheckVersionID(id); err != nil {
+		return Info{}, err
 	}
 	now := s.now().UTC()
 	var info Info
@@ -475,7 +570,7 @@ func (s *Store) RestoreVersion(ctx context.Context, owner enclave.Owner, method,
 		if err != nil {
 			return err
 		}
-		pt, err := s.root.Open(binding(owner, method, 0), old.Sealed)
+		pt, err := s.openPrior(owner, method, old)
 		if err != nil {
 			return err
 		}

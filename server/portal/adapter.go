@@ -58,6 +58,10 @@ type Adapter struct {
 	sessionKey  []byte
 	secretHash  [][32]byte
 	allowedNets []*net.IPNet
+
+	// beforeRelease, when set by a test, runs in tbsGet just before the
+	// key is read for release (to change the record in between).
+	beforeRelease func()
 }
 
 // New validates opts and returns the adapter. Add it to server.Options.Routes.
@@ -94,8 +98,16 @@ func (a *Adapter) Resolver() *Resolver { return a.resolver }
 
 // RegisterRoutes adds the SDK routes at the root of the public listener
 // and an admin route that empties the identity cache.
+//
+// With portal.client_mismatch refuse (the default) it turns on the
+// custody's client isolation rule, so the native Firebase routes obey it
+// too: a key stored through a Portal client is refused (403
+// client_mismatch) to every other client and to the native routes.
 func (a *Adapter) RegisterRoutes(s *server.Server, public, admin *echo.Group) {
 	a.srv = s
+	if cu := s.Custody(); cu != nil && !a.opts.AllowClientMismatch {
+		cu.SetClientIsolation(true)
+	}
 	public.PUT("/v1/backup/encrypt-key", a.tbsPut, s.Unsealed)
 	public.GET("/v1/backup/encrypt-key", a.tbsGet, s.Unsealed)
 

@@ -68,15 +68,16 @@ func (a *Adapter) firebaseCaller(c echo.Context, body validator) (*firebase.Iden
 	return id, client, nil
 }
 
-// checkClient refuses a client other than the one that first stored the
-// key (unless configured to allow it). A key stored without a client id
-// (the native API) is open to any client of the custodian.
+// checkClient applies the custody's client isolation rule (on unless
+// portal.client_mismatch is allow) to the stored key early, auditing a
+// refusal. A key stored without a client id (the native API) is open to
+// any client. The custody checks the rule again on the record it acts on.
 func (a *Adapter) checkClient(c echo.Context, owner enclave.Owner, info *enclave.KeyInfo, client Client) error {
-	if info == nil || info.ClientID == "" || info.ClientID == client.ID || a.opts.AllowClientMismatch {
-		return nil
+	if err := a.srv.Custody().CheckAccess(owner, info, enclave.Access{ClientID: client.ID}); err != nil {
+		a.srv.Audit().Refusal(c.Request().Context(), a.srv.Event(c, audit.ActionRefusal, string(owner), server.MethodFirebase, ErrClientMismatch.Code))
+		return err
 	}
-	a.srv.Audit().Refusal(c.Request().Context(), a.srv.Event(c, audit.ActionRefusal, string(owner), server.MethodFirebase, ErrClientMismatch.Code))
-	return ErrClientMismatch
+	return nil
 }
 
 // info describes the stored Firebase key, nil when there is none.
@@ -141,18 +142,22 @@ func (a *Adapter) tbsGet(c echo.Context) error {
 	if info.Format != enclave.FormatText {
 		return ErrKeyFormat
 	}
-	key, rinfo, err := a.srv.ReleaseKey(c, owner, server.MethodFirebase)
+	if a.beforeRelease != nil {
+		a.beforeRelease()
+	}
+	// The record may have changed since the look above: the custody applies
+	// the client rule, and the format is checked, on the very record
+	// opened, before the release is audited.
+	key, _, err := a.srv.ReleaseKeyChecked(c, owner, server.MethodFirebase, enclave.Access{ClientID: client.ID}, func(rinfo *enclave.KeyInfo) error {
+		if rinfo.Format != enclave.FormatText {
+			return ErrKeyFormat
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
 	defer key.Wipe()
-	// The record may have changed between the two reads.
-	if err := a.checkClient(c, owner, rinfo, client); err != nil {
-		return err
-	}
-	if rinfo.Format != enclave.FormatText {
-		return ErrKeyFormat
-	}
 	noStore(c)
 	return c.JSON(http.StatusOK, EncryptKeyResponse{EncryptionKey: string(key.Reveal())})
 }

@@ -67,14 +67,11 @@ func TestPortalTBSWriteReadRebackup(t *testing.T) {
 		t.Fatalf("info %+v %v", info, err)
 	}
 
-	// The native Firebase API sees the same key (its bytes, base64).
-	r = h.do(http.MethodGet, "/v1/firebase/key", tok, nil)
-	mustStatus(t, r, http.StatusOK, "")
-	var native server.KeyResponse
-	r.DecodeStrict(t, &native)
-	if b, _ := base64.StdEncoding.DecodeString(native.Key); string(b) != keyHex2 {
-		t.Fatalf("native read %q", b)
-	}
+	// The native Firebase API addresses the same record, but with
+	// portal.client_mismatch refuse (the default) a key stored through a
+	// Portal client is that client's alone (with allow, the native API
+	// reads it: TestPortalNativeRoutesWithClientMismatchAllowed).
+	mustStatus(t, h.do(http.MethodGet, "/v1/firebase/key", tok, nil), http.StatusForbidden, ErrClientMismatch.Code)
 	// Twenty reads with one credential: one Portal call in all.
 	for range 20 {
 		mustStatus(t, h.tbs(http.MethodGet, credA, tok, nil), http.StatusOK, "")
@@ -209,4 +206,104 @@ func TestPortalTBSOverwriteNeedsRecentSignIn(t *testing.T) {
 	mustStatus(t, h.tbs(http.MethodPut, credA, old, map[string]string{"encryptionKey": keyHex2}), http.StatusConflict, "key_exists")
 	fresh := h.issuer.Mint(nil)
 	mustStatus(t, h.tbs(http.MethodPut, credA, fresh, map[string]string{"encryptionKey": keyHex2}), http.StatusOK, "")
+}
+
+// TestPortalTBSRefusedReadIsNotAuditedAsRelease: the record changes to
+// another client's between the adapter's first look and the release (a
+// delete and a store through client B). The read ends in 403, and the
+// audit log must not say the key was released for that request.
+func TestPortalTBSRefusedReadIsNotAuditedAsRelease(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.clients()
+	tok := h.issuer.Mint(nil)
+	mustStatus(t, h.tbs(http.MethodPut, credA, tok, map[string]string{"encryptionKey": keyHex1}), http.StatusCreated, "")
+	owner := enclave.Owner("firebase:" + testProject + "//" + firebasetest.DefaultSubject)
+	h.adapter.beforeRelease = func() {
+		ctx := context.Background()
+		if err := h.custody.DeleteKey(ctx, owner, server.MethodFirebase); err != nil {
+			t.Error(err)
+		}
+		if _, err := h.custody.PutKey(ctx, owner, server.MethodFirebase, []byte(keyHex2),
+			enclave.PutOptions{Format: enclave.FormatText, ClientID: "client-b"}); err != nil {
+			t.Error(err)
+		}
+	}
+	r := h.do(http.MethodGet, "/v1/backup/encrypt-key", credA, nil, FirebaseTokenHeader, tok, "X-Portal-Trace-Id", "raced-read-0001")
+	mustStatus(t, r, http.StatusForbidden, ErrClientMismatch.Code)
+	noSecret(t, r, keyHex1, keyHex2)
+	refused := false
+	for _, line := range strings.Split(h.AuditLines(t), "\n") {
+		if !strings.Contains(line, "raced-read-0001") {
+			continue
+		}
+		if strings.Contains(line, `"action":"release"`) {
+			t.Fatalf("a request answered 403 is audited as a release: %s", line)
+		}
+		if strings.Contains(line, `"reason":"client_mismatch"`) {
+			refused = true
+		}
+	}
+	if !refused {
+		t.Fatal("the refused read is not audited as a refusal")
+	}
+}
+
+// TestPortalNativeRoutesObeyClientIsolation: with portal.client_mismatch
+// refuse, a key stored through Portal client A is refused to the native
+// Firebase routes (which carry no client id) with the same user's token,
+// as it is to client B through TBS. Nothing is released, replaced or
+// deleted, and no refused read is audited as a release.
+func TestPortalNativeRoutesObeyClientIsolation(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.clients()
+	tok := h.issuer.Mint(nil)
+	mustStatus(t, h.tbs(http.MethodPut, credA, tok, map[string]string{"encryptionKey": keyHex1}), http.StatusCreated, "")
+
+	other := base64.StdEncoding.EncodeToString([]byte(strings.Repeat("n", 32)))
+	r := h.do(http.MethodGet, "/v1/firebase/key", tok, nil, "X-Portal-Trace-Id", "native-read-0001")
+	mustStatus(t, r, http.StatusForbidden, ErrClientMismatch.Code)
+	noSecret(t, r, keyHex1, base64.StdEncoding.EncodeToString([]byte(keyHex1)))
+	r = h.do(http.MethodPost, "/v1/firebase/key/release", tok, map[string]string{})
+	mustStatus(t, r, http.StatusForbidden, ErrClientMismatch.Code)
+	noSecret(t, r, base64.StdEncoding.EncodeToString([]byte(keyHex1)))
+	mustStatus(t, h.do(http.MethodPut, "/v1/firebase/key", tok, map[string]string{"key": other}), http.StatusForbidden, ErrClientMismatch.Code)
+	mustStatus(t, h.do(http.MethodDelete, "/v1/firebase/key", tok, nil), http.StatusForbidden, ErrClientMismatch.Code)
+	mustStatus(t, h.tbs(http.MethodGet, credB, tok, nil), http.StatusForbidden, ErrClientMismatch.Code)
+	mustStatus(t, h.tbs(http.MethodPut, credB, tok, map[string]string{"encryptionKey": keyHex2}), http.StatusForbidden, ErrClientMismatch.Code)
+
+	// Client A still reads its key, unchanged, with no prior version made.
+	var got EncryptKeyResponse
+	h.tbs(http.MethodGet, credA, tok, nil).DecodeStrict(t, &got)
+	if got.EncryptionKey != keyHex1 {
+		t.Fatalf("key now %q", got.EncryptionKey)
+	}
+	owner := enclave.Owner("firebase:" + testProject + "//" + firebasetest.DefaultSubject)
+	if vs, err := h.custody.ListVersions(context.Background(), owner, server.MethodFirebase); err != nil || len(vs) != 0 {
+		t.Fatalf("prior versions %v %v", vs, err)
+	}
+	for _, line := range strings.Split(h.AuditLines(t), "\n") {
+		if strings.Contains(line, "native-read-0001") && strings.Contains(line, `"action":"release"`) {
+			t.Fatalf("a refused native read is audited as a release: %s", line)
+		}
+	}
+}
+
+// TestPortalNativeRoutesWithClientMismatchAllowed: with
+// portal.client_mismatch allow, the native routes act on a key stored
+// through a Portal client as before.
+func TestPortalNativeRoutesWithClientMismatchAllowed(t *testing.T) {
+	h := newHarness(t, harnessOptions{portal: func(o *Options) { o.AllowClientMismatch = true }})
+	h.clients()
+	tok := h.issuer.Mint(nil)
+	mustStatus(t, h.tbs(http.MethodPut, credA, tok, map[string]string{"encryptionKey": keyHex1}), http.StatusCreated, "")
+	r := h.do(http.MethodGet, "/v1/firebase/key", tok, nil)
+	mustStatus(t, r, http.StatusOK, "")
+	var native server.KeyResponse
+	r.DecodeStrict(t, &native)
+	if b, _ := base64.StdEncoding.DecodeString(native.Key); string(b) != keyHex1 {
+		t.Fatalf("native read %q", b)
+	}
+	other := base64.StdEncoding.EncodeToString([]byte(strings.Repeat("n", 32)))
+	mustStatus(t, h.do(http.MethodPut, "/v1/firebase/key", tok, map[string]string{"key": other}), http.StatusOK, "")
+	mustStatus(t, h.do(http.MethodDelete, "/v1/firebase/key", tok, nil), http.StatusNoContent, "")
 }
