@@ -80,7 +80,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal("restore did not bring the old share back")
 	}
 	want(t, v.Admin("POST", "/v1/admin/users/alice/custodian-share/versions/00000000000000000007/restore", nil), 404, "not_found")
-	want(t, v.Admin("POST", "/v1/admin/users/alice/custodian-share/versions/7/restore", nil), 404, "not_found")
+	want(t, v.Admin("POST", "/v1/admin/users/alice/custodian-share/versions/7/restore", nil), 400, "invalid_version_id") // malformed: refused before anything is audited
 
 	// Descriptions carry no share.
 	for _, p := range []string{"/v1/admin/users/alice/custodian-shares", "/v1/admin/users/alice"} {

@@ -334,8 +334,8 @@ func (h *Handler) restore(c echo.Context) error {
 		return err
 	}
 	id := c.Param("versionId")
-	if !validVersionID(id) {
-		return apierr.ErrNotFound.WithMessage("no such prior version")
+	if err := enclave.CheckVersionID(id); err != nil {
+		return err // before the audit line: nothing was restored
 	}
 	if err := h.record(c, ActionRestore, owner, method, map[string]string{"version": id}); err != nil {
 		return err
@@ -344,19 +344,6 @@ func (h *Handler) restore(c echo.Context) error {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)
-}
-
-// validVersionID accepts the 20-digit ids ListVersions returns.
-func validVersionID(id string) bool {
-	if len(id) != 20 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if id[i] < '0' || id[i] > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 // --- rewrap -------------------------------------------------------------
