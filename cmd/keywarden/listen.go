@@ -41,5 +41,31 @@ func listenTCP(addr string, trusted []string, headerTimeout time.Duration) (net.
 	if headerTimeout <= 0 {
 		headerTimeout = 5 * time.Second
 	}
-	return &proxyproto.Listener{Listener: ln, ConnPolicy: policy, ReadHeaderTimeout: headerTimeout}, nil
+	return proxyListener{&proxyproto.Listener{Listener: ln, ConnPolicy: policy, ReadHeaderTimeout: headerTimeout}}, nil
+}
+
+// proxyListener hands out connections that keep TCP's half-close: net/http
+// answers an oversized request (431, 413) and then closes only its sending
+// side, waiting for the client to read the answer; without CloseWrite it
+// closes at once and the client sees a reset instead of the answer.
+type proxyListener struct{ *proxyproto.Listener }
+
+func (l proxyListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if pc, ok := c.(*proxyproto.Conn); ok {
+		return halfCloser{pc}, nil
+	}
+	return c, nil
+}
+
+type halfCloser struct{ *proxyproto.Conn }
+
+func (c halfCloser) CloseWrite() error {
+	if cw, ok := c.Raw().(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
