@@ -211,7 +211,7 @@ func (s *Server) listVersions(c echo.Context) error {
 	if err := ValidUserID(userID); err != nil {
 		return err
 	}
-	return s.listOwnerVersions(c, enclave.UserOwner(userID))
+	return s.listOwnerVersions(c, enclave.UserOwner(userID), c.Param("method"))
 }
 
 func (s *Server) listFirebaseVersions(c echo.Context) error {
@@ -219,11 +219,11 @@ func (s *Server) listFirebaseVersions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return s.listOwnerVersions(c, owner)
+	return s.listOwnerVersions(c, owner, c.Param("method"))
 }
 
-func (s *Server) listOwnerVersions(c echo.Context, owner enclave.Owner) error {
-	vs, err := s.opts.Custody.ListVersions(c.Request().Context(), owner, c.Param("method"))
+func (s *Server) listOwnerVersions(c echo.Context, owner enclave.Owner, method string) error {
+	vs, err := s.opts.Custody.ListVersions(c.Request().Context(), owner, method)
 	if err != nil {
 		return err
 	}
@@ -238,7 +238,7 @@ func (s *Server) restoreVersion(c echo.Context) error {
 	if err := ValidUserID(userID); err != nil {
 		return err
 	}
-	return s.restoreOwnerVersion(c, enclave.UserOwner(userID))
+	return s.restoreOwnerVersion(c, enclave.UserOwner(userID), c.Param("method"))
 }
 
 func (s *Server) restoreFirebaseVersion(c echo.Context) error {
@@ -246,17 +246,16 @@ func (s *Server) restoreFirebaseVersion(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return s.restoreOwnerVersion(c, owner)
+	return s.restoreOwnerVersion(c, owner, c.Param("method"))
 }
 
 // restoreOwnerVersion checks the version id's form, audits (fail closed)
 // and restores.
-func (s *Server) restoreOwnerVersion(c echo.Context, owner enclave.Owner) error {
+func (s *Server) restoreOwnerVersion(c echo.Context, owner enclave.Owner, method string) error {
 	if err := enclave.CheckVersionID(c.Param("versionId")); err != nil {
 		return err
 	}
 	ctx := c.Request().Context()
-	method := c.Param("method")
 	ev := s.event(c, "admin_restore_version", string(owner), method, "")
 	ev.Fields = map[string]string{"version": c.Param("versionId")}
 	if err := s.opts.Audit.Record(ctx, ev); err != nil {

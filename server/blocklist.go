@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"net/http"
-	"net/url"
 	"sort"
 	"sync"
 	"time"
@@ -47,7 +46,7 @@ func (b *blockList) has(owner string) bool {
 // blockedOwner takes the full owner "firebase:<project>/<tenant>/<sub>" as
 // the :subject parameter (URL-escaped).
 func blockedOwner(c echo.Context) (enclave.Owner, error) {
-	raw, err := url.PathUnescape(c.Param("subject"))
+	raw, err := PathParam(c, "subject")
 	if err != nil {
 		return "", apierr.ErrBadRequest.WithMessage("the user name is not URL-escaped correctly")
 	}

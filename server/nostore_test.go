@@ -32,6 +32,9 @@ func TestAdminAnswersNoStore(t *testing.T) {
 		{"POST", "/v1/admin/users/alice/session-tokens", map[string]string{"ttl": "5m"}, 201},
 		{"GET", "/v1/admin/firebase/blocked", nil, 200},
 		{"GET", "/v1/admin/users/nobody", nil, 404},
+		{"GET", "/v1/admin/owners/user%3Aalice", nil, 200},
+		{"GET", "/v1/admin/owners/user%3Aalice/keys/PASSKEY/versions", nil, 200},
+		{"GET", "/v1/admin/owners/nobody", nil, 400},
 	}
 	for _, tc := range cases {
 		r := h.Admin(tc.method, tc.path, tc.body)

@@ -253,6 +253,7 @@ func (s *Server) routes() {
 	admin.GET("/firebase/blocked", s.listBlocked)
 	admin.PUT("/firebase/blocked/:subject", s.block)
 	admin.DELETE("/firebase/blocked/:subject", s.unblock)
+	s.ownerRoutes(admin)
 	s.firebaseRoutes(public, admin)
 	for _, r := range s.opts.Routes {
 		r.RegisterRoutes(s, public, admin)

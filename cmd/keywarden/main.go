@@ -49,6 +49,7 @@ const usage = `usage: keywarden <command> [flags]
   config check   load and validate the configuration, print it with secrets redacted
   backup         write a consistent copy of the live store (-out FILE; asks the running server)
   status         the running server's readiness with every check's detail (admin API)
+  keys           versions | restore OWNER METHOD [ID]: prior versions of any owner's key (admin API)
   audit verify   check the audit log's hash chain and anchors
   admin-key hash read an admin API key on stdin and print its sha256 form for admin.key_hashes
   recover        rebuild the root key from T recovery shares and a backup on a new TPM

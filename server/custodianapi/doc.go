@@ -9,6 +9,9 @@
 //	GET    /v1/admin/users/:userId/custodian-shares           → {"shares":[{"method","keyVersion",…}]} (no share)
 //	GET    /v1/admin/users/:userId/custodian-share/versions?method=…                    → {"versions":[…]}
 //	POST   /v1/admin/users/:userId/custodian-share/versions/:versionId/restore?method=… → 204
+//	GET    /v1/admin/owners/:owner/custodian-shares                                      → {"shares":[…]} (no share)
+//	GET    /v1/admin/owners/:owner/custodian-shares/:method/versions                     → {"versions":[…]}
+//	POST   /v1/admin/owners/:owner/custodian-shares/:method/versions/:versionId/restore  → 204
 //	POST   /v1/admin/custodian-shares/batch-put  {"items":[{"userId","method"?,"share"}]}  → {"results":[…]}
 //	POST   /v1/admin/custodian-shares/batch-get  {"items":[{"userId","method"?}]}          → {"results":[…]}
 //	POST   /v1/admin/custodian/rewrap            → 202 {"jobId"}
@@ -16,7 +19,10 @@
 //	GET    /v1/admin/custodian/rewrap/:jobId     → the job's progress
 //
 // Shares are keyed by (owner, method) with owner enclave.UserOwner(userId)
-// and method "default" when none is given (DECISIONS 4). A share is 1 to
+// and method "default" when none is given (DECISIONS 4). The /owners/
+// routes take an owner of any kind (user:, firebase:, portal:; Portal's
+// webhooks keep shares under portal:<clientId>), URL-escaped in one path
+// segment, and the method in the path (server.OwnerParam). A share is 1 to
 // custodian.MaxShareSize bytes, sent as standard base64 (the server's body
 // limit applies too).
 //

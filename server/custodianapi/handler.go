@@ -115,6 +115,12 @@ func (h *Handler) RegisterRoutes(s *server.Server, _, admin *echo.Group) {
 	admin.GET(u+"/versions", h.versions, mw...)
 	admin.POST(u+"/versions/:versionId/restore", h.restore, mw...)
 	admin.GET("/users/:userId/custodian-shares", h.list, mw...)
+	// Any owner (user:, firebase:, portal:), URL-escaped in one segment:
+	// Portal's webhooks keep shares under portal:<clientId>.
+	const o = "/owners/:owner/custodian-shares"
+	admin.GET(o, h.ownerList, mw...)
+	admin.GET(o+"/:method/versions", h.ownerVersions, mw...)
+	admin.POST(o+"/:method/versions/:versionId/restore", h.ownerRestore, mw...)
 	admin.POST("/custodian-shares/batch-put", h.batchPut, mw...)
 	admin.POST("/custodian-shares/batch-get", h.batchGet, mw...)
 	admin.POST("/custodian/rewrap", h.startRewrap, mw...)
@@ -189,6 +195,22 @@ func target(c echo.Context) (enclave.Owner, string, error) {
 		return "", "", err
 	}
 	return enclave.UserOwner(userID), method, nil
+}
+
+// ownerTarget validates the path's owner (any kind) and method.
+func ownerTarget(c echo.Context) (enclave.Owner, string, error) {
+	owner, err := server.OwnerParam(c)
+	if err != nil {
+		return "", "", err
+	}
+	method, err := server.PathParam(c, "method")
+	if err != nil {
+		return "", "", ErrBadMethod
+	}
+	if err := validMethod(method); err != nil {
+		return "", "", err
+	}
+	return owner, method, nil
 }
 
 func (h *Handler) event(c echo.Context, action string, owner enclave.Owner, method string, fields map[string]string) audit.Event {
@@ -303,7 +325,19 @@ func (h *Handler) list(c echo.Context) error {
 	if err := server.ValidUserID(userID); err != nil {
 		return err
 	}
-	infos, err := h.describe(c.Request().Context(), enclave.UserOwner(userID))
+	return h.listOf(c, enclave.UserOwner(userID))
+}
+
+func (h *Handler) ownerList(c echo.Context) error {
+	owner, err := server.OwnerParam(c)
+	if err != nil {
+		return err
+	}
+	return h.listOf(c, owner)
+}
+
+func (h *Handler) listOf(c echo.Context, owner enclave.Owner) error {
+	infos, err := h.describe(c.Request().Context(), owner)
 	if err != nil {
 		return err
 	}
@@ -318,6 +352,18 @@ func (h *Handler) versions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	return h.versionsOf(c, owner, method)
+}
+
+func (h *Handler) ownerVersions(c echo.Context) error {
+	owner, method, err := ownerTarget(c)
+	if err != nil {
+		return err
+	}
+	return h.versionsOf(c, owner, method)
+}
+
+func (h *Handler) versionsOf(c echo.Context, owner enclave.Owner, method string) error {
 	vs, err := h.svc.ListVersions(c.Request().Context(), string(owner), method)
 	if err != nil {
 		return err
@@ -333,6 +379,20 @@ func (h *Handler) restore(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	return h.restoreOf(c, owner, method)
+}
+
+func (h *Handler) ownerRestore(c echo.Context) error {
+	owner, method, err := ownerTarget(c)
+	if err != nil {
+		return err
+	}
+	return h.restoreOf(c, owner, method)
+}
+
+// restoreOf checks the version id's form, audits (fail closed) and
+// restores.
+func (h *Handler) restoreOf(c echo.Context, owner enclave.Owner, method string) error {
 	id := c.Param("versionId")
 	if err := enclave.CheckVersionID(id); err != nil {
 		return err // before the audit line: nothing was restored
@@ -448,6 +508,16 @@ func (h *Handler) DescribeUser(ctx context.Context, userID string) (any, error) 
 	return infos, nil
 }
 
+// DescribeOwner lists the custodian shares of an owner of any kind
+// without the shares (nil when there are none). It makes no Vault call.
+func (h *Handler) DescribeOwner(ctx context.Context, owner enclave.Owner) (any, error) {
+	infos, err := h.describe(ctx, owner)
+	if err != nil || len(infos) == 0 {
+		return nil, err
+	}
+	return infos, nil
+}
+
 // DeleteUser removes every custodian share of the user, prior versions
 // included. It needs no Vault: without a Service the records are removed
 // from the store directly.
@@ -466,4 +536,5 @@ func (h *Handler) DeleteUser(ctx context.Context, userID string) error {
 var _ interface {
 	server.Routes
 	server.UserData
+	server.OwnerData
 } = (*Handler)(nil)

@@ -24,6 +24,7 @@ import (
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
 	"github.com/keywarden/keywarden/internal/testutil/vaultdev"
 	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/custodianapi"
 	"github.com/keywarden/keywarden/server/firebase"
 	"github.com/keywarden/keywarden/server/passkey"
 	"github.com/keywarden/keywarden/store"
@@ -148,6 +149,9 @@ type harness struct {
 type harnessOptions struct {
 	vault  bool
 	portal func(*Options)
+	// custodianAPI adds the custodian admin routes over the same share
+	// service (with vault), as the appliance wires them.
+	custodianAPI bool
 }
 
 func newHarness(t testing.TB, ho harnessOptions) *harness {
@@ -178,7 +182,15 @@ func newHarness(t testing.TB, ho harnessOptions) *harness {
 			deps := Deps{Passkey: pk, Logger: log, Clock: clock}
 			if ho.vault {
 				h.vault = vaultdev.Start(t)
-				deps.Shares = newShares(t, h.vault, a.DB)
+				svc := newShares(t, h.vault, a.DB)
+				deps.Shares = svc
+				if ho.custodianAPI {
+					ch, err := custodianapi.New(custodianapi.Options{Service: svc, DB: a.DB})
+					if err != nil {
+						t.Fatal(err)
+					}
+					so.Routes, so.Users = append(so.Routes, ch), append(so.Users, ch)
+				}
 			}
 			ad, err := New(opts, deps)
 			if err != nil {

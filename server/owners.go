@@ -1,0 +1,145 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/apierr"
+)
+
+// ErrInvalidOwner refuses an owner path segment that is not a valid owner
+// of a known kind, or not URL-escaped correctly.
+var ErrInvalidOwner = apierr.New(http.StatusBadRequest, "invalid_owner",
+	"name the owner as user:<userId>, firebase:<project>/<tenant>/<uid> (tenant empty when none) or portal:<clientId>, URL-escaped in one path segment (/ as %2F)")
+
+// OwnerKinds are the prefixes of the owners Keywarden keeps records for:
+// users vouched for by the customer's backend (and passkey users),
+// Firebase users, Portal clients.
+var OwnerKinds = []string{"user:", "firebase:", "portal:"}
+
+// PathParam is the path parameter name as the client meant it. Echo routes
+// on the raw (escaped) path when the request has one that differs from
+// the decoded path (a %2F does), and then hands parameters over still
+// escaped; otherwise they are already decoded. Unescaping in the second
+// case as well would decode a '%' of the value a second time.
+func PathParam(c echo.Context, name string) (string, error) {
+	v := c.Param(name)
+	if c.Request().URL.RawPath == "" {
+		return v, nil
+	}
+	return url.PathUnescape(v)
+}
+
+// OwnerParam is the :owner path parameter: any owner of a known kind,
+// URL-escaped in one segment (firebase owners hold '/'), or
+// [ErrInvalidOwner].
+func OwnerParam(c echo.Context) (enclave.Owner, error) {
+	raw, err := PathParam(c, "owner")
+	if err != nil {
+		return "", ErrInvalidOwner
+	}
+	o := enclave.Owner(raw)
+	if o.Validate() != nil {
+		return "", ErrInvalidOwner
+	}
+	for _, k := range OwnerKinds {
+		if strings.HasPrefix(raw, k) && len(raw) > len(k) {
+			return o, nil
+		}
+	}
+	return "", ErrInvalidOwner
+}
+
+// OwnerData is a capability that keeps records under owners of every kind
+// (not only user ids): GET /v1/admin/owners/{owner} describes them.
+// A UserData without it is asked only for user: owners.
+type OwnerData interface {
+	// DescribeOwner returns a JSON-able description without secrets, or
+	// nil when nothing is kept for owner.
+	DescribeOwner(ctx context.Context, owner enclave.Owner) (any, error)
+	// Name is the key under which DescribeOwner's answer appears.
+	Name() string
+}
+
+func (s *Server) ownerRoutes(admin *echo.Group) {
+	const p = "/owners/:owner"
+	admin.GET(p, s.describeOwner, s.unsealed)
+	admin.GET(p+"/keys/:method/versions", s.listAnyOwnerVersions, s.unsealed)
+	admin.POST(p+"/keys/:method/versions/:versionId/restore", s.restoreAnyOwnerVersion, s.unsealed)
+}
+
+type ownerDescription struct {
+	Owner string            `json:"owner"`
+	Keys  []enclave.KeyInfo `json:"keys"`
+	Data  map[string]any    `json:"data,omitempty"`
+}
+
+// describeOwner lists what is kept for any owner: its keys (never their
+// values) and what the capabilities keep (custodian and client shares
+// without the shares).
+func (s *Server) describeOwner(c echo.Context) error {
+	owner, err := OwnerParam(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	keys, err := s.opts.Custody.ListKeys(ctx, owner)
+	if err != nil {
+		return err
+	}
+	d := ownerDescription{Owner: string(owner), Keys: keys, Data: map[string]any{}}
+	if d.Keys == nil {
+		d.Keys = []enclave.KeyInfo{}
+	}
+	userID, isUser := strings.CutPrefix(string(owner), "user:")
+	for _, u := range s.opts.Users {
+		var v any
+		switch od, ok := u.(OwnerData); {
+		case ok:
+			v, err = od.DescribeOwner(ctx, owner)
+		case isUser && ValidUserID(userID) == nil:
+			v, err = u.DescribeUser(ctx, userID)
+		default:
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if v != nil {
+			d.Data[u.Name()] = v
+		}
+	}
+	if len(d.Keys) == 0 && len(d.Data) == 0 {
+		return apierr.ErrNotFound.WithMessage("nothing is stored for this owner")
+	}
+	return c.JSON(http.StatusOK, d)
+}
+
+func (s *Server) listAnyOwnerVersions(c echo.Context) error {
+	owner, err := OwnerParam(c)
+	if err != nil {
+		return err
+	}
+	method, err := PathParam(c, "method")
+	if err != nil {
+		return apierr.ErrBadRequest.WithMessage("the method is not URL-escaped correctly")
+	}
+	return s.listOwnerVersions(c, owner, method)
+}
+
+func (s *Server) restoreAnyOwnerVersion(c echo.Context) error {
+	owner, err := OwnerParam(c)
+	if err != nil {
+		return err
+	}
+	method, err := PathParam(c, "method")
+	if err != nil {
+		return apierr.ErrBadRequest.WithMessage("the method is not URL-escaped correctly")
+	}
+	return s.restoreOwnerVersion(c, owner, method)
+}
