@@ -148,6 +148,10 @@ func TestImportedPasskeyKeyIsClaimed(t *testing.T) {
 		t.Fatalf("import: %+v", res)
 	}
 
+	// The operator sees the deadline.
+	if r := h.Admin("GET", "/v1/admin/users/alice", nil); r.Status != 200 || !strings.Contains(string(r.Body), `"claimDeadline"`) {
+		t.Fatalf("admin view of an unclaimed key: %d %s", r.Status, r.Body)
+	}
 	// A registration that brings its own key is refused: it would replace
 	// the imported key.
 	user := softauthn.New([16]byte{1})
@@ -176,6 +180,10 @@ func TestImportedPasskeyKeyIsClaimed(t *testing.T) {
 	}
 	if info, err := h.custody.Info(context.Background(), enclave.UserOwner("alice"), "PASSKEY"); err != nil || info.ClaimDeadline != nil {
 		t.Fatalf("the mark after the claim: %+v %v", info, err)
+	}
+
+	if r := h.Admin("GET", "/v1/admin/users/alice", nil); r.Status != 200 || strings.Contains(string(r.Body), `"claimDeadline"`) {
+		t.Fatalf("admin view of a claimed key: %d %s", r.Status, r.Body)
 	}
 
 	// The attacker's case: the customer's backend (or whoever holds a
