@@ -145,6 +145,8 @@ type registrationBeginResponse struct {
 	PublicKey   protocol.PublicKeyCredentialCreationOptions `json:"publicKey"`
 	ExpiresAt   time.Time                                   `json:"expiresAt"`
 	KeyRequired bool                                        `json:"keyRequired"`
+	// ClaimsImportedKey: finish, without a key, claims the imported key.
+	ClaimsImportedKey bool `json:"claimsImportedKey"`
 }
 
 func (h *Handler) registrationBegin(c echo.Context) error {
@@ -171,7 +173,7 @@ func (h *Handler) registrationBegin(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, registrationBeginResponse{CeremonyID: out.CeremonyID, PublicKey: out.Options,
-		ExpiresAt: out.Expires.UTC(), KeyRequired: out.KeyRequired})
+		ExpiresAt: out.Expires.UTC(), KeyRequired: out.KeyRequired, ClaimsImportedKey: out.ClaimsImportedKey})
 }
 
 type registrationFinishRequest struct {
@@ -205,6 +207,7 @@ type registrationFinishResponse struct {
 	CredentialID string `json:"credentialId"`
 	KeyStored    bool   `json:"keyStored"`
 	KeyReplaced  bool   `json:"keyReplaced"`
+	KeyClaimed   bool   `json:"keyClaimed"`
 }
 
 func (h *Handler) registrationFinish(c echo.Context) error {
@@ -220,7 +223,7 @@ func (h *Handler) registrationFinish(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusCreated, registrationFinishResponse{UserID: out.Subject.UserID, CredentialID: out.CredentialID,
-		KeyStored: out.KeyStored, KeyReplaced: out.KeyReplaced})
+		KeyStored: out.KeyStored, KeyReplaced: out.KeyReplaced, KeyClaimed: out.KeyClaimed})
 }
 
 type authenticationBeginRequest struct {
