@@ -96,10 +96,13 @@ func (tx *Tx) put(bk *bolt.Bucket, b Bucket, key, value []byte) error {
 		if bytes.Equal(v, value) {
 			return nil // nothing changes
 		}
-		old = append([]byte(nil), v...)
+		old = append(make([]byte, 0, len(v)), v...) // non-nil even when empty
 	}
 	if err := bk.Put(key, value); err != nil {
 		return err
+	}
+	if value == nil {
+		value = []byte{} // stored as an empty value, not deleted
 	}
 	tx.lt.Change(b, key, old, value)
 	return nil
@@ -114,7 +117,7 @@ func (tx *Tx) del(bk *bolt.Bucket, b Bucket, key []byte) error {
 	if v == nil {
 		return nil
 	}
-	old := append([]byte(nil), v...)
+	old := append(make([]byte, 0, len(v)), v...)
 	if err := bk.Delete(key); err != nil {
 		return err
 	}
