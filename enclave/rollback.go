@@ -184,7 +184,6 @@ type Rollback struct {
 	log       *slog.Logger
 	available bool
 	macKey    secret.Bytes // root subkey "rollback"
-	lkey      secret.Bytes // root subkey ledgerLabel
 	lhash     *ledgerHash  // used on the store's writer goroutine only
 
 	tpmMu sync.Mutex // one NV sequence at a time
@@ -323,10 +322,12 @@ func OpenRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Ro
 	r := &Rollback{
 		tpm: tpm, db: db, root: root, index: tpm2.TPMHandle(opts.NVIndex),
 		auth: counterAuth(root), interval: opts.Interval, log: opts.Logger,
-		macKey: root.Subkey("rollback"), lkey: root.Subkey(ledgerLabel),
-		kick: make(chan struct{}, 1), done: make(chan struct{}),
+		macKey: root.Subkey("rollback"),
+		kick:   make(chan struct{}, 1), done: make(chan struct{}),
 	}
-	r.lhash = newLedgerHash(r.lkey.Reveal())
+	lkey := root.Subkey(ledgerLabel)
+	r.lhash = newLedgerHash(lkey.Reveal()) // the HMAC keeps its own copy
+	lkey.Wipe()
 	fail := func(err error) (*Rollback, error) {
 		r.detach()
 		r.wipe()
@@ -411,7 +412,6 @@ func (r *Rollback) detach() {
 func (r *Rollback) wipe() {
 	clear(r.auth)
 	r.macKey.Wipe()
-	r.lkey.Wipe()
 }
 
 // start does OpenRollback's TPM work and records the result.
