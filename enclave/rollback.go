@@ -405,7 +405,7 @@ func (r *Rollback) checkRecords(ctx context.Context, st *rollbackState, accept b
 // with it is still running (a queued no-op write is a barrier: the store
 // has one writer).
 func (r *Rollback) detach() {
-	r.db.SetLedger(nil)
+	r.db.RemoveLedger(r)
 	_ = r.db.Update(context.Background(), func(*store.Tx) error { return nil })
 }
 

@@ -60,6 +60,14 @@ func (db *DB) SetLedger(l Ledger) {
 	db.ledger.Store(&l)
 }
 
+// RemoveLedger removes l if it is the installed ledger (another one
+// installed since stays).
+func (db *DB) RemoveLedger(l Ledger) {
+	if p := db.ledger.Load(); p != nil && *p == l {
+		db.ledger.CompareAndSwap(p, nil)
+	}
+}
+
 // Ledger returns the observer of this write transaction: nil in a read
 // transaction or when no ledger is installed.
 func (tx *Tx) Ledger() LedgerTx { return tx.lt }

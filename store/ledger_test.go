@@ -155,3 +155,23 @@ func TestLedgerSeesEveryCoveredChange(t *testing.T) {
 		t.Fatalf("removed ledger still told: %q", got)
 	}
 }
+
+// TestRemoveLedgerOnlyItsOwn: removing a ledger that was replaced leaves
+// the new one installed.
+func TestRemoveLedgerOnlyItsOwn(t *testing.T) {
+	db := openTemp(t)
+	a, b := &recLedger{}, &recLedger{}
+	db.SetLedger(a)
+	db.SetLedger(b)
+	db.RemoveLedger(a)
+	if err := db.Update(context.Background(), func(tx *Tx) error { return tx.Put(BucketKeys, []byte("k"), []byte("v")) }); err != nil {
+		t.Fatal(err)
+	}
+	if a.take() != "" || b.take() != "keys/k:>v" {
+		t.Fatal("RemoveLedger removed a ledger it was not given")
+	}
+	db.RemoveLedger(b)
+	if db.ledger.Load() != nil {
+		t.Fatal("RemoveLedger left its own ledger installed")
+	}
+}
