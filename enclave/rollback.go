@@ -3,36 +3,39 @@ package enclave
 // # Rollback detection
 //
 // A copy of the store is a complete, valid store: restoring yesterday's
-// backup would bring back keys that were deleted since (DECISIONS 12, 13).
-// A TPM NV counter (TPM_NT_COUNTER: it only moves forward, and a counter
-// defined anew starts at or above the highest value any counter of that TPM
-// has had) records how far the store has gone:
+// backup would bring back keys that were deleted or replaced since. A TPM
+// NV counter (TPM_NT_COUNTER: it only moves forward, and a counter
+// defined anew starts at or above the highest value any counter of that
+// TPM has had) records how far the store has gone:
 //
 //   - the store keeps a generation in its meta bucket, MACed under the root
-//     subkey "rollback" together with the counter's NV index and the name of
-//     the TPM's storage root key (which TPM it counts on);
-//   - after a destructive change commits, [Rollback.Destructive] raises the
-//     recorded generation to the counter's value + 1 (durably), and a
-//     background goroutine then increments the counter to that value — commit
-//     first, then increment; no request waits on the NV write. Changes that
-//     arrive while an increment is pending share its generation, so the
-//     counter moves at most once per [RollbackOptions.Interval];
+//     subkey "rollback" together with the counter's NV index, the name of
+//     the TPM's storage root key (which TPM it counts on) and a commitment
+//     to the digest of every record (ledger.go);
+//   - every change to a record (any bucket but meta: a store, an
+//     overwrite, a deletion, a block, a sign-counter update …) raises the
+//     recorded generation past the counter's value in the change's own
+//     transaction (the store's change ledger), and a background goroutine
+//     then increments the counter to it — commit first, then increment; no
+//     request waits on the NV write. Changes that arrive while an
+//     increment is pending share its generation, so the counter moves at
+//     most once per [RollbackOptions.Interval] (rollback.min_interval,
+//     default 1 s) whatever the write rate;
 //   - at start, [OpenRollback] compares: a store generation ≥ the counter is
 //     accepted and the counter is caught up (an increment lost in a crash);
 //     a store generation below the counter is a store older than the last
-//     destructive change the TPM saw: [ErrRolledBack]. An operator who
-//     restores a backup on purpose accepts it with
-//     [RollbackOptions.AcceptRollback], which records the counter's value as
-//     the new baseline (and the caller audits it).
+//     change the TPM saw: [ErrRolledBack]. Records that are not the set the
+//     digest vouches for are [ErrRecordsAltered]. An operator who restores
+//     a backup on purpose accepts it with [RollbackOptions.AcceptRollback],
+//     which records the counter's value as the new baseline and the
+//     records' digest (and the caller audits it).
 //
-// Limits, stated plainly: a copy taken within one Interval before a
-// destructive change may carry the same generation as the store after it
-// (coalescing). Backups through the admin API call [Rollback.BeforeBackup]
-// so the next destructive change takes a new generation; a raw disk
-// snapshot does not, and a crash between a commit and its increment loses
-// that increment. The MAC covers the generation only, not a digest of the
-// records: splicing an old record into the live file is caught by the
-// record's write version only where the reader knows the expected version.
+// Limits, stated plainly: a copy taken within one Interval before a change
+// may carry the same generation as the store after it (coalescing).
+// Backups through the admin API call [Rollback.BeforeBackup] so the next
+// change takes a new generation; a raw disk snapshot does not, and a crash
+// between a commit and its increment loses that increment (the next start
+// makes it).
 //
 // The counter's authValue is a subkey of the root key, so only this
 // appliance can increment it (an unauthorised increment would make the

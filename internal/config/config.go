@@ -48,7 +48,7 @@ type Config struct {
 	Log      Log      `key:"log"`
 }
 
-// Rollback configures the TPM rollback counter (DECISIONS 12, 13).
+// Rollback configures the TPM rollback counter and the store generation it follows.
 type Rollback struct {
 	// MinInterval is the least time between two increments of the TPM's
 	// NV counter. Every change to the store advances the generation; the
