@@ -572,8 +572,8 @@ func (r *Rollback) unavailable(ctx context.Context, st *rollbackState, why strin
 }
 
 // record writes the state with generation gen (never lowering a recorded
-// generation unless it is the start's own decision, which runs before any
-// Destructive).
+// generation unless it is the start's own decision, which runs before the
+// ledger advances any generation).
 //
 // The record is written by the ledger's Finish, with the digest, in the
 // same transaction.
@@ -595,7 +595,7 @@ func (r *Rollback) record(ctx context.Context, gen uint64, counter bool) error {
 // in the transaction of each change to a covered bucket (deletions,
 // overwrites, blocks, sign counters alike) and schedules the increment.
 // It does nothing and sends no TPM command.
-func (r *Rollback) Destructive(ctx context.Context) error { return ctx.Err() }
+func (r *Rollback) Destructive(context.Context) error { return nil }
 
 // BeforeBackup closes the current generation: the next destructive change
 // takes a new one, so a backup written now is detected as older once that

@@ -151,9 +151,6 @@ func TestRollbackRestoreRefused(t *testing.T) {
 	if _, err := c.DeleteOwner(ctx, UserOwner("bob")); err != nil {
 		t.Fatal(err)
 	}
-	if err := rb.Destructive(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if err := rb.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +255,7 @@ func TestRollbackRestartAndCatchUp(t *testing.T) {
 }
 
 // TestRollbackCoalescing: changes while an increment is pending share its
-// generation; BeforeBackup starts a new one; Destructive sends no TPM
+// generation; BeforeBackup starts a new one; a change sends no TPM
 // command.
 func TestRollbackCoalescing(t *testing.T) {
 	ctx := context.Background()
@@ -524,9 +521,6 @@ func TestRollbackSwtpmRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := c.DeleteKey(ctx, UserOwner("carol"), "PASSKEY"); err != nil {
-		t.Fatal(err)
-	}
-	if err := rb.Destructive(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := rb.Close(); err != nil {

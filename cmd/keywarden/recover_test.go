@@ -469,9 +469,6 @@ func TestRollbackServeAndAccept(t *testing.T) {
 	if _, err := enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{}).DeleteOwner(ctx, enclave.UserOwner("u0")); err != nil {
 		t.Fatal(err)
 	}
-	if err := rb.Destructive(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if err := rb.Close(); err != nil {
 		t.Fatal(err)
 	}
