@@ -434,9 +434,6 @@ func TestDisasterRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	delete(want, UserOwner("user-4"))
-	if err := rb.Destructive(ctx); err != nil {
-		t.Fatal(err)
-	}
 	rb.BeforeBackup()
 	backup := filepath.Join(dir, "backup.db")
 	f, err := os.Create(backup)

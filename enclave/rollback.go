@@ -3,36 +3,39 @@ package enclave
 // # Rollback detection
 //
 // A copy of the store is a complete, valid store: restoring yesterday's
-// backup would bring back keys that were deleted since (DECISIONS 12, 13).
-// A TPM NV counter (TPM_NT_COUNTER: it only moves forward, and a counter
-// defined anew starts at or above the highest value any counter of that TPM
-// has had) records how far the store has gone:
+// backup would bring back keys that were deleted or replaced since. A TPM
+// NV counter (TPM_NT_COUNTER: it only moves forward, and a counter
+// defined anew starts at or above the highest value any counter of that
+// TPM has had) records how far the store has gone:
 //
 //   - the store keeps a generation in its meta bucket, MACed under the root
-//     subkey "rollback" together with the counter's NV index and the name of
-//     the TPM's storage root key (which TPM it counts on);
-//   - after a destructive change commits, [Rollback.Destructive] raises the
-//     recorded generation to the counter's value + 1 (durably), and a
-//     background goroutine then increments the counter to that value — commit
-//     first, then increment; no request waits on the NV write. Changes that
-//     arrive while an increment is pending share its generation, so the
-//     counter moves at most once per [RollbackOptions.Interval];
+//     subkey "rollback" together with the counter's NV index, the name of
+//     the TPM's storage root key (which TPM it counts on) and a commitment
+//     to the digest of every record (ledger.go);
+//   - every change to a record (any bucket but meta: a store, an
+//     overwrite, a deletion, a block, a sign-counter update …) raises the
+//     recorded generation past the counter's value in the change's own
+//     transaction (the store's change ledger), and a background goroutine
+//     then increments the counter to it — commit first, then increment; no
+//     request waits on the NV write. Changes that arrive while an
+//     increment is pending share its generation, so the counter moves at
+//     most once per [RollbackOptions.Interval] (rollback.min_interval,
+//     default 1 s) whatever the write rate;
 //   - at start, [OpenRollback] compares: a store generation ≥ the counter is
 //     accepted and the counter is caught up (an increment lost in a crash);
 //     a store generation below the counter is a store older than the last
-//     destructive change the TPM saw: [ErrRolledBack]. An operator who
-//     restores a backup on purpose accepts it with
-//     [RollbackOptions.AcceptRollback], which records the counter's value as
-//     the new baseline (and the caller audits it).
+//     change the TPM saw: [ErrRolledBack]. Records that are not the set the
+//     digest vouches for are [ErrRecordsAltered]. An operator who restores
+//     a backup on purpose accepts it with [RollbackOptions.AcceptRollback],
+//     which records the counter's value as the new baseline and the
+//     records' digest (and the caller audits it).
 //
-// Limits, stated plainly: a copy taken within one Interval before a
-// destructive change may carry the same generation as the store after it
-// (coalescing). Backups through the admin API call [Rollback.BeforeBackup]
-// so the next destructive change takes a new generation; a raw disk
-// snapshot does not, and a crash between a commit and its increment loses
-// that increment. The MAC covers the generation only, not a digest of the
-// records: splicing an old record into the live file is caught by the
-// record's write version only where the reader knows the expected version.
+// Limits, stated plainly: a copy taken within one Interval before a change
+// may carry the same generation as the store after it (coalescing).
+// Backups through the admin API call [Rollback.BeforeBackup] so the next
+// change takes a new generation; a raw disk snapshot does not, and a crash
+// between a commit and its increment loses that increment (the next start
+// makes it).
 //
 // The counter's authValue is a subkey of the root key, so only this
 // appliance can increment it (an unauthorised increment would make the
@@ -60,11 +63,13 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -74,8 +79,14 @@ var metaRollback = []byte("rollback")
 // the TCG handle registry leaves to the platform owner (0x01800000–0x01BFFFFF).
 const DefaultCounterIndex uint32 = 0x01800020
 
-// DefaultRollbackInterval is how often, at most, the counter is incremented.
-const DefaultRollbackInterval = 10 * time.Second
+// DefaultRollbackInterval is how often, at most, the counter is incremented
+// (rollback.min_interval). A copy of the store older than this is caught.
+const DefaultRollbackInterval = time.Second
+
+// rollbackRecordVersion is the version of the rollback record written: 2
+// adds the commitment to the record digest (ledger.go). A version-1 record
+// is read once and upgraded at start.
+const rollbackRecordVersion = 2
 
 // maxCatchUp bounds the increments [OpenRollback] makes to bring the counter
 // up to the store: the store is normally ahead by one at most.
@@ -90,6 +101,13 @@ var ErrRolledBack = errors.New("enclave: the store is older than the TPM's rollb
 // ErrRollbackRecord means the store's rollback record is missing where one
 // must exist, or does not verify under the root key (altered).
 var ErrRollbackRecord = errors.New("enclave: the store's rollback record is missing or does not verify")
+
+// ErrRecordsAltered means the store's records are not the set the
+// appliance last wrote: a record was spliced in (say, from an older
+// backup), added or removed while the appliance was not running. Restore
+// the newest backup, or accept this store deliberately (`keywarden
+// rollback accept`, audited).
+var ErrRecordsAltered = errors.New("enclave: the store's records do not match the digest in its rollback record (a record was spliced in from another copy, added or removed outside the appliance)")
 
 // RollbackError says by how much a store is behind.
 type RollbackError struct {
@@ -142,6 +160,7 @@ const (
 	RollbackNewCounter  = "new_counter"         // counter defined (init, new TPM, dev restart); store rebased
 	RollbackOverride    = "rollback_accepted"   // AcceptRollback used on a refused store
 	RollbackUnavailable = "counter_unavailable" // dev: no NV counter, store generation only
+	RollbackUpgraded    = "record_upgraded"     // a version-1 record got its digest and a new generation
 )
 
 // RollbackStatus describes the counter at start and now.
@@ -153,6 +172,7 @@ type RollbackStatus struct {
 	Pending    bool   // an increment is scheduled
 	Event      string // what OpenRollback did (Rollback… constants)
 	Detail     string // a sentence for the log or the audit line
+	Records    int    // covered records checked against the digest at start
 }
 
 // Rollback keeps the store's generation and the TPM counter in step.
@@ -166,6 +186,8 @@ type Rollback struct {
 	interval  time.Duration
 	log       *slog.Logger
 	available bool
+	macKey    secret.Bytes // root subkey "rollback"
+	lhash     *ledgerHash  // used on the store's writer goroutine only
 
 	tpmMu sync.Mutex // one NV sequence at a time
 
@@ -176,6 +198,13 @@ type Rollback struct {
 	last      time.Time
 	status    RollbackStatus
 	closed    bool
+	started   bool          // OpenRollback done: changes advance the generation
+	based     bool          // digest is known
+	digest    digest        // D of the committed store (never stored)
+	rec       rollbackState // the committed rollback record (MAC aside)
+	haveRec   bool
+
+	increments atomic.Uint64 // NV increments made (metric)
 
 	kick chan struct{}
 	done chan struct{}
@@ -187,16 +216,27 @@ type rollbackState struct {
 	V          int    `json:"v"`
 	Generation uint64 `json:"gen"`
 	NVIndex    uint32 `json:"nv_index"`
-	TPM        []byte `json:"tpm"`     // name of the TPM's storage root key
-	Counter    bool   `json:"counter"` // false: no NV counter (dev)
+	TPM        []byte `json:"tpm"`               // name of the TPM's storage root key
+	Counter    bool   `json:"counter"`           // false: no NV counter (dev)
+	Records    []byte `json:"records,omitempty"` // v2: HMAC commitment to the record digest
 	MAC        []byte `json:"mac"`
 }
 
 func (s *rollbackState) mac(root *Root) []byte {
 	k := root.Subkey("rollback")
 	defer k.Wipe()
-	m := hmac.New(sha256.New, k.Reveal())
-	m.Write([]byte("keywarden rollback v1\x00"))
+	return s.macWith(k.Reveal())
+}
+
+// macWith is the record's MAC under key: over the version, generation, NV
+// index, TPM name, counter flag and (v2) the digest commitment.
+func (s *rollbackState) macWith(key []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	if s.V >= 2 {
+		m.Write([]byte("keywarden rollback v2\x00"))
+	} else {
+		m.Write([]byte("keywarden rollback v1\x00"))
+	}
 	var b []byte
 	b = binary.BigEndian.AppendUint32(b, uint32(s.V))
 	b = binary.BigEndian.AppendUint64(b, s.Generation)
@@ -208,15 +248,20 @@ func (s *rollbackState) mac(root *Root) []byte {
 	} else {
 		b = append(b, 0)
 	}
+	if s.V >= 2 {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(s.Records)))
+		b = append(b, s.Records...)
+	}
 	m.Write(b)
 	return m.Sum(nil)
 }
 
 func (s *rollbackState) verify(root *Root) bool { return hmac.Equal(s.mac(root), s.MAC) }
 
-func (s *rollbackState) seal(root *Root) ([]byte, error) {
-	s.V = 1
-	s.MAC = s.mac(root)
+// seal writes the record as the current version under the MAC key.
+func (s *rollbackState) seal(macKey []byte) ([]byte, error) {
+	s.V = rollbackRecordVersion
+	s.MAC = s.macWith(macKey)
 	return json.Marshal(s)
 }
 
@@ -235,7 +280,7 @@ func loadRollbackState(ctx context.Context, db *store.DB) (*rollbackState, error
 
 func parseRollbackState(b []byte) (*rollbackState, error) {
 	var s rollbackState
-	if err := json.Unmarshal(b, &s); err != nil || s.V != 1 {
+	if err := json.Unmarshal(b, &s); err != nil || (s.V != 1 && s.V != rollbackRecordVersion) || (s.V == 1 && s.Records != nil) {
 		return nil, fmt.Errorf("%w: damaged", ErrRollbackRecord)
 	}
 	return &s, nil
@@ -280,39 +325,100 @@ func OpenRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Ro
 	r := &Rollback{
 		tpm: tpm, db: db, root: root, index: tpm2.TPMHandle(opts.NVIndex),
 		auth: counterAuth(root), interval: opts.Interval, log: opts.Logger,
-		kick: make(chan struct{}, 1), done: make(chan struct{}),
+		macKey: root.Subkey("rollback"),
+		kick:   make(chan struct{}, 1), done: make(chan struct{}),
+	}
+	lkey := root.Subkey(ledgerLabel)
+	r.lhash = newLedgerHash(lkey.Reveal()) // the HMAC keeps its own copy
+	lkey.Wipe()
+	fail := func(err error) (*Rollback, error) {
+		r.detach()
+		r.wipe()
+		return nil, err
 	}
 	st, err := loadRollbackState(ctx, db)
 	if err != nil && !opts.AcceptRollback {
-		clear(r.auth)
-		return nil, err
+		return fail(err)
 	}
 	override := ""
 	switch {
 	case st != nil && !st.verify(root):
 		if !opts.AcceptRollback {
-			clear(r.auth)
-			return nil, fmt.Errorf("%w: its MAC does not verify under the root key (altered)", ErrRollbackRecord)
+			return fail(fmt.Errorf("%w: its MAC does not verify under the root key (altered)", ErrRollbackRecord))
 		}
 		override, st = "the rollback record did not verify", nil
 	case st == nil && !opts.init && !opts.Dev:
 		if !opts.AcceptRollback {
-			clear(r.auth)
-			return nil, fmt.Errorf("%w: the store has none (every initialized store records one; was it removed?); accept deliberately with `keywarden rollback accept`", ErrRollbackRecord)
+			return fail(fmt.Errorf("%w: the store has none (every initialized store records one; was it removed?); accept deliberately with `keywarden rollback accept`", ErrRollbackRecord))
 		}
 		override = "the store had no rollback record"
 	}
-	if err := r.start(ctx, st, opts, override); err != nil {
-		clear(r.auth)
-		return nil, err
+	if st != nil {
+		r.rec, r.haveRec, r.gen = *st, true, st.Generation
+		r.rec.MAC = nil
 	}
+	// From here on every change to the covered buckets is seen.
+	db.SetLedger(r)
+	n, altered, err := r.checkRecords(ctx, st, opts.AcceptRollback)
+	if err != nil {
+		return fail(err)
+	}
+	upgrade := st != nil && st.V < rollbackRecordVersion
+	if err := r.start(ctx, st, opts, override, upgrade); err != nil {
+		return fail(err)
+	}
+	r.mu.Lock()
+	r.started = true
+	r.status.Records = n
+	if altered {
+		r.status.Event = RollbackOverride
+		r.status.Detail = fmt.Sprintf("rollback accepted by the operator: the store's %d records did not match its rollback record's digest, which now records them; %s", n, r.status.Detail)
+	}
+	r.mu.Unlock()
 	r.wg.Add(1)
 	go r.loop()
 	return r, nil
 }
 
+// checkRecords recomputes the record digest by scanning the covered
+// buckets and compares it with the record's (version 2). It runs in a
+// write transaction, so no change can land between the scan and the
+// digest kept from then on. altered reports a difference accepted by the
+// operator.
+func (r *Rollback) checkRecords(ctx context.Context, st *rollbackState, accept bool) (n int, altered bool, err error) {
+	err = r.db.Update(ctx, func(tx *store.Tx) error {
+		d, cnt, err := r.rebase(tx)
+		if err != nil {
+			return err
+		}
+		n, altered = cnt, false
+		if st == nil || st.V < 2 || hmac.Equal(r.lhash.commitment(d), st.Records) {
+			return nil
+		}
+		if !accept {
+			return fmt.Errorf("%w (%d records now); restore the newest backup, or accept this store deliberately with `keywarden rollback accept` (audited)", ErrRecordsAltered, cnt)
+		}
+		altered = true
+		return nil
+	})
+	return n, altered, err
+}
+
+// detach removes the ledger and waits until no transaction that began
+// with it is still running (a queued no-op write is a barrier: the store
+// has one writer).
+func (r *Rollback) detach() {
+	r.db.RemoveLedger(r)
+	_ = r.db.Update(context.Background(), func(*store.Tx) error { return nil })
+}
+
+func (r *Rollback) wipe() {
+	clear(r.auth)
+	r.macKey.Wipe()
+}
+
 // start does OpenRollback's TPM work and records the result.
-func (r *Rollback) start(ctx context.Context, st *rollbackState, opts RollbackOptions, override string) error {
+func (r *Rollback) start(ctx context.Context, st *rollbackState, opts RollbackOptions, override string, upgrade bool) error {
 	r.tpmMu.Lock()
 	defer r.tpmMu.Unlock()
 	srk, done, err := srk(r.tpm)
@@ -426,11 +532,26 @@ func (r *Rollback) start(ctx context.Context, st *rollbackState, opts RollbackOp
 		event = RollbackOverride
 		status.Detail = "rollback accepted by the operator: " + override + fmt.Sprintf("; new baseline %d", gen)
 	}
+	if upgrade && override == "" && event != RollbackNewCounter {
+		// A version-1 record carries no digest. Its upgrade takes a new
+		// generation, so every version-1 record (whose records nothing
+		// vouches for) is older than the counter from now on.
+		gen++
+		event = RollbackUpgraded
+		status.Detail = fmt.Sprintf("rollback record upgraded to version %d (a digest of every record); new generation %d", rollbackRecordVersion, gen)
+	}
 	if err := r.record(ctx, gen, true); err != nil {
 		return err
 	}
+	for ; c < gen; c++ { // commit first, then increment
+		if err := r.increment(); err != nil {
+			return err
+		}
+	}
 	status.Available, status.Generation, status.Counter, status.Event = true, gen, c, event
+	r.mu.Lock()
 	r.available, r.gen, r.confirmed, r.status, r.last = true, gen, c, status, time.Now()
+	r.mu.Unlock()
 	return nil
 }
 
@@ -443,81 +564,38 @@ func (r *Rollback) unavailable(ctx context.Context, st *rollbackState, why strin
 	if err := r.record(ctx, gen, false); err != nil {
 		return err
 	}
+	r.mu.Lock()
 	r.gen = gen
 	r.status = RollbackStatus{NVIndex: uint32(r.index), Generation: gen, Event: RollbackUnavailable, Detail: why}
+	r.mu.Unlock()
 	return nil
 }
 
 // record writes the state with generation gen (never lowering a recorded
-// generation unless it is the start's own decision, which runs before any
-// Destructive).
+// generation unless it is the start's own decision, which runs before the
+// ledger advances any generation).
+//
+// The record is written by the ledger's Finish, with the digest, in the
+// same transaction.
 func (r *Rollback) record(ctx context.Context, gen uint64, counter bool) error {
 	st := rollbackState{Generation: gen, NVIndex: uint32(r.index), TPM: r.srkName, Counter: counter}
-	b, err := st.seal(r.root)
-	if err != nil {
-		return err
-	}
-	return r.db.Update(ctx, func(tx *store.Tx) error { return tx.Put(store.BucketMeta, metaRollback, b) })
+	return r.db.Update(ctx, func(tx *store.Tx) error {
+		t, err := r.ledgerOf(tx)
+		if err != nil {
+			return err
+		}
+		s := st
+		t.set = &s
+		return nil
+	})
 }
 
-// Destructive records that a destructive change (a deletion, a revocation,
-// a reset) has committed: the store's generation moves past the counter's
-// value durably before it returns, and the counter increment is scheduled
-// (coalesced, at most one per interval). It sends no TPM command. Call it
-// after the change's own Update returned; if it fails, the change stands
-// but is not yet protected against rollback (log it; the next call covers
-// it).
-func (r *Rollback) Destructive(ctx context.Context) error {
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
-		return errors.New("enclave: rollback counter closed")
-	}
-	target := r.gen
-	if !r.shareable || r.gen <= r.confirmed || !r.available {
-		target = r.gen + 1
-	}
-	r.mu.Unlock()
-	if target > r.gen {
-		err := r.db.Update(ctx, func(tx *store.Tx) error {
-			b, err := tx.Get(store.BucketMeta, metaRollback)
-			if err == nil {
-				cur, err := parseRollbackState(b)
-				if err != nil {
-					return err
-				}
-				if cur.Generation >= target {
-					return nil // a concurrent call recorded it
-				}
-			} else if !errors.Is(err, store.ErrNotFound) {
-				return err
-			}
-			st := rollbackState{Generation: target, NVIndex: uint32(r.index), TPM: r.srkName, Counter: r.available}
-			nb, err := st.seal(r.root)
-			if err != nil {
-				return err
-			}
-			return tx.Put(store.BucketMeta, metaRollback, nb)
-		})
-		if err != nil {
-			return fmt.Errorf("enclave: record rollback generation: %w", err)
-		}
-	}
-	r.mu.Lock()
-	if target > r.gen {
-		r.gen = target
-	}
-	r.shareable = true
-	r.status.Generation, r.status.Pending = r.gen, r.available && r.gen > r.confirmed
-	r.mu.Unlock()
-	if r.available {
-		select {
-		case r.kick <- struct{}{}:
-		default:
-		}
-	}
-	return nil
-}
+// Destructive is kept for callers written before every change advanced
+// the generation by itself: the store's ledger now raises the generation
+// in the transaction of each change to a covered bucket (deletions,
+// overwrites, blocks, sign counters alike) and schedules the increment.
+// It does nothing and sends no TPM command.
+func (r *Rollback) Destructive(context.Context) error { return nil }
 
 // BeforeBackup closes the current generation: the next destructive change
 // takes a new one, so a backup written now is detected as older once that
@@ -538,6 +616,10 @@ func (r *Rollback) Flush(ctx context.Context) error {
 	return r.sync(ctx)
 }
 
+// Increments is how many times this Rollback incremented the NV counter
+// (keywarden_rollback_nv_increments_total: NV endurance is finite).
+func (r *Rollback) Increments() uint64 { return r.increments.Load() }
+
 // Status reports the counter's state.
 func (r *Rollback) Status() RollbackStatus {
 	r.mu.Lock()
@@ -545,7 +627,10 @@ func (r *Rollback) Status() RollbackStatus {
 	return r.status
 }
 
-// Close stops the background incrementer and makes any pending increment.
+// Close stops the background incrementer, makes any pending increment and
+// removes the ledger from the store. Close it after the last write: a
+// change to a covered bucket made without the ledger is not in the digest,
+// and the next start reports the records as altered.
 func (r *Rollback) Close() error {
 	r.mu.Lock()
 	if r.closed {
@@ -557,7 +642,8 @@ func (r *Rollback) Close() error {
 	close(r.done)
 	r.wg.Wait()
 	err := r.sync(context.Background())
-	clear(r.auth)
+	r.detach()
+	r.wipe()
 	return err
 }
 
@@ -726,6 +812,7 @@ func (r *Rollback) increment() error {
 	if _, err := (tpm2.NVIncrement{AuthHandle: h, NVIndex: tpm2.NamedHandle{Handle: h.Handle, Name: h.Name}}).Execute(r.tpm); err != nil {
 		return fmt.Errorf("enclave: increment rollback counter: %w", err)
 	}
+	r.increments.Add(1)
 	return nil
 }
 

@@ -3,6 +3,7 @@ package enclave
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"encoding/json"
 	"fmt"
 
@@ -15,11 +16,14 @@ import (
 type BackupReport struct {
 	Keys     int  // key records opened
 	Rollback bool // a rollback record was present and its MAC verified
+	Records  int  // records checked against the rollback record's digest (version 2)
 }
 
 // VerifyBackup checks that a backup (opened read-only) is restorable on
 // this TPM: its sealed root key unseals here, its rollback record's MAC
-// verifies under that key, and every stored key record opens. It changes
+// verifies under that key, its records are the set that record's digest
+// vouches for (ErrRecordsAltered otherwise), and every stored key record
+// opens. It changes
 // nothing. (On another TPM, restore with `keywarden recover` and the
 // recovery shares instead.)
 func VerifyBackup(ctx context.Context, tpm transport.TPM, db *store.DB) (BackupReport, error) {
@@ -38,6 +42,18 @@ func VerifyBackup(ctx context.Context, tpm transport.TPM, db *store.DB) (BackupR
 			return rep, fmt.Errorf("%w: the backup's rollback record does not verify", ErrWrongRootKey)
 		}
 		rep.Rollback = true
+		if st.V >= 2 {
+			k := root.Subkey(ledgerLabel)
+			h := newLedgerHash(k.Reveal())
+			k.Wipe()
+			var d digest
+			if err := db.View(ctx, func(tx *store.Tx) (err error) { d, rep.Records, err = h.scan(tx); return }); err != nil {
+				return rep, err
+			}
+			if !hmac.Equal(h.commitment(d), st.Records) {
+				return rep, fmt.Errorf("%w: the backup's %d records are not the ones its rollback record vouches for", ErrRecordsAltered, rep.Records)
+			}
+		}
 	}
 	err = db.View(ctx, func(tx *store.Tx) error {
 		return tx.ForEach(store.BucketKeys, nil, func(k, v []byte) error {

@@ -89,6 +89,8 @@ type DB struct {
 
 	commits atomic.Uint64
 	updates atomic.Uint64
+
+	ledger atomic.Pointer[Ledger] // see ledger.go
 }
 
 type write struct {
@@ -243,12 +245,21 @@ func (db *DB) writer() {
 // commit runs batch in one transaction. When one function fails, the
 // transaction is abandoned, that function's caller gets its error, and the
 // rest are committed without it.
+//
+// With a ledger installed, its Finish runs after the batch's functions in
+// the same transaction; a Finish error fails the whole batch (nothing is
+// committed without what the ledger records about it).
 func (db *DB) commit(batch []*write) {
 	for len(batch) > 0 {
 		failed := -1
 		var ferr error
+		var lt LedgerTx
 		err := db.bolt.Update(func(btx *bolt.Tx) error {
 			tx := &Tx{tx: btx}
+			if l := db.ledger.Load(); l != nil {
+				lt = (*l).Begin()
+				tx.lt = lt
+			}
 			for i, w := range batch {
 				if err := w.ctx.Err(); err != nil {
 					failed, ferr = i, err
@@ -259,6 +270,9 @@ func (db *DB) commit(batch []*write) {
 					return err
 				}
 			}
+			if lt != nil {
+				return lt.Finish(tx)
+			}
 			return nil
 		})
 		if failed >= 0 {
@@ -266,7 +280,12 @@ func (db *DB) commit(batch []*write) {
 			batch = append(batch[:failed:failed], batch[failed+1:]...)
 			continue
 		}
-		db.commits.Add(1)
+		if err == nil {
+			db.commits.Add(1)
+			if lt != nil {
+				lt.Committed()
+			}
+		}
 		for _, w := range batch {
 			w.err <- err
 		}
@@ -312,7 +331,10 @@ func (db *DB) Writable(ctx context.Context) error {
 }
 
 // Tx is a transaction. Values returned by Get are copies.
-type Tx struct{ tx *bolt.Tx }
+type Tx struct {
+	tx *bolt.Tx
+	lt LedgerTx // this write transaction's ledger observer, or nil
+}
 
 func (tx *Tx) bucket(b Bucket) (*bolt.Bucket, error) {
 	root := tx.tx.Bucket(rootBucket)
@@ -345,7 +367,7 @@ func (tx *Tx) Put(b Bucket, key, value []byte) error {
 	if err != nil {
 		return err
 	}
-	return bk.Put(key, value)
+	return tx.put(bk, b, key, value)
 }
 
 // Delete removes key; a missing key is not an error.
@@ -354,7 +376,7 @@ func (tx *Tx) Delete(b Bucket, key []byte) error {
 	if err != nil {
 		return err
 	}
-	return bk.Delete(key)
+	return tx.del(bk, b, key)
 }
 
 // ForEach calls fn for each key with the given prefix, in order. k and v
@@ -385,7 +407,7 @@ func (tx *Tx) DeletePrefix(b Bucket, prefix []byte) (int, error) {
 		keys = append(keys, append([]byte(nil), k...))
 	}
 	for _, k := range keys {
-		if err := bk.Delete(k); err != nil {
+		if err := tx.del(bk, b, k); err != nil {
 			return 0, err
 		}
 	}

@@ -726,9 +726,12 @@ func cmdRollback(ctx context.Context, args []string) error {
 	return nil
 }
 
-// rollbackWireStep opens the rollback counter before the server serves:
-// a store older than the counter does not start (ErrRolledBack) unless
-// acceptRollback, which is audited. The Rollback is closed (pending
+// rollbackWireStep opens the rollback counter before the server serves
+// (and before anything else writes the store): a store older than the
+// counter (ErrRolledBack) or whose records are not the ones its rollback
+// record vouches for (ErrRecordsAltered) does not start unless
+// acceptRollback, which is audited. From then on every store write
+// advances the generation in its own transaction. The Rollback is closed (pending
 // increment flushed) at shutdown.
 func rollbackWireStep(ctx context.Context, a *appliance, opts *server.Options) error {
 	rb, err := openApplianceRollback(ctx, a, acceptRollback)
@@ -754,18 +757,21 @@ func rollbackWireStep(ctx context.Context, a *appliance, opts *server.Options) e
 			}})
 		}
 	}
+	if a.metrics != nil {
+		a.metrics.CounterFunc("keywarden_rollback_nv_increments_total", "Increments of the TPM's rollback NV counter (at most one per rollback.min_interval; NV writes wear the TPM).", func() float64 { return float64(rb.Increments()) })
+	}
 	opts.Rollback = rb
 	return nil
 }
 
 // openApplianceRollback runs OpenRollback for serve and audits an override.
 func openApplianceRollback(ctx context.Context, a *appliance, accept bool) (*enclave.Rollback, error) {
-	rb, err := enclave.OpenRollback(ctx, a.tpm, a.db, a.root, enclave.RollbackOptions{AcceptRollback: accept, Dev: a.cfg.Dev, Logger: a.log})
+	rb, err := enclave.OpenRollback(ctx, a.tpm, a.db, a.root, enclave.RollbackOptions{AcceptRollback: accept, Dev: a.cfg.Dev, Logger: a.log, Interval: a.cfg.Rollback.MinInterval})
 	if err != nil {
 		return nil, fmt.Errorf("rollback check: %w", err)
 	}
 	st := rb.Status()
-	a.log.Info("rollback counter", "event", st.Event, "generation", st.Generation, "counter", st.Counter, "available", st.Available, "detail", st.Detail)
+	a.log.Info("rollback counter", "event", st.Event, "generation", st.Generation, "counter", st.Counter, "available", st.Available, "records", st.Records, "detail", st.Detail)
 	if ev := rollbackAudit(st); ev != nil {
 		if a.audit == nil {
 			_ = rb.Close()

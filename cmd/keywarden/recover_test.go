@@ -146,6 +146,13 @@ func makeOldHost(t *testing.T, tpm transport.TPM, cfg config.Config, dir string,
 		}
 		h.shares = append(h.shares, p)
 	}
+	// The appliance writes with its rollback state open: every change is
+	// in the record digest.
+	rb, err := enclave.OpenRollback(ctx, tpm, db, root, enclave.RollbackOptions{Dev: cfg.Dev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rb.Close()
 	c := enclave.NewCustody(db, root, enclave.CustodyOptions{})
 	for i := range 4 {
 		o := enclave.UserOwner(fmt.Sprintf("u%d", i))
@@ -161,6 +168,7 @@ func makeOldHost(t *testing.T, tpm transport.TPM, cfg config.Config, dir string,
 		t.Fatal(err)
 	}
 	delete(h.keys, h.deleted)
+	rb.BeforeBackup()
 	f, err := os.Create(h.backup)
 	if err != nil {
 		t.Fatal(err)
@@ -461,9 +469,6 @@ func TestRollbackServeAndAccept(t *testing.T) {
 	if _, err := enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{}).DeleteOwner(ctx, enclave.UserOwner("u0")); err != nil {
 		t.Fatal(err)
 	}
-	if err := rb.Destructive(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if err := rb.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -527,7 +532,8 @@ func TestServeAcceptRollbackFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := rb.Destructive(ctx); err != nil {
+	// A change after the backup (every change advances the generation).
+	if _, err := enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{}).DeleteOwner(ctx, enclave.UserOwner("u0")); err != nil {
 		t.Fatal(err)
 	}
 	rb.Close()
@@ -578,4 +584,82 @@ func openTestAppliance(t *testing.T, tpm transport.TPM, cfg config.Config) *appl
 	a := &appliance{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), tpm: tpmdev.NewCounting(tpm), db: db, root: root}
 	a.closers = append(a.closers, func() { db.Close() }, root.Close)
 	return a
+}
+
+// TestServeRefusesSplicedRecord: a key overwritten while serving, then its
+// older record (from the backup) copied into the stopped appliance's file
+// with the store API: serve refuses to start, naming the splice, so the
+// old key is never released; the audited override accepts it.
+func TestServeRefusesSplicedRecord(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	_, cfg := devConfig(t, dir, oldSeed)
+	cfg.Dev = false
+	sim, err := tpmsim.Open(oldSeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	h := makeOldHost(t, sim, cfg, dir, newRKOperators(t, dir, 2))
+	a := openTestAppliance(t, sim, cfg)
+	rb, err := openApplianceRollback(ctx, a, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{}).PutKey(ctx, enclave.UserOwner("u0"), "PASSKEY", []byte("u0-version-2"), enclave.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rb.Close()
+	a.Close()
+
+	k := store.Key("user:u0", "PASSKEY")
+	bk, err := store.Open(h.backup, store.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old []byte
+	if err := bk.View(ctx, func(tx *store.Tx) (err error) { old, err = tx.Get(store.BucketKeys, k); return }); err != nil {
+		t.Fatal(err)
+	}
+	bk.Close()
+	live, err := store.Open(cfg.Data.DB, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Update(ctx, func(tx *store.Tx) error { return tx.Put(store.BucketKeys, k, old) }); err != nil {
+		t.Fatal(err)
+	}
+	live.Close()
+
+	a = openTestAppliance(t, sim, cfg)
+	defer a.Close()
+	var opts server.Options
+	err = rollbackWireStep(ctx, a, &opts)
+	if err == nil {
+		got, gerr := enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{}).GetKey(ctx, enclave.UserOwner("u0"), "PASSKEY")
+		if gerr == nil && bytes.Equal(got.Reveal(), h.keys[enclave.UserOwner("u0")]) {
+			t.Fatal("serve started on a spliced store and released the old key version")
+		}
+		t.Fatalf("serve started on a spliced store (release: %v)", gerr)
+	}
+	if !errors.Is(err, enclave.ErrRecordsAltered) || !strings.Contains(err.Error(), "rollback accept") {
+		t.Fatalf("serve on a spliced store: err = %v, want ErrRecordsAltered naming `rollback accept`", err)
+	}
+	alog, err := audit.Open(ctx, audit.Options{Dir: cfg.Audit.Dir, AnchorKey: a.root.Subkey("audit-anchor"), ReserveBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.audit = alog
+	rb, err = openApplianceRollback(ctx, a, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rb.Close()
+	if st := rb.Status(); st.Event != enclave.RollbackOverride {
+		t.Fatalf("status: %+v", st)
+	}
+	alog.Close(ctx)
+	if !auditContains(t, cfg, actionRollbackAccepted) {
+		t.Fatal("the override is not in the audit log")
+	}
 }

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -66,22 +64,9 @@ type passkeyRoutes struct{ h *passkey.Handler }
 
 func (r passkeyRoutes) RegisterRoutes(s *server.Server, public, admin *echo.Group) {
 	r.h.Register(public)
-	r.h.RegisterAdmin(admin.Group("", destructiveAfter(s)))
-}
-
-// destructiveAfter advances the rollback generation after a successful
-// revocation or reset (DECISIONS 13).
-func destructiveAfter(s *server.Server) echo.MiddlewareFunc {
-	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			err := next(c)
-			if err == nil && c.Response().Status < 300 &&
-				(c.Request().Method == http.MethodDelete || strings.HasSuffix(c.Path(), "/reset")) {
-				s.Destructive(c)
-			}
-			return err
-		}
-	}
+	// Revocations and resets advance the rollback generation like every
+	// other store write: in their own transaction (the store's ledger).
+	r.h.RegisterAdmin(admin)
 }
 
 // passkeyUsers lists and deletes a user's passkeys with the user.

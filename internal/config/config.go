@@ -45,7 +45,18 @@ type Config struct {
 	Portal   Portal   `key:"portal"`
 	Audit    Audit    `key:"audit"`
 	Recovery Recovery `key:"recovery"`
+	Rollback Rollback `key:"rollback"`
 	Log      Log      `key:"log"`
+}
+
+// Rollback configures the TPM rollback counter and the store generation it follows.
+type Rollback struct {
+	// MinInterval is the least time between two increments of the TPM's
+	// NV counter. Every change to the store advances the generation; the
+	// increments are coalesced to at most one per interval whatever the
+	// write rate (NV writes wear the TPM; keywarden_rollback_nv_increments_total
+	// counts them). A copy of the store older than this is caught.
+	MinInterval time.Duration `key:"min_interval"`
 }
 
 // Recovery configures the T-of-N recovery shares made at init (DECISIONS 16).
@@ -236,6 +247,7 @@ func Defaults() Config {
 		Vault:    Vault{TransitMount: "transit", KeyName: "keywarden-custodian", Timeout: 5 * time.Second, MaxRetries: 2, MaxConcurrent: 32},
 		Portal:   Portal{APIURL: "https://api.portalhq.io", IdentityTTL: 5 * time.Minute, ClientMismatch: "refuse"},
 		Audit:    Audit{WriteTimeout: 2 * time.Second, MaxFileBytes: 64 << 20, ReleaseSyncDelay: 5 * time.Millisecond},
+		Rollback: Rollback{MinInterval: time.Second},
 		Log:      Log{Level: "info", Format: "json"},
 	}
 }
@@ -377,6 +389,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.MaxBodyBytes < 1024 || c.Limits.MaxBodyBytes > 16<<20 {
 		add("limits.max_body_bytes", "must be between 1 KiB and 16 MiB")
+	}
+	if c.Rollback.MinInterval < 100*time.Millisecond || c.Rollback.MinInterval > 24*time.Hour {
+		add("rollback.min_interval", "must be between 100ms and 24h (a restored copy younger than it may go unnoticed; shorter wears the TPM's NV faster)")
 	}
 	if c.Limits.UserDeletesPerMinute < 1 {
 		add("limits.user_deletes_per_minute", "must be at least 1")

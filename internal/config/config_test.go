@@ -266,3 +266,21 @@ func TestImportClaimWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestRollbackMinInterval: rollback.min_interval defaults to 1 s, is set by
+// KEYWARDEN_ROLLBACK_MIN_INTERVAL, and a bad value names the field.
+func TestRollbackMinInterval(t *testing.T) {
+	c, err := Load(prodBase(), "", nil)
+	if err != nil || c.Rollback.MinInterval != time.Second {
+		t.Fatalf("default: %v %v", c.Rollback.MinInterval, err)
+	}
+	c, err = Load(prodBase(), "", []string{"KEYWARDEN_ROLLBACK_MIN_INTERVAL=30s"})
+	if err != nil || c.Rollback.MinInterval != 30*time.Second {
+		t.Fatalf("env: %v %v", c.Rollback.MinInterval, err)
+	}
+	for _, v := range []string{"0s", "10ms", "48h"} {
+		if _, err := Load(prodBase(), "", []string{"KEYWARDEN_ROLLBACK_MIN_INTERVAL=" + v}); err == nil || !strings.Contains(err.Error(), "rollback.min_interval") {
+			t.Errorf("%s: error %v does not name rollback.min_interval", v, err)
+		}
+	}
+}

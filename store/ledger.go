@@ -1,0 +1,134 @@
+package store
+
+import (
+	"bytes"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// # Change ledger
+//
+// A [Ledger] installed with [DB.SetLedger] sees every change to the
+// covered buckets (every bucket but meta; see [Covered]) from inside the
+// write transaction that makes it, and gets one call per transaction
+// before the commit, in which it may write into the meta bucket. So a
+// change and what the ledger records about it commit together or not at
+// all. The enclave keeps the rollback generation and a digest of every
+// covered record this way (package enclave, rollback).
+//
+// Writes made while no ledger is installed (an offline tool that opens
+// the store without the enclave's rollback state) are not seen: the
+// enclave's start-time check then reports the records as altered.
+
+// Ledger observes the changes of write transactions.
+type Ledger interface {
+	// Begin is called at the start of each write transaction (a
+	// transaction retried after a failed function begins again).
+	Begin() LedgerTx
+}
+
+// LedgerTx observes one write transaction. Its methods run on the store's
+// single writer goroutine, one transaction at a time.
+type LedgerTx interface {
+	// Change reports that key in bucket b went from old to new (old nil:
+	// it was absent; new nil: it was deleted). It is called after the
+	// change succeeded; old and new are valid only during the call.
+	// Rewriting a value with identical bytes is not reported.
+	Change(b Bucket, key, old, new []byte)
+	// Finish runs after every function of the transaction succeeded,
+	// before the commit. It may write into the meta bucket (writes there
+	// are not reported). An error abandons the transaction and every
+	// caller in it gets the error.
+	Finish(tx *Tx) error
+	// Committed runs after the transaction committed durably.
+	Committed()
+}
+
+// Covered reports whether changes in bucket b are reported to the ledger:
+// every bucket except meta (which holds the appliance's own bookkeeping:
+// the sealed root key, the rollback record, the readiness heartbeat).
+func Covered(b Bucket) bool { return b != BucketMeta }
+
+// SetLedger installs l (nil removes it). Transactions that begin after the
+// call report to l; one already running keeps what it began with.
+func (db *DB) SetLedger(l Ledger) {
+	if l == nil {
+		db.ledger.Store(nil)
+		return
+	}
+	db.ledger.Store(&l)
+}
+
+// RemoveLedger removes l if it is the installed ledger (another one
+// installed since stays).
+func (db *DB) RemoveLedger(l Ledger) {
+	if p := db.ledger.Load(); p != nil && *p == l {
+		db.ledger.CompareAndSwap(p, nil)
+	}
+}
+
+// Ledger returns the observer of this write transaction: nil in a read
+// transaction or when no ledger is installed.
+func (tx *Tx) Ledger() LedgerTx { return tx.lt }
+
+// ForEachCovered calls fn for every record of every covered bucket, in
+// bucket-name order, then key order (the whole set the ledger sees). k and
+// v are valid only inside fn.
+func (tx *Tx) ForEachCovered(fn func(b Bucket, k, v []byte) error) error {
+	root := tx.tx.Bucket(rootBucket)
+	if root == nil {
+		return fmt.Errorf("store: root bucket missing")
+	}
+	return root.ForEachBucket(func(name []byte) error {
+		b := Bucket(name)
+		if !Covered(b) {
+			return nil
+		}
+		return root.Bucket(name).ForEach(func(k, v []byte) error {
+			if v == nil {
+				return nil // a nested bucket (none today)
+			}
+			return fn(b, k, v)
+		})
+	})
+}
+
+// put is Put with the ledger told.
+func (tx *Tx) put(bk *bolt.Bucket, b Bucket, key, value []byte) error {
+	if tx.lt == nil || !Covered(b) {
+		return bk.Put(key, value)
+	}
+	var old []byte
+	if v := bk.Get(key); v != nil {
+		if bytes.Equal(v, value) {
+			return nil // nothing changes
+		}
+		old = append(make([]byte, 0, len(v)), v...) // non-nil even when empty
+	}
+	if err := bk.Put(key, value); err != nil {
+		return err
+	}
+	if value == nil {
+		value = []byte{} // stored as an empty value, not deleted
+	}
+	tx.lt.Change(b, key, old, value)
+	return nil
+}
+
+// del is Delete with the ledger told.
+func (tx *Tx) del(bk *bolt.Bucket, b Bucket, key []byte) error {
+	if tx.lt == nil || !Covered(b) {
+		return bk.Delete(key)
+	}
+	v := bk.Get(key)
+	if v == nil {
+		return nil
+	}
+	old := append(make([]byte, 0, len(v)), v...)
+	if err := bk.Delete(key); err != nil {
+		return err
+	}
+	tx.lt.Change(b, key, old, nil)
+	return nil
+}
