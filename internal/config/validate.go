@@ -4,21 +4,26 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/keywarden/keywarden/internal/netcheck"
 )
 
 // Validate checks every section, each in its own method; the error names
 // the setting ("config: listen.addr: …"). It never changes a value.
+//
+// The sections that configure a service (passkey, firebase, vault, portal)
+// are checked by that service's own Options.Validate, on the options built
+// from them: the service holds the one rule for each of its settings, and
+// this package does not import the services. cmd/keywarden's loadConfig,
+// through which every command (`config check` and `serve` among them)
+// loads its configuration, runs both. Here are only the rules the mapping
+// onto options itself needs (which Vault auth; portal.client_mismatch).
 func (c *Config) Validate() error {
 	errs := slices.Concat(
 		c.Listen.validate(c.Dev), c.Data.validate(), c.TPM.validate(c.Dev), c.Admin.validate(c.Dev),
-		c.Session.validate(), c.Limits.validate(), c.Passkey.validate(), c.Firebase.validate(),
-		c.Vault.validate(), c.Portal.validate(), c.Recovery.validate(), c.Audit.validate(), c.Log.validate(),
+		c.Session.validate(), c.Limits.validate(), c.Vault.validate(), c.Portal.validate(),
+		c.Recovery.validate(), c.Audit.validate(), c.Log.validate(),
 	)
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %w", errors.Join(errs...))
@@ -143,93 +148,28 @@ func (l Limits) validate() (p problems) {
 	return p
 }
 
-func (k Passkey) validate() (p problems) {
-	if k.RPID != "" {
-		if strings.Contains(k.RPID, "/") || strings.Contains(k.RPID, ":") {
-			p.add("passkey.rp_id", "%q must be a bare domain (no scheme, port or path)", k.RPID)
-		}
-		if len(k.Origins) == 0 && len(k.AndroidFingerprints) == 0 {
-			p.add("passkey.origins", "at least one origin is needed when passkey.rp_id is set")
-		}
-	}
-	for _, o := range k.Origins {
-		if strings.HasPrefix(o, "android:apk-key-hash:") {
-			continue
-		}
-		if u, err := url.Parse(o); err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") {
-			p.add("passkey.origins", "%q is not an origin (scheme://host[:port]) or android:apk-key-hash:…", o)
-		}
-	}
-	switch k.UserVerification {
-	case "required", "preferred", "discouraged":
-	default:
-		p.add("passkey.user_verification", "must be required, preferred or discouraged")
-	}
-	if k.CeremonyTTL <= 0 || k.CeremonyTTL > 30*time.Minute {
-		p.add("passkey.ceremony_ttl", "must be between 0 and 30m")
-	}
-	return p
-}
-
-func (f Firebase) validate() (p problems) {
-	for _, id := range f.ProjectIDs {
-		if id == "" || strings.ContainsAny(id, "/ \t\n") {
-			p.add("firebase.project_ids", "%q is not a Firebase project id", id)
-		}
-	}
-	if f.CertsURL != "" {
-		if u, err := url.Parse(f.CertsURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") {
-			p.add("firebase.certs_url", "must be an http(s) URL")
-		}
-	}
-	if f.Leeway < 0 || f.Leeway > 5*time.Minute {
-		p.add("firebase.leeway", "must be between 0 and 5m")
-	}
-	return p
-}
-
+// Vault: the mapping onto the client's options picks the auth method from
+// the credential that is set, so exactly one must be; the client checks
+// the rest.
 func (v Vault) validate() (p problems) {
-	if v.Addr != "" {
-		// The Vault token and every custodian share cross this connection.
-		if err := netcheck.ServiceURL(v.Addr); err != nil {
-			p.add("vault.addr", "%v", err)
-		}
-		auths := 0
-		for _, set := range []bool{!v.Token.IsZero(), v.RoleID != "", v.CertFile != ""} {
-			if set {
-				auths++
-			}
-		}
-		if auths != 1 {
-			p.add("vault.token", "set exactly one Vault auth: vault.token, vault.role_id+vault.secret_id, or vault.cert_file+vault.key_file")
+	if v.Addr == "" {
+		return nil
+	}
+	auths := 0
+	for _, set := range []bool{!v.Token.IsZero(), v.RoleID != "", v.CertFile != ""} {
+		if set {
+			auths++
 		}
 	}
-	if v.MaxRetries < 0 || v.MaxRetries > 10 {
-		p.add("vault.max_retries", "must be between 0 and 10")
-	}
-	if v.MaxConcurrent < 1 {
-		p.add("vault.max_concurrent", "must be at least 1")
+	if auths != 1 {
+		p.add("vault.token", "set exactly one Vault auth: vault.token, vault.role_id+vault.secret_id, or vault.cert_file+vault.key_file")
 	}
 	return p
 }
 
+// Portal: the mapping turns client_mismatch into a yes/no, so only the
+// two words are accepted; the adapter checks the rest.
 func (o Portal) validate() (p problems) {
-	if o.APIURL != "" {
-		if u, err := url.Parse(o.APIURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			p.add("portal.api_url", "must be an http(s) URL")
-		}
-	}
-	for _, s := range o.WebhookSecrets {
-		if len(s.Reveal()) < 16 {
-			p.add("portal.webhook_secrets", "each secret must be at least 16 characters")
-			break
-		}
-	}
-	for _, s := range o.WebhookAllowedIPs {
-		if !ipOrCIDR(s) {
-			p.add("portal.webhook_allowed_ips", "%q is not an IP or CIDR", s)
-		}
-	}
 	switch o.ClientMismatch {
 	case "refuse", "allow":
 	default:
