@@ -2,56 +2,197 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
+	"time"
 
+	"github.com/keywarden/keywarden/custodian"
 	"github.com/keywarden/keywarden/internal/config"
+	"github.com/keywarden/keywarden/server/firebase"
 	"github.com/keywarden/keywarden/server/passkey"
 	"github.com/keywarden/keywarden/server/portal"
 )
 
-// validateForServe is the validation `serve` applies beyond the
-// configuration's own: each service's options are built from the
-// configuration exactly as serve builds them (passkeyOptions,
-// firebaseOptions, custodianOptions, portalOptions) and checked with that
-// service's Validate. `config check` and `serve` both call it, so the
-// check refuses what serve would refuse, before any TPM, store or network
-// is touched. Errors name the configuration setting.
-func validateForServe(cfg config.Config) error {
+// loadConfig parses the command's flags (-config and those extra adds),
+// loads the configuration (defaults, file, environment, then the
+// configuration's own rules, config.Validate) and checks the sections that
+// configure a service with that service's own rules (checkServices).
+// Every command loads its configuration here, so `config check` refuses
+// exactly what `serve` refuses, before any TPM, store or network is
+// touched.
+func loadConfig(args []string, dev bool, extra ...func(*flag.FlagSet)) (config.Config, *flag.FlagSet, error) {
+	fs := flag.NewFlagSet("keywarden", flag.ContinueOnError)
+	path := fs.String("config", os.Getenv("KEYWARDEN_CONFIG"), "configuration file (YAML)")
+	for _, f := range extra {
+		f(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return config.Config{}, nil, usageError(err.Error())
+	}
+	base := config.Defaults()
+	if dev {
+		base = config.DevDefaults()
+	}
+	c, err := config.Load(base, *path, os.Environ())
+	if err != nil {
+		return c, fs, err
+	}
+	return c, fs, checkServices(c)
+}
+
+// checkServices checks each section that configures a service by building
+// the service's options from it exactly as serve does (the mappers below:
+// one mapping per service, used by both) and calling that service's own
+// Validate: one rule per setting, the service's. Errors name the setting.
+func checkServices(cfg config.Config) error {
 	var errs []error
-	if cfg.Dev {
-		if err := devLoopbackOnly(cfg); err != nil {
+	for _, check := range []func(config.Config) error{checkDev, checkPasskey, checkFirebase, checkVault, checkPortal} {
+		if err := check(cfg); err != nil {
 			errs = append(errs, err)
-		}
-	}
-	if cfg.Passkey.RPID != "" {
-		if err := passkeyOptions(cfg.Passkey).Validate(); err != nil {
-			errs = append(errs, renameOptionError(err, passkey.ErrInvalidOptions, "passkey", passkeyFields))
-		}
-	}
-	if len(cfg.Firebase.ProjectIDs) > 0 {
-		o := firebaseOptions(cfg.Firebase)
-		if err := o.Validate(); err != nil {
-			errs = append(errs, renameFirebaseError(err))
-		}
-	}
-	if cfg.Vault.Addr != "" {
-		if err := custodianOptions(cfg.Vault).Validate(); err != nil {
-			errs = append(errs, renameVaultError(err))
-		}
-	}
-	if o, on, err := portalOptions(cfg); err != nil {
-		errs = append(errs, err)
-	} else if on {
-		if err := o.Validate(); err != nil {
-			errs = append(errs, renameOptionError(err, portal.ErrInvalidOptions, "portal", portalFields))
 		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+func checkDev(cfg config.Config) error {
+	if !cfg.Dev {
+		return nil
+	}
+	return devLoopbackOnly(cfg)
+}
+
+func checkPasskey(cfg config.Config) error {
+	if cfg.Passkey.RPID == "" {
+		return nil // passkeys off
+	}
+	if err := passkeyOptions(cfg.Passkey).Validate(); err != nil {
+		return renameOptionError(err, passkey.ErrInvalidOptions, "passkey", passkeyFields)
+	}
+	return nil
+}
+
+func checkFirebase(cfg config.Config) error {
+	if len(cfg.Firebase.ProjectIDs) == 0 {
+		return nil // Firebase off
+	}
+	o := firebaseOptions(cfg.Firebase)
+	if err := o.Validate(); err != nil {
+		return renameFirebaseError(err)
+	}
+	return nil
+}
+
+func checkVault(cfg config.Config) error {
+	if cfg.Vault.Addr == "" {
+		return nil // custodian shares off
+	}
+	if err := custodianOptions(cfg.Vault).Validate(); err != nil {
+		return renameVaultError(err)
+	}
+	return nil
+}
+
+func checkPortal(cfg config.Config) error {
+	o, on, err := portalOptions(cfg)
+	if err != nil || !on {
+		return err
+	}
+	if err := o.Validate(); err != nil {
+		return renameOptionError(err, portal.ErrInvalidOptions, "portal", portalFields)
+	}
+	return nil
+}
+
+// The mappers: each section onto its service's options, as serve builds
+// them (wire_*.go) and checkServices checks them.
+
+// passkeyOptions maps the passkey section onto the service's options: one
+// relying party.
+func passkeyOptions(c config.Passkey) passkey.Options {
+	rp := passkey.RelyingParty{ID: c.RPID, Name: c.RPName, Origins: c.Origins, AppleAppIDs: c.AppleAppIDs}
+	if len(c.AndroidFingerprints) > 0 {
+		if c.AndroidPackage != "" {
+			rp.AndroidApps = []passkey.AndroidApp{{Package: c.AndroidPackage, Fingerprints: c.AndroidFingerprints}}
+		} else {
+			for _, fp := range c.AndroidFingerprints {
+				if b, err := passkey.ParseFingerprint(fp); err == nil {
+					rp.Origins = append(rp.Origins, passkey.AndroidOrigin(b))
+				}
+			}
+		}
+	}
+	o := passkey.Options{
+		RelyingParties: []passkey.RelyingParty{rp}, UserVerification: c.UserVerification,
+		CeremonyTTL: c.CeremonyTTL, MaxCeremonies: c.MaxCeremonies, MaxCeremoniesPerAddress: c.MaxPerAddress,
+		AllowReset: c.ResetEnabled,
+	}
+	if c.FailuresPerUser > 0 {
+		o.UserFailureBurst = c.FailuresPerUser
+		o.UserFailureInterval = 15 * time.Minute / time.Duration(c.FailuresPerUser)
+	}
+	return o
+}
+
+// firebaseOptions maps the firebase section onto the verifier's options:
+// a certificate file, when set, replaces the URL.
+func firebaseOptions(c config.Firebase) firebase.Options {
+	o := firebase.Options{
+		ProjectIDs: c.ProjectIDs, Tenants: c.Tenants, Leeway: c.Leeway, MaxAuthAge: c.MaxAuthAge,
+		AllowedProviders: c.AllowedProviders, RequireEmailVerified: c.RequireEmailVerified, MaxStale: c.MaxStale,
+	}
+	if c.CertsFile != "" {
+		o.CertsFile = c.CertsFile
+	} else {
+		o.CertsURL = c.CertsURL
+	}
+	return o
+}
+
+// custodianOptions maps the vault section onto the client's options. The
+// auth method follows from which credential is set (config validation
+// allows exactly one).
+func custodianOptions(c config.Vault) custodian.Options {
+	o := custodian.Options{
+		Addr: c.Addr, CACert: c.CACert,
+		TransitMount: c.TransitMount, KeyName: c.KeyName, Timeout: c.Timeout,
+		Namespace: c.Namespace, MaxRetries: c.MaxRetries, MaxConcurrent: c.MaxConcurrent,
+	}
+	switch {
+	case c.RoleID != "":
+		o.Auth = custodian.AuthAppRole
+		o.AppRole = custodian.AppRoleAuth{RoleID: c.RoleID, SecretID: c.SecretID}
+	case c.CertFile != "":
+		o.Auth = custodian.AuthCert
+		o.Cert = custodian.CertAuth{CertFile: c.CertFile, KeyFile: c.KeyFile}
+	default:
+		o.Auth = custodian.AuthToken
+		o.Token = c.Token
+	}
+	return o
+}
+
+// portalOptions maps the portal section onto the adapter's options; on is
+// false when the drop-in is off (no portal.custodian_id).
+func portalOptions(cfg config.Config) (o portal.Options, on bool, err error) {
+	p := cfg.Portal
+	if p.CustodianID == "" {
+		if len(p.WebhookSecrets) > 0 {
+			return o, false, errors.New("portal.custodian_id: required when portal.webhook_secrets is set")
+		}
+		return o, false, nil
+	}
+	return portal.Options{
+		APIURL: p.APIURL, CustodianID: p.CustodianID,
+		WebhookSecrets: p.WebhookSecrets, WebhookAllowedIPs: p.WebhookAllowedIPs,
+		IdentityTTL: p.IdentityTTL, AllowClientMismatch: p.ClientMismatch == "allow",
+		OverwriteMaxAuthAge: cfg.Firebase.OverwriteMaxAuthAge,
+	}, true, nil
 }
 
 // Option fields (indices removed) → the settings they come from.

@@ -32,25 +32,6 @@ import (
 	"github.com/keywarden/keywarden/store"
 )
 
-// loadConfig parses the command's flags (-config and those extra adds)
-// and loads the configuration.
-func loadConfig(args []string, dev bool, extra ...func(*flag.FlagSet)) (config.Config, *flag.FlagSet, error) {
-	fs := flag.NewFlagSet("keywarden", flag.ContinueOnError)
-	path := fs.String("config", os.Getenv("KEYWARDEN_CONFIG"), "configuration file (YAML)")
-	for _, f := range extra {
-		f(fs)
-	}
-	if err := fs.Parse(args); err != nil {
-		return config.Config{}, nil, usageError(err.Error())
-	}
-	base := config.Defaults()
-	if dev {
-		base = config.DevDefaults()
-	}
-	c, err := config.Load(base, *path, os.Environ())
-	return c, fs, err
-}
-
 func newLogger(c config.Log) *slog.Logger {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(c.Level))
@@ -224,10 +205,6 @@ func cmdServe(ctx context.Context, args []string, dev bool) error {
 	if err != nil {
 		return err
 	}
-	// The checks `config check` makes too, before the TPM is opened.
-	if err := validateForServe(cfg); err != nil {
-		return err
-	}
 	log := newLogger(cfg.Log)
 	if dev {
 		if !tpmsim.Available {
@@ -333,19 +310,6 @@ func buildServer(ctx context.Context, a *appliance) (*server.Server, error) {
 		return nil, err
 	}
 	return server.New(opts)
-}
-
-func firebaseOptions(c config.Firebase) firebase.Options {
-	o := firebase.Options{
-		ProjectIDs: c.ProjectIDs, Tenants: c.Tenants, Leeway: c.Leeway, MaxAuthAge: c.MaxAuthAge,
-		AllowedProviders: c.AllowedProviders, RequireEmailVerified: c.RequireEmailVerified, MaxStale: c.MaxStale,
-	}
-	if c.CertsFile != "" {
-		o.CertsFile = c.CertsFile
-	} else {
-		o.CertsURL = c.CertsURL
-	}
-	return o
 }
 
 // wireCapabilities adds passkeys, custodian, Portal and attestation (each

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/enclave"
+	"github.com/keywarden/keywarden/internal/testutil/proc"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -153,23 +154,13 @@ func TestAdminClientCertificates(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // startDev runs `keywarden dev` in this process on a free loopback port
 // with its data in dir and the simulator seeded with seed, waits until it
 // is ready, and returns its URL and a stop function that reports serve's
 // error.
 func startDev(t *testing.T, dir, seed, adminKey string) (url string, stop func() error) {
 	t.Helper()
-	addr := freeAddr(t)
+	addr := proc.FreeAddr(t)
 	t.Setenv("KEYWARDEN_DATA_DIR", filepath.Join(dir, "data"))
 	t.Setenv("KEYWARDEN_LISTEN_ADDR", addr)
 	t.Setenv("KEYWARDEN_LISTEN_ADMIN_ADDR", addr)

@@ -8,7 +8,6 @@ import (
 
 	"github.com/keywarden/keywarden/custodian"
 	"github.com/keywarden/keywarden/internal/apierr"
-	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/clientshares"
@@ -16,29 +15,6 @@ import (
 )
 
 func init() { wireSteps = append(wireSteps, wireCustodian) }
-
-// custodianOptions maps the vault section onto the client's options. The
-// auth method follows from which credential is set (config validation
-// allows exactly one).
-func custodianOptions(c config.Vault) custodian.Options {
-	o := custodian.Options{
-		Addr: c.Addr, CACert: c.CACert,
-		TransitMount: c.TransitMount, KeyName: c.KeyName, Timeout: c.Timeout,
-		Namespace: c.Namespace, MaxRetries: c.MaxRetries, MaxConcurrent: c.MaxConcurrent,
-	}
-	switch {
-	case c.RoleID != "":
-		o.Auth = custodian.AuthAppRole
-		o.AppRole = custodian.AppRoleAuth{RoleID: c.RoleID, SecretID: c.SecretID}
-	case c.CertFile != "":
-		o.Auth = custodian.AuthCert
-		o.Cert = custodian.CertAuth{CertFile: c.CertFile, KeyFile: c.KeyFile}
-	default:
-		o.Auth = custodian.AuthToken
-		o.Token = c.Token
-	}
-	return o
-}
 
 // wireCustodian adds the client-share routes (always: they need no Vault)
 // and the custodian-share routes. With vault.addr set it builds the Vault

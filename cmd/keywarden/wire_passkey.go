@@ -3,45 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keywarden/keywarden/enclave"
-	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/passkey"
 )
 
 func init() { wireSteps = append(wireSteps, wirePasskey) }
-
-// passkeyOptions maps the passkey section onto the service's options: one
-// relying party.
-func passkeyOptions(c config.Passkey) passkey.Options {
-	rp := passkey.RelyingParty{ID: c.RPID, Name: c.RPName, Origins: c.Origins, AppleAppIDs: c.AppleAppIDs}
-	if len(c.AndroidFingerprints) > 0 {
-		if c.AndroidPackage != "" {
-			rp.AndroidApps = []passkey.AndroidApp{{Package: c.AndroidPackage, Fingerprints: c.AndroidFingerprints}}
-		} else {
-			for _, fp := range c.AndroidFingerprints {
-				if b, err := passkey.ParseFingerprint(fp); err == nil {
-					rp.Origins = append(rp.Origins, passkey.AndroidOrigin(b))
-				}
-			}
-		}
-	}
-	o := passkey.Options{
-		RelyingParties: []passkey.RelyingParty{rp}, UserVerification: c.UserVerification,
-		CeremonyTTL: c.CeremonyTTL, MaxCeremonies: c.MaxCeremonies, MaxCeremoniesPerAddress: c.MaxPerAddress,
-		AllowReset: c.ResetEnabled,
-	}
-	if c.FailuresPerUser > 0 {
-		o.UserFailureBurst = c.FailuresPerUser
-		o.UserFailureInterval = 15 * time.Minute / time.Duration(c.FailuresPerUser)
-	}
-	return o
-}
 
 func wirePasskey(ctx context.Context, a *appliance, opts *server.Options) error {
 	if a.cfg.Passkey.RPID == "" {

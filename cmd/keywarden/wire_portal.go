@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
-	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/portal"
@@ -47,25 +45,6 @@ func wirePortal(_ context.Context, a *appliance, opts *server.Options) error {
 	a.log.Info("Portal SDK drop-in on", "api_url", ad.Resolver().APIURL(), "custodian_id", p.CustodianID,
 		"passkeys", a.passkey != nil, "webhooks", deps.Shares != nil && len(p.WebhookSecrets) > 0)
 	return nil
-}
-
-// portalOptions maps the portal section onto the adapter's options; on is
-// false when the drop-in is off (no portal.custodian_id). serve and
-// `config check` (validateForServe) both build them here.
-func portalOptions(cfg config.Config) (o portal.Options, on bool, err error) {
-	p := cfg.Portal
-	if p.CustodianID == "" {
-		if len(p.WebhookSecrets) > 0 {
-			return o, false, errors.New("portal.custodian_id: required when portal.webhook_secrets is set")
-		}
-		return o, false, nil
-	}
-	return portal.Options{
-		APIURL: p.APIURL, CustodianID: p.CustodianID,
-		WebhookSecrets: p.WebhookSecrets, WebhookAllowedIPs: p.WebhookAllowedIPs,
-		IdentityTTL: p.IdentityTTL, AllowClientMismatch: p.ClientMismatch == "allow",
-		OverwriteMaxAuthAge: cfg.Firebase.OverwriteMaxAuthAge,
-	}, true, nil
 }
 
 func portalReason(err error) string {

@@ -12,13 +12,10 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +23,7 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/webauthn"
 	"github.com/chromedp/chromedp"
+	"github.com/keywarden/keywarden/internal/testutil/proc"
 )
 
 // chromiumPath is where Debian's chromium package (scripts/setup.sh)
@@ -48,48 +46,6 @@ func chromiumExecutable(t *testing.T) string {
 	return chromiumPath
 }
 
-// chromiumBuild compiles cmd/keywarden as a development build (cgo, so
-// `keywarden dev` has the simulated TPM and the demo page).
-func chromiumBuild(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "keywarden")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/keywarden")
-	cmd.Dir = chromiumModuleRoot(t)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/keywarden: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// chromiumModuleRoot is the folder of go.mod.
-func chromiumModuleRoot(t *testing.T) string {
-	t.Helper()
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil || strings.TrimSpace(string(gomod)) == "" {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	return filepath.Dir(strings.TrimSpace(string(gomod)))
-}
-
-// chromiumOutput is a goroutine-safe buffer for a child's output.
-type chromiumOutput struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (o *chromiumOutput) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.Write(p)
-}
-
-func (o *chromiumOutput) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.b.String()
-}
-
 // chromiumKeywarden is a running `keywarden dev` whose relying party is
 // localhost and whose one origin is Origin.
 type chromiumKeywarden struct {
@@ -98,76 +54,20 @@ type chromiumKeywarden struct {
 }
 
 // chromiumStartKeywarden runs `keywarden dev` on a free loopback port with
-// a fresh data folder and waits until it serves. Nothing of the caller's
-// KEYWARDEN_… environment leaks in.
+// a fresh data folder and waits until it serves the demo page.
 func chromiumStartKeywarden(t *testing.T, bin string) *chromiumKeywarden {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := proc.FreeAddr(t)
 	_, port, _ := net.SplitHostPort(addr)
 	kw := &chromiumKeywarden{Origin: "http://localhost:" + port, addr: addr}
-
-	dir := t.TempDir()
-	cmd := exec.Command(bin, "dev")
-	cmd.Dir = dir
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KEYWARDEN_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Env = append(cmd.Env,
-		"KEYWARDEN_DATA_DIR="+filepath.Join(dir, "data"),
-		"KEYWARDEN_LISTEN_ADDR="+addr,
-		"KEYWARDEN_LISTEN_ADMIN_ADDR="+addr,
-		"KEYWARDEN_ADMIN_KEY="+chromiumAdminKey,
+	n := proc.StartNode(t, bin, proc.NodeOptions{Addr: addr, Env: []string{
+		"KEYWARDEN_ADMIN_KEY=" + chromiumAdminKey,
 		"KEYWARDEN_PASSKEY_RP_ID=localhost",
-		"KEYWARDEN_PASSKEY_ORIGINS="+kw.Origin,
-		"KEYWARDEN_LISTEN_CORS_ORIGINS="+kw.Origin,
-	)
-	out := &chromiumOutput{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start keywarden dev: %v", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-done:
-		default:
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("--- keywarden dev output:\n%s", out.String())
-		}
-	})
-
-	client := &http.Client{Timeout: 2 * time.Second}
-	deadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-done:
-			t.Fatalf("keywarden dev exited during start-up:\n%s", out.String())
-		default:
-		}
-		if resp, err := client.Get("http://" + addr + "/demo/"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return kw
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("keywarden dev never served /demo/\n%s", out.String())
-	return nil
+		"KEYWARDEN_PASSKEY_ORIGINS=" + kw.Origin,
+		"KEYWARDEN_LISTEN_CORS_ORIGINS=" + kw.Origin,
+	}})
+	n.WaitReady(t, "/demo/")
+	return kw
 }
 
 // chromiumBrowser is one headless Chromium tab.
@@ -179,7 +79,7 @@ type chromiumBrowser struct {
 // is closed when the test ends.
 func chromiumLaunch(t *testing.T, execPath string) *chromiumBrowser {
 	t.Helper()
-	out := &chromiumOutput{}
+	out := &proc.SyncBuffer{}
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
 		chromedp.ExecPath(execPath),
 		chromedp.Flag("headless", true),

@@ -28,6 +28,7 @@ import (
 
 	"github.com/chromedp/cdproto/webauthn"
 	"github.com/chromedp/chromedp"
+	"github.com/keywarden/keywarden/internal/testutil/proc"
 )
 
 // TestChromiumDemo registers a passkey and stores a key through the demo
@@ -38,7 +39,7 @@ import (
 // on each other and stop at the first failure.
 func TestChromiumDemo(t *testing.T) {
 	chrome := chromiumExecutable(t)
-	bin := chromiumBuild(t)
+	bin := proc.BuildBinary(t, "./cmd/keywarden")
 	kw := chromiumStartKeywarden(t, bin)
 	b := chromiumLaunch(t, chrome)
 	b.screenshotOnFailure(t, "demo")
@@ -160,7 +161,7 @@ func TestChromiumDemo(t *testing.T) {
 func TestChromiumDemoAbsentFromReleaseBuilds(t *testing.T) {
 	for _, cgo := range []string{"0", "1"} {
 		cmd := exec.Command("go", "list", "-deps", "./cmd/keywarden")
-		cmd.Dir = chromiumModuleRoot(t)
+		cmd.Dir = proc.ModuleRoot(t)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo)
 		out, err := cmd.Output()
 		if err != nil {

@@ -10,13 +10,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/testutil/proc"
 )
 
 // opsAbuse: oversized bodies, slow clients, rate limits and too many
 // concurrent requests get the documented answers, and the node stays
 // healthy for everyone else.
 func opsAbuse(t *testing.T, bin string) {
-	node := opsStartNode(t, bin, "node (abuse)", filepath.Join(t.TempDir(), "data"), opsFreeAddr(t),
+	node := opsStartNode(t, bin, "node (abuse)", filepath.Join(t.TempDir(), "data"), proc.FreeAddr(t),
 		"KEYWARDEN_LIMITS_MAX_BODY_BYTES=4096",
 		"KEYWARDEN_LISTEN_READ_HEADER_TIMEOUT=2s",
 		"KEYWARDEN_LISTEN_READ_TIMEOUT=30s",
@@ -24,10 +26,10 @@ func opsAbuse(t *testing.T, bin string) {
 		"KEYWARDEN_LIMITS_RATE_PER_SECOND=2",
 		"KEYWARDEN_LIMITS_RATE_BURST=2",
 	)
-	node.waitHealthy(t)
+	node.WaitReady(t, "/healthz")
 	healthy := func(t *testing.T) {
 		t.Helper()
-		if st, body, _, err := opsGet(node.url("/healthz")); err != nil || st != http.StatusOK {
+		if st, body, _, err := opsGet(node.URL("/healthz")); err != nil || st != http.StatusOK {
 			t.Fatalf("/healthz after the abuse: %d %s %v", st, body, err)
 		}
 		if st, r := opsReady(t, node); st != http.StatusOK {
@@ -40,7 +42,7 @@ func opsAbuse(t *testing.T, bin string) {
 	t.Run("RateLimit", func(t *testing.T) { opsRateLimit(t, node); healthy(t) })
 }
 
-func opsBodyTooLarge(t *testing.T, node *opsNode) {
+func opsBodyTooLarge(t *testing.T, node *proc.Node) {
 	big := `{"key":"` + strings.Repeat("A", 8192) + `"}`
 	admin := map[string]string{"Authorization": "Bearer " + opsAdminKey, "Content-Type": "application/json"}
 	tests := []struct {
@@ -57,7 +59,7 @@ func opsBodyTooLarge(t *testing.T, node *opsNode) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st, body, hdr, err := opsDo(tt.method, node.url(tt.path), tt.body, tt.hdr)
+			st, body, hdr, err := opsDo(tt.method, node.URL(tt.path), tt.body, tt.hdr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -71,12 +73,12 @@ func opsBodyTooLarge(t *testing.T, node *opsNode) {
 	}
 	// A body within the limit on the same admin route is served (the
 	// negative case: the limit is not refusing everything).
-	st, body, _, err := opsDo(http.MethodPost, node.url("/v1/admin/users/alice/session-tokens"), strings.NewReader(`{"ttl":"1m"}`), admin)
+	st, body, _, err := opsDo(http.MethodPost, node.URL("/v1/admin/users/alice/session-tokens"), strings.NewReader(`{"ttl":"1m"}`), admin)
 	if err != nil || st != http.StatusCreated {
 		t.Errorf("small body: %d %s %v, want 201", st, body, err)
 	}
 	// Headers over the server's header limit (32 KiB): 431 from net/http.
-	st, _, _, err = opsDo(http.MethodGet, node.url("/healthz"), nil, map[string]string{"X-Filler": strings.Repeat("b", 64<<10)})
+	st, _, _, err = opsDo(http.MethodGet, node.URL("/healthz"), nil, map[string]string{"X-Filler": strings.Repeat("b", 64<<10)})
 	if err != nil || st != http.StatusRequestHeaderFieldsTooLarge {
 		t.Errorf("64 KiB of headers: %d %v, want 431", st, err)
 	}
@@ -85,7 +87,7 @@ func opsBodyTooLarge(t *testing.T, node *opsNode) {
 // opsSlowloris opens connections that send their headers one byte per
 // second. The server must close them (listen.read_header_timeout = 2s)
 // long before they finish, and serve other clients meanwhile.
-func opsSlowloris(t *testing.T, node *opsNode) {
+func opsSlowloris(t *testing.T, node *proc.Node) {
 	const conns = 5
 	req := "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + strings.Repeat("s", 40) + "\r\n\r\n"
 	type slow struct {
@@ -94,7 +96,7 @@ func opsSlowloris(t *testing.T, node *opsNode) {
 	}
 	var cs []slow
 	for range conns {
-		c, err := net.Dial("tcp", node.addr)
+		c, err := net.Dial("tcp", node.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -130,7 +132,7 @@ func opsSlowloris(t *testing.T, node *opsNode) {
 			}
 		}
 		// Others are served while the slow clients hang on.
-		if st, _, _, err := opsGet(node.url("/healthz")); err != nil || st != http.StatusOK {
+		if st, _, _, err := opsGet(node.URL("/healthz")); err != nil || st != http.StatusOK {
 			t.Fatalf("/healthz while %d slow clients are connected: %d %v", open, st, err)
 		}
 		if open > 0 {
@@ -145,21 +147,21 @@ func opsSlowloris(t *testing.T, node *opsNode) {
 
 // opsHoldRequest starts an admin request whose body never arrives, so its
 // handler holds a concurrency slot until the connection closes.
-func opsHoldRequest(t *testing.T, node *opsNode) net.Conn {
+func opsHoldRequest(t *testing.T, node *proc.Node) net.Conn {
 	t.Helper()
-	c, err := net.Dial("tcp", node.addr)
+	c, err := net.Dial("tcp", node.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	fmt.Fprintf(c, "POST /v1/admin/users/alice/session-tokens HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{", node.addr, opsAdminKey)
+	fmt.Fprintf(c, "POST /v1/admin/users/alice/session-tokens HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{", node.Addr, opsAdminKey)
 	return c
 }
 
 // opsOverload holds listen.max_concurrent (2) requests open; the next
 // request is refused with 503 overloaded and Retry-After; once they end,
 // the node serves again.
-func opsOverload(t *testing.T, node *opsNode) {
+func opsOverload(t *testing.T, node *proc.Node) {
 	held := []net.Conn{opsHoldRequest(t, node), opsHoldRequest(t, node)}
 	var body []byte
 	var hdr http.Header
@@ -168,11 +170,11 @@ func opsOverload(t *testing.T, node *opsNode) {
 	// before routing); the probes stay exempt, so a busy node is not taken
 	// out of its load balancer.
 	opsEventually(t, 15*time.Second, "a request beyond max_concurrent is refused", func() (bool, string) {
-		st, b, h, err := opsGet(node.url("/v1/admin/no-such-route"))
+		st, b, h, err := opsGet(node.URL("/v1/admin/no-such-route"))
 		body, hdr = b, h
 		return err == nil && st == http.StatusServiceUnavailable, fmt.Sprintf("%d %s %v", st, b, err)
 	})
-	if st, b, _, err := opsGet(node.url("/healthz")); err != nil || st != http.StatusOK {
+	if st, b, _, err := opsGet(node.URL("/healthz")); err != nil || st != http.StatusOK {
 		t.Errorf("/healthz while overloaded: %d %s %v, want 200 (health probes pass the cap)", st, b, err)
 	}
 	if opsErrorCode(body) != "overloaded" {
@@ -185,7 +187,7 @@ func opsOverload(t *testing.T, node *opsNode) {
 		c.Close()
 	}
 	opsEventually(t, 15*time.Second, "the node serves again once the held requests end", func() (bool, string) {
-		st, b, _, err := opsGet(node.url("/v1/admin/no-such-route"))
+		st, b, _, err := opsGet(node.URL("/v1/admin/no-such-route"))
 		return err == nil && st == http.StatusUnauthorized, fmt.Sprintf("%d %s %v", st, b, err)
 	})
 }
@@ -193,12 +195,12 @@ func opsOverload(t *testing.T, node *opsNode) {
 // opsRateLimit: client routes allow rate_burst (2) requests at once per
 // address, then 429 rate_limited with Retry-After; health routes are not
 // limited; after Retry-After the client is served again.
-func opsRateLimit(t *testing.T, node *opsNode) {
+func opsRateLimit(t *testing.T, node *proc.Node) {
 	var got429 bool
 	var retry int
 	var first int
 	for i := range 20 {
-		st, body, hdr, err := opsGet(node.url("/v1/firebase/key"))
+		st, body, hdr, err := opsGet(node.URL("/v1/firebase/key"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -223,11 +225,11 @@ func opsRateLimit(t *testing.T, node *opsNode) {
 	if !got429 {
 		t.Fatal("20 back-to-back requests with rate 2/s, burst 2: none was refused")
 	}
-	if st, _, _, err := opsGet(node.url("/healthz")); err != nil || st != http.StatusOK {
+	if st, _, _, err := opsGet(node.URL("/healthz")); err != nil || st != http.StatusOK {
 		t.Errorf("/healthz while the address is rate limited: %d %v", st, err)
 	}
 	time.Sleep(time.Duration(retry) * time.Second)
-	if st, body, _, err := opsGet(node.url("/v1/firebase/key")); err != nil || st == http.StatusTooManyRequests {
+	if st, body, _, err := opsGet(node.URL("/v1/firebase/key")); err != nil || st == http.StatusTooManyRequests {
 		t.Errorf("after Retry-After: %d %s %v, want served", st, body, err)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/testutil/proc"
 )
 
 // opsHAProxy is a running haproxy that health-checks one Keywarden node
@@ -21,7 +23,7 @@ import (
 type opsHAProxy struct {
 	sock     string // stats socket
 	frontend string // address HAProxy listens on
-	log      *opsLog
+	log      *proc.SyncBuffer
 }
 
 const (
@@ -58,7 +60,7 @@ func opsStartHAProxy(t *testing.T, node string) *opsHAProxy {
 	t.Helper()
 	bin := opsNeedTool(t, "haproxy")
 	dir := t.TempDir()
-	h := &opsHAProxy{sock: filepath.Join(dir, "stats.sock"), frontend: opsFreeAddr(t), log: &opsLog{}}
+	h := &opsHAProxy{sock: filepath.Join(dir, "stats.sock"), frontend: proc.FreeAddr(t), log: &proc.SyncBuffer{}}
 	cfg := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(cfg, []byte(opsHAProxyConfig(h.sock, h.frontend, node)), 0o600); err != nil {
 		t.Fatal(err)
@@ -171,11 +173,11 @@ func (h *opsHAProxy) waitStatus(t *testing.T, want string, limit time.Duration) 
 func opsHAProxyReadiness(t *testing.T, bin string) {
 	opsNeedTool(t, "haproxy")
 	data := filepath.Join(t.TempDir(), "data")
-	addr := opsFreeAddr(t)
+	addr := proc.FreeAddr(t)
 	env := []string{"KEYWARDEN_LISTEN_DRAIN_DELAY=3s"}
 
 	node := opsStartNode(t, bin, "node (first start)", data, addr, env...)
-	node.waitHealthy(t)
+	node.WaitReady(t, "/healthz")
 	if st, r := opsReady(t, node); st != http.StatusOK {
 		t.Fatalf("/readyz %d %+v before HAProxy started", st, r)
 	}
@@ -188,11 +190,11 @@ func opsHAProxyReadiness(t *testing.T, bin string) {
 
 	// SIGTERM: the node drains (readiness 503 while it still serves) and
 	// HAProxy takes it out before the listener closes.
-	if err := node.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := node.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	st = lb.waitStatus(t, "DOWN", 20*time.Second)
-	if node.exited() {
+	if node.Exited() {
 		t.Fatalf("HAProxy saw the node DOWN only after it exited (%s): the drain window was not visible", st)
 	}
 	if st.CheckStatus != "L7STS" || st.CheckCode != "503" {
@@ -201,23 +203,23 @@ func opsHAProxyReadiness(t *testing.T, bin string) {
 	if code, _, _, err := opsGet("http://" + lb.frontend + "/healthz"); err != nil || code != http.StatusServiceUnavailable {
 		t.Errorf("through HAProxy with its only node DOWN: %d %v, want 503", code, err)
 	}
-	if code := node.waitExit(t, 60*time.Second); code != 0 {
+	if code := node.WaitExit(t, 60*time.Second); code != 0 {
 		t.Fatalf("drained node exited %d, want 0", code)
 	}
 
 	// Restart on the same data folder and the same TPM: UP again.
 	node = opsStartNode(t, bin, "node (restart)", data, addr, env...)
-	node.waitHealthy(t)
+	node.WaitReady(t, "/healthz")
 	st = lb.waitStatus(t, "UP", 20*time.Second)
 	t.Logf("after restart: %s", st)
-	if code := node.stop(t); code != 0 {
+	if code := node.Stop(t); code != 0 {
 		t.Fatalf("node exited %d, want 0", code)
 	}
 
 	// Another simulated TPM: the root key stays sealed. The node serves
 	// health (reachable for the operator) but is not ready: DOWN, on a 503.
 	node = opsStartNode(t, bin, "node (other TPM)", data, addr, append(env, "KEYWARDEN_TPM_SIMULATOR_SEED=4242")...)
-	node.waitHealthy(t)
+	node.WaitReady(t, "/healthz")
 	code, r := opsReady(t, node)
 	if code != http.StatusServiceUnavailable || r.Checks["root_key"].Status != "failing" {
 		t.Fatalf("sealed node: /readyz %d %+v, want 503 with root_key failing", code, r)
@@ -229,13 +231,13 @@ func opsHAProxyReadiness(t *testing.T, bin string) {
 		}
 		return s.Status == "DOWN" && s.CheckStatus == "L7STS" && s.CheckCode == "503", s.String()
 	})
-	if code := node.stop(t); code != 0 {
+	if code := node.Stop(t); code != 0 {
 		t.Fatalf("sealed node exited %d, want 0", code)
 	}
 
 	// The right TPM again: unsealed, UP.
 	node = opsStartNode(t, bin, "node (right TPM)", data, addr, env...)
-	node.waitHealthy(t)
+	node.WaitReady(t, "/healthz")
 	st = lb.waitStatus(t, "UP", 20*time.Second)
 	if code, r := opsReady(t, node); code != http.StatusOK || r.Checks["root_key"].Status != "ok" {
 		t.Errorf("after the right TPM came back: /readyz %d %+v", code, r)

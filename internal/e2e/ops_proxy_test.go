@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/testutil/proc"
 )
 
 // opsHAProxyPassthrough is a TCP-passthrough HAProxy (as in front of an
@@ -21,7 +23,7 @@ func opsHAProxyPassthrough(t *testing.T, node string) (frontend string) {
 	t.Helper()
 	bin := opsNeedTool(t, "haproxy")
 	dir := t.TempDir()
-	frontend = opsFreeAddr(t)
+	frontend = proc.FreeAddr(t)
 	cfg := filepath.Join(dir, "haproxy.cfg")
 	conf := fmt.Sprintf(`global
     maxconn 256
@@ -45,7 +47,7 @@ backend keywarden
 	if out, err := exec.Command(bin, "-c", "-f", cfg).CombinedOutput(); err != nil {
 		t.Fatalf("haproxy -c: %v\n%s", err, out)
 	}
-	log := &opsLog{}
+	log := &proc.SyncBuffer{}
 	cmd := exec.Command(bin, "-db", "-f", cfg)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -102,13 +104,13 @@ func opsGetFrom(src, url string, hdr map[string]string) (int, []byte, error) {
 // proxy's address as the node sees it) is refused.
 func opsProxyProtocol(t *testing.T, bin string) {
 	opsNeedTool(t, "haproxy")
-	addr := opsFreeAddr(t)
+	addr := proc.FreeAddr(t)
 	node := opsStartNode(t, bin, "node (PROXY protocol)", filepath.Join(t.TempDir(), "data"), addr,
 		"KEYWARDEN_LISTEN_TRUSTED_PROXIES=127.0.0.1",
 		"KEYWARDEN_LIMITS_RATE_PER_SECOND=0.01",
 		"KEYWARDEN_LIMITS_RATE_BURST=3",
 	)
-	node.waitHealthy(t)
+	node.WaitReady(t, "/healthz")
 	lb := opsHAProxyPassthrough(t, addr)
 	key := "http://" + lb + "/v1/firebase/key"                       // a client route: per-address limited
 	auth := map[string]string{"Authorization": "Bearer not-a-token"} // refused after the limiter
@@ -152,7 +154,7 @@ func opsProxyProtocol(t *testing.T, bin string) {
 	if resp, err := io.ReadAll(c); err == nil && len(resp) > 0 && string(resp[:12]) == "HTTP/1.1 200" {
 		t.Fatalf("a PROXY header from an untrusted source was believed: %q", resp)
 	}
-	if st, _, _, err := opsGet(node.url("/healthz")); err != nil || st != http.StatusOK {
+	if st, _, _, err := opsGet(node.URL("/healthz")); err != nil || st != http.StatusOK {
 		t.Fatalf("/healthz after the refused header: %d %v", st, err)
 	}
 }

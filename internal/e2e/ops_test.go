@@ -11,23 +11,19 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/testutil/proc"
 )
 
 // opsAdminKey is dev mode's plain-text admin key for these tests.
@@ -35,164 +31,20 @@ const opsAdminKey = "ops-e2e-admin-key-0123456789"
 
 // TestOps runs the operations scenarios against one build of the binary.
 func TestOps(t *testing.T) {
-	bin := opsBuild(t)
+	bin := proc.BuildBinary(t, "./cmd/keywarden")
 	t.Run("HAProxyReadiness", func(t *testing.T) { opsHAProxyReadiness(t, bin) })
 	t.Run("ProxyProtocol", func(t *testing.T) { opsProxyProtocol(t, bin) })
 	t.Run("Abuse", func(t *testing.T) { opsAbuse(t, bin) })
 	t.Run("GracefulShutdown", func(t *testing.T) { opsGracefulShutdown(t, bin) })
 }
 
-// opsBuild compiles cmd/keywarden (a development build: cgo, simulator).
-func opsBuild(t *testing.T) string {
-	t.Helper()
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil || strings.TrimSpace(string(gomod)) == "" {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	bin := filepath.Join(t.TempDir(), "keywarden")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/keywarden")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/keywarden: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// opsFreeAddr returns a loopback address with a port nobody listens on.
-func opsFreeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// opsLog is a goroutine-safe buffer for a child's output.
-type opsLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *opsLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *opsLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// opsNode is a running `keywarden dev`.
-type opsNode struct {
-	name string
-	addr string
-	cmd  *exec.Cmd
-	log  *opsLog
-	done chan struct{}
-	err  error // the exit status, once done is closed
-}
-
 // opsStartNode runs `keywarden dev` on addr (public and admin routes on
-// one listener, as in dev mode) with dataDir; env adds KEYWARDEN_…
-// settings. Nothing of the caller's KEYWARDEN_… environment leaks in.
-func opsStartNode(t *testing.T, bin, name, dataDir, addr string, env ...string) *opsNode {
+// one listener, as in dev mode) with dataDir and dev mode's admin key for
+// these tests; env adds KEYWARDEN_… settings.
+func opsStartNode(t *testing.T, bin, name, dataDir, addr string, env ...string) *proc.Node {
 	t.Helper()
-	cmd := exec.Command(bin, "dev")
-	cmd.Dir = filepath.Dir(dataDir)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KEYWARDEN_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Env = append(cmd.Env,
-		"KEYWARDEN_DATA_DIR="+dataDir,
-		"KEYWARDEN_LISTEN_ADDR="+addr,
-		"KEYWARDEN_LISTEN_ADMIN_ADDR="+addr,
-		"KEYWARDEN_ADMIN_KEY="+opsAdminKey,
-	)
-	cmd.Env = append(cmd.Env, env...)
-	n := &opsNode{name: name, addr: addr, cmd: cmd, log: &opsLog{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = n.log, n.log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		n.err = cmd.Wait()
-		close(n.done)
-	}()
-	t.Cleanup(func() {
-		if !n.exited() {
-			_ = cmd.Process.Kill()
-			<-n.done
-		}
-		if t.Failed() {
-			t.Logf("--- %s output:\n%s", name, n.log.String())
-		}
-	})
-	return n
-}
-
-func (n *opsNode) exited() bool {
-	select {
-	case <-n.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (n *opsNode) url(path string) string { return "http://" + n.addr + path }
-
-// waitHealthy waits until /healthz answers 200 (the process serves).
-func (n *opsNode) waitHealthy(t *testing.T) {
-	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(deadline) {
-		if n.exited() {
-			t.Fatalf("%s exited during start-up: %v\n%s", n.name, n.err, n.log.String())
-		}
-		if st, _, _, err := opsGet(n.url("/healthz")); err == nil && st == http.StatusOK {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: /healthz never answered 200\n%s", n.name, n.log.String())
-}
-
-// stop sends SIGTERM and returns the exit code once the process is gone.
-func (n *opsNode) stop(t *testing.T) int {
-	t.Helper()
-	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("SIGTERM %s: %v", n.name, err)
-	}
-	return n.waitExit(t, 60*time.Second)
-}
-
-// waitExit returns the exit code; it fails the test if the process does
-// not exit within limit (a hung shutdown).
-func (n *opsNode) waitExit(t *testing.T, limit time.Duration) int {
-	t.Helper()
-	select {
-	case <-n.done:
-	case <-time.After(limit):
-		t.Fatalf("%s did not exit within %s", n.name, limit)
-	}
-	var ee *exec.ExitError
-	switch {
-	case n.err == nil:
-		return 0
-	case errors.As(n.err, &ee):
-		return ee.ExitCode()
-	}
-	t.Fatalf("%s: %v", n.name, n.err)
-	return -1
+	return proc.StartNode(t, bin, proc.NodeOptions{Name: name, DataDir: dataDir, Addr: addr,
+		Env: append([]string{"KEYWARDEN_ADMIN_KEY=" + opsAdminKey}, env...)})
 }
 
 // opsClient makes one connection per request, so each probe sees the
@@ -248,9 +100,9 @@ type opsReadiness struct {
 	} `json:"checks"`
 }
 
-func opsReady(t *testing.T, n *opsNode) (int, opsReadiness) {
+func opsReady(t *testing.T, n *proc.Node) (int, opsReadiness) {
 	t.Helper()
-	st, body, _, err := opsGet(n.url("/readyz"))
+	st, body, _, err := opsGet(n.URL("/readyz"))
 	if err != nil {
 		t.Fatalf("GET /readyz: %v", err)
 	}
@@ -295,8 +147,8 @@ func opsNeedTool(t *testing.T, name string) string {
 }
 
 // opsMetric reads one unlabelled sample from /metrics.
-func opsMetric(n *opsNode, name string) (float64, error) {
-	st, body, _, err := opsDo(http.MethodGet, n.url("/metrics"), nil, map[string]string{"Authorization": "Bearer " + opsAdminKey})
+func opsMetric(n *proc.Node, name string) (float64, error) {
+	st, body, _, err := opsDo(http.MethodGet, n.URL("/metrics"), nil, map[string]string{"Authorization": "Bearer " + opsAdminKey})
 	if err != nil {
 		return 0, err
 	}

@@ -5,45 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/testutil/proc"
 )
-
-// portalBuild compiles cmd/keywarden (a development build: cgo, simulator).
-func portalBuild(t *testing.T) string {
-	t.Helper()
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil || strings.TrimSpace(string(gomod)) == "" {
-		t.Fatalf("go env GOMOD: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "keywarden")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/keywarden")
-	cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/keywarden: %v\n%s", err, out)
-	}
-	return bin
-}
-
-func portalFreeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // portalAPIStandIn is a stand-in for Portal's API in its wire format:
 // GET /api/v3/clients/me with Authorization: Bearer <client credential>
@@ -119,88 +90,21 @@ func (p *portalAPIStandIn) fail(status int) {
 }
 
 // portalNode is a running `keywarden dev` with the Portal drop-in.
-type portalNode struct {
-	addr, admin string
-	cmd         *exec.Cmd
-	log         *portalLog
-	done        chan struct{}
-}
-
-type portalLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *portalLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *portalLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type portalNode struct{ *proc.Node }
 
 // startPortalNode runs `keywarden dev` with env (KEYWARDEN_… settings) on
-// free loopback ports; nothing of the caller's KEYWARDEN_… environment
-// leaks in. It waits until /readyz answers 200.
+// free loopback ports (public and admin apart) and waits until /readyz
+// answers 200.
 func startPortalNode(t *testing.T, bin string, env ...string) *portalNode {
 	t.Helper()
-	dir := t.TempDir()
-	n := &portalNode{addr: portalFreeAddr(t), admin: portalFreeAddr(t), log: &portalLog{}, done: make(chan struct{})}
-	cmd := exec.Command(bin, "dev")
-	cmd.Dir = dir
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KEYWARDEN_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Env = append(cmd.Env,
-		"KEYWARDEN_DATA_DIR="+filepath.Join(dir, "data"),
-		"KEYWARDEN_LISTEN_ADDR="+n.addr,
-		"KEYWARDEN_LISTEN_ADMIN_ADDR="+n.admin,
+	n := proc.StartNode(t, bin, proc.NodeOptions{Name: "keywarden", AdminAddr: proc.FreeAddr(t), Env: append([]string{
 		"KEYWARDEN_ADMIN_KEY=portal-e2e-admin-key-0123456789",
 		"KEYWARDEN_LIMITS_RATE_PER_SECOND=2000",
 		"KEYWARDEN_LIMITS_RATE_BURST=2000",
 		"KEYWARDEN_LOG_LEVEL=debug",
-	)
-	cmd.Env = append(cmd.Env, env...)
-	cmd.Stdout, cmd.Stderr = n.log, n.log
-	n.cmd = cmd
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = cmd.Wait(); close(n.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-n.done:
-		default:
-			_ = cmd.Process.Kill()
-			<-n.done
-		}
-		if t.Failed() {
-			t.Logf("--- keywarden output:\n%s", n.log.String())
-		}
-	})
-	deadline := time.Now().Add(120 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-n.done:
-			t.Fatalf("keywarden exited during start-up:\n%s", n.log.String())
-		default:
-		}
-		if resp, err := portalHTTP.Get("http://" + n.addr + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return n
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("keywarden never became ready:\n%s", n.log.String())
-	return nil
+	}, env...)})
+	n.WaitReady(t, "/readyz")
+	return &portalNode{n}
 }
 
 var portalHTTP = &http.Client{Timeout: 30 * time.Second}
@@ -242,7 +146,7 @@ func (n *portalNode) sdk(t *testing.T, method, path, cred string, body any, head
 		}
 		rd = bytes.NewReader(j)
 	}
-	req, err := http.NewRequest(method, "http://"+n.addr+path, rd)
+	req, err := http.NewRequest(method, n.URL(path), rd)
 	if err != nil {
 		t.Fatal(err)
 	}

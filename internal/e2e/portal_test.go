@@ -18,6 +18,7 @@ import (
 
 	"github.com/keywarden/keywarden/internal/softauthn"
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
+	"github.com/keywarden/keywarden/internal/testutil/proc"
 	"github.com/keywarden/keywarden/internal/testutil/vaultdev"
 )
 
@@ -41,7 +42,7 @@ const (
 )
 
 func TestPortal(t *testing.T) {
-	bin := portalBuild(t)
+	bin := proc.BuildBinary(t, "./cmd/keywarden")
 	vs := vaultdev.Start(t)
 	api := newPortalAPIStandIn(t)
 	iss := firebasetest.NewIssuer(t, portalProject)
@@ -72,7 +73,7 @@ func TestPortal(t *testing.T) {
 
 	// Nothing secret reached the log (debug level): no key, share,
 	// credential, webhook secret or token.
-	log := n.log.String()
+	log := n.Log.String()
 	if !strings.Contains(log, "Portal SDK drop-in on") {
 		t.Fatalf("the drop-in was not wired:\n%s", log)
 	}

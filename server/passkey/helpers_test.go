@@ -1,7 +1,6 @@
 package passkey
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 	"github.com/keywarden/keywarden/internal/softauthn"
 	"github.com/keywarden/keywarden/internal/testutil/apptest"
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
+	"github.com/keywarden/keywarden/internal/testutil/proc"
 )
 
 const (
@@ -29,24 +28,6 @@ const (
 	testAddr     = "198.51.100.7"
 	testAppleApp = "ABCDE12345.com.example.wallet"
 )
-
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // env is an appliance slice with real components (apptest.NewCore: bbolt
 // in a temp dir, a root key, the audit log), custody, session tokens, the
@@ -60,7 +41,7 @@ type env struct {
 	custody  *enclave.Custody
 	sessions *enclave.SessionTokens
 	clock    *firebasetest.Clock // settable
-	logs     *syncBuffer
+	logs     *proc.SyncBuffer
 	auth     *softauthn.Authenticator
 }
 
@@ -77,7 +58,7 @@ func newEnv(t testing.TB, mod func(*Options)) *env {
 	core := apptest.NewCore(t, apptest.NoTPM())
 	clk := firebasetest.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	custody := enclave.NewCustody(core.DB, core.Root, enclave.CustodyOptions{Clock: clk.Now})
-	logs := &syncBuffer{}
+	logs := &proc.SyncBuffer{}
 	opts := testOptions()
 	if mod != nil {
 		mod(&opts)

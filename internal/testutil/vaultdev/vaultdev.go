@@ -25,15 +25,12 @@ package vaultdev
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,6 +40,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/keywarden/keywarden/internal/testutil/proc"
 )
 
 // KeyName is the Transit key every server starts with (derived, so every
@@ -61,7 +59,7 @@ type Server struct {
 	unsealKey string
 	cmd       *exec.Cmd
 	done      chan struct{} // closed when the process has exited
-	out       *syncBuffer
+	out       *proc.SyncBuffer
 
 	mu      sync.Mutex
 	stopped bool
@@ -196,13 +194,9 @@ func cachedBinary(root string) (string, error) {
 }
 
 func start(t testing.TB, bin string, opts Options) (*Server, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
 	token := "root-" + randomHex(12)
 	home := t.TempDir()
-	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	listen := proc.FreeAddr(t)
 	args := []string{"server", "-dev",
 		"-dev-root-token-id=" + token,
 		"-dev-listen-address=" + listen,
@@ -221,7 +215,7 @@ func start(t testing.TB, bin string, opts Options) (*Server, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = home
 	cmd.Env = cleanEnv(home)
-	out := &syncBuffer{}
+	out := &proc.SyncBuffer{}
 	cmd.Stdout = out
 	cmd.Stderr = out
 	if err := cmd.Start(); err != nil {
@@ -519,15 +513,6 @@ func (s *Server) Stop() {
 // token; for debugging tests only).
 func (s *Server) Output() string { return s.out.String() }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -564,22 +549,3 @@ func tail(s string, n int) string {
 	}
 	return s
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-var _ io.Writer = (*syncBuffer)(nil)
