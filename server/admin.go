@@ -6,10 +6,11 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
-	"github.com/keywarden/keywarden/store"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/keywarden/keywarden/store"
 
 	"github.com/labstack/echo/v4"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/config"
+	"github.com/keywarden/keywarden/server/httpx"
 )
 
 var errAdminAuth = apierr.New(http.StatusUnauthorized, "admin_unauthorized", "missing or invalid admin API key (Authorization: Bearer <key>)")
@@ -46,7 +48,7 @@ func adminKeyHashes(a config.Admin) ([][32]byte, error) {
 // compared in constant time with every configured hash.
 func (s *Server) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		tok, ok := bearer(c.Request().Header.Get("Authorization"))
+		tok, ok := httpx.Bearer(c.Request().Header.Get("Authorization"))
 		if !ok {
 			return errAdminAuth
 		}
@@ -62,15 +64,6 @@ func (s *Server) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
 		c.Set("actor", "admin:"+hex.EncodeToString(h[:4]))
 		return next(c)
 	}
-}
-
-func bearer(h string) (string, bool) {
-	scheme, tok, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", false
-	}
-	tok = strings.TrimSpace(tok)
-	return tok, tok != ""
 }
 
 // Event makes an audit event for this request: actor, request id and
@@ -108,7 +101,7 @@ func (s *Server) mintSessionToken(c echo.Context) error {
 	}
 	var req sessionTokenRequest
 	if c.Request().ContentLength != 0 {
-		if err := bindJSON(c, &req); err != nil {
+		if err := httpx.Bind(c, &req, 0); err != nil {
 			return err
 		}
 	}

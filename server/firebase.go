@@ -15,6 +15,7 @@ import (
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/server/firebase"
+	"github.com/keywarden/keywarden/server/httpx"
 )
 
 // FirebaseVerifier verifies Firebase ID tokens (server/firebase.Verifier).
@@ -34,7 +35,6 @@ var (
 	// ErrReauthenticate refuses a delete with a token from an old sign-in
 	// when firebase.overwrite_max_auth_age is set.
 	ErrReauthenticate = apierr.New(http.StatusForbidden, "reauthentication_required", "deleting the key needs a recent sign-in (re-authenticate and retry with a fresh token)")
-	errBadKeyEncoding = apierr.New(http.StatusBadRequest, "invalid_key", "key must be standard base64 of 1 to 1024 bytes")
 )
 
 func (s *Server) firebaseRoutes(public, admin *echo.Group) {
@@ -60,7 +60,7 @@ func (s *Server) VerifyFirebase(c echo.Context, header string) (*firebase.Identi
 		raw = strings.TrimSpace(c.Request().Header.Get(header))
 		raw = strings.TrimPrefix(raw, "Bearer ")
 	} else {
-		raw, _ = bearer(c.Request().Header.Get("Authorization"))
+		raw, _ = httpx.Bearer(c.Request().Header.Get("Authorization"))
 	}
 	if raw == "" {
 		return nil, errTokenMissing
@@ -84,27 +84,16 @@ type keyRequest struct {
 	Key string `json:"key"`
 }
 
-func decodeKey(s string) (secret.Bytes, error) {
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
-		b, err = base64.RawStdEncoding.DecodeString(s)
-	}
-	if err != nil || len(b) < enclave.MinKeyBytes || len(b) > enclave.MaxKeyBytes {
-		return secret.Bytes{}, errBadKeyEncoding
-	}
-	return secret.NewBytes(b), nil
-}
-
 func (s *Server) firebasePut(c echo.Context) error {
 	id, err := s.VerifyFirebase(c, "")
 	if err != nil {
 		return err
 	}
 	var req keyRequest
-	if err := bindJSON(c, &req); err != nil {
+	if err := httpx.Bind(c, &req, 0); err != nil {
 		return err
 	}
-	key, err := decodeKey(req.Key)
+	key, err := httpx.DecodeKey(req.Key)
 	if err != nil {
 		return err
 	}
@@ -228,14 +217,7 @@ type KeyResponse struct {
 	Suite     string `json:"suite,omitempty"`
 }
 
-func decodeB64Any(s string) ([]byte, error) {
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
-		if b, err := enc.DecodeString(s); err == nil {
-			return b, nil
-		}
-	}
-	return nil, apierr.New(http.StatusBadRequest, "invalid_recipient_key", "recipientPublicKey must be base64 or base64url")
-}
+var errRecipientEncoding = apierr.New(http.StatusBadRequest, "invalid_recipient_key", "recipientPublicKey must be base64 or base64url")
 
 // HPKEInfo is the HPKE info string a Firebase release is sealed with.
 func HPKEInfo(route string, owner enclave.Owner) []byte {
@@ -250,15 +232,16 @@ func (s *Server) firebaseGet(c echo.Context) error {
 	recipient := c.QueryParam("recipientPublicKey")
 	if c.Request().Method == http.MethodPost {
 		var req releaseRequest
-		if err := bindJSON(c, &req); err != nil {
+		if err := httpx.Bind(c, &req, 0); err != nil {
 			return err
 		}
 		recipient = req.RecipientPublicKey
 	}
 	var rpk []byte
 	if recipient != "" {
-		if rpk, err = decodeB64Any(recipient); err != nil {
-			return err
+		var ok bool
+		if rpk, ok = httpx.DecodeBase64(recipient); !ok {
+			return errRecipientEncoding
 		}
 		if err := enclave.ValidRecipientKey(rpk); err != nil {
 			return err

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"encoding/base64"
 	"errors"
 	"net/http"
 	"strings"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/server/httpx"
 )
 
 // maxImportItems bounds one bulk import request.
@@ -50,7 +50,7 @@ var errImportItems = apierr.New(http.StatusBadRequest, "invalid_import", "send 1
 // independent: each gets its own result.
 func (s *Server) importKeys(c echo.Context) error {
 	var req importRequest
-	if err := bindJSON(c, &req); err != nil {
+	if err := httpx.Bind(c, &req, 0); err != nil {
 		return err
 	}
 	if len(req.Items) == 0 || len(req.Items) > maxImportItems {
@@ -87,11 +87,11 @@ func (s *Server) importOne(c echo.Context, i int, it importItem, overwrite bool)
 	var key []byte
 	switch {
 	case it.Key != nil && it.KeyText == nil:
-		b, err := base64.StdEncoding.DecodeString(*it.Key)
+		k, err := httpx.DecodeKey(*it.Key)
 		if err != nil {
-			return fail(apierr.New(http.StatusBadRequest, "invalid_key", "key must be standard base64"))
+			return fail(err)
 		}
-		key, opts.Format = b, enclave.FormatBytes
+		key, opts.Format = k.Reveal(), enclave.FormatBytes
 	case it.KeyText != nil && it.Key == nil:
 		key, opts.Format = []byte(*it.KeyText), enclave.FormatText
 	default:

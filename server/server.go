@@ -13,7 +13,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -510,9 +509,6 @@ func (s *Server) toAPIError(err error) *apierr.Error {
 	return apierr.ErrInternal.Wrap(err)
 }
 
-// BindJSON decodes one JSON object from the body into v (see bindJSON).
-func BindJSON(c echo.Context, v any) error { return bindJSON(c, v) }
-
 // Audit is the audit log.
 func (s *Server) Audit() Auditor { return s.opts.Audit }
 
@@ -527,38 +523,6 @@ func (s *Server) Logger() *slog.Logger { return s.log }
 
 // Unsealed is middleware that answers 503 sealed while the root key is sealed.
 func (s *Server) Unsealed(next echo.HandlerFunc) echo.HandlerFunc { return s.unsealed(next) }
-
-// bindJSON decodes one JSON object from the body into v. Malformed JSON is
-// a 400 that says where; a body over the limit a 413.
-func bindJSON(c echo.Context, v any) error {
-	ct := c.Request().Header.Get(echo.HeaderContentType)
-	if ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
-		return apierr.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send Content-Type: application/json")
-	}
-	dec := json.NewDecoder(c.Request().Body)
-	if err := dec.Decode(v); err != nil {
-		var he *echo.HTTPError
-		if errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge {
-			return he
-		}
-		if errors.Is(err, io.EOF) {
-			return apierr.ErrInvalidJSON.WithMessage("the body is empty; send a JSON object")
-		}
-		var se *json.SyntaxError
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &se):
-			return apierr.ErrInvalidJSON.WithMessage("malformed JSON at byte %d", se.Offset)
-		case errors.As(err, &te):
-			return apierr.ErrInvalidJSON.WithMessage("field %q must be %s", te.Field, te.Type.String())
-		}
-		return apierr.ErrInvalidJSON.Wrap(err)
-	}
-	if dec.More() {
-		return apierr.ErrInvalidJSON.WithMessage("the body holds more than one JSON value")
-	}
-	return nil
-}
 
 // Request ids are a random per-process prefix and a counter: unique, cheap
 // (no syscall per request), and they need not be secret.

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/server/httpx"
 )
 
 // DefaultMaxBodyBytes bounds a request body when Handler.MaxBodyBytes is 0.
@@ -54,57 +53,15 @@ func (h *Handler) RegisterAdmin(g *echo.Group) {
 	g.POST("/users/:userId/passkeys/reset", h.adminReset)
 }
 
-// bind reads a bounded JSON body into v, refusing unknown fields (a
-// misspelt recipientPublicKey must not silently release a key in the
-// clear) and trailing data. An empty body is {}.
-func (h *Handler) bind(c echo.Context, v interface{ Validate() error }) error {
+// bind reads the body under the one JSON rule set (httpx.Bind: unknown
+// members refused, so a misspelt recipientPublicKey never silently
+// releases a key in the clear) within MaxBodyBytes.
+func (h *Handler) bind(c echo.Context, v httpx.Validator) error {
 	limit := h.MaxBodyBytes
 	if limit == 0 {
 		limit = DefaultMaxBodyBytes
 	}
-	body, err := io.ReadAll(io.LimitReader(c.Request().Body, limit+1))
-	if err != nil {
-		return apierr.ErrBadRequest.Wrap(err)
-	}
-	if int64(len(body)) > limit {
-		return apierr.ErrTooLarge
-	}
-	if len(bytes.TrimSpace(body)) == 0 {
-		body = []byte("{}")
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return apierr.ErrInvalidJSON.WithMessage("the body is not valid JSON for this route: %s", jsonProblem(err)).Wrap(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return apierr.ErrInvalidJSON.WithMessage("the body has data after the JSON object")
-	}
-	return v.Validate()
-}
-
-// jsonProblem describes a decoding error without echoing values.
-func jsonProblem(err error) string {
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		return "field " + te.Field + " has the wrong type"
-	}
-	if s := err.Error(); strings.HasPrefix(s, "json: unknown field ") {
-		return "unknown field " + strings.TrimPrefix(s, "json: unknown field ")
-	}
-	return "syntax error"
-}
-
-// decodeBase64 accepts standard and URL alphabets, padded or not.
-func decodeBase64(s string) ([]byte, bool) {
-	s = strings.TrimRight(s, "=")
-	if b, err := base64.RawStdEncoding.DecodeString(s); err == nil {
-		return b, true
-	}
-	if b, err := base64.RawURLEncoding.DecodeString(s); err == nil {
-		return b, true
-	}
-	return nil, false
+	return httpx.Bind(c, v, limit)
 }
 
 func validCeremonyID(id string) error {
@@ -140,6 +97,9 @@ func (r *registrationBeginRequest) Validate() error {
 	return nil
 }
 
+// Optional: every member is optional, so the body may be empty.
+func (*registrationBeginRequest) Optional() {}
+
 type registrationBeginResponse struct {
 	CeremonyID  string                                      `json:"ceremonyId"`
 	PublicKey   protocol.PublicKeyCredentialCreationOptions `json:"publicKey"`
@@ -148,7 +108,7 @@ type registrationBeginResponse struct {
 }
 
 func (h *Handler) registrationBegin(c echo.Context) error {
-	tok, ok := bearer(c)
+	tok, ok := httpx.Bearer(c.Request().Header.Get(echo.HeaderAuthorization))
 	if !ok {
 		return apierr.ErrUnauthorized.WithMessage("registration needs Authorization: Bearer <user session token>")
 	}
@@ -190,12 +150,11 @@ func (r *registrationFinishRequest) Validate() error {
 		return err
 	}
 	if r.Key != nil {
-		k, ok := decodeBase64(*r.Key)
-		if !ok || len(k) < MinNativeKeyBytes || len(k) > MaxNativeKeyBytes {
-			clear(k)
+		k, err := httpx.DecodeKey(*r.Key)
+		if err != nil {
 			return ErrInvalidKey
 		}
-		r.key = k
+		r.key = k.Reveal()
 	}
 	return nil
 }
@@ -237,7 +196,7 @@ func (r *authenticationBeginRequest) Validate() error {
 		}
 	}
 	if r.RecipientPublicKey != "" {
-		k, ok := decodeBase64(r.RecipientPublicKey)
+		k, ok := httpx.DecodeBase64(r.RecipientPublicKey)
 		if !ok {
 			return apierr.ErrBadRequest.WithMessage("recipientPublicKey is not base64")
 		}
@@ -248,6 +207,9 @@ func (r *authenticationBeginRequest) Validate() error {
 	}
 	return nil
 }
+
+// Optional: {} (or no body) begins a discoverable ceremony.
+func (*authenticationBeginRequest) Optional() {}
 
 type authenticationBeginResponse struct {
 	CeremonyID string                                     `json:"ceremonyId"`
@@ -293,7 +255,7 @@ func (r *authenticationFinishRequest) Validate() error {
 		return err
 	}
 	if r.RecipientPublicKey != "" {
-		k, ok := decodeBase64(r.RecipientPublicKey)
+		k, ok := httpx.DecodeBase64(r.RecipientPublicKey)
 		if !ok {
 			return apierr.ErrBadRequest.WithMessage("recipientPublicKey is not base64")
 		}
@@ -335,16 +297,6 @@ func (h *Handler) authenticationFinish(c echo.Context) error {
 		out.Key.Wipe()
 	}
 	return c.JSON(http.StatusOK, resp)
-}
-
-func bearer(c echo.Context) (string, bool) {
-	h := c.Request().Header.Get(echo.HeaderAuthorization)
-	scheme, tok, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", false
-	}
-	tok = strings.TrimSpace(tok)
-	return tok, tok != ""
 }
 
 func (h *Handler) actor(c echo.Context) string {
