@@ -98,11 +98,9 @@ func (s *Server) importOne(c echo.Context, i int, it importItem, overwrite bool)
 		return fail(apierr.New(http.StatusBadRequest, "invalid_key", "give exactly one of key (base64) and keyText"))
 	}
 	defer clear(key)
-	ev := s.event(c, "admin_import", string(owner), it.Method, "")
-	if err := s.opts.Audit.Record(c.Request().Context(), ev); err != nil {
-		return fail(err)
-	}
-	replaced, err := s.opts.Custody.PutKey(c.Request().Context(), owner, it.Method, key, opts)
+	req := httpx.KeysRequest(c)
+	req.Action = "admin_import"
+	replaced, err := s.keys.Store(c.Request().Context(), req, owner, it.Method, key, opts)
 	if errors.Is(err, apierr.ErrKeyExists) {
 		return fail(apierr.ErrKeyExists.WithMessage("a key is already stored; set overwrite to replace it (the stored one is then kept as a prior version)"))
 	}

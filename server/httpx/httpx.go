@@ -22,6 +22,7 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/server/keys"
 )
 
 // Validator is a request body that checks itself after decoding.
@@ -178,4 +179,36 @@ func PathParam(c echo.Context, name string) (string, error) {
 		return v, nil
 	}
 	return url.PathUnescape(v)
+}
+
+// Context keys of the request's correlation id and actor (set by the
+// server's middleware and by whichever step authenticated the caller).
+const (
+	ctxRequestID = "request_id"
+	ctxActor     = "actor"
+)
+
+// SetRequestID records the request's correlation id.
+func SetRequestID(c echo.Context, id string) { c.Set(ctxRequestID, id) }
+
+// RequestID returns the request's correlation id.
+func RequestID(c echo.Context) string {
+	id, _ := c.Get(ctxRequestID).(string)
+	return id
+}
+
+// SetActor records who the authenticated caller is, for audit lines
+// ("admin:<key id>", "firebase:<…>", "portal:<clientId>").
+func SetActor(c echo.Context, actor string) { c.Set(ctxActor, actor) }
+
+// Actor returns the caller SetActor recorded, or "".
+func Actor(c echo.Context) string {
+	a, _ := c.Get(ctxActor).(string)
+	return a
+}
+
+// KeysRequest is the keys service's view of this request: actor, request
+// id and client address, as its audit lines record them.
+func KeysRequest(c echo.Context) keys.Request {
+	return keys.Request{Actor: Actor(c), RequestID: RequestID(c), Remote: c.RealIP()}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/httpx"
+	"github.com/keywarden/keywarden/server/keys"
 	"github.com/keywarden/keywarden/server/passkey"
 )
 
@@ -50,6 +51,7 @@ type Adapter struct {
 	log      *slog.Logger
 	now      func() time.Time
 	srv      *server.Server
+	keys     *keys.Service
 
 	sessionKey  []byte
 	secretHash  [][32]byte
@@ -76,7 +78,7 @@ func New(opts Options, deps Deps) (*Adapter, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Adapter{opts: o, resolver: r, pk: deps.Passkey, shares: deps.Shares, log: deps.Logger, now: deps.Clock,
+	a := &Adapter{opts: o, resolver: r, pk: deps.Passkey, shares: deps.Shares, log: deps.Logger, now: deps.Clock, keys: deps.Keys,
 		sessionKey: make([]byte, 32)}
 	_, _ = rand.Read(a.sessionKey)
 	for _, s := range o.WebhookSecrets {
@@ -101,6 +103,9 @@ func (a *Adapter) Resolver() *Resolver { return a.resolver }
 // client_mismatch) to every other client and to the native routes.
 func (a *Adapter) RegisterRoutes(s *server.Server, public, admin *echo.Group) {
 	a.srv = s
+	if a.keys == nil {
+		a.keys = s.Keys()
+	}
 	if cu := s.Custody(); cu != nil && !a.opts.AllowClientMismatch {
 		cu.SetClientIsolation(true)
 	}
@@ -142,7 +147,7 @@ func (a *Adapter) resolve(c echo.Context, cred string) (Client, error) {
 		}
 		return Client{}, err
 	}
-	c.Set("actor", string(ClientOwner(client.ID)))
+	httpx.SetActor(c, string(ClientOwner(client.ID)))
 	return client, nil
 }
 
