@@ -59,7 +59,12 @@ type keyRecord struct {
 	Created  time.Time `json:"c"`
 	Updated  time.Time `json:"u"`
 	ClientID string    `json:"cid,omitempty"`
-	Sealed   []byte    `json:"s"`
+	// ClaimBy marks a key brought in by the admin import that no passkey
+	// has claimed yet, with the claim deadline. It is not part of the
+	// sealed value or its additional data (the sealed format is unchanged);
+	// records without it (every record of earlier builds) are claimed.
+	ClaimBy *time.Time `json:"cb,omitempty"`
+	Sealed  []byte     `json:"s"`
 }
 
 // KeyInfo describes a stored key without its value.
@@ -70,6 +75,9 @@ type KeyInfo struct {
 	Updated  time.Time `json:"updatedAt"`
 	ClientID string    `json:"clientId,omitempty"`
 	Version  uint64    `json:"version"`
+	// ClaimDeadline is set while the key is an unclaimed import (see
+	// [PutOptions.ClaimDeadline]); past it, nothing claims the key.
+	ClaimDeadline *time.Time `json:"claimDeadline,omitempty"`
 }
 
 // VersionInfo describes a prior value kept after an overwrite.
@@ -176,6 +184,15 @@ type PutOptions struct {
 	// With the client isolation rule on (SetClientIsolation) this holds
 	// for every store, with ClientID as the acting client.
 	SameClientOnly bool
+	// ClaimDeadline, when not zero, marks the stored key as an unclaimed
+	// import until then: the first passkey registered for its owner with a
+	// session token alone may claim it ([Custody.ClaimKeyTx]). It is set
+	// only when no key is stored or the replaced key is itself unclaimed
+	// (a new import renews the window); over a claimed key, or one never
+	// imported, the new value is stored unmarked, so that an admin import
+	// never opens a stored key to a new passkey. A put without it clears
+	// the mark.
+	ClaimDeadline time.Time
 
 	operator bool // the admin's restore: not subject to client isolation
 }
@@ -204,6 +221,14 @@ func CheckVersionID(id string) error {
 	}
 	return nil
 }
+
+// Claim refusals of [Custody.ClaimKeyTx].
+var (
+	// ErrNotClaimable: no key, or a key that is not an unclaimed import.
+	ErrNotClaimable = errors.New("enclave: the key is not an unclaimed import")
+	// ErrClaimExpired: the claim deadline has passed.
+	ErrClaimExpired = errors.New("enclave: the claim deadline of the imported key has passed")
+)
 
 // ErrClientMismatch refuses a store over a key another client stored.
 var ErrClientMismatch = apierr.New(403, "client_mismatch", "this key was stored through another client")
@@ -246,6 +271,10 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 	k := store.Key(string(owner), method)
 	now := c.now().UTC()
 	rec := keyRecord{Format: opts.Format, Created: now, Updated: now, ClientID: opts.ClientID}
+	if !opts.ClaimDeadline.IsZero() {
+		d := opts.ClaimDeadline.UTC()
+		rec.ClaimBy = &d
+	}
 	version := uint64(1)
 	old, err := tx.Get(store.BucketKeys, k)
 	switch {
@@ -268,6 +297,13 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 		rec.Created = prev.Created
 		if prev.ClientID != "" {
 			rec.ClientID = prev.ClientID
+		}
+		if prev.ClaimBy == nil {
+			// Claimed, or never imported: passkeys may already reach this
+			// owner's key, and a new import must not let a session token
+			// bind another one (which would then reach this value's prior
+			// version once an admin restores it).
+			rec.ClaimBy = nil
 		}
 		if err := c.keepPrior(tx, owner, method, old, prev, now); err != nil {
 			return false, err
@@ -308,6 +344,7 @@ func (c *Custody) keepPrior(tx *store.Tx, owner Owner, method string, old []byte
 	case err == nil:
 		v, _ := RecordVersion(prev.Sealed)
 		prior := prev
+		prior.ClaimBy = nil
 		prior.Sealed, err = c.root.Seal(Binding{Kind: kindPrior, Owner: owner, Method: method, Version: v}, pt)
 		clear(pt)
 		if err != nil {
@@ -331,6 +368,38 @@ func (c *Custody) keepPrior(tx *store.Tx, owner Owner, method string, old []byte
 		}
 	}
 	return tx.Put(store.BucketKeyVersions, vk, pb)
+}
+
+// ClaimKeyTx claims the unclaimed import stored for (owner, method) inside
+// the caller's write transaction: it clears the mark, leaving the sealed
+// value as it is. It refuses with ErrNotClaimable when no key is stored or
+// the key is not an unclaimed import, and with ErrClaimExpired when now is
+// at or past the deadline.
+func (c *Custody) ClaimKeyTx(tx *store.Tx, owner Owner, method string, now time.Time) error {
+	k := store.Key(string(owner), method)
+	b, err := tx.Get(store.BucketKeys, k)
+	if errors.Is(err, store.ErrNotFound) {
+		return ErrNotClaimable
+	}
+	if err != nil {
+		return err
+	}
+	var rec keyRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return fmt.Errorf("enclave: stored key record damaged: %w", err)
+	}
+	if rec.ClaimBy == nil {
+		return ErrNotClaimable
+	}
+	if !now.Before(*rec.ClaimBy) {
+		return ErrClaimExpired
+	}
+	rec.ClaimBy = nil
+	nb, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return tx.Put(store.BucketKeys, k, nb)
 }
 
 func (c *Custody) pruneVersions(tx *store.Tx, owner Owner, method string, now time.Time) error {
@@ -390,7 +459,7 @@ func (c *Custody) LookupAs(ctx context.Context, owner Owner, method string, acc 
 		return secret.Bytes{}, nil, err
 	}
 	v, _ := RecordVersion(rec.Sealed)
-	return secret.NewBytes(pt), &KeyInfo{Method: method, Format: rec.Format, Created: rec.Created, Updated: rec.Updated, ClientID: rec.ClientID, Version: v}, nil
+	return secret.NewBytes(pt), rec.info(method, v), nil
 }
 
 // HasKey reports whether a key is stored for (owner, method).
@@ -425,7 +494,12 @@ func describe(method string, b []byte) (*KeyInfo, error) {
 		return nil, fmt.Errorf("enclave: stored key record damaged: %w", err)
 	}
 	v, _ := RecordVersion(rec.Sealed)
-	return &KeyInfo{Method: method, Format: rec.Format, Created: rec.Created, Updated: rec.Updated, ClientID: rec.ClientID, Version: v}, nil
+	return rec.info(method, v), nil
+}
+
+func (rec *keyRecord) info(method string, version uint64) *KeyInfo {
+	return &KeyInfo{Method: method, Format: rec.Format, Created: rec.Created, Updated: rec.Updated, ClientID: rec.ClientID,
+		Version: version, ClaimDeadline: rec.ClaimBy}
 }
 
 // ListKeys describes every key of owner.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -40,7 +41,14 @@ type importResult struct {
 	Code     string `json:"code,omitempty"`
 	Message  string `json:"message,omitempty"`
 	Replaced bool   `json:"replaced,omitempty"`
+	// ClaimDeadline is set for a PASSKEY key left unclaimed: until then the
+	// first passkey registered for its owner with a session token claims it.
+	ClaimDeadline *time.Time `json:"claimDeadline,omitempty"`
 }
+
+// methodPasskey is the custody method of passkey users' keys
+// (passkey.Method).
+const methodPasskey = "PASSKEY"
 
 var errImportItems = apierr.New(http.StatusBadRequest, "invalid_import", "send 1 to 500 items")
 
@@ -84,6 +92,14 @@ func (s *Server) importOne(c echo.Context, i int, it importItem, overwrite bool)
 		return fail(apierr.ErrBadRequest.WithMessage("give exactly one of userId and owner"))
 	}
 	opts := enclave.PutOptions{NoOverwrite: !overwrite, ClientID: it.ClientID}
+	if it.Method == methodPasskey && s.cfg.Keys.ImportClaimWindow > 0 {
+		// Nothing can reach an imported passkey key: registration over a
+		// stored key needs an assertion, which needs a passkey. The first
+		// passkey registered for the owner with a session token before
+		// this deadline claims it (enclave.PutOptions.ClaimDeadline says
+		// when the mark is set).
+		opts.ClaimDeadline = s.now().Add(s.cfg.Keys.ImportClaimWindow)
+	}
 	var key []byte
 	switch {
 	case it.Key != nil && it.KeyText == nil:
@@ -111,5 +127,13 @@ func (s *Server) importOne(c echo.Context, i int, it importItem, overwrite bool)
 	if replaced {
 		status = http.StatusOK
 	}
-	return importResult{Index: i, Status: status, Replaced: replaced}
+	res := importResult{Index: i, Status: status, Replaced: replaced}
+	if !opts.ClaimDeadline.IsZero() {
+		// Only for the answer: whether the mark was set was decided in the
+		// write transaction.
+		if info, err := s.opts.Custody.Info(c.Request().Context(), owner, it.Method); err == nil {
+			res.ClaimDeadline = info.ClaimDeadline
+		}
+	}
+	return res
 }

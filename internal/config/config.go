@@ -130,6 +130,10 @@ type Limits struct {
 // Keys is the key custody policy.
 type Keys struct {
 	VersionRetention time.Duration `key:"version_retention"`
+	// ImportClaimWindow is how long a PASSKEY key brought in by the admin
+	// import may be claimed by the first passkey registered for its owner
+	// with a session token alone; 0 disables claiming.
+	ImportClaimWindow time.Duration `key:"import_claim_window"`
 }
 
 // Passkey configures the WebAuthn relying party.
@@ -226,7 +230,7 @@ func Defaults() Config {
 		TPM:      TPM{Path: "/dev/tpmrm0"},
 		Session:  Session{TTL: 10 * time.Minute, MaxTTL: time.Hour},
 		Limits:   Limits{MaxBodyBytes: 64 << 10, RatePerSecond: 50, RateBurst: 100, UserDeletesPerMinute: 60},
-		Keys:     Keys{VersionRetention: 30 * 24 * time.Hour},
+		Keys:     Keys{VersionRetention: 30 * 24 * time.Hour, ImportClaimWindow: 30 * 24 * time.Hour},
 		Passkey:  Passkey{RPName: "Keywarden", UserVerification: "required", CeremonyTTL: 5 * time.Minute, MaxCeremonies: 100000, MaxPerAddress: 64, FailuresPerUser: 10},
 		Firebase: Firebase{CertsURL: "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com", Leeway: time.Minute, MaxStale: 24 * time.Hour},
 		Vault:    Vault{TransitMount: "transit", KeyName: "keywarden-custodian", Timeout: 5 * time.Second, MaxRetries: 2, MaxConcurrent: 32},
@@ -364,6 +368,9 @@ func (c *Config) Validate() error {
 	}
 	if !c.Admin.Key.IsZero() && len(c.Admin.Key.Reveal()) < 16 {
 		add("admin.key", "must be at least 16 characters")
+	}
+	if c.Keys.ImportClaimWindow < 0 || c.Keys.ImportClaimWindow > 365*24*time.Hour {
+		add("keys.import_claim_window", "must be 0 (imported passkey keys cannot be claimed) to 8760h (a year); an imported key is claimable with a session token alone for this long")
 	}
 	if c.Session.TTL <= 0 || c.Session.TTL > c.Session.MaxTTL {
 		add("session.ttl", "must be positive and at most session.max_ttl (%s)", c.Session.MaxTTL)

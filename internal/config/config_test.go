@@ -136,11 +136,13 @@ func TestValidationNamesTheField(t *testing.T) {
 		"vault.token":       {"KEYWARDEN_VAULT_ADDR=http://127.0.0.1:8200"},
 		"vault.addr":        {"KEYWARDEN_VAULT_ADDR=ftp://x", "KEYWARDEN_VAULT_TOKEN=t"},
 		"vault.addr: \"http://vault.internal:8200\": plain http is allowed only to a loopback address": {"KEYWARDEN_VAULT_ADDR=http://vault.internal:8200", "KEYWARDEN_VAULT_TOKEN=t"},
-		"portal.webhook_secrets": {"KEYWARDEN_PORTAL_WEBHOOK_SECRETS=short"},
-		"listen.cors_origins":    {"KEYWARDEN_LISTEN_CORS_ORIGINS=*"},
-		"log.level":              {"KEYWARDEN_LOG_LEVEL=loud"},
-		"limits.max_body_bytes":  {"KEYWARDEN_LIMITS_MAX_BODY_BYTES=12"},
-		"KEYWARDEN_SESSION_TTL":  {"KEYWARDEN_SESSION_TTL=soon"},
+		"portal.webhook_secrets":              {"KEYWARDEN_PORTAL_WEBHOOK_SECRETS=short"},
+		"listen.cors_origins":                 {"KEYWARDEN_LISTEN_CORS_ORIGINS=*"},
+		"log.level":                           {"KEYWARDEN_LOG_LEVEL=loud"},
+		"limits.max_body_bytes":               {"KEYWARDEN_LIMITS_MAX_BODY_BYTES=12"},
+		"KEYWARDEN_SESSION_TTL":               {"KEYWARDEN_SESSION_TTL=soon"},
+		"keys.import_claim_window":            {"KEYWARDEN_KEYS_IMPORT_CLAIM_WINDOW=-1h"},
+		"keys.import_claim_window: must be 0": {"KEYWARDEN_KEYS_IMPORT_CLAIM_WINDOW=9000h"},
 	}
 	for want, env := range cases {
 		_, err := Load(prodBase(), "", env)
@@ -247,6 +249,20 @@ func TestCORSOriginsAreExact(t *testing.T) {
 	for _, good := range []string{"https://app.example.com", "https://app.example.com:8443", "http://localhost:8420", "http://127.0.0.1:3000", "http://[::1]:3000"} {
 		if _, err := Load(prodBase(), "", []string{"KEYWARDEN_LISTEN_CORS_ORIGINS=" + good}); err != nil {
 			t.Errorf("cors origin %q refused: %v", good, err)
+		}
+	}
+}
+
+// TestImportClaimWindow: 30 days by default, set from the environment, 0
+// (no claims) accepted.
+func TestImportClaimWindow(t *testing.T) {
+	if d := Defaults().Keys.ImportClaimWindow; d != 30*24*time.Hour {
+		t.Fatalf("default keys.import_claim_window %v", d)
+	}
+	for env, want := range map[string]time.Duration{"KEYWARDEN_KEYS_IMPORT_CLAIM_WINDOW=72h": 72 * time.Hour, "KEYWARDEN_KEYS_IMPORT_CLAIM_WINDOW=0": 0} {
+		c, err := Load(prodBase(), "", []string{env})
+		if err != nil || c.Keys.ImportClaimWindow != want {
+			t.Errorf("%s: %v %v", env, c.Keys.ImportClaimWindow, err)
 		}
 	}
 }

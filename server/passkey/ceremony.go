@@ -39,6 +39,7 @@ type ceremony struct {
 	recipient []byte // authentication: the HPKE key the challenge commits to
 	stepUp    bool   // registration: authorized by a fresh assertion of the user
 	keyStored bool   // registration: a key was stored when the ceremony began
+	claim     bool   // registration: claims the unclaimed imported key (no step-up)
 }
 
 // ceremonies holds open ceremonies with a global cap and two caps per

@@ -17,6 +17,16 @@
 // passkey to an existing key (DECISIONS 5); without the assertion the
 // answer is 409 key_exists.
 //
+// One exception: a key the admin import left unclaimed (its record carries
+// a claim deadline, keys.import_claim_window) is claimed by the first
+// passkey registered for its owner with a session token before that
+// deadline, while the owner has no active passkey. Begin answers
+// ClaimsImportedKey; finish must carry no key (409 imported_key_unclaimed
+// otherwise: the imported key is never replaced), stores the credential,
+// clears the mark in the same transaction and is audited
+// ([ActionImportClaimed]). Afterwards, and past the deadline (409
+// import_claim_expired), the rule above holds again.
+//
 // Release: [Service.BeginAuthentication] (a user id, or none for a
 // discoverable credential; optionally an HPKE recipient key) →
 // [Service.FinishAuthentication] verifies the assertion and returns the key,

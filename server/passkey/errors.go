@@ -54,5 +54,14 @@ var (
 	ErrTooManyPasskeys  = apierr.New(http.StatusConflict, "too_many_passkeys", "the user has as many passkeys as allowed; revoke one first")
 	ErrPasskeyNotFound  = apierr.New(http.StatusNotFound, "passkey_not_found", "the user has no such passkey")
 	ErrResetDisabled    = apierr.New(http.StatusForbidden, "passkey_reset_disabled", "passkey reset is disabled on this appliance (see DECISIONS 5)")
-	ErrKeyExists        = apierr.ErrKeyExists.WithMessage("a key is already stored for this user: add a passkey with a fresh assertion from an existing passkey (assertionCeremonyId), never with a session token alone")
+	// ErrClaimWithKey refuses a registration that claims an imported key
+	// and brings a key of its own: the imported key is what the user's
+	// backups were encrypted with, and a registration never replaces it.
+	ErrClaimWithKey = apierr.New(http.StatusConflict, "imported_key_unclaimed", "an imported key is waiting to be claimed for this user: finish the registration without a key to claim it (the imported key is kept; a registration never replaces a stored key)")
+	// ErrClaimExpired refuses a registration over an imported key whose
+	// claim window has ended: it needs an assertion as any stored key, and
+	// with no passkey yet only the operator can help (import it again, or
+	// reset).
+	ErrClaimExpired = apierr.New(http.StatusConflict, "import_claim_expired", "the imported key's claim window has ended: no passkey can be added to it without an assertion; ask the operator to import it again or to reset")
+	ErrKeyExists    = apierr.ErrKeyExists.WithMessage("a key is already stored for this user: add a passkey with a fresh assertion from an existing passkey (assertionCeremonyId), never with a session token alone")
 )

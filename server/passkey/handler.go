@@ -105,6 +105,8 @@ type registrationBeginResponse struct {
 	PublicKey   protocol.PublicKeyCredentialCreationOptions `json:"publicKey"`
 	ExpiresAt   time.Time                                   `json:"expiresAt"`
 	KeyRequired bool                                        `json:"keyRequired"`
+	// ClaimsImportedKey: finish, without a key, claims the imported key.
+	ClaimsImportedKey bool `json:"claimsImportedKey"`
 }
 
 func (h *Handler) registrationBegin(c echo.Context) error {
@@ -131,7 +133,7 @@ func (h *Handler) registrationBegin(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, registrationBeginResponse{CeremonyID: out.CeremonyID, PublicKey: out.Options,
-		ExpiresAt: out.Expires.UTC(), KeyRequired: out.KeyRequired})
+		ExpiresAt: out.Expires.UTC(), KeyRequired: out.KeyRequired, ClaimsImportedKey: out.ClaimsImportedKey})
 }
 
 type registrationFinishRequest struct {
@@ -164,6 +166,7 @@ type registrationFinishResponse struct {
 	CredentialID string `json:"credentialId"`
 	KeyStored    bool   `json:"keyStored"`
 	KeyReplaced  bool   `json:"keyReplaced"`
+	KeyClaimed   bool   `json:"keyClaimed"`
 }
 
 func (h *Handler) registrationFinish(c echo.Context) error {
@@ -179,7 +182,7 @@ func (h *Handler) registrationFinish(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusCreated, registrationFinishResponse{UserID: out.Subject.UserID, CredentialID: out.CredentialID,
-		KeyStored: out.KeyStored, KeyReplaced: out.KeyReplaced})
+		KeyStored: out.KeyStored, KeyReplaced: out.KeyReplaced, KeyClaimed: out.KeyClaimed})
 }
 
 type authenticationBeginRequest struct {

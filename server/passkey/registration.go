@@ -33,6 +33,11 @@ type RegistrationRequest struct {
 	// ClientAddr is the client's address (open ceremonies are capped per
 	// address).
 	ClientAddr string
+	// KeyAtFinish says the caller's finish always carries a key (Portal's
+	// SDK): over an unclaimed imported key, which only a finish without a
+	// key claims, begin is refused with ErrClaimWithKey before the user
+	// makes a passkey that could not be registered.
+	KeyAtFinish bool
 }
 
 // RegistrationBegin is the answer to BeginRegistration.
@@ -47,6 +52,10 @@ type RegistrationBegin struct {
 	// when given, replaces the stored one (the old one kept as a prior
 	// version, DECISIONS 3).
 	KeyRequired bool
+	// ClaimsImportedKey reports that the stored key is an unclaimed import
+	// (the admin import, within keys.import_claim_window) and that finish,
+	// without a key, claims it: this passkey then reaches the imported key.
+	ClaimsImportedKey bool
 }
 
 // BeginRegistration starts registering a passkey for req.Subject.
@@ -77,18 +86,30 @@ func (s *Service) beginRegistration(ctx context.Context, req RegistrationRequest
 		}
 		stepUp = true
 	}
-	hasKey, err := s.custody.HasKey(ctx, req.Subject.Owner, Method)
-	if err != nil {
+	info, err := s.custody.Info(ctx, req.Subject.Owner, Method)
+	if err != nil && !errors.Is(err, apierr.ErrNotFound) {
 		return nil, err
 	}
-	if hasKey && !stepUp {
-		return nil, ErrKeyExists
-	}
+	hasKey := info != nil
 	creds, err := s.loadOwnerCredentials(ctx, req.Subject.Owner, "")
 	if err != nil {
 		return nil, err
 	}
 	creds = active(creds)
+	claim := false
+	if hasKey && !stepUp {
+		// A session token alone never binds a passkey to a stored key
+		// (DECISIONS 5), except the first one of an owner over a key the
+		// admin import left unclaimed, before its deadline: nothing else
+		// can ever reach such a key.
+		if err := s.claimable(info, creds); err != nil {
+			return nil, err
+		}
+		if req.KeyAtFinish {
+			return nil, ErrClaimWithKey
+		}
+		claim = true
+	}
 	if len(creds) >= s.opts.MaxCredentialsPerUser {
 		return nil, ErrTooManyPasskeys
 	}
@@ -106,12 +127,27 @@ func (s *Service) beginRegistration(ctx context.Context, req RegistrationRequest
 		return nil, apierr.ErrInternal.Wrap(err)
 	}
 	c := &ceremony{kind: kindRegistration, rp: rp, subject: &req.Subject, session: *session, addr: req.ClientAddr,
-		stepUp: stepUp, keyStored: hasKey}
+		stepUp: stepUp, keyStored: hasKey, claim: claim}
 	if err := s.addCeremony(c); err != nil {
 		return nil, err
 	}
 	rp.begun.Add(1)
-	return &RegistrationBegin{CeremonyID: c.id, Options: creation.Response, Expires: c.expires, KeyRequired: !hasKey}, nil
+	return &RegistrationBegin{CeremonyID: c.id, Options: creation.Response, Expires: c.expires, KeyRequired: !hasKey,
+		ClaimsImportedKey: claim}, nil
+}
+
+// claimable tells whether a registration without an assertion may claim
+// the stored key described by info: an unclaimed import, before its
+// deadline, of an owner with no active passkey. Otherwise it returns the
+// refusal (ErrKeyExists, or ErrClaimExpired past the deadline).
+func (s *Service) claimable(info *enclave.KeyInfo, activeCreds []*credential) error {
+	if info.ClaimDeadline == nil || len(activeCreds) > 0 {
+		return ErrKeyExists
+	}
+	if !s.now().Before(*info.ClaimDeadline) {
+		return ErrClaimExpired
+	}
+	return nil
 }
 
 // FinishRegistrationRequest finishes a registration.
@@ -140,6 +176,7 @@ type Registration struct {
 	CredentialID string // base64url
 	KeyStored    bool   // a key was stored by this registration
 	KeyReplaced  bool   // it replaced a stored key (kept as a prior version)
+	KeyClaimed   bool   // it claimed the imported key stored for the user
 }
 
 // FinishRegistration verifies the attestation, stores the credential and,
@@ -168,7 +205,10 @@ func (s *Service) finishRegistration(ctx context.Context, c *ceremony, req Finis
 	if req.RPID != "" && req.RPID != rp.cfg.ID {
 		return nil, ErrCeremonyRP
 	}
-	if len(req.Key) == 0 && !c.stepUp {
+	if c.claim && len(req.Key) > 0 {
+		return nil, ErrClaimWithKey
+	}
+	if len(req.Key) == 0 && !c.stepUp && !c.claim {
 		return nil, ErrKeyRequired
 	}
 	raw, err := unquoteCredential(req.Credential)
@@ -211,9 +251,22 @@ func (s *Service) finishRegistration(ctx context.Context, c *ceremony, req Finis
 	// Audit first: if the line cannot be made durable, nothing is stored.
 	fields := map[string]string{"credential": rec.idString(), "rp_id": rp.cfg.ID, "fmt": rec.Format,
 		"aaguid": aaguidString(rec.AAGUID), "step_up": boolString(c.stepUp), "key": boolString(len(req.Key) > 0)}
+	if c.claim {
+		fields["claim"] = "true"
+	}
 	if err := s.audit.Record(ctx, audit.Event{Action: audit.ActionPasskeyRegister, Outcome: audit.OutcomeSuccess,
 		Actor: string(subj.Owner), Owner: string(subj.Owner), Method: Method, Remote: req.ClientAddr, Fields: fields}); err != nil {
 		return nil, apierr.ErrAuditFailed.Wrap(err)
+	}
+	if c.claim {
+		// Its own line, so that an operator finds every claim of an
+		// imported key (the trust placed in the session token) with one
+		// search.
+		if err := s.audit.Record(ctx, audit.Event{Action: ActionImportClaimed, Outcome: audit.OutcomeSuccess,
+			Actor: string(subj.Owner), Owner: string(subj.Owner), Method: Method, Remote: req.ClientAddr,
+			Fields: map[string]string{"credential": rec.idString(), "rp_id": rp.cfg.ID}}); err != nil {
+			return nil, apierr.ErrAuditFailed.Wrap(err)
+		}
 	}
 
 	// The credential and the key go in together, in one transaction: a
@@ -222,7 +275,7 @@ func (s *Service) finishRegistration(ctx context.Context, c *ceremony, req Finis
 	// DECISIONS 5), and a refused key leaves no credential behind.
 	out := &Registration{Subject: subj, CredentialID: rec.idString()}
 	err = s.db.Update(ctx, func(tx *store.Tx) error {
-		out.KeyStored, out.KeyReplaced = false, false
+		out.KeyStored, out.KeyReplaced, out.KeyClaimed = false, false, false
 		if _, err := getCredential(tx, rec.ID); err == nil {
 			return ErrCredentialExists
 		} else if !errors.Is(err, store.ErrNotFound) {
@@ -237,9 +290,26 @@ func (s *Service) finishRegistration(ctx context.Context, c *ceremony, req Finis
 		}
 		if !c.stepUp {
 			if _, err := tx.Get(store.BucketKeys, store.Key(string(subj.Owner), Method)); err == nil {
-				return ErrKeyExists
+				if !c.claim || len(active(cs)) > 0 {
+					return ErrKeyExists
+				}
+				// The claim is decided here, in the transaction that stores
+				// the credential: of two registrations begun while the key
+				// was unclaimed, only the first to finish claims it.
+				switch err := s.custody.ClaimKeyTx(tx, subj.Owner, Method, s.now()); {
+				case errors.Is(err, enclave.ErrNotClaimable):
+					return ErrKeyExists
+				case errors.Is(err, enclave.ErrClaimExpired):
+					return ErrClaimExpired
+				case err != nil:
+					return err
+				}
+				out.KeyClaimed = true
 			} else if !errors.Is(err, store.ErrNotFound) {
 				return err
+			} else if len(req.Key) == 0 {
+				// The imported key was deleted since begin.
+				return ErrKeyRequired
 			}
 		}
 		if err := putCredential(tx, rec); err != nil {

@@ -31,6 +31,10 @@ import (
 // Method is the custody method under which a passkey user's key is stored.
 const Method = "PASSKEY"
 
+// ActionImportClaimed is the audit action of a passkey registration that
+// claimed a key brought in by the admin import.
+const ActionImportClaimed = "import_claimed"
+
 // OwnerPrefixUser is the owner prefix of native users (enclave.UserOwner).
 const OwnerPrefixUser = "user:"
 

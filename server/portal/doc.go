@@ -55,7 +55,10 @@
 //     "portal:<clientId>", method "PASSKEY"; the WebAuthn user handle is
 //     the client id as a plain string. Once a key is stored,
 //     finish-registration never replaces it (409 key_exists);
-//     finish-login/write replaces it with an assertion.
+//     finish-login/write replaces it with an assertion. A key the admin
+//     import left unclaimed cannot be claimed through the SDK (its
+//     finish-registration always brings a new key): begin-registration
+//     answers 409 imported_key_unclaimed.
 //   - Custodian shares belong to "portal:<clientId>" under the webhook's
 //     backupMethod as given (DECISIONS 4), wrapped by Vault Transit.
 //

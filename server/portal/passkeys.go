@@ -238,6 +238,10 @@ func (a *Adapter) beginRegistration(c echo.Context) error {
 	subj := subject(client)
 	out, err := a.pk.BeginRegistration(c.Request().Context(), passkey.RegistrationRequest{
 		Subject: subj, RPID: req.RelyingParty, DisplayName: a.opts.DisplayName, ClientAddr: c.RealIP(),
+		// The SDK's finish always carries a new key, and a claim of an
+		// imported key never replaces it: refuse now, not after the user
+		// made a passkey.
+		KeyAtFinish: true,
 	})
 	if err != nil {
 		return err

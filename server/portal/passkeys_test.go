@@ -425,3 +425,28 @@ func TestPortalSubjectOfLongClientID(t *testing.T) {
 		t.Fatalf("subject %+v", s)
 	}
 }
+
+// TestPortalImportedPasskeyKeyNotClaimedBySDK: Portal's passkey path uses
+// the passkey service's claim rule, but the SDK's finish-registration always
+// brings a new key, and a claim never replaces the imported key. So
+// begin-registration over an unclaimed imported portal:<clientId> key is
+// refused at once (before the user makes a passkey the finish would
+// refuse), with the code that says why; the imported key is untouched.
+func TestPortalImportedPasskeyKeyNotClaimedBySDK(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	h.clients()
+	r := h.Admin(http.MethodPost, "/v1/admin/keys/import", map[string]any{"items": []map[string]any{
+		{"owner": "portal:client-a", "method": passkey.Method, "keyText": keyHex1, "clientId": "client-a"}}})
+	if r.Status != http.StatusOK || !strings.Contains(string(r.Body), `"claimDeadline"`) {
+		t.Fatalf("import: %d %s", r.Status, r.Body)
+	}
+	if st := h.status(credA); st != StatusRegisteredWithKey {
+		t.Fatalf("status of an imported key: %q", st)
+	}
+	mustStatus(t, h.do(http.MethodPost, "/passkeys/begin-registration", credA, map[string]string{"relyingParty": testRPID}),
+		http.StatusConflict, passkey.ErrClaimWithKey.Code)
+	k, info, err := h.custody.Lookup(context.Background(), ClientOwner("client-a"), passkey.Method)
+	if err != nil || string(k.Reveal()) != keyHex1 || info.ClaimDeadline == nil {
+		t.Fatalf("the imported key after the SDK's attempt: %+v %v", info, err)
+	}
+}
