@@ -11,6 +11,7 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/server/httpx"
+	"github.com/keywarden/keywarden/server/keys"
 )
 
 // maxImportItems bounds one bulk import request.
@@ -27,10 +28,12 @@ type importRequest struct {
 }
 
 type importItem struct {
-	UserID   string  `json:"userId"`
-	Owner    string  `json:"owner"`
-	Method   string  `json:"method"`
-	Key      *string `json:"key"`
+	UserID string `json:"userId"`
+	Owner  string `json:"owner"`
+	Method string `json:"method"`
+	// Key (base64) or, instead, sealedKey/enc/suite sealed to the
+	// appliance key with keys.RouteImport in the info.
+	httpx.StoreKeyInput
 	KeyText  *string `json:"keyText"`
 	ClientID string  `json:"clientId"`
 }
@@ -102,16 +105,16 @@ func (s *Server) importOne(c echo.Context, i int, it importItem, overwrite bool)
 	}
 	var key []byte
 	switch {
-	case it.Key != nil && it.KeyText == nil:
-		k, err := httpx.DecodeKey(*it.Key)
+	case it.Given() && it.KeyText == nil:
+		k, err := it.Open(s.keys, keys.RouteImport, owner, it.Method)
 		if err != nil {
 			return fail(err)
 		}
 		key, opts.Format = k.Reveal(), enclave.FormatBytes
-	case it.KeyText != nil && it.Key == nil:
+	case it.KeyText != nil && !it.Given():
 		key, opts.Format = []byte(*it.KeyText), enclave.FormatText
 	default:
-		return fail(apierr.New(http.StatusBadRequest, "invalid_key", "give exactly one of key (base64) and keyText"))
+		return fail(apierr.New(http.StatusBadRequest, "invalid_key", "give exactly one of key (base64), sealedKey and keyText"))
 	}
 	defer clear(key)
 	req := httpx.KeysRequest(c)

@@ -112,12 +112,15 @@ func (h *HTTP) SignIn(id *Identity) *keys.SignIn {
 	return &keys.SignIn{At: id.AuthTime, MaxAge: h.maxAge}
 }
 
+// keyRequest is PUT /v1/firebase/key's body: "key", or the key sealed to
+// the appliance key (keys.RouteFirebase in the info).
 type keyRequest struct {
-	Key string `json:"key"`
+	httpx.StoreKeyInput
 }
 
 // Put is PUT /v1/firebase/key: 201 stored, 200 replaced (the old value
-// kept as a prior version).
+// kept as a prior version). The key comes in the clear or sealed to the
+// appliance key.
 func (h *HTTP) Put(c echo.Context) error {
 	id, err := h.Verify(c, "")
 	if err != nil {
@@ -127,14 +130,15 @@ func (h *HTTP) Put(c echo.Context) error {
 	if err := httpx.Bind(c, &body, 0); err != nil {
 		return err
 	}
-	key, err := httpx.DecodeKey(body.Key)
+	owner := enclave.Owner(id.Owner())
+	key, err := body.Open(h.keys, keys.RouteFirebase, owner, Method)
 	if err != nil {
 		return err
 	}
 	defer key.Wipe()
 	req := httpx.KeysRequest(c)
 	req.SignIn = h.SignIn(id)
-	replaced, err := h.keys.Store(c.Request().Context(), req, enclave.Owner(id.Owner()), Method, key.Reveal(), enclave.PutOptions{})
+	replaced, err := h.keys.Store(c.Request().Context(), req, owner, Method, key.Reveal(), enclave.PutOptions{})
 	if err != nil {
 		return err
 	}

@@ -212,3 +212,50 @@ func Actor(c echo.Context) string {
 func KeysRequest(c echo.Context) keys.Request {
 	return keys.Request{Actor: Actor(c), RequestID: RequestID(c), Remote: c.RealIP()}
 }
+
+// StoreKeyInput is the key of a store request: "key" (standard base64) or,
+// instead, {"sealedKey","enc","suite"} sealed to the appliance key
+// (keys.SealedKey). Embed it in a request body.
+type StoreKeyInput struct {
+	Key       *string `json:"key"`
+	SealedKey *string `json:"sealedKey"`
+	Enc       string  `json:"enc"`
+	Suite     string  `json:"suite"`
+}
+
+// ErrKeyAndSealedKey refuses a store request that carries both forms of
+// the key, or neither.
+var ErrKeyAndSealedKey = apierr.New(http.StatusBadRequest, "invalid_key", "give exactly one of key and sealedKey (with enc and suite)")
+
+// Given reports whether the request carries a key in either form.
+func (in StoreKeyInput) Given() bool { return in.Key != nil || in.SealedKey != nil }
+
+// Sealed is the sealed form, or nil when the key came in the clear. It
+// refuses both forms at once.
+func (in StoreKeyInput) Sealed() (*keys.SealedKey, error) {
+	switch {
+	case in.Key != nil && in.SealedKey != nil:
+		return nil, ErrKeyAndSealedKey
+	case in.SealedKey != nil:
+		return &keys.SealedKey{SealedKey: *in.SealedKey, Enc: in.Enc, Suite: in.Suite}, nil
+	case in.Enc != "" || in.Suite != "":
+		return nil, ErrKeyAndSealedKey
+	}
+	return nil, nil
+}
+
+// Open is the key to store: decoded (DecodeKey) or opened by ks with the
+// info of (route, owner, method).
+func (in StoreKeyInput) Open(ks *keys.Service, route string, owner enclave.Owner, method string) (secret.Bytes, error) {
+	sk, err := in.Sealed()
+	if err != nil {
+		return secret.Bytes{}, err
+	}
+	if sk != nil {
+		return ks.OpenSealed(*sk, route, owner, method)
+	}
+	if in.Key == nil {
+		return secret.Bytes{}, ErrKeyAndSealedKey
+	}
+	return DecodeKey(*in.Key)
+}

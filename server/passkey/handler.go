@@ -15,6 +15,7 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/server/httpx"
+	"github.com/keywarden/keywarden/server/keys"
 )
 
 // DefaultMaxBodyBytes bounds a request body when Handler.MaxBodyBytes is 0.
@@ -139,9 +140,12 @@ func (h *Handler) registrationBegin(c echo.Context) error {
 type registrationFinishRequest struct {
 	CeremonyID string          `json:"ceremonyId"`
 	Credential json.RawMessage `json:"credential"`
-	Key        *string         `json:"key"`
+	// key (base64), or sealedKey/enc/suite sealed to the appliance key
+	// (opened by the service once the ceremony names the owner).
+	httpx.StoreKeyInput
 
-	key []byte
+	key    []byte
+	sealed *keys.SealedKey
 }
 
 func (r *registrationFinishRequest) Validate() error {
@@ -151,6 +155,11 @@ func (r *registrationFinishRequest) Validate() error {
 	if err := validCredential(r.Credential); err != nil {
 		return err
 	}
+	sk, err := r.Sealed()
+	if err != nil {
+		return err
+	}
+	r.sealed = sk
 	if r.Key != nil {
 		k, err := httpx.DecodeKey(*r.Key)
 		if err != nil {
@@ -176,7 +185,7 @@ func (h *Handler) registrationFinish(c echo.Context) error {
 	}
 	defer clear(req.key)
 	out, err := h.Service.FinishRegistration(c.Request().Context(), FinishRegistrationRequest{
-		CeremonyID: req.CeremonyID, Credential: req.Credential, Key: req.key, ClientAddr: c.RealIP(),
+		CeremonyID: req.CeremonyID, Credential: req.Credential, Key: req.key, SealedKey: req.sealed, ClientAddr: c.RealIP(),
 	})
 	if err != nil {
 		return err
