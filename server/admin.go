@@ -6,10 +6,11 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
-	"github.com/keywarden/keywarden/store"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/keywarden/keywarden/store"
 
 	"github.com/labstack/echo/v4"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/config"
+	"github.com/keywarden/keywarden/server/httpx"
 )
 
 var errAdminAuth = apierr.New(http.StatusUnauthorized, "admin_unauthorized", "missing or invalid admin API key (Authorization: Bearer <key>)")
@@ -46,7 +48,7 @@ func adminKeyHashes(a config.Admin) ([][32]byte, error) {
 // compared in constant time with every configured hash.
 func (s *Server) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		tok, ok := bearer(c.Request().Header.Get("Authorization"))
+		tok, ok := httpx.Bearer(c.Request().Header.Get("Authorization"))
 		if !ok {
 			return errAdminAuth
 		}
@@ -59,18 +61,9 @@ func (s *Server) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
 			s.opts.Audit.Refusal(c.Request().Context(), s.event(c, "admin_auth", "", "", "admin_unauthorized"))
 			return errAdminAuth
 		}
-		c.Set("actor", "admin:"+hex.EncodeToString(h[:4]))
+		httpx.SetActor(c, "admin:"+hex.EncodeToString(h[:4]))
 		return next(c)
 	}
-}
-
-func bearer(h string) (string, bool) {
-	scheme, tok, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", false
-	}
-	tok = strings.TrimSpace(tok)
-	return tok, tok != ""
 }
 
 // Event makes an audit event for this request: actor, request id and
@@ -79,14 +72,10 @@ func (s *Server) Event(c echo.Context, action, owner, method, reason string) aud
 	return s.event(c, action, owner, method, reason)
 }
 
-// event makes an audit event for this request.
+// event makes an audit event for this request (keys.Request.Event, the
+// one place events are built).
 func (s *Server) event(c echo.Context, action, owner, method, reason string) audit.Event {
-	actor, _ := c.Get("actor").(string)
-	outcome := audit.OutcomeSuccess
-	if reason != "" {
-		outcome = audit.OutcomeRefused
-	}
-	return audit.Event{Action: action, Outcome: outcome, Actor: actor, Owner: owner, Method: method, Reason: reason, RequestID: RequestID(c), Remote: c.RealIP()}
+	return httpx.KeysRequest(c).Event(action, enclave.Owner(owner), method, reason)
 }
 
 // ValidUserID is the one user-id rule ([enclave.ValidUserID]).
@@ -108,7 +97,7 @@ func (s *Server) mintSessionToken(c echo.Context) error {
 	}
 	var req sessionTokenRequest
 	if c.Request().ContentLength != 0 {
-		if err := bindJSON(c, &req); err != nil {
+		if err := httpx.Bind(c, &req, 0); err != nil {
 			return err
 		}
 	}
@@ -189,20 +178,20 @@ func (s *Server) purgeOwner(c echo.Context, owner enclave.Owner, userID string) 
 	if ok, wait := s.deletes.Take("user-delete", s.now()); !ok {
 		return apierr.ErrRateLimited.WithMessage("too many user deletions; at most %d a minute (limits.user_deletes_per_minute)", s.cfg.Limits.UserDeletesPerMinute).WithRetry(wait)
 	}
-	if err := s.opts.Audit.Record(ctx, s.event(c, "admin_delete_user", string(owner), "", "")); err != nil {
-		return err
-	}
-	if _, err := s.opts.Custody.DeleteOwner(ctx, owner); err != nil {
-		return err
-	}
+	var also func(context.Context) error
 	if userID != "" {
-		for _, u := range s.opts.Users {
-			if err := u.DeleteUser(ctx, userID); err != nil {
-				return err
+		also = func(ctx context.Context) error {
+			for _, u := range s.opts.Users {
+				if err := u.DeleteUser(ctx, userID); err != nil {
+					return err
+				}
 			}
+			return nil
 		}
 	}
-	s.Destructive(c)
+	if err := s.keys.Purge(ctx, httpx.KeysRequest(c), owner, also); err != nil {
+		return err
+	}
 	return c.NoContent(http.StatusNoContent)
 }
 
@@ -223,12 +212,9 @@ func (s *Server) listFirebaseVersions(c echo.Context) error {
 }
 
 func (s *Server) listOwnerVersions(c echo.Context, owner enclave.Owner, method string) error {
-	vs, err := s.opts.Custody.ListVersions(c.Request().Context(), owner, method)
+	vs, err := s.keys.Versions(c.Request().Context(), owner, method)
 	if err != nil {
 		return err
-	}
-	if vs == nil {
-		vs = []enclave.VersionInfo{}
 	}
 	return c.JSON(http.StatusOK, map[string]any{"versions": vs})
 }
@@ -249,19 +235,10 @@ func (s *Server) restoreFirebaseVersion(c echo.Context) error {
 	return s.restoreOwnerVersion(c, owner, c.Param("method"))
 }
 
-// restoreOwnerVersion checks the version id's form, audits (fail closed)
-// and restores.
+// restoreOwnerVersion restores through the keys service (the version id's
+// form checked, audited first).
 func (s *Server) restoreOwnerVersion(c echo.Context, owner enclave.Owner, method string) error {
-	if err := enclave.CheckVersionID(c.Param("versionId")); err != nil {
-		return err
-	}
-	ctx := c.Request().Context()
-	ev := s.event(c, "admin_restore_version", string(owner), method, "")
-	ev.Fields = map[string]string{"version": c.Param("versionId")}
-	if err := s.opts.Audit.Record(ctx, ev); err != nil {
-		return err
-	}
-	if err := s.opts.Custody.RestoreVersion(ctx, owner, method, c.Param("versionId")); err != nil {
+	if err := s.keys.Restore(c.Request().Context(), httpx.KeysRequest(c), owner, method, c.Param("versionId")); err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/server/httpx"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -46,7 +47,7 @@ func (b *blockList) has(owner string) bool {
 // blockedOwner takes the full owner "firebase:<project>/<tenant>/<sub>" as
 // the :subject parameter (URL-escaped).
 func blockedOwner(c echo.Context) (enclave.Owner, error) {
-	raw, err := PathParam(c, "subject")
+	raw, err := httpx.PathParam(c, "subject")
 	if err != nil {
 		return "", apierr.ErrBadRequest.WithMessage("the user name is not URL-escaped correctly")
 	}

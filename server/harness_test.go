@@ -64,3 +64,13 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 }
 
 func (h *harness) advance(d time.Duration) { h.issuer.Clock().Advance(d) }
+
+// keyRequest is the body of PUT /v1/firebase/key as a client sends it.
+type keyRequest struct {
+	Key string `json:"key"`
+}
+
+// releaseRequest is the body of POST /v1/firebase/key/release.
+type releaseRequest struct {
+	RecipientPublicKey string `json:"recipientPublicKey"`
+}

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"encoding/base64"
 	"errors"
 	"net/http"
 	"strings"
@@ -11,6 +10,8 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/server/httpx"
+	"github.com/keywarden/keywarden/server/keys"
 )
 
 // maxImportItems bounds one bulk import request.
@@ -27,10 +28,12 @@ type importRequest struct {
 }
 
 type importItem struct {
-	UserID   string  `json:"userId"`
-	Owner    string  `json:"owner"`
-	Method   string  `json:"method"`
-	Key      *string `json:"key"`
+	UserID string `json:"userId"`
+	Owner  string `json:"owner"`
+	Method string `json:"method"`
+	// Key (base64) or, instead, sealedKey/enc/suite sealed to the
+	// appliance key with keys.RouteImport in the info.
+	httpx.StoreKeyInput
 	KeyText  *string `json:"keyText"`
 	ClientID string  `json:"clientId"`
 }
@@ -58,7 +61,7 @@ var errImportItems = apierr.New(http.StatusBadRequest, "invalid_import", "send 1
 // independent: each gets its own result.
 func (s *Server) importKeys(c echo.Context) error {
 	var req importRequest
-	if err := bindJSON(c, &req); err != nil {
+	if err := httpx.Bind(c, &req, 0); err != nil {
 		return err
 	}
 	if len(req.Items) == 0 || len(req.Items) > maxImportItems {
@@ -102,23 +105,21 @@ func (s *Server) importOne(c echo.Context, i int, it importItem, overwrite bool)
 	}
 	var key []byte
 	switch {
-	case it.Key != nil && it.KeyText == nil:
-		b, err := base64.StdEncoding.DecodeString(*it.Key)
+	case it.Given() && it.KeyText == nil:
+		k, err := it.Open(s.keys, keys.RouteImport, owner, it.Method)
 		if err != nil {
-			return fail(apierr.New(http.StatusBadRequest, "invalid_key", "key must be standard base64"))
+			return fail(err)
 		}
-		key, opts.Format = b, enclave.FormatBytes
-	case it.KeyText != nil && it.Key == nil:
+		key, opts.Format = k.Reveal(), enclave.FormatBytes
+	case it.KeyText != nil && !it.Given():
 		key, opts.Format = []byte(*it.KeyText), enclave.FormatText
 	default:
-		return fail(apierr.New(http.StatusBadRequest, "invalid_key", "give exactly one of key (base64) and keyText"))
+		return fail(apierr.New(http.StatusBadRequest, "invalid_key", "give exactly one of key (base64), sealedKey and keyText"))
 	}
 	defer clear(key)
-	ev := s.event(c, "admin_import", string(owner), it.Method, "")
-	if err := s.opts.Audit.Record(c.Request().Context(), ev); err != nil {
-		return fail(err)
-	}
-	replaced, err := s.opts.Custody.PutKey(c.Request().Context(), owner, it.Method, key, opts)
+	req := httpx.KeysRequest(c)
+	req.Action = "admin_import"
+	replaced, err := s.keys.Store(c.Request().Context(), req, owner, it.Method, key, opts)
 	if errors.Is(err, apierr.ErrKeyExists) {
 		return fail(apierr.ErrKeyExists.WithMessage("a key is already stored; set overwrite to replace it (the stored one is then kept as a prior version)"))
 	}

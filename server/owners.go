@@ -3,13 +3,13 @@ package server
 import (
 	"context"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/server/httpx"
 )
 
 // ErrInvalidOwner refuses an owner path segment that is not a valid owner
@@ -22,24 +22,11 @@ var ErrInvalidOwner = apierr.New(http.StatusBadRequest, "invalid_owner",
 // Firebase users, Portal clients.
 var OwnerKinds = []string{"user:", "firebase:", "portal:"}
 
-// PathParam is the path parameter name as the client meant it. Echo routes
-// on the raw (escaped) path when the request has one that differs from
-// the decoded path (a %2F does), and then hands parameters over still
-// escaped; otherwise they are already decoded. Unescaping in the second
-// case as well would decode a '%' of the value a second time.
-func PathParam(c echo.Context, name string) (string, error) {
-	v := c.Param(name)
-	if c.Request().URL.RawPath == "" {
-		return v, nil
-	}
-	return url.PathUnescape(v)
-}
-
 // OwnerParam is the :owner path parameter: any owner of a known kind,
 // URL-escaped in one segment (firebase owners hold '/'), or
 // [ErrInvalidOwner].
 func OwnerParam(c echo.Context) (enclave.Owner, error) {
-	raw, err := PathParam(c, "owner")
+	raw, err := httpx.PathParam(c, "owner")
 	if err != nil {
 		return "", ErrInvalidOwner
 	}
@@ -125,7 +112,7 @@ func (s *Server) listAnyOwnerVersions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	method, err := PathParam(c, "method")
+	method, err := httpx.PathParam(c, "method")
 	if err != nil {
 		return apierr.ErrBadRequest.WithMessage("the method is not URL-escaped correctly")
 	}
@@ -137,7 +124,7 @@ func (s *Server) restoreAnyOwnerVersion(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	method, err := PathParam(c, "method")
+	method, err := httpx.PathParam(c, "method")
 	if err != nil {
 		return apierr.ErrBadRequest.WithMessage("the method is not URL-escaped correctly")
 	}

@@ -13,7 +13,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -37,21 +36,20 @@ import (
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/ratelimit"
+	"github.com/keywarden/keywarden/server/firebase"
+	"github.com/keywarden/keywarden/server/httpx"
+	"github.com/keywarden/keywarden/server/keys"
 	"github.com/keywarden/keywarden/store"
 )
 
 // Auditor is the audit log: Record is durable (fail closed), Refusal is
 // counted and sampled.
-type Auditor interface {
-	Record(ctx context.Context, ev audit.Event) error
-	Refusal(ctx context.Context, ev audit.Event)
-}
+type Auditor = keys.Auditor
 
 // Routes is a capability that adds its routes (passkeys, custodian,
 // Portal…). public carries CORS and the per-address rate limit; admin
-// requires the admin API key. Capabilities use the server's shared
-// operations (StoreKey, ReleaseKey, VerifyFirebase, Event, BindJSON) so
-// audit, metrics and errors stay in one place.
+// requires the admin API key. Key operations go through the keys service
+// (server/keys), request parsing through server/httpx.
 type Routes interface {
 	RegisterRoutes(s *Server, public, admin *echo.Group)
 }
@@ -77,6 +75,10 @@ type Rollback interface {
 // reset) after it committed: the store generation advances and the TPM
 // counter follows, coalesced. A failure is logged: the change itself is
 // done, and the next start catches the counter up.
+//
+// The key routes advance it inside the keys service (keys.Service.Delete,
+// Purge); this stays for the custodian, client-share and passkey admin
+// routes until they take the rollback as a constructor dependency.
 func (s *Server) Destructive(c echo.Context) {
 	if s.opts.Rollback == nil {
 		return
@@ -107,6 +109,9 @@ type Options struct {
 	Audit    Auditor
 	Metrics  *metrics.Metrics
 	Firebase FirebaseVerifier // nil: Firebase routes answer 503
+	// Keys is the keys service every key route uses; nil: built from
+	// Custody, Audit, Metrics, Clock, Rollback and Logger (when unsealed).
+	Keys     *keys.Service
 	Routes   []Routes
 	Users    []UserData
 	Degraded []Check
@@ -128,6 +133,8 @@ type Server struct {
 	draining atomic.Bool
 	adminKey [][32]byte
 	blocked  *blockList
+	keys     *keys.Service      // nil while sealed
+	fb       *firebase.HTTP     // nil while sealed
 	deletes  *ratelimit.Limiter // admin user deletions (DECISIONS 13)
 
 	lastBackup atomic.Int64 // unix seconds of the last completed backup stream (meta "last_backup")
@@ -176,6 +183,21 @@ func New(opts Options) (*Server, error) {
 	opts.Metrics.GaugeFunc("keywarden_backup_last_success_timestamp_seconds",
 		"When the last backup stream (GET /v1/admin/backup) completed, unix seconds; 0: never.",
 		func() float64 { return float64(s.lastBackup.Load()) })
+	if s.keys = opts.Keys; s.keys == nil && opts.Custody != nil {
+		ko := keys.Options{Custody: opts.Custody, Audit: opts.Audit, Metrics: opts.Metrics, Clock: opts.Clock, Logger: opts.Logger}
+		if opts.Rollback != nil {
+			ko.Rollback = opts.Rollback
+		}
+		if s.keys, err = keys.New(ko); err != nil {
+			return nil, err
+		}
+	}
+	if s.keys != nil {
+		if s.fb, err = firebase.NewHTTP(firebase.HTTPOptions{Keys: s.keys, Verifier: opts.Firebase,
+			Blocked: s.blocked.has, OverwriteMaxAuthAge: opts.Config.Firebase.OverwriteMaxAuthAge}); err != nil {
+			return nil, err
+		}
+	}
 	s.Public = s.newEcho()
 	s.Admin = s.Public
 	if opts.Config.Listen.AdminAddr != opts.Config.Listen.Addr {
@@ -285,8 +307,6 @@ func (s *Server) Draining() bool { return s.draining.Load() }
 
 // --- middleware ---------------------------------------------------------
 
-const ctxRequestID = "request_id"
-
 // requestID takes X-Portal-Trace-Id or X-Request-Id when it is a sane
 // token, else makes one; it is the correlation id in logs and audit lines.
 func (s *Server) requestID(next echo.HandlerFunc) echo.HandlerFunc {
@@ -298,7 +318,7 @@ func (s *Server) requestID(next echo.HandlerFunc) echo.HandlerFunc {
 		if !saneID(id) {
 			id = newID()
 		}
-		c.Set(ctxRequestID, id)
+		httpx.SetRequestID(c, id)
 		c.Response().Header().Set("X-Request-Id", id)
 		// Services audit with it too (audit.RequestIDFrom).
 		c.SetRequest(c.Request().WithContext(audit.WithRequestID(c.Request().Context(), id)))
@@ -319,10 +339,7 @@ func saneID(id string) bool {
 }
 
 // RequestID returns the request's correlation id.
-func RequestID(c echo.Context) string {
-	id, _ := c.Get(ctxRequestID).(string)
-	return id
-}
+func RequestID(c echo.Context) string { return httpx.RequestID(c) }
 
 func (s *Server) recoverPanics(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) (err error) {
@@ -413,6 +430,8 @@ func noStore(next echo.HandlerFunc) echo.HandlerFunc {
 		return next(c)
 	}
 }
+
+func sealedHandler(echo.Context) error { return apierr.ErrSealed }
 
 // unsealed refuses key routes while the root key is sealed.
 func (s *Server) unsealed(next echo.HandlerFunc) echo.HandlerFunc {
@@ -510,14 +529,21 @@ func (s *Server) toAPIError(err error) *apierr.Error {
 	return apierr.ErrInternal.Wrap(err)
 }
 
-// BindJSON decodes one JSON object from the body into v (see bindJSON).
-func BindJSON(c echo.Context, v any) error { return bindJSON(c, v) }
-
 // Audit is the audit log.
+//
+// Key operations audit in the keys service ([Server.Keys]); this stays for
+// the capabilities that audit other actions until they take the audit log
+// as a constructor dependency.
 func (s *Server) Audit() Auditor { return s.opts.Audit }
 
-// Custody is the key custody (nil while sealed).
+// Custody is the key custody (nil while sealed). The new way to act on
+// keys is the keys service ([Server.Keys]).
 func (s *Server) Custody() *enclave.Custody { return s.opts.Custody }
+
+// Keys is the keys service (nil while sealed). It is built once, here or
+// by the caller (Options.Keys); capabilities should take it as a
+// constructor dependency instead of asking the server.
+func (s *Server) Keys() *keys.Service { return s.keys }
 
 // Metrics are the Prometheus collectors.
 func (s *Server) Metrics() *metrics.Metrics { return s.opts.Metrics }
@@ -527,38 +553,6 @@ func (s *Server) Logger() *slog.Logger { return s.log }
 
 // Unsealed is middleware that answers 503 sealed while the root key is sealed.
 func (s *Server) Unsealed(next echo.HandlerFunc) echo.HandlerFunc { return s.unsealed(next) }
-
-// bindJSON decodes one JSON object from the body into v. Malformed JSON is
-// a 400 that says where; a body over the limit a 413.
-func bindJSON(c echo.Context, v any) error {
-	ct := c.Request().Header.Get(echo.HeaderContentType)
-	if ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
-		return apierr.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send Content-Type: application/json")
-	}
-	dec := json.NewDecoder(c.Request().Body)
-	if err := dec.Decode(v); err != nil {
-		var he *echo.HTTPError
-		if errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge {
-			return he
-		}
-		if errors.Is(err, io.EOF) {
-			return apierr.ErrInvalidJSON.WithMessage("the body is empty; send a JSON object")
-		}
-		var se *json.SyntaxError
-		var te *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &se):
-			return apierr.ErrInvalidJSON.WithMessage("malformed JSON at byte %d", se.Offset)
-		case errors.As(err, &te):
-			return apierr.ErrInvalidJSON.WithMessage("field %q must be %s", te.Field, te.Type.String())
-		}
-		return apierr.ErrInvalidJSON.Wrap(err)
-	}
-	if dec.More() {
-		return apierr.ErrInvalidJSON.WithMessage("the body holds more than one JSON value")
-	}
-	return nil
-}
 
 // Request ids are a random per-process prefix and a counter: unique, cheap
 // (no syscall per request), and they need not be secret.

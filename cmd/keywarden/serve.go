@@ -28,6 +28,7 @@ import (
 	"github.com/keywarden/keywarden/internal/tpmsim"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/firebase"
+	"github.com/keywarden/keywarden/server/keys"
 	"github.com/keywarden/keywarden/server/passkey"
 	"github.com/keywarden/keywarden/store"
 )
@@ -309,7 +310,31 @@ func buildServer(ctx context.Context, a *appliance) (*server.Server, error) {
 	if err := wireCapabilities(ctx, a, &opts); err != nil {
 		return nil, err
 	}
+	if _, err := applianceKeys(a, &opts); err != nil {
+		return nil, err
+	}
 	return server.New(opts)
+}
+
+// applianceKeys is the one keys service of the appliance (opts.Keys), built
+// on first use over the custody, audit log, metrics and rollback counter,
+// and shared by the server's routes, the passkey service and the Portal
+// adapter so that every path is counted in the same metrics. The wire
+// steps that use it run after rollbackWireStep, which sets opts.Rollback.
+func applianceKeys(a *appliance, opts *server.Options) (*keys.Service, error) {
+	if opts.Keys != nil {
+		return opts.Keys, nil
+	}
+	ko := keys.Options{Custody: opts.Custody, Audit: opts.Audit, Metrics: a.metrics, Clock: opts.Clock, Logger: a.log}
+	if opts.Rollback != nil {
+		ko.Rollback = opts.Rollback
+	}
+	ks, err := keys.New(ko)
+	if err != nil {
+		return nil, err
+	}
+	opts.Keys = ks
+	return ks, nil
 }
 
 // wireCapabilities adds passkeys, custodian, Portal and attestation (each

@@ -9,6 +9,7 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/httpx"
 	"github.com/keywarden/keywarden/server/passkey"
 )
 
@@ -18,12 +19,16 @@ func wirePasskey(ctx context.Context, a *appliance, opts *server.Options) error 
 	if a.cfg.Passkey.RPID == "" {
 		return nil
 	}
-	svc, err := passkey.NewService(passkeyOptions(a.cfg.Passkey), passkey.Deps{DB: a.db, Custody: opts.Custody, Audit: opts.Audit, Logger: a.log})
+	ks, err := applianceKeys(a, opts)
+	if err != nil {
+		return err
+	}
+	svc, err := passkey.NewService(passkeyOptions(a.cfg.Passkey), passkey.Deps{DB: a.db, Custody: opts.Custody, Audit: opts.Audit, Logger: a.log, Keys: ks})
 	if err != nil {
 		return fmt.Errorf("passkey: %w", err)
 	}
 	h := &passkey.Handler{Service: svc, Sessions: opts.Sessions, MaxBodyBytes: a.cfg.Limits.MaxBodyBytes,
-		Actor: func(c echo.Context) string { s, _ := c.Get("actor").(string); return s }}
+		Actor: httpx.Actor}
 	opts.Routes = append(opts.Routes, passkeyRoutes{h})
 	opts.Users = append(opts.Users, passkeyUsers{svc})
 	a.passkey = svc

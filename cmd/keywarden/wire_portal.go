@@ -27,7 +27,11 @@ func wirePortal(_ context.Context, a *appliance, opts *server.Options) error {
 		a.log.Info("Portal SDK drop-in is off: portal.custodian_id is not set")
 		return nil
 	}
-	deps := portal.Deps{Passkey: a.passkey, Logger: a.log}
+	ks, err := applianceKeys(a, opts)
+	if err != nil {
+		return err
+	}
+	deps := portal.Deps{Passkey: a.passkey, Logger: a.log, Keys: ks}
 	if svc, err := custodianService(opts); svc != nil {
 		deps.Shares = svc
 	} else if len(p.WebhookSecrets) > 0 {

@@ -11,6 +11,7 @@ import (
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/httpx"
 )
 
 // Audit actions of this package besides audit.ActionStore, ActionRelease
@@ -95,7 +96,7 @@ func (h *Handler) put(c echo.Context) error {
 		return err
 	}
 	var req putRequest
-	if err := server.BindJSON(c, &req); err != nil {
+	if err := httpx.Bind(c, &req, 0); err != nil {
 		return err
 	}
 	if err := req.Validate(); err != nil {
@@ -143,7 +144,7 @@ func (h *Handler) status(c echo.Context) error {
 		return err
 	}
 	var req statusRequest
-	if err := server.BindJSON(c, &req); err != nil {
+	if err := httpx.Bind(c, &req, 0); err != nil {
 		return err
 	}
 	if req.Stored == nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/httpx"
 )
 
 // auditParallel bounds the audit lines written at once for a batch (the
@@ -117,7 +118,7 @@ type batchResponse struct {
 
 func (h *Handler) batchPut(c echo.Context) error {
 	var req batchRequest
-	if err := server.BindJSON(c, &req); err != nil {
+	if err := httpx.Bind(c, &req, 0); err != nil {
 		return err
 	}
 	results, items, err := req.check(h.maxBatch, true)
@@ -161,7 +162,7 @@ func (h *Handler) batchPut(c echo.Context) error {
 
 func (h *Handler) batchGet(c echo.Context) error {
 	var req batchRequest
-	if err := server.BindJSON(c, &req); err != nil {
+	if err := httpx.Bind(c, &req, 0); err != nil {
 		return err
 	}
 	results, items, err := req.check(h.maxBatch, false)

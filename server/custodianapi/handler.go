@@ -18,6 +18,7 @@ import (
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/httpx"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -203,7 +204,7 @@ func ownerTarget(c echo.Context) (enclave.Owner, string, error) {
 	if err != nil {
 		return "", "", err
 	}
-	method, err := server.PathParam(c, "method")
+	method, err := httpx.PathParam(c, "method")
 	if err != nil {
 		return "", "", ErrBadMethod
 	}
@@ -254,7 +255,7 @@ func (h *Handler) put(c echo.Context) error {
 		return err
 	}
 	var req putRequest
-	if err := server.BindJSON(c, &req); err != nil {
+	if err := httpx.Bind(c, &req, 0); err != nil {
 		return err
 	}
 	share, err := decodeShare(req.Share)

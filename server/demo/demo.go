@@ -43,6 +43,7 @@ import (
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/httpx"
 )
 
 //go:embed static
@@ -171,7 +172,7 @@ func (d *Demo) session(c echo.Context) error {
 		return ErrContentType
 	}
 	var req sessionRequest
-	if err := server.BindJSON(c, &req); err != nil {
+	if err := httpx.Bind(c, &req, 0); err != nil {
 		return err
 	}
 	if err := validUserID(req.UserID); err != nil {

@@ -2,9 +2,11 @@
 // published certificates, and says who they prove: an [Identity] whose
 // [Identity.Owner] is "firebase:<project>/<tenant>/<sub>".
 //
-// It has no HTTP handlers: a handler takes the bearer token, calls
-// [Verifier.Verify] and passes the *apierr.Error it may get to the central
-// error handler.
+// Its HTTP handlers ([HTTP], the native key routes) sit next to the
+// verifier and take their dependencies at construction: the keys service
+// (server/keys), a [TokenVerifier] and the operator's block list. They take
+// the bearer token, call [Verifier.Verify], then one keys method, and pass
+// the *apierr.Error they may get to the central error handler.
 //
 // # Checks
 //

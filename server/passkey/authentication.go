@@ -22,6 +22,7 @@ import (
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/ratelimit"
 	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/server/keys"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -348,13 +349,12 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 
 	subj := Subject{Owner: rec.Owner, UserID: rec.UserID}
 	out := &Authentication{Subject: subj, CredentialID: rec.idString()}
-	fields := map[string]string{"credential": rec.idString(), "rp_id": rp.cfg.ID}
+	// The key is stored or released by the keys service, as on every
+	// path: audited first (fail closed) and counted in the metrics.
+	kreq := keys.Request{Actor: string(rec.Owner), Remote: req.ClientAddr, Basis: "passkey_assertion",
+		Fields: map[string]string{"credential": rec.idString(), "rp_id": rp.cfg.ID}}
 	if req.ReplaceKey != nil {
-		if err := s.audit.Record(ctx, audit.Event{Action: audit.ActionStore, Outcome: audit.OutcomeSuccess, Actor: string(rec.Owner),
-			Owner: string(rec.Owner), Method: Method, Reason: "passkey_assertion", Remote: req.ClientAddr, Fields: fields}); err != nil {
-			return nil, owner, apierr.ErrAuditFailed.Wrap(err)
-		}
-		if _, err := s.custody.PutKey(ctx, rec.Owner, Method, req.ReplaceKey,
+		if _, err := s.keys.Store(ctx, kreq, rec.Owner, Method, req.ReplaceKey,
 			enclave.PutOptions{Format: req.ReplaceKeyFormat, ClientID: req.ReplaceClientID}); err != nil {
 			return nil, owner, err
 		}
@@ -362,15 +362,10 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 		return out, owner, nil
 	}
 
-	key, info, err := s.custody.Lookup(ctx, rec.Owner, Method)
+	kreq.Fields["sealed"] = boolString(c.recipient != nil)
+	key, info, err := s.keys.Release(ctx, kreq, rec.Owner, Method, enclave.Access{}, nil)
 	if err != nil {
 		return nil, owner, err
-	}
-	fields["sealed"] = boolString(c.recipient != nil)
-	if err := s.audit.Record(ctx, audit.Event{Action: audit.ActionRelease, Outcome: audit.OutcomeSuccess, Actor: string(rec.Owner),
-		Owner: string(rec.Owner), Method: Method, Reason: "passkey_assertion", Remote: req.ClientAddr, Fields: fields}); err != nil {
-		key.Wipe()
-		return nil, owner, apierr.ErrAuditFailed.Wrap(err)
 	}
 	out.KeyFormat = info.Format
 	if c.recipient != nil {

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -16,6 +14,8 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/server/httpx"
+	"github.com/keywarden/keywarden/server/keys"
 )
 
 // DefaultMaxBodyBytes bounds a request body when Handler.MaxBodyBytes is 0.
@@ -54,57 +54,15 @@ func (h *Handler) RegisterAdmin(g *echo.Group) {
 	g.POST("/users/:userId/passkeys/reset", h.adminReset)
 }
 
-// bind reads a bounded JSON body into v, refusing unknown fields (a
-// misspelt recipientPublicKey must not silently release a key in the
-// clear) and trailing data. An empty body is {}.
-func (h *Handler) bind(c echo.Context, v interface{ Validate() error }) error {
+// bind reads the body under the one JSON rule set (httpx.Bind: unknown
+// members refused, so a misspelt recipientPublicKey never silently
+// releases a key in the clear) within MaxBodyBytes.
+func (h *Handler) bind(c echo.Context, v httpx.Validator) error {
 	limit := h.MaxBodyBytes
 	if limit == 0 {
 		limit = DefaultMaxBodyBytes
 	}
-	body, err := io.ReadAll(io.LimitReader(c.Request().Body, limit+1))
-	if err != nil {
-		return apierr.ErrBadRequest.Wrap(err)
-	}
-	if int64(len(body)) > limit {
-		return apierr.ErrTooLarge
-	}
-	if len(bytes.TrimSpace(body)) == 0 {
-		body = []byte("{}")
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return apierr.ErrInvalidJSON.WithMessage("the body is not valid JSON for this route: %s", jsonProblem(err)).Wrap(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return apierr.ErrInvalidJSON.WithMessage("the body has data after the JSON object")
-	}
-	return v.Validate()
-}
-
-// jsonProblem describes a decoding error without echoing values.
-func jsonProblem(err error) string {
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		return "field " + te.Field + " has the wrong type"
-	}
-	if s := err.Error(); strings.HasPrefix(s, "json: unknown field ") {
-		return "unknown field " + strings.TrimPrefix(s, "json: unknown field ")
-	}
-	return "syntax error"
-}
-
-// decodeBase64 accepts standard and URL alphabets, padded or not.
-func decodeBase64(s string) ([]byte, bool) {
-	s = strings.TrimRight(s, "=")
-	if b, err := base64.RawStdEncoding.DecodeString(s); err == nil {
-		return b, true
-	}
-	if b, err := base64.RawURLEncoding.DecodeString(s); err == nil {
-		return b, true
-	}
-	return nil, false
+	return httpx.Bind(c, v, limit)
 }
 
 func validCeremonyID(id string) error {
@@ -140,6 +98,9 @@ func (r *registrationBeginRequest) Validate() error {
 	return nil
 }
 
+// Optional: every member is optional, so the body may be empty.
+func (*registrationBeginRequest) Optional() {}
+
 type registrationBeginResponse struct {
 	CeremonyID  string                                      `json:"ceremonyId"`
 	PublicKey   protocol.PublicKeyCredentialCreationOptions `json:"publicKey"`
@@ -150,7 +111,7 @@ type registrationBeginResponse struct {
 }
 
 func (h *Handler) registrationBegin(c echo.Context) error {
-	tok, ok := bearer(c)
+	tok, ok := httpx.Bearer(c.Request().Header.Get(echo.HeaderAuthorization))
 	if !ok {
 		return apierr.ErrUnauthorized.WithMessage("registration needs Authorization: Bearer <user session token>")
 	}
@@ -179,9 +140,12 @@ func (h *Handler) registrationBegin(c echo.Context) error {
 type registrationFinishRequest struct {
 	CeremonyID string          `json:"ceremonyId"`
 	Credential json.RawMessage `json:"credential"`
-	Key        *string         `json:"key"`
+	// key (base64), or sealedKey/enc/suite sealed to the appliance key
+	// (opened by the service once the ceremony names the owner).
+	httpx.StoreKeyInput
 
-	key []byte
+	key    []byte
+	sealed *keys.SealedKey
 }
 
 func (r *registrationFinishRequest) Validate() error {
@@ -191,13 +155,17 @@ func (r *registrationFinishRequest) Validate() error {
 	if err := validCredential(r.Credential); err != nil {
 		return err
 	}
+	sk, err := r.Sealed()
+	if err != nil {
+		return err
+	}
+	r.sealed = sk
 	if r.Key != nil {
-		k, ok := decodeBase64(*r.Key)
-		if !ok || len(k) < MinNativeKeyBytes || len(k) > MaxNativeKeyBytes {
-			clear(k)
+		k, err := httpx.DecodeKey(*r.Key)
+		if err != nil {
 			return ErrInvalidKey
 		}
-		r.key = k
+		r.key = k.Reveal()
 	}
 	return nil
 }
@@ -217,7 +185,7 @@ func (h *Handler) registrationFinish(c echo.Context) error {
 	}
 	defer clear(req.key)
 	out, err := h.Service.FinishRegistration(c.Request().Context(), FinishRegistrationRequest{
-		CeremonyID: req.CeremonyID, Credential: req.Credential, Key: req.key, ClientAddr: c.RealIP(),
+		CeremonyID: req.CeremonyID, Credential: req.Credential, Key: req.key, SealedKey: req.sealed, ClientAddr: c.RealIP(),
 	})
 	if err != nil {
 		return err
@@ -240,7 +208,7 @@ func (r *authenticationBeginRequest) Validate() error {
 		}
 	}
 	if r.RecipientPublicKey != "" {
-		k, ok := decodeBase64(r.RecipientPublicKey)
+		k, ok := httpx.DecodeBase64(r.RecipientPublicKey)
 		if !ok {
 			return apierr.ErrBadRequest.WithMessage("recipientPublicKey is not base64")
 		}
@@ -251,6 +219,9 @@ func (r *authenticationBeginRequest) Validate() error {
 	}
 	return nil
 }
+
+// Optional: {} (or no body) begins a discoverable ceremony.
+func (*authenticationBeginRequest) Optional() {}
 
 type authenticationBeginResponse struct {
 	CeremonyID string                                     `json:"ceremonyId"`
@@ -296,7 +267,7 @@ func (r *authenticationFinishRequest) Validate() error {
 		return err
 	}
 	if r.RecipientPublicKey != "" {
-		k, ok := decodeBase64(r.RecipientPublicKey)
+		k, ok := httpx.DecodeBase64(r.RecipientPublicKey)
 		if !ok {
 			return apierr.ErrBadRequest.WithMessage("recipientPublicKey is not base64")
 		}
@@ -338,16 +309,6 @@ func (h *Handler) authenticationFinish(c echo.Context) error {
 		out.Key.Wipe()
 	}
 	return c.JSON(http.StatusOK, resp)
-}
-
-func bearer(c echo.Context) (string, bool) {
-	h := c.Request().Header.Get(echo.HeaderAuthorization)
-	scheme, tok, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", false
-	}
-	tok = strings.TrimSpace(tok)
-	return tok, tok != ""
 }
 
 func (h *Handler) actor(c echo.Context) string {

@@ -15,10 +15,12 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/softauthn"
 	"github.com/keywarden/keywarden/internal/testutil/apptest"
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
 	"github.com/keywarden/keywarden/internal/testutil/proc"
+	"github.com/keywarden/keywarden/server/keys"
 )
 
 const (
@@ -39,6 +41,7 @@ type env struct {
 	e        *echo.Echo
 	svc      *Service
 	custody  *enclave.Custody
+	metrics  *metrics.Metrics // the keys service's
 	sessions *enclave.SessionTokens
 	clock    *firebasetest.Clock // settable
 	logs     *proc.SyncBuffer
@@ -63,7 +66,12 @@ func newEnv(t testing.TB, mod func(*Options)) *env {
 	if mod != nil {
 		mod(&opts)
 	}
-	svc, err := NewService(opts, Deps{DB: core.DB, Custody: custody, Audit: core.Audit, Clock: clk.Now,
+	m := metrics.New()
+	ks, err := keys.New(keys.Options{Custody: custody, Audit: core.Audit, Metrics: m, Clock: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := NewService(opts, Deps{DB: core.DB, Custody: custody, Audit: core.Audit, Clock: clk.Now, Keys: ks,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +86,7 @@ func newEnv(t testing.TB, mod func(*Options)) *env {
 	h.RegisterAdmin(e.Group("/v1/admin"))
 	client := &apptest.Client{T: t, Handler: e, Header: http.Header{"Content-Type": {"application/json"}},
 		Prepare: func(r *http.Request) { r.RemoteAddr = testAddr + ":40000" }}
-	return &env{Core: core, Client: client, t: t, e: e, svc: svc, custody: custody, sessions: sessions,
+	return &env{Core: core, Client: client, t: t, e: e, svc: svc, custody: custody, sessions: sessions, metrics: m,
 		clock: clk, logs: logs, auth: softauthn.New([16]byte{0xad, 0xce, 0x00, 0x02})}
 }
 

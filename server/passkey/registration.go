@@ -13,6 +13,8 @@ import (
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/ratelimit"
+	"github.com/keywarden/keywarden/server/httpx"
+	"github.com/keywarden/keywarden/server/keys"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -163,6 +165,10 @@ type FinishRegistrationRequest struct {
 	// stored. Its length is checked by the caller (the native API wants
 	// 32..64 bytes) and by custody (1..1024).
 	Key []byte
+	// SealedKey, instead of Key, is the key sealed to the appliance key
+	// with keys.StoreInfo(keys.RoutePasskeyRegistration, owner, Method):
+	// opened once the ceremony names the owner.
+	SealedKey *keys.SealedKey
 	// KeyFormat is enclave.FormatBytes (default) or enclave.FormatText.
 	KeyFormat string
 	// ClientID is recorded with the key (the Portal client).
@@ -204,6 +210,17 @@ func (s *Service) finishRegistration(ctx context.Context, c *ceremony, req Finis
 	rp, subj := c.rp, *c.subject
 	if req.RPID != "" && req.RPID != rp.cfg.ID {
 		return nil, ErrCeremonyRP
+	}
+	if req.SealedKey != nil {
+		if len(req.Key) > 0 {
+			return nil, httpx.ErrKeyAndSealedKey
+		}
+		k, err := s.keys.OpenSealed(*req.SealedKey, keys.RoutePasskeyRegistration, subj.Owner, Method)
+		if err != nil {
+			return nil, err
+		}
+		defer k.Wipe()
+		req.Key = k.Reveal()
 	}
 	if c.claim && len(req.Key) > 0 {
 		return nil, ErrClaimWithKey

@@ -21,8 +21,10 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/ratelimit"
 	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/server/keys"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -55,6 +57,10 @@ type Deps struct {
 	Audit   Auditor          // required
 	Logger  *slog.Logger     // nil: slog.Default()
 	Clock   func() time.Time // nil: time.Now
+	// Keys stores and releases keys (audit, metrics) as on every other
+	// path; nil: one over Custody and Audit whose metrics nobody exports
+	// (tests). The appliance passes the one the server uses.
+	Keys *keys.Service
 }
 
 // Subject is whose passkeys and key a ceremony concerns.
@@ -94,6 +100,7 @@ type Service struct {
 	rps     []*relyingParty
 	db      *store.DB
 	custody *enclave.Custody
+	keys    *keys.Service
 	audit   Auditor
 	log     *slog.Logger
 	now     func() time.Time
@@ -135,8 +142,15 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 		return nil, errors.New("passkey: Deps.DB, Deps.Custody and Deps.Audit are required")
 	}
 	o := opts.withDefaults()
+	if deps.Keys == nil {
+		ks, err := keys.New(keys.Options{Custody: deps.Custody, Audit: deps.Audit, Metrics: metrics.New(), Clock: deps.Clock, Logger: deps.Logger})
+		if err != nil {
+			return nil, err
+		}
+		deps.Keys = ks
+	}
 	s := &Service{
-		opts: o, db: deps.DB, custody: deps.Custody, audit: deps.Audit, log: deps.Logger, now: deps.Clock,
+		opts: o, db: deps.DB, custody: deps.Custody, keys: deps.Keys, audit: deps.Audit, log: deps.Logger, now: deps.Clock,
 		decoy:      deps.Custody.Root().Subkey("passkey decoy credential ids"),
 		ceremonies: newCeremonies(o.MaxCeremonies, o.MaxCeremoniesPerAddress),
 		proofs:     newCeremonies(o.MaxCeremonies, o.MaxCeremonies),

@@ -1,17 +1,12 @@
 package portal
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/json"
-	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -21,6 +16,8 @@ import (
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/httpx"
+	"github.com/keywarden/keywarden/server/keys"
 	"github.com/keywarden/keywarden/server/passkey"
 )
 
@@ -54,6 +51,7 @@ type Adapter struct {
 	log      *slog.Logger
 	now      func() time.Time
 	srv      *server.Server
+	keys     *keys.Service
 
 	sessionKey  []byte
 	secretHash  [][32]byte
@@ -80,7 +78,7 @@ func New(opts Options, deps Deps) (*Adapter, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Adapter{opts: o, resolver: r, pk: deps.Passkey, shares: deps.Shares, log: deps.Logger, now: deps.Clock,
+	a := &Adapter{opts: o, resolver: r, pk: deps.Passkey, shares: deps.Shares, log: deps.Logger, now: deps.Clock, keys: deps.Keys,
 		sessionKey: make([]byte, 32)}
 	_, _ = rand.Read(a.sessionKey)
 	for _, s := range o.WebhookSecrets {
@@ -105,6 +103,9 @@ func (a *Adapter) Resolver() *Resolver { return a.resolver }
 // client_mismatch) to every other client and to the native routes.
 func (a *Adapter) RegisterRoutes(s *server.Server, public, admin *echo.Group) {
 	a.srv = s
+	if a.keys == nil {
+		a.keys = s.Keys()
+	}
 	if cu := s.Custody(); cu != nil && !a.opts.AllowClientMismatch {
 		cu.SetClientIsolation(true)
 	}
@@ -126,15 +127,10 @@ func (a *Adapter) RegisterRoutes(s *server.Server, public, admin *echo.Group) {
 
 // credential reads the Portal client credential and checks its shape.
 func credential(c echo.Context) (string, error) {
-	h := c.Request().Header.Get(echo.HeaderAuthorization)
-	if h == "" {
+	tok, ok := httpx.Bearer(c.Request().Header.Get(echo.HeaderAuthorization))
+	if !ok {
 		return "", ErrCredentialMissing
 	}
-	scheme, tok, ok := strings.Cut(h, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", ErrCredentialMissing
-	}
-	tok = strings.TrimSpace(tok)
 	if err := CheckCredential(tok); err != nil {
 		return "", err
 	}
@@ -151,47 +147,19 @@ func (a *Adapter) resolve(c echo.Context, cred string) (Client, error) {
 		}
 		return Client{}, err
 	}
-	c.Set("actor", string(ClientOwner(client.ID)))
+	httpx.SetActor(c, string(ClientOwner(client.ID)))
 	return client, nil
 }
 
 // validator is a request body that checks itself after decoding.
-type validator interface{ Validate() error }
+type validator = httpx.Validator
 
 // bind decodes one JSON object of at most limit bytes into v and
-// validates it. Unknown members are ignored (a newer SDK may add some);
-// trailing data is refused. Values are never echoed in errors.
+// validates it, under the one rule set (httpx.Bind). The SDK's and
+// Portal's bodies are foreign shapes (httpx.ForeignShape): members a newer
+// SDK adds are ignored. Values are never echoed in errors.
 func bind(c echo.Context, v validator, limit int64) error {
-	ct := c.Request().Header.Get(echo.HeaderContentType)
-	if ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
-		return apierr.New(http.StatusUnsupportedMediaType, "unsupported_media_type", "send Content-Type: application/json")
-	}
-	body, err := io.ReadAll(io.LimitReader(c.Request().Body, limit+1))
-	if err != nil {
-		var he *echo.HTTPError
-		if errors.As(err, &he) && he.Code == http.StatusRequestEntityTooLarge {
-			return apierr.ErrTooLarge
-		}
-		return apierr.ErrBadRequest.Wrap(err)
-	}
-	if int64(len(body)) > limit {
-		return apierr.ErrTooLarge.WithMessage("the request body is larger than this route accepts (%d bytes)", limit)
-	}
-	if len(bytes.TrimSpace(body)) == 0 {
-		return apierr.ErrInvalidJSON.WithMessage("the body is empty; send a JSON object")
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(v); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return apierr.ErrInvalidJSON.WithMessage("field %q has the wrong type", te.Field)
-		}
-		return apierr.ErrInvalidJSON.WithMessage("the body is not a JSON object")
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return apierr.ErrInvalidJSON.WithMessage("the body has data after the JSON object")
-	}
-	return v.Validate()
+	return httpx.Bind(c, v, limit)
 }
 
 // ok answers a write: the SDK ignores the body, but a JSON object parses
@@ -212,3 +180,11 @@ func (a *Adapter) flushIdentities(c echo.Context) error {
 	n := a.resolver.Flush()
 	return c.JSON(http.StatusOK, map[string]int{"flushed": n})
 }
+
+// The request bodies of the SDK and of Portal's backend are shapes Portal
+// defines: members a newer version adds are ignored (httpx.ForeignShape).
+func (*encryptKeyRequest) ForeignShape() {}
+func (*beginRequest) ForeignShape()      {}
+func (*finishRequest) ForeignShape()     {}
+func (*backupRequest) ForeignShape()     {}
+func (*fetchRequest) ForeignShape()      {}

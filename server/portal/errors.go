@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/server/keys"
 )
 
 // Errors a client sees. Each has a stable code; none carries a key, a share
@@ -54,7 +55,7 @@ var (
 	ErrKeyFormat = apierr.New(http.StatusConflict, "key_format_mismatch",
 		"the stored key was stored through the native API as bytes, not by Portal's SDK; it is not converted")
 	// ErrRecentSignIn: replacing the key needs a recent sign-in.
-	ErrRecentSignIn = apierr.ErrKeyExists.WithMessage("a key is already stored; replacing it needs a recent sign-in (re-authenticate and retry with a fresh token)")
+	ErrRecentSignIn = keys.ErrRecentSignIn
 
 	// ErrRelyingParty: relyingParty is missing or not a configured RP ID.
 	ErrRelyingParty = apierr.New(http.StatusBadRequest, "unknown_relying_party",

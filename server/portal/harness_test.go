@@ -170,7 +170,7 @@ func newHarness(t testing.TB, ho harnessOptions) *harness {
 		appserver.ServerOptions(func(o *server.Options) { o.Logger = log }),
 		appserver.Before(func(a *appserver.App, so *server.Options) {
 			pk, err := passkey.NewService(passkey.Options{RelyingParties: []passkey.RelyingParty{{ID: testRPID, Origins: []string{testOrigin}}}},
-				passkey.Deps{DB: a.DB, Custody: a.Custody, Audit: a.Audit, Logger: log, Clock: clock})
+				passkey.Deps{DB: a.DB, Custody: a.Custody, Audit: a.Audit, Logger: log, Clock: clock, Keys: a.Keys})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -179,7 +179,7 @@ func newHarness(t testing.TB, ho harnessOptions) *harness {
 			if ho.portal != nil {
 				ho.portal(&opts)
 			}
-			deps := Deps{Passkey: pk, Logger: log, Clock: clock}
+			deps := Deps{Passkey: pk, Logger: log, Clock: clock, Keys: a.Keys}
 			if ho.vault {
 				h.vault = vaultdev.Start(t)
 				svc := newShares(t, h.vault, a.DB)

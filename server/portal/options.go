@@ -12,6 +12,7 @@ import (
 
 	"github.com/keywarden/keywarden/internal/netcheck"
 	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/server/keys"
 	"github.com/keywarden/keywarden/server/passkey"
 )
 
@@ -160,6 +161,9 @@ type Deps struct {
 	Logger *slog.Logger
 	// Clock is for tests; nil means time.Now.
 	Clock func() time.Time
+	// Keys is the keys service the TBS routes store and release through;
+	// nil: the server's (server.Server.Keys) when the routes are mounted.
+	Keys *keys.Service
 }
 
 // Validate checks o without changing it. Each error names the field.

@@ -9,9 +9,9 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
-	"github.com/keywarden/keywarden/internal/audit"
-	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/firebase"
+	"github.com/keywarden/keywarden/server/httpx"
+	"github.com/keywarden/keywarden/server/keys"
 )
 
 // FirebaseTokenHeader carries the Firebase ID token on the TBS routes.
@@ -68,50 +68,21 @@ func (a *Adapter) firebaseCaller(c echo.Context, body validator) (*firebase.Iden
 	return id, client, nil
 }
 
-// checkClient applies the custody's client isolation rule (on unless
-// portal.client_mismatch is allow) to the stored key early, auditing a
-// refusal. A key stored without a client id (the native API) is open to
-// any client. The custody checks the rule again on the record it acts on.
-func (a *Adapter) checkClient(c echo.Context, owner enclave.Owner, info *enclave.KeyInfo, client Client) error {
-	if err := a.srv.Custody().CheckAccess(owner, info, enclave.Access{ClientID: client.ID}); err != nil {
-		a.srv.Audit().Refusal(c.Request().Context(), a.srv.Event(c, audit.ActionRefusal, string(owner), server.MethodFirebase, ErrClientMismatch.Code))
-		return err
-	}
-	return nil
-}
-
-// info describes the stored Firebase key, nil when there is none.
-func (a *Adapter) info(c echo.Context, owner enclave.Owner) (*enclave.KeyInfo, error) {
-	info, err := a.srv.Custody().Info(c.Request().Context(), owner, server.MethodFirebase)
-	if errors.Is(err, apierr.ErrNotFound) {
-		return nil, nil
-	}
-	return info, err
-}
-
 // tbsPut stores the SDK's encryption key for the Firebase user, keyed
 // exactly as the native Firebase API keys it, as text, with the client id.
+// The keys service applies the client isolation rule and the sign-in age
+// rule (the same one as the native PUT), audits and counts.
 func (a *Adapter) tbsPut(c echo.Context) error {
-	var req encryptKeyRequest
-	id, client, err := a.firebaseCaller(c, &req)
+	var body encryptKeyRequest
+	id, client, err := a.firebaseCaller(c, &body)
 	if err != nil {
 		return err
 	}
-	owner := enclave.Owner(id.Owner())
-	info, err := a.info(c, owner)
-	if err != nil {
-		return err
-	}
-	if err := a.checkClient(c, owner, info, client); err != nil {
-		return err
-	}
-	if max := a.opts.OverwriteMaxAuthAge; max > 0 && info != nil && a.now().Sub(id.AuthTime) > max {
-		a.srv.Audit().Refusal(c.Request().Context(), a.srv.Event(c, audit.ActionRefusal, string(owner), server.MethodFirebase, "key_exists"))
-		return ErrRecentSignIn
-	}
-	key := []byte(*req.EncryptionKey)
+	key := []byte(*body.EncryptionKey)
 	defer clear(key)
-	replaced, err := a.srv.StoreKey(c, owner, server.MethodFirebase, key,
+	req := httpx.KeysRequest(c)
+	req.SignIn = &keys.SignIn{At: id.AuthTime, MaxAge: a.opts.OverwriteMaxAuthAge}
+	replaced, err := a.keys.Store(c.Request().Context(), req, enclave.Owner(id.Owner()), firebase.Method, key,
 		enclave.PutOptions{Format: enclave.FormatText, ClientID: client.ID, SameClientOnly: !a.opts.AllowClientMismatch})
 	if err != nil {
 		return err
@@ -123,37 +94,26 @@ func (a *Adapter) tbsPut(c echo.Context) error {
 }
 
 // tbsGet releases the Firebase user's key as the string that was stored.
+// One read: the custody applies the client rule, and the format is
+// checked, on the very record opened, before the release is audited.
 func (a *Adapter) tbsGet(c echo.Context) error {
 	id, client, err := a.firebaseCaller(c, nil)
 	if err != nil {
 		return err
 	}
-	owner := enclave.Owner(id.Owner())
-	info, err := a.info(c, owner)
-	if err != nil {
-		return err
-	}
-	if info == nil {
-		return apierr.ErrNotFound.WithMessage("no key is stored for this user")
-	}
-	if err := a.checkClient(c, owner, info, client); err != nil {
-		return err
-	}
-	if info.Format != enclave.FormatText {
-		return ErrKeyFormat
-	}
 	if a.beforeRelease != nil {
 		a.beforeRelease()
 	}
-	// The record may have changed since the look above: the custody applies
-	// the client rule, and the format is checked, on the very record
-	// opened, before the release is audited.
-	key, _, err := a.srv.ReleaseKeyChecked(c, owner, server.MethodFirebase, enclave.Access{ClientID: client.ID}, func(rinfo *enclave.KeyInfo) error {
-		if rinfo.Format != enclave.FormatText {
-			return ErrKeyFormat
-		}
-		return nil
-	})
+	key, _, err := a.keys.Release(c.Request().Context(), httpx.KeysRequest(c), enclave.Owner(id.Owner()), firebase.Method,
+		enclave.Access{ClientID: client.ID}, func(info *enclave.KeyInfo) error {
+			if info.Format != enclave.FormatText {
+				return ErrKeyFormat
+			}
+			return nil
+		})
+	if errors.Is(err, apierr.ErrNotFound) {
+		return apierr.ErrNotFound.WithMessage("no key is stored for this user")
+	}
 	if err != nil {
 		return err
 	}

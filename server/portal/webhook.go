@@ -13,6 +13,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/server/httpx"
 )
 
 // WebhookSecretHeader carries the webhook secret Portal's dashboard holds.
@@ -44,7 +45,7 @@ func (a *Adapter) webhookAuth(next echo.HandlerFunc) echo.HandlerFunc {
 			a.srv.Audit().Refusal(ctx, a.srv.Event(c, audit.ActionRefusal, "", "", ErrWebhookSecret.Code))
 			return ErrWebhookSecret
 		}
-		c.Set("actor", "portal-webhook")
+		httpx.SetActor(c, "portal-webhook")
 		ctx, cancel := context.WithTimeout(ctx, a.opts.WebhookTimeout)
 		defer cancel()
 		c.SetRequest(c.Request().WithContext(ctx))

@@ -11,8 +11,10 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/config"
+	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/testutil/apptest"
 	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/keys"
 )
 
 // App is the appliance in process, serving on URL.
@@ -21,10 +23,14 @@ type App struct {
 	*apptest.Client
 	Custody  *enclave.Custody
 	Sessions *enclave.SessionTokens
-	Config   config.Config
-	Server   *server.Server
-	HTTP     *httptest.Server
-	URL      string
+	// Keys is the keys service the server uses, built over Custody, the
+	// core's audit log and the server's metrics: capabilities built in
+	// Before take it as a dependency.
+	Keys   *keys.Service
+	Config config.Config
+	Server *server.Server
+	HTTP   *httptest.Server
+	URL    string
 }
 
 // Setup is what New builds from; Options change it.
@@ -98,6 +104,21 @@ func New(t testing.TB, opts ...Option) *App {
 	if o.Clock == nil {
 		o.Clock = s.Clock
 	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	if o.Keys == nil {
+		ko := keys.Options{Custody: a.Custody, Audit: core.Audit, Metrics: o.Metrics, Clock: o.Clock, Logger: o.Logger}
+		if o.Rollback != nil {
+			ko.Rollback = o.Rollback
+		}
+		ks, err := keys.New(ko)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Keys = ks
+	}
+	a.Keys = o.Keys
 	hs := httptest.NewUnstartedServer(nil)
 	if s.TLS {
 		hs.StartTLS()
