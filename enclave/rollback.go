@@ -590,13 +590,6 @@ func (r *Rollback) record(ctx context.Context, gen uint64, counter bool) error {
 	})
 }
 
-// Destructive is kept for callers written before every change advanced
-// the generation by itself: the store's ledger now raises the generation
-// in the transaction of each change to a covered bucket (deletions,
-// overwrites, blocks, sign counters alike) and schedules the increment.
-// It does nothing and sends no TPM command.
-func (r *Rollback) Destructive(context.Context) error { return nil }
-
 // BeforeBackup closes the current generation: the next destructive change
 // takes a new one, so a backup written now is detected as older once that
 // change's increment lands. Call it just before streaming a backup. It

@@ -65,27 +65,11 @@ type UserData interface {
 	Name() string
 }
 
-// Rollback is the TPM rollback counter (enclave.Rollback).
+// Rollback is the TPM rollback counter (enclave.Rollback). Every store
+// commit advances the generation through the store's change ledger; the
+// server only closes the generation before a backup.
 type Rollback interface {
-	Destructive(ctx context.Context) error
 	BeforeBackup()
-}
-
-// Destructive records a destructive change (a deletion, a revocation, a
-// reset) after it committed: the store generation advances and the TPM
-// counter follows, coalesced. A failure is logged: the change itself is
-// done, and the next start catches the counter up.
-//
-// The key routes advance it inside the keys service (keys.Service.Delete,
-// Purge); this stays for the custodian, client-share and passkey admin
-// routes until they take the rollback as a constructor dependency.
-func (s *Server) Destructive(c echo.Context) {
-	if s.opts.Rollback == nil {
-		return
-	}
-	if err := s.opts.Rollback.Destructive(c.Request().Context()); err != nil {
-		s.log.Error("rollback generation not advanced after a destructive change", "route", c.Path(), "request_id", RequestID(c), "err", err)
-	}
 }
 
 // Check is a dependency reported in /readyz. Degraded checks never fail
@@ -110,13 +94,13 @@ type Options struct {
 	Metrics  *metrics.Metrics
 	Firebase FirebaseVerifier // nil: Firebase routes answer 503
 	// Keys is the keys service every key route uses; nil: built from
-	// Custody, Audit, Metrics, Clock, Rollback and Logger (when unsealed).
+	// Custody, Audit, Metrics, Clock and Logger (when unsealed).
 	Keys     *keys.Service
 	Routes   []Routes
 	Users    []UserData
 	Degraded []Check
-	// Rollback advances the store generation after destructive changes
-	// (DECISIONS 12, 13); nil when there is no counter.
+	// Rollback is told before a backup streams (BeforeBackup); nil when
+	// there is no counter.
 	Rollback Rollback
 	// SealedReason explains why Custody is nil (shown in /readyz).
 	SealedReason string
@@ -185,9 +169,6 @@ func New(opts Options) (*Server, error) {
 		func() float64 { return float64(s.lastBackup.Load()) })
 	if s.keys = opts.Keys; s.keys == nil && opts.Custody != nil {
 		ko := keys.Options{Custody: opts.Custody, Audit: opts.Audit, Metrics: opts.Metrics, Clock: opts.Clock, Logger: opts.Logger}
-		if opts.Rollback != nil {
-			ko.Rollback = opts.Rollback
-		}
 		if s.keys, err = keys.New(ko); err != nil {
 			return nil, err
 		}

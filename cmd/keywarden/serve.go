@@ -317,18 +317,14 @@ func buildServer(ctx context.Context, a *appliance) (*server.Server, error) {
 }
 
 // applianceKeys is the one keys service of the appliance (opts.Keys), built
-// on first use over the custody, audit log, metrics and rollback counter,
-// and shared by the server's routes, the passkey service and the Portal
-// adapter so that every path is counted in the same metrics. The wire
-// steps that use it run after rollbackWireStep, which sets opts.Rollback.
+// on first use over the custody, audit log and metrics, and shared by the
+// server's routes, the passkey service and the Portal adapter so that every
+// path is counted in the same metrics.
 func applianceKeys(a *appliance, opts *server.Options) (*keys.Service, error) {
 	if opts.Keys != nil {
 		return opts.Keys, nil
 	}
 	ko := keys.Options{Custody: opts.Custody, Audit: opts.Audit, Metrics: a.metrics, Clock: opts.Clock, Logger: a.log}
-	if opts.Rollback != nil {
-		ko.Rollback = opts.Rollback
-	}
 	ks, err := keys.New(ko)
 	if err != nil {
 		return nil, err

@@ -180,7 +180,6 @@ func (h *Handler) delete(c echo.Context) error {
 	if err := h.store.Delete(ctx, owner, method); err != nil {
 		return err
 	}
-	h.srv.Destructive(c)
 	return c.NoContent(http.StatusNoContent)
 }
 

@@ -317,7 +317,6 @@ func (h *Handler) delete(c echo.Context) error {
 	if err := h.svc.Delete(ctx, string(owner), method); err != nil {
 		return err
 	}
-	h.srv.Destructive(c)
 	return c.NoContent(http.StatusNoContent)
 }
 

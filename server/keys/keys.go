@@ -23,7 +23,6 @@ package keys
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
@@ -42,22 +41,13 @@ type Auditor interface {
 	Refusal(ctx context.Context, ev audit.Event)
 }
 
-// Rollback advances the store generation after a destructive change
-// (enclave.Rollback).
-type Rollback interface {
-	Destructive(ctx context.Context) error
-}
-
 // Options are the service's dependencies.
 type Options struct {
 	Custody *enclave.Custody // required
 	Audit   Auditor          // required
 	Metrics *metrics.Metrics // required
 	Clock   func() time.Time // nil: time.Now
-	// Rollback is advanced after a delete or purge; nil when there is no
-	// counter.
-	Rollback Rollback
-	Logger   *slog.Logger // nil: discard
+	Logger  *slog.Logger     // nil: discard
 }
 
 // Validate names the missing dependency.
@@ -75,12 +65,11 @@ func (o Options) Validate() error {
 
 // Service is the keys service.
 type Service struct {
-	custody  *enclave.Custody
-	audit    Auditor
-	metrics  *metrics.Metrics
-	now      func() time.Time
-	rollback Rollback
-	log      *slog.Logger
+	custody *enclave.Custody
+	audit   Auditor
+	metrics *metrics.Metrics
+	now     func() time.Time
+	log     *slog.Logger
 }
 
 // New validates opts and returns the service.
@@ -95,7 +84,7 @@ func New(opts Options) (*Service, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Service{custody: opts.Custody, audit: opts.Audit, metrics: opts.Metrics, now: opts.Clock,
-		rollback: opts.Rollback, log: opts.Logger}, nil
+		log: opts.Logger}, nil
 }
 
 // Custody is the key custody the service acts on.
@@ -322,7 +311,6 @@ func (s *Service) Delete(ctx context.Context, req Request, owner enclave.Owner, 
 	if err := s.custody.DeleteKeyKeepingPrior(ctx, owner, method, acc); err != nil {
 		return s.refused(ctx, req, owner, method, err)
 	}
-	s.Destructive(ctx, req)
 	return nil
 }
 
@@ -356,8 +344,9 @@ func (s *Service) Restore(ctx context.Context, req Request, owner enclave.Owner,
 
 // Purge is the admin's deletion of an owner: audited first (fail closed),
 // then every key and prior version of owner removed at once, then also
-// (what other capabilities keep for the owner, may be nil), then the
-// rollback generation advanced.
+// (what other capabilities keep for the owner, may be nil). The rollback
+// generation advances with every commit (the store's change ledger), so
+// no call is needed here.
 func (s *Service) Purge(ctx context.Context, req Request, owner enclave.Owner, also func(context.Context) error) error {
 	if err := s.audit.Record(ctx, req.Event("admin_delete_user", owner, "", "")); err != nil {
 		return auditFailed(err)
@@ -370,19 +359,5 @@ func (s *Service) Purge(ctx context.Context, req Request, owner enclave.Owner, a
 			return err
 		}
 	}
-	s.Destructive(ctx, req)
 	return nil
-}
-
-// Destructive records a destructive change after it committed: the store
-// generation advances and the TPM counter follows, coalesced. A failure is
-// logged: the change itself is done, and the next start catches the
-// counter up.
-func (s *Service) Destructive(ctx context.Context, req Request) {
-	if s.rollback == nil {
-		return
-	}
-	if err := s.rollback.Destructive(ctx); err != nil {
-		s.log.Error("rollback generation not advanced after a destructive change", "request_id", req.RequestID, "err", fmt.Sprint(err))
-	}
 }

@@ -109,9 +109,6 @@ func New(t testing.TB, opts ...Option) *App {
 	}
 	if o.Keys == nil {
 		ko := keys.Options{Custody: a.Custody, Audit: core.Audit, Metrics: o.Metrics, Clock: o.Clock, Logger: o.Logger}
-		if o.Rollback != nil {
-			ko.Rollback = o.Rollback
-		}
 		ks, err := keys.New(ko)
 		if err != nil {
 			t.Fatal(err)
