@@ -20,6 +20,11 @@ func testRoot(t testing.TB) *enclave.Root {
 	return r
 }
 
+// versionsSub is the key part of prior versions in the stored layout
+// (store.CustodianVersions), written out here so that the tests that plant
+// raw records also pin the format.
+const versionsSub = "versions"
+
 // priorRecords returns the prior-version records of (owner, method).
 func priorRecords(t testing.TB, db *store.DB, owner, method string) map[string][]byte {
 	t.Helper()

@@ -320,12 +320,12 @@ func (s *Service) nextBatch(ctx context.Context, cursor []byte) ([]candidate, er
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return fmt.Errorf("custodian: stored record damaged: %w", err)
 			}
-			owner, method, id, ok := splitKey(k)
+			owner, method, id, ok := s.records.versions.SplitKey(k)
 			if !ok {
 				owner, _, _ = strings.Cut(string(k), "\x00")
 			}
 			c := candidate{key: append([]byte(nil), k...), owner: owner, method: method, prior: id != "", keyVersion: rec.KeyVersion}
-			c.ciphertext, c.err = s.transitCiphertext(owner, method, c.prior, rec)
+			c.ciphertext, c.err = s.records.transitCiphertext(owner, method, c.prior, rec)
 			out = append(out, c)
 			if len(out) >= s.batchSize {
 				return errStop
@@ -392,10 +392,10 @@ func (s *Service) step(ctx context.Context, j JobStatus, batch []candidate) (Job
 			if err != nil {
 				return err
 			}
-			if ct, err := s.transitCiphertext(c.owner, c.method, c.prior, rec); err != nil || ct != c.ciphertext {
+			if ct, err := s.records.transitCiphertext(c.owner, c.method, c.prior, rec); err != nil || ct != c.ciphertext {
 				continue // replaced meanwhile
 			}
-			if rec, err = s.withCiphertext(c.owner, c.method, c.prior, rec, r.Ciphertext); err != nil {
+			if rec, err = s.records.withCiphertext(c.owner, c.method, c.prior, rec, r.Ciphertext); err != nil {
 				return err
 			}
 			rec.KeyVersion = r.KeyVersion

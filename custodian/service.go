@@ -2,12 +2,8 @@ package custodian
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -24,35 +20,6 @@ import (
 var ErrShareNotFound = apierr.ErrNotFound.WithMessage("no custodian share is stored for this user and method")
 
 var errBadMethod = apierr.ErrBadRequest.WithMessage("invalid backup method name")
-
-// versionsSub is the sub-key below (owner, method) that holds prior values.
-const versionsSub = "versions"
-
-// priorKind is the enclave binding kind under which a prior version's
-// Transit ciphertext is sealed: a prior record copied over the current one
-// holds no ciphertext the current path reads, so it does not open as the
-// current share. Only RestoreVersion (audited) brings it back.
-const priorKind = "custodian_prior"
-
-// metaPriorsSealed marks, in store.BucketMeta, that prior versions written
-// by older builds (plain ciphertext records) were sealed as priorKind.
-var metaPriorsSealed = []byte("custodian_priors_sealed")
-
-// errPriorInCurrent: the current slot holds a sealed prior version (copied
-// there); it is not a current share.
-var errPriorInCurrent = apierr.New(http.StatusInternalServerError, "record_damaged",
-	"the stored record does not open; an operator has been told").Wrap(enclave.ErrOpen)
-
-// record is what BucketCustodian holds for a share: only the Transit
-// ciphertext, never the share. A prior version holds the ciphertext sealed
-// under the root key as priorKind in Sealed, and no Ciphertext.
-type record struct {
-	Ciphertext string    `json:"ciphertext"`
-	KeyVersion int       `json:"keyVersion"`
-	CreatedAt  time.Time `json:"createdAt"`
-	UpdatedAt  time.Time `json:"updatedAt"`
-	Sealed     []byte    `json:"sealed,omitempty"`
-}
 
 // ShareInfo describes a stored share without opening it.
 type ShareInfo struct {
@@ -102,13 +69,8 @@ type ServiceOptions struct {
 }
 
 // Service stores custodian shares: each share is wrapped by Vault Transit
-// and only the ciphertext is kept, in store.BucketCustodian.
-//
-// # Records
-//
-//	custodian/
-//	├── owner 0x00 method                            → {ciphertext, keyVersion, createdAt, updatedAt}
-//	└── owner 0x00 method 0x00 "versions" 0x00 <ns>  → the same, for a value replaced at <ns> (20 digits)
+// and only the ciphertext is kept, in store.BucketCustodian, through
+// [Records] (the storage, which needs no Vault).
 //
 // The Transit derivation context is the owner, so a ciphertext opens only
 // for the owner it was made for.
@@ -120,8 +82,7 @@ type ServiceOptions struct {
 type Service struct {
 	vault     *Client
 	db        *store.DB
-	root      *enclave.Root
-	retention time.Duration
+	records   *Records
 	batchSize int
 	retries   int
 	now       func() time.Time
@@ -141,9 +102,6 @@ type Service struct {
 
 // NewService returns the share service over a Vault client and the store.
 func NewService(vault *Client, db *store.DB, opts ServiceOptions) *Service {
-	if opts.VersionRetention == 0 {
-		opts.VersionRetention = 30 * 24 * time.Hour
-	}
 	if opts.JobBatchSize <= 0 {
 		opts.JobBatchSize = 100
 	}
@@ -158,13 +116,14 @@ func NewService(vault *Client, db *store.DB, opts ServiceOptions) *Service {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Service{
-		vault: vault, db: db, root: opts.Root,
-		retention: opts.VersionRetention, batchSize: opts.JobBatchSize, retries: opts.JobRetries,
+		vault: vault, db: db,
+		records:   NewRecords(db, RecordsOptions{VersionRetention: opts.VersionRetention, Root: opts.Root, Clock: opts.Clock}),
+		batchSize: opts.JobBatchSize, retries: opts.JobRetries,
 		now: opts.Clock, log: opts.Logger.With("component", "custodian"),
 		ctx: ctx, cancel: cancel, running: map[string]bool{},
 	}
-	if s.root != nil {
-		if n, err := s.sealLegacyPriors(context.Background()); err != nil {
+	if opts.Root != nil {
+		if n, err := s.records.sealLegacyPriors(context.Background()); err != nil {
 			// Restores still read plain records; the next start retries.
 			s.log.Error("sealing prior versions of older builds failed", "err", err)
 		} else if n > 0 {
@@ -172,104 +131,6 @@ func NewService(vault *Client, db *store.DB, opts ServiceOptions) *Service {
 		}
 	}
 	return s
-}
-
-// splitKey splits a record key into owner, method and, for a prior
-// version, its id.
-func splitKey(k []byte) (owner, method, id string, ok bool) {
-	parts := strings.Split(string(k), "\x00")
-	switch {
-	case len(parts) == 2:
-		return parts[0], parts[1], "", true
-	case len(parts) == 4 && parts[2] == versionsSub:
-		return parts[0], parts[1], parts[3], true
-	}
-	return "", "", "", false
-}
-
-func priorBinding(owner, method string) enclave.Binding {
-	return enclave.Binding{Kind: priorKind, Owner: enclave.Owner(owner), Method: method}
-}
-
-// transitCiphertext is the Transit ciphertext rec holds: a current
-// record's own, a prior version's after opening its seal (or, written by
-// an older build, its own).
-func (s *Service) transitCiphertext(owner, method string, prior bool, rec record) (string, error) {
-	switch {
-	case !prior && rec.Sealed != nil, rec.Ciphertext == "" && rec.Sealed == nil:
-		return "", errPriorInCurrent
-	case rec.Sealed == nil:
-		return rec.Ciphertext, nil
-	case s.root == nil:
-		return "", fmt.Errorf("custodian: a sealed prior version needs the root key: %w", enclave.ErrOpen)
-	}
-	pt, err := s.root.Open(priorBinding(owner, method), rec.Sealed)
-	if err != nil {
-		return "", err
-	}
-	return string(pt), nil
-}
-
-// withCiphertext sets ct as rec's ciphertext the way its slot keeps it:
-// sealed as priorKind for a prior version (when the root key is there).
-func (s *Service) withCiphertext(owner, method string, prior bool, rec record, ct string) (record, error) {
-	if !prior || s.root == nil {
-		rec.Ciphertext, rec.Sealed = ct, nil
-		return rec, nil
-	}
-	sealed, err := s.root.Seal(priorBinding(owner, method), []byte(ct))
-	if err != nil {
-		return rec, err
-	}
-	rec.Ciphertext, rec.Sealed = "", sealed
-	return rec, nil
-}
-
-// sealLegacyPriors seals, as priorKind, every prior version an older build
-// kept as a plain ciphertext record, once per store (metaPriorsSealed).
-func (s *Service) sealLegacyPriors(ctx context.Context) (int, error) {
-	var n int
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		n = 0
-		if _, err := tx.Get(store.BucketMeta, metaPriorsSealed); err == nil {
-			return nil
-		} else if !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
-		type change struct{ k, v []byte }
-		var changes []change
-		err := tx.ForEach(store.BucketCustodian, nil, func(k, v []byte) error {
-			owner, method, id, ok := splitKey(k)
-			if !ok || id == "" {
-				return nil
-			}
-			var rec record
-			if err := json.Unmarshal(v, &rec); err != nil || rec.Sealed != nil || rec.Ciphertext == "" {
-				return nil
-			}
-			rec, err := s.withCiphertext(owner, method, true, rec, rec.Ciphertext)
-			if err != nil {
-				return err
-			}
-			b, err := json.Marshal(rec)
-			if err != nil {
-				return err
-			}
-			changes = append(changes, change{append([]byte(nil), k...), b})
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, c := range changes {
-			if err := tx.Put(store.BucketCustodian, c.k, c.v); err != nil {
-				return err
-			}
-		}
-		n = len(changes)
-		return tx.Put(store.BucketMeta, metaPriorsSealed, []byte("1"))
-	})
-	return n, err
 }
 
 // Close stops background jobs and waits for them. A stopped job keeps its
@@ -282,6 +143,9 @@ func (s *Service) Close() {
 // Vault is the underlying client (for health and metrics).
 func (s *Service) Vault() *Client { return s.vault }
 
+// Records is the storage of the shares (no Vault).
+func (s *Service) Records() *Records { return s.records }
+
 func validOwnerMethod(owner, method string) error {
 	if err := checkUserID(owner); err != nil || !utf8.ValidString(owner) {
 		return ErrInvalidOwner
@@ -291,8 +155,6 @@ func validOwnerMethod(owner, method string) error {
 	}
 	return nil
 }
-
-func versionID(t time.Time) string { return fmt.Sprintf("%020d", t.UnixNano()) }
 
 // Put wraps share for owner and stores it under (owner, method). An
 // existing share is replaced and kept as a prior version. replaced reports
@@ -351,7 +213,7 @@ func (s *Service) PutBatch(ctx context.Context, items []PutItem) ([]PutResult, e
 			if r.Err != nil {
 				continue
 			}
-			replaced, err := s.putTx(tx, items[i].Owner, items[i].Method, record{
+			replaced, err := s.records.putTx(tx, items[i].Owner, items[i].Method, record{
 				Ciphertext: r.Ciphertext, KeyVersion: r.KeyVersion, CreatedAt: now, UpdatedAt: now,
 			}, now)
 			if err != nil {
@@ -365,74 +227,6 @@ func (s *Service) PutBatch(ctx context.Context, items []PutItem) ([]PutResult, e
 		return nil, err
 	}
 	return out, nil
-}
-
-// putTx writes rec as the current record, keeping the one it replaces.
-func (s *Service) putTx(tx *store.Tx, owner, method string, rec record, now time.Time) (bool, error) {
-	k := store.Key(owner, method)
-	old, err := tx.Get(store.BucketCustodian, k)
-	replaced := err == nil
-	switch {
-	case replaced:
-		var prev record
-		if err := json.Unmarshal(old, &prev); err != nil {
-			return false, fmt.Errorf("custodian: stored record damaged: %w", err)
-		}
-		rec.CreatedAt = prev.CreatedAt
-		if s.retention > 0 {
-			// Two replacements in one commit get distinct ids.
-			var vk []byte
-			for at := now; ; at = at.Add(1) {
-				vk = store.Key(owner, method, versionsSub, versionID(at))
-				if _, err := tx.Get(store.BucketCustodian, vk); errors.Is(err, store.ErrNotFound) {
-					break
-				} else if err != nil {
-					return false, err
-				}
-			}
-			pb := old
-			if prev.Sealed == nil && prev.Ciphertext != "" {
-				prior, err := s.withCiphertext(owner, method, true, prev, prev.Ciphertext)
-				if err != nil {
-					return false, err
-				}
-				if pb, err = json.Marshal(prior); err != nil {
-					return false, err
-				}
-			} // else a prior copied over the current one: kept as it is
-			if err := tx.Put(store.BucketCustodian, vk, pb); err != nil {
-				return false, err
-			}
-		}
-		if err := s.pruneVersions(tx, owner, method, now); err != nil {
-			return false, err
-		}
-	case !errors.Is(err, store.ErrNotFound):
-		return false, err
-	}
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return false, err
-	}
-	return replaced, tx.Put(store.BucketCustodian, k, b)
-}
-
-func (s *Service) pruneVersions(tx *store.Tx, owner, method string, now time.Time) error {
-	cutoff := versionID(now.Add(-s.retention))
-	prefix := store.Prefix(owner, method, versionsSub)
-	var old [][]byte
-	err := tx.ForEach(store.BucketCustodian, prefix, func(k, _ []byte) error {
-		if s.retention <= 0 || string(k[len(prefix):]) < cutoff {
-			old = append(old, append([]byte(nil), k...))
-		}
-		return nil
-	})
-	for _, k := range old {
-		if err := tx.Delete(store.BucketCustodian, k); err != nil {
-			return err
-		}
-	}
-	return err
 }
 
 // Get opens the share stored for (owner, method). It writes nothing.
@@ -460,7 +254,7 @@ func (s *Service) GetBatch(ctx context.Context, refs []Ref) ([]UnwrapResult, err
 				out[i].Err = err
 				continue
 			}
-			rec, err := getRecord(tx, store.Key(r.Owner, r.Method))
+			rec, err := s.records.get(tx, r.Owner, r.Method)
 			if errors.Is(err, store.ErrNotFound) {
 				out[i].Err = ErrShareNotFound
 				continue
@@ -490,36 +284,9 @@ func (s *Service) GetBatch(ctx context.Context, refs []Ref) ([]UnwrapResult, err
 	return out, nil
 }
 
-func getRecord(tx *store.Tx, k []byte) (record, error) {
-	var rec record
-	b, err := tx.Get(store.BucketCustodian, k)
-	if err != nil {
-		return rec, err
-	}
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return rec, fmt.Errorf("custodian: stored record damaged: %w", err)
-	}
-	return rec, nil
-}
-
 // Info describes the share of (owner, method) without asking Vault.
 func (s *Service) Info(ctx context.Context, owner, method string) (ShareInfo, error) {
-	if err := validOwnerMethod(owner, method); err != nil {
-		return ShareInfo{}, err
-	}
-	var rec record
-	err := s.db.View(ctx, func(tx *store.Tx) error {
-		var err error
-		rec, err = getRecord(tx, store.Key(owner, method))
-		return err
-	})
-	if errors.Is(err, store.ErrNotFound) {
-		return ShareInfo{}, ErrShareNotFound
-	}
-	if err != nil {
-		return ShareInfo{}, err
-	}
-	return ShareInfo{Method: method, KeyVersion: rec.KeyVersion, CreatedAt: rec.CreatedAt, UpdatedAt: rec.UpdatedAt}, nil
+	return s.records.Info(ctx, owner, method)
 }
 
 // List opens every current share of owner (Portal's /webhook/backup/fetch
@@ -531,18 +298,9 @@ func (s *Service) List(ctx context.Context, owner string) ([]Share, error) {
 	}
 	var infos []ShareInfo
 	var items []UnwrapItem
-	prefix := store.Prefix(owner)
 	err := s.db.View(ctx, func(tx *store.Tx) error {
 		infos, items = infos[:0], items[:0]
-		return tx.ForEach(store.BucketCustodian, prefix, func(k, v []byte) error {
-			method := string(k[len(prefix):])
-			if strings.IndexByte(method, 0) >= 0 {
-				return nil // a prior version
-			}
-			var rec record
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("custodian: stored record damaged: %w", err)
-			}
+		return s.records.forEachCurrent(tx, owner, func(method string, rec record) error {
 			if rec.Sealed != nil || rec.Ciphertext == "" {
 				return errPriorInCurrent
 			}
@@ -577,111 +335,23 @@ func (s *Service) List(ctx context.Context, owner string) ([]Share, error) {
 
 // Delete removes the share of (owner, method) and its prior versions.
 func (s *Service) Delete(ctx context.Context, owner, method string) error {
-	if err := validOwnerMethod(owner, method); err != nil {
-		return err
-	}
-	found := false
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		k := store.Key(owner, method)
-		_, err := tx.Get(store.BucketCustodian, k)
-		found = err == nil
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
-		if err := tx.Delete(store.BucketCustodian, k); err != nil {
-			return err
-		}
-		_, err = tx.DeletePrefix(store.BucketCustodian, store.Prefix(owner, method, versionsSub))
-		return err
-	})
-	if err == nil && !found {
-		return ErrShareNotFound
-	}
-	return err
+	return s.records.Delete(ctx, owner, method)
 }
 
 // DeleteOwner removes every share and prior version of owner and returns
 // how many current shares there were.
 func (s *Service) DeleteOwner(ctx context.Context, owner string) (int, error) {
-	if err := checkUserID(owner); err != nil {
-		return 0, err
-	}
-	n := 0
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		n = 0
-		prefix := store.Prefix(owner)
-		if err := tx.ForEach(store.BucketCustodian, prefix, func(k, _ []byte) error {
-			if strings.IndexByte(string(k[len(prefix):]), 0) < 0 {
-				n++
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		_, err := tx.DeletePrefix(store.BucketCustodian, prefix)
-		return err
-	})
-	return n, err
+	return s.records.DeleteOwner(ctx, owner)
 }
 
 // ListVersions lists the prior values of (owner, method), oldest first.
 func (s *Service) ListVersions(ctx context.Context, owner, method string) ([]VersionInfo, error) {
-	if err := validOwnerMethod(owner, method); err != nil {
-		return nil, err
-	}
-	var out []VersionInfo
-	prefix := store.Prefix(owner, method, versionsSub)
-	err := s.db.View(ctx, func(tx *store.Tx) error {
-		out = out[:0]
-		return tx.ForEach(store.BucketCustodian, prefix, func(k, v []byte) error {
-			id := string(k[len(prefix):])
-			ns, err := strconv.ParseInt(id, 10, 64)
-			if err != nil {
-				return fmt.Errorf("custodian: bad version id: %w", err)
-			}
-			var rec record
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("custodian: stored record damaged: %w", err)
-			}
-			out = append(out, VersionInfo{ID: id, Method: method, KeyVersion: rec.KeyVersion,
-				ReplacedAt: time.Unix(0, ns).UTC(), CreatedAt: rec.CreatedAt})
-			return nil
-		})
-	})
-	return out, err
+	return s.records.ListVersions(ctx, owner, method)
 }
 
 // RestoreVersion makes prior version id the current share again; the
 // share it replaces becomes a prior version in turn. The ciphertext is
 // bound to the same owner, so no Vault call is needed.
 func (s *Service) RestoreVersion(ctx context.Context, owner, method, id string) error {
-	if err := validOwnerMethod(owner, method); err != nil {
-		return err
-	}
-	if err := enclave.CheckVersionID(id); err != nil {
-		return err
-	}
-	now := s.now().UTC()
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		vk := store.Key(owner, method, versionsSub, id)
-		rec, err := getRecord(tx, vk)
-		if err != nil {
-			return err
-		}
-		ct, err := s.transitCiphertext(owner, method, true, rec)
-		if err != nil {
-			return err
-		}
-		if err := tx.Delete(store.BucketCustodian, vk); err != nil {
-			return err
-		}
-		rec.Ciphertext, rec.Sealed = ct, nil
-		rec.UpdatedAt = now
-		_, err = s.putTx(tx, owner, method, rec, now)
-		return err
-	})
-	if errors.Is(err, store.ErrNotFound) {
-		return apierr.ErrNotFound.WithMessage("no such prior version")
-	}
-	return err
+	return s.records.RestoreVersion(ctx, owner, method, id)
 }

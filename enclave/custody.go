@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -101,7 +100,7 @@ type CustodyOptions struct {
 type Custody struct {
 	db        *store.DB
 	root      *Root
-	retention time.Duration
+	versions  store.Versions // keys and key_versions, with the retention time
 	now       func() time.Time
 	isolation atomic.Bool // see SetClientIsolation
 }
@@ -163,7 +162,7 @@ func NewCustody(db *store.DB, root *Root, opts CustodyOptions) *Custody {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	return &Custody{db: db, root: root, retention: opts.VersionRetention, now: opts.Clock}
+	return &Custody{db: db, root: root, versions: store.KeyVersions(opts.VersionRetention), now: opts.Clock}
 }
 
 // Root returns the unsealed root key (for subkeys).
@@ -198,29 +197,16 @@ type PutOptions struct {
 }
 
 // VersionIDLen is the length of a prior version's id: the time it was
-// replaced, in Unix nanoseconds, as 20 decimal digits.
-const VersionIDLen = 20
+// replaced, in Unix nanoseconds, as 20 decimal digits ([store.VersionID]).
+const VersionIDLen = store.VersionIDLen
 
 // ErrBadVersionID refuses a version id that is not one a version list gives.
-var ErrBadVersionID = apierr.New(400, "invalid_version_id", "a version id is the 20-digit number that the version list gives")
+var ErrBadVersionID = store.ErrBadVersionID
 
 // CheckVersionID accepts exactly the ids the version lists give (keys,
 // custodian shares, client shares): 20 ASCII digits that fit in an int64.
 // Every restore checks it before it touches the store.
-func CheckVersionID(id string) error {
-	if len(id) != VersionIDLen {
-		return ErrBadVersionID
-	}
-	for i := 0; i < len(id); i++ {
-		if id[i] < '0' || id[i] > '9' {
-			return ErrBadVersionID
-		}
-	}
-	if _, err := strconv.ParseInt(id, 10, 64); err != nil {
-		return ErrBadVersionID
-	}
-	return nil
-}
+func CheckVersionID(id string) error { return store.CheckVersionID(id) }
 
 // Claim refusals of [Custody.ClaimKeyTx].
 var (
@@ -268,7 +254,6 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 	if opts.Format == "" {
 		opts.Format = FormatBytes
 	}
-	k := store.Key(string(owner), method)
 	now := c.now().UTC()
 	rec := keyRecord{Format: opts.Format, Created: now, Updated: now, ClientID: opts.ClientID}
 	if !opts.ClaimDeadline.IsZero() {
@@ -276,7 +261,7 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 		rec.ClaimBy = &d
 	}
 	version := uint64(1)
-	old, err := tx.Get(store.BucketKeys, k)
+	old, err := c.versions.Get(tx, string(owner), method)
 	switch {
 	case err == nil:
 		if opts.NoOverwrite {
@@ -305,10 +290,9 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 			// version once an admin restores it).
 			rec.ClaimBy = nil
 		}
-		if err := c.keepPrior(tx, owner, method, old, prev, now); err != nil {
-			return false, err
-		}
-		if err := c.pruneVersions(tx, owner, method, now); err != nil {
+		if _, err := c.versions.KeepPrior(tx, string(owner), method, now, func() ([]byte, error) {
+			return c.priorOf(owner, method, old, prev)
+		}); err != nil {
 			return false, err
 		}
 		replaced = true
@@ -324,50 +308,32 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 	if err != nil {
 		return false, err
 	}
-	return replaced, tx.Put(store.BucketKeys, k, b)
+	return replaced, c.versions.Put(tx, string(owner), method, b)
 }
 
-// keepPrior keeps prev (stored as old) as a prior version of (owner,
-// method) replaced at now, for the retention time. The value is sealed
-// again as kind "key_prior", so it does not open if copied back into the
-// keys bucket: only RestoreVersion (audited) brings it back. A current
-// record that does not open as a key (a prior copied back over it, or a
-// damaged one) is kept as it is, so an overwrite or a restore can repair
-// the slot.
-func (c *Custody) keepPrior(tx *store.Tx, owner Owner, method string, old []byte, prev keyRecord, now time.Time) error {
-	if c.retention <= 0 {
-		return nil
-	}
-	pb := old
+// priorOf is what the versions keep of prev (stored as old), the value
+// of (owner, method) being replaced: its value sealed again as kind
+// "key_prior", so it does not open if copied back into the keys bucket:
+// only RestoreVersion (audited) brings it back. A current record that does
+// not open as a key (a prior copied back over it, or a damaged one) is
+// kept as it is, so an overwrite or a restore can repair the slot.
+func (c *Custody) priorOf(owner Owner, method string, old []byte, prev keyRecord) ([]byte, error) {
 	pt, err := c.root.Open(Binding{Kind: "key", Owner: owner, Method: method}, prev.Sealed)
-	switch {
-	case err == nil:
-		v, _ := RecordVersion(prev.Sealed)
-		prior := prev
-		prior.ClaimBy = nil
-		prior.Sealed, err = c.root.Seal(Binding{Kind: kindPrior, Owner: owner, Method: method, Version: v}, pt)
-		clear(pt)
-		if err != nil {
-			return err
-		}
-		if pb, err = json.Marshal(prior); err != nil {
-			return err
-		}
-	case !errors.Is(err, ErrOpen):
-		return err
+	if errors.Is(err, ErrOpen) {
+		return old, nil
 	}
-	// Two replacements within one nanosecond (an overwrite and a delete
-	// in one commit) get distinct ids.
-	var vk []byte
-	for at := now; ; at = at.Add(1) {
-		vk = store.Key(string(owner), method, fmt.Sprintf("%020d", at.UnixNano()))
-		if _, err := tx.Get(store.BucketKeyVersions, vk); errors.Is(err, store.ErrNotFound) {
-			break
-		} else if err != nil {
-			return err
-		}
+	if err != nil {
+		return nil, err
 	}
-	return tx.Put(store.BucketKeyVersions, vk, pb)
+	v, _ := RecordVersion(prev.Sealed)
+	prior := prev
+	prior.ClaimBy = nil
+	prior.Sealed, err = c.root.Seal(Binding{Kind: kindPrior, Owner: owner, Method: method, Version: v}, pt)
+	clear(pt)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(prior)
 }
 
 // ClaimKeyTx claims the unclaimed import stored for (owner, method) inside
@@ -376,8 +342,7 @@ func (c *Custody) keepPrior(tx *store.Tx, owner Owner, method string, old []byte
 // the key is not an unclaimed import, and with ErrClaimExpired when now is
 // at or past the deadline.
 func (c *Custody) ClaimKeyTx(tx *store.Tx, owner Owner, method string, now time.Time) error {
-	k := store.Key(string(owner), method)
-	b, err := tx.Get(store.BucketKeys, k)
+	b, err := c.versions.Get(tx, string(owner), method)
 	if errors.Is(err, store.ErrNotFound) {
 		return ErrNotClaimable
 	}
@@ -399,25 +364,7 @@ func (c *Custody) ClaimKeyTx(tx *store.Tx, owner Owner, method string, now time.
 	if err != nil {
 		return err
 	}
-	return tx.Put(store.BucketKeys, k, nb)
-}
-
-func (c *Custody) pruneVersions(tx *store.Tx, owner Owner, method string, now time.Time) error {
-	cutoff := fmt.Sprintf("%020d", now.Add(-c.retention).UnixNano())
-	var old [][]byte
-	prefix := store.Prefix(string(owner), method)
-	err := tx.ForEach(store.BucketKeyVersions, prefix, func(k, _ []byte) error {
-		if string(k[len(prefix):]) < cutoff {
-			old = append(old, append([]byte(nil), k...))
-		}
-		return nil
-	})
-	for _, k := range old {
-		if err := tx.Delete(store.BucketKeyVersions, k); err != nil {
-			return err
-		}
-	}
-	return err
+	return c.versions.Put(tx, string(owner), method, nb)
 }
 
 // GetKey opens the key stored for (owner, method). It reads the store and
@@ -439,7 +386,7 @@ func (c *Custody) Lookup(ctx context.Context, owner Owner, method string) (secre
 func (c *Custody) LookupAs(ctx context.Context, owner Owner, method string, acc Access) (secret.Bytes, *KeyInfo, error) {
 	var rec keyRecord
 	err := c.db.View(ctx, func(tx *store.Tx) error {
-		b, err := tx.Get(store.BucketKeys, store.Key(string(owner), method))
+		b, err := c.versions.Get(tx, string(owner), method)
 		if err != nil {
 			return err
 		}
@@ -475,7 +422,7 @@ func (c *Custody) HasKey(ctx context.Context, owner Owner, method string) (bool,
 func (c *Custody) Info(ctx context.Context, owner Owner, method string) (*KeyInfo, error) {
 	var info *KeyInfo
 	err := c.db.View(ctx, func(tx *store.Tx) error {
-		b, err := tx.Get(store.BucketKeys, store.Key(string(owner), method))
+		b, err := c.versions.Get(tx, string(owner), method)
 		if err != nil {
 			return err
 		}
@@ -505,10 +452,10 @@ func (rec *keyRecord) info(method string, version uint64) *KeyInfo {
 // ListKeys describes every key of owner.
 func (c *Custody) ListKeys(ctx context.Context, owner Owner) ([]KeyInfo, error) {
 	var out []KeyInfo
-	prefix := store.Prefix(string(owner))
 	err := c.db.View(ctx, func(tx *store.Tx) error {
-		return tx.ForEach(store.BucketKeys, prefix, func(k, v []byte) error {
-			info, err := describe(string(k[len(prefix):]), v)
+		out = out[:0]
+		return c.versions.ForEachCurrent(tx, string(owner), func(method string, v []byte) error {
+			info, err := describe(method, v)
 			if err != nil {
 				return err
 			}
@@ -525,17 +472,8 @@ func (c *Custody) ListKeys(ctx context.Context, owner Owner) ([]KeyInfo, error) 
 // deletes use DeleteKeyKeepingPrior.
 func (c *Custody) DeleteKey(ctx context.Context, owner Owner, method string) error {
 	found := false
-	err := c.db.Update(ctx, func(tx *store.Tx) error {
-		k := store.Key(string(owner), method)
-		_, err := tx.Get(store.BucketKeys, k)
-		found = err == nil
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
-		if err := tx.Delete(store.BucketKeys, k); err != nil {
-			return err
-		}
-		_, err = tx.DeletePrefix(store.BucketKeyVersions, store.Prefix(string(owner), method))
+	err := c.db.Update(ctx, func(tx *store.Tx) (err error) {
+		found, err = c.versions.Delete(tx, string(owner), method)
 		return err
 	})
 	if err == nil && !found {
@@ -555,8 +493,7 @@ func (c *Custody) DeleteKey(ctx context.Context, owner Owner, method string) err
 func (c *Custody) DeleteKeyKeepingPrior(ctx context.Context, owner Owner, method string, acc Access) error {
 	found := false
 	err := c.db.Update(ctx, func(tx *store.Tx) error {
-		k := store.Key(string(owner), method)
-		old, err := tx.Get(store.BucketKeys, k)
+		old, err := c.versions.Get(tx, string(owner), method)
 		found = err == nil
 		if errors.Is(err, store.ErrNotFound) {
 			return nil
@@ -571,14 +508,9 @@ func (c *Custody) DeleteKeyKeepingPrior(ctx context.Context, owner Owner, method
 		if !c.allowed(owner, prev.ClientID, acc) {
 			return ErrClientMismatch
 		}
-		now := c.now().UTC()
-		if err := c.keepPrior(tx, owner, method, old, prev, now); err != nil {
-			return err
-		}
-		if err := c.pruneVersions(tx, owner, method, now); err != nil {
-			return err
-		}
-		return tx.Delete(store.BucketKeys, k)
+		return c.versions.DeleteKeepingPrior(tx, string(owner), method, c.now().UTC(), func() ([]byte, error) {
+			return c.priorOf(owner, method, old, prev)
+		})
 	})
 	if err == nil && !found {
 		return errKeyNotFound
@@ -590,12 +522,8 @@ func (c *Custody) DeleteKeyKeepingPrior(ctx context.Context, owner Owner, method
 // many keys there were.
 func (c *Custody) DeleteOwner(ctx context.Context, owner Owner) (int, error) {
 	var n int
-	err := c.db.Update(ctx, func(tx *store.Tx) error {
-		var err error
-		if n, err = tx.DeletePrefix(store.BucketKeys, store.Prefix(string(owner))); err != nil {
-			return err
-		}
-		_, err = tx.DeletePrefix(store.BucketKeyVersions, store.Prefix(string(owner)))
+	err := c.db.Update(ctx, func(tx *store.Tx) (err error) {
+		n, err = c.versions.DeleteOwner(tx, string(owner))
 		return err
 	})
 	return n, err
@@ -604,19 +532,14 @@ func (c *Custody) DeleteOwner(ctx context.Context, owner Owner) (int, error) {
 // ListVersions lists the prior values of (owner, method), oldest first.
 func (c *Custody) ListVersions(ctx context.Context, owner Owner, method string) ([]VersionInfo, error) {
 	var out []VersionInfo
-	prefix := store.Prefix(string(owner), method)
 	err := c.db.View(ctx, func(tx *store.Tx) error {
-		return tx.ForEach(store.BucketKeyVersions, prefix, func(k, v []byte) error {
-			id := string(k[len(prefix):])
-			ns, err := strconv.ParseInt(id, 10, 64)
-			if err != nil {
-				return fmt.Errorf("enclave: prior version id %q damaged: %w", id, err)
-			}
+		out = out[:0]
+		return c.versions.List(tx, string(owner), method, func(id string, replacedAt time.Time, v []byte) error {
 			var rec keyRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return err
 			}
-			out = append(out, VersionInfo{ID: id, Method: method, ReplacedAt: time.Unix(0, ns).UTC(), Created: rec.Created})
+			out = append(out, VersionInfo{ID: id, Method: method, ReplacedAt: replacedAt, Created: rec.Created})
 			return nil
 		})
 	})
@@ -624,15 +547,13 @@ func (c *Custody) ListVersions(ctx context.Context, owner Owner, method string) 
 }
 
 // RestoreVersion makes prior version id the current key again; the value
-// it replaces becomes a prior version in turn.
+// it replaces becomes a prior version in turn, and the restored one stays
+// listed. A malformed id is ErrBadVersionID before the store is read.
 func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id string) error {
-	if err := CheckVersionID(id); err != nil {
-		return err
-	}
 	var old secret.Bytes
 	var format, clientID string
 	err := c.db.View(ctx, func(tx *store.Tx) error {
-		b, err := tx.Get(store.BucketKeyVersions, store.Key(string(owner), method, id))
+		b, err := c.versions.Prior(tx, string(owner), method, id)
 		if err != nil {
 			return err
 		}
@@ -651,9 +572,6 @@ func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id st
 		old, format, clientID = secret.NewBytes(pt), rec.Format, rec.ClientID
 		return nil
 	})
-	if errors.Is(err, store.ErrNotFound) {
-		return apierr.ErrNotFound.WithMessage("no such prior version")
-	}
 	if err != nil {
 		return err
 	}

@@ -65,3 +65,10 @@ func (v *env) rawBucket() map[string][]byte {
 func sharePath(user, method string) string {
 	return "/v1/admin/users/" + user + "/client-shares/" + method
 }
+
+// versionsSub is the key part of prior versions in the stored layout
+// (store.ClientShareVersions), written out here so that tests which plant
+// raw records also pin the format.
+const versionsSub = "versions"
+
+func versionID(t time.Time) string { return store.VersionID(t) }

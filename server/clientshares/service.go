@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -37,9 +35,6 @@ const priorKind = "client_share_prior"
 // as priorKind.
 var metaPriorsSealed = []byte("clientshares_priors_sealed")
 
-// versionsSub is the sub-key below (owner, method) that holds prior values.
-const versionsSub = "versions"
-
 // Errors. Each is an *apierr.Error; callers branch with errors.Is.
 var (
 	// ErrBadMethod: the method is not one of [Methods].
@@ -49,7 +44,7 @@ var (
 	// apierr.ErrNotFound.
 	ErrNotFound = apierr.ErrNotFound.WithMessage("no client share is stored for this user and method")
 	// ErrVersionNotFound: no prior version with that id.
-	ErrVersionNotFound = apierr.ErrNotFound.WithMessage("no such prior version")
+	ErrVersionNotFound = store.ErrVersionNotFound
 	// ErrEmptyCipherText: the cipherText is missing or empty.
 	ErrEmptyCipherText = apierr.New(http.StatusBadRequest, "invalid_cipher_text", "cipherText must be a non-empty string")
 	// ErrCipherTextTooLarge: the cipherText is over [MaxCipherTextBytes].
@@ -129,10 +124,10 @@ type Options struct {
 
 // Store keeps client shares in store.BucketClientShares.
 type Store struct {
-	db        *store.DB
-	root      *enclave.Root
-	retention time.Duration
-	now       func() time.Time
+	db       *store.DB
+	root     *enclave.Root
+	versions store.Versions // client_shares, with the retention time
+	now      func() time.Time
 }
 
 // New returns the client-share store.
@@ -146,7 +141,7 @@ func New(opts Options) (*Store, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	s := &Store{db: opts.DB, root: opts.Root, retention: opts.VersionRetention, now: opts.Clock}
+	s := &Store{db: opts.DB, root: opts.Root, versions: store.ClientShareVersions(opts.VersionRetention), now: opts.Clock}
 	if err := s.sealLegacyPriors(context.Background()); err != nil {
 		return nil, err
 	}
@@ -164,45 +159,29 @@ func (s *Store) sealLegacyPriors(ctx context.Context) error {
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		type change struct{ k, v []byte }
-		var changes []change
-		err := tx.ForEach(store.BucketClientShares, nil, func(k, v []byte) error {
-			parts := strings.Split(string(k), "\x00")
-			if len(parts) != 4 || parts[2] != versionsSub {
-				return nil
-			}
-			owner, method := enclave.Owner(parts[0]), parts[1]
+		_, err := s.versions.RewritePriors(tx, func(o, method, _ string, v []byte) ([]byte, error) {
+			owner := enclave.Owner(o)
 			rec, err := decode(v)
 			if err != nil {
-				return nil
+				return nil, nil
 			}
 			if _, err := s.root.Open(priorBinding(owner, method, 0), rec.Sealed); err == nil {
-				return nil
+				return nil, nil
 			}
 			pt, err := s.root.Open(binding(owner, method, 0), rec.Sealed)
 			if err != nil {
-				return nil
+				return nil, nil
 			}
 			ver, _ := enclave.RecordVersion(rec.Sealed)
 			rec.Sealed, err = s.root.Seal(priorBinding(owner, method, ver), pt)
 			clear(pt)
 			if err != nil {
-				return err
+				return nil, err
 			}
-			nb, err := json.Marshal(rec)
-			if err != nil {
-				return err
-			}
-			changes = append(changes, change{append([]byte(nil), k...), nb})
-			return nil
+			return json.Marshal(rec)
 		})
 		if err != nil {
 			return err
-		}
-		for _, c := range changes {
-			if err := tx.Put(store.BucketClientShares, c.k, c.v); err != nil {
-				return err
-			}
 		}
 		return tx.Put(store.BucketMeta, metaPriorsSealed, []byte("1"))
 	})
@@ -254,8 +233,6 @@ func priorBinding(owner enclave.Owner, method string, version uint64) enclave.Bi
 	return enclave.Binding{Kind: priorKind, Owner: owner, Method: method, Version: version}
 }
 
-func versionID(t time.Time) string { return fmt.Sprintf("%020d", t.UnixNano()) }
-
 func decode(b []byte) (record, error) {
 	var rec record
 	if err := json.Unmarshal(b, &rec); err != nil {
@@ -295,9 +272,8 @@ func (s *Store) Put(ctx context.Context, owner enclave.Owner, method, cipherText
 // putTx seals pt into rec and writes it as the current record, keeping the
 // one it replaces as a prior version. It is idempotent for group commits.
 func (s *Store) putTx(tx *store.Tx, owner enclave.Owner, method string, rec record, pt []byte, now time.Time) (Info, bool, error) {
-	k := store.Key(string(owner), method)
 	version := uint64(1)
-	old, err := tx.Get(store.BucketClientShares, k)
+	old, err := s.versions.Get(tx, string(owner), method)
 	replaced := err == nil
 	switch {
 	case replaced:
@@ -308,26 +284,9 @@ func (s *Store) putTx(tx *store.Tx, owner enclave.Owner, method string, rec reco
 		v, _ := enclave.RecordVersion(prev.Sealed)
 		version = v + 1
 		rec.Created = prev.Created
-		if s.retention > 0 {
-			// Two replacements within one nanosecond get distinct ids.
-			var vk []byte
-			for at := now; ; at = at.Add(1) {
-				vk = store.Key(string(owner), method, versionsSub, versionID(at))
-				if _, err := tx.Get(store.BucketClientShares, vk); errors.Is(err, store.ErrNotFound) {
-					break
-				} else if err != nil {
-					return Info{}, false, err
-				}
-			}
-			pb, err := s.priorOf(owner, method, old, prev)
-			if err != nil {
-				return Info{}, false, err
-			}
-			if err := tx.Put(store.BucketClientShares, vk, pb); err != nil {
-				return Info{}, false, err
-			}
-		}
-		if err := s.pruneVersions(tx, owner, method, now); err != nil {
+		if _, err := s.versions.KeepPrior(tx, string(owner), method, now, func() ([]byte, error) {
+			return s.priorOf(owner, method, old, prev)
+		}); err != nil {
 			return Info{}, false, err
 		}
 	case !errors.Is(err, store.ErrNotFound):
@@ -342,28 +301,10 @@ func (s *Store) putTx(tx *store.Tx, owner enclave.Owner, method string, rec reco
 	if err != nil {
 		return Info{}, false, err
 	}
-	if err := tx.Put(store.BucketClientShares, k, b); err != nil {
+	if err := s.versions.Put(tx, string(owner), method, b); err != nil {
 		return Info{}, false, err
 	}
 	return rec.info(method), replaced, nil
-}
-
-func (s *Store) pruneVersions(tx *store.Tx, owner enclave.Owner, method string, now time.Time) error {
-	cutoff := versionID(now.Add(-s.retention))
-	prefix := store.Prefix(string(owner), method, versionsSub)
-	var old [][]byte
-	err := tx.ForEach(store.BucketClientShares, prefix, func(k, _ []byte) error {
-		if s.retention <= 0 || string(k[len(prefix):]) < cutoff {
-			old = append(old, append([]byte(nil), k...))
-		}
-		return nil
-	})
-	for _, k := range old {
-		if err := tx.Delete(store.BucketClientShares, k); err != nil {
-			return err
-		}
-	}
-	return err
 }
 
 // Get opens the share of (owner, method). A record that does not open
@@ -374,7 +315,7 @@ func (s *Store) Get(ctx context.Context, owner enclave.Owner, method string) (Sh
 	}
 	var rec record
 	err := s.db.View(ctx, func(tx *store.Tx) error {
-		b, err := tx.Get(store.BucketClientShares, store.Key(string(owner), method))
+		b, err := s.versions.Get(tx, string(owner), method)
 		if err != nil {
 			return err
 		}
@@ -401,7 +342,7 @@ func (s *Store) Info(ctx context.Context, owner enclave.Owner, method string) (I
 	}
 	var info Info
 	err := s.db.View(ctx, func(tx *store.Tx) error {
-		b, err := tx.Get(store.BucketClientShares, store.Key(string(owner), method))
+		b, err := s.versions.Get(tx, string(owner), method)
 		if err != nil {
 			return err
 		}
@@ -424,8 +365,7 @@ func (s *Store) SetStored(ctx context.Context, owner enclave.Owner, method strin
 	now := s.now().UTC()
 	var info Info
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		k := store.Key(string(owner), method)
-		b, err := tx.Get(store.BucketClientShares, k)
+		b, err := s.versions.Get(tx, string(owner), method)
 		if err != nil {
 			return err
 		}
@@ -439,7 +379,7 @@ func (s *Store) SetStored(ctx context.Context, owner enclave.Owner, method strin
 			return err
 		}
 		info = rec.info(method)
-		return tx.Put(store.BucketClientShares, k, nb)
+		return s.versions.Put(tx, string(owner), method, nb)
 	})
 	if errors.Is(err, store.ErrNotFound) {
 		return Info{}, ErrNotFound
@@ -453,14 +393,9 @@ func (s *Store) List(ctx context.Context, owner enclave.Owner) ([]Info, error) {
 		return nil, err
 	}
 	var out []Info
-	prefix := store.Prefix(string(owner))
 	err := s.db.View(ctx, func(tx *store.Tx) error {
 		out = out[:0]
-		return tx.ForEach(store.BucketClientShares, prefix, func(k, v []byte) error {
-			method := string(k[len(prefix):])
-			if strings.IndexByte(method, 0) >= 0 {
-				return nil // a prior version
-			}
+		return s.versions.ForEachCurrent(tx, string(owner), func(method string, v []byte) error {
 			rec, err := decode(v)
 			if err != nil {
 				return err
@@ -478,17 +413,8 @@ func (s *Store) Delete(ctx context.Context, owner enclave.Owner, method string) 
 		return err
 	}
 	found := false
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		k := store.Key(string(owner), method)
-		_, err := tx.Get(store.BucketClientShares, k)
-		found = err == nil
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
-		if err := tx.Delete(store.BucketClientShares, k); err != nil {
-			return err
-		}
-		_, err = tx.DeletePrefix(store.BucketClientShares, store.Prefix(string(owner), method, versionsSub))
+	err := s.db.Update(ctx, func(tx *store.Tx) (err error) {
+		found, err = s.versions.Delete(tx, string(owner), method)
 		return err
 	})
 	if err == nil && !found {
@@ -504,18 +430,8 @@ func (s *Store) DeleteOwner(ctx context.Context, owner enclave.Owner) (int, erro
 		return 0, err
 	}
 	n := 0
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		n = 0
-		prefix := store.Prefix(string(owner))
-		if err := tx.ForEach(store.BucketClientShares, prefix, func(k, _ []byte) error {
-			if strings.IndexByte(string(k[len(prefix):]), 0) < 0 {
-				n++
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		_, err := tx.DeletePrefix(store.BucketClientShares, prefix)
+	err := s.db.Update(ctx, func(tx *store.Tx) (err error) {
+		n, err = s.versions.DeleteOwner(tx, string(owner))
 		return err
 	})
 	return n, err
@@ -527,20 +443,14 @@ func (s *Store) ListVersions(ctx context.Context, owner enclave.Owner, method st
 		return nil, err
 	}
 	var out []VersionInfo
-	prefix := store.Prefix(string(owner), method, versionsSub)
 	err := s.db.View(ctx, func(tx *store.Tx) error {
 		out = out[:0]
-		return tx.ForEach(store.BucketClientShares, prefix, func(k, v []byte) error {
-			id := string(k[len(prefix):])
-			ns, err := strconv.ParseInt(id, 10, 64)
-			if err != nil {
-				return fmt.Errorf("clientshares: prior version id damaged: %w", err)
-			}
+		return s.versions.List(tx, string(owner), method, func(id string, replacedAt time.Time, v []byte) error {
 			rec, err := decode(v)
 			if err != nil {
 				return err
 			}
-			out = append(out, VersionInfo{ID: id, Method: method, Stored: rec.Stored, ReplacedAt: time.Unix(0, ns).UTC(), CreatedAt: rec.Created})
+			out = append(out, VersionInfo{ID: id, Method: method, Stored: rec.Stored, ReplacedAt: replacedAt, CreatedAt: rec.Created})
 			return nil
 		})
 	})
@@ -555,14 +465,15 @@ func (s *Store) RestoreVersion(ctx context.Context, owner enclave.Owner, method,
 	if err := checkOwnerMethod(owner, method); err != nil {
 		return Info{}, err
 	}
-	if err := enclave.CheckVersionID(id); err != nil {
+	if err := store.CheckVersionID(id); err != nil {
 		return Info{}, err
 	}
 	now := s.now().UTC()
 	var info Info
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
-		vk := store.Key(string(owner), method, versionsSub, id)
-		b, err := tx.Get(store.BucketClientShares, vk)
+		// Taken out of the versions; undone with the transaction when the
+		// record does not open.
+		b, err := s.versions.TakePrior(tx, string(owner), method, id)
 		if err != nil {
 			return err
 		}
@@ -575,15 +486,9 @@ func (s *Store) RestoreVersion(ctx context.Context, owner enclave.Owner, method,
 			return err
 		}
 		defer clear(pt)
-		if err := tx.Delete(store.BucketClientShares, vk); err != nil {
-			return err
-		}
 		rec := record{Stored: old.Stored, Created: now, Updated: now, StatusAt: old.StatusAt}
 		info, _, err = s.putTx(tx, owner, method, rec, pt, now)
 		return err
 	})
-	if errors.Is(err, store.ErrNotFound) {
-		return Info{}, ErrVersionNotFound
-	}
 	return info, err
 }

@@ -64,7 +64,8 @@ type Options struct {
 	Unavailable error
 	// DB is the store the Service writes to. Required: the admin user
 	// routes describe and delete a user's shares from it even without
-	// Vault (a user deletion never waits for, or depends on, Vault).
+	// Vault (a user deletion never waits for, or depends on, Vault),
+	// through custodian.Records.
 	DB *store.DB
 	// MaxBatchItems caps the items of one batch; 0 means 500.
 	MaxBatchItems int
@@ -75,7 +76,7 @@ type Options struct {
 type Handler struct {
 	svc         *custodian.Service
 	unavailable error
-	db          *store.DB
+	records     *custodian.Records // the shares' storage, with or without Vault
 	maxBatch    int
 	srv         *server.Server
 	latency     *prometheus.HistogramVec
@@ -92,7 +93,11 @@ func New(opts Options) (*Handler, error) {
 	if opts.MaxBatchItems <= 0 {
 		opts.MaxBatchItems = 500
 	}
-	return &Handler{svc: opts.Service, unavailable: opts.Unavailable, db: opts.DB, maxBatch: opts.MaxBatchItems}, nil
+	records := custodian.NewRecords(opts.DB, custodian.RecordsOptions{})
+	if opts.Service != nil {
+		records = opts.Service.Records()
+	}
+	return &Handler{svc: opts.Service, unavailable: opts.Unavailable, records: records, maxBatch: opts.MaxBatchItems}, nil
 }
 
 // Service is the share service, or nil with the error the routes answer.
@@ -455,28 +460,10 @@ func (h *Handler) listJobs(c echo.Context) error {
 // Name is the key of this package's part of GET /v1/admin/users/:userId.
 func (h *Handler) Name() string { return "custodianShares" }
 
-// methods lists the methods owner has a current share for, from the store
-// (the key layout of custodian.Service: owner 0x00 method, prior versions
-// one level deeper).
-func (h *Handler) methods(ctx context.Context, owner enclave.Owner) ([]string, error) {
-	var out []string
-	prefix := store.Prefix(string(owner))
-	err := h.db.View(ctx, func(tx *store.Tx) error {
-		out = out[:0]
-		return tx.ForEach(store.BucketCustodian, prefix, func(k, _ []byte) error {
-			if m := string(k[len(prefix):]); strings.IndexByte(m, 0) < 0 {
-				out = append(out, m)
-			}
-			return nil
-		})
-	})
-	return out, err
-}
-
 // describe lists owner's shares without opening them (no Vault call).
 // Without a Service only the methods are known.
 func (h *Handler) describe(ctx context.Context, owner enclave.Owner) ([]custodian.ShareInfo, error) {
-	ms, err := h.methods(ctx, owner)
+	ms, err := h.records.Methods(ctx, string(owner))
 	if err != nil || len(ms) == 0 {
 		return nil, err
 	}
@@ -519,18 +506,10 @@ func (h *Handler) DescribeOwner(ctx context.Context, owner enclave.Owner) (any, 
 }
 
 // DeleteUser removes every custodian share of the user, prior versions
-// included. It needs no Vault: without a Service the records are removed
-// from the store directly.
+// included. It needs no Vault (custodian.Records).
 func (h *Handler) DeleteUser(ctx context.Context, userID string) error {
-	owner := string(enclave.UserOwner(userID))
-	if h.svc != nil {
-		_, err := h.svc.DeleteOwner(ctx, owner)
-		return err
-	}
-	return h.db.Update(ctx, func(tx *store.Tx) error {
-		_, err := tx.DeletePrefix(store.BucketCustodian, store.Prefix(owner))
-		return err
-	})
+	_, err := h.records.DeleteOwner(ctx, string(enclave.UserOwner(userID)))
+	return err
 }
 
 var _ interface {
