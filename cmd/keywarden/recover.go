@@ -38,18 +38,8 @@ import (
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/secret"
-	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/store"
 )
-
-func init() {
-	initSteps = append(initSteps, rollbackInitStep, recoveryInitStep)
-	wireSteps = append(wireSteps, rollbackWireStep)
-	extraCommands["recover"] = cmdRecover
-	extraCommands["reseal"] = cmdReseal
-	extraCommands["recovery"] = cmdRecovery
-	extraCommands["rollback"] = cmdRollback
-}
 
 // Audit actions of these commands.
 const (
@@ -68,46 +58,23 @@ type recoverySettings struct {
 	SharesDir        string   // recovery.shares_dir; "": <data.dir>/recovery-shares
 }
 
-// configRecovery reads the configuration's recovery section. It is empty
-// until internal/config has recovery.recipients, recovery.threshold,
-// recovery.allow_single_share and recovery.shares_dir; then it becomes
-//
-//	return recoverySettings{Recipients: c.Recovery.Recipients, Threshold: c.Recovery.Threshold,
-//		AllowSingleShare: c.Recovery.AllowSingleShare, SharesDir: c.Recovery.SharesDir}
-var configRecovery = func(c config.Config) recoverySettings {
-	return recoverySettings{Recipients: c.Recovery.Recipients, Threshold: c.Recovery.Threshold,
-		AllowSingleShare: c.Recovery.AllowSingleShare, SharesDir: c.Recovery.SharesDir}
-}
-
-// initFlags are init's recovery flags (see registerInitFlags).
-var initFlags struct {
+// initFlagValues are the recovery flags of init and `recovery reshare`:
+// -recipient (repeatable), -threshold, -single-share, -shares-dir. They
+// override the configuration.
+type initFlagValues struct {
 	recipients listFlag
 	threshold  int
 	single     bool
 	sharesDir  string
 }
 
-// registerInitFlags adds init's recovery flags to its flag set:
-// -recipient (repeatable), -threshold, -single-share, -shares-dir. They
-// override the configuration.
-func registerInitFlags(fs *flag.FlagSet) {
-	initFlags.recipients = nil
-	fs.Var(&initFlags.recipients, "recipient", "an operator's age recipient (age1…); repeat for each operator (overrides recovery.recipients)")
-	fs.IntVar(&initFlags.threshold, "threshold", 0, "recovery shares needed to rebuild the root key (overrides recovery.threshold; 0: a majority)")
-	fs.BoolVar(&initFlags.single, "single-share", false, "allow a single recovery recipient holding the whole root key")
-	fs.StringVar(&initFlags.sharesDir, "shares-dir", "", "folder for the encrypted share files (default <data.dir>/recovery-shares)")
+// register adds the flags to fs.
+func (f *initFlagValues) register(fs *flag.FlagSet) {
+	fs.Var(&f.recipients, "recipient", "an operator's age recipient (age1…); repeat for each operator (overrides recovery.recipients)")
+	fs.IntVar(&f.threshold, "threshold", 0, "recovery shares needed to rebuild the root key (overrides recovery.threshold; 0: a majority)")
+	fs.BoolVar(&f.single, "single-share", false, "allow a single recovery recipient holding the whole root key")
+	fs.StringVar(&f.sharesDir, "shares-dir", "", "folder for the encrypted share files (default <data.dir>/recovery-shares)")
 }
-
-// acceptRollback is serve's -accept-rollback flag: start a store older than
-// the TPM's rollback counter, recording a new baseline (audited). Prefer
-// `keywarden rollback accept`, which does it once; a flag left in a unit
-// file would accept every later rollback too.
-var acceptRollback bool
-
-// recoverSteps run after `keywarden recover` has resealed the root key to
-// the new TPM (the attestation key must be made anew there: a blob of the
-// old TPM does not load).
-var recoverSteps []func(ctx context.Context, c initContext) error
 
 // listFlag is a repeatable string flag.
 type listFlag []string
@@ -115,19 +82,22 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
-func recoverySettingsFor(c config.Config) recoverySettings {
-	s := configRecovery(c)
-	if len(initFlags.recipients) > 0 {
-		s.Recipients = initFlags.recipients
+// recoverySettingsFor is the configuration's recovery section with the
+// command line's overrides.
+func recoverySettingsFor(c config.Config, f initFlagValues) recoverySettings {
+	s := recoverySettings{Recipients: c.Recovery.Recipients, Threshold: c.Recovery.Threshold,
+		AllowSingleShare: c.Recovery.AllowSingleShare, SharesDir: c.Recovery.SharesDir}
+	if len(f.recipients) > 0 {
+		s.Recipients = f.recipients
 	}
-	if initFlags.threshold != 0 {
-		s.Threshold = initFlags.threshold
+	if f.threshold != 0 {
+		s.Threshold = f.threshold
 	}
-	if initFlags.single {
+	if f.single {
 		s.AllowSingleShare = true
 	}
-	if initFlags.sharesDir != "" {
-		s.SharesDir = initFlags.sharesDir
+	if f.sharesDir != "" {
+		s.SharesDir = f.sharesDir
 	}
 	if s.SharesDir == "" {
 		s.SharesDir = filepath.Join(c.Data.Dir, "recovery-shares")
@@ -141,8 +111,8 @@ func (s recoverySettings) options() enclave.RecoveryOptions {
 
 // preflightInit checks the recovery settings before init makes a root key
 // (DECISIONS 16: init requires recovery recipients outside dev mode).
-func preflightInit(c config.Config) error {
-	if err := recoverySettingsFor(c).options().Validate(); err != nil {
+func preflightInit(s recoverySettings) error {
+	if err := s.options().Validate(); err != nil {
 		return fmt.Errorf("init: recovery shares: %w (set recovery.recipients and recovery.threshold, or -recipient … -threshold T)", err)
 	}
 	return nil
@@ -168,9 +138,8 @@ func rollbackInitStep(ctx context.Context, c initContext) error {
 }
 
 // recoveryInitStep splits the new root key to the operators.
-func recoveryInitStep(ctx context.Context, c initContext) error {
-	s := recoverySettingsFor(c.cfg)
-	if err := preflightInit(c.cfg); err != nil {
+func recoveryInitStep(ctx context.Context, c initContext, s recoverySettings) error {
+	if err := preflightInit(s); err != nil {
 		return fmt.Errorf("%w; the root key exists now but has NO recovery shares: fix the settings and run `keywarden recovery reshare` before storing any key", err)
 	}
 	shares, err := enclave.SetupRecovery(ctx, c.db, c.raw, s.options())
@@ -402,10 +371,9 @@ func cmdRecover(ctx context.Context, args []string) error {
 	if err := rb.Close(); err != nil {
 		return err
 	}
-	for _, step := range recoverSteps {
-		if err := step(ctx, initContext{cfg: cfg, tpm: tpm, db: db, root: root, raw: key}); err != nil {
-			return fmt.Errorf("recover: %w", err)
-		}
+	// The attestation key is made anew: the old TPM's blob does not load here.
+	if err := recoverAttestationKey(ctx, initContext{cfg: cfg, tpm: tpm, db: db, root: root, raw: key}); err != nil {
+		return fmt.Errorf("recover: %w", err)
 	}
 	evs := []audit.Event{{Action: actionRecover, Outcome: audit.OutcomeSuccess, Fields: map[string]string{
 		"backup": filepath.Base(*backup), "root_id": root.RootID(), "shares": used,
@@ -625,7 +593,8 @@ func cmdRecovery(ctx context.Context, args []string) error {
 
 func cmdReshare(ctx context.Context, args []string) error {
 	fs, lf := newFlagSet("recovery reshare")
-	registerInitFlags(fs)
+	var flags initFlagValues
+	flags.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return usageError(err.Error())
 	}
@@ -633,7 +602,7 @@ func cmdReshare(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	s := recoverySettingsFor(cfg)
+	s := recoverySettingsFor(cfg, flags)
 	if err := s.options().Validate(); err != nil {
 		return fmt.Errorf("recovery reshare: %w", err)
 	}
@@ -724,63 +693,4 @@ func cmdRollback(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintf(os.Stderr, "nothing to accept: the store is current (%s, generation %d, counter %d)\n", st.Event, st.Generation, st.Counter)
 	return nil
-}
-
-// rollbackWireStep opens the rollback counter before the server serves
-// (and before anything else writes the store): a store older than the
-// counter (ErrRolledBack) or whose records are not the ones its rollback
-// record vouches for (ErrRecordsAltered) does not start unless
-// acceptRollback, which is audited. From then on every store write
-// advances the generation in its own transaction. The Rollback is closed (pending
-// increment flushed) at shutdown.
-func rollbackWireStep(ctx context.Context, a *appliance, opts *server.Options) error {
-	rb, err := openApplianceRollback(ctx, a, acceptRollback)
-	if err != nil {
-		return err
-	}
-	a.closers = append(a.closers, func() {
-		if err := rb.Close(); err != nil {
-			a.log.Error("rollback counter: final increment failed (the next start catches it up)", "err", err)
-		}
-	})
-	opts.Degraded = append(opts.Degraded, server.Check{Name: "rollback_counter", Run: func(context.Context) error {
-		if st := rb.Status(); !st.Available {
-			return errors.New("the TPM rollback counter is unavailable: a restored old store would not be detected")
-		}
-		return nil
-	}})
-	if !a.cfg.Dev {
-		if _, err := enclave.LoadRecovery(ctx, a.db); errors.Is(err, enclave.ErrNoRecoveryRecord) {
-			a.log.Error("this store has NO recovery shares: a dead TPM would lose every key; run `keywarden recovery reshare`")
-			opts.Degraded = append(opts.Degraded, server.Check{Name: "recovery_shares", Run: func(context.Context) error {
-				return errors.New("no recovery shares recorded: run `keywarden recovery reshare`")
-			}})
-		}
-	}
-	if a.metrics != nil {
-		a.metrics.CounterFunc("keywarden_rollback_nv_increments_total", "Increments of the TPM's rollback NV counter (at most one per rollback.min_interval; NV writes wear the TPM).", func() float64 { return float64(rb.Increments()) })
-	}
-	opts.Rollback = rb
-	return nil
-}
-
-// openApplianceRollback runs OpenRollback for serve and audits an override.
-func openApplianceRollback(ctx context.Context, a *appliance, accept bool) (*enclave.Rollback, error) {
-	rb, err := enclave.OpenRollback(ctx, a.tpm, a.db, a.root, enclave.RollbackOptions{AcceptRollback: accept, Dev: a.cfg.Dev, Logger: a.log, Interval: a.cfg.Rollback.MinInterval})
-	if err != nil {
-		return nil, fmt.Errorf("rollback check: %w", err)
-	}
-	st := rb.Status()
-	a.log.Info("rollback counter", "event", st.Event, "generation", st.Generation, "counter", st.Counter, "available", st.Available, "records", st.Records, "detail", st.Detail)
-	if ev := rollbackAudit(st); ev != nil {
-		if a.audit == nil {
-			_ = rb.Close()
-			return nil, errors.New("rollback check: cannot audit the rollback override")
-		}
-		if err := a.audit.Record(ctx, *ev); err != nil {
-			_ = rb.Close()
-			return nil, fmt.Errorf("rollback check: audit the override: %w", err)
-		}
-	}
-	return rb, nil
 }

@@ -117,9 +117,8 @@ func makeOldHost(t *testing.T, tpm transport.TPM, cfg config.Config, dir string,
 	}
 	defer db.Close()
 	sharesDir := filepath.Join(dir, "shares")
-	initFlags.recipients, initFlags.threshold, initFlags.single, initFlags.sharesDir = recipientList(ops), 2, false, sharesDir
-	defer func() { initFlags.recipients, initFlags.threshold, initFlags.sharesDir = nil, 0, "" }()
-	if err := preflightInit(cfg); err != nil {
+	settings := recoverySettingsFor(cfg, initFlagValues{recipients: recipientList(ops), threshold: 2, sharesDir: sharesDir})
+	if err := preflightInit(settings); err != nil {
 		t.Fatal(err)
 	}
 	root, raw, err := enclave.Initialize(ctx, tpm, db, enclave.InitOptions{PCRs: cfg.TPM.PCRs})
@@ -129,10 +128,11 @@ func makeOldHost(t *testing.T, tpm transport.TPM, cfg config.Config, dir string,
 	defer root.Close()
 	defer raw.Wipe()
 	ic := initContext{cfg: cfg, tpm: tpm, db: db, root: root, raw: raw}
-	for _, step := range []func(context.Context, initContext) error{rollbackInitStep, recoveryInitStep} {
-		if err := step(ctx, ic); err != nil {
-			t.Fatal(err)
-		}
+	if err := rollbackInitStep(ctx, ic); err != nil {
+		t.Fatal(err)
+	}
+	if err := recoveryInitStep(ctx, ic, settings); err != nil {
+		t.Fatal(err)
 	}
 	h := &oldHost{backup: filepath.Join(dir, "backup.db"), rootID: root.RootID(), keys: map[enclave.Owner][]byte{}, sharesOp: ops}
 	info, err := enclave.LoadRecovery(ctx, db)
@@ -241,9 +241,8 @@ func TestPreflightInitRequiresRecipients(t *testing.T) {
 		{"one operator, explicit", recipientList(ops[:1]), 0, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			initFlags.recipients, initFlags.threshold, initFlags.single = tc.recipients, tc.threshold, tc.single
-			defer func() { initFlags.recipients, initFlags.threshold, initFlags.single = nil, 0, false }()
-			if err := preflightInit(cfg); (err == nil) != tc.ok {
+			s := recoverySettingsFor(cfg, initFlagValues{recipients: tc.recipients, threshold: tc.threshold, single: tc.single})
+			if err := preflightInit(s); (err == nil) != tc.ok {
 				t.Fatalf("preflightInit = %v, want ok=%v", err, tc.ok)
 			}
 		})
@@ -483,7 +482,7 @@ func TestRollbackServeAndAccept(t *testing.T) {
 	}
 	a = openTestAppliance(t, tpm, cfg)
 	var opts server.Options
-	if err := rollbackWireStep(ctx, a, &opts); !errors.Is(err, enclave.ErrRolledBack) {
+	if err := rollbackWireStep(ctx, a, &opts, false); !errors.Is(err, enclave.ErrRolledBack) {
 		t.Fatalf("serve on a restored old backup: err = %v, want ErrRolledBack", err)
 	}
 	a.Close()
@@ -501,7 +500,7 @@ func TestRollbackServeAndAccept(t *testing.T) {
 	a = openTestAppliance(t, tpm, cfg)
 	defer a.Close()
 	opts = server.Options{}
-	if err := rollbackWireStep(ctx, a, &opts); err != nil {
+	if err := rollbackWireStep(ctx, a, &opts, false); err != nil {
 		t.Fatalf("serve after rollback accept: %v", err)
 	}
 	if len(opts.Degraded) == 0 {
@@ -634,7 +633,7 @@ func TestServeRefusesSplicedRecord(t *testing.T) {
 	a = openTestAppliance(t, sim, cfg)
 	defer a.Close()
 	var opts server.Options
-	err = rollbackWireStep(ctx, a, &opts)
+	err = rollbackWireStep(ctx, a, &opts, false)
 	if err == nil {
 		got, gerr := enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{}).GetKey(ctx, enclave.UserOwner("u0"), "PASSKEY")
 		if gerr == nil && bytes.Equal(got.Reveal(), h.keys[enclave.UserOwner("u0")]) {
