@@ -24,7 +24,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -309,31 +308,21 @@ func cmdRecover(ctx context.Context, args []string) error {
 		}
 	}
 	target := cfg.Data.DB
-	if _, err := os.Stat(target); err == nil && !*force {
+	// Work on a copy next to the target; it takes the target's place only
+	// when everything succeeded.
+	staged, err := store.StageRestore(*backup, target, store.RestoreOptions{Replace: *force})
+	if errors.Is(err, store.ErrStoreExists) {
 		return fmt.Errorf("recover: a store exists at %s; refusing to overwrite it (add -force; the old file is kept beside it)", target)
 	}
+	if err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+	defer staged.Abort()
 	ids, err := readIdentities(identityFiles)
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
-		return err
-	}
-
-	// Work on a copy next to the target; it takes the target's place only
-	// when everything succeeded.
-	tmp := target + ".recover-tmp"
-	_ = os.Remove(tmp)
-	if err := copyFileSync(*backup, tmp); err != nil {
-		return fmt.Errorf("recover: copy the backup: %w", err)
-	}
-	done := false
-	defer func() {
-		if !done {
-			_ = os.Remove(tmp)
-		}
-	}()
-	db, err := store.Open(tmp, store.Options{})
+	db, err := store.Open(staged.Path, store.Options{})
 	if err != nil {
 		return fmt.Errorf("recover: the backup does not open: %w", err)
 	}
@@ -388,18 +377,13 @@ func cmdRecover(ctx context.Context, args []string) error {
 	if err := db.Close(); err != nil {
 		return err
 	}
-	if _, err := os.Stat(target); err == nil {
-		old := fmt.Sprintf("%s.replaced-%s", target, time.Now().UTC().Format("20060102T150405Z"))
-		if err := os.Rename(target, old); err != nil {
-			return fmt.Errorf("recover: keep the old store: %w", err)
-		}
-		fmt.Fprintf(os.Stderr, "recover: the previous store is kept as %s\n", old)
-	}
-	if err := os.Rename(tmp, target); err != nil {
+	kept, err := staged.Commit()
+	if err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
-	done = true
-	syncDir(filepath.Dir(target))
+	if kept != "" {
+		fmt.Fprintf(os.Stderr, "recover: the previous store is kept as %s\n", kept)
+	}
 	fmt.Fprintf(os.Stderr, "recovered: root key %s rebuilt from shares %s, sealed to %s (PCRs %v); store at %s; rollback counter: %s\n",
 		root.RootID(), used, cfg.TPM.Path, pcrs, target, rst.Detail)
 	fmt.Fprintln(os.Stderr, "next: make a new attestation key on this TPM, and check `keywarden recovery status`")
@@ -479,33 +463,6 @@ func combineFromShares(ctx context.Context, db *store.DB, files []string, ids []
 		return secret.Bytes{}, "", err
 	}
 	return key, strings.Join(used, ","), nil
-}
-
-func copyFileSync(from, to string) error {
-	src, err := os.Open(from)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
-	dst, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(dst, src)
-	if err == nil {
-		err = dst.Sync()
-	}
-	if cerr := dst.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
 }
 
 // openOffline opens the TPM and the store (the server must be stopped) and
