@@ -328,7 +328,7 @@ func cmdRecover(ctx context.Context, args []string) error {
 	}
 	defer db.Close()
 
-	key, used, err := combineFromShares(ctx, db, shareFiles, ids)
+	key, used, err := combineShares(ctx, db, shareFiles, ids)
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
@@ -402,67 +402,21 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 	return set
 }
 
-// combineFromShares decrypts the share files (or, with none, the shares
-// recorded in the backup) with ids and combines them. used lists the share
-// numbers that went in.
-func combineFromShares(ctx context.Context, db *store.DB, files []string, ids []age.Identity) (secret.Bytes, string, error) {
-	var plains []secret.Bytes
-	defer func() {
-		for _, p := range plains {
-			p.Wipe()
-		}
-	}()
-	var used []string
-	add := func(p secret.Bytes) error {
-		info, err := enclave.InspectShare(p)
-		if err != nil {
-			return err
-		}
-		plains = append(plains, p)
-		used = append(used, strconv.Itoa(info.Index))
-		return nil
+// combineShares rebuilds the root key from the share files (or the shares
+// the backup records) and lists the share numbers used, as "1,3".
+func combineShares(ctx context.Context, db *store.DB, files []string, ids []age.Identity) (secret.Bytes, string, error) {
+	key, used, err := enclave.CombineShareFiles(ctx, db, files, ids...)
+	if errors.Is(err, enclave.ErrNoRecoveryRecord) {
+		return secret.Bytes{}, "", fmt.Errorf("%w; give the share files with -share", err)
 	}
-	if len(files) > 0 {
-		for _, f := range files {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				return secret.Bytes{}, "", err
-			}
-			p, err := enclave.DecryptShare(b, ids...)
-			if err != nil {
-				return secret.Bytes{}, "", fmt.Errorf("share %s: %w", f, err)
-			}
-			if err := add(p); err != nil {
-				return secret.Bytes{}, "", fmt.Errorf("share %s: %w", f, err)
-			}
-		}
-	} else {
-		info, err := enclave.LoadRecovery(ctx, db)
-		if err != nil {
-			return secret.Bytes{}, "", fmt.Errorf("%w; give the share files with -share", err)
-		}
-		for _, s := range info.Shares {
-			p, err := enclave.DecryptShare(s.File(), ids...)
-			if errors.Is(err, enclave.ErrShareIdentity) {
-				continue // another operator's share
-			}
-			if err != nil {
-				return secret.Bytes{}, "", fmt.Errorf("recorded share %d: %w", s.Index, err)
-			}
-			if err := add(p); err != nil {
-				return secret.Bytes{}, "", err
-			}
-		}
-	}
-	raw := make([][]byte, len(plains))
-	for i, p := range plains {
-		raw[i] = p.Reveal()
-	}
-	key, err := enclave.CombineShares(raw)
 	if err != nil {
 		return secret.Bytes{}, "", err
 	}
-	return key, strings.Join(used, ","), nil
+	nums := make([]string, len(used))
+	for i, n := range used {
+		nums[i] = strconv.Itoa(n)
+	}
+	return key, strings.Join(nums, ","), nil
 }
 
 // openOffline opens the TPM and the store (the server must be stopped) and
