@@ -249,25 +249,12 @@ func readIdentities(paths []string) ([]age.Identity, error) {
 	return ids, nil
 }
 
-// operatorAudit records one event in the audit log under root (the server
+// operatorAudit records events in the audit log under root (the server
 // is stopped: these commands hold the store).
 func operatorAudit(ctx context.Context, c config.Config, root *enclave.Root, evs ...audit.Event) error {
 	key := root.Subkey("audit-anchor")
 	defer key.Wipe()
-	l, err := audit.Open(ctx, audit.Options{Dir: c.Audit.Dir, AnchorKey: key, WriteTimeout: c.Audit.WriteTimeout, MaxFileBytes: c.Audit.MaxFileBytes})
-	if err != nil {
-		return fmt.Errorf("audit log: %w", err)
-	}
-	for _, ev := range evs {
-		if ev.Actor == "" {
-			ev.Actor = "operator:cli"
-		}
-		if err := l.Record(ctx, ev); err != nil {
-			_ = l.Close(ctx)
-			return fmt.Errorf("audit log: %w", err)
-		}
-	}
-	return l.Close(ctx)
+	return audit.AppendOffline(ctx, audit.Options{Dir: c.Audit.Dir, AnchorKey: key, WriteTimeout: c.Audit.WriteTimeout, MaxFileBytes: c.Audit.MaxFileBytes}, evs...)
 }
 
 // rollbackAudit is the audit line for a rollback override, nil otherwise.
