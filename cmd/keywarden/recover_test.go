@@ -672,3 +672,86 @@ func copyFile(t *testing.T, from, to string) error {
 	}
 	return os.WriteFile(to, b, 0o600)
 }
+
+// TestRecoverOntoNewHostAuditVerifies: the old host recorded its audit
+// head in the store, so the backup carries it; its audit files stay on the
+// lost host. Recovered onto a new host, the store must not hold that head
+// (the new host's log would fail `audit verify` forever as "truncated"):
+// recover forgets it and writes its seq and hash into its own audit line.
+func TestRecoverOntoNewHostAuditVerifies(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	ops := newRKOperators(t, dir, 2)
+	_, oldCfg := devConfig(t, filepath.Join(dir, "old"), oldSeed)
+	oldCfg.Dev = false
+	sim, err := tpmsim.Open(oldSeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := makeOldHost(t, sim, oldCfg, dir, ops)
+
+	// The old host serves: its audit log records its head in the store;
+	// the backup is taken after.
+	db, err := store.Open(oldCfg.Data.DB, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := enclave.Unseal(ctx, sim, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alog, err := audit.Open(ctx, audit.Options{Dir: oldCfg.Audit.Dir, AnchorKey: root.Subkey("audit-anchor"), Heads: audit.StoreHeads(db), ReserveBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if err := alog.Record(ctx, audit.Event{Action: audit.ActionRelease, Outcome: audit.OutcomeSuccess, Owner: fmt.Sprintf("user:%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := alog.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	oldSeq, oldHash := alog.Head()
+	if err := os.Remove(h.backup); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(h.backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.WriteTo(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	root.Close()
+	db.Close()
+	sim.Close() // the old host is lost, its audit files with it
+
+	newCfgFile, newCfg := devConfig(t, filepath.Join(dir, "new"), newSeed)
+	if err := run(ctx, []string{"recover", "-dev", "-config", newCfgFile, "-backup", h.backup,
+		"-share", h.shares[0], "-share", h.shares[1], "-identity", ops[0].file, "-identity", ops[1].file}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KEYWARDEN_DEV", "1")
+	out, err := auditVerifyOutput(t, newCfgFile)
+	if err != nil {
+		t.Fatalf("audit verify on the new host after recover: %v\n%s", err, out)
+	}
+	// The old head is on record in the recover line.
+	var found bool
+	files, _ := filepath.Glob(filepath.Join(newCfg.Audit.Dir, "audit-*.jsonl"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, `"`+actionRecover+`"`) &&
+				strings.Contains(line, fmt.Sprintf(`"previous_audit_head_seq":"%d"`, oldSeq)) &&
+				strings.Contains(line, `"previous_audit_head_hash":"`+oldHash+`"`) {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("the recover line does not name the old audit head (seq %d, %s)", oldSeq, oldHash)
+	}
+}
