@@ -34,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -438,6 +439,74 @@ func CombineShares(shares [][]byte) (secret.Bytes, error) {
 		return secret.Bytes{}, ErrWrongRootKey
 	}
 	return k, nil
+}
+
+// CombineShareFiles rebuilds the root key for `keywarden recover`: it
+// decrypts the share files at paths (each with whichever of the operators'
+// identities opens it) or, when paths is empty, the shares recorded in
+// db's recovery record (a backup carries them; shares none of ids opens are
+// another operator's and skipped), and combines them with [CombineShares].
+// used lists the numbers of the shares that went in, in the order read.
+// Compare the key with the store's record ([VerifyRecoveredRoot]) before
+// trusting it. Every decrypted share is wiped before it returns.
+func CombineShareFiles(ctx context.Context, db *store.DB, paths []string, ids ...age.Identity) (key secret.Bytes, used []int, err error) {
+	var plains []secret.Bytes
+	defer func() {
+		for _, p := range plains {
+			p.Wipe()
+		}
+	}()
+	add := func(p secret.Bytes) error {
+		info, err := InspectShare(p)
+		if err != nil {
+			p.Wipe()
+			return err
+		}
+		plains = append(plains, p)
+		used = append(used, info.Index)
+		return nil
+	}
+	if len(paths) > 0 {
+		for _, f := range paths {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return secret.Bytes{}, nil, err
+			}
+			p, err := DecryptShare(b, ids...)
+			if err == nil {
+				err = add(p)
+			}
+			if err != nil {
+				return secret.Bytes{}, nil, fmt.Errorf("share %s: %w", f, err)
+			}
+		}
+	} else {
+		info, err := LoadRecovery(ctx, db)
+		if err != nil {
+			return secret.Bytes{}, nil, err
+		}
+		for _, s := range info.Shares {
+			p, err := DecryptShare(s.File(), ids...)
+			if errors.Is(err, ErrShareIdentity) {
+				continue // another operator's share
+			}
+			if err != nil {
+				return secret.Bytes{}, nil, fmt.Errorf("recorded share %d: %w", s.Index, err)
+			}
+			if err := add(p); err != nil {
+				return secret.Bytes{}, nil, err
+			}
+		}
+	}
+	raw := make([][]byte, len(plains))
+	for i, p := range plains {
+		raw[i] = p.Reveal()
+	}
+	key, err = CombineShares(raw)
+	if err != nil {
+		return secret.Bytes{}, nil, err
+	}
+	return key, used, nil
 }
 
 // RecoveryInfo is the recovery record kept in the store's meta bucket: the

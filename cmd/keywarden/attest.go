@@ -34,8 +34,6 @@ import (
 	"github.com/keywarden/keywarden/store"
 )
 
-func init() { extraCommands["attest"] = cmdAttest }
-
 const attestUsage = `attest: want one of
   attest verify  --url URL --policy FILE [--ak-name HEX] [--bind hpke|tls] [--ek-roots PEMFILE] [--ca PEMFILE]
   attest policy  [--url URL] [--ak-name HEX] [--ca PEMFILE]

@@ -56,14 +56,19 @@ func cmdAdminKeyHash() error {
 	return nil
 }
 
-// cmdInit creates the root key and seals it to the configured TPM.
+// cmdInit creates the root key and seals it to the configured TPM. What
+// it does, in this order: check the recovery settings (before any root key
+// exists) → open the TPM → open the store → create the root key and seal
+// it → define the rollback counter → split the root key into recovery
+// shares → make the attestation key.
 func cmdInit(ctx context.Context, args []string) error {
-	cfg, _, err := loadConfig(args, false, registerInitFlags)
+	var flags initFlagValues
+	cfg, _, err := loadConfig(args, false, flags.register)
 	if err != nil {
 		return err
 	}
-	// Refuse a bad recovery setting before any root key exists.
-	if err := preflightInit(cfg); err != nil {
+	settings := recoverySettingsFor(cfg, flags)
+	if err := preflightInit(settings); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(cfg.Data.Dir, 0o700); err != nil {
@@ -85,7 +90,14 @@ func cmdInit(ctx context.Context, args []string) error {
 	}
 	defer root.Close()
 	defer raw.Wipe()
-	if err := initExtras(ctx, cfg, tpm, db, root, raw); err != nil {
+	c := initContext{cfg: cfg, tpm: tpm, db: db, root: root, raw: raw}
+	if err := rollbackInitStep(ctx, c); err != nil {
+		return err
+	}
+	if err := recoveryInitStep(ctx, c, settings); err != nil {
+		return err
+	}
+	if err := initAttestationKey(ctx, c); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "root key created and sealed to %s (PCRs %v)\n", cfg.TPM.Path, cfg.TPM.PCRs)
@@ -95,25 +107,13 @@ func cmdInit(ctx context.Context, args []string) error {
 	return nil
 }
 
-// initSteps run after the root key exists (recovery shares, attestation key).
-var initSteps []func(ctx context.Context, c initContext) error
-
-// initContext is what an init step gets.
+// initContext is what init's steps (and recover's) work on.
 type initContext struct {
 	cfg  config.Config
 	tpm  transport.TPM
 	db   *store.DB
 	root *enclave.Root
 	raw  secret.Bytes
-}
-
-func initExtras(ctx context.Context, cfg config.Config, tpm transport.TPM, db *store.DB, root *enclave.Root, raw secret.Bytes) error {
-	for _, s := range initSteps {
-		if err := s(ctx, initContext{cfg: cfg, tpm: tpm, db: db, root: root, raw: raw}); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // cmdBackup asks the running server for a consistent copy of the store

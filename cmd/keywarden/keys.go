@@ -14,8 +14,6 @@ import (
 	"time"
 )
 
-func init() { extraCommands["keys"] = cmdKeys }
-
 const keysUsage = `usage: keywarden keys versions [flags] OWNER METHOD
        keywarden keys restore  [flags] OWNER METHOD VERSION_ID
   OWNER is user:<userId>, firebase:<project>/<tenant>/<uid> (tenant empty when none)

@@ -20,6 +20,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -30,7 +32,7 @@ func main() {
 		var ue usageError
 		if errors.As(err, &ue) {
 			fmt.Fprintln(os.Stderr, "keywarden:", err)
-			fmt.Fprintln(os.Stderr, usage)
+			fmt.Fprintln(os.Stderr, usage())
 			os.Exit(2)
 		}
 		fmt.Fprintln(os.Stderr, "keywarden:", err)
@@ -42,64 +44,103 @@ type usageError string
 
 func (u usageError) Error() string { return string(u) }
 
-const usage = `usage: keywarden <command> [flags]
-  serve          run the appliance (-config FILE)
-  dev            run on embedded defaults with a simulated TPM (insecure; for trying it out)
-  init           create the root key and seal it to the TPM (-config FILE)
-  config check   load and validate the configuration, print it with secrets redacted
-  backup         write a consistent copy of the live store (-out FILE; asks the running server)
-  status         the running server's readiness with every check's detail (admin API)
-  keys           versions | restore OWNER METHOD [ID]: prior versions of any owner's key (admin API)
-  audit verify   check the audit log's hash chain and anchors
-  admin-key hash read an admin API key on stdin and print its sha256 form for admin.key_hashes
-  recover        rebuild the root key from T recovery shares and a backup on a new TPM
-  reseal         seal the root key again to other PCRs (before a firmware update)
-  recovery       status | reshare: the recovery shares of the root key
-  rollback       accept: start from a deliberately restored older store (audited)
-  attest         verify | policy | ak-name: check a running appliance with TPM attestation
-  version        print the version`
+// command is one entry of the command table: its name (and aliases), the
+// line `keywarden help` prints for it, and the function that runs it.
+type command struct {
+	names []string
+	help  string // "" for aliases shown elsewhere (version's flags)
+	run   func(ctx context.Context, args []string) error
+}
+
+// commands is every command of keywarden, in the order help lists them.
+// Nothing adds itself to it: a new command is a new line here.
+func commands() []command {
+	return []command{
+		{names: []string{"serve"}, help: "run the appliance (-config FILE)", run: cmdServe},
+		{names: []string{"dev"}, help: "run on embedded defaults with a simulated TPM (insecure; for trying it out)", run: cmdDev},
+		{names: []string{"init"}, help: "create the root key and seal it to the TPM (-config FILE)", run: cmdInit},
+		{names: []string{"config"}, help: "load and validate the configuration, print it with secrets redacted", run: cmdConfig},
+		{names: []string{"backup"}, help: "write a consistent copy of the live store (-out FILE; asks the running server)", run: cmdBackup},
+		{names: []string{"status"}, help: "the running server's readiness with every check's detail (admin API)", run: cmdStatus},
+		{names: []string{"keys"}, help: "versions | restore OWNER METHOD [ID]: prior versions of any owner's key (admin API)", run: cmdKeys},
+		{names: []string{"audit"}, help: "check the audit log's hash chain and anchors", run: cmdAudit},
+		{names: []string{"admin-key"}, help: "read an admin API key on stdin and print its sha256 form for admin.key_hashes", run: cmdAdminKey},
+		{names: []string{"recover"}, help: "rebuild the root key from T recovery shares and a backup on a new TPM", run: cmdRecover},
+		{names: []string{"reseal"}, help: "seal the root key again to other PCRs (before a firmware update)", run: cmdReseal},
+		{names: []string{"recovery"}, help: "status | reshare: the recovery shares of the root key", run: cmdRecovery},
+		{names: []string{"rollback"}, help: "accept: start from a deliberately restored older store (audited)", run: cmdRollback},
+		{names: []string{"attest"}, help: "verify | policy | ak-name: check a running appliance with TPM attestation", run: cmdAttest},
+		{names: []string{"version", "-version", "--version"}, help: "print the version", run: cmdVersion},
+		{names: []string{"help", "-h", "--help"}, run: cmdHelp},
+	}
+}
+
+// usage is the help text, made from the command table.
+func usage() string {
+	var b strings.Builder
+	b.WriteString("usage: keywarden <command> [flags]")
+	for _, c := range commands() {
+		if c.help == "" {
+			continue
+		}
+		fmt.Fprintf(&b, "\n  %-14s %s", usageName(c.names[0]), c.help)
+	}
+	return b.String()
+}
+
+// usageName is how help names a command that wants a sub-command.
+func usageName(name string) string {
+	switch name {
+	case "config":
+		return "config check"
+	case "audit":
+		return "audit verify"
+	case "admin-key":
+		return "admin-key hash"
+	}
+	return name
+}
 
 func run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
 		return usageError("no command")
 	}
-	cmd, rest := args[0], args[1:]
-	switch cmd {
-	case "serve":
-		return cmdServe(ctx, rest, false)
-	case "dev":
-		return cmdServe(ctx, rest, true)
-	case "init":
-		return cmdInit(ctx, rest)
-	case "config":
-		if len(rest) == 0 || rest[0] != "check" {
-			return usageError("config: want `config check`")
+	name, rest := args[0], args[1:]
+	for _, c := range commands() {
+		if slices.Contains(c.names, name) {
+			return c.run(ctx, rest)
 		}
-		return cmdConfigCheck(rest[1:])
-	case "backup":
-		return cmdBackup(ctx, rest)
-	case "audit":
-		if len(rest) == 0 || rest[0] != "verify" {
-			return usageError("audit: want `audit verify`")
-		}
-		return cmdAuditVerify(rest[1:])
-	case "admin-key":
-		if len(rest) == 0 || rest[0] != "hash" {
-			return usageError("admin-key: want `admin-key hash`")
-		}
-		return cmdAdminKeyHash()
-	case "version", "-version", "--version":
-		fmt.Println(versionString())
-		return nil
-	case "help", "-h", "--help":
-		fmt.Println(usage)
-		return nil
 	}
-	if extra, ok := extraCommands[cmd]; ok {
-		return extra(ctx, rest)
-	}
-	return usageError("unknown command " + cmd)
+	return usageError("unknown command " + name)
 }
 
-// extraCommands are added by other files of this package (attest, recover …).
-var extraCommands = map[string]func(context.Context, []string) error{}
+func cmdVersion(context.Context, []string) error {
+	fmt.Println(versionString())
+	return nil
+}
+
+func cmdHelp(context.Context, []string) error {
+	fmt.Println(usage())
+	return nil
+}
+
+func cmdConfig(_ context.Context, args []string) error {
+	if len(args) == 0 || args[0] != "check" {
+		return usageError("config: want `config check`")
+	}
+	return cmdConfigCheck(args[1:])
+}
+
+func cmdAudit(_ context.Context, args []string) error {
+	if len(args) == 0 || args[0] != "verify" {
+		return usageError("audit: want `audit verify`")
+	}
+	return cmdAuditVerify(args[1:])
+}
+
+func cmdAdminKey(_ context.Context, args []string) error {
+	if len(args) == 0 || args[0] != "hash" {
+		return usageError("admin-key: want `admin-key hash`")
+	}
+	return cmdAdminKeyHash()
+}

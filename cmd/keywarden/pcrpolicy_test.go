@@ -80,7 +80,7 @@ func TestPCRPolicyOutsideDev(t *testing.T) {
 		t.Fatal(err)
 	}
 	initRootOn(t, sw.Spec, cfg, nil)
-	a, err := openAppliance(ctx, cfg, log)
+	a, _, err := startAppliance(ctx, cfg, log, false)
 	if err == nil {
 		a.Close()
 		t.Fatal("serve opened a root key sealed without a PCR policy")
@@ -96,15 +96,11 @@ func TestPCRPolicyOutsideDev(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Admin.KeyHashes = []string{server.HashAdminKey(apptest.AdminKey)}
-	a, err = openAppliance(ctx, cfg, log)
+	a, srv, err := startAppliance(ctx, cfg, log, false)
 	if err != nil {
 		t.Fatalf("serve with tpm.allow_no_pcr_policy: %v", err)
 	}
 	defer a.Close()
-	srv, err := buildServer(ctx, a)
-	if err != nil {
-		t.Fatal(err)
-	}
 	pub := &apptest.Client{T: t, Handler: srv.Public}
 	r := pub.Do("GET", "/readyz", nil)
 	if r.Status != 200 || strings.Contains(string(r.Body), "pcr") {

@@ -117,9 +117,8 @@ func makeOldHost(t *testing.T, tpm transport.TPM, cfg config.Config, dir string,
 	}
 	defer db.Close()
 	sharesDir := filepath.Join(dir, "shares")
-	initFlags.recipients, initFlags.threshold, initFlags.single, initFlags.sharesDir = recipientList(ops), 2, false, sharesDir
-	defer func() { initFlags.recipients, initFlags.threshold, initFlags.sharesDir = nil, 0, "" }()
-	if err := preflightInit(cfg); err != nil {
+	settings := recoverySettingsFor(cfg, initFlagValues{recipients: recipientList(ops), threshold: 2, sharesDir: sharesDir})
+	if err := preflightInit(settings); err != nil {
 		t.Fatal(err)
 	}
 	root, raw, err := enclave.Initialize(ctx, tpm, db, enclave.InitOptions{PCRs: cfg.TPM.PCRs})
@@ -129,10 +128,11 @@ func makeOldHost(t *testing.T, tpm transport.TPM, cfg config.Config, dir string,
 	defer root.Close()
 	defer raw.Wipe()
 	ic := initContext{cfg: cfg, tpm: tpm, db: db, root: root, raw: raw}
-	for _, step := range []func(context.Context, initContext) error{rollbackInitStep, recoveryInitStep} {
-		if err := step(ctx, ic); err != nil {
-			t.Fatal(err)
-		}
+	if err := rollbackInitStep(ctx, ic); err != nil {
+		t.Fatal(err)
+	}
+	if err := recoveryInitStep(ctx, ic, settings); err != nil {
+		t.Fatal(err)
 	}
 	h := &oldHost{backup: filepath.Join(dir, "backup.db"), rootID: root.RootID(), keys: map[enclave.Owner][]byte{}, sharesOp: ops}
 	info, err := enclave.LoadRecovery(ctx, db)
@@ -241,9 +241,8 @@ func TestPreflightInitRequiresRecipients(t *testing.T) {
 		{"one operator, explicit", recipientList(ops[:1]), 0, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			initFlags.recipients, initFlags.threshold, initFlags.single = tc.recipients, tc.threshold, tc.single
-			defer func() { initFlags.recipients, initFlags.threshold, initFlags.single = nil, 0, false }()
-			if err := preflightInit(cfg); (err == nil) != tc.ok {
+			s := recoverySettingsFor(cfg, initFlagValues{recipients: tc.recipients, threshold: tc.threshold, single: tc.single})
+			if err := preflightInit(s); (err == nil) != tc.ok {
 				t.Fatalf("preflightInit = %v, want ok=%v", err, tc.ok)
 			}
 		})
@@ -478,12 +477,12 @@ func TestRollbackServeAndAccept(t *testing.T) {
 	if err := os.Remove(cfg.Data.DB); err != nil {
 		t.Fatal(err)
 	}
-	if err := copyFileSync(h.backup, cfg.Data.DB); err != nil {
+	if err := copyFile(t, h.backup, cfg.Data.DB); err != nil {
 		t.Fatal(err)
 	}
 	a = openTestAppliance(t, tpm, cfg)
 	var opts server.Options
-	if err := rollbackWireStep(ctx, a, &opts); !errors.Is(err, enclave.ErrRolledBack) {
+	if err := rollbackWireStep(ctx, a, &opts, false); !errors.Is(err, enclave.ErrRolledBack) {
 		t.Fatalf("serve on a restored old backup: err = %v, want ErrRolledBack", err)
 	}
 	a.Close()
@@ -501,7 +500,7 @@ func TestRollbackServeAndAccept(t *testing.T) {
 	a = openTestAppliance(t, tpm, cfg)
 	defer a.Close()
 	opts = server.Options{}
-	if err := rollbackWireStep(ctx, a, &opts); err != nil {
+	if err := rollbackWireStep(ctx, a, &opts, false); err != nil {
 		t.Fatalf("serve after rollback accept: %v", err)
 	}
 	if len(opts.Degraded) == 0 {
@@ -539,7 +538,7 @@ func TestServeAcceptRollbackFlag(t *testing.T) {
 	rb.Close()
 	a.Close()
 	os.Remove(cfg.Data.DB)
-	if err := copyFileSync(h.backup, cfg.Data.DB); err != nil {
+	if err := copyFile(t, h.backup, cfg.Data.DB); err != nil {
 		t.Fatal(err)
 	}
 	a = openTestAppliance(t, sim, cfg)
@@ -634,7 +633,7 @@ func TestServeRefusesSplicedRecord(t *testing.T) {
 	a = openTestAppliance(t, sim, cfg)
 	defer a.Close()
 	var opts server.Options
-	err = rollbackWireStep(ctx, a, &opts)
+	err = rollbackWireStep(ctx, a, &opts, false)
 	if err == nil {
 		got, gerr := enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{}).GetKey(ctx, enclave.UserOwner("u0"), "PASSKEY")
 		if gerr == nil && bytes.Equal(got.Reveal(), h.keys[enclave.UserOwner("u0")]) {
@@ -661,5 +660,98 @@ func TestServeRefusesSplicedRecord(t *testing.T) {
 	alog.Close(ctx)
 	if !auditContains(t, cfg, actionRollbackAccepted) {
 		t.Fatal("the override is not in the audit log")
+	}
+}
+
+// copyFile puts a backup in place the way an operator would (cp).
+func copyFile(t *testing.T, from, to string) error {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, b, 0o600)
+}
+
+// TestRecoverOntoNewHostAuditVerifies: the old host recorded its audit
+// head in the store, so the backup carries it; its audit files stay on the
+// lost host. Recovered onto a new host, the store must not hold that head
+// (the new host's log would fail `audit verify` forever as "truncated"):
+// recover forgets it and writes its seq and hash into its own audit line.
+func TestRecoverOntoNewHostAuditVerifies(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	ops := newRKOperators(t, dir, 2)
+	_, oldCfg := devConfig(t, filepath.Join(dir, "old"), oldSeed)
+	oldCfg.Dev = false
+	sim, err := tpmsim.Open(oldSeed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := makeOldHost(t, sim, oldCfg, dir, ops)
+
+	// The old host serves: its audit log records its head in the store;
+	// the backup is taken after.
+	db, err := store.Open(oldCfg.Data.DB, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := enclave.Unseal(ctx, sim, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alog, err := audit.Open(ctx, audit.Options{Dir: oldCfg.Audit.Dir, AnchorKey: root.Subkey("audit-anchor"), Heads: audit.StoreHeads(db), ReserveBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if err := alog.Record(ctx, audit.Event{Action: audit.ActionRelease, Outcome: audit.OutcomeSuccess, Owner: fmt.Sprintf("user:%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := alog.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	oldSeq, oldHash := alog.Head()
+	if err := os.Remove(h.backup); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(h.backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.WriteTo(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	root.Close()
+	db.Close()
+	sim.Close() // the old host is lost, its audit files with it
+
+	newCfgFile, newCfg := devConfig(t, filepath.Join(dir, "new"), newSeed)
+	if err := run(ctx, []string{"recover", "-dev", "-config", newCfgFile, "-backup", h.backup,
+		"-share", h.shares[0], "-share", h.shares[1], "-identity", ops[0].file, "-identity", ops[1].file}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KEYWARDEN_DEV", "1")
+	out, err := auditVerifyOutput(t, newCfgFile)
+	if err != nil {
+		t.Fatalf("audit verify on the new host after recover: %v\n%s", err, out)
+	}
+	// The old head is on record in the recover line.
+	var found bool
+	files, _ := filepath.Glob(filepath.Join(newCfg.Audit.Dir, "audit-*.jsonl"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, `"`+actionRecover+`"`) &&
+				strings.Contains(line, fmt.Sprintf(`"previous_audit_head_seq":"%d"`, oldSeq)) &&
+				strings.Contains(line, `"previous_audit_head_hash":"`+oldHash+`"`) {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("the recover line does not name the old audit head (seq %d, %s)", oldSeq, oldHash)
 	}
 }

@@ -23,7 +23,6 @@ import (
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/secret"
-	"github.com/keywarden/keywarden/internal/sysclock"
 	"github.com/keywarden/keywarden/internal/tpmdev"
 	"github.com/keywarden/keywarden/internal/tpmsim"
 	"github.com/keywarden/keywarden/server"
@@ -75,8 +74,9 @@ type appliance struct {
 	// tpm.allow_no_pcr_policy (flagged in the admin readiness).
 	noPCRPolicy bool
 
-	passkey *passkey.Service // set by wirePasskey when passkeys are configured
-	tls     *certReloader    // made once by tlsReloader
+	firebase *firebase.Verifier // set by wireFirebase when Firebase is configured
+	passkey  *passkey.Service   // set by wirePasskey when passkeys are configured
+	tls      *certReloader      // made once by tlsReloader
 }
 
 // tlsReloader is the appliance's one TLS certificate reloader, shared by
@@ -100,83 +100,236 @@ func (a *appliance) Close() {
 	}
 }
 
-func openAppliance(ctx context.Context, cfg config.Config, log *slog.Logger) (*appliance, error) {
-	a := &appliance{cfg: cfg, log: log, metrics: metrics.New()}
-	if err := os.MkdirAll(cfg.Data.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	raw, err := openTPM(ctx, cfg)
+// cmdServe runs the appliance on the configured TPM.
+func cmdServe(ctx context.Context, args []string) error {
+	cfg, accept, err := serveConfig(args, false)
 	if err != nil {
-		return nil, fmt.Errorf("open TPM %s: %w", cfg.TPM.Path, err)
+		return err
+	}
+	return serve(ctx, cfg, newLogger(cfg.Log), accept)
+}
+
+// cmdDev runs the appliance on dev mode's embedded defaults and the TPM
+// simulator. It differs from serve only before the start: the simulator
+// must be built in, and an admin key is made up when none is configured.
+func cmdDev(ctx context.Context, args []string) error {
+	cfg, accept, err := serveConfig(args, true)
+	if err != nil {
+		return err
+	}
+	if !tpmsim.Available {
+		return errors.New("`keywarden dev` needs a development build with the TPM simulator (cgo); release builds refuse it")
+	}
+	if cfg.Admin.Key.IsZero() && len(cfg.Admin.KeyHashes) == 0 {
+		var b [24]byte
+		_, _ = rand.Read(b[:])
+		cfg.Admin.Key = secret.NewString("dev-" + base64.RawURLEncoding.EncodeToString(b[:]))
+		// Printed once, on purpose: dev mode's only way to learn it.
+		fmt.Fprintf(os.Stderr, "keywarden dev: admin API key (shown once): %s\n", cfg.Admin.Key.Reveal())
+	}
+	return serve(ctx, cfg, newLogger(cfg.Log), accept)
+}
+
+// serveConfig loads serve's (or dev's) configuration and its
+// -accept-rollback flag: start a store older than the TPM's rollback
+// counter, recording a new baseline (audited). Prefer `keywarden rollback
+// accept`, which does it once; a flag left in a unit file would accept
+// every later rollback too.
+func serveConfig(args []string, dev bool) (cfg config.Config, acceptRollback bool, err error) {
+	cfg, _, err = loadConfig(args, dev, func(fs *flag.FlagSet) {
+		fs.BoolVar(&acceptRollback, "accept-rollback", false, "start a store older than the TPM's rollback counter, recording a new baseline (audited); prefer `keywarden rollback accept`")
+	})
+	return cfg, acceptRollback, err
+}
+
+// serve starts the appliance (startAppliance), then its listeners, and
+// serves until ctx ends (listenAndServe drains and closes them).
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger, acceptRollback bool) error {
+	a, srv, err := startAppliance(ctx, cfg, log, acceptRollback)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	return listenAndServe(ctx, a, srv)
+}
+
+// startAppliance is the start of serve and dev, in this order: open the
+// TPM → open the store → refuse a root key without a PCR policy → unseal
+// the root key (dev: create it) → open the audit log → [sealed: a server
+// that answers health only] → Firebase verifier → clock check → rollback
+// check (before anything writes the store) → attestation → client and
+// custodian shares → demo page (dev) → passkeys → Portal drop-in → pprof
+// (dev) → the HTTP server. The listeners come after it (listenAndServe).
+// Each step adds what it opens to the appliance's closers, which close in
+// reverse; on an error everything opened so far is closed.
+func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, acceptRollback bool) (_ *appliance, _ *server.Server, err error) {
+	a := &appliance{cfg: cfg, log: log, metrics: metrics.New()}
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	if err := a.openTPM(ctx); err != nil {
+		return nil, nil, err
+	}
+	if err := a.openStore(); err != nil {
+		return nil, nil, err
+	}
+	if err := a.checkPCRPolicy(ctx); err != nil {
+		return nil, nil, err
+	}
+	if err := a.unsealRoot(ctx); err != nil {
+		return nil, nil, err
+	}
+	if err := a.openAudit(ctx); err != nil {
+		return nil, nil, err
+	}
+	opts := a.serverOptions()
+	if a.root == nil {
+		srv, err := server.New(opts) // sealed: health only, nothing else starts
+		return a, srv, err
+	}
+	for _, wire := range []wireStep{
+		wireKeys, // the one keys service every key path uses
+		wireFirebase,
+		wireClockCheck,
+		wireRollback(acceptRollback),
+		wireAttestation,
+		wireCustodian,
+		wireDemo,
+		wirePasskey,
+		wirePortal, // after custodian and passkeys: it serves over both
+		wirePprof,
+	} {
+		if err := wire(ctx, a, &opts); err != nil {
+			return nil, nil, err
+		}
+	}
+	srv, err := server.New(opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	return a, srv, nil
+}
+
+// A wireStep adds one capability to the server's options. Steps run in
+// the order startAppliance lists them; a later one may use what an earlier
+// one put in opts or the appliance.
+type wireStep func(ctx context.Context, a *appliance, opts *server.Options) error
+
+// openTPM opens the configured TPM (counting its commands).
+func (a *appliance) openTPM(ctx context.Context) error {
+	if err := os.MkdirAll(a.cfg.Data.Dir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	raw, err := openTPM(ctx, a.cfg)
+	if err != nil {
+		return fmt.Errorf("open TPM %s: %w", a.cfg.TPM.Path, err)
 	}
 	a.rawTPM = raw
 	a.tpm = tpmdev.NewCounting(raw)
 	a.closers = append(a.closers, func() { raw.Close() })
 	a.metrics.CounterFunc("keywarden_tpm_commands_total", "TPM commands sent (a release or store sends none).", func() float64 { return float64(a.tpm.Count()) })
+	return nil
+}
 
-	db, err := store.Open(cfg.Data.DB, store.Options{})
+// openStore opens the bbolt store.
+func (a *appliance) openStore() error {
+	db, err := store.Open(a.cfg.Data.DB, store.Options{})
 	if err != nil {
-		a.Close()
-		return nil, err
+		return err
 	}
 	a.db = db
 	a.closers = append(a.closers, func() { db.Close() })
 	a.metrics.GaugeFunc("keywarden_store_size_bytes", "Size of the bbolt file.", func() float64 { return float64(db.Stats().Size) })
 	a.metrics.CounterFunc("keywarden_store_commits_total", "Store transactions committed (one fsync each).", func() float64 { return float64(db.Stats().Commits) })
+	return nil
+}
 
-	none, err := checkRootPCRPolicy(ctx, cfg, db)
+// checkPCRPolicy refuses a root key sealed without a PCR policy unless
+// tpm.allow_no_pcr_policy (see checkRootPCRPolicy).
+func (a *appliance) checkPCRPolicy(ctx context.Context) error {
+	none, err := checkRootPCRPolicy(ctx, a.cfg, a.db)
 	if err != nil {
-		a.Close()
-		return nil, err
+		return err
 	}
 	a.noPCRPolicy = none
 	if none {
-		log.Warn("the root key is sealed without a PCR policy (tpm.allow_no_pcr_policy: true): a stolen machine unseals it whatever it boots")
+		a.log.Warn("the root key is sealed without a PCR policy (tpm.allow_no_pcr_policy: true): a stolen machine unseals it whatever it boots")
 	}
+	return nil
+}
 
-	root, err := enclave.Unseal(ctx, a.tpm, db)
+// unsealRoot unseals the root key; in dev mode it creates one when the
+// store has none. A root key that does not unseal is not an error: the
+// appliance stays sealed and serves health only.
+func (a *appliance) unsealRoot(ctx context.Context) error {
+	root, err := enclave.Unseal(ctx, a.tpm, a.db)
 	switch {
-	case errors.Is(err, enclave.ErrNotInitialized) && cfg.Dev:
-		log.Warn("dev mode: creating a root key sealed to the SIMULATED TPM (public seed: INSECURE, for trying Keywarden out only)")
+	case errors.Is(err, enclave.ErrNotInitialized) && a.cfg.Dev:
+		a.log.Warn("dev mode: creating a root key sealed to the SIMULATED TPM (public seed: INSECURE, for trying Keywarden out only)")
 		var rawKey secret.Bytes
-		root, rawKey, err = enclave.Initialize(ctx, a.tpm, db, enclave.InitOptions{})
+		root, rawKey, err = enclave.Initialize(ctx, a.tpm, a.db, enclave.InitOptions{})
 		rawKey.Wipe()
 		if err != nil {
-			a.Close()
-			return nil, err
+			return err
 		}
 	case errors.Is(err, enclave.ErrNotInitialized):
-		a.Close()
-		return nil, err
+		return err
 	case err != nil:
 		// Sealed: keep serving health so the operator and the load balancer
 		// see why; serve no key. Nothing is destroyed.
-		log.Error("root key stays sealed; serving health only", "err", err)
+		a.log.Error("root key stays sealed; serving health only", "err", err)
 		a.sealed = err.Error()
-		root = nil
+		return nil
 	}
 	a.root = root
-	if root != nil {
-		a.closers = append(a.closers, root.Close)
-		if !root.Locked() {
-			log.Warn("could not lock the root key's memory against swap (raise LimitMEMLOCK)")
-		}
-		aopts := audit.Options{Dir: cfg.Audit.Dir, AnchorKey: root.Subkey("audit-anchor"), WriteTimeout: cfg.Audit.WriteTimeout, MaxFileBytes: cfg.Audit.MaxFileBytes}
-		aopts.Heads = audit.StoreHeads(db) // each anchored head is recorded in the store: `audit verify` catches a cut log
-		if !cfg.Audit.SyncReleases {
-			aopts.WrittenActions = []string{audit.ActionRelease}
-			aopts.WrittenSyncDelay = cfg.Audit.ReleaseSyncDelay
-		}
-		alog, err := audit.Open(ctx, aopts)
-		if err != nil {
-			a.Close()
-			return nil, fmt.Errorf("audit log: %w", err)
-		}
-		a.audit = alog
-		a.closers = append(a.closers, func() { _ = alog.Close(context.Background()) })
-		registerAuditMetrics(a.metrics, alog)
+	a.closers = append(a.closers, root.Close)
+	if !root.Locked() {
+		a.log.Warn("could not lock the root key's memory against swap (raise LimitMEMLOCK)")
 	}
-	return a, nil
+	return nil
+}
+
+// openAudit opens the audit log under the root key's anchor subkey (none
+// while sealed).
+func (a *appliance) openAudit(ctx context.Context) error {
+	if a.root == nil {
+		return nil
+	}
+	cfg := a.cfg.Audit
+	aopts := audit.Options{Dir: cfg.Dir, AnchorKey: a.root.Subkey("audit-anchor"), WriteTimeout: cfg.WriteTimeout, MaxFileBytes: cfg.MaxFileBytes}
+	aopts.Heads = audit.StoreHeads(a.db) // each anchored head is recorded in the store: `audit verify` catches a cut log
+	if !cfg.SyncReleases {
+		aopts.WrittenActions = []string{audit.ActionRelease}
+		aopts.WrittenSyncDelay = cfg.ReleaseSyncDelay
+	}
+	alog, err := audit.Open(ctx, aopts)
+	if err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
+	a.audit = alog
+	a.closers = append(a.closers, func() { _ = alog.Close(context.Background()) })
+	registerAuditMetrics(a.metrics, alog)
+	return nil
+}
+
+// serverOptions are the server's options before any capability is wired:
+// the store, metrics, the PCR-policy flag and, unless sealed, the audit
+// log, key custody and session tokens.
+func (a *appliance) serverOptions() server.Options {
+	opts := server.Options{Config: a.cfg, Logger: a.log, DB: a.db, Metrics: a.metrics, SealedReason: a.sealed}
+	if a.noPCRPolicy {
+		opts.Degraded = append(opts.Degraded, pcrPolicyCheck())
+	}
+	if a.root == nil {
+		opts.Audit = sealedAudit{}
+		return opts
+	}
+	opts.Audit = a.audit
+	opts.Custody = enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{VersionRetention: a.cfg.Keys.VersionRetention})
+	opts.Sessions = a.root.SessionTokens(nil)
+	return opts
 }
 
 func registerAuditMetrics(m *metrics.Metrics, l *audit.Log) {
@@ -198,38 +351,6 @@ type sealedAudit struct{}
 
 func (sealedAudit) Record(context.Context, audit.Event) error { return errors.New("sealed") }
 func (sealedAudit) Refusal(context.Context, audit.Event)      {}
-
-func cmdServe(ctx context.Context, args []string, dev bool) error {
-	cfg, _, err := loadConfig(args, dev, func(fs *flag.FlagSet) {
-		fs.BoolVar(&acceptRollback, "accept-rollback", false, "start a store older than the TPM's rollback counter, recording a new baseline (audited); prefer `keywarden rollback accept`")
-	})
-	if err != nil {
-		return err
-	}
-	log := newLogger(cfg.Log)
-	if dev {
-		if !tpmsim.Available {
-			return errors.New("`keywarden dev` needs a development build with the TPM simulator (cgo); release builds refuse it")
-		}
-		if cfg.Admin.Key.IsZero() && len(cfg.Admin.KeyHashes) == 0 {
-			var b [24]byte
-			_, _ = rand.Read(b[:])
-			cfg.Admin.Key = secret.NewString("dev-" + base64.RawURLEncoding.EncodeToString(b[:]))
-			// Printed once, on purpose: dev mode's only way to learn it.
-			fmt.Fprintf(os.Stderr, "keywarden dev: admin API key (shown once): %s\n", cfg.Admin.Key.Reveal())
-		}
-	}
-	a, err := openAppliance(ctx, cfg, log)
-	if err != nil {
-		return err
-	}
-	defer a.Close()
-	srv, err := buildServer(ctx, a)
-	if err != nil {
-		return err
-	}
-	return listenAndServe(ctx, a, srv)
-}
 
 func devLoopbackOnly(c config.Config) error {
 	for _, addr := range []string{c.Listen.Addr, c.Listen.AdminAddr} {
@@ -277,43 +398,10 @@ func pcrPolicyCheck() server.Check {
 	}}
 }
 
-// buildServer wires the capabilities into the HTTP server.
-func buildServer(ctx context.Context, a *appliance) (*server.Server, error) {
-	opts := server.Options{Config: a.cfg, Logger: a.log, DB: a.db, Metrics: a.metrics, SealedReason: a.sealed}
-	if a.noPCRPolicy {
-		opts.Degraded = append(opts.Degraded, pcrPolicyCheck())
-	}
-	if a.root == nil {
-		opts.Audit = sealedAudit{}
-		return server.New(opts)
-	}
-	opts.Audit = a.audit
-	opts.Custody = enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{VersionRetention: a.cfg.Keys.VersionRetention})
-	opts.Sessions = a.root.SessionTokens(nil)
-	var clockSkew func() (time.Duration, time.Time, bool) // against Google's Date, when Firebase is on
-	if len(a.cfg.Firebase.ProjectIDs) > 0 {
-		v, err := firebase.New(ctx, firebaseOptions(a.cfg.Firebase))
-		if err != nil {
-			return nil, fmt.Errorf("firebase: %w", err)
-		}
-		a.closers = append(a.closers, v.Close)
-		opts.Firebase = v
-		opts.Degraded = append(opts.Degraded, server.Check{Name: "firebase_keys", Run: func(context.Context) error {
-			if st := v.KeySetStatus(); st.Degraded {
-				return errors.New("google's certificates are stale or unavailable")
-			}
-			return nil
-		}})
-		clockSkew = v.ClockSkew
-	}
-	opts.Degraded = append(opts.Degraded, server.ClockCheck(sysclock.Read, clockSkew, a.cfg.Firebase.Leeway))
-	if err := wireCapabilities(ctx, a, &opts); err != nil {
-		return nil, err
-	}
-	if _, err := applianceKeys(a, &opts); err != nil {
-		return nil, err
-	}
-	return server.New(opts)
+// wireKeys builds the appliance's keys service (opts.Keys).
+func wireKeys(_ context.Context, a *appliance, opts *server.Options) error {
+	_, err := applianceKeys(a, opts)
+	return err
 }
 
 // applianceKeys is the one keys service of the appliance (opts.Keys), built
@@ -331,19 +419,6 @@ func applianceKeys(a *appliance, opts *server.Options) (*keys.Service, error) {
 	}
 	opts.Keys = ks
 	return ks, nil
-}
-
-// wireCapabilities adds passkeys, custodian, Portal and attestation (each
-// in its own file of this package).
-var wireSteps []func(ctx context.Context, a *appliance, opts *server.Options) error
-
-func wireCapabilities(ctx context.Context, a *appliance, opts *server.Options) error {
-	for _, step := range wireSteps {
-		if err := step(ctx, a, opts); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func listenAndServe(ctx context.Context, a *appliance, srv *server.Server) error {

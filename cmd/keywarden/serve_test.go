@@ -169,7 +169,7 @@ func startDev(t *testing.T, dir, seed, adminKey string) (url string, stop func()
 	t.Setenv("KEYWARDEN_LOG_LEVEL", "error")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- cmdServe(ctx, nil, true) }()
+	go func() { done <- cmdDev(ctx, nil) }()
 	stop = func() error { cancel(); return <-done }
 	url = "http://" + addr
 	for i := 0; ; i++ {

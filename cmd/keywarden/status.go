@@ -14,8 +14,6 @@ import (
 	"time"
 )
 
-func init() { extraCommands["status"] = cmdStatus }
-
 // statusReport is GET /v1/admin/readyz's answer.
 type statusReport struct {
 	Status string `json:"status"`

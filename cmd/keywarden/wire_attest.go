@@ -29,12 +29,6 @@ import (
 // metaAK is the store key (store.BucketMeta) of the attestation key blob.
 var metaAK = []byte("attest_ak")
 
-func init() {
-	wireSteps = append(wireSteps, wireAttestation)
-	initSteps = append(initSteps, initAttestationKey)
-	recoverSteps = append(recoverSteps, recoverAttestationKey)
-}
-
 // readAKBlob returns the stored attestation key blob, or nil when there is
 // none.
 func readAKBlob(ctx context.Context, db *store.DB) (*attest.AKBlob, error) {

@@ -14,8 +14,6 @@ import (
 	"github.com/keywarden/keywarden/server/custodianapi"
 )
 
-func init() { wireSteps = append(wireSteps, wireCustodian) }
-
 // wireCustodian adds the client-share routes (always: they need no Vault)
 // and the custodian-share routes. With vault.addr set it builds the Vault
 // client and the share service, resumes unfinished rewrap jobs, reports

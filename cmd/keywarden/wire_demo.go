@@ -14,8 +14,6 @@ import (
 	"github.com/keywarden/keywarden/server/demo"
 )
 
-func init() { wireSteps = append(wireSteps, wireDemo) }
-
 // wireDemo serves the passkey demo page at /demo/ in dev mode, with its
 // dev-only session endpoint (see package demo).
 func wireDemo(_ context.Context, a *appliance, opts *server.Options) error {

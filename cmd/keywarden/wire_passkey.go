@@ -13,8 +13,6 @@ import (
 	"github.com/keywarden/keywarden/server/passkey"
 )
 
-func init() { wireSteps = append(wireSteps, wirePasskey) }
-
 func wirePasskey(ctx context.Context, a *appliance, opts *server.Options) error {
 	if a.cfg.Passkey.RPID == "" {
 		return nil

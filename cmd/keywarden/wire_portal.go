@@ -9,14 +9,12 @@ import (
 	"github.com/keywarden/keywarden/server/portal"
 )
 
-func init() { wireSteps = append(wireSteps, wirePortal) }
-
 // wirePortal adds the Portal SDK drop-in (server/portal) when
 // portal.custodian_id is set: the TBS routes (over the server's Firebase
 // key operations), the /passkeys/* routes (over the passkey service wired
 // before, when passkeys are configured) and the custodian webhooks (over
 // the custodian share service wired before, when Vault is configured).
-// It runs after wireCustodian and wirePasskey (file order).
+// startAppliance runs it after wireCustodian and wirePasskey.
 func wirePortal(_ context.Context, a *appliance, opts *server.Options) error {
 	po, on, err := portalOptions(a.cfg)
 	if err != nil {

@@ -12,8 +12,6 @@ import (
 	"github.com/keywarden/keywarden/server"
 )
 
-func init() { wireSteps = append(wireSteps, wirePprof) }
-
 // wirePprof serves Go's profiler under /v1/admin/debug/pprof/ in dev mode
 // only (dev builds, loopback, behind the admin key): for developers
 // profiling a release path under load (docs/BENCHMARKS.md).

@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/sysclock"
+	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/firebase"
+)
+
+// wireFirebase starts the Firebase ID-token verifier when
+// firebase.project_ids is set (it fetches Google's certificates) and
+// reports stale certificates in /readyz as degraded.
+func wireFirebase(ctx context.Context, a *appliance, opts *server.Options) error {
+	if len(a.cfg.Firebase.ProjectIDs) == 0 {
+		return nil
+	}
+	v, err := firebase.New(ctx, firebaseOptions(a.cfg.Firebase))
+	if err != nil {
+		return fmt.Errorf("firebase: %w", err)
+	}
+	a.closers = append(a.closers, v.Close)
+	a.firebase = v
+	opts.Firebase = v
+	opts.Degraded = append(opts.Degraded, server.Check{Name: "firebase_keys", Run: func(context.Context) error {
+		if st := v.KeySetStatus(); st.Degraded {
+			return errors.New("google's certificates are stale or unavailable")
+		}
+		return nil
+	}})
+	return nil
+}
+
+// wireClockCheck reports a wrong system clock in /readyz: against Google's
+// Date header when the Firebase verifier runs (wireFirebase, before it).
+func wireClockCheck(_ context.Context, a *appliance, opts *server.Options) error {
+	var clockSkew func() (time.Duration, time.Time, bool)
+	if a.firebase != nil {
+		clockSkew = a.firebase.ClockSkew
+	}
+	opts.Degraded = append(opts.Degraded, server.ClockCheck(sysclock.Read, clockSkew, a.cfg.Firebase.Leeway))
+	return nil
+}
