@@ -24,9 +24,9 @@
 //
 // [Quote] signs the SHA-256 PCR bank's selected PCRs with the AK over the
 // qualifying data [ExtraData] = SHA-256("keywarden-quote-v1" ‖ nonce ‖
-// SHA-256(bound key)) (DECISIONS 10): the verifier's fresh nonce and the
+// SHA-256(bound key)) (decisions/10): the verifier's fresh nonce and the
 // public key the appliance wants bound to this proof, its HPKE release key
-// or its TLS key (DECISIONS 11). The [Evidence] carries the signed quote,
+// or its TLS key (decisions/11). The [Evidence] carries the signed quote,
 // the signature, the AK's public area, the PCR values, the bound key, the
 // EK certificates from NV ([ReadEKCertificates]) and the event log when
 // readable. Its JSON form is the body of GET /v1/attestation.
@@ -38,7 +38,7 @@
 // (errors.Is against [ErrNonceMismatch], [ErrPCRNotAllowed], …). The
 // operator's expectation is a [Policy] of allowed PCR values ([ParsePolicy];
 // `keywarden attest policy` prints the current values through [ReadPCRs]
-// and [PolicyFromPCRs]). A policy without PCRs is refused (DECISIONS 11).
+// and [PolicyFromPCRs]). A policy without PCRs is refused (decisions/11).
 //
 // What the PCRs prove depends on what the boot measured. A measured
 // profile: with a unified kernel image (UKI) booted by systemd-stub, PCR 11

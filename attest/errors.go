@@ -53,7 +53,7 @@ var (
 	// outside 16..64 bytes). A programming error, not an attack.
 	ErrBadOptions = &VerifyError{Reason: "bad_options"}
 	// ErrNoPolicy: the policy names no PCR. A quote checked against nothing
-	// proves only that some TPM signed something (DECISIONS 11).
+	// proves only that some TPM signed something (decisions/11).
 	ErrNoPolicy = &VerifyError{Reason: "no_policy"}
 	// ErrBadPolicy: the policy file cannot be parsed or is inconsistent.
 	ErrBadPolicy = &VerifyError{Reason: "bad_policy"}

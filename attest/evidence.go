@@ -11,7 +11,7 @@ import (
 // EvidenceFormat tags [Evidence] of this version.
 const EvidenceFormat = "keywarden-evidence-v1"
 
-// QuoteLabel starts the hashed qualifying data of every quote (DECISIONS 10).
+// QuoteLabel starts the hashed qualifying data of every quote (decisions/10).
 const QuoteLabel = "keywarden-quote-v1"
 
 // Bounds on nonces, PCR indices and evidence.

@@ -66,7 +66,7 @@ func ExampleVerify() {
 	}
 }
 
-// TestExtraData recomputes DECISIONS 10's qualifying data by hand.
+// TestExtraData recomputes decisions/10's qualifying data by hand.
 func TestExtraData(t *testing.T) {
 	nonce := []byte("0123456789abcdef")
 	key := []byte("appliance HPKE public key")

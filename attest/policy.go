@@ -28,7 +28,7 @@ const MaxPolicySize = 1 << 20
 //	{"bank": "sha256", "pcrs": {"0": ["<64 hex digits>", …], "7": […]}}
 //
 // "bank" may be left out; only "sha256" is accepted. A policy that names no
-// PCR is refused with [ErrNoPolicy] (DECISIONS 11): it would accept any
+// PCR is refused with [ErrNoPolicy] (decisions/11): it would accept any
 // software on any machine with a TPM.
 type Policy struct {
 	// PCRs maps a PCR index (0..23) to the SHA-256 values it may hold.

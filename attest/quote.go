@@ -24,7 +24,7 @@ type QuoteOptions struct {
 	// ([ErrBadNonce] otherwise).
 	Nonce []byte
 	// BoundKey is the public key the quote binds: the appliance's HPKE
-	// public key (DECISIONS 9 and 11), or its TLS SubjectPublicKeyInfo DER
+	// public key (decisions/09 and decisions/11), or its TLS SubjectPublicKeyInfo DER
 	// where clients reach the appliance's own TLS. Required
 	// ([ErrNoBoundKey]); the evidence carries it.
 	BoundKey []byte

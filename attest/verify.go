@@ -37,7 +37,7 @@ type VerifyOptions struct {
 	// then use that key and no other.
 	BoundKey []byte
 	// Policy is the set of PCR values the verifier accepts. Required, with
-	// at least one PCR (DECISIONS 11); guards against a machine running
+	// at least one PCR (decisions/11); guards against a machine running
 	// other firmware, boot chain or software.
 	Policy *Policy
 	// AKName pins the attestation key by its TPM Name ([AKName],

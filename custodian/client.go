@@ -58,7 +58,7 @@ type Client struct {
 // is merely unreachable or sealed, New returns a working Client anyway: it
 // keeps logging in in the background, every call fails with
 // [ErrVaultUnavailable] meanwhile, and [Client.Health] reports the reason.
-// So a Vault outage never stops Keywarden from starting (DECISIONS 20).
+// So a Vault outage never stops Keywarden from starting (decisions/20).
 func New(ctx context.Context, opts Options) (*Client, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, fmt.Errorf("custodian: %w", err)

@@ -1,6 +1,6 @@
 // Package custodian keeps custodian backup shares wrapped by HashiCorp
 // Vault's Transit engine: Vault holds the key, Keywarden stores only
-// ciphertexts (issue 5, DECISIONS 3 and 4).
+// ciphertexts (issue 5, decisions/03 and decisions/04).
 //
 // [Client] talks to Vault through github.com/hashicorp/vault/api; [Service]
 // stores the ciphertexts in the bbolt store and runs the rewrap job.
@@ -48,7 +48,7 @@
 // [Client.Health] never blocks more than 1.5 s and never fails the node: a
 // Vault problem is "degraded" in /readyz while passkey and Firebase
 // releases go on, and the custodian routes answer 503 themselves
-// (DECISIONS 20).
+// (decisions/20).
 //
 // # Vault policy
 //

@@ -8,7 +8,7 @@ import (
 	"github.com/keywarden/keywarden/internal/apierr"
 )
 
-// Health is the custodian's state for /readyz. Per DECISIONS 20 it never
+// Health is the custodian's state for /readyz. Per decisions/20 it never
 // makes the node unready: a Vault problem shows as Status "degraded" (the
 // custodian routes answer 503 themselves) while passkey and Firebase
 // releases go on.

@@ -47,7 +47,7 @@ type VersionInfo struct {
 // ServiceOptions configure [NewService]. The zero value is usable.
 type ServiceOptions struct {
 	// VersionRetention is how long a replaced share is kept as a prior
-	// version (DECISIONS 3), so a mistaken or hostile overwrite does not
+	// version (decisions/03), so a mistaken or hostile overwrite does not
 	// destroy the only share that recovers a wallet. Zero means 30 days;
 	// negative keeps none.
 	VersionRetention time.Duration

@@ -34,7 +34,7 @@ func UserOwner(userID string) Owner { return Owner("user:" + userID) }
 // kindPrior is the record kind of prior values kept after an overwrite.
 const kindPrior = "key_prior"
 
-// Key formats (DECISIONS 2): the native API stores bytes, the Portal
+// Key formats (decisions/02): the native API stores bytes, the Portal
 // adapter the SDK's string as given.
 const (
 	FormatBytes = "bytes"
@@ -90,7 +90,7 @@ type VersionInfo struct {
 // CustodyOptions configure NewCustody.
 type CustodyOptions struct {
 	// VersionRetention is how long a prior value is kept after an
-	// overwrite (DECISIONS 3). Zero means 30 days; negative keeps none.
+	// overwrite (decisions/03). Zero means 30 days; negative keeps none.
 	VersionRetention time.Duration
 	// Clock is for tests; nil means time.Now.
 	Clock func() time.Time

@@ -72,7 +72,7 @@ func OpenFromRecipient(priv hpke.PrivateKey, enc, ciphertext, info []byte) ([]by
 }
 
 // HPKEKey is the appliance's own HPKE key pair (ML-KEM-768+X25519),
-// derived from the root key so every start has the same one (DECISIONS 9).
+// derived from the root key so every start has the same one (decisions/09).
 // Its public key is published and bound in attestation quotes; clients seal
 // keys they store to it.
 func (r *Root) HPKEKey() (hpke.PrivateKey, error) {

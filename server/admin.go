@@ -245,7 +245,7 @@ func (s *Server) restoreOwnerVersion(c echo.Context, owner enclave.Owner, method
 }
 
 // backup streams a consistent copy of the live store (Tx.WriteTo): bbolt's
-// lock keeps other processes from copying the file (DECISIONS 15).
+// lock keeps other processes from copying the file (decisions/15).
 func (s *Server) backup(c echo.Context) error {
 	if err := s.opts.Audit.Record(c.Request().Context(), s.event(c, "admin_backup", "", "", "")); err != nil {
 		return err

@@ -27,7 +27,7 @@ func (s *Server) healthz(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 }
 
-// readyz is readiness (DECISIONS 20): 503 only when the root key is
+// readyz is readiness (decisions/20): 503 only when the root key is
 // sealed, the store is not writable, or the node is draining. Vault,
 // Google's key set and the clock appear as "degraded" with 200.
 //

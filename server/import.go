@@ -18,7 +18,7 @@ import (
 const maxImportItems = 500
 
 // importRequest is an admin bulk import of keys the customer can export
-// (moving from another backup host, DECISIONS 26). Each item names its
+// (moving from another backup host, decisions/26). Each item names its
 // owner either as a user id (passkey users) or as a full owner
 // ("firebase:<project>/<tenant>/<uid>", "portal:<clientId>"), and its key
 // as base64 bytes (key) or as the SDK's text (keyText, kept byte for byte).

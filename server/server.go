@@ -1,6 +1,6 @@
 // Package server is Keywarden's HTTP API on labstack/echo.
 //
-// Two listeners (DECISIONS 18): the public one serves client, SDK, webhook
+// Two listeners (decisions/18): the public one serves client, SDK, webhook
 // and health routes; the admin one serves /v1/admin/* and /metrics
 // (loopback by default). In dev mode both are one listener.
 //
@@ -73,7 +73,7 @@ type Rollback interface {
 }
 
 // Check is a dependency reported in /readyz. Degraded checks never fail
-// readiness (DECISIONS 20); the routes that need them answer 503 themselves.
+// readiness (decisions/20); the routes that need them answer 503 themselves.
 type Check struct {
 	Name string
 	Run  func(ctx context.Context) error
@@ -119,7 +119,7 @@ type Server struct {
 	blocked  *blockList
 	keys     *keys.Service      // nil while sealed
 	fb       *firebase.HTTP     // nil while sealed
-	deletes  *ratelimit.Limiter // admin user deletions (DECISIONS 13)
+	deletes  *ratelimit.Limiter // admin user deletions (decisions/13)
 
 	lastBackup atomic.Int64 // unix seconds of the last completed backup stream (meta "last_backup")
 	now        func() time.Time
@@ -199,7 +199,7 @@ func (s *Server) newEcho() *echo.Echo {
 }
 
 // ipExtractor believes X-Forwarded-For only from trusted proxies
-// (DECISIONS 19); by default only the direct peer counts.
+// (decisions/19); by default only the direct peer counts.
 func ipExtractor(trusted []string) echo.IPExtractor {
 	if len(trusted) == 0 {
 		return echo.ExtractIPDirect()

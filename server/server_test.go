@@ -345,7 +345,7 @@ func TestRateLimit(t *testing.T) {
 }
 
 // TestUserDeletesAreRateLimited: deletions advance the TPM's rollback
-// counter, so they are bounded (DECISIONS 13).
+// counter, so they are bounded (decisions/13).
 func TestUserDeletesAreRateLimited(t *testing.T) {
 	h := newHarness(t, func(c *config.Config, _ *Options) { c.Limits.UserDeletesPerMinute = 3 })
 	for i := range 3 {

@@ -71,7 +71,7 @@ func (s recoverySettings) options() enclave.RecoveryOptions {
 }
 
 // preflightInit checks the recovery settings before init makes a root key
-// (DECISIONS 16: init requires recovery recipients outside dev mode).
+// (decisions/16: init requires recovery recipients outside dev mode).
 func preflightInit(s recoverySettings) error {
 	if err := s.options().Validate(); err != nil {
 		return fmt.Errorf("init: recovery shares: %w (set recovery.recipients and recovery.threshold, or -recipient … -threshold T)", err)

@@ -17,8 +17,8 @@ import (
 // wireCustodian adds the client-share routes (always: they need no Vault)
 // and the custodian-share routes. With vault.addr set it builds the Vault
 // client and the share service, resumes unfinished rewrap jobs, reports
-// Vault in /readyz as a degraded check (never failing readiness, DECISIONS
-// 20) and exports Vault and rewrap metrics. Without Vault the custodian
+// Vault in /readyz as a degraded check (never failing readiness,
+// decisions/20) and exports Vault and rewrap metrics. Without Vault the custodian
 // routes answer 503 custodian_not_configured.
 //
 // A Vault that refuses the configuration at start (credentials, key not

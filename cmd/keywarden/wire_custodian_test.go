@@ -264,7 +264,7 @@ func TestWireWithVault(t *testing.T) {
 		t.Fatalf("readyz %d, vault %q", code, vault)
 	}
 
-	// Vault down: readiness stays 200 with vault degraded (DECISIONS 20);
+	// Vault down: readiness stays 200 with vault degraded (decisions/20);
 	// the custodian routes answer 503 themselves.
 	v.Stop()
 	var vault string

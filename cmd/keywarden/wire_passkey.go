@@ -62,7 +62,7 @@ func (u passkeyUsers) DeleteUser(ctx context.Context, userID string) error {
 }
 
 // passkeyCollector exports the service's ceremony counters; begun minus
-// finished per RP counts ceremonies that never completed (FIELD-NOTES).
+// finished per RP counts ceremonies that never completed (decisions/34).
 type passkeyCollector struct {
 	svc                       *passkey.Service
 	begun, finished, open, re *prometheus.Desc

@@ -57,7 +57,7 @@ type Rollback struct {
 	MinInterval time.Duration `key:"min_interval"`
 }
 
-// Recovery configures the T-of-N recovery shares made at init (DECISIONS 16).
+// Recovery configures the T-of-N recovery shares made at init (decisions/16).
 type Recovery struct {
 	Recipients       []string `key:"recipients"`         // operators' age recipients (age1…)
 	Threshold        int      `key:"threshold"`          // shares needed; 0: a majority
@@ -65,7 +65,7 @@ type Recovery struct {
 	SharesDir        string   `key:"shares_dir"`         // default <data.dir>/recovery-shares
 }
 
-// Listen is the network edge (DECISIONS 18, 19).
+// Listen is the network edge (decisions/18, decisions/19).
 type Listen struct {
 	Addr              string        `key:"addr"`       // public: client, SDK, webhook, health routes
 	AdminAddr         string        `key:"admin_addr"` // admin routes and /metrics; loopback by default
@@ -132,7 +132,7 @@ type Limits struct {
 	RateBurst     int     `key:"rate_burst"`
 	// UserDeletesPerMinute bounds admin user deletions (each advances the
 	// rollback generation and, coalesced, the TPM's NV counter, whose
-	// writes wear the TPM; DECISIONS 13). Beyond it: 429.
+	// writes wear the TPM; decisions/13). Beyond it: 429.
 	UserDeletesPerMinute int `key:"user_deletes_per_minute"`
 }
 

@@ -37,7 +37,7 @@ const (
 type Bind string
 
 const (
-	// BindHPKE binds the appliance's HPKE public key (DECISIONS 9, 11): the
+	// BindHPKE binds the appliance's HPKE public key (decisions/09, decisions/11): the
 	// key clients seal to. The default.
 	BindHPKE Bind = "hpke"
 	// BindTLS binds the SubjectPublicKeyInfo DER of the appliance's own TLS

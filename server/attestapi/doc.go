@@ -6,12 +6,12 @@
 //   - GET /v1/attestation?nonce=<hex, 16..64 bytes>[&bind=hpke|tls] →
 //     the [attest.Evidence] JSON: a TPM quote over the configured PCRs
 //     (SHA-256 bank) whose qualifying data is
-//     [attest.ExtraData](nonce, bound key) (DECISIONS 10), with the
+//     [attest.ExtraData](nonce, bound key) (decisions/10), with the
 //     attestation key's public area, the PCR values, the EK certificates
 //     read at start, the TCG event log when readable, and the build's
 //     version and binary digest (informational).
 //     The bound key is the appliance's HPKE public key by default
-//     (DECISIONS 9 and 11); bind=tls binds the SubjectPublicKeyInfo DER of
+//     (decisions/09 and decisions/11); bind=tls binds the SubjectPublicKeyInfo DER of
 //     the TLS certificate the appliance itself serves, offered only when it
 //     terminates TLS (bind_unavailable otherwise).
 //     Quotes cost several TPM commands and the TPM is shared, so they are

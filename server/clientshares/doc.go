@@ -35,7 +35,7 @@
 // # Prior versions
 //
 // An overwrite keeps the replaced value as a prior version for
-// [Options.VersionRetention] (DECISIONS 3), listed and restorable through
+// [Options.VersionRetention] (decisions/03), listed and restorable through
 // the admin API and audited, so a mistaken or hostile overwrite never
 // destroys the only copy of a share.
 //

@@ -115,7 +115,7 @@ type Options struct {
 	// Root seals the records. Required (the appliance is unsealed).
 	Root *enclave.Root
 	// VersionRetention is how long a replaced share is kept as a prior
-	// version (DECISIONS 3), so an overwrite never destroys the only copy.
+	// version (decisions/03), so an overwrite never destroys the only copy.
 	// Zero means 30 days; negative keeps none.
 	VersionRetention time.Duration
 	// Clock is for tests; nil means time.Now.

@@ -19,7 +19,7 @@
 //	GET    /v1/admin/custodian/rewrap/:jobId     → the job's progress
 //
 // Shares are keyed by (owner, method) with owner enclave.UserOwner(userId)
-// and method "default" when none is given (DECISIONS 4). The /owners/
+// and method "default" when none is given (decisions/04). The /owners/
 // routes take an owner of any kind (user:, firebase:, portal:; Portal's
 // webhooks keep shares under portal:<clientId>), URL-escaped in one path
 // segment, and the method in the path (server.OwnerParam). A share is 1 to

@@ -23,7 +23,7 @@ import (
 )
 
 // DefaultMethod is the method of a share stored without ?method=
-// (DECISIONS 4).
+// (decisions/04).
 const DefaultMethod = "default"
 
 // Audit actions of this package besides audit.ActionStore, ActionRelease

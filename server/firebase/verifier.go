@@ -37,7 +37,7 @@ type Identity struct {
 }
 
 // Owner is the owner string of the user's records:
-// "firebase:<project>/<tenant>/<sub>" (DECISIONS 1). Project and tenant
+// "firebase:<project>/<tenant>/<sub>" (decisions/01). Project and tenant
 // cannot contain "/" (configuration refuses it, and a token's values must
 // equal configured ones), so the owner is unambiguous.
 func (i *Identity) Owner() string {
@@ -422,7 +422,7 @@ func (v *Verifier) checkPolicy(id *Identity, ext claimExtras, now time.Time) *ap
 // CheckAuthAge refuses (401 auth_too_old) an identity whose sign-in
 // (auth_time) is older than maxAge, with the verifier's leeway; maxAge <= 0
 // accepts any. Use it for per-route step-up rules, such as an overwrite that
-// requires a recent sign-in (DECISIONS 3).
+// requires a recent sign-in (decisions/03).
 func (v *Verifier) CheckAuthAge(id *Identity, maxAge time.Duration) error {
 	if aerr := v.checkAuthAge(id, maxAge, v.now()); aerr != nil {
 		return aerr

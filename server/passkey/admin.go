@@ -108,7 +108,7 @@ type ResetResult struct {
 
 // ResetPasskeys revokes every passkey of owner and destroys the stored
 // key, so the user can register afresh with a session token. Disabled
-// unless Options.AllowReset (DECISIONS 5): it never re-binds the old key.
+// unless Options.AllowReset (decisions/05): it never re-binds the old key.
 func (s *Service) ResetPasskeys(ctx context.Context, owner enclave.Owner, actor string) (*ResetResult, error) {
 	if !s.opts.AllowReset {
 		return nil, ErrResetDisabled

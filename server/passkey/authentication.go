@@ -40,7 +40,7 @@ type AuthenticationRequest struct {
 	// RecipientPublicKey, when set, is the client's HPKE public key
 	// (X25519, 32 bytes, or ML-KEM-768+X25519, 1216 bytes). The challenge
 	// is SHA-256(Nonce ‖ RecipientPublicKey) and the key is released only
-	// sealed to it (DECISIONS 8).
+	// sealed to it (decisions/08).
 	RecipientPublicKey []byte
 	ClientAddr         string
 }
@@ -59,7 +59,7 @@ type AuthenticationBegin struct {
 
 // BeginAuthentication starts an authentication. For a user without
 // passkeys (or an unknown user id) it answers exactly as for a known one,
-// with decoy credential ids (DECISIONS 7).
+// with decoy credential ids (decisions/07).
 func (s *Service) BeginAuthentication(ctx context.Context, req AuthenticationRequest) (*AuthenticationBegin, error) {
 	out, err := s.beginAuthentication(ctx, req)
 	if err != nil {
@@ -130,7 +130,7 @@ func (s *Service) beginAuthentication(ctx context.Context, req AuthenticationReq
 }
 
 // RecipientChallenge is the challenge of a ceremony bound to an HPKE
-// recipient key: SHA-256(nonce ‖ recipientPublicKey) (DECISIONS 8).
+// recipient key: SHA-256(nonce ‖ recipientPublicKey) (decisions/08).
 // Clients recompute it before signing.
 func RecipientChallenge(nonce, recipientPublicKey []byte) []byte {
 	h := sha256.New()
@@ -240,7 +240,7 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 	if err != nil {
 		return nil, owner, err
 	}
-	// DECISIONS 6: take the user handle out before go-webauthn sees it (it
+	// decisions/06: take the user handle out before go-webauthn sees it (it
 	// would decode it as base64url and compare other bytes); compare it
 	// ourselves below, in either form.
 	parsed, handle, err := parseAssertion(raw)
@@ -251,7 +251,7 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 	// Find the credential by its id; never assume it is one we listed
 	// (iOS lets the user pick any passkey of the RP).
 	//
-	// No user enumeration (DECISIONS 7): begin lists real ids for known
+	// No user enumeration (decisions/07): begin lists real ids for known
 	// users and decoys for others, so until the signature verifies the
 	// answer must not depend on what the id names. An id that is unknown
 	// here (or of another RP, or, discoverable, of owners this API does not
@@ -281,7 +281,7 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 	// go-webauthn verifies everything again, and the signature. It gets
 	// the one credential found above (or the decoy), with BE as asserted
 	// (a change is checked below, after the signature; synced passkeys
-	// turn it on: FIELD-NOTES), and a session bound to the credential's
+	// turn it on: decisions/31), and a session bound to the credential's
 	// user.
 	flags := protocol.FlagUserPresent | protocol.FlagUserVerified
 	if be {
@@ -473,7 +473,7 @@ func unquoteCredential(raw []byte) ([]byte, error) {
 
 // parseAssertion decodes an untrusted assertion once: it takes the user
 // handle out as given (a string, or nil when absent or null) and hands the
-// rest to go-webauthn's parser, which never sees the handle (DECISIONS 6:
+// rest to go-webauthn's parser, which never sees the handle (decisions/06:
 // go-webauthn would decode it as base64url and compare other bytes). Like
 // go-webauthn's own decoder it refuses trailing data.
 func parseAssertion(raw []byte) (*protocol.ParsedCredentialAssertionData, *string, error) {

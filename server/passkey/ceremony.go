@@ -22,7 +22,7 @@ const (
 )
 
 // ceremony is the server-side state of one begun ceremony. It lives only
-// in memory (DECISIONS 23: one active node).
+// in memory (decisions/23: one active node).
 type ceremony struct {
 	id      string
 	kind    ceremonyKind

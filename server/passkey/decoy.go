@@ -18,7 +18,7 @@ import (
 	"github.com/keywarden/keywarden/store"
 )
 
-// Decoy allowCredentials (DECISIONS 7). begin for a user without passkeys
+// Decoy allowCredentials (decisions/07). begin for a user without passkeys
 // must not be told apart from begin for a user with some, by any field:
 // not the number of credentials, not the length of their ids, not their
 // transports (or their absence). So decoys are drawn from what real users

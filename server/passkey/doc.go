@@ -14,7 +14,7 @@
 // already stored, begin needs AssertionCeremonyID: the id of an
 // authentication of the same user finished within the ceremony lifetime
 // ([Authentication.ProofID]). A session token alone never binds a new
-// passkey to an existing key (DECISIONS 5); without the assertion the
+// passkey to an existing key (decisions/05); without the assertion the
 // answer is 409 key_exists.
 //
 // One exception: a key the admin import left unclaimed (its record carries
@@ -31,7 +31,7 @@
 // discoverable credential; optionally an HPKE recipient key) →
 // [Service.FinishAuthentication] verifies the assertion and returns the key,
 // in the clear or sealed to the recipient key bound to the ceremony
-// (challenge = SHA-256(nonce ‖ recipientPublicKey), DECISIONS 8; the key is
+// (challenge = SHA-256(nonce ‖ recipientPublicKey), decisions/08; the key is
 // sealed with info [ReleaseInfo]).
 //
 // # Checks on an assertion, in order
@@ -44,9 +44,9 @@
 //     ceremony's kind), and is not revoked.
 //  3. The user handle, when present and not empty, is the user id as raw
 //     bytes in base64url or as the plain string; it is removed before
-//     go-webauthn sees the response (DECISIONS 6).
+//     go-webauthn sees the response (decisions/06).
 //  4. Per-user failure limit (only signature failures on that user's own
-//     credentials spend it, DECISIONS 7).
+//     credentials spend it, decisions/07).
 //  5. clientDataJSON: type, challenge, origin (web origins and
 //     android:apk-key-hash:… built from fingerprints; a refused origin is
 //     logged at WARN with the origin received).
@@ -69,9 +69,9 @@
 //	                                                  sign count, BE/BS, UV, AAGUID, attestation format, PRF, revoked)
 //	"o" 0x00 owner 0x00 base64url(credential id)   → RP ID (each owner's index)
 //
-// Ceremonies live in memory only (one active node, DECISIONS 23), bounded
+// Ceremonies live in memory only (one active node, decisions/23), bounded
 // globally and per client address, each for Options.CeremonyTTL. A user
 // without passkeys gets decoy allowCredentials derived by HMAC from the
 // user id under a root-key subkey, stable across calls, so begin does not
-// reveal who has passkeys (DECISIONS 7).
+// reveal who has passkeys (decisions/07).
 package passkey

@@ -38,7 +38,7 @@ var (
 	// signature does not verify, whatever its credential id names (unknown,
 	// a decoy, the user's, another user's, revoked): anything more precise
 	// would tell real credential ids, and so real users, from decoys
-	// (DECISIONS 7). ErrSignature is the same error.
+	// (decisions/07). ErrSignature is the same error.
 	ErrCredentialUnknown  = apierr.New(http.StatusUnauthorized, "credential_unknown", "the assertion is not from a passkey registered for this user with this relying party: the credential is unknown or its signature does not verify")
 	ErrCredentialRevoked  = apierr.New(http.StatusUnauthorized, "credential_revoked", "the credential was revoked")
 	ErrCredentialNotUsers = apierr.New(http.StatusUnauthorized, "credential_not_allowed", "the credential does not belong to the user of this ceremony")
@@ -53,7 +53,7 @@ var (
 	ErrCredentialExists = apierr.New(http.StatusConflict, "credential_exists", "this credential is already registered")
 	ErrTooManyPasskeys  = apierr.New(http.StatusConflict, "too_many_passkeys", "the user has as many passkeys as allowed; revoke one first")
 	ErrPasskeyNotFound  = apierr.New(http.StatusNotFound, "passkey_not_found", "the user has no such passkey")
-	ErrResetDisabled    = apierr.New(http.StatusForbidden, "passkey_reset_disabled", "passkey reset is disabled on this appliance (see DECISIONS 5)")
+	ErrResetDisabled    = apierr.New(http.StatusForbidden, "passkey_reset_disabled", "passkey reset is disabled on this appliance (see decisions/05)")
 	// ErrClaimWithKey refuses a registration that claims an imported key
 	// and brings a key of its own: the imported key is what the user's
 	// backups were encrypted with, and a registration never replaces it.

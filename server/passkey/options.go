@@ -66,7 +66,7 @@ type Options struct {
 	// DefaultMaxCredentialsPerUser.
 	MaxCredentialsPerUser int
 
-	// Failed assertions are rate-limited with token buckets (DECISIONS 7):
+	// Failed assertions are rate-limited with token buckets (decisions/07):
 	// per client address (IPv6 by /64), every failed finish counts; per
 	// user, only failures attributable to a holder of the user's passkey
 	// count: a sign counter going backwards on a valid signature (a cloned
@@ -86,7 +86,7 @@ type Options struct {
 	MaxTrackedLimits int
 
 	// AllowReset enables POST /v1/admin/users/{userId}/passkeys/reset
-	// (DECISIONS 5). Off by default: the admin key must not be able to
+	// (decisions/05). Off by default: the admin key must not be able to
 	// take over a user's key. When on, a reset revokes every passkey of
 	// the user AND destroys the stored key, audited; it never re-binds the
 	// old key to a new passkey.

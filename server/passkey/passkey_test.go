@@ -281,7 +281,7 @@ func TestResetDestroysKey(t *testing.T) {
 }
 
 // TestUnknownUserLooksKnown: begin for a user without passkeys answers like
-// for one with passkeys, with stable decoy credential ids (DECISIONS 7).
+// for one with passkeys, with stable decoy credential ids (decisions/07).
 func TestUnknownUserLooksKnown(t *testing.T) {
 	v := newEnv(t, nil)
 	v.register(nil, "alice", testKey(1), softauthn.CreateOptions{})

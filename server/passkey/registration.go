@@ -30,7 +30,7 @@ type RegistrationRequest struct {
 	// AssertionCeremonyID names an authentication of the same user that
 	// finished within the ceremony lifetime. It is required when a key is
 	// already stored for the user (a session token alone never binds a new
-	// passkey to an existing key, DECISIONS 5) and is used up here.
+	// passkey to an existing key, decisions/05) and is used up here.
 	AssertionCeremonyID string
 	// ClientAddr is the client's address (open ceremonies are capped per
 	// address).
@@ -52,7 +52,7 @@ type RegistrationBegin struct {
 	// KeyRequired reports that finish must carry the key (none is stored
 	// yet); with an existing key and an assertion the key is optional and,
 	// when given, replaces the stored one (the old one kept as a prior
-	// version, DECISIONS 3).
+	// version, decisions/03).
 	KeyRequired bool
 	// ClaimsImportedKey reports that the stored key is an unclaimed import
 	// (the admin import, within keys.import_claim_window) and that finish,
@@ -101,7 +101,7 @@ func (s *Service) beginRegistration(ctx context.Context, req RegistrationRequest
 	claim := false
 	if hasKey && !stepUp {
 		// A session token alone never binds a passkey to a stored key
-		// (DECISIONS 5), except the first one of an owner over a key the
+		// (decisions/05), except the first one of an owner over a key the
 		// admin import left unclaimed, before its deadline: nothing else
 		// can ever reach such a key.
 		if err := s.claimable(info, creds); err != nil {
@@ -289,7 +289,7 @@ func (s *Service) finishRegistration(ctx context.Context, c *ceremony, req Finis
 	// The credential and the key go in together, in one transaction: a
 	// credential never exists beside a key it was not allowed to reach (a
 	// session token alone must not bind a passkey to a stored key,
-	// DECISIONS 5), and a refused key leaves no credential behind.
+	// decisions/05), and a refused key leaves no credential behind.
 	out := &Registration{Subject: subj, CredentialID: rec.idString()}
 	err = s.db.Update(ctx, func(tx *store.Tx) error {
 		out.KeyStored, out.KeyReplaced, out.KeyClaimed = false, false, false

@@ -72,7 +72,7 @@ type Subject struct {
 	// UserID is the WebAuthn user handle as a string: the authenticator
 	// stores and returns its UTF-8 bytes. 1 to 64 printable ASCII
 	// characters, so that raw, base64url and plain-string user handles all
-	// round-trip (FIELD-NOTES).
+	// round-trip (decisions/32).
 	UserID string
 }
 
@@ -107,13 +107,13 @@ type Service struct {
 	decoy   secret.Bytes
 	// decoyKey is the COSE public key an assertion naming an unknown
 	// credential is verified against (ES256, like most passkeys), so that
-	// it costs what a real one costs (DECISIONS 7).
+	// it costs what a real one costs (decisions/07).
 	decoyKey []byte
 
 	shapes     decoyShapes
 	ceremonies *ceremonies
 	proofs     *ceremonies        // finished authentications (kindProof), FIFO-evicted
-	userLimit  *ratelimit.Limiter // only failures spend (DECISIONS 7)
+	userLimit  *ratelimit.Limiter // only failures spend (decisions/07)
 	addrLimit  *ratelimit.Limiter
 
 	stats stats
@@ -226,7 +226,7 @@ func (s *Service) HasRelyingParty(id string) bool {
 // Stats are counters for metrics.
 type Stats struct {
 	// Per RP ID: ceremonies begun and finished successfully; begun minus
-	// finished counts ceremonies abandoned or refused (FIELD-NOTES: most
+	// finished counts ceremonies abandoned or refused (decisions/34: most
 	// passkey failures never reach the server).
 	Begun, Finished map[string]uint64
 	// Expired counts ceremonies dropped unused at their expiry.
@@ -341,7 +341,7 @@ func (s *Service) checkClientData(rp *relyingParty, c *ceremony, cd protocol.Col
 	}
 	if !protocol.IsOriginInHaystack(cd.Origin, rp.origins) {
 		// The origin received is the first thing an operator needs
-		// (FIELD-NOTES: Android origins).
+		// (decisions/33).
 		s.log.Warn("passkey: origin refused", "origin", truncate(cd.Origin, 256), "rp_id", rp.cfg.ID, "allowed", rp.origins)
 		return ErrOriginMismatch
 	}

@@ -38,7 +38,7 @@
 // clients whose custodian.id is the configured custodian are accepted
 // (others: 403 portal_custodian_mismatch). Before any look-up the
 // credential's shape is checked and, on the TBS routes, the Firebase token
-// verified (DECISIONS 22). Every Firebase-token failure and every unknown
+// verified (decisions/22). Every Firebase-token failure and every unknown
 // credential is 401 (the SDK refreshes its token and retries once on 401);
 // a known caller who is not allowed gets 403.
 //
@@ -48,7 +48,7 @@
 //     "firebase:<project>/<tenant>/<sub>", method "FIREBASE", exactly as
 //     the native /v1/firebase/key, so both routes see one key. The key is
 //     the SDK's string, stored as text (enclave.FormatText) and returned
-//     byte for byte; nothing converts it (DECISIONS 2). The Portal client
+//     byte for byte; nothing converts it (decisions/02). The Portal client
 //     that first stored it is recorded; another client gets 403
 //     client_mismatch unless [Options.AllowClientMismatch].
 //   - Passkeys and their key belong to the Portal client: owner
@@ -60,9 +60,9 @@
 //     finish-registration always brings a new key): begin-registration
 //     answers 409 imported_key_unclaimed.
 //   - Custodian shares belong to "portal:<clientId>" under the webhook's
-//     backupMethod as given (DECISIONS 4), wrapped by Vault Transit.
+//     backupMethod as given (decisions/04), wrapped by Vault Transit.
 //
-// Every replace keeps the previous value as a prior version (DECISIONS 3).
+// Every replace keeps the previous value as a prior version (decisions/03).
 //
 // # Sessions
 //

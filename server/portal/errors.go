@@ -51,7 +51,7 @@ var (
 	ErrInvalidKey = apierr.New(http.StatusBadRequest, "invalid_key",
 		fmt.Sprintf("encryptionKey must be a string of 1 to %d bytes", MaxKeyBytes))
 	// ErrKeyFormat: the stored key was stored as bytes (the native API),
-	// not as the SDK's text; it is never converted (DECISIONS 2).
+	// not as the SDK's text; it is never converted (decisions/02).
 	ErrKeyFormat = apierr.New(http.StatusConflict, "key_format_mismatch",
 		"the stored key was stored through the native API as bytes, not by Portal's SDK; it is not converted")
 	// ErrRecentSignIn: replacing the key needs a recent sign-in.

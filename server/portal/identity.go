@@ -55,7 +55,7 @@ type ResolverStats struct {
 // caches the answer under SHA-256 of the credential (the credential itself
 // is never kept). It is safe for concurrent use.
 //
-// # Abuse resistance (DECISIONS 22)
+// # Abuse resistance (decisions/22)
 //
 //   - Callers check the credential's shape ([CheckCredential]) and, on the
 //     TBS routes, the Firebase token before Resolve: garbage never costs a

@@ -32,7 +32,7 @@ const (
 	DefaultDisplayName          = "Wallet backup"
 
 	// MaxKeyBytes bounds the SDK's encryption key (kept as text, byte for
-	// byte; DECISIONS 2). Today it is a 64-character hex string.
+	// byte; decisions/02). Today it is a 64-character hex string.
 	MaxKeyBytes = 1024
 	// MaxCredentialBytes bounds a Portal client credential (API key or
 	// client session token) before any look-up.
@@ -90,7 +90,7 @@ type Options struct {
 	// FailureTTL is how long a credential Portal refused (401/403) or a
 	// client of another custodian is remembered as refused; 0 means
 	// DefaultFailureTTL (30 s). Guards Portal against a flood of one bad
-	// credential. Only those answers are cached as failures (DECISIONS 22).
+	// credential. Only those answers are cached as failures (decisions/22).
 	FailureTTL time.Duration
 	// StaleIfError is how long past IdentityTTL a resolved credential is
 	// still honoured while Portal's API is unreachable or failing (5xx,
@@ -130,7 +130,7 @@ type Options struct {
 
 	// OverwriteMaxAuthAge, when > 0, refuses to replace a stored Firebase
 	// key unless the token's auth_time is at most this old (409
-	// key_exists), as on the native route (DECISIONS 3).
+	// key_exists), as on the native route (decisions/03).
 	OverwriteMaxAuthAge time.Duration
 
 	// DisplayName is the user display name in passkey creation options

@@ -187,7 +187,7 @@ func (a *Adapter) passkeyStatus(c echo.Context) error {
 	}
 	// A key without an active passkey (all revoked) still reports
 	// "registered with credential": registering over a stored key is
-	// refused (409), and the operator restores access (DECISIONS 5).
+	// refused (409), and the operator restores access (decisions/05).
 	status := StatusNotRegistered
 	switch {
 	case st.HasKey:
