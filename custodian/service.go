@@ -34,10 +34,6 @@ const versionsSub = "versions"
 // current share. Only RestoreVersion (audited) brings it back.
 const priorKind = "custodian_prior"
 
-// metaPriorsSealed marks, in store.BucketMeta, that prior versions written
-// by older builds (plain ciphertext records) were sealed as priorKind.
-var metaPriorsSealed = []byte("custodian_priors_sealed")
-
 // errPriorInCurrent: the current slot holds a sealed prior version (copied
 // there); it is not a current share.
 var errPriorInCurrent = apierr.New(http.StatusInternalServerError, "record_damaged",
@@ -226,12 +222,12 @@ func (s *Service) withCiphertext(owner, method string, prior bool, rec record, c
 }
 
 // sealLegacyPriors seals, as priorKind, every prior version an older build
-// kept as a plain ciphertext record, once per store (metaPriorsSealed).
+// kept as a plain ciphertext record, once per store (store.MetaCustodianPriorsSealed).
 func (s *Service) sealLegacyPriors(ctx context.Context) (int, error) {
 	var n int
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
 		n = 0
-		if _, err := tx.Get(store.BucketMeta, metaPriorsSealed); err == nil {
+		if _, err := tx.GetMeta(store.MetaCustodianPriorsSealed); err == nil {
 			return nil
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
@@ -267,7 +263,7 @@ func (s *Service) sealLegacyPriors(ctx context.Context) (int, error) {
 			}
 		}
 		n = len(changes)
-		return tx.Put(store.BucketMeta, metaPriorsSealed, []byte("1"))
+		return tx.PutMeta(store.MetaCustodianPriorsSealed, []byte("1"))
 	})
 	return n, err
 }

@@ -1,29 +1,3 @@
-// Package store keeps Keywarden's records in one bbolt file.
-//
-// # Bucket tree
-//
-//	keywarden/                 root bucket; its key "schema" holds the schema version (uint64, big endian)
-//	├── meta/                  sealed root key, attestation key blob, HPKE public key, rollback generation …
-//	├── keys/                  sealed client encryption keys: owner 0x00 method → sealed record
-//	├── key_versions/          prior values kept after an overwrite: owner 0x00 method 0x00 time → sealed record
-//	├── users/                 per-owner index and bookkeeping: owner → JSON
-//	├── credentials/           passkey credentials: credential id → JSON (v2)
-//	├── custodian/             Vault Transit ciphertexts of custodian shares: owner 0x00 method → JSON (v2)
-//	├── client_shares/         encrypted client shares per backup method (v2)
-//	├── jobs/                  background jobs (custodian rewrap) with their progress (v2)
-//	└── blocked/               Firebase subjects blocked by an operator (v2)
-//
-// Values are opaque to this package; callers seal what must be secret.
-//
-// # Durability
-//
-// [DB.Update] returns only after its transaction committed and bbolt
-// fsynced the file. Concurrent updates are group-committed: one writer
-// goroutine runs every update that arrived while the previous commit was
-// in progress in a single transaction, so N concurrent writers cost one
-// fsync, not N (as bbolt's Batch, without its fixed delay). A function
-// passed to Update may therefore run more than once and must be
-// idempotent. [DB.View] never writes and never fsyncs.
 package store
 
 import (
@@ -284,7 +258,7 @@ func (db *DB) WriteTo(w io.Writer) (int64, error) {
 // writes a heartbeat into the meta bucket.
 func (db *DB) Writable(ctx context.Context) error {
 	return db.Update(ctx, func(tx *Tx) error {
-		return tx.Put(BucketMeta, []byte("heartbeat"), []byte(time.Now().UTC().Format(time.RFC3339)))
+		return tx.PutMeta(MetaHeartbeat, []byte(time.Now().UTC().Format(time.RFC3339)))
 	})
 }
 

@@ -284,7 +284,7 @@ func readIdentities(paths []string) ([]age.Identity, error) {
 // operatorAudit records one event in the audit log under root (the server
 // is stopped: these commands hold the store).
 func operatorAudit(ctx context.Context, c config.Config, root *enclave.Root, evs ...audit.Event) error {
-	key := root.Subkey("audit-anchor")
+	key := root.Subkey(enclave.SubkeyAuditAnchor)
 	defer key.Wipe()
 	l, err := audit.Open(ctx, audit.Options{Dir: c.Audit.Dir, AnchorKey: key, WriteTimeout: c.Audit.WriteTimeout, MaxFileBytes: c.Audit.MaxFileBytes})
 	if err != nil {

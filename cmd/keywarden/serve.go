@@ -160,7 +160,7 @@ func openAppliance(ctx context.Context, cfg config.Config, log *slog.Logger) (*a
 		if !root.Locked() {
 			log.Warn("could not lock the root key's memory against swap (raise LimitMEMLOCK)")
 		}
-		aopts := audit.Options{Dir: cfg.Audit.Dir, AnchorKey: root.Subkey("audit-anchor"), WriteTimeout: cfg.Audit.WriteTimeout, MaxFileBytes: cfg.Audit.MaxFileBytes}
+		aopts := audit.Options{Dir: cfg.Audit.Dir, AnchorKey: root.Subkey(enclave.SubkeyAuditAnchor), WriteTimeout: cfg.Audit.WriteTimeout, MaxFileBytes: cfg.Audit.MaxFileBytes}
 		aopts.Heads = audit.StoreHeads(db) // each anchored head is recorded in the store: `audit verify` catches a cut log
 		if !cfg.Audit.SyncReleases {
 			aopts.WrittenActions = []string{audit.ActionRelease}

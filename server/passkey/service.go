@@ -137,7 +137,7 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 	o := opts.withDefaults()
 	s := &Service{
 		opts: o, db: deps.DB, custody: deps.Custody, audit: deps.Audit, log: deps.Logger, now: deps.Clock,
-		decoy:      deps.Custody.Root().Subkey("passkey decoy credential ids"),
+		decoy:      deps.Custody.Root().Subkey(enclave.SubkeyPasskeyDecoy),
 		ceremonies: newCeremonies(o.MaxCeremonies, o.MaxCeremoniesPerAddress),
 		proofs:     newCeremonies(o.MaxCeremonies, o.MaxCeremonies),
 		userLimit:  ratelimit.New(o.UserFailureBurst, o.UserFailureInterval, o.MaxTrackedLimits),
