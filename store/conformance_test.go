@@ -92,10 +92,9 @@ func TestRetryingBackendConformance(t *testing.T) {
 
 // countLedger counts what the ledger is told.
 type countLedger struct {
-	mu                        sync.Mutex
-	begins, changes, finishes int
-	committed                 int
-	lastChanges               int
+	mu                          sync.Mutex
+	begins, finishes, committed int
+	lastChanges                 int
 }
 
 func (l *countLedger) Begin() store.LedgerTx {
