@@ -19,10 +19,6 @@ import (
 // current share. Only RestoreVersion (audited) brings it back.
 const priorKind = "custodian_prior"
 
-// metaPriorsSealed marks, in store.BucketMeta, that prior versions written
-// by older builds (plain ciphertext records) were sealed as priorKind.
-var metaPriorsSealed = []byte("custodian_priors_sealed")
-
 // errPriorInCurrent: the current slot holds a sealed prior version (copied
 // there); it is not a current share.
 var errPriorInCurrent = apierr.New(http.StatusInternalServerError, "record_damaged",
@@ -132,12 +128,12 @@ func (r *Records) withCiphertext(owner, method string, prior bool, rec record, c
 }
 
 // sealLegacyPriors seals, as priorKind, every prior version an older build
-// kept as a plain ciphertext record, once per store (metaPriorsSealed).
+// kept as a plain ciphertext record, once per store (store.MetaCustodianPriorsSealed).
 func (r *Records) sealLegacyPriors(ctx context.Context) (int, error) {
 	var n int
 	err := r.db.Update(ctx, func(tx *store.Tx) error {
 		n = 0
-		if _, err := tx.Get(store.BucketMeta, metaPriorsSealed); err == nil {
+		if _, err := tx.GetMeta(store.MetaCustodianPriorsSealed); err == nil {
 			return nil
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
@@ -157,7 +153,7 @@ func (r *Records) sealLegacyPriors(ctx context.Context) (int, error) {
 		if err != nil {
 			return err
 		}
-		return tx.Put(store.BucketMeta, metaPriorsSealed, []byte("1"))
+		return tx.PutMeta(store.MetaCustodianPriorsSealed, []byte("1"))
 	})
 	return n, err
 }

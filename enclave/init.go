@@ -11,11 +11,6 @@ import (
 	"github.com/keywarden/keywarden/store"
 )
 
-// Meta keys of the enclave.
-var (
-	metaSealedRoot = []byte("sealed_root")
-)
-
 // ErrNotInitialized means the store has no sealed root key: run `keywarden init`.
 var ErrNotInitialized = errors.New("enclave: the store has no root key: run `keywarden init` first")
 
@@ -59,13 +54,13 @@ func StoreRootKey(ctx context.Context, tpm transport.TPM, db *store.DB, key secr
 	if err != nil {
 		return err
 	}
-	return db.Update(ctx, func(tx *store.Tx) error { return tx.Put(store.BucketMeta, metaSealedRoot, b) })
+	return db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(store.MetaSealedRoot, b) })
 }
 
 // LoadSealedRoot reads the sealed root key record.
 func LoadSealedRoot(ctx context.Context, db *store.DB) (*SealedRoot, error) {
 	var b []byte
-	err := db.View(ctx, func(tx *store.Tx) (err error) { b, err = tx.Get(store.BucketMeta, metaSealedRoot); return })
+	err := db.View(ctx, func(tx *store.Tx) (err error) { b, err = tx.GetMeta(store.MetaSealedRoot); return })
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, ErrNotInitialized
 	}

@@ -11,7 +11,7 @@ package enclave
 //	D = XOR over every record of the covered buckets (all but meta) of
 //	    HMAC-SHA256(k, 'E' ‖ len ‖ bucket ‖ len ‖ key ‖ SHA-256(value))
 //
-// with k the root subkey [ledgerLabel]. Each element is a keyed PRF output
+// with k the root subkey [SubkeyRollbackLedger]. Each element is a keyed PRF output
 // that only the root key can compute, so no set of records other than the
 // one written has the same D (XOR of a secret PRF is a sound set MAC).
 // D itself is never stored: the rollback record holds only
@@ -45,9 +45,6 @@ import (
 
 	"github.com/keywarden/keywarden/store"
 )
-
-// ledgerLabel is the root subkey label of the record digest's PRF.
-const ledgerLabel = "rollback-ledger"
 
 type digest [sha256.Size]byte
 
@@ -196,7 +193,7 @@ func (t *ledgerTx) Finish(tx *store.Tx) error {
 	if err != nil {
 		return err
 	}
-	if err := tx.Put(store.BucketMeta, metaRollback, b); err != nil {
+	if err := tx.PutMeta(store.MetaRollback, b); err != nil {
 		return err
 	}
 	t.write, t.rec = true, rec

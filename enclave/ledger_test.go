@@ -366,7 +366,7 @@ func writeV1Record(t *testing.T, h *rbHost) []byte {
 	t.Helper()
 	var v1 []byte
 	err := h.db.Update(context.Background(), func(tx *store.Tx) error {
-		b, err := tx.Get(store.BucketMeta, metaRollback)
+		b, err := tx.GetMeta(store.MetaRollback)
 		if err != nil {
 			return err
 		}
@@ -379,7 +379,7 @@ func writeV1Record(t *testing.T, h *rbHost) []byte {
 		if v1, err = json.Marshal(st); err != nil {
 			return err
 		}
-		return tx.Put(store.BucketMeta, metaRollback, v1)
+		return tx.PutMeta(store.MetaRollback, v1)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -422,7 +422,7 @@ func TestRollbackUpgradesV1Record(t *testing.T) {
 		if err := tx.Put(store.BucketCredentials, []byte("cred-u"), []byte(`{"signCount":0}`)); err != nil {
 			return err
 		}
-		return tx.Put(store.BucketMeta, metaRollback, v1)
+		return tx.PutMeta(store.MetaRollback, v1)
 	})
 	if _, err := h.start(RollbackOptions{}); !errors.Is(err, ErrRolledBack) {
 		t.Fatalf("version-1 record put back: err = %v, want ErrRolledBack", err)

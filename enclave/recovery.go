@@ -46,9 +46,6 @@ import (
 	"github.com/keywarden/keywarden/store"
 )
 
-// Meta keys of the recovery record.
-var metaRecovery = []byte("recovery")
-
 // Errors of the recovery path. Callers branch on them with errors.Is.
 var (
 	// ErrTooFewShares: fewer shares than the threshold were given.
@@ -204,7 +201,7 @@ type sharePlain struct {
 // in hex. Shares, backups and the recovery record carry it, so shares of
 // another root key are told apart from a damaged one.
 func (r *Root) RootID() string {
-	k := r.Subkey("recovery-id")
+	k := r.Subkey(SubkeyRecoveryID)
 	defer k.Wipe()
 	m := hmac.New(sha256.New, k.Reveal())
 	m.Write([]byte("keywarden root key id v1"))
@@ -539,13 +536,13 @@ func RecordRecovery(ctx context.Context, db *store.DB, shares []RecoveryShare) e
 	if err != nil {
 		return err
 	}
-	return db.Update(ctx, func(tx *store.Tx) error { return tx.Put(store.BucketMeta, metaRecovery, b) })
+	return db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(store.MetaRecovery, b) })
 }
 
 // LoadRecovery reads the store's recovery record.
 func LoadRecovery(ctx context.Context, db *store.DB) (*RecoveryInfo, error) {
 	var b []byte
-	err := db.View(ctx, func(tx *store.Tx) (err error) { b, err = tx.Get(store.BucketMeta, metaRecovery); return })
+	err := db.View(ctx, func(tx *store.Tx) (err error) { b, err = tx.GetMeta(store.MetaRecovery); return })
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, ErrNoRecoveryRecord
 	}

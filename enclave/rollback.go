@@ -73,8 +73,6 @@ import (
 	"github.com/keywarden/keywarden/store"
 )
 
-var metaRollback = []byte("rollback")
-
 // DefaultCounterIndex is the NV index of the rollback counter: in the range
 // the TCG handle registry leaves to the platform owner (0x01800000–0x01BFFFFF).
 const DefaultCounterIndex uint32 = 0x01800020
@@ -223,7 +221,7 @@ type rollbackState struct {
 }
 
 func (s *rollbackState) mac(root *Root) []byte {
-	k := root.Subkey("rollback")
+	k := root.Subkey(SubkeyRollback)
 	defer k.Wipe()
 	return s.macWith(k.Reveal())
 }
@@ -268,7 +266,7 @@ func (s *rollbackState) seal(macKey []byte) ([]byte, error) {
 // loadRollbackState reads the record; nil when there is none.
 func loadRollbackState(ctx context.Context, db *store.DB) (*rollbackState, error) {
 	var b []byte
-	err := db.View(ctx, func(tx *store.Tx) (err error) { b, err = tx.Get(store.BucketMeta, metaRollback); return })
+	err := db.View(ctx, func(tx *store.Tx) (err error) { b, err = tx.GetMeta(store.MetaRollback); return })
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
 	}
@@ -325,10 +323,10 @@ func OpenRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Ro
 	r := &Rollback{
 		tpm: tpm, db: db, root: root, index: tpm2.TPMHandle(opts.NVIndex),
 		auth: counterAuth(root), interval: opts.Interval, log: opts.Logger,
-		macKey: root.Subkey("rollback"),
+		macKey: root.Subkey(SubkeyRollback),
 		kick:   make(chan struct{}, 1), done: make(chan struct{}),
 	}
-	lkey := root.Subkey(ledgerLabel)
+	lkey := root.Subkey(SubkeyRollbackLedger)
 	r.lhash = newLedgerHash(lkey.Reveal()) // the HMAC keeps its own copy
 	lkey.Wipe()
 	fail := func(err error) (*Rollback, error) {
@@ -720,7 +718,7 @@ func (r *Rollback) sync(ctx context.Context) error {
 // zeros only (tpm2/sessions.go hmacKeyFromAuthValue), so a random binary
 // value fails about one time in eight with TPM_RC_BAD_AUTH.
 func counterAuth(root *Root) []byte {
-	k := root.Subkey("rollback-nv-auth")
+	k := root.Subkey(SubkeyRollbackNVAuth)
 	defer k.Wipe()
 	return []byte(hex.EncodeToString(k.Reveal()[:16]))
 }

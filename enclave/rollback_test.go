@@ -329,7 +329,7 @@ func TestRollbackRecordTampered(t *testing.T) {
 	// Raise the generation without the MAC key (to pass a rollback off as
 	// current).
 	err := h.db.Update(ctx, func(tx *store.Tx) error {
-		b, err := tx.Get(store.BucketMeta, metaRollback)
+		b, err := tx.GetMeta(store.MetaRollback)
 		if err != nil {
 			return err
 		}
@@ -339,7 +339,7 @@ func TestRollbackRecordTampered(t *testing.T) {
 		}
 		st.Generation += 100
 		nb, _ := json.Marshal(st)
-		return tx.Put(store.BucketMeta, metaRollback, nb)
+		return tx.PutMeta(store.MetaRollback, nb)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -349,7 +349,7 @@ func TestRollbackRecordTampered(t *testing.T) {
 		t.Fatalf("edited record: err = %v, want ErrRollbackRecord", err)
 	}
 	// Remove it.
-	if err := h.db.Update(ctx, func(tx *store.Tx) error { return tx.Delete(store.BucketMeta, metaRollback) }); err != nil {
+	if err := h.db.Update(ctx, func(tx *store.Tx) error { return tx.DeleteMeta(store.MetaRollback) }); err != nil {
 		t.Fatal(err)
 	}
 	h.stop()

@@ -5,13 +5,23 @@
 //
 //	TPM storage root key (ECC P-256, owner hierarchy, recreated at each start, never stored)
 //	└── root key: 32 random bytes made at init, sealed as a TPM keyed-hash object
-//	    (policy: the operator's PCRs) — unsealed once at start, kept in locked memory
+//	    (policy: the operator's PCRs; stored in store.MetaSealedRoot) — unsealed once
+//	    at start, kept in locked memory
 //	    ├── record subkeys: HKDF-SHA256(root, salt = fresh 32 bytes per record, info = "keywarden record v1")
 //	    │   └── AES-256-GCM, additional data = kind ‖ owner ‖ method ‖ schema ‖ write version
-//	    ├── "session-token"  HMAC key for short-lived user session tokens
-//	    ├── "hpke"           the appliance's own HPKE key pair (ML-KEM-768+X25519)
-//	    ├── "audit-anchor"   HMAC key that anchors the audit chain
-//	    └── "rollback"       MAC key of the recorded store generation
+//	    ├── HPKE key pair: HKDF-SHA256(root, info = "keywarden hpke appliance key v1", 64 bytes)
+//	    │   → ML-KEM-768+X25519 (HPKEKey; not a Subkey)
+//	    └── subkeys: HKDF-SHA256(root, info = "keywarden subkey v1: " ‖ label), 32 bytes (Subkey)
+//	        ├── "session-token"                 SubkeySessionToken    HMAC key of user session tokens
+//	        ├── "audit-anchor"                  SubkeyAuditAnchor     HMAC key of the audit chain's anchors and head
+//	        ├── "rollback"                      SubkeyRollback        MAC key of the rollback record (store generation)
+//	        ├── "rollback-ledger"               SubkeyRollbackLedger  PRF key of the record digest's elements
+//	        ├── "rollback-nv-auth"              SubkeyRollbackNVAuth  auth value of the TPM NV rollback counter
+//	        ├── "recovery-id"                   SubkeyRecoveryID      key of the root id (RootID) on shares and backups
+//	        └── "passkey decoy credential ids"  SubkeyPasskeyDecoy    HMAC key of decoy credential ids (package passkey)
+//
+// The labels are constants (subkeys.go); their derived values are frozen in
+// testdata/vectors.json, so a changed label is a failing test.
 //
 // A release or a store makes no TPM command: the TPM is used at init, at
 // start (one unseal), for attestation quotes and for the rollback counter.

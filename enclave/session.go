@@ -41,7 +41,7 @@ func (r *Root) SessionTokens(now func() time.Time) *SessionTokens {
 	if now == nil {
 		now = time.Now
 	}
-	return &SessionTokens{key: r.Subkey("session-token"), now: now}
+	return &SessionTokens{key: r.Subkey(SubkeySessionToken), now: now}
 }
 
 const sessionPrefix = "kws1."

@@ -83,6 +83,12 @@ func TestFrozenVectors(t *testing.T) {
 	root := vectorRoot(t, v.RootKey)
 
 	t.Run("subkeys", func(t *testing.T) {
+		// Every label the code derives with is frozen here.
+		for _, label := range subkeyLabels {
+			if _, ok := v.Subkeys[label]; !ok {
+				t.Errorf("subkey label %q has no frozen vector (add it to testdata/vectors.json)", label)
+			}
+		}
 		for label, want := range v.Subkeys {
 			k := root.Subkey(label)
 			if got := hex.EncodeToString(k.Reveal()); got != want {
@@ -160,7 +166,7 @@ func writeVectors(t *testing.T) {
 		Subkeys: map[string]string{},
 	}
 	root := vectorRoot(t, v.RootKey)
-	for _, label := range []string{"session-token", "audit-anchor", "rollback", "rollback-nv-auth", "recovery-id", "passkey decoy credential ids"} {
+	for _, label := range subkeyLabels {
 		k := root.Subkey(label)
 		v.Subkeys[label] = hex.EncodeToString(k.Reveal())
 	}

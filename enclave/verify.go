@@ -43,7 +43,7 @@ func VerifyBackup(ctx context.Context, tpm transport.TPM, db *store.DB) (BackupR
 		}
 		rep.Rollback = true
 		if st.V >= 2 {
-			k := root.Subkey(ledgerLabel)
+			k := root.Subkey(SubkeyRollbackLedger)
 			h := newLedgerHash(k.Reveal())
 			k.Wipe()
 			var d digest

@@ -264,11 +264,9 @@ func (s *Server) backup(c echo.Context) error {
 	now := s.now().UTC()
 	s.lastBackup.Store(now.Unix())
 	if err := s.opts.DB.Update(context.Background(), func(tx *store.Tx) error {
-		return tx.Put(store.BucketMeta, metaLastBackup, []byte(now.Format(time.RFC3339)))
+		return tx.PutMeta(store.MetaLastBackup, []byte(now.Format(time.RFC3339)))
 	}); err != nil {
 		s.log.Error("recording the backup time failed", "err", err)
 	}
 	return nil
 }
-
-var metaLastBackup = []byte("last_backup")

@@ -155,7 +155,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	if err := opts.DB.View(context.Background(), func(tx *store.Tx) error {
-		if b, err := tx.Get(store.BucketMeta, metaLastBackup); err == nil {
+		if b, err := tx.GetMeta(store.MetaLastBackup); err == nil {
 			if t, err := time.Parse(time.RFC3339, string(b)); err == nil {
 				s.lastBackup.Store(t.Unix())
 			}

@@ -256,7 +256,7 @@ func cmdAuditVerify(args []string) error {
 	if err != nil {
 		return fmt.Errorf("reading the recorded audit head: %w", err)
 	}
-	rep, err := audit.VerifyHead(cfg.Audit.Dir, root.Subkey("audit-anchor"), head)
+	rep, err := audit.VerifyHead(cfg.Audit.Dir, root.Subkey(enclave.SubkeyAuditAnchor), head)
 	fmt.Printf("audit log %s: %d lines (seq %d..%d) in %d files, %d anchors\n", cfg.Audit.Dir, rep.Lines, rep.FirstSeq, rep.LastSeq, len(rep.Files), rep.Anchors)
 	switch {
 	case rep.Recorded != nil:

@@ -91,7 +91,7 @@ func readIdentities(paths []string) ([]age.Identity, error) {
 // operatorAudit records events in the audit log under root (the server
 // is stopped: these commands hold the store).
 func operatorAudit(ctx context.Context, c config.Config, root *enclave.Root, evs ...audit.Event) error {
-	key := root.Subkey("audit-anchor")
+	key := root.Subkey(enclave.SubkeyAuditAnchor)
 	defer key.Wipe()
 	return audit.AppendOffline(ctx, audit.Options{Dir: c.Audit.Dir, AnchorKey: key, WriteTimeout: c.Audit.WriteTimeout, MaxFileBytes: c.Audit.MaxFileBytes}, evs...)
 }

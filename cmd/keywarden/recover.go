@@ -200,7 +200,7 @@ func recoverRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root 
 // host's log fail `audit verify` forever. It returns the forgotten head,
 // for the recover line, or nil.
 func forgetForeignAuditHead(ctx context.Context, cfg config.Config, db *store.DB, root *enclave.Root) (*audit.Checkpoint, error) {
-	key := root.Subkey("audit-anchor")
+	key := root.Subkey(enclave.SubkeyAuditAnchor)
 	defer key.Wipe()
 	cp, err := audit.ForgetForeignHead(ctx, db, cfg.Audit.Dir, key)
 	if err != nil {

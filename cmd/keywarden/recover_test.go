@@ -543,7 +543,7 @@ func TestServeAcceptRollbackFlag(t *testing.T) {
 	}
 	a = openTestAppliance(t, sim, cfg)
 	defer a.Close()
-	alog, err := audit.Open(ctx, audit.Options{Dir: cfg.Audit.Dir, AnchorKey: a.root.Subkey("audit-anchor"), ReserveBytes: -1})
+	alog, err := audit.Open(ctx, audit.Options{Dir: cfg.Audit.Dir, AnchorKey: a.root.Subkey(enclave.SubkeyAuditAnchor), ReserveBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -644,7 +644,7 @@ func TestServeRefusesSplicedRecord(t *testing.T) {
 	if !errors.Is(err, enclave.ErrRecordsAltered) || !strings.Contains(err.Error(), "rollback accept") {
 		t.Fatalf("serve on a spliced store: err = %v, want ErrRecordsAltered naming `rollback accept`", err)
 	}
-	alog, err := audit.Open(ctx, audit.Options{Dir: cfg.Audit.Dir, AnchorKey: a.root.Subkey("audit-anchor"), ReserveBytes: -1})
+	alog, err := audit.Open(ctx, audit.Options{Dir: cfg.Audit.Dir, AnchorKey: a.root.Subkey(enclave.SubkeyAuditAnchor), ReserveBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

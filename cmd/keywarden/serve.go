@@ -298,7 +298,7 @@ func (a *appliance) openAudit(ctx context.Context) error {
 		return nil
 	}
 	cfg := a.cfg.Audit
-	aopts := audit.Options{Dir: cfg.Dir, AnchorKey: a.root.Subkey("audit-anchor"), WriteTimeout: cfg.WriteTimeout, MaxFileBytes: cfg.MaxFileBytes}
+	aopts := audit.Options{Dir: cfg.Dir, AnchorKey: a.root.Subkey(enclave.SubkeyAuditAnchor), WriteTimeout: cfg.WriteTimeout, MaxFileBytes: cfg.MaxFileBytes}
 	aopts.Heads = audit.StoreHeads(a.db) // each anchored head is recorded in the store: `audit verify` catches a cut log
 	if !cfg.SyncReleases {
 		aopts.WrittenActions = []string{audit.ActionRelease}

@@ -26,14 +26,12 @@ import (
 	"github.com/keywarden/keywarden/store"
 )
 
-// metaAK is the store key (store.BucketMeta) of the attestation key blob.
-var metaAK = []byte("attest_ak")
 
 // readAKBlob returns the stored attestation key blob, or nil when there is
 // none.
 func readAKBlob(ctx context.Context, db *store.DB) (*attest.AKBlob, error) {
 	var b []byte
-	err := db.View(ctx, func(tx *store.Tx) (err error) { b, err = tx.Get(store.BucketMeta, metaAK); return })
+	err := db.View(ctx, func(tx *store.Tx) (err error) { b, err = tx.GetMeta(store.MetaAttestAK); return })
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
 	}
@@ -54,7 +52,7 @@ func newAKBlob(ctx context.Context, tpm transport.TPM, db *store.DB) (*attest.AK
 	if err != nil {
 		return nil, err
 	}
-	if err := db.Update(ctx, func(tx *store.Tx) error { return tx.Put(store.BucketMeta, metaAK, b) }); err != nil {
+	if err := db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(store.MetaAttestAK, b) }); err != nil {
 		return nil, fmt.Errorf("store the attestation key: %w", err)
 	}
 	return blob, nil

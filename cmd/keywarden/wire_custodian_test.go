@@ -64,7 +64,7 @@ func newWired(t *testing.T, vault config.Vault, db *store.DB) (*wired, error) {
 		t.Fatal(err)
 	}
 	t.Cleanup(root.Close)
-	alog, err := audit.Open(ctx, audit.Options{Dir: filepath.Join(dir, "audit"), AnchorKey: root.Subkey("audit-anchor"), ReserveBytes: -1})
+	alog, err := audit.Open(ctx, audit.Options{Dir: filepath.Join(dir, "audit"), AnchorKey: root.Subkey(enclave.SubkeyAuditAnchor), ReserveBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

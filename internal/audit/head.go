@@ -16,8 +16,9 @@ import (
 )
 
 // HeadMetaKey is the key, in the store's meta bucket, under which
-// [StoreHeads] keeps the recorded head (a MACed [Checkpoint] as JSON).
-const HeadMetaKey = "audit_head"
+// [StoreHeads] keeps the recorded head (a MACed [Checkpoint] as JSON):
+// [store.MetaAuditHead], as a string for messages.
+const HeadMetaKey = string(store.MetaAuditHead)
 
 // An anchor written by a log with [Options.Heads] carries
 // "fields":{"head":"recorded"}: [VerifyHead] then expects a recorded head.
@@ -107,7 +108,7 @@ func (s storeHeads) LoadHead(ctx context.Context) ([]byte, error) {
 	var b []byte
 	err := s.db.View(ctx, func(tx *store.Tx) error {
 		var err error
-		b, err = tx.Get(store.BucketMeta, []byte(HeadMetaKey))
+		b, err = tx.GetMeta(store.MetaAuditHead)
 		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
@@ -117,7 +118,7 @@ func (s storeHeads) LoadHead(ctx context.Context) ([]byte, error) {
 }
 
 func (s storeHeads) SaveHead(ctx context.Context, b []byte) error {
-	return s.db.Update(ctx, func(tx *store.Tx) error { return tx.Put(store.BucketMeta, []byte(HeadMetaKey), b) })
+	return s.db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(store.MetaAuditHead, b) })
 }
 
 // headSaver records anchored heads in the background, so that no Record

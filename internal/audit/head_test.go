@@ -297,7 +297,7 @@ func TestHeadRemoved(t *testing.T) {
 	db := openStore(t, "")
 	headBase(t, dir, db)
 	if err := db.Update(context.Background(), func(tx *store.Tx) error {
-		return tx.Delete(store.BucketMeta, []byte(HeadMetaKey))
+		return tx.DeleteMeta(store.MetaAuditHead)
 	}); err != nil {
 		t.Fatal(err)
 	}

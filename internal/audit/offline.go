@@ -64,7 +64,7 @@ func ForgetForeignHead(ctx context.Context, db *store.DB, dir string, anchorKey 
 		return nil, err
 	}
 	err = db.Update(ctx, func(tx *store.Tx) error {
-		err := tx.Delete(store.BucketMeta, []byte(HeadMetaKey))
+		err := tx.DeleteMeta(store.MetaAuditHead)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil
 		}

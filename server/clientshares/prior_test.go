@@ -80,7 +80,7 @@ func TestLegacyPriorSharesMigrated(t *testing.T) {
 	id := versionID(v.now.Add(-time.Hour))
 	vk := store.Key("user:judy", "PASSWORD", versionsSub, id)
 	if err := v.DB.Update(context.Background(), func(tx *store.Tx) error {
-		if err := tx.Delete(store.BucketMeta, metaPriorsSealed); err != nil {
+		if err := tx.DeleteMeta(store.MetaClientSharesPriorsSealed); err != nil {
 			return err
 		}
 		return tx.Put(store.BucketClientShares, vk, legacy)

@@ -30,11 +30,6 @@ const bindingKind = "client_share"
 // the current share. Only RestoreVersion (audited) brings it back.
 const priorKind = "client_share_prior"
 
-// metaPriorsSealed marks, in store.BucketMeta, that prior versions written
-// by older builds (verbatim copies sealed as client_share) were sealed again
-// as priorKind.
-var metaPriorsSealed = []byte("clientshares_priors_sealed")
-
 // Errors. Each is an *apierr.Error; callers branch with errors.Is.
 var (
 	// ErrBadMethod: the method is not one of [Methods].
@@ -150,11 +145,12 @@ func New(opts Options) (*Store, error) {
 
 // sealLegacyPriors seals again, as priorKind, every prior version an older
 // build kept as a verbatim copy of the current record (sealed as
-// client_share), once per store (metaPriorsSealed). A record that opens
-// under neither kind is left as it is (its restore reports it damaged).
+// client_share), once per store (store.MetaClientSharesPriorsSealed). A
+// record that opens under neither kind is left as it is (its restore
+// reports it damaged).
 func (s *Store) sealLegacyPriors(ctx context.Context) error {
 	return s.db.Update(ctx, func(tx *store.Tx) error {
-		if _, err := tx.Get(store.BucketMeta, metaPriorsSealed); err == nil {
+		if _, err := tx.GetMeta(store.MetaClientSharesPriorsSealed); err == nil {
 			return nil
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
@@ -183,7 +179,7 @@ func (s *Store) sealLegacyPriors(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		return tx.Put(store.BucketMeta, metaPriorsSealed, []byte("1"))
+		return tx.PutMeta(store.MetaClientSharesPriorsSealed, []byte("1"))
 	})
 }
 

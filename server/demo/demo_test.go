@@ -49,7 +49,7 @@ func newEnv(t testing.TB) *env {
 	}
 	t.Cleanup(func() { db.Close() })
 	auditDir := filepath.Join(dir, "audit")
-	alog, err := audit.Open(context.Background(), audit.Options{Dir: auditDir, AnchorKey: root.Subkey("audit-anchor"), ReserveBytes: -1})
+	alog, err := audit.Open(context.Background(), audit.Options{Dir: auditDir, AnchorKey: root.Subkey(enclave.SubkeyAuditAnchor), ReserveBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +311,7 @@ func TestSessionAudited(t *testing.T) {
 	if strings.Contains(logs, out.Token) || strings.Contains(logs, "kws1.") {
 		t.Fatal("the audit log holds the token")
 	}
-	if rep, err := audit.Verify(e.auditDir, e.root.Subkey("audit-anchor")); err != nil || rep.Broken != nil {
+	if rep, err := audit.Verify(e.auditDir, e.root.Subkey(enclave.SubkeyAuditAnchor)); err != nil || rep.Broken != nil {
 		t.Fatalf("audit log does not verify: %v %+v", err, rep.Broken)
 	}
 
@@ -345,7 +345,7 @@ func TestNewOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer root.Close()
-	alog, err := audit.Open(context.Background(), audit.Options{Dir: t.TempDir(), AnchorKey: root.Subkey("audit-anchor"), ReserveBytes: -1})
+	alog, err := audit.Open(context.Background(), audit.Options{Dir: t.TempDir(), AnchorKey: root.Subkey(enclave.SubkeyAuditAnchor), ReserveBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

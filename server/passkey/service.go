@@ -151,7 +151,7 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 	}
 	s := &Service{
 		opts: o, db: deps.DB, custody: deps.Custody, keys: deps.Keys, audit: deps.Audit, log: deps.Logger, now: deps.Clock,
-		decoy:      deps.Custody.Root().Subkey("passkey decoy credential ids"),
+		decoy:      deps.Custody.Root().Subkey(enclave.SubkeyPasskeyDecoy),
 		ceremonies: newCeremonies(o.MaxCeremonies, o.MaxCeremoniesPerAddress),
 		proofs:     newCeremonies(o.MaxCeremonies, o.MaxCeremonies),
 		userLimit:  ratelimit.New(o.UserFailureBurst, o.UserFailureInterval, o.MaxTrackedLimits),

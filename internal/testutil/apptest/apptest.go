@@ -92,7 +92,7 @@ func NewCore(t testing.TB, opts ...CoreOption) *Core {
 	}
 	t.Cleanup(c.Root.Close)
 	c.AuditDir = filepath.Join(c.Dir, "audit")
-	c.Audit, err = audit.Open(ctx, audit.Options{Dir: c.AuditDir, AnchorKey: c.Root.Subkey("audit-anchor"), ReserveBytes: -1})
+	c.Audit, err = audit.Open(ctx, audit.Options{Dir: c.AuditDir, AnchorKey: c.Root.Subkey(enclave.SubkeyAuditAnchor), ReserveBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,76 @@
+// Package store keeps Keywarden's records: [DB], the façade every package
+// uses, over a [Backend] (bbolt today, [Bolt]; a cluster backend next).
+//
+// # Layers
+//
+//	callers (enclave, custodian, server/…)   *store.DB, *store.Tx, Bucket, MetaKey, Key/Prefix, ErrNotFound
+//	store.DB (this package)                  schema and migrations, group commit, change ledger, backup
+//	store.Backend                            View / Update / Snapshot / Close; Get, Put, Delete, ForEach
+//	└── store.Bolt                           one bbolt file (bolt.go); conformance: store/storetest
+//
+// The schema (the buckets, the meta keys, the migrations) lives in this
+// package, above the backend, and is written against [BackendTx]: a
+// backend only maps a bucket to its own namespace (bbolt: a nested bucket
+// under the root bucket "keywarden"; a flat key space such as etcd: a key
+// prefix, e.g. <prefix>/<bucket>/<key>) and keeps one schema version. See
+// [Backend] for the contract a backend must keep and the guarantees a
+// cluster backend must give.
+//
+// # Schema
+//
+// Keys are composite: [Key] joins identifiers with 0x00 (identifiers are
+// validated before they get here and contain no 0x00), [Prefix] adds the
+// separator for a scan below them. owner is an enclave.Owner
+// ("user:<id>", "firebase:<project>//<uid>", "portal:<clientId>", …),
+// method a backup method ("PASSKEY", "firebase", "PASSWORD", …), a
+// version id is the replacement time in Unix nanoseconds as 20 digits.
+// "sealed" means an enclave record (AES-256-GCM under a per-record subkey
+// of the root key, bound to kind, owner and method). Values are opaque to
+// this package; callers seal what must be secret.
+//
+//	schema version                              uint64, big endian (bbolt: key "schema" of the root bucket)
+//	meta/                                       the appliance's own bookkeeping (MetaKey; not seen by the ledger)
+//	│   sealed_root                → root key sealed by the TPM (enclave.SealedRoot JSON)
+//	│   rollback                   → rollback record: generation, NV index, TPM name, record-digest commitment (JSON, MACed)
+//	│   recovery                   → recovery record: root id, split, threshold, age-encrypted shares (JSON)
+//	│   attest_ak                  → TPM attestation key blob (attest.AKBlob JSON)
+//	│   audit_head                 → audit chain head (audit.Checkpoint JSON, MACed)
+//	│   last_backup                → time of the last online backup (RFC 3339)
+//	│   heartbeat                  → readiness write (RFC 3339)
+//	│   custodian_priors_sealed    → "1": older custodian priors sealed again
+//	│   clientshares_priors_sealed → "1": older client-share priors sealed again
+//	keys/                                       client encryption keys (v1)
+//	│   owner 0x00 method          → key record JSON: format, times, client id, claim deadline, sealed key (kind "key")
+//	key_versions/                               prior values kept after an overwrite or delete (v1)
+//	│   owner 0x00 method 0x00 version id → key record JSON, sealed again as kind "key_prior"
+//	users/                                      reserved (v1; nothing writes it today)
+//	credentials/                                passkey credentials, nothing secret (v2)
+//	│   "c" 0x00 base64url(credential id)           → credential JSON (public key, owner, RP ID, sign count, flags, …)
+//	│   "o" 0x00 owner 0x00 base64url(credential id) → RP ID (each owner's index)
+//	custodian/                                  custodian shares wrapped by Vault Transit (v2)
+//	│   owner 0x00 method          → record JSON: Transit ciphertext, Transit key version, times
+//	│   owner 0x00 method 0x00 "versions" 0x00 version id → prior record, its ciphertext sealed as "custodian_prior"
+//	client_shares/                              client-encrypted shares per backup method (v2)
+//	│   owner 0x00 method          → record JSON: stored flag, times, sealed cipherText (kind "client_share")
+//	│   owner 0x00 method 0x00 "versions" 0x00 version id → prior record, sealed as "client_share_prior"
+//	jobs/                                       background jobs with their progress (v2)
+//	│   "custodian_rewrap" 0x00 job id → job JSON
+//	blocked/                                    Firebase subjects blocked by an operator (v2)
+//	    owner                      → time of the block (RFC 3339)
+//
+// A migration (schema.go) moves the schema one version up and runs at
+// open; it is written against [BackendTx] (CreateBucket, and data changes
+// through Get/Put/Delete/ForEach), so every backend runs the same ones. A
+// store from a newer build is refused. Never edit a shipped migration;
+// append one, and draw its buckets and keys here.
+//
+// # Durability
+//
+// [DB.Update] returns only after its transaction committed durably (bbolt:
+// fsynced). Concurrent updates are group-committed: one writer goroutine
+// runs every update that arrived while the previous commit was in
+// progress in a single [Backend.Update], so N concurrent writers cost one
+// fsync, not N (as bbolt's Batch, without its fixed delay). A function
+// passed to Update may therefore run more than once and must be
+// idempotent. [DB.View] never writes and never fsyncs.
+package store

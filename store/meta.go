@@ -1,0 +1,54 @@
+package store
+
+// MetaKey is a key of [BucketMeta], the appliance's own bookkeeping. Every
+// one is declared here (drawn in the package doc), so a new one cannot
+// collide with another package's; use [Tx.GetMeta], [Tx.PutMeta] and
+// [Tx.DeleteMeta] (or [MetaKey.Key] for the raw bytes).
+type MetaKey string
+
+// The meta keys.
+const (
+	// MetaSealedRoot: the root key sealed by the TPM (enclave.SealedRoot
+	// JSON: TPM public and private blobs, PCR selection).
+	MetaSealedRoot MetaKey = "sealed_root"
+	// MetaRollback: the rollback record (JSON: generation, NV index, TPM
+	// name, commitment to the record digest), MACed under the root subkey
+	// "rollback"; rewritten by the change ledger in each write transaction.
+	MetaRollback MetaKey = "rollback"
+	// MetaRecovery: the recovery record (JSON: root id, split id,
+	// threshold, the shares age-encrypted to the custodians' recipients).
+	MetaRecovery MetaKey = "recovery"
+	// MetaAttestAK: the TPM attestation key blob (attest.AKBlob JSON).
+	MetaAttestAK MetaKey = "attest_ak"
+	// MetaAuditHead: the audit chain's recorded head (a Checkpoint JSON
+	// MACed under the root subkey "audit-anchor").
+	MetaAuditHead MetaKey = "audit_head"
+	// MetaLastBackup: when the last online backup was taken (RFC 3339).
+	MetaLastBackup MetaKey = "last_backup"
+	// MetaHeartbeat: written by [DB.Writable] for readiness (RFC 3339).
+	MetaHeartbeat MetaKey = "heartbeat"
+	// MetaCustodianPriorsSealed: "1" once prior custodian-share versions
+	// written by older builds were sealed as custodian_prior.
+	MetaCustodianPriorsSealed MetaKey = "custodian_priors_sealed"
+	// MetaClientSharesPriorsSealed: "1" once prior client-share versions
+	// written by older builds were sealed as client_share_prior.
+	MetaClientSharesPriorsSealed MetaKey = "clientshares_priors_sealed"
+)
+
+// metaKeys lists every MetaKey (the package doc draws each).
+var metaKeys = []MetaKey{
+	MetaSealedRoot, MetaRollback, MetaRecovery, MetaAttestAK, MetaAuditHead,
+	MetaLastBackup, MetaHeartbeat, MetaCustodianPriorsSealed, MetaClientSharesPriorsSealed,
+}
+
+// Key is the key's bytes in BucketMeta.
+func (k MetaKey) Key() []byte { return []byte(k) }
+
+// GetMeta returns a copy of the value at meta key k, or ErrNotFound.
+func (tx *Tx) GetMeta(k MetaKey) ([]byte, error) { return tx.Get(BucketMeta, k.Key()) }
+
+// PutMeta sets meta key k to value.
+func (tx *Tx) PutMeta(k MetaKey, value []byte) error { return tx.Put(BucketMeta, k.Key(), value) }
+
+// DeleteMeta removes meta key k; a missing key is not an error.
+func (tx *Tx) DeleteMeta(k MetaKey) error { return tx.Delete(BucketMeta, k.Key()) }
