@@ -2,9 +2,7 @@ package store
 
 import (
 	"bytes"
-	"fmt"
-
-	bolt "go.etcd.io/bbolt"
+	"errors"
 )
 
 // # Change ledger
@@ -76,37 +74,46 @@ func (tx *Tx) Ledger() LedgerTx { return tx.lt }
 // bucket-name order, then key order (the whole set the ledger sees). k and
 // v are valid only inside fn.
 func (tx *Tx) ForEachCovered(fn func(b Bucket, k, v []byte) error) error {
-	root := tx.tx.Bucket(rootBucket)
-	if root == nil {
-		return fmt.Errorf("store: root bucket missing")
-	}
-	return root.ForEachBucket(func(name []byte) error {
-		b := Bucket(name)
+	for _, b := range Buckets() {
 		if !Covered(b) {
-			return nil
+			continue
 		}
-		return root.Bucket(name).ForEach(func(k, v []byte) error {
-			if v == nil {
-				return nil // a nested bucket (none today)
-			}
-			return fn(b, k, v)
-		})
-	})
+		if err := tx.tx.ForEach(b, nil, func(k, v []byte) error { return fn(b, k, v) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// get is Get for the ledger: old is nil when key is absent, non-nil (maybe
+// empty) when it is present.
+func (tx *Tx) get(b Bucket, key []byte) (old []byte, err error) {
+	v, err := tx.tx.Get(b, key)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if v == nil {
+		v = []byte{}
+	}
+	return v, nil
 }
 
 // put is Put with the ledger told.
-func (tx *Tx) put(bk *bolt.Bucket, b Bucket, key, value []byte) error {
+func (tx *Tx) put(b Bucket, key, value []byte) error {
 	if tx.lt == nil || !Covered(b) {
-		return bk.Put(key, value)
+		return tx.tx.Put(b, key, value)
 	}
-	var old []byte
-	if v := bk.Get(key); v != nil {
-		if bytes.Equal(v, value) {
-			return nil // nothing changes
-		}
-		old = append(make([]byte, 0, len(v)), v...) // non-nil even when empty
+	old, err := tx.get(b, key)
+	if err != nil {
+		return err
 	}
-	if err := bk.Put(key, value); err != nil {
+	if old != nil && bytes.Equal(old, value) {
+		return nil // nothing changes
+	}
+	if err := tx.tx.Put(b, key, value); err != nil {
 		return err
 	}
 	if value == nil {
@@ -117,16 +124,15 @@ func (tx *Tx) put(bk *bolt.Bucket, b Bucket, key, value []byte) error {
 }
 
 // del is Delete with the ledger told.
-func (tx *Tx) del(bk *bolt.Bucket, b Bucket, key []byte) error {
+func (tx *Tx) del(b Bucket, key []byte) error {
 	if tx.lt == nil || !Covered(b) {
-		return bk.Delete(key)
+		return tx.tx.Delete(b, key)
 	}
-	v := bk.Get(key)
-	if v == nil {
-		return nil
+	old, err := tx.get(b, key)
+	if err != nil || old == nil {
+		return err
 	}
-	old := append(make([]byte, 0, len(v)), v...)
-	if err := bk.Delete(key); err != nil {
+	if err := tx.tx.Delete(b, key); err != nil {
 		return err
 	}
 	tx.lt.Change(b, key, old, nil)

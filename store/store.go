@@ -31,13 +31,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 )
 
 // ErrNotFound is returned when a key is not in its bucket.
@@ -45,24 +41,6 @@ var ErrNotFound = errors.New("store: not found")
 
 // ErrClosed is returned by operations on a closed DB.
 var ErrClosed = errors.New("store: closed")
-
-// Bucket names a top-level bucket under the versioned root.
-type Bucket string
-
-// The buckets. Each is created by the migration that introduced it.
-const (
-	BucketMeta         Bucket = "meta"
-	BucketKeys         Bucket = "keys"
-	BucketKeyVersions  Bucket = "key_versions"
-	BucketUsers        Bucket = "users"
-	BucketCredentials  Bucket = "credentials"
-	BucketCustodian    Bucket = "custodian"
-	BucketClientShares Bucket = "client_shares"
-	BucketJobs         Bucket = "jobs"
-	BucketBlocked      Bucket = "blocked"
-)
-
-var rootBucket = []byte("keywarden")
 
 // Options configure [Open]. The zero value is usable.
 type Options struct {
@@ -79,7 +57,7 @@ type Options struct {
 
 // DB is an open store.
 type DB struct {
-	bolt   *bolt.DB
+	b      Backend
 	path   string
 	writes chan *write
 	done   chan struct{}
@@ -99,66 +77,49 @@ type write struct {
 	err chan error
 }
 
-// Open opens (creating when missing) the store at path with mode 0600 and
-// migrates it to the current schema. A truncated or corrupt file is an
-// error that names the file, never a panic.
+// Open opens (creating when missing) the bbolt store at path with mode
+// 0600 ([OpenBolt]) and migrates it to the current schema. A truncated or
+// corrupt file is an error that names the file, never a panic.
 func Open(path string, opts Options) (db *DB, err error) {
-	if opts.Timeout == 0 {
-		opts.Timeout = time.Second
-	}
-	if !opts.ReadOnly {
-		if err := checkNotTruncated(path); err != nil {
-			return nil, err
-		}
+	b, err := OpenBolt(path, opts)
+	if err != nil {
+		return nil, err
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			db, err = nil, fmt.Errorf("store: %s is corrupt (%v); restore it from a backup", path, r)
+			db, err = nil, corruptError(path, r)
 		}
 	}()
-	b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout, ReadOnly: opts.ReadOnly, NoSync: opts.NoSync})
+	db, err = New(b, opts)
 	if err != nil {
-		if errors.Is(err, berrors.ErrTimeout) {
-			return nil, fmt.Errorf("store: %s is locked by another process (is keywarden already running?): %w", path, err)
-		}
-		return nil, fmt.Errorf("store: open %s: %w (if the file is damaged, restore it from a backup)", path, err)
-	}
-	db = &DB{bolt: b, path: path, writes: make(chan *write, 1024), done: make(chan struct{})}
-	if !opts.ReadOnly {
-		if err := migrate(b); err != nil {
-			b.Close()
-			return nil, fmt.Errorf("store: %s: %w", path, err)
-		}
-	} else if err := b.View(func(tx *bolt.Tx) error { return checkSchema(tx) }); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
+	}
+	return db, nil
+}
+
+// New puts the façade over an open backend, which it then owns (Close
+// closes it): it migrates the backend to the current schema, or with
+// opts.ReadOnly checks that it is at it; the other options are bbolt's.
+func New(b Backend, opts Options) (*DB, error) {
+	ctx := context.Background()
+	if !opts.ReadOnly {
+		if err := migrate(ctx, b); err != nil {
+			return nil, err
+		}
+	} else if err := checkSchema(ctx, b); err != nil {
+		return nil, err
+	}
+	db := &DB{b: b, writes: make(chan *write, 1024), done: make(chan struct{})}
+	if p, ok := b.(interface{ Path() string }); ok {
+		db.path = p.Path()
 	}
 	db.wg.Add(1)
 	go db.writer()
 	return db, nil
 }
 
-// checkNotTruncated refuses a file whose size is not a whole number of
-// pages: bbolt would otherwise read past the end and crash.
-func checkNotTruncated(path string) error {
-	fi, err := os.Stat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	if fi.Size() == 0 {
-		return nil
-	}
-	ps := int64(os.Getpagesize())
-	if fi.Size() < 2*ps || fi.Size()%ps != 0 {
-		return fmt.Errorf("store: %s is truncated or not a keywarden store (%d bytes); restore it from a backup", path, fi.Size())
-	}
-	return nil
-}
-
-// Path is the file's path.
+// Path is the file's path ("" for a backend that is not a file).
 func (db *DB) Path() string { return db.path }
 
 // Close waits for pending updates and closes the file.
@@ -170,7 +131,7 @@ func (db *DB) Close() error {
 	close(db.done)
 	db.mu.Unlock()
 	db.wg.Wait()
-	return db.bolt.Close()
+	return db.b.Close()
 }
 
 // Update runs fn in a read-write transaction and returns after it is
@@ -206,7 +167,7 @@ func (db *DB) View(ctx context.Context, fn func(*Tx) error) error {
 	if db.closed.Load() {
 		return ErrClosed
 	}
-	return db.bolt.View(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) })
+	return db.b.View(ctx, func(btx BackendTx) error { return fn(&Tx{tx: btx}) })
 }
 
 // writer is the group committer: it takes every queued write, runs them in
@@ -254,7 +215,8 @@ func (db *DB) commit(batch []*write) {
 		failed := -1
 		var ferr error
 		var lt LedgerTx
-		err := db.bolt.Update(func(btx *bolt.Tx) error {
+		err := db.b.Update(context.Background(), func(btx BackendTx) error {
+			failed, ferr, lt = -1, nil, nil
 			tx := &Tx{tx: btx}
 			if l := db.ledger.Load(); l != nil {
 				lt = (*l).Begin()
@@ -297,29 +259,25 @@ func (db *DB) commit(batch []*write) {
 type Stats struct {
 	Updates uint64 // calls to Update
 	Commits uint64 // transactions committed (each one fsync)
-	Size    int64  // file size in bytes
+	Size    int64  // file size in bytes (0 when the backend has none)
 }
 
 // Stats returns the counters and the file size.
 func (db *DB) Stats() Stats {
 	s := Stats{Updates: db.updates.Load(), Commits: db.commits.Load()}
-	_ = db.bolt.View(func(tx *bolt.Tx) error { s.Size = tx.Size(); return nil })
+	if sz, ok := db.b.(interface{ Size() int64 }); ok {
+		s.Size = sz.Size()
+	}
 	return s
 }
 
 // WriteTo writes a consistent copy of the live store to w (an online
-// backup: bbolt's file lock keeps other processes from copying the file).
+// backup; [Backend.Snapshot]).
 func (db *DB) WriteTo(w io.Writer) (int64, error) {
 	if db.closed.Load() {
 		return 0, ErrClosed
 	}
-	var n int64
-	err := db.bolt.View(func(tx *bolt.Tx) error {
-		var err error
-		n, err = tx.WriteTo(w)
-		return err
-	})
-	return n, err
+	return db.b.Snapshot(context.Background(), w)
 }
 
 // Writable reports whether a write transaction commits (for readiness). It
@@ -332,90 +290,47 @@ func (db *DB) Writable(ctx context.Context) error {
 
 // Tx is a transaction. Values returned by Get are copies.
 type Tx struct {
-	tx *bolt.Tx
+	tx BackendTx
 	lt LedgerTx // this write transaction's ledger observer, or nil
-}
-
-func (tx *Tx) bucket(b Bucket) (*bolt.Bucket, error) {
-	root := tx.tx.Bucket(rootBucket)
-	if root == nil {
-		return nil, fmt.Errorf("store: root bucket missing")
-	}
-	bk := root.Bucket([]byte(b))
-	if bk == nil {
-		return nil, fmt.Errorf("store: unknown bucket %q", b)
-	}
-	return bk, nil
 }
 
 // Get returns a copy of the value at key, or ErrNotFound.
 func (tx *Tx) Get(b Bucket, key []byte) ([]byte, error) {
-	bk, err := tx.bucket(b)
-	if err != nil {
-		return nil, err
-	}
-	v := bk.Get(key)
-	if v == nil {
-		return nil, ErrNotFound
-	}
-	return append([]byte(nil), v...), nil
+	return tx.tx.Get(b, key)
 }
 
 // Put sets key to value.
 func (tx *Tx) Put(b Bucket, key, value []byte) error {
-	bk, err := tx.bucket(b)
-	if err != nil {
-		return err
-	}
-	return tx.put(bk, b, key, value)
+	return tx.put(b, key, value)
 }
 
 // Delete removes key; a missing key is not an error.
 func (tx *Tx) Delete(b Bucket, key []byte) error {
-	bk, err := tx.bucket(b)
-	if err != nil {
-		return err
-	}
-	return tx.del(bk, b, key)
+	return tx.del(b, key)
 }
 
 // ForEach calls fn for each key with the given prefix, in order. k and v
 // are valid only inside fn.
 func (tx *Tx) ForEach(b Bucket, prefix []byte, fn func(k, v []byte) error) error {
-	bk, err := tx.bucket(b)
-	if err != nil {
-		return err
-	}
-	c := bk.Cursor()
-	for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
-		if err := fn(k, v); err != nil {
-			return err
-		}
-	}
-	return nil
+	return tx.tx.ForEach(b, prefix, fn)
 }
 
 // DeletePrefix removes every key with the given prefix and returns how many.
 func (tx *Tx) DeletePrefix(b Bucket, prefix []byte) (int, error) {
-	bk, err := tx.bucket(b)
+	var keys [][]byte
+	err := tx.tx.ForEach(b, prefix, func(k, _ []byte) error {
+		keys = append(keys, append([]byte(nil), k...))
+		return nil
+	})
 	if err != nil {
 		return 0, err
 	}
-	var keys [][]byte
-	c := bk.Cursor()
-	for k, _ := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, _ = c.Next() {
-		keys = append(keys, append([]byte(nil), k...))
-	}
 	for _, k := range keys {
-		if err := tx.del(bk, b, k); err != nil {
+		if err := tx.del(b, k); err != nil {
 			return 0, err
 		}
 	}
 	return len(keys), nil
-}
-
-func hasPrefix(k, p []byte) bool {
-	return len(k) >= len(p) && string(k[:len(p)]) == string(p)
 }
 
 // Key joins parts with a 0x00 separator into a composite key. Parts must

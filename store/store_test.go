@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 func openTemp(t testing.TB) *DB {
@@ -148,8 +146,9 @@ func TestFailedUpdateDoesNotSinkTheBatch(t *testing.T) {
 func TestMigrations(t *testing.T) {
 	// Each migration, applied on top of its predecessor, creates exactly the
 	// buckets it names and advances the version by one.
+	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "m.db")
-	b, err := bolt.Open(path, 0o600, nil)
+	b, err := OpenBolt(path, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,23 +159,25 @@ func TestMigrations(t *testing.T) {
 	if len(want) != len(migrations) {
 		t.Fatalf("test covers %d migrations, there are %d", len(want), len(migrations))
 	}
+	exists := func(tx BackendTx, bk Bucket) bool {
+		return tx.ForEach(bk, nil, func(k, v []byte) error { return nil }) == nil
+	}
 	for v := 1; v <= len(migrations); v++ {
-		if err := migrateTo(b, v); err != nil {
+		if err := migrateTo(ctx, b, v); err != nil {
 			t.Fatal(err)
 		}
-		_ = b.View(func(tx *bolt.Tx) error {
-			root := tx.Bucket(rootBucket)
-			if got, _ := schemaOf(root); got != uint64(v) {
+		_ = b.View(ctx, func(tx BackendTx) error {
+			if got, _ := tx.SchemaVersion(); got != uint64(v) {
 				t.Fatalf("after migration %d schema = %d", v, got)
 			}
 			for _, bk := range want[v] {
-				if root.Bucket([]byte(bk)) == nil {
+				if !exists(tx, bk) {
 					t.Fatalf("migration %d did not create %s", v, bk)
 				}
 			}
 			if v < len(migrations) {
 				for _, bk := range want[v+1] {
-					if root.Bucket([]byte(bk)) != nil {
+					if exists(tx, bk) {
 						t.Fatalf("bucket %s exists before migration %d", bk, v+1)
 					}
 				}
@@ -184,10 +185,15 @@ func TestMigrations(t *testing.T) {
 			return nil
 		})
 	}
+	var all []Bucket
+	for _, bs := range want {
+		all = append(all, bs...)
+	}
+	if len(Buckets()) != len(all) {
+		t.Fatalf("Buckets() = %v, want the %d the migrations create", Buckets(), len(all))
+	}
 	// A file from a newer build is refused.
-	_ = b.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(rootBucket).Put(schemaKey, []byte{0, 0, 0, 0, 0, 0, 0, 99})
-	})
+	_ = b.Update(ctx, func(tx BackendTx) error { return tx.SetSchemaVersion(99) })
 	b.Close()
 	if _, err := Open(path, Options{}); err == nil || !strings.Contains(err.Error(), "newer") {
 		t.Fatalf("newer schema: %v", err)
