@@ -10,29 +10,27 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/keywarden/keywarden/store"
 )
 
 // dumpMagic starts a dump:
 //
 //	"KWETCD1\n" uvarint(revision)
-//	{ 0x01 uvarint(len) bucket uvarint(len) key uvarint(len) value }   one per record, in key order
+//	{ 0x01 uvarint(len) key uvarint(len) value }   one per etcd key under "<prefix>/" but the fence,
+//	                                               the key without "<prefix>/", in key order
 //	0x00 uvarint(count) sha256(every byte before this hash)
+//
+// Records, bucket registrations and the schema version are all in it, so a
+// restore under any prefix gives the same store.
 const dumpMagic = "KWETCD1\n"
 
-// WriteTo writes every record under the prefix, as of one linearizable
-// revision, to w (see the package doc). The records are the sealed values
-// as stored: the dump is as secret as the store.
-func (s *Store) WriteTo(w io.Writer) (int64, error) {
-	return s.Dump(context.Background(), w)
-}
-
-// Dump is WriteTo with a context.
-func (s *Store) Dump(ctx context.Context, w io.Writer) (int64, error) {
+// Snapshot writes every key under the prefix, as of one linearizable
+// revision, to w (see the package doc); [Restore] loads it. The records
+// are the sealed values as stored: the dump is as secret as the store.
+func (s *Store) Snapshot(ctx context.Context, w io.Writer) (int64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	if s.closed.Load() {
 		return 0, ErrClosed
 	}
@@ -62,14 +60,8 @@ func (s *Store) Dump(ctx context.Context, w io.Writer) (int64, error) {
 			if k == s.fence {
 				continue
 			}
-			rest := k[len(s.prefix):]
-			i := strings.IndexByte(rest, '/')
-			if i <= 0 {
-				return cw.n, fmt.Errorf("etcdstore: unexpected key %q under the prefix", k)
-			}
 			bw.WriteByte(1)
-			field([]byte(rest[:i]))
-			field([]byte(rest[i+1:]))
+			field([]byte(k[len(s.prefix):]))
 			field(kv.Value)
 			count++
 		}
@@ -95,10 +87,11 @@ type DumpInfo struct {
 	Records  uint64
 }
 
-// ReadDump reads a dump written by WriteTo, calling fn for each record in
-// order, and checks its count and checksum. A damaged or truncated dump is
-// an error; records already passed to fn must then be discarded.
-func ReadDump(r io.Reader, fn func(b store.Bucket, key, value []byte) error) (DumpInfo, error) {
+// ReadDump reads a dump written by Snapshot, calling fn for each key
+// (without the prefix) in order, and checks its count and checksum. A
+// damaged or truncated dump is an error; what was already passed to fn
+// must then be discarded.
+func ReadDump(r io.Reader, fn func(key, value []byte) error) (DumpInfo, error) {
 	raw := bufio.NewReader(r)
 	br := &hashReader{r: raw, h: sha256.New()}
 	var info DumpInfo
@@ -144,10 +137,6 @@ func ReadDump(r io.Reader, fn func(b store.Bucket, key, value []byte) error) (Du
 		if tag != 1 {
 			return bad("record", fmt.Errorf("unknown tag %#x", tag))
 		}
-		b, err := field()
-		if err != nil {
-			return bad("bucket", err)
-		}
 		k, err := field()
 		if err != nil {
 			return bad("key", err)
@@ -156,12 +145,11 @@ func ReadDump(r io.Reader, fn func(b store.Bucket, key, value []byte) error) (Du
 		if err != nil {
 			return bad("value", err)
 		}
-		full := append(append(append([]byte{}, b...), '/'), k...)
-		if prev != nil && bytes.Compare(full, prev) <= 0 {
-			return bad("record", errors.New("records out of order"))
+		if len(k) == 0 || (prev != nil && bytes.Compare(k, prev) <= 0) {
+			return bad("record", errors.New("keys empty or out of order"))
 		}
-		prev = full
-		if err := fn(store.Bucket(b), k, v); err != nil {
+		prev = k
+		if err := fn(k, v); err != nil {
 			return info, err
 		}
 		info.Records++
@@ -212,4 +200,63 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// Restore loads a dump written by Snapshot into an empty prefix and
+// returns the store opened on it. The prefix is marked as being restored
+// until the last record and the checksum are in: an interrupted or failed
+// restore leaves a prefix Open refuses. The dump is written in several
+// transactions (one etcd request each), so the cluster must not serve the
+// prefix while it is restored.
+func Restore(ctx context.Context, opts Options, r io.Reader) (*Store, error) {
+	s, err := Open(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*Store, error) { s.Close(); return nil, err }
+	resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return fail(s.wrap(err))
+	}
+	if resp.Count > 0 {
+		return fail(fmt.Errorf("etcdstore: restore: prefix %q is not empty (%d keys)", s.prefix, resp.Count))
+	}
+	marker := s.prefix + ".restoring"
+	if _, err := s.cli.Put(ctx, marker, ""); err != nil {
+		return fail(s.wrap(err))
+	}
+	var ops []clientv3.Op
+	size := 0
+	flush := func() error {
+		if len(ops) == 0 {
+			return nil
+		}
+		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return s.wrap(err)
+		}
+		ops, size = ops[:0], 0
+		return nil
+	}
+	if _, err := ReadDump(r, func(k, v []byte) error {
+		if string(k) == ".restoring" {
+			return errors.New("etcdstore: restore: the dump holds a restore marker")
+		}
+		if size+len(k)+len(v)+len(s.prefix)+32 > s.maxReq/2 || len(ops) >= 64 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		ops = append(ops, clientv3.OpPut(s.prefix+string(k), string(v)))
+		size += len(k) + len(v) + len(s.prefix) + 32
+		return nil
+	}); err != nil {
+		return fail(err)
+	}
+	if err := flush(); err != nil {
+		return fail(err)
+	}
+	if _, err := s.cli.Delete(ctx, marker); err != nil {
+		return fail(s.wrap(err))
+	}
+	return s, nil
 }

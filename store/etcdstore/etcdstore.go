@@ -4,13 +4,17 @@
 // # Key layout
 //
 //	<prefix>/<bucket>/<key>    one record; key is the store key's raw bytes (0x00 and 0xFF allowed)
-//	<prefix>/_txn              the transaction fence: every write transaction rewrites it
+//	<prefix>/.buckets/<bucket> the bucket exists (written by CreateBucket; buckets are never removed)
+//	<prefix>/.schema           the schema version, 8 bytes big endian
+//	<prefix>/.txn              the transaction fence: every write transaction rewrites it
+//	<prefix>/.restoring        present while Restore runs (Open refuses such a prefix)
 //
 // etcd orders keys byte-wise, as bbolt does, so ForEach walks keys in the
 // same order on both backends, and a prefix scan is the exact range
 // [<prefix>/<bucket>/<p>, successor of that) — the successor increments the
 // last byte below 0xFF, so keys with 0xFF bytes stay inside and the next
-// bucket stays out. Bucket names may not contain '/' or start with '_'.
+// bucket stays out. Bucket names are lower-case letters, digits and '_'
+// (the store's contract), so they never collide with the '.' names.
 //
 // Values reach the store already sealed by the root key: etcd's disks, WAL,
 // snapshots and network see ciphertext and identifiers only.
@@ -67,11 +71,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -95,11 +101,20 @@ var ErrTooLarge = errors.New("etcdstore: transaction larger than etcd's request 
 // ErrClosed is returned by operations on a closed Store.
 var ErrClosed = store.ErrClosed
 
+var _ store.Backend = (*Store)(nil)
+
 // maxAttempts bounds how often Update re-runs fn after conflicts.
 const maxAttempts = 64
 
 // Options configure [Open].
 type Options struct {
+	// TxTimeout bounds one View, or one attempt of an Update, when the
+	// caller's context has no earlier deadline; zero is 10 s. (The
+	// store's group commit calls Update without a deadline: a member
+	// that has lost its quorum must fail the batch, not hold it.) An
+	// Update that times out after sending its commit may still have
+	// committed: the function is idempotent, the caller retries.
+	TxTimeout time.Duration
 	// Endpoints are the etcd client URLs (https://host:2379, or http:// to
 	// a loopback address).
 	Endpoints []string
@@ -120,11 +135,14 @@ type Options struct {
 
 // Store is a store backend over etcd. Its methods are safe for concurrent use.
 type Store struct {
-	cli    *clientv3.Client
-	prefix string // "<prefix>/"
-	fence  string
-	maxReq int
-	closed atomic.Bool
+	cli       *clientv3.Client
+	prefix    string // "<prefix>/"
+	fence     string
+	maxReq    int
+	txTimeout time.Duration
+	closed    atomic.Bool
+	mu        sync.RWMutex // held for reading by transactions, for writing by Close
+	buckets   sync.Map     // bucket name → struct{}: seen committed (buckets are never removed)
 
 	conflicts atomic.Uint64
 }
@@ -149,6 +167,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if opts.MaxRequestBytes == 0 {
 		opts.MaxRequestBytes = DefaultMaxRequestBytes
 	}
+	if opts.TxTimeout == 0 {
+		opts.TxTimeout = 10 * time.Second
+	}
 	lg := opts.Logger
 	if lg == nil {
 		lg = zap.NewNop()
@@ -166,23 +187,45 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: %w", err)
 	}
-	s := &Store{cli: cli, prefix: prefix + "/", fence: prefix + "/_txn", maxReq: opts.MaxRequestBytes}
+	s := &Store{cli: cli, prefix: prefix + "/", fence: prefix + "/.txn", maxReq: opts.MaxRequestBytes, txTimeout: opts.TxTimeout}
 	cctx, cancel := context.WithTimeout(ctx, opts.DialTimeout)
 	defer cancel()
-	if _, err := cli.Get(cctx, s.fence); err != nil {
+	resp, err := cli.Get(cctx, s.prefix+".restoring")
+	if err != nil {
 		cli.Close()
 		return nil, fmt.Errorf("etcdstore: first read from %s: %w", strings.Join(opts.Endpoints, ","), err)
+	}
+	if len(resp.Kvs) > 0 {
+		cli.Close()
+		return nil, fmt.Errorf("etcdstore: prefix %q holds an interrupted restore; delete the prefix and restore again", prefix)
 	}
 	return s, nil
 }
 
-// Close closes the client. Transactions in flight fail.
+// Close waits for the transactions in progress, then closes the client.
 func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.cli.Close()
 }
+
+// enter marks a transaction in progress (Close waits for it) and bounds
+// it by TxTimeout.
+func (s *Store) enter(ctx context.Context) (context.Context, func(), error) {
+	s.mu.RLock()
+	if s.closed.Load() {
+		s.mu.RUnlock()
+		return nil, nil, ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.txTimeout)
+	return ctx, func() { cancel(); s.mu.RUnlock() }, nil
+}
+
+// Prefix is the key prefix (without the trailing '/').
+func (s *Store) Prefix() string { return strings.TrimSuffix(s.prefix, "/") }
 
 // Client is the etcd client (for the maintenance API and health checks).
 func (s *Store) Client() *clientv3.Client { return s.cli }
@@ -192,13 +235,15 @@ func (s *Store) Client() *clientv3.Client { return s.cli }
 func (s *Store) Conflicts() uint64 { return s.conflicts.Load() }
 
 // View runs fn against the records as of one linearizable revision.
-func (s *Store) View(ctx context.Context, fn func(*Tx) error) error {
-	if s.closed.Load() {
-		return ErrClosed
-	}
+func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	ctx, leave, err := s.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer leave()
 	return fn(&Tx{s: s, ctx: ctx})
 }
 
@@ -206,19 +251,12 @@ func (s *Store) View(ctx context.Context, fn func(*Tx) error) error {
 // fn again when another transaction committed since fn's snapshot. It
 // returns after the transaction committed (etcd acknowledges a write once
 // a quorum has it in its log), or with fn's error and nothing written.
-func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
-	if s.closed.Load() {
-		return ErrClosed
-	}
+func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) error {
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		tx := &Tx{s: s, ctx: ctx, writable: true, writes: map[string][]byte{}}
-		if err := fn(tx); err != nil {
-			return err
-		}
-		ok, err := tx.commit()
+		ok, err := s.attempt(ctx, fn)
 		if err != nil {
 			return err
 		}
@@ -243,6 +281,26 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 	}
 }
 
+// attempt runs fn once and tries to commit; false: a conflict.
+func (s *Store) attempt(ctx context.Context, fn func(store.BackendTx) error) (bool, error) {
+	ctx, leave, err := s.enter(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer leave()
+	tx := &Tx{s: s, ctx: ctx, writable: true, writes: map[string][]byte{}}
+	if err := fn(tx); err != nil {
+		return false, err
+	}
+	ok, err := tx.commit()
+	if ok {
+		for b := range tx.created {
+			s.buckets.Store(b, struct{}{})
+		}
+	}
+	return ok, err
+}
+
 // Tx is one transaction: reads at one revision; in Update, writes are
 // buffered and visible to later reads of the same Tx.
 type Tx struct {
@@ -253,7 +311,8 @@ type Tx struct {
 	rev      int64 // the snapshot revision, 0 before the first read
 	fenceMod int64 // the fence's mod revision at rev (0: absent)
 
-	writes map[string][]byte // full etcd key → value; nil value: deleted
+	writes  map[string][]byte // full etcd key → value; nil value: deleted
+	created map[store.Bucket]bool
 }
 
 // begin fixes the snapshot revision with one linearizable read.
@@ -299,26 +358,99 @@ func (s *Store) wrap(err error) error {
 	return fmt.Errorf("etcdstore: %w", err)
 }
 
-func (s *Store) key(b store.Bucket, key []byte) (string, error) {
-	if err := checkBucket(b); err != nil {
+func (tx *Tx) key(b store.Bucket, key []byte) (string, error) {
+	if err := tx.bucket(b); err != nil {
 		return "", err
 	}
 	if len(key) == 0 {
 		return "", errors.New("etcdstore: empty key")
 	}
-	return s.prefix + string(b) + "/" + string(key), nil
+	return tx.s.prefix + string(b) + "/" + string(key), nil
 }
 
-func checkBucket(b store.Bucket) error {
-	if b == "" || strings.Contains(string(b), "/") || b[0] == '_' {
-		return fmt.Errorf("etcdstore: invalid bucket name %q", b)
+func checkBucketName(b store.Bucket) error {
+	if b == "" {
+		return errors.New("etcdstore: empty bucket name")
 	}
+	for _, c := range []byte(b) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return fmt.Errorf("etcdstore: invalid bucket name %q (lower-case letters, digits and '_')", b)
+		}
+	}
+	return nil
+}
+
+// bucket checks that b exists: created in this transaction, seen
+// committed before, or recorded at the snapshot revision.
+func (tx *Tx) bucket(b store.Bucket) error {
+	if err := checkBucketName(b); err != nil {
+		return err
+	}
+	if tx.created[b] {
+		return nil
+	}
+	if _, ok := tx.s.buckets.Load(b); ok {
+		return nil
+	}
+	resp, err := tx.get(tx.s.prefix + ".buckets/" + string(b))
+	if err != nil {
+		return err
+	}
+	if len(resp.Kvs) == 0 {
+		return fmt.Errorf("etcdstore: unknown bucket %q", b)
+	}
+	tx.s.buckets.Store(b, struct{}{})
+	return nil
+}
+
+// CreateBucket records that bucket b exists (idempotent).
+func (tx *Tx) CreateBucket(b store.Bucket) error {
+	if !tx.writable {
+		return errors.New("etcdstore: CreateBucket in a read-only transaction")
+	}
+	if err := checkBucketName(b); err != nil {
+		return err
+	}
+	if tx.created == nil {
+		tx.created = map[store.Bucket]bool{}
+	}
+	tx.created[b] = true
+	tx.writes[tx.s.prefix+".buckets/"+string(b)] = []byte{}
+	return nil
+}
+
+// SchemaVersion is the stored schema version (0: none).
+func (tx *Tx) SchemaVersion() (uint64, error) {
+	k := tx.s.prefix + ".schema"
+	v, ok := tx.writes[k]
+	if !ok {
+		resp, err := tx.get(k)
+		if err != nil {
+			return 0, err
+		}
+		if len(resp.Kvs) == 0 {
+			return 0, nil
+		}
+		v = resp.Kvs[0].Value
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("etcdstore: schema version of %d bytes", len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// SetSchemaVersion records the schema version.
+func (tx *Tx) SetSchemaVersion(v uint64) error {
+	if !tx.writable {
+		return errors.New("etcdstore: SetSchemaVersion in a read-only transaction")
+	}
+	tx.writes[tx.s.prefix+".schema"] = binary.BigEndian.AppendUint64(nil, v)
 	return nil
 }
 
 // Get returns a copy of the value at key, or store.ErrNotFound.
 func (tx *Tx) Get(b store.Bucket, key []byte) ([]byte, error) {
-	k, err := tx.s.key(b, key)
+	k, err := tx.key(b, key)
 	if err != nil {
 		return nil, err
 	}
@@ -343,7 +475,7 @@ func (tx *Tx) Put(b store.Bucket, key, value []byte) error {
 	if !tx.writable {
 		return errors.New("etcdstore: Put in a read-only transaction")
 	}
-	k, err := tx.s.key(b, key)
+	k, err := tx.key(b, key)
 	if err != nil {
 		return err
 	}
@@ -359,7 +491,7 @@ func (tx *Tx) Delete(b store.Bucket, key []byte) error {
 	if !tx.writable {
 		return errors.New("etcdstore: Delete in a read-only transaction")
 	}
-	k, err := tx.s.key(b, key)
+	k, err := tx.key(b, key)
 	if err != nil {
 		return err
 	}
@@ -374,7 +506,7 @@ const page = 512
 // with the transaction's own writes applied. k and v are valid only
 // inside fn.
 func (tx *Tx) ForEach(b store.Bucket, prefix []byte, fn func(k, v []byte) error) error {
-	if err := checkBucket(b); err != nil {
+	if err := tx.bucket(b); err != nil {
 		return err
 	}
 	base := tx.s.prefix + string(b) + "/"
@@ -435,23 +567,6 @@ func (tx *Tx) ForEach(b store.Bucket, prefix []byte, fn func(k, v []byte) error)
 		}
 	}
 	return nil
-}
-
-// DeletePrefix removes every key with the given prefix and returns how many.
-func (tx *Tx) DeletePrefix(b store.Bucket, prefix []byte) (int, error) {
-	var keys [][]byte
-	if err := tx.ForEach(b, prefix, func(k, _ []byte) error {
-		keys = append(keys, bytes.Clone(k))
-		return nil
-	}); err != nil {
-		return 0, err
-	}
-	for _, k := range keys {
-		if err := tx.Delete(b, k); err != nil {
-			return 0, err
-		}
-	}
-	return len(keys), nil
 }
 
 // commit sends the buffered writes as one guarded transaction. It reports

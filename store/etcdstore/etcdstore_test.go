@@ -5,361 +5,250 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/testutil/etcddev"
 	"github.com/keywarden/keywarden/store"
 	"github.com/keywarden/keywarden/store/etcdstore"
+	"github.com/keywarden/keywarden/store/storetest"
 )
 
-// openEmbedded opens a Store on a fresh embedded one-member etcd, under a
-// prefix of its own.
-func openEmbedded(t *testing.T) (*etcdstore.Store, *etcddev.Cluster) {
-	t.Helper()
+var prefixes atomic.Int64
+
+// harness opens each backend of the conformance suite under a fresh prefix
+// of one etcd (so the cases do not see one another's keys).
+func harness(base etcdstore.Options) storetest.Harness {
+	open := func(t *testing.T, o etcdstore.Options) store.Backend {
+		t.Helper()
+		s, err := etcdstore.Open(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	fresh := func() etcdstore.Options {
+		o := base
+		o.Prefix = fmt.Sprintf("kw-test-%d", prefixes.Add(1))
+		return o
+	}
+	return storetest.Harness{
+		Open: func(t *testing.T) store.Backend { return open(t, fresh()) },
+		Reopen: func(t *testing.T, b store.Backend) store.Backend {
+			o := base
+			o.Prefix = b.(*etcdstore.Store).Prefix()
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			return open(t, o)
+		},
+		Restore: func(t *testing.T, snap []byte) store.Backend {
+			s, err := etcdstore.Restore(context.Background(), fresh(), bytes.NewReader(snap))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+	}
+}
+
+// TestConformanceEmbedded runs the store's conformance suite on a
+// one-member etcd embedded in the test process.
+func TestConformanceEmbedded(t *testing.T) {
 	c := etcddev.Embedded(t)
-	s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: c.Endpoints(), Prefix: "kw-" + strings.ReplaceAll(t.Name(), "/", "_")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s, c
+	storetest.Run(t, harness(etcdstore.Options{Endpoints: c.Endpoints()}))
 }
 
-func put(t *testing.T, s *etcdstore.Store, b store.Bucket, k, v string) {
-	t.Helper()
-	if err := s.Update(context.Background(), func(tx *etcdstore.Tx) error { return tx.Put(b, []byte(k), []byte(v)) }); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func get(t *testing.T, s *etcdstore.Store, b store.Bucket, k string) (string, error) {
-	t.Helper()
-	var v []byte
-	err := s.View(context.Background(), func(tx *etcdstore.Tx) error {
-		var err error
-		v, err = tx.Get(b, []byte(k))
-		return err
-	})
-	return string(v), err
-}
-
-func keys(t *testing.T, s *etcdstore.Store, b store.Bucket, prefix string) []string {
-	t.Helper()
-	var out []string
-	if err := s.View(context.Background(), func(tx *etcdstore.Tx) error {
-		return tx.ForEach(b, []byte(prefix), func(k, _ []byte) error { out = append(out, string(k)); return nil })
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func TestEmbedded(t *testing.T) {
-	s, _ := openEmbedded(t)
-	runBackendTests(t, s)
-}
-
-func TestExternalMutualTLS(t *testing.T) {
+// TestConformanceExternalMutualTLS runs the suite on the real etcd server
+// binary over mutual TLS, and checks that the server refuses a client
+// without a certificate.
+func TestConformanceExternalMutualTLS(t *testing.T) {
 	srv, files := etcddev.External(t, etcddev.ExternalOptions{TLS: true})
 	tc, err := files.ClientConfig()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{srv.Endpoint}, TLS: tc, Prefix: "kw-ext"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	runBackendTests(t, s)
+	storetest.Run(t, harness(etcdstore.Options{Endpoints: []string{srv.Endpoint}, TLS: tc}))
 
-	// Without a client certificate the server refuses the connection.
 	noCert, err := etcdstore.TLSConfig(files.CA, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s2, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{srv.Endpoint}, TLS: noCert, DialTimeout: 2 * time.Second}); err == nil {
-		s2.Close()
+	if s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{srv.Endpoint}, TLS: noCert, DialTimeout: 2 * time.Second}); err == nil {
+		s.Close()
 		t.Fatal("Open without a client certificate succeeded against --client-cert-auth")
 	}
 }
 
-func runBackendTests(t *testing.T, s *etcdstore.Store) {
-	ctx := context.Background()
+const bk store.Bucket = "keys"
 
-	t.Run("NotFound", func(t *testing.T) {
-		if _, err := get(t, s, store.BucketKeys, "missing"); !errors.Is(err, store.ErrNotFound) {
-			t.Fatalf("Get of a missing key: %v, want ErrNotFound", err)
-		}
-	})
-
-	t.Run("ByteOrderAndExactPrefix", func(t *testing.T) {
-		for _, k := range []string{"a\x00\xff", "a\x00", "a\xff", "a\xff\xff\x00", "a", "b", "a\x00\x00", "\xff"} {
-			put(t, s, store.BucketUsers, k, "v"+k)
-		}
-		put(t, s, store.BucketUsers+"x", "a", "other bucket") // a bucket whose name extends "users"
-		got := keys(t, s, store.BucketUsers, "")
-		want := []string{"a", "a\x00", "a\x00\x00", "a\x00\xff", "a\xff", "a\xff\xff\x00", "b", "\xff"}
-		if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
-			t.Fatalf("order: got %q, want %q", got, want)
-		}
-		if got, want := keys(t, s, store.BucketUsers, "a\x00"), want[1:4]; fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
-			t.Fatalf("prefix a\\x00: got %q, want %q", got, want)
-		}
-		if got, want := keys(t, s, store.BucketUsers, "a\xff"), want[4:6]; fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
-			t.Fatalf("prefix a\\xff: got %q, want %q", got, want)
-		}
-		if got := keys(t, s, store.BucketUsers, "\xff"); len(got) != 1 {
-			t.Fatalf("prefix \\xff: got %q", got)
-		}
-	})
-
-	t.Run("WritesVisibleInsideTheTransaction", func(t *testing.T) {
-		put(t, s, store.BucketJobs, "j1", "old")
-		put(t, s, store.BucketJobs, "j3", "x")
-		err := s.Update(ctx, func(tx *etcdstore.Tx) error {
-			if err := tx.Put(store.BucketJobs, []byte("j2"), []byte("new")); err != nil {
-				return err
-			}
-			if err := tx.Put(store.BucketJobs, []byte("j1"), []byte("changed")); err != nil {
-				return err
-			}
-			if err := tx.Delete(store.BucketJobs, []byte("j3")); err != nil {
-				return err
-			}
-			if v, err := tx.Get(store.BucketJobs, []byte("j1")); err != nil || string(v) != "changed" {
-				return fmt.Errorf("own write not seen: %q %v", v, err)
-			}
-			if _, err := tx.Get(store.BucketJobs, []byte("j3")); !errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("own delete not seen: %v", err)
-			}
-			var seen []string
-			if err := tx.ForEach(store.BucketJobs, nil, func(k, v []byte) error { seen = append(seen, string(k)+"="+string(v)); return nil }); err != nil {
-				return err
-			}
-			if strings.Join(seen, ",") != "j1=changed,j2=new" {
-				return fmt.Errorf("ForEach inside the transaction: %v", seen)
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	})
-
-	t.Run("FailedFunctionWritesNothing", func(t *testing.T) {
-		boom := errors.New("boom")
-		err := s.Update(ctx, func(tx *etcdstore.Tx) error {
-			if err := tx.Put(store.BucketKeys, []byte("never"), []byte("x")); err != nil {
-				return err
-			}
-			return boom
-		})
-		if !errors.Is(err, boom) {
-			t.Fatalf("Update: %v, want fn's error", err)
-		}
-		if _, err := get(t, s, store.BucketKeys, "never"); !errors.Is(err, store.ErrNotFound) {
-			t.Fatalf("a failed Update wrote: %v", err)
-		}
-	})
-
-	t.Run("ConflictRunsTheFunctionAgain", func(t *testing.T) {
-		put(t, s, store.BucketMeta, "counter", "0")
-		runs := 0
-		err := s.Update(ctx, func(tx *etcdstore.Tx) error {
-			runs++
-			v, err := tx.Get(store.BucketMeta, []byte("counter"))
-			if err != nil {
-				return err
-			}
-			if runs == 1 {
-				// Another writer commits between this read and the commit.
-				put(t, s, store.BucketMeta, "counter", string(v)+"+other")
-			}
-			return tx.Put(store.BucketMeta, []byte("counter"), append(v, "+mine"...))
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if runs != 2 {
-			t.Fatalf("fn ran %d times, want 2", runs)
-		}
-		if v, _ := get(t, s, store.BucketMeta, "counter"); v != "0+other+mine" {
-			t.Fatalf("counter = %q: the other writer's update was lost", v)
-		}
-	})
-
-	t.Run("ConcurrentIncrements", func(t *testing.T) {
-		put(t, s, store.BucketMeta, "n", "")
-		var wg sync.WaitGroup
-		for range 8 {
-			wg.Go(func() {
-				for range 5 {
-					if err := s.Update(ctx, func(tx *etcdstore.Tx) error {
-						v, err := tx.Get(store.BucketMeta, []byte("n"))
-						if err != nil {
-							return err
-						}
-						return tx.Put(store.BucketMeta, []byte("n"), append(v, 'x'))
-					}); err != nil {
-						t.Error(err)
-					}
-				}
-			})
-		}
-		wg.Wait()
-		if v, _ := get(t, s, store.BucketMeta, "n"); len(v) != 40 {
-			t.Fatalf("40 increments gave %d", len(v))
-		}
-	})
-
-	t.Run("RangeReadConflict", func(t *testing.T) {
-		// A transaction that scanned a range conflicts with a concurrent
-		// deletion inside it (a per-key compare could not see that).
-		put(t, s, store.BucketBlocked, "u1", "1")
-		put(t, s, store.BucketBlocked, "u2", "1")
-		runs := 0
-		var counted int
-		err := s.Update(ctx, func(tx *etcdstore.Tx) error {
-			runs++
-			counted = 0
-			if err := tx.ForEach(store.BucketBlocked, nil, func(_, _ []byte) error { counted++; return nil }); err != nil {
-				return err
-			}
-			if runs == 1 {
-				if err := s.Update(ctx, func(tx *etcdstore.Tx) error { return tx.Delete(store.BucketBlocked, []byte("u2")) }); err != nil {
-					return err
-				}
-			}
-			return tx.Put(store.BucketMeta, []byte("blocked_count"), []byte(fmt.Sprint(counted)))
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if v, _ := get(t, s, store.BucketMeta, "blocked_count"); v != "1" || runs != 2 {
-			t.Fatalf("count %q after %d runs, want 1 after 2", v, runs)
-		}
-	})
-
-	t.Run("DeletePrefix", func(t *testing.T) {
-		for _, k := range []string{"o\x00m1", "o\x00m2", "o\x00m2\x00v", "o2\x00m", "p"} {
-			put(t, s, store.BucketKeyVersions, k, "v")
-		}
-		var n int
-		if err := s.Update(ctx, func(tx *etcdstore.Tx) error {
-			var err error
-			n, err = tx.DeletePrefix(store.BucketKeyVersions, []byte("o\x00"))
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		if got := keys(t, s, store.BucketKeyVersions, ""); n != 3 || fmt.Sprintf("%q", got) != `["o2\x00m" "p"]` {
-			t.Fatalf("DeletePrefix removed %d, left %q", n, got)
-		}
-	})
-
-	t.Run("DeleteIsSeenAtOnce", func(t *testing.T) {
-		put(t, s, store.BucketCredentials, "c", "v")
-		if err := s.Update(ctx, func(tx *etcdstore.Tx) error { return tx.Delete(store.BucketCredentials, []byte("c")) }); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := get(t, s, store.BucketCredentials, "c"); !errors.Is(err, store.ErrNotFound) {
-			t.Fatalf("read after an acknowledged delete: %v", err)
-		}
-	})
-
-	t.Run("LargeValues", func(t *testing.T) {
-		big := bytes.Repeat([]byte{0xA5}, 1<<20)
-		if err := s.Update(ctx, func(tx *etcdstore.Tx) error { return tx.Put(store.BucketClientShares, []byte("big"), big) }); err != nil {
-			t.Fatalf("1 MiB value: %v", err)
-		}
-		if v, err := get(t, s, store.BucketClientShares, "big"); err != nil || v != string(big) {
-			t.Fatalf("1 MiB value read back: %d bytes, %v", len(v), err)
-		}
-		huge := bytes.Repeat([]byte{1}, 2<<20)
-		err := s.Update(ctx, func(tx *etcdstore.Tx) error { return tx.Put(store.BucketClientShares, []byte("huge"), huge) })
-		if !errors.Is(err, etcdstore.ErrTooLarge) {
-			t.Fatalf("2 MiB value: %v, want ErrTooLarge", err)
-		}
-	})
-
-	t.Run("InvalidNames", func(t *testing.T) {
-		for _, b := range []store.Bucket{"", "a/b", "_txn"} {
-			if err := s.Update(ctx, func(tx *etcdstore.Tx) error { return tx.Put(b, []byte("k"), []byte("v")) }); err == nil {
-				t.Errorf("Put into bucket %q succeeded", b)
-			}
-		}
-		if err := s.Update(ctx, func(tx *etcdstore.Tx) error { return tx.Put(store.BucketKeys, nil, []byte("v")) }); err == nil {
-			t.Error("Put with an empty key succeeded")
-		}
-		if err := s.View(ctx, func(tx *etcdstore.Tx) error { return tx.Put(store.BucketKeys, []byte("k"), []byte("v")) }); err == nil {
-			t.Error("Put inside View succeeded")
-		}
-	})
-
-	t.Run("Dump", func(t *testing.T) {
-		var buf bytes.Buffer
-		if _, err := s.WriteTo(&buf); err != nil {
-			t.Fatal(err)
-		}
-		var got []string
-		info, err := etcdstore.ReadDump(bytes.NewReader(buf.Bytes()), func(b store.Bucket, k, v []byte) error {
-			if b == store.BucketUsers {
-				got = append(got, string(k))
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := keys(t, s, store.BucketUsers, ""); fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) || info.Revision == 0 {
-			t.Fatalf("dump users %q at rev %d, store has %q", got, info.Revision, want)
-		}
-		// Every flipped byte and every truncation is refused.
-		raw := buf.Bytes()
-		for _, i := range []int{0, 9, len(raw) / 2, len(raw) - 40, len(raw) - 1} {
-			bad := bytes.Clone(raw)
-			bad[i] ^= 1
-			if _, err := etcdstore.ReadDump(bytes.NewReader(bad), func(store.Bucket, []byte, []byte) error { return nil }); err == nil {
-				t.Errorf("a dump with byte %d flipped was accepted", i)
-			}
-		}
-		if _, err := etcdstore.ReadDump(bytes.NewReader(raw[:len(raw)-1]), func(store.Bucket, []byte, []byte) error { return nil }); err == nil {
-			t.Error("a truncated dump was accepted")
-		}
-	})
-}
-
-// TestQuorumLoss: with two of three members stopped, a write fails when
-// its context ends (it neither hangs nor succeeds) and a read fails rather
-// than answer from the surviving member's possibly stale state.
-func TestQuorumLoss(t *testing.T) {
-	c := etcddev.EmbeddedCluster(t, 3)
-	s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{c.Endpoint(0)}})
+func openEmbedded(t *testing.T) *etcdstore.Store {
+	t.Helper()
+	c := etcddev.Embedded(t)
+	s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: c.Endpoints(), Prefix: "kw"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	put(t, s, store.BucketBlocked, "u", "blocked")
+	t.Cleanup(func() { s.Close() })
+	update(t, s, func(tx store.BackendTx) error { return tx.CreateBucket(bk) })
+	return s
+}
+
+func update(t *testing.T, s store.Backend, fn func(store.BackendTx) error) {
+	t.Helper()
+	if err := s.Update(context.Background(), fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func get(t *testing.T, s store.Backend, k string) string {
+	t.Helper()
+	var v []byte
+	if err := s.View(context.Background(), func(tx store.BackendTx) (err error) { v, err = tx.Get(bk, []byte(k)); return }); err != nil {
+		t.Fatal(err)
+	}
+	return string(v)
+}
+
+// TestConflictRunsTheFunctionAgain: a write that commits between an
+// Update's read and its commit makes the Update run again on the new
+// state, so the other write is not lost.
+func TestConflictRunsTheFunctionAgain(t *testing.T) {
+	s := openEmbedded(t)
+	update(t, s, func(tx store.BackendTx) error { return tx.Put(bk, []byte("counter"), []byte("0")) })
+	runs := 0
+	update(t, s, func(tx store.BackendTx) error {
+		runs++
+		v, err := tx.Get(bk, []byte("counter"))
+		if err != nil {
+			return err
+		}
+		if runs == 1 {
+			update(t, s, func(tx store.BackendTx) error { return tx.Put(bk, []byte("counter"), append(v, "+other"...)) })
+		}
+		return tx.Put(bk, []byte("counter"), append(v, "+mine"...))
+	})
+	if got := get(t, s, "counter"); runs != 2 || got != "0+other+mine" {
+		t.Fatalf("counter %q after %d runs; want 0+other+mine after 2", got, runs)
+	}
+	if s.Conflicts() != 1 {
+		t.Fatalf("Conflicts() = %d, want 1", s.Conflicts())
+	}
+}
+
+// TestRangeReadConflict: an Update that scanned a range conflicts with a
+// deletion inside the range committed meanwhile (which a compare on the
+// keys it read could not see: a deleted key leaves nothing to compare).
+func TestRangeReadConflict(t *testing.T) {
+	s := openEmbedded(t)
+	update(t, s, func(tx store.BackendTx) error {
+		return errors.Join(tx.Put(bk, []byte("u1"), nil), tx.Put(bk, []byte("u2"), nil))
+	})
+	runs := 0
+	update(t, s, func(tx store.BackendTx) error {
+		runs++
+		n := 0
+		if err := tx.ForEach(bk, []byte("u"), func(_, _ []byte) error { n++; return nil }); err != nil {
+			return err
+		}
+		if runs == 1 {
+			update(t, s, func(tx store.BackendTx) error { return tx.Delete(bk, []byte("u2")) })
+		}
+		return tx.Put(bk, []byte("count"), fmt.Append(nil, n))
+	})
+	if got := get(t, s, "count"); got != "1" || runs != 2 {
+		t.Fatalf("count %q after %d runs, want 1 after 2", got, runs)
+	}
+}
+
+// TestRequestSizeLimit: a 1 MiB value fits etcd's default 1.5 MiB request;
+// a 2 MiB one is refused before it is sent, with ErrTooLarge.
+func TestRequestSizeLimit(t *testing.T) {
+	s := openEmbedded(t)
+	big := bytes.Repeat([]byte{0xA5}, 1<<20)
+	update(t, s, func(tx store.BackendTx) error { return tx.Put(bk, []byte("big"), big) })
+	if got := get(t, s, "big"); got != string(big) {
+		t.Fatalf("1 MiB value read back as %d bytes", len(got))
+	}
+	err := s.Update(context.Background(), func(tx store.BackendTx) error { return tx.Put(bk, []byte("huge"), make([]byte, 2<<20)) })
+	if !errors.Is(err, etcdstore.ErrTooLarge) {
+		t.Fatalf("2 MiB value: %v, want ErrTooLarge", err)
+	}
+}
+
+// TestSnapshotDamageRefused: every flipped byte and a truncation of a
+// snapshot are refused, and a refused restore leaves a prefix that does
+// not open.
+func TestSnapshotDamageRefused(t *testing.T) {
+	s := openEmbedded(t)
+	update(t, s, func(tx store.BackendTx) error {
+		return errors.Join(tx.Put(bk, []byte("a\x00\xff"), []byte("sealed")), tx.SetSchemaVersion(4))
+	})
+	var buf bytes.Buffer
+	if _, err := s.Snapshot(context.Background(), &buf); err != nil {
+		t.Fatal(err)
+	}
+	raw := buf.Bytes()
+	nop := func(k, v []byte) error { return nil }
+	if info, err := etcdstore.ReadDump(bytes.NewReader(raw), nop); err != nil || info.Records != 3 {
+		t.Fatalf("intact snapshot: %+v %v (want 3 keys: bucket, record, schema)", info, err)
+	}
+	for i := range raw {
+		bad := bytes.Clone(raw)
+		bad[i] ^= 0x40
+		if _, err := etcdstore.ReadDump(bytes.NewReader(bad), nop); err == nil {
+			t.Fatalf("a snapshot with byte %d changed was accepted", i)
+		}
+	}
+	if _, err := etcdstore.ReadDump(bytes.NewReader(raw[:len(raw)-1]), nop); err == nil {
+		t.Fatal("a truncated snapshot was accepted")
+	}
+	o := etcdstore.Options{Endpoints: s.Client().Endpoints(), Prefix: "restored"}
+	bad := bytes.Clone(raw)
+	bad[len(bad)-1] ^= 1 // the checksum: every record is written before it is read
+	if r, err := etcdstore.Restore(context.Background(), o, bytes.NewReader(bad)); err == nil {
+		r.Close()
+		t.Fatal("Restore of a damaged snapshot succeeded")
+	}
+	if r, err := etcdstore.Open(context.Background(), o); err == nil {
+		r.Close()
+		t.Fatal("a prefix left by a failed restore opens")
+	}
+}
+
+// TestQuorumLoss: with two of three members stopped, a write fails (when
+// its context or the store's transaction timeout ends: it neither hangs
+// nor succeeds), a read fails rather than answer from the surviving
+// member's state, and the store's façade, whose group commit has no
+// deadline of its own, fails its callers too.
+func TestQuorumLoss(t *testing.T) {
+	c := etcddev.EmbeddedCluster(t, 3)
+	b, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{c.Endpoint(0)}, TxTimeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := store.New(b, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	if err := db.Update(ctx, func(tx *store.Tx) error { return tx.Put(store.BucketBlocked, []byte("u"), []byte("blocked")) }); err != nil {
+		t.Fatal(err)
+	}
 	c.Stop(1)
 	c.Stop(2)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	err = s.Update(ctx, func(tx *etcdstore.Tx) error { return tx.Delete(store.BucketBlocked, []byte("u")) })
-	if err == nil {
-		t.Fatal("Update succeeded without a quorum")
+	if err := db.Update(ctx, func(tx *store.Tx) error { return tx.Delete(store.BucketBlocked, []byte("u")) }); err == nil {
+		t.Fatal("façade Update succeeded without a quorum")
 	}
-	ctx2, cancel2 := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel2()
-	err = s.View(ctx2, func(tx *etcdstore.Tx) error {
-		_, err := tx.Get(store.BucketBlocked, []byte("u"))
-		return err
-	})
+	err = db.View(ctx, func(tx *store.Tx) error { _, err := tx.Get(store.BucketBlocked, []byte("u")); return err })
 	if err == nil {
-		t.Fatal("View answered without a quorum")
+		t.Fatal("façade View answered without a quorum")
 	}
-	t.Logf("without quorum: update and view fail with %v", err)
+	if err := db.Writable(ctx); err == nil {
+		t.Fatal("Writable (readiness) succeeded without a quorum")
+	}
+	t.Logf("without quorum: %v", err)
 }
