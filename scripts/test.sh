@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of Keywarden on a fresh Debian machine with Go:
 # installs the Debian packages the tests use, builds (once, cached) the real
-# Vault server, then gofmt, vet, staticcheck, the release build without cgo,
+# Vault and etcd servers, then gofmt, vet, staticcheck, the release build without cgo,
 # and the whole suite with the race detector.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,8 @@ bash scripts/setup.sh
 go mod download
 KEYWARDEN_VAULT_BIN=$(bash scripts/vault.sh)
 export KEYWARDEN_VAULT_BIN
+KEYWARDEN_ETCD_BIN=$(bash scripts/etcd.sh)
+export KEYWARDEN_ETCD_BIN
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './tools/*'))
 if [ -n "$unformatted" ]; then echo "not gofmt'ed: $unformatted" >&2; exit 1; fi

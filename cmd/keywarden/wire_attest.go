@@ -26,7 +26,6 @@ import (
 	"github.com/keywarden/keywarden/store"
 )
 
-
 // readAKBlob returns the stored attestation key blob, or nil when there is
 // none.
 func readAKBlob(ctx context.Context, db *store.DB) (*attest.AKBlob, error) {

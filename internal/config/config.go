@@ -32,6 +32,8 @@ type Config struct {
 
 	Listen   Listen   `key:"listen"`
 	Data     Data     `key:"data"`
+	Store    Store    `key:"store"`
+	Etcd     Etcd     `key:"etcd"`
 	TPM      TPM      `key:"tpm"`
 	Admin    Admin    `key:"admin"`
 	Session  Session  `key:"session"`
@@ -236,6 +238,8 @@ func Defaults() Config {
 			MaxConcurrent: 1024,
 		},
 		Data:     Data{Dir: "/var/lib/keywarden"},
+		Store:    Store{Backend: "bbolt"},
+		Etcd:     Etcd{Prefix: "keywarden", DialTimeout: 5 * time.Second, MaxRequestBytes: 1536 << 10},
 		TPM:      TPM{Path: "/dev/tpmrm0"},
 		Session:  Session{TTL: 10 * time.Minute, MaxTTL: time.Hour},
 		Limits:   Limits{MaxBodyBytes: 64 << 10, RatePerSecond: 50, RateBurst: 100, UserDeletesPerMinute: 60},

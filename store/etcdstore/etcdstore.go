@@ -1,0 +1,614 @@
+// Package etcdstore keeps Keywarden's buckets in etcd: a store backend
+// for a cluster of appliances, over go.etcd.io/etcd/client/v3.
+//
+// # Key layout
+//
+//	<prefix>/<bucket>/<key>    one record; key is the store key's raw bytes (0x00 and 0xFF allowed)
+//	<prefix>/.buckets/<bucket> the bucket exists (written by CreateBucket; buckets are never removed)
+//	<prefix>/.schema           the schema version, 8 bytes big endian
+//	<prefix>/.txn              the transaction fence: every write transaction rewrites it
+//	<prefix>/.restoring        present while Restore runs (Open refuses such a prefix)
+//
+// etcd orders keys byte-wise, as bbolt does, so ForEach walks keys in the
+// same order on both backends, and a prefix scan is the exact range
+// [<prefix>/<bucket>/<p>, successor of that) — the successor increments the
+// last byte below 0xFF, so keys with 0xFF bytes stay inside and the next
+// bucket stays out. Bucket names are lower-case letters, digits and '_'
+// (the store's contract), so they never collide with the '.' names.
+//
+// Values reach the store already sealed by the root key: etcd's disks, WAL,
+// snapshots and network see ciphertext and identifiers only.
+//
+// # Transactions
+//
+// [Store.View] reads at one etcd revision. Its first read is linearizable
+// (a read of the fence key through the leader's ReadIndex: one round trip
+// to the leader and a quorum heartbeat), which fixes the revision R; every
+// further read is a serializable read at R on whichever member the client
+// talks to (local, no quorum round trip). A member that has not applied R
+// yet answers "future revision" and the read is repeated linearizably. So
+// a View never answers from state older than the moment it began: a
+// deletion, a block or a spent ceremony that committed before the View
+// started is seen. A member that has lost its quorum cannot complete the
+// first read: the View fails (when its context ends) rather than answering
+// stale.
+//
+// [Store.Update] runs fn against a snapshot at R with its writes buffered,
+// then commits them in one etcd transaction guarded by the fence: "if the
+// fence's mod revision is still what it was at R, apply every write and
+// rewrite the fence". Any write transaction of any node since R makes the
+// guard fail; fn then runs again on a fresh snapshot (fn may run more than
+// once, as the façade's contract already says). One fence rather than a
+// compare per key read: range reads (ForEach, DeletePrefix) are protected
+// too — etcd cannot compare "no key in this range was deleted since R" —
+// and a transaction costs one compare however much it read, which keeps it
+// under etcd's --max-txn-ops. It serializes write transactions across the
+// cluster; the store's change ledger rewrites the rollback record in meta
+// in every write transaction anyway, so no two write transactions could
+// have committed concurrently in any case.
+//
+// # Limits
+//
+// One transaction is one etcd request: its keys and values must fit in
+// the server's --max-request-bytes (etcd's default is 1.5 MiB; [Options]
+// MaxRequestBytes says what the server allows, and a larger transaction is
+// refused here with [ErrTooLarge] before it is sent), and its distinct
+// written keys must be fewer than the server's --max-txn-ops (default 128:
+// raise it to 4096 or more on an external cluster; the group commit puts
+// many callers' writes into one transaction).
+//
+// # Snapshots
+//
+// [Store.WriteTo] dumps every record under the prefix at one revision, in
+// key order, in a checksummed stream ([ReadDump] reads it back): the
+// appliance's own backup, of its own records only. etcd's maintenance API
+// (Snapshot) copies a whole member's database instead — every prefix, the
+// cluster membership and the revision history — which is the operator's
+// disaster-recovery copy of the cluster; both are ciphertext only.
+package etcdstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/keywarden/keywarden/store"
+)
+
+// DefaultMaxRequestBytes is etcd's default --max-request-bytes (1.5 MiB).
+const DefaultMaxRequestBytes = 3 * 1024 * 1024 / 2
+
+// DefaultPrefix is the key prefix when Options.Prefix is empty.
+const DefaultPrefix = "keywarden"
+
+// ErrTooLarge is returned by Update when the transaction's keys and values
+// do not fit in one etcd request.
+var ErrTooLarge = errors.New("etcdstore: transaction larger than etcd's request limit")
+
+// ErrClosed is returned by operations on a closed Store.
+var ErrClosed = store.ErrClosed
+
+var _ store.Backend = (*Store)(nil)
+
+// maxAttempts bounds how often Update re-runs fn after conflicts.
+const maxAttempts = 64
+
+// Options configure [Open].
+type Options struct {
+	// TxTimeout bounds one View, or one attempt of an Update, when the
+	// caller's context has no earlier deadline; zero is 10 s. (The
+	// store's group commit calls Update without a deadline: a member
+	// that has lost its quorum must fail the batch, not hold it.) An
+	// Update that times out after sending its commit may still have
+	// committed: the function is idempotent, the caller retries.
+	TxTimeout time.Duration
+	// Endpoints are the etcd client URLs (https://host:2379, or http:// to
+	// a loopback address).
+	Endpoints []string
+	// Prefix is the key prefix (no trailing '/'); empty means "keywarden".
+	// Two appliance clusters sharing one etcd use different prefixes.
+	Prefix string
+	// TLS is the client's TLS configuration (CA, client certificate);
+	// nil for plain http.
+	TLS *tls.Config
+	// DialTimeout bounds Open's connection and first read; zero is 5 s.
+	DialTimeout time.Duration
+	// MaxRequestBytes is the server's --max-request-bytes; zero is etcd's
+	// default, 1.5 MiB.
+	MaxRequestBytes int
+	// Logger is the etcd client's logger; nil logs nothing.
+	Logger *zap.Logger
+}
+
+// Store is a store backend over etcd. Its methods are safe for concurrent use.
+type Store struct {
+	cli       *clientv3.Client
+	prefix    string // "<prefix>/"
+	fence     string
+	maxReq    int
+	txTimeout time.Duration
+	closed    atomic.Bool
+	mu        sync.RWMutex // held for reading by transactions, for writing by Close
+	buckets   sync.Map     // bucket name → struct{}: seen committed (buckets are never removed)
+
+	conflicts atomic.Uint64
+}
+
+// Open connects to etcd and checks that a linearizable read succeeds
+// within DialTimeout (so a wrong endpoint or a cluster without quorum is
+// an error at start, not a hang later).
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	if len(opts.Endpoints) == 0 {
+		return nil, errors.New("etcdstore: no endpoints")
+	}
+	prefix := opts.Prefix
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if strings.HasSuffix(prefix, "/") {
+		return nil, fmt.Errorf("etcdstore: prefix %q must not end with '/'", prefix)
+	}
+	if opts.DialTimeout == 0 {
+		opts.DialTimeout = 5 * time.Second
+	}
+	if opts.MaxRequestBytes == 0 {
+		opts.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if opts.TxTimeout == 0 {
+		opts.TxTimeout = 10 * time.Second
+	}
+	lg := opts.Logger
+	if lg == nil {
+		lg = zap.NewNop()
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   opts.Endpoints,
+		TLS:         opts.TLS,
+		DialTimeout: opts.DialTimeout,
+		Logger:      lg,
+		// A request a little larger than the server allows must reach it
+		// to be refused with a clear error, not be cut by the client.
+		MaxCallSendMsgSize: opts.MaxRequestBytes + 64*1024,
+		RejectOldCluster:   true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcdstore: %w", err)
+	}
+	s := &Store{cli: cli, prefix: prefix + "/", fence: prefix + "/.txn", maxReq: opts.MaxRequestBytes, txTimeout: opts.TxTimeout}
+	cctx, cancel := context.WithTimeout(ctx, opts.DialTimeout)
+	defer cancel()
+	resp, err := cli.Get(cctx, s.prefix+".restoring")
+	if err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("etcdstore: first read from %s: %w", strings.Join(opts.Endpoints, ","), err)
+	}
+	if len(resp.Kvs) > 0 {
+		cli.Close()
+		return nil, fmt.Errorf("etcdstore: prefix %q holds an interrupted restore; delete the prefix and restore again", prefix)
+	}
+	return s, nil
+}
+
+// Close waits for the transactions in progress, then closes the client.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cli.Close()
+}
+
+// enter marks a transaction in progress (Close waits for it) and bounds
+// it by TxTimeout.
+func (s *Store) enter(ctx context.Context) (context.Context, func(), error) {
+	s.mu.RLock()
+	if s.closed.Load() {
+		s.mu.RUnlock()
+		return nil, nil, ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.txTimeout)
+	return ctx, func() { cancel(); s.mu.RUnlock() }, nil
+}
+
+// Prefix is the key prefix (without the trailing '/').
+func (s *Store) Prefix() string { return strings.TrimSuffix(s.prefix, "/") }
+
+// Client is the etcd client (for the maintenance API and health checks).
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Conflicts is how many times Update re-ran a function because another
+// transaction committed first.
+func (s *Store) Conflicts() uint64 { return s.conflicts.Load() }
+
+// View runs fn against the records as of one linearizable revision.
+func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ctx, leave, err := s.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer leave()
+	return fn(&Tx{s: s, ctx: ctx})
+}
+
+// Update runs fn and commits its writes in one etcd transaction, running
+// fn again when another transaction committed since fn's snapshot. It
+// returns after the transaction committed (etcd acknowledges a write once
+// a quorum has it in its log), or with fn's error and nothing written.
+func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) error {
+	for attempt := 0; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ok, err := s.attempt(ctx, fn)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		s.conflicts.Add(1)
+		if attempt+1 >= maxAttempts {
+			return fmt.Errorf("etcdstore: transaction conflicted %d times in a row; giving up", maxAttempts)
+		}
+		// A short random pause spreads nodes that keep colliding.
+		d := time.Duration(rand.IntN(1+min(attempt, 10))) * time.Millisecond
+		if d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+	}
+}
+
+// attempt runs fn once and tries to commit; false: a conflict.
+func (s *Store) attempt(ctx context.Context, fn func(store.BackendTx) error) (bool, error) {
+	ctx, leave, err := s.enter(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer leave()
+	tx := &Tx{s: s, ctx: ctx, writable: true, writes: map[string][]byte{}}
+	if err := fn(tx); err != nil {
+		return false, err
+	}
+	ok, err := tx.commit()
+	if ok {
+		for b := range tx.created {
+			s.buckets.Store(b, struct{}{})
+		}
+	}
+	return ok, err
+}
+
+// Tx is one transaction: reads at one revision; in Update, writes are
+// buffered and visible to later reads of the same Tx.
+type Tx struct {
+	s        *Store
+	ctx      context.Context
+	writable bool
+
+	rev      int64 // the snapshot revision, 0 before the first read
+	fenceMod int64 // the fence's mod revision at rev (0: absent)
+
+	writes  map[string][]byte // full etcd key → value; nil value: deleted
+	created map[store.Bucket]bool
+}
+
+// begin fixes the snapshot revision with one linearizable read.
+func (tx *Tx) begin() error {
+	if tx.rev != 0 {
+		return nil
+	}
+	resp, err := tx.s.cli.Get(tx.ctx, tx.s.fence)
+	if err != nil {
+		return tx.s.wrap(err)
+	}
+	tx.rev = resp.Header.Revision
+	if len(resp.Kvs) == 1 {
+		tx.fenceMod = resp.Kvs[0].ModRevision
+	}
+	return nil
+}
+
+// get reads at the snapshot revision: serializable on the member the
+// client reaches, linearizable when that member is behind.
+func (tx *Tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	if err := tx.begin(); err != nil {
+		return nil, err
+	}
+	opts = append(opts, clientv3.WithRev(tx.rev))
+	resp, err := tx.s.cli.Get(tx.ctx, key, append(opts, clientv3.WithSerializable())...)
+	if errors.Is(err, rpctypes.ErrFutureRev) {
+		resp, err = tx.s.cli.Get(tx.ctx, key, opts...)
+	}
+	if err != nil {
+		return nil, tx.s.wrap(err)
+	}
+	return resp, nil
+}
+
+func (s *Store) wrap(err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("etcdstore: %w", err)
+	}
+	if errors.Is(err, rpctypes.ErrCompacted) {
+		return fmt.Errorf("etcdstore: the revision read was compacted during the transaction: %w", err)
+	}
+	return fmt.Errorf("etcdstore: %w", err)
+}
+
+func (tx *Tx) key(b store.Bucket, key []byte) (string, error) {
+	if err := tx.bucket(b); err != nil {
+		return "", err
+	}
+	if len(key) == 0 {
+		return "", errors.New("etcdstore: empty key")
+	}
+	return tx.s.prefix + string(b) + "/" + string(key), nil
+}
+
+func checkBucketName(b store.Bucket) error {
+	if b == "" {
+		return errors.New("etcdstore: empty bucket name")
+	}
+	for _, c := range []byte(b) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return fmt.Errorf("etcdstore: invalid bucket name %q (lower-case letters, digits and '_')", b)
+		}
+	}
+	return nil
+}
+
+// bucket checks that b exists: created in this transaction, seen
+// committed before, or recorded at the snapshot revision.
+func (tx *Tx) bucket(b store.Bucket) error {
+	if err := checkBucketName(b); err != nil {
+		return err
+	}
+	if tx.created[b] {
+		return nil
+	}
+	if _, ok := tx.s.buckets.Load(b); ok {
+		return nil
+	}
+	resp, err := tx.get(tx.s.prefix + ".buckets/" + string(b))
+	if err != nil {
+		return err
+	}
+	if len(resp.Kvs) == 0 {
+		return fmt.Errorf("etcdstore: unknown bucket %q", b)
+	}
+	tx.s.buckets.Store(b, struct{}{})
+	return nil
+}
+
+// CreateBucket records that bucket b exists (idempotent).
+func (tx *Tx) CreateBucket(b store.Bucket) error {
+	if !tx.writable {
+		return errors.New("etcdstore: CreateBucket in a read-only transaction")
+	}
+	if err := checkBucketName(b); err != nil {
+		return err
+	}
+	if tx.created == nil {
+		tx.created = map[store.Bucket]bool{}
+	}
+	tx.created[b] = true
+	tx.writes[tx.s.prefix+".buckets/"+string(b)] = []byte{}
+	return nil
+}
+
+// SchemaVersion is the stored schema version (0: none).
+func (tx *Tx) SchemaVersion() (uint64, error) {
+	k := tx.s.prefix + ".schema"
+	v, ok := tx.writes[k]
+	if !ok {
+		resp, err := tx.get(k)
+		if err != nil {
+			return 0, err
+		}
+		if len(resp.Kvs) == 0 {
+			return 0, nil
+		}
+		v = resp.Kvs[0].Value
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("etcdstore: schema version of %d bytes", len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// SetSchemaVersion records the schema version.
+func (tx *Tx) SetSchemaVersion(v uint64) error {
+	if !tx.writable {
+		return errors.New("etcdstore: SetSchemaVersion in a read-only transaction")
+	}
+	tx.writes[tx.s.prefix+".schema"] = binary.BigEndian.AppendUint64(nil, v)
+	return nil
+}
+
+// Get returns a copy of the value at key, or store.ErrNotFound.
+func (tx *Tx) Get(b store.Bucket, key []byte) ([]byte, error) {
+	k, err := tx.key(b, key)
+	if err != nil {
+		return nil, err
+	}
+	if v, ok := tx.writes[k]; ok {
+		if v == nil {
+			return nil, store.ErrNotFound
+		}
+		return bytes.Clone(v), nil
+	}
+	resp, err := tx.get(k)
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, store.ErrNotFound
+	}
+	return resp.Kvs[0].Value, nil
+}
+
+// Put sets key to value.
+func (tx *Tx) Put(b store.Bucket, key, value []byte) error {
+	if !tx.writable {
+		return errors.New("etcdstore: Put in a read-only transaction")
+	}
+	k, err := tx.key(b, key)
+	if err != nil {
+		return err
+	}
+	if value == nil {
+		value = []byte{}
+	}
+	tx.writes[k] = bytes.Clone(value)
+	return nil
+}
+
+// Delete removes key; a missing key is not an error.
+func (tx *Tx) Delete(b store.Bucket, key []byte) error {
+	if !tx.writable {
+		return errors.New("etcdstore: Delete in a read-only transaction")
+	}
+	k, err := tx.key(b, key)
+	if err != nil {
+		return err
+	}
+	tx.writes[k] = nil
+	return nil
+}
+
+// page is how many records one range read returns.
+const page = 512
+
+// ForEach calls fn for each key with the given prefix, in byte order,
+// with the transaction's own writes applied. k and v are valid only
+// inside fn.
+func (tx *Tx) ForEach(b store.Bucket, prefix []byte, fn func(k, v []byte) error) error {
+	if err := tx.bucket(b); err != nil {
+		return err
+	}
+	base := tx.s.prefix + string(b) + "/"
+	start := base + string(prefix)
+	end := clientv3.GetPrefixRangeEnd(start)
+
+	// This transaction's writes in the range, in key order.
+	var mine []string
+	for k := range tx.writes {
+		if k >= start && k < end {
+			mine = append(mine, k)
+		}
+	}
+	sort.Strings(mine)
+
+	emit := func(k string, v []byte) error { return fn([]byte(k[len(base):]), v) }
+	from := start
+	for {
+		resp, err := tx.get(from, clientv3.WithRange(end), clientv3.WithLimit(page))
+		if err != nil {
+			return err
+		}
+		for _, kv := range resp.Kvs {
+			k := string(kv.Key)
+			for len(mine) > 0 && mine[0] < k {
+				if v := tx.writes[mine[0]]; v != nil {
+					if err := emit(mine[0], v); err != nil {
+						return err
+					}
+				}
+				mine = mine[1:]
+			}
+			if len(mine) > 0 && mine[0] == k {
+				v := tx.writes[k]
+				mine = mine[1:]
+				if v == nil {
+					continue
+				}
+				if err := emit(k, v); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := emit(k, kv.Value); err != nil {
+				return err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	for _, k := range mine {
+		if v := tx.writes[k]; v != nil {
+			if err := emit(k, v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// commit sends the buffered writes as one guarded transaction. It reports
+// false when the fence moved (another transaction committed since the
+// snapshot): nothing was written and fn must run again.
+func (tx *Tx) commit() (bool, error) {
+	if len(tx.writes) == 0 {
+		return true, nil
+	}
+	keys := make([]string, 0, len(tx.writes))
+	size := len(tx.s.fence) + 16
+	for k, v := range tx.writes {
+		keys = append(keys, k)
+		size += len(k) + len(v) + 16 // per-op protobuf framing, generously
+	}
+	if size > tx.s.maxReq {
+		return false, fmt.Errorf("%w: %d bytes in %d writes, the server accepts %d (etcd --max-request-bytes)", ErrTooLarge, size, len(keys), tx.s.maxReq)
+	}
+	sort.Strings(keys)
+	ops := make([]clientv3.Op, 0, len(keys)+1)
+	for _, k := range keys {
+		if v := tx.writes[k]; v != nil {
+			ops = append(ops, clientv3.OpPut(k, string(v)))
+		} else {
+			ops = append(ops, clientv3.OpDelete(k))
+		}
+	}
+	ops = append(ops, clientv3.OpPut(tx.s.fence, ""))
+	t := tx.s.cli.Txn(tx.ctx)
+	if tx.rev != 0 {
+		// fn read something: commit only if nobody wrote since.
+		t = t.If(clientv3.Compare(clientv3.ModRevision(tx.s.fence), "=", tx.fenceMod))
+	}
+	resp, err := t.Then(ops...).Commit()
+	if err != nil {
+		if errors.Is(err, rpctypes.ErrTooManyOps) {
+			return false, fmt.Errorf("etcdstore: %d writes in one transaction exceed the server's --max-txn-ops: %w", len(ops), err)
+		}
+		if errors.Is(err, rpctypes.ErrRequestTooLarge) {
+			return false, fmt.Errorf("%w: %d bytes (%v)", ErrTooLarge, size, err)
+		}
+		return false, tx.s.wrap(err)
+	}
+	return resp.Succeeded, nil
+}

@@ -1,0 +1,254 @@
+package etcdstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/testutil/etcddev"
+	"github.com/keywarden/keywarden/store"
+	"github.com/keywarden/keywarden/store/etcdstore"
+	"github.com/keywarden/keywarden/store/storetest"
+)
+
+var prefixes atomic.Int64
+
+// harness opens each backend of the conformance suite under a fresh prefix
+// of one etcd (so the cases do not see one another's keys).
+func harness(base etcdstore.Options) storetest.Harness {
+	open := func(t *testing.T, o etcdstore.Options) store.Backend {
+		t.Helper()
+		s, err := etcdstore.Open(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	fresh := func() etcdstore.Options {
+		o := base
+		o.Prefix = fmt.Sprintf("kw-test-%d", prefixes.Add(1))
+		return o
+	}
+	return storetest.Harness{
+		Open: func(t *testing.T) store.Backend { return open(t, fresh()) },
+		Reopen: func(t *testing.T, b store.Backend) store.Backend {
+			o := base
+			o.Prefix = b.(*etcdstore.Store).Prefix()
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			return open(t, o)
+		},
+		Restore: func(t *testing.T, snap []byte) store.Backend {
+			s, err := etcdstore.Restore(context.Background(), fresh(), bytes.NewReader(snap))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+	}
+}
+
+// TestConformanceEmbedded runs the store's conformance suite on a
+// one-member etcd embedded in the test process.
+func TestConformanceEmbedded(t *testing.T) {
+	c := etcddev.Embedded(t)
+	storetest.Run(t, harness(etcdstore.Options{Endpoints: c.Endpoints()}))
+}
+
+// TestConformanceExternalMutualTLS runs the suite on the real etcd server
+// binary over mutual TLS, and checks that the server refuses a client
+// without a certificate.
+func TestConformanceExternalMutualTLS(t *testing.T) {
+	srv, files := etcddev.External(t, etcddev.ExternalOptions{TLS: true})
+	tc, err := files.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.Run(t, harness(etcdstore.Options{Endpoints: []string{srv.Endpoint}, TLS: tc}))
+
+	noCert, err := etcdstore.TLSConfig(files.CA, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{srv.Endpoint}, TLS: noCert, DialTimeout: 2 * time.Second}); err == nil {
+		s.Close()
+		t.Fatal("Open without a client certificate succeeded against --client-cert-auth")
+	}
+}
+
+const bk store.Bucket = "keys"
+
+func openEmbedded(t *testing.T) *etcdstore.Store {
+	t.Helper()
+	c := etcddev.Embedded(t)
+	s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: c.Endpoints(), Prefix: "kw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	update(t, s, func(tx store.BackendTx) error { return tx.CreateBucket(bk) })
+	return s
+}
+
+func update(t *testing.T, s store.Backend, fn func(store.BackendTx) error) {
+	t.Helper()
+	if err := s.Update(context.Background(), fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func get(t *testing.T, s store.Backend, k string) string {
+	t.Helper()
+	var v []byte
+	if err := s.View(context.Background(), func(tx store.BackendTx) (err error) { v, err = tx.Get(bk, []byte(k)); return }); err != nil {
+		t.Fatal(err)
+	}
+	return string(v)
+}
+
+// TestConflictRunsTheFunctionAgain: a write that commits between an
+// Update's read and its commit makes the Update run again on the new
+// state, so the other write is not lost.
+func TestConflictRunsTheFunctionAgain(t *testing.T) {
+	s := openEmbedded(t)
+	update(t, s, func(tx store.BackendTx) error { return tx.Put(bk, []byte("counter"), []byte("0")) })
+	runs := 0
+	update(t, s, func(tx store.BackendTx) error {
+		runs++
+		v, err := tx.Get(bk, []byte("counter"))
+		if err != nil {
+			return err
+		}
+		if runs == 1 {
+			update(t, s, func(tx store.BackendTx) error { return tx.Put(bk, []byte("counter"), append(v, "+other"...)) })
+		}
+		return tx.Put(bk, []byte("counter"), append(v, "+mine"...))
+	})
+	if got := get(t, s, "counter"); runs != 2 || got != "0+other+mine" {
+		t.Fatalf("counter %q after %d runs; want 0+other+mine after 2", got, runs)
+	}
+	if s.Conflicts() != 1 {
+		t.Fatalf("Conflicts() = %d, want 1", s.Conflicts())
+	}
+}
+
+// TestRangeReadConflict: an Update that scanned a range conflicts with a
+// deletion inside the range committed meanwhile (which a compare on the
+// keys it read could not see: a deleted key leaves nothing to compare).
+func TestRangeReadConflict(t *testing.T) {
+	s := openEmbedded(t)
+	update(t, s, func(tx store.BackendTx) error {
+		return errors.Join(tx.Put(bk, []byte("u1"), nil), tx.Put(bk, []byte("u2"), nil))
+	})
+	runs := 0
+	update(t, s, func(tx store.BackendTx) error {
+		runs++
+		n := 0
+		if err := tx.ForEach(bk, []byte("u"), func(_, _ []byte) error { n++; return nil }); err != nil {
+			return err
+		}
+		if runs == 1 {
+			update(t, s, func(tx store.BackendTx) error { return tx.Delete(bk, []byte("u2")) })
+		}
+		return tx.Put(bk, []byte("count"), fmt.Append(nil, n))
+	})
+	if got := get(t, s, "count"); got != "1" || runs != 2 {
+		t.Fatalf("count %q after %d runs, want 1 after 2", got, runs)
+	}
+}
+
+// TestRequestSizeLimit: a 1 MiB value fits etcd's default 1.5 MiB request;
+// a 2 MiB one is refused before it is sent, with ErrTooLarge.
+func TestRequestSizeLimit(t *testing.T) {
+	s := openEmbedded(t)
+	big := bytes.Repeat([]byte{0xA5}, 1<<20)
+	update(t, s, func(tx store.BackendTx) error { return tx.Put(bk, []byte("big"), big) })
+	if got := get(t, s, "big"); got != string(big) {
+		t.Fatalf("1 MiB value read back as %d bytes", len(got))
+	}
+	err := s.Update(context.Background(), func(tx store.BackendTx) error { return tx.Put(bk, []byte("huge"), make([]byte, 2<<20)) })
+	if !errors.Is(err, etcdstore.ErrTooLarge) {
+		t.Fatalf("2 MiB value: %v, want ErrTooLarge", err)
+	}
+}
+
+// TestSnapshotDamageRefused: every flipped byte and a truncation of a
+// snapshot are refused, and a refused restore leaves a prefix that does
+// not open.
+func TestSnapshotDamageRefused(t *testing.T) {
+	s := openEmbedded(t)
+	update(t, s, func(tx store.BackendTx) error {
+		return errors.Join(tx.Put(bk, []byte("a\x00\xff"), []byte("sealed")), tx.SetSchemaVersion(4))
+	})
+	var buf bytes.Buffer
+	if _, err := s.Snapshot(context.Background(), &buf); err != nil {
+		t.Fatal(err)
+	}
+	raw := buf.Bytes()
+	nop := func(k, v []byte) error { return nil }
+	if info, err := etcdstore.ReadDump(bytes.NewReader(raw), nop); err != nil || info.Records != 3 {
+		t.Fatalf("intact snapshot: %+v %v (want 3 keys: bucket, record, schema)", info, err)
+	}
+	for i := range raw {
+		bad := bytes.Clone(raw)
+		bad[i] ^= 0x40
+		if _, err := etcdstore.ReadDump(bytes.NewReader(bad), nop); err == nil {
+			t.Fatalf("a snapshot with byte %d changed was accepted", i)
+		}
+	}
+	if _, err := etcdstore.ReadDump(bytes.NewReader(raw[:len(raw)-1]), nop); err == nil {
+		t.Fatal("a truncated snapshot was accepted")
+	}
+	o := etcdstore.Options{Endpoints: s.Client().Endpoints(), Prefix: "restored"}
+	bad := bytes.Clone(raw)
+	bad[len(bad)-1] ^= 1 // the checksum: every record is written before it is read
+	if r, err := etcdstore.Restore(context.Background(), o, bytes.NewReader(bad)); err == nil {
+		r.Close()
+		t.Fatal("Restore of a damaged snapshot succeeded")
+	}
+	if r, err := etcdstore.Open(context.Background(), o); err == nil {
+		r.Close()
+		t.Fatal("a prefix left by a failed restore opens")
+	}
+}
+
+// TestQuorumLoss: with two of three members stopped, a write fails (when
+// its context or the store's transaction timeout ends: it neither hangs
+// nor succeeds), a read fails rather than answer from the surviving
+// member's state, and the store's façade, whose group commit has no
+// deadline of its own, fails its callers too.
+func TestQuorumLoss(t *testing.T) {
+	c := etcddev.EmbeddedCluster(t, 3)
+	b, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{c.Endpoint(0)}, TxTimeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := store.New(b, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	if err := db.Update(ctx, func(tx *store.Tx) error { return tx.Put(store.BucketBlocked, []byte("u"), []byte("blocked")) }); err != nil {
+		t.Fatal(err)
+	}
+	c.Stop(1)
+	c.Stop(2)
+
+	if err := db.Update(ctx, func(tx *store.Tx) error { return tx.Delete(store.BucketBlocked, []byte("u")) }); err == nil {
+		t.Fatal("façade Update succeeded without a quorum")
+	}
+	err = db.View(ctx, func(tx *store.Tx) error { _, err := tx.Get(store.BucketBlocked, []byte("u")); return err })
+	if err == nil {
+		t.Fatal("façade View answered without a quorum")
+	}
+	if err := db.Writable(ctx); err == nil {
+		t.Fatal("Writable (readiness) succeeded without a quorum")
+	}
+	t.Logf("without quorum: %v", err)
+}
