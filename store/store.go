@@ -27,6 +27,10 @@ type Options struct {
 	// NoSync disables fsync. For benchmarks only: acknowledged writes may
 	// be lost on a crash.
 	NoSync bool
+	// CommitTimeout bounds one group-committed transaction (all its
+	// attempts): a backend that lost its quorum fails the batch instead of
+	// holding every writer queued behind it. Zero means 30 seconds.
+	CommitTimeout time.Duration
 }
 
 // DB is an open store.
@@ -43,6 +47,8 @@ type DB struct {
 	updates atomic.Uint64
 
 	ledger atomic.Pointer[Ledger] // see ledger.go
+
+	commitTimeout time.Duration // bounds one batch's transaction
 }
 
 type write struct {
@@ -84,7 +90,10 @@ func New(b Backend, opts Options) (*DB, error) {
 	} else if err := checkSchema(ctx, b); err != nil {
 		return nil, err
 	}
-	db := &DB{b: b, writes: make(chan *write, 1024), done: make(chan struct{})}
+	if opts.CommitTimeout <= 0 {
+		opts.CommitTimeout = 30 * time.Second
+	}
+	db := &DB{b: b, writes: make(chan *write, 1024), done: make(chan struct{}), commitTimeout: opts.CommitTimeout}
 	if p, ok := b.(interface{ Path() string }); ok {
 		db.path = p.Path()
 	}
@@ -189,7 +198,8 @@ func (db *DB) commit(batch []*write) {
 		failed := -1
 		var ferr error
 		var lt LedgerTx
-		err := db.b.Update(context.Background(), func(btx BackendTx) error {
+		ctx, cancel := context.WithTimeout(context.Background(), db.commitTimeout)
+		err := db.b.Update(ctx, func(btx BackendTx) error {
 			failed, ferr, lt = -1, nil, nil
 			tx := &Tx{tx: btx}
 			if l := db.ledger.Load(); l != nil {
@@ -211,6 +221,7 @@ func (db *DB) commit(batch []*write) {
 			}
 			return nil
 		})
+		cancel()
 		if failed >= 0 {
 			batch[failed].err <- ferr
 			batch = append(batch[:failed:failed], batch[failed+1:]...)
