@@ -53,13 +53,6 @@ type OwnerData interface {
 	Name() string
 }
 
-func (s *Server) ownerRoutes(admin *echo.Group) {
-	const p = "/owners/:owner"
-	admin.GET(p, s.describeOwner, s.unsealed)
-	admin.GET(p+"/keys/:method/versions", s.listAnyOwnerVersions, s.unsealed)
-	admin.POST(p+"/keys/:method/versions/:versionId/restore", s.restoreAnyOwnerVersion, s.unsealed)
-}
-
 type ownerDescription struct {
 	Owner string            `json:"owner"`
 	Keys  []enclave.KeyInfo `json:"keys"`

@@ -27,7 +27,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/time/rate"
 
 	"github.com/keywarden/keywarden/enclave"
@@ -93,9 +92,12 @@ type Options struct {
 	Audit    Auditor
 	Metrics  *metrics.Metrics
 	Firebase FirebaseVerifier // nil: Firebase routes answer 503
-	// Keys is the keys service every key route uses; nil: built from
-	// Custody, Audit, Metrics, Clock and Logger (when unsealed).
-	Keys     *keys.Service
+	// Keys is the keys service every key route uses; required unless
+	// sealed (Custody nil).
+	Keys *keys.Service
+	// Attestation serves /v1/attestation and /v1/appliance-key; nil: off.
+	Attestation AttestationHandler
+	// Routes are the capabilities not yet in the routes tables.
 	Routes   []Routes
 	Users    []UserData
 	Degraded []Check
@@ -168,10 +170,7 @@ func New(opts Options) (*Server, error) {
 		"When the last backup stream (GET /v1/admin/backup) completed, unix seconds; 0: never.",
 		func() float64 { return float64(s.lastBackup.Load()) })
 	if s.keys = opts.Keys; s.keys == nil && opts.Custody != nil {
-		ko := keys.Options{Custody: opts.Custody, Audit: opts.Audit, Metrics: opts.Metrics, Clock: opts.Clock, Logger: opts.Logger}
-		if s.keys, err = keys.New(ko); err != nil {
-			return nil, err
-		}
+		return nil, errors.New("server: Keys is required when the root key is unsealed (Custody set)")
 	}
 	if s.keys != nil {
 		if s.fb, err = firebase.NewHTTP(firebase.HTTPOptions{Keys: s.keys, Verifier: opts.Firebase,
@@ -220,15 +219,10 @@ func ipExtractor(trusted []string) echo.IPExtractor {
 	return echo.ExtractIPFromXFFHeader(opts...)
 }
 
+// routes mounts the two routes tables (routes_public.go, routes_admin.go)
+// with the listeners' middleware: client routes carry CORS and the
+// per-address rate limit, /v1/admin/* no-store and the admin API key.
 func (s *Server) routes() {
-	for _, e := range dedupe(s.Public, s.Admin) {
-		e.GET("/healthz", s.healthz)
-		e.HEAD("/healthz", s.healthz)
-		e.GET("/readyz", s.readyz)
-		e.HEAD("/readyz", s.readyz)
-	}
-	s.Admin.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.opts.Metrics.Registry, promhttp.HandlerOpts{})))
-
 	limiter := s.rateLimit()
 	var client []echo.MiddlewareFunc
 	if origins := corsOrigins(s.cfg); len(origins) > 0 {
@@ -244,32 +238,20 @@ func (s *Server) routes() {
 	client = append(client, limiter)
 	public := s.Public.Group("", client...)
 	admin := s.Admin.Group("/v1/admin", noStore, s.requireAdmin)
-
-	admin.GET("/readyz", s.adminReadyz)
-	admin.POST("/users/:userId/session-tokens", s.mintSessionToken, s.unsealed)
-	admin.GET("/users/:userId", s.describeUser, s.unsealed)
-	admin.DELETE("/users/:userId", s.deleteUser, s.unsealed)
-	admin.GET("/users/:userId/keys/:method/versions", s.listVersions, s.unsealed)
-	admin.POST("/users/:userId/keys/:method/versions/:versionId/restore", s.restoreVersion, s.unsealed)
-	admin.GET("/backup", s.backup)
-	admin.POST("/keys/import", s.importKeys, s.unsealed)
-	admin.GET("/firebase/blocked", s.listBlocked)
-	admin.PUT("/firebase/blocked/:subject", s.block)
-	admin.DELETE("/firebase/blocked/:subject", s.unblock)
-	s.ownerRoutes(admin)
-	s.firebaseRoutes(public, admin)
+	mount(s.Public, public, "", s.publicRoutes())
+	mount(s.Admin, admin, "/v1/admin", s.adminRoutes())
 	for _, r := range s.opts.Routes {
 		r.RegisterRoutes(s, public, admin)
 	}
-	if s.opts.Custody == nil {
-		// Sealed: the capabilities were not wired; every API route says why.
-		sealed := func(echo.Context) error { return apierr.ErrSealed }
-		for _, e := range dedupe(s.Public, s.Admin) {
-			for _, p := range []string{"/v1/*", "/passkeys/*", "/webhook/*"} {
-				e.Any(p, sealed)
-			}
-		}
+}
+
+// whileSealed is the handler of the sealed catch-alls: nil (not mounted)
+// unless the root key is sealed.
+func (s *Server) whileSealed() echo.HandlerFunc {
+	if s.opts.Custody != nil {
+		return nil
 	}
+	return sealedHandler
 }
 
 func dedupe(a, b *echo.Echo) []*echo.Echo {

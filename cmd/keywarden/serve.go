@@ -400,25 +400,12 @@ func pcrPolicyCheck() server.Check {
 
 // wireKeys builds the appliance's keys service (opts.Keys).
 func wireKeys(_ context.Context, a *appliance, opts *server.Options) error {
-	_, err := applianceKeys(a, opts)
-	return err
-}
-
-// applianceKeys is the one keys service of the appliance (opts.Keys), built
-// on first use over the custody, audit log and metrics, and shared by the
-// server's routes, the passkey service and the Portal adapter so that every
-// path is counted in the same metrics.
-func applianceKeys(a *appliance, opts *server.Options) (*keys.Service, error) {
-	if opts.Keys != nil {
-		return opts.Keys, nil
-	}
-	ko := keys.Options{Custody: opts.Custody, Audit: opts.Audit, Metrics: a.metrics, Clock: opts.Clock, Logger: a.log}
-	ks, err := keys.New(ko)
+	ks, err := keys.New(keys.Options{Custody: opts.Custody, Audit: opts.Audit, Metrics: a.metrics, Clock: opts.Clock, Logger: a.log})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	opts.Keys = ks
-	return ks, nil
+	return nil
 }
 
 func listenAndServe(ctx context.Context, a *appliance, srv *server.Server) error {

@@ -17,10 +17,7 @@ func wirePasskey(ctx context.Context, a *appliance, opts *server.Options) error 
 	if a.cfg.Passkey.RPID == "" {
 		return nil
 	}
-	ks, err := applianceKeys(a, opts)
-	if err != nil {
-		return err
-	}
+	ks := opts.Keys // wireKeys, before
 	svc, err := passkey.NewService(passkeyOptions(a.cfg.Passkey), passkey.Deps{DB: a.db, Custody: opts.Custody, Audit: opts.Audit, Logger: a.log, Keys: ks})
 	if err != nil {
 		return fmt.Errorf("passkey: %w", err)

@@ -25,10 +25,7 @@ func wirePortal(_ context.Context, a *appliance, opts *server.Options) error {
 		a.log.Info("Portal SDK drop-in is off: portal.custodian_id is not set")
 		return nil
 	}
-	ks, err := applianceKeys(a, opts)
-	if err != nil {
-		return err
-	}
+	ks := opts.Keys // wireKeys, before
 	deps := portal.Deps{Passkey: a.passkey, Logger: a.log, Keys: ks}
 	if svc, err := custodianService(opts); svc != nil {
 		deps.Shares = svc

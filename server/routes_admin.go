@@ -1,0 +1,57 @@
+package server
+
+import (
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// adminRoutes is every route of the admin listener: its probes, /metrics
+// and the /v1/admin/* routes, which carry no-store and the admin API key
+// check (routes()). A capability that is off has a nil handler and is not
+// mounted. When both listeners are one, the probes are mounted once.
+func (s *Server) adminRoutes() []Route {
+	const a = "/v1/admin"
+	u := mw(s.unsealed)
+	return []Route{
+		// Probes and metrics (no admin key).
+		{Method: http.MethodGet, Path: "/healthz", Handler: s.healthz, Plain: true},
+		{Method: http.MethodHead, Path: "/healthz", Handler: s.healthz, Plain: true},
+		{Method: http.MethodGet, Path: "/readyz", Handler: s.readyz, Plain: true},
+		{Method: http.MethodHead, Path: "/readyz", Handler: s.readyz, Plain: true},
+		{Method: http.MethodGet, Path: "/metrics", Handler: echo.WrapHandler(promhttp.HandlerFor(s.opts.Metrics.Registry, promhttp.HandlerOpts{})), Plain: true},
+
+		{Method: http.MethodGet, Path: a + "/readyz", Handler: s.adminReadyz},
+
+		// Users (user:<userId> owners), their keys and session tokens.
+		{Method: http.MethodPost, Path: a + "/users/:userId/session-tokens", Handler: s.mintSessionToken, Middleware: u},
+		{Method: http.MethodGet, Path: a + "/users/:userId", Handler: s.describeUser, Middleware: u},
+		{Method: http.MethodDelete, Path: a + "/users/:userId", Handler: s.deleteUser, Middleware: u},
+		{Method: http.MethodGet, Path: a + "/users/:userId/keys/:method/versions", Handler: s.listVersions, Middleware: u},
+		{Method: http.MethodPost, Path: a + "/users/:userId/keys/:method/versions/:versionId/restore", Handler: s.restoreVersion, Middleware: u},
+
+		// Backup and import.
+		{Method: http.MethodGet, Path: a + "/backup", Handler: s.backup},
+		{Method: http.MethodPost, Path: a + "/keys/import", Handler: s.importKeys, Middleware: u},
+
+		// Firebase: block list and users (:subject is the owner
+		// firebase:<project>/<tenant>/<uid>, URL-escaped).
+		{Method: http.MethodGet, Path: a + "/firebase/blocked", Handler: s.listBlocked},
+		{Method: http.MethodPut, Path: a + "/firebase/blocked/:subject", Handler: s.block},
+		{Method: http.MethodDelete, Path: a + "/firebase/blocked/:subject", Handler: s.unblock},
+		{Method: http.MethodGet, Path: a + "/firebase/users/:subject/keys/:method/versions", Handler: s.listFirebaseVersions, Middleware: u},
+		{Method: http.MethodPost, Path: a + "/firebase/users/:subject/keys/:method/versions/:versionId/restore", Handler: s.restoreFirebaseVersion, Middleware: u},
+		{Method: http.MethodDelete, Path: a + "/firebase/users/:subject", Handler: s.deleteFirebaseUser, Middleware: u},
+
+		// Owners of every kind (user:, firebase:, portal:).
+		{Method: http.MethodGet, Path: a + "/owners/:owner", Handler: s.describeOwner, Middleware: u},
+		{Method: http.MethodGet, Path: a + "/owners/:owner/keys/:method/versions", Handler: s.listAnyOwnerVersions, Middleware: u},
+		{Method: http.MethodPost, Path: a + "/owners/:owner/keys/:method/versions/:versionId/restore", Handler: s.restoreAnyOwnerVersion, Middleware: u},
+
+		// While sealed, every API path says so (no capability is wired).
+		{Method: Any, Path: "/v1/*", Handler: s.whileSealed(), Plain: true},
+		{Method: Any, Path: "/passkeys/*", Handler: s.whileSealed(), Plain: true},
+		{Method: Any, Path: "/webhook/*", Handler: s.whileSealed(), Plain: true},
+	}
+}

@@ -1,0 +1,39 @@
+package server
+
+import (
+	"net/http"
+)
+
+// publicRoutes is every route of the public listener: probes, the native
+// Firebase key routes and the capabilities' client routes. Client routes
+// carry CORS and the per-address rate limit (routes()); a capability that
+// is off has a nil handler and is not mounted.
+func (s *Server) publicRoutes() []Route {
+	fbPut, fbGet, fbDel := sealedHandler, sealedHandler, sealedHandler
+	if s.fb != nil {
+		fbPut, fbGet, fbDel = s.fb.Put, s.fb.Get, s.fb.Delete
+	}
+	o := s.opts
+	return []Route{
+		// Probes (no CORS, no rate limit).
+		{Method: http.MethodGet, Path: "/healthz", Handler: s.healthz, Plain: true},
+		{Method: http.MethodHead, Path: "/healthz", Handler: s.healthz, Plain: true},
+		{Method: http.MethodGet, Path: "/readyz", Handler: s.readyz, Plain: true},
+		{Method: http.MethodHead, Path: "/readyz", Handler: s.readyz, Plain: true},
+
+		// Native Firebase key routes (server/firebase/http.go).
+		{Method: http.MethodPut, Path: "/v1/firebase/key", Handler: fbPut, Middleware: mw(s.unsealed)},
+		{Method: http.MethodGet, Path: "/v1/firebase/key", Handler: fbGet, Middleware: mw(s.unsealed)},
+		{Method: http.MethodPost, Path: "/v1/firebase/key/release", Handler: fbGet, Middleware: mw(s.unsealed)},
+		{Method: http.MethodDelete, Path: "/v1/firebase/key", Handler: fbDel, Middleware: mw(s.unsealed)},
+
+		// Attestation (server/attestapi).
+		{Method: http.MethodGet, Path: "/v1/attestation", Handler: bind(o.Attestation, AttestationHandler.Attestation)},
+		{Method: http.MethodGet, Path: "/v1/appliance-key", Handler: bind(o.Attestation, AttestationHandler.ApplianceKey)},
+
+		// While sealed, every API path says so (no capability is wired).
+		{Method: Any, Path: "/v1/*", Handler: s.whileSealed(), Plain: true},
+		{Method: Any, Path: "/passkeys/*", Handler: s.whileSealed(), Plain: true},
+		{Method: Any, Path: "/webhook/*", Handler: s.whileSealed(), Plain: true},
+	}
+}
