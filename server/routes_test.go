@@ -143,7 +143,7 @@ func TestPublicListenerServesNoAdminRoute(t *testing.T) {
 			t.Errorf("the public listener serves %s", k)
 		}
 	}
-	for _, p := range []string{"/metrics", "/v1/admin/readyz", "/v1/admin/backup", "/v1/admin/firebase/blocked"} {
+	for _, p := range []string{"/metrics", "/v1/admin/readyz", "/v1/admin/backup", "/v1/admin/firebase/blocked", "/v1/admin/users/alice"} {
 		if r := h.Admin("GET", p, nil); r.Status != 404 {
 			t.Errorf("public GET %s with the admin key = %d %s, want 404", p, r.Status, r.Body)
 		}

@@ -531,18 +531,18 @@ func newID() string {
 var errMethodNotAllowed = apierr.New(http.StatusMethodNotAllowed, "method_not_allowed", "this route does not take that HTTP method")
 
 // otherMethodMatches reports whether the path has a real route for another
-// method (echo's groups register catch-all not-found routes that would
-// otherwise turn every 405 into a 404).
+// method on the listener that got the request (echo's groups register
+// catch-all not-found routes that would otherwise turn every 405 into a
+// 404). The other listener's routes do not count: the public listener
+// must not reveal the admin API's routes by a 405.
 func (s *Server) otherMethodMatches(c echo.Context) bool {
 	path := c.Request().URL.Path
-	for _, e := range dedupe(s.Public, s.Admin) {
-		for _, r := range e.Routes() {
-			if r.Method == c.Request().Method || r.Method == echo.RouteNotFound || strings.HasSuffix(r.Path, "*") {
-				continue
-			}
-			if routeMatches(r.Path, path) {
-				return true
-			}
+	for _, r := range c.Echo().Routes() {
+		if r.Method == c.Request().Method || r.Method == echo.RouteNotFound || strings.HasSuffix(r.Path, "*") {
+			continue
+		}
+		if routeMatches(r.Path, path) {
+			return true
 		}
 	}
 	return false
