@@ -40,6 +40,38 @@ type AttestationHandler interface {
 	ApplianceKey(echo.Context) error
 }
 
+// ClientSharesHandler serves the client-share admin routes
+// (server/clientshares.Handler).
+type ClientSharesHandler interface {
+	List(echo.Context) error
+	Put(echo.Context) error
+	Get(echo.Context) error
+	Delete(echo.Context) error
+	Status(echo.Context) error
+	Versions(echo.Context) error
+	Restore(echo.Context) error
+}
+
+// CustodianHandler serves the custodian-share admin routes
+// (server/custodianapi.Handler); Configured runs before each of them.
+type CustodianHandler interface {
+	Configured(echo.HandlerFunc) echo.HandlerFunc
+	Put(echo.Context) error
+	Get(echo.Context) error
+	Delete(echo.Context) error
+	Versions(echo.Context) error
+	Restore(echo.Context) error
+	List(echo.Context) error
+	OwnerList(echo.Context) error
+	OwnerVersions(echo.Context) error
+	OwnerRestore(echo.Context) error
+	BatchPut(echo.Context) error
+	BatchGet(echo.Context) error
+	StartRewrap(echo.Context) error
+	ListJobs(echo.Context) error
+	Job(echo.Context) error
+}
+
 // bind is h's method m as a handler, or nil (route off) when h is nil.
 func bind[T comparable](h T, m func(T, echo.Context) error) echo.HandlerFunc {
 	var none T

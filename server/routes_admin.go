@@ -14,6 +14,11 @@ import (
 func (s *Server) adminRoutes() []Route {
 	const a = "/v1/admin"
 	u := mw(s.unsealed)
+	cs, cu := s.opts.ClientShares, s.opts.Custodian
+	var cmw []echo.MiddlewareFunc
+	if cu != nil {
+		cmw = mw(s.unsealed, cu.Configured)
+	}
 	return []Route{
 		// Probes and metrics (no admin key).
 		{Method: http.MethodGet, Path: "/healthz", Handler: s.healthz, Plain: true},
@@ -48,6 +53,32 @@ func (s *Server) adminRoutes() []Route {
 		{Method: http.MethodGet, Path: a + "/owners/:owner", Handler: s.describeOwner, Middleware: u},
 		{Method: http.MethodGet, Path: a + "/owners/:owner/keys/:method/versions", Handler: s.listAnyOwnerVersions, Middleware: u},
 		{Method: http.MethodPost, Path: a + "/owners/:owner/keys/:method/versions/:versionId/restore", Handler: s.restoreAnyOwnerVersion, Middleware: u},
+
+		// Client shares (server/clientshares).
+		{Method: http.MethodGet, Path: a + "/users/:userId/client-shares", Handler: bind(cs, ClientSharesHandler.List), Middleware: u},
+		{Method: http.MethodPut, Path: a + "/users/:userId/client-shares/:method", Handler: bind(cs, ClientSharesHandler.Put), Middleware: u},
+		{Method: http.MethodGet, Path: a + "/users/:userId/client-shares/:method", Handler: bind(cs, ClientSharesHandler.Get), Middleware: u},
+		{Method: http.MethodDelete, Path: a + "/users/:userId/client-shares/:method", Handler: bind(cs, ClientSharesHandler.Delete), Middleware: u},
+		{Method: http.MethodPut, Path: a + "/users/:userId/client-shares/:method/status", Handler: bind(cs, ClientSharesHandler.Status), Middleware: u},
+		{Method: http.MethodGet, Path: a + "/users/:userId/client-shares/:method/versions", Handler: bind(cs, ClientSharesHandler.Versions), Middleware: u},
+		{Method: http.MethodPost, Path: a + "/users/:userId/client-shares/:method/versions/:versionId/restore", Handler: bind(cs, ClientSharesHandler.Restore), Middleware: u},
+
+		// Custodian shares (server/custodianapi): any owner (user:,
+		// firebase:, portal:) URL-escaped in one segment under /owners.
+		{Method: http.MethodPut, Path: a + "/users/:userId/custodian-share", Handler: bind(cu, CustodianHandler.Put), Middleware: cmw},
+		{Method: http.MethodGet, Path: a + "/users/:userId/custodian-share", Handler: bind(cu, CustodianHandler.Get), Middleware: cmw},
+		{Method: http.MethodDelete, Path: a + "/users/:userId/custodian-share", Handler: bind(cu, CustodianHandler.Delete), Middleware: cmw},
+		{Method: http.MethodGet, Path: a + "/users/:userId/custodian-share/versions", Handler: bind(cu, CustodianHandler.Versions), Middleware: cmw},
+		{Method: http.MethodPost, Path: a + "/users/:userId/custodian-share/versions/:versionId/restore", Handler: bind(cu, CustodianHandler.Restore), Middleware: cmw},
+		{Method: http.MethodGet, Path: a + "/users/:userId/custodian-shares", Handler: bind(cu, CustodianHandler.List), Middleware: cmw},
+		{Method: http.MethodGet, Path: a + "/owners/:owner/custodian-shares", Handler: bind(cu, CustodianHandler.OwnerList), Middleware: cmw},
+		{Method: http.MethodGet, Path: a + "/owners/:owner/custodian-shares/:method/versions", Handler: bind(cu, CustodianHandler.OwnerVersions), Middleware: cmw},
+		{Method: http.MethodPost, Path: a + "/owners/:owner/custodian-shares/:method/versions/:versionId/restore", Handler: bind(cu, CustodianHandler.OwnerRestore), Middleware: cmw},
+		{Method: http.MethodPost, Path: a + "/custodian-shares/batch-put", Handler: bind(cu, CustodianHandler.BatchPut), Middleware: cmw},
+		{Method: http.MethodPost, Path: a + "/custodian-shares/batch-get", Handler: bind(cu, CustodianHandler.BatchGet), Middleware: cmw},
+		{Method: http.MethodPost, Path: a + "/custodian/rewrap", Handler: bind(cu, CustodianHandler.StartRewrap), Middleware: cmw},
+		{Method: http.MethodGet, Path: a + "/custodian/rewrap", Handler: bind(cu, CustodianHandler.ListJobs), Middleware: cmw},
+		{Method: http.MethodGet, Path: a + "/custodian/rewrap/:jobId", Handler: bind(cu, CustodianHandler.Job), Middleware: cmw},
 
 		// While sealed, every API path says so (no capability is wired).
 		{Method: Any, Path: "/v1/*", Handler: s.whileSealed(), Plain: true},

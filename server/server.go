@@ -97,6 +97,12 @@ type Options struct {
 	Keys *keys.Service
 	// Attestation serves /v1/attestation and /v1/appliance-key; nil: off.
 	Attestation AttestationHandler
+	// ClientShares serves /v1/admin/users/:userId/client-shares…; nil: off.
+	// (It is also among Users, which lists and deletes a user's shares.)
+	ClientShares ClientSharesHandler
+	// Custodian serves the custodian-share routes (each answers its 503
+	// while Vault is not configured); nil: off. (Also among Users.)
+	Custodian CustodianHandler
 	// Routes are the capabilities not yet in the routes tables.
 	Routes   []Routes
 	Users    []UserData

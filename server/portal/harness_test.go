@@ -185,11 +185,11 @@ func newHarness(t testing.TB, ho harnessOptions) *harness {
 				svc := newShares(t, h.vault, a.DB)
 				deps.Shares = svc
 				if ho.custodianAPI {
-					ch, err := custodianapi.New(custodianapi.Options{Service: svc, DB: a.DB})
+					ch, err := custodianapi.New(custodianapi.Options{Service: svc, DB: a.DB, Audit: a.Audit, Registry: so.Metrics.Registry})
 					if err != nil {
 						t.Fatal(err)
 					}
-					so.Routes, so.Users = append(so.Routes, ch), append(so.Users, ch)
+					so.Custodian, so.Users = ch, append(so.Users, ch)
 				}
 			}
 			ad, err := New(opts, deps)
