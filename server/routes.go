@@ -72,6 +72,19 @@ type CustodianHandler interface {
 	Job(echo.Context) error
 }
 
+// PasskeyHandler serves the passkey routes (server/passkey.Handler).
+type PasskeyHandler interface {
+	RegistrationBegin(echo.Context) error
+	RegistrationFinish(echo.Context) error
+	AuthenticationBegin(echo.Context) error
+	AuthenticationFinish(echo.Context) error
+	AppleAppSiteAssociation(echo.Context) error
+	AssetLinks(echo.Context) error
+	AdminList(echo.Context) error
+	AdminRevoke(echo.Context) error
+	AdminReset(echo.Context) error
+}
+
 // bind is h's method m as a handler, or nil (route off) when h is nil.
 func bind[T comparable](h T, m func(T, echo.Context) error) echo.HandlerFunc {
 	var none T

@@ -54,6 +54,11 @@ func (s *Server) adminRoutes() []Route {
 		{Method: http.MethodGet, Path: a + "/owners/:owner/keys/:method/versions", Handler: s.listAnyOwnerVersions, Middleware: u},
 		{Method: http.MethodPost, Path: a + "/owners/:owner/keys/:method/versions/:versionId/restore", Handler: s.restoreAnyOwnerVersion, Middleware: u},
 
+		// Passkeys (server/passkey).
+		{Method: http.MethodGet, Path: a + "/users/:userId/passkeys", Handler: bind(s.opts.Passkey, PasskeyHandler.AdminList)},
+		{Method: http.MethodDelete, Path: a + "/users/:userId/passkeys/:credentialId", Handler: bind(s.opts.Passkey, PasskeyHandler.AdminRevoke)},
+		{Method: http.MethodPost, Path: a + "/users/:userId/passkeys/reset", Handler: bind(s.opts.Passkey, PasskeyHandler.AdminReset)},
+
 		// Client shares (server/clientshares).
 		{Method: http.MethodGet, Path: a + "/users/:userId/client-shares", Handler: bind(cs, ClientSharesHandler.List), Middleware: u},
 		{Method: http.MethodPut, Path: a + "/users/:userId/client-shares/:method", Handler: bind(cs, ClientSharesHandler.Put), Middleware: u},

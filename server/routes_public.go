@@ -14,6 +14,7 @@ func (s *Server) publicRoutes() []Route {
 		fbPut, fbGet, fbDel = s.fb.Put, s.fb.Get, s.fb.Delete
 	}
 	o := s.opts
+	pk := o.Passkey
 	return []Route{
 		// Probes (no CORS, no rate limit).
 		{Method: http.MethodGet, Path: "/healthz", Handler: s.healthz, Plain: true},
@@ -30,6 +31,14 @@ func (s *Server) publicRoutes() []Route {
 		// Attestation (server/attestapi).
 		{Method: http.MethodGet, Path: "/v1/attestation", Handler: bind(o.Attestation, AttestationHandler.Attestation)},
 		{Method: http.MethodGet, Path: "/v1/appliance-key", Handler: bind(o.Attestation, AttestationHandler.ApplianceKey)},
+
+		// Passkeys (server/passkey).
+		{Method: http.MethodPost, Path: "/v1/passkeys/registration/begin", Handler: bind(pk, PasskeyHandler.RegistrationBegin)},
+		{Method: http.MethodPost, Path: "/v1/passkeys/registration/finish", Handler: bind(pk, PasskeyHandler.RegistrationFinish)},
+		{Method: http.MethodPost, Path: "/v1/passkeys/authentication/begin", Handler: bind(pk, PasskeyHandler.AuthenticationBegin)},
+		{Method: http.MethodPost, Path: "/v1/passkeys/authentication/finish", Handler: bind(pk, PasskeyHandler.AuthenticationFinish)},
+		{Method: http.MethodGet, Path: "/.well-known/apple-app-site-association", Handler: bind(pk, PasskeyHandler.AppleAppSiteAssociation)},
+		{Method: http.MethodGet, Path: "/.well-known/assetlinks.json", Handler: bind(pk, PasskeyHandler.AssetLinks)},
 
 		// While sealed, every API path says so (no capability is wired).
 		{Method: Any, Path: "/v1/*", Handler: s.whileSealed(), Plain: true},

@@ -103,6 +103,9 @@ type Options struct {
 	// Custodian serves the custodian-share routes (each answers its 503
 	// while Vault is not configured); nil: off. (Also among Users.)
 	Custodian CustodianHandler
+	// Passkey serves /v1/passkeys/…, /.well-known/… and the admin's
+	// passkey routes; nil: off (passkey.rp_id not set).
+	Passkey PasskeyHandler
 	// Routes are the capabilities not yet in the routes tables.
 	Routes   []Routes
 	Users    []UserData
