@@ -52,7 +52,7 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 	}
 	t.Cleanup(v.Close)
 	custody := enclave.NewCustody(core.DB, core.Root, enclave.CustodyOptions{Clock: issuer.Clock().Now})
-	o := Options{Config: cfg, DB: core.DB, Custody: custody, Sessions: core.Root.SessionTokens(issuer.Clock().Now), Audit: core.Audit, Firebase: v, Clock: issuer.Clock().Now}
+	o := Options{Config: cfg, DB: core.DB, Custody: custody, Sessions: core.Root.SessionTokens(issuer.Clock().Now), Audit: core.Audit, Clock: issuer.Clock().Now}
 	for _, f := range opts {
 		f(&o.Config, &o)
 	}
@@ -65,6 +65,15 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 			t.Fatal(err)
 		}
 		o.Keys = ks
+	}
+	if o.BlockList, err = LoadBlockList(ctx, o.DB); err != nil {
+		t.Fatal(err)
+	}
+	if o.Firebase == nil && o.Keys != nil {
+		if o.Firebase, err = firebase.NewHTTP(firebase.HTTPOptions{Keys: o.Keys, Verifier: v, Blocked: o.BlockList.Has,
+			OverwriteMaxAuthAge: o.Config.Firebase.OverwriteMaxAuthAge}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	srv, err := New(o)
 	if err != nil {

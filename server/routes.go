@@ -85,6 +85,20 @@ type PasskeyHandler interface {
 	AdminReset(echo.Context) error
 }
 
+// DemoHandler serves the dev-only demo page (server/demo.Demo).
+type DemoHandler interface {
+	Redirect(echo.Context) error
+	ServeFile(echo.Context) error
+	Session(echo.Context) error
+}
+
+// PprofHandler serves Go's profiler (dev builds only: cmd/keywarden's
+// wire_pprof.go, so release builds do not contain net/http/pprof).
+type PprofHandler interface {
+	Profile(echo.Context) error
+	Named(echo.Context) error
+}
+
 // bind is h's method m as a handler, or nil (route off) when h is nil.
 func bind[T comparable](h T, m func(T, echo.Context) error) echo.HandlerFunc {
 	var none T

@@ -85,6 +85,10 @@ func (s *Server) adminRoutes() []Route {
 		{Method: http.MethodGet, Path: a + "/custodian/rewrap", Handler: bind(cu, CustodianHandler.ListJobs), Middleware: cmw},
 		{Method: http.MethodGet, Path: a + "/custodian/rewrap/:jobId", Handler: bind(cu, CustodianHandler.Job), Middleware: cmw},
 
+		// Go's profiler (dev mode only).
+		{Method: http.MethodGet, Path: a + "/debug/pprof/profile", Handler: bind(s.opts.Pprof, PprofHandler.Profile)},
+		{Method: http.MethodGet, Path: a + "/debug/pprof/:name", Handler: bind(s.opts.Pprof, PprofHandler.Named)},
+
 		// While sealed, every API path says so (no capability is wired).
 		{Method: Any, Path: "/v1/*", Handler: s.whileSealed(), Plain: true},
 		{Method: Any, Path: "/passkeys/*", Handler: s.whileSealed(), Plain: true},

@@ -40,6 +40,12 @@ func (s *Server) publicRoutes() []Route {
 		{Method: http.MethodGet, Path: "/.well-known/apple-app-site-association", Handler: bind(pk, PasskeyHandler.AppleAppSiteAssociation)},
 		{Method: http.MethodGet, Path: "/.well-known/assetlinks.json", Handler: bind(pk, PasskeyHandler.AssetLinks)},
 
+		// Demo page (dev mode only, server/demo).
+		{Method: http.MethodGet, Path: "/demo", Handler: bind(o.Demo, DemoHandler.Redirect)},
+		{Method: http.MethodGet, Path: "/demo/*", Handler: bind(o.Demo, DemoHandler.ServeFile)},
+		{Method: http.MethodHead, Path: "/demo/*", Handler: bind(o.Demo, DemoHandler.ServeFile)},
+		{Method: http.MethodPost, Path: "/demo/session", Handler: bind(o.Demo, DemoHandler.Session)},
+
 		// While sealed, every API path says so (no capability is wired).
 		{Method: Any, Path: "/v1/*", Handler: s.whileSealed(), Plain: true},
 		{Method: Any, Path: "/passkeys/*", Handler: s.whileSealed(), Plain: true},

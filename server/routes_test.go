@@ -93,7 +93,7 @@ func TestRoutesTablesAreTheListeners(t *testing.T) {
 	// Sealed: the catch-alls are in the tables too. (The harness's store
 	// and audit log are reused: only one TPM simulator per process.)
 	o := h.srv.opts
-	o.Custody, o.Keys, o.Metrics = nil, nil, nil
+	o.Custody, o.Keys, o.Firebase, o.Metrics = nil, nil, nil, nil
 	sealed, err := New(o)
 	if err != nil {
 		t.Fatal(err)

@@ -91,7 +91,12 @@ type Options struct {
 	Sessions *enclave.SessionTokens
 	Audit    Auditor
 	Metrics  *metrics.Metrics
-	Firebase FirebaseVerifier // nil: Firebase routes answer 503
+	// BlockList is the operator's Firebase block list (LoadBlockList).
+	// Required.
+	BlockList *BlockList
+	// Firebase serves the native Firebase key routes (firebase.NewHTTP
+	// over Keys and BlockList.Has); nil: they answer 503 sealed.
+	Firebase *firebase.HTTP
 	// Keys is the keys service every key route uses; required unless
 	// sealed (Custody nil).
 	Keys *keys.Service
@@ -106,6 +111,11 @@ type Options struct {
 	// Passkey serves /v1/passkeys/…, /.well-known/… and the admin's
 	// passkey routes; nil: off (passkey.rp_id not set).
 	Passkey PasskeyHandler
+	// Demo serves the demo page at /demo/ (dev mode only); nil: off.
+	Demo DemoHandler
+	// Pprof serves Go's profiler under /v1/admin/debug/pprof/ (dev mode
+	// only); nil: off.
+	Pprof PprofHandler
 	// Routes are the capabilities not yet in the routes tables.
 	Routes   []Routes
 	Users    []UserData
@@ -127,7 +137,7 @@ type Server struct {
 	Admin    *echo.Echo // the same as Public when both listen on one address
 	draining atomic.Bool
 	adminKey [][32]byte
-	blocked  *blockList
+	blocked  *BlockList
 	keys     *keys.Service      // nil while sealed
 	fb       *firebase.HTTP     // nil while sealed
 	deletes  *ratelimit.Limiter // admin user deletions (DECISIONS 13)
@@ -162,8 +172,8 @@ func New(opts Options) (*Server, error) {
 	s.adminKey = hashes
 	perMin := max(opts.Config.Limits.UserDeletesPerMinute, 1)
 	s.deletes = ratelimit.New(perMin, time.Minute/time.Duration(perMin), 1)
-	if s.blocked, err = loadBlockList(context.Background(), opts.DB); err != nil {
-		return nil, err
+	if s.blocked = opts.BlockList; s.blocked == nil {
+		return nil, errors.New("server: BlockList is required (LoadBlockList)")
 	}
 	if err := opts.DB.View(context.Background(), func(tx *store.Tx) error {
 		if b, err := tx.Get(store.BucketMeta, metaLastBackup); err == nil {
@@ -181,12 +191,7 @@ func New(opts Options) (*Server, error) {
 	if s.keys = opts.Keys; s.keys == nil && opts.Custody != nil {
 		return nil, errors.New("server: Keys is required when the root key is unsealed (Custody set)")
 	}
-	if s.keys != nil {
-		if s.fb, err = firebase.NewHTTP(firebase.HTTPOptions{Keys: s.keys, Verifier: opts.Firebase,
-			Blocked: s.blocked.has, OverwriteMaxAuthAge: opts.Config.Firebase.OverwriteMaxAuthAge}); err != nil {
-			return nil, err
-		}
-	}
+	s.fb = opts.Firebase
 	s.Public = s.newEcho()
 	s.Admin = s.Public
 	if opts.Config.Listen.AdminAddr != opts.Config.Listen.Addr {

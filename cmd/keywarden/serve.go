@@ -184,7 +184,10 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 	if err := a.openAudit(ctx); err != nil {
 		return nil, nil, err
 	}
-	opts := a.serverOptions()
+	opts, err := a.serverOptions(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
 	if a.root == nil {
 		srv, err := server.New(opts) // sealed: health only, nothing else starts
 		return a, srv, err
@@ -315,21 +318,26 @@ func (a *appliance) openAudit(ctx context.Context) error {
 }
 
 // serverOptions are the server's options before any capability is wired:
-// the store, metrics, the PCR-policy flag and, unless sealed, the audit
-// log, key custody and session tokens.
-func (a *appliance) serverOptions() server.Options {
+// the store, metrics, the Firebase block list, the PCR-policy flag and,
+// unless sealed, the audit log, key custody and session tokens.
+func (a *appliance) serverOptions(ctx context.Context) (server.Options, error) {
 	opts := server.Options{Config: a.cfg, Logger: a.log, DB: a.db, Metrics: a.metrics, SealedReason: a.sealed}
+	bl, err := server.LoadBlockList(ctx, a.db)
+	if err != nil {
+		return opts, err
+	}
+	opts.BlockList = bl
 	if a.noPCRPolicy {
 		opts.Degraded = append(opts.Degraded, pcrPolicyCheck())
 	}
 	if a.root == nil {
 		opts.Audit = sealedAudit{}
-		return opts
+		return opts, nil
 	}
 	opts.Audit = a.audit
 	opts.Custody = enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{VersionRetention: a.cfg.Keys.VersionRetention})
 	opts.Sessions = a.root.SessionTokens(nil)
-	return opts
+	return opts, nil
 }
 
 func registerAuditMetrics(m *metrics.Metrics, l *audit.Log) {

@@ -80,6 +80,9 @@ func newWired(t *testing.T, vault config.Vault, db *store.DB) (*wired, error) {
 	t.Cleanup(a.Close)
 	opts := server.Options{Config: cfg, Logger: log, DB: db, Metrics: a.metrics, Audit: alog,
 		Custody: enclave.NewCustody(db, root, enclave.CustodyOptions{}), Sessions: root.SessionTokens(nil)}
+	if opts.BlockList, err = server.LoadBlockList(ctx, db); err != nil {
+		t.Fatal(err)
+	}
 	if err := wireKeys(ctx, a, &opts); err != nil {
 		t.Fatal(err)
 	}
