@@ -1,8 +1,6 @@
 package server
 
 import (
-	"github.com/labstack/echo/v4"
-
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/server/firebase"
 	"github.com/keywarden/keywarden/server/keys"
@@ -25,19 +23,3 @@ type KeyResponse = firebase.KeyResponse
 // HPKEInfo is the HPKE info string a Firebase release is sealed with
 // ([firebase.HPKEInfo]).
 func HPKEInfo(route string, owner enclave.Owner) []byte { return firebase.HPKEInfo(route, owner) }
-
-// VerifyFirebase checks the request's Firebase ID token (from header h, or
-// Authorization: Bearer when h is empty) and the operator's block list.
-//
-// The new way is [firebase.HTTP.Verify] on the handler the server builds
-// ([Server.FirebaseHTTP]); this stays for the Portal adapter until it gets
-// the handler as a constructor dependency.
-func (s *Server) VerifyFirebase(c echo.Context, header string) (*firebase.Identity, error) {
-	if s.fb == nil {
-		return nil, sealedHandler(c)
-	}
-	return s.fb.Verify(c, header)
-}
-
-// FirebaseHTTP is the native Firebase handler (nil while sealed).
-func (s *Server) FirebaseHTTP() *firebase.HTTP { return s.fb }

@@ -85,6 +85,23 @@ type PasskeyHandler interface {
 	AdminReset(echo.Context) error
 }
 
+// PortalHandler serves the Portal SDK drop-in (server/portal.Adapter);
+// WebhookAuth runs before the webhook routes.
+type PortalHandler interface {
+	TBSPut(echo.Context) error
+	TBSGet(echo.Context) error
+	PasskeyStatus(echo.Context) error
+	BeginRegistration(echo.Context) error
+	FinishRegistration(echo.Context) error
+	BeginLogin(echo.Context) error
+	FinishLoginRead(echo.Context) error
+	FinishLoginWrite(echo.Context) error
+	WebhookAuth(echo.HandlerFunc) echo.HandlerFunc
+	WebhookBackup(echo.Context) error
+	WebhookFetch(echo.Context) error
+	FlushIdentities(echo.Context) error
+}
+
 // DemoHandler serves the dev-only demo page (server/demo.Demo).
 type DemoHandler interface {
 	Redirect(echo.Context) error

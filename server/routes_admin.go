@@ -59,6 +59,9 @@ func (s *Server) adminRoutes() []Route {
 		{Method: http.MethodDelete, Path: a + "/users/:userId/passkeys/:credentialId", Handler: bind(s.opts.Passkey, PasskeyHandler.AdminRevoke)},
 		{Method: http.MethodPost, Path: a + "/users/:userId/passkeys/reset", Handler: bind(s.opts.Passkey, PasskeyHandler.AdminReset)},
 
+		// Portal's identity cache (server/portal).
+		{Method: http.MethodDelete, Path: a + "/portal/identities", Handler: bind(s.opts.Portal, PortalHandler.FlushIdentities)},
+
 		// Client shares (server/clientshares).
 		{Method: http.MethodGet, Path: a + "/users/:userId/client-shares", Handler: bind(cs, ClientSharesHandler.List), Middleware: u},
 		{Method: http.MethodPut, Path: a + "/users/:userId/client-shares/:method", Handler: bind(cs, ClientSharesHandler.Put), Middleware: u},

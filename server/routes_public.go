@@ -2,6 +2,8 @@ package server
 
 import (
 	"net/http"
+
+	"github.com/labstack/echo/v4"
 )
 
 // publicRoutes is every route of the public listener: probes, the native
@@ -14,7 +16,12 @@ func (s *Server) publicRoutes() []Route {
 		fbPut, fbGet, fbDel = s.fb.Put, s.fb.Get, s.fb.Delete
 	}
 	o := s.opts
-	pk := o.Passkey
+	pk, po := o.Passkey, o.Portal
+	u := mw(s.unsealed)
+	var webhook []echo.MiddlewareFunc
+	if po != nil {
+		webhook = mw(s.unsealed, po.WebhookAuth)
+	}
 	return []Route{
 		// Probes (no CORS, no rate limit).
 		{Method: http.MethodGet, Path: "/healthz", Handler: s.healthz, Plain: true},
@@ -23,10 +30,10 @@ func (s *Server) publicRoutes() []Route {
 		{Method: http.MethodHead, Path: "/readyz", Handler: s.readyz, Plain: true},
 
 		// Native Firebase key routes (server/firebase/http.go).
-		{Method: http.MethodPut, Path: "/v1/firebase/key", Handler: fbPut, Middleware: mw(s.unsealed)},
-		{Method: http.MethodGet, Path: "/v1/firebase/key", Handler: fbGet, Middleware: mw(s.unsealed)},
-		{Method: http.MethodPost, Path: "/v1/firebase/key/release", Handler: fbGet, Middleware: mw(s.unsealed)},
-		{Method: http.MethodDelete, Path: "/v1/firebase/key", Handler: fbDel, Middleware: mw(s.unsealed)},
+		{Method: http.MethodPut, Path: "/v1/firebase/key", Handler: fbPut, Middleware: u},
+		{Method: http.MethodGet, Path: "/v1/firebase/key", Handler: fbGet, Middleware: u},
+		{Method: http.MethodPost, Path: "/v1/firebase/key/release", Handler: fbGet, Middleware: u},
+		{Method: http.MethodDelete, Path: "/v1/firebase/key", Handler: fbDel, Middleware: u},
 
 		// Attestation (server/attestapi).
 		{Method: http.MethodGet, Path: "/v1/attestation", Handler: bind(o.Attestation, AttestationHandler.Attestation)},
@@ -39,6 +46,18 @@ func (s *Server) publicRoutes() []Route {
 		{Method: http.MethodPost, Path: "/v1/passkeys/authentication/finish", Handler: bind(pk, PasskeyHandler.AuthenticationFinish)},
 		{Method: http.MethodGet, Path: "/.well-known/apple-app-site-association", Handler: bind(pk, PasskeyHandler.AppleAppSiteAssociation)},
 		{Method: http.MethodGet, Path: "/.well-known/assetlinks.json", Handler: bind(pk, PasskeyHandler.AssetLinks)},
+
+		// Portal SDK drop-in (server/portal): TBS, passkeys, webhooks.
+		{Method: http.MethodPut, Path: "/v1/backup/encrypt-key", Handler: bind(po, PortalHandler.TBSPut), Middleware: u},
+		{Method: http.MethodGet, Path: "/v1/backup/encrypt-key", Handler: bind(po, PortalHandler.TBSGet), Middleware: u},
+		{Method: http.MethodGet, Path: "/passkeys/status", Handler: bind(po, PortalHandler.PasskeyStatus), Middleware: u},
+		{Method: http.MethodPost, Path: "/passkeys/begin-registration", Handler: bind(po, PortalHandler.BeginRegistration), Middleware: u},
+		{Method: http.MethodPost, Path: "/passkeys/finish-registration", Handler: bind(po, PortalHandler.FinishRegistration), Middleware: u},
+		{Method: http.MethodPost, Path: "/passkeys/begin-login", Handler: bind(po, PortalHandler.BeginLogin), Middleware: u},
+		{Method: http.MethodPost, Path: "/passkeys/finish-login/read", Handler: bind(po, PortalHandler.FinishLoginRead), Middleware: u},
+		{Method: http.MethodPost, Path: "/passkeys/finish-login/write", Handler: bind(po, PortalHandler.FinishLoginWrite), Middleware: u},
+		{Method: http.MethodPost, Path: "/webhook/backup", Handler: bind(po, PortalHandler.WebhookBackup), Middleware: webhook},
+		{Method: http.MethodPost, Path: "/webhook/backup/fetch", Handler: bind(po, PortalHandler.WebhookFetch), Middleware: webhook},
 
 		// Demo page (dev mode only, server/demo).
 		{Method: http.MethodGet, Path: "/demo", Handler: bind(o.Demo, DemoHandler.Redirect)},

@@ -45,14 +45,6 @@ import (
 // counted and sampled.
 type Auditor = keys.Auditor
 
-// Routes is a capability that adds its routes (passkeys, custodian,
-// Portal…). public carries CORS and the per-address rate limit; admin
-// requires the admin API key. Key operations go through the keys service
-// (server/keys), request parsing through server/httpx.
-type Routes interface {
-	RegisterRoutes(s *Server, public, admin *echo.Group)
-}
-
 // UserData is a capability that keeps per-user data: the admin API lists
 // and deletes it with the user.
 type UserData interface {
@@ -111,13 +103,14 @@ type Options struct {
 	// Passkey serves /v1/passkeys/…, /.well-known/… and the admin's
 	// passkey routes; nil: off (passkey.rp_id not set).
 	Passkey PasskeyHandler
+	// Portal serves the Portal SDK drop-in (TBS, /passkeys/*, webhooks)
+	// and the identity-cache flush; nil: off (portal.custodian_id not set).
+	Portal PortalHandler
 	// Demo serves the demo page at /demo/ (dev mode only); nil: off.
 	Demo DemoHandler
 	// Pprof serves Go's profiler under /v1/admin/debug/pprof/ (dev mode
 	// only); nil: off.
-	Pprof PprofHandler
-	// Routes are the capabilities not yet in the routes tables.
-	Routes   []Routes
+	Pprof    PprofHandler
 	Users    []UserData
 	Degraded []Check
 	// Rollback is told before a backup streams (BeforeBackup); nil when
@@ -254,9 +247,6 @@ func (s *Server) routes() {
 	admin := s.Admin.Group("/v1/admin", noStore, s.requireAdmin)
 	mount(s.Public, public, "", s.publicRoutes())
 	mount(s.Admin, admin, "/v1/admin", s.adminRoutes())
-	for _, r := range s.opts.Routes {
-		r.RegisterRoutes(s, public, admin)
-	}
 }
 
 // whileSealed is the handler of the sealed catch-alls: nil (not mounted)
@@ -505,31 +495,6 @@ func (s *Server) toAPIError(err error) *apierr.Error {
 	}
 	return apierr.ErrInternal.Wrap(err)
 }
-
-// Audit is the audit log.
-//
-// Key operations audit in the keys service ([Server.Keys]); this stays for
-// the capabilities that audit other actions until they take the audit log
-// as a constructor dependency.
-func (s *Server) Audit() Auditor { return s.opts.Audit }
-
-// Custody is the key custody (nil while sealed). The new way to act on
-// keys is the keys service ([Server.Keys]).
-func (s *Server) Custody() *enclave.Custody { return s.opts.Custody }
-
-// Keys is the keys service (nil while sealed). It is built once, here or
-// by the caller (Options.Keys); capabilities should take it as a
-// constructor dependency instead of asking the server.
-func (s *Server) Keys() *keys.Service { return s.keys }
-
-// Metrics are the Prometheus collectors.
-func (s *Server) Metrics() *metrics.Metrics { return s.opts.Metrics }
-
-// Logger is the server's logger.
-func (s *Server) Logger() *slog.Logger { return s.log }
-
-// Unsealed is middleware that answers 503 sealed while the root key is sealed.
-func (s *Server) Unsealed(next echo.HandlerFunc) echo.HandlerFunc { return s.unsealed(next) }
 
 // Request ids are a random per-process prefix and a counter: unique, cheap
 // (no syscall per request), and they need not be secret.

@@ -179,7 +179,7 @@ func newHarness(t testing.TB, ho harnessOptions) *harness {
 			if ho.portal != nil {
 				ho.portal(&opts)
 			}
-			deps := Deps{Passkey: pk, Logger: log, Clock: clock, Keys: a.Keys}
+			deps := Deps{Passkey: pk, Logger: log, Clock: clock, Keys: a.Keys, Firebase: a.Firebase, Audit: a.Audit, Custody: a.Custody}
 			if ho.vault {
 				h.vault = vaultdev.Start(t)
 				svc := newShares(t, h.vault, a.DB)
@@ -197,7 +197,7 @@ func newHarness(t testing.TB, ho harnessOptions) *harness {
 				t.Fatal(err)
 			}
 			h.pk, h.adapter = pk, ad
-			so.Routes = append(so.Routes, ad)
+			so.Portal = ad
 		}))
 	h.srv, h.custody = h.Server, h.Custody
 	h.Client.Header = http.Header{"Accept": {"application/json"}, "Content-Type": {"application/json"}}

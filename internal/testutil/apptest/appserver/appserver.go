@@ -32,10 +32,12 @@ type App struct {
 	// Firebase is the native Firebase handler the server uses (Portal's
 	// TBS routes verify tokens with it).
 	Firebase *firebase.HTTP
-	Config   config.Config
-	Server   *server.Server
-	HTTP     *httptest.Server
-	URL      string
+	// Metrics are the server's collectors.
+	Metrics *metrics.Metrics
+	Config  config.Config
+	Server  *server.Server
+	HTTP    *httptest.Server
+	URL     string
 }
 
 // Setup is what New builds from; Options change it.
@@ -67,15 +69,10 @@ func Clock(now func() time.Time) Option { return func(s *Setup) { s.Clock = now 
 // Configure changes the configuration.
 func Configure(f func(*config.Config)) Option { return func(s *Setup) { f(&s.Config) } }
 
-// ServerOptions changes server.Options (in the order given with Routes,
-// Users and Firebase).
+// ServerOptions changes server.Options (in the order given with Users
+// and Firebase).
 func ServerOptions(f func(*server.Options)) Option {
 	return func(s *Setup) { f(&s.Server) }
-}
-
-// Routes adds route sets.
-func Routes(r ...server.Routes) Option {
-	return func(s *Setup) { s.Server.Routes = append(s.Server.Routes, r...) }
 }
 
 // Users adds holders of per-user data.
@@ -124,6 +121,7 @@ func New(t testing.TB, opts ...Option) *App {
 		o.Keys = ks
 	}
 	a.Keys = o.Keys
+	a.Metrics = o.Metrics
 	bl, err := server.LoadBlockList(context.Background(), core.DB)
 	if err != nil {
 		t.Fatal(err)
