@@ -7,11 +7,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// adminRoutes is every route of the admin listener: its probes, /metrics
+// AdminRoutes is every route of the admin listener: its probes, /metrics
 // and the /v1/admin/* routes, which carry no-store and the admin API key
 // check (routes()). A capability that is off has a nil handler and is not
 // mounted. When both listeners are one, the probes are mounted once.
-func (s *Server) adminRoutes() []Route {
+func (s *Server) AdminRoutes() []Route {
 	const a = "/v1/admin"
 	u := mw(s.unsealed)
 	cs, cu := s.opts.ClientShares, s.opts.Custodian

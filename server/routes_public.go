@@ -6,11 +6,11 @@ import (
 	"github.com/labstack/echo/v4"
 )
 
-// publicRoutes is every route of the public listener: probes, the native
+// PublicRoutes is every route of the public listener: probes, the native
 // Firebase key routes and the capabilities' client routes. Client routes
 // carry CORS and the per-address rate limit (routes()); a capability that
 // is off has a nil handler and is not mounted.
-func (s *Server) publicRoutes() []Route {
+func (s *Server) PublicRoutes() []Route {
 	fbPut, fbGet, fbDel := sealedHandler, sealedHandler, sealedHandler
 	if s.fb != nil {
 		fbPut, fbGet, fbDel = s.fb.Put, s.fb.Get, s.fb.Delete

@@ -62,10 +62,10 @@ func checkTables(t *testing.T, s *Server) {
 		name  string
 		e     *echo.Echo
 		table []Route
-	}{{"public", s.Public, s.publicRoutes()}, {"admin", s.Admin, s.adminRoutes()}} {
+	}{{"public", s.Public, s.PublicRoutes()}, {"admin", s.Admin, s.AdminRoutes()}} {
 		want := tableSet(l.table)
 		if s.Public == s.Admin { // one listener serves both tables
-			want = tableSet(append(s.publicRoutes(), s.adminRoutes()...))
+			want = tableSet(append(s.PublicRoutes(), s.AdminRoutes()...))
 		}
 		got := echoSet(l.e)
 		if len(want) == 0 {
@@ -133,7 +133,7 @@ func TestPublicListenerServesNoAdminRoute(t *testing.T) {
 		p := k[strings.Index(k, " ")+1:]
 		return p == "/metrics" || strings.HasPrefix(p, "/v1/admin")
 	}
-	for k := range tableSet(h.srv.publicRoutes()) {
+	for k := range tableSet(h.srv.PublicRoutes()) {
 		if admin(k) {
 			t.Errorf("the public routes table lists %s", k)
 		}

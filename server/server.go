@@ -245,8 +245,8 @@ func (s *Server) routes() {
 	client = append(client, limiter)
 	public := s.Public.Group("", client...)
 	admin := s.Admin.Group("/v1/admin", noStore, s.requireAdmin)
-	mount(s.Public, public, "", s.publicRoutes())
-	mount(s.Admin, admin, "/v1/admin", s.adminRoutes())
+	mount(s.Public, public, "", s.PublicRoutes())
+	mount(s.Admin, admin, "/v1/admin", s.AdminRoutes())
 }
 
 // whileSealed is the handler of the sealed catch-alls: nil (not mounted)
