@@ -258,13 +258,6 @@ func (s *Server) whileSealed() echo.HandlerFunc {
 	return sealedHandler
 }
 
-func dedupe(a, b *echo.Echo) []*echo.Echo {
-	if a == b {
-		return []*echo.Echo{a}
-	}
-	return []*echo.Echo{a, b}
-}
-
 // Drain makes /readyz answer 503 so load balancers stop sending traffic
 // (the first step of a graceful shutdown).
 func (s *Server) Drain() { s.draining.Store(true) }
