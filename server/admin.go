@@ -66,12 +66,6 @@ func (s *Server) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-// Event makes an audit event for this request: actor, request id and
-// client address filled in; reason non-empty marks a refusal.
-func (s *Server) Event(c echo.Context, action, owner, method, reason string) audit.Event {
-	return s.event(c, action, owner, method, reason)
-}
-
 // event makes an audit event for this request (keys.Request.Event, the
 // one place events are built).
 func (s *Server) event(c echo.Context, action, owner, method, reason string) audit.Event {

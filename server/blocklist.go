@@ -15,18 +15,21 @@ import (
 	"github.com/keywarden/keywarden/store"
 )
 
-// blockList holds Firebase owners an operator blocked. Revoked or disabled
+// BlockList holds Firebase owners an operator blocked. Revoked or disabled
 // Firebase users cannot be known offline (ID tokens stay valid up to an
 // hour): this is the operator's way to stop one at once. Kept in memory,
 // written through to the store.
-type blockList struct {
+type BlockList struct {
 	mu  sync.RWMutex
 	set map[string]time.Time
 	db  *store.DB
 }
 
-func loadBlockList(ctx context.Context, db *store.DB) (*blockList, error) {
-	b := &blockList{set: map[string]time.Time{}, db: db}
+// LoadBlockList reads the block list from the store. The native Firebase
+// handlers (firebase.HTTPOptions.Blocked) and the Portal TBS routes ask
+// its Has; the admin routes change it.
+func LoadBlockList(ctx context.Context, db *store.DB) (*BlockList, error) {
+	b := &BlockList{set: map[string]time.Time{}, db: db}
 	err := db.View(ctx, func(tx *store.Tx) error {
 		return tx.ForEach(store.BucketBlocked, nil, func(k, v []byte) error {
 			t, _ := time.Parse(time.RFC3339, string(v))
@@ -37,7 +40,8 @@ func loadBlockList(ctx context.Context, db *store.DB) (*blockList, error) {
 	return b, err
 }
 
-func (b *blockList) has(owner string) bool {
+// Has reports whether the operator blocked owner.
+func (b *BlockList) Has(owner string) bool {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	_, ok := b.set[owner]

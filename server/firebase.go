@@ -1,8 +1,6 @@
 package server
 
 import (
-	"github.com/labstack/echo/v4"
-
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/server/firebase"
 	"github.com/keywarden/keywarden/server/keys"
@@ -25,37 +23,3 @@ type KeyResponse = firebase.KeyResponse
 // HPKEInfo is the HPKE info string a Firebase release is sealed with
 // ([firebase.HPKEInfo]).
 func HPKEInfo(route string, owner enclave.Owner) []byte { return firebase.HPKEInfo(route, owner) }
-
-// firebaseRoutes mounts the native Firebase key routes (handled in
-// server/firebase over the keys service) and the admin's Firebase routes.
-func (s *Server) firebaseRoutes(public, admin *echo.Group) {
-	put, get, del := sealedHandler, sealedHandler, sealedHandler
-	if s.fb != nil {
-		put, get, del = s.fb.Put, s.fb.Get, s.fb.Delete
-	}
-	public.PUT("/v1/firebase/key", put, s.unsealed)
-	public.GET("/v1/firebase/key", get, s.unsealed)
-	public.POST("/v1/firebase/key/release", get, s.unsealed)
-	public.DELETE("/v1/firebase/key", del, s.unsealed)
-	// The admin's view of Firebase users' keys: :subject is the owner
-	// firebase:<project>/<tenant>/<uid>, URL-escaped.
-	admin.GET("/firebase/users/:subject/keys/:method/versions", s.listFirebaseVersions, s.unsealed)
-	admin.POST("/firebase/users/:subject/keys/:method/versions/:versionId/restore", s.restoreFirebaseVersion, s.unsealed)
-	admin.DELETE("/firebase/users/:subject", s.deleteFirebaseUser, s.unsealed)
-}
-
-// VerifyFirebase checks the request's Firebase ID token (from header h, or
-// Authorization: Bearer when h is empty) and the operator's block list.
-//
-// The new way is [firebase.HTTP.Verify] on the handler the server builds
-// ([Server.FirebaseHTTP]); this stays for the Portal adapter until it gets
-// the handler as a constructor dependency.
-func (s *Server) VerifyFirebase(c echo.Context, header string) (*firebase.Identity, error) {
-	if s.fb == nil {
-		return nil, sealedHandler(c)
-	}
-	return s.fb.Verify(c, header)
-}
-
-// FirebaseHTTP is the native Firebase handler (nil while sealed).
-func (s *Server) FirebaseHTTP() *firebase.HTTP { return s.fb }

@@ -9,10 +9,12 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/config"
+	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/testutil/apptest"
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
 	"github.com/keywarden/keywarden/internal/tpmdev"
 	"github.com/keywarden/keywarden/server/firebase"
+	"github.com/keywarden/keywarden/server/keys"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -50,9 +52,28 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 	}
 	t.Cleanup(v.Close)
 	custody := enclave.NewCustody(core.DB, core.Root, enclave.CustodyOptions{Clock: issuer.Clock().Now})
-	o := Options{Config: cfg, DB: core.DB, Custody: custody, Sessions: core.Root.SessionTokens(issuer.Clock().Now), Audit: core.Audit, Firebase: v, Clock: issuer.Clock().Now}
+	o := Options{Config: cfg, DB: core.DB, Custody: custody, Sessions: core.Root.SessionTokens(issuer.Clock().Now), Audit: core.Audit, Clock: issuer.Clock().Now}
 	for _, f := range opts {
 		f(&o.Config, &o)
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	if o.Keys == nil && o.Custody != nil {
+		ks, err := keys.New(keys.Options{Custody: o.Custody, Audit: o.Audit, Metrics: o.Metrics, Clock: o.Clock, Logger: o.Logger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Keys = ks
+	}
+	if o.BlockList, err = LoadBlockList(ctx, o.DB); err != nil {
+		t.Fatal(err)
+	}
+	if o.Firebase == nil && o.Keys != nil {
+		if o.Firebase, err = firebase.NewHTTP(firebase.HTTPOptions{Keys: o.Keys, Verifier: v, Blocked: o.BlockList.Has,
+			OverwriteMaxAuthAge: o.Config.Firebase.OverwriteMaxAuthAge}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	srv, err := New(o)
 	if err != nil {

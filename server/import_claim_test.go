@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/labstack/echo/v4"
-
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/softauthn"
@@ -24,15 +22,6 @@ const (
 	claimOrigin = "https://app.example.com"
 )
 
-// passkeyRoutes mounts the passkey handler on the server, as the appliance
-// does.
-type passkeyRoutes struct{ h *passkey.Handler }
-
-func (r passkeyRoutes) RegisterRoutes(_ *Server, public, admin *echo.Group) {
-	r.h.Register(public)
-	r.h.RegisterAdmin(admin)
-}
-
 // withPasskeys adds the passkey routes over the harness's store, custody,
 // audit log and clock.
 func withPasskeys(t *testing.T) harnessOpt {
@@ -42,7 +31,7 @@ func withPasskeys(t *testing.T) harnessOpt {
 		if err != nil {
 			t.Fatal(err)
 		}
-		o.Routes = append(o.Routes, passkeyRoutes{&passkey.Handler{Service: svc, Sessions: o.Sessions}})
+		o.Passkey = &passkey.Handler{Service: svc, Sessions: o.Sessions}
 	}
 }
 

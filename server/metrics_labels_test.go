@@ -30,7 +30,7 @@ func seriesCount(t *testing.T, m *metrics.Metrics) int {
 func TestMetricsSeriesBounded(t *testing.T) {
 	h := newHarness(t)
 	h.Client.Handler = h.srv.Public // in process: 10,000 requests stay quick
-	m := h.srv.Metrics()
+	m := h.srv.opts.Metrics
 
 	// Unknown paths under every prefix that has its own catch-all route
 	// (echo adds one per group with middleware), so every route pattern

@@ -12,35 +12,15 @@ import (
 	"github.com/keywarden/keywarden/server/httpx"
 )
 
-// ErrInvalidOwner refuses an owner path segment that is not a valid owner
-// of a known kind, or not URL-escaped correctly.
-var ErrInvalidOwner = apierr.New(http.StatusBadRequest, "invalid_owner",
-	"name the owner as user:<userId>, firebase:<project>/<tenant>/<uid> (tenant empty when none) or portal:<clientId>, URL-escaped in one path segment (/ as %2F)")
+// ErrInvalidOwner refuses an :owner path segment ([httpx.ErrInvalidOwner]).
+var ErrInvalidOwner = httpx.ErrInvalidOwner
 
-// OwnerKinds are the prefixes of the owners Keywarden keeps records for:
-// users vouched for by the customer's backend (and passkey users),
-// Firebase users, Portal clients.
-var OwnerKinds = []string{"user:", "firebase:", "portal:"}
+// OwnerKinds are the prefixes of the owners Keywarden keeps records for
+// ([httpx.OwnerKinds]).
+var OwnerKinds = httpx.OwnerKinds
 
-// OwnerParam is the :owner path parameter: any owner of a known kind,
-// URL-escaped in one segment (firebase owners hold '/'), or
-// [ErrInvalidOwner].
-func OwnerParam(c echo.Context) (enclave.Owner, error) {
-	raw, err := httpx.PathParam(c, "owner")
-	if err != nil {
-		return "", ErrInvalidOwner
-	}
-	o := enclave.Owner(raw)
-	if o.Validate() != nil {
-		return "", ErrInvalidOwner
-	}
-	for _, k := range OwnerKinds {
-		if strings.HasPrefix(raw, k) && len(raw) > len(k) {
-			return o, nil
-		}
-	}
-	return "", ErrInvalidOwner
-}
+// OwnerParam is the :owner path parameter ([httpx.OwnerParam]).
+func OwnerParam(c echo.Context) (enclave.Owner, error) { return httpx.OwnerParam(c) }
 
 // OwnerData is a capability that keeps records under owners of every kind
 // (not only user ids): GET /v1/admin/owners/{owner} describes them.
@@ -51,13 +31,6 @@ type OwnerData interface {
 	DescribeOwner(ctx context.Context, owner enclave.Owner) (any, error)
 	// Name is the key under which DescribeOwner's answer appears.
 	Name() string
-}
-
-func (s *Server) ownerRoutes(admin *echo.Group) {
-	const p = "/owners/:owner"
-	admin.GET(p, s.describeOwner, s.unsealed)
-	admin.GET(p+"/keys/:method/versions", s.listAnyOwnerVersions, s.unsealed)
-	admin.POST(p+"/keys/:method/versions/:versionId/restore", s.restoreAnyOwnerVersion, s.unsealed)
 }
 
 type ownerDescription struct {

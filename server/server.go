@@ -27,7 +27,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/time/rate"
 
 	"github.com/keywarden/keywarden/enclave"
@@ -45,14 +44,6 @@ import (
 // Auditor is the audit log: Record is durable (fail closed), Refusal is
 // counted and sampled.
 type Auditor = keys.Auditor
-
-// Routes is a capability that adds its routes (passkeys, custodian,
-// Portal…). public carries CORS and the per-address rate limit; admin
-// requires the admin API key. Key operations go through the keys service
-// (server/keys), request parsing through server/httpx.
-type Routes interface {
-	RegisterRoutes(s *Server, public, admin *echo.Group)
-}
 
 // UserData is a capability that keeps per-user data: the admin API lists
 // and deletes it with the user.
@@ -92,11 +83,34 @@ type Options struct {
 	Sessions *enclave.SessionTokens
 	Audit    Auditor
 	Metrics  *metrics.Metrics
-	Firebase FirebaseVerifier // nil: Firebase routes answer 503
-	// Keys is the keys service every key route uses; nil: built from
-	// Custody, Audit, Metrics, Clock and Logger (when unsealed).
-	Keys     *keys.Service
-	Routes   []Routes
+	// BlockList is the operator's Firebase block list (LoadBlockList).
+	// Required.
+	BlockList *BlockList
+	// Firebase serves the native Firebase key routes (firebase.NewHTTP
+	// over Keys and BlockList.Has); nil: they answer 503 sealed.
+	Firebase *firebase.HTTP
+	// Keys is the keys service every key route uses; required unless
+	// sealed (Custody nil).
+	Keys *keys.Service
+	// Attestation serves /v1/attestation and /v1/appliance-key; nil: off.
+	Attestation AttestationHandler
+	// ClientShares serves /v1/admin/users/:userId/client-shares…; nil: off.
+	// (It is also among Users, which lists and deletes a user's shares.)
+	ClientShares ClientSharesHandler
+	// Custodian serves the custodian-share routes (each answers its 503
+	// while Vault is not configured); nil: off. (Also among Users.)
+	Custodian CustodianHandler
+	// Passkey serves /v1/passkeys/…, /.well-known/… and the admin's
+	// passkey routes; nil: off (passkey.rp_id not set).
+	Passkey PasskeyHandler
+	// Portal serves the Portal SDK drop-in (TBS, /passkeys/*, webhooks)
+	// and the identity-cache flush; nil: off (portal.custodian_id not set).
+	Portal PortalHandler
+	// Demo serves the demo page at /demo/ (dev mode only); nil: off.
+	Demo DemoHandler
+	// Pprof serves Go's profiler under /v1/admin/debug/pprof/ (dev mode
+	// only); nil: off.
+	Pprof    PprofHandler
 	Users    []UserData
 	Degraded []Check
 	// Rollback is told before a backup streams (BeforeBackup); nil when
@@ -116,7 +130,7 @@ type Server struct {
 	Admin    *echo.Echo // the same as Public when both listen on one address
 	draining atomic.Bool
 	adminKey [][32]byte
-	blocked  *blockList
+	blocked  *BlockList
 	keys     *keys.Service      // nil while sealed
 	fb       *firebase.HTTP     // nil while sealed
 	deletes  *ratelimit.Limiter // admin user deletions (decisions/13)
@@ -151,8 +165,8 @@ func New(opts Options) (*Server, error) {
 	s.adminKey = hashes
 	perMin := max(opts.Config.Limits.UserDeletesPerMinute, 1)
 	s.deletes = ratelimit.New(perMin, time.Minute/time.Duration(perMin), 1)
-	if s.blocked, err = loadBlockList(context.Background(), opts.DB); err != nil {
-		return nil, err
+	if s.blocked = opts.BlockList; s.blocked == nil {
+		return nil, errors.New("server: BlockList is required (LoadBlockList)")
 	}
 	if err := opts.DB.View(context.Background(), func(tx *store.Tx) error {
 		if b, err := tx.GetMeta(store.MetaLastBackup); err == nil {
@@ -168,17 +182,9 @@ func New(opts Options) (*Server, error) {
 		"When the last backup stream (GET /v1/admin/backup) completed, unix seconds; 0: never.",
 		func() float64 { return float64(s.lastBackup.Load()) })
 	if s.keys = opts.Keys; s.keys == nil && opts.Custody != nil {
-		ko := keys.Options{Custody: opts.Custody, Audit: opts.Audit, Metrics: opts.Metrics, Clock: opts.Clock, Logger: opts.Logger}
-		if s.keys, err = keys.New(ko); err != nil {
-			return nil, err
-		}
+		return nil, errors.New("server: Keys is required when the root key is unsealed (Custody set)")
 	}
-	if s.keys != nil {
-		if s.fb, err = firebase.NewHTTP(firebase.HTTPOptions{Keys: s.keys, Verifier: opts.Firebase,
-			Blocked: s.blocked.has, OverwriteMaxAuthAge: opts.Config.Firebase.OverwriteMaxAuthAge}); err != nil {
-			return nil, err
-		}
-	}
+	s.fb = opts.Firebase
 	s.Public = s.newEcho()
 	s.Admin = s.Public
 	if opts.Config.Listen.AdminAddr != opts.Config.Listen.Addr {
@@ -220,15 +226,10 @@ func ipExtractor(trusted []string) echo.IPExtractor {
 	return echo.ExtractIPFromXFFHeader(opts...)
 }
 
+// routes mounts the two routes tables (routes_public.go, routes_admin.go)
+// with the listeners' middleware: client routes carry CORS and the
+// per-address rate limit, /v1/admin/* no-store and the admin API key.
 func (s *Server) routes() {
-	for _, e := range dedupe(s.Public, s.Admin) {
-		e.GET("/healthz", s.healthz)
-		e.HEAD("/healthz", s.healthz)
-		e.GET("/readyz", s.readyz)
-		e.HEAD("/readyz", s.readyz)
-	}
-	s.Admin.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.opts.Metrics.Registry, promhttp.HandlerOpts{})))
-
 	limiter := s.rateLimit()
 	var client []echo.MiddlewareFunc
 	if origins := corsOrigins(s.cfg); len(origins) > 0 {
@@ -244,39 +245,17 @@ func (s *Server) routes() {
 	client = append(client, limiter)
 	public := s.Public.Group("", client...)
 	admin := s.Admin.Group("/v1/admin", noStore, s.requireAdmin)
-
-	admin.GET("/readyz", s.adminReadyz)
-	admin.POST("/users/:userId/session-tokens", s.mintSessionToken, s.unsealed)
-	admin.GET("/users/:userId", s.describeUser, s.unsealed)
-	admin.DELETE("/users/:userId", s.deleteUser, s.unsealed)
-	admin.GET("/users/:userId/keys/:method/versions", s.listVersions, s.unsealed)
-	admin.POST("/users/:userId/keys/:method/versions/:versionId/restore", s.restoreVersion, s.unsealed)
-	admin.GET("/backup", s.backup)
-	admin.POST("/keys/import", s.importKeys, s.unsealed)
-	admin.GET("/firebase/blocked", s.listBlocked)
-	admin.PUT("/firebase/blocked/:subject", s.block)
-	admin.DELETE("/firebase/blocked/:subject", s.unblock)
-	s.ownerRoutes(admin)
-	s.firebaseRoutes(public, admin)
-	for _, r := range s.opts.Routes {
-		r.RegisterRoutes(s, public, admin)
-	}
-	if s.opts.Custody == nil {
-		// Sealed: the capabilities were not wired; every API route says why.
-		sealed := func(echo.Context) error { return apierr.ErrSealed }
-		for _, e := range dedupe(s.Public, s.Admin) {
-			for _, p := range []string{"/v1/*", "/passkeys/*", "/webhook/*"} {
-				e.Any(p, sealed)
-			}
-		}
-	}
+	mount(s.Public, public, "", s.PublicRoutes())
+	mount(s.Admin, admin, "/v1/admin", s.AdminRoutes())
 }
 
-func dedupe(a, b *echo.Echo) []*echo.Echo {
-	if a == b {
-		return []*echo.Echo{a}
+// whileSealed is the handler of the sealed catch-alls: nil (not mounted)
+// unless the root key is sealed.
+func (s *Server) whileSealed() echo.HandlerFunc {
+	if s.opts.Custody != nil {
+		return nil
 	}
-	return []*echo.Echo{a, b}
+	return sealedHandler
 }
 
 // Drain makes /readyz answer 503 so load balancers stop sending traffic
@@ -510,31 +489,6 @@ func (s *Server) toAPIError(err error) *apierr.Error {
 	return apierr.ErrInternal.Wrap(err)
 }
 
-// Audit is the audit log.
-//
-// Key operations audit in the keys service ([Server.Keys]); this stays for
-// the capabilities that audit other actions until they take the audit log
-// as a constructor dependency.
-func (s *Server) Audit() Auditor { return s.opts.Audit }
-
-// Custody is the key custody (nil while sealed). The new way to act on
-// keys is the keys service ([Server.Keys]).
-func (s *Server) Custody() *enclave.Custody { return s.opts.Custody }
-
-// Keys is the keys service (nil while sealed). It is built once, here or
-// by the caller (Options.Keys); capabilities should take it as a
-// constructor dependency instead of asking the server.
-func (s *Server) Keys() *keys.Service { return s.keys }
-
-// Metrics are the Prometheus collectors.
-func (s *Server) Metrics() *metrics.Metrics { return s.opts.Metrics }
-
-// Logger is the server's logger.
-func (s *Server) Logger() *slog.Logger { return s.log }
-
-// Unsealed is middleware that answers 503 sealed while the root key is sealed.
-func (s *Server) Unsealed(next echo.HandlerFunc) echo.HandlerFunc { return s.unsealed(next) }
-
 // Request ids are a random per-process prefix and a counter: unique, cheap
 // (no syscall per request), and they need not be secret.
 var (
@@ -549,18 +503,18 @@ func newID() string {
 var errMethodNotAllowed = apierr.New(http.StatusMethodNotAllowed, "method_not_allowed", "this route does not take that HTTP method")
 
 // otherMethodMatches reports whether the path has a real route for another
-// method (echo's groups register catch-all not-found routes that would
-// otherwise turn every 405 into a 404).
+// method on the listener that got the request (echo's groups register
+// catch-all not-found routes that would otherwise turn every 405 into a
+// 404). The other listener's routes do not count: the public listener
+// must not reveal the admin API's routes by a 405.
 func (s *Server) otherMethodMatches(c echo.Context) bool {
 	path := c.Request().URL.Path
-	for _, e := range dedupe(s.Public, s.Admin) {
-		for _, r := range e.Routes() {
-			if r.Method == c.Request().Method || r.Method == echo.RouteNotFound || strings.HasSuffix(r.Path, "*") {
-				continue
-			}
-			if routeMatches(r.Path, path) {
-				return true
-			}
+	for _, r := range c.Echo().Routes() {
+		if r.Method == c.Request().Method || r.Method == echo.RouteNotFound || strings.HasSuffix(r.Path, "*") {
+			continue
+		}
+		if routeMatches(r.Path, path) {
+			return true
 		}
 	}
 	return false

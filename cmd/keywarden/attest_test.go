@@ -77,6 +77,14 @@ func startAttestAppliance(t *testing.T, dir string, tlsFiles *[2]string) *attest
 	r := &attestRunning{a: a}
 	opts := server.Options{Config: cfg, Logger: log, DB: a.db, Metrics: a.metrics, Audit: a.audit,
 		Custody: enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{}), Sessions: a.root.SessionTokens(nil)}
+	if opts.BlockList, err = server.LoadBlockList(ctx, a.db); err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	if err := wireKeys(ctx, a, &opts); err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
 	if err := wireAttestation(ctx, a, &opts); err != nil {
 		a.Close()
 		t.Fatal(err)

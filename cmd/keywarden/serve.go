@@ -184,7 +184,10 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 	if err := a.openAudit(ctx); err != nil {
 		return nil, nil, err
 	}
-	opts := a.serverOptions()
+	opts, err := a.serverOptions(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
 	if a.root == nil {
 		srv, err := server.New(opts) // sealed: health only, nothing else starts
 		return a, srv, err
@@ -315,21 +318,26 @@ func (a *appliance) openAudit(ctx context.Context) error {
 }
 
 // serverOptions are the server's options before any capability is wired:
-// the store, metrics, the PCR-policy flag and, unless sealed, the audit
-// log, key custody and session tokens.
-func (a *appliance) serverOptions() server.Options {
+// the store, metrics, the Firebase block list, the PCR-policy flag and,
+// unless sealed, the audit log, key custody and session tokens.
+func (a *appliance) serverOptions(ctx context.Context) (server.Options, error) {
 	opts := server.Options{Config: a.cfg, Logger: a.log, DB: a.db, Metrics: a.metrics, SealedReason: a.sealed}
+	bl, err := server.LoadBlockList(ctx, a.db)
+	if err != nil {
+		return opts, err
+	}
+	opts.BlockList = bl
 	if a.noPCRPolicy {
 		opts.Degraded = append(opts.Degraded, pcrPolicyCheck())
 	}
 	if a.root == nil {
 		opts.Audit = sealedAudit{}
-		return opts
+		return opts, nil
 	}
 	opts.Audit = a.audit
 	opts.Custody = enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{VersionRetention: a.cfg.Keys.VersionRetention})
 	opts.Sessions = a.root.SessionTokens(nil)
-	return opts
+	return opts, nil
 }
 
 func registerAuditMetrics(m *metrics.Metrics, l *audit.Log) {
@@ -400,25 +408,12 @@ func pcrPolicyCheck() server.Check {
 
 // wireKeys builds the appliance's keys service (opts.Keys).
 func wireKeys(_ context.Context, a *appliance, opts *server.Options) error {
-	_, err := applianceKeys(a, opts)
-	return err
-}
-
-// applianceKeys is the one keys service of the appliance (opts.Keys), built
-// on first use over the custody, audit log and metrics, and shared by the
-// server's routes, the passkey service and the Portal adapter so that every
-// path is counted in the same metrics.
-func applianceKeys(a *appliance, opts *server.Options) (*keys.Service, error) {
-	if opts.Keys != nil {
-		return opts.Keys, nil
-	}
-	ko := keys.Options{Custody: opts.Custody, Audit: opts.Audit, Metrics: a.metrics, Clock: opts.Clock, Logger: a.log}
-	ks, err := keys.New(ko)
+	ks, err := keys.New(keys.Options{Custody: opts.Custody, Audit: opts.Audit, Metrics: a.metrics, Clock: opts.Clock, Logger: a.log})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	opts.Keys = ks
-	return ks, nil
+	return nil
 }
 
 func listenAndServe(ctx context.Context, a *appliance, srv *server.Server) error {

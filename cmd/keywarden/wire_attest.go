@@ -158,7 +158,7 @@ func wireAttestation(ctx context.Context, a *appliance, opts *server.Options) er
 	if err != nil {
 		return fmt.Errorf("attestation: %w", err)
 	}
-	opts.Routes = append(opts.Routes, h)
+	opts.Attestation = h
 	return nil
 }
 

@@ -31,11 +31,14 @@ func wireCustodian(ctx context.Context, a *appliance, opts *server.Options) erro
 	if err != nil {
 		return fmt.Errorf("client shares: %w", err)
 	}
-	csh := clientshares.NewHandler(cs)
-	opts.Routes = append(opts.Routes, csh)
+	csh, err := clientshares.NewHandler(cs, opts.Audit)
+	if err != nil {
+		return err
+	}
+	opts.ClientShares = csh
 	opts.Users = append(opts.Users, csh)
 
-	hopts := custodianapi.Options{DB: a.db}
+	hopts := custodianapi.Options{DB: a.db, Audit: opts.Audit, Registry: a.metrics.Registry}
 	if a.cfg.Vault.Addr == "" {
 		a.log.Info("custodian shares are off: vault.addr is not set")
 	} else {
@@ -65,7 +68,7 @@ func wireCustodian(ctx context.Context, a *appliance, opts *server.Options) erro
 	if err != nil {
 		return err
 	}
-	opts.Routes = append(opts.Routes, h)
+	opts.Custodian = h
 	opts.Users = append(opts.Users, h)
 	return nil
 }
@@ -99,10 +102,8 @@ func startCustodian(ctx context.Context, a *appliance) (svc *custodian.Service, 
 // webhooks), or the error its routes answer (custodian_not_configured, or
 // Vault's refusal at start).
 func custodianService(opts *server.Options) (*custodian.Service, error) {
-	for _, r := range opts.Routes {
-		if h, ok := r.(*custodianapi.Handler); ok {
-			return h.Service()
-		}
+	if h, ok := opts.Custodian.(*custodianapi.Handler); ok {
+		return h.Service()
 	}
 	return nil, custodianapi.ErrNotConfigured
 }

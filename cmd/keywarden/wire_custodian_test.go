@@ -80,6 +80,12 @@ func newWired(t *testing.T, vault config.Vault, db *store.DB) (*wired, error) {
 	t.Cleanup(a.Close)
 	opts := server.Options{Config: cfg, Logger: log, DB: db, Metrics: a.metrics, Audit: alog,
 		Custody: enclave.NewCustody(db, root, enclave.CustodyOptions{}), Sessions: root.SessionTokens(nil)}
+	if opts.BlockList, err = server.LoadBlockList(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	if err := wireKeys(ctx, a, &opts); err != nil {
+		t.Fatal(err)
+	}
 	if err := wireCustodian(ctx, a, &opts); err != nil {
 		return nil, err
 	}
@@ -185,11 +191,11 @@ func TestWireWithoutVault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(w.opts.Routes) != 2 || len(w.opts.Users) != 2 || len(w.opts.Degraded) != 0 {
-		t.Fatalf("wired %d routes, %d users, %d checks", len(w.opts.Routes), len(w.opts.Users), len(w.opts.Degraded))
+	if w.opts.Custodian == nil || len(w.opts.Users) != 2 || len(w.opts.Degraded) != 0 {
+		t.Fatalf("wired custodian %T, %d users, %d checks", w.opts.Custodian, len(w.opts.Users), len(w.opts.Degraded))
 	}
-	if _, ok := w.opts.Routes[0].(*clientshares.Handler); !ok {
-		t.Fatalf("first route %T", w.opts.Routes[0])
+	if _, ok := w.opts.ClientShares.(*clientshares.Handler); !ok {
+		t.Fatalf("client shares %T", w.opts.ClientShares)
 	}
 	if _, err := custodianService(&w.opts); !errors.Is(err, custodianapi.ErrNotConfigured) {
 		t.Fatalf("custodianService: %v", err)

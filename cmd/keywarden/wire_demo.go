@@ -24,7 +24,7 @@ func wireDemo(_ context.Context, a *appliance, opts *server.Options) error {
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
-	opts.Routes = append(opts.Routes, d)
+	opts.Demo = d
 	a.log.Warn("dev mode: passkey demo page at <origin>/demo/ (its /demo/session mints session tokens for any user id; dev only)",
 		"origins", a.cfg.Passkey.Origins)
 	return nil

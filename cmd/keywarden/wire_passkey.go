@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keywarden/keywarden/enclave"
@@ -17,30 +16,18 @@ func wirePasskey(ctx context.Context, a *appliance, opts *server.Options) error 
 	if a.cfg.Passkey.RPID == "" {
 		return nil
 	}
-	ks, err := applianceKeys(a, opts)
-	if err != nil {
-		return err
-	}
+	ks := opts.Keys // wireKeys, before
 	svc, err := passkey.NewService(passkeyOptions(a.cfg.Passkey), passkey.Deps{DB: a.db, Custody: opts.Custody, Audit: opts.Audit, Logger: a.log, Keys: ks})
 	if err != nil {
 		return fmt.Errorf("passkey: %w", err)
 	}
 	h := &passkey.Handler{Service: svc, Sessions: opts.Sessions, MaxBodyBytes: a.cfg.Limits.MaxBodyBytes,
 		Actor: httpx.Actor}
-	opts.Routes = append(opts.Routes, passkeyRoutes{h})
+	opts.Passkey = h
 	opts.Users = append(opts.Users, passkeyUsers{svc})
 	a.passkey = svc
 	registerPasskeyMetrics(a, svc)
 	return nil
-}
-
-type passkeyRoutes struct{ h *passkey.Handler }
-
-func (r passkeyRoutes) RegisterRoutes(s *server.Server, public, admin *echo.Group) {
-	r.h.Register(public)
-	// Revocations and resets advance the rollback generation like every
-	// other store write: in their own transaction (the store's ledger).
-	r.h.RegisterAdmin(admin)
 }
 
 // passkeyUsers lists and deletes a user's passkeys with the user.

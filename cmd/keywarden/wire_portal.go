@@ -25,11 +25,8 @@ func wirePortal(_ context.Context, a *appliance, opts *server.Options) error {
 		a.log.Info("Portal SDK drop-in is off: portal.custodian_id is not set")
 		return nil
 	}
-	ks, err := applianceKeys(a, opts)
-	if err != nil {
-		return err
-	}
-	deps := portal.Deps{Passkey: a.passkey, Logger: a.log, Keys: ks}
+	ks := opts.Keys // wireKeys, before
+	deps := portal.Deps{Passkey: a.passkey, Logger: a.log, Keys: ks, Firebase: opts.Firebase, Audit: opts.Audit, Custody: opts.Custody}
 	if svc, err := custodianService(opts); svc != nil {
 		deps.Shares = svc
 	} else if len(p.WebhookSecrets) > 0 {
@@ -42,7 +39,7 @@ func wirePortal(_ context.Context, a *appliance, opts *server.Options) error {
 	if err != nil {
 		return fmt.Errorf("portal: %w", err)
 	}
-	opts.Routes = append(opts.Routes, ad)
+	opts.Portal = ad
 	registerPortalMetrics(a.metrics, ad.Resolver())
 	a.log.Info("Portal SDK drop-in on", "api_url", ad.Resolver().APIURL(), "custodian_id", p.CustodianID,
 		"passkeys", a.passkey != nil, "webhooks", deps.Shares != nil && len(p.WebhookSecrets) > 0)

@@ -19,7 +19,6 @@ import (
 	"github.com/keywarden/keywarden/attest"
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
-	"github.com/keywarden/keywarden/server"
 )
 
 // Defaults of [Options].
@@ -136,7 +135,8 @@ func (o *Options) Validate() error {
 	return nil
 }
 
-// Handler serves the attestation routes. It implements [server.Routes].
+// Handler serves the attestation routes (mounted by the public routes
+// table, server/routes_public.go): Attestation and ApplianceKey.
 type Handler struct {
 	opts    Options
 	limiter *rate.Limiter
@@ -164,16 +164,6 @@ func New(opts Options) (*Handler, error) {
 	return &Handler{opts: opts, limiter: rate.NewLimiter(rate.Limit(opts.Rate), opts.Burst), log: log}, nil
 }
 
-// RegisterRoutes adds GET /v1/attestation and GET /v1/appliance-key to the
-// public listener.
-func (h *Handler) RegisterRoutes(s *server.Server, public, _ *echo.Group) {
-	if h.opts.Logger == nil {
-		h.log = s.Logger()
-	}
-	public.GET("/v1/attestation", h.attestation)
-	public.GET("/v1/appliance-key", h.applianceKey)
-}
-
 // ApplianceKey is the body of GET /v1/appliance-key.
 type ApplianceKey struct {
 	// HPKEPublicKey is the appliance's HPKE public key (base64 in JSON).
@@ -183,7 +173,8 @@ type ApplianceKey struct {
 	Suite string `json:"suite"`
 }
 
-func (h *Handler) applianceKey(c echo.Context) error {
+// ApplianceKey is GET /v1/appliance-key.
+func (h *Handler) ApplianceKey(c echo.Context) error {
 	if h.opts.HPKEPublicKey == nil {
 		return apierr.ErrSealed
 	}
@@ -202,7 +193,8 @@ func Suite(pub []byte) string {
 	return ""
 }
 
-func (h *Handler) attestation(c echo.Context) error {
+// Attestation is GET /v1/attestation.
+func (h *Handler) Attestation(c echo.Context) error {
 	q := c.QueryParams()
 	nonce, err := ParseNonce(q.Get("nonce"))
 	if err != nil {

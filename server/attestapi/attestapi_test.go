@@ -69,7 +69,7 @@ func newAppliance(t *testing.T, st setup) *appliance {
 	t.Helper()
 	a := &appliance{t: t}
 	opts := []appserver.Option{appserver.Core(apptest.Seed(11)), appserver.Before(func(app *appserver.App, so *server.Options) {
-		so.Routes = append(so.Routes, a.routes(app, st))
+		so.Attestation = a.routes(app, st)
 	})}
 	if st.tls {
 		opts = append(opts, appserver.TLS())

@@ -2,6 +2,7 @@ package clientshares
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strconv"
 
@@ -10,8 +11,8 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
-	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/httpx"
+	"github.com/keywarden/keywarden/server/keys"
 )
 
 // Audit actions of this package besides audit.ActionStore, ActionRelease
@@ -22,36 +23,30 @@ const (
 	auditKind     = "client_share"
 )
 
-// Handler serves the client-share admin routes. It implements server.Routes
-// and server.UserData.
+// Handler serves the client-share admin routes (mounted by the admin
+// routes table, server/routes_admin.go: List, Put, Get, Delete, Status,
+// Versions, Restore) and lists and deletes a user's client shares with the
+// user (DescribeUser, DeleteUser).
 type Handler struct {
 	store *Store
-	srv   *server.Server
+	audit keys.Auditor
 }
 
-// NewHandler returns the routes over st.
-func NewHandler(st *Store) *Handler { return &Handler{store: st} }
+// NewHandler returns the routes over st, auditing to audit.
+func NewHandler(st *Store, audit keys.Auditor) (*Handler, error) {
+	if st == nil || audit == nil {
+		return nil, errors.New("clientshares: the store and the audit log are required")
+	}
+	return &Handler{store: st, audit: audit}, nil
+}
 
 // Store is the underlying store.
 func (h *Handler) Store() *Store { return h.store }
 
-// RegisterRoutes adds the admin routes (see the package doc).
-func (h *Handler) RegisterRoutes(s *server.Server, _, admin *echo.Group) {
-	h.srv = s
-	const p = "/users/:userId/client-shares"
-	admin.GET(p, h.list, s.Unsealed)
-	admin.PUT(p+"/:method", h.put, s.Unsealed)
-	admin.GET(p+"/:method", h.get, s.Unsealed)
-	admin.DELETE(p+"/:method", h.delete, s.Unsealed)
-	admin.PUT(p+"/:method/status", h.status, s.Unsealed)
-	admin.GET(p+"/:method/versions", h.versions, s.Unsealed)
-	admin.POST(p+"/:method/versions/:versionId/restore", h.restore, s.Unsealed)
-}
-
 // target validates the path's user id and method.
 func target(c echo.Context) (enclave.Owner, string, error) {
 	userID := c.Param("userId")
-	if err := server.ValidUserID(userID); err != nil {
+	if err := enclave.ValidUserID(userID); err != nil {
 		return "", "", err
 	}
 	method := c.Param("method")
@@ -62,12 +57,12 @@ func target(c echo.Context) (enclave.Owner, string, error) {
 }
 
 func (h *Handler) record(c echo.Context, action string, owner enclave.Owner, method string, fields map[string]string) error {
-	ev := h.srv.Event(c, action, string(owner), method, "")
+	ev := httpx.KeysRequest(c).Event(action, owner, method, "")
 	ev.Fields = map[string]string{"kind": auditKind}
 	for k, v := range fields {
 		ev.Fields[k] = v
 	}
-	return h.srv.Audit().Record(c.Request().Context(), ev)
+	return h.audit.Record(c.Request().Context(), ev)
 }
 
 // putRequest is the body of PUT …/client-shares/:method.
@@ -90,7 +85,8 @@ type shareResponse struct {
 	CipherText string `json:"cipherText"`
 }
 
-func (h *Handler) put(c echo.Context) error {
+// Put is PUT …/client-shares/:method.
+func (h *Handler) Put(c echo.Context) error {
 	owner, method, err := target(c)
 	if err != nil {
 		return err
@@ -116,7 +112,8 @@ func (h *Handler) put(c echo.Context) error {
 	return c.JSON(http.StatusCreated, info)
 }
 
-func (h *Handler) get(c echo.Context) error {
+// Get is GET …/client-shares/:method.
+func (h *Handler) Get(c echo.Context) error {
 	owner, method, err := target(c)
 	if err != nil {
 		return err
@@ -138,7 +135,8 @@ type statusRequest struct {
 
 var errStatusMissing = apierr.ErrBadRequest.WithMessage(`send {"stored": true} or {"stored": false}`)
 
-func (h *Handler) status(c echo.Context) error {
+// Status is PUT …/client-shares/:method/status.
+func (h *Handler) Status(c echo.Context) error {
 	owner, method, err := target(c)
 	if err != nil {
 		return err
@@ -165,7 +163,8 @@ func (h *Handler) status(c echo.Context) error {
 	return c.JSON(http.StatusOK, info)
 }
 
-func (h *Handler) delete(c echo.Context) error {
+// Delete is DELETE …/client-shares/:method.
+func (h *Handler) Delete(c echo.Context) error {
 	owner, method, err := target(c)
 	if err != nil {
 		return err
@@ -183,9 +182,10 @@ func (h *Handler) delete(c echo.Context) error {
 	return c.NoContent(http.StatusNoContent)
 }
 
-func (h *Handler) list(c echo.Context) error {
+// List is GET /v1/admin/users/:userId/client-shares.
+func (h *Handler) List(c echo.Context) error {
 	userID := c.Param("userId")
-	if err := server.ValidUserID(userID); err != nil {
+	if err := enclave.ValidUserID(userID); err != nil {
 		return err
 	}
 	infos, err := h.store.List(c.Request().Context(), enclave.UserOwner(userID))
@@ -198,7 +198,8 @@ func (h *Handler) list(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{"shares": infos})
 }
 
-func (h *Handler) versions(c echo.Context) error {
+// Versions is GET …/client-shares/:method/versions.
+func (h *Handler) Versions(c echo.Context) error {
 	owner, method, err := target(c)
 	if err != nil {
 		return err
@@ -213,7 +214,8 @@ func (h *Handler) versions(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{"versions": vs})
 }
 
-func (h *Handler) restore(c echo.Context) error {
+// Restore is POST …/client-shares/:method/versions/:versionId/restore.
+func (h *Handler) Restore(c echo.Context) error {
 	owner, method, err := target(c)
 	if err != nil {
 		return err
@@ -251,8 +253,3 @@ func (h *Handler) DeleteUser(ctx context.Context, userID string) error {
 	_, err := h.store.DeleteOwner(ctx, enclave.UserOwner(userID))
 	return err
 }
-
-var _ interface {
-	server.Routes
-	server.UserData
-} = (*Handler)(nil)

@@ -38,8 +38,11 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 			t.Fatal(err)
 		}
 		v.store = st
-		h := NewHandler(st)
-		o.Routes, o.Users = append(o.Routes, h), append(o.Users, h)
+		h, err := NewHandler(st, a.Audit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.ClientShares, o.Users = h, append(o.Users, h)
 	}))
 	return v
 }

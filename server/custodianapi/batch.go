@@ -13,7 +13,6 @@ import (
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/secret"
-	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/httpx"
 )
 
@@ -77,7 +76,7 @@ func (r batchRequest) check(maxItems int, withShare bool) ([]itemResult, []check
 	for i, it := range r.Items {
 		method := methodOf(it.Method)
 		results[i] = itemResult{UserID: it.UserID, Method: method}
-		if err := server.ValidUserID(it.UserID); err != nil {
+		if err := enclave.ValidUserID(it.UserID); err != nil {
 			results[i].Error = failItem(err)
 			continue
 		}
@@ -107,7 +106,7 @@ func (h *Handler) recordAll(c echo.Context, action string, items []checked) erro
 	g.SetLimit(auditParallel)
 	for _, it := range items {
 		ev := h.event(c, action, it.owner, it.method, map[string]string{"batch": "true"})
-		g.Go(func() error { return h.srv.Audit().Record(ctx, ev) })
+		g.Go(func() error { return h.audit.Record(ctx, ev) })
 	}
 	return g.Wait()
 }
@@ -116,7 +115,8 @@ type batchResponse struct {
 	Results []itemResult `json:"results"`
 }
 
-func (h *Handler) batchPut(c echo.Context) error {
+// BatchPut is POST /v1/admin/custodian-shares/batch-put.
+func (h *Handler) BatchPut(c echo.Context) error {
 	var req batchRequest
 	if err := httpx.Bind(c, &req, 0); err != nil {
 		return err
@@ -160,7 +160,8 @@ func (h *Handler) batchPut(c echo.Context) error {
 	return c.JSON(http.StatusOK, batchResponse{Results: results})
 }
 
-func (h *Handler) batchGet(c echo.Context) error {
+// BatchGet is POST /v1/admin/custodian-shares/batch-get.
+func (h *Handler) BatchGet(c echo.Context) error {
 	var req batchRequest
 	if err := httpx.Bind(c, &req, 0); err != nil {
 		return err

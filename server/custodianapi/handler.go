@@ -17,8 +17,8 @@ import (
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/secret"
-	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/httpx"
+	"github.com/keywarden/keywarden/server/keys"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -69,23 +69,30 @@ type Options struct {
 	DB *store.DB
 	// MaxBatchItems caps the items of one batch; 0 means 500.
 	MaxBatchItems int
+	// Audit is the audit log every share operation is recorded in first.
+	// Required.
+	Audit keys.Auditor
+	// Registry takes the latency histogram
+	// keywarden_custodian_operation_duration_seconds; nil: not exported.
+	Registry *prometheus.Registry
 }
 
-// Handler serves the custodian admin routes. It implements server.Routes
-// and server.UserData.
+// Handler serves the custodian admin routes (mounted by the admin routes
+// table, server/routes_admin.go, each behind Configured) and describes
+// and deletes an owner's shares (DescribeUser, DescribeOwner, DeleteUser).
 type Handler struct {
 	svc         *custodian.Service
 	unavailable error
 	records     *custodian.Records // the shares' storage, with or without Vault
 	maxBatch    int
-	srv         *server.Server
+	audit       keys.Auditor
 	latency     *prometheus.HistogramVec
 }
 
 // New returns the routes.
 func New(opts Options) (*Handler, error) {
-	if opts.DB == nil {
-		return nil, errors.New("custodianapi: DB is required")
+	if opts.DB == nil || opts.Audit == nil {
+		return nil, errors.New("custodianapi: DB and Audit are required")
 	}
 	if opts.Unavailable == nil {
 		opts.Unavailable = ErrNotConfigured
@@ -97,7 +104,8 @@ func New(opts Options) (*Handler, error) {
 	if opts.Service != nil {
 		records = opts.Service.Records()
 	}
-	return &Handler{svc: opts.Service, unavailable: opts.Unavailable, records: records, maxBatch: opts.MaxBatchItems}, nil
+	return &Handler{svc: opts.Service, unavailable: opts.Unavailable, records: records, maxBatch: opts.MaxBatchItems,
+		audit: opts.Audit, latency: registerLatency(opts.Registry)}, nil
 }
 
 // Service is the share service, or nil with the error the routes answer.
@@ -108,38 +116,17 @@ func (h *Handler) Service() (*custodian.Service, error) {
 	return h.svc, nil
 }
 
-// RegisterRoutes adds the admin routes (see the package doc) and the
-// latency histogram keywarden_custodian_operation_duration_seconds.
-func (h *Handler) RegisterRoutes(s *server.Server, _, admin *echo.Group) {
-	h.srv = s
-	h.latency = registerLatency(s.Metrics().Registry)
-	mw := []echo.MiddlewareFunc{s.Unsealed, h.configured}
-	const u = "/users/:userId/custodian-share"
-	admin.PUT(u, h.put, mw...)
-	admin.GET(u, h.get, mw...)
-	admin.DELETE(u, h.delete, mw...)
-	admin.GET(u+"/versions", h.versions, mw...)
-	admin.POST(u+"/versions/:versionId/restore", h.restore, mw...)
-	admin.GET("/users/:userId/custodian-shares", h.list, mw...)
-	// Any owner (user:, firebase:, portal:), URL-escaped in one segment:
-	// Portal's webhooks keep shares under portal:<clientId>.
-	const o = "/owners/:owner/custodian-shares"
-	admin.GET(o, h.ownerList, mw...)
-	admin.GET(o+"/:method/versions", h.ownerVersions, mw...)
-	admin.POST(o+"/:method/versions/:versionId/restore", h.ownerRestore, mw...)
-	admin.POST("/custodian-shares/batch-put", h.batchPut, mw...)
-	admin.POST("/custodian-shares/batch-get", h.batchGet, mw...)
-	admin.POST("/custodian/rewrap", h.startRewrap, mw...)
-	admin.GET("/custodian/rewrap", h.listJobs, mw...)
-	admin.GET("/custodian/rewrap/:jobId", h.job, mw...)
-}
-
+// registerLatency makes the latency histogram and registers it with r
+// (nil: not exported).
 func registerLatency(r *prometheus.Registry) *prometheus.HistogramVec {
 	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "keywarden_custodian_operation_duration_seconds",
 		Help:    "Custodian share operations through Vault Transit (store, release, batch), by operation and outcome (ok or the error code).",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 	}, []string{"op", "outcome"})
+	if r == nil {
+		return h
+	}
 	if err := r.Register(h); err != nil {
 		var are prometheus.AlreadyRegisteredError
 		if errors.As(err, &are) {
@@ -163,8 +150,9 @@ func (h *Handler) observe(op string, start time.Time, err error) {
 	h.latency.WithLabelValues(op, outcome).Observe(time.Since(start).Seconds())
 }
 
-// configured answers Unavailable while there is no Service.
-func (h *Handler) configured(next echo.HandlerFunc) echo.HandlerFunc {
+// Configured is the middleware of every route: it answers Unavailable
+// while there is no Service.
+func (h *Handler) Configured(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		if h.svc == nil {
 			return h.unavailable
@@ -193,7 +181,7 @@ func validMethod(m string) error {
 // target validates the path's user id and ?method=.
 func target(c echo.Context) (enclave.Owner, string, error) {
 	userID := c.Param("userId")
-	if err := server.ValidUserID(userID); err != nil {
+	if err := enclave.ValidUserID(userID); err != nil {
 		return "", "", err
 	}
 	method := methodOf(c.QueryParam("method"))
@@ -205,7 +193,7 @@ func target(c echo.Context) (enclave.Owner, string, error) {
 
 // ownerTarget validates the path's owner (any kind) and method.
 func ownerTarget(c echo.Context) (enclave.Owner, string, error) {
-	owner, err := server.OwnerParam(c)
+	owner, err := httpx.OwnerParam(c)
 	if err != nil {
 		return "", "", err
 	}
@@ -220,7 +208,7 @@ func ownerTarget(c echo.Context) (enclave.Owner, string, error) {
 }
 
 func (h *Handler) event(c echo.Context, action string, owner enclave.Owner, method string, fields map[string]string) audit.Event {
-	ev := h.srv.Event(c, action, string(owner), method, "")
+	ev := httpx.KeysRequest(c).Event(action, owner, method, "")
 	ev.Fields = map[string]string{"kind": auditKind}
 	for k, v := range fields {
 		ev.Fields[k] = v
@@ -229,7 +217,7 @@ func (h *Handler) event(c echo.Context, action string, owner enclave.Owner, meth
 }
 
 func (h *Handler) record(c echo.Context, action string, owner enclave.Owner, method string, fields map[string]string) error {
-	return h.srv.Audit().Record(c.Request().Context(), h.event(c, action, owner, method, fields))
+	return h.audit.Record(c.Request().Context(), h.event(c, action, owner, method, fields))
 }
 
 // decodeShare reads a standard-base64 share of 1 to MaxShareSize bytes.
@@ -254,7 +242,8 @@ type shareResponse struct {
 	Share  string `json:"share"`
 }
 
-func (h *Handler) put(c echo.Context) error {
+// Put is PUT /v1/admin/users/:userId/custodian-share.
+func (h *Handler) Put(c echo.Context) error {
 	owner, method, err := target(c)
 	if err != nil {
 		return err
@@ -288,7 +277,8 @@ func (h *Handler) put(c echo.Context) error {
 	return c.JSON(http.StatusCreated, info)
 }
 
-func (h *Handler) get(c echo.Context) error {
+// Get is GET /v1/admin/users/:userId/custodian-share.
+func (h *Handler) Get(c echo.Context) error {
 	owner, method, err := target(c)
 	if err != nil {
 		return err
@@ -306,7 +296,8 @@ func (h *Handler) get(c echo.Context) error {
 	return c.JSON(http.StatusOK, shareResponse{Method: method, Share: base64.StdEncoding.EncodeToString(share.Reveal())})
 }
 
-func (h *Handler) delete(c echo.Context) error {
+// Delete is DELETE /v1/admin/users/:userId/custodian-share.
+func (h *Handler) Delete(c echo.Context) error {
 	owner, method, err := target(c)
 	if err != nil {
 		return err
@@ -325,16 +316,18 @@ func (h *Handler) delete(c echo.Context) error {
 	return c.NoContent(http.StatusNoContent)
 }
 
-func (h *Handler) list(c echo.Context) error {
+// List is GET /v1/admin/users/:userId/custodian-shares.
+func (h *Handler) List(c echo.Context) error {
 	userID := c.Param("userId")
-	if err := server.ValidUserID(userID); err != nil {
+	if err := enclave.ValidUserID(userID); err != nil {
 		return err
 	}
 	return h.listOf(c, enclave.UserOwner(userID))
 }
 
-func (h *Handler) ownerList(c echo.Context) error {
-	owner, err := server.OwnerParam(c)
+// OwnerList is GET /v1/admin/owners/:owner/custodian-shares.
+func (h *Handler) OwnerList(c echo.Context) error {
+	owner, err := httpx.OwnerParam(c)
 	if err != nil {
 		return err
 	}
@@ -352,7 +345,8 @@ func (h *Handler) listOf(c echo.Context, owner enclave.Owner) error {
 	return c.JSON(http.StatusOK, map[string]any{"shares": infos})
 }
 
-func (h *Handler) versions(c echo.Context) error {
+// Versions is GET …/custodian-share/versions.
+func (h *Handler) Versions(c echo.Context) error {
 	owner, method, err := target(c)
 	if err != nil {
 		return err
@@ -360,7 +354,8 @@ func (h *Handler) versions(c echo.Context) error {
 	return h.versionsOf(c, owner, method)
 }
 
-func (h *Handler) ownerVersions(c echo.Context) error {
+// OwnerVersions is GET /v1/admin/owners/:owner/custodian-shares/:method/versions.
+func (h *Handler) OwnerVersions(c echo.Context) error {
 	owner, method, err := ownerTarget(c)
 	if err != nil {
 		return err
@@ -379,7 +374,8 @@ func (h *Handler) versionsOf(c echo.Context, owner enclave.Owner, method string)
 	return c.JSON(http.StatusOK, map[string]any{"versions": vs})
 }
 
-func (h *Handler) restore(c echo.Context) error {
+// Restore is POST …/custodian-share/versions/:versionId/restore.
+func (h *Handler) Restore(c echo.Context) error {
 	owner, method, err := target(c)
 	if err != nil {
 		return err
@@ -387,7 +383,8 @@ func (h *Handler) restore(c echo.Context) error {
 	return h.restoreOf(c, owner, method)
 }
 
-func (h *Handler) ownerRestore(c echo.Context) error {
+// OwnerRestore is POST /v1/admin/owners/:owner/custodian-shares/:method/versions/:versionId/restore.
+func (h *Handler) OwnerRestore(c echo.Context) error {
 	owner, method, err := ownerTarget(c)
 	if err != nil {
 		return err
@@ -417,7 +414,8 @@ type jobStarted struct {
 	JobID string `json:"jobId"`
 }
 
-func (h *Handler) startRewrap(c echo.Context) error {
+// StartRewrap is POST /v1/admin/custodian/rewrap.
+func (h *Handler) StartRewrap(c echo.Context) error {
 	if err := h.record(c, ActionRewrap, "", "", nil); err != nil {
 		return err
 	}
@@ -435,7 +433,8 @@ func jobView(j custodian.JobStatus) custodian.JobStatus {
 	return j
 }
 
-func (h *Handler) job(c echo.Context) error {
+// Job is GET /v1/admin/custodian/rewrap/:jobId.
+func (h *Handler) Job(c echo.Context) error {
 	j, err := h.svc.JobStatus(c.Request().Context(), c.Param("jobId"))
 	if err != nil {
 		return err
@@ -443,7 +442,8 @@ func (h *Handler) job(c echo.Context) error {
 	return c.JSON(http.StatusOK, jobView(j))
 }
 
-func (h *Handler) listJobs(c echo.Context) error {
+// ListJobs is GET /v1/admin/custodian/rewrap.
+func (h *Handler) ListJobs(c echo.Context) error {
 	js, err := h.svc.Jobs(c.Request().Context())
 	if err != nil {
 		return err
@@ -511,9 +511,3 @@ func (h *Handler) DeleteUser(ctx context.Context, userID string) error {
 	_, err := h.records.DeleteOwner(ctx, string(enclave.UserOwner(userID)))
 	return err
 }
-
-var _ interface {
-	server.Routes
-	server.UserData
-	server.OwnerData
-} = (*Handler)(nil)

@@ -64,7 +64,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		}),
 		appserver.ServerOptions(func(so *server.Options) { so.Logger, so.Metrics = quiet, v.metrics }),
 		appserver.Before(func(a *appserver.App, so *server.Options) {
-			hopts := Options{DB: a.DB, MaxBatchItems: o.maxBatch}
+			hopts := Options{DB: a.DB, MaxBatchItems: o.maxBatch, Audit: a.Audit, Registry: v.metrics.Registry}
 			if !o.noVault {
 				hopts.Service = v.startService(a.DB, o)
 			}
@@ -72,7 +72,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 			if err != nil {
 				t.Fatal(err)
 			}
-			so.Routes, so.Users = append(so.Routes, h), append(so.Users, h)
+			so.Custodian, so.Users = h, append(so.Users, h)
 		}))
 	return v
 }

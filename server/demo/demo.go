@@ -42,8 +42,8 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
-	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/httpx"
+	"github.com/keywarden/keywarden/server/keys"
 )
 
 //go:embed static
@@ -82,7 +82,7 @@ type Options struct {
 	Origins []string
 	// Audit records every token minted (durably; when it fails, no token
 	// is minted). Required.
-	Audit server.Auditor
+	Audit keys.Auditor
 	// TTL is the tokens' lifetime; 0 means DefaultTTL.
 	TTL time.Duration
 }
@@ -91,7 +91,7 @@ type Options struct {
 type Demo struct {
 	sessions *enclave.SessionTokens
 	origins  map[string]bool
-	audit    server.Auditor
+	audit    keys.Auditor
 	ttl      time.Duration
 	files    http.Handler
 }
@@ -122,12 +122,9 @@ func New(opts Options) (*Demo, error) {
 	return d, nil
 }
 
-// RegisterRoutes adds the routes to the public listener (server.Routes).
-func (d *Demo) RegisterRoutes(_ *server.Server, public, _ *echo.Group) {
-	public.GET("/demo", func(c echo.Context) error { return c.Redirect(http.StatusMovedPermanently, "/demo/") })
-	public.GET("/demo/*", d.serveFile)
-	public.HEAD("/demo/*", d.serveFile)
-	public.POST("/demo/session", d.session)
+// Redirect is GET /demo: to /demo/.
+func (d *Demo) Redirect(c echo.Context) error {
+	return c.Redirect(http.StatusMovedPermanently, "/demo/")
 }
 
 // contentSecurityPolicy allows the page's own script and style only, and
@@ -135,7 +132,8 @@ func (d *Demo) RegisterRoutes(_ *server.Server, public, _ *echo.Group) {
 const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; " +
 	"img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
-func (d *Demo) serveFile(c echo.Context) error {
+// ServeFile is GET and HEAD /demo/*: the page and its files.
+func (d *Demo) ServeFile(c echo.Context) error {
 	name := strings.TrimPrefix(c.Request().URL.Path, "/demo/")
 	if name != "" && name != "index.html" {
 		if _, err := fs.Stat(Files(), name); err != nil {
@@ -161,9 +159,9 @@ type sessionResponse struct {
 	ExpiresAt time.Time `json:"expiresAt"`
 }
 
-// session mints a user session token for the typed user id (dev only; see
-// the package doc).
-func (d *Demo) session(c echo.Context) error {
+// Session is POST /demo/session: it mints a user session token for the
+// typed user id (dev only; see the package doc).
+func (d *Demo) Session(c echo.Context) error {
 	if !d.origins[strings.ToLower(c.Request().Header.Get("Origin"))] {
 		return ErrOriginNotAllowed
 	}
@@ -192,7 +190,7 @@ func validUserID(id string) error { return enclave.ValidUserID(id) }
 func (d *Demo) record(c echo.Context, userID string) error {
 	ev := audit.Event{
 		Action: ActionSessionToken, Outcome: audit.OutcomeSuccess, Actor: "dev-demo",
-		Owner: string(enclave.UserOwner(userID)), RequestID: server.RequestID(c), Remote: c.RealIP(),
+		Owner: string(enclave.UserOwner(userID)), RequestID: httpx.RequestID(c), Remote: c.RealIP(),
 	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), 5*time.Second)
 	defer cancel()

@@ -62,7 +62,11 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Options{Config: cfg, DB: db, Sessions: sessions, Audit: alog, Routes: []server.Routes{d}})
+	bl, err := server.LoadBlockList(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Options{Config: cfg, DB: db, Sessions: sessions, Audit: alog, Demo: d, BlockList: bl})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -259,3 +259,33 @@ func (in StoreKeyInput) Open(ks *keys.Service, route string, owner enclave.Owner
 	}
 	return DecodeKey(*in.Key)
 }
+
+// ErrInvalidOwner refuses an owner path segment that is not a valid owner
+// of a known kind, or not URL-escaped correctly.
+var ErrInvalidOwner = apierr.New(http.StatusBadRequest, "invalid_owner",
+	"name the owner as user:<userId>, firebase:<project>/<tenant>/<uid> (tenant empty when none) or portal:<clientId>, URL-escaped in one path segment (/ as %2F)")
+
+// OwnerKinds are the prefixes of the owners Keywarden keeps records for:
+// users vouched for by the customer's backend (and passkey users),
+// Firebase users, Portal clients.
+var OwnerKinds = []string{"user:", "firebase:", "portal:"}
+
+// OwnerParam is the :owner path parameter: any owner of a known kind,
+// URL-escaped in one segment (firebase owners hold '/'), or
+// [ErrInvalidOwner].
+func OwnerParam(c echo.Context) (enclave.Owner, error) {
+	raw, err := PathParam(c, "owner")
+	if err != nil {
+		return "", ErrInvalidOwner
+	}
+	o := enclave.Owner(raw)
+	if o.Validate() != nil {
+		return "", ErrInvalidOwner
+	}
+	for _, k := range OwnerKinds {
+		if strings.HasPrefix(raw, k) && len(raw) > len(k) {
+			return o, nil
+		}
+	}
+	return "", ErrInvalidOwner
+}

@@ -35,25 +35,6 @@ type Handler struct {
 	Actor func(c echo.Context) string
 }
 
-// Register adds the public routes to g, which must be the root of the
-// public listener (paths are absolute: /v1/passkeys/…, /.well-known/…).
-func (h *Handler) Register(g *echo.Group) {
-	g.POST("/v1/passkeys/registration/begin", h.registrationBegin)
-	g.POST("/v1/passkeys/registration/finish", h.registrationFinish)
-	g.POST("/v1/passkeys/authentication/begin", h.authenticationBegin)
-	g.POST("/v1/passkeys/authentication/finish", h.authenticationFinish)
-	g.GET("/.well-known/apple-app-site-association", h.appleAppSiteAssociation)
-	g.GET("/.well-known/assetlinks.json", h.assetLinks)
-}
-
-// RegisterAdmin adds the admin routes to g, the /v1/admin group of the
-// admin listener behind the admin-key middleware (paths are relative to it).
-func (h *Handler) RegisterAdmin(g *echo.Group) {
-	g.GET("/users/:userId/passkeys", h.adminList)
-	g.DELETE("/users/:userId/passkeys/:credentialId", h.adminRevoke)
-	g.POST("/users/:userId/passkeys/reset", h.adminReset)
-}
-
 // bind reads the body under the one JSON rule set (httpx.Bind: unknown
 // members refused, so a misspelt recipientPublicKey never silently
 // releases a key in the clear) within MaxBodyBytes.
@@ -110,7 +91,8 @@ type registrationBeginResponse struct {
 	ClaimsImportedKey bool `json:"claimsImportedKey"`
 }
 
-func (h *Handler) registrationBegin(c echo.Context) error {
+// RegistrationBegin is POST /v1/passkeys/registration/begin.
+func (h *Handler) RegistrationBegin(c echo.Context) error {
 	tok, ok := httpx.Bearer(c.Request().Header.Get(echo.HeaderAuthorization))
 	if !ok {
 		return apierr.ErrUnauthorized.WithMessage("registration needs Authorization: Bearer <user session token>")
@@ -178,7 +160,8 @@ type registrationFinishResponse struct {
 	KeyClaimed   bool   `json:"keyClaimed"`
 }
 
-func (h *Handler) registrationFinish(c echo.Context) error {
+// RegistrationFinish is POST /v1/passkeys/registration/finish.
+func (h *Handler) RegistrationFinish(c echo.Context) error {
 	var req registrationFinishRequest
 	if err := h.bind(c, &req); err != nil {
 		return err
@@ -230,7 +213,8 @@ type authenticationBeginResponse struct {
 	ExpiresAt  time.Time                                  `json:"expiresAt"`
 }
 
-func (h *Handler) authenticationBegin(c echo.Context) error {
+// AuthenticationBegin is POST /v1/passkeys/authentication/begin.
+func (h *Handler) AuthenticationBegin(c echo.Context) error {
 	var req authenticationBeginRequest
 	if err := h.bind(c, &req); err != nil {
 		return err
@@ -288,7 +272,8 @@ type authenticationFinishResponse struct {
 	AssertionCeremonyID string `json:"assertionCeremonyId,omitempty"`
 }
 
-func (h *Handler) authenticationFinish(c echo.Context) error {
+// AuthenticationFinish is POST /v1/passkeys/authentication/finish.
+func (h *Handler) AuthenticationFinish(c echo.Context) error {
 	var req authenticationFinishRequest
 	if err := h.bind(c, &req); err != nil {
 		return err
@@ -331,7 +316,8 @@ type adminListResponse struct {
 	Passkeys []PasskeyInfo `json:"passkeys"`
 }
 
-func (h *Handler) adminList(c echo.Context) error {
+// AdminList is GET /v1/admin/users/:userId/passkeys.
+func (h *Handler) AdminList(c echo.Context) error {
 	owner, err := adminOwner(c)
 	if err != nil {
 		return err
@@ -343,7 +329,8 @@ func (h *Handler) adminList(c echo.Context) error {
 	return c.JSON(http.StatusOK, adminListResponse{UserID: c.Param("userId"), Passkeys: list})
 }
 
-func (h *Handler) adminRevoke(c echo.Context) error {
+// AdminRevoke is DELETE /v1/admin/users/:userId/passkeys/:credentialId.
+func (h *Handler) AdminRevoke(c echo.Context) error {
 	owner, err := adminOwner(c)
 	if err != nil {
 		return err
@@ -354,7 +341,8 @@ func (h *Handler) adminRevoke(c echo.Context) error {
 	return c.NoContent(http.StatusNoContent)
 }
 
-func (h *Handler) adminReset(c echo.Context) error {
+// AdminReset is POST /v1/admin/users/:userId/passkeys/reset.
+func (h *Handler) AdminReset(c echo.Context) error {
 	owner, err := adminOwner(c)
 	if err != nil {
 		return err
@@ -381,9 +369,10 @@ func (h *Handler) wellKnownRP(c echo.Context) *relyingParty {
 	return h.Service.rps[0]
 }
 
-// appleAppSiteAssociation serves the webcredentials apps of the RP, so iOS
-// lets those apps use passkeys of this domain.
-func (h *Handler) appleAppSiteAssociation(c echo.Context) error {
+// AppleAppSiteAssociation is GET /.well-known/apple-app-site-association:
+// the webcredentials apps of the RP, so iOS lets those apps use passkeys
+// of this domain.
+func (h *Handler) AppleAppSiteAssociation(c echo.Context) error {
 	rp := h.wellKnownRP(c)
 	if len(rp.cfg.AppleAppIDs) == 0 {
 		return apierr.ErrNotFound.WithMessage("no Apple app ids are configured for %s", rp.cfg.ID)
@@ -404,9 +393,9 @@ type assetLink struct {
 	} `json:"target"`
 }
 
-// assetLinks serves the Android apps of the RP with the
-// get_login_creds relation, fingerprints as colon-hex.
-func (h *Handler) assetLinks(c echo.Context) error {
+// AssetLinks is GET /.well-known/assetlinks.json: the Android apps of the
+// RP with the get_login_creds relation, fingerprints as colon-hex.
+func (h *Handler) AssetLinks(c echo.Context) error {
 	rp := h.wellKnownRP(c)
 	if len(rp.cfg.AndroidApps) == 0 {
 		return apierr.ErrNotFound.WithMessage("no Android apps are configured for %s", rp.cfg.ID)

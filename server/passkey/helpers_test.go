@@ -82,8 +82,16 @@ func newEnv(t testing.TB, mod func(*Options)) *env {
 	e.IPExtractor = echo.ExtractIPDirect()
 	e.HTTPErrorHandler = errorHandler
 	h := &Handler{Service: svc, Sessions: sessions}
-	h.Register(e.Group(""))
-	h.RegisterAdmin(e.Group("/v1/admin"))
+	// The passkey rows of the server's routes tables.
+	e.POST("/v1/passkeys/registration/begin", h.RegistrationBegin)
+	e.POST("/v1/passkeys/registration/finish", h.RegistrationFinish)
+	e.POST("/v1/passkeys/authentication/begin", h.AuthenticationBegin)
+	e.POST("/v1/passkeys/authentication/finish", h.AuthenticationFinish)
+	e.GET("/.well-known/apple-app-site-association", h.AppleAppSiteAssociation)
+	e.GET("/.well-known/assetlinks.json", h.AssetLinks)
+	e.GET("/v1/admin/users/:userId/passkeys", h.AdminList)
+	e.DELETE("/v1/admin/users/:userId/passkeys/:credentialId", h.AdminRevoke)
+	e.POST("/v1/admin/users/:userId/passkeys/reset", h.AdminReset)
 	client := &apptest.Client{T: t, Handler: e, Header: http.Header{"Content-Type": {"application/json"}},
 		Prepare: func(r *http.Request) { r.RemoteAddr = testAddr + ":40000" }}
 	return &env{Core: core, Client: client, t: t, e: e, svc: svc, custody: custody, sessions: sessions, metrics: m,

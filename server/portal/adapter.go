@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -15,7 +16,7 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
-	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/firebase"
 	"github.com/keywarden/keywarden/server/httpx"
 	"github.com/keywarden/keywarden/server/keys"
 	"github.com/keywarden/keywarden/server/passkey"
@@ -50,8 +51,9 @@ type Adapter struct {
 	shares   ShareStore
 	log      *slog.Logger
 	now      func() time.Time
-	srv      *server.Server
 	keys     *keys.Service
+	fb       *firebase.HTTP
+	audit    keys.Auditor
 
 	sessionKey  []byte
 	secretHash  [][32]byte
@@ -62,10 +64,19 @@ type Adapter struct {
 	beforeRelease func()
 }
 
-// New validates opts and returns the adapter. Add it to server.Options.Routes.
+// New validates opts and returns the adapter (server.Options.Portal; the
+// routes tables mount its methods).
+//
+// With portal.client_mismatch refuse (the default) it turns on the
+// custody's client isolation rule (deps.Custody), so the native Firebase
+// routes obey it too: a key stored through a Portal client is refused (403
+// client_mismatch) to every other client and to the native routes.
 func New(opts Options, deps Deps) (*Adapter, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
+	}
+	if deps.Keys == nil || deps.Firebase == nil || deps.Audit == nil {
+		return nil, errors.New("portal: Deps.Keys, Deps.Firebase and Deps.Audit are required")
 	}
 	o := opts.withDefaults()
 	if deps.Logger == nil {
@@ -78,9 +89,12 @@ func New(opts Options, deps Deps) (*Adapter, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Adapter{opts: o, resolver: r, pk: deps.Passkey, shares: deps.Shares, log: deps.Logger, now: deps.Clock, keys: deps.Keys,
+	a := &Adapter{opts: o, resolver: r, pk: deps.Passkey, shares: deps.Shares, log: deps.Logger, now: deps.Clock, keys: deps.Keys, fb: deps.Firebase, audit: deps.Audit,
 		sessionKey: make([]byte, 32)}
 	_, _ = rand.Read(a.sessionKey)
+	if deps.Custody != nil && !o.AllowClientMismatch {
+		deps.Custody.SetClientIsolation(true)
+	}
 	for _, s := range o.WebhookSecrets {
 		a.secretHash = append(a.secretHash, sha256.Sum256([]byte(s.Reveal())))
 	}
@@ -93,37 +107,6 @@ func New(opts Options, deps Deps) (*Adapter, error) {
 
 // Resolver is the adapter's identity resolver (for metrics and tests).
 func (a *Adapter) Resolver() *Resolver { return a.resolver }
-
-// RegisterRoutes adds the SDK routes at the root of the public listener
-// and an admin route that empties the identity cache.
-//
-// With portal.client_mismatch refuse (the default) it turns on the
-// custody's client isolation rule, so the native Firebase routes obey it
-// too: a key stored through a Portal client is refused (403
-// client_mismatch) to every other client and to the native routes.
-func (a *Adapter) RegisterRoutes(s *server.Server, public, admin *echo.Group) {
-	a.srv = s
-	if a.keys == nil {
-		a.keys = s.Keys()
-	}
-	if cu := s.Custody(); cu != nil && !a.opts.AllowClientMismatch {
-		cu.SetClientIsolation(true)
-	}
-	public.PUT("/v1/backup/encrypt-key", a.tbsPut, s.Unsealed)
-	public.GET("/v1/backup/encrypt-key", a.tbsGet, s.Unsealed)
-
-	public.GET("/passkeys/status", a.passkeyStatus, s.Unsealed)
-	public.POST("/passkeys/begin-registration", a.beginRegistration, s.Unsealed)
-	public.POST("/passkeys/finish-registration", a.finishRegistration, s.Unsealed)
-	public.POST("/passkeys/begin-login", a.beginLogin, s.Unsealed)
-	public.POST("/passkeys/finish-login/read", a.finishLoginRead, s.Unsealed)
-	public.POST("/passkeys/finish-login/write", a.finishLoginWrite, s.Unsealed)
-
-	public.POST("/webhook/backup", a.webhookBackup, s.Unsealed, a.webhookAuth)
-	public.POST("/webhook/backup/fetch", a.webhookFetch, s.Unsealed, a.webhookAuth)
-
-	admin.DELETE("/portal/identities", a.flushIdentities)
-}
 
 // credential reads the Portal client credential and checks its shape.
 func credential(c echo.Context) (string, error) {
@@ -140,15 +123,21 @@ func credential(c echo.Context) (string, error) {
 // resolve turns the checked credential into the caller's client, auditing
 // (sampled) a refusal.
 func (a *Adapter) resolve(c echo.Context, cred string) (Client, error) {
-	client, err := a.resolver.Resolve(c.Request().Context(), cred, c.RealIP(), server.RequestID(c))
+	client, err := a.resolver.Resolve(c.Request().Context(), cred, c.RealIP(), httpx.RequestID(c))
 	if err != nil {
 		if e, ok := apierr.As(err); ok && (e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden) {
-			a.srv.Audit().Refusal(c.Request().Context(), a.srv.Event(c, audit.ActionRefusal, "", "", e.Code))
+			a.audit.Refusal(c.Request().Context(), event(c, audit.ActionRefusal, "", "", e.Code))
 		}
 		return Client{}, err
 	}
 	httpx.SetActor(c, string(ClientOwner(client.ID)))
 	return client, nil
+}
+
+// event is the audit event of this request (keys.Request.Event, the one
+// place events are built).
+func event(c echo.Context, action, owner, method, reason string) audit.Event {
+	return httpx.KeysRequest(c).Event(action, enclave.Owner(owner), method, reason)
 }
 
 // validator is a request body that checks itself after decoding.
@@ -172,9 +161,10 @@ func noStore(c echo.Context) {
 	c.Response().Header().Set(echo.HeaderCacheControl, "no-store")
 }
 
-func (a *Adapter) flushIdentities(c echo.Context) error {
-	ev := a.srv.Event(c, "admin_portal_identities_flush", "", "", "")
-	if err := a.srv.Audit().Record(c.Request().Context(), ev); err != nil {
+// FlushIdentities is DELETE /v1/admin/portal/identities.
+func (a *Adapter) FlushIdentities(c echo.Context) error {
+	ev := event(c, "admin_portal_identities_flush", "", "", "")
+	if err := a.audit.Record(c.Request().Context(), ev); err != nil {
 		return err
 	}
 	n := a.resolver.Flush()

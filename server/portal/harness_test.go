@@ -179,17 +179,17 @@ func newHarness(t testing.TB, ho harnessOptions) *harness {
 			if ho.portal != nil {
 				ho.portal(&opts)
 			}
-			deps := Deps{Passkey: pk, Logger: log, Clock: clock, Keys: a.Keys}
+			deps := Deps{Passkey: pk, Logger: log, Clock: clock, Keys: a.Keys, Firebase: a.Firebase, Audit: a.Audit, Custody: a.Custody}
 			if ho.vault {
 				h.vault = vaultdev.Start(t)
 				svc := newShares(t, h.vault, a.DB)
 				deps.Shares = svc
 				if ho.custodianAPI {
-					ch, err := custodianapi.New(custodianapi.Options{Service: svc, DB: a.DB})
+					ch, err := custodianapi.New(custodianapi.Options{Service: svc, DB: a.DB, Audit: a.Audit, Registry: so.Metrics.Registry})
 					if err != nil {
 						t.Fatal(err)
 					}
-					so.Routes, so.Users = append(so.Routes, ch), append(so.Users, ch)
+					so.Custodian, so.Users = ch, append(so.Users, ch)
 				}
 			}
 			ad, err := New(opts, deps)
@@ -197,7 +197,7 @@ func newHarness(t testing.TB, ho harnessOptions) *harness {
 				t.Fatal(err)
 			}
 			h.pk, h.adapter = pk, ad
-			so.Routes = append(so.Routes, ad)
+			so.Portal = ad
 		}))
 	h.srv, h.custody = h.Server, h.Custody
 	h.Client.Header = http.Header{"Accept": {"application/json"}, "Content-Type": {"application/json"}}

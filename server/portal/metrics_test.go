@@ -11,7 +11,7 @@ import (
 // histogram, named name with exactly these labels (0 when absent).
 func metricValue(t *testing.T, h *harness, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := h.srv.Metrics().Registry.Gather()
+	mfs, err := h.Metrics.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

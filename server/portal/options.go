@@ -10,8 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/netcheck"
 	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/server/firebase"
 	"github.com/keywarden/keywarden/server/keys"
 	"github.com/keywarden/keywarden/server/passkey"
 )
@@ -161,9 +163,18 @@ type Deps struct {
 	Logger *slog.Logger
 	// Clock is for tests; nil means time.Now.
 	Clock func() time.Time
-	// Keys is the keys service the TBS routes store and release through;
-	// nil: the server's (server.Server.Keys) when the routes are mounted.
+	// Keys is the keys service the TBS routes store and release through.
+	// Required.
 	Keys *keys.Service
+	// Firebase verifies the TBS routes' Firebase ID tokens and the block
+	// list (the native Firebase handler). Required.
+	Firebase *firebase.HTTP
+	// Audit is the audit log (webhooks, refusals, the identity flush).
+	// Required.
+	Audit keys.Auditor
+	// Custody, when set, gets the client isolation rule turned on unless
+	// portal.client_mismatch is allow.
+	Custody *enclave.Custody
 }
 
 // Validate checks o without changing it. Each error names the field.

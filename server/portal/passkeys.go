@@ -176,7 +176,8 @@ func (a *Adapter) passkeyCaller(c echo.Context, body validator, limit int64, rp 
 	return a.resolve(c, cred)
 }
 
-func (a *Adapter) passkeyStatus(c echo.Context) error {
+// PasskeyStatus is GET /passkeys/status.
+func (a *Adapter) PasskeyStatus(c echo.Context) error {
 	client, err := a.passkeyCaller(c, nil, 0, nil)
 	if err != nil {
 		return err
@@ -229,7 +230,8 @@ func wireDescriptors(ds []protocol.CredentialDescriptor) []CredentialDescriptor 
 	return out
 }
 
-func (a *Adapter) beginRegistration(c echo.Context) error {
+// BeginRegistration is POST /passkeys/begin-registration.
+func (a *Adapter) BeginRegistration(c echo.Context) error {
 	var req beginRequest
 	client, err := a.passkeyCaller(c, &req, maxSmallBody, func() string { return req.RelyingParty })
 	if err != nil {
@@ -283,7 +285,8 @@ func (a *Adapter) beginRegistration(c echo.Context) error {
 	})
 }
 
-func (a *Adapter) beginLogin(c echo.Context) error {
+// BeginLogin is POST /passkeys/begin-login.
+func (a *Adapter) BeginLogin(c echo.Context) error {
 	var req beginRequest
 	client, err := a.passkeyCaller(c, &req, maxSmallBody, func() string { return req.RelyingParty })
 	if err != nil {
@@ -376,7 +379,8 @@ func (a *Adapter) finishCaller(c echo.Context, req *finishRequest, kind string) 
 	return client, ceremony, nil
 }
 
-func (a *Adapter) finishRegistration(c echo.Context) error {
+// FinishRegistration is POST /passkeys/finish-registration.
+func (a *Adapter) FinishRegistration(c echo.Context) error {
 	req := finishRequest{route: routeRegistration}
 	client, ceremony, err := a.finishCaller(c, &req, sessionRegistration)
 	if err != nil {
@@ -395,7 +399,8 @@ func (a *Adapter) finishRegistration(c echo.Context) error {
 	return ok(c, http.StatusOK)
 }
 
-func (a *Adapter) finishLoginRead(c echo.Context) error {
+// FinishLoginRead is POST /passkeys/finish-login/read.
+func (a *Adapter) FinishLoginRead(c echo.Context) error {
 	req := finishRequest{route: routeLoginRead}
 	_, ceremony, err := a.finishCaller(c, &req, sessionAuthentication)
 	if err != nil {
@@ -415,7 +420,8 @@ func (a *Adapter) finishLoginRead(c echo.Context) error {
 	return c.JSON(http.StatusOK, EncryptKeyResponse{EncryptionKey: string(out.Key.Reveal())})
 }
 
-func (a *Adapter) finishLoginWrite(c echo.Context) error {
+// FinishLoginWrite is POST /passkeys/finish-login/write.
+func (a *Adapter) FinishLoginWrite(c echo.Context) error {
 	req := finishRequest{route: routeLoginWrite}
 	client, ceremony, err := a.finishCaller(c, &req, sessionAuthentication)
 	if err != nil {

@@ -2,6 +2,7 @@ package portal
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -378,10 +379,7 @@ func TestPortalPasskeysOffWithoutService(t *testing.T) {
 }
 
 func TestPortalSessionIDBinding(t *testing.T) {
-	a, err := New(Options{CustodianID: "cu"}, Deps{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := sessionAdapter()
 	sid := a.sessionID(sessionAuthentication, ClientOwner("c1"), "cer")
 	if got, err := a.ceremonyOf(sessionAuthentication, ClientOwner("c1"), sid); err != nil || got != "cer" {
 		t.Fatalf("own session: %q %v", got, err)
@@ -406,7 +404,7 @@ func TestPortalSessionIDBinding(t *testing.T) {
 		})
 	}
 	// Another process (another key) does not accept it either.
-	b, _ := New(Options{CustodianID: "cu"}, Deps{})
+	b := sessionAdapter()
 	if _, err := b.ceremonyOf(sessionAuthentication, ClientOwner("c1"), sid); err == nil {
 		t.Fatal("another adapter's key accepted the session")
 	}
@@ -448,5 +446,22 @@ func TestPortalImportedPasskeyKeyNotClaimedBySDK(t *testing.T) {
 	k, info, err := h.custody.Lookup(context.Background(), ClientOwner("client-a"), passkey.Method)
 	if err != nil || string(k.Reveal()) != keyHex1 || info.ClaimDeadline == nil {
 		t.Fatalf("the imported key after the SDK's attempt: %+v %v", info, err)
+	}
+}
+
+// sessionAdapter is an adapter with only its session key: enough for the
+// sessionId binding (sessionID, ceremonyOf), which uses nothing else.
+func sessionAdapter() *Adapter {
+	a := &Adapter{sessionKey: make([]byte, 32)}
+	_, _ = rand.Read(a.sessionKey)
+	return a
+}
+
+// TestPortalNewRequiresDeps: the adapter takes its dependencies at
+// construction; without the keys service, the Firebase handler or the
+// audit log it is refused rather than failing on the first request.
+func TestPortalNewRequiresDeps(t *testing.T) {
+	if _, err := New(Options{CustodianID: "cu"}, Deps{}); err == nil || !strings.Contains(err.Error(), "required") {
+		t.Fatalf("New without deps: %v", err)
 	}
 }

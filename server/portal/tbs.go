@@ -50,7 +50,7 @@ func (a *Adapter) firebaseCaller(c echo.Context, body validator) (*firebase.Iden
 	if err != nil {
 		return nil, Client{}, err
 	}
-	id, err := a.srv.VerifyFirebase(c, FirebaseTokenHeader)
+	id, err := a.fb.Verify(c, FirebaseTokenHeader)
 	if err != nil {
 		return nil, Client{}, err
 	}
@@ -68,11 +68,11 @@ func (a *Adapter) firebaseCaller(c echo.Context, body validator) (*firebase.Iden
 	return id, client, nil
 }
 
-// tbsPut stores the SDK's encryption key for the Firebase user, keyed
+// TBSPut stores the SDK's encryption key for the Firebase user, keyed
 // exactly as the native Firebase API keys it, as text, with the client id.
 // The keys service applies the client isolation rule and the sign-in age
 // rule (the same one as the native PUT), audits and counts.
-func (a *Adapter) tbsPut(c echo.Context) error {
+func (a *Adapter) TBSPut(c echo.Context) error {
 	var body encryptKeyRequest
 	id, client, err := a.firebaseCaller(c, &body)
 	if err != nil {
@@ -93,10 +93,10 @@ func (a *Adapter) tbsPut(c echo.Context) error {
 	return ok(c, http.StatusCreated)
 }
 
-// tbsGet releases the Firebase user's key as the string that was stored.
+// TBSGet releases the Firebase user's key as the string that was stored.
 // One read: the custody applies the client rule, and the format is
 // checked, on the very record opened, before the release is audited.
-func (a *Adapter) tbsGet(c echo.Context) error {
+func (a *Adapter) TBSGet(c echo.Context) error {
 	id, client, err := a.firebaseCaller(c, nil)
 	if err != nil {
 		return err

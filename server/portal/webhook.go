@@ -19,21 +19,21 @@ import (
 // WebhookSecretHeader carries the webhook secret Portal's dashboard holds.
 const WebhookSecretHeader = "X-Webhook-Secret"
 
-// webhookAuth runs before the webhook handlers: the shares and the Vault
+// WebhookAuth runs before the webhook handlers: the shares and the Vault
 // store must be configured, the source address allowed (when an allow
 // list is set), and X-Webhook-Secret must equal one configured secret.
 // The secret is compared with every configured one, as SHA-256 digests in
 // constant time, so neither its value nor its length nor which secret
 // matched shows in the timing. The work that follows is bounded by
 // WebhookTimeout, so Portal gets an answer inside its 10 s.
-func (a *Adapter) webhookAuth(next echo.HandlerFunc) echo.HandlerFunc {
+func (a *Adapter) WebhookAuth(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		if len(a.secretHash) == 0 || a.shares == nil {
 			return ErrWebhookOff
 		}
 		ctx := c.Request().Context()
 		if len(a.allowedNets) > 0 && !a.allowedSource(c.RealIP()) {
-			a.srv.Audit().Refusal(ctx, a.srv.Event(c, audit.ActionRefusal, "", "", ErrWebhookSource.Code))
+			a.audit.Refusal(ctx, event(c, audit.ActionRefusal, "", "", ErrWebhookSource.Code))
 			return ErrWebhookSource
 		}
 		got := sha256.Sum256([]byte(c.Request().Header.Get(WebhookSecretHeader)))
@@ -42,7 +42,7 @@ func (a *Adapter) webhookAuth(next echo.HandlerFunc) echo.HandlerFunc {
 			match |= subtle.ConstantTimeCompare(got[:], h[:])
 		}
 		if match != 1 || c.Request().Header.Get(WebhookSecretHeader) == "" {
-			a.srv.Audit().Refusal(ctx, a.srv.Event(c, audit.ActionRefusal, "", "", ErrWebhookSecret.Code))
+			a.audit.Refusal(ctx, event(c, audit.ActionRefusal, "", "", ErrWebhookSecret.Code))
 			return ErrWebhookSecret
 		}
 		httpx.SetActor(c, "portal-webhook")
@@ -107,20 +107,20 @@ type FetchResponse struct {
 	BackupShares []string `json:"backupShares"`
 }
 
-// webhookBackup stores a custodian backup share for (client, backupMethod),
+// WebhookBackup stores a custodian backup share for (client, backupMethod),
 // replacing the one there (kept as a prior version). The audit line is
 // durable before the share is written, and the share is committed before
 // the answer: Portal fetches right after.
-func (a *Adapter) webhookBackup(c echo.Context) error {
+func (a *Adapter) WebhookBackup(c echo.Context) error {
 	var req backupRequest
 	if err := bind(c, &req, maxWebhookBody); err != nil {
 		return err
 	}
 	ctx := c.Request().Context()
 	owner := string(ClientOwner(req.ClientID))
-	ev := a.srv.Event(c, audit.ActionStore, owner, req.BackupMethod, "")
+	ev := event(c, audit.ActionStore, owner, req.BackupMethod, "")
 	ev.Fields = map[string]string{"kind": "custodian_share", "via": "portal_webhook"}
-	if err := a.srv.Audit().Record(ctx, ev); err != nil {
+	if err := a.audit.Record(ctx, ev); err != nil {
 		return err
 	}
 	share := []byte(*req.Share)
@@ -131,9 +131,9 @@ func (a *Adapter) webhookBackup(c echo.Context) error {
 	return c.NoContent(http.StatusNoContent)
 }
 
-// webhookFetch answers every current share of the client, as the strings
+// WebhookFetch answers every current share of the client, as the strings
 // Portal gave, ordered by backup method.
-func (a *Adapter) webhookFetch(c echo.Context) error {
+func (a *Adapter) WebhookFetch(c echo.Context) error {
 	var req fetchRequest
 	if err := bind(c, &req, maxSmallBody); err != nil {
 		return err
@@ -149,9 +149,9 @@ func (a *Adapter) webhookFetch(c echo.Context) error {
 			s.Share.Wipe()
 		}
 	}()
-	ev := a.srv.Event(c, audit.ActionRelease, owner, "custodian_shares", "")
+	ev := event(c, audit.ActionRelease, owner, "custodian_shares", "")
 	ev.Fields = map[string]string{"kind": "custodian_share", "via": "portal_webhook", "count": strconv.Itoa(len(shares))}
-	if err := a.srv.Audit().Record(ctx, ev); err != nil {
+	if err := a.audit.Record(ctx, ev); err != nil {
 		return err
 	}
 	out := FetchResponse{BackupShares: make([]string, 0, len(shares))}

@@ -5,6 +5,7 @@
 package appserver
 
 import (
+	"context"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/testutil/apptest"
 	"github.com/keywarden/keywarden/server"
+	"github.com/keywarden/keywarden/server/firebase"
 	"github.com/keywarden/keywarden/server/keys"
 )
 
@@ -26,11 +28,16 @@ type App struct {
 	// Keys is the keys service the server uses, built over Custody, the
 	// core's audit log and the server's metrics: capabilities built in
 	// Before take it as a dependency.
-	Keys   *keys.Service
-	Config config.Config
-	Server *server.Server
-	HTTP   *httptest.Server
-	URL    string
+	Keys *keys.Service
+	// Firebase is the native Firebase handler the server uses (Portal's
+	// TBS routes verify tokens with it).
+	Firebase *firebase.HTTP
+	// Metrics are the server's collectors.
+	Metrics *metrics.Metrics
+	Config  config.Config
+	Server  *server.Server
+	HTTP    *httptest.Server
+	URL     string
 }
 
 // Setup is what New builds from; Options change it.
@@ -38,8 +45,11 @@ type Setup struct {
 	Core   []apptest.CoreOption
 	Clock  func() time.Time // custody, session tokens and server; nil: time.Now
 	Config config.Config    // apptest.Config()
-	Server server.Options   // New fills in Config, DB, Custody, Sessions, Audit (and Clock when nil)
-	TLS    bool             // serve over TLS; the Client trusts the certificate
+	Server server.Options   // New fills in Config, DB, Custody, Sessions, Audit, Keys, BlockList, Firebase (and Clock when nil)
+	// Firebase verifies the native Firebase routes' tokens; nil: they
+	// answer 503 firebase_not_configured.
+	Firebase firebase.TokenVerifier
+	TLS      bool // serve over TLS; the Client trusts the certificate
 	// Before runs before server.New, when the App has its Core, Custody,
 	// Sessions, HTTP and URL: for routes built on them (add them to o).
 	Before func(a *App, o *server.Options)
@@ -59,15 +69,10 @@ func Clock(now func() time.Time) Option { return func(s *Setup) { s.Clock = now 
 // Configure changes the configuration.
 func Configure(f func(*config.Config)) Option { return func(s *Setup) { f(&s.Config) } }
 
-// ServerOptions changes server.Options (in the order given with Routes,
-// Users and Firebase).
+// ServerOptions changes server.Options (in the order given with Users
+// and Firebase).
 func ServerOptions(f func(*server.Options)) Option {
 	return func(s *Setup) { f(&s.Server) }
-}
-
-// Routes adds route sets.
-func Routes(r ...server.Routes) Option {
-	return func(s *Setup) { s.Server.Routes = append(s.Server.Routes, r...) }
 }
 
 // Users adds holders of per-user data.
@@ -76,8 +81,8 @@ func Users(u ...server.UserData) Option {
 }
 
 // Firebase sets the Firebase verifier.
-func Firebase(v server.FirebaseVerifier) Option {
-	return func(s *Setup) { s.Server.Firebase = v }
+func Firebase(v firebase.TokenVerifier) Option {
+	return func(s *Setup) { s.Firebase = v }
 }
 
 // TLS serves over TLS.
@@ -116,6 +121,21 @@ func New(t testing.TB, opts ...Option) *App {
 		o.Keys = ks
 	}
 	a.Keys = o.Keys
+	a.Metrics = o.Metrics
+	bl, err := server.LoadBlockList(context.Background(), core.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.BlockList = bl
+	if o.Firebase == nil {
+		fb, err := firebase.NewHTTP(firebase.HTTPOptions{Keys: o.Keys, Verifier: s.Firebase, Blocked: bl.Has,
+			OverwriteMaxAuthAge: o.Config.Firebase.OverwriteMaxAuthAge})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Firebase = fb
+	}
+	a.Firebase = o.Firebase
 	hs := httptest.NewUnstartedServer(nil)
 	if s.TLS {
 		hs.StartTLS()
