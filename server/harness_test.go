@@ -41,8 +41,15 @@ type harnessOpt func(*config.Config, *Options)
 // for project "proj-a".
 func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 	t.Helper()
+	return newHarnessOn(t, nil, opts...)
+}
+
+// newHarnessOn is newHarness over a core made with coreOpts (another store
+// backend, say).
+func newHarnessOn(t *testing.T, coreOpts []apptest.CoreOption, opts ...harnessOpt) *harness {
+	t.Helper()
 	ctx := context.Background()
-	core := apptest.NewCore(t)
+	core := apptest.NewCore(t, coreOpts...)
 	issuer := firebasetest.NewIssuer(t, "proj-a")
 	cfg := apptest.Config()
 	cfg.Firebase.ProjectIDs = []string{"proj-a", "proj-b"}

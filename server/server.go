@@ -477,6 +477,9 @@ func (s *Server) toAPIError(err error) *apierr.Error {
 		}
 		return apierr.ErrInternal.Wrap(err)
 	}
+	if errors.Is(err, store.ErrUnavailable) {
+		return apierr.ErrStoreUnavailable.WithRetry(2 * time.Second).Wrap(err)
+	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return apierr.ErrUnavailable.WithRetry(time.Second).Wrap(err)
 	}

@@ -13,6 +13,12 @@ import (
 // ErrNotFound is returned when a key is not in its bucket.
 var ErrNotFound = errors.New("store: not found")
 
+// ErrUnavailable is wrapped by a backend's errors when the store cannot
+// be read or written now (a cluster backend without a quorum or without a
+// reachable member; a transaction past its deadline): retrying later may
+// succeed. The server answers 503 store_unavailable for it.
+var ErrUnavailable = errors.New("store: unavailable")
+
 // ErrClosed is returned by operations on a closed DB.
 var ErrClosed = errors.New("store: closed")
 
@@ -266,11 +272,28 @@ func (db *DB) WriteTo(w io.Writer) (int64, error) {
 }
 
 // Writable reports whether a write transaction commits (for readiness). It
-// writes a heartbeat into the meta bucket.
+// writes a heartbeat into the meta bucket. It returns when ctx ends even
+// if the commit is still under way (a backend that lost its quorum may
+// hold one attempt for its own timeout): the heartbeat then commits or
+// fails in the background, and the answer is an error wrapping
+// [ErrUnavailable]. A load balancer's probe never waits longer than its
+// deadline.
 func (db *DB) Writable(ctx context.Context) error {
-	return db.Update(ctx, func(tx *Tx) error {
-		return tx.PutMeta(MetaHeartbeat, []byte(time.Now().UTC().Format(time.RFC3339)))
-	})
+	done := make(chan error, 1)
+	go func() {
+		done <- db.Update(ctx, func(tx *Tx) error {
+			return tx.PutMeta(MetaHeartbeat, []byte(time.Now().UTC().Format(time.RFC3339)))
+		})
+	}()
+	select {
+	case err := <-done:
+		if errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrUnavailable) {
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: the heartbeat did not commit in time: %w", ErrUnavailable, ctx.Err())
+	}
 }
 
 // Tx is a transaction. Values returned by Get are copies.

@@ -15,7 +15,7 @@ func openAppliance(ctx context.Context, cfg config.Config, log *slog.Logger) (*a
 	a := &appliance{cfg: cfg, log: log, metrics: metrics.New()}
 	for _, step := range []func() error{
 		func() error { return a.openTPM(ctx) },
-		a.openStore,
+		func() error { return a.openStore(ctx) },
 		func() error { return a.checkPCRPolicy(ctx) },
 		func() error { return a.unsealRoot(ctx) },
 		func() error { return a.openAudit(ctx) },

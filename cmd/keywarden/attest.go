@@ -330,7 +330,7 @@ func attestNewAK(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer tpm.Close()
-	db, err := store.Open(cfg.Data.DB, store.Options{Timeout: 2 * time.Second})
+	db, err := openStoreDB(ctx, cfg, store.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		return fmt.Errorf("attest new-ak: %w (stop the server first)", err)
 	}

@@ -118,7 +118,7 @@ func openOffline(ctx context.Context, cfg config.Config) (transport.TPMCloser, *
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("open TPM %s: %w", cfg.TPM.Path, err)
 	}
-	db, err := store.Open(cfg.Data.DB, store.Options{Timeout: 2 * time.Second})
+	db, err := openStoreDB(ctx, cfg, store.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		tpm.Close()
 		return nil, nil, nil, nil, fmt.Errorf("%w (stop the server first)", err)
@@ -242,7 +242,7 @@ func cmdRecoveryStatus(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	db, err := store.Open(cfg.Data.DB, store.Options{ReadOnly: true, Timeout: 2 * time.Second})
+	db, err := openStoreDB(ctx, cfg, store.Options{ReadOnly: true, Timeout: 2 * time.Second})
 	if err != nil {
 		return err
 	}

@@ -56,6 +56,9 @@ func cmdRecover(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := refuseEtcd(cfg, "recover", "recover a bbolt node, then move its store into etcd when `keywarden store migrate` lands"); err != nil {
+		return err
+	}
 	pcrs, err := f.sealPCRs(cfg)
 	if err != nil {
 		return err

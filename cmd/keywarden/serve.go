@@ -172,7 +172,7 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 	if err := a.openTPM(ctx); err != nil {
 		return nil, nil, err
 	}
-	if err := a.openStore(); err != nil {
+	if err := a.openStore(ctx); err != nil {
 		return nil, nil, err
 	}
 	if err := a.checkPCRPolicy(ctx); err != nil {
@@ -236,15 +236,16 @@ func (a *appliance) openTPM(ctx context.Context) error {
 	return nil
 }
 
-// openStore opens the bbolt store.
-func (a *appliance) openStore() error {
-	db, err := store.Open(a.cfg.Data.DB, store.Options{})
+// openStore opens the configured store backend (openStoreDB): the bbolt
+// file, or the etcd cluster.
+func (a *appliance) openStore(ctx context.Context) error {
+	db, err := openStoreDB(ctx, a.cfg, store.Options{})
 	if err != nil {
 		return err
 	}
 	a.db = db
 	a.closers = append(a.closers, func() { db.Close() })
-	a.metrics.GaugeFunc("keywarden_store_size_bytes", "Size of the bbolt file.", func() float64 { return float64(db.Stats().Size) })
+	a.metrics.GaugeFunc("keywarden_store_size_bytes", "Size of the bbolt file (0 on etcd).", func() float64 { return float64(db.Stats().Size) })
 	a.metrics.CounterFunc("keywarden_store_commits_total", "Store transactions committed (one fsync each).", func() float64 { return float64(db.Stats().Commits) })
 	return nil
 }

@@ -87,5 +87,9 @@ var (
 	ErrInternal     = New(http.StatusInternalServerError, "internal", "internal error")
 	ErrSealed       = New(http.StatusServiceUnavailable, "sealed", "the root key is sealed; the appliance serves nothing until it unseals")
 	ErrAuditFailed  = New(http.StatusServiceUnavailable, "audit_unavailable", "the audit log cannot be written; the action was refused")
-	ErrUpstream     = New(http.StatusBadGateway, "upstream_error", "an upstream service refused the request")
+	// ErrStoreUnavailable: the store cannot be read or written now (an
+	// etcd cluster without a quorum): the request was refused rather than
+	// answered from state this node cannot prove current.
+	ErrStoreUnavailable = New(http.StatusServiceUnavailable, "store_unavailable", "the store cannot be read or written now; retry later")
+	ErrUpstream         = New(http.StatusBadGateway, "upstream_error", "an upstream service refused the request")
 )

@@ -152,6 +152,8 @@ type harnessOptions struct {
 	// custodianAPI adds the custodian admin routes over the same share
 	// service (with vault), as the appliance wires them.
 	custodianAPI bool
+	// core adds options to the core (another store backend).
+	core []apptest.CoreOption
 }
 
 func newHarness(t testing.TB, ho harnessOptions) *harness {
@@ -165,7 +167,7 @@ func newHarness(t testing.TB, ho harnessOptions) *harness {
 	}
 	t.Cleanup(v.Close)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	h.App = appserver.New(t, appserver.Core(apptest.NoTPM()), appserver.Clock(clock), appserver.Firebase(v),
+	h.App = appserver.New(t, appserver.Core(append([]apptest.CoreOption{apptest.NoTPM()}, ho.core...)...), appserver.Clock(clock), appserver.Firebase(v),
 		appserver.Configure(func(cfg *config.Config) { cfg.Firebase.ProjectIDs = []string{testProject} }),
 		appserver.ServerOptions(func(o *server.Options) { o.Logger = log }),
 		appserver.Before(func(a *appserver.App, so *server.Options) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"github.com/keywarden/keywarden/internal/testutil/apptest"
 	"net/http"
 	"strings"
 	"testing"
@@ -141,8 +142,11 @@ func readKey(t testing.TB, r reply) string {
 	return k.EncryptionKey
 }
 
-func TestPortalPasskeyFlow(t *testing.T) {
-	h := newHarness(t, harnessOptions{})
+// TestPortalPasskeyFlow runs on every store backend.
+func TestPortalPasskeyFlow(t *testing.T) { onEveryBackend(t, portalPasskeyFlow) }
+
+func portalPasskeyFlow(t *testing.T, core []apptest.CoreOption) {
+	h := newHarness(t, harnessOptions{core: core})
 	h.clients()
 	if s := h.status(credA); s != StatusNotRegistered {
 		t.Fatalf("status %q", s)

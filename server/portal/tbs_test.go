@@ -3,6 +3,7 @@ package portal
 import (
 	"context"
 	"encoding/base64"
+	"github.com/keywarden/keywarden/internal/testutil/apptest"
 	"net/http"
 	"strings"
 	"testing"
@@ -32,8 +33,11 @@ func (h *harness) tbs(method, cred, token string, body any) reply {
 	return h.do(method, "/v1/backup/encrypt-key", cred, body, FirebaseTokenHeader, token)
 }
 
-func TestPortalTBSWriteReadRebackup(t *testing.T) {
-	h := newHarness(t, harnessOptions{})
+// TestPortalTBSWriteReadRebackup runs on every store backend.
+func TestPortalTBSWriteReadRebackup(t *testing.T) { onEveryBackend(t, portalTBSWriteReadRebackup) }
+
+func portalTBSWriteReadRebackup(t *testing.T, core []apptest.CoreOption) {
+	h := newHarness(t, harnessOptions{core: core})
 	h.clients()
 	tok := h.issuer.Mint(nil)
 

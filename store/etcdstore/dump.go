@@ -260,3 +260,7 @@ func Restore(ctx context.Context, opts Options, r io.Reader) (*Store, error) {
 	}
 	return s, nil
 }
+
+// IsDump reports whether head (a file's first bytes) starts a dump written
+// by Snapshot, to tell it from a bbolt file.
+func IsDump(head []byte) bool { return bytes.HasPrefix(head, []byte(dumpMagic)) }

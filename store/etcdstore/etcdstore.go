@@ -84,6 +84,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/keywarden/keywarden/store"
 )
@@ -348,8 +350,15 @@ func (tx *Tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse,
 	return resp, nil
 }
 
+// wrap names the backend in err and classifies it: an error that says the
+// cluster cannot answer now (no leader, no quorum, no reachable member, a
+// deadline passed) wraps store.ErrUnavailable. A canceled context (the
+// caller went away) does not.
 func (s *Store) wrap(err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if unavailable(err) {
+		return fmt.Errorf("etcdstore: %w: %w", store.ErrUnavailable, err)
+	}
+	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("etcdstore: %w", err)
 	}
 	if errors.Is(err, rpctypes.ErrCompacted) {
@@ -611,4 +620,22 @@ func (tx *Tx) commit() (bool, error) {
 		return false, tx.s.wrap(err)
 	}
 	return resp.Succeeded, nil
+}
+
+// unavailable reports whether err means etcd cannot serve the request now:
+// a deadline passed, or a gRPC status Unavailable or DeadlineExceeded
+// (etcd's "request timed out", "no leader", "leader changed" are
+// Unavailable).
+func unavailable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		return ee.Code() == codes.Unavailable || ee.Code() == codes.DeadlineExceeded
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded
+	}
+	return false
 }

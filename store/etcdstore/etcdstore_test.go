@@ -252,3 +252,35 @@ func TestQuorumLoss(t *testing.T) {
 	}
 	t.Logf("without quorum: %v", err)
 }
+
+// TestUnavailableIsClassified: without a quorum, reads, writes and the
+// readiness check fail with an error that wraps store.ErrUnavailable (the
+// server answers 503 store_unavailable for it, not 500), and Writable
+// returns when its own context ends even though one attempt of the
+// backend may take much longer (TxTimeout here is a minute).
+func TestUnavailableIsClassified(t *testing.T) {
+	c := etcddev.EmbeddedCluster(t, 3)
+	b, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{c.Endpoint(0)}, TxTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := store.New(b, store.Options{CommitTimeout: 2 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	c.Stop(1)
+	c.Stop(2)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := db.Writable(ctx); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Writable without a quorum: %v, want store.ErrUnavailable", err)
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer rcancel()
+	err = db.View(rctx, func(tx *store.Tx) error { _, err := tx.Get(store.BucketBlocked, []byte("u")); return err })
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("View without a quorum: %v, want store.ErrUnavailable", err)
+	}
+}

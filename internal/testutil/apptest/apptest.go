@@ -30,7 +30,7 @@ const AdminKey = "test-admin-key-0123456789abcdef"
 // Core is the appliance below the HTTP server, with real components.
 type Core struct {
 	Dir      string           // the test's temporary directory
-	DB       *store.DB        // bbolt at Dir/k.db
+	DB       *store.DB        // bbolt at Dir/k.db, or the StoreBackend's
 	Sim      *tpmsim.Sim      // the simulator; nil with NoTPM
 	TPM      *tpmdev.Counting // counts the commands sent to Sim; nil with NoTPM
 	Root     *enclave.Root    // sealed by the simulator (NoTPM: an unsealed key)
@@ -39,8 +39,9 @@ type Core struct {
 }
 
 type coreSetup struct {
-	seed  int64
-	noTPM bool
+	seed    int64
+	noTPM   bool
+	backend func(testing.TB) store.Backend
 }
 
 // CoreOption changes NewCore.
@@ -52,6 +53,14 @@ func Seed(seed int64) CoreOption { return func(s *coreSetup) { s.seed = seed } }
 // NoTPM makes the root key from enclave.NewRootKey, without the simulator
 // (for tests that may run in parallel).
 func NoTPM() CoreOption { return func(s *coreSetup) { s.noTPM = true } }
+
+// StoreBackend puts the store's façade over the backend open returns (a
+// fresh, empty one: an embedded etcd member, say) instead of a bbolt file,
+// so a test runs the same appliance on another backend. The store owns the
+// backend: t.Cleanup closes it with the store.
+func StoreBackend(open func(testing.TB) store.Backend) CoreOption {
+	return func(s *coreSetup) { s.backend = open }
+}
 
 // NewCore opens the simulator, a bbolt store in t.TempDir, initializes the
 // root key and opens the audit log; t.Cleanup closes them.
@@ -71,7 +80,13 @@ func NewCore(t testing.TB, opts ...CoreOption) *Core {
 		t.Cleanup(func() { sim.Close() })
 		c.Sim, c.TPM = sim, tpmdev.NewCounting(sim)
 	}
-	db, err := store.Open(filepath.Join(c.Dir, "k.db"), store.Options{})
+	var db *store.DB
+	var err error
+	if s.backend != nil {
+		db, err = store.New(s.backend(t), store.Options{})
+	} else {
+		db, err = store.Open(filepath.Join(c.Dir, "k.db"), store.Options{})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,6 +39,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keywarden/keywarden/internal/testutil/proc"
+	"github.com/keywarden/keywarden/store"
+	"github.com/keywarden/keywarden/store/etcdstore"
 )
 
 // MaxTxnOps is the --max-txn-ops every member here runs with (etcd's
@@ -152,6 +155,22 @@ func (c *Cluster) Stop(i int) {
 	c.members[i].Close()
 }
 
+// Backend opens the etcd store backend on the cluster's members under a
+// fresh key prefix (o's Endpoints and Prefix are filled in; its other
+// fields are kept), for a store.DB over embedded etcd; the caller owns it.
+func (c *Cluster) Backend(t testing.TB, o etcdstore.Options) store.Backend {
+	t.Helper()
+	o.Endpoints = c.Endpoints()
+	o.Prefix = fmt.Sprintf("kw-app-%d", prefixes.Add(1))
+	b, err := etcdstore.Open(context.Background(), o)
+	if err != nil {
+		t.Fatalf("etcddev: %v", err)
+	}
+	return b
+}
+
+var prefixes atomic.Int64
+
 // Close stops every member.
 func (c *Cluster) Close() {
 	for i := range c.members {
@@ -165,6 +184,8 @@ type Server struct {
 	cmd      *exec.Cmd
 	done     chan struct{}
 	out      *proc.SyncBuffer
+	files    TLSFiles
+	mu       sync.Mutex // guards cmd and done across Stop and Restart
 }
 
 // TLSFiles are the PEM files of an external server with mutual TLS.
@@ -227,11 +248,10 @@ func startExternal(t testing.TB, bin string, opts ExternalOptions) (*Server, TLS
 	cmd.Env = []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")} // no ETCD_* of the caller
 	out := &proc.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		return nil, files, fmt.Errorf("start %s: %w", bin, err)
+	s := &Server{Endpoint: client, cmd: cmd, out: out, files: files}
+	if err := s.start(); err != nil {
+		return nil, files, err
 	}
-	s := &Server{Endpoint: client, cmd: cmd, done: make(chan struct{}), out: out}
-	go func() { _ = cmd.Wait(); close(s.done) }()
 	if err := s.waitServing(files, 60*time.Second); err != nil {
 		s.Stop()
 		tail := out.String()
@@ -241,6 +261,38 @@ func startExternal(t testing.TB, bin string, opts ExternalOptions) (*Server, TLS
 		return nil, files, fmt.Errorf("%w\n--- etcd output (tail) ---\n%s", err, tail)
 	}
 	return s, files, nil
+}
+
+// start starts s.cmd and watches it exit.
+func (s *Server) start() error {
+	if err := s.cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", s.cmd.Path, err)
+	}
+	done := make(chan struct{})
+	cmd := s.cmd
+	go func() { _ = cmd.Wait(); close(done) }()
+	s.done = done
+	return nil
+}
+
+// Restart starts a stopped server again, on the same ports and data
+// directory, and waits until it serves (a member coming back after an
+// outage).
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	s.mu.Lock()
+	old := s.cmd
+	s.cmd = exec.Command(old.Path, old.Args[1:]...)
+	s.cmd.Dir, s.cmd.Env, s.cmd.Stdout, s.cmd.Stderr = old.Dir, old.Env, old.Stdout, old.Stderr
+	err := s.start()
+	s.mu.Unlock()
+	if err == nil {
+		err = s.waitServing(s.files, 60*time.Second)
+	}
+	if err != nil {
+		t.Fatalf("etcddev: restart: %v", err)
+	}
 }
 
 func (s *Server) waitServing(files TLSFiles, limit time.Duration) error {
@@ -276,6 +328,8 @@ func (s *Server) waitServing(files TLSFiles, limit time.Duration) error {
 
 // Stop kills the server and waits for it.
 func (s *Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	select {
 	case <-s.done:
 		return
