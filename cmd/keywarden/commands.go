@@ -122,11 +122,7 @@ type initContext struct {
 func cmdBackup(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
 	out := fs.String("out", "", "file to write")
-	url := fs.String("url", envOr("KEYWARDEN_ADMIN_URL", "http://127.0.0.1:8421"), "admin listener URL")
-	caFile := fs.String("cacert", "", "CA certificate (PEM) that signed the admin listener's TLS certificate")
-	serverName := fs.String("server-name", "", "TLS server name to verify (when -url names 127.0.0.1 but the certificate names the public host)")
-	certFile := fs.String("cert", "", "client certificate (PEM) when listen.admin_client_ca is set")
-	keyFile := fs.String("key", "", "client certificate's key (PEM)")
+	api := adminFlags(fs)
 	verify := fs.String("verify", "", "check a backup FILE instead: its root key unseals on this TPM and every key record opens")
 	cfgPath := fs.String("config", os.Getenv("KEYWARDEN_CONFIG"), "configuration file (for -verify: the TPM)")
 	dev := fs.Bool("dev", false, "with -verify: use dev mode's simulated TPM")
@@ -139,13 +135,7 @@ func cmdBackup(ctx context.Context, args []string) error {
 	if *out == "" {
 		return usageError("backup: -out FILE is required")
 	}
-	key, hc, err := adminClient(*caFile, *serverName, *certFile, *keyFile, 10*time.Minute)
-	if err != nil {
-		return fmt.Errorf("backup: %w", err)
-	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(*url, "/")+"/v1/admin/backup", nil)
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := hc.Do(req)
+	resp, err := api.do(ctx, http.MethodGet, "/v1/admin/backup", 10*time.Minute)
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
 	}
@@ -207,6 +197,38 @@ func checkBackupFile(path string) error {
 		return fmt.Errorf("backup written but does not open: %w", err)
 	}
 	return db.Close()
+}
+
+// adminAPI is how a command reaches the running server's admin listener:
+// its flags (-url, -cacert, -server-name, -cert, -key), shared by backup,
+// status and keys.
+type adminAPI struct {
+	url, caFile, serverName, certFile, keyFile *string
+}
+
+// adminFlags adds the admin listener's flags to fs.
+func adminFlags(fs *flag.FlagSet) *adminAPI {
+	return &adminAPI{
+		url:        fs.String("url", envOr("KEYWARDEN_ADMIN_URL", "http://127.0.0.1:8421"), "admin listener URL"),
+		caFile:     fs.String("cacert", "", "CA certificate (PEM) that signed the admin listener's TLS certificate"),
+		serverName: fs.String("server-name", "", "TLS server name to verify (when -url names 127.0.0.1 but the certificate names the public host)"),
+		certFile:   fs.String("cert", "", "client certificate (PEM) when listen.admin_client_ca is set"),
+		keyFile:    fs.String("key", "", "client certificate's key (PEM)"),
+	}
+}
+
+// do sends method path with the admin API key, bounded by timeout.
+func (a *adminAPI) do(ctx context.Context, method, path string, timeout time.Duration) (*http.Response, error) {
+	key, hc, err := adminClient(*a.caFile, *a.serverName, *a.certFile, *a.keyFile, timeout)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(*a.url, "/")+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	return hc.Do(req)
 }
 
 // adminClient reads the admin API key (KEYWARDEN_ADMIN_KEY or

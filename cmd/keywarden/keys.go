@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -30,11 +29,7 @@ func cmdKeys(ctx context.Context, args []string) error {
 	}
 	sub := args[0]
 	fs := flag.NewFlagSet("keys "+sub, flag.ContinueOnError)
-	base := fs.String("url", envOr("KEYWARDEN_ADMIN_URL", "http://127.0.0.1:8421"), "admin listener URL")
-	caFile := fs.String("cacert", "", "CA certificate (PEM) that signed the admin listener's TLS certificate")
-	serverName := fs.String("server-name", "", "TLS server name to verify")
-	certFile := fs.String("cert", "", "client certificate (PEM) when listen.admin_client_ca is set")
-	keyFile := fs.String("key", "", "client certificate's key (PEM)")
+	api := adminFlags(fs)
 	custodianShares := fs.Bool("custodian", false, "act on the owner's custodian shares instead of its keys")
 	asJSON := fs.Bool("json", false, "print the server's answer as JSON")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -55,16 +50,7 @@ func cmdKeys(ctx context.Context, args []string) error {
 		path += "/" + url.PathEscape(pos[2]) + "/restore"
 		httpMethod = http.MethodPost
 	}
-	key, hc, err := adminClient(*caFile, *serverName, *certFile, *keyFile, 30*time.Second)
-	if err != nil {
-		return fmt.Errorf("keys %s: %w", sub, err)
-	}
-	req, err := http.NewRequestWithContext(ctx, httpMethod, strings.TrimRight(*base, "/")+path, nil)
-	if err != nil {
-		return fmt.Errorf("keys %s: %w", sub, err)
-	}
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := hc.Do(req)
+	resp, err := api.do(ctx, httpMethod, path, 30*time.Second)
 	if err != nil {
 		return fmt.Errorf("keys %s: %w", sub, err)
 	}

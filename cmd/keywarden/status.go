@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"sort"
-	"strings"
 	"time"
 )
 
@@ -28,22 +27,12 @@ type statusReport struct {
 // only). It fails when the node is not ready.
 func cmdStatus(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	url := fs.String("url", envOr("KEYWARDEN_ADMIN_URL", "http://127.0.0.1:8421"), "admin listener URL")
-	caFile := fs.String("cacert", "", "CA certificate (PEM) that signed the admin listener's TLS certificate")
-	serverName := fs.String("server-name", "", "TLS server name to verify")
-	certFile := fs.String("cert", "", "client certificate (PEM) when listen.admin_client_ca is set")
-	keyFile := fs.String("key", "", "client certificate's key (PEM)")
+	api := adminFlags(fs)
 	asJSON := fs.Bool("json", false, "print the answer as JSON")
 	if err := fs.Parse(args); err != nil {
 		return usageError(err.Error())
 	}
-	key, hc, err := adminClient(*caFile, *serverName, *certFile, *keyFile, 30*time.Second)
-	if err != nil {
-		return fmt.Errorf("status: %w", err)
-	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(*url, "/")+"/v1/admin/readyz", nil)
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := hc.Do(req)
+	resp, err := api.do(ctx, http.MethodGet, "/v1/admin/readyz", 30*time.Second)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
