@@ -130,6 +130,9 @@ func (r *Records) withCiphertext(owner, method string, prior bool, rec record, c
 // sealLegacyPriors seals, as priorKind, every prior version an older build
 // kept as a plain ciphertext record, once per store (store.MetaCustodianPriorsSealed).
 func (r *Records) sealLegacyPriors(ctx context.Context) (int, error) {
+	if done, err := r.db.HasMeta(ctx, store.MetaCustodianPriorsSealed); err != nil || done {
+		return 0, err
+	}
 	var n int
 	err := r.db.Update(ctx, func(tx *store.Tx) error {
 		n = 0

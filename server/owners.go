@@ -12,16 +12,6 @@ import (
 	"github.com/keywarden/keywarden/server/httpx"
 )
 
-// ErrInvalidOwner refuses an :owner path segment ([httpx.ErrInvalidOwner]).
-var ErrInvalidOwner = httpx.ErrInvalidOwner
-
-// OwnerKinds are the prefixes of the owners Keywarden keeps records for
-// ([httpx.OwnerKinds]).
-var OwnerKinds = httpx.OwnerKinds
-
-// OwnerParam is the :owner path parameter ([httpx.OwnerParam]).
-func OwnerParam(c echo.Context) (enclave.Owner, error) { return httpx.OwnerParam(c) }
-
 // OwnerData is a capability that keeps records under owners of every kind
 // (not only user ids): GET /v1/admin/owners/{owner} describes them.
 // A UserData without it is asked only for user: owners.
@@ -43,7 +33,7 @@ type ownerDescription struct {
 // values) and what the capabilities keep (custodian and client shares
 // without the shares).
 func (s *Server) describeOwner(c echo.Context) error {
-	owner, err := OwnerParam(c)
+	owner, err := httpx.OwnerParam(c)
 	if err != nil {
 		return err
 	}
@@ -81,7 +71,7 @@ func (s *Server) describeOwner(c echo.Context) error {
 }
 
 func (s *Server) listAnyOwnerVersions(c echo.Context) error {
-	owner, err := OwnerParam(c)
+	owner, err := httpx.OwnerParam(c)
 	if err != nil {
 		return err
 	}
@@ -93,7 +83,7 @@ func (s *Server) listAnyOwnerVersions(c echo.Context) error {
 }
 
 func (s *Server) restoreAnyOwnerVersion(c echo.Context) error {
-	owner, err := OwnerParam(c)
+	owner, err := httpx.OwnerParam(c)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
+	"github.com/keywarden/keywarden/server/httpx"
 )
 
 // ownerVersions lists the prior versions of owner's key for method over
@@ -139,12 +140,12 @@ func TestAdminOwnerRoutesRefuseBadOwners(t *testing.T) {
 	for _, o := range bad {
 		for _, p := range []string{"", "/keys/PASSKEY/versions"} {
 			r := h.Admin("GET", "/v1/admin/owners/"+o+p, nil)
-			if r.Status != 400 || r.Code() != ErrInvalidOwner.Code {
+			if r.Status != 400 || r.Code() != httpx.ErrInvalidOwner.Code {
 				t.Fatalf("owner %q%s: %d %s", o, p, r.Status, r.Body)
 			}
 		}
 		r := h.Admin("POST", "/v1/admin/owners/"+o+"/keys/PASSKEY/versions/00000000000000000001/restore", nil)
-		if r.Status != 400 || r.Code() != ErrInvalidOwner.Code {
+		if r.Status != 400 || r.Code() != httpx.ErrInvalidOwner.Code {
 			t.Fatalf("restore for owner %q: %d %s", o, r.Status, r.Body)
 		}
 	}

@@ -262,9 +262,6 @@ func (s *Server) whileSealed() echo.HandlerFunc {
 // (the first step of a graceful shutdown).
 func (s *Server) Drain() { s.draining.Store(true) }
 
-// Draining reports whether Drain was called.
-func (s *Server) Draining() bool { return s.draining.Load() }
-
 // --- middleware ---------------------------------------------------------
 
 // requestID takes X-Portal-Trace-Id or X-Request-Id when it is a sane

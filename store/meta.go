@@ -1,5 +1,10 @@
 package store
 
+import (
+	"context"
+	"errors"
+)
+
 // MetaKey is a key of [BucketMeta], the appliance's own bookkeeping. Every
 // one is declared here (drawn in the package doc), so a new one cannot
 // collide with another package's; use [Tx.GetMeta], [Tx.PutMeta] and
@@ -52,3 +57,22 @@ func (tx *Tx) PutMeta(k MetaKey, value []byte) error { return tx.Put(BucketMeta,
 
 // DeleteMeta removes meta key k; a missing key is not an error.
 func (tx *Tx) DeleteMeta(k MetaKey) error { return tx.Delete(BucketMeta, k.Key()) }
+
+// HasMeta reports, in a read-only transaction, whether meta key k is set:
+// a start-up step that has already run (a migration marker) then costs no
+// write transaction.
+func (db *DB) HasMeta(ctx context.Context, k MetaKey) (bool, error) {
+	var set bool
+	err := db.View(ctx, func(tx *Tx) error {
+		_, err := tx.GetMeta(k)
+		if err == nil {
+			set = true
+			return nil
+		}
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		return err
+	})
+	return set, err
+}

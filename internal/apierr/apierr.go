@@ -91,5 +91,4 @@ var (
 	// etcd cluster without a quorum): the request was refused rather than
 	// answered from state this node cannot prove current.
 	ErrStoreUnavailable = New(http.StatusServiceUnavailable, "store_unavailable", "the store cannot be read or written now; retry later")
-	ErrUpstream         = New(http.StatusBadGateway, "upstream_error", "an upstream service refused the request")
 )

@@ -149,6 +149,9 @@ func New(opts Options) (*Store, error) {
 // record that opens under neither kind is left as it is (its restore
 // reports it damaged).
 func (s *Store) sealLegacyPriors(ctx context.Context) error {
+	if done, err := s.db.HasMeta(ctx, store.MetaClientSharesPriorsSealed); err != nil || done {
+		return err
+	}
 	return s.db.Update(ctx, func(tx *store.Tx) error {
 		if _, err := tx.GetMeta(store.MetaClientSharesPriorsSealed); err == nil {
 			return nil

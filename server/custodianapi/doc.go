@@ -22,7 +22,7 @@
 // and method "default" when none is given (decisions/04). The /owners/
 // routes take an owner of any kind (user:, firebase:, portal:; Portal's
 // webhooks keep shares under portal:<clientId>), URL-escaped in one path
-// segment, and the method in the path (server.OwnerParam). A share is 1 to
+// segment, and the method in the path (httpx.OwnerParam). A share is 1 to
 // custodian.MaxShareSize bytes, sent as standard base64 (the server's body
 // limit applies too).
 //

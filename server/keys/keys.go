@@ -87,9 +87,6 @@ func New(opts Options) (*Service, error) {
 		log: opts.Logger}, nil
 }
 
-// Custody is the key custody the service acts on.
-func (s *Service) Custody() *enclave.Custody { return s.custody }
-
 // Request is who asks, as an audit line records it.
 type Request struct {
 	Actor     string // "admin:<key id>", "firebase:<…>", "portal:<clientId>", "user:<id>"

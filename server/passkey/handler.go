@@ -60,13 +60,6 @@ func validCredential(raw json.RawMessage) error {
 	return nil
 }
 
-// Key sizes of the native API: the one rule of every store route, opaque
-// bytes of enclave.MinKeyBytes to enclave.MaxKeyBytes.
-const (
-	MinNativeKeyBytes = enclave.MinKeyBytes
-	MaxNativeKeyBytes = enclave.MaxKeyBytes
-)
-
 type registrationBeginRequest struct {
 	DisplayName         string `json:"displayName"`
 	AssertionCeremonyID string `json:"assertionCeremonyId"`
