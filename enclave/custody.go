@@ -482,6 +482,14 @@ func (c *Custody) DeleteKey(ctx context.Context, owner Owner, method string) err
 	return err
 }
 
+// DeleteKeyTx is DeleteKey inside the caller's write transaction (the key
+// and every prior version purged, so that nothing restores it), reporting
+// whether a key was there: a PIN registration that ran out of guesses and
+// its key go in one commit (server/pin).
+func (c *Custody) DeleteKeyTx(tx *store.Tx, owner Owner, method string) (bool, error) {
+	return c.versions.Delete(tx, string(owner), method)
+}
+
 // DeleteKeyKeepingPrior removes the current key of (owner, method) and
 // keeps its value as a prior version (a tombstone, sealed as key_prior)
 // for the retention time, listed and restorable by the admin like one
