@@ -418,6 +418,15 @@ func (c *Custody) HasKey(ctx context.Context, owner Owner, method string) (bool,
 	return err == nil, err
 }
 
+// HasKeyTx is HasKey inside the caller's transaction.
+func (c *Custody) HasKeyTx(tx *store.Tx, owner Owner, method string) (bool, error) {
+	_, err := c.versions.Get(tx, string(owner), method)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // Info describes the key stored for (owner, method) without opening it.
 func (c *Custody) Info(ctx context.Context, owner Owner, method string) (*KeyInfo, error) {
 	var info *KeyInfo
