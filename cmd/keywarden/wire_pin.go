@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/pin"
@@ -32,28 +31,11 @@ func wirePIN(_ context.Context, a *appliance, opts *server.Options) error {
 		return fmt.Errorf("pin: %w", err)
 	}
 	opts.PIN = h
-	opts.Users = append(opts.Users, pinUsers{svc})
+	opts.Users = append(opts.Users, pin.Users{Service: svc})
 	return nil
 }
 
 // pinOptions maps the pin section onto the service's options.
 func pinOptions(c config.PIN) pin.Options {
 	return pin.Options{DefaultGuessLimit: c.DefaultGuessLimit, PendingTTL: c.PendingTTL, RecoveryTTL: c.RecoveryTTL}
-}
-
-// pinUsers shows and deletes a user's PIN registration with the user.
-type pinUsers struct{ svc *pin.Service }
-
-func (pinUsers) Name() string { return "pin" }
-
-func (u pinUsers) DescribeUser(ctx context.Context, userID string) (any, error) {
-	st, err := u.svc.Status(ctx, enclave.UserOwner(userID))
-	if err != nil || (!st.Registered && st.GuessLimit == 0) {
-		return nil, err
-	}
-	return st, nil
-}
-
-func (u pinUsers) DeleteUser(ctx context.Context, userID string) error {
-	return u.svc.DeleteOwner(ctx, enclave.UserOwner(userID), true)
 }

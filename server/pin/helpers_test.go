@@ -67,6 +67,7 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 				t.Fatal(err)
 			}
 			o.PIN = h
+			o.Users = append(o.Users, Users{svc})
 		}))
 	return e
 }

@@ -549,3 +549,35 @@ func TestPINRestoredStoreRefused(t *testing.T) {
 		t.Fatalf("start on the copy from before the guesses: %v, want ErrRolledBack", err)
 	}
 }
+
+// TestPINAdminDeletesOwner: the admin's deletion of a user removes the
+// PIN registration with the key, for a Firebase owner as for a session
+// user; the admin's owner description shows the registration (no secret).
+func TestPINAdminDeletesOwner(t *testing.T) {
+	e := newEnv(t)
+	tok := e.token("judy")
+	stok, _ := e.Sessions.Mint("judy", 600e9)
+	for _, tk := range []string{tok, stok} {
+		if r := e.register(tk, "7777", map[string]any{"guessLimit": 7}); r.Status != http.StatusCreated {
+			t.Fatalf("register: %d %s", r.Status, r.Body)
+		}
+	}
+	r := e.Admin(http.MethodGet, "/v1/admin/owners/"+url.PathEscape(string(fbOwner("judy"))), nil)
+	if r.Status != http.StatusOK || !strings.Contains(string(r.Body), `"pin":{"registered":true,"guessLimit":7,"guessesRemaining":7}`) {
+		t.Fatalf("describe owner: %d %s", r.Status, r.Body)
+	}
+	if r := e.Admin(http.MethodDelete, "/v1/admin/firebase/users/"+url.PathEscape(string(fbOwner("judy"))), nil); r.Status != http.StatusNoContent {
+		t.Fatalf("delete Firebase user: %d %s", r.Status, r.Body)
+	}
+	if r := e.Admin(http.MethodDelete, "/v1/admin/users/judy", nil); r.Status != http.StatusNoContent {
+		t.Fatalf("delete user: %d %s", r.Status, r.Body)
+	}
+	for _, tk := range []string{tok, stok} {
+		if st := e.status(tk); st != (Status{}) {
+			t.Fatalf("status after the admin's deletion: %+v", st)
+		}
+		if _, r := e.recover(tk, "7777", nil); r.Status != http.StatusNotFound || r.Code() != "pin_not_registered" {
+			t.Fatalf("recover after the admin's deletion: %d %s", r.Status, r.Body)
+		}
+	}
+}
