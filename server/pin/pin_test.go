@@ -266,6 +266,7 @@ func TestPINConcurrentGuesses(t *testing.T) {
 	inc0 := e.rb.Increments()
 	var mu sync.Mutex
 	codes := map[int]int{}
+	var ids []string
 	var wg sync.WaitGroup
 	for range 200 {
 		wg.Add(1)
@@ -273,13 +274,25 @@ func TestPINConcurrentGuesses(t *testing.T) {
 			defer wg.Done()
 			r := e.call(http.MethodPost, "/v1/pin/recoveries", tok, map[string]any{"blindedElement": b.elem})
 			mu.Lock()
+			defer mu.Unlock()
 			codes[r.Status]++
-			mu.Unlock()
+			if r.Status == http.StatusOK {
+				var rec recovered
+				r.Decode(t, &rec)
+				ids = append(ids, rec.RecoveryID)
+			}
 		}()
 	}
 	wg.Wait()
 	if codes[http.StatusOK] != 10 || codes[http.StatusGone] != 190 {
 		t.Fatalf("200 concurrent guesses against 10: %v", codes)
+	}
+	// The 10 evaluations were all for the wrong PIN; the lock closed them.
+	for _, id := range ids {
+		r := e.unlock(tok, recovered{RecoveryID: id, tag: base64.RawURLEncoding.EncodeToString(make([]byte, 32))})
+		if r.Status != http.StatusGone || r.Code() != "pin_locked" {
+			t.Fatalf("unlock after the lock: %d %s", r.Status, r.Body)
+		}
 	}
 	if st := e.status(tok); st.Registered {
 		t.Fatalf("status: %+v", st)

@@ -666,7 +666,16 @@ func (s *Service) Unlock(ctx context.Context, req keys.Request, owner enclave.Ow
 		ok, gone, locked, lockedNow, remaining, rpk = false, false, false, false, 0, nil
 		b, err := tx.Get(store.BucketPIN, recoveryKey(owner, id))
 		if errors.Is(err, store.ErrNotFound) {
-			return ErrRecoveryNotFound
+			// Locking removes open recoveries: say why they are gone.
+			r, err := s.getReg(tx, owner)
+			if err != nil {
+				return err
+			}
+			if r == nil || !r.Locked {
+				return ErrRecoveryNotFound
+			}
+			locked = true
+			return nil
 		}
 		if err != nil {
 			return err
