@@ -5,6 +5,7 @@ import (
 	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/base64"
+	"log/slog"
 	"net/http"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/keywarden/keywarden/internal/testutil/apptest"
 	"github.com/keywarden/keywarden/internal/testutil/apptest/appserver"
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
+	"github.com/keywarden/keywarden/internal/testutil/proc"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/firebase"
 )
@@ -28,6 +30,7 @@ type env struct {
 	issuer *firebasetest.Issuer
 	rb     *enclave.Rollback
 	svc    *Service
+	logs   *proc.SyncBuffer // the server's and the service's logs, debug level
 }
 
 type envOpt func(*Deps)
@@ -41,8 +44,10 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(v.Close)
-	e := &env{t: t, issuer: issuer}
+	e := &env{t: t, issuer: issuer, logs: &proc.SyncBuffer{}}
+	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e.App = appserver.New(t, appserver.Core(apptest.Seed(16)), appserver.Firebase(v),
+		appserver.ServerOptions(func(o *server.Options) { o.Logger = logger }),
 		appserver.Before(func(a *appserver.App, o *server.Options) {
 			// A long interval: only Sync (a guess) increments the counter
 			// during a test.
@@ -53,7 +58,7 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 			t.Cleanup(func() { _ = rb.Close() })
 			e.rb = rb
 			o.Rollback = rb
-			d := Deps{DB: a.DB, Custody: a.Custody, Keys: a.Keys, Rollback: rb}
+			d := Deps{DB: a.DB, Custody: a.Custody, Keys: a.Keys, Rollback: rb, Logger: logger}
 			for _, f := range opts {
 				f(&d)
 			}

@@ -486,6 +486,7 @@ func TestPINOtherOwner(t *testing.T) {
 // TestPINNeverInAuditOrLogs: neither the PIN, nor the unlock tag, nor the
 // key appears in the audit log; the requests carry blinded elements only.
 func TestPINNeverInAuditOrLogs(t *testing.T) {
+	// (The logs are the server's and the service's, at debug level.)
 	e := newEnv(t)
 	tok := e.token("heidi")
 	const pin = "271828"
@@ -500,9 +501,13 @@ func TestPINNeverInAuditOrLogs(t *testing.T) {
 	e.try(tok, "000000")
 	e.try(tok, "000001") // locks
 	lines := e.AuditLines(t)
+	logs := e.logs.String()
 	for _, s := range []string{pin, key, rec.tag} {
 		if strings.Contains(lines, s) {
 			t.Fatalf("audit log holds a secret %q", s)
+		}
+		if strings.Contains(logs, s) {
+			t.Fatalf("the logs hold a secret %q", s)
 		}
 	}
 	for _, a := range []string{`"action":"pin_register"`, `"action":"release"`, `"reason":"pin_unlock"`, `"action":"pin_locked"`} {
