@@ -175,8 +175,7 @@ func TestPINCorrectReleases(t *testing.T) {
 
 	// A registration without a key: the appliance generates 32 bytes and
 	// returns them once (a session-token owner this time).
-	stok, _ := e.Sessions.Mint("bob", 0)
-	stok, _ = e.Sessions.Mint("bob", 600e9)
+	stok, _ := e.Sessions.Mint("bob", 600e9)
 	r = e.register(stok, "0000", nil)
 	if r.Status != http.StatusCreated {
 		t.Fatalf("register without key: %d %s", r.Status, r.Body)
