@@ -418,6 +418,15 @@ func (c *Custody) HasKey(ctx context.Context, owner Owner, method string) (bool,
 	return err == nil, err
 }
 
+// HasKeyTx is HasKey inside the caller's transaction.
+func (c *Custody) HasKeyTx(tx *store.Tx, owner Owner, method string) (bool, error) {
+	_, err := c.versions.Get(tx, string(owner), method)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // Info describes the key stored for (owner, method) without opening it.
 func (c *Custody) Info(ctx context.Context, owner Owner, method string) (*KeyInfo, error) {
 	var info *KeyInfo
@@ -480,6 +489,14 @@ func (c *Custody) DeleteKey(ctx context.Context, owner Owner, method string) err
 		return errKeyNotFound
 	}
 	return err
+}
+
+// DeleteKeyTx is DeleteKey inside the caller's write transaction (the key
+// and every prior version purged, so that nothing restores it), reporting
+// whether a key was there: a PIN registration that ran out of guesses and
+// its key go in one commit (server/pin).
+func (c *Custody) DeleteKeyTx(tx *store.Tx, owner Owner, method string) (bool, error) {
+	return c.versions.Delete(tx, string(owner), method)
 }
 
 // DeleteKeyKeepingPrior removes the current key of (owner, method) and

@@ -104,6 +104,7 @@ type ledgerTx struct {
 	rebased bool // a full scan in this transaction set base
 	base    digest
 	set     *rollbackState // a record requested by Rollback.record
+	fresh   bool           // Rollback.NewGeneration: this transaction takes a generation of its own
 
 	// decided in Finish
 	write  bool
@@ -181,8 +182,10 @@ func (t *ledgerTx) Finish(tx *store.Tx) error {
 		// A change a restored older store would undo: the generation
 		// moves past the counter, unless it already did and the pending
 		// increment has not started (coalescing) and no backup was taken
-		// since.
-		if !r.shareable || rec.Generation <= r.confirmed || !r.available {
+		// since. A transaction marked by NewGeneration always moves it:
+		// every copy of the store taken before it then carries a lower
+		// generation.
+		if t.fresh || !r.shareable || rec.Generation <= r.confirmed || !r.available {
 			rec.Generation++
 		}
 		t.raised = true

@@ -598,6 +598,56 @@ func (r *Rollback) BeforeBackup() {
 	r.mu.Unlock()
 }
 
+// NewGeneration marks the write transaction tx: when it changes a record,
+// it commits under a generation of its own, higher than that of any state
+// of the store before it, instead of sharing the pending one (every
+// transaction the store group-commits with it shares it). With [Sync]
+// after the commit, no copy of the store taken before the transaction can
+// be started again without being refused: a PIN guess is counted this way
+// (server/pin). It sends no TPM command.
+func (r *Rollback) NewGeneration(tx *store.Tx) error {
+	t, err := r.ledgerOf(tx)
+	if err != nil {
+		return err
+	}
+	t.fresh = true
+	return nil
+}
+
+// Sync returns once the TPM counter has reached the generation of every
+// change committed before the call: it increments the counter now instead
+// of waiting for the background incrementer's interval. Callers that
+// arrive while an increment runs wait for it and share the next one, so
+// concurrent callers cost one NV increment per generation, not one each.
+// Only a PIN guess waits on it; releases and stores never do
+// (decisions/13). Without a counter (dev mode, counter unavailable) it
+// returns at once.
+func (r *Rollback) Sync(ctx context.Context) error {
+	r.mu.Lock()
+	target, closed := r.gen, r.closed
+	r.mu.Unlock()
+	if !r.available {
+		return nil
+	}
+	if closed {
+		return errors.New("enclave: the rollback counter is closed")
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		r.mu.Lock()
+		done := r.confirmed >= target
+		r.mu.Unlock()
+		if done {
+			return nil
+		}
+		if err := r.sync(ctx); err != nil {
+			return err
+		}
+	}
+}
+
 // Flush increments the counter now up to the store's generation (Close
 // does it too).
 func (r *Rollback) Flush(ctx context.Context) error {

@@ -165,23 +165,27 @@ func (s *Server) deleteFirebaseUser(c echo.Context) error {
 }
 
 // purgeOwner is the admin's user deletion: rate-limited, audited (fail
-// closed), then every key and prior version of owner, and (for a user id)
-// what the capabilities keep, removed at once.
+// closed), then every key and prior version of owner, and what the
+// capabilities keep (for a user id; any owner for an OwnerDeleter),
+// removed at once.
 func (s *Server) purgeOwner(c echo.Context, owner enclave.Owner, userID string) error {
 	ctx := c.Request().Context()
 	if ok, wait := s.deletes.Take("user-delete", s.now()); !ok {
 		return apierr.ErrRateLimited.WithMessage("too many user deletions; at most %d a minute (limits.user_deletes_per_minute)", s.cfg.Limits.UserDeletesPerMinute).WithRetry(wait)
 	}
-	var also func(context.Context) error
-	if userID != "" {
-		also = func(ctx context.Context) error {
-			for _, u := range s.opts.Users {
-				if err := u.DeleteUser(ctx, userID); err != nil {
-					return err
-				}
+	also := func(ctx context.Context) error {
+		for _, u := range s.opts.Users {
+			var err error
+			if od, ok := u.(OwnerDeleter); ok {
+				err = od.DeleteOwnerData(ctx, owner)
+			} else if userID != "" {
+				err = u.DeleteUser(ctx, userID)
 			}
-			return nil
+			if err != nil {
+				return err
+			}
 		}
+		return nil
 	}
 	if err := s.keys.Purge(ctx, httpx.KeysRequest(c), owner, also); err != nil {
 		return err

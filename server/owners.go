@@ -23,6 +23,13 @@ type OwnerData interface {
 	Name() string
 }
 
+// OwnerDeleter is a capability whose per-owner data the admin's deletion
+// of an owner of any kind (a Firebase user as well as a user id) removes;
+// for a user id it is called instead of UserData.DeleteUser.
+type OwnerDeleter interface {
+	DeleteOwnerData(ctx context.Context, owner enclave.Owner) error
+}
+
 type ownerDescription struct {
 	Owner string            `json:"owner"`
 	Keys  []enclave.KeyInfo `json:"keys"`

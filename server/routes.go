@@ -102,6 +102,16 @@ type PortalHandler interface {
 	FlushIdentities(echo.Context) error
 }
 
+// PINHandler serves the PIN release routes (server/pin.Handler).
+type PINHandler interface {
+	Begin(echo.Context) error
+	Register(echo.Context) error
+	Recover(echo.Context) error
+	Unlock(echo.Context) error
+	Status(echo.Context) error
+	Delete(echo.Context) error
+}
+
 // DemoHandler serves the dev-only demo page (server/demo.Demo).
 type DemoHandler interface {
 	Redirect(echo.Context) error

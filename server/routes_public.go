@@ -7,7 +7,8 @@ import (
 )
 
 // PublicRoutes is every route of the public listener: probes, the native
-// Firebase key routes and the capabilities' client routes. Client routes
+// Firebase key routes and the capabilities' client routes (passkeys,
+// Portal, PIN). Client routes
 // carry CORS and the per-address rate limit (routes()); a capability that
 // is off has a nil handler and is not mounted.
 func (s *Server) PublicRoutes() []Route {
@@ -58,6 +59,14 @@ func (s *Server) PublicRoutes() []Route {
 		{Method: http.MethodPost, Path: "/passkeys/finish-login/write", Handler: bind(po, PortalHandler.FinishLoginWrite), Middleware: u},
 		{Method: http.MethodPost, Path: "/webhook/backup", Handler: bind(po, PortalHandler.WebhookBackup), Middleware: webhook},
 		{Method: http.MethodPost, Path: "/webhook/backup/fetch", Handler: bind(po, PortalHandler.WebhookFetch), Middleware: webhook},
+
+		// PIN release with a guess limit (server/pin).
+		{Method: http.MethodPost, Path: "/v1/pin/registrations", Handler: bind(o.PIN, PINHandler.Begin), Middleware: u},
+		{Method: http.MethodPut, Path: "/v1/pin/registrations/:registrationId", Handler: bind(o.PIN, PINHandler.Register), Middleware: u},
+		{Method: http.MethodPost, Path: "/v1/pin/recoveries", Handler: bind(o.PIN, PINHandler.Recover), Middleware: u},
+		{Method: http.MethodPost, Path: "/v1/pin/recoveries/:recoveryId/unlock", Handler: bind(o.PIN, PINHandler.Unlock), Middleware: u},
+		{Method: http.MethodGet, Path: "/v1/pin", Handler: bind(o.PIN, PINHandler.Status), Middleware: u},
+		{Method: http.MethodDelete, Path: "/v1/pin", Handler: bind(o.PIN, PINHandler.Delete), Middleware: u},
 
 		// Demo page (dev mode only, server/demo).
 		{Method: http.MethodGet, Path: "/demo", Handler: bind(o.Demo, DemoHandler.Redirect)},

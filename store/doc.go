@@ -56,7 +56,11 @@
 //	jobs/                                       background jobs with their progress (v2)
 //	│   "custodian_rewrap" 0x00 job id → job JSON
 //	blocked/                                    Firebase subjects blocked by an operator (v2)
-//	    owner                      → time of the block (RFC 3339)
+//	│   owner                      → time of the block (RFC 3339)
+//	pin/                                        PIN release with a guess limit, every value sealed (v3, server/pin)
+//	    "r" 0x00 owner             → registration: OPRF key, unlock tag, guess limit and count (kind "pin_registration")
+//	    "p" 0x00 owner 0x00 id     → pending registration: its OPRF key, expiry (kind "pin_pending")
+//	    "v" 0x00 owner 0x00 id     → open recovery: registration id, recipient key, expiry (kind "pin_recovery")
 //
 // A migration (schema.go) moves the schema one version up and runs at
 // open; it is written against [BackendTx] (CreateBucket, and data changes

@@ -158,7 +158,7 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, acceptRollb
 // the root key (dev: create it) → open the audit log → [sealed: a server
 // that answers health only] → Firebase verifier → clock check → rollback
 // check (before anything writes the store) → attestation → client and
-// custodian shares → demo page (dev) → passkeys → Portal drop-in → pprof
+// custodian shares → demo page (dev) → passkeys → Portal drop-in → PIN → pprof
 // (dev) → the HTTP server. The listeners come after it (listenAndServe).
 // Each step adds what it opens to the appliance's closers, which close in
 // reverse; on an error everything opened so far is closed.
@@ -202,6 +202,7 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 		wireDemo,
 		wirePasskey,
 		wirePortal, // after custodian and passkeys: it serves over both
+		wirePIN,    // after Firebase and the rollback counter
 		wirePprof,
 	} {
 		if err := wire(ctx, a, &opts); err != nil {

@@ -46,7 +46,23 @@ type Config struct {
 	Audit    Audit    `key:"audit"`
 	Recovery Recovery `key:"recovery"`
 	Rollback Rollback `key:"rollback"`
+	PIN      PIN      `key:"pin"`
 	Log      Log      `key:"log"`
+}
+
+// PIN configures PIN release with a guess limit (/v1/pin, server/pin).
+type PIN struct {
+	// Enabled mounts the /v1/pin routes (default true).
+	Enabled bool `key:"enabled"`
+	// DefaultGuessLimit is a registration's guess limit when it names
+	// none (1–255, default 10).
+	DefaultGuessLimit int `key:"default_guess_limit"`
+	// PendingTTL is how long a begun registration waits for its PUT
+	// (default 5m).
+	PendingTTL time.Duration `key:"pending_ttl"`
+	// RecoveryTTL is how long a recovery may be unlocked, and how long a
+	// successful unlock allows replacing the registration (default 5m).
+	RecoveryTTL time.Duration `key:"recovery_ttl"`
 }
 
 // Rollback configures the TPM rollback counter and the store generation it follows.
@@ -250,6 +266,7 @@ func Defaults() Config {
 		Portal:   Portal{APIURL: "https://api.portalhq.io", IdentityTTL: 5 * time.Minute, ClientMismatch: "refuse"},
 		Audit:    Audit{WriteTimeout: 2 * time.Second, MaxFileBytes: 64 << 20, ReleaseSyncDelay: 5 * time.Millisecond},
 		Rollback: Rollback{MinInterval: time.Second},
+		PIN:      PIN{Enabled: true, DefaultGuessLimit: 10, PendingTTL: 5 * time.Minute, RecoveryTTL: 5 * time.Minute},
 		Log:      Log{Level: "info", Format: "json"},
 	}
 }

@@ -251,3 +251,30 @@ func TestRollbackMinInterval(t *testing.T) {
 		}
 	}
 }
+
+// TestPINSection: pin.* defaults (on, 10 guesses, 5 min TTLs), the
+// environment names, and a bad value names its field; with pin.enabled
+// false the other settings are not checked.
+func TestPINSection(t *testing.T) {
+	c, err := Load(prodBase(), "", nil)
+	if err != nil || c.PIN != (PIN{Enabled: true, DefaultGuessLimit: 10, PendingTTL: 5 * time.Minute, RecoveryTTL: 5 * time.Minute}) {
+		t.Fatalf("default: %+v %v", c.PIN, err)
+	}
+	c, err = Load(prodBase(), "", []string{"KEYWARDEN_PIN_DEFAULT_GUESS_LIMIT=3", "KEYWARDEN_PIN_RECOVERY_TTL=2m"})
+	if err != nil || c.PIN.DefaultGuessLimit != 3 || c.PIN.RecoveryTTL != 2*time.Minute {
+		t.Fatalf("env: %+v %v", c.PIN, err)
+	}
+	for env, field := range map[string]string{
+		"KEYWARDEN_PIN_DEFAULT_GUESS_LIMIT=0":   "pin.default_guess_limit",
+		"KEYWARDEN_PIN_DEFAULT_GUESS_LIMIT=256": "pin.default_guess_limit",
+		"KEYWARDEN_PIN_PENDING_TTL=0s":          "pin.pending_ttl",
+		"KEYWARDEN_PIN_RECOVERY_TTL=2h":         "pin.recovery_ttl",
+	} {
+		if _, err := Load(prodBase(), "", []string{env}); err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: error %v does not name %s", env, err, field)
+		}
+	}
+	if c, err := Load(prodBase(), "", []string{"KEYWARDEN_PIN_ENABLED=false", "KEYWARDEN_PIN_DEFAULT_GUESS_LIMIT=0"}); err != nil || c.PIN.Enabled {
+		t.Fatalf("disabled: %+v %v", c.PIN, err)
+	}
+}

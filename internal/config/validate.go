@@ -23,7 +23,7 @@ func (c *Config) Validate() error {
 	errs := slices.Concat(
 		c.Listen.validate(c.Dev), c.Data.validate(), c.TPM.validate(c.Dev), c.Admin.validate(c.Dev),
 		c.Session.validate(), c.Limits.validate(), c.Vault.validate(), c.Portal.validate(),
-		c.Recovery.validate(), c.Audit.validate(), c.Log.validate(), c.Keys.validate(), c.Rollback.validate(),
+		c.Recovery.validate(), c.Audit.validate(), c.Log.validate(), c.Keys.validate(), c.Rollback.validate(), c.PIN.validate(),
 		c.Store.validate(), c.Etcd.validate(c.Store.Backend),
 	)
 	if len(errs) > 0 {
@@ -139,6 +139,24 @@ func (k Keys) validate() (p problems) {
 func (r Rollback) validate() (p problems) {
 	if r.MinInterval < 100*time.Millisecond || r.MinInterval > 24*time.Hour {
 		p.add("rollback.min_interval", "must be between 100ms and 24h (a restored copy younger than it may go unnoticed; shorter wears the TPM's NV faster)")
+	}
+	return p
+}
+
+func (n PIN) validate() (p problems) {
+	if !n.Enabled {
+		return p
+	}
+	if n.DefaultGuessLimit < 1 || n.DefaultGuessLimit > 255 {
+		p.add("pin.default_guess_limit", "must be between 1 and 255")
+	}
+	for _, f := range []struct {
+		name string
+		d    time.Duration
+	}{{"pin.pending_ttl", n.PendingTTL}, {"pin.recovery_ttl", n.RecoveryTTL}} {
+		if f.d < time.Second || f.d > time.Hour {
+			p.add(f.name, "must be between 1s and 1h")
+		}
 	}
 	return p
 }

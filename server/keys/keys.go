@@ -172,7 +172,7 @@ func (r *SignIn) Stale(now time.Time) bool {
 
 // knownMethods are the metrics labels of methods; every other method (the
 // admin import names any) is "other", so no client value becomes a label.
-var knownMethods = map[string]bool{"FIREBASE": true, "PASSKEY": true}
+var knownMethods = map[string]bool{"FIREBASE": true, "PASSKEY": true, "PIN": true}
 
 func methodLabel(method string) string {
 	if knownMethods[method] {

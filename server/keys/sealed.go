@@ -21,6 +21,7 @@ const (
 	RouteFirebase            = "/v1/firebase/key"
 	RoutePasskeyRegistration = "/v1/passkeys/registration/finish"
 	RouteImport              = "/v1/admin/keys/import"
+	RoutePIN                 = "/v1/pin/registrations"
 )
 
 var (
