@@ -105,6 +105,14 @@ type ledgerTx struct {
 	base    digest
 	set     *rollbackState // a record requested by Rollback.record
 
+	// With a node name (rollback_cluster.go).
+	follow bool          // raise this node's target if the cluster generation moved
+	cset   *clusterState // a cluster record made from a scan in this transaction
+	cread  bool          // the cluster record was read (cgen is valid)
+	cgen   uint64
+	nwrite bool
+	nrec   nodeState
+
 	// decided in Finish
 	write  bool
 	rec    rollbackState
@@ -159,6 +167,9 @@ func (r *Rollback) rebase(tx *store.Tx) (digest, int, error) {
 // the generation rule in rollback.go).
 func (t *ledgerTx) Finish(tx *store.Tx) error {
 	r := t.r
+	if r.node != "" {
+		return t.finishCluster(tx)
+	}
 	r.mu.Lock()
 	based, d, rec, haveRec := r.based, r.digest, r.rec, r.haveRec
 	if t.rebased {
@@ -203,6 +214,10 @@ func (t *ledgerTx) Finish(tx *store.Tx) error {
 // Committed implements store.LedgerTx.
 func (t *ledgerTx) Committed() {
 	r := t.r
+	if r.node != "" {
+		t.committedCluster()
+		return
+	}
 	r.mu.Lock()
 	if t.rebased || t.write {
 		r.digest, r.based = t.d, true
