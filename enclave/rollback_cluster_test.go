@@ -355,12 +355,21 @@ func TestRollbackClusterSpliceRefused(t *testing.T) {
 	// The old value spliced back in (it opens: it is a genuine record).
 	cur := c.rawGet(key)
 	c.rawPut(key, old)
+	// backup -verify's check sees it too (it reads the cluster record).
+	vdb := c.openDB(c.prefix)
+	if _, err := VerifyBackup(ctx, sim, vdb); !errors.Is(err, ErrRecordsAltered) {
+		t.Fatalf("VerifyBackup with a spliced record: err = %v, want ErrRecordsAltered", err)
+	}
 	for _, n := range []*rbNode{a, b} {
 		if _, err := n.start(c.prefix, RollbackOptions{}); !errors.Is(err, ErrRecordsAltered) {
 			t.Fatalf("node %s with a spliced record: err = %v, want ErrRecordsAltered", n.name, err)
 		}
 	}
 	c.rawPut(key, cur)
+	if rep, err := VerifyBackup(ctx, sim, vdb); err != nil || !rep.Rollback || rep.Records == 0 {
+		t.Fatalf("VerifyBackup of the intact store: %+v, %v", rep, err)
+	}
+	vdb.Close()
 	rb := b.mustStart(c.prefix)
 	b.stop(rb)
 
