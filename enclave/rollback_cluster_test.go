@@ -426,7 +426,92 @@ func TestRollbackClusterNodeRecordBinding(t *testing.T) {
 	if _, err := a.start(c.prefix, RollbackOptions{}); !errors.Is(err, ErrRollbackRecord) {
 		t.Fatalf("node a with an altered cluster record: err = %v, want ErrRollbackRecord", err)
 	}
-	c.rawPut(meta(store.MetaRollbackCluster), cl)
+	// The operator's accept makes a new cluster record from a scan; the
+	// other node then starts without an override.
+	rb, err := a.start(c.prefix, RollbackOptions{AcceptRollback: true})
+	if err != nil {
+		t.Fatalf("node a accept with an altered cluster record: %v", err)
+	}
+	if st := rb.Status(); st.Event != RollbackOverride {
+		t.Fatalf("node a accept: %+v", st)
+	}
+	a.stop(rb)
+	rb = b.mustStart(c.prefix)
+	if st := rb.Status(); st.Event != RollbackAccepted {
+		t.Fatalf("node b after a's accept: %+v", st)
+	}
+	b.stop(rb)
+}
+
+// TestRollbackClusterConvertsSingleNodeStore: a store made by the
+// single-node scheme (on etcd) started with a node name on the TPM its
+// record names: the digest is checked against that record, its generation
+// against the counter, and it becomes this node's record; a second node
+// then joins. The same store restored from before a change is refused at
+// its conversion.
+func TestRollbackClusterConvertsSingleNodeStore(t *testing.T) {
+	ctx := context.Background()
+	sim := openSim(t, testSeed)
+	defer sim.Close()
+	c := &rbCluster{t: t, etcd: etcddev.Embedded(t), prefix: "single", nodes: map[string]*rbNode{}}
+	db := c.openDB(c.prefix)
+	root, raw, err := Initialize(ctx, sim, db, InitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.raw = secret.CopyBytes(raw.Reveal())
+	raw.Wipe()
+	defer c.raw.Wipe()
+	rb, err := InitRollback(ctx, sim, db, root, RollbackOptions{Interval: clusterTestInterval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cu := NewCustody(db, root, CustodyOptions{})
+	if _, err := cu.PutKey(ctx, UserOwner("erin"), "PASSKEY", []byte("k"), PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var snap bytes.Buffer
+	rb.BeforeBackup()
+	if _, err := db.WriteTo(&snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := cu.DeleteKey(ctx, UserOwner("erin"), "PASSKEY"); err != nil {
+		t.Fatal(err)
+	}
+	if err := rb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	root.Close()
+
+	// The old copy, converted: its generation is behind this TPM's counter.
+	s, err := etcdstore.Restore(ctx, etcdstore.Options{Endpoints: c.etcd.Endpoints(), Prefix: "single-old"}, bytes.NewReader(snap.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	a := &rbNode{c: c, name: "a", tpm: sim}
+	if _, err := a.start("single-old", RollbackOptions{}); !errors.Is(err, ErrRolledBack) {
+		t.Fatalf("conversion of an old copy: err = %v, want ErrRolledBack", err)
+	}
+
+	rbA := a.mustStart(c.prefix)
+	if st := rbA.Status(); st.Event != RollbackAccepted || st.Node != "a" || st.ClusterGeneration == 0 {
+		t.Fatalf("conversion: %+v", st)
+	}
+	a.stop(rbA)
+	sw := swtpmtest.Start(t, swtpmtest.Options{})
+	tb, err := tpmdev.Open(ctx, sw.Spec)
+	if err != nil {
+		t.Fatalf("open swtpm: %v\n%s", err, sw.Log())
+	}
+	defer tb.Close()
+	b := &rbNode{c: c, name: "b", tpm: tb}
+	rbB := b.mustStart(c.prefix)
+	if st := rbB.Status(); st.Event != RollbackNewCounter {
+		t.Fatalf("node b joins the converted store: %+v", st)
+	}
+	b.stop(rbB)
 	a.stop(a.mustStart(c.prefix))
 }
 
