@@ -42,6 +42,10 @@ package enclave
 // store look rolled back at the next start). Defining it needs owner
 // authorization (empty by default).
 //
+// Several appliances over one shared store use the cluster scheme instead
+// (RollbackOptions.Node; rollback_cluster.go): the records above bind ONE
+// TPM and keep D in one process's memory, which several nodes cannot share.
+//
 // On another TPM (after `keywarden recover`) the storage root key differs:
 // the counter there has no history of this store, and the store's
 // generation is rebased onto it. On the same TPM a missing counter means it
