@@ -1,6 +1,6 @@
 package enclave
 
-// # Rollback detection on several nodes (RollbackOptions.Node)
+// # Rollback detection on several nodes (RollbackOptions.Node; decisions/45)
 //
 // Several appliances over one shared store (etcd) cannot share the
 // single-node record: it binds ONE TPM's storage root key and NV index,
