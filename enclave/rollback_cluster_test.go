@@ -516,9 +516,8 @@ func TestRollbackClusterConvertsSingleNodeStore(t *testing.T) {
 }
 
 // BenchmarkClusterChange is the write cost of the cluster scheme: three
-// nodes' store façades over one prefix of a one-member embedded etcd, 16 ×
-// GOMAXPROCS
-// writers spread over them, one Put per Update. "no-ledger" is the same
+// nodes' store façades over one prefix of a one-member embedded etcd,
+// 16 × GOMAXPROCS writers spread over them, one Put per Update. "no-ledger" is the same
 // without rollback detection; "cluster" adds the cluster record (read,
 // checked, rewritten) and the writing node's record to every write
 // transaction, which serializes the nodes' transactions on etcd's fence
