@@ -610,3 +610,44 @@ func BenchmarkClusterChange(b *testing.B) {
 }
 
 var benchValue = make([]byte, 160) // about a sealed key record
+
+// TestRollbackClusterFollowsInBackground: with a short interval and no
+// explicit follow, node b's background loop sees node a's change and
+// increments b's own counter (waited for by a bounded poll, not a clock).
+func TestRollbackClusterFollowsInBackground(t *testing.T) {
+	ctx := context.Background()
+	sim := openSim(t, testSeed)
+	defer sim.Close()
+	c := newRBCluster(t, sim)
+	a, b := c.nodes["a"], c.nodes["b"]
+	rbA := a.mustStart(c.prefix)
+	b.db = c.openDB(c.prefix)
+	root, err := NewRoot(c.raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.root = root
+	rbB, err := OpenRollback(ctx, b.tpm, b.db, root, RollbackOptions{Node: "b", Interval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := counterValue(t, rbB)
+	if _, err := a.custody().PutKey(ctx, UserOwner("frank"), "PASSKEY", []byte("k"), PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	moved := false
+	for i := 0; i < 200 && !moved; i++ {
+		moved = counterValue(t, rbB) > before
+		if !moved {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if !moved {
+		t.Fatalf("node b's counter stayed at %d after node a's change (status %+v)", before, rbB.Status())
+	}
+	if st := rbB.Status(); st.ClusterGeneration != rbA.Status().ClusterGeneration {
+		t.Fatalf("node b covers cluster generation %d, node a wrote %d", st.ClusterGeneration, rbA.Status().ClusterGeneration)
+	}
+	b.stop(rbB)
+	a.stop(rbA)
+}
