@@ -106,6 +106,14 @@ type ledgerTx struct {
 	set     *rollbackState // a record requested by Rollback.record
 	fresh   bool           // Rollback.NewGeneration: this transaction takes a generation of its own
 
+	// With a node name (rollback_cluster.go).
+	follow bool          // raise this node's target if the cluster generation moved
+	cset   *clusterState // a cluster record made from a scan in this transaction
+	cread  bool          // the cluster record was read (cgen is valid)
+	cgen   uint64
+	nwrite bool
+	nrec   nodeState
+
 	// decided in Finish
 	write  bool
 	rec    rollbackState
@@ -160,6 +168,9 @@ func (r *Rollback) rebase(tx *store.Tx) (digest, int, error) {
 // the generation rule in rollback.go).
 func (t *ledgerTx) Finish(tx *store.Tx) error {
 	r := t.r
+	if r.node != "" {
+		return t.finishCluster(tx)
+	}
 	r.mu.Lock()
 	based, d, rec, haveRec := r.based, r.digest, r.rec, r.haveRec
 	if t.rebased {
@@ -206,6 +217,10 @@ func (t *ledgerTx) Finish(tx *store.Tx) error {
 // Committed implements store.LedgerTx.
 func (t *ledgerTx) Committed() {
 	r := t.r
+	if r.node != "" {
+		t.committedCluster()
+		return
+	}
 	r.mu.Lock()
 	if t.rebased || t.write {
 		r.digest, r.based = t.d, true

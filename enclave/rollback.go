@@ -42,6 +42,10 @@ package enclave
 // store look rolled back at the next start). Defining it needs owner
 // authorization (empty by default).
 //
+// Several appliances over one shared store use the cluster scheme instead
+// (RollbackOptions.Node; rollback_cluster.go): the records above bind ONE
+// TPM and keep D in one process's memory, which several nodes cannot share.
+//
 // On another TPM (after `keywarden recover`) the storage root key differs:
 // the counter there has no history of this store, and the store's
 // generation is rebased onto it. On the same TPM a missing counter means it
@@ -146,6 +150,12 @@ type RollbackOptions struct {
 	// Logger receives background increment failures. Nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// Node is this appliance's name in a cluster of appliances sharing
+	// one store (rollback_cluster.go): a shared cluster record and one
+	// record per node, each node's own TPM counter following the
+	// cluster. Empty is the single-node scheme above, unchanged. Letters,
+	// digits, '.', '_' and '-', up to 64.
+	Node string
 
 	// init is set by InitRollback: the store may have no record yet.
 	init bool
@@ -171,6 +181,11 @@ type RollbackStatus struct {
 	Event      string // what OpenRollback did (Rollback… constants)
 	Detail     string // a sentence for the log or the audit line
 	Records    int    // covered records checked against the digest at start
+	// With RollbackOptions.Node: the node's name, and the cluster
+	// generation its record covers (Generation is then the node's
+	// counter target).
+	Node              string
+	ClusterGeneration uint64
 }
 
 // Rollback keeps the store's generation and the TPM counter in step.
@@ -201,6 +216,12 @@ type Rollback struct {
 	digest    digest        // D of the committed store (never stored)
 	rec       rollbackState // the committed rollback record (MAC aside)
 	haveRec   bool
+
+	// With a node name (rollback_cluster.go).
+	node    string
+	nrec    nodeState // this node's committed record (MAC aside)
+	cgen    uint64    // the cluster generation it covers
+	joining bool      // no record of this node at start
 
 	increments atomic.Uint64 // NV increments made (metric)
 
@@ -289,6 +310,17 @@ func parseRollbackState(b []byte) (*rollbackState, error) {
 // counter at the index that this root key cannot use (left by an earlier
 // installation) is replaced, with owner authorization.
 func InitRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Root, opts RollbackOptions) (*Rollback, error) {
+	if opts.Node != "" {
+		var cs *clusterState
+		if err := db.View(ctx, func(tx *store.Tx) (err error) { cs, err = readCluster(tx); return }); err != nil {
+			return nil, err
+		}
+		if cs != nil {
+			return nil, errors.New("enclave: the store already has a cluster rollback record")
+		}
+		opts.init = true
+		return OpenRollback(ctx, tpm, db, root, opts)
+	}
 	st, err := loadRollbackState(ctx, db)
 	if err != nil {
 		return nil, err
@@ -333,6 +365,13 @@ func OpenRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Ro
 		r.detach()
 		r.wipe()
 		return nil, err
+	}
+	if opts.Node != "" {
+		if err := checkNodeName(opts.Node); err != nil {
+			return fail(err)
+		}
+		r.node = opts.Node
+		return r.openCluster(ctx, opts, fail)
 	}
 	st, err := loadRollbackState(ctx, db)
 	if err != nil && !opts.AcceptRollback {
@@ -491,6 +530,15 @@ func (r *Rollback) start(ctx context.Context, st *rollbackState, opts RollbackOp
 	event := RollbackNewCounter
 	switch {
 	case st == nil || fresh:
+		if st == nil && !fresh && r.joining && !opts.Dev {
+			// A cluster node without a record, whose TPM already holds a
+			// counter of this root key: its record was removed, or the
+			// store is older than its join.
+			if !opts.AcceptRollback {
+				return &RollbackError{Counter: c, Reason: fmt.Sprintf("node %q has no rollback record in the store, yet its TPM holds this cluster's counter at NV index %#08x", r.node, uint32(r.index))}
+			}
+			override = fmt.Sprintf("node %q had no rollback record, and its TPM's counter was at %d", r.node, c)
+		}
 		if status.Detail == "" {
 			status.Detail = fmt.Sprintf("rollback counter %#08x: store generation set to its value %d", uint32(r.index), c)
 		}
@@ -682,7 +730,11 @@ func (r *Rollback) Close() error {
 	r.mu.Unlock()
 	close(r.done)
 	r.wg.Wait()
-	err := r.sync(context.Background())
+	var ferr error
+	if r.node != "" {
+		ferr = r.follow(context.Background()) // the last changes of other nodes count too
+	}
+	err := errors.Join(ferr, r.sync(context.Background()))
 	r.detach()
 	r.wipe()
 	return err
@@ -690,13 +742,25 @@ func (r *Rollback) Close() error {
 
 func (r *Rollback) loop() {
 	defer r.wg.Done()
-	var retry <-chan time.Time
+	var retry, tick <-chan time.Time
+	if r.node != "" {
+		// Follow the cluster: other nodes' changes raise this node's
+		// target too.
+		t := time.NewTicker(r.interval)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
 		select {
 		case <-r.done:
 			return
 		case <-r.kick:
 		case <-retry:
+		case <-tick:
+			if err := r.follow(context.Background()); err != nil {
+				r.log.Error("rollback: following the cluster generation failed; retrying at the next interval", "err", err)
+			}
+			continue
 		}
 		retry = nil
 		r.mu.Lock()

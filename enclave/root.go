@@ -14,7 +14,7 @@
 //	    └── subkeys: HKDF-SHA256(root, info = "keywarden subkey v1: " ‖ label), 32 bytes (Subkey)
 //	        ├── "session-token"                 SubkeySessionToken    HMAC key of user session tokens
 //	        ├── "audit-anchor"                  SubkeyAuditAnchor     HMAC key of the audit chain's anchors and head
-//	        ├── "rollback"                      SubkeyRollback        MAC key of the rollback record (store generation)
+//	        ├── "rollback"                      SubkeyRollback        MAC key of the rollback records (single-node; cluster and per-node)
 //	        ├── "rollback-ledger"               SubkeyRollbackLedger  PRF key of the record digest's elements
 //	        ├── "rollback-nv-auth"              SubkeyRollbackNVAuth  auth value of the TPM NV rollback counter
 //	        ├── "recovery-id"                   SubkeyRecoveryID      key of the root id (RootID) on shares and backups
@@ -25,6 +25,22 @@
 //
 // A release or a store makes no TPM command: the TPM is used at init, at
 // start (one unseal), for attestation quotes and for the rollback counter.
+//
+// # Rollback detection
+//
+// A TPM NV counter that only moves forward records how far the store has
+// gone, and a MACed digest of every record catches one record spliced in
+// from an older copy: rollback.go (one node) and ledger.go (the digest).
+// Several appliances sharing one store (RollbackOptions.Node,
+// rollback_cluster.go) keep the generation and the digest in one shared
+// cluster record, updated in every changing transaction on any node, and
+// one record per node for that node's own counter. Every node follows the
+// cluster generation: when another node changes the store, this node too
+// raises its target past its counter and increments the counter. Hence
+// restoring every member from an old snapshot is refused by EVERY node
+// that followed a change made after the snapshot (its counter is ahead of
+// the target the snapshot restores), not only by the node that wrote it;
+// the window is the single-node one, one rollback.min_interval.
 package enclave
 
 import (

@@ -22,8 +22,8 @@ type BackupReport struct {
 // VerifyBackup checks that a backup (opened read-only) is restorable on
 // this TPM: its sealed root key unseals here, its rollback record's MAC
 // verifies under that key, its records are the set that record's digest
-// vouches for (ErrRecordsAltered otherwise), and every stored key record
-// opens. It changes
+// vouches for (ErrRecordsAltered otherwise; a cluster's store: the digest
+// in its cluster rollback record), and every stored key record opens. It changes
 // nothing. (On another TPM, restore with `keywarden recover` and the
 // recovery shares instead.)
 func VerifyBackup(ctx context.Context, tpm transport.TPM, db *store.DB) (BackupReport, error) {
@@ -55,6 +55,9 @@ func VerifyBackup(ctx context.Context, tpm transport.TPM, db *store.DB) (BackupR
 			}
 		}
 	}
+	if err := verifyClusterRecord(ctx, db, root, &rep); err != nil {
+		return rep, err
+	}
 	err = db.View(ctx, func(tx *store.Tx) error {
 		return tx.ForEach(store.BucketKeys, nil, func(k, v []byte) error {
 			o, m, ok := bytes.Cut(k, []byte{0})
@@ -75,4 +78,36 @@ func VerifyBackup(ctx context.Context, tpm transport.TPM, db *store.DB) (BackupR
 		})
 	})
 	return rep, err
+}
+
+// verifyClusterRecord checks a cluster rollback record, when the store has
+// one: its MAC, and its digest against a scan at the same revision.
+func verifyClusterRecord(ctx context.Context, db *store.DB, root *Root, rep *BackupReport) error {
+	k := root.Subkey(SubkeyRollbackLedger)
+	h := newLedgerHash(k.Reveal())
+	k.Wipe()
+	var cs *clusterState
+	var d digest
+	var n int
+	err := db.View(ctx, func(tx *store.Tx) (err error) {
+		if cs, err = readCluster(tx); err != nil || cs == nil {
+			return err
+		}
+		d, n, err = h.scan(tx)
+		return err
+	})
+	if err != nil || cs == nil {
+		return err
+	}
+	mk := root.Subkey(SubkeyRollback)
+	ok := cs.verify(mk.Reveal())
+	mk.Wipe()
+	if !ok {
+		return fmt.Errorf("%w: the backup's cluster rollback record does not verify", ErrWrongRootKey)
+	}
+	rep.Rollback, rep.Records = true, n
+	if cs.digest() != d {
+		return fmt.Errorf("%w: the backup's %d records are not the ones its cluster rollback record vouches for", ErrRecordsAltered, n)
+	}
+	return nil
 }

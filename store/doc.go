@@ -32,6 +32,8 @@
 //	meta/                                       the appliance's own bookkeeping (MetaKey; not seen by the ledger)
 //	│   sealed_root                → root key sealed by the TPM (enclave.SealedRoot JSON)
 //	│   rollback                   → rollback record: generation, NV index, TPM name, record-digest commitment (JSON, MACed)
+//	│   rollback_cluster           → cluster rollback record (nodes sharing one store): cluster generation, record digest (JSON, MACed)
+//	│   rollback_node 0x00 node    → one node's rollback record in a cluster: name, TPM name, NV index, counter target, cluster generation (JSON, MACed)
 //	│   recovery                   → recovery record: root id, split, threshold, age-encrypted shares (JSON)
 //	│   attest_ak                  → TPM attestation key blob (attest.AKBlob JSON)
 //	│   audit_head                 → audit chain head (audit.Checkpoint JSON, MACed)

@@ -20,6 +20,16 @@ const (
 	// name, commitment to the record digest), MACed under the root subkey
 	// "rollback"; rewritten by the change ledger in each write transaction.
 	MetaRollback MetaKey = "rollback"
+	// MetaRollbackCluster: the cluster rollback record of a store shared
+	// by several nodes (JSON: cluster generation and the record digest),
+	// MACed under the root subkey "rollback"; rewritten in every write
+	// transaction that changes a record, from any node.
+	MetaRollbackCluster MetaKey = "rollback_cluster"
+	// MetaRollbackNode is the prefix of one node's rollback record in a
+	// cluster ([RollbackNodeKey]: node name, its TPM's counter target and
+	// the cluster generation it covers), MACed under the root subkey
+	// "rollback" with the node name bound.
+	MetaRollbackNode MetaKey = "rollback_node"
 	// MetaRecovery: the recovery record (JSON: root id, split id,
 	// threshold, the shares age-encrypted to the custodians' recipients).
 	MetaRecovery MetaKey = "recovery"
@@ -42,9 +52,13 @@ const (
 
 // metaKeys lists every MetaKey (the package doc draws each).
 var metaKeys = []MetaKey{
-	MetaSealedRoot, MetaRollback, MetaRecovery, MetaAttestAK, MetaAuditHead,
+	MetaSealedRoot, MetaRollback, MetaRollbackCluster, MetaRollbackNode, MetaRecovery, MetaAttestAK, MetaAuditHead,
 	MetaLastBackup, MetaHeartbeat, MetaCustodianPriorsSealed, MetaClientSharesPriorsSealed,
 }
+
+// RollbackNodeKey is the meta key of node's rollback record: the
+// MetaRollbackNode prefix, 0x00, the node name.
+func RollbackNodeKey(node string) MetaKey { return MetaRollbackNode + "\x00" + MetaKey(node) }
 
 // Key is the key's bytes in BucketMeta.
 func (k MetaKey) Key() []byte { return []byte(k) }

@@ -147,3 +147,52 @@ func pollReadyz(t *testing.T, url string, want int) bool {
 	}
 	return false
 }
+
+// TestDevRollbackNodeOnEtcd: with rollback.node set (KEYWARDEN_ROLLBACK_NODE)
+// the node keeps the cluster rollback records in etcd (the shared cluster
+// record and its own, no single-node record); it restarts on them and
+// releases the key it stored.
+func TestDevRollbackNodeOnEtcd(t *testing.T) {
+	e := etcddev.Embedded(t)
+	iss := firebasetest.NewIssuer(t, "proj-rbnode")
+	t.Setenv("KEYWARDEN_STORE_BACKEND", "etcd")
+	t.Setenv("KEYWARDEN_ETCD_ENDPOINTS", e.Endpoint(0))
+	t.Setenv("KEYWARDEN_ETCD_PREFIX", "kw-rbnode")
+	t.Setenv("KEYWARDEN_ROLLBACK_NODE", "node-1")
+	t.Setenv("KEYWARDEN_FIREBASE_PROJECT_ID", "proj-rbnode")
+	t.Setenv("KEYWARDEN_FIREBASE_CERTS_URL", iss.URL())
+	dir := t.TempDir()
+	const adminKey = "rbnode-admin-key-0123456789"
+	key := []byte("0123456789abcdef0123456789abcdef")
+	url, stop := startDev(t, dir, "4343", adminKey)
+	tok := iss.Mint(nil)
+	if st, code, _, _ := keyCall(t, "PUT", url, tok, key); st != 201 {
+		t.Fatalf("store: %d %s", st, code)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	cli, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: e.Endpoints(), Prefix: "kw-rbnode"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	for k, want := range map[string]bool{"rollback_cluster": true, "rollback_node\x00node-1": true, "rollback": false} {
+		resp, err := cli.Client().Get(context.Background(), "kw-rbnode/meta/"+k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(resp.Kvs) == 1; got != want {
+			t.Errorf("meta %q present: %v, want %v", k, got, want)
+		}
+	}
+	url, stop = startDev(t, dir, "4343", adminKey)
+	defer func() {
+		if err := stop(); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	if st, code, got, _ := keyCall(t, "GET", url, tok, nil); st != 200 || !bytes.Equal(got, key) {
+		t.Fatalf("release after restart: %d %s", st, code)
+	}
+}

@@ -101,8 +101,13 @@ func rollbackAudit(st enclave.RollbackStatus) *audit.Event {
 	if st.Event != enclave.RollbackOverride {
 		return nil
 	}
-	return &audit.Event{Action: actionRollbackAccepted, Outcome: audit.OutcomeSuccess, Reason: "operator_override",
+	ev := &audit.Event{Action: actionRollbackAccepted, Outcome: audit.OutcomeSuccess, Reason: "operator_override",
 		Fields: map[string]string{"detail": st.Detail, "generation": strconv.FormatUint(st.Generation, 10), "counter": strconv.FormatUint(st.Counter, 10)}}
+	if st.Node != "" {
+		ev.Fields["node"] = st.Node
+		ev.Fields["cluster_generation"] = strconv.FormatUint(st.ClusterGeneration, 10)
+	}
+	return ev
 }
 
 // listFlag is a repeatable string flag.
@@ -279,7 +284,7 @@ func cmdRollback(ctx context.Context, args []string) error {
 		return fmt.Errorf("rollback accept: %w", err)
 	}
 	defer closeAll()
-	rb, err := enclave.OpenRollback(ctx, tpm, db, root, enclave.RollbackOptions{AcceptRollback: true, Dev: cfg.Dev})
+	rb, err := enclave.OpenRollback(ctx, tpm, db, root, enclave.RollbackOptions{AcceptRollback: true, Dev: cfg.Dev, Node: cfg.Rollback.Node})
 	if err != nil {
 		return fmt.Errorf("rollback accept: %w", err)
 	}

@@ -98,7 +98,7 @@ func cmdRecover(ctx context.Context, args []string) error {
 		return err
 	}
 	defer root.Close()
-	rst, err := recoverRollback(ctx, tpm, db, root, f.acceptRollback, cfg.Dev)
+	rst, err := recoverRollback(ctx, tpm, db, root, f.acceptRollback, cfg.Dev, cfg.Rollback.Node)
 	if err != nil {
 		return err
 	}
@@ -185,8 +185,8 @@ func stageBackup(backup, target string, force bool) (*store.Restore, error) {
 // recoverRollback runs the rollback check on the restored store with this
 // TPM's counter: a backup older than a store this TPM has seen is refused
 // unless accept (audited).
-func recoverRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *enclave.Root, accept, dev bool) (enclave.RollbackStatus, error) {
-	rb, err := enclave.OpenRollback(ctx, tpm, db, root, enclave.RollbackOptions{AcceptRollback: accept, Dev: dev})
+func recoverRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *enclave.Root, accept, dev bool, node string) (enclave.RollbackStatus, error) {
+	rb, err := enclave.OpenRollback(ctx, tpm, db, root, enclave.RollbackOptions{AcceptRollback: accept, Dev: dev, Node: node})
 	if errors.Is(err, enclave.ErrRolledBack) {
 		return enclave.RollbackStatus{}, fmt.Errorf("recover: %w\n(this TPM's counter has seen a newer store: restore the newest backup, or add -accept-rollback if restoring this one is deliberate)", err)
 	}

@@ -82,7 +82,7 @@ func preflightInit(s recoverySettings) error {
 // rollbackInitStep defines the rollback counter and records the store's
 // first generation.
 func rollbackInitStep(ctx context.Context, c initContext) error {
-	rb, err := enclave.InitRollback(ctx, c.tpm, c.db, c.root, enclave.RollbackOptions{Dev: c.cfg.Dev})
+	rb, err := enclave.InitRollback(ctx, c.tpm, c.db, c.root, enclave.RollbackOptions{Dev: c.cfg.Dev, Node: c.cfg.Rollback.Node})
 	if err != nil {
 		return fmt.Errorf("init: rollback counter: %w", err)
 	}

@@ -55,12 +55,12 @@ func rollbackWireStep(ctx context.Context, a *appliance, opts *server.Options, a
 
 // openApplianceRollback runs OpenRollback for serve and audits an override.
 func openApplianceRollback(ctx context.Context, a *appliance, accept bool) (*enclave.Rollback, error) {
-	rb, err := enclave.OpenRollback(ctx, a.tpm, a.db, a.root, enclave.RollbackOptions{AcceptRollback: accept, Dev: a.cfg.Dev, Logger: a.log, Interval: a.cfg.Rollback.MinInterval})
+	rb, err := enclave.OpenRollback(ctx, a.tpm, a.db, a.root, enclave.RollbackOptions{AcceptRollback: accept, Dev: a.cfg.Dev, Logger: a.log, Interval: a.cfg.Rollback.MinInterval, Node: a.cfg.Rollback.Node})
 	if err != nil {
 		return nil, fmt.Errorf("rollback check: %w", err)
 	}
 	st := rb.Status()
-	a.log.Info("rollback counter", "event", st.Event, "generation", st.Generation, "counter", st.Counter, "available", st.Available, "records", st.Records, "detail", st.Detail)
+	a.log.Info("rollback counter", "event", st.Event, "generation", st.Generation, "counter", st.Counter, "available", st.Available, "records", st.Records, "node", st.Node, "cluster_generation", st.ClusterGeneration, "detail", st.Detail)
 	if ev := rollbackAudit(st); ev != nil {
 		if a.audit == nil {
 			_ = rb.Close()

@@ -73,6 +73,13 @@ type Rollback struct {
 	// write rate (NV writes wear the TPM; keywarden_rollback_nv_increments_total
 	// counts them). A copy of the store older than this is caught.
 	MinInterval time.Duration `key:"min_interval"`
+	// Node is this appliance's name when several appliances share one
+	// store (store.backend etcd): each node then keeps its own rollback
+	// record and its own TPM counter follows the cluster's generation.
+	// Empty (the default) is the single-node scheme. Letters, digits,
+	// '.', '_' and '-', up to 64; unique per node, and kept across
+	// restarts (a renamed node is a new node).
+	Node string `key:"node"`
 }
 
 // Recovery configures the T-of-N recovery shares made at init (decisions/16).

@@ -278,3 +278,22 @@ func TestPINSection(t *testing.T) {
 		t.Fatalf("disabled: %+v %v", c.PIN, err)
 	}
 }
+
+// TestRollbackNode: rollback.node is empty by default (the single-node
+// rollback scheme), set by KEYWARDEN_ROLLBACK_NODE, and a name that
+// could not be part of the node's meta key names the field.
+func TestRollbackNode(t *testing.T) {
+	c, err := Load(prodBase(), "", nil)
+	if err != nil || c.Rollback.Node != "" {
+		t.Fatalf("default: %q %v", c.Rollback.Node, err)
+	}
+	c, err = Load(prodBase(), "", []string{"KEYWARDEN_ROLLBACK_NODE=node-2.dc1"})
+	if err != nil || c.Rollback.Node != "node-2.dc1" {
+		t.Fatalf("env: %q %v", c.Rollback.Node, err)
+	}
+	for _, v := range []string{"a/b", "a b", "nödé", "a\x00b", strings.Repeat("n", 65)} {
+		if _, err := Load(prodBase(), "", []string{"KEYWARDEN_ROLLBACK_NODE=" + v}); err == nil || !strings.Contains(err.Error(), "rollback.node") {
+			t.Errorf("%q: error %v does not name rollback.node", v, err)
+		}
+	}
+}

@@ -140,6 +140,9 @@ func (r Rollback) validate() (p problems) {
 	if r.MinInterval < 100*time.Millisecond || r.MinInterval > 24*time.Hour {
 		p.add("rollback.min_interval", "must be between 100ms and 24h (a restored copy younger than it may go unnoticed; shorter wears the TPM's NV faster)")
 	}
+	if !validNodeName(r.Node) {
+		p.add("rollback.node", "must be empty (one node) or 1 to 64 letters, digits, '.', '_' or '-' (this node's name in the cluster)")
+	}
 	return p
 }
 
@@ -159,6 +162,19 @@ func (n PIN) validate() (p problems) {
 		}
 	}
 	return p
+}
+
+// validNodeName: empty, or what enclave accepts as a rollback node name.
+func validNodeName(n string) bool {
+	if len(n) > 64 {
+		return false
+	}
+	for _, c := range []byte(n) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func (s Session) validate() (p problems) {
