@@ -1,0 +1,381 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// MaxTxnOps is the member's --max-txn-ops: the store's group commit puts
+// many callers' writes into one transaction (etcd's default, 128, is too
+// small; see package etcdstore).
+const MaxTxnOps = 4096
+
+// clusterToken is etcd's initial-cluster-token. Clusters are told apart
+// by their CA (derived from each cluster's own root key), not by it.
+const clusterToken = "keywarden"
+
+// MemberOptions configure [StartMember].
+type MemberOptions struct {
+	Name           string // member name (cluster.name)
+	DataDir        string // etcd's data directory (data.dir/etcd)
+	TLSDir         string // where the node certificate files go (data.dir/node/tls)
+	PeerListen     string // host:port
+	PeerAdvertise  string // https://host:port
+	ClientListen   string // host:port, loopback
+	InitialCluster string // from the node-local state
+	ClusterState   string // StateNew or StateExisting
+	CA             *CA
+	StartTimeout   time.Duration
+	Logger         *slog.Logger
+}
+
+// Embedded is this node's etcd member, running in-process, with its
+// client (mutual TLS with the cluster CA) and the learner promotion loop.
+type Embedded struct {
+	e         *embed.Etcd
+	cli       *clientv3.Client
+	clientURL string
+	tls       *tls.Config
+	log       *slog.Logger
+
+	cancel        context.CancelFunc
+	wg            sync.WaitGroup
+	leaderChanges atomic.Uint64
+	closeOnce     sync.Once
+}
+
+var _ Member = (*Embedded)(nil)
+
+// StartMember starts the member and waits until it is ready (it has
+// joined its cluster and a leader is known) or StartTimeout passes.
+func StartMember(ctx context.Context, o MemberOptions) (*Embedded, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.StartTimeout <= 0 {
+		o.StartTimeout = time.Minute
+	}
+	peer, err := url.Parse(o.PeerAdvertise)
+	if err != nil || peer.Scheme != "https" {
+		return nil, fmt.Errorf("cluster: peer URL %q must be https://host:port", o.PeerAdvertise)
+	}
+	clientHost, _, err := net.SplitHostPort(o.ClientListen)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: client listen %q: %w", o.ClientListen, err)
+	}
+	hosts := []string{peer.Hostname()}
+	if clientHost != peer.Hostname() {
+		hosts = append(hosts, clientHost)
+	}
+	node, err := o.CA.Issue(o.Name, hosts, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	files, err := WriteFiles(o.TLSDir, o.CA, node)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: node certificate files: %w", err)
+	}
+
+	cfg := embed.NewConfig()
+	cfg.Name = o.Name
+	cfg.Dir = o.DataDir
+	peerListen := url.URL{Scheme: "https", Host: o.PeerListen}
+	client := url.URL{Scheme: "https", Host: o.ClientListen}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peerListen}, []url.URL{*peer}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+	cfg.InitialCluster = o.InitialCluster
+	cfg.ClusterState = o.ClusterState
+	cfg.InitialClusterToken = clusterToken
+	cfg.MaxTxnOps = MaxTxnOps
+	cfg.StrictReconfigCheck = true // refuse a member change that would lose quorum
+	// History older than an hour is compacted: the store reads at one
+	// revision for at most a transaction's timeout.
+	cfg.AutoCompactionMode = "periodic"
+	cfg.AutoCompactionRetention = "1h"
+	cfg.PeerTLSInfo.CertFile, cfg.PeerTLSInfo.KeyFile, cfg.PeerTLSInfo.TrustedCAFile = files.Cert, files.Key, files.CA
+	cfg.PeerTLSInfo.ClientCertAuth = true
+	// A peer is admitted by its certificate from the cluster CA (only a
+	// holder of the root key can make one), not by the address it calls
+	// from (NAT, several interfaces).
+	cfg.PeerTLSInfo.SkipClientSANVerify = true
+	cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile, cfg.ClientTLSInfo.TrustedCAFile = files.Cert, files.Key, files.CA
+	cfg.ClientTLSInfo.ClientCertAuth = true
+	cfg.LogLevel = "warn"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(newSlogCore(o.Logger.With("component", "etcd"))))
+
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: start the embedded etcd member %q: %w", o.Name, err)
+	}
+	timer := time.NewTimer(o.StartTimeout)
+	defer timer.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("cluster: embedded etcd member %q failed while starting: %w", o.Name, err)
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	case <-timer.C:
+		e.Close()
+		return nil, fmt.Errorf("cluster: the embedded etcd member %q was not ready within %s (cluster.start_timeout): its peers (%s) must be reachable on their peer ports and a majority of the members must be up",
+			o.Name, o.StartTimeout, o.InitialCluster)
+	}
+	m := &Embedded{e: e, clientURL: client.String(), tls: o.CA.ClientTLS(node), log: o.Logger}
+	m.cli, err = clientv3.New(clientv3.Config{Endpoints: []string{m.clientURL}, TLS: m.tls, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		e.Close()
+		return nil, fmt.Errorf("cluster: client of the embedded member: %w", err)
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	m.wg.Add(2)
+	go func() { defer m.wg.Done(); m.promoteLoop(lctx) }()
+	go func() { defer m.wg.Done(); m.watchLeader(lctx) }()
+	return m, nil
+}
+
+// ClientURL is the member's client URL (https, loopback), for this node's
+// store client.
+func (m *Embedded) ClientURL() string { return m.clientURL }
+
+// ClientTLS is the TLS configuration of a client of this member.
+func (m *Embedded) ClientTLS() *tls.Config { return m.tls.Clone() }
+
+// ClusterID is the cluster's id.
+func (m *Embedded) ClusterID() uint64 { return uint64(m.e.Server.Cluster().ID()) }
+
+// MemberID is this member's id.
+func (m *Embedded) MemberID() uint64 { return uint64(m.e.Server.MemberID()) }
+
+// HasLeader says whether this member knows a leader (its cluster has a
+// quorum, as far as it can tell).
+func (m *Embedded) HasLeader() bool { return m.e.Server.Leader() != 0 }
+
+// LeaderChanges counts the leader changes this member has seen.
+func (m *Embedded) LeaderChanges() uint64 { return m.leaderChanges.Load() }
+
+// Close stops the promotion loop, the client and the member.
+func (m *Embedded) Close() {
+	m.closeOnce.Do(func() {
+		m.cancel()
+		m.wg.Wait()
+		m.cli.Close()
+		m.e.Close()
+	})
+}
+
+// MemberInfo is one member as status shows it.
+type MemberInfo struct {
+	ID       uint64   `json:"id,string"`
+	Name     string   `json:"name"`
+	PeerURLs []string `json:"peerURLs"`
+	Learner  bool     `json:"learner"`
+	Leader   bool     `json:"leader"`
+	Self     bool     `json:"self"`
+}
+
+// Status is the cluster as this member sees it.
+type Status struct {
+	ClusterID uint64       `json:"clusterId,string"`
+	MemberID  uint64       `json:"memberId,string"`
+	Leader    uint64       `json:"leader,string"` // 0: no leader known
+	Members   []MemberInfo `json:"members"`
+}
+
+// Status lists the members (a linearizable read of the membership).
+func (m *Embedded) Status(ctx context.Context) (Status, error) {
+	var opts []clientv3.OpOption
+	if m.e.Server.IsLearner() {
+		opts = append(opts, clientv3.WithSerializable()) // a learner serves no linearizable reads
+	}
+	resp, err := m.cli.MemberList(ctx, opts...)
+	if err != nil {
+		return Status{}, fmt.Errorf("cluster: list members: %w", err)
+	}
+	leader := uint64(m.e.Server.Leader())
+	st := Status{ClusterID: resp.Header.ClusterId, MemberID: m.MemberID(), Leader: leader}
+	for _, mm := range resp.Members {
+		st.Members = append(st.Members, MemberInfo{
+			ID: mm.ID, Name: mm.Name, PeerURLs: mm.PeerURLs, Learner: mm.IsLearner,
+			Leader: mm.ID == leader, Self: mm.ID == st.MemberID,
+		})
+	}
+	return st, nil
+}
+
+// Errors of [Embedded.AddLearner] and [Embedded.Remove].
+var (
+	ErrMemberNotFound = errors.New("cluster: no such member")
+	ErrNameTaken      = errors.New("cluster: a member of that name exists")
+	ErrLastVoter      = errors.New("cluster: refusing to remove the last voting member (the cluster and every key in it would be gone)")
+	ErrLoseQuorum     = errors.New("cluster: refusing to remove a voting member: the remaining members that are up would not make a majority (bring the others back first)")
+	ErrRemoveSelf     = errors.New("cluster: refusing to remove the member serving this request; run the removal on another member")
+	ErrUnsettled      = errors.New("cluster: the members have not all been connected for a few seconds (one just started or left); retry shortly")
+)
+
+// AddLearner adds a learner (see [Member]).
+func (m *Embedded) AddLearner(ctx context.Context, name string, peerURLs []string) (uint64, string, error) {
+	if name == "" || strings.ContainsAny(name, "=, \t\n") {
+		return 0, "", fmt.Errorf("cluster: bad member name %q", name)
+	}
+	list, err := m.cli.MemberList(ctx)
+	if err != nil {
+		return 0, "", fmt.Errorf("cluster: list members: %w", err)
+	}
+	for _, mm := range list.Members {
+		if mm.Name == name {
+			return 0, "", fmt.Errorf("%w: %q", ErrNameTaken, name)
+		}
+	}
+	resp, err := m.cli.MemberAddAsLearner(ctx, peerURLs)
+	if err != nil {
+		return 0, "", fmt.Errorf("cluster: add learner %q: %w", name, err)
+	}
+	var parts []string
+	for _, mm := range resp.Members {
+		n := mm.Name
+		if mm.ID == resp.Member.ID {
+			n = name
+		}
+		if n == "" {
+			continue // another member added but not started yet: it has no name to list
+		}
+		for _, u := range mm.PeerURLs {
+			parts = append(parts, n+"="+u)
+		}
+	}
+	m.log.Info("cluster: learner added", "name", name, "id", fmt.Sprintf("%x", resp.Member.ID), "peer_urls", peerURLs)
+	return resp.Member.ID, strings.Join(parts, ","), nil
+}
+
+// Remove removes a member by id. It refuses the member serving the
+// request, the last voter, and a voter whose removal would leave fewer
+// started members than the new quorum (etcd's strict reconfiguration
+// check).
+func (m *Embedded) Remove(ctx context.Context, id uint64) (MemberInfo, error) {
+	st, err := m.Status(ctx)
+	if err != nil {
+		return MemberInfo{}, err
+	}
+	var target *MemberInfo
+	voters := 0
+	for i, mm := range st.Members {
+		if !mm.Learner {
+			voters++
+		}
+		if mm.ID == id {
+			target = &st.Members[i]
+		}
+	}
+	switch {
+	case target == nil:
+		return MemberInfo{}, ErrMemberNotFound
+	case !target.Learner && voters <= 1:
+		return *target, ErrLastVoter
+	case target.Self:
+		return *target, ErrRemoveSelf
+	}
+	if _, err := m.cli.MemberRemove(ctx, id); err != nil {
+		if errors.Is(err, rpctypes.ErrMemberNotEnoughStarted) {
+			return *target, ErrLoseQuorum
+		}
+		if errors.Is(err, rpctypes.ErrUnhealthy) {
+			return *target, ErrUnsettled
+		}
+		if errors.Is(err, rpctypes.ErrMemberNotFound) {
+			return *target, ErrMemberNotFound
+		}
+		return *target, fmt.Errorf("cluster: remove member %x: %w", id, err)
+	}
+	return *target, nil
+}
+
+// promoteLoop makes learners voters once they have caught up: on the
+// leader (only its attempt counts), MemberPromote for every learner,
+// which etcd refuses until the learner's log is close to the leader's;
+// retried with a backoff up to 30 s.
+func (m *Embedded) promoteLoop(ctx context.Context) {
+	const idle, maxWait = 2 * time.Second, 30 * time.Second
+	wait := idle
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if m.e.Server.Leader() != m.e.Server.MemberID() {
+			wait = idle
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		failed := m.promoteLearners(cctx)
+		cancel()
+		if failed {
+			wait = min(wait*2, maxWait)
+		} else {
+			wait = idle
+		}
+	}
+}
+
+// promoteLearners tries each learner once; failed: some stayed learners.
+func (m *Embedded) promoteLearners(ctx context.Context) (failed bool) {
+	list, err := m.cli.MemberList(ctx)
+	if err != nil {
+		return true
+	}
+	for _, mm := range list.Members {
+		if !mm.IsLearner {
+			continue
+		}
+		if _, err := m.cli.MemberPromote(ctx, mm.ID); err != nil {
+			failed = true
+			if !errors.Is(err, rpctypes.ErrMemberLearnerNotReady) {
+				m.log.Warn("cluster: learner promotion failed; retrying", "name", mm.Name, "id", fmt.Sprintf("%x", mm.ID), "err", err)
+			}
+			continue
+		}
+		m.log.Info("cluster: learner promoted to voting member", "name", mm.Name, "id", fmt.Sprintf("%x", mm.ID))
+	}
+	return failed
+}
+
+// watchLeader counts leader changes.
+func (m *Embedded) watchLeader(ctx context.Context) {
+	for {
+		ch := m.e.Server.LeaderChangedNotify()
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.e.Server.StopNotify():
+			return
+		case <-ch:
+			m.leaderChanges.Add(1)
+		}
+	}
+}
+
+// Paths of a data directory's embedded member.
+func EtcdDir(dataDir string) string { return filepath.Join(dataDir, "etcd") }
+
+// TLSDir is where a node writes its certificate files at each start.
+func TLSDir(dataDir string) string { return filepath.Join(dataDir, "node", "tls") }

@@ -1,0 +1,53 @@
+package cluster
+
+import (
+	"context"
+	"log/slog"
+
+	"go.uber.org/zap/zapcore"
+)
+
+// slogCore sends etcd's zap log lines at warn and above into the
+// appliance's slog logger (etcd logs ids, URLs and errors; the values it
+// stores are sealed ciphertext and it never logs them).
+type slogCore struct {
+	log    *slog.Logger
+	fields []zapcore.Field
+}
+
+func newSlogCore(l *slog.Logger) zapcore.Core { return &slogCore{log: l} }
+
+func (c *slogCore) Enabled(l zapcore.Level) bool { return l >= zapcore.WarnLevel }
+
+func (c *slogCore) With(f []zapcore.Field) zapcore.Core {
+	return &slogCore{log: c.log, fields: append(append([]zapcore.Field(nil), c.fields...), f...)}
+}
+
+func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(e.Level) {
+		return ce.AddCore(e, c)
+	}
+	return ce
+}
+
+func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	enc := zapcore.NewMapObjectEncoder()
+	for _, f := range c.fields {
+		f.AddTo(enc)
+	}
+	for _, f := range fields {
+		f.AddTo(enc)
+	}
+	attrs := make([]slog.Attr, 0, len(enc.Fields))
+	for k, v := range enc.Fields {
+		attrs = append(attrs, slog.Any(k, v))
+	}
+	lvl := slog.LevelWarn
+	if e.Level >= zapcore.ErrorLevel {
+		lvl = slog.LevelError
+	}
+	c.log.LogAttrs(context.Background(), lvl, e.Message, attrs...)
+	return nil
+}
+
+func (c *slogCore) Sync() error { return nil }
