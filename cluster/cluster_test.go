@@ -199,7 +199,7 @@ func TestLearnerJoinPromoteRemove(t *testing.T) {
 	root := newRoot(t)
 	a := startMember(t, root, "n1", "", StateNew, proc.FreeAddr(t))
 	ctx := context.Background()
-	if _, err := a.Remove(ctx, a.MemberID()); !errors.Is(err, ErrLastVoter) {
+	if _, err := a.Remove(ctx, ID(a.MemberID())); !errors.Is(err, ErrLastVoter) {
 		t.Fatalf("removing the only member: %v", err)
 	}
 	if _, err := a.Remove(ctx, 12345); !errors.Is(err, ErrMemberNotFound) {
@@ -235,22 +235,22 @@ func TestLearnerJoinPromoteRemove(t *testing.T) {
 		if mm.Leader {
 			leaders++
 		}
-		if mm.Self != (mm.ID == a.MemberID()) {
+		if mm.Self != (mm.ID == ID(a.MemberID())) {
 			t.Fatalf("self flag: %+v", mm)
 		}
 	}
 	if leaders != 1 {
 		t.Fatalf("want one leader: %+v", st)
 	}
-	if _, err := a.Remove(ctx, a.MemberID()); !errors.Is(err, ErrRemoveSelf) {
+	if _, err := a.Remove(ctx, ID(a.MemberID())); !errors.Is(err, ErrRemoveSelf) {
 		t.Fatalf("removing the serving member: %v", err)
 	}
 	// etcd refuses a removal until the members have been connected for
 	// five seconds (ErrUnsettled): retried, bounded by count.
-	got, err := a.Remove(ctx, id)
+	got, err := a.Remove(ctx, ID(id))
 	for i := 0; errors.Is(err, ErrUnsettled) && i < 100; i++ {
 		time.Sleep(200 * time.Millisecond)
-		got, err = a.Remove(ctx, id)
+		got, err = a.Remove(ctx, ID(id))
 	}
 	if err != nil || got.Name != "n2" {
 		t.Fatalf("remove n2: %+v %v", got, err)

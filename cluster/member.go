@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -181,9 +182,35 @@ func (m *Embedded) Close() {
 	})
 }
 
+// ID is an etcd member or cluster id; its text form is hexadecimal, as
+// etcd prints it.
+type ID uint64
+
+// String is the id in hexadecimal.
+func (id ID) String() string { return strconv.FormatUint(uint64(id), 16) }
+
+// MarshalText is the hexadecimal form.
+func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText reads the hexadecimal form.
+func (id *ID) UnmarshalText(b []byte) error {
+	v, err := ParseID(string(b))
+	*id = v
+	return err
+}
+
+// ParseID reads a hexadecimal id (1 to 16 digits, not zero).
+func ParseID(s string) (ID, error) {
+	v, err := strconv.ParseUint(s, 16, 64)
+	if err != nil || v == 0 || len(s) > 16 {
+		return 0, fmt.Errorf("cluster: %q is not a member id (hexadecimal, as status prints it)", s)
+	}
+	return ID(v), nil
+}
+
 // MemberInfo is one member as status shows it.
 type MemberInfo struct {
-	ID       uint64   `json:"id,string"`
+	ID       ID       `json:"id"`
 	Name     string   `json:"name"`
 	PeerURLs []string `json:"peerURLs"`
 	Learner  bool     `json:"learner"`
@@ -193,9 +220,9 @@ type MemberInfo struct {
 
 // Status is the cluster as this member sees it.
 type Status struct {
-	ClusterID uint64       `json:"clusterId,string"`
-	MemberID  uint64       `json:"memberId,string"`
-	Leader    uint64       `json:"leader,string"` // 0: no leader known
+	ClusterID ID           `json:"clusterId"`
+	MemberID  ID           `json:"memberId"`
+	Leader    ID           `json:"leader"` // 0: no leader known
 	Members   []MemberInfo `json:"members"`
 }
 
@@ -209,12 +236,12 @@ func (m *Embedded) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return Status{}, fmt.Errorf("cluster: list members: %w", err)
 	}
-	leader := uint64(m.e.Server.Leader())
-	st := Status{ClusterID: resp.Header.ClusterId, MemberID: m.MemberID(), Leader: leader}
+	leader := ID(m.e.Server.Leader())
+	st := Status{ClusterID: ID(resp.Header.ClusterId), MemberID: ID(m.MemberID()), Leader: leader}
 	for _, mm := range resp.Members {
 		st.Members = append(st.Members, MemberInfo{
-			ID: mm.ID, Name: mm.Name, PeerURLs: mm.PeerURLs, Learner: mm.IsLearner,
-			Leader: mm.ID == leader, Self: mm.ID == st.MemberID,
+			ID: ID(mm.ID), Name: mm.Name, PeerURLs: mm.PeerURLs, Learner: mm.IsLearner,
+			Leader: ID(mm.ID) == leader, Self: ID(mm.ID) == st.MemberID,
 		})
 	}
 	return st, nil
@@ -269,7 +296,7 @@ func (m *Embedded) AddLearner(ctx context.Context, name string, peerURLs []strin
 // request, the last voter, and a voter whose removal would leave fewer
 // started members than the new quorum (etcd's strict reconfiguration
 // check).
-func (m *Embedded) Remove(ctx context.Context, id uint64) (MemberInfo, error) {
+func (m *Embedded) Remove(ctx context.Context, id ID) (MemberInfo, error) {
 	st, err := m.Status(ctx)
 	if err != nil {
 		return MemberInfo{}, err
@@ -292,7 +319,7 @@ func (m *Embedded) Remove(ctx context.Context, id uint64) (MemberInfo, error) {
 	case target.Self:
 		return *target, ErrRemoveSelf
 	}
-	if _, err := m.cli.MemberRemove(ctx, id); err != nil {
+	if _, err := m.cli.MemberRemove(ctx, uint64(id)); err != nil {
 		if errors.Is(err, rpctypes.ErrMemberNotEnoughStarted) {
 			return *target, ErrLoseQuorum
 		}
@@ -302,7 +329,7 @@ func (m *Embedded) Remove(ctx context.Context, id uint64) (MemberInfo, error) {
 		if errors.Is(err, rpctypes.ErrMemberNotFound) {
 			return *target, ErrMemberNotFound
 		}
-		return *target, fmt.Errorf("cluster: remove member %x: %w", id, err)
+		return *target, fmt.Errorf("cluster: remove member %s: %w", id, err)
 	}
 	return *target, nil
 }

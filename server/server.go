@@ -106,6 +106,9 @@ type Options struct {
 	// Portal serves the Portal SDK drop-in (TBS, /passkeys/*, webhooks)
 	// and the identity-cache flush; nil: off (portal.custodian_id not set).
 	Portal PortalHandler
+	// Cluster serves GET /v1/admin/cluster and DELETE
+	// /v1/admin/cluster/members/:id (store.backend embedded only); nil: off.
+	Cluster ClusterHandler
 	// Demo serves the demo page at /demo/ (dev mode only); nil: off.
 	Demo DemoHandler
 	// Pprof serves Go's profiler under /v1/admin/debug/pprof/ (dev mode

@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/keywarden/keywarden/cluster"
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/config"
@@ -77,6 +78,11 @@ type appliance struct {
 	firebase *firebase.Verifier // set by wireFirebase when Firebase is configured
 	passkey  *passkey.Service   // set by wirePasskey when passkeys are configured
 	tls      *certReloader      // made once by tlsReloader
+
+	// On the embedded backend (embedded.go): the node-local state and
+	// this node's etcd member; nil otherwise.
+	node   *cluster.State
+	member *cluster.Embedded
 }
 
 // tlsReloader is the appliance's one TLS certificate reloader, shared by
@@ -155,7 +161,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, acceptRollb
 
 // startAppliance is the start of serve and dev, in this order: open the
 // TPM → open the store → refuse a root key without a PCR policy → unseal
-// the root key (dev: create it) → open the audit log → [sealed: a server
+// the root key (dev: create it) [store.backend embedded instead: the node-
+// local state → unseal the root key → cluster CA → etcd member → store,
+// see embedded.go] → open the audit log → [sealed: a server
 // that answers health only] → Firebase verifier → clock check → rollback
 // check (before anything writes the store) → attestation → client and
 // custodian shares → demo page (dev) → passkeys → Portal drop-in → pprof
@@ -172,14 +180,21 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 	if err := a.openTPM(ctx); err != nil {
 		return nil, nil, err
 	}
-	if err := a.openStore(ctx); err != nil {
-		return nil, nil, err
-	}
-	if err := a.checkPCRPolicy(ctx); err != nil {
-		return nil, nil, err
-	}
-	if err := a.unsealRoot(ctx); err != nil {
-		return nil, nil, err
+	if a.cfg.Store.Backend == "embedded" {
+		// Root key (node-local state) → cluster CA → member → store.
+		if err := a.startEmbedded(ctx); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		if err := a.openStore(ctx); err != nil {
+			return nil, nil, err
+		}
+		if err := a.checkPCRPolicy(ctx); err != nil {
+			return nil, nil, err
+		}
+		if err := a.unsealRoot(ctx); err != nil {
+			return nil, nil, err
+		}
 	}
 	if err := a.openAudit(ctx); err != nil {
 		return nil, nil, err
@@ -203,6 +218,7 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 		wirePasskey,
 		wirePortal, // after custodian and passkeys: it serves over both
 		wirePprof,
+		wireCluster, // the embedded backend's member routes
 	} {
 		if err := wire(ctx, a, &opts); err != nil {
 			return nil, nil, err
@@ -239,7 +255,11 @@ func (a *appliance) openTPM(ctx context.Context) error {
 // openStore opens the configured store backend (openStoreDB): the bbolt
 // file, or the etcd cluster.
 func (a *appliance) openStore(ctx context.Context) error {
-	db, err := openStoreDB(ctx, a.cfg, store.Options{})
+	var observe func(string, time.Duration, bool)
+	if a.cfg.Store.Backend == "etcd" {
+		observe = etcdObserver(a.metrics)
+	}
+	db, err := openStoreDBObserved(ctx, a.cfg, store.Options{}, observe)
 	if err != nil {
 		return err
 	}
