@@ -58,6 +58,7 @@ type Embedded struct {
 	wg            sync.WaitGroup
 	leaderChanges atomic.Uint64
 	closeOnce     sync.Once
+	logCore       *slogCore
 }
 
 var _ Member = (*Embedded)(nil)
@@ -117,7 +118,8 @@ func StartMember(ctx context.Context, o MemberOptions) (*Embedded, error) {
 	cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile, cfg.ClientTLSInfo.TrustedCAFile = files.Cert, files.Key, files.CA
 	cfg.ClientTLSInfo.ClientCertAuth = true
 	cfg.LogLevel = "warn"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(newSlogCore(o.Logger.With("component", "etcd"))))
+	core := newSlogCore(o.Logger.With("component", "etcd"))
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(core))
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
@@ -138,7 +140,7 @@ func StartMember(ctx context.Context, o MemberOptions) (*Embedded, error) {
 		return nil, fmt.Errorf("cluster: the embedded etcd member %q was not ready within %s (cluster.start_timeout): its peers (%s) must be reachable on their peer ports and a majority of the members must be up",
 			o.Name, o.StartTimeout, o.InitialCluster)
 	}
-	m := &Embedded{e: e, clientURL: client.String(), tls: o.CA.ClientTLS(node), log: o.Logger}
+	m := &Embedded{e: e, clientURL: client.String(), tls: o.CA.ClientTLS(node), log: o.Logger, logCore: core}
 	m.cli, err = clientv3.New(clientv3.Config{Endpoints: []string{m.clientURL}, TLS: m.tls, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		e.Close()
@@ -150,6 +152,32 @@ func StartMember(ctx context.Context, o MemberOptions) (*Embedded, error) {
 	go func() { defer m.wg.Done(); m.promoteLoop(lctx) }()
 	go func() { defer m.wg.Done(); m.watchLeader(lctx) }()
 	return m, nil
+}
+
+// IsLearner says whether this member is still a learner (a joined node
+// before the promotion loop made it a voter).
+func (m *Embedded) IsLearner() bool { return m.e.Server.IsLearner() }
+
+// WaitVoter waits until this member is a voter: a learner serves no
+// linearizable read and no write, so the store cannot open on it. The
+// leader's promotion loop promotes it once it has caught up.
+func (m *Embedded) WaitVoter(ctx context.Context, timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for m.e.Server.IsLearner() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-m.e.Err():
+			return errors.New("cluster: the embedded etcd member stopped while waiting to be promoted")
+		case <-t.C:
+			return fmt.Errorf("cluster: this member is still a learner after %s (cluster.start_timeout): the leader promotes it once it has caught up; check that the leader reaches this node's peer URL", timeout)
+		case <-tick.C:
+		}
+	}
+	return nil
 }
 
 // ClientURL is the member's client URL (https, loopback), for this node's
@@ -178,6 +206,8 @@ func (m *Embedded) Close() {
 		m.cancel()
 		m.wg.Wait()
 		m.cli.Close()
+		// etcd reports its own listeners closing as errors: not news.
+		m.logCore.closing.Store(true)
 		m.e.Close()
 	})
 }
@@ -259,10 +289,21 @@ var (
 
 // AddLearner adds a learner (see [Member]).
 func (m *Embedded) AddLearner(ctx context.Context, name string, peerURLs []string) (uint64, string, error) {
-	if name == "" || strings.ContainsAny(name, "=, \t\n") {
+	id, initial, err := AddLearner(ctx, m.cli, name, peerURLs)
+	if err == nil {
+		m.log.Info("cluster: learner added", "name", name, "id", ID(id).String(), "peer_urls", peerURLs)
+	}
+	return id, initial, err
+}
+
+// AddLearner adds a learner named name at peerURLs through cli, a client
+// of the cluster, refusing a name a member already has, and returns its
+// id and the initial-cluster string it starts with.
+func AddLearner(ctx context.Context, cli *clientv3.Client, name string, peerURLs []string) (uint64, string, error) {
+	if name == "" || strings.ContainsAny(name, "=,/ \t\n") {
 		return 0, "", fmt.Errorf("cluster: bad member name %q", name)
 	}
-	list, err := m.cli.MemberList(ctx)
+	list, err := cli.MemberList(ctx)
 	if err != nil {
 		return 0, "", fmt.Errorf("cluster: list members: %w", err)
 	}
@@ -271,7 +312,7 @@ func (m *Embedded) AddLearner(ctx context.Context, name string, peerURLs []strin
 			return 0, "", fmt.Errorf("%w: %q", ErrNameTaken, name)
 		}
 	}
-	resp, err := m.cli.MemberAddAsLearner(ctx, peerURLs)
+	resp, err := cli.MemberAddAsLearner(ctx, peerURLs)
 	if err != nil {
 		return 0, "", fmt.Errorf("cluster: add learner %q: %w", name, err)
 	}
@@ -288,7 +329,6 @@ func (m *Embedded) AddLearner(ctx context.Context, name string, peerURLs []strin
 			parts = append(parts, n+"="+u)
 		}
 	}
-	m.log.Info("cluster: learner added", "name", name, "id", fmt.Sprintf("%x", resp.Member.ID), "peer_urls", peerURLs)
 	return resp.Member.ID, strings.Join(parts, ","), nil
 }
 

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 
 	"go.uber.org/zap/zapcore"
 )
@@ -11,16 +12,17 @@ import (
 // appliance's slog logger (etcd logs ids, URLs and errors; the values it
 // stores are sealed ciphertext and it never logs them).
 type slogCore struct {
-	log    *slog.Logger
-	fields []zapcore.Field
+	log     *slog.Logger
+	fields  []zapcore.Field
+	closing *atomic.Bool // set while the member stops: its lines go at debug
 }
 
-func newSlogCore(l *slog.Logger) zapcore.Core { return &slogCore{log: l} }
+func newSlogCore(l *slog.Logger) *slogCore { return &slogCore{log: l, closing: new(atomic.Bool)} }
 
 func (c *slogCore) Enabled(l zapcore.Level) bool { return l >= zapcore.WarnLevel }
 
 func (c *slogCore) With(f []zapcore.Field) zapcore.Core {
-	return &slogCore{log: c.log, fields: append(append([]zapcore.Field(nil), c.fields...), f...)}
+	return &slogCore{log: c.log, closing: c.closing, fields: append(append([]zapcore.Field(nil), c.fields...), f...)}
 }
 
 func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
@@ -45,6 +47,9 @@ func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	lvl := slog.LevelWarn
 	if e.Level >= zapcore.ErrorLevel {
 		lvl = slog.LevelError
+	}
+	if c.closing.Load() {
+		lvl = slog.LevelDebug
 	}
 	c.log.LogAttrs(context.Background(), lvl, e.Message, attrs...)
 	return nil

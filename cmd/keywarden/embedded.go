@@ -84,6 +84,12 @@ func (a *appliance) startEmbedded(ctx context.Context) error {
 	}
 	a.member = m
 	a.closers = append(a.closers, m.Close)
+	if m.IsLearner() {
+		a.log.Info("this member is a learner: waiting until the leader promotes it (it is catching up)")
+		if err := m.WaitVoter(ctx, a.cfg.Cluster.StartTimeout); err != nil {
+			return err
+		}
+	}
 	if st.MemberID != m.MemberID() || st.ClusterID != m.ClusterID() {
 		st.MemberID, st.ClusterID = m.MemberID(), m.ClusterID()
 		if err := st.Save(a.cfg.Data.Dir); err != nil {
