@@ -48,7 +48,7 @@ func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	if e.Level >= zapcore.ErrorLevel {
 		lvl = slog.LevelError
 	}
-	if c.closing.Load() {
+	if c.closing.Load() || benign[e.Message] {
 		lvl = slog.LevelDebug
 	}
 	c.log.LogAttrs(context.Background(), lvl, e.Message, attrs...)
@@ -56,3 +56,12 @@ func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 }
 
 func (c *slogCore) Sync() error { return nil }
+
+// benign are etcd warnings about choices made here on purpose: the
+// client listener serves gRPC only to this node on loopback, and etcd's
+// own authentication (whose tokens "simple" names) is not used — peers and
+// clients are admitted by their certificates.
+var benign = map[string]bool{
+	"Running http and grpc server on single port. This is not recommended for production.": true,
+	"simple token is not cryptographically signed":                                         true,
+}

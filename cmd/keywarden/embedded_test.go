@@ -195,3 +195,63 @@ func TestDevOnEmbedded(t *testing.T) {
 		t.Fatalf("release after restart: %d %s", st, code)
 	}
 }
+
+// TestClusterInit: `keywarden cluster init` on a fresh data directory
+// with store.backend embedded makes the root key, seals it to this TPM
+// in the node-local state with the node's attestation key, bootstraps a
+// one-member cluster and writes the recovery shares; a second run is
+// refused, as are `keywarden init` on the embedded backend and cluster
+// init on another backend. The node then serves from what init made.
+func TestClusterInit(t *testing.T) {
+	embeddedEnv(t)
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	t.Setenv("KEYWARDEN_DEV", "1")
+	t.Setenv("KEYWARDEN_DATA_DIR", dataDir)
+	t.Setenv("KEYWARDEN_TPM_SIMULATOR_SEED", "5151")
+	ops := newRKOperators(t, dir, 3)
+	args := []string{"-threshold", "2", "-shares-dir", filepath.Join(dir, "shares")}
+	for _, o := range ops {
+		args = append(args, "-recipient", o.recipient)
+	}
+	ctx := context.Background()
+	if err := cmdClusterInit(ctx, args); err != nil {
+		t.Fatal(err)
+	}
+	st, err := cluster.LoadState(dataDir)
+	if err != nil || st.ClusterID == 0 || st.MemberID == 0 || len(st.AttestAK) == 0 || st.ClusterState != cluster.StateNew || st.Name != "node1" {
+		t.Fatalf("node-local state after init: %+v %v", st, err)
+	}
+	if shares, _ := filepath.Glob(filepath.Join(dir, "shares", "*")); len(shares) != 3 {
+		t.Fatalf("recovery share files: %v", shares)
+	}
+	if err := cmdClusterInit(ctx, args); err == nil || !strings.Contains(err.Error(), "already initialized") {
+		t.Fatalf("second cluster init: %v", err)
+	}
+	// `keywarden init` (a production command: its configuration must be
+	// valid outside dev mode first).
+	t.Setenv("KEYWARDEN_LISTEN_PLAIN_HTTP", "true")
+	t.Setenv("KEYWARDEN_TPM_PCRS", "7")
+	t.Setenv("KEYWARDEN_TPM_SIMULATOR_SEED", "0")
+	if err := cmdInit(ctx, args); err == nil || !strings.Contains(err.Error(), "cluster init") {
+		t.Fatalf("init on the embedded backend: %v", err)
+	}
+	t.Setenv("KEYWARDEN_TPM_PCRS", "")
+	t.Setenv("KEYWARDEN_TPM_SIMULATOR_SEED", "5151")
+	t.Setenv("KEYWARDEN_STORE_BACKEND", "bbolt")
+	if err := cmdClusterInit(ctx, args); err == nil || !strings.Contains(err.Error(), "store.backend") {
+		t.Fatalf("cluster init on bbolt: %v", err)
+	}
+	t.Setenv("KEYWARDEN_STORE_BACKEND", "embedded")
+
+	url, stop := startDev(t, dir, "5151", "init-admin-key-0123456789")
+	defer func() {
+		if err := stop(); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	cs, _, err := clusterStatus(ctx, adminAPIFor(t, url))
+	if err != nil || uint64(cs.ClusterID) != st.ClusterID || len(cs.Members) != 1 || uint64(cs.Members[0].ID) != st.MemberID {
+		t.Fatalf("status of the initialized node: %+v %v", cs, err)
+	}
+}
