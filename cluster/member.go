@@ -284,8 +284,11 @@ var (
 	ErrLastVoter      = errors.New("cluster: refusing to remove the last voting member (the cluster and every key in it would be gone)")
 	ErrLoseQuorum     = errors.New("cluster: refusing to remove a voting member: the remaining members that are up would not make a majority (bring the others back first)")
 	ErrRemoveSelf     = errors.New("cluster: refusing to remove the member serving this request; run the removal on another member")
-	ErrUnsettled      = errors.New("cluster: the members have not all been connected for a few seconds (one just started or left); retry shortly")
 )
+
+// removeSettle bounds how long AddLearner and Remove retry etcd's
+// "unhealthy" answer (its health interval is 5 s).
+const removeSettle = 7 * time.Second
 
 // AddLearner adds a learner (see [Member]).
 func (m *Embedded) AddLearner(ctx context.Context, name string, peerURLs []string) (uint64, string, error) {
@@ -312,9 +315,26 @@ func AddLearner(ctx context.Context, cli *clientv3.Client, name string, peerURLs
 			return 0, "", fmt.Errorf("%w: %q", ErrNameTaken, name)
 		}
 	}
-	resp, err := cli.MemberAddAsLearner(ctx, peerURLs)
-	if err != nil {
-		return 0, "", fmt.Errorf("cluster: add learner %q: %w", name, err)
+	// Right after a member started or left etcd answers "unhealthy" until
+	// the members have been connected for its health interval: retried
+	// for a little longer than that.
+	deadline := time.Now().Add(removeSettle)
+	var resp *clientv3.MemberAddResponse
+	for {
+		resp, err = cli.MemberAddAsLearner(ctx, peerURLs)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, rpctypes.ErrUnhealthy) || time.Now().After(deadline) {
+			return 0, "", fmt.Errorf("cluster: add learner %q: %w", name, err)
+		}
+		t := time.NewTimer(500 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, "", ctx.Err()
+		case <-t.C:
+		}
 	}
 	var parts []string
 	for _, mm := range resp.Members {
@@ -359,19 +379,35 @@ func (m *Embedded) Remove(ctx context.Context, id ID) (MemberInfo, error) {
 	case target.Self:
 		return *target, ErrRemoveSelf
 	}
-	if _, err := m.cli.MemberRemove(ctx, uint64(id)); err != nil {
-		if errors.Is(err, rpctypes.ErrMemberNotEnoughStarted) {
+	// etcd's strict reconfiguration check answers "unhealthy" while some
+	// remaining voter has not been connected to this member for its health
+	// interval (5 s): right after a member started or left that clears by
+	// itself, so it is retried for a little longer than that; when it
+	// persists, a voter is down and the removal would break the quorum.
+	deadline := time.Now().Add(removeSettle)
+	for {
+		_, err := m.cli.MemberRemove(ctx, uint64(id))
+		switch {
+		case err == nil:
+			return *target, nil
+		case errors.Is(err, rpctypes.ErrMemberNotEnoughStarted):
 			return *target, ErrLoseQuorum
-		}
-		if errors.Is(err, rpctypes.ErrUnhealthy) {
-			return *target, ErrUnsettled
-		}
-		if errors.Is(err, rpctypes.ErrMemberNotFound) {
+		case errors.Is(err, rpctypes.ErrMemberNotFound):
 			return *target, ErrMemberNotFound
+		case errors.Is(err, rpctypes.ErrUnhealthy) && time.Now().Before(deadline):
+			t := time.NewTimer(500 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return *target, ctx.Err()
+			case <-t.C:
+			}
+		case errors.Is(err, rpctypes.ErrUnhealthy):
+			return *target, ErrLoseQuorum
+		default:
+			return *target, fmt.Errorf("cluster: remove member %s: %w", id, err)
 		}
-		return *target, fmt.Errorf("cluster: remove member %s: %w", id, err)
 	}
-	return *target, nil
 }
 
 // promoteLoop makes learners voters once they have caught up: on the

@@ -31,7 +31,6 @@ var (
 	ErrLastVoter     = apierr.New(http.StatusConflict, "last_voter", "refusing to remove the last voting member: the cluster and every key in it would be gone")
 	ErrLoseQuorum    = apierr.New(http.StatusConflict, "would_lose_quorum", "refusing to remove a voting member: the members left that are up would not make a majority; bring the others back first")
 	ErrRemoveSelf    = apierr.New(http.StatusConflict, "member_is_self", "refusing to remove the member serving this request; send the removal to another member")
-	ErrUnsettled     = apierr.New(http.StatusServiceUnavailable, "cluster_unsettled", "the members have not all been connected for a few seconds (one just started or left); retry shortly")
 	ErrClusterFailed = apierr.New(http.StatusServiceUnavailable, "cluster_unavailable", "the cluster's membership cannot be read or changed now (no quorum?); retry later")
 )
 
@@ -96,7 +95,7 @@ func (h *Members) RemoveMember(c echo.Context) error {
 	}
 	if err != nil {
 		e := removeError(err)
-		if e.Status < 500 || errors.Is(e, ErrUnsettled) {
+		if e.Status < 500 {
 			// Every refused removal is a line (not a sampled refusal):
 			// an operator's membership change matters even when refused.
 			_ = h.audit.Record(ctx, h.event(c, ActionClusterRemove, audit.OutcomeRefused, e.Code, fields))
@@ -124,8 +123,6 @@ func removeError(err error) *apierr.Error {
 		return ErrLoseQuorum
 	case errors.Is(err, cluster.ErrRemoveSelf):
 		return ErrRemoveSelf
-	case errors.Is(err, cluster.ErrUnsettled):
-		return ErrUnsettled
 	}
 	return ErrClusterFailed.Wrap(err)
 }
