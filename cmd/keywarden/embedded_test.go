@@ -141,6 +141,13 @@ func TestDevOnEmbedded(t *testing.T) {
 			t.Fatalf("DELETE %s: %d %q; want %d %s", c.path, resp.StatusCode, e.Error.Code, c.want, c.code)
 		}
 	}
+	// Both routes are audited, the refused removal too.
+	audited := auditText(t, filepath.Join(dataDir, "audit"))
+	for _, want := range []string{`"action":"admin_cluster_status","outcome":"success"`, `"action":"admin_cluster_remove","outcome":"refused"`, `"reason":"last_voter"`} {
+		if !strings.Contains(audited, want) {
+			t.Errorf("audit log lacks %s", want)
+		}
+	}
 	// Without the admin key: nothing.
 	resp, err := http.Get(url + "/v1/admin/cluster")
 	if err != nil {
@@ -254,4 +261,21 @@ func TestClusterInit(t *testing.T) {
 	if err != nil || uint64(cs.ClusterID) != st.ClusterID || len(cs.Members) != 1 || uint64(cs.Members[0].ID) != st.MemberID {
 		t.Fatalf("status of the initialized node: %+v %v", cs, err)
 	}
+}
+
+// auditText is every audit file of dir, concatenated.
+func auditText(t *testing.T, dir string) string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			data, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+			b.Write(data)
+		}
+	}
+	return b.String()
 }
