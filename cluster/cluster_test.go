@@ -206,6 +206,9 @@ func TestLearnerJoinPromoteRemove(t *testing.T) {
 		t.Fatalf("removing an unknown member: %v", err)
 	}
 
+	if _, _, err := a.AddLearner(ctx, "n2", []string{"http://" + proc.FreeAddr(t)}); err == nil {
+		t.Fatal("a learner with a plain-http peer URL was added")
+	}
 	peerB := proc.FreeAddr(t)
 	id, initial, err := a.AddLearner(ctx, "n2", []string{"https://" + peerB})
 	if err != nil {

@@ -306,6 +306,15 @@ func AddLearner(ctx context.Context, cli *clientv3.Client, name string, peerURLs
 	if name == "" || strings.ContainsAny(name, "=,/ \t\n") {
 		return 0, "", fmt.Errorf("cluster: bad member name %q", name)
 	}
+	if len(peerURLs) == 0 {
+		return 0, "", errors.New("cluster: a member needs a peer URL")
+	}
+	for _, p := range peerURLs {
+		u, err := url.Parse(p)
+		if err != nil || u.Scheme != "https" || u.Hostname() == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
+			return 0, "", fmt.Errorf("cluster: peer URL %q must be https://host:port (peers speak mutual TLS)", p)
+		}
+	}
 	list, err := cli.MemberList(ctx)
 	if err != nil {
 		return 0, "", fmt.Errorf("cluster: list members: %w", err)
