@@ -35,6 +35,7 @@
 //	│   recovery                   → recovery record: root id, split, threshold, age-encrypted shares (JSON)
 //	│   attest_ak                  → TPM attestation key blob (attest.AKBlob JSON); never on store.backend embedded (per node: cluster.State)
 //	│   audit_head                 → audit chain head (audit.Checkpoint JSON, MACed)
+//	│   audit_head@<node>          → store.backend embedded: node <node>'s audit chain head instead (MetaKey.ForNode)
 //	│   last_backup                → time of the last online backup (RFC 3339)
 //	│   heartbeat                  → readiness write (RFC 3339)
 //	│   custodian_priors_sealed    → "1": older custodian priors sealed again

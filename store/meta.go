@@ -49,6 +49,12 @@ var metaKeys = []MetaKey{
 	MetaLastBackup, MetaHeartbeat, MetaCustodianPriorsSealed, MetaClientSharesPriorsSealed,
 }
 
+// ForNode is k for one node of a cluster that shares the store
+// (store.backend embedded): "<k>@<node>". Only what each node keeps for
+// itself in the shared store uses it (the audit chain's recorded head:
+// every node has its own audit log).
+func (k MetaKey) ForNode(node string) MetaKey { return MetaKey(string(k) + "@" + node) }
+
 // Key is the key's bytes in BucketMeta.
 func (k MetaKey) Key() []byte { return []byte(k) }
 

@@ -324,6 +324,10 @@ func (a *appliance) openAudit(ctx context.Context) error {
 	cfg := a.cfg.Audit
 	aopts := audit.Options{Dir: cfg.Dir, AnchorKey: a.root.Subkey(enclave.SubkeyAuditAnchor), WriteTimeout: cfg.WriteTimeout, MaxFileBytes: cfg.MaxFileBytes}
 	aopts.Heads = audit.StoreHeads(a.db) // each anchored head is recorded in the store: `audit verify` catches a cut log
+	if a.node != nil {
+		// Embedded cluster: one recorded head per node (each has its own log).
+		aopts.Heads = audit.NodeStoreHeads(a.db, a.node.Name)
+	}
 	if !cfg.SyncReleases {
 		aopts.WrittenActions = []string{audit.ActionRelease}
 		aopts.WrittenSyncDelay = cfg.ReleaseSyncDelay

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,6 +64,23 @@ func adminDo(t *testing.T, n *clusterNode, method, path string) (int, []byte) {
 	return resp.StatusCode, b
 }
 
+// auditFiles is every audit file of dir, concatenated.
+func auditFiles(t *testing.T, dir string) string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			data, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+			b.Write(data)
+		}
+	}
+	return b.String()
+}
+
 func fbKey(t *testing.T, n *clusterNode, method, token string, key []byte) (int, []byte) {
 	t.Helper()
 	var body io.Reader
@@ -109,6 +127,13 @@ func TestClusterSeamTwoNodes(t *testing.T) {
 	ctx := context.Background()
 
 	n1 := startClusterNode(t, bin, "node1", dir, 1101, proc.FreeAddr(t), proc.FreeAddr(t), fb...)
+	n1.WaitReady(t, "/readyz")
+	// A graceful stop records node1's audit head in the store; node1
+	// starts again on its data (the cluster of one comes back).
+	if code := n1.Stop(t); code != 0 {
+		t.Fatalf("node1 exited with %d", code)
+	}
+	n1 = startClusterNode(t, bin, "node1", dir, 1101, n1.peer, n1.client, fb...)
 	n1.WaitReady(t, "/readyz")
 
 	// The root key, as the join hands it over: here unsealed from node1's
@@ -173,6 +198,14 @@ func TestClusterSeamTwoNodes(t *testing.T) {
 	}
 	n2 := startClusterNode(t, bin, "node2", dir, 1202, peer2, client2, fb...)
 	n2.WaitReady(t, "/readyz")
+
+	// Each node's audit chain has its own recorded head: node2's start
+	// does not take node1's head for its own (no false truncation).
+	for _, n := range []*clusterNode{n1, n2} {
+		if txt := auditFiles(t, filepath.Join(n.dataDir, "audit")); strings.Contains(txt, "audit_truncated") {
+			t.Errorf("%s's audit log has a truncation incident:\n%s", n.Name, txt)
+		}
+	}
 
 	// The promotion loop makes node2 a voter (polled, bounded by count).
 	var st cluster.Status
