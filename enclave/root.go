@@ -18,7 +18,8 @@
 //	        ├── "rollback-ledger"               SubkeyRollbackLedger  PRF key of the record digest's elements
 //	        ├── "rollback-nv-auth"              SubkeyRollbackNVAuth  auth value of the TPM NV rollback counter
 //	        ├── "recovery-id"                   SubkeyRecoveryID      key of the root id (RootID) on shares and backups
-//	        └── "passkey decoy credential ids"  SubkeyPasskeyDecoy    HMAC key of decoy credential ids (package passkey)
+//	        ├── "passkey decoy credential ids"  SubkeyPasskeyDecoy    HMAC key of decoy credential ids (package passkey)
+//	        └── "cluster-ca"                    SubkeyClusterCA       Ed25519 seed of the embedded etcd cluster's CA (package cluster)
 //
 // The labels are constants (subkeys.go); their derived values are frozen in
 // testdata/vectors.json, so a changed label is a failing test.

@@ -23,10 +23,15 @@ const (
 	// SubkeyPasskeyDecoy: HMAC key of the decoy credential ids a passkey
 	// begin shows for a user without passkeys.
 	SubkeyPasskeyDecoy = "passkey decoy credential ids"
+	// SubkeyClusterCA: seed of the Ed25519 key of the cluster CA that
+	// signs the embedded etcd members' peer and client certificates
+	// (package cluster): every holder of the root key derives the same CA,
+	// and nobody else can make a certificate the members accept.
+	SubkeyClusterCA = "cluster-ca"
 )
 
 // subkeyLabels is every label above (the frozen-vector test checks each).
 var subkeyLabels = []string{
 	SubkeySessionToken, SubkeyAuditAnchor, SubkeyRollback, SubkeyRollbackLedger,
-	SubkeyRollbackNVAuth, SubkeyRecoveryID, SubkeyPasskeyDecoy,
+	SubkeyRollbackNVAuth, SubkeyRecoveryID, SubkeyPasskeyDecoy, SubkeyClusterCA,
 }

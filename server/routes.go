@@ -119,6 +119,13 @@ type DemoHandler interface {
 	Session(echo.Context) error
 }
 
+// ClusterHandler serves the embedded cluster's member routes
+// (server/clusterapi.Members).
+type ClusterHandler interface {
+	Status(echo.Context) error
+	RemoveMember(echo.Context) error
+}
+
 // PprofHandler serves Go's profiler (dev builds only: cmd/keywarden's
 // wire_pprof.go, so release builds do not contain net/http/pprof).
 type PprofHandler interface {

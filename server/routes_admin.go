@@ -88,6 +88,10 @@ func (s *Server) AdminRoutes() []Route {
 		{Method: http.MethodGet, Path: a + "/custodian/rewrap", Handler: bind(cu, CustodianHandler.ListJobs), Middleware: cmw},
 		{Method: http.MethodGet, Path: a + "/custodian/rewrap/:jobId", Handler: bind(cu, CustodianHandler.Job), Middleware: cmw},
 
+		// The embedded etcd cluster's members (server/clusterapi).
+		{Method: http.MethodGet, Path: a + "/cluster", Handler: bind(s.opts.Cluster, ClusterHandler.Status)},
+		{Method: http.MethodDelete, Path: a + "/cluster/members/:id", Handler: bind(s.opts.Cluster, ClusterHandler.RemoveMember)},
+
 		// Go's profiler (dev mode only).
 		{Method: http.MethodGet, Path: a + "/debug/pprof/profile", Handler: bind(s.opts.Pprof, PprofHandler.Profile)},
 		{Method: http.MethodGet, Path: a + "/debug/pprof/:name", Handler: bind(s.opts.Pprof, PprofHandler.Named)},

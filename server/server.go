@@ -109,6 +109,9 @@ type Options struct {
 	// PIN serves /v1/pin/… (PIN release with a guess limit); nil: off
 	// (pin.enabled false).
 	PIN PINHandler
+	// Cluster serves GET /v1/admin/cluster and DELETE
+	// /v1/admin/cluster/members/:id (store.backend embedded only); nil: off.
+	Cluster ClusterHandler
 	// Demo serves the demo page at /demo/ (dev mode only); nil: off.
 	Demo DemoHandler
 	// Pprof serves Go's profiler under /v1/admin/debug/pprof/ (dev mode

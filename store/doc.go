@@ -30,13 +30,14 @@
 //
 //	schema version                              uint64, big endian (bbolt: key "schema" of the root bucket)
 //	meta/                                       the appliance's own bookkeeping (MetaKey; not seen by the ledger)
-//	│   sealed_root                → root key sealed by the TPM (enclave.SealedRoot JSON)
+//	│   sealed_root                → root key sealed by the TPM (enclave.SealedRoot JSON); never on store.backend embedded (per node: cluster.State)
 //	│   rollback                   → rollback record: generation, NV index, TPM name, record-digest commitment (JSON, MACed)
 //	│   rollback_cluster           → cluster rollback record (nodes sharing one store): cluster generation, record digest (JSON, MACed)
 //	│   rollback_node 0x00 node    → one node's rollback record in a cluster: name, TPM name, NV index, counter target, cluster generation (JSON, MACed)
 //	│   recovery                   → recovery record: root id, split, threshold, age-encrypted shares (JSON)
-//	│   attest_ak                  → TPM attestation key blob (attest.AKBlob JSON)
+//	│   attest_ak                  → TPM attestation key blob (attest.AKBlob JSON); never on store.backend embedded (per node: cluster.State)
 //	│   audit_head                 → audit chain head (audit.Checkpoint JSON, MACed)
+//	│   audit_head@<node>          → store.backend embedded: node <node>'s audit chain head instead (MetaKey.ForNode)
 //	│   last_backup                → time of the last online backup (RFC 3339)
 //	│   heartbeat                  → readiness write (RFC 3339)
 //	│   custodian_priors_sealed    → "1": older custodian priors sealed again

@@ -14,7 +14,9 @@ type MetaKey string
 // The meta keys.
 const (
 	// MetaSealedRoot: the root key sealed by the TPM (enclave.SealedRoot
-	// JSON: TPM public and private blobs, PCR selection).
+	// JSON: TPM public and private blobs, PCR selection). Not used on
+	// store.backend embedded, where every node seals the root key to its
+	// own TPM: that is node-local state (package cluster).
 	MetaSealedRoot MetaKey = "sealed_root"
 	// MetaRollback: the rollback record (JSON: generation, NV index, TPM
 	// name, commitment to the record digest), MACed under the root subkey
@@ -33,7 +35,8 @@ const (
 	// MetaRecovery: the recovery record (JSON: root id, split id,
 	// threshold, the shares age-encrypted to the custodians' recipients).
 	MetaRecovery MetaKey = "recovery"
-	// MetaAttestAK: the TPM attestation key blob (attest.AKBlob JSON).
+	// MetaAttestAK: the TPM attestation key blob (attest.AKBlob JSON);
+	// node-local state instead on store.backend embedded.
 	MetaAttestAK MetaKey = "attest_ak"
 	// MetaAuditHead: the audit chain's recorded head (a Checkpoint JSON
 	// MACed under the root subkey "audit-anchor").
@@ -59,6 +62,12 @@ var metaKeys = []MetaKey{
 // RollbackNodeKey is the meta key of node's rollback record: the
 // MetaRollbackNode prefix, 0x00, the node name.
 func RollbackNodeKey(node string) MetaKey { return MetaRollbackNode + "\x00" + MetaKey(node) }
+
+// ForNode is k for one node of a cluster that shares the store
+// (store.backend embedded): "<k>@<node>". Only what each node keeps for
+// itself in the shared store uses it (the audit chain's recorded head:
+// every node has its own audit log).
+func (k MetaKey) ForNode(node string) MetaKey { return MetaKey(string(k) + "@" + node) }
 
 // Key is the key's bytes in BucketMeta.
 func (k MetaKey) Key() []byte { return []byte(k) }

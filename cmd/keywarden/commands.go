@@ -68,6 +68,9 @@ func cmdInit(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if cfg.Store.Backend == "embedded" {
+		return errors.New("init: with store.backend: embedded run `keywarden cluster init` on the first node (it also bootstraps the node's etcd member)")
+	}
 	settings := recoverySettingsFor(cfg, flags)
 	if err := preflightInit(settings); err != nil {
 		return err

@@ -3,6 +3,7 @@
 //	keywarden serve   [-config FILE]   run the appliance (real TPM)
 //	keywarden dev                      run on embedded defaults: simulated TPM, ./keywarden-data, 127.0.0.1:8420
 //	keywarden init    [-config FILE]   create the root key and seal it to the TPM
+//	keywarden cluster init|status|remove   the embedded etcd cluster (store.backend: embedded)
 //	keywarden config check [-config FILE]
 //	keywarden backup  -out FILE        consistent copy of the live store (through the running server's admin API)
 //	keywarden status                   the running server's readiness with details (admin API)
@@ -59,6 +60,7 @@ func commands() []command {
 		{names: []string{"serve"}, help: "run the appliance (-config FILE)", run: cmdServe},
 		{names: []string{"dev"}, help: "run on embedded defaults with a simulated TPM (insecure; for trying it out)", run: cmdDev},
 		{names: []string{"init"}, help: "create the root key and seal it to the TPM (-config FILE)", run: cmdInit},
+		{names: []string{"cluster"}, help: "init | status | remove NAME|ID: the embedded etcd cluster (store.backend: embedded)", run: cmdCluster},
 		{names: []string{"config"}, help: "load and validate the configuration, print it with secrets redacted", run: cmdConfig},
 		{names: []string{"backup"}, help: "write a consistent copy of the live store (-out FILE; asks the running server)", run: cmdBackup},
 		{names: []string{"status"}, help: "the running server's readiness with every check's detail (admin API)", run: cmdStatus},
@@ -97,6 +99,8 @@ func usageName(name string) string {
 		return "audit verify"
 	case "admin-key":
 		return "admin-key hash"
+	case "cluster":
+		return "cluster …"
 	}
 	return name
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/keywarden/keywarden/cluster"
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/config"
@@ -77,6 +78,11 @@ type appliance struct {
 	firebase *firebase.Verifier // set by wireFirebase when Firebase is configured
 	passkey  *passkey.Service   // set by wirePasskey when passkeys are configured
 	tls      *certReloader      // made once by tlsReloader
+
+	// On the embedded backend (embedded.go): the node-local state and
+	// this node's etcd member; nil otherwise.
+	node   *cluster.State
+	member *cluster.Embedded
 }
 
 // tlsReloader is the appliance's one TLS certificate reloader, shared by
@@ -155,7 +161,9 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, acceptRollb
 
 // startAppliance is the start of serve and dev, in this order: open the
 // TPM → open the store → refuse a root key without a PCR policy → unseal
-// the root key (dev: create it) → open the audit log → [sealed: a server
+// the root key (dev: create it) [store.backend embedded instead: the node-
+// local state → unseal the root key → cluster CA → etcd member → store,
+// see embedded.go] → open the audit log → [sealed: a server
 // that answers health only] → Firebase verifier → clock check → rollback
 // check (before anything writes the store) → attestation → client and
 // custodian shares → demo page (dev) → passkeys → Portal drop-in → PIN → pprof
@@ -172,14 +180,21 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 	if err := a.openTPM(ctx); err != nil {
 		return nil, nil, err
 	}
-	if err := a.openStore(ctx); err != nil {
-		return nil, nil, err
-	}
-	if err := a.checkPCRPolicy(ctx); err != nil {
-		return nil, nil, err
-	}
-	if err := a.unsealRoot(ctx); err != nil {
-		return nil, nil, err
+	if a.cfg.Store.Backend == "embedded" {
+		// Root key (node-local state) → cluster CA → member → store.
+		if err := a.startEmbedded(ctx); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		if err := a.openStore(ctx); err != nil {
+			return nil, nil, err
+		}
+		if err := a.checkPCRPolicy(ctx); err != nil {
+			return nil, nil, err
+		}
+		if err := a.unsealRoot(ctx); err != nil {
+			return nil, nil, err
+		}
 	}
 	if err := a.openAudit(ctx); err != nil {
 		return nil, nil, err
@@ -204,6 +219,7 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 		wirePortal, // after custodian and passkeys: it serves over both
 		wirePIN,    // after Firebase and the rollback counter
 		wirePprof,
+		wireCluster, // the embedded backend's member routes
 	} {
 		if err := wire(ctx, a, &opts); err != nil {
 			return nil, nil, err
@@ -240,7 +256,11 @@ func (a *appliance) openTPM(ctx context.Context) error {
 // openStore opens the configured store backend (openStoreDB): the bbolt
 // file, or the etcd cluster.
 func (a *appliance) openStore(ctx context.Context) error {
-	db, err := openStoreDB(ctx, a.cfg, store.Options{})
+	var observe func(string, time.Duration, bool)
+	if a.cfg.Store.Backend == "etcd" {
+		observe = etcdObserver(a.metrics)
+	}
+	db, err := openStoreDBObserved(ctx, a.cfg, store.Options{}, observe)
 	if err != nil {
 		return err
 	}
@@ -305,6 +325,10 @@ func (a *appliance) openAudit(ctx context.Context) error {
 	cfg := a.cfg.Audit
 	aopts := audit.Options{Dir: cfg.Dir, AnchorKey: a.root.Subkey(enclave.SubkeyAuditAnchor), WriteTimeout: cfg.WriteTimeout, MaxFileBytes: cfg.MaxFileBytes}
 	aopts.Heads = audit.StoreHeads(a.db) // each anchored head is recorded in the store: `audit verify` catches a cut log
+	if a.node != nil {
+		// Embedded cluster: one recorded head per node (each has its own log).
+		aopts.Heads = audit.NodeStoreHeads(a.db, a.node.Name)
+	}
 	if !cfg.SyncReleases {
 		aopts.WrittenActions = []string{audit.ActionRelease}
 		aopts.WrittenSyncDelay = cfg.ReleaseSyncDelay

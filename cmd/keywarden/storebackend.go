@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/store"
@@ -43,13 +45,24 @@ func etcdOptions(cfg config.Config) (etcdstore.Options, error) {
 // itself (a backup file, recover's staged copy) refuse etcd with
 // refuseEtcd.
 func openStoreDB(ctx context.Context, cfg config.Config, opts store.Options) (*store.DB, error) {
-	if cfg.Store.Backend != "etcd" {
+	return openStoreDBObserved(ctx, cfg, opts, nil)
+}
+
+// openStoreDBObserved is openStoreDB with the etcd backend's latency
+// observer (etcdstore.Options.Observe; the serving appliance's metrics).
+func openStoreDBObserved(ctx context.Context, cfg config.Config, opts store.Options, observe func(string, time.Duration, bool)) (*store.DB, error) {
+	switch cfg.Store.Backend {
+	case "etcd":
+	case "embedded":
+		return nil, errEmbeddedOffline
+	default:
 		return store.Open(cfg.Data.DB, opts)
 	}
 	eopts, err := etcdOptions(cfg)
 	if err != nil {
 		return nil, err
 	}
+	eopts.Observe = observe
 	b, err := etcdstore.Open(ctx, eopts)
 	if err != nil {
 		return nil, fmt.Errorf("store (etcd %s): %w", strings.Join(eopts.Endpoints, ","), err)
@@ -62,11 +75,17 @@ func openStoreDB(ctx context.Context, cfg config.Config, opts store.Options) (*s
 	return db, nil
 }
 
+// errEmbeddedOffline: on the embedded backend the store is the node's own
+// etcd member, which only the running appliance starts (it needs the
+// unsealed root key for the cluster's certificates); the commands that
+// open the store while the server is stopped do not run there yet.
+var errEmbeddedOffline = errors.New("with store.backend: embedded the store is this node's etcd member, which only `keywarden serve` (or `keywarden cluster init`) starts; this command does not run on the embedded backend yet")
+
 // refuseEtcd is the error of a command that works on a bbolt file and has
 // no etcd counterpart yet.
 func refuseEtcd(cfg config.Config, command, instead string) error {
-	if cfg.Store.Backend != "etcd" {
+	if cfg.Store.Backend == "bbolt" || cfg.Store.Backend == "" {
 		return nil
 	}
-	return fmt.Errorf("%s works on a bbolt store file and is not supported with store.backend: etcd yet; %s", command, instead)
+	return fmt.Errorf("%s works on a bbolt store file and is not supported with store.backend: %s yet; %s", command, cfg.Store.Backend, instead)
 }

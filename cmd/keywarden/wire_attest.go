@@ -7,7 +7,8 @@ package main
 // new TPM); its blob (attest.AKBlob, not secret) is kept in the store's
 // meta bucket under "attest_ak". At start it is loaded once; when it is
 // missing (dev mode, or a store initialised before attestation existed) it
-// is made then. Its Name is printed at init and logged at every start:
+// is made then. On the embedded backend the blob is in the node-local
+// state instead (package cluster): every node has its own. Its Name is printed at init and logged at every start:
 // verifiers pin it.
 
 import (
@@ -53,6 +54,39 @@ func newAKBlob(ctx context.Context, tpm transport.TPM, db *store.DB) (*attest.AK
 	}
 	if err := db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(store.MetaAttestAK, b) }); err != nil {
 		return nil, fmt.Errorf("store the attestation key: %w", err)
+	}
+	return blob, nil
+}
+
+// readAK reads the appliance's attestation key blob: from the node-local
+// state on the embedded backend (each node has its own TPM and key), from
+// the store's meta otherwise.
+func (a *appliance) readAK(ctx context.Context) (*attest.AKBlob, error) {
+	if a.node == nil {
+		return readAKBlob(ctx, a.db)
+	}
+	if len(a.node.AttestAK) == 0 {
+		return nil, nil
+	}
+	return attest.ParseAKBlob(a.node.AttestAK)
+}
+
+// newAK makes an attestation key and keeps its blob where readAK reads it.
+func (a *appliance) newAK(ctx context.Context) (*attest.AKBlob, error) {
+	if a.node == nil {
+		return newAKBlob(ctx, a.tpm, a.db)
+	}
+	blob, err := attest.CreateAK(ctx, a.tpm)
+	if err != nil {
+		return nil, err
+	}
+	b, err := blob.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	a.node.AttestAK = b
+	if err := a.node.Save(a.cfg.Data.Dir); err != nil {
+		return nil, fmt.Errorf("store the attestation key in the node-local state: %w", err)
 	}
 	return blob, nil
 }
@@ -168,7 +202,7 @@ func startAK(ctx context.Context, a *appliance) (*attest.AK, string) {
 	if len(a.cfg.TPM.AttestPCRs) == 0 {
 		return nil, "tpm.attest_pcrs is empty: set the PCRs quotes cover"
 	}
-	blob, err := readAKBlob(ctx, a.db)
+	blob, err := a.readAK(ctx)
 	if err != nil && !(a.cfg.Dev && errors.Is(err, attest.ErrBadAKBlob)) {
 		return nil, fmt.Sprintf("cannot read the stored attestation key: %v", err)
 	}
@@ -182,7 +216,7 @@ func startAK(ctx context.Context, a *appliance) (*attest.AK, string) {
 		}
 		a.log.Warn("dev mode: the stored attestation key does not load (another simulator seed?); making a new one", "err", err)
 	}
-	blob, err = newAKBlob(ctx, a.tpm, a.db)
+	blob, err = a.newAK(ctx)
 	if err != nil {
 		return nil, fmt.Sprintf("cannot make an attestation key: %v", err)
 	}

@@ -100,15 +100,27 @@ type HeadStore interface {
 
 // StoreHeads keeps the head in db's meta bucket under [HeadMetaKey]: one
 // store transaction per anchor, none per line.
-func StoreHeads(db *store.DB) HeadStore { return storeHeads{db} }
+func StoreHeads(db *store.DB) HeadStore { return storeHeads{db, store.MetaAuditHead} }
 
-type storeHeads struct{ db *store.DB }
+// NodeStoreHeads keeps the head of one node's log under its own meta key
+// (store.MetaAuditHead.ForNode(node)): in a cluster sharing one store every
+// node has its own audit log, and one shared key would hold whichever
+// node recorded last — every other node would take it for its own and see
+// its log as truncated.
+func NodeStoreHeads(db *store.DB, node string) HeadStore {
+	return storeHeads{db, store.MetaAuditHead.ForNode(node)}
+}
+
+type storeHeads struct {
+	db  *store.DB
+	key store.MetaKey
+}
 
 func (s storeHeads) LoadHead(ctx context.Context) ([]byte, error) {
 	var b []byte
 	err := s.db.View(ctx, func(tx *store.Tx) error {
 		var err error
-		b, err = tx.GetMeta(store.MetaAuditHead)
+		b, err = tx.GetMeta(s.key)
 		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
@@ -118,7 +130,7 @@ func (s storeHeads) LoadHead(ctx context.Context) ([]byte, error) {
 }
 
 func (s storeHeads) SaveHead(ctx context.Context, b []byte) error {
-	return s.db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(store.MetaAuditHead, b) })
+	return s.db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(s.key, b) })
 }
 
 // headSaver records anchored heads in the background, so that no Record

@@ -348,3 +348,34 @@ func TestHeadNotOnRecordPath(t *testing.T) {
 		t.Fatalf("%d store commits after Close, want 1", got-before)
 	}
 }
+
+// TestNodeStoreHeadsAreSeparate: two nodes' logs recording their heads in
+// one shared store (the embedded cluster) keep one head each; a node
+// opening its log after the other recorded a head sees no truncation.
+func TestNodeStoreHeadsAreSeparate(t *testing.T) {
+	db := openStore(t, "")
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a := openLog(t, Options{Dir: dirA, Heads: NodeStoreHeads(db, "n1")})
+	for range 5 {
+		mustRecord(t, a, Event{Action: ActionRelease, Outcome: OutcomeSuccess, Owner: "user:a", Method: "passkey"})
+	}
+	mustClose(t, a)
+	ha, err := NodeStoreHeads(db, "n1").LoadHead(context.Background())
+	if err != nil || ha == nil {
+		t.Fatalf("n1's head: %v", err)
+	}
+	if hb, err := NodeStoreHeads(db, "n2").LoadHead(context.Background()); err != nil || hb != nil {
+		t.Fatalf("n2 sees a head before it recorded one: %s %v", hb, err)
+	}
+	if shared := loadHead(t, db); shared != nil {
+		t.Fatalf("a node head went to the shared key: %s", shared)
+	}
+	b := openLog(t, Options{Dir: dirB, Heads: NodeStoreHeads(db, "n2")})
+	mustRecord(t, b, Event{Action: ActionRelease, Outcome: OutcomeSuccess, Owner: "user:b", Method: "passkey"})
+	mustClose(t, b)
+	for _, l := range readLines(t, dirB) {
+		if strings.Contains(l.Text, ActionTruncated) {
+			t.Fatalf("n2's log took n1's head for its own: %s", l.Text)
+		}
+	}
+}

@@ -34,6 +34,7 @@ type Config struct {
 	Data     Data     `key:"data"`
 	Store    Store    `key:"store"`
 	Etcd     Etcd     `key:"etcd"`
+	Cluster  Cluster  `key:"cluster"`
 	TPM      TPM      `key:"tpm"`
 	Admin    Admin    `key:"admin"`
 	Session  Session  `key:"session"`
@@ -263,6 +264,7 @@ func Defaults() Config {
 		Data:     Data{Dir: "/var/lib/keywarden"},
 		Store:    Store{Backend: "bbolt"},
 		Etcd:     Etcd{Prefix: "keywarden", DialTimeout: 5 * time.Second, MaxRequestBytes: 1536 << 10},
+		Cluster:  Cluster{PeerListen: "127.0.0.1:2380", ClientListen: "127.0.0.1:2379", StartTimeout: time.Minute},
 		TPM:      TPM{Path: "/dev/tpmrm0"},
 		Session:  Session{TTL: 10 * time.Minute, MaxTTL: time.Hour},
 		Limits:   Limits{MaxBodyBytes: 64 << 10, RatePerSecond: 50, RateBurst: 100, UserDeletesPerMinute: 60},
@@ -329,6 +331,7 @@ func (c *Config) resolve() {
 	if c.Audit.Dir == "" && c.Data.Dir != "" {
 		c.Audit.Dir = filepath.Join(c.Data.Dir, "audit")
 	}
+	c.Cluster.resolve()
 	for i, p := range c.Firebase.ProjectIDs {
 		c.Firebase.ProjectIDs[i] = strings.TrimSpace(p)
 	}

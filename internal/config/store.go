@@ -1,7 +1,9 @@
 package config
 
 import (
+	"net"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -10,8 +12,10 @@ import (
 
 // Store selects the store backend.
 type Store struct {
-	// Backend is "bbolt" (one file under data.dir; the default) or "etcd"
-	// (an etcd cluster: see the etcd section).
+	// Backend is "bbolt" (one file under data.dir; the default), "etcd"
+	// (an external etcd cluster: see the etcd section) or "embedded" (an
+	// etcd member in this process, data under data.dir/etcd: see the
+	// cluster section).
 	Backend string `key:"backend"`
 }
 
@@ -40,9 +44,9 @@ type Etcd struct {
 
 func (s Store) validate() (p problems) {
 	switch s.Backend {
-	case "bbolt", "etcd":
+	case "bbolt", "etcd", "embedded":
 	default:
-		p.add("store.backend", "must be bbolt or etcd")
+		p.add("store.backend", "must be bbolt, etcd or embedded")
 	}
 	return p
 }
@@ -87,6 +91,67 @@ func (e Etcd) validate(backend string) (p problems) {
 	}
 	if e.MaxRequestBytes < 64<<10 {
 		p.add("etcd.max_request_bytes", "must be at least 65536 (etcd's default is 1572864)")
+	}
+	return p
+}
+
+// Cluster configures this node's embedded etcd member (store.backend:
+// embedded). Its peers and its own client speak mutual TLS with
+// certificates of the cluster CA every member derives from the root key.
+type Cluster struct {
+	// Name is this node's member name (default: the host name); unique
+	// in the cluster.
+	Name string `key:"name"`
+	// PeerListen is host:port the member listens on for its peers.
+	PeerListen string `key:"peer_listen"`
+	// PeerAdvertise is the URL peers reach this member at (default
+	// https://<peer_listen>); its host goes into the node certificate.
+	PeerAdvertise string `key:"peer_advertise"`
+	// ClientListen is host:port of the member's client listener, which
+	// only this node's own store client uses (keep it on loopback).
+	ClientListen string `key:"client_listen"`
+	// StartTimeout bounds the wait for the member to be ready (a joined
+	// node catching up, a cluster electing its leader).
+	StartTimeout time.Duration `key:"start_timeout"`
+}
+
+// resolve fills the defaults derived from other fields.
+func (c *Cluster) resolve() {
+	if c.Name == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.Name = h
+		}
+	}
+	if c.PeerAdvertise == "" && c.PeerListen != "" {
+		c.PeerAdvertise = "https://" + c.PeerListen
+	}
+}
+
+// validate checks the cluster section when the backend is embedded.
+func (c Cluster) validate(backend string) (p problems) {
+	if backend != "embedded" {
+		return nil
+	}
+	if c.Name == "" || strings.ContainsAny(c.Name, "=,/ \t\n\x00") || len(c.Name) > 63 {
+		p.add("cluster.name", "must be 1 to 63 characters without '=', ',', '/' or spaces (default: the host name)")
+	}
+	for _, f := range [][2]string{{"cluster.peer_listen", c.PeerListen}, {"cluster.client_listen", c.ClientListen}} {
+		if _, port, err := net.SplitHostPort(f[1]); err != nil || port == "" || port == "0" {
+			p.add(f[0], "must be host:port (e.g. 127.0.0.1:2380)")
+		}
+	}
+	if u, err := url.Parse(c.PeerAdvertise); err != nil || u.Scheme != "https" || u.Hostname() == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
+		p.add("cluster.peer_advertise", "must be https://host:port (peers speak mutual TLS); default https://<cluster.peer_listen>")
+	} else if ip := net.ParseIP(u.Hostname()); ip != nil && ip.IsUnspecified() {
+		p.add("cluster.peer_advertise", "must name a host peers can reach, not %s (set it when cluster.peer_listen is a wildcard address)", u.Hostname())
+	}
+	if host, _, err := net.SplitHostPort(c.ClientListen); err == nil {
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			p.add("cluster.client_listen", "must be a loopback address: only this node's own store client uses it")
+		}
+	}
+	if c.StartTimeout <= 0 {
+		p.add("cluster.start_timeout", "must be positive")
 	}
 	return p
 }

@@ -69,3 +69,40 @@ func TestEtcdValidationNamesTheField(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterSection: store.backend embedded takes the cluster section's
+// defaults (name = host name, peer 127.0.0.1:2380 advertised over https,
+// client 127.0.0.1:2379), file and environment override them, and every
+// refusal names its field.
+func TestClusterSection(t *testing.T) {
+	host, _ := os.Hostname()
+	c, err := Load(prodBase(), "", []string{"KEYWARDEN_STORE_BACKEND=embedded"})
+	if err != nil || c.Cluster.Name != host || c.Cluster.PeerListen != "127.0.0.1:2380" || c.Cluster.PeerAdvertise != "https://127.0.0.1:2380" || c.Cluster.ClientListen != "127.0.0.1:2379" {
+		t.Fatalf("defaults: %+v %v", c.Cluster, err)
+	}
+	c, err = Load(prodBase(), "", []string{"KEYWARDEN_STORE_BACKEND=embedded", "KEYWARDEN_CLUSTER_NAME=n2", "KEYWARDEN_CLUSTER_PEER_LISTEN=0.0.0.0:2390", "KEYWARDEN_CLUSTER_PEER_ADVERTISE=https://10.0.0.2:2390"})
+	if err != nil || c.Cluster.Name != "n2" || c.Cluster.PeerAdvertise != "https://10.0.0.2:2390" {
+		t.Fatalf("env: %+v %v", c.Cluster, err)
+	}
+	// The section is not checked unless the backend is embedded.
+	if _, err := Load(prodBase(), "", []string{"KEYWARDEN_CLUSTER_CLIENT_LISTEN=10.0.0.1:2379"}); err != nil {
+		t.Fatalf("cluster section with bbolt: %v", err)
+	}
+	emb := func(env ...string) []string { return append([]string{"KEYWARDEN_STORE_BACKEND=embedded"}, env...) }
+	for _, tc := range []struct {
+		want string
+		env  []string
+	}{
+		{"cluster.name", emb("KEYWARDEN_CLUSTER_NAME=a=b")},
+		{"cluster.peer_listen", emb("KEYWARDEN_CLUSTER_PEER_LISTEN=2380", "KEYWARDEN_CLUSTER_PEER_ADVERTISE=https://h:2380")},
+		{"cluster.peer_advertise", emb("KEYWARDEN_CLUSTER_PEER_ADVERTISE=http://10.0.0.1:2380")},
+		{"cluster.peer_advertise", emb("KEYWARDEN_CLUSTER_PEER_LISTEN=0.0.0.0:2380")},
+		{"cluster.client_listen", emb("KEYWARDEN_CLUSTER_CLIENT_LISTEN=10.0.0.1:2379")},
+		{"cluster.start_timeout", emb("KEYWARDEN_CLUSTER_START_TIMEOUT=0s")},
+	} {
+		_, err := Load(prodBase(), "", tc.env)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: want an error naming %s, got %v", tc.env, tc.want, err)
+		}
+	}
+}

@@ -24,7 +24,7 @@ func (c *Config) Validate() error {
 		c.Listen.validate(c.Dev), c.Data.validate(), c.TPM.validate(c.Dev), c.Admin.validate(c.Dev),
 		c.Session.validate(), c.Limits.validate(), c.Vault.validate(), c.Portal.validate(),
 		c.Recovery.validate(), c.Audit.validate(), c.Log.validate(), c.Keys.validate(), c.Rollback.validate(), c.PIN.validate(),
-		c.Store.validate(), c.Etcd.validate(c.Store.Backend),
+		c.Store.validate(), c.Etcd.validate(c.Store.Backend), c.Cluster.validate(c.Store.Backend),
 	)
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %w", errors.Join(errs...))

@@ -133,6 +133,10 @@ type Options struct {
 	MaxRequestBytes int
 	// Logger is the etcd client's logger; nil logs nothing.
 	Logger *zap.Logger
+	// Observe, when set, is told how long each View and each Update
+	// (with its conflict retries) took, with op "view" or "update" and
+	// whether it failed (for the appliance's latency histogram).
+	Observe func(op string, d time.Duration, failed bool)
 }
 
 // Store is a store backend over etcd. Its methods are safe for concurrent use.
@@ -147,6 +151,7 @@ type Store struct {
 	buckets   sync.Map     // bucket name → struct{}: seen committed (buckets are never removed)
 
 	conflicts atomic.Uint64
+	observe   func(op string, d time.Duration, failed bool)
 }
 
 // Open connects to etcd and checks that a linearizable read succeeds
@@ -189,7 +194,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: %w", err)
 	}
-	s := &Store{cli: cli, prefix: prefix + "/", fence: prefix + "/.txn", maxReq: opts.MaxRequestBytes, txTimeout: opts.TxTimeout}
+	s := &Store{cli: cli, prefix: prefix + "/", fence: prefix + "/.txn", maxReq: opts.MaxRequestBytes, txTimeout: opts.TxTimeout, observe: opts.Observe}
 	cctx, cancel := context.WithTimeout(ctx, opts.DialTimeout)
 	defer cancel()
 	resp, err := cli.Get(cctx, s.prefix+".restoring")
@@ -237,7 +242,10 @@ func (s *Store) Client() *clientv3.Client { return s.cli }
 func (s *Store) Conflicts() uint64 { return s.conflicts.Load() }
 
 // View runs fn against the records as of one linearizable revision.
-func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) error {
+func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) (err error) {
+	if s.observe != nil {
+		defer s.timed("view", time.Now(), &err)
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -253,7 +261,10 @@ func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) error 
 // fn again when another transaction committed since fn's snapshot. It
 // returns after the transaction committed (etcd acknowledges a write once
 // a quorum has it in its log), or with fn's error and nothing written.
-func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) error {
+func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) (err error) {
+	if s.observe != nil {
+		defer s.timed("update", time.Now(), &err)
+	}
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -281,6 +292,11 @@ func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) erro
 			}
 		}
 	}
+}
+
+// timed reports one View or Update to Options.Observe.
+func (s *Store) timed(op string, start time.Time, err *error) {
+	s.observe(op, time.Since(start), *err != nil)
 }
 
 // attempt runs fn once and tries to commit; false: a conflict.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -283,4 +284,38 @@ func TestUnavailableIsClassified(t *testing.T) {
 	if !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("View without a quorum: %v, want store.ErrUnavailable", err)
 	}
+}
+
+// TestObserve: Options.Observe hears of every View and Update, with its
+// op and whether it failed (the appliance's etcd latency histogram).
+func TestObserve(t *testing.T) {
+	c := etcddev.Embedded(t)
+	var mu sync.Mutex
+	seen := map[string]int{}
+	s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: c.Endpoints(), Prefix: "kw-obs", Observe: func(op string, d time.Duration, failed bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[fmt.Sprintf("%s/%v", op, failed)]++
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	update(t, s, func(tx store.BackendTx) error { return tx.CreateBucket(bk) })
+	if err := s.View(context.Background(), func(tx store.BackendTx) error { _, err := tx.Get(bk, []byte("k")); return ignoreNotFound(err) }); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.View(context.Background(), func(store.BackendTx) error { return errors.New("boom") })
+	mu.Lock()
+	defer mu.Unlock()
+	if seen["update/false"] != 1 || seen["view/false"] != 1 || seen["view/true"] != 1 {
+		t.Fatalf("observed: %v", seen)
+	}
+}
+
+func ignoreNotFound(err error) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	return err
 }
