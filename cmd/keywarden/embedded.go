@@ -77,6 +77,13 @@ func (a *appliance) startEmbedded(ctx context.Context) error {
 	if st.Name != a.cfg.Cluster.Name {
 		a.log.Warn("cluster.name differs from the name this node has in its cluster; keeping the cluster's", "cluster_name", st.Name, "configured", a.cfg.Cluster.Name)
 	}
+	// Every member of an embedded cluster keeps its own rollback record
+	// under its member name (decisions/45); rollback.node, when set,
+	// must be that name.
+	if a.cfg.Rollback.Node != "" && a.cfg.Rollback.Node != st.Name {
+		return fmt.Errorf("rollback.node %q differs from this node's member name %q: leave rollback.node empty on store.backend embedded (the member name is used)", a.cfg.Rollback.Node, st.Name)
+	}
+	a.cfg.Rollback.Node = st.Name
 
 	m, err := startNodeMember(ctx, a.cfg, st, root, a.log)
 	if err != nil {
