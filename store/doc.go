@@ -56,7 +56,12 @@
 //	jobs/                                       background jobs with their progress (v2)
 //	│   "custodian_rewrap" 0x00 job id → job JSON
 //	blocked/                                    Firebase subjects blocked by an operator (v2)
-//	    owner                      → time of the block (RFC 3339)
+//	│   owner                      → time of the block (RFC 3339)
+//	cluster_joins/                              attested cluster joins, shared by every member (v3; package cluster/join)
+//	    "n" 0x00 hex(nonce)        → nonce JSON: expiry (single use: deleted when a request spends it)
+//	    "r" 0x00 request id        → request JSON: EK and AK public, quote, name, peer URLs, state,
+//	                                 SHA-256 of the poll secret, and once approved the answer
+//	                                 (credential to the joiner's EK and AK, root key under AES-GCM: ciphertext only)
 //
 // A migration (schema.go) moves the schema one version up and runs at
 // open; it is written against [BackendTx] (CreateBucket, and data changes

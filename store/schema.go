@@ -20,6 +20,7 @@ const (
 	BucketClientShares Bucket = "client_shares"
 	BucketJobs         Bucket = "jobs"
 	BucketBlocked      Bucket = "blocked"
+	BucketClusterJoins Bucket = "cluster_joins"
 )
 
 // A migration moves the schema from version i to i+1 (its index + 1).
@@ -35,6 +36,7 @@ type migration struct {
 var migrations = []migration{
 	{name: "v1: meta, keys, key_versions, users", creates: []Bucket{BucketMeta, BucketKeys, BucketKeyVersions, BucketUsers}},
 	{name: "v2: credentials, custodian, client_shares, jobs, blocked", creates: []Bucket{BucketCredentials, BucketCustodian, BucketClientShares, BucketJobs, BucketBlocked}},
+	{name: "v3: cluster_joins", creates: []Bucket{BucketClusterJoins}},
 }
 
 // SchemaVersion is the schema this build writes.
