@@ -155,6 +155,7 @@ func TestMigrations(t *testing.T) {
 	want := map[int][]Bucket{
 		1: {BucketMeta, BucketKeys, BucketKeyVersions, BucketUsers},
 		2: {BucketCredentials, BucketCustodian, BucketClientShares, BucketJobs, BucketBlocked},
+		3: {BucketClusterJoins},
 	}
 	if len(want) != len(migrations) {
 		t.Fatalf("test covers %d migrations, there are %d", len(want), len(migrations))
