@@ -47,6 +47,9 @@ type Config struct {
 	Recovery Recovery `key:"recovery"`
 	Rollback Rollback `key:"rollback"`
 	Log      Log      `key:"log"`
+
+	// ClusterJoin is the cluster section's join settings (cluster.join_policy).
+	ClusterJoin ClusterJoin `key:"cluster"`
 }
 
 // Rollback configures the TPM rollback counter and the store generation it follows.
