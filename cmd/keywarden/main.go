@@ -8,7 +8,7 @@
 //	keywarden status                   the running server's readiness with details (admin API)
 //	keywarden audit verify [-dir DIR]
 //	keywarden admin-key hash           read a key on stdin, print its configured form
-//	keywarden recover | reseal | recovery | rollback | attest   see `keywarden help`
+//	keywarden recover | reseal | recovery | rollback | attest | cluster   see `keywarden help`
 //	keywarden version
 //
 // Every setting also comes from the environment (KEYWARDEN_…); see README.md.
@@ -69,6 +69,7 @@ func commands() []command {
 		{names: []string{"reseal"}, help: "seal the root key again to other PCRs (before a firmware update)", run: cmdReseal},
 		{names: []string{"recovery"}, help: "status | reshare: the recovery shares of the root key", run: cmdRecovery},
 		{names: []string{"rollback"}, help: "accept: start from a deliberately restored older store (audited)", run: cmdRollback},
+		{names: []string{"cluster"}, help: "join URL | joins | approve ID | refuse ID: the attested cluster join", run: cmdCluster},
 		{names: []string{"attest"}, help: "verify | policy | ak-name: check a running appliance with TPM attestation", run: cmdAttest},
 		{names: []string{"version", "-version", "--version"}, help: "print the version", run: cmdVersion},
 		{names: []string{"help", "-h", "--help"}, run: cmdHelp},

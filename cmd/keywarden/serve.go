@@ -203,6 +203,7 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 		wirePasskey,
 		wirePortal, // after custodian and passkeys: it serves over both
 		wirePprof,
+		wireClusterJoins, // on a cluster member only
 	} {
 		if err := wire(ctx, a, &opts); err != nil {
 			return nil, nil, err
