@@ -5,9 +5,14 @@ package join_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,7 +100,7 @@ type fixture struct {
 
 // newFixture is one approving member: a real embedded etcd member (the
 // shared store lives in it, as on a cluster), a root key, a real audit log.
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T, opts ...func(*join.Options)) *fixture {
 	t.Helper()
 	c := etcddev.Embedded(t)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second})
@@ -122,7 +127,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = f.log.Close(context.Background()) })
-	f.svc, err = join.New(join.Options{
+	o := join.Options{
 		DB: db, Audit: f.log, Root: root, Member: f.member,
 		Policy: func(context.Context) (*attest.Policy, error) {
 			if f.policy == nil {
@@ -131,7 +136,11 @@ func newFixture(t *testing.T) *fixture {
 			return f.policy, nil
 		},
 		Clock: func() time.Time { return f.now },
-	})
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	f.svc, err = join.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -642,4 +651,102 @@ func marshalPKIX(t *testing.T, k any) []byte {
 		t.Fatal(err)
 	}
 	return der
+}
+
+// testCA is a TPM maker's root that certifies EKs.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC), NotAfter: time.Date(2040, 1, 1, 0, 0, 0, 0, time.UTC),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return &testCA{cert: c, key: key}
+}
+
+func (ca *testCA) pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.cert)
+	return p
+}
+
+func (ca *testCA) ekCert(t *testing.T, ek any) []byte {
+	t.Helper()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "EK"},
+		NotBefore: time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC), NotAfter: time.Date(2040, 1, 1, 0, 0, 0, 0, time.UTC),
+		KeyUsage: x509.KeyUsageKeyEncipherment,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, ek, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// TestEKCertificateRequiredWithRoots: with TPM makers' roots configured, a
+// request must carry a certificate of its EK from one of them: none, one
+// from another CA, or one for another key is refused.
+func TestEKCertificateRequiredWithRoots(t *testing.T) {
+	maker, other := newTestCA(t, "TPM Maker Root"), newTestCA(t, "Someone Else")
+	f := newFixture(t, func(o *join.Options) { o.EKRoots = maker.pool() })
+	tpm := openSim(t)
+	ctx := context.Background()
+	f.policy = policyOf(t, tpm)
+	ek, err := attest.ReadEKPublic(ctx, tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := f.svc.IssueNonce(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, ak, err := join.Prepare(ctx, tpm, n, "n2", []string{"https://n2.example:2380"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ak.Close()
+
+	_, err = f.svc.Submit(ctx, req, "")
+	wantCode(t, err, "join_evidence_invalid")
+	if !strings.Contains(err.Error(), "no_ek_certificate") {
+		t.Fatalf("%v", err)
+	}
+	req.EKCertificate = other.ekCert(t, ek)
+	_, err = f.svc.Submit(ctx, req, "")
+	wantCode(t, err, "join_evidence_invalid")
+	if !strings.Contains(err.Error(), "ek_untrusted") {
+		t.Fatalf("%v", err)
+	}
+	stranger, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	req.EKCertificate = maker.ekCert(t, &stranger.PublicKey)
+	_, err = f.svc.Submit(ctx, req, "")
+	wantCode(t, err, "join_request_invalid")
+
+	req.EKCertificate = maker.ekCert(t, ek)
+	sub, err := f.svc.Submit(ctx, req, "")
+	if err != nil {
+		t.Fatalf("a certified EK: %v", err)
+	}
+	p, err := f.svc.Approve(ctx, sub.ID, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(p.EKCertificate, "TPM Maker Root") {
+		t.Fatalf("the operator is not shown the EK certificate: %+v", p)
+	}
 }

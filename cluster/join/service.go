@@ -56,6 +56,11 @@ type Options struct {
 	// PCRs is the selection sent with nonces (the policy's PCRs, else
 	// tpm.pcrs); empty: [DefaultPCRs].
 	PCRs []int
+	// EKRoots, when set, are the TPM makers' root certificates
+	// (cluster.join_ek_roots): a request must then carry an EK certificate
+	// for its EK that chains to one of them. Nil: the EK is identified by
+	// its fingerprint only, which the operator compares out of band.
+	EKRoots *x509.CertPool
 	// Clock is the time source; nil: time.Now.
 	Clock func() time.Time
 	// Rand is the randomness source; nil: crypto/rand.
@@ -342,10 +347,18 @@ func (s *Service) verify(req *Request, policy *attest.Policy) (*attest.Facts, er
 		}
 		policy = p
 	}
-	facts, err := attest.Verify(req.Evidence, attest.VerifyOptions{
+	ev := *req.Evidence
+	// The EK certificate that counts is the one for the request's EK
+	// (Submit checked that it certifies ekPublic), not any the evidence lists.
+	ev.EKCertificates = nil
+	if len(req.EKCertificate) > 0 {
+		ev.EKCertificates = [][]byte{req.EKCertificate}
+	}
+	facts, err := attest.Verify(&ev, attest.VerifyOptions{
 		Nonce:    req.Nonce,
 		BoundKey: Binding(req.EKPublic, req.Name, req.PeerURLs),
 		Policy:   policy,
+		EKRoots:  s.o.EKRoots,
 		Now:      s.o.Clock(),
 	})
 	if err != nil {
@@ -571,7 +584,7 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 	release := func() {
 		_, _ = s.transition(context.WithoutCancel(ctx), id, func(r *record) error { r.Approving = time.Time{}; return nil })
 	}
-	req := &Request{Nonce: rec.Nonce, Name: rec.Name, PeerURLs: rec.PeerURLs, EKPublic: rec.EKPublic, Evidence: rec.Evidence}
+	req := &Request{Nonce: rec.Nonce, Name: rec.Name, PeerURLs: rec.PeerURLs, EKPublic: rec.EKPublic, EKCertificate: rec.EKCertificate, Evidence: rec.Evidence}
 	if _, err := s.verify(req, policy); err != nil {
 		reason := "pcr_policy"
 		if ve, ok := errors.Unwrap(err).(*attest.VerifyError); ok {

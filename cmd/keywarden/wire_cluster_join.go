@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 
@@ -31,7 +33,11 @@ func wireClusterJoins(ctx context.Context, a *appliance, opts *server.Options) e
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	jo := join.Options{DB: a.db, Audit: a.audit, Root: a.root, Member: m, PCRs: pcrs}
+	roots, err := joinEKRoots(a.cfg)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	jo := join.Options{DB: a.db, Audit: a.audit, Root: a.root, Member: m, PCRs: pcrs, EKRoots: roots}
 	switch {
 	case policy != nil:
 		jo.Policy = func(context.Context) (*attest.Policy, error) { return policy, nil }
@@ -75,9 +81,28 @@ func joinPolicy(cfg config.Config) (*attest.Policy, []int, error) {
 	return p, p.Indices(), nil
 }
 
+// joinEKRoots reads cluster.join_ek_roots (nil when unset).
+func joinEKRoots(cfg config.Config) (*x509.CertPool, error) {
+	if cfg.ClusterJoin.JoinEKRoots == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(cfg.ClusterJoin.JoinEKRoots)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.join_ek_roots: %w", err)
+	}
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(b) {
+		return nil, errors.New("cluster.join_ek_roots: no PEM certificate in the file")
+	}
+	return p, nil
+}
+
 // checkJoinPolicy is `config check`'s (and every command's) check of
-// cluster.join_policy.
+// cluster.join_policy and cluster.join_ek_roots.
 func checkJoinPolicy(cfg config.Config) error {
-	_, _, err := joinPolicy(cfg)
+	if _, _, err := joinPolicy(cfg); err != nil {
+		return err
+	}
+	_, err := joinEKRoots(cfg)
 	return err
 }

@@ -11,4 +11,9 @@ type ClusterJoin struct {
 	// PCR values are the policy. cmd/keywarden parses it at start and in
 	// `config check`, naming cluster.join_policy when it does not parse.
 	JoinPolicy string `key:"join_policy"`
+	// JoinEKRoots is a PEM file of TPM makers' root (and intermediate)
+	// certificates. When set, a joining node must present a certificate of
+	// its endorsement key that chains to one of them; when unset, its EK
+	// is known by the fingerprint the operator compares at approval.
+	JoinEKRoots string `key:"join_ek_roots"`
 }
