@@ -1,4 +1,4 @@
-// Package join is the attested cluster join (decisions/28, decisions/42): the
+// Package join is the attested cluster join (decisions/28, decisions/43): the
 // protocol and its cryptography, with no HTTP (server/clusterapi serves it,
 // cmd/keywarden's `cluster join|approve|refuse` drive it).
 //

@@ -23,7 +23,7 @@ var applianceMember = func(*appliance) cluster.Member { return nil }
 
 // wireClusterJoins serves the attested cluster join (opts.ClusterJoins) on
 // a node that is a cluster member: any member issues nonces, takes join
-// requests and approves them (decisions/42).
+// requests and approves them (decisions/43).
 func wireClusterJoins(ctx context.Context, a *appliance, opts *server.Options) error {
 	m := applianceMember(a)
 	if m == nil {
