@@ -750,3 +750,56 @@ func TestEKCertificateRequiredWithRoots(t *testing.T) {
 		t.Fatalf("the operator is not shown the EK certificate: %+v", p)
 	}
 }
+
+// TestNoAnswerWithoutAuditLine: when the approval cannot be audited, the
+// joiner gets no answer (fail closed): the request stays pending.
+func TestNoAnswerWithoutAuditLine(t *testing.T) {
+	f := newFixture(t)
+	tpm := openSim(t)
+	ctx := context.Background()
+	f.policy = policyOf(t, tpm)
+	_, ak, sub := f.submit(t, tpm, "n2")
+	_ = ak.Close()
+	if err := f.log.Close(ctx); err != nil { // the audit disk is gone
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Approve(ctx, sub.ID, "admin:test"); !errors.Is(err, audit.ErrClosed) {
+		t.Fatalf("approve without an audit log: %v", err)
+	}
+	st, err := f.svc.Poll(ctx, sub.ID, sub.PollSecret)
+	if err != nil || st.State != join.StatePending || st.Answer != nil {
+		t.Fatalf("an approval that was not audited was served: %+v %v", st, err)
+	}
+}
+
+// TestNoPendingRequestWithoutAuditLine: a request whose arrival cannot be
+// audited is not left for an operator to approve.
+func TestNoPendingRequestWithoutAuditLine(t *testing.T) {
+	f := newFixture(t)
+	tpm := openSim(t)
+	ctx := context.Background()
+	n, err := f.svc.IssueNonce(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, ak, err := join.Prepare(ctx, tpm, n, "n2", []string{"https://n2.example:2380"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = ak.Close()
+	if err := f.log.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Submit(ctx, req, ""); !errors.Is(err, audit.ErrClosed) {
+		t.Fatalf("submit without an audit log: %v", err)
+	}
+	list, err := f.svc.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range list {
+		if p.State == join.StatePending {
+			t.Fatalf("an unaudited request waits for approval: %+v", p)
+		}
+	}
+}

@@ -296,6 +296,13 @@ func (s *Service) Submit(ctx context.Context, req *Request, remote string) (*Sub
 		Action: ActionRequested, Outcome: audit.OutcomeSuccess, Remote: remote, RequestID: audit.RequestIDFrom(ctx),
 		Fields: map[string]string{"join_id": id, "name": req.Name, "ak_name": rec.AKName, "ek_fingerprint": fp, "ek_certificate": certText},
 	}); err != nil {
+		// No operator may approve what the log does not show.
+		if _, terr := s.transition(context.WithoutCancel(ctx), id, func(r *record) error {
+			r.State, r.Reason = StateRefused, "audit_unavailable"
+			return nil
+		}); terr != nil {
+			return nil, errors.Join(err, terr)
+		}
 		return nil, err
 	}
 	return &Submitted{ID: id, PollSecret: secretHex, AKName: rec.AKName, EKFingerprint: fp, Expires: rec.Expires}, nil
@@ -644,14 +651,8 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 		return nil, err
 	}
 	ans := &Answer{ClusterID: clusterID, MemberID: memberID, InitialCluster: initial, Credential: ch, Nonce: nonce, Ciphertext: ct}
-	rec, err = s.transition(context.WithoutCancel(ctx), id, func(r *record) error {
-		r.Approving, r.State, r.Answer = time.Time{}, StateApproved, ans
-		r.Expires = s.o.Clock().Add(RequestTTL).UTC()
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
+	// The line is durable before the answer can be fetched: an approval
+	// that cannot be audited sends nothing.
 	if err := s.o.Audit.Record(ctx, audit.Event{
 		Action: ActionApproved, Outcome: audit.OutcomeSuccess, Actor: actor, RequestID: audit.RequestIDFrom(ctx),
 		Fields: map[string]string{
@@ -659,6 +660,15 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 			"member_id": strconv.FormatUint(memberID, 16), "cluster_id": strconv.FormatUint(clusterID, 16),
 		},
 	}); err != nil {
+		release()
+		return nil, err
+	}
+	rec, err = s.transition(context.WithoutCancel(ctx), id, func(r *record) error {
+		r.Approving, r.State, r.Answer = time.Time{}, StateApproved, ans
+		r.Expires = s.o.Clock().Add(RequestTTL).UTC()
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	p := rec.view(s.o.Clock())
