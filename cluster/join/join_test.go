@@ -803,3 +803,47 @@ func TestNoPendingRequestWithoutAuditLine(t *testing.T) {
 		}
 	}
 }
+
+// TestTwoMembersApproveAtOnce: two members approving the same request at
+// the same moment add one learner and send one answer; the other is told
+// the request is not pending.
+func TestTwoMembersApproveAtOnce(t *testing.T) {
+	f := newFixture(t)
+	tpm := openSim(t)
+	ctx := context.Background()
+	f.policy = policyOf(t, tpm)
+	root2, err := enclave.NewRoot(secret.CopyBytes(f.rootKey.Reveal()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root2.Close()
+	second, err := join.New(join.Options{DB: f.db, Audit: f.log, Root: root2, Member: f.member,
+		Policy: func(context.Context) (*attest.Policy, error) { return f.policy, nil }, Clock: func() time.Time { return f.now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ak, sub := f.submit(t, tpm, "n2")
+	_ = ak.Close()
+	errs := make(chan error, 2)
+	for _, s := range []*join.Service{f.svc, second} {
+		go func() { _, err := s.Approve(ctx, sub.ID, "admin:test"); errs <- err }()
+	}
+	var ok, busy int
+	for range 2 {
+		err := <-errs
+		switch e, _ := apierr.As(err); {
+		case err == nil:
+			ok++
+		case e != nil && e.Code == "join_not_pending":
+			busy++
+		default:
+			t.Fatalf("approve: %v", err)
+		}
+	}
+	if ok != 1 || busy != 1 {
+		t.Fatalf("%d approvals went through, %d were turned away", ok, busy)
+	}
+	if l := f.member.learners(t); len(l) != 1 {
+		t.Fatalf("learners %v", l)
+	}
+}
