@@ -71,6 +71,10 @@ type Options struct {
 // (a member that died while approving leaves its claim behind).
 const approvingClaim = 2 * time.Minute
 
+// addLearnerTimeout bounds the cluster's answer to a member addition
+// (well inside approvingClaim).
+const addLearnerTimeout = 30 * time.Second
+
 // Service is the member's side of the join.
 type Service struct {
 	o Options
@@ -638,7 +642,9 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 		release()
 		return nil, err
 	}
-	memberID, initial, err := s.o.Member.AddLearner(ctx, rec.Name, rec.PeerURLs)
+	actx, cancel := context.WithTimeout(ctx, addLearnerTimeout)
+	memberID, initial, err := s.o.Member.AddLearner(actx, rec.Name, rec.PeerURLs)
+	cancel()
 	if err != nil {
 		release()
 		return nil, ErrMemberAdd.Wrap(err)
