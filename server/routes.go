@@ -126,6 +126,19 @@ type ClusterHandler interface {
 	RemoveMember(echo.Context) error
 }
 
+// ClusterJoinsHandler serves the attested cluster join
+// (server/clusterapi.Joins): the joiner's routes on the admin listener
+// without the admin key, the operator's under /v1/admin.
+type ClusterJoinsHandler interface {
+	Nonce(echo.Context) error
+	Submit(echo.Context) error
+	Poll(echo.Context) error
+	List(echo.Context) error
+	Get(echo.Context) error
+	Approve(echo.Context) error
+	Refuse(echo.Context) error
+}
+
 // PprofHandler serves Go's profiler (dev builds only: cmd/keywarden's
 // wire_pprof.go, so release builds do not contain net/http/pprof).
 type PprofHandler interface {

@@ -14,7 +14,7 @@ import (
 func (s *Server) AdminRoutes() []Route {
 	const a = "/v1/admin"
 	u := mw(s.unsealed)
-	cs, cu := s.opts.ClientShares, s.opts.Custodian
+	cs, cu, cj := s.opts.ClientShares, s.opts.Custodian, s.opts.ClusterJoins
 	var cmw []echo.MiddlewareFunc
 	if cu != nil {
 		cmw = mw(s.unsealed, cu.Configured)
@@ -91,6 +91,17 @@ func (s *Server) AdminRoutes() []Route {
 		// The embedded etcd cluster's members (server/clusterapi).
 		{Method: http.MethodGet, Path: a + "/cluster", Handler: bind(s.opts.Cluster, ClusterHandler.Status)},
 		{Method: http.MethodDelete, Path: a + "/cluster/members/:id", Handler: bind(s.opts.Cluster, ClusterHandler.RemoveMember)},
+		// Attested cluster join (server/clusterapi/joins.go). The joiner's
+		// routes take no admin key (a joining node has none): the nonce and
+		// the pending requests are bounded, the poll answers only the holder
+		// of the request's poll secret.
+		{Method: http.MethodPost, Path: "/v1/cluster/joins/nonce", Handler: bind(cj, ClusterJoinsHandler.Nonce), Middleware: mw(noStore, s.unsealed), Plain: true},
+		{Method: http.MethodPost, Path: "/v1/cluster/joins", Handler: bind(cj, ClusterJoinsHandler.Submit), Middleware: mw(noStore, s.unsealed), Plain: true},
+		{Method: http.MethodGet, Path: "/v1/cluster/joins/:id", Handler: bind(cj, ClusterJoinsHandler.Poll), Middleware: mw(noStore, s.unsealed), Plain: true},
+		{Method: http.MethodGet, Path: a + "/cluster/joins", Handler: bind(cj, ClusterJoinsHandler.List), Middleware: u},
+		{Method: http.MethodGet, Path: a + "/cluster/joins/:id", Handler: bind(cj, ClusterJoinsHandler.Get), Middleware: u},
+		{Method: http.MethodPost, Path: a + "/cluster/joins/:id/approve", Handler: bind(cj, ClusterJoinsHandler.Approve), Middleware: u},
+		{Method: http.MethodPost, Path: a + "/cluster/joins/:id/refuse", Handler: bind(cj, ClusterJoinsHandler.Refuse), Middleware: u},
 
 		// Go's profiler (dev mode only).
 		{Method: http.MethodGet, Path: a + "/debug/pprof/profile", Handler: bind(s.opts.Pprof, PprofHandler.Profile)},

@@ -122,6 +122,9 @@ type Options struct {
 	// Rollback is told before a backup streams (BeforeBackup); nil when
 	// there is no counter.
 	Rollback Rollback
+	// ClusterJoins serves the attested cluster join (server/clusterapi);
+	// nil: off (the node is not a cluster member).
+	ClusterJoins ClusterJoinsHandler
 	// SealedReason explains why Custody is nil (shown in /readyz).
 	SealedReason string
 	Clock        func() time.Time

@@ -64,6 +64,11 @@
 //	    "r" 0x00 owner             → registration: OPRF key, unlock tag, guess limit and count (kind "pin_registration")
 //	    "p" 0x00 owner 0x00 id     → pending registration: its OPRF key, expiry (kind "pin_pending")
 //	    "v" 0x00 owner 0x00 id     → open recovery: registration id, recipient key, expiry (kind "pin_recovery")
+//	cluster_joins/                              attested cluster joins, shared by every member (v4; package cluster/join)
+//	    "n" 0x00 hex(nonce)        → nonce JSON: expiry (single use: deleted when a request spends it)
+//	    "r" 0x00 request id        → request JSON: EK and AK public, quote, name, peer URLs, state,
+//	                                 SHA-256 of the poll secret, and once approved the answer
+//	                                 (credential to the joiner's EK and AK, root key under AES-GCM: ciphertext only)
 //
 // A migration (schema.go) moves the schema one version up and runs at
 // open; it is written against [BackendTx] (CreateBucket, and data changes

@@ -21,6 +21,7 @@ const (
 	BucketJobs         Bucket = "jobs"
 	BucketBlocked      Bucket = "blocked"
 	BucketPIN          Bucket = "pin"
+	BucketClusterJoins Bucket = "cluster_joins"
 )
 
 // A migration moves the schema from version i to i+1 (its index + 1).
@@ -37,6 +38,7 @@ var migrations = []migration{
 	{name: "v1: meta, keys, key_versions, users", creates: []Bucket{BucketMeta, BucketKeys, BucketKeyVersions, BucketUsers}},
 	{name: "v2: credentials, custodian, client_shares, jobs, blocked", creates: []Bucket{BucketCredentials, BucketCustodian, BucketClientShares, BucketJobs, BucketBlocked}},
 	{name: "v3: pin", creates: []Bucket{BucketPIN}},
+	{name: "v4: cluster_joins", creates: []Bucket{BucketClusterJoins}},
 }
 
 // SchemaVersion is the schema this build writes.

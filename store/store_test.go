@@ -156,6 +156,7 @@ func TestMigrations(t *testing.T) {
 		1: {BucketMeta, BucketKeys, BucketKeyVersions, BucketUsers},
 		2: {BucketCredentials, BucketCustodian, BucketClientShares, BucketJobs, BucketBlocked},
 		3: {BucketPIN},
+		4: {BucketClusterJoins},
 	}
 	if len(want) != len(migrations) {
 		t.Fatalf("test covers %d migrations, there are %d", len(want), len(migrations))

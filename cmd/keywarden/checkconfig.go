@@ -49,7 +49,7 @@ func loadConfig(args []string, dev bool, extra ...func(*flag.FlagSet)) (config.C
 // Validate: one rule per setting, the service's. Errors name the setting.
 func checkServices(cfg config.Config) error {
 	var errs []error
-	for _, check := range []func(config.Config) error{checkDev, checkStore, checkPasskey, checkFirebase, checkVault, checkPortal} {
+	for _, check := range []func(config.Config) error{checkDev, checkStore, checkPasskey, checkFirebase, checkVault, checkPortal, checkJoinPolicy} {
 		if err := check(cfg); err != nil {
 			errs = append(errs, err)
 		}

@@ -20,9 +20,14 @@ import (
 	"github.com/keywarden/keywarden/cluster"
 )
 
+// cmdCluster is `keywarden cluster …`: init, status and remove here, the
+// attested join's join, joins, approve and refuse in cluster_join.go.
 func cmdCluster(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return usageError("cluster: want `cluster init`, `cluster status` or `cluster remove NAME|ID`")
+		return usageError("cluster: want `cluster init`, `cluster status`, `cluster remove NAME|ID`, `cluster join URL`, `cluster joins`, `cluster approve ID` or `cluster refuse ID`")
+	}
+	if ok, err := clusterJoinCommand(ctx, args); ok {
+		return err
 	}
 	switch args[0] {
 	case "init":

@@ -9,7 +9,7 @@
 //	keywarden status                   the running server's readiness with details (admin API)
 //	keywarden audit verify [-dir DIR]
 //	keywarden admin-key hash           read a key on stdin, print its configured form
-//	keywarden recover | reseal | recovery | rollback | attest   see `keywarden help`
+//	keywarden recover | reseal | recovery | rollback | attest | cluster   see `keywarden help`
 //	keywarden version
 //
 // Every setting also comes from the environment (KEYWARDEN_…); see README.md.
@@ -60,7 +60,7 @@ func commands() []command {
 		{names: []string{"serve"}, help: "run the appliance (-config FILE)", run: cmdServe},
 		{names: []string{"dev"}, help: "run on embedded defaults with a simulated TPM (insecure; for trying it out)", run: cmdDev},
 		{names: []string{"init"}, help: "create the root key and seal it to the TPM (-config FILE)", run: cmdInit},
-		{names: []string{"cluster"}, help: "init | status | remove NAME|ID: the embedded etcd cluster (store.backend: embedded)", run: cmdCluster},
+		{names: []string{"cluster"}, help: "init | status | remove NAME|ID | join URL | joins | approve ID | refuse ID: the embedded etcd cluster (store.backend: embedded) and its attested join", run: cmdCluster},
 		{names: []string{"config"}, help: "load and validate the configuration, print it with secrets redacted", run: cmdConfig},
 		{names: []string{"backup"}, help: "write a consistent copy of the live store (-out FILE; asks the running server)", run: cmdBackup},
 		{names: []string{"status"}, help: "the running server's readiness with every check's detail (admin API)", run: cmdStatus},

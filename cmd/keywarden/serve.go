@@ -219,7 +219,8 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 		wirePortal, // after custodian and passkeys: it serves over both
 		wirePIN,    // after Firebase and the rollback counter
 		wirePprof,
-		wireCluster, // the embedded backend's member routes
+		wireCluster,      // the embedded backend's member routes
+		wireClusterJoins, // on a cluster member only
 	} {
 		if err := wire(ctx, a, &opts); err != nil {
 			return nil, nil, err

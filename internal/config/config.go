@@ -49,6 +49,9 @@ type Config struct {
 	Rollback Rollback `key:"rollback"`
 	PIN      PIN      `key:"pin"`
 	Log      Log      `key:"log"`
+
+	// ClusterJoin is the cluster section's join settings (cluster.join_policy).
+	ClusterJoin ClusterJoin `key:"cluster"`
 }
 
 // PIN configures PIN release with a guess limit (/v1/pin, server/pin).
