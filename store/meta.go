@@ -46,6 +46,9 @@ var metaKeys = []MetaKey{
 	MetaLastBackup, MetaHeartbeat, MetaCustodianPriorsSealed, MetaClientSharesPriorsSealed,
 }
 
+// MetaKeys returns every meta key, in the order of their declaration.
+func MetaKeys() []MetaKey { return append([]MetaKey(nil), metaKeys...) }
+
 // Key is the key's bytes in BucketMeta.
 func (k MetaKey) Key() []byte { return []byte(k) }
 
