@@ -39,9 +39,8 @@ func etcdOptions(cfg config.Config) (etcdstore.Options, error) {
 // the bbolt file data.db, or the etcd cluster of the etcd section (with
 // its mTLS files, under its prefix). The opts are the façade's; Timeout
 // (the file lock) is bbolt's only. Every command that reads or writes the
-// live store goes through here; the commands that work on a bbolt file
-// itself (a backup file, recover's staged copy) refuse etcd with
-// refuseEtcd.
+// live store goes through here; recover (recover_target.go) and store
+// migrate (migrate.go) open their stores themselves.
 func openStoreDB(ctx context.Context, cfg config.Config, opts store.Options) (*store.DB, error) {
 	if cfg.Store.Backend != "etcd" {
 		return store.Open(cfg.Data.DB, opts)
@@ -60,13 +59,4 @@ func openStoreDB(ctx context.Context, cfg config.Config, opts store.Options) (*s
 		return nil, fmt.Errorf("store (etcd, prefix %q): %w", b.Prefix(), err)
 	}
 	return db, nil
-}
-
-// refuseEtcd is the error of a command that works on a bbolt file and has
-// no etcd counterpart yet.
-func refuseEtcd(cfg config.Config, command, instead string) error {
-	if cfg.Store.Backend != "etcd" {
-		return nil
-	}
-	return fmt.Errorf("%s works on a bbolt store file and is not supported with store.backend: etcd yet; %s", command, instead)
 }
