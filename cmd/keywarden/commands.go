@@ -126,11 +126,18 @@ func cmdBackup(ctx context.Context, args []string) error {
 	verify := fs.String("verify", "", "check a backup FILE instead: its root key unseals on this TPM and every key record opens")
 	cfgPath := fs.String("config", os.Getenv("KEYWARDEN_CONFIG"), "configuration file (for -verify: the TPM)")
 	dev := fs.Bool("dev", false, "with -verify: use dev mode's simulated TPM")
+	etcdSnap := fs.String("etcd-snapshot", "", "write etcd's own snapshot of a member to FILE instead (a server on etcd; for `etcdutl snapshot restore` of the whole cluster)")
 	if err := fs.Parse(args); err != nil {
 		return usageError(err.Error())
 	}
 	if *verify != "" {
 		return verifyBackup(ctx, *verify, *cfgPath, *dev)
+	}
+	if *etcdSnap != "" {
+		if *out != "" {
+			return usageError("backup: -out and -etcd-snapshot are two different backups; ask for one at a time")
+		}
+		return downloadEtcdSnapshot(ctx, api, *etcdSnap)
 	}
 	if *out == "" {
 		return usageError("backup: -out FILE is required")

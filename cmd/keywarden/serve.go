@@ -203,6 +203,7 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 		wirePasskey,
 		wirePortal, // after custodian and passkeys: it serves over both
 		wirePprof,
+		wireEtcd, // etcd backend only: its metrics, status sampler and maintenance snapshot
 	} {
 		if err := wire(ctx, a, &opts); err != nil {
 			return nil, nil, err

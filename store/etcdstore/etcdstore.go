@@ -146,7 +146,9 @@ type Store struct {
 	mu        sync.RWMutex // held for reading by transactions, for writing by Close
 	buckets   sync.Map     // bucket name → struct{}: seen committed (buckets are never removed)
 
-	conflicts atomic.Uint64
+	conflicts   atomic.Uint64
+	unavailable atomic.Uint64
+	observer    atomic.Pointer[Observer]
 }
 
 // Open connects to etcd and checks that a linearizable read succeeds
@@ -237,7 +239,7 @@ func (s *Store) Client() *clientv3.Client { return s.cli }
 func (s *Store) Conflicts() uint64 { return s.conflicts.Load() }
 
 // View runs fn against the records as of one linearizable revision.
-func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) error {
+func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -246,6 +248,8 @@ func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) error 
 		return err
 	}
 	defer leave()
+	start := time.Now()
+	defer func() { s.observe("view", start, err) }()
 	return fn(&Tx{s: s, ctx: ctx})
 }
 
@@ -253,7 +257,9 @@ func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) error 
 // fn again when another transaction committed since fn's snapshot. It
 // returns after the transaction committed (etcd acknowledges a write once
 // a quorum has it in its log), or with fn's error and nothing written.
-func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) error {
+func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) (err error) {
+	start := time.Now()
+	defer func() { s.observe("update", start, err) }()
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return err
