@@ -66,7 +66,16 @@ type etcdWatch struct {
 
 	mu     sync.Mutex
 	leader uint64 // the last leader seen (0: none yet)
+
+	checkMu   sync.Mutex // readiness: at most one sample per etcdCheckEvery
+	checked   time.Time
+	checkErr  error
+	checkedCS etcdstore.ClusterStatus
 }
+
+// etcdCheckEvery bounds how often readiness probes (several load
+// balancers, each every second) sample the cluster.
+const etcdCheckEvery = time.Second
 
 func newEtcdWatch(m *metrics.Metrics, s *etcdstore.Store, log *slog.Logger) *etcdWatch {
 	w := &etcdWatch{
@@ -137,7 +146,13 @@ func (w *etcdWatch) run(ctx context.Context, every time.Duration) {
 // check samples for readiness: degraded while no leader is known or an
 // endpoint does not answer.
 func (w *etcdWatch) check(ctx context.Context) error {
-	cs, err := w.sample(ctx)
+	w.checkMu.Lock()
+	if time.Since(w.checked) >= etcdCheckEvery {
+		w.checkedCS, w.checkErr = w.sample(ctx)
+		w.checked = time.Now()
+	}
+	cs, err := w.checkedCS, w.checkErr
+	w.checkMu.Unlock()
 	if err != nil {
 		return err
 	}
