@@ -82,8 +82,8 @@ func cmdStoreMigrate(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if src.Store.Backend == f.to {
-		return fmt.Errorf("store migrate: the configured store is already on %s (store.backend); -to names the other backend", f.to)
+	if storeOnEtcd(src) == (f.to == "etcd") {
+		return fmt.Errorf("store migrate: the configured store is already on %s (store.backend: %s); -to names the other backend", f.to, src.Store.Backend)
 	}
 	dst := src
 	if f.destConfig != "" {
@@ -147,7 +147,7 @@ const etcdBatchOps = 100
 // migrateTxTimeout.
 func openMigrateDB(ctx context.Context, cfg config.Config, readOnly bool) (*store.DB, error) {
 	opts := store.Options{ReadOnly: readOnly, Timeout: 2 * time.Second}
-	if cfg.Store.Backend != "etcd" {
+	if !storeOnEtcd(cfg) {
 		if readOnly {
 			if _, err := os.Stat(cfg.Data.DB); err != nil {
 				return nil, fmt.Errorf("store: %w", err)
@@ -172,10 +172,14 @@ func openMigrateDB(ctx context.Context, cfg config.Config, readOnly bool) (*stor
 	return db, nil
 }
 
+// storeOnEtcd reports whether cfg's store is in etcd (the one place
+// migrate and recover decide it).
+func storeOnEtcd(cfg config.Config) bool { return cfg.Store.Backend == "etcd" }
+
 // storeName names a store for messages: its file, or its etcd endpoints
 // and prefix.
 func storeName(cfg config.Config) string {
-	if cfg.Store.Backend == "etcd" {
+	if storeOnEtcd(cfg) {
 		return fmt.Sprintf("etcd %s prefix %q", strings.Join(cfg.Etcd.Endpoints, ","), cfg.Etcd.Prefix)
 	}
 	return cfg.Data.DB

@@ -54,7 +54,7 @@ func openRecoverTarget(ctx context.Context, cfg config.Config, backup string, fo
 	if err != nil {
 		return nil, fmt.Errorf("recover: the backup: %w", err)
 	}
-	onEtcd := cfg.Store.Backend == "etcd"
+	onEtcd := storeOnEtcd(cfg)
 	if !etcdstore.IsDump(head) {
 		if onEtcd {
 			return nil, fmt.Errorf("recover: %s is a bbolt store file, which restores into a bbolt store only: recover with store.backend: bbolt, then move the store with `keywarden store migrate -to etcd`", backup)
