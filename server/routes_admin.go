@@ -38,6 +38,7 @@ func (s *Server) AdminRoutes() []Route {
 
 		// Backup and import.
 		{Method: http.MethodGet, Path: a + "/backup", Handler: s.backup},
+		{Method: http.MethodGet, Path: a + "/backup/etcd-snapshot", Handler: bind(s.opts.EtcdSnapshot, s.etcdSnapshot)},
 		{Method: http.MethodPost, Path: a + "/keys/import", Handler: s.importKeys, Middleware: u},
 
 		// Firebase: block list and users (:subject is the owner

@@ -119,6 +119,9 @@ type Options struct {
 	Pprof    PprofHandler
 	Users    []UserData
 	Degraded []Check
+	// EtcdSnapshot serves GET /v1/admin/backup/etcd-snapshot (etcd's own
+	// snapshot of a member); nil: off (the store is not on etcd).
+	EtcdSnapshot EtcdSnapshotter
 	// Rollback is told before a backup streams (BeforeBackup); nil when
 	// there is no counter.
 	Rollback Rollback

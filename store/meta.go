@@ -69,6 +69,9 @@ func RollbackNodeKey(node string) MetaKey { return MetaRollbackNode + "\x00" + M
 // every node has its own audit log).
 func (k MetaKey) ForNode(node string) MetaKey { return MetaKey(string(k) + "@" + node) }
 
+// MetaKeys returns every meta key, in the order of their declaration.
+func MetaKeys() []MetaKey { return append([]MetaKey(nil), metaKeys...) }
+
 // Key is the key's bytes in BucketMeta.
 func (k MetaKey) Key() []byte { return []byte(k) }
 

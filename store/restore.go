@@ -72,6 +72,27 @@ func StageRestore(backupPath, dbPath string, opts RestoreOptions) (*Restore, err
 	return r, nil
 }
 
+// StageNew is [StageRestore] for a store to be built rather than copied
+// (recover from an etcd dump: the records are copied into a new bbolt
+// file): Path names no file yet; open it as a new store, fill it, close
+// it, then Commit. The same refusal of an existing store applies.
+func StageNew(dbPath string, opts RestoreOptions) (*Restore, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if _, err := os.Stat(dbPath); err == nil && !opts.Replace {
+		return nil, fmt.Errorf("%w: %s", ErrStoreExists, dbPath)
+	}
+	if err := os.MkdirAll(filepath.Dir(dbPath), 0o700); err != nil {
+		return nil, fmt.Errorf("store: restore: %w", err)
+	}
+	r := &Restore{Path: dbPath + ".recover-tmp", target: dbPath, opts: opts}
+	if err := os.Remove(r.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("store: restore: %w", err)
+	}
+	return r, nil
+}
+
 // Commit puts the staged copy in the store's place. An existing store is
 // first renamed to <db>.replaced-<time> (returned as kept; "" when there
 // was none); if the copy then cannot take its place, the old store is put

@@ -108,6 +108,11 @@ func New(b Backend, opts Options) (*DB, error) {
 	return db, nil
 }
 
+// Backend is the backend under the façade (for what only one backend
+// offers: etcd's cluster status and maintenance snapshot). Write through
+// the façade, never through it.
+func (db *DB) Backend() Backend { return db.b }
+
 // Path is the file's path ("" for a backend that is not a file).
 func (db *DB) Path() string { return db.path }
 

@@ -93,7 +93,7 @@ func cmdClusterInit(ctx context.Context, args []string) error {
 		return fmt.Errorf("cluster init: %w", err)
 	}
 	defer m.Close()
-	db, err := openMemberStore(ctx, cfg, m, nil)
+	db, err := openMemberStore(ctx, cfg, m)
 	if err != nil {
 		return fmt.Errorf("cluster init: %w", err)
 	}

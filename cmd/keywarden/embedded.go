@@ -14,15 +14,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keywarden/keywarden/cluster"
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/config"
-	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/clusterapi"
@@ -104,9 +101,8 @@ func (a *appliance) startEmbedded(ctx context.Context) error {
 		}
 	}
 	a.log.Info("embedded etcd member running", "name", st.Name, "member_id", cluster.ID(st.MemberID).String(), "cluster_id", cluster.ID(st.ClusterID).String(), "peer", a.cfg.Cluster.PeerAdvertise)
-	registerMemberMetrics(a.metrics, m)
 
-	db, err := openMemberStore(ctx, a.cfg, m, etcdObserver(a.metrics))
+	db, err := openMemberStore(ctx, a.cfg, m)
 	if err != nil {
 		return err
 	}
@@ -178,10 +174,10 @@ func startNodeMember(ctx context.Context, cfg config.Config, st *cluster.State, 
 
 // openMemberStore opens the store façade over the etcd backend on the
 // member's own client URL (mutual TLS with the node certificate).
-func openMemberStore(ctx context.Context, cfg config.Config, m *cluster.Embedded, observe func(string, time.Duration, bool)) (*store.DB, error) {
+func openMemberStore(ctx context.Context, cfg config.Config, m *cluster.Embedded) (*store.DB, error) {
 	b, err := etcdstore.Open(ctx, etcdstore.Options{
 		Endpoints: []string{m.ClientURL()}, TLS: m.ClientTLS(), Prefix: embeddedPrefix,
-		DialTimeout: cfg.Etcd.DialTimeout, Observe: observe,
+		DialTimeout: cfg.Etcd.DialTimeout,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store (embedded etcd member %s): %w", m.ClientURL(), err)
@@ -194,35 +190,6 @@ func openMemberStore(ctx context.Context, cfg config.Config, m *cluster.Embedded
 	return db, nil
 }
 
-// etcdObserver registers keywarden_etcd_request_duration_seconds (op is
-// "view" or "update", never anything a client sends) and returns the
-// etcd backend's observer that feeds it.
-func etcdObserver(m *metrics.Metrics) func(string, time.Duration, bool) {
-	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "keywarden_etcd_request_duration_seconds",
-		Help:    "Duration of the store's etcd transactions (op: view or update, with conflict retries; outcome: ok or error).",
-		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-	}, []string{"op", "outcome"})
-	m.Registry.MustRegister(h)
-	return func(op string, d time.Duration, failed bool) {
-		outcome := "ok"
-		if failed {
-			outcome = "error"
-		}
-		h.WithLabelValues(op, outcome).Observe(d.Seconds())
-	}
-}
-
-// registerMemberMetrics adds the embedded member's gauges.
-func registerMemberMetrics(m *metrics.Metrics, e *cluster.Embedded) {
-	m.GaugeFunc("keywarden_etcd_has_leader", "1 while this node's etcd member knows a leader (its cluster has a quorum).", func() float64 {
-		if e.HasLeader() {
-			return 1
-		}
-		return 0
-	})
-	m.CounterFunc("keywarden_etcd_leader_changes_total", "Leader changes this node's etcd member has seen.", func() float64 { return float64(e.LeaderChanges()) })
-}
 
 // wireCluster adds the member routes (GET /v1/admin/cluster, DELETE
 // /v1/admin/cluster/members/:id) on the embedded backend.

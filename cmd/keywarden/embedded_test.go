@@ -164,7 +164,7 @@ func TestDevOnEmbedded(t *testing.T) {
 	}
 	m, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"keywarden_etcd_has_leader 1", "keywarden_etcd_leader_changes_total", `keywarden_etcd_request_duration_seconds_count{op="update",outcome="ok"}`} {
+	for _, want := range []string{"keywarden_etcd_has_leader 1", "keywarden_etcd_leader_changes_total", `keywarden_etcd_txn_duration_seconds_count{op="update"}`} {
 		if !bytes.Contains(m, []byte(want)) {
 			t.Errorf("metrics lack %q", want)
 		}

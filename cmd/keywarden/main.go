@@ -6,6 +6,7 @@
 //	keywarden cluster init|status|remove   the embedded etcd cluster (store.backend: embedded)
 //	keywarden config check [-config FILE]
 //	keywarden backup  -out FILE        consistent copy of the live store (through the running server's admin API)
+//	keywarden store migrate -to etcd|bbolt   copy the store into the other backend (offline), count and hash both sides
 //	keywarden status                   the running server's readiness with details (admin API)
 //	keywarden audit verify [-dir DIR]
 //	keywarden admin-key hash           read a key on stdin, print its configured form
@@ -63,6 +64,7 @@ func commands() []command {
 		{names: []string{"cluster"}, help: "init | status | remove NAME|ID | join URL | joins | approve ID | refuse ID: the embedded etcd cluster (store.backend: embedded) and its attested join", run: cmdCluster},
 		{names: []string{"config"}, help: "load and validate the configuration, print it with secrets redacted", run: cmdConfig},
 		{names: []string{"backup"}, help: "write a consistent copy of the live store (-out FILE; asks the running server)", run: cmdBackup},
+		{names: []string{"store"}, help: "migrate -to etcd|bbolt: copy the store into the other backend and verify it (offline)", run: cmdStore},
 		{names: []string{"status"}, help: "the running server's readiness with every check's detail (admin API)", run: cmdStatus},
 		{names: []string{"keys"}, help: "versions | restore OWNER METHOD [ID]: prior versions of any owner's key (admin API)", run: cmdKeys},
 		{names: []string{"audit"}, help: "check the audit log's hash chain and anchors", run: cmdAudit},
@@ -101,6 +103,8 @@ func usageName(name string) string {
 		return "admin-key hash"
 	case "cluster":
 		return "cluster …"
+	case "store":
+		return "store migrate"
 	}
 	return name
 }

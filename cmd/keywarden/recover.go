@@ -2,6 +2,11 @@ package main
 
 // keywarden recover -backup FILE -identity KEYFILE… [-share FILE…] [-force] [-pcrs LIST] [-accept-rollback]
 //
+// FILE is a backup from `keywarden backup`: a bbolt store file (a node on
+// bbolt) or an etcd dump (a node on etcd). A bbolt file restores into the
+// bbolt store of data.dir; an etcd dump into either backend (store.backend
+// says which): a bbolt file, or an empty etcd prefix.
+//
 // rebuilds the root key from T recovery shares and a backup on a new host
 // (cmdRecover lists its steps). It also takes -config FILE, and -dev to run
 // on dev mode's embedded defaults (simulated TPM), and works on the store
@@ -41,7 +46,8 @@ const (
 // cmdRecover rebuilds the root key from T shares and a backup on a new
 // host: the backup becomes the store and the root key is sealed to this
 // host's TPM. In this order: stage a copy of the backup next to the store
-// → open the copy → combine the shares → check the key against the
+// (openRecoverTarget: a bbolt backup or an etcd dump into a bbolt file, or
+// an etcd dump into an empty etcd prefix) → open the copy → combine the shares → check the key against the
 // backup's record → open the TPM → seal the key to it → rollback check →
 // a new attestation key → forget the old host's audit head (when this
 // host's log does not hold it) → the audit lines → the copy takes the
@@ -56,27 +62,20 @@ func cmdRecover(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := refuseEtcd(cfg, "recover", "recover a bbolt node, then move its store into etcd when `keywarden store migrate` lands"); err != nil {
-		return err
-	}
 	pcrs, err := f.sealPCRs(cfg)
 	if err != nil {
 		return err
 	}
-	staged, err := stageBackup(f.backup, cfg.Data.DB, f.force)
-	if err != nil {
-		return err
-	}
-	defer staged.Abort()
 	ids, err := readIdentities(f.identities)
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
-	db, err := store.Open(staged.Path, store.Options{})
+	target, err := openRecoverTarget(ctx, cfg, f.backup, f.force)
 	if err != nil {
-		return fmt.Errorf("recover: the backup does not open: %w", err)
+		return err
 	}
-	defer db.Close()
+	defer target.abort()
+	db := target.db
 	key, used, err := combineShares(ctx, db, f.shares, ids)
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
@@ -114,10 +113,7 @@ func cmdRecover(ctx context.Context, args []string) error {
 	if err := operatorAudit(ctx, cfg, root, evs...); err != nil {
 		return fmt.Errorf("recover: %w (nothing was replaced)", err)
 	}
-	if err := db.Close(); err != nil {
-		return err
-	}
-	kept, err := staged.Commit()
+	kept, err := target.commit()
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
@@ -125,7 +121,7 @@ func cmdRecover(ctx context.Context, args []string) error {
 		fmt.Fprintf(os.Stderr, "recover: the previous store is kept as %s\n", kept)
 	}
 	fmt.Fprintf(os.Stderr, "recovered: root key %s rebuilt from shares %s, sealed to %s (PCRs %v); store at %s; rollback counter: %s\n",
-		root.RootID(), used, cfg.TPM.Path, pcrs, cfg.Data.DB, rst.Detail)
+		root.RootID(), used, cfg.TPM.Path, pcrs, target.where, rst.Detail)
 	fmt.Fprintln(os.Stderr, "next: make a new attestation key on this TPM, and check `keywarden recovery status`")
 	warnNoPCRPolicy(cfg, pcrs)
 	return nil

@@ -186,12 +186,18 @@ func makeOldHost(t *testing.T, tpm transport.TPM, cfg config.Config, dir string,
 // checkKeysRelease opens the store at cfg on tpm and reads every key.
 func checkKeysRelease(t *testing.T, tpm transport.TPM, cfg config.Config, h *oldHost) {
 	t.Helper()
-	ctx := context.Background()
 	db, err := store.Open(cfg.Data.DB, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
+	checkKeysInDB(t, tpm, db, h)
+}
+
+// checkKeysInDB unseals the root key of db on tpm and reads every key.
+func checkKeysInDB(t *testing.T, tpm transport.TPM, db *store.DB, h *oldHost) {
+	t.Helper()
+	ctx := context.Background()
 	root, err := enclave.Unseal(ctx, tpm, db)
 	if err != nil {
 		t.Fatalf("the recovered store does not unseal on the new TPM: %v", err)

@@ -221,6 +221,7 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 		wirePprof,
 		wireCluster,      // the embedded backend's member routes
 		wireClusterJoins, // on a cluster member only
+		wireEtcd, // etcd backend only: its metrics, status sampler and maintenance snapshot
 	} {
 		if err := wire(ctx, a, &opts); err != nil {
 			return nil, nil, err
@@ -257,11 +258,7 @@ func (a *appliance) openTPM(ctx context.Context) error {
 // openStore opens the configured store backend (openStoreDB): the bbolt
 // file, or the etcd cluster.
 func (a *appliance) openStore(ctx context.Context) error {
-	var observe func(string, time.Duration, bool)
-	if a.cfg.Store.Backend == "etcd" {
-		observe = etcdObserver(a.metrics)
-	}
-	db, err := openStoreDBObserved(ctx, a.cfg, store.Options{}, observe)
+	db, err := openStoreDB(ctx, a.cfg, store.Options{})
 	if err != nil {
 		return err
 	}

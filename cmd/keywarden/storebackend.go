@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/store"
@@ -41,16 +40,9 @@ func etcdOptions(cfg config.Config) (etcdstore.Options, error) {
 // the bbolt file data.db, or the etcd cluster of the etcd section (with
 // its mTLS files, under its prefix). The opts are the façade's; Timeout
 // (the file lock) is bbolt's only. Every command that reads or writes the
-// live store goes through here; the commands that work on a bbolt file
-// itself (a backup file, recover's staged copy) refuse etcd with
-// refuseEtcd.
+// live store goes through here; recover (recover_target.go) and store
+// migrate (migrate.go) open their stores themselves.
 func openStoreDB(ctx context.Context, cfg config.Config, opts store.Options) (*store.DB, error) {
-	return openStoreDBObserved(ctx, cfg, opts, nil)
-}
-
-// openStoreDBObserved is openStoreDB with the etcd backend's latency
-// observer (etcdstore.Options.Observe; the serving appliance's metrics).
-func openStoreDBObserved(ctx context.Context, cfg config.Config, opts store.Options, observe func(string, time.Duration, bool)) (*store.DB, error) {
 	switch cfg.Store.Backend {
 	case "etcd":
 	case "embedded":
@@ -62,7 +54,6 @@ func openStoreDBObserved(ctx context.Context, cfg config.Config, opts store.Opti
 	if err != nil {
 		return nil, err
 	}
-	eopts.Observe = observe
 	b, err := etcdstore.Open(ctx, eopts)
 	if err != nil {
 		return nil, fmt.Errorf("store (etcd %s): %w", strings.Join(eopts.Endpoints, ","), err)
@@ -80,12 +71,3 @@ func openStoreDBObserved(ctx context.Context, cfg config.Config, opts store.Opti
 // unsealed root key for the cluster's certificates); the commands that
 // open the store while the server is stopped do not run there yet.
 var errEmbeddedOffline = errors.New("with store.backend: embedded the store is this node's etcd member, which only `keywarden serve` (or `keywarden cluster init`) starts; this command does not run on the embedded backend yet")
-
-// refuseEtcd is the error of a command that works on a bbolt file and has
-// no etcd counterpart yet.
-func refuseEtcd(cfg config.Config, command, instead string) error {
-	if cfg.Store.Backend == "bbolt" || cfg.Store.Backend == "" {
-		return nil
-	}
-	return fmt.Errorf("%s works on a bbolt store file and is not supported with store.backend: %s yet; %s", command, cfg.Store.Backend, instead)
-}

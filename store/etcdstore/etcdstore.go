@@ -133,10 +133,6 @@ type Options struct {
 	MaxRequestBytes int
 	// Logger is the etcd client's logger; nil logs nothing.
 	Logger *zap.Logger
-	// Observe, when set, is told how long each View and each Update
-	// (with its conflict retries) took, with op "view" or "update" and
-	// whether it failed (for the appliance's latency histogram).
-	Observe func(op string, d time.Duration, failed bool)
 }
 
 // Store is a store backend over etcd. Its methods are safe for concurrent use.
@@ -150,8 +146,9 @@ type Store struct {
 	mu        sync.RWMutex // held for reading by transactions, for writing by Close
 	buckets   sync.Map     // bucket name → struct{}: seen committed (buckets are never removed)
 
-	conflicts atomic.Uint64
-	observe   func(op string, d time.Duration, failed bool)
+	conflicts   atomic.Uint64
+	unavailable atomic.Uint64
+	observer    atomic.Pointer[Observer]
 }
 
 // Open connects to etcd and checks that a linearizable read succeeds
@@ -194,7 +191,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: %w", err)
 	}
-	s := &Store{cli: cli, prefix: prefix + "/", fence: prefix + "/.txn", maxReq: opts.MaxRequestBytes, txTimeout: opts.TxTimeout, observe: opts.Observe}
+	s := &Store{cli: cli, prefix: prefix + "/", fence: prefix + "/.txn", maxReq: opts.MaxRequestBytes, txTimeout: opts.TxTimeout}
 	cctx, cancel := context.WithTimeout(ctx, opts.DialTimeout)
 	defer cancel()
 	resp, err := cli.Get(cctx, s.prefix+".restoring")
@@ -243,9 +240,6 @@ func (s *Store) Conflicts() uint64 { return s.conflicts.Load() }
 
 // View runs fn against the records as of one linearizable revision.
 func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) (err error) {
-	if s.observe != nil {
-		defer s.timed("view", time.Now(), &err)
-	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -254,6 +248,8 @@ func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) (err e
 		return err
 	}
 	defer leave()
+	start := time.Now()
+	defer func() { s.observe("view", start, err) }()
 	return fn(&Tx{s: s, ctx: ctx})
 }
 
@@ -262,9 +258,8 @@ func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) (err e
 // returns after the transaction committed (etcd acknowledges a write once
 // a quorum has it in its log), or with fn's error and nothing written.
 func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) (err error) {
-	if s.observe != nil {
-		defer s.timed("update", time.Now(), &err)
-	}
+	start := time.Now()
+	defer func() { s.observe("update", start, err) }()
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -292,11 +287,6 @@ func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) (err
 			}
 		}
 	}
-}
-
-// timed reports one View or Update to Options.Observe.
-func (s *Store) timed(op string, start time.Time, err *error) {
-	s.observe(op, time.Since(start), *err != nil)
 }
 
 // attempt runs fn once and tries to commit; false: a conflict.

@@ -286,21 +286,23 @@ func TestUnavailableIsClassified(t *testing.T) {
 	}
 }
 
-// TestObserve: Options.Observe hears of every View and Update, with its
-// op and whether it failed (the appliance's etcd latency histogram).
+// TestObserve: the observer (SetObserver) hears of every View and Update,
+// with its op and whether it failed (the appliance's etcd latency
+// histogram).
 func TestObserve(t *testing.T) {
 	c := etcddev.Embedded(t)
 	var mu sync.Mutex
 	seen := map[string]int{}
-	s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: c.Endpoints(), Prefix: "kw-obs", Observe: func(op string, d time.Duration, failed bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		seen[fmt.Sprintf("%s/%v", op, failed)]++
-	}})
+	s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: c.Endpoints(), Prefix: "kw-obs"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	s.SetObserver(func(op string, d time.Duration, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[fmt.Sprintf("%s/%v", op, err != nil)]++
+	})
 	update(t, s, func(tx store.BackendTx) error { return tx.CreateBucket(bk) })
 	if err := s.View(context.Background(), func(tx store.BackendTx) error { _, err := tx.Get(bk, []byte("k")); return ignoreNotFound(err) }); err != nil {
 		t.Fatal(err)
