@@ -129,22 +129,28 @@ func CreateClientKey(ctx context.Context, tpm transport.TPM) (*ClientKeyBlob, er
 	return &ClientKeyBlob{Public: bytes.Clone(rsp.OutPublic.Bytes()), Private: bytes.Clone(rsp.OutPrivate.Buffer)}, nil
 }
 
-// ClientKey is a client key loaded in the TPM; it is a [crypto.Signer]
-// whose Sign runs TPM2_Sign. It holds one transient handle until Close, and
-// serialises its TPM commands.
+// ClientKey is a client key usable in the TPM; it is a [crypto.Signer]
+// whose Sign runs TPM2_Sign. It holds no TPM handle between commands: the
+// key is kept as a saved context and loaded for each signature
+// (TPM2_ContextLoad, TPM2_Sign, TPM2_FlushContext), so it does not take one
+// of the TPM's few object slots from the attestation key and the other
+// resident keys. Signatures are rare: one per TLS connection to Vault. Its
+// TPM commands are serialised.
 type ClientKey struct {
 	mu     sync.Mutex
 	tpm    transport.TPM
-	handle tpm2.TPMHandle
+	blob   *ClientKeyBlob
+	saved  *tpm2.TPMSContext // nil: load from the blob again
 	name   tpm2.TPM2BName
 	public []byte
 	key    *ecdsa.PublicKey
 	closed bool
 }
 
-// LoadClientKey loads a stored client key. It fails on any TPM other than
-// the one that made the key (another storage root key cannot decrypt the
-// private area), and refuses a key the TPM names differently from the blob.
+// LoadClientKey loads a stored client key once, to check it. It fails on
+// any TPM other than the one that made the key (another storage root key
+// cannot decrypt the private area), and refuses a key the TPM names
+// differently from the blob.
 func LoadClientKey(ctx context.Context, tpm transport.TPM, blob *ClientKeyBlob) (*ClientKey, error) {
 	if blob == nil {
 		return nil, ErrBadClientKeyBlob
@@ -157,27 +163,52 @@ func LoadClientKey(ctx context.Context, tpm transport.TPM, blob *ClientKeyBlob) 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadClientKeyBlob, err)
 	}
-	srk, err := createSRK(ctx, tpm)
+	k := &ClientKey{tpm: tpm, blob: &ClientKeyBlob{Public: bytes.Clone(blob.Public), Private: bytes.Clone(blob.Private)},
+		name: *want, public: bytes.Clone(blob.Public), key: key}
+	h, err := k.load(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer flush(tpm, srk.ObjectHandle)
+	flush(tpm, h)
+	return k, nil
+}
+
+// load makes the key a transient object and returns its handle; the caller
+// flushes it. It uses the saved context when it still loads (it does not
+// after a TPM reset), else the blob under the storage root key. Call it
+// with k.mu held.
+func (k *ClientKey) load(ctx context.Context) (tpm2.TPMHandle, error) {
+	if k.saved != nil {
+		rsp, err := tpm2.ContextLoad{Context: *k.saved}.Execute(k.tpm)
+		if err == nil {
+			return rsp.LoadedHandle, nil
+		}
+		k.saved = nil
+	}
+	srk, err := createSRK(ctx, k.tpm)
+	if err != nil {
+		return 0, err
+	}
+	defer flush(k.tpm, srk.ObjectHandle)
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return 0, err
 	}
 	rsp, err := tpm2.Load{
 		ParentHandle: tpm2.AuthHandle{Handle: srk.ObjectHandle, Name: srk.Name, Auth: tpm2.PasswordAuth(nil)},
-		InPrivate:    tpm2.TPM2BPrivate{Buffer: blob.Private},
-		InPublic:     tpm2.BytesAs2B[tpm2.TPMTPublic](blob.Public),
-	}.Execute(tpm)
+		InPrivate:    tpm2.TPM2BPrivate{Buffer: k.blob.Private},
+		InPublic:     tpm2.BytesAs2B[tpm2.TPMTPublic](k.blob.Public),
+	}.Execute(k.tpm)
 	if err != nil {
-		return nil, fmt.Errorf("attest: load client key (was it made by another TPM?): %w", err)
+		return 0, fmt.Errorf("attest: load client key (was it made by another TPM?): %w", err)
 	}
-	if !bytes.Equal(rsp.Name.Buffer, want.Buffer) {
-		flush(tpm, rsp.ObjectHandle)
-		return nil, fmt.Errorf("%w: the TPM names the loaded key %x, the blob %x", ErrBadClientKeyBlob, rsp.Name.Buffer, want.Buffer)
+	if !bytes.Equal(rsp.Name.Buffer, k.name.Buffer) {
+		flush(k.tpm, rsp.ObjectHandle)
+		return 0, fmt.Errorf("%w: the TPM names the loaded key %x, the blob %x", ErrBadClientKeyBlob, rsp.Name.Buffer, k.name.Buffer)
 	}
-	return &ClientKey{tpm: tpm, handle: rsp.ObjectHandle, name: rsp.Name, public: bytes.Clone(blob.Public), key: key}, nil
+	if sv, err := (tpm2.ContextSave{SaveHandle: rsp.ObjectHandle}).Execute(k.tpm); err == nil {
+		k.saved = &sv.Context
+	}
+	return rsp.ObjectHandle, nil
 }
 
 // Public returns the key's public half (*ecdsa.PublicKey).
@@ -202,8 +233,13 @@ func (k *ClientKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	if k.closed {
 		return nil, ErrClientKeyClosed
 	}
+	h, err := k.load(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	defer flush(k.tpm, h)
 	rsp, err := tpm2.Sign{
-		KeyHandle: tpm2.AuthHandle{Handle: k.handle, Name: k.name, Auth: tpm2.PasswordAuth(nil)},
+		KeyHandle: tpm2.AuthHandle{Handle: h, Name: k.name, Auth: tpm2.PasswordAuth(nil)},
 		Digest:    tpm2.TPM2BDigest{Buffer: digest},
 		InScheme: tpm2.TPMTSigScheme{
 			Scheme:  tpm2.TPMAlgECDSA,
@@ -223,17 +259,12 @@ func (k *ClientKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	})
 }
 
-// Close flushes the key from the TPM. A second Close does nothing.
+// Close forgets the key's saved context; later signatures fail. It sends
+// no TPM command (no handle is held). A second Close does nothing.
 func (k *ClientKey) Close() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.closed {
-		return nil
-	}
-	k.closed = true
-	if _, err := (tpm2.FlushContext{FlushHandle: k.handle}).Execute(k.tpm); err != nil {
-		return fmt.Errorf("attest: flush client key: %w", err)
-	}
+	k.closed, k.saved = true, nil
 	return nil
 }
 
@@ -261,8 +292,13 @@ func CertifyClientKey(ctx context.Context, ak *AK, key *ClientKey, nonce, spki [
 	if key.closed {
 		return nil, nil, ErrClientKeyClosed
 	}
+	h, err := key.load(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer flush(key.tpm, h)
 	rsp, err := tpm2.Certify{
-		ObjectHandle:   tpm2.AuthHandle{Handle: key.handle, Name: key.name, Auth: tpm2.PasswordAuth(nil)},
+		ObjectHandle:   tpm2.AuthHandle{Handle: h, Name: key.name, Auth: tpm2.PasswordAuth(nil)},
 		SignHandle:     tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
 		QualifyingData: tpm2.TPM2BData{Buffer: ExtraData(nonce, spki)},
 		InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},

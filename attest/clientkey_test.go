@@ -42,11 +42,13 @@ func clientKeySetup(t *testing.T) (tpm transport.TPM, tpmAK *attest.AK, key *att
 		t.Fatalf("LoadClientKey: %v", err)
 	}
 	t.Cleanup(func() { _ = key.Close() })
+	wantTransient(t, tpm, 1, "LoadClientKey") // the AK only: the client key holds no handle
 	nonce := randBytes(t, 32)
 	ev, err = attest.MakeClientKeyEvidence(ctx, tpm, ak, key, attest.ClientKeyEvidenceOptions{CommonName: "node-1", Nonce: nonce, PCRs: clientPCRs})
 	if err != nil {
 		t.Fatalf("MakeClientKeyEvidence: %v", err)
 	}
+	wantTransient(t, tpm, 1, "MakeClientKeyEvidence")
 	values, err := attest.ReadPCRs(ctx, tpm, clientPCRs)
 	if err != nil {
 		t.Fatal(err)

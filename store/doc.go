@@ -34,6 +34,7 @@
 //	│   rollback                   → rollback record: generation, NV index, TPM name, record-digest commitment (JSON, MACed)
 //	│   recovery                   → recovery record: root id, split, threshold, age-encrypted shares (JSON)
 //	│   attest_ak                  → TPM attestation key blob (attest.AKBlob JSON)
+//	│   vault_client_key           → TPM Vault client key blob (attest.ClientKeyBlob)
 //	│   audit_head                 → audit chain head (audit.Checkpoint JSON, MACed)
 //	│   last_backup                → time of the last online backup (RFC 3339)
 //	│   heartbeat                  → readiness write (RFC 3339)

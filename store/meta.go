@@ -25,6 +25,9 @@ const (
 	MetaRecovery MetaKey = "recovery"
 	// MetaAttestAK: the TPM attestation key blob (attest.AKBlob JSON).
 	MetaAttestAK MetaKey = "attest_ak"
+	// MetaVaultClientKey: the TPM-resident Vault client key blob
+	// (attest.ClientKeyBlob, binary), for vault.auth tpm-cert.
+	MetaVaultClientKey MetaKey = "vault_client_key"
 	// MetaAuditHead: the audit chain's recorded head (a Checkpoint JSON
 	// MACed under the root subkey "audit-anchor").
 	MetaAuditHead MetaKey = "audit_head"
@@ -44,6 +47,7 @@ const (
 var metaKeys = []MetaKey{
 	MetaSealedRoot, MetaRollback, MetaRecovery, MetaAttestAK, MetaAuditHead,
 	MetaLastBackup, MetaHeartbeat, MetaCustodianPriorsSealed, MetaClientSharesPriorsSealed,
+	MetaVaultClientKey,
 }
 
 // Key is the key's bytes in BucketMeta.
