@@ -134,6 +134,19 @@ func TestTPMCertAuth(t *testing.T) {
 		t.Fatalf("health: %+v", h)
 	}
 
+	t.Run("a revoked token is replaced by a new TPM login", func(t *testing.T) {
+		first := c.currentToken()
+		time.Sleep(minReloginInterval) // the login at New is recent: wait so a re-login is allowed
+		v.RevokeToken(first)
+		got, err := c.Unwrap(ctx, "user:a", ct)
+		if err != nil {
+			t.Fatalf("after revocation: %v", err)
+		}
+		if string(got.Reveal()) != "share" || c.currentToken() == first {
+			t.Fatal("no new login after revocation")
+		}
+	})
+
 	t.Run("the store's blob on another TPM", func(t *testing.T) {
 		if k, err := attest.LoadClientKey(ctx, tpmB, blobA); err == nil {
 			_ = k.Close()
