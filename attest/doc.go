@@ -57,4 +57,14 @@
 // encrypts a secret to the certified EK for the AK's Name, the appliance
 // answers with [ActivateCredential], [CheckEnrollAnswer] compares, and the
 // verifier pins the AK's Name from then on.
+//
+// # Vault client key
+//
+// [CreateClientKey] makes an unrestricted ECDSA P-256 signing key under the
+// SRK, fixed to the TPM; [LoadClientKey] gives a [ClientKey], a
+// crypto.Signer over TPM2_Sign used as the private key of the appliance's
+// TLS client certificate for Vault (decisions/50). [MakeClientKeyEvidence]
+// writes a certificate request signed by it, TPM2_Certify of it by the AK
+// and a quote binding it; [VerifyClientKey], pure like [Verify], is what a
+// CA runs before issuing the certificate.
 package attest

@@ -44,6 +44,12 @@ func (c *Client) login(ctx context.Context) (*api.Secret, error) {
 				data["name"] = c.opts.Cert.Role
 			}
 			sec, err = c.loginWrite(ctx, "auth/"+c.opts.Cert.Mount+"/login", data)
+		case AuthTPMCert:
+			data := map[string]any{}
+			if c.opts.TPMCert.Role != "" {
+				data["name"] = c.opts.TPMCert.Role
+			}
+			sec, err = c.loginWrite(ctx, "auth/"+c.opts.TPMCert.Mount+"/login", data)
 		}
 		return err
 	})

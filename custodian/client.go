@@ -2,13 +2,17 @@ package custodian
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,6 +143,13 @@ func newAPIClient(o Options) (*api.Client, error) {
 	if err := cfg.ConfigureTLS(tlsCfg); err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
+	if o.Auth == AuthTPMCert {
+		cert, err := tpmClientCertificate(o.TPMCert)
+		if err != nil {
+			return nil, err
+		}
+		tr.TLSClientConfig.Certificates = []tls.Certificate{cert}
+	}
 	vc, err := api.NewClient(cfg)
 	if err != nil {
 		return nil, err
@@ -150,6 +161,48 @@ func newAPIClient(o Options) (*api.Client, error) {
 	}
 	vc.SetHeaders(http.Header{api.RequestHeaderName: []string{"true"}}) // drops VAULT_HEADERS
 	return vc, nil
+}
+
+// tpmClientCertificate pairs the certificate file with the TPM key, after
+// checking that the certificate was issued to that key: a certificate for
+// another key (the store and configuration copied to another machine,
+// whose TPM holds another key) could never complete a handshake, and
+// saying so here is clearer than Vault's TLS alert.
+func tpmClientCertificate(a TPMCertAuth) (tls.Certificate, error) {
+	if a.Key == nil {
+		return tls.Certificate{}, errors.New("tpm-cert: no TPM client key")
+	}
+	raw, err := os.ReadFile(a.CertFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("tls_cert_file: %w", err)
+	}
+	var chain [][]byte
+	for rest := raw; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type == "CERTIFICATE" {
+			chain = append(chain, b.Bytes)
+		}
+	}
+	if len(chain) == 0 {
+		return tls.Certificate{}, fmt.Errorf("tls_cert_file %s: no PEM certificate in it", a.CertFile)
+	}
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("tls_cert_file %s: %w", a.CertFile, err)
+	}
+	pub, ok := a.Key.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(leaf.PublicKey) {
+		return tls.Certificate{}, ErrClientKeyMismatch
+	}
+	return tls.Certificate{
+		Certificate: chain, PrivateKey: a.Key, Leaf: leaf,
+		// The TPM key signs SHA-256 digests with ECDSA P-256 only.
+		SupportedSignatureAlgorithms: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
+	}, nil
 }
 
 // Close stops the background token renewal. Calls after Close fail.

@@ -15,13 +15,22 @@
 // missing and refuses an existing key that is not ([ErrKeyNotDerived]),
 // checking with a probe when the policy cannot read the key.
 //
+// # A login with no secret to copy
+//
+// [AuthTPMCert] logs in with Vault's cert auth method using a TLS client
+// certificate whose private key is a [crypto.Signer] that never leaves the
+// TPM (attest.ClientKey). The options then hold no token, secret id or key
+// file ([Options.Validate] refuses them), and a certificate not issued to
+// the signer's key is refused at [New] ([ErrClientKeyMismatch]), so a copy
+// of the configuration on another machine cannot log in (decisions/50).
+//
 // # Errors
 //
 //   - Vault unreachable, sealed, answering 5xx or 429, too slow, or too many
 //     calls already waiting: 503 vault_unavailable with Retry-After
 //     ([ErrVaultUnavailable]).
 //   - Vault answers 403: 502 vault_forbidden ([ErrVaultForbidden]). With
-//     AppRole or certificate auth the client first logs in again once (a
+//     AppRole, certificate or tpm-cert auth the client first logs in again once (a
 //     revoked or expired token is replaced transparently); with token auth a
 //     revoked or expired token stays vault_forbidden until an operator
 //     configures a new one, and [Client.Health] says so.

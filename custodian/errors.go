@@ -51,6 +51,13 @@ var (
 	// or longer than 512 bytes.
 	ErrInvalidOwner = apierr.New(http.StatusBadRequest, "invalid_owner",
 		"the user id and method must be 1 to 512 bytes without NUL")
+	// ErrClientKeyMismatch: with tpm-cert auth, the configured client
+	// certificate was not issued to this TPM's client key (the store and
+	// configuration were copied to another machine, or the certificate of
+	// another node was installed). 502: the operator must issue a
+	// certificate for this TPM's key.
+	ErrClientKeyMismatch = apierr.New(http.StatusBadGateway, "vault_client_key_mismatch",
+		"the Vault client certificate was not issued to this TPM's client key")
 	// ErrKeyNotDerived: the configured Transit key exists but is not
 	// derived, so it would ignore the owner binding. The client refuses it.
 	ErrKeyNotDerived = apierr.New(http.StatusBadGateway, "vault_key_not_derived",

@@ -1,6 +1,7 @@
 package custodian
 
 import (
+	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,12 @@ const (
 	// AuthCert logs in with the TLS client certificate of [CertAuth]; the
 	// same re-login rules as AppRole apply.
 	AuthCert AuthMethod = "cert"
+	// AuthTPMCert logs in with the TLS client certificate of [TPMCertAuth],
+	// whose private key is a [crypto.Signer] that never leaves the TPM:
+	// the configuration then holds no Vault secret at all, and a copy of
+	// it (with the store) on another machine cannot log in. The same
+	// re-login rules as AppRole apply.
+	AuthTPMCert AuthMethod = "tpm-cert"
 )
 
 // AppRoleAuth is an AppRole login.
@@ -42,6 +49,14 @@ type CertAuth struct {
 	KeyFile  string // PEM private key
 	Role     string // optional: the cert role to log in as ("" lets Vault pick)
 	Mount    string // auth mount path; "" means "cert"
+}
+
+// TPMCertAuth is a TLS certificate login with a TPM-resident key.
+type TPMCertAuth struct {
+	CertFile string        // PEM client certificate (with its chain), issued to Key
+	Key      crypto.Signer // the TPM client key (an ECDSA P-256 signer)
+	Role     string        // optional: the cert role to log in as ("" lets Vault pick)
+	Mount    string        // auth mount path; "" means "cert"
 }
 
 // Options configure a [Client]. Zero values mean the documented default;
@@ -62,6 +77,7 @@ type Options struct {
 	Token   secret.String // for AuthToken
 	AppRole AppRoleAuth   // for AuthAppRole
 	Cert    CertAuth      // for AuthCert
+	TPMCert TPMCertAuth   // for AuthTPMCert
 
 	// TransitMount is the Transit engine's mount path; "" means "transit".
 	TransitMount string
@@ -135,8 +151,19 @@ func (o Options) Validate() error {
 		if o.Cert.Mount != "" && !pathSegment.MatchString(o.Cert.Mount) {
 			errs = append(errs, fmt.Errorf("cert.mount: %q is not a mount path", o.Cert.Mount))
 		}
+	case AuthTPMCert:
+		if o.TPMCert.CertFile == "" {
+			errs = append(errs, errors.New("tls_cert_file: required for tpm-cert auth"))
+		}
+		if o.TPMCert.Mount != "" && !pathSegment.MatchString(o.TPMCert.Mount) {
+			errs = append(errs, fmt.Errorf("cert.mount: %q is not a mount path", o.TPMCert.Mount))
+		}
+		// The point of tpm-cert is that nothing copyable logs in.
+		if !o.Token.IsZero() || !o.AppRole.SecretID.IsZero() || o.Cert.KeyFile != "" {
+			errs = append(errs, errors.New("token: tpm-cert auth takes no token, secret_id or key_file (the TPM key is the only credential)"))
+		}
 	default:
-		errs = append(errs, fmt.Errorf("auth: %q is not token, approle or cert", o.Auth))
+		errs = append(errs, fmt.Errorf("auth: %q is not token, approle, cert or tpm-cert", o.Auth))
 	}
 	if o.TransitMount != "" && !pathSegment.MatchString(o.TransitMount) {
 		errs = append(errs, fmt.Errorf("transit_mount: %q is not a mount path", o.TransitMount))
@@ -171,6 +198,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Cert.Mount == "" {
 		o.Cert.Mount = "cert"
+	}
+	if o.TPMCert.Mount == "" {
+		o.TPMCert.Mount = "cert"
 	}
 	if o.TransitMount == "" {
 		o.TransitMount = DefaultTransitMount

@@ -38,6 +38,9 @@ const (
 	// MetaAttestAK: the TPM attestation key blob (attest.AKBlob JSON);
 	// node-local state instead on store.backend embedded.
 	MetaAttestAK MetaKey = "attest_ak"
+	// MetaVaultClientKey: the TPM-resident Vault client key blob
+	// (attest.ClientKeyBlob, binary), for vault.auth tpm-cert.
+	MetaVaultClientKey MetaKey = "vault_client_key"
 	// MetaAuditHead: the audit chain's recorded head (a Checkpoint JSON
 	// MACed under the root subkey "audit-anchor").
 	MetaAuditHead MetaKey = "audit_head"
@@ -57,6 +60,7 @@ const (
 var metaKeys = []MetaKey{
 	MetaSealedRoot, MetaRollback, MetaRollbackCluster, MetaRollbackNode, MetaRecovery, MetaAttestAK, MetaAuditHead,
 	MetaLastBackup, MetaHeartbeat, MetaCustodianPriorsSealed, MetaClientSharesPriorsSealed,
+	MetaVaultClientKey,
 }
 
 // RollbackNodeKey is the meta key of node's rollback record: the

@@ -164,6 +164,10 @@ func custodianOptions(c config.Vault) custodian.Options {
 		Namespace: c.Namespace, MaxRetries: c.MaxRetries, MaxConcurrent: c.MaxConcurrent,
 	}
 	switch {
+	case c.Auth == string(custodian.AuthTPMCert):
+		// The key (TPMCert.Key) is the TPM's; the wiring loads it.
+		o.Auth = custodian.AuthTPMCert
+		o.TPMCert = custodian.TPMCertAuth{CertFile: c.TLSCertFile}
 	case c.RoleID != "":
 		o.Auth = custodian.AuthAppRole
 		o.AppRole = custodian.AppRoleAuth{RoleID: c.RoleID, SecretID: c.SecretID}
@@ -257,7 +261,7 @@ func renameFirebaseError(err error) error {
 // renameVaultError names the settings in the Vault client's refusals (one
 // per line, "field: message").
 func renameVaultError(err error) error {
-	names := map[string]string{"approle.role_id": "role_id", "approle.secret_id": "secret_id", "cert": "cert_file", "cert.mount": "cert_mount", "approle.mount": "approle_mount"}
+	names := map[string]string{"approle.role_id": "role_id", "approle.secret_id": "secret_id", "cert": "cert_file", "cert.mount": "cert_mount", "approle.mount": "approle_mount", "tpm-cert": "auth"}
 	var out []error
 	for _, line := range strings.Split(err.Error(), "\n") {
 		field, rest, ok := strings.Cut(line, ": ")

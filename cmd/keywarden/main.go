@@ -74,6 +74,7 @@ func commands() []command {
 		{names: []string{"recovery"}, help: "status | reshare: the recovery shares of the root key", run: cmdRecovery},
 		{names: []string{"rollback"}, help: "accept: start from a deliberately restored older store (audited)", run: cmdRollback},
 		{names: []string{"attest"}, help: "verify | policy | ak-name: check a running appliance with TPM attestation", run: cmdAttest},
+		{names: []string{"vault"}, help: "csr | verify-csr: the TPM-resident Vault client key's certificate request (vault.auth tpm-cert)", run: cmdVault},
 		{names: []string{"version", "-version", "--version"}, help: "print the version", run: cmdVersion},
 		{names: []string{"help", "-h", "--help"}, run: cmdHelp},
 	}

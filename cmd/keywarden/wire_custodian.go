@@ -79,6 +79,16 @@ func wireCustodian(ctx context.Context, a *appliance, opts *server.Options) erro
 func startCustodian(ctx context.Context, a *appliance) (svc *custodian.Service, startErr *apierr.Error, err error) {
 	o := custodianOptions(a.cfg.Vault)
 	o.Logger = a.log
+	if o.Auth == custodian.AuthTPMCert {
+		key, e := loadVaultClientKey(ctx, a)
+		if e != nil {
+			// Another machine's store, or no key yet: keep serving the rest.
+			a.log.Error("custodian shares unavailable: no usable Vault client key in this TPM", "code", e.Code, "err", e)
+			return nil, e, nil
+		}
+		a.closers = append(a.closers, func() { _ = key.Close() })
+		o.TPMCert.Key = key
+	}
 	client, err := custodian.New(ctx, o)
 	if err != nil {
 		if e, ok := apierr.As(err); ok {

@@ -23,6 +23,7 @@ import (
 	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/internal/testutil/vaultdev"
+	"github.com/keywarden/keywarden/internal/tpmdev"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/clientshares"
 	"github.com/keywarden/keywarden/server/custodianapi"
@@ -50,6 +51,12 @@ type wired struct {
 
 func newWired(t *testing.T, vault config.Vault, db *store.DB) (*wired, error) {
 	t.Helper()
+	return newWiredTPM(t, vault, db, nil)
+}
+
+// newWiredTPM is newWired with a TPM (for vault.auth tpm-cert).
+func newWiredTPM(t *testing.T, vault config.Vault, db *store.DB, tpm *tpmdev.Counting) (*wired, error) {
+	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
 	if db == nil {
@@ -76,7 +83,7 @@ func newWired(t *testing.T, vault config.Vault, db *store.DB) (*wired, error) {
 		cfg.Vault = vault
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	a := &appliance{cfg: cfg, log: log, db: db, root: root, audit: alog, metrics: metrics.New()}
+	a := &appliance{cfg: cfg, log: log, tpm: tpm, db: db, root: root, audit: alog, metrics: metrics.New()}
 	t.Cleanup(a.Close)
 	opts := server.Options{Config: cfg, Logger: log, DB: db, Metrics: a.metrics, Audit: alog,
 		Custody: enclave.NewCustody(db, root, enclave.CustodyOptions{}), Sessions: root.SessionTokens(nil)}

@@ -208,7 +208,12 @@ type Firebase struct {
 
 // Vault configures custodian-share wrapping by Vault Transit.
 type Vault struct {
-	Addr          string        `key:"addr"`
+	Addr string `key:"addr"`
+	// Auth is "" (the method follows from the credential that is set) or
+	// "tpm-cert": TLS certificate auth with the client key resident in the
+	// TPM and the certificate in TLSCertFile; no Vault secret is configured.
+	Auth          string        `key:"auth"`
+	TLSCertFile   string        `key:"tls_cert_file"`
 	Token         secret.String `key:"token"`
 	RoleID        string        `key:"role_id"`
 	SecretID      secret.String `key:"secret_id"`

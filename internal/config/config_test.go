@@ -297,3 +297,44 @@ func TestRollbackNode(t *testing.T) {
 		}
 	}
 }
+
+// TestVaultTPMCert: with vault.auth tpm-cert the TPM key is the only Vault
+// credential, so the configuration refuses any Vault secret, and its dump
+// holds none.
+func TestVaultTPMCert(t *testing.T) {
+	base := []string{"KEYWARDEN_VAULT_ADDR=https://vault.internal:8200", "KEYWARDEN_VAULT_AUTH=tpm-cert"}
+	c, err := Load(prodBase(), "", append(base, "KEYWARDEN_VAULT_TLS_CERT_FILE=/etc/keywarden/vault-client.pem"))
+	if err != nil {
+		t.Fatalf("tpm-cert with a certificate file: %v", err)
+	}
+	if c.Vault.Auth != "tpm-cert" || c.Vault.TLSCertFile != "/etc/keywarden/vault-client.pem" || !c.Vault.Token.IsZero() {
+		t.Fatalf("vault section %+v", c.Vault)
+	}
+	dump := c.Dump()
+	for _, word := range []string{"hvs.", "secret_id\": \"x", "BEGIN"} {
+		if strings.Contains(dump, word) {
+			t.Fatalf("the dump holds %q", word)
+		}
+	}
+	if !strings.Contains(dump, `"tpm-cert"`) {
+		t.Fatal("the dump does not show the auth method")
+	}
+
+	cases := map[string][]string{
+		"vault.tls_cert_file: required":  base,
+		"vault.token: must not be set":   append(append([]string{}, base...), "KEYWARDEN_VAULT_TLS_CERT_FILE=/c.pem", "KEYWARDEN_VAULT_TOKEN=hvs.stolen-from-disk"),
+		"vault.token: must not be set ":  append(append([]string{}, base...), "KEYWARDEN_VAULT_TLS_CERT_FILE=/c.pem", "KEYWARDEN_VAULT_ROLE_ID=r", "KEYWARDEN_VAULT_SECRET_ID=s"),
+		"vault.token: must not be set  ": append(append([]string{}, base...), "KEYWARDEN_VAULT_TLS_CERT_FILE=/c.pem", "KEYWARDEN_VAULT_CERT_FILE=/c.pem", "KEYWARDEN_VAULT_KEY_FILE=/k.pem"),
+		"vault.auth: must be empty":      {"KEYWARDEN_VAULT_ADDR=https://v:8200", "KEYWARDEN_VAULT_AUTH=kerberos"},
+		"vault.tls_cert_file: only with": {"KEYWARDEN_VAULT_ADDR=https://v:8200", "KEYWARDEN_VAULT_TOKEN=hvs.x", "KEYWARDEN_VAULT_TLS_CERT_FILE=/c.pem"},
+	}
+	for want, env := range cases {
+		_, err := Load(prodBase(), "", env)
+		if err == nil || !strings.Contains(err.Error(), strings.TrimSpace(want)) {
+			t.Errorf("%v: error %v does not say %q", env, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "hvs.stolen-from-disk") {
+			t.Errorf("the error shows the token: %v", err)
+		}
+	}
+}

@@ -204,6 +204,25 @@ func (v Vault) validate() (p problems) {
 	if v.Addr == "" {
 		return nil
 	}
+	switch v.Auth {
+	case "":
+	case "tpm-cert":
+		// The TPM key is the only credential: a secret here would be a way
+		// in that a copy of the disk carries.
+		if v.TLSCertFile == "" {
+			p.add("vault.tls_cert_file", "required with vault.auth: tpm-cert (the certificate issued to the TPM client key; see `keywarden vault csr`)")
+		}
+		if !v.Token.IsZero() || v.RoleID != "" || !v.SecretID.IsZero() || v.CertFile != "" || v.KeyFile != "" {
+			p.add("vault.token", "must not be set with vault.auth: tpm-cert (nor role_id, secret_id, cert_file, key_file): the TPM client key is the only Vault credential")
+		}
+		return p
+	default:
+		p.add("vault.auth", "must be empty (picked from the credential that is set) or tpm-cert")
+		return p
+	}
+	if v.TLSCertFile != "" {
+		p.add("vault.tls_cert_file", "only with vault.auth: tpm-cert (for a key file, use vault.cert_file and vault.key_file)")
+	}
 	auths := 0
 	for _, set := range []bool{!v.Token.IsZero(), v.RoleID != "", v.CertFile != ""} {
 		if set {

@@ -1,0 +1,277 @@
+package main
+
+// vault.auth tpm-cert: the appliance logs in to Vault with a TLS client
+// certificate whose private key was made in, and never leaves, the TPM.
+//
+//	keywarden vault csr [-config FILE] [-cn NAME] [-nonce HEX] [-out FILE] [-new-key]
+//	    (server stopped) makes the client key when there is none, and writes
+//	    its certificate request with the attestation key's certification
+//	    of the key and a quote, as JSON evidence for the CA.
+//	keywarden vault verify-csr -policy FILE -ak-name HEX [-nonce HEX] [-out FILE] EVIDENCE
+//	    (the CA's side; no TPM) checks the evidence and writes the request
+//	    (PEM) to sign only when the key is the attested TPM's.
+//
+// The key's blob (attest.ClientKeyBlob, not secret: it loads only in this
+// TPM) is kept in the store's meta bucket next to the attestation key's.
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/keywarden/keywarden/attest"
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/store"
+)
+
+const vaultUsage = `vault: want one of
+  vault csr        [-config FILE] [-cn NAME] [-nonce HEX] [-out FILE] [-new-key]   (server stopped)
+  vault verify-csr -policy FILE -ak-name HEX [-nonce HEX] [-out FILE] EVIDENCE`
+
+func cmdVault(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return usageError(vaultUsage)
+	}
+	switch args[0] {
+	case "csr":
+		return vaultCSR(ctx, args[1:], os.Stdout, os.Stderr)
+	case "verify-csr":
+		return vaultVerifyCSR(args[1:], os.Stdout, os.Stderr)
+	}
+	return usageError(vaultUsage)
+}
+
+// readVaultClientKey returns the stored client key blob, or nil when there
+// is none.
+func readVaultClientKey(ctx context.Context, db *store.DB) (*attest.ClientKeyBlob, error) {
+	var b []byte
+	err := db.View(ctx, func(tx *store.Tx) (err error) { b, err = tx.GetMeta(store.MetaVaultClientKey); return })
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return attest.ParseClientKeyBlob(b)
+}
+
+// ensureVaultClientKey loads the stored client key, or makes and stores
+// one when there is none (or, with replace, when the stored one does not
+// load in this TPM). made says whether the key is new.
+func ensureVaultClientKey(ctx context.Context, tpm transport.TPM, db *store.DB, replace bool) (key *attest.ClientKey, made bool, err error) {
+	blob, err := readVaultClientKey(ctx, db)
+	if err != nil && !(replace && errors.Is(err, attest.ErrBadClientKeyBlob)) {
+		return nil, false, err
+	}
+	if blob != nil {
+		key, err := attest.LoadClientKey(ctx, tpm, blob)
+		if err == nil {
+			return key, false, nil
+		}
+		if !replace {
+			return nil, false, fmt.Errorf("the stored Vault client key does not load in this TPM (%w); if the TPM was replaced or cleared, pass -new-key and have a certificate issued for the new key", err)
+		}
+	}
+	blob, err = attest.CreateClientKey(ctx, tpm)
+	if err != nil {
+		return nil, false, err
+	}
+	b, err := blob.MarshalBinary()
+	if err != nil {
+		return nil, false, err
+	}
+	if err := db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(store.MetaVaultClientKey, b) }); err != nil {
+		return nil, false, fmt.Errorf("store the Vault client key: %w", err)
+	}
+	key, err = attest.LoadClientKey(ctx, tpm, blob)
+	return key, err == nil, err
+}
+
+// ErrVaultClientKey is what the custodian routes answer when vault.auth is
+// tpm-cert and this TPM has no usable client key.
+var ErrVaultClientKey = apierr.New(http.StatusBadGateway, "vault_client_key_unavailable",
+	"the TPM has no usable Vault client key (none was made with `keywarden vault csr`, or the store comes from another TPM)")
+
+// loadVaultClientKey loads the stored client key for tpm-cert at start.
+// The key is a crypto.Signer over the appliance's TPM; a store copied to
+// another machine carries a blob that does not load there.
+func loadVaultClientKey(ctx context.Context, a *appliance) (*attest.ClientKey, *apierr.Error) {
+	if a.tpm == nil {
+		return nil, ErrVaultClientKey.WithMessage("vault.auth tpm-cert needs the TPM")
+	}
+	blob, err := readVaultClientKey(ctx, a.db)
+	if err != nil {
+		return nil, ErrVaultClientKey.Wrap(err)
+	}
+	if blob == nil {
+		return nil, ErrVaultClientKey.WithMessage("no Vault client key in the store: stop the server and run `keywarden vault csr`, then install the issued certificate")
+	}
+	key, err := attest.LoadClientKey(ctx, a.tpm, blob)
+	if err != nil {
+		return nil, ErrVaultClientKey.WithMessage("the stored Vault client key does not load in this TPM (a store from another machine, or a cleared TPM)").Wrap(err)
+	}
+	return key, nil
+}
+
+func vaultCSR(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, lf := newFlagSet("vault csr")
+	fs.SetOutput(stderr)
+	cn := fs.String("cn", "", "the request's common name (default: the host name)")
+	nonceHex := fs.String("nonce", "", "the CA's nonce, 32 to 128 hex digits (default: a random one; the CA then cannot tell the evidence is fresh)")
+	out := fs.String("out", "", "write the evidence here (default: standard output)")
+	newKey := fs.Bool("new-key", false, "make a new client key when the stored one does not load in this TPM")
+	if err := fs.Parse(args); err != nil {
+		return usageError(err.Error())
+	}
+	if fs.NArg() > 0 {
+		return usageError("vault csr: unexpected argument " + fs.Arg(0))
+	}
+	var nonce []byte
+	if *nonceHex != "" {
+		var err error
+		if nonce, err = hex.DecodeString(*nonceHex); err != nil || len(nonce) < attest.MinNonce || len(nonce) > attest.MaxNonce {
+			return usageError("vault csr: -nonce must be 32 to 128 hex digits")
+		}
+	}
+	if *cn == "" {
+		*cn, _ = os.Hostname()
+	}
+	cfg, err := lf.load()
+	if err != nil {
+		return err
+	}
+	if len(cfg.TPM.AttestPCRs) == 0 {
+		return errors.New("vault csr: tpm.attest_pcrs is empty: set the PCRs the quote covers")
+	}
+	tpm, err := openTPM(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("vault csr: open TPM %s: %w", cfg.TPM.Path, err)
+	}
+	defer tpm.Close()
+	db, err := openStoreDB(ctx, cfg, store.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return fmt.Errorf("vault csr: %w (stop the server first)", err)
+	}
+	defer db.Close()
+	ev, made, err := makeVaultCSR(ctx, tpm, db, *cn, nonce, cfg.TPM.AttestPCRs, *newKey)
+	if err != nil {
+		return fmt.Errorf("vault csr: %w", err)
+	}
+	b, err := json.MarshalIndent(ev, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	if *out != "" {
+		err = os.WriteFile(*out, b, 0o644)
+	} else {
+		_, err = stdout.Write(b)
+	}
+	if err != nil {
+		return fmt.Errorf("vault csr: %w", err)
+	}
+	if made {
+		fmt.Fprintln(stderr, "made a new Vault client key in the TPM")
+	}
+	fmt.Fprintln(stderr, "give the evidence to your CA: `keywarden vault verify-csr -policy FILE -ak-name HEX EVIDENCE` checks it and prints the request to sign; install the certificate as vault.tls_cert_file with vault.auth: tpm-cert")
+	return nil
+}
+
+// makeVaultCSR makes (or reuses) the client key and its evidence with the
+// stored attestation key.
+func makeVaultCSR(ctx context.Context, tpm transport.TPM, db *store.DB, cn string, nonce []byte, pcrs []int, newKey bool) (*attest.ClientKeyEvidence, bool, error) {
+	akBlob, err := readAKBlob(ctx, db)
+	if err != nil {
+		return nil, false, fmt.Errorf("attestation key: %w", err)
+	}
+	if akBlob == nil {
+		return nil, false, errors.New("no attestation key in the store: run `keywarden init` first")
+	}
+	ak, err := attest.LoadAK(ctx, tpm, akBlob)
+	if err != nil {
+		return nil, false, fmt.Errorf("the stored attestation key does not load in this TPM: %w", err)
+	}
+	defer ak.Close()
+	key, made, err := ensureVaultClientKey(ctx, tpm, db, newKey)
+	if err != nil {
+		return nil, false, err
+	}
+	defer key.Close()
+	ev, err := attest.MakeClientKeyEvidence(ctx, tpm, ak, key, attest.ClientKeyEvidenceOptions{CommonName: cn, Nonce: nonce, PCRs: pcrs})
+	return ev, made, err
+}
+
+func vaultVerifyCSR(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("vault verify-csr", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	policyFile := fs.String("policy", "", "policy file (YAML or JSON) of allowed PCR values; required")
+	akName := fs.String("ak-name", "", "the appliance's attestation key Name (hex), as `keywarden init` printed it; required")
+	nonceHex := fs.String("nonce", "", "the nonce you gave `keywarden vault csr` (hex); without it the evidence's own nonce is used and freshness is not checked")
+	out := fs.String("out", "", "write the verified request (PEM) here (default: standard output)")
+	if err := fs.Parse(args); err != nil {
+		return usageError(err.Error())
+	}
+	if fs.NArg() != 1 {
+		return usageError("vault verify-csr: want one EVIDENCE file")
+	}
+	if *policyFile == "" || *akName == "" {
+		return usageError("vault verify-csr: -policy FILE and -ak-name HEX are required (an unpinned key could be any software key)")
+	}
+	var opts attest.VerifyOptions
+	var err error
+	if opts.AKName, err = parseAKName(*akName); err != nil {
+		return usageError(err.Error())
+	}
+	raw, err := os.ReadFile(*policyFile)
+	if err != nil {
+		return fmt.Errorf("vault verify-csr: %w", err)
+	}
+	if opts.Policy, err = attest.ParsePolicy(raw); err != nil {
+		return fmt.Errorf("vault verify-csr: policy %s: %w", *policyFile, err)
+	}
+	data, err := os.ReadFile(fs.Arg(0))
+	if err != nil {
+		return fmt.Errorf("vault verify-csr: %w", err)
+	}
+	ev, err := attest.ParseClientKeyEvidence(data)
+	if err != nil {
+		return fmt.Errorf("vault verify-csr: %w", err)
+	}
+	opts.Nonce = ev.Nonce
+	if *nonceHex != "" {
+		if opts.Nonce, err = hex.DecodeString(*nonceHex); err != nil {
+			return usageError("vault verify-csr: -nonce is not hex")
+		}
+	} else {
+		fmt.Fprintln(stderr, "WARNING: no -nonce: the evidence's own nonce is used, so it may be old (the key is still the TPM's)")
+	}
+	facts, err := attest.VerifyClientKey(ev, opts)
+	if err != nil {
+		var ve *attest.VerifyError
+		if errors.As(err, &ve) {
+			fmt.Fprintf(stdout, "REFUSED: %s\n  %s\n", ve.Reason, ve.Error())
+		}
+		return fmt.Errorf("vault verify-csr: %w", err)
+	}
+	p := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: facts.CSR.Raw})
+	if *out != "" {
+		err = os.WriteFile(*out, p, 0o644)
+	} else {
+		_, err = stdout.Write(p)
+	}
+	if err != nil {
+		return fmt.Errorf("vault verify-csr: %w", err)
+	}
+	fmt.Fprintf(stderr, "OK: the request's key (CN %q) is resident in the TPM of attestation key %x, PCRs within the policy; sign it for client authentication\n", facts.CSR.Subject.CommonName, facts.Quote.AKName)
+	return nil
+}
