@@ -16,7 +16,8 @@ func TestDocumentLoads(t *testing.T) {
 
 // TestTransportReports: the round-tripper reports an answer the document
 // does not describe and passes the answer on unchanged; a documented one
-// is not reported.
+// is not reported, nor one without X-Request-Id (not the appliance's: a
+// load balancer's, or Go's HTTP server refusing before any handler).
 func TestTransportReports(t *testing.T) {
 	v, err := Default()
 	if err != nil {
@@ -25,13 +26,16 @@ func TestTransportReports(t *testing.T) {
 	body := `{"status":"ok"}`
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
+		if body != "no id" {
+			w.Header().Set("X-Request-Id", "r1")
+		}
 		_, _ = io.WriteString(w, body)
 	}))
 	defer srv.Close()
 	for _, tc := range []struct {
 		answer string
 		report bool
-	}{{`{"status":"ok"}`, false}, {`{"status":"ok","uptime":3}`, true}, {`{"status":"fine"}`, true}} {
+	}{{`{"status":"ok"}`, false}, {`{"status":"ok","uptime":3}`, true}, {`{"status":"fine"}`, true}, {"no id", false}} {
 		body = tc.answer
 		var got []string
 		c := &http.Client{Transport: v.Transport(nil, func(f string, a ...any) { got = append(got, fmt.Sprintf(f, a...)) })}

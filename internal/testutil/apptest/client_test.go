@@ -87,6 +87,7 @@ func TestClientChecksTheWire(t *testing.T) {
 	answer := func(status int, body string) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("X-Request-Id", "r1")
 			w.WriteHeader(status)
 			_, _ = io.WriteString(w, body)
 		})
