@@ -2725,6 +2725,13 @@ export interface operations {
                     "text/css": string;
                 };
             };
+            /** @description index.html to ./ */
+            301: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description not modified */
             304: {
                 headers: {
