@@ -304,7 +304,7 @@ func sourceCodes(t *testing.T) []foundCode {
 
 var statusNames = map[string]int{
 	"StatusBadRequest": 400, "StatusUnauthorized": 401, "StatusForbidden": 403, "StatusNotFound": 404,
-	"StatusMethodNotAllowed": 405, "StatusConflict": 409, "StatusRequestEntityTooLarge": 413,
+	"StatusMethodNotAllowed": 405, "StatusConflict": 409, "StatusGone": 410, "StatusRequestEntityTooLarge": 413,
 	"StatusUnsupportedMediaType": 415, "StatusTooManyRequests": 429, "StatusInternalServerError": 500,
 	"StatusBadGateway": 502, "StatusServiceUnavailable": 503,
 }

@@ -65,7 +65,7 @@ export class Keywarden {
     this.applianceKeyCache = o.applianceKey;
     this.firebase = new FirebaseKeys(this);
     this.passkeys = new Passkeys(this);
-    this.pin = new PinClient((m, p, r) => this.request(m, p, r), o.pinLabel);
+    this.pin = new PinClient((m, p, r) => this.request(m, p, r), (k, route, owner, method) => this.sealForStore(k, route, owner, method), o.pinLabel);
   }
 
   /** One request; JSON in and out; throws KeywardenError on an error answer. */

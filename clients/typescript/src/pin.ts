@@ -19,10 +19,11 @@ export const DEFAULT_PIN_LABEL = "keywarden pin unlock tag v1";
 export interface PinStatus { registered: boolean; guessLimit?: number; guessesRemaining?: number }
 
 type Request = <T>(method: string, path: string, r: { token?: string; body?: unknown }) => Promise<{ status: number; data: T }>;
+type Seal = (key: Uint8Array, route: string, owner: string, method: string) => Promise<Record<string, string | undefined>>;
 
 export class PinClient {
   private readonly label: string;
-  constructor(private readonly request: Request, label?: string) {
+  constructor(private readonly request: Request, private readonly seal: Seal, label?: string) {
     this.label = label ?? DEFAULT_PIN_LABEL;
   }
 
@@ -43,15 +44,17 @@ export class PinClient {
 
   /**
    * Registers a PIN for the owner token names (a Firebase ID token or a
-   * session token). Without key the appliance makes 32 bytes and returns
-   * them once. guessLimit: 1..255 (default 10).
+   * session token). key is sent sealed to the appliance key unless sealed
+   * is false; without key the appliance makes 32 bytes and returns them
+   * once. guessLimit: 1..255 (default 10).
    */
-  async register(o: { token: string; pin: string; guessLimit?: number; key?: Uint8Array }): Promise<{ replaced: boolean; key?: Uint8Array }> {
+  async register(o: { token: string; pin: string; guessLimit?: number; key?: Uint8Array; sealed?: boolean }): Promise<{ replaced: boolean; key?: Uint8Array }> {
     const b = await this.blind(o.pin);
     const { data: begin } = await this.request<{ registrationId: string; evaluatedElement: string }>("POST", "/v1/pin/registrations", { token: o.token, body: { blindedElement: b.blinded } });
     const body: Record<string, unknown> = { unlockTag: await this.tag(b, begin.evaluatedElement) };
     if (o.guessLimit !== undefined) body.guessLimit = o.guessLimit;
-    if (o.key) body.key = toBase64(o.key);
+    if (o.key && o.sealed === false) body.key = toBase64(o.key);
+    else if (o.key) Object.assign(body, await this.seal(o.key, "/v1/pin/registrations", tokenOwner(o.token), "PIN"));
     const { status, data } = await this.request<{ key?: string }>("PUT", "/v1/pin/registrations/" + encodeURIComponent(begin.registrationId), { token: o.token, body });
     return { replaced: status === 200, key: data?.key ? fromBase64(data.key) : undefined };
   }

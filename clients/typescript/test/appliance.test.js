@@ -103,7 +103,7 @@ describe("PIN", { skip }, async () => {
 
   test("register, wrong PIN counts down, right PIN releases (sealed and clear)", { skip: skipPin }, async () => {
     const key = random(32);
-    await kw.pin.register({ token: session, pin: "123456", guessLimit: 3, key });
+    await kw.pin.register({ token: session, pin: "123456", guessLimit: 3, key }); // sealed to the appliance key
     const e = await refused(kw.pin.recover({ token: session, pin: "000000" }));
     assert.equal(e.code, "pin_incorrect");
     assert.equal(e.guessesRemaining, 2);
@@ -113,12 +113,22 @@ describe("PIN", { skip }, async () => {
     const st = await kw.pin.status(session);
     assert.equal(st.registered, true);
     assert.equal(st.guessesRemaining, 3);
+    // A second registration replaces it (right after a recovery with the
+    // old PIN), the key in the clear this time.
+    const key2 = random(16);
+    assert.equal((await kw.pin.register({ token: session, pin: "654321", key: key2, sealed: false })).replaced, true);
+    assert.deepEqual(await kw.pin.recover({ token: session, pin: "654321" }), key2);
     await kw.pin.delete(session);
+    assert.equal((await refused(kw.pin.recover({ token: session, pin: "654321" }))).code, "pin_not_registered");
   });
 
-  test("the appliance generates the key when none is given (Firebase owner)", { skip: skipPin }, async () => {
-    const { key } = await kw.pin.register({ token: tokens.dave, pin: "2468" });
+  test("the appliance generates the key when none is given (Firebase owner); the last wrong guess locks", { skip: skipPin }, async () => {
+    const { key } = await kw.pin.register({ token: tokens.dave, pin: "2468", guessLimit: 2 });
     assert.equal(key.length, 32);
     assert.deepEqual(await kw.pin.recover({ token: tokens.dave, pin: "2468" }), key);
+    assert.equal((await refused(kw.pin.recover({ token: tokens.dave, pin: "1111" }))).guessesRemaining, 1);
+    const locked = await refused(kw.pin.recover({ token: tokens.dave, pin: "1111" }));
+    assert.ok(locked.code === "pin_locked" || locked.guessesRemaining === 0, locked.code);
+    assert.equal((await refused(kw.pin.recover({ token: tokens.dave, pin: "2468" }))).status >= 400, true);
   });
 });
