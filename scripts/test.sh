@@ -2,7 +2,8 @@
 # Runs every test of Keywarden on a fresh Debian machine with Go:
 # installs the Debian packages the tests use, builds (once, cached) the real
 # Vault and etcd servers, then gofmt, vet, staticcheck, the release build without cgo,
-# and the whole suite with the race detector.
+# the TypeScript client's package, and the whole suite with the race detector
+# (its internal/e2e TestTypeScriptClient runs the client's Node tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -20,5 +21,12 @@ echo "== staticcheck"
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 echo "== release build (CGO_ENABLED=0, no simulator)"
 CGO_ENABLED=0 go build -trimpath -o /dev/null ./cmd/keywarden
+if [ -d clients/typescript/node_modules ] && [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ]; then
+  # internal/e2e TestTypeScriptClient runs the client's tests against
+  # keywarden dev; with Node and the client installed it must not skip.
+  export KEYWARDEN_REQUIRE_NODE=1
+  echo "== TypeScript client: npm pack (offline)"
+  (cd clients/typescript && npm pack --dry-run --offline --silent >/dev/null)
+fi
 echo "== go test -race"
 go test -race -timeout 30m -p 2 ./... "$@"

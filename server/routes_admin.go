@@ -25,6 +25,8 @@ func (s *Server) AdminRoutes() []Route {
 		{Method: http.MethodHead, Path: "/healthz", Handler: s.healthz, Plain: true},
 		{Method: http.MethodGet, Path: "/readyz", Handler: s.readyz, Plain: true},
 		{Method: http.MethodHead, Path: "/readyz", Handler: s.readyz, Plain: true},
+		// The API document (openapi.yaml) with this listener's paths.
+		{Method: http.MethodGet, Path: "/openapi.json", Handler: s.docAdmin, Plain: true},
 		{Method: http.MethodGet, Path: "/metrics", Handler: echo.WrapHandler(promhttp.HandlerFor(s.opts.Metrics.Registry, promhttp.HandlerOpts{})), Plain: true},
 
 		{Method: http.MethodGet, Path: a + "/readyz", Handler: s.adminReadyz},

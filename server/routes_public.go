@@ -29,6 +29,8 @@ func (s *Server) PublicRoutes() []Route {
 		{Method: http.MethodHead, Path: "/healthz", Handler: s.healthz, Plain: true},
 		{Method: http.MethodGet, Path: "/readyz", Handler: s.readyz, Plain: true},
 		{Method: http.MethodHead, Path: "/readyz", Handler: s.readyz, Plain: true},
+		// The API document (openapi.yaml) with this listener's paths.
+		{Method: http.MethodGet, Path: "/openapi.json", Handler: s.docPublic, Plain: true},
 
 		// Native Firebase key routes (server/firebase/http.go).
 		{Method: http.MethodPut, Path: "/v1/firebase/key", Handler: fbPut, Middleware: u},

@@ -35,6 +35,7 @@ import (
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/ratelimit"
+	"github.com/keywarden/keywarden/server/apidoc"
 	"github.com/keywarden/keywarden/server/firebase"
 	"github.com/keywarden/keywarden/server/httpx"
 	"github.com/keywarden/keywarden/server/keys"
@@ -147,6 +148,11 @@ type Server struct {
 	fb       *firebase.HTTP     // nil while sealed
 	deletes  *ratelimit.Limiter // admin user deletions (decisions/13)
 
+	// docPublic and docAdmin serve GET /openapi.json on each listener
+	// (server/apidoc): that listener's paths, both tables' when one
+	// listener serves both.
+	docPublic, docAdmin echo.HandlerFunc
+
 	lastBackup atomic.Int64 // unix seconds of the last completed backup stream (meta "last_backup")
 	now        func() time.Time
 
@@ -199,8 +205,16 @@ func New(opts Options) (*Server, error) {
 	s.fb = opts.Firebase
 	s.Public = s.newEcho()
 	s.Admin = s.Public
+	pub, adm := apidoc.Both, apidoc.Both
 	if opts.Config.Listen.AdminAddr != opts.Config.Listen.Addr {
 		s.Admin = s.newEcho()
+		pub, adm = apidoc.Public, apidoc.Admin
+	}
+	if s.docPublic, err = apidoc.Handler(pub); err != nil {
+		return nil, err
+	}
+	if s.docAdmin, err = apidoc.Handler(adm); err != nil {
+		return nil, err
 	}
 	s.routes()
 	return s, nil

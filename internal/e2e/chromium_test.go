@@ -20,6 +20,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -57,6 +58,12 @@ func TestChromiumDemo(t *testing.T) {
 		js, _ := json.Marshal(id)
 		b.do(t, "type the user id", chromedp.Evaluate[chromedp.Void](`document.getElementById("user-id").value = `+string(js)))
 	}
+	// The page's box: store sealed to the appliance key, release sealed
+	// with HPKE to a one-time key of the page (ticked by default).
+	setSealed := func(t *testing.T, on bool) {
+		t.Helper()
+		b.do(t, "tick or untick #sealed", chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`document.getElementById("sealed").checked = %v`, on)))
+	}
 	var stored []byte                // the key the page generated and stored
 	var passkey *webauthn.Credential // the registered passkey, private key included
 
@@ -89,11 +96,15 @@ func TestChromiumDemo(t *testing.T) {
 			passkey = c
 		}},
 		{"Recover", func(t *testing.T) {
-			chromiumExpectKey(t, b.clickAndWait(t, "recover"), stored)
+			// Sealed with ML-KEM-768+X25519 to the page's one-time key and
+			// opened by the TypeScript client in the browser.
+			chromiumExpectKey(t, b.clickAndWait(t, "recover"), stored, true)
 		}},
-		{"RecoverDiscoverable", func(t *testing.T) {
+		{"RecoverDiscoverableInTheClear", func(t *testing.T) {
 			setUserID(t, "") // authentication/begin {}: the browser offers its passkey
-			chromiumExpectKey(t, b.clickAndWait(t, "recover"), stored)
+			setSealed(t, false)
+			defer setSealed(t, true)
+			chromiumExpectKey(t, b.clickAndWait(t, "recover"), stored, false)
 		}},
 		{"ForgedPasskeyRefused", func(t *testing.T) {
 			// The registered credential id and user handle on a new
@@ -140,7 +151,7 @@ func TestChromiumDemo(t *testing.T) {
 				PrivateKey: passkey.PrivateKey, UserHandle: passkey.UserHandle, SignCount: passkey.SignCount,
 			})
 			setUserID(t, userID)
-			chromiumExpectKey(t, b.clickAndWait(t, "recover"), stored)
+			chromiumExpectKey(t, b.clickAndWait(t, "recover"), stored, true)
 		}},
 	}
 	for _, s := range steps {
@@ -184,8 +195,9 @@ func chromiumDecodeKey(t *testing.T, what, s string) []byte {
 	return k
 }
 
-// chromiumExpectKey checks that the page recovered exactly the stored key.
-func chromiumExpectKey(t *testing.T, out chromiumOutcome, stored []byte) {
+// chromiumExpectKey checks that the page recovered exactly the stored key,
+// released sealed to the page's HPKE key (sealed) or in the clear.
+func chromiumExpectKey(t *testing.T, out chromiumOutcome, stored []byte, sealed bool) {
 	t.Helper()
 	if out.State != "recovered" || out.ErrorCode != "" {
 		t.Fatalf("recovery: state %q, status %q, error %q %q", out.State, out.Status, out.ErrorCode, out.Error)
@@ -199,10 +211,19 @@ func chromiumExpectKey(t *testing.T, out chromiumOutcome, stored []byte) {
 	// What the page shows is what Keywarden released.
 	status, body := out.finishResponse(t)
 	var res struct {
-		Key string `json:"key"`
+		Key, SealedKey, Enc, Suite string
 	}
 	if err := json.Unmarshal(body, &res); status != 200 || err != nil {
 		t.Fatalf("authentication/finish answered %d (%v)", status, err)
+	}
+	if sealed {
+		// Only the page's private key opens it: the key is nowhere in
+		// the answer, which is sealed with the hybrid suite.
+		if res.Key != "" || res.SealedKey == "" || res.Enc == "" || res.Suite != "MLKEM768-X25519-HKDF-SHA256-AES-256-GCM" ||
+			bytes.Contains(body, []byte(base64.StdEncoding.EncodeToString(stored))) {
+			t.Fatalf("the release is not sealed to the page: %s", body)
+		}
+		return
 	}
 	if got := chromiumDecodeKey(t, "released key", res.Key); !bytes.Equal(got, stored) {
 		t.Fatal("Keywarden released another key than the one stored")

@@ -23,7 +23,7 @@
 // # Routes
 //
 //	GET  /demo            → redirect to /demo/
-//	GET  /demo/           → index.html; /demo/app.js, /demo/style.css
+//	GET  /demo/           → index.html; /demo/app.js, /demo/keywarden.js (the TypeScript client), /demo/style.css
 //	POST /demo/session    {"userId"} → 201 {"userId","token","expiresAt"}
 package demo
 
@@ -49,7 +49,7 @@ import (
 //go:embed static
 var static embed.FS
 
-// Files returns the page's static files (index.html, app.js, style.css).
+// Files returns the page's static files (index.html, app.js, keywarden.js, style.css).
 func Files() fs.FS {
 	sub, err := fs.Sub(static, "static")
 	if err != nil {

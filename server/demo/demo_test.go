@@ -115,9 +115,10 @@ func TestStaticFiles(t *testing.T) {
 		location           string
 	}{
 		{"redirect", "GET", "/demo", http.StatusMovedPermanently, "", "", "/demo/"},
-		{"index", "GET", "/demo/", http.StatusOK, "text/html", `<script src="app.js"`, ""},
+		{"index", "GET", "/demo/", http.StatusOK, "text/html", `<script type="module" src="app.js"`, ""},
 		{"index by name", "GET", "/demo/index.html", http.StatusMovedPermanently, "", "", "./"},
-		{"script", "GET", "/demo/app.js", http.StatusOK, "text/javascript", "navigator.credentials.create", ""},
+		{"script", "GET", "/demo/app.js", http.StatusOK, "text/javascript", "kw.passkeys.register", ""},
+		{"client", "GET", "/demo/keywarden.js", http.StatusOK, "text/javascript", "keywarden passkey release v1", ""},
 		{"style", "GET", "/demo/style.css", http.StatusOK, "text/css", "#status", ""},
 		{"head", "HEAD", "/demo/app.js", http.StatusOK, "text/javascript", "", ""},
 		{"unknown file", "GET", "/demo/secret.txt", http.StatusNotFound, "application/json", "not_found", ""},
@@ -175,7 +176,7 @@ func TestNoExternalResources(t *testing.T) {
 		}
 		return nil
 	})
-	if err != nil || n != 3 {
+	if err != nil || n != 4 { // index.html, app.js, keywarden.js (the client), style.css
 		t.Fatalf("walk: %v, %d files", err, n)
 	}
 	index, _ := fs.ReadFile(Files(), "index.html")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/softauthn"
+	"github.com/keywarden/keywarden/internal/testutil/apptest"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -226,7 +227,7 @@ func TestAddPasskeyWithAssertion(t *testing.T) {
 func TestAdminListRevokeReset(t *testing.T) {
 	v := newEnv(t, nil)
 	c := v.register(nil, "alice", testKey(1), softauthn.CreateOptions{})
-	r := v.Send("GET", "/v1/admin/users/alice/passkeys", nil)
+	r := v.Bearer("GET", "/v1/admin/users/alice/passkeys", apptest.AdminKey, nil)
 	if r.Status != 200 || bytes.Contains(r.Body, []byte("publicKey")) || bytes.Contains(r.Body, []byte(base64.StdEncoding.EncodeToString(testKey(1)))) {
 		t.Fatalf("list: %d %s", r.Status, r.Body)
 	}
@@ -236,16 +237,16 @@ func TestAdminListRevokeReset(t *testing.T) {
 		list.Passkeys[0].AAGUID != "adce0002-0000-0000-0000-000000000000" {
 		t.Fatalf("list: %s", r.Body)
 	}
-	if r := v.Send("POST", "/v1/admin/users/alice/passkeys/reset", nil); r.Status != 403 || r.Code() != "passkey_reset_disabled" {
+	if r := v.Bearer("POST", "/v1/admin/users/alice/passkeys/reset", apptest.AdminKey, nil); r.Status != 403 || r.Code() != "passkey_reset_disabled" {
 		t.Fatalf("reset while disabled: %d %s", r.Status, r.Body)
 	}
-	if r := v.Send("DELETE", "/v1/admin/users/bob/passkeys/"+list.Passkeys[0].ID, nil); r.Status != 404 {
+	if r := v.Bearer("DELETE", "/v1/admin/users/bob/passkeys/"+list.Passkeys[0].ID, apptest.AdminKey, nil); r.Status != 404 {
 		t.Fatalf("revoke another user's passkey: %d %s", r.Status, r.Body)
 	}
-	if r := v.Send("DELETE", "/v1/admin/users/alice/passkeys/"+list.Passkeys[0].ID, nil); r.Status != 204 {
+	if r := v.Bearer("DELETE", "/v1/admin/users/alice/passkeys/"+list.Passkeys[0].ID, apptest.AdminKey, nil); r.Status != 204 {
 		t.Fatalf("revoke: %d %s", r.Status, r.Body)
 	}
-	if r := v.Send("DELETE", "/v1/admin/users/alice/passkeys/"+list.Passkeys[0].ID, nil); r.Status != 404 {
+	if r := v.Bearer("DELETE", "/v1/admin/users/alice/passkeys/"+list.Passkeys[0].ID, apptest.AdminKey, nil); r.Status != 404 {
 		t.Fatalf("revoke twice: %d %s", r.Status, r.Body)
 	}
 	if !strings.Contains(v.AuditLines(t), `"action":"passkey_revoke"`) {
@@ -259,7 +260,7 @@ func TestAdminListRevokeReset(t *testing.T) {
 func TestResetDestroysKey(t *testing.T) {
 	v := newEnv(t, func(o *Options) { o.AllowReset = true })
 	old := v.register(nil, "alice", testKey(1), softauthn.CreateOptions{})
-	r := v.Send("POST", "/v1/admin/users/alice/passkeys/reset", nil)
+	r := v.Bearer("POST", "/v1/admin/users/alice/passkeys/reset", apptest.AdminKey, nil)
 	if m := r.Map(t); r.Status != 200 || m["revoked"] != float64(1) || m["keyDeleted"] != true {
 		t.Fatalf("reset: %d %s", r.Status, r.Body)
 	}

@@ -8,6 +8,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/keywarden/keywarden/internal/testutil/apivalidate"
 )
 
 // Client sends test requests to an appliance at URL, or in process to
@@ -25,6 +27,23 @@ type Client struct {
 	// Prepare, when not nil, changes every request before the call's own
 	// changes (e.g. RemoteAddr for an in-process Handler).
 	Prepare func(*http.Request)
+	// Unchecked skips the check against openapi.yaml: only for the
+	// Client's own tests, whose handler is not the appliance.
+	Unchecked bool
+}
+
+// checkExchange fails the test when a request and its answer are not what
+// the API document (openapi.yaml) describes (package apivalidate): every
+// test that talks to the appliance through a Client checks the wire.
+func checkExchange(t testing.TB, req *http.Request, reqBody []byte, r Reply) {
+	t.Helper()
+	v, err := apivalidate.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Check(req, reqBody, r.Status, r.Header, r.Body); err != nil {
+		t.Errorf("openapi: %v", err)
+	}
 }
 
 // Reply is an answer as received.
@@ -50,17 +69,21 @@ func (c *Client) Do(method, path string, body any, headers ...string) Reply {
 func (c *Client) Send(method, path string, body any, mods ...func(*http.Request)) Reply {
 	c.T.Helper()
 	var rd io.Reader
+	var raw []byte
 	switch b := body.(type) {
 	case nil:
 	case string:
+		raw = []byte(b)
 		rd = strings.NewReader(b)
 	case []byte:
+		raw = b
 		rd = bytes.NewReader(b)
 	default:
 		j, err := json.Marshal(b)
 		if err != nil {
 			c.T.Fatal(err)
 		}
+		raw = j
 		rd = bytes.NewReader(j)
 	}
 	var req *http.Request
@@ -87,7 +110,11 @@ func (c *Client) Send(method, path string, body any, mods ...func(*http.Request)
 	if c.Handler != nil {
 		rec := httptest.NewRecorder()
 		c.Handler.ServeHTTP(rec, req)
-		return Reply{rec.Code, rec.Header(), rec.Body.Bytes()}
+		r := Reply{rec.Code, rec.Header(), rec.Body.Bytes()}
+		if !c.Unchecked {
+			checkExchange(c.T, req, raw, r)
+		}
+		return r
 	}
 	hc := c.HTTP
 	if hc == nil {
@@ -99,7 +126,11 @@ func (c *Client) Send(method, path string, body any, mods ...func(*http.Request)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return Reply{resp.StatusCode, resp.Header, b}
+	r := Reply{resp.StatusCode, resp.Header, b}
+	if !c.Unchecked {
+		checkExchange(c.T, req, raw, r)
+	}
+	return r
 }
 
 // Bearer sends the request with "Authorization: Bearer token".

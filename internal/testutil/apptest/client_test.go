@@ -1,9 +1,11 @@
 package apptest
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -22,8 +24,8 @@ func TestClient(t *testing.T) {
 	hs := httptest.NewServer(http.HandlerFunc(echoHandler))
 	t.Cleanup(hs.Close)
 	for name, c := range map[string]*Client{
-		"network":    {T: t, URL: hs.URL},
-		"in process": {T: t, Handler: http.HandlerFunc(echoHandler)},
+		"network":    {T: t, URL: hs.URL, Unchecked: true},
+		"in process": {T: t, Handler: http.HandlerFunc(echoHandler), Unchecked: true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			r := c.Admin("PUT", "/x", `"hello"`)
@@ -50,7 +52,7 @@ func TestClient(t *testing.T) {
 			}
 		})
 	}
-	c := &Client{T: t, Handler: http.HandlerFunc(echoHandler), Prepare: func(r *http.Request) { r.RemoteAddr = "192.0.2.1:1" }}
+	c := &Client{T: t, Handler: http.HandlerFunc(echoHandler), Unchecked: true, Prepare: func(r *http.Request) { r.RemoteAddr = "192.0.2.1:1" }}
 	if r := c.Send("GET", "/", nil); r.Header.Get("X-Addr") != "192.0.2.1:1" {
 		t.Fatalf("Prepare not applied: %q", r.Header.Get("X-Addr"))
 	}
@@ -63,5 +65,68 @@ func TestReplyNotAnError(t *testing.T) {
 	r := Reply{Status: 200, Body: []byte(`{"ok":true}`)}
 	if r.Code() != "" || r.Message() != "" {
 		t.Fatalf("code %q message %q for a success body", r.Code(), r.Message())
+	}
+}
+
+// recorder is a testing.TB that keeps what Errorf reports.
+type recorder struct {
+	testing.TB
+	errs []string
+}
+
+func (r *recorder) Helper() {}
+func (r *recorder) Errorf(format string, args ...any) {
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+
+// TestClientChecksTheWire: a Client fails the test when an exchange is not
+// what openapi.yaml describes — an undocumented member, an undocumented
+// status, an undocumented route that answers, a request the document
+// calls invalid that is accepted — and passes a documented one.
+func TestClientChecksTheWire(t *testing.T) {
+	answer := func(status int, body string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("X-Request-Id", "r1")
+			w.WriteHeader(status)
+			_, _ = io.WriteString(w, body)
+		})
+	}
+	key := `{"hpkePublicKey":"AAAA","suite":"MLKEM768-X25519-HKDF-SHA256-AES-256-GCM"}`
+	for _, tc := range []struct {
+		name, method, path, body string
+		h                        http.Handler
+		want                     string // "" : passes
+	}{
+		{"documented", "GET", "/v1/appliance-key", "", answer(200, key), ""},
+		{"documented error", "GET", "/v1/appliance-key", "", answer(429, `{"error":{"code":"rate_limited","message":"m"}}`), ""},
+		{"undocumented member", "GET", "/v1/appliance-key", "", answer(200, key[:len(key)-1]+`,"extra":1}`), "does not match"},
+		{"undocumented status", "GET", "/v1/appliance-key", "", answer(201, key), "status 201 is not documented"},
+		{"code of another status", "GET", "/v1/appliance-key", "", answer(429, `{"error":{"code":"sealed","message":"m"}}`), "does not match"},
+		{"undocumented route", "GET", "/v1/nothing", "", answer(200, `{}`), "not in openapi.yaml"},
+		{"refused undocumented route", "GET", "/v1/nothing", "", answer(404, `{"error":{"code":"route_not_found","message":"m"}}`), ""},
+		{"invalid request accepted", "PUT", "/v1/firebase/key", `{"key":"AAAA","bogus":1}`, answer(201, ``), "calls invalid"},
+		{"credential missing, accepted", "DELETE", "/v1/firebase/key", "", answer(204, ``), "calls invalid"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{TB: t}
+			c := &Client{T: rec, Handler: tc.h}
+			var body any
+			if tc.body != "" {
+				body = tc.body
+			}
+			if tc.method == "PUT" {
+				c.Bearer(tc.method, tc.path, "tok", body)
+			} else {
+				c.Do(tc.method, tc.path, body)
+			}
+			got := strings.Join(rec.errs, "\n")
+			if tc.want == "" && got != "" {
+				t.Fatalf("a documented exchange failed: %s", got)
+			}
+			if tc.want != "" && !strings.Contains(got, tc.want) {
+				t.Fatalf("want a failure %q, got %q", tc.want, got)
+			}
+		})
 	}
 }

@@ -1,0 +1,13 @@
+export { Keywarden, FirebaseKeys, Passkeys, storeInfo } from "./client.js";
+export type { KeywardenOptions, Sealing, ReleasedKey, RegistrationFinishResponse, Evidence } from "./client.js";
+export { KeywardenError, KeywardenClientError } from "./errors.js";
+export type { ErrorCode } from "./errors.js";
+export { firebaseOwner } from "./owner.js";
+export { newRecipient, sealTo, SUITE_X25519, SUITE_MLKEM768_X25519 } from "./hpke.js";
+export type { Recipient, RecipientKind, SuiteName } from "./hpke.js";
+export { PinClient, DEFAULT_PIN_LABEL, tokenOwner } from "./pin.js";
+export type { PinStatus } from "./pin.js";
+export { browserCreate, browserGet } from "./webauthn.js";
+export type { CreateFn, GetFn, CreationOptionsJSON, RequestOptionsJSON, CredentialJSON } from "./webauthn.js";
+export { toBase64, toBase64url, fromBase64 } from "./bytes.js";
+export type { components, paths } from "./types.gen.js";
