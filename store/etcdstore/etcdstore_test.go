@@ -284,3 +284,87 @@ func TestUnavailableIsClassified(t *testing.T) {
 		t.Fatalf("View without a quorum: %v, want store.ErrUnavailable", err)
 	}
 }
+
+// ephemeralHarness opens two clients ("nodes") on one fresh prefix.
+func ephemeralHarness(base etcdstore.Options) storetest.EphemeralHarness {
+	return storetest.EphemeralHarness{Open: func(t *testing.T) (store.Ephemeral, store.Ephemeral) {
+		o := base
+		o.Prefix = fmt.Sprintf("kw-eph-%d", prefixes.Add(1))
+		var out [2]store.Ephemeral
+		for i := range out {
+			s, err := etcdstore.Open(context.Background(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			out[i] = s.Ephemeral()
+		}
+		return out[0], out[1]
+	}}
+}
+
+// TestEphemeralConformanceEmbedded runs the ephemeral conformance cases
+// on two clients of a three-member embedded etcd, each talking to another
+// member.
+func TestEphemeralConformanceEmbedded(t *testing.T) {
+	c := etcddev.EmbeddedCluster(t, 3)
+	h := storetest.EphemeralHarness{Open: func(t *testing.T) (store.Ephemeral, store.Ephemeral) {
+		prefix := fmt.Sprintf("kw-eph-%d", prefixes.Add(1))
+		var out [2]store.Ephemeral
+		for i := range out {
+			s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{c.Endpoint(i)}, Prefix: prefix})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			out[i] = s.Ephemeral()
+		}
+		return out[0], out[1]
+	}}
+	storetest.RunEphemeral(t, h)
+}
+
+// TestEphemeralConformanceExternal runs them on the real etcd server
+// binary over mutual TLS.
+func TestEphemeralConformanceExternal(t *testing.T) {
+	srv, files := etcddev.External(t, etcddev.ExternalOptions{TLS: true})
+	tc, err := files.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.RunEphemeral(t, ephemeralHarness(etcdstore.Options{Endpoints: []string{srv.Endpoint}, TLS: tc}))
+}
+
+// TestEphemeralLeasesShared: many keys ending within the same second share
+// one lease, and ephemeral keys stay out of the store's dump.
+func TestEphemeralLeasesShared(t *testing.T) {
+	c := etcddev.Embedded(t)
+	s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: c.Endpoints(), Prefix: fmt.Sprintf("kw-eph-%d", prefixes.Add(1))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	e := s.Ephemeral().(*etcdstore.Ephemeral)
+	now := time.Now()
+	for i := range 50 {
+		if ok, err := e.PutIfAbsent(context.Background(), fmt.Sprint(i), []byte("v"), now, time.Hour); err != nil || !ok {
+			t.Fatalf("put %d: %v %v", i, ok, err)
+		}
+	}
+	if n := e.LeasesGranted(); n > 2 {
+		t.Fatalf("%d leases granted for 50 keys of one lifetime, want at most 2 (a second boundary)", n)
+	}
+	var buf bytes.Buffer
+	if _, err := s.Snapshot(context.Background(), &buf); err != nil {
+		t.Fatal(err)
+	}
+	n, err := etcdstore.ReadDump(bytes.NewReader(buf.Bytes()), func(k, v []byte) error {
+		if bytes.HasPrefix(k, []byte(".eph/")) {
+			return fmt.Errorf("ephemeral key %q in the dump", k)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err, n)
+	}
+}
