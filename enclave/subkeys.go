@@ -23,10 +23,17 @@ const (
 	// SubkeyPasskeyDecoy: HMAC key of the decoy credential ids a passkey
 	// begin shows for a user without passkeys.
 	SubkeyPasskeyDecoy = "passkey decoy credential ids"
+	// SubkeyEphemeralState: AES-256-GCM key sealing the ephemeral state a
+	// cluster shares through its store (open passkey ceremonies, step-up
+	// proofs: they name users and credentials).
+	SubkeyEphemeralState = "ephemeral state"
+	// SubkeyPortalSession: HMAC key binding a Portal sessionId to its
+	// client and ceremony kind (every node of a cluster checks it).
+	SubkeyPortalSession = "portal session id"
 )
 
 // subkeyLabels is every label above (the frozen-vector test checks each).
 var subkeyLabels = []string{
 	SubkeySessionToken, SubkeyAuditAnchor, SubkeyRollback, SubkeyRollbackLedger,
-	SubkeyRollbackNVAuth, SubkeyRecoveryID, SubkeyPasskeyDecoy,
+	SubkeyRollbackNVAuth, SubkeyRecoveryID, SubkeyPasskeyDecoy, SubkeyEphemeralState, SubkeyPortalSession,
 }
