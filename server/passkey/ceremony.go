@@ -21,8 +21,9 @@ const (
 	kindProof
 )
 
-// ceremony is the server-side state of one begun ceremony. It lives only
-// in memory (decisions/23: one active node).
+// ceremony is the server-side state of one begun ceremony, stored in the
+// service's ephemeral state (shared.go) between begin and finish; the
+// table below keeps only its id, address and end, for this node's caps.
 type ceremony struct {
 	id      string
 	kind    ceremonyKind
@@ -42,7 +43,7 @@ type ceremony struct {
 	claim     bool   // registration: claims the unclaimed imported key (no step-up)
 }
 
-// ceremonies holds open ceremonies with a global cap and two caps per
+// ceremonies counts open ceremonies begun on this node with a global cap and two caps per
 // client: per address (IPv6 grouped by /64, ratelimit.AddrKey) and per
 // network (IPv6 /48, IPv4 /24, ratelimit.NetworkKey). Each client's share
 // is a fraction of the global cap, so one network rotating through its
@@ -144,23 +145,6 @@ func (cs *ceremonies) add(now time.Time, c *ceremony) (expired int, err error) {
 	return expired, nil
 }
 
-// put stores c, evicting the oldest entries when the cap is reached
-// (for proofs: losing an old one only means authenticating again).
-func (cs *ceremonies) put(now time.Time, c *ceremony) {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	cs.sweep(now)
-	for len(cs.m) >= cs.max && len(cs.queue) > 0 {
-		if old := cs.queue[0]; !old.removed {
-			cs.remove(old)
-		}
-		cs.queue[0] = nil
-		cs.queue = cs.queue[1:]
-	}
-	c.addrKey, c.netKey = ratelimit.AddrKey(c.addr), ratelimit.NetworkKey(c.addr)
-	cs.insert(c)
-}
-
 // insert adds c; cs.mu is held.
 func (cs *ceremonies) insert(c *ceremony) {
 	cs.m[c.id] = c
@@ -183,20 +167,15 @@ func (cs *ceremonies) retryAfter(now time.Time, of func(*ceremony) bool) time.Du
 	return time.Second
 }
 
-// take removes and returns the ceremony id of kind. A ceremony of another
-// kind is left in place and reported as unknown.
-func (cs *ceremonies) take(now time.Time, id string, kind ceremonyKind) (*ceremony, error) {
+// forget drops the ceremony id from the table (taken, on this node):
+// it no longer counts against the caps. A ceremony finished on another
+// node of a cluster stays counted here until it expires.
+func (cs *ceremonies) forget(id string) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	c, ok := cs.m[id]
-	if !ok || c.kind != kind {
-		return nil, ErrCeremonyUnknown
+	if c, ok := cs.m[id]; ok {
+		cs.remove(c)
 	}
-	cs.remove(c)
-	if !now.Before(c.expires) {
-		return nil, ErrCeremonyExpired
-	}
-	return c, nil
 }
 
 // len is the number of open ceremonies (for metrics and tests).
