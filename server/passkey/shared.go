@@ -1,18 +1,18 @@
 package passkey
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/go-webauthn/webauthn/webauthn"
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
@@ -101,25 +101,87 @@ func (e ephemerals) openValue(key string, v []byte) ([]byte, error) {
 	return e.seal.Open(nil, v[:n], v[n:], []byte(sealAD+key))
 }
 
-// ceremonyState is a ceremony as stored.
-type ceremonyState struct {
-	Kind      ceremonyKind         `json:"k"`
-	RPID      string               `json:"rp"`
-	Subject   *Subject             `json:"s,omitempty"`
-	Prefix    string               `json:"p,omitempty"`
-	Session   webauthn.SessionData `json:"d"`
-	Recipient []byte               `json:"r,omitempty"`
-	StepUp    bool                 `json:"su,omitempty"`
-	KeyStored bool                 `json:"ks,omitempty"`
-	Claim     bool                 `json:"cl,omitempty"`
-	Expires   time.Time            `json:"e"`
+// A ceremony as stored: a version byte, the kind, flags, the end (Unix
+// ns), then length-prefixed fields: relying party id, owner, user id,
+// owner prefix, recipient key, and go-webauthn's session data in its own
+// MessagePack form. Binary, not JSON: it is written and read on every
+// release, and JSON cost about as much again as everything else around it.
+const ceremonyFormat = 1
+
+const (
+	flagSubject = 1 << iota
+	flagStepUp
+	flagKeyStored
+	flagClaim
+)
+
+func encodeCeremony(c *ceremony) ([]byte, error) {
+	sess, err := c.session.MarshalMsg(nil)
+	if err != nil {
+		return nil, err
+	}
+	var flags byte
+	var owner, userID string
+	if c.subject != nil {
+		flags |= flagSubject
+		owner, userID = string(c.subject.Owner), c.subject.UserID
+	}
+	for _, f := range []struct {
+		on  bool
+		bit byte
+	}{{c.stepUp, flagStepUp}, {c.keyStored, flagKeyStored}, {c.claim, flagClaim}} {
+		if f.on {
+			flags |= f.bit
+		}
+	}
+	b := make([]byte, 0, 64+len(sess)+len(c.recipient)+len(owner)+len(c.prefix))
+	b = append(b, ceremonyFormat, byte(c.kind), flags)
+	b = binary.BigEndian.AppendUint64(b, uint64(c.expires.UnixNano()))
+	for _, f := range [][]byte{[]byte(c.rp.cfg.ID), []byte(owner), []byte(userID), []byte(c.prefix), c.recipient, sess} {
+		b = binary.AppendUvarint(b, uint64(len(f)))
+		b = append(b, f...)
+	}
+	return b, nil
+}
+
+var errCeremonyFormat = errors.New("passkey: a stored ceremony does not decode")
+
+func decodeCeremony(b []byte) (c *ceremony, rpID string, err error) {
+	if len(b) < 11 || b[0] != ceremonyFormat {
+		return nil, "", errCeremonyFormat
+	}
+	c = &ceremony{kind: ceremonyKind(b[1])}
+	flags := b[2]
+	c.expires = time.Unix(0, int64(binary.BigEndian.Uint64(b[3:11])))
+	b = b[11:]
+	var fields [6][]byte
+	for i := range fields {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || uint64(len(b)-k) < n {
+			return nil, "", errCeremonyFormat
+		}
+		fields[i], b = b[k:k+int(n)], b[k+int(n):]
+	}
+	if len(b) != 0 {
+		return nil, "", errCeremonyFormat
+	}
+	if flags&flagSubject != 0 {
+		c.subject = &Subject{Owner: enclave.Owner(fields[1]), UserID: string(fields[2])}
+	}
+	c.prefix = string(fields[3])
+	if len(fields[4]) > 0 {
+		c.recipient = bytes.Clone(fields[4])
+	}
+	if _, err := c.session.UnmarshalMsg(fields[5]); err != nil {
+		return nil, "", errCeremonyFormat
+	}
+	c.stepUp, c.keyStored, c.claim = flags&flagStepUp != 0, flags&flagKeyStored != 0, flags&flagClaim != 0
+	return c, string(fields[0]), nil
 }
 
 // putCeremony stores c (begun) for CeremonyTTL.
 func (s *Service) putCeremony(ctx context.Context, c *ceremony, now time.Time) error {
-	st := ceremonyState{Kind: c.kind, RPID: c.rp.cfg.ID, Subject: c.subject, Prefix: c.prefix, Session: c.session,
-		Recipient: c.recipient, StepUp: c.stepUp, KeyStored: c.keyStored, Claim: c.claim, Expires: c.expires}
-	plain, err := json.Marshal(st)
+	plain, err := encodeCeremony(c)
 	if err != nil {
 		return apierr.ErrInternal.Wrap(err)
 	}
@@ -156,18 +218,18 @@ func (s *Service) takeCeremony(ctx context.Context, now time.Time, id string, ki
 	if err != nil {
 		return nil, apierr.ErrInternal.Wrap(err)
 	}
-	var st ceremonyState
-	if err := json.Unmarshal(plain, &st); err != nil || st.Kind != kind {
-		return nil, apierr.ErrInternal.WithMessage("a stored ceremony does not decode")
+	c, rpID, err := decodeCeremony(plain)
+	if err != nil || c.kind != kind {
+		return nil, apierr.ErrInternal.Wrap(errCeremonyFormat)
 	}
-	rp, err := s.rp(st.RPID)
-	if err != nil || st.RPID == "" {
+	rp, err := s.rp(rpID)
+	if err != nil || rpID == "" {
 		// Another node knows a relying party this one does not: the
 		// configurations differ.
 		return nil, ErrCeremonyRP
 	}
-	return &ceremony{id: id, kind: st.Kind, rp: rp, subject: st.Subject, prefix: st.Prefix, session: st.Session,
-		expires: st.Expires, recipient: st.Recipient, stepUp: st.StepUp, keyStored: st.KeyStored, claim: st.Claim}, nil
+	c.id, c.rp = id, rp
+	return c, nil
 }
 
 // proofState is a finished authentication kept as a step-up proof.
