@@ -16,9 +16,6 @@ type ceremonyKind uint8
 const (
 	kindRegistration ceremonyKind = iota + 1
 	kindAuthentication
-	// kindProof is a finished authentication kept for CeremonyTTL: naming
-	// it at registration/begin proves a fresh assertion of the user.
-	kindProof
 )
 
 // ceremony is the server-side state of one begun ceremony, stored in the
