@@ -50,6 +50,17 @@ type Ephemeral interface {
 	Reset(ctx context.Context, key string) error
 }
 
+// EphemeralWatcher is implemented by a shared Ephemeral that can tell a
+// node what other nodes removed: WatchRemoved calls fn with each key under
+// prefix whose value is removed (taken, reset or expired) anywhere, from
+// now until ctx ends or the store closes, in commit order. Nothing
+// security-relevant may depend on it (it is late by a network delay);
+// it lets a node release what it holds for a value that is gone, such as
+// a per-node cap on open ceremonies.
+type EphemeralWatcher interface {
+	WatchRemoved(ctx context.Context, prefix string, fn func(key string))
+}
+
 // EphemeralBackend is implemented by a backend that several nodes share
 // (etcd): its ephemeral state is shared with them, linearizably. A backend
 // without it (bbolt) serves one node, whose ephemeral state stays in its

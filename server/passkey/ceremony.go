@@ -33,6 +33,7 @@ type ceremony struct {
 	netKey  string // its network (IPv6 /48, IPv4 /24), set by add
 	expires time.Time
 	removed bool
+	key     string // in the table: its key in the ephemeral store (ceremonyKey)
 
 	recipient []byte // authentication: the HPKE key the challenge commits to
 	stepUp    bool   // registration: authorized by a fresh assertion of the user
@@ -50,6 +51,7 @@ type ceremony struct {
 type ceremonies struct {
 	mu         sync.Mutex
 	m          map[string]*ceremony
+	byKey      map[string]*ceremony // by ephemeral store key
 	perAddr    map[string]int
 	perNet     map[string]int
 	queue      []*ceremony
@@ -68,7 +70,7 @@ const (
 func newCeremonies(total, maxPerAddr int) *ceremonies {
 	maxPerAddr = min(maxPerAddr, max(1, total/addrShareDiv))
 	maxPerNet := max(maxPerAddr, total/netShareDiv)
-	return &ceremonies{m: map[string]*ceremony{}, perAddr: map[string]int{}, perNet: map[string]int{},
+	return &ceremonies{m: map[string]*ceremony{}, byKey: map[string]*ceremony{}, perAddr: map[string]int{}, perNet: map[string]int{},
 		max: total, maxPerAddr: maxPerAddr, maxPerNet: maxPerNet}
 }
 
@@ -110,6 +112,7 @@ func (cs *ceremonies) sweep(now time.Time) (expired int) {
 func (cs *ceremonies) remove(c *ceremony) {
 	c.removed = true
 	delete(cs.m, c.id)
+	delete(cs.byKey, c.key)
 	decrement(cs.perAddr, c.addrKey)
 	decrement(cs.perNet, c.netKey)
 }
@@ -145,6 +148,7 @@ func (cs *ceremonies) add(now time.Time, c *ceremony) (expired int, err error) {
 // insert adds c; cs.mu is held.
 func (cs *ceremonies) insert(c *ceremony) {
 	cs.m[c.id] = c
+	cs.byKey[c.key] = c
 	cs.perAddr[c.addrKey]++
 	cs.perNet[c.netKey]++
 	cs.queue = append(cs.queue, c)
@@ -166,13 +170,27 @@ func (cs *ceremonies) retryAfter(now time.Time, of func(*ceremony) bool) time.Du
 
 // forget drops the ceremony id from the table (taken, on this node):
 // it no longer counts against the caps. A ceremony finished on another
-// node of a cluster stays counted here until it expires.
+// node of a cluster is dropped when the store's watch tells (forgetKey),
+// or at its expiry.
 func (cs *ceremonies) forget(id string) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if c, ok := cs.m[id]; ok {
 		cs.remove(c)
 	}
+}
+
+// forgetKey drops the ceremony stored under key (taken on another node
+// of a cluster, or expired, as the store's watch tells) and reports
+// whether it was past its end.
+func (cs *ceremonies) forgetKey(now time.Time, key string) (expired bool) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if c, ok := cs.byKey[key]; ok {
+		cs.remove(c)
+		return !now.Before(c.expires)
+	}
+	return false
 }
 
 // len is the number of open ceremonies (for metrics and tests).

@@ -145,3 +145,38 @@ func TestUserBudgetSharedAcrossNodes(t *testing.T) {
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// TestCeremonyCapFreedByAnotherNode: ceremonies begun on node A from one
+// address and finished on node B stop counting against A's per-address cap
+// (A hears from the store that they are gone), so the address can begin
+// again on A before they would have expired.
+func TestCeremonyCapFreedByAnotherNode(t *testing.T) {
+	for _, p := range envPairs {
+		t.Run(p.name, func(t *testing.T) {
+			a, b := p.nodes(t, func(o *Options) { o.MaxCeremoniesPerAddress = 2 })
+			a.register(nil, "alice", aliceKey, softauthn.CreateOptions{})
+			var begun []begun
+			for range 2 {
+				begun = append(begun, a.beginAuth(user("alice")))
+			}
+			if r := a.Send("POST", "/v1/passkeys/authentication/begin", user("alice")); r.Status != 429 {
+				t.Fatalf("third open ceremony of one address on A: %d %s", r.Status, r.Body)
+			}
+			for _, bg := range begun {
+				if r := b.assert(nil, bg, testOrigin, softauthn.GetOptions{}, nil); r.Status != 200 {
+					t.Fatalf("finish on B: %d %s", r.Status, r.Body)
+				}
+			}
+			// A learns it through the store's watch, a network delay later.
+			for deadline := time.Now().Add(30 * time.Second); a.svc.Stats().Open != 0; {
+				if time.Now().After(deadline) {
+					t.Fatalf("A still counts %d open ceremonies finished on B", a.svc.Stats().Open)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if r := a.Send("POST", "/v1/passkeys/authentication/begin", user("alice")); r.Status != 200 {
+				t.Fatalf("begin on A after B finished its ceremonies: %d %s", r.Status, r.Body)
+			}
+		})
+	}
+}

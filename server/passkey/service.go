@@ -207,6 +207,16 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 		}
 		s.rps = append(s.rps, &relyingParty{cfg: rp, origins: origins, wa: wa})
 	}
+	if w, ok := s.eph.ceremonies.(store.EphemeralWatcher); ok {
+		// A ceremony begun here and finished on another node stops
+		// counting against this node's caps when the store says it is
+		// gone (not only at its expiry). The watch ends with the store.
+		w.WatchRemoved(context.Background(), ceremonyPrefix, func(key string) {
+			if s.ceremonies.forgetKey(s.now(), key) {
+				s.stats.expired.Add(1)
+			}
+		})
+	}
 	return s, nil
 }
 
@@ -280,7 +290,7 @@ func (s *Service) addCeremony(ctx context.Context, c *ceremony) error {
 	now := s.now()
 	c.id = newCeremonyID()
 	c.expires = now.Add(s.opts.CeremonyTTL)
-	expired, err := s.ceremonies.add(now, &ceremony{id: c.id, addr: c.addr, expires: c.expires})
+	expired, err := s.ceremonies.add(now, &ceremony{id: c.id, addr: c.addr, expires: c.expires, key: ceremonyKey(c.kind, c.id)})
 	s.stats.expired.Add(uint64(expired))
 	if err != nil {
 		return err

@@ -71,8 +71,11 @@ func digestKey(prefix, id string) string {
 	return prefix + base64.RawURLEncoding.EncodeToString(h[:])
 }
 
+// ceremonyPrefix is the key prefix of every ceremony.
+const ceremonyPrefix = "pk/c/"
+
 func ceremonyKey(kind ceremonyKind, id string) string {
-	return digestKey(fmt.Sprintf("pk/c/%d/", kind), id)
+	return digestKey(fmt.Sprintf("%s%d/", ceremonyPrefix, kind), id)
 }
 
 func proofKey(id string) string { return digestKey("pk/p/", id) }

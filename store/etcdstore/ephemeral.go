@@ -42,7 +42,10 @@ type Ephemeral struct {
 	granted uint64
 }
 
-var _ store.Ephemeral = (*Ephemeral)(nil)
+var (
+	_ store.Ephemeral        = (*Ephemeral)(nil)
+	_ store.EphemeralWatcher = (*Ephemeral)(nil)
+)
 
 // ephemeralDir is the key space of ephemeral state under the prefix.
 const ephemeralDir = ".eph/"
@@ -306,4 +309,53 @@ func (e *Ephemeral) Reset(ctx context.Context, key string) error {
 		return e.s.wrap(err)
 	}
 	return nil
+}
+
+// WatchRemoved implements [store.EphemeralWatcher] with an etcd watch on
+// the prefix's delete events (takes, resets and lease expiries alike). It
+// returns once etcd has created the watch (or after 5 s: then it is
+// created in the background), and watches in a goroutine that ends with
+// ctx or when the store closes. A watch that breaks (a compaction, a lost
+// leader) starts again from the current revision: events in between are
+// missed, which only delays what they would have released.
+func (e *Ephemeral) WatchRemoved(ctx context.Context, prefix string, fn func(key string)) {
+	full := e.prefix + prefix
+	watch := func() clientv3.WatchChan {
+		return e.s.cli.Watch(clientv3.WithRequireLeader(ctx), full, clientv3.WithPrefix(), clientv3.WithFilterPut(), clientv3.WithCreatedNotify())
+	}
+	deliver := func(resp clientv3.WatchResponse) {
+		for _, ev := range resp.Events {
+			if ev.Type == clientv3.EventTypeDelete {
+				fn(string(ev.Kv.Key[len(e.prefix):]))
+			}
+		}
+	}
+	wch := watch()
+	select {
+	case resp, ok := <-wch:
+		if ok {
+			deliver(resp)
+		}
+	case <-time.After(5 * time.Second):
+	}
+	go func() {
+		for {
+			for resp := range wch {
+				deliver(resp)
+			}
+			// The channel closed: the context ended, the client closed, or
+			// the watch was cancelled; pause before watching again.
+			select {
+			case <-ctx.Done():
+				return
+			case <-e.s.cli.Ctx().Done():
+				return
+			case <-time.After(time.Second):
+			}
+			if e.s.closed.Load() {
+				return
+			}
+			wch = watch()
+		}
+	}()
 }

@@ -368,3 +368,48 @@ func TestEphemeralLeasesShared(t *testing.T) {
 		t.Fatal(err, n)
 	}
 }
+
+// TestEphemeralWatchRemoved: a node watching a prefix hears of every value
+// removed under it by another node (taken or reset), and of nothing else.
+func TestEphemeralWatchRemoved(t *testing.T) {
+	c := etcddev.EmbeddedCluster(t, 3)
+	prefix := fmt.Sprintf("kw-eph-%d", prefixes.Add(1))
+	var e [2]store.Ephemeral
+	for i := range e {
+		s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{c.Endpoint(i)}, Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		e[i] = s.Ephemeral()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan string, 16)
+	e[0].(store.EphemeralWatcher).WatchRemoved(ctx, "c/", func(k string) { got <- k })
+	now := time.Now()
+	for _, k := range []string{"c/1", "x/1", "c/2"} {
+		if ok, err := e[1].PutIfAbsent(ctx, k, []byte("v"), now, time.Minute); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+	}
+	if _, err := e[1].Take(ctx, "x/1", now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e[1].Take(ctx, "c/1", now); err != nil {
+		t.Fatal(err)
+	}
+	if err := e[1].Reset(ctx, "c/2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"c/1", "c/2"} {
+		select {
+		case k := <-got:
+			if k != want {
+				t.Fatalf("heard %q, want %q (in commit order, and nothing outside the prefix)", k, want)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("never heard of %q", want)
+		}
+	}
+}
