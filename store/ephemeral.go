@@ -102,6 +102,7 @@ type MemoryEphemeral struct {
 type memEntry struct {
 	key     string
 	value   []byte
+	obj     any       // PutObject's value (never copied, never encoded)
 	expires time.Time // value: its end; counter: when it is empty
 	counter bool
 	removed bool
@@ -185,6 +186,43 @@ func (e *MemoryEphemeral) PutIfAbsent(ctx context.Context, key string, value []b
 	return true, nil
 }
 
+// PutObject is PutIfAbsent for a Go value kept as it is, by reference: a
+// single node's callers skip encoding what never leaves the process. The
+// caller must not change obj after handing it over. TakeObject takes it.
+func (e *MemoryEphemeral) PutObject(key string, obj any, now time.Time, ttl time.Duration) (bool, error) {
+	if err := checkEphemeralKey(key); err != nil {
+		return false, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if x, ok := e.m[key]; ok {
+		if now.Before(x.expires) {
+			return false, nil
+		}
+		e.drop(x)
+	}
+	e.insert(now, &memEntry{key: key, obj: obj, expires: now.Add(ttl)})
+	return true, nil
+}
+
+// TakeObject is Take for a value PutObject stored.
+func (e *MemoryEphemeral) TakeObject(key string, now time.Time) (any, error) {
+	if err := checkEphemeralKey(key); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	x, ok := e.m[key]
+	if !ok || x.counter || x.obj == nil {
+		return nil, ErrNotFound
+	}
+	e.drop(x)
+	if !now.Before(x.expires) {
+		return nil, ErrExpired
+	}
+	return x.obj, nil
+}
+
 // Take implements [Ephemeral].
 func (e *MemoryEphemeral) Take(ctx context.Context, key string, now time.Time) ([]byte, error) {
 	if err := checkEphemeralKey(key); err != nil {
@@ -193,7 +231,7 @@ func (e *MemoryEphemeral) Take(ctx context.Context, key string, now time.Time) (
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	x, ok := e.m[key]
-	if !ok || x.counter {
+	if !ok || x.counter || x.obj != nil {
 		return nil, ErrNotFound
 	}
 	e.drop(x)

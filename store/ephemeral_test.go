@@ -61,3 +61,31 @@ func TestSharedOnlyOnCluster(t *testing.T) {
 		t.Fatal("bbolt reports shared ephemeral state")
 	}
 }
+
+// TestMemoryEphemeralObjects: a value kept by reference is taken once,
+// expires like any other, and is not readable as bytes.
+func TestMemoryEphemeralObjects(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	e := store.NewMemoryEphemeral(10)
+	obj := &struct{ n int }{7}
+	if ok, err := e.PutObject("o", obj, now, time.Minute); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if ok, _ := e.PutObject("o", obj, now, time.Minute); ok {
+		t.Fatal("a held key was put again")
+	}
+	if _, err := e.Take(ctx, "o", now); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("Take of an object: %v", err)
+	}
+	if got, err := e.TakeObject("o", now); err != nil || got != obj {
+		t.Fatalf("TakeObject: %v %v", got, err)
+	}
+	if _, err := e.TakeObject("o", now); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("second TakeObject: %v", err)
+	}
+	e.PutObject("p", obj, now, time.Minute)
+	if _, err := e.TakeObject("p", now.Add(time.Minute)); !errors.Is(err, store.ErrExpired) {
+		t.Fatalf("TakeObject at its end: %v", err)
+	}
+}

@@ -1,10 +1,14 @@
 package passkey
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
+
+	"github.com/go-webauthn/webauthn/webauthn"
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/softauthn"
@@ -178,5 +182,46 @@ func TestCeremonyCapFreedByAnotherNode(t *testing.T) {
 				t.Fatalf("begin on A after B finished its ceremonies: %d %s", r.Status, r.Body)
 			}
 		})
+	}
+}
+
+// TestCeremonyEncoding: a ceremony stored in a cluster's store comes back
+// with every field (a discoverable one without subject, one with subject,
+// recipient key and flags), and a damaged one is refused, not half read.
+func TestCeremonyEncoding(t *testing.T) {
+	v := newEnv(t, nil)
+	rp := v.svc.rps[0]
+	for _, c := range []*ceremony{
+		{kind: kindAuthentication, rp: rp, prefix: OwnerPrefixUser, expires: time.Unix(1700000000, 5),
+			session: webauthn.SessionData{Challenge: "chal", RelyingPartyID: testRPID, AllowedCredentialIDs: [][]byte{{1, 2}, {3}}, Expires: time.Unix(1700000000, 0).UTC(), UserVerification: "preferred"}},
+		{kind: kindRegistration, rp: rp, subject: &Subject{Owner: "portal:client-a", UserID: "client-a"}, recipient: []byte{9, 9, 9},
+			stepUp: true, claim: true, expires: time.Unix(1700000001, 0), session: webauthn.SessionData{Challenge: "c2", UserID: []byte("client-a")}},
+		{kind: kindRegistration, rp: rp, subject: &Subject{Owner: "user:bob", UserID: "bob"}, keyStored: true, expires: time.Unix(1700000002, 0)},
+	} {
+		b, err := encodeCeremony(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, rpID, err := decodeCeremony(b)
+		if err != nil || rpID != testRPID {
+			t.Fatalf("decode: %v %q", err, rpID)
+		}
+		same := got.kind == c.kind && reflect.DeepEqual(got.subject, c.subject) && got.prefix == c.prefix &&
+			bytes.Equal(got.recipient, c.recipient) && got.stepUp == c.stepUp && got.keyStored == c.keyStored &&
+			got.claim == c.claim && got.expires.Equal(c.expires) && got.session.Challenge == c.session.Challenge &&
+			got.session.RelyingPartyID == c.session.RelyingPartyID && bytes.Equal(got.session.UserID, c.session.UserID) &&
+			reflect.DeepEqual(len(got.session.AllowedCredentialIDs), len(c.session.AllowedCredentialIDs)) &&
+			got.session.Expires.Equal(c.session.Expires) && got.session.UserVerification == c.session.UserVerification
+		for i := range min(len(got.session.AllowedCredentialIDs), len(c.session.AllowedCredentialIDs)) {
+			same = same && bytes.Equal(got.session.AllowedCredentialIDs[i], c.session.AllowedCredentialIDs[i])
+		}
+		if !same {
+			t.Fatalf("round trip:\n got %+v\nwant %+v", got, c)
+		}
+		for _, bad := range [][]byte{b[:len(b)-1], append(bytes.Clone(b), 0), append([]byte{2}, b[1:]...), b[:5]} {
+			if _, _, err := decodeCeremony(bad); err == nil {
+				t.Fatalf("a damaged ceremony decoded: %x", bad)
+			}
+		}
 	}
 }

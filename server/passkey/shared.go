@@ -182,13 +182,22 @@ func decodeCeremony(b []byte) (c *ceremony, rpID string, err error) {
 	return c, string(fields[0]), nil
 }
 
-// putCeremony stores c (begun) for CeremonyTTL.
+// putCeremony stores c (begun) for CeremonyTTL. On one node the
+// in-memory store keeps a copy of the struct itself (nothing to encode:
+// the release path costs what it did before the cluster).
 func (s *Service) putCeremony(ctx context.Context, c *ceremony, now time.Time) error {
+	key := ceremonyKey(c.kind, c.id)
+	if m, ok := s.eph.ceremonies.(*store.MemoryEphemeral); ok {
+		cp := *c
+		if ok, err := m.PutObject(key, &cp, now, s.opts.CeremonyTTL); err != nil || !ok {
+			return apierr.ErrInternal.WithMessage("ceremony id collision")
+		}
+		return nil
+	}
 	plain, err := encodeCeremony(c)
 	if err != nil {
 		return apierr.ErrInternal.Wrap(err)
 	}
-	key := ceremonyKey(c.kind, c.id)
 	ok, err := s.eph.ceremonies.PutIfAbsent(ctx, key, s.eph.sealValue(key, plain), now, s.opts.CeremonyTTL)
 	if err != nil {
 		return err
@@ -206,7 +215,15 @@ func (s *Service) takeCeremony(ctx context.Context, now time.Time, id string, ki
 		return nil, ErrCeremonyUnknown
 	}
 	key := ceremonyKey(kind, id)
-	v, err := s.eph.ceremonies.Take(ctx, key, now)
+	var v []byte
+	var obj any
+	var err error
+	m, local := s.eph.ceremonies.(*store.MemoryEphemeral)
+	if local {
+		obj, err = m.TakeObject(key, now)
+	} else {
+		v, err = s.eph.ceremonies.Take(ctx, key, now)
+	}
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return nil, ErrCeremonyUnknown
@@ -217,6 +234,9 @@ func (s *Service) takeCeremony(ctx context.Context, now time.Time, id string, ki
 		return nil, err
 	}
 	s.ceremonies.forget(id)
+	if local {
+		return obj.(*ceremony), nil
+	}
 	plain, err := s.eph.openValue(key, v)
 	if err != nil {
 		return nil, apierr.ErrInternal.Wrap(err)
