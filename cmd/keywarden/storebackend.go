@@ -42,7 +42,23 @@ func etcdOptions(cfg config.Config) (etcdstore.Options, error) {
 // live store goes through here; the commands that work on a bbolt file
 // itself (a backup file, recover's staged copy) refuse etcd with
 // refuseEtcd.
+//
+// Whatever the backend, a store other than bbolt must share the state that
+// refuses or permits requests between nodes (checkSharedState).
 func openStoreDB(ctx context.Context, cfg config.Config, opts store.Options) (*store.DB, error) {
+	db, err := openBackendDB(ctx, cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSharedState(cfg.Store.Backend, db); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// openBackendDB opens the backend store.backend names (openStoreDB).
+func openBackendDB(ctx context.Context, cfg config.Config, opts store.Options) (*store.DB, error) {
 	if cfg.Store.Backend != "etcd" {
 		return store.Open(cfg.Data.DB, opts)
 	}
@@ -60,6 +76,19 @@ func openStoreDB(ctx context.Context, cfg config.Config, opts store.Options) (*s
 		return nil, fmt.Errorf("store (etcd, prefix %q): %w", b.Prefix(), err)
 	}
 	return db, nil
+}
+
+// checkSharedState refuses a store that other nodes may write (any
+// backend but bbolt) whose backend does not share the state that refuses
+// or permits requests (store.EphemeralBackend): its nodes would each keep
+// ceremonies, proofs, failure budgets and blocks to themselves, and an
+// attacker would pick the node that has not heard (decisions/43). A
+// backend that wraps etcdstore must pass its Ephemeral on.
+func checkSharedState(backend string, db *store.DB) error {
+	if backend == "" || backend == "bbolt" || db.Shared() {
+		return nil
+	}
+	return fmt.Errorf("store.backend %s: the backend does not share ceremonies, proofs, failure budgets and blocks between nodes (no store.EphemeralBackend); refusing to serve", backend)
 }
 
 // refuseEtcd is the error of a command that works on a bbolt file and has

@@ -62,3 +62,20 @@ func TestStoreBackendSharesEphemeralState(t *testing.T) {
 		t.Fatal("store.backend bbolt reports shared state")
 	}
 }
+
+// TestSharedStateRequiredOffBbolt: a store behind any backend but bbolt
+// must share the refusal state; one that does not (a wrapper that hides
+// etcdstore's Ephemeral, say) is refused.
+func TestSharedStateRequiredOffBbolt(t *testing.T) {
+	db, err := store.Open(filepath.Join(t.TempDir(), "k.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := checkSharedState("bbolt", db); err != nil {
+		t.Fatalf("bbolt: %v", err)
+	}
+	if err := checkSharedState("embedded", db); err == nil || !strings.Contains(err.Error(), "store.backend embedded") {
+		t.Fatalf("a backend other than bbolt without shared state: %v", err)
+	}
+}
