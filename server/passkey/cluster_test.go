@@ -2,6 +2,8 @@ package passkey
 
 import (
 	"bytes"
+	"crypto/ecdh"
+	"crypto/hpke"
 	"encoding/base64"
 	"encoding/json"
 	"reflect"
@@ -223,5 +225,39 @@ func TestCeremonyEncoding(t *testing.T) {
 				t.Fatalf("a damaged ceremony decoded: %x", bad)
 			}
 		}
+	}
+}
+
+// TestSealedReleaseAcrossNodes: the recipient key a ceremony begun on node
+// A commits to reaches node B, which seals the key to it (and refuses
+// another key named at finish).
+func TestSealedReleaseAcrossNodes(t *testing.T) {
+	for _, p := range envPairs {
+		t.Run(p.name, func(t *testing.T) {
+			a, b := p.nodes(t, nil)
+			a.register(nil, "alice", aliceKey, softauthn.CreateOptions{})
+			priv, err := hpke.DHKEM(ecdh.X25519()).GenerateKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pub := base64.StdEncoding.EncodeToString(priv.PublicKey().Bytes())
+			other, _ := hpke.DHKEM(ecdh.X25519()).GenerateKey()
+			bg := a.beginAuth(map[string]any{"userId": "alice", "recipientPublicKey": pub})
+			swapped := map[string]any{"recipientPublicKey": base64.StdEncoding.EncodeToString(other.PublicKey().Bytes())}
+			if r := b.assert(nil, bg, testOrigin, softauthn.GetOptions{}, swapped); r.Code() != ErrRecipientMismatch.Code {
+				t.Fatalf("another recipient key at finish on B: %d %s", r.Status, r.Body)
+			}
+			bg = a.beginAuth(map[string]any{"userId": "alice", "recipientPublicKey": pub})
+			r := b.assert(nil, bg, testOrigin, softauthn.GetOptions{}, nil)
+			m := r.Map(t)
+			if r.Status != 200 || m["key"] != nil || m["sealedKey"] == nil {
+				t.Fatalf("sealed release on B: %d %s", r.Status, r.Body)
+			}
+			enc, _ := base64.StdEncoding.DecodeString(m["enc"].(string))
+			ct, _ := base64.StdEncoding.DecodeString(m["sealedKey"].(string))
+			if pt, err := enclave.OpenFromRecipient(priv, enc, ct, ReleaseInfo(bg.CeremonyID, "alice")); err != nil || !bytes.Equal(pt, aliceKey) {
+				t.Fatalf("open the key sealed on B: %v", err)
+			}
+		})
 	}
 }
