@@ -248,7 +248,8 @@ type Stats struct {
 	Begun, Finished map[string]uint64
 	// Expired counts ceremonies dropped unused at their expiry.
 	Expired uint64
-	// Open is the number of ceremonies held now.
+	// Open is the number of ceremonies begun on this node and held now
+	// (finished nowhere yet, not expired).
 	Open int
 	// Refusals counts refused requests by error code.
 	Refusals map[string]uint64
