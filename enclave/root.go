@@ -19,7 +19,9 @@
 //	        ├── "rollback-nv-auth"              SubkeyRollbackNVAuth  auth value of the TPM NV rollback counter
 //	        ├── "recovery-id"                   SubkeyRecoveryID      key of the root id (RootID) on shares and backups
 //	        ├── "passkey decoy credential ids"  SubkeyPasskeyDecoy    HMAC key of decoy credential ids (package passkey)
-//	        └── "cluster-ca"                    SubkeyClusterCA       Ed25519 seed of the embedded etcd cluster's CA (package cluster)
+//	        ├── "cluster-ca"                    SubkeyClusterCA       Ed25519 seed of the embedded etcd cluster's CA (package cluster)
+//	        ├── "ephemeral state"               SubkeyEphemeralState  AES-GCM key of ceremonies and proofs a cluster shares
+//	        └── "portal session id"             SubkeyPortalSession   HMAC key of Portal sessionIds (package portal)
 //
 // The labels are constants (subkeys.go); their derived values are frozen in
 // testdata/vectors.json, so a changed label is a failing test.

@@ -28,10 +28,17 @@ const (
 	// (package cluster): every holder of the root key derives the same CA,
 	// and nobody else can make a certificate the members accept.
 	SubkeyClusterCA = "cluster-ca"
+	// SubkeyEphemeralState: AES-256-GCM key sealing the ephemeral state a
+	// cluster shares through its store (open passkey ceremonies, step-up
+	// proofs: they name users and credentials).
+	SubkeyEphemeralState = "ephemeral state"
+	// SubkeyPortalSession: HMAC key binding a Portal sessionId to its
+	// client and ceremony kind (every node of a cluster checks it).
+	SubkeyPortalSession = "portal session id"
 )
 
 // subkeyLabels is every label above (the frozen-vector test checks each).
 var subkeyLabels = []string{
 	SubkeySessionToken, SubkeyAuditAnchor, SubkeyRollback, SubkeyRollbackLedger,
-	SubkeyRollbackNVAuth, SubkeyRecoveryID, SubkeyPasskeyDecoy, SubkeyClusterCA,
+	SubkeyRollbackNVAuth, SubkeyRecoveryID, SubkeyPasskeyDecoy, SubkeyClusterCA, SubkeyEphemeralState, SubkeyPortalSession,
 }

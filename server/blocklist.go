@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"errors"
+	"maps"
 	"net/http"
 	"sort"
 	"sync"
@@ -17,19 +19,31 @@ import (
 
 // BlockList holds Firebase owners an operator blocked. Revoked or disabled
 // Firebase users cannot be known offline (ID tokens stay valid up to an
-// hour): this is the operator's way to stop one at once. Kept in memory,
-// written through to the store.
+// hour): this is the operator's way to stop one at once.
+//
+// On one node (bbolt) the list is kept in memory and written through to
+// the store: this process is the store's only writer, so memory is never
+// behind it. On a cluster's shared store another node may block a user at
+// any moment, so every check is a linearizable read of the store (one
+// etcd round trip to the leader, measured in BenchmarkBlockListHas): a
+// block committed on any node refuses the next release everywhere, and a
+// node without a quorum refuses (503) rather than answer from memory.
 type BlockList struct {
-	mu  sync.RWMutex
-	set map[string]time.Time
-	db  *store.DB
+	mu     sync.RWMutex
+	set    map[string]time.Time // one node only
+	db     *store.DB
+	shared bool
 }
 
-// LoadBlockList reads the block list from the store. The native Firebase
-// handlers (firebase.HTTPOptions.Blocked) and the Portal TBS routes ask
-// its Has; the admin routes change it.
+// LoadBlockList reads the block list from the store (on a shared store,
+// nothing: it is read at each check). The native Firebase handlers
+// (firebase.HTTPOptions.Blocked) and the Portal TBS routes ask its Has;
+// the admin routes change it.
 func LoadBlockList(ctx context.Context, db *store.DB) (*BlockList, error) {
-	b := &BlockList{set: map[string]time.Time{}, db: db}
+	b := &BlockList{set: map[string]time.Time{}, db: db, shared: db.Shared()}
+	if b.shared {
+		return b, nil
+	}
 	err := db.View(ctx, func(tx *store.Tx) error {
 		return tx.ForEach(store.BucketBlocked, nil, func(k, v []byte) error {
 			t, _ := time.Parse(time.RFC3339, string(v))
@@ -40,12 +54,44 @@ func LoadBlockList(ctx context.Context, db *store.DB) (*BlockList, error) {
 	return b, err
 }
 
-// Has reports whether the operator blocked owner.
-func (b *BlockList) Has(owner string) bool {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	_, ok := b.set[owner]
-	return ok
+// Has reports whether the operator blocked owner; an error (the shared
+// store cannot answer now) refuses the request.
+func (b *BlockList) Has(ctx context.Context, owner string) (bool, error) {
+	if !b.shared {
+		b.mu.RLock()
+		defer b.mu.RUnlock()
+		_, ok := b.set[owner]
+		return ok, nil
+	}
+	var blocked bool
+	err := b.db.View(ctx, func(tx *store.Tx) error {
+		_, err := tx.Get(store.BucketBlocked, []byte(owner))
+		if errors.Is(err, store.ErrNotFound) {
+			blocked = false
+			return nil
+		}
+		blocked = err == nil
+		return err
+	})
+	return blocked, err
+}
+
+// entries is the list: owner → when blocked.
+func (b *BlockList) entries(ctx context.Context) (map[string]time.Time, error) {
+	if !b.shared {
+		b.mu.RLock()
+		defer b.mu.RUnlock()
+		return maps.Clone(b.set), nil
+	}
+	out := map[string]time.Time{}
+	err := b.db.View(ctx, func(tx *store.Tx) error {
+		return tx.ForEach(store.BucketBlocked, nil, func(k, v []byte) error {
+			t, _ := time.Parse(time.RFC3339, string(v))
+			out[string(k)] = t
+			return nil
+		})
+	})
+	return out, err
 }
 
 // blockedOwner takes the full owner "firebase:<project>/<tenant>/<sub>" as
@@ -106,12 +152,14 @@ func (s *Server) listBlocked(c echo.Context) error {
 		Owner     string    `json:"owner"`
 		BlockedAt time.Time `json:"blockedAt"`
 	}
-	s.blocked.mu.RLock()
-	out := make([]entry, 0, len(s.blocked.set))
-	for o, t := range s.blocked.set {
+	set, err := s.blocked.entries(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	out := make([]entry, 0, len(set))
+	for o, t := range set {
 		out = append(out, entry{o, t})
 	}
-	s.blocked.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Owner < out[j].Owner })
 	return c.JSON(http.StatusOK, map[string]any{"blocked": out})
 }

@@ -48,9 +48,15 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 // backend, say).
 func newHarnessOn(t *testing.T, coreOpts []apptest.CoreOption, opts ...harnessOpt) *harness {
 	t.Helper()
+	return newNode(t, coreOpts, firebasetest.NewIssuer(t, "proj-a"), opts...)
+}
+
+// newNode is newHarnessOn with the given Firebase issuer (nodes of one
+// cluster trust the same one).
+func newNode(t *testing.T, coreOpts []apptest.CoreOption, issuer *firebasetest.Issuer, opts ...harnessOpt) *harness {
+	t.Helper()
 	ctx := context.Background()
 	core := apptest.NewCore(t, coreOpts...)
-	issuer := firebasetest.NewIssuer(t, "proj-a")
 	cfg := apptest.Config()
 	cfg.Firebase.ProjectIDs = []string{"proj-a", "proj-b"}
 	v, err := firebase.New(ctx, firebase.Options{ProjectIDs: cfg.Firebase.ProjectIDs, CertsURL: issuer.URL(), Clock: issuer.Clock().Now})

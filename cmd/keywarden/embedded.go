@@ -187,9 +187,12 @@ func openMemberStore(ctx context.Context, cfg config.Config, m *cluster.Embedded
 		b.Close()
 		return nil, fmt.Errorf("store (embedded etcd): %w", err)
 	}
+	if err := checkSharedState(cfg.Store.Backend, db); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return db, nil
 }
-
 
 // wireCluster adds the member routes (GET /v1/admin/cluster, DELETE
 // /v1/admin/cluster/members/:id) on the embedded backend.

@@ -221,7 +221,7 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 		wirePprof,
 		wireCluster,      // the embedded backend's member routes
 		wireClusterJoins, // on a cluster member only
-		wireEtcd, // etcd backend only: its metrics, status sampler and maintenance snapshot
+		wireEtcd,         // etcd backend only: its metrics, status sampler and maintenance snapshot
 	} {
 		if err := wire(ctx, a, &opts); err != nil {
 			return nil, nil, err
@@ -264,6 +264,15 @@ func (a *appliance) openStore(ctx context.Context) error {
 	}
 	a.db = db
 	a.closers = append(a.closers, func() { db.Close() })
+	// The backend decides where the state that refuses or permits lives
+	// (ceremonies, step-up proofs, failure budgets, the block list): shared
+	// and read linearizably on a cluster's store (any backend but bbolt),
+	// in this process on bbolt.
+	if db.Shared() {
+		a.log.Info("single-use and refusal state is shared through the store (any node answers any request); per-address rate limits stay per node")
+	} else {
+		a.log.Info("single-use and refusal state is kept in this process (one active node)")
+	}
 	a.metrics.GaugeFunc("keywarden_store_size_bytes", "Size of the bbolt file (0 on etcd).", func() float64 { return float64(db.Stats().Size) })
 	a.metrics.CounterFunc("keywarden_store_commits_total", "Store transactions committed (one fsync each).", func() float64 { return float64(db.Stats().Commits) })
 	return nil

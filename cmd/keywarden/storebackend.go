@@ -41,8 +41,25 @@ func etcdOptions(cfg config.Config) (etcdstore.Options, error) {
 // its mTLS files, under its prefix). The opts are the façade's; Timeout
 // (the file lock) is bbolt's only. Every command that reads or writes the
 // live store goes through here; recover (recover_target.go) and store
-// migrate (migrate.go) open their stores themselves.
+// migrate (migrate.go) open their stores themselves, and the embedded
+// backend's store opens with its member (openMemberStore).
+//
+// Whatever the backend, a store other than bbolt must share the state that
+// refuses or permits requests between nodes (checkSharedState).
 func openStoreDB(ctx context.Context, cfg config.Config, opts store.Options) (*store.DB, error) {
+	db, err := openBackendDB(ctx, cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSharedState(cfg.Store.Backend, db); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// openBackendDB opens the backend store.backend names (openStoreDB).
+func openBackendDB(ctx context.Context, cfg config.Config, opts store.Options) (*store.DB, error) {
 	switch cfg.Store.Backend {
 	case "etcd":
 	case "embedded":
@@ -71,3 +88,16 @@ func openStoreDB(ctx context.Context, cfg config.Config, opts store.Options) (*s
 // unsealed root key for the cluster's certificates); the commands that
 // open the store while the server is stopped do not run there yet.
 var errEmbeddedOffline = errors.New("with store.backend: embedded the store is this node's etcd member, which only `keywarden serve` (or `keywarden cluster init`) starts; this command does not run on the embedded backend yet")
+
+// checkSharedState refuses a store that other nodes may write (any
+// backend but bbolt) whose backend does not share the state that refuses
+// or permits requests (store.EphemeralBackend): its nodes would each keep
+// ceremonies, proofs, failure budgets and blocks to themselves, and an
+// attacker would pick the node that has not heard (decisions/46). A
+// backend that wraps etcdstore must pass its Ephemeral on.
+func checkSharedState(backend string, db *store.DB) error {
+	if backend == "" || backend == "bbolt" || db.Shared() {
+		return nil
+	}
+	return fmt.Errorf("store.backend %s: the backend does not share ceremonies, proofs, failure budgets and blocks between nodes (no store.EphemeralBackend); refusing to serve", backend)
+}

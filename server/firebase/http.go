@@ -41,8 +41,10 @@ type HTTPOptions struct {
 	// Verifier checks ID tokens; nil: every route answers 503
 	// firebase_not_configured.
 	Verifier TokenVerifier
-	// Blocked reports whether the operator blocked an owner; nil: nobody is.
-	Blocked func(owner string) bool
+	// Blocked reports whether the operator blocked an owner (an error
+	// refuses the request: on a cluster the list is read from the shared
+	// store each time); nil: nobody is.
+	Blocked func(ctx context.Context, owner string) (bool, error)
 	// OverwriteMaxAuthAge, when > 0, is the sign-in age rule
 	// (firebase.overwrite_max_auth_age, keys.SignIn).
 	OverwriteMaxAuthAge time.Duration
@@ -55,7 +57,7 @@ type HTTPOptions struct {
 type HTTP struct {
 	keys    *keys.Service
 	v       TokenVerifier
-	blocked func(owner string) bool
+	blocked func(ctx context.Context, owner string) (bool, error)
 	maxAge  time.Duration
 }
 
@@ -65,7 +67,7 @@ func NewHTTP(o HTTPOptions) (*HTTP, error) {
 		return nil, errors.New("firebase: HTTPOptions.Keys is required")
 	}
 	if o.Blocked == nil {
-		o.Blocked = func(string) bool { return false }
+		o.Blocked = func(context.Context, string) (bool, error) { return false, nil }
 	}
 	return &HTTP{keys: o.Keys, v: o.Verifier, blocked: o.Blocked, maxAge: o.OverwriteMaxAuthAge}, nil
 }
@@ -99,7 +101,11 @@ func (h *HTTP) Verify(c echo.Context, header string) (*Identity, error) {
 		}
 		return nil, err
 	}
-	if h.blocked(id.Owner()) {
+	blocked, err := h.blocked(ctx, id.Owner())
+	if err != nil {
+		return nil, err
+	}
+	if blocked {
 		h.keys.Refuse(ctx, httpx.KeysRequest(c), enclave.Owner(id.Owner()), Method, "user_blocked")
 		return nil, ErrBlocked
 	}

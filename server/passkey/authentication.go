@@ -118,7 +118,7 @@ func (s *Service) beginAuthentication(ctx context.Context, req AuthenticationReq
 		return nil, apierr.ErrInternal.Wrap(err)
 	}
 	c.session = *session
-	if err := s.addCeremony(c); err != nil {
+	if err := s.addCeremony(ctx, c); err != nil {
 		return nil, err
 	}
 	rp.begun.Add(1)
@@ -199,9 +199,11 @@ func (s *Service) FinishAuthentication(ctx context.Context, req FinishAuthentica
 	if ok, wait := checkLimit(s.addrLimit, ratelimit.AddrKey(req.ClientAddr), now); !ok {
 		return nil, s.refuse(ctx, apierr.ErrRateLimited.WithRetry(wait), "", req.ClientAddr, "authentication_finish")
 	}
-	c, err := s.ceremonies.take(now, req.CeremonyID, kindAuthentication)
+	c, err := s.takeCeremony(ctx, now, req.CeremonyID, kindAuthentication)
 	if err != nil {
-		s.addrLimit.Spend(ratelimit.AddrKey(req.ClientAddr), now)
+		if _, ok := apierr.As(err); ok {
+			s.addrLimit.Spend(ratelimit.AddrKey(req.ClientAddr), now)
+		}
 		return nil, s.refuse(ctx, err, "", req.ClientAddr, "authentication_finish")
 	}
 	out, owner, err := s.finishAuthentication(ctx, c, req)
@@ -213,10 +215,13 @@ func (s *Service) FinishAuthentication(ctx context.Context, req FinishAuthentica
 	}
 	c.rp.done.Add(1)
 	// Keep the finished ceremony as proof of a fresh assertion (adding a
-	// passkey). Proofs have their own bounded store: they count against
-	// no client's ceremony cap, and the oldest is dropped when it is full.
-	now = s.now()
-	s.proofs.put(now, &ceremony{id: c.id, kind: kindProof, rp: c.rp, subject: &out.Subject, expires: now.Add(s.opts.CeremonyTTL)})
+	// passkey), single use like the ceremony. Proofs have their own store:
+	// they count against no client's ceremony cap (in memory, bounded,
+	// the oldest dropped first). The key is already released: a proof
+	// that cannot be kept only means authenticating again to add a passkey.
+	if err := s.putProof(ctx, c.id, out.Subject, c.rp, s.now()); err != nil {
+		s.log.Warn("passkey: keeping the step-up proof failed", "err", err)
+	}
 	out.ProofID = c.id
 	return out, nil
 }
@@ -330,7 +335,9 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 	// The per-user budget is spent only by such failures (a counter that
 	// goes backwards: a cloned authenticator), so only a holder can run it
 	// down.
-	if ok, wait := checkLimit(s.userLimit, string(rec.Owner), s.now()); !ok {
+	if ok, wait, err := s.checkBudget(ctx, rec.Owner, s.now()); err != nil {
+		return nil, owner, err
+	} else if !ok {
 		return nil, owner, apierr.ErrRateLimited.WithRetry(wait)
 	}
 
@@ -385,7 +392,9 @@ func (s *Service) finishAuthentication(ctx context.Context, c *ceremony, req Fin
 // verified: only a holder of the key gets here), audits (durably: a
 // possible cloned authenticator is worth a line) and refuses.
 func (s *Service) counterRegressed(ctx context.Context, rec *credential, got uint32, addr string) error {
-	s.userLimit.Spend(string(rec.Owner), s.now())
+	if err := s.spendBudget(ctx, rec.Owner); err != nil {
+		return err
+	}
 	_ = s.audit.Record(ctx, audit.Event{Action: audit.ActionRefusal, Outcome: audit.OutcomeRefused, Reason: ErrCounterRegressed.Code,
 		Owner: string(rec.Owner), Method: Method, Remote: addr,
 		Fields: map[string]string{"credential": rec.idString(), "stored": strconv.FormatUint(uint64(rec.SignCount), 10),

@@ -16,13 +16,11 @@ type ceremonyKind uint8
 const (
 	kindRegistration ceremonyKind = iota + 1
 	kindAuthentication
-	// kindProof is a finished authentication kept for CeremonyTTL: naming
-	// it at registration/begin proves a fresh assertion of the user.
-	kindProof
 )
 
-// ceremony is the server-side state of one begun ceremony. It lives only
-// in memory (decisions/23: one active node).
+// ceremony is the server-side state of one begun ceremony, stored in the
+// service's ephemeral state (shared.go) between begin and finish; the
+// table below keeps only its id, address and end, for this node's caps.
 type ceremony struct {
 	id      string
 	kind    ceremonyKind
@@ -35,6 +33,7 @@ type ceremony struct {
 	netKey  string // its network (IPv6 /48, IPv4 /24), set by add
 	expires time.Time
 	removed bool
+	key     string // in the table: its key in the ephemeral store (ceremonyKey)
 
 	recipient []byte // authentication: the HPKE key the challenge commits to
 	stepUp    bool   // registration: authorized by a fresh assertion of the user
@@ -42,7 +41,7 @@ type ceremony struct {
 	claim     bool   // registration: claims the unclaimed imported key (no step-up)
 }
 
-// ceremonies holds open ceremonies with a global cap and two caps per
+// ceremonies counts open ceremonies begun on this node with a global cap and two caps per
 // client: per address (IPv6 grouped by /64, ratelimit.AddrKey) and per
 // network (IPv6 /48, IPv4 /24, ratelimit.NetworkKey). Each client's share
 // is a fraction of the global cap, so one network rotating through its
@@ -52,6 +51,7 @@ type ceremony struct {
 type ceremonies struct {
 	mu         sync.Mutex
 	m          map[string]*ceremony
+	byKey      map[string]*ceremony // by ephemeral store key
 	perAddr    map[string]int
 	perNet     map[string]int
 	queue      []*ceremony
@@ -70,7 +70,7 @@ const (
 func newCeremonies(total, maxPerAddr int) *ceremonies {
 	maxPerAddr = min(maxPerAddr, max(1, total/addrShareDiv))
 	maxPerNet := max(maxPerAddr, total/netShareDiv)
-	return &ceremonies{m: map[string]*ceremony{}, perAddr: map[string]int{}, perNet: map[string]int{},
+	return &ceremonies{m: map[string]*ceremony{}, byKey: map[string]*ceremony{}, perAddr: map[string]int{}, perNet: map[string]int{},
 		max: total, maxPerAddr: maxPerAddr, maxPerNet: maxPerNet}
 }
 
@@ -112,6 +112,7 @@ func (cs *ceremonies) sweep(now time.Time) (expired int) {
 func (cs *ceremonies) remove(c *ceremony) {
 	c.removed = true
 	delete(cs.m, c.id)
+	delete(cs.byKey, c.key)
 	decrement(cs.perAddr, c.addrKey)
 	decrement(cs.perNet, c.netKey)
 }
@@ -144,26 +145,10 @@ func (cs *ceremonies) add(now time.Time, c *ceremony) (expired int, err error) {
 	return expired, nil
 }
 
-// put stores c, evicting the oldest entries when the cap is reached
-// (for proofs: losing an old one only means authenticating again).
-func (cs *ceremonies) put(now time.Time, c *ceremony) {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	cs.sweep(now)
-	for len(cs.m) >= cs.max && len(cs.queue) > 0 {
-		if old := cs.queue[0]; !old.removed {
-			cs.remove(old)
-		}
-		cs.queue[0] = nil
-		cs.queue = cs.queue[1:]
-	}
-	c.addrKey, c.netKey = ratelimit.AddrKey(c.addr), ratelimit.NetworkKey(c.addr)
-	cs.insert(c)
-}
-
 // insert adds c; cs.mu is held.
 func (cs *ceremonies) insert(c *ceremony) {
 	cs.m[c.id] = c
+	cs.byKey[c.key] = c
 	cs.perAddr[c.addrKey]++
 	cs.perNet[c.netKey]++
 	cs.queue = append(cs.queue, c)
@@ -183,20 +168,29 @@ func (cs *ceremonies) retryAfter(now time.Time, of func(*ceremony) bool) time.Du
 	return time.Second
 }
 
-// take removes and returns the ceremony id of kind. A ceremony of another
-// kind is left in place and reported as unknown.
-func (cs *ceremonies) take(now time.Time, id string, kind ceremonyKind) (*ceremony, error) {
+// forget drops the ceremony id from the table (taken, on this node):
+// it no longer counts against the caps. A ceremony finished on another
+// node of a cluster is dropped when the store's watch tells (forgetKey),
+// or at its expiry.
+func (cs *ceremonies) forget(id string) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	c, ok := cs.m[id]
-	if !ok || c.kind != kind {
-		return nil, ErrCeremonyUnknown
+	if c, ok := cs.m[id]; ok {
+		cs.remove(c)
 	}
-	cs.remove(c)
-	if !now.Before(c.expires) {
-		return nil, ErrCeremonyExpired
+}
+
+// forgetKey drops the ceremony stored under key (taken on another node
+// of a cluster, or expired, as the store's watch tells) and reports
+// whether it was past its end.
+func (cs *ceremonies) forgetKey(now time.Time, key string) (expired bool) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if c, ok := cs.byKey[key]; ok {
+		cs.remove(c)
+		return !now.Before(c.expires)
 	}
-	return c, nil
+	return false
 }
 
 // len is the number of open ceremonies (for metrics and tests).

@@ -58,8 +58,14 @@ func testOptions() Options {
 
 func newEnv(t testing.TB, mod func(*Options)) *env {
 	t.Helper()
-	core := apptest.NewCore(t, apptest.NoTPM())
-	clk := firebasetest.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	return newEnvOn(t, mod, []apptest.CoreOption{apptest.NoTPM()}, firebasetest.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)))
+}
+
+// newEnvOn is newEnv over a core made with coreOpts, on the clock clk
+// (nodes of one cluster share it).
+func newEnvOn(t testing.TB, mod func(*Options), coreOpts []apptest.CoreOption, clk *firebasetest.Clock) *env {
+	t.Helper()
+	core := apptest.NewCore(t, coreOpts...)
 	custody := enclave.NewCustody(core.DB, core.Root, enclave.CustodyOptions{Clock: clk.Now})
 	logs := &proc.SyncBuffer{}
 	opts := testOptions()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/softauthn"
+	"github.com/keywarden/keywarden/store"
 )
 
 // fixture: alice (key aliceKey, a counting authenticator, counter at 100)
@@ -457,7 +458,7 @@ func TestManyReleasesFromOneAddress(t *testing.T) {
 		}
 		proofs = append(proofs, r.Map(t)["assertionCeremonyId"].(string))
 	}
-	if n := v.svc.proofs.len(); n > 8 {
+	if n := v.svc.eph.proofs.(*store.MemoryEphemeral).Len(); n > 8 {
 		t.Fatalf("%d proofs held, cap 8", n)
 	}
 	r := v.Send("POST", "/v1/passkeys/registration/begin", map[string]any{"assertionCeremonyId": proofs[0]}, withBearer(v.token("alice")))

@@ -82,9 +82,8 @@ func (s *Service) beginRegistration(ctx context.Context, req RegistrationRequest
 	}
 	stepUp := false
 	if req.AssertionCeremonyID != "" {
-		p, err := s.proofs.take(s.now(), req.AssertionCeremonyID, kindProof)
-		if err != nil || p.subject.Owner != req.Subject.Owner || p.rp != rp {
-			return nil, ErrAssertionInvalid
+		if err := s.takeProof(ctx, req.AssertionCeremonyID, req.Subject.Owner, rp); err != nil {
+			return nil, err
 		}
 		stepUp = true
 	}
@@ -130,7 +129,7 @@ func (s *Service) beginRegistration(ctx context.Context, req RegistrationRequest
 	}
 	c := &ceremony{kind: kindRegistration, rp: rp, subject: &req.Subject, session: *session, addr: req.ClientAddr,
 		stepUp: stepUp, keyStored: hasKey, claim: claim}
-	if err := s.addCeremony(c); err != nil {
+	if err := s.addCeremony(ctx, c); err != nil {
 		return nil, err
 	}
 	rp.begun.Add(1)
@@ -192,9 +191,11 @@ func (s *Service) FinishRegistration(ctx context.Context, req FinishRegistration
 	if ok, wait := checkLimit(s.addrLimit, ratelimit.AddrKey(req.ClientAddr), now); !ok {
 		return nil, s.refuse(ctx, apierr.ErrRateLimited.WithRetry(wait), "", req.ClientAddr, "registration_finish")
 	}
-	c, err := s.ceremonies.take(now, req.CeremonyID, kindRegistration)
+	c, err := s.takeCeremony(ctx, now, req.CeremonyID, kindRegistration)
 	if err != nil {
-		s.addrLimit.Spend(ratelimit.AddrKey(req.ClientAddr), now)
+		if _, ok := apierr.As(err); ok {
+			s.addrLimit.Spend(ratelimit.AddrKey(req.ClientAddr), now)
+		}
 		return nil, s.refuse(ctx, err, "", req.ClientAddr, "registration_finish")
 	}
 	out, err := s.finishRegistration(ctx, c, req)

@@ -110,11 +110,15 @@ type Service struct {
 	// it costs what a real one costs (decisions/07).
 	decoyKey []byte
 
-	shapes     decoyShapes
+	shapes decoyShapes
+	// ceremonies counts this node's open ceremonies for its caps (global,
+	// per address, per network: they stay per node); the ceremonies
+	// themselves, the step-up proofs and the per-user failure budgets
+	// (only failures spend, decisions/07) are in eph, shared by every node
+	// of a cluster (shared.go).
 	ceremonies *ceremonies
-	proofs     *ceremonies        // finished authentications (kindProof), FIFO-evicted
-	userLimit  *ratelimit.Limiter // only failures spend (decisions/07)
-	addrLimit  *ratelimit.Limiter
+	eph        ephemerals
+	addrLimit  *ratelimit.Limiter // per node
 
 	stats stats
 }
@@ -153,10 +157,13 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 		opts: o, db: deps.DB, custody: deps.Custody, keys: deps.Keys, audit: deps.Audit, log: deps.Logger, now: deps.Clock,
 		decoy:      deps.Custody.Root().Subkey(enclave.SubkeyPasskeyDecoy),
 		ceremonies: newCeremonies(o.MaxCeremonies, o.MaxCeremoniesPerAddress),
-		proofs:     newCeremonies(o.MaxCeremonies, o.MaxCeremonies),
-		userLimit:  ratelimit.New(o.UserFailureBurst, o.UserFailureInterval, o.MaxTrackedLimits),
 		addrLimit:  ratelimit.New(o.AddressFailureBurst, o.AddressFailureInterval, o.MaxTrackedLimits),
 	}
+	eph, err := newEphemerals(deps.DB, deps.Custody.Root(), o)
+	if err != nil {
+		return nil, err
+	}
+	s.eph = eph
 	s.stats.refusals = map[string]uint64{}
 	s.decoyKey = decoyVerificationKey(s.decoy.Reveal())
 	if s.log == nil {
@@ -200,6 +207,16 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 		}
 		s.rps = append(s.rps, &relyingParty{cfg: rp, origins: origins, wa: wa})
 	}
+	if w, ok := s.eph.ceremonies.(store.EphemeralWatcher); ok {
+		// A ceremony begun here and finished on another node stops
+		// counting against this node's caps when the store says it is
+		// gone (not only at its expiry). The watch ends with the store.
+		w.WatchRemoved(context.Background(), ceremonyPrefix, func(key string) {
+			if s.ceremonies.forgetKey(s.now(), key) {
+				s.stats.expired.Add(1)
+			}
+		})
+	}
 	return s, nil
 }
 
@@ -231,7 +248,8 @@ type Stats struct {
 	Begun, Finished map[string]uint64
 	// Expired counts ceremonies dropped unused at their expiry.
 	Expired uint64
-	// Open is the number of ceremonies held now.
+	// Open is the number of ceremonies begun on this node and held now
+	// (finished nowhere yet, not expired).
 	Open int
 	// Refusals counts refused requests by error code.
 	Refusals map[string]uint64
@@ -267,13 +285,22 @@ func (s *Service) refuse(ctx context.Context, err error, owner enclave.Owner, ad
 	return err
 }
 
-func (s *Service) addCeremony(c *ceremony) error {
+// addCeremony counts c against this node's caps, then stores it where
+// every node can finish it.
+func (s *Service) addCeremony(ctx context.Context, c *ceremony) error {
 	now := s.now()
 	c.id = newCeremonyID()
 	c.expires = now.Add(s.opts.CeremonyTTL)
-	expired, err := s.ceremonies.add(now, c)
+	expired, err := s.ceremonies.add(now, &ceremony{id: c.id, addr: c.addr, expires: c.expires, key: ceremonyKey(c.kind, c.id)})
 	s.stats.expired.Add(uint64(expired))
-	return err
+	if err != nil {
+		return err
+	}
+	if err := s.putCeremony(ctx, c, now); err != nil {
+		s.ceremonies.forget(c.id)
+		return err
+	}
+	return nil
 }
 
 type waUser struct {

@@ -43,7 +43,7 @@ type ShareStore interface {
 // services. It keeps no record of its own: Firebase keys go through the
 // server's StoreKey/ReleaseKey, passkeys through the passkey service,
 // shares through the custodian service. Its only state is the identity
-// cache and a per-process key that binds a sessionId to its client.
+// cache and the key (a root subkey) that binds a sessionId to its client.
 type Adapter struct {
 	opts     Options
 	resolver *Resolver
@@ -91,7 +91,15 @@ func New(opts Options, deps Deps) (*Adapter, error) {
 	}
 	a := &Adapter{opts: o, resolver: r, pk: deps.Passkey, shares: deps.Shares, log: deps.Logger, now: deps.Clock, keys: deps.Keys, fb: deps.Firebase, audit: deps.Audit,
 		sessionKey: make([]byte, 32)}
-	_, _ = rand.Read(a.sessionKey)
+	if deps.Custody != nil {
+		// A root subkey: every node of a cluster shares the root key, so a
+		// sessionId begun on one node is checked on any other.
+		k := deps.Custody.Root().Subkey(enclave.SubkeyPortalSession)
+		copy(a.sessionKey, k.Reveal())
+		k.Wipe()
+	} else {
+		_, _ = rand.Read(a.sessionKey) // one node only (tests)
+	}
 	if deps.Custody != nil && !o.AllowClientMismatch {
 		deps.Custody.SetClientIsolation(true)
 	}

@@ -8,7 +8,7 @@
 // (audit fail-closed, metrics, no TPM command) keyed exactly as the native
 // Firebase API keys them; passkeys go through [passkey.Service]; shares
 // through the custodian service (Vault Transit). Its only state is a cache
-// of resolved client credentials and a per-process key that binds a
+// of resolved client credentials and the root subkey that binds a
 // sessionId to the client that began it.
 //
 // # Routes
@@ -67,10 +67,12 @@
 // # Sessions
 //
 // A sessionId is <ceremony id>.<tag>, the tag an HMAC of the ceremony id,
-// its kind and the client's owner under a per-process key. A sessionId
-// begun by another client, or for the other kind of ceremony, is refused
-// (400 session_invalid) before the ceremony is touched; a used or expired
-// one is refused by the passkey service (400 ceremony_unknown).
+// its kind and the client's owner under the "portal session id" root
+// subkey (the same on every node of a cluster). A sessionId begun by
+// another client, or for the other kind of ceremony, is refused (400
+// session_invalid) before the ceremony is touched; a used or expired one is
+// refused by the passkey service (400 ceremony_unknown), on every node: the
+// ceremony is taken once in the whole cluster.
 //
 // # Webhooks
 //

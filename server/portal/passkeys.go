@@ -114,11 +114,12 @@ const (
 )
 
 // sessionID binds a ceremony id to the client that began it and the
-// ceremony's kind: <ceremony id>.<tag>, tag = HMAC-SHA-256 under a
-// per-process key, truncated to 16 bytes. Finishing with another client's
-// sessionId is refused before the ceremony is touched (so a stranger
-// cannot use it up either); ceremonies live in memory, so a key that dies
-// with the process loses nothing.
+// ceremony's kind: <ceremony id>.<tag>, tag = HMAC-SHA-256 under the
+// "portal session id" root subkey, truncated to 16 bytes. Finishing with
+// another client's sessionId is refused before the ceremony is touched (so
+// a stranger cannot use it up either). Every node of a cluster holds the
+// same root key, so any node checks a sessionId any other issued; it is
+// single use because its ceremony is (taken once in the whole cluster).
 func (a *Adapter) sessionID(kind string, owner enclave.Owner, ceremonyID string) string {
 	return ceremonyID + "." + base64.RawURLEncoding.EncodeToString(a.sessionTag(kind, owner, ceremonyID))
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/keywarden/keywarden/internal/testutil/etcddev"
 	"github.com/keywarden/keywarden/store"
@@ -117,4 +118,31 @@ func BenchmarkViewParallel(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkEphemeralPutTake is one ceremony's life on a cluster: a
+// put-if-absent (a transaction) and a take (a delete returning the value),
+// each an etcd write committed by the quorum (one member here).
+func BenchmarkEphemeralPutTake(b *testing.B) {
+	c := etcddev.Embedded(b)
+	s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: c.Endpoints(), Prefix: fmt.Sprintf("kw-bench-%d", prefixes.Add(1))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	e := s.Ephemeral()
+	ctx := context.Background()
+	val := make([]byte, 400)
+	i := 0
+	for b.Loop() {
+		i++
+		k := fmt.Sprint(i)
+		now := time.Now()
+		if ok, err := e.PutIfAbsent(ctx, k, val, now, 5*time.Minute); err != nil || !ok {
+			b.Fatal(ok, err)
+		}
+		if _, err := e.Take(ctx, k, now); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -57,8 +58,8 @@ func (s *Store) Snapshot(ctx context.Context, w io.Writer) (int64, error) {
 		}
 		for _, kv := range resp.Kvs {
 			k := string(kv.Key)
-			if k == s.fence {
-				continue
+			if k == s.fence || strings.HasPrefix(k, s.eph.prefix) {
+				continue // the fence; ephemeral state (leased, not records)
 			}
 			bw.WriteByte(1)
 			field([]byte(k[len(s.prefix):]))

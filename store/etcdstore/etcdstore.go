@@ -8,6 +8,7 @@
 //	<prefix>/.schema           the schema version, 8 bytes big endian
 //	<prefix>/.txn              the transaction fence: every write transaction rewrites it
 //	<prefix>/.restoring        present while Restore runs (Open refuses such a prefix)
+//	<prefix>/.eph/<key>        ephemeral state shared by the nodes ([Ephemeral]; leased, not dumped)
 //
 // etcd orders keys byte-wise, as bbolt does, so ForEach walks keys in the
 // same order on both backends, and a prefix scan is the exact range
@@ -149,6 +150,8 @@ type Store struct {
 	conflicts   atomic.Uint64
 	unavailable atomic.Uint64
 	observer    atomic.Pointer[Observer]
+
+	eph *Ephemeral
 }
 
 // Open connects to etcd and checks that a linearizable read succeeds
@@ -192,6 +195,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("etcdstore: %w", err)
 	}
 	s := &Store{cli: cli, prefix: prefix + "/", fence: prefix + "/.txn", maxReq: opts.MaxRequestBytes, txTimeout: opts.TxTimeout}
+	s.eph = newEphemeral(s)
 	cctx, cancel := context.WithTimeout(ctx, opts.DialTimeout)
 	defer cancel()
 	resp, err := cli.Get(cctx, s.prefix+".restoring")

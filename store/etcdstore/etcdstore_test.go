@@ -286,6 +286,135 @@ func TestUnavailableIsClassified(t *testing.T) {
 	}
 }
 
+// ephemeralHarness opens two clients ("nodes") on one fresh prefix.
+func ephemeralHarness(base etcdstore.Options) storetest.EphemeralHarness {
+	return storetest.EphemeralHarness{Open: func(t *testing.T) (store.Ephemeral, store.Ephemeral) {
+		o := base
+		o.Prefix = fmt.Sprintf("kw-eph-%d", prefixes.Add(1))
+		var out [2]store.Ephemeral
+		for i := range out {
+			s, err := etcdstore.Open(context.Background(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			out[i] = s.Ephemeral()
+		}
+		return out[0], out[1]
+	}}
+}
+
+// TestEphemeralConformanceEmbedded runs the ephemeral conformance cases
+// on two clients of a three-member embedded etcd, each talking to another
+// member.
+func TestEphemeralConformanceEmbedded(t *testing.T) {
+	c := etcddev.EmbeddedCluster(t, 3)
+	h := storetest.EphemeralHarness{Open: func(t *testing.T) (store.Ephemeral, store.Ephemeral) {
+		prefix := fmt.Sprintf("kw-eph-%d", prefixes.Add(1))
+		var out [2]store.Ephemeral
+		for i := range out {
+			s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{c.Endpoint(i)}, Prefix: prefix})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			out[i] = s.Ephemeral()
+		}
+		return out[0], out[1]
+	}}
+	storetest.RunEphemeral(t, h)
+}
+
+// TestEphemeralConformanceExternal runs them on the real etcd server
+// binary over mutual TLS.
+func TestEphemeralConformanceExternal(t *testing.T) {
+	srv, files := etcddev.External(t, etcddev.ExternalOptions{TLS: true})
+	tc, err := files.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.RunEphemeral(t, ephemeralHarness(etcdstore.Options{Endpoints: []string{srv.Endpoint}, TLS: tc}))
+}
+
+// TestEphemeralLeasesShared: many keys ending within the same second share
+// one lease, and ephemeral keys stay out of the store's dump.
+func TestEphemeralLeasesShared(t *testing.T) {
+	c := etcddev.Embedded(t)
+	s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: c.Endpoints(), Prefix: fmt.Sprintf("kw-eph-%d", prefixes.Add(1))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	e := s.Ephemeral().(*etcdstore.Ephemeral)
+	now := time.Now()
+	for i := range 50 {
+		if ok, err := e.PutIfAbsent(context.Background(), fmt.Sprint(i), []byte("v"), now, time.Hour); err != nil || !ok {
+			t.Fatalf("put %d: %v %v", i, ok, err)
+		}
+	}
+	if n := e.LeasesGranted(); n > 2 {
+		t.Fatalf("%d leases granted for 50 keys of one lifetime, want at most 2 (a second boundary)", n)
+	}
+	var buf bytes.Buffer
+	if _, err := s.Snapshot(context.Background(), &buf); err != nil {
+		t.Fatal(err)
+	}
+	n, err := etcdstore.ReadDump(bytes.NewReader(buf.Bytes()), func(k, v []byte) error {
+		if bytes.HasPrefix(k, []byte(".eph/")) {
+			return fmt.Errorf("ephemeral key %q in the dump", k)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err, n)
+	}
+}
+
+// TestEphemeralWatchRemoved: a node watching a prefix hears of every value
+// removed under it by another node (taken or reset), and of nothing else.
+func TestEphemeralWatchRemoved(t *testing.T) {
+	c := etcddev.EmbeddedCluster(t, 3)
+	prefix := fmt.Sprintf("kw-eph-%d", prefixes.Add(1))
+	var e [2]store.Ephemeral
+	for i := range e {
+		s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{c.Endpoint(i)}, Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		e[i] = s.Ephemeral()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan string, 16)
+	e[0].(store.EphemeralWatcher).WatchRemoved(ctx, "c/", func(k string) { got <- k })
+	now := time.Now()
+	for _, k := range []string{"c/1", "x/1", "c/2"} {
+		if ok, err := e[1].PutIfAbsent(ctx, k, []byte("v"), now, time.Minute); err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+	}
+	if _, err := e[1].Take(ctx, "x/1", now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e[1].Take(ctx, "c/1", now); err != nil {
+		t.Fatal(err)
+	}
+	if err := e[1].Reset(ctx, "c/2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"c/1", "c/2"} {
+		select {
+		case k := <-got:
+			if k != want {
+				t.Fatalf("heard %q, want %q (in commit order, and nothing outside the prefix)", k, want)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("never heard of %q", want)
+		}
+	}
+}
+
 // TestObserve: the observer (SetObserver) hears of every View and Update,
 // with its op and whether it failed (the appliance's etcd latency
 // histogram).

@@ -41,6 +41,7 @@ type Core struct {
 type coreSetup struct {
 	seed    int64
 	noTPM   bool
+	rootKey secret.Bytes
 	backend func(testing.TB) store.Backend
 }
 
@@ -53,6 +54,15 @@ func Seed(seed int64) CoreOption { return func(s *coreSetup) { s.seed = seed } }
 // NoTPM makes the root key from enclave.NewRootKey, without the simulator
 // (for tests that may run in parallel).
 func NoTPM() CoreOption { return func(s *coreSetup) { s.noTPM = true } }
+
+// RootKey makes the core's root key key, without the simulator (as
+// NoTPM). Two cores given the same key and the same store (StoreBackend
+// opening one etcd prefix twice, etcddev.Cluster.SharedBackend) are two
+// nodes of one appliance cluster in one process (the simulator is one
+// per process, so the nodes cannot each have their own).
+func RootKey(key secret.Bytes) CoreOption {
+	return func(s *coreSetup) { s.noTPM, s.rootKey = true, key }
+}
 
 // StoreBackend puts the store's façade over the backend open returns (a
 // fresh, empty one: an embedded etcd member, say) instead of a bbolt file,
@@ -93,7 +103,11 @@ func NewCore(t testing.TB, opts ...CoreOption) *Core {
 	t.Cleanup(func() { db.Close() })
 	c.DB = db
 	if s.noTPM {
-		c.Root, err = enclave.NewRoot(enclave.NewRootKey())
+		key := s.rootKey
+		if key.Len() == 0 {
+			key = enclave.NewRootKey()
+		}
+		c.Root, err = enclave.NewRoot(key)
 		if err != nil {
 			t.Fatal(err)
 		}

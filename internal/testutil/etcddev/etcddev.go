@@ -171,6 +171,28 @@ func (c *Cluster) Backend(t testing.TB, o etcdstore.Options) store.Backend {
 
 var prefixes atomic.Int64
 
+// SharedBackend returns an opener of the etcd store backend on the
+// cluster under one fresh key prefix, the same at every call: each core
+// given it (apptest.StoreBackend, with apptest.RootKey for the same root
+// key) is one node of the same appliance cluster. Each call opens its own
+// client, on member i%n for the i-th call, so the nodes talk to different
+// members when there are several.
+func (c *Cluster) SharedBackend(o etcdstore.Options) func(testing.TB) store.Backend {
+	prefix := fmt.Sprintf("kw-app-%d", prefixes.Add(1))
+	var calls atomic.Int64
+	return func(t testing.TB) store.Backend {
+		t.Helper()
+		o := o
+		o.Endpoints = []string{c.clients[int(calls.Add(1)-1)%len(c.clients)]}
+		o.Prefix = prefix
+		b, err := etcdstore.Open(context.Background(), o)
+		if err != nil {
+			t.Fatalf("etcddev: %v", err)
+		}
+		return b
+	}
+}
+
 // Close stops every member.
 func (c *Cluster) Close() {
 	for i := range c.members {
