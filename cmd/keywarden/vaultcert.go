@@ -31,6 +31,7 @@ import (
 
 	"github.com/keywarden/keywarden/attest"
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -51,11 +52,21 @@ func cmdVault(ctx context.Context, args []string) error {
 	return usageError(vaultUsage)
 }
 
-// readVaultClientKey returns the stored client key blob, or nil when there
-// is none.
-func readVaultClientKey(ctx context.Context, db *store.DB) (*attest.ClientKeyBlob, error) {
+// vaultClientKeyMeta is the meta key of this node's Vault client key
+// blob: the key lives in one TPM, so on a store several named nodes share
+// (rollback.node set) each node keeps its own.
+func vaultClientKeyMeta(cfg config.Config) store.MetaKey {
+	if cfg.Rollback.Node != "" {
+		return store.MetaVaultClientKey.ForNode(cfg.Rollback.Node)
+	}
+	return store.MetaVaultClientKey
+}
+
+// readVaultClientKey returns the stored client key blob under mk, or nil
+// when there is none.
+func readVaultClientKey(ctx context.Context, db *store.DB, mk store.MetaKey) (*attest.ClientKeyBlob, error) {
 	var b []byte
-	err := db.View(ctx, func(tx *store.Tx) (err error) { b, err = tx.GetMeta(store.MetaVaultClientKey); return })
+	err := db.View(ctx, func(tx *store.Tx) (err error) { b, err = tx.GetMeta(mk); return })
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
 	}
@@ -68,8 +79,8 @@ func readVaultClientKey(ctx context.Context, db *store.DB) (*attest.ClientKeyBlo
 // ensureVaultClientKey loads the stored client key, or makes and stores
 // one when there is none (or, with replace, when the stored one does not
 // load in this TPM). made says whether the key is new.
-func ensureVaultClientKey(ctx context.Context, tpm transport.TPM, db *store.DB, replace bool) (key *attest.ClientKey, made bool, err error) {
-	blob, err := readVaultClientKey(ctx, db)
+func ensureVaultClientKey(ctx context.Context, tpm transport.TPM, db *store.DB, mk store.MetaKey, replace bool) (key *attest.ClientKey, made bool, err error) {
+	blob, err := readVaultClientKey(ctx, db, mk)
 	if err != nil && !(replace && errors.Is(err, attest.ErrBadClientKeyBlob)) {
 		return nil, false, err
 	}
@@ -90,7 +101,7 @@ func ensureVaultClientKey(ctx context.Context, tpm transport.TPM, db *store.DB, 
 	if err != nil {
 		return nil, false, err
 	}
-	if err := db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(store.MetaVaultClientKey, b) }); err != nil {
+	if err := db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(mk, b) }); err != nil {
 		return nil, false, fmt.Errorf("store the Vault client key: %w", err)
 	}
 	key, err = attest.LoadClientKey(ctx, tpm, blob)
@@ -109,7 +120,7 @@ func loadVaultClientKey(ctx context.Context, a *appliance) (*attest.ClientKey, *
 	if a.tpm == nil {
 		return nil, ErrVaultClientKey.WithMessage("vault.auth tpm-cert needs the TPM")
 	}
-	blob, err := readVaultClientKey(ctx, a.db)
+	blob, err := readVaultClientKey(ctx, a.db, vaultClientKeyMeta(a.cfg))
 	if err != nil {
 		return nil, ErrVaultClientKey.Wrap(err)
 	}
@@ -163,7 +174,7 @@ func vaultCSR(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("vault csr: %w (stop the server first)", err)
 	}
 	defer db.Close()
-	ev, made, err := makeVaultCSR(ctx, tpm, db, *cn, nonce, cfg.TPM.AttestPCRs, *newKey)
+	ev, made, err := makeVaultCSR(ctx, tpm, db, vaultClientKeyMeta(cfg), *cn, nonce, cfg.TPM.AttestPCRs, *newKey)
 	if err != nil {
 		return fmt.Errorf("vault csr: %w", err)
 	}
@@ -189,7 +200,7 @@ func vaultCSR(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // makeVaultCSR makes (or reuses) the client key and its evidence with the
 // stored attestation key.
-func makeVaultCSR(ctx context.Context, tpm transport.TPM, db *store.DB, cn string, nonce []byte, pcrs []int, newKey bool) (*attest.ClientKeyEvidence, bool, error) {
+func makeVaultCSR(ctx context.Context, tpm transport.TPM, db *store.DB, mk store.MetaKey, cn string, nonce []byte, pcrs []int, newKey bool) (*attest.ClientKeyEvidence, bool, error) {
 	akBlob, err := readAKBlob(ctx, db)
 	if err != nil {
 		return nil, false, fmt.Errorf("attestation key: %w", err)
@@ -202,7 +213,7 @@ func makeVaultCSR(ctx context.Context, tpm transport.TPM, db *store.DB, cn strin
 		return nil, false, fmt.Errorf("the stored attestation key does not load in this TPM: %w", err)
 	}
 	defer ak.Close()
-	key, made, err := ensureVaultClientKey(ctx, tpm, db, newKey)
+	key, made, err := ensureVaultClientKey(ctx, tpm, db, mk, newKey)
 	if err != nil {
 		return nil, false, err
 	}

@@ -109,7 +109,7 @@ func TestVaultTPMCert(t *testing.T) {
 	}
 	nonce := make([]byte, 32)
 	_, _ = rand.Read(nonce)
-	ev, made, err := makeVaultCSR(ctx, tpmA, db, "node-a", nonce, []int{7}, false)
+	ev, made, err := makeVaultCSR(ctx, tpmA, db, store.MetaVaultClientKey, "node-a", nonce, []int{7}, false)
 	if err != nil || !made {
 		t.Fatalf("vault csr: made %v, %v", made, err)
 	}
@@ -118,7 +118,7 @@ func TestVaultTPMCert(t *testing.T) {
 	if err := os.WriteFile(evFile, evJSON, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, again, err := makeVaultCSR(ctx, tpmA, db, "node-a", nonce, []int{7}, false); err != nil || again {
+	if _, again, err := makeVaultCSR(ctx, tpmA, db, store.MetaVaultClientKey, "node-a", nonce, []int{7}, false); err != nil || again {
 		t.Fatalf("a second vault csr: made %v, %v (the key must be kept)", again, err)
 	}
 
@@ -196,7 +196,7 @@ func TestVaultTPMCert(t *testing.T) {
 			t.Fatalf("readyz %d, vault %q", code, vault)
 		}
 		// And the other TPM cannot make evidence for the stored key.
-		if _, _, err := makeVaultCSR(ctx, tpmB, db, "node-a", nonce, []int{7}, false); err == nil {
+		if _, _, err := makeVaultCSR(ctx, tpmB, db, store.MetaVaultClientKey, "node-a", nonce, []int{7}, false); err == nil {
 			t.Fatal("vault csr on another TPM used the stored key")
 		}
 	})
