@@ -94,7 +94,9 @@ package audit
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -105,6 +107,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/receipt"
 )
 
 // Defaults for the zero values of [Options].
@@ -225,6 +228,17 @@ type Options struct {
 	// plus one fsync) and trades it for fewer fsyncs under load. Zero:
 	// fsync as soon as asked. At most 100 ms.
 	WrittenSyncDelay time.Duration
+	// Signer, when set, makes the log publicly verifiable: every anchor is
+	// a signed anchor (v 2) carrying Node, the batch key's certificate and
+	// its Ed25519 signature (see [VerifySigned]), and a release recorded
+	// with a [ReceiptSlot] in its context gets a receipt: the statements
+	// of a batch are Merkle-hashed and the root signed once per batch (see
+	// package receipt). The batch key is in memory: no TPM command.
+	Signer *receipt.BatchKey
+	// Node is the cluster node's name, written into signed anchors and
+	// receipts (each node has its own chain). Empty: left out. It must be
+	// the name Signer was certified for.
+	Node string
 }
 
 // Validate checks o without changing it.
@@ -247,6 +261,8 @@ func (o Options) Validate() error {
 		return bad("RefusalRate", "must not be negative")
 	case o.WrittenSyncDelay < 0 || o.WrittenSyncDelay > 100*time.Millisecond:
 		return bad("WrittenSyncDelay", "must be between 0 and 100ms")
+	case o.Signer != nil && o.Signer.Node() != o.Node:
+		return bad("Node", fmt.Sprintf("the signer was certified for node %q", o.Signer.Node()))
 	}
 	return nil
 }
@@ -336,6 +352,8 @@ type Log struct {
 
 	heads *headSaver // nil without Options.Heads
 
+	certB64 string // Signer's certificate as signed anchors carry it
+
 	sampler sampler
 
 	lines, batches, fsyncs, anchors, writeErrors, timeouts atomic.Uint64
@@ -356,8 +374,12 @@ type request struct {
 	answered bool   // written and answered (set by the writer)
 	seq      uint64 // of the anchor that answered an Anchor call (set by the writer)
 	ev       Event
-	state    atomic.Int32 // reqPending → reqTaken (by the writer) or reqAbandoned (by the caller)
-	done     chan error   // buffered: the writer never blocks on it
+	// wantReceipt: make a receipt for this line (set by the caller);
+	// receipt is set by the writer before it answers.
+	wantReceipt bool
+	receipt     *receipt.Receipt
+	state       atomic.Int32 // reqPending → reqTaken (by the writer) or reqAbandoned (by the caller)
+	done        chan error   // buffered: the writer never blocks on it
 }
 
 const (
@@ -393,6 +415,13 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 		syncDone: make(chan struct{}),
 	}
 	l.opts.AnchorKey = secret.Bytes{} // the caller's slice; l.key is ours
+	if o.Signer != nil {
+		cb, err := json.Marshal(o.Signer.Cert())
+		if err != nil {
+			return nil, fmt.Errorf("audit: open: %w", err)
+		}
+		l.certB64 = base64.RawURLEncoding.EncodeToString(cb)
+	}
 	l.sampler.init(o.RefusalRate)
 	var err error
 	if o.ReserveBytes > 0 {
@@ -477,7 +506,47 @@ func (l *Log) RecordWritten(ctx context.Context, ev Event) error {
 	if err := checkEvent(ev); err != nil {
 		return err
 	}
-	return l.submit(ctx, &request{ev: ev, written: true, done: make(chan error, 1)})
+	return l.submitEvent(ctx, &request{ev: ev, written: true, done: make(chan error, 1)})
+}
+
+// submitEvent submits an event's request, with a receipt when the context
+// carries a [ReceiptSlot] for a release and the log has a Signer.
+func (l *Log) submitEvent(ctx context.Context, r *request) error {
+	slot, _ := ctx.Value(receiptSlotKey{}).(*ReceiptSlot)
+	r.wantReceipt = slot != nil && l.opts.Signer != nil && r.ev.Action == ActionRelease
+	if err := l.submit(ctx, r); err != nil {
+		return err
+	}
+	if r.wantReceipt && r.receipt != nil {
+		slot.mu.Lock()
+		slot.r = r.receipt
+		slot.mu.Unlock()
+	}
+	return nil
+}
+
+// ReceiptSlot receives the receipt of a release recorded with it in the
+// context ([WithReceiptSlot]).
+type ReceiptSlot struct {
+	mu sync.Mutex
+	r  *receipt.Receipt
+}
+
+// Receipt returns the receipt of the release recorded last with the slot,
+// or nil (none recorded, recording failed, or the log has no Signer).
+func (s *ReceiptSlot) Receipt() *receipt.Receipt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.r
+}
+
+type receiptSlotKey struct{}
+
+// WithReceiptSlot returns ctx carrying a new slot: a release recorded
+// with that context (by however deep a service) leaves its receipt there.
+func WithReceiptSlot(ctx context.Context) (context.Context, *ReceiptSlot) {
+	s := &ReceiptSlot{}
+	return context.WithValue(ctx, receiptSlotKey{}, s), s
 }
 
 // record is Record without the reserved-action check, for the log's own
@@ -486,7 +555,7 @@ func (l *Log) record(ctx context.Context, ev Event) error {
 	if err := checkEvent(ev); err != nil {
 		return err
 	}
-	return l.submit(ctx, &request{ev: ev, done: make(chan error, 1)})
+	return l.submitEvent(ctx, &request{ev: ev, done: make(chan error, 1)})
 }
 
 // Anchor writes an anchor line now and returns when it is durable and,

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/keywarden/keywarden/receipt"
 )
 
 var fileNameRE = regexp.MustCompile(`^audit-([0-9]{6,9})\.jsonl$`)
@@ -332,7 +335,10 @@ func answer(reqs []*request, err error) {
 // chain state is unchanged, the file is cut back, and the skipped counts
 // wait for the next line (the caller accounts for refs).
 func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool) error {
-	b := batch{seq: l.w.seq, head: l.w.head, sinceAnchor: l.w.sinceAnchor, skipped: l.sampler.takeSkipped()}
+	b := batch{seq: l.w.seq, head: l.w.head, sinceAnchor: l.w.sinceAnchor, skipped: l.sampler.takeSkipped(), signer: l.opts.Signer}
+	first := b.seq + 1
+	var receipts receipt.Builder
+	var receiptReqs []*request
 	fail := func(err error) error {
 		l.sampler.unwritten(b.skipped, nil)
 		return err
@@ -346,6 +352,10 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 	for _, r := range events {
 		if err := b.add(eventLine(r.ev), key); err != nil {
 			return fail(err) // cannot happen: Record checked the size
+		}
+		if r.wantReceipt {
+			receipts.Add(l.statement(r.ev, b.seq, b.head))
+			receiptReqs = append(receiptReqs, r)
 		}
 	}
 	b.sync = b.lines > 0
@@ -374,10 +384,20 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 		if l.heads != nil {
 			a.Fields = map[string]string{headField: headRecorded}
 		}
+		if l.opts.Signer != nil {
+			a.V, a.Node, a.Cert = anchorVersionSigned, l.opts.Node, l.certB64
+		}
 		if err := b.add(a, key); err != nil {
 			return fail(err)
 		}
 		b.sync, b.async = true, false
+	}
+	if receipts.Len() > 0 {
+		// One signature for the batch's receipts, before the write: the
+		// callers are answered right after it.
+		for i, rc := range receipts.Sign(l.opts.Signer, first, b.seq, l.opts.Clock()) {
+			receiptReqs[i].receipt = rc
+		}
 	}
 	if b.lines == 0 {
 		l.sampler.unwritten(b.skipped, dropped)
@@ -608,4 +628,15 @@ func allWritten(reqs []*request) bool {
 		}
 	}
 	return true
+}
+
+// statement is what a receipt states about the event written at seq with
+// hash head.
+func (l *Log) statement(ev Event, seq uint64, head [sha256.Size]byte) receipt.Statement {
+	oh, salt := receipt.NewOwnerHash(ev.Owner)
+	return receipt.Statement{
+		Node: l.opts.Node, Seq: seq, Line: hex.EncodeToString(head[:]), Time: formatTime(ev.Time),
+		Action: ev.Action, Outcome: ev.Outcome, OwnerHash: oh, Salt: salt, Method: ev.Method,
+		KeyVersion: ev.Fields[receipt.FieldKeyVersion], RequestID: ev.RequestID,
+	}
 }
