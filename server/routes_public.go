@@ -38,6 +38,7 @@ func (s *Server) PublicRoutes() []Route {
 		// Attestation (server/attestapi).
 		{Method: http.MethodGet, Path: "/v1/attestation", Handler: bind(o.Attestation, AttestationHandler.Attestation)},
 		{Method: http.MethodGet, Path: "/v1/appliance-key", Handler: bind(o.Attestation, AttestationHandler.ApplianceKey)},
+		{Method: http.MethodGet, Path: "/v1/appliance-keys", Handler: bind(o.Attestation, AttestationHandler.ApplianceKeys)},
 
 		// Passkeys (server/passkey).
 		{Method: http.MethodPost, Path: "/v1/passkeys/registration/begin", Handler: bind(pk, PasskeyHandler.RegistrationBegin)},

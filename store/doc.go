@@ -34,6 +34,7 @@
 //	│   rollback                   → rollback record: generation, NV index, TPM name, record-digest commitment (JSON, MACed)
 //	│   recovery                   → recovery record: root id, split, threshold, age-encrypted shares (JSON)
 //	│   attest_ak                  → TPM attestation key blob (attest.AKBlob JSON)
+//	│   attest_signing_key         → TPM appliance signing key blob (attest.SigningKeyBlob)
 //	│   audit_head                 → audit chain head (audit.Checkpoint JSON, MACed)
 //	│   last_backup                → time of the last online backup (RFC 3339)
 //	│   heartbeat                  → readiness write (RFC 3339)

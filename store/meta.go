@@ -25,6 +25,9 @@ const (
 	MetaRecovery MetaKey = "recovery"
 	// MetaAttestAK: the TPM attestation key blob (attest.AKBlob JSON).
 	MetaAttestAK MetaKey = "attest_ak"
+	// MetaSigningKey: the TPM appliance signing key blob
+	// (attest.SigningKeyBlob), certified by the AK at each start.
+	MetaSigningKey MetaKey = "attest_signing_key"
 	// MetaAuditHead: the audit chain's recorded head (a Checkpoint JSON
 	// MACed under the root subkey "audit-anchor").
 	MetaAuditHead MetaKey = "audit_head"
@@ -42,7 +45,7 @@ const (
 
 // metaKeys lists every MetaKey (the package doc draws each).
 var metaKeys = []MetaKey{
-	MetaSealedRoot, MetaRollback, MetaRecovery, MetaAttestAK, MetaAuditHead,
+	MetaSealedRoot, MetaRollback, MetaRecovery, MetaAttestAK, MetaSigningKey, MetaAuditHead,
 	MetaLastBackup, MetaHeartbeat, MetaCustodianPriorsSealed, MetaClientSharesPriorsSealed,
 }
 

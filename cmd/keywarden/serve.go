@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/keywarden/keywarden/attest"
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/config"
@@ -25,6 +26,7 @@ import (
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/internal/tpmdev"
 	"github.com/keywarden/keywarden/internal/tpmsim"
+	"github.com/keywarden/keywarden/receipt"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/firebase"
 	"github.com/keywarden/keywarden/server/keys"
@@ -77,6 +79,13 @@ type appliance struct {
 	firebase *firebase.Verifier // set by wireFirebase when Firebase is configured
 	passkey  *passkey.Service   // set by wirePasskey when passkeys are configured
 	tls      *certReloader      // made once by tlsReloader
+
+	// The appliance signing key (flushed once the AK certified it) and the
+	// batch key it certified (wire_proofs.go); nil when unavailable, why
+	// in signWhy.
+	signKey  *attest.SigningKey
+	batchKey *receipt.BatchKey
+	signWhy  string
 }
 
 // tlsReloader is the appliance's one TLS certificate reloader, shared by
@@ -155,7 +164,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, acceptRollb
 
 // startAppliance is the start of serve and dev, in this order: open the
 // TPM → open the store → refuse a root key without a PCR policy → unseal
-// the root key (dev: create it) → open the audit log → [sealed: a server
+// the root key (dev: create it) → appliance signing key and batch key →
+// open the audit log → [sealed: a server
 // that answers health only] → Firebase verifier → clock check → rollback
 // check (before anything writes the store) → attestation → client and
 // custodian shares → demo page (dev) → passkeys → Portal drop-in → pprof
@@ -181,6 +191,7 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 	if err := a.unsealRoot(ctx); err != nil {
 		return nil, nil, err
 	}
+	a.startSigningKey(ctx)
 	if err := a.openAudit(ctx); err != nil {
 		return nil, nil, err
 	}
@@ -303,7 +314,8 @@ func (a *appliance) openAudit(ctx context.Context) error {
 	}
 	cfg := a.cfg.Audit
 	aopts := audit.Options{Dir: cfg.Dir, AnchorKey: a.root.Subkey(enclave.SubkeyAuditAnchor), WriteTimeout: cfg.WriteTimeout, MaxFileBytes: cfg.MaxFileBytes}
-	aopts.Heads = audit.StoreHeads(a.db) // each anchored head is recorded in the store: `audit verify` catches a cut log
+	aopts.Heads = audit.StoreHeads(a.db)                // each anchored head is recorded in the store: `audit verify` catches a cut log
+	aopts.Signer, aopts.Node = a.batchKey, a.nodeName() // signed anchors and receipts (nil: HMAC anchors only)
 	if !cfg.SyncReleases {
 		aopts.WrittenActions = []string{audit.ActionRelease}
 		aopts.WrittenSyncDelay = cfg.ReleaseSyncDelay
@@ -336,6 +348,7 @@ func (a *appliance) serverOptions(ctx context.Context) (server.Options, error) {
 		return opts, nil
 	}
 	opts.Audit = a.audit
+	opts.Receipts = a.batchKey != nil
 	opts.Custody = enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{VersionRetention: a.cfg.Keys.VersionRetention})
 	opts.Sessions = a.root.SessionTokens(nil)
 	return opts, nil
@@ -473,6 +486,9 @@ func listenAndServe(ctx context.Context, a *appliance, srv *server.Server) error
 	if a.audit != nil {
 		v, r, _ := buildInfo()
 		_ = a.audit.Record(ctx, audit.Event{Action: audit.ActionStart, Outcome: audit.OutcomeSuccess, Fields: map[string]string{"version": v, "revision": r}})
+		// Anchor the start (signed with the new batch key): a public
+		// `audit verify` of a node that just started covers it at once.
+		_ = a.audit.Anchor(ctx)
 	}
 	a.log.Info("keywarden serving", "version", versionString(), "dev", a.cfg.Dev, "sealed", a.root == nil)
 	select {

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"encoding/base64"
@@ -206,4 +207,28 @@ func hasKey(raw []byte, key string) bool {
 	}
 	_, ok := m[key]
 	return ok
+}
+
+// FindLine returns the line with seq in the audit files of paths (a
+// directory or files), without its newline.
+func FindLine(paths []string, seq uint64) ([]byte, error) {
+	files, err := signedInputs(paths)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range bytes.Split(b, []byte{'\n'}) {
+			var v struct {
+				Seq uint64 `json:"seq"`
+			}
+			if json.Unmarshal(line, &v) == nil && v.Seq == seq {
+				return line, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("audit: no line with seq %d in %v", seq, paths)
 }
