@@ -32,6 +32,7 @@ type harness struct {
 	issuer  *firebasetest.Issuer
 	tpm     *tpmdev.Counting
 	custody *enclave.Custody
+	core    *apptest.Core
 }
 
 type harnessOpt func(*config.Config, *Options)
@@ -59,7 +60,8 @@ func newHarnessOn(t *testing.T, coreOpts []apptest.CoreOption, opts ...harnessOp
 	}
 	t.Cleanup(v.Close)
 	custody := enclave.NewCustody(core.DB, core.Root, enclave.CustodyOptions{Clock: issuer.Clock().Now})
-	o := Options{Config: cfg, DB: core.DB, Custody: custody, Sessions: core.Root.SessionTokens(issuer.Clock().Now), Audit: core.Audit, Clock: issuer.Clock().Now}
+	o := Options{Config: cfg, DB: core.DB, Custody: custody, Sessions: core.Root.SessionTokens(issuer.Clock().Now), Audit: core.Audit, Clock: issuer.Clock().Now,
+		Receipts: core.BatchKey != nil}
 	for _, f := range opts {
 		f(&o.Config, &o)
 	}
@@ -88,7 +90,7 @@ func newHarnessOn(t *testing.T, coreOpts []apptest.CoreOption, opts ...harnessOp
 	}
 	hs := httptest.NewServer(srv.Public)
 	t.Cleanup(hs.Close)
-	return &harness{Client: &apptest.Client{T: t, URL: hs.URL}, t: t, srv: srv, db: core.DB, audit: core.Audit, issuer: issuer, tpm: core.TPM, custody: custody}
+	return &harness{Client: &apptest.Client{T: t, URL: hs.URL}, t: t, srv: srv, db: core.DB, audit: core.Audit, issuer: issuer, tpm: core.TPM, custody: custody, core: core}
 }
 
 func (h *harness) advance(d time.Duration) { h.issuer.Clock().Advance(d) }
