@@ -3,7 +3,6 @@ package receipt
 import (
 	"crypto/sha256"
 	"errors"
-	"math/bits"
 )
 
 // The Merkle tree of a batch is RFC 6962's (Certificate Transparency):
@@ -29,29 +28,46 @@ func hashNode(l, r [sha256.Size]byte) [sha256.Size]byte {
 	return sha256.Sum256(buf[:])
 }
 
-// split is the largest power of two below n (n ≥ 2).
-func split(n int) int { return 1 << (bits.Len(uint(n-1)) - 1) }
+// levels builds the tree bottom-up: each level hashes pairs, and a lone
+// last node moves up unchanged. That is the same tree as RFC 6962's split
+// at the largest power of two (the left part is always a perfect tree).
+func levels(leaves [][sha256.Size]byte) [][][sha256.Size]byte {
+	lv := [][][sha256.Size]byte{leaves}
+	for cur := leaves; len(cur) > 1; {
+		next := make([][sha256.Size]byte, (len(cur)+1)/2)
+		for j := 0; j+1 < len(cur); j += 2 {
+			next[j/2] = hashNode(cur[j], cur[j+1])
+		}
+		if len(cur)%2 == 1 {
+			next[len(next)-1] = cur[len(cur)-1]
+		}
+		lv = append(lv, next)
+		cur = next
+	}
+	return lv
+}
+
+func pathIn(lv [][][sha256.Size]byte, i int) [][sha256.Size]byte {
+	var p [][sha256.Size]byte
+	for _, l := range lv[:len(lv)-1] {
+		if sib := i ^ 1; sib < len(l) {
+			p = append(p, l[sib])
+		}
+		i >>= 1
+	}
+	return p
+}
 
 // Root is the tree hash of leaves (already hashed with [HashLeaf]); at
 // least one leaf.
 func Root(leaves [][sha256.Size]byte) [sha256.Size]byte {
-	if len(leaves) == 1 {
-		return leaves[0]
-	}
-	k := split(len(leaves))
-	return hashNode(Root(leaves[:k]), Root(leaves[k:]))
+	lv := levels(leaves)
+	return lv[len(lv)-1][0]
 }
 
 // Path is the audit path of leaf i: the sibling hashes from the leaf up.
 func Path(leaves [][sha256.Size]byte, i int) [][sha256.Size]byte {
-	if len(leaves) <= 1 {
-		return nil
-	}
-	k := split(len(leaves))
-	if i < k {
-		return append(Path(leaves[:k], i), Root(leaves[k:]))
-	}
-	return append(Path(leaves[k:], i-k), Root(leaves[:k]))
+	return pathIn(levels(leaves), i)
 }
 
 var errBadPath = errors.New("receipt: Merkle path does not lead to the signed root")

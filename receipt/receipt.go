@@ -387,9 +387,10 @@ func (b *Builder) Add(s Statement) int { b.stmts = append(b.stmts, s); return le
 // Len is the number of statements queued.
 func (b *Builder) Len() int { return len(b.stmts) }
 
-// Sign signs the batch [first, last] and returns one receipt per statement,
-// in the order added.
-func (b *Builder) Sign(k *BatchKey, first, last uint64, now time.Time) []*Receipt {
+// Sign signs the batch [first, last] (one Ed25519 signature) and returns
+// it; each statement's receipt is then [Signed.Receipt], which its own
+// caller can build (the paths cost nothing to the signer).
+func (b *Builder) Sign(k *BatchKey, first, last uint64, now time.Time) *Signed {
 	if len(b.stmts) == 0 {
 		return nil
 	}
@@ -397,18 +398,28 @@ func (b *Builder) Sign(k *BatchKey, first, last uint64, now time.Time) []*Receip
 	for i, s := range b.stmts {
 		leaves[i] = s.Leaf()
 	}
-	root := Root(leaves)
+	lv := levels(leaves)
+	root := lv[len(lv)-1][0]
 	batch := Batch{Node: k.cert.Node, First: first, Last: last, Size: len(leaves),
 		Root: hex.EncodeToString(root[:]), Time: now.UTC().Format(time.RFC3339Nano)}
-	sig := k.SignBatch(batch)
-	out := make([]*Receipt, len(b.stmts))
-	for i, s := range b.stmts {
-		p := Path(leaves, i)
-		hp := make([]string, len(p))
-		for j := range p {
-			hp[j] = hex.EncodeToString(p[j][:])
-		}
-		out[i] = &Receipt{V: Version, Statement: s, Index: i, Path: hp, Batch: batch, BatchSig: sig, Cert: k.cert}
+	return &Signed{batch: batch, sig: k.SignBatch(batch), cert: k.cert, stmts: b.stmts, levels: lv}
+}
+
+// Signed is a signed batch of statements.
+type Signed struct {
+	batch  Batch
+	sig    string
+	cert   KeyCert
+	stmts  []Statement
+	levels [][][sha256.Size]byte
+}
+
+// Receipt is the receipt of the i-th statement added.
+func (s *Signed) Receipt(i int) *Receipt {
+	p := pathIn(s.levels, i)
+	hp := make([]string, len(p))
+	for j := range p {
+		hp[j] = hex.EncodeToString(p[j][:])
 	}
-	return out
+	return &Receipt{V: Version, Statement: s.stmts[i], Index: i, Path: hp, Batch: s.batch, BatchSig: s.sig, Cert: s.cert}
 }

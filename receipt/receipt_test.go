@@ -13,13 +13,29 @@ import (
 	"time"
 )
 
+// refRoot is RFC 6962's definition, split at the largest power of two
+// below n.
+func refRoot(leaves [][sha256.Size]byte) [sha256.Size]byte {
+	if len(leaves) == 1 {
+		return leaves[0]
+	}
+	k := 1
+	for k*2 < len(leaves) {
+		k *= 2
+	}
+	return hashNode(refRoot(leaves[:k]), refRoot(leaves[k:]))
+}
+
 func TestMerklePathsEverySize(t *testing.T) {
-	for n := 1; n <= 33; n++ {
+	for n := 1; n <= 70; n++ {
 		leaves := make([][sha256.Size]byte, n)
 		for i := range leaves {
 			leaves[i] = HashLeaf([]byte(fmt.Sprint(i)))
 		}
 		root := Root(leaves)
+		if root != refRoot(leaves) {
+			t.Fatalf("n=%d: root differs from RFC 6962's", n)
+		}
 		for i := 0; i < n; i++ {
 			got, err := rootFromPath(leaves[i], i, n, Path(leaves, i))
 			if err != nil || got != root {
@@ -53,7 +69,12 @@ func sample(t testing.TB, tpmKey *ecdsa.PrivateKey, n int) []*Receipt {
 		b.Add(Statement{Node: "node-a", Seq: uint64(10 + i), Line: strings.Repeat("ab", 32), Time: "2026-12-03T12:00:00Z",
 			Action: "release", Outcome: "success", OwnerHash: h, Salt: salt, Method: "FIREBASE", KeyVersion: "3", RequestID: fmt.Sprint("req-", i)})
 	}
-	return b.Sign(bk, 10, uint64(10+n), time.Unix(1_800_000_001, 0))
+	sb := b.Sign(bk, 10, uint64(10+n), time.Unix(1_800_000_001, 0))
+	out := make([]*Receipt, n)
+	for i := range out {
+		out[i] = sb.Receipt(i)
+	}
+	return out
 }
 
 func TestReceiptVerifiesAndRoundTrips(t *testing.T) {
@@ -153,7 +174,7 @@ func TestMatchLine(t *testing.T) {
 	var b Builder
 	b.Add(Statement{Seq: 7, Line: fmt.Sprintf("%x", sum), Time: "2026-12-03T12:00:00Z", Action: "release", Outcome: "success",
 		OwnerHash: h, Salt: salt, Method: "FIREBASE", KeyVersion: "2", RequestID: "r1"})
-	r := b.Sign(bk, 7, 7, time.Now())[0]
+	r := b.Sign(bk, 7, 7, time.Now()).Receipt(0)
 	if err := Verify(r, &k.PublicKey); err != nil {
 		t.Fatal(err)
 	}

@@ -344,8 +344,11 @@ type Log struct {
 
 	w writer // owned by the writer goroutine (w.f also read by the syncer, under w.fmu)
 
-	syncKick chan struct{}         // the writer asks the syncer for an fsync
-	syncDone chan struct{}         // closed when the syncer has exited
+	syncKick chan struct{} // the writer asks the syncer for an fsync
+	syncDone chan struct{} // closed when the syncer has exited
+
+	signReqs chan *request         // written lines waiting for their receipt (closed by the writer when it exits)
+	signDone chan struct{}         // closed when the receipt signer has exited
 	syncErr  atomic.Pointer[error] // a background fsync failed (the writer handles it)
 
 	pendingNotes []Event // incident lines for the next batch (writer goroutine only)
@@ -374,10 +377,15 @@ type request struct {
 	answered bool   // written and answered (set by the writer)
 	seq      uint64 // of the anchor that answered an Anchor call (set by the writer)
 	ev       Event
-	// wantReceipt: make a receipt for this line (set by the caller);
-	// receipt is set by the writer before it answers.
+	// wantReceipt: make a receipt for this line (set by the caller).
+	// Once the line is written the writer hands the request to the
+	// receipt signer (lineSeq, lineHash), which sets batch and leaf and
+	// answers; the caller builds its receipt from them.
 	wantReceipt bool
-	receipt     *receipt.Receipt
+	lineSeq     uint64
+	lineHash    [sha256.Size]byte
+	batch       *receipt.Signed
+	leaf        int
 	state       atomic.Int32 // reqPending → reqTaken (by the writer) or reqAbandoned (by the caller)
 	done        chan error   // buffered: the writer never blocks on it
 }
@@ -413,6 +421,8 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 		done:     make(chan struct{}),
 		syncKick: make(chan struct{}, 1),
 		syncDone: make(chan struct{}),
+		signReqs: make(chan *request, 4096),
+		signDone: make(chan struct{}),
 	}
 	l.opts.AnchorKey = secret.Bytes{} // the caller's slice; l.key is ours
 	if o.Signer != nil {
@@ -452,6 +462,7 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 	}
 	l.publish()
 	go l.syncer()
+	go l.receiptSigner()
 	go l.run()
 	for _, n := range notes {
 		n.Time = o.Clock()
@@ -517,9 +528,10 @@ func (l *Log) submitEvent(ctx context.Context, r *request) error {
 	if err := l.submit(ctx, r); err != nil {
 		return err
 	}
-	if r.wantReceipt && r.receipt != nil {
+	if r.wantReceipt && r.batch != nil {
+		rc := r.batch.Receipt(r.leaf)
 		slot.mu.Lock()
-		slot.r = r.receipt
+		slot.r = rc
 		slot.mu.Unlock()
 	}
 	return nil
@@ -668,6 +680,7 @@ func (l *Log) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("audit: close: %w", ctx.Err())
 	}
+	<-l.signDone // the writer closed its queue: it answers what is left and exits
 	if l.heads != nil {
 		if err := l.closeHeads(ctx); err != nil && l.closeErr == nil {
 			l.closeErr = err

@@ -182,6 +182,7 @@ func (l *Log) run() {
 			l.closeErr = l.commit(reqs, refs, true)
 			close(l.syncKick)
 			<-l.syncDone
+			close(l.signReqs)
 			if l.w.f != nil {
 				if err := l.w.f.Close(); err != nil && l.closeErr == nil {
 					l.closeErr = fmt.Errorf("audit: close: %w", err)
@@ -248,7 +249,7 @@ func (l *Log) commit(reqs []*request, refs []Event, anchor bool) error {
 		for _, r := range anchorWaiters {
 			r.seq = l.w.seq
 		}
-		answer(anchorWaiters, nil)
+		l.answer(anchorWaiters, nil)
 		anchorWaiters = nil
 	}
 	if len(events) == 0 && len(refs) == 0 && !anchor && len(l.pendingNotes) == 0 {
@@ -304,13 +305,13 @@ func (l *Log) commit(reqs []*request, refs []Event, anchor bool) error {
 	}
 	l.publish()
 	if len(refused) > 0 {
-		answer(refused, unavailable(l.w.lowSpaceErr))
+		l.answer(refused, unavailable(l.w.lowSpaceErr))
 	}
-	answer(events, wrapUnavailable(err))
+	l.answer(events, wrapUnavailable(err))
 	for _, r := range anchorWaiters {
 		r.seq = l.w.seq
 	}
-	answer(anchorWaiters, wrapUnavailable(err))
+	l.answer(anchorWaiters, wrapUnavailable(err))
 	return err
 }
 
@@ -321,10 +322,14 @@ func wrapUnavailable(err error) error {
 	return unavailable(err)
 }
 
-func answer(reqs []*request, err error) {
+func (l *Log) answer(reqs []*request, err error) {
 	for _, r := range reqs {
 		if r.written && r.answered {
 			continue // answered after the write (RecordWritten)
+		}
+		if err == nil && r.wantReceipt {
+			l.signReqs <- r // answered by the receipt signer
+			continue
 		}
 		r.done <- err
 	}
@@ -336,9 +341,6 @@ func answer(reqs []*request, err error) {
 // wait for the next line (the caller accounts for refs).
 func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool) error {
 	b := batch{seq: l.w.seq, head: l.w.head, sinceAnchor: l.w.sinceAnchor, skipped: l.sampler.takeSkipped(), signer: l.opts.Signer}
-	first := b.seq + 1
-	var receipts receipt.Builder
-	var receiptReqs []*request
 	fail := func(err error) error {
 		l.sampler.unwritten(b.skipped, nil)
 		return err
@@ -353,10 +355,7 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 		if err := b.add(eventLine(r.ev), key); err != nil {
 			return fail(err) // cannot happen: Record checked the size
 		}
-		if r.wantReceipt {
-			receipts.Add(l.statement(r.ev, b.seq, b.head))
-			receiptReqs = append(receiptReqs, r)
-		}
+		r.lineSeq, r.lineHash = b.seq, b.head
 	}
 	b.sync = b.lines > 0
 	b.async = len(notes) == 0 && len(events) > 0
@@ -392,13 +391,7 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 		}
 		b.sync, b.async = true, false
 	}
-	if receipts.Len() > 0 {
-		// One signature for the batch's receipts, before the write: the
-		// callers are answered right after it.
-		for i, rc := range receipts.Sign(l.opts.Signer, first, b.seq, l.opts.Clock()) {
-			receiptReqs[i].receipt = rc
-		}
-	}
+
 	if b.lines == 0 {
 		l.sampler.unwritten(b.skipped, dropped)
 		return nil
@@ -412,7 +405,11 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 		for _, r := range events {
 			if r.written {
 				r.answered = true
-				r.done <- nil
+				if r.wantReceipt {
+					l.signReqs <- r // answered by the receipt signer
+				} else {
+					r.done <- nil
+				}
 			}
 		}
 	}
@@ -628,6 +625,44 @@ func allWritten(reqs []*request) bool {
 		}
 	}
 	return true
+}
+
+// receiptSigner answers the written lines that want a receipt: it takes
+// every one waiting, Merkle-hashes their statements and signs the root
+// once (group commit of signatures: while one signature is made, the next
+// lines queue up for the next). It runs beside the writer, so signing
+// never delays a write; a release waits for its line and then at most for
+// the signature in progress and its own batch's.
+func (l *Log) receiptSigner() {
+	defer close(l.signDone)
+	var reqs []*request
+	for r := range l.signReqs {
+		reqs = append(reqs[:0], r)
+	more:
+		for len(reqs) < 4096 {
+			select {
+			case r, ok := <-l.signReqs:
+				if !ok {
+					break more
+				}
+				reqs = append(reqs, r)
+			default:
+				break more
+			}
+		}
+		var b receipt.Builder
+		first, last := reqs[0].lineSeq, reqs[0].lineSeq
+		for _, r := range reqs {
+			b.Add(l.statement(r.ev, r.lineSeq, r.lineHash))
+			first, last = min(first, r.lineSeq), max(last, r.lineSeq)
+		}
+		signed := b.Sign(l.opts.Signer, first, last, l.opts.Clock())
+		for i, r := range reqs {
+			r.batch, r.leaf = signed, i
+			r.done <- nil
+		}
+		clear(reqs)
+	}
 }
 
 // statement is what a receipt states about the event written at seq with

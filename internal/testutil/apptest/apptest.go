@@ -51,6 +51,7 @@ type coreSetup struct {
 	seed     int64
 	noTPM    bool
 	receipts bool
+	auditOpt func(*audit.Options)
 	backend  func(testing.TB) store.Backend
 }
 
@@ -76,6 +77,10 @@ func StoreBackend(open func(testing.TB) store.Backend) CoreOption {
 // audit log with a batch key it certified (signed anchors, receipts), as
 // serve does. Not with NoTPM.
 func Receipts() CoreOption { return func(s *coreSetup) { s.receipts = true } }
+
+// AuditOptions changes the audit log's options before it opens (say, the
+// written-only release lines of audit.sync_releases: false).
+func AuditOptions(f func(*audit.Options)) CoreOption { return func(s *coreSetup) { s.auditOpt = f } }
 
 // NewCore opens the simulator, a bbolt store in t.TempDir, initializes the
 // root key and opens the audit log; t.Cleanup closes them.
@@ -141,6 +146,9 @@ func NewCore(t testing.TB, opts ...CoreOption) *Core {
 			t.Fatal(err)
 		}
 		c.SigningKey, aopts.Signer = key.PublicKey(), c.BatchKey
+	}
+	if s.auditOpt != nil {
+		s.auditOpt(&aopts)
 	}
 	c.Audit, err = audit.Open(ctx, aopts)
 	if err != nil {
