@@ -48,12 +48,16 @@ import (
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Domain strings: each signature and hash says what it is for.
@@ -143,8 +147,9 @@ func (c KeyCert) Verify(trusted []*ecdsa.PublicKey) (ed25519.PublicKey, error) {
 // BatchKey is the in-memory key that signs batch roots and anchors, with
 // its certificate.
 type BatchKey struct {
-	priv ed25519.PrivateKey
-	cert KeyCert
+	priv     ed25519.PrivateKey
+	cert     KeyCert
+	certJSON []byte
 }
 
 // NewBatchKey makes a batch key and has signer (the appliance signing key
@@ -169,7 +174,11 @@ func NewBatchKey(node string, now time.Time, signer crypto.Signer) (*BatchKey, e
 	if _, err := c.Verify([]*ecdsa.PublicKey{pub}); err != nil {
 		return nil, fmt.Errorf("receipt: the signing key's certificate does not verify: %w", err)
 	}
-	return &BatchKey{priv: priv, cert: c}, nil
+	cj, err := json.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	return &BatchKey{priv: priv, cert: c, certJSON: cj}, nil
 }
 
 // Cert returns the batch key's certificate.
@@ -231,10 +240,22 @@ func (s Statement) IsOwner(owner string) bool {
 	return subtle.ConstantTimeCompare([]byte(ownerHash(owner, salt)), []byte(s.OwnerHash)) == 1
 }
 
-// Leaf is the statement's Merkle leaf hash.
+// Leaf is the statement's Merkle leaf hash: [HashLeaf] of leafDomain, the
+// seq (8 bytes, big-endian), then each string field (node, line, time,
+// action, outcome, owner hash, salt, method, key version, request id) with
+// a 4-byte big-endian length. A binary form: it is hashed for every
+// release, and a fixed field order needs no JSON canonicalisation.
 func (s Statement) Leaf() [sha256.Size]byte {
-	body, _ := json.Marshal(s)
-	return HashLeaf(append([]byte(leafDomain), body...))
+	n := len(leafDomain) + 8 + 10*4 + len(s.Node) + len(s.Line) + len(s.Time) + len(s.Action) + len(s.Outcome) +
+		len(s.OwnerHash) + len(s.Salt) + len(s.Method) + len(s.KeyVersion) + len(s.RequestID)
+	b := make([]byte, 0, n)
+	b = append(b, leafDomain...)
+	b = binary.BigEndian.AppendUint64(b, s.Seq)
+	for _, f := range [...]string{s.Node, s.Line, s.Time, s.Action, s.Outcome, s.OwnerHash, s.Salt, s.Method, s.KeyVersion, s.RequestID} {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(f)))
+		b = append(b, f...)
+	}
+	return HashLeaf(b)
 }
 
 // Batch is what the batch key signs once per audit group commit: the seq
@@ -402,16 +423,119 @@ func (b *Builder) Sign(k *BatchKey, first, last uint64, now time.Time) *Signed {
 	root := lv[len(lv)-1][0]
 	batch := Batch{Node: k.cert.Node, First: first, Last: last, Size: len(leaves),
 		Root: hex.EncodeToString(root[:]), Time: now.UTC().Format(time.RFC3339Nano)}
-	return &Signed{batch: batch, sig: k.SignBatch(batch), cert: k.cert, stmts: b.stmts, levels: lv}
+	return &Signed{batch: batch, sig: k.SignBatch(batch), cert: k.cert, certJSON: k.certJSON, stmts: b.stmts, levels: lv}
 }
 
 // Signed is a signed batch of statements.
 type Signed struct {
-	batch  Batch
-	sig    string
-	cert   KeyCert
-	stmts  []Statement
-	levels [][][sha256.Size]byte
+	batch    Batch
+	sig      string
+	cert     KeyCert
+	certJSON []byte
+	stmts    []Statement
+	levels   [][][sha256.Size]byte
+
+	tailOnce sync.Once
+	tail     []byte // ,"batch":…,"batch_sig":…,"cert":…} shared by the batch's receipts
+}
+
+// Encode is [Receipt.Encode] of the i-th receipt (the same JSON up to
+// whitespace), built for the release path: the part every receipt of the
+// batch shares (batch, signature, certificate) is encoded once, in
+// base64url, and the receipt's own part is padded with JSON spaces to a
+// multiple of three bytes so that the two encodings join.
+func (s *Signed) Encode(i int) string {
+	s.tailOnce.Do(func() {
+		bj, _ := json.Marshal(s.batch)
+		t := append([]byte(`,"batch":`), bj...)
+		t = append(t, `,"batch_sig":"`...)
+		t = append(t, s.sig...)
+		t = append(t, `","cert":`...)
+		t = append(t, s.certJSON...)
+		s.tail = b64.AppendEncode(nil, append(t, '}'))
+	})
+	p := pathIn(s.levels, i)
+	head := make([]byte, 0, 512+len(p)*(2*sha256.Size+3))
+	head = append(head, `{"v":`...)
+	head = strconv.AppendInt(head, Version, 10)
+	head = append(head, `,"stmt":`...)
+	head = s.stmts[i].appendJSON(head)
+	head = append(head, `,"index":`...)
+	head = strconv.AppendInt(head, int64(i), 10)
+	head = append(head, `,"path":[`...)
+	for j := range p {
+		if j > 0 {
+			head = append(head, ',')
+		}
+		head = append(head, '"')
+		head = hex.AppendEncode(head, p[j][:])
+		head = append(head, '"')
+	}
+	head = append(head, ']')
+	for len(head)%3 != 0 {
+		head = append(head, ' ')
+	}
+	out := make([]byte, 0, b64.EncodedLen(len(head))+len(s.tail))
+	out = b64.AppendEncode(out, head)
+	out = append(out, s.tail...)
+	return string(out)
+}
+
+// appendJSON appends the statement as JSON (the fields of its struct tags,
+// in order), without reflection.
+func (s *Statement) appendJSON(b []byte) []byte {
+	str := func(b []byte, name, v string, omitEmpty bool) []byte {
+		if omitEmpty && v == "" {
+			return b
+		}
+		if b[len(b)-1] != '{' {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, name...)
+		b = append(b, `":`...)
+		return appendJSONString(b, v)
+	}
+	b = append(b, '{')
+	b = str(b, "node", s.Node, true)
+	if b[len(b)-1] != '{' {
+		b = append(b, ',')
+	}
+	b = append(b, `"seq":`...)
+	b = strconv.AppendUint(b, s.Seq, 10)
+	b = str(b, "line", s.Line, false)
+	b = str(b, "time", s.Time, false)
+	b = str(b, "action", s.Action, false)
+	b = str(b, "outcome", s.Outcome, false)
+	b = str(b, "owner_hash", s.OwnerHash, false)
+	b = str(b, "salt", s.Salt, false)
+	b = str(b, "method", s.Method, true)
+	b = str(b, "key_version", s.KeyVersion, true)
+	b = str(b, "request_id", s.RequestID, true)
+	return append(b, '}')
+}
+
+// appendJSONString appends v as a JSON string; invalid UTF-8 goes through
+// encoding/json (which replaces it), as json.Marshal would.
+func appendJSONString(b []byte, v string) []byte {
+	if !utf8.ValidString(v) {
+		j, _ := json.Marshal(v)
+		return append(b, j...)
+	}
+	const hexDigits = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
 }
 
 // Receipt is the receipt of the i-th statement added.

@@ -186,3 +186,28 @@ func TestMatchLine(t *testing.T) {
 		t.Fatal("another line matched")
 	}
 }
+
+// Signed.Encode (the server's fast path) parses to the same receipt as
+// Receipt.Encode.
+func TestSignedEncodeMatches(t *testing.T) {
+	k := newSigner(t)
+	bk, _ := NewBatchKey("n", time.Now(), k)
+	var b Builder
+	for i := 0; i < 7; i++ {
+		h, salt := NewOwnerHash("o")
+		b.Add(Statement{Node: "n", Seq: uint64(i + 1), Line: "ab", Time: "t", Action: "release", Outcome: "success", OwnerHash: h, Salt: salt, RequestID: "r\"q\\é\x01"})
+	}
+	sb := b.Sign(bk, 1, 7, time.Now())
+	for i := 0; i < 7; i++ {
+		fast, err := Parse(sb.Encode(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(fast, sb.Receipt(i)) {
+			t.Fatalf("%d: %+v\n%+v", i, fast, sb.Receipt(i))
+		}
+		if err := Verify(fast, &k.PublicKey); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -25,7 +25,7 @@ type reply = apptest.Reply
 
 type harness struct {
 	*apptest.Client
-	t       *testing.T
+	t       testing.TB
 	srv     *Server
 	db      *store.DB
 	audit   *audit.Log
@@ -40,14 +40,14 @@ type harnessOpt func(*config.Config, *Options)
 // newHarness runs the real server on loopback with the simulator, a bbolt
 // file, the audit log (apptest.NewCore), and a Firebase issuer stand-in
 // for project "proj-a".
-func newHarness(t *testing.T, opts ...harnessOpt) *harness {
+func newHarness(t testing.TB, opts ...harnessOpt) *harness {
 	t.Helper()
 	return newHarnessOn(t, nil, opts...)
 }
 
 // newHarnessOn is newHarness over a core made with coreOpts (another store
 // backend, say).
-func newHarnessOn(t *testing.T, coreOpts []apptest.CoreOption, opts ...harnessOpt) *harness {
+func newHarnessOn(t testing.TB, coreOpts []apptest.CoreOption, opts ...harnessOpt) *harness {
 	t.Helper()
 	ctx := context.Background()
 	core := apptest.NewCore(t, coreOpts...)

@@ -293,8 +293,8 @@ func (s *Server) requestID(next echo.HandlerFunc) echo.HandlerFunc {
 			ctx, slot = audit.WithReceiptSlot(ctx)
 			res := c.Response()
 			res.Before(func() {
-				if r := slot.Receipt(); r != nil && res.Status < 300 {
-					res.Header().Set(receipt.Header, r.Encode())
+				if r := slot.Encoded(); r != "" && res.Status < 300 {
+					res.Header().Set(receipt.Header, r)
 				}
 			})
 		}

@@ -529,9 +529,8 @@ func (l *Log) submitEvent(ctx context.Context, r *request) error {
 		return err
 	}
 	if r.wantReceipt && r.batch != nil {
-		rc := r.batch.Receipt(r.leaf)
 		slot.mu.Lock()
-		slot.r = rc
+		slot.batch, slot.leaf = r.batch, r.leaf
 		slot.mu.Unlock()
 	}
 	return nil
@@ -540,8 +539,9 @@ func (l *Log) submitEvent(ctx context.Context, r *request) error {
 // ReceiptSlot receives the receipt of a release recorded with it in the
 // context ([WithReceiptSlot]).
 type ReceiptSlot struct {
-	mu sync.Mutex
-	r  *receipt.Receipt
+	mu    sync.Mutex
+	batch *receipt.Signed
+	leaf  int
 }
 
 // Receipt returns the receipt of the release recorded last with the slot,
@@ -549,7 +549,21 @@ type ReceiptSlot struct {
 func (s *ReceiptSlot) Receipt() *receipt.Receipt {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.r
+	if s.batch == nil {
+		return nil
+	}
+	return s.batch.Receipt(s.leaf)
+}
+
+// Encoded is the receipt's encoding (its Keywarden-Receipt header value),
+// or "" when there is none.
+func (s *ReceiptSlot) Encoded() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.batch == nil {
+		return ""
+	}
+	return s.batch.Encode(s.leaf)
 }
 
 type receiptSlotKey struct{}

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -668,10 +669,12 @@ func (l *Log) receiptSigner() {
 // statement is what a receipt states about the event written at seq with
 // hash head.
 func (l *Log) statement(ev Event, seq uint64, head [sha256.Size]byte) receipt.Statement {
-	oh, salt := receipt.NewOwnerHash(ev.Owner)
+	// As the line's JSON has them: invalid UTF-8 replaced.
+	u := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+	oh, salt := receipt.NewOwnerHash(u(ev.Owner))
 	return receipt.Statement{
-		Node: l.opts.Node, Seq: seq, Line: hex.EncodeToString(head[:]), Time: formatTime(ev.Time),
-		Action: ev.Action, Outcome: ev.Outcome, OwnerHash: oh, Salt: salt, Method: ev.Method,
-		KeyVersion: ev.Fields[receipt.FieldKeyVersion], RequestID: ev.RequestID,
+		Node: u(l.opts.Node), Seq: seq, Line: hex.EncodeToString(head[:]), Time: formatTime(ev.Time),
+		Action: u(ev.Action), Outcome: u(ev.Outcome), OwnerHash: oh, Salt: salt, Method: u(ev.Method),
+		KeyVersion: u(ev.Fields[receipt.FieldKeyVersion]), RequestID: u(ev.RequestID),
 	}
 }
