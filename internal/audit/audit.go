@@ -318,6 +318,9 @@ type Stats struct {
 	RefusalsDropped  uint64            // refusals not written as a line (counted in refusals_skipped)
 	RefusalsByReason map[string]uint64 // Refusal calls per reason (at most 64 reasons, then "other")
 
+	Receipts       uint64 // receipts made (releases recorded with a ReceiptSlot)
+	ReceiptBatches uint64 // batch signatures made for them
+
 	HeadsRecorded uint64 // heads recorded in Options.Heads
 	HeadErrors    uint64 // heads that could not be recorded
 	HeadSeq       uint64 // seq of the last recorded head
@@ -360,6 +363,7 @@ type Log struct {
 	sampler sampler
 
 	lines, batches, fsyncs, anchors, writeErrors, timeouts atomic.Uint64
+	receipts, receiptBatches                               atomic.Uint64
 	busySince                                              atomic.Int64 // unix nanos while a batch is being written
 
 	mu       sync.Mutex // guards the fields below
@@ -738,6 +742,9 @@ func (l *Log) Stats() Stats {
 		Anchors:     l.anchors.Load(),
 		WriteErrors: l.writeErrors.Load(),
 		Timeouts:    l.timeouts.Load(),
+
+		Receipts:       l.receipts.Load(),
+		ReceiptBatches: l.receiptBatches.Load(),
 	}
 	s.Refusals, s.RefusalsSampled, s.RefusalsDropped, s.RefusalsByReason = l.sampler.stats()
 	s.LastError = l.LastError()

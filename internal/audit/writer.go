@@ -658,6 +658,8 @@ func (l *Log) receiptSigner() {
 			first, last = min(first, r.lineSeq), max(last, r.lineSeq)
 		}
 		signed := b.Sign(l.opts.Signer, first, last, l.opts.Clock())
+		l.receipts.Add(uint64(len(reqs)))
+		l.receiptBatches.Add(1)
 		for i, r := range reqs {
 			r.batch, r.leaf = signed, i
 			r.done <- nil
