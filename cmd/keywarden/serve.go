@@ -358,6 +358,8 @@ func registerAuditMetrics(m *metrics.Metrics, l *audit.Log) {
 	m.CounterFunc("keywarden_audit_lines_total", "Audit lines written.", func() float64 { return float64(l.Stats().Lines) })
 	m.CounterFunc("keywarden_audit_fsyncs_total", "Audit fsyncs (group commits).", func() float64 { return float64(l.Stats().Fsyncs) })
 	m.CounterFunc("keywarden_audit_refusals_dropped_total", "Refusals counted but not written as a line (sampling).", func() float64 { return float64(l.Stats().RefusalsDropped) })
+	m.CounterFunc("keywarden_audit_receipts_total", "Release receipts made.", func() float64 { return float64(l.Stats().Receipts) })
+	m.CounterFunc("keywarden_audit_receipt_signatures_total", "Batch signatures made for receipts (receipts per signature = receipts_total / this).", func() float64 { return float64(l.Stats().ReceiptBatches) })
 	m.CounterFunc("keywarden_audit_head_errors_total", "Anchored audit heads that could not be recorded in the store.", func() float64 { return float64(l.Stats().HeadErrors) })
 	m.GaugeFunc("keywarden_audit_healthy", "1 while the audit log can be written.", func() float64 {
 		if l.Healthy() {
