@@ -55,6 +55,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -455,7 +456,9 @@ func (s *Signed) Encode(i int) string {
 		s.tail = b64.AppendEncode(nil, append(t, '}'))
 	})
 	p := pathIn(s.levels, i)
-	head := make([]byte, 0, 512+len(p)*(2*sha256.Size+3))
+	bufs := encodeBufs.Get().(*[2][]byte)
+	defer encodeBufs.Put(bufs)
+	head := bufs[0][:0]
 	head = append(head, `{"v":`...)
 	head = strconv.AppendInt(head, Version, 10)
 	head = append(head, `,"stmt":`...)
@@ -475,11 +478,17 @@ func (s *Signed) Encode(i int) string {
 	for len(head)%3 != 0 {
 		head = append(head, ' ')
 	}
-	out := make([]byte, 0, b64.EncodedLen(len(head))+len(s.tail))
-	out = b64.AppendEncode(out, head)
-	out = append(out, s.tail...)
-	return string(out)
+	enc := b64.AppendEncode(bufs[1][:0], head)
+	bufs[0], bufs[1] = head, enc
+	var sb strings.Builder
+	sb.Grow(len(enc) + len(s.tail))
+	sb.Write(enc)
+	sb.Write(s.tail)
+	return sb.String()
 }
+
+// encodeBufs are the scratch buffers of [Signed.Encode].
+var encodeBufs = sync.Pool{New: func() any { return new([2][]byte) }}
 
 // appendJSON appends the statement as JSON (the fields of its struct tags,
 // in order), without reflection.
