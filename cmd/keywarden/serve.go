@@ -316,6 +316,7 @@ func (a *appliance) openAudit(ctx context.Context) error {
 	aopts := audit.Options{Dir: cfg.Dir, AnchorKey: a.root.Subkey(enclave.SubkeyAuditAnchor), WriteTimeout: cfg.WriteTimeout, MaxFileBytes: cfg.MaxFileBytes}
 	aopts.Heads = audit.StoreHeads(a.db)                // each anchored head is recorded in the store: `audit verify` catches a cut log
 	aopts.Signer, aopts.Node = a.batchKey, a.nodeName() // signed anchors and receipts (nil: HMAC anchors only)
+	aopts.AnchorInterval, aopts.AnchorLines = cfg.AnchorInterval, cfg.AnchorLines
 	if !cfg.SyncReleases {
 		aopts.WrittenActions = []string{audit.ActionRelease}
 		aopts.WrittenSyncDelay = cfg.ReleaseSyncDelay

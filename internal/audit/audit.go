@@ -67,7 +67,8 @@
 // # Anchors and verification
 //
 // Every [Options.AnchorInterval] (when something was written since the last
-// anchor), on [Log.Anchor] and at [Log.Close], the log writes an anchor line
+// anchor), every [Options.AnchorLines] lines when set, on [Log.Anchor] and
+// at [Log.Close], the log writes an anchor line
 // {"seq","time","prev","type":"anchor",…,"hmac"} whose hmac is
 // HMAC-SHA256 under [Options.AnchorKey] over the domain string
 // "keywarden-audit-anchor-v1\x00" and the anchor line itself without its
@@ -202,6 +203,11 @@ type Options struct {
 	// AnchorInterval is how often the head is anchored while lines are
 	// being written. 0 means DefaultAnchorInterval (1 min).
 	AnchorInterval time.Duration
+	// AnchorLines, when positive, also anchors as soon as this many lines
+	// were written since the last anchor (a batch of its own, right after
+	// the batch that reached it), so the lines not yet covered by an anchor
+	// stay few under load. 0: the interval only.
+	AnchorLines int
 	// RefusalRate is the number of refusal lines written per second at
 	// most (see [Log.Refusal]). It bounds what a flood of bad requests
 	// costs in disk space and I/O. 0 means DefaultRefusalRate (10).
@@ -257,6 +263,8 @@ func (o Options) Validate() error {
 		return bad("AnchorKey", fmt.Sprintf("must be at least %d bytes", MinAnchorKeyBytes))
 	case o.AnchorInterval < 0:
 		return bad("AnchorInterval", "must not be negative")
+	case o.AnchorLines < 0:
+		return bad("AnchorLines", "must not be negative")
 	case o.RefusalRate < 0:
 		return bad("RefusalRate", "must not be negative")
 	case o.WrittenSyncDelay < 0 || o.WrittenSyncDelay > 100*time.Millisecond:

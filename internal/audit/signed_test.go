@@ -206,3 +206,22 @@ func TestReleaseReceipts(t *testing.T) {
 		}
 	}
 }
+
+// With AnchorLines, an anchor (signed) follows every N lines without
+// waiting for the interval: under load the unsigned tail of a live log
+// stays short.
+func TestAnchorEveryNLines(t *testing.T) {
+	key := applianceKey(t)
+	dir := t.TempDir()
+	l := signedLog(t, key, "", Options{Dir: dir, AnchorLines: 5, AnchorInterval: time.Hour})
+	for i := 0; i < 12; i++ {
+		mustRecord(t, l, Event{Action: ActionStore, Owner: "u"})
+	}
+	rep, err := VerifySigned([]string{dir}, []*ecdsa.PublicKey{&key.PublicKey}, SignedOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Anchors != 2 || rep.Unsigned != 2 {
+		t.Fatalf("%d anchors, %d unsigned lines; want 2 anchors (after 5 and 10 lines) and 2 unsigned", rep.Anchors, rep.Unsigned)
+	}
+}

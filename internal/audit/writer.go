@@ -199,6 +199,9 @@ func (l *Log) run() {
 			reqs, refs = l.drain(reqs, refs)
 		}
 		_ = l.commit(reqs, refs, anchor)
+		if n := l.opts.AnchorLines; n > 0 && l.w.sinceAnchor >= n {
+			_ = l.commit(nil, nil, true) // an anchor of its own: no Record of that batch waits for it
+		}
 		clear(reqs)
 		clear(refs)
 		reqs, refs = reqs[:0], refs[:0]
