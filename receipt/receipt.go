@@ -533,6 +533,14 @@ func appendJSONString(b []byte, v string) []byte {
 	}
 	const hexDigits = "0123456789abcdef"
 	b = append(b, '"')
+	plain := true
+	for i := 0; i < len(v) && plain; i++ {
+		plain = v[i] >= 0x20 && v[i] != '"' && v[i] != '\\'
+	}
+	if plain { // the usual case: nothing to escape
+		b = append(b, v...)
+		return append(b, '"')
+	}
 	for i := 0; i < len(v); i++ {
 		c := v[i]
 		switch {
