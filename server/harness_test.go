@@ -80,7 +80,7 @@ func newHarnessOn(t testing.TB, coreOpts []apptest.CoreOption, opts ...harnessOp
 	}
 	if o.Firebase == nil && o.Keys != nil {
 		if o.Firebase, err = firebase.NewHTTP(firebase.HTTPOptions{Keys: o.Keys, Verifier: v, Blocked: o.BlockList.Has,
-			OverwriteMaxAuthAge: o.Config.Firebase.OverwriteMaxAuthAge}); err != nil {
+			OverwriteMaxAuthAge: o.Config.Firebase.OverwriteMaxAuthAge, Events: audit.NewOwnerIndex(core.AuditDir)}); err != nil {
 			t.Fatal(err)
 		}
 	}
