@@ -65,9 +65,6 @@ var (
 	// ErrClientKeyMismatch: the TPM key is not the key of the request, or
 	// the certification certifies another key.
 	ErrClientKeyMismatch = &VerifyError{Reason: "client_key_mismatch"}
-	// ErrNotACertification: the signed structure of the certification is
-	// not a TPM_ST_ATTEST_CERTIFY made by the TPM.
-	ErrNotACertification = &VerifyError{Reason: "not_a_certification"}
 )
 
 // ParseClientKeyEvidence decodes JSON client key evidence of at most

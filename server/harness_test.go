@@ -25,13 +25,14 @@ type reply = apptest.Reply
 
 type harness struct {
 	*apptest.Client
-	t       *testing.T
+	t       testing.TB
 	srv     *Server
 	db      *store.DB
 	audit   *audit.Log
 	issuer  *firebasetest.Issuer
 	tpm     *tpmdev.Counting
 	custody *enclave.Custody
+	core    *apptest.Core
 }
 
 type harnessOpt func(*config.Config, *Options)
@@ -39,21 +40,21 @@ type harnessOpt func(*config.Config, *Options)
 // newHarness runs the real server on loopback with the simulator, a bbolt
 // file, the audit log (apptest.NewCore), and a Firebase issuer stand-in
 // for project "proj-a".
-func newHarness(t *testing.T, opts ...harnessOpt) *harness {
+func newHarness(t testing.TB, opts ...harnessOpt) *harness {
 	t.Helper()
 	return newHarnessOn(t, nil, opts...)
 }
 
 // newHarnessOn is newHarness over a core made with coreOpts (another store
 // backend, say).
-func newHarnessOn(t *testing.T, coreOpts []apptest.CoreOption, opts ...harnessOpt) *harness {
+func newHarnessOn(t testing.TB, coreOpts []apptest.CoreOption, opts ...harnessOpt) *harness {
 	t.Helper()
 	return newNode(t, coreOpts, firebasetest.NewIssuer(t, "proj-a"), opts...)
 }
 
 // newNode is newHarnessOn with the given Firebase issuer (nodes of one
 // cluster trust the same one).
-func newNode(t *testing.T, coreOpts []apptest.CoreOption, issuer *firebasetest.Issuer, opts ...harnessOpt) *harness {
+func newNode(t testing.TB, coreOpts []apptest.CoreOption, issuer *firebasetest.Issuer, opts ...harnessOpt) *harness {
 	t.Helper()
 	ctx := context.Background()
 	core := apptest.NewCore(t, coreOpts...)
@@ -65,7 +66,8 @@ func newNode(t *testing.T, coreOpts []apptest.CoreOption, issuer *firebasetest.I
 	}
 	t.Cleanup(v.Close)
 	custody := enclave.NewCustody(core.DB, core.Root, enclave.CustodyOptions{Clock: issuer.Clock().Now})
-	o := Options{Config: cfg, DB: core.DB, Custody: custody, Sessions: core.Root.SessionTokens(issuer.Clock().Now), Audit: core.Audit, Clock: issuer.Clock().Now}
+	o := Options{Config: cfg, DB: core.DB, Custody: custody, Sessions: core.Root.SessionTokens(issuer.Clock().Now), Audit: core.Audit, Clock: issuer.Clock().Now,
+		Receipts: core.BatchKey != nil}
 	for _, f := range opts {
 		f(&o.Config, &o)
 	}
@@ -84,7 +86,7 @@ func newNode(t *testing.T, coreOpts []apptest.CoreOption, issuer *firebasetest.I
 	}
 	if o.Firebase == nil && o.Keys != nil {
 		if o.Firebase, err = firebase.NewHTTP(firebase.HTTPOptions{Keys: o.Keys, Verifier: v, Blocked: o.BlockList.Has,
-			OverwriteMaxAuthAge: o.Config.Firebase.OverwriteMaxAuthAge}); err != nil {
+			OverwriteMaxAuthAge: o.Config.Firebase.OverwriteMaxAuthAge, Events: audit.NewOwnerIndex(core.AuditDir)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -94,7 +96,7 @@ func newNode(t *testing.T, coreOpts []apptest.CoreOption, issuer *firebasetest.I
 	}
 	hs := httptest.NewServer(srv.Public)
 	t.Cleanup(hs.Close)
-	return &harness{Client: &apptest.Client{T: t, URL: hs.URL}, t: t, srv: srv, db: core.DB, audit: core.Audit, issuer: issuer, tpm: core.TPM, custody: custody}
+	return &harness{Client: &apptest.Client{T: t, URL: hs.URL}, t: t, srv: srv, db: core.DB, audit: core.Audit, issuer: issuer, tpm: core.TPM, custody: custody, core: core}
 }
 
 func (h *harness) advance(d time.Duration) { h.issuer.Clock().Advance(d) }

@@ -38,6 +38,7 @@ const Any = "ANY"
 type AttestationHandler interface {
 	Attestation(echo.Context) error
 	ApplianceKey(echo.Context) error
+	ApplianceKeys(echo.Context) error
 }
 
 // ClientSharesHandler serves the client-share admin routes

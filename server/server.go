@@ -35,6 +35,7 @@ import (
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/ratelimit"
+	"github.com/keywarden/keywarden/receipt"
 	"github.com/keywarden/keywarden/server/apidoc"
 	"github.com/keywarden/keywarden/server/firebase"
 	"github.com/keywarden/keywarden/server/httpx"
@@ -93,8 +94,12 @@ type Options struct {
 	// Keys is the keys service every key route uses; required unless
 	// sealed (Custody nil).
 	Keys *keys.Service
-	// Attestation serves /v1/attestation and /v1/appliance-key; nil: off.
+	// Attestation serves /v1/attestation, /v1/appliance-key and
+	// /v1/appliance-keys; nil: off.
 	Attestation AttestationHandler
+	// Receipts: the audit log signs (audit.Options.Signer), so a release
+	// answers with its receipt in the Keywarden-Receipt header.
+	Receipts bool
 	// ClientShares serves /v1/admin/users/:userId/client-shares…; nil: off.
 	// (It is also among Users, which lists and deletes a user's shares.)
 	ClientShares ClientSharesHandler
@@ -265,6 +270,7 @@ func (s *Server) routes() {
 			AllowOriginFunc: func(origin string) (bool, error) { _, ok := origins[origin]; return ok, nil },
 			AllowMethods:    []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete},
 			AllowHeaders:    []string{"Authorization", "Content-Type", "X-Firebase-Token", "X-Portal-Trace-Id"},
+			ExposeHeaders:   []string{receipt.Header, "X-Request-Id"},
 			MaxAge:          600,
 		}))
 	}
@@ -304,7 +310,21 @@ func (s *Server) requestID(next echo.HandlerFunc) echo.HandlerFunc {
 		httpx.SetRequestID(c, id)
 		c.Response().Header().Set("X-Request-Id", id)
 		// Services audit with it too (audit.RequestIDFrom).
-		c.SetRequest(c.Request().WithContext(audit.WithRequestID(c.Request().Context(), id)))
+		ctx := audit.WithRequestID(c.Request().Context(), id)
+		if s.opts.Receipts {
+			// A release recorded while serving this request leaves its
+			// receipt in the slot; it goes out as a header (docs: README,
+			// "Release receipts").
+			var slot *audit.ReceiptSlot
+			ctx, slot = audit.WithReceiptSlot(ctx)
+			res := c.Response()
+			res.Before(func() {
+				if r := slot.Encoded(); r != "" && res.Status < 300 {
+					res.Header().Set(receipt.Header, r)
+				}
+			})
+		}
+		c.SetRequest(c.Request().WithContext(ctx))
 		return next(c)
 	}
 }

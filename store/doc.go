@@ -37,6 +37,7 @@
 //	│   recovery                   → recovery record: root id, split, threshold, age-encrypted shares (JSON)
 //	│   attest_ak                  → TPM attestation key blob (attest.AKBlob JSON); never on store.backend embedded (per node: cluster.State)
 //	│   vault_client_key           → TPM Vault client key blob (attest.ClientKeyBlob)
+//	│   attest_signing_key         → TPM appliance signing key blob (attest.SigningKeyBlob)
 //	│   audit_head                 → audit chain head (audit.Checkpoint JSON, MACed)
 //	│   audit_head@<node>          → store.backend embedded: node <node>'s audit chain head instead (MetaKey.ForNode)
 //	│   last_backup                → time of the last online backup (RFC 3339)

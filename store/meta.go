@@ -41,6 +41,9 @@ const (
 	// MetaVaultClientKey: the TPM-resident Vault client key blob
 	// (attest.ClientKeyBlob, binary), for vault.auth tpm-cert.
 	MetaVaultClientKey MetaKey = "vault_client_key"
+	// MetaSigningKey: the TPM appliance signing key blob
+	// (attest.SigningKeyBlob), certified by the AK at each start.
+	MetaSigningKey MetaKey = "attest_signing_key"
 	// MetaAuditHead: the audit chain's recorded head (a Checkpoint JSON
 	// MACed under the root subkey "audit-anchor").
 	MetaAuditHead MetaKey = "audit_head"
@@ -58,7 +61,7 @@ const (
 
 // metaKeys lists every MetaKey (the package doc draws each).
 var metaKeys = []MetaKey{
-	MetaSealedRoot, MetaRollback, MetaRollbackCluster, MetaRollbackNode, MetaRecovery, MetaAttestAK, MetaAuditHead,
+	MetaSealedRoot, MetaRollback, MetaRollbackCluster, MetaRollbackNode, MetaRecovery, MetaAttestAK, MetaSigningKey, MetaAuditHead,
 	MetaLastBackup, MetaHeartbeat, MetaCustodianPriorsSealed, MetaClientSharesPriorsSealed,
 	MetaVaultClientKey,
 }

@@ -18,6 +18,7 @@ func openAppliance(ctx context.Context, cfg config.Config, log *slog.Logger) (*a
 		func() error { return a.openStore(ctx) },
 		func() error { return a.checkPCRPolicy(ctx) },
 		func() error { return a.unsealRoot(ctx) },
+		func() error { a.startSigningKey(ctx); return nil },
 		func() error { return a.openAudit(ctx) },
 	} {
 		if err := step(); err != nil {

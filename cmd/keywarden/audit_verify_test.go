@@ -24,7 +24,10 @@ func auditVerifyOutput(t *testing.T, cfgFile string) (string, error) {
 	old := os.Stdout
 	os.Stdout = w
 	errc := make(chan error, 1)
-	go func() { errc <- run(context.Background(), []string{"audit", "verify", "-config", cfgFile}); w.Close() }()
+	go func() {
+		errc <- run(context.Background(), []string{"audit", "verify", "-hmac", "-config", cfgFile})
+		w.Close()
+	}()
 	b, _ := io.ReadAll(r)
 	os.Stdout = old
 	return string(b), <-errc

@@ -287,7 +287,9 @@ func envOr(k, d string) string {
 // cmdAuditVerify checks the audit chain. The anchor key is a root-key
 // subkey, so it needs the TPM and the store (stop the server, or run it on
 // a copy made by `keywarden backup`: -db).
-func cmdAuditVerify(args []string) error {
+// cmdAuditVerifyHMAC is `keywarden audit verify -hmac`: a stopped node's
+// check with its TPM and store (HMAC anchors and the recorded head).
+func cmdAuditVerifyHMAC(args []string) error {
 	cfg, fs, err := loadConfig(args, os.Getenv("KEYWARDEN_DEV") == "1")
 	if err != nil {
 		return err

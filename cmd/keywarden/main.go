@@ -8,7 +8,9 @@
 //	keywarden backup  -out FILE        consistent copy of the live store (through the running server's admin API)
 //	keywarden store migrate -to etcd|bbolt   copy the store into the other backend (offline), count and hash both sides
 //	keywarden status                   the running server's readiness with details (admin API)
-//	keywarden audit verify [-dir DIR]
+//	keywarden audit verify [DIR|FILE…] [-key FILE | -url URL] [-ak-name HEX] [-complete]
+//	keywarden audit verify -hmac [-config FILE]   a stopped node's check with its TPM and store
+//	keywarden receipt verify FILE [-key FILE | -url URL] [-owner ID] [-audit DIR]
 //	keywarden admin-key hash           read a key on stdin, print its configured form
 //	keywarden recover | reseal | recovery | rollback | attest | cluster   see `keywarden help`
 //	keywarden version
@@ -67,7 +69,8 @@ func commands() []command {
 		{names: []string{"store"}, help: "migrate -to etcd|bbolt: copy the store into the other backend and verify it (offline)", run: cmdStore},
 		{names: []string{"status"}, help: "the running server's readiness with every check's detail (admin API)", run: cmdStatus},
 		{names: []string{"keys"}, help: "versions | restore OWNER METHOD [ID]: prior versions of any owner's key (admin API)", run: cmdKeys},
-		{names: []string{"audit"}, help: "check the audit log's hash chain and anchors", run: cmdAudit},
+		{names: []string{"audit"}, help: "check the audit log's chain and signed anchors with public keys ([DIR|FILE…] -key FILE | -url URL; -hmac: a stopped node's check with its TPM)", run: cmdAudit},
+		{names: []string{"receipt"}, help: "check a release receipt with public keys (FILE -key FILE | -url URL [-owner ID] [-audit DIR])", run: cmdReceipt},
 		{names: []string{"admin-key"}, help: "read an admin API key on stdin and print its sha256 form for admin.key_hashes", run: cmdAdminKey},
 		{names: []string{"recover"}, help: "rebuild the root key from T recovery shares and a backup on a new TPM", run: cmdRecover},
 		{names: []string{"reseal"}, help: "seal the root key again to other PCRs (before a firmware update)", run: cmdReseal},
@@ -100,6 +103,8 @@ func usageName(name string) string {
 		return "config check"
 	case "audit":
 		return "audit verify"
+	case "receipt":
+		return "receipt verify"
 	case "admin-key":
 		return "admin-key hash"
 	case "cluster":

@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/keywarden/keywarden/attest"
 	"github.com/keywarden/keywarden/cluster"
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/audit"
@@ -26,6 +27,7 @@ import (
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/internal/tpmdev"
 	"github.com/keywarden/keywarden/internal/tpmsim"
+	"github.com/keywarden/keywarden/receipt"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/firebase"
 	"github.com/keywarden/keywarden/server/keys"
@@ -83,6 +85,13 @@ type appliance struct {
 	// this node's etcd member; nil otherwise.
 	node   *cluster.State
 	member *cluster.Embedded
+
+	// The appliance signing key (flushed once the AK certified it) and the
+	// batch key it certified (wire_proofs.go); nil when unavailable, why
+	// in signWhy.
+	signKey  *attest.SigningKey
+	batchKey *receipt.BatchKey
+	signWhy  string
 }
 
 // tlsReloader is the appliance's one TLS certificate reloader, shared by
@@ -163,7 +172,8 @@ func serve(ctx context.Context, cfg config.Config, log *slog.Logger, acceptRollb
 // TPM → open the store → refuse a root key without a PCR policy → unseal
 // the root key (dev: create it) [store.backend embedded instead: the node-
 // local state → unseal the root key → cluster CA → etcd member → store,
-// see embedded.go] → open the audit log → [sealed: a server
+// see embedded.go] → appliance signing key and batch key → open the audit
+// log → [sealed: a server
 // that answers health only] → Firebase verifier → clock check → rollback
 // check (before anything writes the store) → attestation → client and
 // custodian shares → demo page (dev) → passkeys → Portal drop-in → PIN → pprof
@@ -196,6 +206,7 @@ func startAppliance(ctx context.Context, cfg config.Config, log *slog.Logger, ac
 			return nil, nil, err
 		}
 	}
+	a.startSigningKey(ctx)
 	if err := a.openAudit(ctx); err != nil {
 		return nil, nil, err
 	}
@@ -336,6 +347,8 @@ func (a *appliance) openAudit(ctx context.Context) error {
 		// Embedded cluster: one recorded head per node (each has its own log).
 		aopts.Heads = audit.NodeStoreHeads(a.db, a.node.Name)
 	}
+	aopts.Signer, aopts.Node = a.batchKey, a.nodeName() // signed anchors and receipts (nil: HMAC anchors only)
+	aopts.AnchorInterval, aopts.AnchorLines = cfg.AnchorInterval, cfg.AnchorLines
 	if !cfg.SyncReleases {
 		aopts.WrittenActions = []string{audit.ActionRelease}
 		aopts.WrittenSyncDelay = cfg.ReleaseSyncDelay
@@ -368,6 +381,7 @@ func (a *appliance) serverOptions(ctx context.Context) (server.Options, error) {
 		return opts, nil
 	}
 	opts.Audit = a.audit
+	opts.Receipts = a.batchKey != nil
 	opts.Custody = enclave.NewCustody(a.db, a.root, enclave.CustodyOptions{VersionRetention: a.cfg.Keys.VersionRetention})
 	opts.Sessions = a.root.SessionTokens(nil)
 	return opts, nil
@@ -377,6 +391,8 @@ func registerAuditMetrics(m *metrics.Metrics, l *audit.Log) {
 	m.CounterFunc("keywarden_audit_lines_total", "Audit lines written.", func() float64 { return float64(l.Stats().Lines) })
 	m.CounterFunc("keywarden_audit_fsyncs_total", "Audit fsyncs (group commits).", func() float64 { return float64(l.Stats().Fsyncs) })
 	m.CounterFunc("keywarden_audit_refusals_dropped_total", "Refusals counted but not written as a line (sampling).", func() float64 { return float64(l.Stats().RefusalsDropped) })
+	m.CounterFunc("keywarden_audit_receipts_total", "Release receipts made.", func() float64 { return float64(l.Stats().Receipts) })
+	m.CounterFunc("keywarden_audit_receipt_signatures_total", "Batch signatures made for receipts (receipts per signature = receipts_total / this).", func() float64 { return float64(l.Stats().ReceiptBatches) })
 	m.CounterFunc("keywarden_audit_head_errors_total", "Anchored audit heads that could not be recorded in the store.", func() float64 { return float64(l.Stats().HeadErrors) })
 	m.GaugeFunc("keywarden_audit_healthy", "1 while the audit log can be written.", func() float64 {
 		if l.Healthy() {
@@ -505,6 +521,9 @@ func listenAndServe(ctx context.Context, a *appliance, srv *server.Server) error
 	if a.audit != nil {
 		v, r, _ := buildInfo()
 		_ = a.audit.Record(ctx, audit.Event{Action: audit.ActionStart, Outcome: audit.OutcomeSuccess, Fields: map[string]string{"version": v, "revision": r}})
+		// Anchor the start (signed with the new batch key): a public
+		// `audit verify` of a node that just started covers it at once.
+		_ = a.audit.Anchor(ctx)
 	}
 	a.log.Info("keywarden serving", "version", versionString(), "dev", a.cfg.Dev, "sealed", a.root == nil)
 	select {

@@ -169,6 +169,7 @@ func wireAttestation(ctx context.Context, a *appliance, opts *server.Options) er
 			return errors.New(why)
 		}})
 	}
+	o.Keys, o.KeysUnavailable = a.certifySigningKey(ctx, ak)
 	if ak != nil {
 		certs, chain, err := attest.ReadEKCertificates(ctx, a.tpm)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/sysclock"
 	"github.com/keywarden/keywarden/server"
 	"github.com/keywarden/keywarden/server/firebase"
@@ -18,7 +19,8 @@ import (
 // degraded. Without a verifier the routes answer 503
 // firebase_not_configured.
 func wireFirebase(ctx context.Context, a *appliance, opts *server.Options) error {
-	ho := firebase.HTTPOptions{Keys: opts.Keys, Blocked: opts.BlockList.Has, OverwriteMaxAuthAge: a.cfg.Firebase.OverwriteMaxAuthAge}
+	ho := firebase.HTTPOptions{Keys: opts.Keys, Blocked: opts.BlockList.Has, OverwriteMaxAuthAge: a.cfg.Firebase.OverwriteMaxAuthAge,
+		Events: audit.NewOwnerIndex(a.cfg.Audit.Dir)} // GET /v1/me/events reads the log itself
 	if len(a.cfg.Firebase.ProjectIDs) == 0 {
 		return newFirebaseHTTP(ho, opts)
 	}

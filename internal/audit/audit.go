@@ -67,7 +67,8 @@
 // # Anchors and verification
 //
 // Every [Options.AnchorInterval] (when something was written since the last
-// anchor), on [Log.Anchor] and at [Log.Close], the log writes an anchor line
+// anchor), every [Options.AnchorLines] lines when set, on [Log.Anchor] and
+// at [Log.Close], the log writes an anchor line
 // {"seq","time","prev","type":"anchor",…,"hmac"} whose hmac is
 // HMAC-SHA256 under [Options.AnchorKey] over the domain string
 // "keywarden-audit-anchor-v1\x00" and the anchor line itself without its
@@ -94,7 +95,9 @@ package audit
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -105,6 +108,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/receipt"
 )
 
 // Defaults for the zero values of [Options].
@@ -199,6 +203,11 @@ type Options struct {
 	// AnchorInterval is how often the head is anchored while lines are
 	// being written. 0 means DefaultAnchorInterval (1 min).
 	AnchorInterval time.Duration
+	// AnchorLines, when positive, also anchors as soon as this many lines
+	// were written since the last anchor (a batch of its own, right after
+	// the batch that reached it), so the lines not yet covered by an anchor
+	// stay few under load. 0: the interval only.
+	AnchorLines int
 	// RefusalRate is the number of refusal lines written per second at
 	// most (see [Log.Refusal]). It bounds what a flood of bad requests
 	// costs in disk space and I/O. 0 means DefaultRefusalRate (10).
@@ -225,6 +234,17 @@ type Options struct {
 	// plus one fsync) and trades it for fewer fsyncs under load. Zero:
 	// fsync as soon as asked. At most 100 ms.
 	WrittenSyncDelay time.Duration
+	// Signer, when set, makes the log publicly verifiable: every anchor is
+	// a signed anchor (v 2) carrying Node, the batch key's certificate and
+	// its Ed25519 signature (see [VerifySigned]), and a release recorded
+	// with a [ReceiptSlot] in its context gets a receipt: the statements
+	// of a batch are Merkle-hashed and the root signed once per batch (see
+	// package receipt). The batch key is in memory: no TPM command.
+	Signer *receipt.BatchKey
+	// Node is the cluster node's name, written into signed anchors and
+	// receipts (each node has its own chain). Empty: left out. It must be
+	// the name Signer was certified for.
+	Node string
 }
 
 // Validate checks o without changing it.
@@ -243,10 +263,14 @@ func (o Options) Validate() error {
 		return bad("AnchorKey", fmt.Sprintf("must be at least %d bytes", MinAnchorKeyBytes))
 	case o.AnchorInterval < 0:
 		return bad("AnchorInterval", "must not be negative")
+	case o.AnchorLines < 0:
+		return bad("AnchorLines", "must not be negative")
 	case o.RefusalRate < 0:
 		return bad("RefusalRate", "must not be negative")
 	case o.WrittenSyncDelay < 0 || o.WrittenSyncDelay > 100*time.Millisecond:
 		return bad("WrittenSyncDelay", "must be between 0 and 100ms")
+	case o.Signer != nil && o.Signer.Node() != o.Node:
+		return bad("Node", fmt.Sprintf("the signer was certified for node %q", o.Signer.Node()))
 	}
 	return nil
 }
@@ -302,6 +326,9 @@ type Stats struct {
 	RefusalsDropped  uint64            // refusals not written as a line (counted in refusals_skipped)
 	RefusalsByReason map[string]uint64 // Refusal calls per reason (at most 64 reasons, then "other")
 
+	Receipts       uint64 // receipts made (releases recorded with a ReceiptSlot)
+	ReceiptBatches uint64 // batch signatures made for them
+
 	HeadsRecorded uint64 // heads recorded in Options.Heads
 	HeadErrors    uint64 // heads that could not be recorded
 	HeadSeq       uint64 // seq of the last recorded head
@@ -328,17 +355,23 @@ type Log struct {
 
 	w writer // owned by the writer goroutine (w.f also read by the syncer, under w.fmu)
 
-	syncKick chan struct{}         // the writer asks the syncer for an fsync
-	syncDone chan struct{}         // closed when the syncer has exited
+	syncKick chan struct{} // the writer asks the syncer for an fsync
+	syncDone chan struct{} // closed when the syncer has exited
+
+	signReqs chan *request         // written lines waiting for their receipt (closed by the writer when it exits)
+	signDone chan struct{}         // closed when the receipt signer has exited
 	syncErr  atomic.Pointer[error] // a background fsync failed (the writer handles it)
 
 	pendingNotes []Event // incident lines for the next batch (writer goroutine only)
 
 	heads *headSaver // nil without Options.Heads
 
+	certB64 string // Signer's certificate as signed anchors carry it
+
 	sampler sampler
 
 	lines, batches, fsyncs, anchors, writeErrors, timeouts atomic.Uint64
+	receipts, receiptBatches                               atomic.Uint64
 	busySince                                              atomic.Int64 // unix nanos while a batch is being written
 
 	mu       sync.Mutex // guards the fields below
@@ -356,8 +389,17 @@ type request struct {
 	answered bool   // written and answered (set by the writer)
 	seq      uint64 // of the anchor that answered an Anchor call (set by the writer)
 	ev       Event
-	state    atomic.Int32 // reqPending → reqTaken (by the writer) or reqAbandoned (by the caller)
-	done     chan error   // buffered: the writer never blocks on it
+	// wantReceipt: make a receipt for this line (set by the caller).
+	// Once the line is written the writer hands the request to the
+	// receipt signer (lineSeq, lineHash), which sets batch and leaf and
+	// answers; the caller builds its receipt from them.
+	wantReceipt bool
+	lineSeq     uint64
+	lineHash    [sha256.Size]byte
+	batch       *receipt.Signed
+	leaf        int
+	state       atomic.Int32 // reqPending → reqTaken (by the writer) or reqAbandoned (by the caller)
+	done        chan error   // buffered: the writer never blocks on it
 }
 
 const (
@@ -391,8 +433,17 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 		done:     make(chan struct{}),
 		syncKick: make(chan struct{}, 1),
 		syncDone: make(chan struct{}),
+		signReqs: make(chan *request, 4096),
+		signDone: make(chan struct{}),
 	}
 	l.opts.AnchorKey = secret.Bytes{} // the caller's slice; l.key is ours
+	if o.Signer != nil {
+		cb, err := json.Marshal(o.Signer.Cert())
+		if err != nil {
+			return nil, fmt.Errorf("audit: open: %w", err)
+		}
+		l.certB64 = base64.RawURLEncoding.EncodeToString(cb)
+	}
 	l.sampler.init(o.RefusalRate)
 	var err error
 	if o.ReserveBytes > 0 {
@@ -423,6 +474,7 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 	}
 	l.publish()
 	go l.syncer()
+	go l.receiptSigner()
 	go l.run()
 	for _, n := range notes {
 		n.Time = o.Clock()
@@ -477,7 +529,62 @@ func (l *Log) RecordWritten(ctx context.Context, ev Event) error {
 	if err := checkEvent(ev); err != nil {
 		return err
 	}
-	return l.submit(ctx, &request{ev: ev, written: true, done: make(chan error, 1)})
+	return l.submitEvent(ctx, &request{ev: ev, written: true, done: make(chan error, 1)})
+}
+
+// submitEvent submits an event's request, with a receipt when the context
+// carries a [ReceiptSlot] for a release and the log has a Signer.
+func (l *Log) submitEvent(ctx context.Context, r *request) error {
+	slot, _ := ctx.Value(receiptSlotKey{}).(*ReceiptSlot)
+	r.wantReceipt = slot != nil && l.opts.Signer != nil && r.ev.Action == ActionRelease
+	if err := l.submit(ctx, r); err != nil {
+		return err
+	}
+	if r.wantReceipt && r.batch != nil {
+		slot.mu.Lock()
+		slot.batch, slot.leaf = r.batch, r.leaf
+		slot.mu.Unlock()
+	}
+	return nil
+}
+
+// ReceiptSlot receives the receipt of a release recorded with it in the
+// context ([WithReceiptSlot]).
+type ReceiptSlot struct {
+	mu    sync.Mutex
+	batch *receipt.Signed
+	leaf  int
+}
+
+// Receipt returns the receipt of the release recorded last with the slot,
+// or nil (none recorded, recording failed, or the log has no Signer).
+func (s *ReceiptSlot) Receipt() *receipt.Receipt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.batch == nil {
+		return nil
+	}
+	return s.batch.Receipt(s.leaf)
+}
+
+// Encoded is the receipt's encoding (its Keywarden-Receipt header value),
+// or "" when there is none.
+func (s *ReceiptSlot) Encoded() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.batch == nil {
+		return ""
+	}
+	return s.batch.Encode(s.leaf)
+}
+
+type receiptSlotKey struct{}
+
+// WithReceiptSlot returns ctx carrying a new slot: a release recorded
+// with that context (by however deep a service) leaves its receipt there.
+func WithReceiptSlot(ctx context.Context) (context.Context, *ReceiptSlot) {
+	s := &ReceiptSlot{}
+	return context.WithValue(ctx, receiptSlotKey{}, s), s
 }
 
 // record is Record without the reserved-action check, for the log's own
@@ -486,7 +593,7 @@ func (l *Log) record(ctx context.Context, ev Event) error {
 	if err := checkEvent(ev); err != nil {
 		return err
 	}
-	return l.submit(ctx, &request{ev: ev, done: make(chan error, 1)})
+	return l.submitEvent(ctx, &request{ev: ev, done: make(chan error, 1)})
 }
 
 // Anchor writes an anchor line now and returns when it is durable and,
@@ -599,6 +706,7 @@ func (l *Log) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("audit: close: %w", ctx.Err())
 	}
+	<-l.signDone // the writer closed its queue: it answers what is left and exits
 	if l.heads != nil {
 		if err := l.closeHeads(ctx); err != nil && l.closeErr == nil {
 			l.closeErr = err
@@ -642,6 +750,9 @@ func (l *Log) Stats() Stats {
 		Anchors:     l.anchors.Load(),
 		WriteErrors: l.writeErrors.Load(),
 		Timeouts:    l.timeouts.Load(),
+
+		Receipts:       l.receipts.Load(),
+		ReceiptBatches: l.receiptBatches.Load(),
 	}
 	s.Refusals, s.RefusalsSampled, s.RefusalsDropped, s.RefusalsByReason = l.sampler.stats()
 	s.LastError = l.LastError()

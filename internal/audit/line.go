@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math"
 	"strings"
 	"time"
+
+	"github.com/keywarden/keywarden/receipt"
 )
 
 const (
@@ -21,7 +24,44 @@ const (
 	// with hmacPrefix, 64 hex digits and `"}`.
 	hmacPrefix = `,"hmac":"`
 	hmacSuffix = len(hmacPrefix) + 2*sha256.Size + len(`"}`)
+
+	// anchorVersionSigned is the v of an anchor signed by the batch key.
+	anchorVersionSigned = 2
+	// sigPrefix starts the last member of a signed anchor, after its hmac.
+	sigPrefix = `,"sig":"`
 )
+
+// sigB64Len is the length of a base64url (unpadded) anchor signature.
+var sigB64Len = base64.RawURLEncoding.EncodedLen(receipt.AnchorSigSize)
+
+// cutSig splits a signed anchor line into the line without its sig member
+// and the signature; ok is false when the line ends with no sig member.
+func cutSig(line []byte) (body, sig []byte, ok bool) {
+	n := len(sigPrefix) + sigB64Len + len(`"}`)
+	if len(line) < n+2 || !bytes.HasSuffix(line, []byte(`"}`)) {
+		return nil, nil, false
+	}
+	cut := len(line) - n
+	if !bytes.Equal(line[cut:cut+len(sigPrefix)], []byte(sigPrefix)) {
+		return nil, nil, false
+	}
+	// Strict: a changed padding bit in the last character is refused.
+	sig, err := base64.RawURLEncoding.Strict().DecodeString(string(line[cut+len(sigPrefix) : len(line)-2]))
+	if err != nil {
+		return nil, nil, false
+	}
+	return append(bytes.Clone(line[:cut]), '}'), sig, true
+}
+
+// appendSig turns a (hmac'd) anchor line {…} into {…,"sig":"…"}.
+func appendSig(line []byte, k *receipt.BatchKey) []byte {
+	sig := k.SignAnchor(line)
+	out := make([]byte, 0, len(line)+len(sigPrefix)+sigB64Len+1)
+	out = append(out, line[:len(line)-1]...)
+	out = append(out, sigPrefix...)
+	out = base64.RawURLEncoding.AppendEncode(out, sig)
+	return append(out, `"}`...)
+}
 
 // zeroHash is the prev of the first line ever.
 var zeroHash = strings.Repeat("0", 2*sha256.Size)
@@ -33,6 +73,7 @@ type wireLine struct {
 	Time            string            `json:"time"`
 	Prev            string            `json:"prev"`
 	Type            string            `json:"type"`
+	V               int               `json:"v,omitempty"` // 2: a signed anchor (node, cert, sig)
 	Action          string            `json:"action,omitempty"`
 	Outcome         string            `json:"outcome,omitempty"`
 	Actor           string            `json:"actor,omitempty"`
@@ -43,7 +84,11 @@ type wireLine struct {
 	Remote          string            `json:"remote,omitempty"`
 	Fields          map[string]string `json:"fields,omitempty"`
 	RefusalsSkipped map[string]uint64 `json:"refusals_skipped,omitempty"`
+	Node            string            `json:"node,omitempty"` // signed anchors: the cluster node's name
+	Cert            string            `json:"cert,omitempty"` // signed anchors: base64url JSON of the batch key's receipt.KeyCert
 	HMAC            string            `json:"hmac,omitempty"`
+	// A signed anchor (v 2) ends with ,"sig":"<base64url Ed25519>"}
+	// after its hmac: the batch key's signature over the line before it.
 }
 
 func eventLine(ev Event) wireLine {
@@ -94,6 +139,7 @@ type batch struct {
 	sync        bool
 	async       bool              // sync in the background: only RecordWritten lines need it
 	skipped     map[string]uint64 // carried by the first line
+	signer      *receipt.BatchKey // signs anchors; nil: HMAC only
 }
 
 // add appends one line. On error (the line would be too long) the batch is
@@ -110,6 +156,9 @@ func (b *batch) add(w wireLine, key []byte) error {
 	}
 	if w.Type == typeAnchor {
 		line = appendHMAC(line, key)
+		if w.V == anchorVersionSigned && b.signer != nil {
+			line = appendSig(line, b.signer)
+		}
 	}
 	if len(line)+1 > MaxLineBytes {
 		return fmt.Errorf("%w: line of %d bytes exceeds %d", ErrInvalidEvent, len(line)+1, MaxLineBytes)
@@ -145,8 +194,11 @@ func anchorMAC(body, key []byte) []byte {
 }
 
 // checkAnchorMAC verifies an anchor line's hmac, which must be its last
-// member.
+// member, or the last before the sig of a signed anchor.
 func checkAnchorMAC(line, key []byte) bool {
+	if body, _, ok := cutSig(line); ok {
+		line = body
+	}
 	if len(line) < hmacSuffix+2 || !bytes.HasSuffix(line, []byte(`"}`)) {
 		return false
 	}

@@ -267,6 +267,22 @@ type chain struct {
 	wantPos   Position
 	// marked: an anchor said its writer records heads ([Options.Heads]).
 	marked bool
+
+	// pub, when set, checks anchors by their signatures instead of the
+	// HMAC key ([VerifySigned]).
+	pub            *pubCheck
+	firstTime      string // time of the first line
+	lastAnchorTime string // time of the last anchor that verified
+}
+
+// anchorOK checks an anchor line. counts is false for an anchor that
+// verifies nothing here (an HMAC-only anchor under [VerifySigned]): it is
+// then an ordinary chained line.
+func (c *chain) anchorOK(raw []byte, v *verifyLine) (ok, counts bool, why string) {
+	if c.pub != nil {
+		return c.pub.check(raw, v)
+	}
+	return checkAnchorMAC(raw, c.key), true, ""
 }
 
 type pendingMismatch struct {
@@ -286,6 +302,9 @@ type verifyLine struct {
 	Reason string            `json:"reason"`
 	Fields map[string]string `json:"fields"`
 	HMAC   string            `json:"hmac"`
+	V      int               `json:"v"`
+	Node   string            `json:"node"`
+	Cert   string            `json:"cert"`
 }
 
 // file checks the lines read from r. It returns the offset just past the
@@ -379,7 +398,7 @@ func (c *chain) line(pos Position, raw []byte) *Break {
 			here := Break{pos, KindPrevMismatch, fmt.Sprintf("prev does not match the hash of the line before (%s): this line was altered", c.last)}
 			earlier := Break{c.last, KindPrevMismatch, fmt.Sprintf("altered: its hash does not match the prev recorded by the next line (%s)", pos)}
 			if anchor {
-				if checkAnchorMAC(raw, c.key) {
+				if ok, counts, _ := c.anchorOK(raw, &v); ok && counts {
 					return &earlier // the anchor is authentic, so its prev is
 				}
 				return &here
@@ -395,17 +414,28 @@ func (c *chain) line(pos Position, raw []byte) *Break {
 		if c.rep != nil {
 			c.rep.FirstSeq, c.rep.Genesis = *v.Seq, *v.Seq == 1
 		}
+		c.firstTime = v.Time
 	}
+	counts := true
 	if anchor {
-		if !checkAnchorMAC(raw, c.key) {
+		var ok bool
+		var why string
+		ok, counts, why = c.anchorOK(raw, &v)
+		if !ok {
 			since := "the start"
 			if c.lastAnchor != nil {
 				since = "the anchor at " + c.lastAnchor.String()
 			}
-			return &Break{pos, KindBadAnchor, "HMAC does not verify: the lines since " + since +
-				" were altered and the chain recomputed, or the anchor key is wrong"}
+			if why == "" {
+				why = "HMAC does not verify"
+			}
+			return &Break{pos, KindBadAnchor, why + ": the lines since " + since +
+				" were altered and the chain recomputed, or the key is wrong"}
 		}
+	}
+	if anchor && counts {
 		c.lastAnchor = &pos
+		c.lastAnchorTime = v.Time
 		c.sinceAnchor = 0
 		if v.Fields[headField] == headRecorded {
 			c.marked = true

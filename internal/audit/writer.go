@@ -2,6 +2,7 @@ package audit
 
 import (
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -10,8 +11,11 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/keywarden/keywarden/receipt"
 )
 
 var fileNameRE = regexp.MustCompile(`^audit-([0-9]{6,9})\.jsonl$`)
@@ -179,6 +183,7 @@ func (l *Log) run() {
 			l.closeErr = l.commit(reqs, refs, true)
 			close(l.syncKick)
 			<-l.syncDone
+			close(l.signReqs)
 			if l.w.f != nil {
 				if err := l.w.f.Close(); err != nil && l.closeErr == nil {
 					l.closeErr = fmt.Errorf("audit: close: %w", err)
@@ -194,6 +199,9 @@ func (l *Log) run() {
 			reqs, refs = l.drain(reqs, refs)
 		}
 		_ = l.commit(reqs, refs, anchor)
+		if n := l.opts.AnchorLines; n > 0 && l.w.sinceAnchor >= n {
+			_ = l.commit(nil, nil, true) // an anchor of its own: no Record of that batch waits for it
+		}
 		clear(reqs)
 		clear(refs)
 		reqs, refs = reqs[:0], refs[:0]
@@ -245,7 +253,7 @@ func (l *Log) commit(reqs []*request, refs []Event, anchor bool) error {
 		for _, r := range anchorWaiters {
 			r.seq = l.w.seq
 		}
-		answer(anchorWaiters, nil)
+		l.answer(anchorWaiters, nil)
 		anchorWaiters = nil
 	}
 	if len(events) == 0 && len(refs) == 0 && !anchor && len(l.pendingNotes) == 0 {
@@ -301,13 +309,13 @@ func (l *Log) commit(reqs []*request, refs []Event, anchor bool) error {
 	}
 	l.publish()
 	if len(refused) > 0 {
-		answer(refused, unavailable(l.w.lowSpaceErr))
+		l.answer(refused, unavailable(l.w.lowSpaceErr))
 	}
-	answer(events, wrapUnavailable(err))
+	l.answer(events, wrapUnavailable(err))
 	for _, r := range anchorWaiters {
 		r.seq = l.w.seq
 	}
-	answer(anchorWaiters, wrapUnavailable(err))
+	l.answer(anchorWaiters, wrapUnavailable(err))
 	return err
 }
 
@@ -318,10 +326,14 @@ func wrapUnavailable(err error) error {
 	return unavailable(err)
 }
 
-func answer(reqs []*request, err error) {
+func (l *Log) answer(reqs []*request, err error) {
 	for _, r := range reqs {
 		if r.written && r.answered {
 			continue // answered after the write (RecordWritten)
+		}
+		if err == nil && r.wantReceipt {
+			l.signReqs <- r // answered by the receipt signer
+			continue
 		}
 		r.done <- err
 	}
@@ -332,7 +344,7 @@ func answer(reqs []*request, err error) {
 // chain state is unchanged, the file is cut back, and the skipped counts
 // wait for the next line (the caller accounts for refs).
 func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool) error {
-	b := batch{seq: l.w.seq, head: l.w.head, sinceAnchor: l.w.sinceAnchor, skipped: l.sampler.takeSkipped()}
+	b := batch{seq: l.w.seq, head: l.w.head, sinceAnchor: l.w.sinceAnchor, skipped: l.sampler.takeSkipped(), signer: l.opts.Signer}
 	fail := func(err error) error {
 		l.sampler.unwritten(b.skipped, nil)
 		return err
@@ -347,6 +359,7 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 		if err := b.add(eventLine(r.ev), key); err != nil {
 			return fail(err) // cannot happen: Record checked the size
 		}
+		r.lineSeq, r.lineHash = b.seq, b.head
 	}
 	b.sync = b.lines > 0
 	b.async = len(notes) == 0 && len(events) > 0
@@ -374,11 +387,15 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 		if l.heads != nil {
 			a.Fields = map[string]string{headField: headRecorded}
 		}
+		if l.opts.Signer != nil {
+			a.V, a.Node, a.Cert = anchorVersionSigned, l.opts.Node, l.certB64
+		}
 		if err := b.add(a, key); err != nil {
 			return fail(err)
 		}
 		b.sync, b.async = true, false
 	}
+
 	if b.lines == 0 {
 		l.sampler.unwritten(b.skipped, dropped)
 		return nil
@@ -392,7 +409,11 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 		for _, r := range events {
 			if r.written {
 				r.answered = true
-				r.done <- nil
+				if r.wantReceipt {
+					l.signReqs <- r // answered by the receipt signer
+				} else {
+					r.done <- nil
+				}
 			}
 		}
 	}
@@ -608,4 +629,57 @@ func allWritten(reqs []*request) bool {
 		}
 	}
 	return true
+}
+
+// receiptSigner answers the written lines that want a receipt: it takes
+// every one waiting, Merkle-hashes their statements and signs the root
+// once (group commit of signatures: while one signature is made, the next
+// lines queue up for the next). It runs beside the writer, so signing
+// never delays a write; a release waits for its line and then at most for
+// the signature in progress and its own batch's.
+func (l *Log) receiptSigner() {
+	defer close(l.signDone)
+	var reqs []*request
+	for r := range l.signReqs {
+		reqs = append(reqs[:0], r)
+	more:
+		for len(reqs) < 4096 {
+			select {
+			case r, ok := <-l.signReqs:
+				if !ok {
+					break more
+				}
+				reqs = append(reqs, r)
+			default:
+				break more
+			}
+		}
+		var b receipt.Builder
+		first, last := reqs[0].lineSeq, reqs[0].lineSeq
+		for _, r := range reqs {
+			b.Add(l.statement(r.ev, r.lineSeq, r.lineHash))
+			first, last = min(first, r.lineSeq), max(last, r.lineSeq)
+		}
+		signed := b.Sign(l.opts.Signer, first, last, l.opts.Clock())
+		l.receipts.Add(uint64(len(reqs)))
+		l.receiptBatches.Add(1)
+		for i, r := range reqs {
+			r.batch, r.leaf = signed, i
+			r.done <- nil
+		}
+		clear(reqs)
+	}
+}
+
+// statement is what a receipt states about the event written at seq with
+// hash head.
+func (l *Log) statement(ev Event, seq uint64, head [sha256.Size]byte) receipt.Statement {
+	// As the line's JSON has them: invalid UTF-8 replaced.
+	u := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+	oh, salt := receipt.NewOwnerHash(u(ev.Owner))
+	return receipt.Statement{
+		Node: u(l.opts.Node), Seq: seq, Line: hex.EncodeToString(head[:]), Time: formatTime(ev.Time),
+		Action: u(ev.Action), Outcome: u(ev.Outcome), OwnerHash: oh, Salt: salt, Method: u(ev.Method),
+		KeyVersion: u(ev.Fields[receipt.FieldKeyVersion]), RequestID: u(ev.RequestID),
+	}
 }

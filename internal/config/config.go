@@ -252,6 +252,12 @@ type Audit struct {
 	// the window in which a released key's line is written but not yet
 	// durable is this plus one fsync.
 	ReleaseSyncDelay time.Duration `key:"release_sync_delay"`
+	// AnchorInterval and AnchorLines: an anchor (HMAC'd and signed by the
+	// batch key) is written every interval while lines are written, and
+	// as soon as anchor_lines lines were written since the last (0: off).
+	// Lines after the last anchor are not yet covered by a signature.
+	AnchorInterval time.Duration `key:"anchor_interval"`
+	AnchorLines    int           `key:"anchor_lines"`
 }
 
 // Log configures structured logs.
@@ -281,7 +287,8 @@ func Defaults() Config {
 		Firebase: Firebase{CertsURL: "https://www.googleapis.com/robot/v1/metadata/x509/securetoken@system.gserviceaccount.com", Leeway: time.Minute, MaxStale: 24 * time.Hour},
 		Vault:    Vault{TransitMount: "transit", KeyName: "keywarden-custodian", Timeout: 5 * time.Second, MaxRetries: 2, MaxConcurrent: 32},
 		Portal:   Portal{APIURL: "https://api.portalhq.io", IdentityTTL: 5 * time.Minute, ClientMismatch: "refuse"},
-		Audit:    Audit{WriteTimeout: 2 * time.Second, MaxFileBytes: 64 << 20, ReleaseSyncDelay: 5 * time.Millisecond},
+		Audit: Audit{WriteTimeout: 2 * time.Second, MaxFileBytes: 64 << 20, ReleaseSyncDelay: 5 * time.Millisecond,
+			AnchorInterval: time.Minute, AnchorLines: 10000},
 		Rollback: Rollback{MinInterval: time.Second},
 		PIN:      PIN{Enabled: true, DefaultGuessLimit: 10, PendingTTL: 5 * time.Minute, RecoveryTTL: 5 * time.Minute},
 		Log:      Log{Level: "info", Format: "json"},

@@ -262,6 +262,12 @@ func (a Audit) validate() (p problems) {
 	if a.ReleaseSyncDelay < 0 || a.ReleaseSyncDelay > 100*time.Millisecond {
 		p.add("audit.release_sync_delay", "must be between 0 and 100ms")
 	}
+	if a.AnchorInterval < time.Second || a.AnchorInterval > time.Hour {
+		p.add("audit.anchor_interval", "must be between 1s and 1h")
+	}
+	if a.AnchorLines < 0 || (a.AnchorLines > 0 && a.AnchorLines < 100) {
+		p.add("audit.anchor_lines", "must be 0 (off) or at least 100")
+	}
 	return p
 }
 

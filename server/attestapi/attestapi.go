@@ -109,6 +109,11 @@ type Options struct {
 	QuoteTimeout time.Duration
 	// Logger logs TPM failures; nil means the server's logger.
 	Logger *slog.Logger
+	// Keys is the body of GET /v1/appliance-keys ([NewApplianceKeys]).
+	// Nil: it answers 503 signing_key_unavailable (KeysUnavailable says
+	// why, in the log only).
+	Keys            *ApplianceKeys
+	KeysUnavailable string
 }
 
 // Validate checks the options without touching the TPM.
@@ -136,7 +141,8 @@ func (o *Options) Validate() error {
 }
 
 // Handler serves the attestation routes (mounted by the public routes
-// table, server/routes_public.go): Attestation and ApplianceKey.
+// table, server/routes_public.go): Attestation, ApplianceKey and
+// ApplianceKeys.
 type Handler struct {
 	opts    Options
 	limiter *rate.Limiter

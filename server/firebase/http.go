@@ -12,6 +12,7 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/server/httpx"
 	"github.com/keywarden/keywarden/server/keys"
 )
@@ -48,6 +49,9 @@ type HTTPOptions struct {
 	// OverwriteMaxAuthAge, when > 0, is the sign-in age rule
 	// (firebase.overwrite_max_auth_age, keys.SignIn).
 	OverwriteMaxAuthAge time.Duration
+	// Events finds an owner's audit lines for GET /v1/me/events; nil: it
+	// answers 503 events_unavailable.
+	Events *audit.OwnerIndex
 }
 
 // HTTP serves the native Firebase key routes (PUT, GET, POST …/release,
@@ -59,6 +63,7 @@ type HTTP struct {
 	v       TokenVerifier
 	blocked func(ctx context.Context, owner string) (bool, error)
 	maxAge  time.Duration
+	events  *audit.OwnerIndex
 }
 
 // NewHTTP validates o and returns the handlers.
@@ -69,7 +74,7 @@ func NewHTTP(o HTTPOptions) (*HTTP, error) {
 	if o.Blocked == nil {
 		o.Blocked = func(context.Context, string) (bool, error) { return false, nil }
 	}
-	return &HTTP{keys: o.Keys, v: o.Verifier, blocked: o.Blocked, maxAge: o.OverwriteMaxAuthAge}, nil
+	return &HTTP{keys: o.Keys, v: o.Verifier, blocked: o.Blocked, maxAge: o.OverwriteMaxAuthAge, events: o.Events}, nil
 }
 
 // Verify checks the request's Firebase ID token (from header, or from

@@ -25,6 +25,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/keywarden/keywarden/enclave"
@@ -32,6 +33,7 @@ import (
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/secret"
+	"github.com/keywarden/keywarden/receipt"
 )
 
 // Auditor is the audit log: Record is durable (fail closed), Refusal is
@@ -280,7 +282,15 @@ func (s *Service) Release(ctx context.Context, req Request, owner enclave.Owner,
 		s.metrics.Releases.WithLabelValues(label, "not_released").Observe(time.Since(start).Seconds())
 		return secret.Bytes{}, nil, err
 	}
-	if err := s.audit.Record(ctx, req.Event(audit.ActionRelease, owner, method, "")); err != nil {
+	ev := req.Event(audit.ActionRelease, owner, method, "")
+	if info != nil {
+		// The version released, in the line and in its receipt.
+		if ev.Fields == nil {
+			ev.Fields = make(map[string]string, 1)
+		}
+		ev.Fields[receipt.FieldKeyVersion] = strconv.FormatUint(info.Version, 10)
+	}
+	if err := s.audit.Record(ctx, ev); err != nil {
 		key.Wipe()
 		s.metrics.Releases.WithLabelValues(label, "audit_failed").Observe(time.Since(start).Seconds())
 		return secret.Bytes{}, nil, auditFailed(err)

@@ -10,17 +10,21 @@ package apptest
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/keywarden/keywarden/attest"
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/internal/tpmdev"
 	"github.com/keywarden/keywarden/internal/tpmsim"
+	"github.com/keywarden/keywarden/receipt"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -36,13 +40,20 @@ type Core struct {
 	Root     *enclave.Root    // sealed by the simulator (NoTPM: an unsealed key)
 	Audit    *audit.Log       // at AuditDir, anchored with Root's "audit-anchor" subkey
 	AuditDir string
+	// With Receipts: the appliance signing key made in the simulator (its
+	// public key) and the batch key it certified, which signs the audit
+	// log's anchors and releases' receipts.
+	SigningKey *ecdsa.PublicKey
+	BatchKey   *receipt.BatchKey
 }
 
 type coreSetup struct {
-	seed    int64
-	noTPM   bool
-	rootKey secret.Bytes
-	backend func(testing.TB) store.Backend
+	seed     int64
+	noTPM    bool
+	rootKey  secret.Bytes
+	receipts bool
+	auditOpt func(*audit.Options)
+	backend  func(testing.TB) store.Backend
 }
 
 // CoreOption changes NewCore.
@@ -71,6 +82,15 @@ func RootKey(key secret.Bytes) CoreOption {
 func StoreBackend(open func(testing.TB) store.Backend) CoreOption {
 	return func(s *coreSetup) { s.backend = open }
 }
+
+// Receipts makes an appliance signing key in the simulator and opens the
+// audit log with a batch key it certified (signed anchors, receipts), as
+// serve does. Not with NoTPM.
+func Receipts() CoreOption { return func(s *coreSetup) { s.receipts = true } }
+
+// AuditOptions changes the audit log's options before it opens (say, the
+// written-only release lines of audit.sync_releases: false).
+func AuditOptions(f func(*audit.Options)) CoreOption { return func(s *coreSetup) { s.auditOpt = f } }
 
 // NewCore opens the simulator, a bbolt store in t.TempDir, initializes the
 // root key and opens the audit log; t.Cleanup closes them.
@@ -121,7 +141,30 @@ func NewCore(t testing.TB, opts ...CoreOption) *Core {
 	}
 	t.Cleanup(c.Root.Close)
 	c.AuditDir = filepath.Join(c.Dir, "audit")
-	c.Audit, err = audit.Open(ctx, audit.Options{Dir: c.AuditDir, AnchorKey: c.Root.Subkey(enclave.SubkeyAuditAnchor), ReserveBytes: -1})
+	aopts := audit.Options{Dir: c.AuditDir, AnchorKey: c.Root.Subkey(enclave.SubkeyAuditAnchor), ReserveBytes: -1}
+	if s.receipts {
+		if s.noTPM {
+			t.Fatal("apptest: Receipts needs the simulator")
+		}
+		blob, err := attest.CreateSigningKey(ctx, c.TPM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := attest.LoadSigningKey(ctx, c.TPM, blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.BatchKey, err = receipt.NewBatchKey("", time.Now(), key)
+		_ = key.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SigningKey, aopts.Signer = key.PublicKey(), c.BatchKey
+	}
+	if s.auditOpt != nil {
+		s.auditOpt(&aopts)
+	}
+	c.Audit, err = audit.Open(ctx, aopts)
 	if err != nil {
 		t.Fatal(err)
 	}

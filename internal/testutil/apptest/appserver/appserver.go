@@ -106,6 +106,7 @@ func New(t testing.TB, opts ...Option) *App {
 	a.Sessions = core.Root.SessionTokens(s.Clock)
 	o := s.Server
 	o.Config, o.DB, o.Custody, o.Sessions, o.Audit = s.Config, core.DB, a.Custody, a.Sessions, core.Audit
+	o.Receipts = core.BatchKey != nil
 	if o.Clock == nil {
 		o.Clock = s.Clock
 	}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/receipt"
+)
+
+// cliOutput runs keywarden with args and returns what it printed.
+func cliOutput(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := os.Stdout
+	os.Stdout = w
+	errc := make(chan error, 1)
+	go func() { errc <- run(context.Background(), args); w.Close() }()
+	b, _ := io.ReadAll(r)
+	os.Stdout = old
+	return string(b), <-errc
+}
+
+// Receipts of releases made before and after a restart verify with the
+// same appliance signing key (kept in the TPM across starts) and match
+// their audit lines; the whole log verifies with that public key only.
+func TestReceiptsSurviveRestart(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	_, cfg := devConfig(t, dir, oldSeed)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var receipts []*receipt.Receipt
+	var keyIDs []string
+	var pemKey []byte
+	for run := 0; run < 2; run++ {
+		a, err := openAppliance(ctx, cfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.batchKey == nil {
+			t.Fatalf("no batch key: %s", a.signWhy)
+		}
+		keyIDs = append(keyIDs, receipt.KeyID(a.signKey.PublicKey()))
+		der, _ := x509.MarshalPKIXPublicKey(a.signKey.PublicKey())
+		pemKey = pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+		rctx, slot := audit.WithReceiptSlot(audit.WithRequestID(ctx, fmt.Sprint("req-", run)))
+		if err := a.audit.Record(rctx, audit.Event{Action: audit.ActionRelease, Outcome: audit.OutcomeSuccess,
+			Owner: "firebase:p//alice", Method: "FIREBASE", Fields: map[string]string{receipt.FieldKeyVersion: "1"}}); err != nil {
+			t.Fatal(err)
+		}
+		if slot.Receipt() == nil {
+			t.Fatal("no receipt")
+		}
+		receipts = append(receipts, slot.Receipt())
+		a.Close()
+	}
+	if keyIDs[0] != keyIDs[1] {
+		t.Fatalf("the signing key changed across a restart: %v", keyIDs)
+	}
+	keyFile := filepath.Join(dir, "appliance.pem")
+	if err := os.WriteFile(keyFile, pemKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range receipts {
+		f := filepath.Join(dir, fmt.Sprintf("receipt-%d", i))
+		if err := os.WriteFile(f, []byte(r.Encode()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := cliOutput(t, "receipt", "verify", "-key", keyFile, "-owner", "firebase:p//alice", "-audit", cfg.Audit.Dir, f)
+		if err != nil || !strings.Contains(out, "matches audit line") || !strings.Contains(out, "owner matches") {
+			t.Fatalf("receipt %d: %v\n%s", i, err, out)
+		}
+		if _, err := cliOutput(t, "receipt", "verify", "-key", keyFile, "-owner", "firebase:p//bob", f); err == nil {
+			t.Fatalf("receipt %d accepted for another owner", i)
+		}
+		edited := strings.Replace(string(mustJSON(t, r)), `"req-`, `"reX-`, 1)
+		if err := os.WriteFile(f, []byte(edited), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cliOutput(t, "receipt", "verify", "-key", keyFile, f); err == nil {
+			t.Fatalf("edited receipt %d verifies", i)
+		}
+	}
+	out, err := cliOutput(t, "audit", "verify", "-key", keyFile, "-complete", cfg.Audit.Dir)
+	if err != nil || !strings.Contains(out, "chain and signed anchors verify") {
+		t.Fatalf("audit verify: %v\n%s", err, out)
+	}
+}
+
+func mustJSON(t *testing.T, r *receipt.Receipt) []byte {
+	t.Helper()
+	b, err := receipt.Parse(r.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := json.Marshal(b)
+	return raw
+}

@@ -1,0 +1,227 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keywarden/keywarden/receipt"
+)
+
+// applianceKey stands for the TPM signing key (attest.SigningKey is tested
+// against the simulator in package attest): any crypto.Signer of P-256.
+func applianceKey(t testing.TB) *ecdsa.PrivateKey {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func signedLog(t testing.TB, key *ecdsa.PrivateKey, node string, opts Options) *Log {
+	t.Helper()
+	bk, err := receipt.NewBatchKey(node, time.Now(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Signer, opts.Node = bk, node
+	return openLog(t, opts)
+}
+
+// writeSigned writes a small closed log with releases, stores and a
+// rotation, and returns its directory.
+func writeSigned(t *testing.T, key *ecdsa.PrivateKey) string {
+	dir := t.TempDir()
+	l := signedLog(t, key, "node-1", Options{Dir: dir, MaxFileBytes: 4 << 10})
+	for i := 0; i < 12; i++ {
+		mustRecord(t, l, Event{Action: ActionStore, Outcome: OutcomeSuccess, Owner: fmt.Sprint("user:", i), Method: "PASSKEY", RequestID: fmt.Sprint("s", i)})
+		mustRecord(t, l, Event{Action: ActionRelease, Outcome: OutcomeSuccess, Owner: fmt.Sprint("user:", i), Method: "PASSKEY", RequestID: fmt.Sprint("r", i)})
+		if i%5 == 4 {
+			if err := l.Anchor(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mustClose(t, l)
+	return dir
+}
+
+func TestVerifySignedWithPublicKeyOnly(t *testing.T) {
+	key := applianceKey(t)
+	dir := writeSigned(t, key)
+	rep, err := VerifySigned([]string{dir}, []*ecdsa.PublicKey{&key.PublicKey}, SignedOptions{Complete: true})
+	if err != nil {
+		t.Fatalf("VerifySigned: %v", err)
+	}
+	if len(rep.Files) < 2 || rep.Anchors < 3 || rep.Unsigned != 0 || rep.FirstTime == "" || rep.SignedThrough == "" || len(rep.Nodes) != 1 || rep.Nodes[0] != "node-1" {
+		t.Fatalf("report: %+v", rep)
+	}
+	// The stopped-node HMAC check still passes on the same log.
+	if _, err := Verify(dir, testKey()); err != nil {
+		t.Fatalf("Verify (HMAC): %v", err)
+	}
+}
+
+// A copy of the log with any one byte changed fails with the public key
+// only, and the report names where.
+func TestVerifySignedFindsEveryFlippedByte(t *testing.T) {
+	key := applianceKey(t)
+	dir := writeSigned(t, key)
+	files, _ := listFiles(dir)
+	trusted := []*ecdsa.PublicKey{&key.PublicKey}
+	for _, f := range files {
+		orig, err := os.ReadFile(filepath.Join(dir, f.name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range orig {
+			cp := t.TempDir()
+			for _, g := range files {
+				b, _ := os.ReadFile(filepath.Join(dir, g.name))
+				if g.name == f.name {
+					b = bytes.Clone(orig)
+					b[i] ^= 0x01
+				}
+				if err := os.WriteFile(filepath.Join(cp, g.name), b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rep, err := VerifySigned([]string{cp}, trusted, SignedOptions{Complete: true})
+			if err == nil {
+				t.Fatalf("%s byte %d (%q) flipped: verifies", f.name, i, orig[max(0, i-20):min(len(orig), i+20)])
+			}
+			if rep.Broken == nil && !errors.Is(err, ErrNotSigned) {
+				t.Fatalf("%s byte %d: no broken entry named: %v", f.name, i, err)
+			}
+		}
+	}
+}
+
+func TestVerifySignedRefusesAnotherAppliancesKey(t *testing.T) {
+	mine, theirs := applianceKey(t), applianceKey(t)
+	dir := writeSigned(t, theirs)
+	_, err := VerifySigned([]string{dir}, []*ecdsa.PublicKey{&mine.PublicKey}, SignedOptions{})
+	if !errors.Is(err, ErrBroken) || !strings.Contains(err.Error(), "not certified by a trusted appliance key") {
+		t.Fatalf("log signed by another appliance key: %v", err)
+	}
+	// Lines of ours followed by an anchor of theirs (a recomputed tail).
+	if _, err := VerifySigned([]string{dir}, []*ecdsa.PublicKey{&theirs.PublicKey}, SignedOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Anchors of a log without a Signer (and the frozen v1 vector) verify
+// nothing publicly, but are not breaks.
+func TestVerifySignedHMACOnlyLog(t *testing.T) {
+	key := applianceKey(t)
+	_, err := VerifySigned([]string{filepath.Join("testdata", "chain-v1")}, []*ecdsa.PublicKey{&key.PublicKey}, SignedOptions{})
+	if !errors.Is(err, ErrNotSigned) {
+		t.Fatalf("v1 log: %v, want ErrNotSigned", err)
+	}
+}
+
+// A live log: a partial last line and an unsigned tail are reported, not
+// errors, unless Complete.
+func TestVerifySignedLiveLog(t *testing.T) {
+	key := applianceKey(t)
+	dir := t.TempDir()
+	l := signedLog(t, key, "", Options{Dir: dir})
+	mustRecord(t, l, Event{Action: ActionStore, Owner: "u"})
+	if err := l.Anchor(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mustRecord(t, l, Event{Action: ActionStore, Owner: "u"})
+	files, _ := listFiles(dir)
+	last := filepath.Join(dir, files[len(files)-1].name)
+	fi, _ := os.Stat(last)
+	f, err := os.OpenFile(last, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"seq":4,"time":"20`) // a write in progress
+	f.Close()
+	trusted := []*ecdsa.PublicKey{&key.PublicKey}
+	rep, err := VerifySigned([]string{dir}, trusted, SignedOptions{})
+	if err != nil || !rep.Partial || rep.Unsigned != 1 {
+		t.Fatalf("live log: %+v, %v", rep, err)
+	}
+	if _, err := VerifySigned([]string{dir}, trusted, SignedOptions{Complete: true}); !errors.Is(err, ErrUnanchored) {
+		t.Fatalf("Complete on a live log: %v", err)
+	}
+	_ = os.Truncate(last, fi.Size()) // the partial line away before the log closes
+}
+
+// A release recorded with a receipt slot gets a receipt that verifies with
+// the public key and matches its audit line; one recorded without gets none.
+func TestReleaseReceipts(t *testing.T) {
+	key := applianceKey(t)
+	dir := t.TempDir()
+	l := signedLog(t, key, "node-1", Options{Dir: dir, WrittenActions: []string{ActionRelease}})
+	var got []*receipt.Receipt
+	for i := 0; i < 5; i++ {
+		ctx, slot := WithReceiptSlot(WithRequestID(context.Background(), fmt.Sprint("req-", i)))
+		ev := Event{Action: ActionRelease, Outcome: OutcomeSuccess, Owner: fmt.Sprint("firebase:p//u", i), Method: "FIREBASE",
+			Fields: map[string]string{receipt.FieldKeyVersion: "3"}}
+		if err := l.Record(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+		if slot.Receipt() == nil {
+			t.Fatal("no receipt")
+		}
+		got = append(got, slot.Receipt())
+	}
+	ctx, slot := WithReceiptSlot(context.Background())
+	mustRecord(t, l, Event{Action: ActionStore, Owner: "x"})
+	if err := l.Record(ctx, Event{Action: ActionStore, Owner: "x"}); err != nil || slot.Receipt() != nil {
+		t.Fatalf("a store got a receipt: %v", err)
+	}
+	mustClose(t, l)
+	lines := readLines(t, dir)
+	for i, r := range got {
+		r, err := receipt.Parse(r.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := receipt.Verify(r, &key.PublicKey); err != nil {
+			t.Fatalf("receipt %d: %v", i, err)
+		}
+		s := r.Statement
+		if s.Action != ActionRelease || s.RequestID != fmt.Sprint("req-", i) || s.KeyVersion != "3" || s.Node != "node-1" || !s.IsOwner(fmt.Sprint("firebase:p//u", i)) {
+			t.Fatalf("statement %d: %+v", i, s)
+		}
+		if err := receipt.MatchLine(r, []byte(lines[s.Seq-1].Text)); err != nil {
+			t.Fatalf("receipt %d does not match audit line %d: %v", i, s.Seq, err)
+		}
+		if err := receipt.MatchLine(r, []byte(lines[s.Seq].Text)); err == nil {
+			t.Fatalf("receipt %d matches another line", i)
+		}
+	}
+}
+
+// With AnchorLines, an anchor (signed) follows every N lines without
+// waiting for the interval: under load the unsigned tail of a live log
+// stays short.
+func TestAnchorEveryNLines(t *testing.T) {
+	key := applianceKey(t)
+	dir := t.TempDir()
+	l := signedLog(t, key, "", Options{Dir: dir, AnchorLines: 5, AnchorInterval: time.Hour})
+	for i := 0; i < 12; i++ {
+		mustRecord(t, l, Event{Action: ActionStore, Owner: "u"})
+	}
+	rep, err := VerifySigned([]string{dir}, []*ecdsa.PublicKey{&key.PublicKey}, SignedOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Anchors != 2 || rep.Unsigned != 2 {
+		t.Fatalf("%d anchors, %d unsigned lines; want 2 anchors (after 5 and 10 lines) and 2 unsigned", rep.Anchors, rep.Unsigned)
+	}
+}

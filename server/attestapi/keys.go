@@ -1,0 +1,101 @@
+package attestapi
+
+import (
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/keywarden/keywarden/attest"
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/receipt"
+)
+
+// KeysFormat is the format tag of [ApplianceKeys].
+const KeysFormat = "keywarden-appliance-keys-v1"
+
+// ErrKeysUnavailable: the appliance has no certified signing key (no
+// usable attestation key, or the signing key could not be made).
+var ErrKeysUnavailable = apierr.New(http.StatusServiceUnavailable, "signing_key_unavailable",
+	"the appliance has no certified signing key; its operator has been told")
+
+// ApplianceKeys is the body of GET /v1/appliance-keys: the public keys that
+// make the appliance's statements (signed audit anchors, release receipts)
+// checkable by anyone. The chain of trust is AK → (TPM2_Certify) signing
+// key → (KeyCert) batch key; [VerifyApplianceKeys] checks the first link.
+type ApplianceKeys struct {
+	Format string `json:"format"`
+	Node   string `json:"node,omitempty"`
+	// AKName is the hex TPM Name of the attestation key: compare it with
+	// the one pinned after `keywarden attest verify`.
+	AKName string `json:"ak_name"`
+	// Certification is the AK's TPM2_Certify of the signing key (byte
+	// fields base64 in JSON).
+	Certification attest.Certification `json:"certification"`
+	// SigningKeyPEM is the signing key as a PEM "PUBLIC KEY" (what
+	// `keywarden audit verify -key` also takes), and SigningKeyID its
+	// receipt.KeyID (the signer named by batch key certificates).
+	SigningKeyPEM string `json:"signing_key_pem"`
+	SigningKeyID  string `json:"signing_key_id"`
+	// BatchKey is the certificate of the batch key in use since the last
+	// start (informational: each anchor and receipt carries its own).
+	BatchKey *receipt.KeyCert `json:"batch_key,omitempty"`
+}
+
+// NewApplianceKeys builds the document from a certification.
+func NewApplianceKeys(c *attest.Certification, node string, batch *receipt.KeyCert) (*ApplianceKeys, error) {
+	key, err := attest.VerifyCertification(c, nil)
+	if err != nil {
+		return nil, err
+	}
+	name, err := attest.AKName(c.AKPublic)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalPKIXPublicKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return &ApplianceKeys{Format: KeysFormat, Node: node, AKName: hex.EncodeToString(name), Certification: *c,
+		SigningKeyPEM: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})),
+		SigningKeyID:  receipt.KeyID(key), BatchKey: batch}, nil
+}
+
+// VerifyApplianceKeys parses a GET /v1/appliance-keys body and returns the
+// signing key its certification vouches for. akName pins the AK (hex or
+// raw bytes as [attest.VerifyCertification] takes them); nil checks only
+// that the document is consistent with the AK it names (then trust it only
+// as far as the channel it came over). The PEM and key id in the document
+// are ignored: the key comes from the certified TPM public area.
+func VerifyApplianceKeys(body []byte, akName []byte) (*ecdsa.PublicKey, *ApplianceKeys, error) {
+	var d ApplianceKeys
+	if err := json.Unmarshal(body, &d); err != nil {
+		return nil, nil, fmt.Errorf("appliance keys: not JSON: %w", err)
+	}
+	if d.Format != KeysFormat {
+		return nil, nil, fmt.Errorf("appliance keys: format %q, want %q", d.Format, KeysFormat)
+	}
+	key, err := attest.VerifyCertification(&d.Certification, akName)
+	if err != nil {
+		return nil, nil, fmt.Errorf("appliance keys: %w", err)
+	}
+	return key, &d, nil
+}
+
+// ApplianceKeys is GET /v1/appliance-keys.
+func (h *Handler) ApplianceKeys(c echo.Context) error {
+	if h.opts.Keys == nil {
+		why := h.opts.KeysUnavailable
+		if why == "" {
+			why = "no signing key"
+		}
+		return ErrKeysUnavailable.Wrap(errors.New(why))
+	}
+	return c.JSON(http.StatusOK, h.opts.Keys)
+}

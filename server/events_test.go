@@ -1,0 +1,107 @@
+package server
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
+)
+
+type eventsBody struct {
+	Events []audit.OwnerEvent `json:"events"`
+}
+
+// GET /v1/me/events: a user sees their own store, releases and delete —
+// each with its audit line's seq and hash, as in the log — and nothing of
+// another user's; the release's event is the line its receipt names. An
+// attacker's token for another uid sees only that uid's (empty) list, and
+// a missing or bad token is 401.
+func TestMeEventsOwnOnly(t *testing.T) {
+	h := newHarness(t)
+	alice := h.issuer.Mint(nil)
+	bob := h.issuer.Mint(firebasetest.Claims{"sub": "bob-uid"})
+	mallory := h.issuer.Mint(firebasetest.Claims{"sub": "mallory-uid"})
+	key := b64([]byte("0123456789abcdef0123456789abcdef"))
+	for _, tok := range []string{alice, bob} {
+		if r := h.Bearer("PUT", "/v1/firebase/key", tok, keyRequest{Key: key}); r.Status != 201 {
+			t.Fatalf("put: %d %s", r.Status, r.Body)
+		}
+	}
+	var releaseIDs []string
+	for range 2 {
+		r := h.Bearer("GET", "/v1/firebase/key", alice, nil)
+		if r.Status != 200 {
+			t.Fatalf("get: %d", r.Status)
+		}
+		releaseIDs = append(releaseIDs, r.Header.Get("X-Request-Id"))
+	}
+	h.Bearer("GET", "/v1/firebase/key", bob, nil)
+	if r := h.Bearer("DELETE", "/v1/firebase/key", alice, nil); r.Status != 204 {
+		t.Fatalf("delete: %d", r.Status)
+	}
+
+	var got eventsBody
+	r := h.Bearer("GET", "/v1/me/events", alice, nil)
+	r.Decode(t, &got)
+	if r.Status != 200 {
+		t.Fatalf("events: %d %s", r.Status, r.Body)
+	}
+	var actions []string
+	for _, e := range got.Events {
+		actions = append(actions, e.Action)
+	}
+	if len(actions) != 4 || actions[0] != audit.ActionDelete || actions[1] != audit.ActionRelease || actions[2] != audit.ActionRelease || actions[3] != audit.ActionStore {
+		t.Fatalf("alice's events %v, want delete, release, release, store", actions)
+	}
+	if got.Events[2].RequestID != releaseIDs[0] || got.Events[1].RequestID != releaseIDs[1] || got.Events[1].KeyVersion != "1" {
+		t.Fatalf("release events %+v, request ids %v", got.Events[1:3], releaseIDs)
+	}
+	for _, e := range got.Events {
+		line, err := audit.FindLine([]string{h.core.AuditDir}, e.Seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(line)
+		if e.Line != hex.EncodeToString(sum[:]) {
+			t.Fatalf("event at seq %d: hash differs from the log's line", e.Seq)
+		}
+		if !strings.Contains(string(line), `"owner":"firebase:proj-a//`+firebasetest.DefaultSubject+`"`) {
+			t.Fatalf("alice was shown line %s", line)
+		}
+	}
+	var bobs eventsBody
+	h.Bearer("GET", "/v1/me/events", bob, nil).Decode(t, &bobs)
+	if len(bobs.Events) != 2 {
+		t.Fatalf("bob sees %d events, want his store and release", len(bobs.Events))
+	}
+	for _, e := range bobs.Events {
+		for _, a := range got.Events {
+			if e.Seq == a.Seq {
+				t.Fatalf("bob sees alice's line %d", e.Seq)
+			}
+		}
+	}
+	var mal eventsBody
+	r = h.Bearer("GET", "/v1/me/events", mallory, nil)
+	r.Decode(t, &mal)
+	if r.Status != 200 || len(mal.Events) != 0 {
+		t.Fatalf("another uid: %d, %d events", r.Status, len(mal.Events))
+	}
+	if r := h.Do("GET", "/v1/me/events", nil); r.Status != 401 {
+		t.Fatalf("no token: %d", r.Status)
+	}
+	if r := h.Bearer("GET", "/v1/me/events?limit=0", alice, nil); r.Status != 400 || r.Code() != "invalid_query" {
+		t.Fatalf("limit=0: %d %s", r.Status, r.Body)
+	}
+	var page eventsBody
+	h.Bearer("GET", "/v1/me/events?limit=1&before="+itoa(got.Events[0].Seq), alice, nil).Decode(t, &page)
+	if len(page.Events) != 1 || page.Events[0].Seq != got.Events[1].Seq {
+		t.Fatalf("page: %+v", page.Events)
+	}
+}
+
+func itoa(n uint64) string { return strconv.FormatUint(n, 10) }

@@ -1,0 +1,68 @@
+package firebase
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/audit"
+)
+
+// Limits of GET /v1/me/events.
+const (
+	DefaultEventsLimit = 100
+	MaxEventsLimit     = 1000
+)
+
+var (
+	// ErrEventsUnavailable: the appliance was started without the owner
+	// index (no audit directory).
+	ErrEventsUnavailable = apierr.New(http.StatusServiceUnavailable, "events_unavailable", "the event list is not available on this appliance")
+	errEventsQuery       = apierr.New(http.StatusBadRequest, "invalid_query", "limit must be 1 to 1000 and before a positive audit seq")
+)
+
+// EventsResponse is the body of GET /v1/me/events.
+type EventsResponse struct {
+	// Events are the caller's own events (stores, releases, refusals that
+	// were sampled into the log, deletions, restores), newest first. Each
+	// names its audit line by seq and SHA-256: the line, and the signed
+	// anchor after it, verify in any copy of the log (`keywarden audit
+	// verify`). A release's receipt was given with the release.
+	Events []audit.OwnerEvent `json:"events"`
+}
+
+// Events is GET /v1/me/events: the owner of the Firebase ID token sees the
+// audit events on their own records, and nobody else's (the owner comes
+// from the verified token only). Query: limit (1–1000, default 100),
+// before (an audit seq: the page of older events).
+func (h *HTTP) Events(c echo.Context) error {
+	id, err := h.Verify(c, "")
+	if err != nil {
+		return err
+	}
+	if h.events == nil {
+		return ErrEventsUnavailable
+	}
+	limit, before := DefaultEventsLimit, uint64(0)
+	if s := c.QueryParam("limit"); s != "" {
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > MaxEventsLimit {
+			return errEventsQuery
+		}
+	}
+	if s := c.QueryParam("before"); s != "" {
+		if before, err = strconv.ParseUint(s, 10, 64); err != nil || before == 0 {
+			return errEventsQuery
+		}
+	}
+	evs, err := h.events.Events(id.Owner(), limit, before)
+	if err != nil {
+		return ErrEventsUnavailable.Wrap(err)
+	}
+	if evs == nil {
+		evs = []audit.OwnerEvent{}
+	}
+	c.Response().Header().Set(echo.HeaderCacheControl, "no-store")
+	return c.JSON(http.StatusOK, EventsResponse{Events: evs})
+}
