@@ -34,18 +34,23 @@
 // stale.
 //
 // [Store.Update] runs fn against a snapshot at R with its writes buffered,
-// then commits them in one etcd transaction guarded by the fence: "if the
-// fence's mod revision is still what it was at R, apply every write and
-// rewrite the fence". Any write transaction of any node since R makes the
-// guard fail; fn then runs again on a fresh snapshot (fn may run more than
-// once, as the façade's contract already says). One fence rather than a
-// compare per key read: range reads (ForEach, DeletePrefix) are protected
-// too — etcd cannot compare "no key in this range was deleted since R" —
-// and a transaction costs one compare however much it read, which keeps it
-// under etcd's --max-txn-ops. It serializes write transactions across the
-// cluster; the store's change ledger rewrites the rollback record in meta
-// in every write transaction anyway, so no two write transactions could
-// have committed concurrently in any case.
+// then commits them in one etcd transaction guarded by what fn read: when
+// fn read single keys only, "if every key read still has the mod revision
+// it had at R (0: still absent)"; when fn scanned a range (ForEach,
+// DeletePrefix), "if the fence's mod revision is still what it was at R"
+// — etcd cannot compare "no key in this range was deleted since R", and
+// every write transaction rewrites the fence (a blind write, compared by
+// nobody but range readers). A guard that fails means another transaction
+// changed what fn read: fn runs again on a fresh snapshot (fn may run more
+// than once, as the façade's contract already says). Transactions of
+// different nodes that read and write different keys therefore commit
+// side by side (each node's group commit and its own rollback record:
+// enclave/rollback_cluster.go); what they would lose to each other is
+// exactly what the guard catches. The per-key guard is serializable (every
+// value fn read is still current when its writes apply). A transaction
+// that read more keys than it writes compares the fence instead, so its
+// compares never outnumber its operations (etcd's --max-txn-ops bounds
+// the larger of the two).
 //
 // # Limits
 //
@@ -310,8 +315,10 @@ type Tx struct {
 	ctx      context.Context
 	writable bool
 
-	rev      int64 // the snapshot revision, 0 before the first read
-	fenceMod int64 // the fence's mod revision at rev (0: absent)
+	rev      int64            // the snapshot revision, 0 before the first read
+	fenceMod int64            // the fence's mod revision at rev (0: absent)
+	reads    map[string]int64 // Update: key read → its mod revision at rev (0: absent)
+	ranged   bool             // Update: a range was read (the guard is the fence)
 
 	writes  map[string][]byte // full etcd key → value; nil value: deleted
 	created map[store.Bucket]bool
@@ -339,6 +346,7 @@ func (tx *Tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse,
 	if err := tx.begin(); err != nil {
 		return nil, err
 	}
+	point := len(opts) == 0 // ForEach passes a range and marks the transaction
 	opts = append(opts, clientv3.WithRev(tx.rev))
 	resp, err := tx.s.cli.Get(tx.ctx, key, append(opts, clientv3.WithSerializable())...)
 	if errors.Is(err, rpctypes.ErrFutureRev) {
@@ -346,6 +354,16 @@ func (tx *Tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse,
 	}
 	if err != nil {
 		return nil, tx.s.wrap(err)
+	}
+	if tx.writable && point {
+		if tx.reads == nil {
+			tx.reads = map[string]int64{}
+		}
+		var mod int64 // absent: etcd compares a missing key's revisions as 0
+		if len(resp.Kvs) == 1 {
+			mod = resp.Kvs[0].ModRevision
+		}
+		tx.reads[key] = mod
 	}
 	return resp, nil
 }
@@ -532,6 +550,7 @@ func (tx *Tx) ForEach(b store.Bucket, prefix []byte, fn func(k, v []byte) error)
 	sort.Strings(mine)
 
 	emit := func(k string, v []byte) error { return fn([]byte(k[len(base):]), v) }
+	tx.ranged = true // a key deleted from the range leaves nothing to compare: the guard is the fence
 	from := start
 	for {
 		resp, err := tx.get(from, clientv3.WithRange(end), clientv3.WithLimit(page))
@@ -605,9 +624,24 @@ func (tx *Tx) commit() (bool, error) {
 	}
 	ops = append(ops, clientv3.OpPut(tx.s.fence, ""))
 	t := tx.s.cli.Txn(tx.ctx)
-	if tx.rev != 0 {
-		// fn read something: commit only if nobody wrote since.
+	switch {
+	case tx.rev == 0:
+		// fn read nothing: blind writes.
+	case tx.ranged || len(tx.reads) > len(ops):
+		// A range read (or more compares than operations): commit only
+		// if no write transaction committed since.
 		t = t.If(clientv3.Compare(clientv3.ModRevision(tx.s.fence), "=", tx.fenceMod))
+	default:
+		// Point reads: commit only if every key read is unchanged.
+		cmps := make([]clientv3.Cmp, 0, len(tx.reads))
+		for k, mod := range tx.reads {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
+			size += len(k) + 16
+		}
+		if size > tx.s.maxReq {
+			cmps = []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(tx.s.fence), "=", tx.fenceMod)}
+		}
+		t = t.If(cmps...)
 	}
 	resp, err := t.Then(ops...).Commit()
 	if err != nil {
