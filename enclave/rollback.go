@@ -220,7 +220,6 @@ type Rollback struct {
 	// With a node name (rollback_cluster.go).
 	node    string
 	nrec    nodeState // this node's committed record (MAC aside)
-	cgen    uint64    // the cluster generation it covers
 	joining bool      // no record of this node at start
 
 	increments atomic.Uint64 // NV increments made (metric)
@@ -311,11 +310,11 @@ func parseRollbackState(b []byte) (*rollbackState, error) {
 // installation) is replaced, with owner authorization.
 func InitRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Root, opts RollbackOptions) (*Rollback, error) {
 	if opts.Node != "" {
-		var cs *clusterState
-		if err := db.View(ctx, func(tx *store.Tx) (err error) { cs, err = readCluster(tx); return }); err != nil {
+		var recs map[string]*nodeState
+		if err := db.View(ctx, func(tx *store.Tx) (err error) { recs, err = readNodes(tx); return }); err != nil {
 			return nil, err
 		}
-		if cs != nil {
+		if len(recs) > 0 {
 			return nil, errors.New("enclave: the store already has a cluster rollback record")
 		}
 		opts.init = true
