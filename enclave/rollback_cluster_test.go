@@ -832,3 +832,66 @@ func TestRollbackClusterPartialRestoreRefused(t *testing.T) {
 		t.Fatalf("VerifyBackup (digest only) of the partially restored store: %v", err)
 	}
 }
+
+// TestRollbackClusterNewGenerationAndSync: on a cluster node, a
+// transaction marked by NewGeneration (a PIN guess) takes a target of its
+// own although an ordinary change's increment is pending, and Sync
+// returns with that node's counter at it.
+func TestRollbackClusterNewGenerationAndSync(t *testing.T) {
+	ctx := context.Background()
+	sim := openSim(t, testSeed)
+	defer sim.Close()
+	c := newRBCluster(t, sim)
+	b := c.nodes["b"]
+	rb := b.mustStart(c.prefix)
+	if _, err := b.custody().PutKey(ctx, UserOwner("heidi"), "PASSKEY", []byte("k"), PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	g := rb.Status().Generation // pending, shareable
+	guess(t, rb, b.db, "guess", 1)
+	if got := rb.Status().Generation; got != g+1 {
+		t.Fatalf("a NewGeneration transaction on a cluster node shared the pending target: %d, want %d", got, g+1)
+	}
+	if err := rb.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if cv := counterValue(t, rb); cv != g+1 {
+		t.Fatalf("after Sync node b's counter is %d, want %d", cv, g+1)
+	}
+	b.stop(rb)
+}
+
+// TestRollbackClusterRemovedNodeKeepsItsShare: node b writes, then is
+// removed (`cluster remove`): its record stays, marked removed, so the
+// records it wrote still match the digest and node a starts; node b
+// refuses to start under its old name, and the removed record is not
+// writable by its old node.
+func TestRollbackClusterRemovedNodeKeepsItsShare(t *testing.T) {
+	ctx := context.Background()
+	sim := openSim(t, testSeed)
+	defer sim.Close()
+	c := newRBCluster(t, sim)
+	a, b := c.nodes["a"], c.nodes["b"]
+	rbB := b.mustStart(c.prefix)
+	if _, err := b.custody().PutKey(ctx, UserOwner("ivan"), "PASSKEY", []byte("k"), PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	b.stop(rbB)
+	rbA := a.mustStart(c.prefix)
+	if err := RemoveRollbackNode(ctx, a.db, a.root, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveRollbackNode(ctx, a.db, a.root, "nobody"); err == nil {
+		t.Fatal("removing a node without a record succeeded")
+	}
+	a.stop(rbA)
+	a.stop(a.mustStart(c.prefix))
+	if _, err := b.start(c.prefix, RollbackOptions{}); !errors.Is(err, ErrRollbackRecord) {
+		t.Fatalf("removed node b starts: err = %v, want ErrRollbackRecord", err)
+	}
+	vdb := c.openDB(c.prefix)
+	defer vdb.Close()
+	if rep, err := VerifyBackup(ctx, sim, vdb); err != nil || rep.Records == 0 {
+		t.Fatalf("VerifyBackup after node b's removal: %+v, %v", rep, err)
+	}
+}
