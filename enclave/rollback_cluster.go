@@ -202,9 +202,9 @@ func readNode(tx *store.Tx, node string) (*nodeState, error) {
 // readNodes reads every node's record in tx (one range read), by name. A
 // damaged record is returned empty: it does not verify.
 func readNodes(tx *store.Tx) (map[string]*nodeState, error) {
-	prefix := store.RollbackNodeKey("").Key()
+	prefix := store.RollbackNodeKey("")
 	recs := map[string]*nodeState{}
-	err := tx.ForEach(store.BucketMeta, prefix, func(k, v []byte) error {
+	err := tx.ForEachMeta(prefix, func(k store.MetaKey, v []byte) error {
 		var s nodeState
 		if err := json.Unmarshal(v, &s); err != nil {
 			s = nodeState{}
