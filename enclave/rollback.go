@@ -44,7 +44,8 @@ package enclave
 //
 // Several appliances over one shared store use the cluster scheme instead
 // (RollbackOptions.Node; rollback_cluster.go): the records above bind ONE
-// TPM and keep D in one process's memory, which several nodes cannot share.
+// TPM and keep D in one process's memory, which several nodes cannot share;
+// there each node keeps its own record with its share of D.
 //
 // On another TPM (after `keywarden recover`) the storage root key differs:
 // the counter there has no history of this store, and the store's
@@ -151,9 +152,10 @@ type RollbackOptions struct {
 	// slog.Default().
 	Logger *slog.Logger
 	// Node is this appliance's name in a cluster of appliances sharing
-	// one store (rollback_cluster.go): a shared cluster record and one
-	// record per node, each node's own TPM counter following the
-	// cluster. Empty is the single-node scheme above, unchanged. Letters,
+	// one store (rollback_cluster.go): one record per node, written by
+	// that node only (its share of the digest, its generation, what it
+	// saw of the others), each node's own TPM counter following every
+	// node's changes. Empty is the single-node scheme above, unchanged. Letters,
 	// digits, '.', '_' and '-', up to 64.
 	Node string
 
@@ -181,9 +183,10 @@ type RollbackStatus struct {
 	Event      string // what OpenRollback did (Rollback… constants)
 	Detail     string // a sentence for the log or the audit line
 	Records    int    // covered records checked against the digest at start
-	// With RollbackOptions.Node: the node's name, and the cluster
-	// generation its record covers (Generation is then the node's
-	// counter target).
+	// With RollbackOptions.Node: the node's name, and how many changes
+	// of the cluster its record covers (its own generation plus those it
+	// followed of the other nodes; Generation is then the node's counter
+	// target).
 	Node              string
 	ClusterGeneration uint64
 }

@@ -5,59 +5,79 @@ package enclave
 // Several appliances over one shared store (etcd) cannot share the
 // single-node record: it binds ONE TPM's storage root key and NV index,
 // and each node's in-memory digest would go stale as soon as another node
-// writes. With a node name, the state is split in two:
+// writes. Nor may they share one record that every change rewrites: the
+// nodes' writers would all conflict on it. So each node keeps ONE record
+// of its own (meta "rollback_node" 0x00 name, MACed under the root subkey
+// "rollback", binding the node name, that node's TPM (storage root key
+// name) and NV index), written by that node only:
 //
-//   - the cluster record (meta "rollback_cluster", MACed under the root
-//     subkey "rollback"): the cluster generation G and the record digest D
-//     itself. Every write transaction that changes a record, on any node,
-//     reads it, checks its MAC, XORs its changes into D, advances G and
-//     writes it back in the same transaction. On etcd every write
-//     transaction is guarded by one fence key, so writers of different
-//     nodes serialize on it and no update of D is lost. Storing D (rather
-//     than a commitment to it, as the single-node record does) lets any
-//     node continue it: its elements are keyed PRF outputs only the root
-//     key can compute, and the MAC stops anyone without the root key from
-//     setting it. What copies of the record over time reveal is the XOR of
-//     the PRF outputs of the records changed in between: nothing about
-//     their contents.
-//   - one record per node (meta "rollback_node" 0x00 name, MACed, binding
-//     the node name, that node's TPM (storage root key name) and NV
-//     index): the value T its own TPM counter must not exceed, and the
-//     cluster generation g it covers. A node's own change raises T past its
-//     counter in the change's transaction (as on one node); and every node
-//     FOLLOWS the cluster: at each interval it reads G, and when G is no
-//     longer its g it raises T the same way (a transaction that writes only
-//     its own record) and increments its own counter to T, at most once per
-//     interval (coalesced as on one node).
+//   - T, the value its own TPM counter must not exceed;
+//   - D_n, its share of the record digest D (ledger.go): the XOR of the
+//     elements its own changes moved (elem(old) ^ elem(new) per change).
+//     XOR is commutative, so D = XOR of every node's share whoever wrote
+//     what: a record written by node a and overwritten by node b is XORed
+//     in by a and out (and the new value in) by b. Storing a share
+//     (rather than a commitment, as the single-node record does) lets the
+//     start check recombine them: its elements are keyed PRF outputs only
+//     the root key computes, and the MAC stops anyone without the root key
+//     from setting it. What copies of the records over time reveal is the
+//     XOR of the PRF outputs of the records changed in between: nothing
+//     about their contents;
+//   - g_n, its own generation, advanced by each transaction of this node
+//     that changes a record;
+//   - seen, the highest g_m it has followed of every other node m.
+//
+// A change's transaction reads and rewrites only the writing node's
+// record (one writer per node: the store's group commit), so nodes never
+// conflict on rollback state (etcdstore guards a transaction that read
+// single keys by those keys only). The change raises T past the counter,
+// as on one node. Every node FOLLOWS the others: at each interval it reads
+// every node's record (one linearizable read) and, when some g_m rose past
+// seen[m], raises its own seen and T in its own record and increments its
+// own counter to T, at most once per interval (coalesced as on one node).
+// A removed node's record stays, marked removed ([RemoveRollbackNode]):
+// the records it wrote are still in the store, so its share stays in the
+// XOR; a removed node does not start under its old name.
 //
 // Why restoring every member from an old snapshot is caught by every node,
 // not only by the one that made the change: let S be a snapshot in which
-// node N's record says T_S. A change committed after S (on any node)
-// moves G. N then follows: it writes T > its counter, and increments its
+// node N's record says T_S. A change committed after S (on any node m)
+// moves g_m. N then follows: it writes T > its counter, and increments its
 // counter to T. Restoring S brings back T_S, while N's counter (kept in
 // its TPM, outside the store) now exceeds T_S: N's start refuses with
 // [ErrRolledBack] — for every node that followed the change before the
-// restore, whoever wrote it. The limit is the single-node one, per node: a
-// snapshot taken within one interval before the change, while N's
-// increment for an earlier change was still pending, may carry the T that
-// the later change shares (coalescing); [Rollback.BeforeBackup] closes the
-// generation on the node that takes a backup, and a node that stops
+// restore, whoever wrote it. A PARTIAL restore — node m's record and the
+// records it had changed put back from an older copy, the rest left
+// current — matches the digest (m's old share vouches for the old
+// records), but every node n that followed m's later change has seen[m]
+// above the restored g_m: its start refuses with [ErrRolledBack] (and m's
+// own start does, by its counter). The limit is the single-node one, per
+// node: a snapshot taken within one interval before a change, while N's
+// increment for an earlier change was still pending, may carry the T
+// that the later change shares (coalescing); [Rollback.BeforeBackup]
+// closes the generation on the node that takes a backup, a transaction
+// marked by [Rollback.NewGeneration] always takes a T of its own (and
+// [Rollback.Sync] waits for this node's counter), and a node that stops
 // follows and increments once more on its way down.
 //
-// At start a node checks its own record against its own counter (counter >
-// T: refused until `keywarden rollback accept`, which rebases this node's
-// record only — after a deliberate restore of the cluster, accept on every
-// node) and D against a scan of the records (at one revision; refused with
-// [ErrRecordsAltered] on a difference). A node without a record whose TPM
-// has no counter of this root key is a joining node: its counter is
-// defined and its record made ([RollbackNewCounter]). A node without a
-// record whose TPM already holds this cluster's counter had a record that
-// was removed (or the store is older than its join): refused. A node's
-// record copied over another's does not verify (the MAC binds the name).
-// A store that has only the single-node record is converted at the first
-// cluster start: its digest is checked against that record's commitment,
-// and on the TPM it names, that record's generation is checked against the
-// counter and becomes this node's record.
+// At start a node checks, at one revision and without writing: its own
+// counter against its T (counter > T: refused until `keywarden rollback
+// accept`, which rebases this node's record only — after a deliberate
+// restore of the cluster, accept on every node); every node's record
+// against the MAC; the XOR of every share against a scan of the records
+// ([ErrRecordsAltered] on a difference); and its seen vector against the
+// others' generations (a record older than seen, or gone: refused). A node
+// without a record, in a store where other nodes have one, is a joining
+// node: its record starts with an empty share and the others' current
+// generations, and its counter is defined ([RollbackNewCounter]); if its
+// TPM already holds this cluster's counter, its record was removed (or the
+// store is older than its join): refused. A node's record copied over
+// another's does not verify (the MAC binds the name). A store that has
+// only the single-node record is converted at the first cluster start: its
+// digest is checked against that record's commitment and becomes this
+// node's share, and on the TPM it names, that record's generation is
+// checked against the counter. (An earlier, unreleased layout kept one
+// record shared by all writers; it is not read.)
 
 import (
 	"bytes"

@@ -552,17 +552,18 @@ func TestRollbackClusterConvertsSingleNodeStore(t *testing.T) {
 
 // BenchmarkClusterChange is the write cost of the cluster scheme: three
 // nodes' store façades over one prefix of a one-member embedded etcd,
-// 16 × GOMAXPROCS writers spread over them, one Put per Update. "no-ledger" is the same
-// without rollback detection; "cluster" adds the cluster record (read,
-// checked, rewritten) and the writing node's record to every write
-// transaction, which serializes the nodes' transactions on etcd's fence
-// (conflicts are retried); "single-node" is today's scheme on one façade
-// with all the writers (a ledger reads each written key's old value), and
-// "cluster-one-facade" the cluster scheme with every writer on one node. The three Rollbacks count on one simulator at
-// distinct NV indices (the interval is a day: no TPM command during the
-// run).
+// 16 × GOMAXPROCS writers spread over them, one Put per Update.
+// "no-ledger" is the same without rollback detection; "cluster" adds the
+// writing node's own record (read, checked, rewritten with its digest
+// share and generation) to every write transaction — no record is shared
+// between nodes, so the nodes' transactions do not conflict; "single-node"
+// is the single-node scheme on one façade with all the writers (a ledger
+// reads each written key's old value), and "cluster-one-facade" the
+// cluster scheme with every writer on one node. The three Rollbacks count
+// on one simulator at distinct NV indices (the interval is a day: no TPM
+// command during the run).
 //
-//	go test -run '^$' -bench ClusterChange -benchtime 3s ./enclave/
+//	go test -run '^$' -bench ClusterChange -benchtime 4s ./enclave/
 func BenchmarkClusterChange(b *testing.B) {
 	for _, mode := range []string{"no-ledger", "single-node", "cluster-one-facade", "cluster"} {
 		b.Run(mode, func(b *testing.B) {
