@@ -48,9 +48,20 @@
 // enclave/rollback_cluster.go); what they would lose to each other is
 // exactly what the guard catches. The per-key guard is serializable (every
 // value fn read is still current when its writes apply). A transaction
-// that read more keys than it writes compares the fence instead, so its
-// compares never outnumber its operations (etcd's --max-txn-ops bounds
-// the larger of the two).
+// that read more keys than it writes (and more than 128, etcd's default
+// --max-txn-ops, which bounds the larger of compares and operations)
+// compares the fence instead.
+//
+// An Update's first attempt fixes R with a serializable read of the fence
+// (no round through the leader: a linearizable read would also wait until
+// the member applied every commit in flight, which made the nodes' writers
+// wait on one another's commits). R may then be behind; nothing fn
+// concluded from it is trusted unless the guard holds afterwards, at the
+// leader: at the commit, or — when fn wrote nothing or returned an error
+// (a refusal may rest on what it read) — in a linearizable read-only
+// transaction of the same compares. A guard that fails runs fn again, and
+// every later attempt begins with a linearizable read. So an Update, like
+// a View, never acts on or answers from state older than its start.
 //
 // # Limits
 //
@@ -263,7 +274,7 @@ func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) erro
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		ok, err := s.attempt(ctx, fn)
+		ok, err := s.attempt(ctx, fn, attempt == 0)
 		if err != nil {
 			return err
 		}
@@ -289,14 +300,21 @@ func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) erro
 }
 
 // attempt runs fn once and tries to commit; false: a conflict.
-func (s *Store) attempt(ctx context.Context, fn func(store.BackendTx) error) (bool, error) {
+func (s *Store) attempt(ctx context.Context, fn func(store.BackendTx) error, first bool) (bool, error) {
 	ctx, leave, err := s.enter(ctx)
 	if err != nil {
 		return false, err
 	}
 	defer leave()
-	tx := &Tx{s: s, ctx: ctx, writable: true, writes: map[string][]byte{}}
+	tx := &Tx{s: s, ctx: ctx, writable: true, writes: map[string][]byte{}, stale: first}
 	if err := fn(tx); err != nil {
+		if tx.stale && tx.rev != 0 {
+			// fn's refusal may rest on a snapshot that was behind: it
+			// stands only if what fn read is still current.
+			if ok, verr := tx.validate(); verr == nil && !ok {
+				return false, nil
+			}
+		}
 		return false, err
 	}
 	ok, err := tx.commit()
@@ -319,6 +337,7 @@ type Tx struct {
 	fenceMod int64            // the fence's mod revision at rev (0: absent)
 	reads    map[string]int64 // Update: key read → its mod revision at rev (0: absent)
 	ranged   bool             // Update: a range was read (the guard is the fence)
+	stale    bool             // Update: rev was read serializably, maybe behind (every outcome is validated)
 
 	writes  map[string][]byte // full etcd key → value; nil value: deleted
 	created map[store.Bucket]bool
@@ -329,7 +348,11 @@ func (tx *Tx) begin() error {
 	if tx.rev != 0 {
 		return nil
 	}
-	resp, err := tx.s.cli.Get(tx.ctx, tx.s.fence)
+	var opts []clientv3.OpOption
+	if tx.stale {
+		opts = append(opts, clientv3.WithSerializable())
+	}
+	resp, err := tx.s.cli.Get(tx.ctx, tx.s.fence, opts...)
 	if err != nil {
 		return tx.s.wrap(err)
 	}
@@ -602,6 +625,9 @@ func (tx *Tx) ForEach(b store.Bucket, prefix []byte, fn func(k, v []byte) error)
 // snapshot): nothing was written and fn must run again.
 func (tx *Tx) commit() (bool, error) {
 	if len(tx.writes) == 0 {
+		if tx.stale && tx.rev != 0 {
+			return tx.validate() // what fn read (and returned) must be current
+		}
 		return true, nil
 	}
 	keys := make([]string, 0, len(tx.writes))
@@ -624,24 +650,8 @@ func (tx *Tx) commit() (bool, error) {
 	}
 	ops = append(ops, clientv3.OpPut(tx.s.fence, ""))
 	t := tx.s.cli.Txn(tx.ctx)
-	switch {
-	case tx.rev == 0:
-		// fn read nothing: blind writes.
-	case tx.ranged || len(tx.reads) > len(ops):
-		// A range read (or more compares than operations): commit only
-		// if no write transaction committed since.
-		t = t.If(clientv3.Compare(clientv3.ModRevision(tx.s.fence), "=", tx.fenceMod))
-	default:
-		// Point reads: commit only if every key read is unchanged.
-		cmps := make([]clientv3.Cmp, 0, len(tx.reads))
-		for k, mod := range tx.reads {
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
-			size += len(k) + 16
-		}
-		if size > tx.s.maxReq {
-			cmps = []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(tx.s.fence), "=", tx.fenceMod)}
-		}
-		t = t.If(cmps...)
+	if tx.rev != 0 { // else fn read nothing: blind writes
+		t = t.If(tx.guard(len(ops), tx.s.maxReq-size)...)
 	}
 	resp, err := t.Then(ops...).Commit()
 	if err != nil {
@@ -651,6 +661,43 @@ func (tx *Tx) commit() (bool, error) {
 		if errors.Is(err, rpctypes.ErrRequestTooLarge) {
 			return false, fmt.Errorf("%w: %d bytes (%v)", ErrTooLarge, size, err)
 		}
+		return false, tx.s.wrap(err)
+	}
+	return resp.Succeeded, nil
+}
+
+// minTxnOps is etcd's default --max-txn-ops: a guard of up to this many
+// compares fits any server.
+const minTxnOps = 128
+
+// guard is the condition under which what fn read is still current: every
+// key read has the mod revision it had at rev (0: still absent), or, after
+// a range read (etcd cannot compare "nothing in this range was deleted"),
+// more keys than a transaction of nops operations may compare, or more
+// than room bytes of keys, the fence has not moved since rev.
+func (tx *Tx) guard(nops, room int) []clientv3.Cmp {
+	fence := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(tx.s.fence), "=", tx.fenceMod)}
+	if tx.ranged || len(tx.reads) > max(nops, minTxnOps) {
+		return fence
+	}
+	cmps := make([]clientv3.Cmp, 0, len(tx.reads))
+	for k, mod := range tx.reads {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
+		room -= len(k) + 16
+	}
+	if room < 0 {
+		return fence
+	}
+	return cmps
+}
+
+// validate reports whether what fn read is still current, in a read-only
+// transaction that is linearizable (its fence read is not serializable,
+// so the member confirms with the leader first; a transaction of compares
+// alone would be answered locally).
+func (tx *Tx) validate() (bool, error) {
+	resp, err := tx.s.cli.Txn(tx.ctx).If(tx.guard(0, tx.s.maxReq)...).Then(clientv3.OpGet(tx.s.fence, clientv3.WithKeysOnly())).Commit()
+	if err != nil {
 		return false, tx.s.wrap(err)
 	}
 	return resp.Succeeded, nil

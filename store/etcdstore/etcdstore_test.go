@@ -342,3 +342,53 @@ func TestDisjointPointReadsDoNotConflict(t *testing.T) {
 		}
 	}
 }
+
+// TestUpdateOutcomeValidated: an Update's first attempt reads from a
+// snapshot that may be behind, so an outcome that commits nothing — a
+// refusal (fn's error) or a read-only success — stands only if what fn
+// read is still current; when another client changed it meanwhile, fn
+// runs again on the new state.
+func TestUpdateOutcomeValidated(t *testing.T) {
+	s := openEmbedded(t)
+	other, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: s.Client().Endpoints(), Prefix: s.Prefix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	errSpent := errors.New("spent")
+	for _, refuse := range []bool{true, false} {
+		update(t, s, func(tx store.BackendTx) error { return tx.Put(bk, []byte("ceremony"), []byte("spent")) })
+		runs := 0
+		var seen string
+		err := s.Update(context.Background(), func(tx store.BackendTx) error {
+			runs++
+			v, err := tx.Get(bk, []byte("ceremony"))
+			if err != nil {
+				return err
+			}
+			seen = string(v)
+			if runs == 1 {
+				update(t, other, func(tx store.BackendTx) error { return tx.Put(bk, []byte("ceremony"), []byte("fresh")) })
+			}
+			if refuse && seen == "spent" {
+				return errSpent
+			}
+			return nil
+		})
+		if err != nil || runs != 2 || seen != "fresh" {
+			t.Fatalf("refusal %v: err %v after %d runs, saw %q; want nil after 2 runs, fresh", refuse, err, runs, seen)
+		}
+	}
+	// Unchanged meanwhile: the refusal stands after one run.
+	runs := 0
+	err = s.Update(context.Background(), func(tx store.BackendTx) error {
+		runs++
+		if _, err := tx.Get(bk, []byte("ceremony")); err != nil {
+			return err
+		}
+		return errSpent
+	})
+	if !errors.Is(err, errSpent) || runs != 1 {
+		t.Fatalf("refusal on a current read: %v after %d runs", err, runs)
+	}
+}
