@@ -117,10 +117,17 @@ type RollbackError struct {
 	Store   uint64 // generation recorded in the store
 	Counter uint64 // the TPM counter's value
 	Reason  string // extra detail, may be empty
+	// Node, on a cluster, names another node whose record is behind what
+	// this node saw of it: Store is that record's generation, Counter the
+	// generation this node saw (a partial restore).
+	Node string
 }
 
 func (e *RollbackError) Error() string {
 	msg := fmt.Sprintf("%v: store generation %d, TPM counter %d", ErrRolledBack, e.Store, e.Counter)
+	if e.Node != "" {
+		msg = fmt.Sprintf("%v: node %q's rollback record is at generation %d, this node saw it at %d", ErrRolledBack, e.Node, e.Store, e.Counter)
+	}
 	if e.Reason != "" {
 		msg += " (" + e.Reason + ")"
 	}

@@ -257,18 +257,18 @@ func shares(recs map[string]*nodeState) (x digest) {
 
 // staleSeen reports a node whose record is older than own saw it (or
 // gone): the record was restored from an older copy.
-func staleSeen(own *nodeState, recs map[string]*nodeState) (node string, have, saw uint64, why string) {
+func staleSeen(own *nodeState, recs map[string]*nodeState) *RollbackError {
 	for _, name := range slices.Sorted(maps.Keys(own.Seen)) {
 		saw := own.Seen[name]
 		m := recs[name]
 		switch {
 		case m == nil && saw > 0:
-			return name, 0, saw, fmt.Sprintf("node %q's rollback record is gone from the store, and node %q saw it at generation %d", name, own.Node, saw)
+			return &RollbackError{Node: name, Counter: saw, Reason: "its record is gone from the store"}
 		case m != nil && m.Gen < saw:
-			return name, m.Gen, saw, fmt.Sprintf("node %q's rollback record is at generation %d, below the %d node %q saw: it was restored from an older copy", name, m.Gen, saw, own.Node)
+			return &RollbackError{Node: name, Store: m.Gen, Counter: saw, Reason: "its record was restored from an older copy"}
 		}
 	}
-	return "", 0, 0, ""
+	return nil
 }
 
 // openCluster is OpenRollback with opts.Node set (see the section comment
@@ -375,9 +375,6 @@ func (r *Rollback) checkCluster(ctx context.Context, own *nodeState, initShare b
 	altErr := func(cnt int) error {
 		return fmt.Errorf("%w (%d records now); restore the newest backup, or accept this store deliberately with `keywarden rollback accept` (audited)", ErrRecordsAltered, cnt)
 	}
-	staleErr := func(node string, have, saw uint64, why string) error {
-		return &RollbackError{Store: have, Counter: saw, Reason: why}
-	}
 	if own != nil && !accept {
 		lkey := r.root.Subkey(SubkeyRollbackLedger)
 		h := newLedgerHash(lkey.Reveal()) // r.lhash belongs to the writer goroutine
@@ -395,16 +392,17 @@ func (r *Rollback) checkCluster(ctx context.Context, own *nodeState, initShare b
 			return 0, false, "", err
 		}
 		mine := recs[r.node]
-		switch {
-		case mine == nil || !mine.verify(key, r.node):
+		if mine == nil || !mine.verify(key, r.node) {
 			return 0, false, "", fmt.Errorf("%w: node %q's rollback record is gone or altered", ErrRollbackRecord, r.node)
-		case checkOthers(recs, key, r.node) != nil:
-			return 0, false, "", checkOthers(recs, key, r.node)
-		case shares(recs) != d:
+		}
+		if err := checkOthers(recs, key, r.node); err != nil {
+			return 0, false, "", err
+		}
+		if shares(recs) != d {
 			return 0, false, "", altErr(n)
 		}
-		if node, have, saw, why := staleSeen(mine, recs); why != "" {
-			return 0, false, "", staleErr(node, have, saw, why)
+		if re := staleSeen(mine, recs); re != nil {
+			return 0, false, "", re
 		}
 		return n, false, "", nil
 	}
@@ -463,11 +461,11 @@ func (r *Rollback) checkCluster(ctx context.Context, own *nodeState, initShare b
 		} else {
 			rec.Digest = make([]byte, sha256.Size)
 		}
-		if node, have, saw, why := staleSeen(&rec, recs); why != "" {
+		if re := staleSeen(&rec, recs); re != nil {
 			if !accept {
-				return staleErr(node, have, saw, why)
+				return re
 			}
-			stale = why
+			stale = fmt.Sprintf("node %q's rollback record was at generation %d, below the %d this node had seen (%s)", re.Node, re.Store, re.Counter, re.Reason)
 		}
 		// Seen: the others' generations now. Own generation: past what
 		// any other node saw of it, and one more after an override, so

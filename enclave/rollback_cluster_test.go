@@ -821,8 +821,9 @@ func TestRollbackClusterPartialRestoreRefused(t *testing.T) {
 	c.rawPut(rec, oldRec)
 	for _, n := range nodes {
 		_, err := n.start(c.prefix, RollbackOptions{})
-		if !errors.Is(err, ErrRolledBack) {
-			t.Fatalf("node %s after node a's record and its deleted record were put back: err = %v, want ErrRolledBack", n.name, err)
+		var re *RollbackError
+		if !errors.Is(err, ErrRolledBack) || !errors.As(err, &re) || (n != a && (re.Node != "a" || re.Store >= re.Counter)) {
+			t.Fatalf("node %s after node a's record and its deleted record were put back: err = %v, want ErrRolledBack (naming node a on the others)", n.name, err)
 		}
 	}
 	// The digest alone would not have caught it: the restored set is the
