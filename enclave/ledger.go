@@ -107,10 +107,8 @@ type ledgerTx struct {
 	fresh   bool           // Rollback.NewGeneration: this transaction takes a generation of its own
 
 	// With a node name (rollback_cluster.go).
-	follow bool          // raise this node's target if the cluster generation moved
-	cset   *clusterState // a cluster record made from a scan in this transaction
-	cread  bool          // the cluster record was read (cgen is valid)
-	cgen   uint64
+	seen   map[string]uint64 // the others' generations the follow loop read
+	nset   *nodeState        // this node's record made or rebased at start, in this transaction
 	nwrite bool
 	nrec   nodeState
 

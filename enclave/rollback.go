@@ -44,7 +44,8 @@ package enclave
 //
 // Several appliances over one shared store use the cluster scheme instead
 // (RollbackOptions.Node; rollback_cluster.go): the records above bind ONE
-// TPM and keep D in one process's memory, which several nodes cannot share.
+// TPM and keep D in one process's memory, which several nodes cannot share;
+// there each node keeps its own record with its share of D.
 //
 // On another TPM (after `keywarden recover`) the storage root key differs:
 // the counter there has no history of this store, and the store's
@@ -116,10 +117,17 @@ type RollbackError struct {
 	Store   uint64 // generation recorded in the store
 	Counter uint64 // the TPM counter's value
 	Reason  string // extra detail, may be empty
+	// Node, on a cluster, names another node whose record is behind what
+	// this node saw of it: Store is that record's generation, Counter the
+	// generation this node saw (a partial restore).
+	Node string
 }
 
 func (e *RollbackError) Error() string {
 	msg := fmt.Sprintf("%v: store generation %d, TPM counter %d", ErrRolledBack, e.Store, e.Counter)
+	if e.Node != "" {
+		msg = fmt.Sprintf("%v: node %q's rollback record is at generation %d, this node saw it at %d", ErrRolledBack, e.Node, e.Store, e.Counter)
+	}
 	if e.Reason != "" {
 		msg += " (" + e.Reason + ")"
 	}
@@ -151,9 +159,10 @@ type RollbackOptions struct {
 	// slog.Default().
 	Logger *slog.Logger
 	// Node is this appliance's name in a cluster of appliances sharing
-	// one store (rollback_cluster.go): a shared cluster record and one
-	// record per node, each node's own TPM counter following the
-	// cluster. Empty is the single-node scheme above, unchanged. Letters,
+	// one store (rollback_cluster.go): one record per node, written by
+	// that node only (its share of the digest, its generation, what it
+	// saw of the others), each node's own TPM counter following every
+	// node's changes. Empty is the single-node scheme above, unchanged. Letters,
 	// digits, '.', '_' and '-', up to 64.
 	Node string
 
@@ -181,9 +190,10 @@ type RollbackStatus struct {
 	Event      string // what OpenRollback did (Rollback… constants)
 	Detail     string // a sentence for the log or the audit line
 	Records    int    // covered records checked against the digest at start
-	// With RollbackOptions.Node: the node's name, and the cluster
-	// generation its record covers (Generation is then the node's
-	// counter target).
+	// With RollbackOptions.Node: the node's name, and how many changes
+	// of the cluster its record covers (its own generation plus those it
+	// followed of the other nodes; Generation is then the node's counter
+	// target).
 	Node              string
 	ClusterGeneration uint64
 }
@@ -220,7 +230,6 @@ type Rollback struct {
 	// With a node name (rollback_cluster.go).
 	node    string
 	nrec    nodeState // this node's committed record (MAC aside)
-	cgen    uint64    // the cluster generation it covers
 	joining bool      // no record of this node at start
 
 	increments atomic.Uint64 // NV increments made (metric)
@@ -311,11 +320,11 @@ func parseRollbackState(b []byte) (*rollbackState, error) {
 // installation) is replaced, with owner authorization.
 func InitRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Root, opts RollbackOptions) (*Rollback, error) {
 	if opts.Node != "" {
-		var cs *clusterState
-		if err := db.View(ctx, func(tx *store.Tx) (err error) { cs, err = readCluster(tx); return }); err != nil {
+		var recs map[string]*nodeState
+		if err := db.View(ctx, func(tx *store.Tx) (err error) { recs, err = readNodes(tx); return }); err != nil {
 			return nil, err
 		}
-		if cs != nil {
+		if len(recs) > 0 {
 			return nil, errors.New("enclave: the store already has a cluster rollback record")
 		}
 		opts.init = true

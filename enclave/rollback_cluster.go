@@ -5,59 +5,79 @@ package enclave
 // Several appliances over one shared store (etcd) cannot share the
 // single-node record: it binds ONE TPM's storage root key and NV index,
 // and each node's in-memory digest would go stale as soon as another node
-// writes. With a node name, the state is split in two:
+// writes. Nor may they share one record that every change rewrites: the
+// nodes' writers would all conflict on it. So each node keeps ONE record
+// of its own (meta "rollback_node" 0x00 name, MACed under the root subkey
+// "rollback", binding the node name, that node's TPM (storage root key
+// name) and NV index), written by that node only:
 //
-//   - the cluster record (meta "rollback_cluster", MACed under the root
-//     subkey "rollback"): the cluster generation G and the record digest D
-//     itself. Every write transaction that changes a record, on any node,
-//     reads it, checks its MAC, XORs its changes into D, advances G and
-//     writes it back in the same transaction. On etcd every write
-//     transaction is guarded by one fence key, so writers of different
-//     nodes serialize on it and no update of D is lost. Storing D (rather
-//     than a commitment to it, as the single-node record does) lets any
-//     node continue it: its elements are keyed PRF outputs only the root
-//     key can compute, and the MAC stops anyone without the root key from
-//     setting it. What copies of the record over time reveal is the XOR of
-//     the PRF outputs of the records changed in between: nothing about
-//     their contents.
-//   - one record per node (meta "rollback_node" 0x00 name, MACed, binding
-//     the node name, that node's TPM (storage root key name) and NV
-//     index): the value T its own TPM counter must not exceed, and the
-//     cluster generation g it covers. A node's own change raises T past its
-//     counter in the change's transaction (as on one node); and every node
-//     FOLLOWS the cluster: at each interval it reads G, and when G is no
-//     longer its g it raises T the same way (a transaction that writes only
-//     its own record) and increments its own counter to T, at most once per
-//     interval (coalesced as on one node).
+//   - T, the value its own TPM counter must not exceed;
+//   - D_n, its share of the record digest D (ledger.go): the XOR of the
+//     elements its own changes moved (elem(old) ^ elem(new) per change).
+//     XOR is commutative, so D = XOR of every node's share whoever wrote
+//     what: a record written by node a and overwritten by node b is XORed
+//     in by a and out (and the new value in) by b. Storing a share
+//     (rather than a commitment, as the single-node record does) lets the
+//     start check recombine them: its elements are keyed PRF outputs only
+//     the root key computes, and the MAC stops anyone without the root key
+//     from setting it. What copies of the records over time reveal is the
+//     XOR of the PRF outputs of the records changed in between: nothing
+//     about their contents;
+//   - g_n, its own generation, advanced by each transaction of this node
+//     that changes a record;
+//   - seen, the highest g_m it has followed of every other node m.
+//
+// A change's transaction reads and rewrites only the writing node's
+// record (one writer per node: the store's group commit), so nodes never
+// conflict on rollback state (etcdstore guards a transaction that read
+// single keys by those keys only). The change raises T past the counter,
+// as on one node. Every node FOLLOWS the others: at each interval it reads
+// every node's record (one linearizable read) and, when some g_m rose past
+// seen[m], raises its own seen and T in its own record and increments its
+// own counter to T, at most once per interval (coalesced as on one node).
+// A removed node's record stays, marked removed ([RemoveRollbackNode]):
+// the records it wrote are still in the store, so its share stays in the
+// XOR; a removed node does not start under its old name.
 //
 // Why restoring every member from an old snapshot is caught by every node,
 // not only by the one that made the change: let S be a snapshot in which
-// node N's record says T_S. A change committed after S (on any node)
-// moves G. N then follows: it writes T > its counter, and increments its
+// node N's record says T_S. A change committed after S (on any node m)
+// moves g_m. N then follows: it writes T > its counter, and increments its
 // counter to T. Restoring S brings back T_S, while N's counter (kept in
 // its TPM, outside the store) now exceeds T_S: N's start refuses with
 // [ErrRolledBack] — for every node that followed the change before the
-// restore, whoever wrote it. The limit is the single-node one, per node: a
-// snapshot taken within one interval before the change, while N's
-// increment for an earlier change was still pending, may carry the T that
-// the later change shares (coalescing); [Rollback.BeforeBackup] closes the
-// generation on the node that takes a backup, and a node that stops
+// restore, whoever wrote it. A PARTIAL restore — node m's record and the
+// records it had changed put back from an older copy, the rest left
+// current — matches the digest (m's old share vouches for the old
+// records), but every node n that followed m's later change has seen[m]
+// above the restored g_m: its start refuses with [ErrRolledBack] (and m's
+// own start does, by its counter). The limit is the single-node one, per
+// node: a snapshot taken within one interval before a change, while N's
+// increment for an earlier change was still pending, may carry the T
+// that the later change shares (coalescing); [Rollback.BeforeBackup]
+// closes the generation on the node that takes a backup, a transaction
+// marked by [Rollback.NewGeneration] always takes a T of its own (and
+// [Rollback.Sync] waits for this node's counter), and a node that stops
 // follows and increments once more on its way down.
 //
-// At start a node checks its own record against its own counter (counter >
-// T: refused until `keywarden rollback accept`, which rebases this node's
-// record only — after a deliberate restore of the cluster, accept on every
-// node) and D against a scan of the records (at one revision; refused with
-// [ErrRecordsAltered] on a difference). A node without a record whose TPM
-// has no counter of this root key is a joining node: its counter is
-// defined and its record made ([RollbackNewCounter]). A node without a
-// record whose TPM already holds this cluster's counter had a record that
-// was removed (or the store is older than its join): refused. A node's
-// record copied over another's does not verify (the MAC binds the name).
-// A store that has only the single-node record is converted at the first
-// cluster start: its digest is checked against that record's commitment,
-// and on the TPM it names, that record's generation is checked against the
-// counter and becomes this node's record.
+// At start a node checks, at one revision and without writing: its own
+// counter against its T (counter > T: refused until `keywarden rollback
+// accept`, which rebases this node's record only — after a deliberate
+// restore of the cluster, accept on every node); every node's record
+// against the MAC; the XOR of every share against a scan of the records
+// ([ErrRecordsAltered] on a difference); and its seen vector against the
+// others' generations (a record older than seen, or gone: refused). A node
+// without a record, in a store where other nodes have one, is a joining
+// node: its record starts with an empty share and the others' current
+// generations, and its counter is defined ([RollbackNewCounter]); if its
+// TPM already holds this cluster's counter, its record was removed (or the
+// store is older than its join): refused. A node's record copied over
+// another's does not verify (the MAC binds the name). A store that has
+// only the single-node record is converted at the first cluster start: its
+// digest is checked against that record's commitment and becomes this
+// node's share, and on the TPM it names, that record's generation is
+// checked against the counter. (An earlier, unreleased layout kept one
+// record shared by all writers; it is not read.)
 
 import (
 	"bytes"
@@ -68,6 +88,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/keywarden/keywarden/store"
 )
@@ -88,100 +111,96 @@ func checkNodeName(n string) error {
 	return nil
 }
 
-// clusterState is the shared meta record.
-type clusterState struct {
-	V          int    `json:"v"`
-	Generation uint64 `json:"gen"`
-	Digest     []byte `json:"digest"` // D
-	MAC        []byte `json:"mac"`
-}
-
-func (s *clusterState) macWith(key []byte) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte("keywarden rollback cluster v1\x00"))
-	var b []byte
-	b = binary.BigEndian.AppendUint32(b, uint32(s.V))
-	b = binary.BigEndian.AppendUint64(b, s.Generation)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(s.Digest)))
-	b = append(b, s.Digest...)
-	m.Write(b)
-	return m.Sum(nil)
-}
-
-func (s *clusterState) verify(key []byte) bool {
-	return s.V == 1 && len(s.Digest) == sha256.Size && hmac.Equal(s.macWith(key), s.MAC)
-}
-
-func (s *clusterState) seal(key []byte) ([]byte, error) {
-	s.V = 1
-	s.MAC = s.macWith(key)
-	return json.Marshal(s)
-}
-
-func (s *clusterState) digest() (d digest) {
-	copy(d[:], s.Digest)
-	return d
-}
+// nodeRecordVersion is the version of a node record: 2 carries the node's
+// own generation, digest share and seen vector (1 was an unreleased layout
+// with one record shared by every writer; it is not read).
+const nodeRecordVersion = 2
 
 // nodeState is one node's meta record.
 type nodeState struct {
-	V       int    `json:"v"`
-	Node    string `json:"node"`
-	Target  uint64 `json:"target"`  // the counter must not exceed it
-	Cluster uint64 `json:"cluster"` // the cluster generation it covers
-	NVIndex uint32 `json:"nv_index"`
-	TPM     []byte `json:"tpm"`     // name of the node TPM's storage root key
-	Counter bool   `json:"counter"` // false: no NV counter (dev)
-	MAC     []byte `json:"mac"`
+	V       int               `json:"v"`
+	Node    string            `json:"node"`
+	Target  uint64            `json:"target"`         // this node's counter must not exceed it
+	Gen     uint64            `json:"gen"`            // g_n: advances with each change this node commits
+	Digest  []byte            `json:"digest"`         // D_n: XOR of the elements this node's changes moved
+	Seen    map[string]uint64 `json:"seen,omitempty"` // the highest generation of each other node it followed
+	Removed bool              `json:"removed,omitempty"`
+	NVIndex uint32            `json:"nv_index"`
+	TPM     []byte            `json:"tpm"`     // name of the node TPM's storage root key
+	Counter bool              `json:"counter"` // false: no NV counter (dev)
+	MAC     []byte            `json:"mac"`
 }
 
 func (s *nodeState) macWith(key []byte) []byte {
 	m := hmac.New(sha256.New, key)
-	m.Write([]byte("keywarden rollback node v1\x00"))
+	m.Write([]byte("keywarden rollback node v2\x00"))
 	var b []byte
 	b = binary.BigEndian.AppendUint32(b, uint32(s.V))
 	b = binary.BigEndian.AppendUint32(b, uint32(len(s.Node)))
 	b = append(b, s.Node...)
 	b = binary.BigEndian.AppendUint64(b, s.Target)
-	b = binary.BigEndian.AppendUint64(b, s.Cluster)
+	b = binary.BigEndian.AppendUint64(b, s.Gen)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s.Digest)))
+	b = append(b, s.Digest...)
+	names := slices.Sorted(maps.Keys(s.Seen))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(names)))
+	for _, n := range names {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(n)))
+		b = append(b, n...)
+		b = binary.BigEndian.AppendUint64(b, s.Seen[n])
+	}
+	b = append(b, boolByte(s.Removed))
 	b = binary.BigEndian.AppendUint32(b, s.NVIndex)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(s.TPM)))
 	b = append(b, s.TPM...)
-	if s.Counter {
-		b = append(b, 1)
-	} else {
-		b = append(b, 0)
-	}
+	b = append(b, boolByte(s.Counter))
 	m.Write(b)
 	return m.Sum(nil)
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
 }
 
 // verify checks the MAC and that the record is node's (a record copied
 // from another node's key names that node).
 func (s *nodeState) verify(key []byte, node string) bool {
-	return s.V == 1 && s.Node == node && hmac.Equal(s.macWith(key), s.MAC)
+	return s.V == nodeRecordVersion && s.Node == node && len(s.Digest) == sha256.Size && hmac.Equal(s.macWith(key), s.MAC)
 }
 
 func (s *nodeState) seal(key []byte) ([]byte, error) {
-	s.V = 1
+	s.V = nodeRecordVersion
+	if len(s.Digest) != sha256.Size {
+		s.Digest = make([]byte, sha256.Size)
+	}
 	s.MAC = s.macWith(key)
 	return json.Marshal(s)
 }
 
-// readCluster reads the cluster record in tx: nil when there is none.
-func readCluster(tx *store.Tx) (*clusterState, error) {
-	b, err := tx.GetMeta(store.MetaRollbackCluster)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil
+func (s *nodeState) digest() (d digest) {
+	copy(d[:], s.Digest)
+	return d
+}
+
+// clone copies s deeply (the committed record is shared under r.mu).
+func (s *nodeState) clone() nodeState {
+	c := *s
+	c.Digest, c.TPM, c.MAC = bytes.Clone(s.Digest), bytes.Clone(s.TPM), nil
+	c.Seen = maps.Clone(s.Seen)
+	return c
+}
+
+// covered is how many changes of the cluster this record covers: its own
+// generation and those it saw of the others (Status.ClusterGeneration).
+func (s *nodeState) covered() uint64 {
+	n := s.Gen
+	for _, g := range s.Seen {
+		n += g
 	}
-	if err != nil {
-		return nil, err
-	}
-	var s clusterState
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("%w: the cluster rollback record is damaged", ErrRollbackRecord)
-	}
-	return &s, nil
+	return n
 }
 
 // readNode reads node's record in tx: nil when there is none.
@@ -195,9 +214,61 @@ func readNode(tx *store.Tx, node string) (*nodeState, error) {
 	}
 	var s nodeState
 	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("%w: node %q's rollback record is damaged", ErrRollbackRecord, node)
+		return &nodeState{}, nil // damaged: does not verify
 	}
 	return &s, nil
+}
+
+// readNodes reads every node's record in tx (one range read), by name. A
+// damaged record is returned empty: it does not verify.
+func readNodes(tx *store.Tx) (map[string]*nodeState, error) {
+	prefix := store.RollbackNodeKey("")
+	recs := map[string]*nodeState{}
+	err := tx.ForEachMeta(prefix, func(k store.MetaKey, v []byte) error {
+		var s nodeState
+		if err := json.Unmarshal(v, &s); err != nil {
+			s = nodeState{}
+		}
+		recs[string(k[len(prefix):])] = &s
+		return nil
+	})
+	return recs, err
+}
+
+// checkOthers verifies every record of recs but node's own.
+func checkOthers(recs map[string]*nodeState, key []byte, node string) error {
+	for _, name := range slices.Sorted(maps.Keys(recs)) {
+		if name != node && !recs[name].verify(key, name) {
+			return fmt.Errorf("%w: node %q's rollback record does not verify under the root key (altered)", ErrRollbackRecord, name)
+		}
+	}
+	return nil
+}
+
+// shares is the XOR of the digest shares of recs (every node's, removed
+// ones included: the records they wrote are still in the store).
+func shares(recs map[string]*nodeState) (x digest) {
+	for _, s := range recs {
+		d := s.digest()
+		x.xor(&d)
+	}
+	return x
+}
+
+// staleSeen reports a node whose record is older than own saw it (or
+// gone): the record was restored from an older copy.
+func staleSeen(own *nodeState, recs map[string]*nodeState) *RollbackError {
+	for _, name := range slices.Sorted(maps.Keys(own.Seen)) {
+		saw := own.Seen[name]
+		m := recs[name]
+		switch {
+		case m == nil && saw > 0:
+			return &RollbackError{Node: name, Counter: saw, Reason: "its record is gone from the store"}
+		case m != nil && m.Gen < saw:
+			return &RollbackError{Node: name, Store: m.Gen, Counter: saw, Reason: "its record was restored from an older copy"}
+		}
+	}
+	return nil
 }
 
 // openCluster is OpenRollback with opts.Node set (see the section comment
@@ -205,71 +276,71 @@ func readNode(tx *store.Tx, node string) (*nodeState, error) {
 func (r *Rollback) openCluster(ctx context.Context, opts RollbackOptions, fail func(error) (*Rollback, error)) (*Rollback, error) {
 	key := r.macKey.Reveal()
 	var (
-		cs     *clusterState
 		ns     *nodeState
+		others int
 		legacy *rollbackState
 	)
-	err := r.db.View(ctx, func(tx *store.Tx) (err error) {
-		cs, err = readCluster(tx)
+	err := r.db.View(ctx, func(tx *store.Tx) error {
+		recs, err := readNodes(tx)
 		if err != nil {
 			return err
 		}
-		ns, err = readNode(tx, r.node)
-		return err
+		ns = recs[r.node]
+		others = len(recs)
+		if ns != nil {
+			others--
+		}
+		return nil
 	})
-	accept := opts.AcceptRollback
-	override := ""
-	resetCluster := false
-	var base uint64 // the cluster generation a new cluster record starts from
-	switch {
-	case err != nil && errors.Is(err, ErrRollbackRecord) && accept:
-		override, resetCluster, cs, ns = "a rollback record was damaged", true, nil, nil
-	case err != nil:
+	if err != nil {
 		return fail(err)
 	}
-	switch {
-	case cs != nil && !cs.verify(key):
-		if !accept {
-			return fail(fmt.Errorf("%w: the cluster rollback record's MAC does not verify under the root key (altered)", ErrRollbackRecord))
-		}
-		override, resetCluster, base = "the cluster rollback record did not verify", true, cs.Generation
-	case cs == nil && !opts.init && !resetCluster:
-		// A single-node store on its first cluster start?
-		st, lerr := loadRollbackState(ctx, r.db)
-		switch {
-		case lerr == nil && st != nil && st.V >= 2 && st.verify(r.root):
-			legacy, base = st, st.Generation
-		case opts.Dev:
-		case !accept:
-			return fail(fmt.Errorf("%w: the store has no cluster rollback record (every store started in cluster mode records one; was it removed?); accept deliberately with `keywarden rollback accept`", ErrRollbackRecord))
-		default:
-			override = "the store had no cluster rollback record"
-		}
-	}
+	accept := opts.AcceptRollback
+	override := ""
+	initShare := false    // a record made anew takes the whole scan as its share
 	var st *rollbackState // this node's record in the single-node form start() takes
 	switch {
 	case ns != nil && !ns.verify(key, r.node):
 		if !accept {
-			return fail(fmt.Errorf("%w: node %q's rollback record does not verify under the root key for this node name (altered, or copied from another node's record)", ErrRollbackRecord, r.node))
+			return fail(fmt.Errorf("%w: node %q's rollback record does not verify under the root key for this node name (altered, copied from another node's record, or written by an unreleased layout)", ErrRollbackRecord, r.node))
 		}
 		override = fmt.Sprintf("node %q's rollback record did not verify", r.node)
 		ns = nil
+	case ns != nil && ns.Removed:
+		return fail(fmt.Errorf("%w: node %q was removed from the cluster; join the cluster again under a new node name", ErrRollbackRecord, r.node))
 	case ns != nil:
 		st = &rollbackState{V: rollbackRecordVersion, Generation: ns.Target, NVIndex: ns.NVIndex, TPM: ns.TPM, Counter: ns.Counter}
-		base = max(base, ns.Cluster)
+		c := ns.clone()
 		r.mu.Lock()
-		r.nrec, r.haveRec, r.gen, r.cgen = *ns, true, ns.Target, ns.Cluster
+		r.nrec, r.haveRec, r.gen = c, true, ns.Target
 		r.mu.Unlock()
-	case legacy != nil:
-		st = legacy // on the TPM it names, checked against the counter
-	case !opts.init && override == "":
+	case opts.init:
+		initShare = true
+	case others > 0:
 		r.joining = true // no record: a new node, unless its TPM counted for us before
+	default:
+		// No node record at all: a single-node store on its first
+		// cluster start?
+		l, lerr := loadRollbackState(ctx, r.db)
+		switch {
+		case lerr == nil && l != nil && l.V >= 2 && l.verify(r.root):
+			legacy, st = l, l // on the TPM it names, checked against the counter
+		case opts.Dev:
+		case !accept:
+			return fail(fmt.Errorf("%w: the store has no cluster rollback record (every store started in cluster mode records one per node; were they removed?); accept deliberately with `keywarden rollback accept`", ErrRollbackRecord))
+		default:
+			override = "the store had no cluster rollback record"
+		}
+		initShare = true
 	}
 	// From here on every change to the covered buckets is seen.
 	r.db.SetLedger(r)
-	n, altered, err := r.checkCluster(ctx, cs == nil || resetCluster, resetCluster, accept, legacy, base)
+	n, altered, stale, err := r.checkCluster(ctx, ns, initShare, legacy, accept)
 	if err != nil {
 		return fail(err)
+	}
+	if stale != "" {
+		override = strings.TrimPrefix(override+"; "+stale, "; ")
 	}
 	if err := r.start(ctx, st, opts, override, false); err != nil {
 		return fail(err)
@@ -278,10 +349,10 @@ func (r *Rollback) openCluster(ctx context.Context, opts RollbackOptions, fail f
 	r.started = true
 	r.status.Records = n
 	r.status.Node = r.node
-	r.status.ClusterGeneration = r.cgen
+	r.status.ClusterGeneration = r.nrec.covered()
 	if altered {
 		r.status.Event = RollbackOverride
-		r.status.Detail = fmt.Sprintf("rollback accepted by the operator: the store's %d records did not match the cluster rollback record's digest, which now records them; %s", n, r.status.Detail)
+		r.status.Detail = fmt.Sprintf("rollback accepted by the operator: the store's %d records did not match the nodes' rollback records' digest, which now records them; %s", n, r.status.Detail)
 	}
 	r.mu.Unlock()
 	r.wg.Add(1)
@@ -289,40 +360,58 @@ func (r *Rollback) openCluster(ctx context.Context, opts RollbackOptions, fail f
 	return r, nil
 }
 
-// checkCluster compares a scan of the records with the cluster record's
-// digest, or (create) makes the cluster record from a scan. The check
-// reads at one revision (no write, so it never conflicts with other
-// nodes' writers); the creation runs in a write transaction.
-func (r *Rollback) checkCluster(ctx context.Context, create, reset, accept bool, legacy *rollbackState, base uint64) (n int, altered bool, err error) {
+// checkCluster compares a scan of the records with the XOR of the nodes'
+// digest shares, and this node's seen vector with the others' records.
+// With own (this node's verified record) and no override, it only reads,
+// at one revision (no write: it never conflicts with other nodes'
+// writers). Otherwise, in a write transaction, it makes this node's record
+// (initShare: the whole scan is its share, for a new store or a converted
+// single-node one; else an empty share, for a joining node) or, on the
+// operator's word, rebases it: its share absorbs any difference and its
+// seen vector takes the others' current generations. stale is the
+// refusal the operator overrode.
+func (r *Rollback) checkCluster(ctx context.Context, own *nodeState, initShare bool, legacy *rollbackState, accept bool) (n int, altered bool, stale string, err error) {
 	key := r.macKey.Reveal()
-	if !create {
+	altErr := func(cnt int) error {
+		return fmt.Errorf("%w (%d records now); restore the newest backup, or accept this store deliberately with `keywarden rollback accept` (audited)", ErrRecordsAltered, cnt)
+	}
+	if own != nil && !accept {
 		lkey := r.root.Subkey(SubkeyRollbackLedger)
 		h := newLedgerHash(lkey.Reveal()) // r.lhash belongs to the writer goroutine
 		lkey.Wipe()
-		var cs *clusterState
+		var recs map[string]*nodeState
 		var d digest
 		err = r.db.View(ctx, func(tx *store.Tx) (err error) {
-			if cs, err = readCluster(tx); err != nil {
+			if recs, err = readNodes(tx); err != nil {
 				return err
 			}
 			d, n, err = h.scan(tx)
 			return err
 		})
 		if err != nil {
-			return 0, false, err
+			return 0, false, "", err
 		}
-		switch {
-		case cs == nil || !cs.verify(key):
-			return 0, false, fmt.Errorf("%w: the cluster rollback record is missing or does not verify", ErrRollbackRecord)
-		case cs.digest() == d:
-			return n, false, nil
-		case !accept:
-			return 0, false, fmt.Errorf("%w (%d records now); restore the newest backup, or accept this store deliberately with `keywarden rollback accept` (audited)", ErrRecordsAltered, n)
+		mine := recs[r.node]
+		if mine == nil || !mine.verify(key, r.node) {
+			return 0, false, "", fmt.Errorf("%w: node %q's rollback record is gone or altered", ErrRollbackRecord, r.node)
 		}
-		reset, base = true, cs.Generation
+		if err := checkOthers(recs, key, r.node); err != nil {
+			return 0, false, "", err
+		}
+		if shares(recs) != d {
+			return 0, false, "", altErr(n)
+		}
+		if re := staleSeen(mine, recs); re != nil {
+			return 0, false, "", re
+		}
+		return n, false, "", nil
 	}
 	err = r.db.Update(ctx, func(tx *store.Tx) error {
 		t, err := r.ledgerOf(tx)
+		if err != nil {
+			return err
+		}
+		recs, err := readNodes(tx)
 		if err != nil {
 			return err
 		}
@@ -330,55 +419,88 @@ func (r *Rollback) checkCluster(ctx context.Context, create, reset, accept bool,
 		if err != nil {
 			return err
 		}
-		n, altered, t.delta = cnt, false, digest{}
-		cur, err := readCluster(tx)
-		if err != nil && !reset {
-			return err
+		n, altered, stale, t.delta = cnt, false, "", digest{} // the scan has this transaction's earlier changes
+		rec := nodeState{Node: r.node}
+		if own != nil {
+			if mine := recs[r.node]; mine != nil && mine.verify(key, r.node) {
+				rec = mine.clone()
+			}
 		}
-		g := base
-		switch {
-		case cur != nil && !reset && cur.verify(key):
-			// Another node made it meanwhile: check against it.
-			if cur.digest() == d {
-				return nil
+		delete(recs, r.node)
+		for _, name := range slices.Sorted(maps.Keys(recs)) {
+			if recs[name].verify(key, name) {
+				continue
 			}
 			if !accept {
-				return fmt.Errorf("%w (%d records now); restore the newest backup, or accept this store deliberately with `keywarden rollback accept` (audited)", ErrRecordsAltered, cnt)
+				return checkOthers(recs, key, r.node)
 			}
-			g = cur.Generation
+			// On the operator's word: that node rejoins (or is accepted
+			// on) as after a removed record; its share is absorbed here.
+			if err := tx.DeleteMeta(store.RollbackNodeKey(name)); err != nil {
+				return err
+			}
+			delete(recs, name)
 			altered = true
+		}
+		want := shares(recs)
+		want.xor(&d) // the share that makes the XOR of all shares the scan's digest
+		switch {
 		case legacy != nil && !hmac.Equal(r.lhash.commitment(d), legacy.Records):
 			if !accept {
-				return fmt.Errorf("%w (%d records now); restore the newest backup, or accept this store deliberately with `keywarden rollback accept` (audited)", ErrRecordsAltered, cnt)
+				return altErr(cnt)
 			}
 			altered = true
-		case reset:
+		case own == nil && !initShare && want != (digest{}), own != nil && rec.digest() != want:
+			if !accept {
+				return altErr(cnt)
+			}
 			altered = true
 		}
-		if cur != nil {
-			g = max(g, cur.Generation)
+		if own != nil || initShare || altered {
+			rec.Digest = bytes.Clone(want[:])
+		} else {
+			rec.Digest = make([]byte, sha256.Size)
 		}
-		if reset || altered {
-			g++ // a new generation: every node follows the change
+		if re := staleSeen(&rec, recs); re != nil {
+			if !accept {
+				return re
+			}
+			stale = fmt.Sprintf("node %q's rollback record was at generation %d, below the %d this node had seen (%s)", re.Node, re.Store, re.Counter, re.Reason)
 		}
-		t.cset = &clusterState{Generation: g, Digest: bytes.Clone(d[:])}
+		// Seen: the others' generations now. Own generation: past what
+		// any other node saw of it, and one more after an override, so
+		// every node follows the change.
+		rec.Seen = map[string]uint64{}
+		for name, m := range recs {
+			if m.Gen > 0 {
+				rec.Seen[name] = m.Gen
+			}
+			rec.Gen = max(rec.Gen, m.Seen[r.node])
+		}
+		if own == nil || altered || stale != "" {
+			rec.Gen++ // a record made or rebased is a change the others follow
+		}
+		t.nset = &rec
 		return nil
 	})
-	return n, altered, err
+	return n, altered, stale, err
 }
 
-// finishCluster is Finish with a node name: the cluster record takes this
-// transaction's changes, and this node's record its target (see the
-// section comment above).
+// finishCluster is Finish with a node name: this node's own record takes
+// the transaction's changes (its digest share and generation), a raised
+// target, and the generations its follow loop saw (see the section
+// comment above). No other node's record is read or written.
 func (t *ledgerTx) finishCluster(tx *store.Tx) error {
 	r := t.r
-	if t.changes == 0 && t.set == nil && !t.follow && t.cset == nil {
+	if t.changes == 0 && t.set == nil && t.seen == nil && t.nset == nil {
 		return nil
 	}
 	key := r.macKey.Reveal()
-	c := t.cset
-	if c == nil {
-		cur, err := readCluster(tx)
+	var rec nodeState
+	if t.nset != nil {
+		rec = t.nset.clone()
+	} else {
+		cur, err := readNode(tx, r.node)
 		if err != nil {
 			return err
 		}
@@ -387,59 +509,49 @@ func (t *ledgerTx) finishCluster(tx *store.Tx) error {
 			started := r.started
 			r.mu.Unlock()
 			if started {
-				return fmt.Errorf("%w: the cluster rollback record is gone from the store; no change is written without it", ErrRollbackRecord)
+				return fmt.Errorf("%w: node %q's rollback record is gone from the store; no change is written without it", ErrRollbackRecord, r.node)
 			}
-			return nil // before the start's scan, which sees these changes
+			return nil // before the start's check, whose scan sees these changes
 		}
-		if !cur.verify(key) {
-			return fmt.Errorf("%w: the cluster rollback record's MAC does not verify (altered); no change is written", ErrRollbackRecord)
+		if !cur.verify(key, r.node) {
+			return fmt.Errorf("%w: node %q's rollback record does not verify (altered); no change is written", ErrRollbackRecord, r.node)
 		}
-		c = cur
+		rec = cur.clone()
 	}
-	cs := *c
-	if t.changes > 0 || t.cset != nil {
-		if t.changes > 0 {
-			d := cs.digest()
-			d.xor(&t.delta)
-			cs.Digest = bytes.Clone(d[:])
-			cs.Generation++
-		}
-		b, err := cs.seal(key)
-		if err != nil {
-			return err
-		}
-		if err := tx.PutMeta(store.MetaRollbackCluster, b); err != nil {
-			return err
+	if t.changes > 0 {
+		d := rec.digest()
+		d.xor(&t.delta)
+		rec.Digest = bytes.Clone(d[:])
+		rec.Gen++
+	}
+	rose := false
+	for name, g := range t.seen {
+		if g > rec.Seen[name] {
+			if rec.Seen == nil {
+				rec.Seen = map[string]uint64{}
+			}
+			rec.Seen[name], rose = g, true
 		}
 	}
-	t.cgen, t.cread = cs.Generation, true
-
 	r.mu.Lock()
-	rec, have := r.nrec, r.haveRec
 	if t.set != nil {
 		target := t.set.Generation
-		if r.started && have && rec.Target > target {
+		if r.started && rec.Target > target {
 			target = rec.Target // never lower a target a change raised meanwhile
 		}
-		rec = nodeState{Node: r.node, Target: target, Cluster: rec.Cluster, NVIndex: t.set.NVIndex, TPM: t.set.TPM, Counter: t.set.Counter}
-		have = true
+		rec.Target, rec.NVIndex, rec.TPM, rec.Counter = target, t.set.NVIndex, bytes.Clone(t.set.TPM), t.set.Counter
 	}
-	if !have {
-		r.mu.Unlock()
-		return nil
-	}
-	if r.started && (t.changes > 0 || (t.follow && cs.Generation != rec.Cluster)) {
+	if r.started && (t.changes > 0 || rose) {
 		// As on one node: past the counter, unless a pending increment
-		// not yet started (and no backup since) already covers it.
-		if !r.shareable || rec.Target <= r.confirmed || !r.available {
+		// not yet started (and no backup since) already covers it. A
+		// transaction marked by NewGeneration always moves it.
+		if t.fresh || !r.shareable || rec.Target <= r.confirmed || !r.available {
 			rec.Target++
 		}
 		t.raised = true
 	}
-	write := t.set != nil || t.raised || rec.Cluster != cs.Generation
-	rec.Cluster = cs.Generation
 	r.mu.Unlock()
-	if !write {
+	if t.changes == 0 && t.set == nil && !rose && t.nset == nil {
 		return nil
 	}
 	b, err := rec.seal(key)
@@ -457,13 +569,10 @@ func (t *ledgerTx) finishCluster(tx *store.Tx) error {
 func (t *ledgerTx) committedCluster() {
 	r := t.r
 	r.mu.Lock()
-	if t.cread {
-		r.cgen = t.cgen
-		r.status.ClusterGeneration = t.cgen
-	}
 	if t.nwrite {
 		r.nrec, r.haveRec, r.gen = t.nrec, true, t.nrec.Target
 		r.status.Generation = r.gen
+		r.status.ClusterGeneration = t.nrec.covered()
 	}
 	kick := false
 	if t.raised {
@@ -480,30 +589,39 @@ func (t *ledgerTx) committedCluster() {
 	}
 }
 
-// follow reads the cluster generation and, when it moved since this
-// node's record, raises the node's target in a transaction of its own
-// (the background loop then increments the counter). The loop calls it at
-// each interval; Close once more.
+// follow reads every node's record (one linearizable read) and, when
+// another node's generation rose past what this node's record saw, raises
+// this node's target and seen vector in a transaction that writes only
+// this node's record (the background loop then increments the counter).
+// The loop calls it at each interval; Close once more.
 func (r *Rollback) follow(ctx context.Context) error {
-	var g uint64
+	key := r.macKey.Reveal()
+	gens := map[string]uint64{}
 	err := r.db.View(ctx, func(tx *store.Tx) error {
-		cs, err := readCluster(tx)
+		recs, err := readNodes(tx)
 		if err != nil {
 			return err
 		}
-		if cs == nil || !cs.verify(r.macKey.Reveal()) {
-			return fmt.Errorf("%w: the cluster rollback record is missing or does not verify", ErrRollbackRecord)
+		if err := checkOthers(recs, key, r.node); err != nil {
+			return err
 		}
-		g = cs.Generation
+		for name, m := range recs {
+			if name != r.node {
+				gens[name] = m.Gen
+			}
+		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
 	r.mu.Lock()
-	same := g == r.cgen
+	rose := false
+	for name, g := range gens {
+		rose = rose || g > r.nrec.Seen[name]
+	}
 	r.mu.Unlock()
-	if same {
+	if !rose {
 		return nil
 	}
 	return r.db.Update(ctx, func(tx *store.Tx) error {
@@ -511,7 +629,38 @@ func (r *Rollback) follow(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		t.follow = true
+		t.seen = gens
 		return nil
+	})
+}
+
+// RemoveRollbackNode marks node's rollback record removed (for `cluster
+// remove`): the record stays, because the records that node wrote stay in
+// the store and its digest share must stay in the XOR, and so does its
+// generation, which the other nodes' seen vectors check. A node whose
+// record is marked removed refuses to start under that name.
+func RemoveRollbackNode(ctx context.Context, db *store.DB, root *Root, node string) error {
+	if err := checkNodeName(node); err != nil {
+		return err
+	}
+	k := root.Subkey(SubkeyRollback)
+	defer k.Wipe()
+	return db.Update(ctx, func(tx *store.Tx) error {
+		rec, err := readNode(tx, node)
+		if err != nil {
+			return err
+		}
+		if rec == nil {
+			return fmt.Errorf("enclave: node %q has no rollback record in the store", node)
+		}
+		if !rec.verify(k.Reveal(), node) {
+			return fmt.Errorf("%w: node %q's rollback record does not verify", ErrRollbackRecord, node)
+		}
+		rec.Removed = true
+		b, err := rec.seal(k.Reveal())
+		if err != nil {
+			return err
+		}
+		return tx.PutMeta(store.RollbackNodeKey(node), b)
 	})
 }

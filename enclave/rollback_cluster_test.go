@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,6 +44,7 @@ type rbNode struct {
 	name string
 	tpm  transport.TPM
 	db   *store.DB
+	be   *etcdstore.Store // db's backend (its Conflicts count)
 	root *Root
 }
 
@@ -96,6 +98,12 @@ func newRBCluster(t *testing.T, sim transport.TPM) *rbCluster {
 
 func (c *rbCluster) openDB(prefix string) *store.DB {
 	c.t.Helper()
+	db, _ := c.openDBBackend(prefix)
+	return db
+}
+
+func (c *rbCluster) openDBBackend(prefix string) (*store.DB, *etcdstore.Store) {
+	c.t.Helper()
 	be, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: c.etcd.Endpoints(), Prefix: prefix})
 	if err != nil {
 		c.t.Fatal(err)
@@ -104,14 +112,36 @@ func (c *rbCluster) openDB(prefix string) *store.DB {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	return db
+	return db, be
+}
+
+// addSwtpmNode joins one more node, on a swtpm of its own.
+func (c *rbCluster) addSwtpmNode(name string) *rbNode {
+	c.t.Helper()
+	sw := swtpmtest.Start(c.t, swtpmtest.Options{})
+	tp, err := tpmdev.Open(context.Background(), sw.Spec)
+	if err != nil {
+		c.t.Fatalf("open swtpm: %v\n%s", err, sw.Log())
+	}
+	c.t.Cleanup(func() { tp.Close() })
+	n := &rbNode{c: c, name: name, tpm: tp}
+	rb, err := n.start(c.prefix, RollbackOptions{})
+	if err != nil {
+		c.t.Fatalf("node %s joins: %v", name, err)
+	}
+	if st := rb.Status(); st.Event != RollbackNewCounter {
+		c.t.Fatalf("node %s joins: %+v", name, st)
+	}
+	n.stop(rb)
+	c.nodes[name] = n
+	return n
 }
 
 // start opens the node's store on prefix with the root key and runs
 // OpenRollback as that node.
 func (n *rbNode) start(prefix string, opts RollbackOptions) (*Rollback, error) {
 	n.c.t.Helper()
-	n.db = n.c.openDB(prefix)
+	n.db, n.be = n.c.openDBBackend(prefix)
 	root, err := NewRoot(n.c.raw)
 	if err != nil {
 		n.c.t.Fatal(err)
@@ -389,7 +419,8 @@ func TestRollbackClusterSpliceRefused(t *testing.T) {
 // b's does not verify for b (the MAC binds the node name); the cluster
 // record with a changed generation does not verify; and node b's record
 // deleted (to make b look like a new node and rebase) is refused, since
-// b's TPM already holds this cluster's counter.
+// b's TPM already holds this cluster's counter; a node's record with a
+// changed generation does not verify, on that node nor on the others.
 func TestRollbackClusterNodeRecordBinding(t *testing.T) {
 	sim := openSim(t, testSeed)
 	defer sim.Close()
@@ -420,17 +451,21 @@ func TestRollbackClusterNodeRecordBinding(t *testing.T) {
 	c.rawPut(meta(store.RollbackNodeKey("b")), recB)
 	b.stop(b.mustStart(c.prefix))
 
-	// The cluster record's generation lowered by hand.
-	cl := c.rawGet(meta(store.MetaRollbackCluster))
-	c.rawPut(meta(store.MetaRollbackCluster), bytes.Replace(cl, []byte(`"gen":`), []byte(`"gen":1`), 1))
-	if _, err := a.start(c.prefix, RollbackOptions{}); !errors.Is(err, ErrRollbackRecord) {
-		t.Fatalf("node a with an altered cluster record: err = %v, want ErrRollbackRecord", err)
+	// Node a's generation lowered by hand: its MAC no longer verifies, on
+	// node a (its own record) nor on node b (checks every node's record).
+	ra := c.rawGet(meta(store.RollbackNodeKey("a")))
+	c.rawPut(meta(store.RollbackNodeKey("a")), bytes.Replace(ra, []byte(`"gen":`), []byte(`"gen":1`), 1))
+	for _, n := range []*rbNode{b, a} {
+		if _, err := n.start(c.prefix, RollbackOptions{}); !errors.Is(err, ErrRollbackRecord) {
+			t.Fatalf("node %s with node a's record altered: err = %v, want ErrRollbackRecord", n.name, err)
+		}
 	}
-	// The operator's accept makes a new cluster record from a scan; the
-	// other node then starts without an override.
+	// The operator's accept on node a makes its record anew from a scan
+	// (its share absorbs the difference); the other node then starts
+	// without an override.
 	rb, err := a.start(c.prefix, RollbackOptions{AcceptRollback: true})
 	if err != nil {
-		t.Fatalf("node a accept with an altered cluster record: %v", err)
+		t.Fatalf("node a accept with its record altered: %v", err)
 	}
 	if st := rb.Status(); st.Event != RollbackOverride {
 		t.Fatalf("node a accept: %+v", st)
@@ -517,17 +552,18 @@ func TestRollbackClusterConvertsSingleNodeStore(t *testing.T) {
 
 // BenchmarkClusterChange is the write cost of the cluster scheme: three
 // nodes' store façades over one prefix of a one-member embedded etcd,
-// 16 × GOMAXPROCS writers spread over them, one Put per Update. "no-ledger" is the same
-// without rollback detection; "cluster" adds the cluster record (read,
-// checked, rewritten) and the writing node's record to every write
-// transaction, which serializes the nodes' transactions on etcd's fence
-// (conflicts are retried); "single-node" is today's scheme on one façade
-// with all the writers (a ledger reads each written key's old value), and
-// "cluster-one-facade" the cluster scheme with every writer on one node. The three Rollbacks count on one simulator at
-// distinct NV indices (the interval is a day: no TPM command during the
-// run).
+// 16 × GOMAXPROCS writers spread over them, one Put per Update.
+// "no-ledger" is the same without rollback detection; "cluster" adds the
+// writing node's own record (read, checked, rewritten with its digest
+// share and generation) to every write transaction — no record is shared
+// between nodes, so the nodes' transactions do not conflict; "single-node"
+// is the single-node scheme on one façade with all the writers (a ledger
+// reads each written key's old value), and "cluster-one-facade" the
+// cluster scheme with every writer on one node. The three Rollbacks count
+// on one simulator at distinct NV indices (the interval is a day: no TPM
+// command during the run).
 //
-//	go test -run '^$' -bench ClusterChange -benchtime 3s ./enclave/
+//	go test -run '^$' -bench ClusterChange -benchtime 4s ./enclave/
 func BenchmarkClusterChange(b *testing.B) {
 	for _, mode := range []string{"no-ledger", "single-node", "cluster-one-facade", "cluster"} {
 		b.Run(mode, func(b *testing.B) {
@@ -645,9 +681,219 @@ func TestRollbackClusterFollowsInBackground(t *testing.T) {
 	if !moved {
 		t.Fatalf("node b's counter stayed at %d after node a's change (status %+v)", before, rbB.Status())
 	}
-	if st := rbB.Status(); st.ClusterGeneration != rbA.Status().ClusterGeneration {
-		t.Fatalf("node b covers cluster generation %d, node a wrote %d", st.ClusterGeneration, rbA.Status().ClusterGeneration)
+	rbA.mu.Lock()
+	ga := rbA.nrec.Gen
+	rbA.mu.Unlock()
+	rbB.mu.Lock()
+	seen := rbB.nrec.Seen["a"]
+	rbB.mu.Unlock()
+	if seen != ga {
+		t.Fatalf("node b's record saw node a at generation %d, node a is at %d", seen, ga)
 	}
 	b.stop(rbB)
 	a.stop(rbA)
+}
+
+// TestRollbackClusterConcurrentWritersNoConflicts: three nodes (three
+// TPMs) write the one store at the same time — new records, overwrites and
+// deletions, eight writers per node — and no transaction of any node is
+// retried: each change touches only its own keys and its node's own
+// rollback record. Every node then follows the others, and each starts
+// again with the store accepted (the XOR of the nodes' digest shares is
+// the scan's digest).
+func TestRollbackClusterConcurrentWritersNoConflicts(t *testing.T) {
+	ctx := context.Background()
+	sim := openSim(t, testSeed)
+	defer sim.Close()
+	c := newRBCluster(t, sim)
+	c.addSwtpmNode("c")
+	nodes := []*rbNode{c.nodes["a"], c.nodes["b"], c.nodes["c"]}
+	rbs := make([]*Rollback, len(nodes))
+	var conflicts0 uint64
+	for i, n := range nodes {
+		rbs[i] = n.mustStart(c.prefix)
+		conflicts0 += n.be.Conflicts()
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 3*8)
+	for _, n := range nodes {
+		for w := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 12 {
+					k := store.Key(n.name, fmt.Sprintf("w%d-%d", w, i%4)) // overwrites from the 5th write on
+					err := n.db.Update(ctx, func(tx *store.Tx) error {
+						if i%5 == 4 {
+							return tx.Delete(store.BucketKeys, k)
+						}
+						return tx.Put(store.BucketKeys, k, fmt.Appendf(nil, "%s %d %d", n.name, w, i))
+					})
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var conflicts uint64
+	for _, n := range nodes {
+		conflicts += n.be.Conflicts()
+	}
+	if conflicts != conflicts0 {
+		t.Fatalf("%d etcd transactions retried while three nodes wrote their own keys, want 0", conflicts-conflicts0)
+	}
+	for _, rb := range rbs {
+		if err := rb.follow(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := rbs[0].Status().ClusterGeneration
+	for i, rb := range rbs {
+		if st := rb.Status(); st.ClusterGeneration != g || g == 0 {
+			t.Fatalf("node %s covers %d changes of the cluster, node a %d", nodes[i].name, st.ClusterGeneration, g)
+		}
+	}
+	for i, n := range nodes {
+		n.stop(rbs[i])
+	}
+	for _, n := range nodes {
+		rb := n.mustStart(c.prefix)
+		if st := rb.Status(); st.Event != RollbackAccepted || st.Records == 0 {
+			t.Fatalf("node %s restart: %+v", n.name, st)
+		}
+		n.stop(rb)
+	}
+}
+
+// TestRollbackClusterPartialRestoreRefused: node a deletes a key; the
+// attacker puts back, straight into etcd, node a's rollback record from
+// before the deletion and the deleted record — a set the digest accepts,
+// since a's old digest share vouches for the old record. Nodes b and c,
+// which followed the deletion, refuse to start (a's generation is below
+// what they saw), and so does node a (its counter is past its restored
+// target).
+func TestRollbackClusterPartialRestoreRefused(t *testing.T) {
+	ctx := context.Background()
+	sim := openSim(t, testSeed)
+	defer sim.Close()
+	c := newRBCluster(t, sim)
+	c.addSwtpmNode("c")
+	nodes := []*rbNode{c.nodes["a"], c.nodes["b"], c.nodes["c"]}
+	a := nodes[0]
+	rbs := make([]*Rollback, len(nodes))
+	for i, n := range nodes {
+		rbs[i] = n.mustStart(c.prefix)
+	}
+	if _, err := a.custody().PutKey(ctx, UserOwner("grace"), "PASSKEY", []byte("grace-key"), PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sync3 := func() {
+		for _, rb := range rbs {
+			if err := rb.follow(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := rb.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	sync3()
+	meta := func(k store.MetaKey) string { return c.etcdKey(c.prefix, store.BucketMeta, k.Key()) }
+	keyA := meta(store.RollbackNodeKey("a"))
+	rec := c.etcdKey(c.prefix, store.BucketKeys, store.Key(string(UserOwner("grace")), "PASSKEY"))
+	oldA, oldRec := c.rawGet(keyA), c.rawGet(rec)
+	rbs[0].BeforeBackup()
+	if err := a.custody().DeleteKey(ctx, UserOwner("grace"), "PASSKEY"); err != nil {
+		t.Fatal(err)
+	}
+	sync3()
+	for i, n := range nodes {
+		n.stop(rbs[i])
+	}
+	c.rawPut(keyA, oldA)
+	c.rawPut(rec, oldRec)
+	for _, n := range nodes {
+		_, err := n.start(c.prefix, RollbackOptions{})
+		var re *RollbackError
+		if !errors.Is(err, ErrRolledBack) || !errors.As(err, &re) || (n != a && (re.Node != "a" || re.Store >= re.Counter)) {
+			t.Fatalf("node %s after node a's record and its deleted record were put back: err = %v, want ErrRolledBack (naming node a on the others)", n.name, err)
+		}
+	}
+	// The digest alone would not have caught it: the restored set is the
+	// one node a's old share vouches for.
+	vdb := c.openDB(c.prefix)
+	defer vdb.Close()
+	if _, err := VerifyBackup(ctx, sim, vdb); err != nil {
+		t.Fatalf("VerifyBackup (digest only) of the partially restored store: %v", err)
+	}
+}
+
+// TestRollbackClusterNewGenerationAndSync: on a cluster node, a
+// transaction marked by NewGeneration (a PIN guess) takes a target of its
+// own although an ordinary change's increment is pending, and Sync
+// returns with that node's counter at it.
+func TestRollbackClusterNewGenerationAndSync(t *testing.T) {
+	ctx := context.Background()
+	sim := openSim(t, testSeed)
+	defer sim.Close()
+	c := newRBCluster(t, sim)
+	b := c.nodes["b"]
+	rb := b.mustStart(c.prefix)
+	if _, err := b.custody().PutKey(ctx, UserOwner("heidi"), "PASSKEY", []byte("k"), PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	g := rb.Status().Generation // pending, shareable
+	guess(t, rb, b.db, "guess", 1)
+	if got := rb.Status().Generation; got != g+1 {
+		t.Fatalf("a NewGeneration transaction on a cluster node shared the pending target: %d, want %d", got, g+1)
+	}
+	if err := rb.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if cv := counterValue(t, rb); cv != g+1 {
+		t.Fatalf("after Sync node b's counter is %d, want %d", cv, g+1)
+	}
+	b.stop(rb)
+}
+
+// TestRollbackClusterRemovedNodeKeepsItsShare: node b writes, then is
+// removed (`cluster remove`): its record stays, marked removed, so the
+// records it wrote still match the digest and node a starts; node b
+// refuses to start under its old name, and the removed record is not
+// writable by its old node.
+func TestRollbackClusterRemovedNodeKeepsItsShare(t *testing.T) {
+	ctx := context.Background()
+	sim := openSim(t, testSeed)
+	defer sim.Close()
+	c := newRBCluster(t, sim)
+	a, b := c.nodes["a"], c.nodes["b"]
+	rbB := b.mustStart(c.prefix)
+	if _, err := b.custody().PutKey(ctx, UserOwner("ivan"), "PASSKEY", []byte("k"), PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	b.stop(rbB)
+	rbA := a.mustStart(c.prefix)
+	if err := RemoveRollbackNode(ctx, a.db, a.root, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveRollbackNode(ctx, a.db, a.root, "nobody"); err == nil {
+		t.Fatal("removing a node without a record succeeded")
+	}
+	a.stop(rbA)
+	a.stop(a.mustStart(c.prefix))
+	if _, err := b.start(c.prefix, RollbackOptions{}); !errors.Is(err, ErrRollbackRecord) {
+		t.Fatalf("removed node b starts: err = %v, want ErrRollbackRecord", err)
+	}
+	vdb := c.openDB(c.prefix)
+	defer vdb.Close()
+	if rep, err := VerifyBackup(ctx, sim, vdb); err != nil || rep.Records == 0 {
+		t.Fatalf("VerifyBackup after node b's removal: %+v, %v", rep, err)
+	}
 }

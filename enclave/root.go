@@ -35,15 +35,19 @@
 // gone, and a MACed digest of every record catches one record spliced in
 // from an older copy: rollback.go (one node) and ledger.go (the digest).
 // Several appliances sharing one store (RollbackOptions.Node,
-// rollback_cluster.go) keep the generation and the digest in one shared
-// cluster record, updated in every changing transaction on any node, and
-// one record per node for that node's own counter. Every node follows the
-// cluster generation: when another node changes the store, this node too
-// raises its target past its counter and increments the counter. Hence
-// restoring every member from an old snapshot is refused by EVERY node
-// that followed a change made after the snapshot (its counter is ahead of
-// the target the snapshot restores), not only by the node that wrote it;
-// the window is the single-node one, one rollback.min_interval.
+// rollback_cluster.go) keep one record per node, written only by that
+// node: its counter target, its share of the digest (the XOR of every
+// node's share is the digest of the store), its own generation and the
+// generations it saw of the others — no record is shared by writers, so
+// the nodes' changes never conflict on rollback state. Every node follows
+// the others: when another node's generation rises, this node too raises
+// its target past its counter and increments the counter. Hence restoring
+// every member from an old snapshot is refused by EVERY node that followed
+// a change made after the snapshot (its counter is ahead of the target
+// the snapshot restores), and restoring one node's record with the records
+// it changed is refused by every node that saw that node's newer
+// generation; the window is the single-node one, one
+// rollback.min_interval.
 package enclave
 
 import (

@@ -80,34 +80,35 @@ func VerifyBackup(ctx context.Context, tpm transport.TPM, db *store.DB) (BackupR
 	return rep, err
 }
 
-// verifyClusterRecord checks a cluster rollback record, when the store has
-// one: its MAC, and its digest against a scan at the same revision.
+// verifyClusterRecord checks the nodes' rollback records, when the store
+// has them (a cluster): their MACs, and the XOR of their digest shares
+// against a scan at the same revision.
 func verifyClusterRecord(ctx context.Context, db *store.DB, root *Root, rep *BackupReport) error {
 	k := root.Subkey(SubkeyRollbackLedger)
 	h := newLedgerHash(k.Reveal())
 	k.Wipe()
-	var cs *clusterState
+	var recs map[string]*nodeState
 	var d digest
 	var n int
 	err := db.View(ctx, func(tx *store.Tx) (err error) {
-		if cs, err = readCluster(tx); err != nil || cs == nil {
+		if recs, err = readNodes(tx); err != nil || len(recs) == 0 {
 			return err
 		}
 		d, n, err = h.scan(tx)
 		return err
 	})
-	if err != nil || cs == nil {
+	if err != nil || len(recs) == 0 {
 		return err
 	}
 	mk := root.Subkey(SubkeyRollback)
-	ok := cs.verify(mk.Reveal())
+	ok := checkOthers(recs, mk.Reveal(), "") == nil
 	mk.Wipe()
 	if !ok {
-		return fmt.Errorf("%w: the backup's cluster rollback record does not verify", ErrWrongRootKey)
+		return fmt.Errorf("%w: a node's rollback record in the backup does not verify", ErrWrongRootKey)
 	}
 	rep.Rollback, rep.Records = true, n
-	if cs.digest() != d {
-		return fmt.Errorf("%w: the backup's %d records are not the ones its cluster rollback record vouches for", ErrRecordsAltered, n)
+	if shares(recs) != d {
+		return fmt.Errorf("%w: the backup's %d records are not the ones its nodes' rollback records vouch for", ErrRecordsAltered, n)
 	}
 	return nil
 }

@@ -22,15 +22,12 @@ const (
 	// name, commitment to the record digest), MACed under the root subkey
 	// "rollback"; rewritten by the change ledger in each write transaction.
 	MetaRollback MetaKey = "rollback"
-	// MetaRollbackCluster: the cluster rollback record of a store shared
-	// by several nodes (JSON: cluster generation and the record digest),
-	// MACed under the root subkey "rollback"; rewritten in every write
-	// transaction that changes a record, from any node.
-	MetaRollbackCluster MetaKey = "rollback_cluster"
 	// MetaRollbackNode is the prefix of one node's rollback record in a
-	// cluster ([RollbackNodeKey]: node name, its TPM's counter target and
-	// the cluster generation it covers), MACed under the root subkey
-	// "rollback" with the node name bound.
+	// cluster ([RollbackNodeKey]: node name, its TPM's counter target, its
+	// own generation, its share of the record digest and the generations
+	// it saw of the other nodes), MACed under the root subkey "rollback"
+	// with the node name bound; written only by that node (and marked
+	// removed, never deleted, when the node leaves).
 	MetaRollbackNode MetaKey = "rollback_node"
 	// MetaRecovery: the recovery record (JSON: root id, split id,
 	// threshold, the shares age-encrypted to the custodians' recipients).
@@ -61,7 +58,7 @@ const (
 
 // metaKeys lists every MetaKey (the package doc draws each).
 var metaKeys = []MetaKey{
-	MetaSealedRoot, MetaRollback, MetaRollbackCluster, MetaRollbackNode, MetaRecovery, MetaAttestAK, MetaSigningKey, MetaAuditHead,
+	MetaSealedRoot, MetaRollback, MetaRollbackNode, MetaRecovery, MetaAttestAK, MetaSigningKey, MetaAuditHead,
 	MetaLastBackup, MetaHeartbeat, MetaCustodianPriorsSealed, MetaClientSharesPriorsSealed,
 	MetaVaultClientKey,
 }
@@ -108,4 +105,11 @@ func (db *DB) HasMeta(ctx context.Context, k MetaKey) (bool, error) {
 		return err
 	})
 	return set, err
+}
+
+// ForEachMeta calls fn for each meta key beginning with prefix (say
+// RollbackNodeKey("") for every node's rollback record), in key order. v
+// is valid only inside fn.
+func (tx *Tx) ForEachMeta(prefix MetaKey, fn func(k MetaKey, v []byte) error) error {
+	return tx.ForEach(BucketMeta, prefix.Key(), func(k, v []byte) error { return fn(MetaKey(k), v) })
 }

@@ -185,7 +185,7 @@ func TestDevRollbackNodeOnEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	for k, want := range map[string]bool{"rollback_cluster": true, "rollback_node\x00node-1": true, "rollback": false} {
+	for k, want := range map[string]bool{"rollback_cluster": false, "rollback_node\x00node-1": true, "rollback": false} {
 		resp, err := cli.Client().Get(context.Background(), "kw-rbnode/meta/"+k)
 		if err != nil {
 			t.Fatal(err)

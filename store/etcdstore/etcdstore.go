@@ -35,18 +35,34 @@
 // stale.
 //
 // [Store.Update] runs fn against a snapshot at R with its writes buffered,
-// then commits them in one etcd transaction guarded by the fence: "if the
-// fence's mod revision is still what it was at R, apply every write and
-// rewrite the fence". Any write transaction of any node since R makes the
-// guard fail; fn then runs again on a fresh snapshot (fn may run more than
-// once, as the façade's contract already says). One fence rather than a
-// compare per key read: range reads (ForEach, DeletePrefix) are protected
-// too — etcd cannot compare "no key in this range was deleted since R" —
-// and a transaction costs one compare however much it read, which keeps it
-// under etcd's --max-txn-ops. It serializes write transactions across the
-// cluster; the store's change ledger rewrites the rollback record in meta
-// in every write transaction anyway, so no two write transactions could
-// have committed concurrently in any case.
+// then commits them in one etcd transaction guarded by what fn read: when
+// fn read single keys only, "if every key read still has the mod revision
+// it had at R (0: still absent)"; when fn scanned a range (ForEach,
+// DeletePrefix), "if the fence's mod revision is still what it was at R"
+// — etcd cannot compare "no key in this range was deleted since R", and
+// every write transaction rewrites the fence (a blind write, compared by
+// nobody but range readers). A guard that fails means another transaction
+// changed what fn read: fn runs again on a fresh snapshot (fn may run more
+// than once, as the façade's contract already says). Transactions of
+// different nodes that read and write different keys therefore commit
+// side by side (each node's group commit and its own rollback record:
+// enclave/rollback_cluster.go); what they would lose to each other is
+// exactly what the guard catches. The per-key guard is serializable (every
+// value fn read is still current when its writes apply). A transaction
+// that read more keys than it writes (and more than 128, etcd's default
+// --max-txn-ops, which bounds the larger of compares and operations)
+// compares the fence instead.
+//
+// An Update's first attempt fixes R with a serializable read of the fence
+// (no round through the leader: a linearizable read would also wait until
+// the member applied every commit in flight, which made the nodes' writers
+// wait on one another's commits). R may then be behind; nothing fn
+// concluded from it is trusted unless the guard holds afterwards, at the
+// leader: at the commit, or — when fn wrote nothing or returned an error
+// (a refusal may rest on what it read) — in a linearizable read-only
+// transaction of the same compares. A guard that fails runs fn again, and
+// every later attempt begins with a linearizable read. So an Update, like
+// a View, never acts on or answers from state older than its start.
 //
 // # Limits
 //
@@ -268,7 +284,7 @@ func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) (err
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		ok, err := s.attempt(ctx, fn)
+		ok, err := s.attempt(ctx, fn, attempt == 0)
 		if err != nil {
 			return err
 		}
@@ -294,14 +310,21 @@ func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) (err
 }
 
 // attempt runs fn once and tries to commit; false: a conflict.
-func (s *Store) attempt(ctx context.Context, fn func(store.BackendTx) error) (bool, error) {
+func (s *Store) attempt(ctx context.Context, fn func(store.BackendTx) error, first bool) (bool, error) {
 	ctx, leave, err := s.enter(ctx)
 	if err != nil {
 		return false, err
 	}
 	defer leave()
-	tx := &Tx{s: s, ctx: ctx, writable: true, writes: map[string][]byte{}}
+	tx := &Tx{s: s, ctx: ctx, writable: true, writes: map[string][]byte{}, stale: first}
 	if err := fn(tx); err != nil {
+		if tx.stale && tx.rev != 0 {
+			// fn's refusal may rest on a snapshot that was behind: it
+			// stands only if what fn read is still current.
+			if ok, verr := tx.validate(); verr == nil && !ok {
+				return false, nil
+			}
+		}
 		return false, err
 	}
 	ok, err := tx.commit()
@@ -320,8 +343,11 @@ type Tx struct {
 	ctx      context.Context
 	writable bool
 
-	rev      int64 // the snapshot revision, 0 before the first read
-	fenceMod int64 // the fence's mod revision at rev (0: absent)
+	rev      int64            // the snapshot revision, 0 before the first read
+	fenceMod int64            // the fence's mod revision at rev (0: absent)
+	reads    map[string]int64 // Update: key read → its mod revision at rev (0: absent)
+	ranged   bool             // Update: a range was read (the guard is the fence)
+	stale    bool             // Update: rev was read serializably, maybe behind (every outcome is validated)
 
 	writes  map[string][]byte // full etcd key → value; nil value: deleted
 	created map[store.Bucket]bool
@@ -332,7 +358,11 @@ func (tx *Tx) begin() error {
 	if tx.rev != 0 {
 		return nil
 	}
-	resp, err := tx.s.cli.Get(tx.ctx, tx.s.fence)
+	var opts []clientv3.OpOption
+	if tx.stale {
+		opts = append(opts, clientv3.WithSerializable())
+	}
+	resp, err := tx.s.cli.Get(tx.ctx, tx.s.fence, opts...)
 	if err != nil {
 		return tx.s.wrap(err)
 	}
@@ -349,6 +379,7 @@ func (tx *Tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse,
 	if err := tx.begin(); err != nil {
 		return nil, err
 	}
+	point := len(opts) == 0 // ForEach passes a range and marks the transaction
 	opts = append(opts, clientv3.WithRev(tx.rev))
 	resp, err := tx.s.cli.Get(tx.ctx, key, append(opts, clientv3.WithSerializable())...)
 	if errors.Is(err, rpctypes.ErrFutureRev) {
@@ -356,6 +387,16 @@ func (tx *Tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse,
 	}
 	if err != nil {
 		return nil, tx.s.wrap(err)
+	}
+	if tx.writable && point {
+		if tx.reads == nil {
+			tx.reads = map[string]int64{}
+		}
+		var mod int64 // absent: etcd compares a missing key's revisions as 0
+		if len(resp.Kvs) == 1 {
+			mod = resp.Kvs[0].ModRevision
+		}
+		tx.reads[key] = mod
 	}
 	return resp, nil
 }
@@ -542,6 +583,7 @@ func (tx *Tx) ForEach(b store.Bucket, prefix []byte, fn func(k, v []byte) error)
 	sort.Strings(mine)
 
 	emit := func(k string, v []byte) error { return fn([]byte(k[len(base):]), v) }
+	tx.ranged = true // a key deleted from the range leaves nothing to compare: the guard is the fence
 	from := start
 	for {
 		resp, err := tx.get(from, clientv3.WithRange(end), clientv3.WithLimit(page))
@@ -593,6 +635,9 @@ func (tx *Tx) ForEach(b store.Bucket, prefix []byte, fn func(k, v []byte) error)
 // snapshot): nothing was written and fn must run again.
 func (tx *Tx) commit() (bool, error) {
 	if len(tx.writes) == 0 {
+		if tx.stale && tx.rev != 0 {
+			return tx.validate() // what fn read (and returned) must be current
+		}
 		return true, nil
 	}
 	keys := make([]string, 0, len(tx.writes))
@@ -615,9 +660,8 @@ func (tx *Tx) commit() (bool, error) {
 	}
 	ops = append(ops, clientv3.OpPut(tx.s.fence, ""))
 	t := tx.s.cli.Txn(tx.ctx)
-	if tx.rev != 0 {
-		// fn read something: commit only if nobody wrote since.
-		t = t.If(clientv3.Compare(clientv3.ModRevision(tx.s.fence), "=", tx.fenceMod))
+	if tx.rev != 0 { // else fn read nothing: blind writes
+		t = t.If(tx.guard(len(ops), tx.s.maxReq-size)...)
 	}
 	resp, err := t.Then(ops...).Commit()
 	if err != nil {
@@ -627,6 +671,43 @@ func (tx *Tx) commit() (bool, error) {
 		if errors.Is(err, rpctypes.ErrRequestTooLarge) {
 			return false, fmt.Errorf("%w: %d bytes (%v)", ErrTooLarge, size, err)
 		}
+		return false, tx.s.wrap(err)
+	}
+	return resp.Succeeded, nil
+}
+
+// minTxnOps is etcd's default --max-txn-ops: a guard of up to this many
+// compares fits any server.
+const minTxnOps = 128
+
+// guard is the condition under which what fn read is still current: every
+// key read has the mod revision it had at rev (0: still absent), or, after
+// a range read (etcd cannot compare "nothing in this range was deleted"),
+// more keys than a transaction of nops operations may compare, or more
+// than room bytes of keys, the fence has not moved since rev.
+func (tx *Tx) guard(nops, room int) []clientv3.Cmp {
+	fence := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(tx.s.fence), "=", tx.fenceMod)}
+	if tx.ranged || len(tx.reads) > max(nops, minTxnOps) {
+		return fence
+	}
+	cmps := make([]clientv3.Cmp, 0, len(tx.reads))
+	for k, mod := range tx.reads {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
+		room -= len(k) + 16
+	}
+	if room < 0 {
+		return fence
+	}
+	return cmps
+}
+
+// validate reports whether what fn read is still current, in a read-only
+// transaction that is linearizable (its fence read is not serializable,
+// so the member confirms with the leader first; a transaction of compares
+// alone would be answered locally).
+func (tx *Tx) validate() (bool, error) {
+	resp, err := tx.s.cli.Txn(tx.ctx).If(tx.guard(0, tx.s.maxReq)...).Then(clientv3.OpGet(tx.s.fence, clientv3.WithKeysOnly())).Commit()
+	if err != nil {
 		return false, tx.s.wrap(err)
 	}
 	return resp.Succeeded, nil

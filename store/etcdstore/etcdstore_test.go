@@ -450,3 +450,111 @@ func ignoreNotFound(err error) error {
 	}
 	return err
 }
+
+// TestDisjointPointReadsDoNotConflict: an Update that read only single
+// keys commits although another node's transaction on OTHER keys committed
+// between its read and its commit (each node's writers touch their own
+// keys: no retry); a transaction that wrote a key it read still makes it
+// run again, and so does one that created a key it found absent.
+func TestDisjointPointReadsDoNotConflict(t *testing.T) {
+	s := openEmbedded(t)
+	other, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: s.Client().Endpoints(), Prefix: s.Prefix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	update(t, s, func(tx store.BackendTx) error {
+		return errors.Join(tx.Put(bk, []byte("mine"), []byte("0")), tx.Put(bk, []byte("theirs"), []byte("0")))
+	})
+	runs := 0
+	update(t, s, func(tx store.BackendTx) error {
+		runs++
+		v, err := tx.Get(bk, []byte("mine"))
+		if err != nil {
+			return err
+		}
+		if runs == 1 {
+			update(t, other, func(tx store.BackendTx) error {
+				if _, err := tx.Get(bk, []byte("theirs")); err != nil {
+					return err
+				}
+				return tx.Put(bk, []byte("theirs"), []byte("1"))
+			})
+		}
+		return tx.Put(bk, []byte("mine"), append(v, '+'))
+	})
+	if runs != 1 || s.Conflicts() != 0 || get(t, s, "mine") != "0+" || get(t, s, "theirs") != "1" {
+		t.Fatalf("disjoint keys: %d runs, %d conflicts, mine %q, theirs %q; want 1 run, 0 conflicts", runs, s.Conflicts(), get(t, s, "mine"), get(t, s, "theirs"))
+	}
+
+	// The negative cases: the key read was changed, or a key found
+	// absent was created, by the other node meanwhile.
+	for _, k := range []string{"mine", "absent"} {
+		runs = 0
+		c0 := s.Conflicts()
+		update(t, s, func(tx store.BackendTx) error {
+			runs++
+			_, err := tx.Get(bk, []byte(k))
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			if runs == 1 {
+				update(t, other, func(tx store.BackendTx) error { return tx.Put(bk, []byte(k), []byte("other")) })
+			}
+			return tx.Put(bk, []byte("seen-"+k), []byte(fmt.Sprint(err == nil)))
+		})
+		if runs != 2 || s.Conflicts() != c0+1 || get(t, s, "seen-"+k) != "true" {
+			t.Fatalf("key %q changed meanwhile: %d runs, %d conflicts, seen %q; want 2 runs, 1 conflict, true", k, runs, s.Conflicts()-c0, get(t, s, "seen-"+k))
+		}
+	}
+}
+
+// TestUpdateOutcomeValidated: an Update's first attempt reads from a
+// snapshot that may be behind, so an outcome that commits nothing — a
+// refusal (fn's error) or a read-only success — stands only if what fn
+// read is still current; when another client changed it meanwhile, fn
+// runs again on the new state.
+func TestUpdateOutcomeValidated(t *testing.T) {
+	s := openEmbedded(t)
+	other, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: s.Client().Endpoints(), Prefix: s.Prefix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	errSpent := errors.New("spent")
+	for _, refuse := range []bool{true, false} {
+		update(t, s, func(tx store.BackendTx) error { return tx.Put(bk, []byte("ceremony"), []byte("spent")) })
+		runs := 0
+		var seen string
+		err := s.Update(context.Background(), func(tx store.BackendTx) error {
+			runs++
+			v, err := tx.Get(bk, []byte("ceremony"))
+			if err != nil {
+				return err
+			}
+			seen = string(v)
+			if runs == 1 {
+				update(t, other, func(tx store.BackendTx) error { return tx.Put(bk, []byte("ceremony"), []byte("fresh")) })
+			}
+			if refuse && seen == "spent" {
+				return errSpent
+			}
+			return nil
+		})
+		if err != nil || runs != 2 || seen != "fresh" {
+			t.Fatalf("refusal %v: err %v after %d runs, saw %q; want nil after 2 runs, fresh", refuse, err, runs, seen)
+		}
+	}
+	// Unchanged meanwhile: the refusal stands after one run.
+	runs := 0
+	err = s.Update(context.Background(), func(tx store.BackendTx) error {
+		runs++
+		if _, err := tx.Get(bk, []byte("ceremony")); err != nil {
+			return err
+		}
+		return errSpent
+	})
+	if !errors.Is(err, errSpent) || runs != 1 {
+		t.Fatalf("refusal on a current read: %v after %d runs", err, runs)
+	}
+}
