@@ -200,10 +200,33 @@ func wireCluster(_ context.Context, a *appliance, opts *server.Options) error {
 	if a.member == nil {
 		return nil
 	}
-	h, err := clusterapi.NewMembers(a.member, opts.Audit, a.log)
+	h, err := clusterapi.NewMembers(retiringMember{Embedded: a.member, db: a.db, root: a.root, log: a.log}, opts.Audit, a.log)
 	if err != nil {
 		return err
 	}
 	opts.Cluster = h
 	return nil
+}
+
+// retiringMember is the embedded member whose Remove also marks the
+// removed node's rollback record removed (enclave.RemoveRollbackNode): its
+// digest share stays in the store's digest, and no node starts again
+// under that name (decisions/45).
+type retiringMember struct {
+	*cluster.Embedded
+	db   *store.DB
+	root *enclave.Root
+	log  *slog.Logger
+}
+
+func (m retiringMember) Remove(ctx context.Context, id cluster.ID) (cluster.MemberInfo, error) {
+	info, err := m.Embedded.Remove(ctx, id)
+	if err != nil || info.Name == "" {
+		return info, err
+	}
+	if err := enclave.RemoveRollbackNode(ctx, m.db, m.root, info.Name); err != nil {
+		// The member is gone; a node that never started has no record.
+		m.log.Warn("cluster member removed; its rollback record was not marked removed", "name", info.Name, "err", err)
+	}
+	return info, nil
 }
