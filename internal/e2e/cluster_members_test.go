@@ -27,6 +27,11 @@ import (
 
 const clusterAdminKey = "cluster-e2e-admin-key-0123456789"
 
+// clusterHTTP is the cluster tests' client; TestMain checks its exchanges
+// against openapi.yaml like opsClient's. No timeout: a member removal
+// waits out etcd's health interval.
+var clusterHTTP = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
 // clusterNode is one appliance of the embedded backend for this test.
 type clusterNode struct {
 	*proc.Node
@@ -55,7 +60,7 @@ func adminDo(t *testing.T, n *clusterNode, method, path string) (int, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(method, n.URL(path), nil)
 	req.Header.Set("Authorization", "Bearer "+clusterAdminKey)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := clusterHTTP.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -93,7 +98,7 @@ func fbKey(t *testing.T, n *clusterNode, method, token string, key []byte) (int,
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := clusterHTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

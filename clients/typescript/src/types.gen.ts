@@ -93,6 +93,92 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/pin/registrations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Begin a PIN registration: evaluate the blinded PIN with a fresh OPRF key. */
+        post: operations["pinBegin"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pin/registrations/{registrationId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** Complete the registration with the unlock tag, the guess limit and the key. */
+        put: operations["pinRegister"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pin/recoveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Start a recovery: one guess is counted durably before the evaluation is answered. */
+        post: operations["pinRecover"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pin/recoveries/{recoveryId}/unlock": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Unlock with the tag: the key (sealed to the recipient bound at the start); the count resets. */
+        post: operations["pinUnlock"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pin": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Whether a PIN is registered and the guesses left (counts no guess). */
+        get: operations["pinStatus"];
+        put?: never;
+        post?: never;
+        /** Delete the PIN registration and its key. */
+        delete: operations["pinDelete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/attestation": {
         parameters: {
             query?: never;
@@ -547,6 +633,23 @@ export interface paths {
         };
         /** A consistent copy of the live store. */
         get: operations["backup"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/backup/etcd-snapshot": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** etcd's snapshot of the member the node reaches, for etcdutl (etcd store backends only; 404 route_not_found on the others). */
+        get: operations["etcdSnapshot"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1054,6 +1157,159 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/cluster": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The embedded etcd cluster's members as this member sees them (embedded etcd only). */
+        get: operations["getCluster"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/cluster/members/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Remove a member; refuses the last voter, a removal that would lose quorum, and the member serving the request. */
+        delete: operations["removeClusterMember"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/cluster/joins/nonce": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Attested join, joiner: a nonce (5 minutes, spent once) and the PCRs its quote must cover. No admin key. */
+        post: operations["issueJoinNonce"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/cluster/joins": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Attested join, joiner: the request (TPM quote over the nonce, bound to the EK, name and peer URLs); it waits for an operator. No admin key. */
+        post: operations["submitJoin"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/cluster/joins/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Attested join, joiner: the request's state, and once approved the answer (nothing in it is secret). A wrong or missing poll secret is 404 join_not_found, as for an unknown id. */
+        get: operations["pollJoin"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/cluster/joins": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every join request kept (finished ones for a day after they expire), oldest first. */
+        get: operations["listJoins"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/cluster/joins/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One join request, as the operator compares it (AK name, EK fingerprint, quoted PCRs). */
+        get: operations["getJoin"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/cluster/joins/{id}/approve": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Approve a pending request; its quote is checked again against the cluster's PCR policy (403 join_policy_refused refuses the request and sends nothing), the node is added as a learner and the root key is encrypted to its TPM. */
+        post: operations["approveJoin"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/cluster/joins/{id}/refuse": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Refuse a pending request. */
+        post: operations["refuseJoin"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/debug/pprof/profile": {
         parameters: {
             query?: never;
@@ -1104,7 +1360,7 @@ export interface components {
          * @description Every error code the appliance answers with.
          * @enum {string}
          */
-        ErrorCode: "admin_unauthorized" | "assertion_invalid" | "attestation_invalid" | "attestation_unavailable" | "audit_unavailable" | "auth_time_invalid" | "auth_too_old" | "backup_flags_invalid" | "bad_bind" | "bad_nonce" | "bad_request" | "bind_unavailable" | "body_too_large" | "ceremony_capacity" | "ceremony_expired" | "ceremony_rp_mismatch" | "ceremony_unknown" | "challenge_mismatch" | "ciphertext_rejected" | "ciphertext_version_retired" | "client_data_type_mismatch" | "client_mismatch" | "conflict" | "counter_regressed" | "credential_exists" | "credential_not_allowed" | "credential_revoked" | "credential_unknown" | "custodian_not_configured" | "email_not_verified" | "firebase_keys_unavailable" | "firebase_not_configured" | "forbidden" | "hpke_open_failed" | "import_claim_expired" | "imported_key_unclaimed" | "internal" | "invalid_backup_method" | "invalid_cipher_text" | "invalid_client_id" | "invalid_credential" | "invalid_import" | "invalid_job_id" | "invalid_json" | "invalid_key" | "invalid_method" | "invalid_owner" | "invalid_recipient_key" | "invalid_sealed_key" | "invalid_share" | "invalid_user_id" | "invalid_version_id" | "key_exists" | "key_format_mismatch" | "key_required" | "method_not_allowed" | "no_items" | "not_found" | "origin_mismatch" | "origin_not_allowed" | "overloaded" | "passkey_not_found" | "passkey_reset_disabled" | "passkeys_not_configured" | "portal_bad_answer" | "portal_credential_invalid" | "portal_credential_missing" | "portal_credential_unknown" | "portal_custodian_mismatch" | "portal_unavailable" | "provider_not_allowed" | "quote_failed" | "rate_limited" | "reauthentication_required" | "recipient_mismatch" | "record_damaged" | "route_not_found" | "rp_id_mismatch" | "sealed" | "session_expired" | "session_invalid" | "store_unavailable" | "subject_invalid" | "token_alg" | "token_expired" | "token_issued_in_future" | "token_kid_unknown" | "token_malformed" | "token_missing" | "token_not_yet_valid" | "token_signature" | "token_too_large" | "token_too_old" | "too_many_ceremonies" | "too_many_items" | "too_many_passkeys" | "unauthorized" | "unavailable" | "unknown_relying_party" | "unsupported_media_type" | "unsupported_suite" | "user_blocked" | "user_handle_mismatch" | "user_presence_missing" | "user_verification_missing" | "vault_error" | "vault_forbidden" | "vault_key_not_derived" | "vault_unavailable" | "webhook_not_configured" | "webhook_secret" | "webhook_source_refused" | "wrong_audience" | "wrong_issuer" | "wrong_tenant";
+        ErrorCode: "admin_unauthorized" | "assertion_invalid" | "attestation_invalid" | "attestation_unavailable" | "audit_unavailable" | "auth_time_invalid" | "auth_too_old" | "backup_flags_invalid" | "bad_bind" | "bad_nonce" | "bad_request" | "bind_unavailable" | "body_too_large" | "ceremony_capacity" | "ceremony_expired" | "ceremony_rp_mismatch" | "ceremony_unknown" | "challenge_mismatch" | "ciphertext_rejected" | "ciphertext_version_retired" | "client_data_type_mismatch" | "client_mismatch" | "cluster_unavailable" | "conflict" | "counter_regressed" | "credential_exists" | "credential_not_allowed" | "credential_revoked" | "credential_unknown" | "custodian_not_configured" | "email_not_verified" | "firebase_keys_unavailable" | "firebase_not_configured" | "forbidden" | "hpke_open_failed" | "import_claim_expired" | "imported_key_unclaimed" | "internal" | "invalid_backup_method" | "invalid_blinded_element" | "invalid_cipher_text" | "invalid_client_id" | "invalid_credential" | "invalid_guess_limit" | "invalid_import" | "invalid_job_id" | "invalid_json" | "invalid_key" | "invalid_member_id" | "invalid_method" | "invalid_owner" | "invalid_recipient_key" | "invalid_sealed_key" | "invalid_share" | "invalid_unlock_tag" | "invalid_user_id" | "invalid_version_id" | "join_evidence_invalid" | "join_expired" | "join_member_add_failed" | "join_nonce_invalid" | "join_nonce_limit" | "join_not_found" | "join_not_pending" | "join_pending_limit" | "join_policy_refused" | "join_policy_unavailable" | "join_replayed" | "join_request_invalid" | "join_request_too_large" | "join_unavailable" | "key_exists" | "key_format_mismatch" | "key_required" | "last_voter" | "member_is_self" | "member_not_found" | "method_not_allowed" | "no_items" | "not_found" | "origin_mismatch" | "origin_not_allowed" | "overloaded" | "passkey_not_found" | "passkey_reset_disabled" | "passkeys_not_configured" | "pin_exists" | "pin_incorrect" | "pin_locked" | "pin_not_registered" | "pin_recovery_not_found" | "pin_registration_not_found" | "portal_bad_answer" | "portal_credential_invalid" | "portal_credential_missing" | "portal_credential_unknown" | "portal_custodian_mismatch" | "portal_unavailable" | "provider_not_allowed" | "quote_failed" | "rate_limited" | "reauthentication_required" | "recipient_mismatch" | "record_damaged" | "rollback_counter_unavailable" | "route_not_found" | "rp_id_mismatch" | "sealed" | "session_expired" | "session_invalid" | "store_unavailable" | "subject_invalid" | "token_alg" | "token_expired" | "token_issued_in_future" | "token_kid_unknown" | "token_malformed" | "token_missing" | "token_not_yet_valid" | "token_signature" | "token_too_large" | "token_too_old" | "too_many_ceremonies" | "too_many_items" | "too_many_passkeys" | "unauthorized" | "unavailable" | "unknown_relying_party" | "unsupported_media_type" | "unsupported_suite" | "user_blocked" | "user_handle_mismatch" | "user_presence_missing" | "user_verification_missing" | "vault_client_key_mismatch" | "vault_client_key_unavailable" | "vault_error" | "vault_forbidden" | "vault_key_not_derived" | "vault_unavailable" | "webhook_not_configured" | "webhook_secret" | "webhook_source_refused" | "would_lose_quorum" | "wrong_audience" | "wrong_issuer" | "wrong_tenant";
         Health: {
             /** @enum {string} */
             status: "ok";
@@ -1571,6 +1827,128 @@ export interface components {
         RewrapJobs: {
             jobs: components["schemas"]["RewrapJob"][];
         };
+        /** @description A member of the embedded etcd cluster. */
+        ClusterMember: {
+            /** @description member id, hexadecimal (what DELETE /v1/admin/cluster/members/{id} takes) */
+            id: string;
+            /** @description empty for a learner that has not started yet */
+            name: string;
+            peerURLs: string[];
+            learner: boolean;
+            leader: boolean;
+            /** @description the member that answered */
+            self: boolean;
+        };
+        ClusterStatus: {
+            /** @description hexadecimal */
+            clusterId: string;
+            /** @description the answering member's id, hexadecimal */
+            memberId: string;
+            /** @description the leader's id, hexadecimal; "0" when no leader is known */
+            leader: string;
+            members: components["schemas"]["ClusterMember"][];
+        };
+        ClusterMemberRemoved: {
+            removed: components["schemas"]["ClusterMember"];
+        };
+        JoinNonce: {
+            /** @description 32 bytes, standard base64 */
+            nonce: string;
+            /** @description the PCRs (sha256 bank) the quote must cover */
+            pcrSelection: number[];
+            /** Format: date-time */
+            expires: string;
+        };
+        /** @description A joining node's request (what `keywarden cluster join` sends). */
+        JoinSubmit: {
+            /** @description the issued nonce, standard base64 */
+            nonce: string;
+            /** @description the member name asked for (1..63 printable ASCII, no '=', ',', '/' or space) */
+            name: string;
+            /** @description 1..8 URLs https://host:port its peers reach it at */
+            peerURLs: string[];
+            /** @description the TPM's endorsement key (ECC P-256 or RSA-2048), SubjectPublicKeyInfo DER, standard base64 */
+            ekPublic: string;
+            /** @description its certificate (DER, standard base64) when the TPM has one; required when the cluster pins TPM makers' roots */
+            ekCertificate?: string;
+            evidence: components["schemas"]["Evidence"];
+        };
+        JoinSubmitted: {
+            id: string;
+            /** @description the Bearer credential of GET /v1/cluster/joins/{id}; shown once */
+            pollSecret: string;
+            /** @description the attestation key's TPM Name, hexadecimal (compare it with the joiner's) */
+            akName: string;
+            /** @description the endorsement key's fingerprint (compare it with the joiner's) */
+            ekFingerprint: string;
+            /** Format: date-time */
+            expires: string;
+        };
+        /** @enum {string} */
+        JoinState: "pending" | "approved" | "refused" | "expired";
+        /** @description TPM2_MakeCredential's output for the joiner's EK and AK (attest.EnrollChallenge). */
+        JoinCredential: {
+            ekType: string;
+            /** @description TPM2B_ID_OBJECT contents, standard base64 */
+            credential: string;
+            /** @description TPM2B_ENCRYPTED_SECRET contents, standard base64 */
+            secret: string;
+        };
+        /** @description What an approved joiner receives; the root key in it is encrypted to a secret only the joiner's TPM recovers. */
+        JoinAnswer: {
+            /** @description decimal (unlike GET /v1/admin/cluster, which shows ids in hexadecimal) */
+            clusterId: string;
+            /** @description decimal */
+            memberId: string;
+            /** @description etcd's initial-cluster for the new member */
+            initialCluster: string;
+            credential: components["schemas"]["JoinCredential"];
+            /** @description AES-GCM nonce, standard base64 */
+            nonce: string;
+            /** @description the root key under AES-256-GCM, standard base64 */
+            ciphertext: string;
+        };
+        JoinPoll: {
+            id: string;
+            state: components["schemas"]["JoinState"];
+            /** @description why it was refused (a snake_case code) */
+            reason?: string;
+            /** Format: date-time */
+            expires: string;
+            answer?: components["schemas"]["JoinAnswer"];
+        };
+        /** @description A join request as the operator sees it. */
+        Join: {
+            id: string;
+            state: components["schemas"]["JoinState"];
+            /** @description why it was refused (a snake_case code) */
+            reason?: string;
+            name: string;
+            peerURLs: string[];
+            akName: string;
+            ekFingerprint: string;
+            /** @description the EK certificate's subject and issuer, when one came */
+            ekCertificate?: string;
+            /** @description quoted PCR index ("0".."23") → value, hexadecimal */
+            pcrs: {
+                [key: string]: string;
+            };
+            /** @description the joiner's address */
+            remote?: string;
+            /** Format: date-time */
+            created: string;
+            /** Format: date-time */
+            expires: string;
+            /** @description once approved, the new member's id in decimal (GET /v1/admin/cluster shows it in hexadecimal) */
+            memberId?: string;
+        };
+        JoinList: {
+            joins: components["schemas"]["Join"][];
+        };
+        JoinRefuse: {
+            /** @description a snake_case code (default: refused_by_operator) */
+            reason?: string;
+        };
         /** @description Portal SDK shape (unknown members ignored). */
         PortalEncryptKey: {
             /** @description the SDK key string, kept byte for byte */
@@ -1659,8 +2037,80 @@ export interface components {
             /** Format: date-time */
             expiresAt: string;
         };
+        PinBlinded: {
+            /** @description RFC 9497 ristretto255 element, base64url without padding */
+            blindedElement: string;
+        };
+        PinBegun: {
+            registrationId: string;
+            /** @description RFC 9497 ristretto255 element, base64url without padding */
+            evaluatedElement: string;
+        };
+        PinRegister: {
+            /** @description 32 bytes, base64url without padding */
+            unlockTag: string;
+            guessLimit?: number;
+            /** @description the key, standard base64 (padded or not) of 1..1024 bytes */
+            key?: string;
+            /** @description HPKE ciphertext of the key sealed to the appliance key (GET /v1/appliance-key) */
+            sealedKey?: string;
+            /** @description HPKE encapsulated key */
+            enc?: string;
+            /**
+             * @description the appliance key suite
+             * @enum {string}
+             */
+            suite?: "MLKEM768-X25519-HKDF-SHA256-AES-256-GCM";
+        };
+        PinRegistered: {
+            /** @description the key the appliance generated (only when none was sent) */
+            key?: string;
+        };
+        PinRecover: {
+            /** @description RFC 9497 ristretto255 element, base64url without padding */
+            blindedElement: string;
+            /** @description HPKE public key: the release is sealed to it */
+            recipientPublicKey?: string;
+        };
+        PinRecovery: {
+            recoveryId: string;
+            /** @description RFC 9497 ristretto255 element, base64url without padding */
+            evaluatedElement: string;
+            guessesRemaining: number;
+        };
+        PinUnlock: {
+            unlockTag: string;
+        };
+        PinIncorrect: {
+            error: {
+                /** @enum {string} */
+                code: "pin_incorrect";
+                message: string;
+            };
+            guessesRemaining: number;
+        };
+        PinStatus: {
+            registered: boolean;
+            guessLimit: number;
+            guessesRemaining: number;
+        };
     };
     responses: {
+        /** @description Gone for good (a PIN registration out of guesses, and its key; a join request past its expiry). */
+        Gone: {
+            headers: {
+                "X-Request-Id": components["headers"]["RequestId"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": {
+                    error?: {
+                        /** @enum {unknown} */
+                        code?: "join_expired" | "pin_locked";
+                    };
+                } & components["schemas"]["Error"];
+            };
+        };
         /** @description The request is malformed or invalid. */
         BadRequest: {
             headers: {
@@ -1671,7 +2121,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "attestation_invalid" | "bad_bind" | "bad_nonce" | "bad_request" | "bind_unavailable" | "ceremony_expired" | "ceremony_rp_mismatch" | "ceremony_unknown" | "hpke_open_failed" | "invalid_backup_method" | "invalid_cipher_text" | "invalid_client_id" | "invalid_credential" | "invalid_import" | "invalid_job_id" | "invalid_json" | "invalid_key" | "invalid_method" | "invalid_owner" | "invalid_recipient_key" | "invalid_sealed_key" | "invalid_share" | "invalid_user_id" | "invalid_version_id" | "key_required" | "no_items" | "recipient_mismatch" | "session_invalid" | "too_many_items" | "unknown_relying_party" | "unsupported_suite";
+                        code?: "attestation_invalid" | "bad_bind" | "bad_nonce" | "bad_request" | "bind_unavailable" | "ceremony_expired" | "ceremony_rp_mismatch" | "ceremony_unknown" | "hpke_open_failed" | "invalid_backup_method" | "invalid_blinded_element" | "invalid_cipher_text" | "invalid_client_id" | "invalid_credential" | "invalid_guess_limit" | "invalid_import" | "invalid_job_id" | "invalid_json" | "invalid_key" | "invalid_member_id" | "invalid_method" | "invalid_owner" | "invalid_recipient_key" | "invalid_sealed_key" | "invalid_share" | "invalid_unlock_tag" | "invalid_user_id" | "invalid_version_id" | "join_evidence_invalid" | "join_request_invalid" | "key_required" | "no_items" | "recipient_mismatch" | "session_invalid" | "too_many_items" | "unknown_relying_party" | "unsupported_suite";
                     };
                 } & components["schemas"]["Error"];
             };
@@ -1702,7 +2152,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "assertion_invalid" | "client_mismatch" | "forbidden" | "origin_not_allowed" | "passkey_reset_disabled" | "portal_custodian_mismatch" | "reauthentication_required" | "user_blocked" | "webhook_source_refused";
+                        code?: "assertion_invalid" | "client_mismatch" | "forbidden" | "join_policy_refused" | "origin_not_allowed" | "passkey_reset_disabled" | "pin_incorrect" | "portal_custodian_mismatch" | "reauthentication_required" | "user_blocked" | "webhook_source_refused";
                     };
                 } & components["schemas"]["Error"];
             };
@@ -1717,7 +2167,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "not_found" | "passkey_not_found" | "route_not_found";
+                        code?: "join_not_found" | "member_not_found" | "not_found" | "passkey_not_found" | "pin_not_registered" | "pin_recovery_not_found" | "pin_registration_not_found" | "route_not_found";
                     };
                 } & components["schemas"]["Error"];
             };
@@ -1747,7 +2197,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "ciphertext_version_retired" | "conflict" | "credential_exists" | "import_claim_expired" | "imported_key_unclaimed" | "key_exists" | "key_format_mismatch" | "too_many_passkeys";
+                        code?: "ciphertext_version_retired" | "conflict" | "credential_exists" | "import_claim_expired" | "imported_key_unclaimed" | "join_nonce_invalid" | "join_not_pending" | "join_replayed" | "key_exists" | "key_format_mismatch" | "last_voter" | "member_is_self" | "pin_exists" | "too_many_passkeys" | "would_lose_quorum";
                     };
                 } & components["schemas"]["Error"];
             };
@@ -1762,7 +2212,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "body_too_large";
+                        code?: "body_too_large" | "join_request_too_large";
                     };
                 } & components["schemas"]["Error"];
             };
@@ -1793,7 +2243,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "rate_limited" | "too_many_ceremonies";
+                        code?: "join_nonce_limit" | "join_pending_limit" | "rate_limited" | "too_many_ceremonies";
                     };
                 } & components["schemas"]["Error"];
             };
@@ -1823,7 +2273,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "ciphertext_rejected" | "portal_bad_answer" | "vault_error" | "vault_forbidden" | "vault_key_not_derived";
+                        code?: "ciphertext_rejected" | "portal_bad_answer" | "vault_client_key_mismatch" | "vault_client_key_unavailable" | "vault_error" | "vault_forbidden" | "vault_key_not_derived";
                     };
                 } & components["schemas"]["Error"];
             };
@@ -1839,7 +2289,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "attestation_unavailable" | "audit_unavailable" | "ceremony_capacity" | "custodian_not_configured" | "firebase_keys_unavailable" | "firebase_not_configured" | "overloaded" | "passkeys_not_configured" | "portal_unavailable" | "quote_failed" | "sealed" | "store_unavailable" | "unavailable" | "vault_unavailable" | "webhook_not_configured";
+                        code?: "attestation_unavailable" | "audit_unavailable" | "ceremony_capacity" | "cluster_unavailable" | "custodian_not_configured" | "firebase_keys_unavailable" | "firebase_not_configured" | "join_member_add_failed" | "join_policy_unavailable" | "join_unavailable" | "overloaded" | "passkeys_not_configured" | "portal_unavailable" | "quote_failed" | "rollback_counter_unavailable" | "sealed" | "store_unavailable" | "unavailable" | "vault_unavailable" | "webhook_not_configured";
                     };
                 } & components["schemas"]["Error"];
             };
@@ -1860,6 +2310,10 @@ export interface components {
         credentialId: string;
         /** @description rewrap job id */
         jobId: string;
+        /** @description a member id, hexadecimal as GET /v1/admin/cluster shows it */
+        memberId: string;
+        /** @description a join request id (32 hexadecimal digits) */
+        joinId: string;
         /** @description backup method (default: default) */
         methodQuery: string;
     };
@@ -2108,6 +2562,215 @@ export interface operations {
             404: components["responses"]["NotFound"];
             413: components["responses"]["TooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    pinBegin: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PinBlinded"];
+            };
+        };
+        responses: {
+            /** @description evaluated */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PinBegun"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    pinRegister: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                registrationId: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PinRegister"];
+            };
+        };
+        responses: {
+            /** @description replaced the PIN */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PinRegistered"];
+                };
+            };
+            /** @description registered */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PinRegistered"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    pinRecover: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PinRecover"];
+            };
+        };
+        responses: {
+            /** @description evaluated */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PinRecovery"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    pinUnlock: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                recoveryId: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PinUnlock"];
+            };
+        };
+        responses: {
+            /** @description the key */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReleasedKey"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            /** @description pin_incorrect, with the guesses left (or another refusal) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PinIncorrect"] | ({
+                        error?: {
+                            /** @enum {unknown} */
+                            code?: "assertion_invalid" | "client_mismatch" | "forbidden" | "origin_not_allowed" | "passkey_reset_disabled" | "pin_incorrect" | "portal_custodian_mismatch" | "reauthentication_required" | "user_blocked" | "webhook_source_refused";
+                        };
+                    } & components["schemas"]["Error"]);
+                };
+            };
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    pinStatus: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description status */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PinStatus"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    pinDelete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
@@ -3021,6 +3684,30 @@ export interface operations {
             /** @description the store file */
             200: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    etcdSnapshot: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the etcd snapshot file (etcd's trailing hash included) */
+            200: {
+                headers: {
+                    "Content-Disposition"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4035,6 +4722,7 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             500: components["responses"]["Internal"];
+            502: components["responses"]["BadGateway"];
             503: components["responses"]["Unavailable"];
         };
     };
@@ -4088,6 +4776,255 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             404: components["responses"]["NotFound"];
+            500: components["responses"]["Internal"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    getCluster: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the cluster */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ClusterStatus"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    removeClusterMember: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description a member id, hexadecimal as GET /v1/admin/cluster shows it */
+                id: components["parameters"]["memberId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description removed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ClusterMemberRemoved"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    issueJoinNonce: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description nonce */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JoinNonce"];
+                };
+            };
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    submitJoin: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["JoinSubmit"];
+            };
+        };
+        responses: {
+            /** @description pending; poll with the poll secret */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JoinSubmitted"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    pollJoin: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description a join request id (32 hexadecimal digits) */
+                id: components["parameters"]["joinId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description state */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JoinPoll"];
+                };
+            };
+            404: components["responses"]["NotFound"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    listJoins: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description join requests */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JoinList"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    getJoin: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description a join request id (32 hexadecimal digits) */
+                id: components["parameters"]["joinId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description join request */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Join"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    approveJoin: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description a join request id (32 hexadecimal digits) */
+                id: components["parameters"]["joinId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description approved */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Join"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    refuseJoin: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description a join request id (32 hexadecimal digits) */
+                id: components["parameters"]["joinId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["JoinRefuse"];
+            };
+        };
+        responses: {
+            /** @description refused */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Join"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["TooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
         };
