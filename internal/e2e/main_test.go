@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 	}
 	opsClient.Transport = v.Transport(opsClient.Transport, wireReport)
 	portalHTTP.Transport = v.Transport(portalHTTP.Transport, wireReport)
+	clusterHTTP.Transport = v.Transport(clusterHTTP.Transport, wireReport)
 	code := m.Run()
 	proc.RemoveBuilds()
 	wire.Lock()
