@@ -63,13 +63,40 @@ LUA
 lua PUT "'{\"key\":\"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"}'" >"$work/put.lua"
 lua GET nil >"$work/get.lua"
 
+# What the appliances spent, read around each run: watch holds "pid admin-url" of each node.
+watch=()
+hz=$(getconf CLK_TCK)
+cpu_ms() { awk -v hz="$hz" '{printf "%d", ($14 + $15) * 1000 / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+metric() { # admin-url name{labels}: one sample, 0 when absent
+  curl -s --max-time 2 -H "Authorization: Bearer $admin" "$1/metrics" | awk -v n="$2" '$1 == n {v = $2} END {printf "%d", v + 0}'
+}
+counters() { # per node: cpu-ms views updates conflicts
+  local w
+  for w in "${watch[@]}"; do
+    set -- $w
+    echo "$(cpu_ms "$1") $(metric "$2" 'keywarden_etcd_txn_duration_seconds_count{op="view"}') $(metric "$2" 'keywarden_etcd_txn_duration_seconds_count{op="update"}') $(metric "$2" keywarden_etcd_txn_conflicts_total)"
+  done
+}
+
 run() { # name url script [duration]
+  local before; before=$(counters)
   local out; out=$(wrk -t2 -c64 -d"${4:-$dur}" --timeout 10s -s "$3" "$2")
+  local after; after=$(counters)
   local line; line=$(echo "$out" | grep '^RESULT')
   local rps; rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   set -- "$1" $line "$rps" # name RESULT requests non2xx sockerr p99 max rps
   printf '%-26s %8s req/s %7s requests %5s non-2xx %5s socket errors  p99 %8s us  max %8s us\n' "$1" "$8" "$3" "$4" "$5" "$6" "$7"
   echo "$1 $8" >>"$work/results"
+  local req=$3
+  [ "$req" -gt 0 ] || return 0
+  paste -d' ' <(echo "$before") <(echo "$after") | awk -v req="$req" '
+    NF == 8 {n++; cpu[n] = $5 - $1; v += $6 - $2; u += $7 - $3; c += $8 - $4; tot += $5 - $1}
+    END {
+      if (n == 0) exit
+      line = sprintf("    appliance CPU per request %.2f ms (", tot / req)
+      for (i = 1; i <= n; i++) line = line sprintf("%snode%d %.2f", i > 1 ? ", " : "", i, cpu[i] / req)
+      printf "%s); etcd views %.2f, updates %.2f (attempts), conflicts %.3f per request\n", line ")", v / req, u / req, c / req
+    }'
 }
 
 single() { # name backend-env…
@@ -79,6 +106,7 @@ single() { # name backend-env…
     KEYWARDEN_LISTEN_ADMIN_ADDR=127.0.0.1:18832 "$@" "$work/cluster/bin/keywarden" dev >"$work/$name.log" 2>&1) &
   local pid=$!
   for i in $(seq 1 120); do curl -sf http://127.0.0.1:18831/readyz >/dev/null && break; sleep 0.5; done
+  watch=("$pid http://127.0.0.1:18832")
   run "$name stores" http://127.0.0.1:18831 "$work/put.lua"
   run "$name releases" http://127.0.0.1:18831 "$work/get.lua"
   kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -92,6 +120,12 @@ single etcd-1 KEYWARDEN_STORE_BACKEND=embedded KEYWARDEN_CLUSTER_NAME=solo \
 
 bash scripts/cluster.sh up 2>"$work/cluster.log"
 lb=http://127.0.0.1:$((8440 + off))
+cluster_watch() {
+  watch=()
+  local i
+  for i in 1 2 3; do watch+=("$(cat "$work/cluster/node$i/pid") http://127.0.0.1:$((8450 + off + i))"); done
+}
+cluster_watch
 run "cluster-3 stores" "$lb" "$work/put.lua"
 run "cluster-3 releases" "$lb" "$work/get.lua"
 awk '{r[$1" "$2]=$3} END{
@@ -101,11 +135,13 @@ awk '{r[$1" "$2]=$3} END{
 echo
 echo "failover: node 2 SIGKILLed 4 s into a 12 s run (goal: no request slower than 2 s)"
 failover() { # name script
+  watch=() # node 2 dies in the middle: no per-request figures
   (sleep 4; kill -9 "$(cat "$work/cluster/node2/pid")") &
   local k=$!
   run "$1" "$lb" "$2" 12s
   wait $k
   bash scripts/cluster.sh start 2 2>>"$work/cluster.log"
+  cluster_watch
 }
 failover "releases, node2 killed" "$work/get.lua"
 failover "stores, node2 killed" "$work/put.lua"
