@@ -95,7 +95,7 @@ run() { # name url script [duration]
       if (n == 0) exit
       line = sprintf("    appliance CPU per request %.2f ms (", tot / req)
       for (i = 1; i <= n; i++) line = line sprintf("%snode%d %.2f", i > 1 ? ", " : "", i, cpu[i] / req)
-      printf "%s); etcd views %.2f, updates %.2f (attempts), conflicts %.3f per request\n", line ")", v / req, u / req, c / req
+      printf "%s); etcd views %.2f, updates %.2f (attempts), conflicts %.3f per request\n", line, v / req, u / req, c / req
     }'
 }
 
