@@ -12,13 +12,26 @@
 # Node I: public listener 127.0.0.1:844I, admin 127.0.0.1:845I, etcd peer 127.0.0.1:238I, its own
 # etcd client 127.0.0.1:239I, files in ./keywarden-cluster/nodeI/ (pid, log, data/). Every KEYWARDEN_…
 # variable of this script's environment applies to every node; KEYWARDEN_ADMIN_KEY is the admin key of
-# all three (default: one made up and printed). KEYWARDEN_CLUSTER_DIR moves ./keywarden-cluster.
+# all three (default: one made up and printed). KEYWARDEN_CLUSTER_DIR moves ./keywarden-cluster;
+# KEYWARDEN_CLUSTER_PORT_OFFSET (default 0; a multiple of 100 below 5000) is added to every port above,
+# so a second cluster (the end-to-end test's) can run beside one on the default ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${KEYWARDEN_CLUSTER_DIR:-$PWD/keywarden-cluster}
 bin=$root/bin/keywarden
 admin_key=${KEYWARDEN_ADMIN_KEY:-}
 key_file=$root/admin-key
+off=${KEYWARDEN_CLUSTER_PORT_OFFSET:-0}
+case $off in
+  ''|*[!0-9]*) off=bad ;;
+  *) if [ $((off % 100)) -ne 0 ] || [ "$off" -ge 5000 ]; then off=bad; fi ;;
+esac
+if [ "$off" = bad ]; then
+  echo "cluster: KEYWARDEN_CLUSTER_PORT_OFFSET must be a multiple of 100 below 5000" >&2; exit 2
+fi
+# port BASE I: node I's port of a range (8440 public, 8450 admin, 2380 etcd
+# peer, 2390 etcd client); port 8440 0 is HAProxy's.
+port() { echo $(($1 + off + $2)); }
 
 log() { echo "cluster: $*" >&2; }
 
@@ -29,14 +42,14 @@ node_env() {
   echo "KEYWARDEN_DATA_DIR=$root/node$i/data"
   echo "KEYWARDEN_STORE_BACKEND=embedded"
   echo "KEYWARDEN_CLUSTER_NAME=node$i"
-  echo "KEYWARDEN_CLUSTER_PEER_LISTEN=127.0.0.1:238$i"
-  echo "KEYWARDEN_CLUSTER_PEER_ADVERTISE=https://127.0.0.1:238$i"
-  echo "KEYWARDEN_CLUSTER_CLIENT_LISTEN=127.0.0.1:239$i"
-  echo "KEYWARDEN_LISTEN_ADDR=127.0.0.1:844$i"
-  echo "KEYWARDEN_LISTEN_ADMIN_ADDR=127.0.0.1:845$i"
+  echo "KEYWARDEN_CLUSTER_PEER_LISTEN=127.0.0.1:$(port 2380 "$i")"
+  echo "KEYWARDEN_CLUSTER_PEER_ADVERTISE=https://127.0.0.1:$(port 2380 "$i")"
+  echo "KEYWARDEN_CLUSTER_CLIENT_LISTEN=127.0.0.1:$(port 2390 "$i")"
+  echo "KEYWARDEN_LISTEN_ADDR=127.0.0.1:$(port 8440 "$i")"
+  echo "KEYWARDEN_LISTEN_ADMIN_ADDR=127.0.0.1:$(port 8450 "$i")"
   echo "KEYWARDEN_TPM_SIMULATOR_SEED=$((7000 + i))"
   echo "KEYWARDEN_ADMIN_KEY=$admin_key"
-  echo "KEYWARDEN_ADMIN_URL=http://127.0.0.1:845$i"
+  echo "KEYWARDEN_ADMIN_URL=http://127.0.0.1:$(port 8450 "$i")"
   echo "KEYWARDEN_DEV=1"
 }
 
@@ -69,7 +82,7 @@ load_key() {
 
 alive() { local p="$root/node$1/pid"; [ -s "$p" ] && kill -0 "$(cat "$p")" 2>/dev/null; }
 
-ready() { curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:844$1/readyz"; }
+ready() { curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$(port 8440 "$1")/readyz"; }
 
 wait_ready() {
   local i=$1 n=0
@@ -86,7 +99,14 @@ start_node() {
   local i=$1
   if alive "$i"; then log "node$i already runs (pid $(cat "$root/node$i/pid"))"; return 0; fi
   mkdir -p "$root/node$i"
-  on "$i" setsid "$bin" dev >>"$root/node$i/log" 2>&1 </dev/null &
+  # exec: the background subshell becomes the node itself (setsid execs
+  # too, the subshell leads no process group), so the pid written is the
+  # node's, the one `down` and a test's SIGKILL must reach.
+  (
+    vars=()
+    while IFS= read -r v; do vars+=("$v"); done < <(node_env "$i")
+    exec env "${vars[@]}" setsid "$bin" dev
+  ) >>"$root/node$i/log" 2>&1 </dev/null &
   echo $! >"$root/node$i/pid"
 }
 
@@ -96,7 +116,7 @@ join_node() {
   local i=$1 out="$root/node$i/join.log" id="" n=0
   mkdir -p "$root/node$i"
   : >"$out"
-  on "$i" "$bin" cluster join -poll 200ms http://127.0.0.1:8451 >"$out" 2>&1 &
+  on "$i" "$bin" cluster join -poll 200ms "http://127.0.0.1:$(port 8450 1)" >"$out" 2>&1 &
   local jp=$!
   until id=$(sed -n 's/^join request \([^ ]*\) sent.*/\1/p' "$out") && [ -n "$id" ]; do
     if ! kill -0 $jp 2>/dev/null; then log "node$i: cluster join failed:"; cat "$out" >&2; return 1; fi
@@ -123,16 +143,16 @@ defaults
     option redispatch
 
 frontend keywarden_public
-    bind 127.0.0.1:8440
+    bind 127.0.0.1:$(port 8440 0)
     default_backend keywarden
 
 backend keywarden
     option httpchk GET /readyz
     http-check expect status 200
     default-server inter 500ms fall 2 rise 2
-    server node1 127.0.0.1:8441 check
-    server node2 127.0.0.1:8442 check
-    server node3 127.0.0.1:8443 check
+    server node1 127.0.0.1:$(port 8440 1) check
+    server node2 127.0.0.1:$(port 8440 2) check
+    server node3 127.0.0.1:$(port 8440 3) check
 CFG
   if [ -s "$root/haproxy.pid" ] && kill -0 "$(cat "$root/haproxy.pid")" 2>/dev/null; then return 0; fi
   haproxy -c -q -f "$cfg"
@@ -151,7 +171,7 @@ cmd_up() {
     wait_ready "$i"
   done
   haproxy_up
-  log "three nodes ready: public 127.0.0.1:8441-8443, admin 127.0.0.1:8451-8453, HAProxy 127.0.0.1:8440"
+  log "three nodes ready: public 127.0.0.1:$(port 8440 1)-$(port 8440 3), admin 127.0.0.1:$(port 8450 1)-$(port 8450 3), HAProxy 127.0.0.1:$(port 8440 0)"
   log "admin key: in $key_file (KEYWARDEN_ADMIN_KEY)"
 }
 

@@ -2,6 +2,7 @@
 // (scripts/bench.sh drives them with wrk; see docs/BENCHMARKS.md):
 //
 //	loadbench issuer -addr A -project P -token-out F   serve certificates in Google's format, write a token
+//	                 [-tokens N]                       … N tokens of distinct users, one a line
 //	loadbench bare   -addr A -project P -certs URL     the baseline: verify with golang-jwt, answer from a map
 //
 // It is a benchmark tool, not part of the appliance.
@@ -37,10 +38,11 @@ func main() {
 	project := fs.String("project", "bench-project", "Firebase project id")
 	tokenOut := fs.String("token-out", "", "issuer: write a fresh ID token here")
 	certs := fs.String("certs", "", "bare: certificates URL")
+	tokens := fs.Int("tokens", 1, "issuer: how many tokens (of distinct users: bench-user-0001, …) to write, one a line")
 	_ = fs.Parse(os.Args[2:])
 	switch os.Args[1] {
 	case "issuer":
-		issuer(*addr, *project, *tokenOut)
+		issuer(*addr, *project, *tokenOut, *tokens)
 	case "bare":
 		bare(*addr, *project, *certs)
 	default:
@@ -48,7 +50,7 @@ func main() {
 	}
 }
 
-func issuer(addr, project, tokenOut string) {
+func issuer(addr, project, tokenOut string, tokens int) {
 	key, _ := rsa.GenerateKey(rand.Reader, 2048)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "securetoken.system.gserviceaccount.com"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
@@ -56,17 +58,22 @@ func issuer(addr, project, tokenOut string) {
 	kid := "bench-kid-1"
 	body, _ := json.Marshal(map[string]string{kid: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))})
 	now := time.Now()
-	tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
-		"aud": project, "iss": "https://securetoken.google.com/" + project, "sub": "bench-user-0001", "user_id": "bench-user-0001",
-		"iat": now.Unix(), "exp": now.Add(time.Hour).Unix(), "auth_time": now.Add(-time.Minute).Unix(),
-		"firebase": map[string]any{"sign_in_provider": "password", "identities": map[string]any{}},
-	})
-	tok.Header["kid"] = kid
-	s, err := tok.SignedString(key)
-	if err != nil {
-		log.Fatal(err)
+	var out []string
+	for i := 1; i <= max(tokens, 1); i++ {
+		user := fmt.Sprintf("bench-user-%04d", i)
+		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
+			"aud": project, "iss": "https://securetoken.google.com/" + project, "sub": user, "user_id": user,
+			"iat": now.Unix(), "exp": now.Add(time.Hour).Unix(), "auth_time": now.Add(-time.Minute).Unix(),
+			"firebase": map[string]any{"sign_in_provider": "password", "identities": map[string]any{}},
+		})
+		tok.Header["kid"] = kid
+		s, err := tok.SignedString(key)
+		if err != nil {
+			log.Fatal(err)
+		}
+		out = append(out, s)
 	}
-	if err := os.WriteFile(tokenOut, []byte(s), 0o600); err != nil {
+	if err := os.WriteFile(tokenOut, []byte(strings.Join(out, "\n")), 0o600); err != nil {
 		log.Fatal(err)
 	}
 	http.HandleFunc("/certs", func(w http.ResponseWriter, r *http.Request) {
