@@ -71,15 +71,10 @@ func freeOffset(t *testing.T) int {
 	return 0
 }
 
-// clusterHTTP is the load's client (checked against openapi.yaml by
+// clusterLoadHTTP is the load's client (checked against openapi.yaml by
 // TestMain). Keep-alive is on, as a real client's; a killed node's
 // connections fail and are retried.
-var clusterHTTP = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-
-// clusterRawHTTP reaches the cluster routes (/v1/cluster/…,
-// /v1/admin/cluster/…), which openapi.yaml does not describe yet; it is
-// not wrapped by the validator.
-var clusterRawHTTP = &http.Client{Timeout: 30 * time.Second}
+var clusterLoadHTTP = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 
 // shCluster drives scripts/cluster.sh in its own folder.
 type shCluster struct {
@@ -163,7 +158,7 @@ func (r *retrier) do(method, url string, body []byte, hdr map[string]string) (an
 			r.retries.Add(1)
 			time.Sleep(50 * time.Millisecond)
 		}
-		a, err := send(clusterHTTP, method, url, body, hdr)
+		a, err := send(clusterLoadHTTP, method, url, body, hdr)
 		switch {
 		case err != nil:
 			last = err
@@ -321,7 +316,7 @@ func (l *clusterLoad) passkeyCeremony(auth *softauthn.Authenticator, n int) erro
 		}
 		return nil
 	}
-	x, err := send(clusterHTTP, http.MethodPost, a+"/demo/session", jsonBody(map[string]string{"userId": user}), map[string]string{"Origin": clusterOrigin})
+	x, err := send(clusterLoadHTTP, http.MethodPost, a+"/demo/session", jsonBody(map[string]string{"userId": user}), map[string]string{"Origin": clusterOrigin})
 	if err := cut(x, err, 201, "demo session"); err != nil {
 		return err
 	}
@@ -331,7 +326,7 @@ func (l *clusterLoad) passkeyCeremony(auth *softauthn.Authenticator, n int) erro
 	if err := json.Unmarshal(x.body, &sess); err != nil {
 		return err
 	}
-	x, err = send(clusterHTTP, http.MethodPost, a+"/v1/passkeys/registration/begin", nil, map[string]string{"Authorization": "Bearer " + sess.Token})
+	x, err = send(clusterLoadHTTP, http.MethodPost, a+"/v1/passkeys/registration/begin", nil, map[string]string{"Authorization": "Bearer " + sess.Token})
 	if err := cut(x, err, 200, "registration begin on node "+a); err != nil {
 		return err
 	}
@@ -346,13 +341,13 @@ func (l *clusterLoad) passkeyCeremony(auth *softauthn.Authenticator, n int) erro
 	if err != nil {
 		return err
 	}
-	x, err = send(clusterHTTP, http.MethodPost, b+"/v1/passkeys/registration/finish",
+	x, err = send(clusterLoadHTTP, http.MethodPost, b+"/v1/passkeys/registration/finish",
 		jsonBody(map[string]any{"ceremonyId": begun.CeremonyID, "credential": json.RawMessage(cred), "key": base64.StdEncoding.EncodeToString(key)}), nil)
 	if err := cut(x, err, 201, "registration finish on "+b+" (begun on "+a+")"); err != nil {
 		return err
 	}
 	l.acked.put(l.acked.passkey, user, key)
-	x, err = send(clusterHTTP, http.MethodPost, b+"/v1/passkeys/authentication/begin", jsonBody(map[string]string{"userId": user}), nil)
+	x, err = send(clusterLoadHTTP, http.MethodPost, b+"/v1/passkeys/authentication/begin", jsonBody(map[string]string{"userId": user}), nil)
 	if err := cut(x, err, 200, "authentication begin on "+b); err != nil {
 		return err
 	}
@@ -363,7 +358,7 @@ func (l *clusterLoad) passkeyCeremony(auth *softauthn.Authenticator, n int) erro
 	if err != nil {
 		return err
 	}
-	x, err = send(clusterHTTP, http.MethodPost, c+"/v1/passkeys/authentication/finish",
+	x, err = send(clusterLoadHTTP, http.MethodPost, c+"/v1/passkeys/authentication/finish",
 		jsonBody(map[string]any{"ceremonyId": begun.CeremonyID, "credential": json.RawMessage(assertion)}), nil)
 	if err := cut(x, err, 200, "authentication finish on "+c+" (begun on "+b+")"); err != nil {
 		return err
@@ -559,11 +554,11 @@ func TestClusterScriptThreeAppliances(t *testing.T) {
 	c.kill(t, 2)
 	c.kill(t, 3)
 	opsEventually(t, 30*time.Second, "node1 /readyz 503 without quorum", func() (bool, string) {
-		a, err := send(clusterHTTP, http.MethodGet, c.public(1)+"/readyz", nil, nil)
+		a, err := send(clusterLoadHTTP, http.MethodGet, c.public(1)+"/readyz", nil, nil)
 		return err == nil && a.status == 503, fmt.Sprintf("%d %s %v", a.status, a.body, err)
 	})
 	tok := l.fbToken("no-quorum")
-	a, err := send(clusterHTTP, http.MethodPut, c.public(1)+"/v1/firebase/key", jsonBody(map[string]string{"key": base64.StdEncoding.EncodeToString(down)}),
+	a, err := send(clusterLoadHTTP, http.MethodPut, c.public(1)+"/v1/firebase/key", jsonBody(map[string]string{"key": base64.StdEncoding.EncodeToString(down)}),
 		map[string]string{"Authorization": "Bearer " + tok})
 	if err != nil || a.status != 503 || opsErrorCode(a.body) != "store_unavailable" {
 		t.Fatalf("write without quorum: %d %s %v, want 503 store_unavailable", a.status, a.body, err)
@@ -623,7 +618,7 @@ func (l *clusterLoad) verifyPasskeysAll(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Not retried: a finish is single use (every node answers here).
-		a, err = send(clusterHTTP, http.MethodPost, finish+"/v1/passkeys/authentication/finish",
+		a, err = send(clusterLoadHTTP, http.MethodPost, finish+"/v1/passkeys/authentication/finish",
 			jsonBody(map[string]any{"ceremonyId": begun.CeremonyID, "credential": json.RawMessage(assertion)}), nil)
 		var rel struct {
 			Key string `json:"key"`
@@ -667,7 +662,7 @@ func clusterJoinsRefused(t *testing.T, c *shCluster, bin string) {
 	}
 	admin := map[string]string{"Authorization": "Bearer " + clusterE2EAdmin}
 	if id != "" {
-		a, err := send(clusterRawHTTP, http.MethodGet, c.admin(2)+"/v1/admin/cluster/joins/"+id, nil, admin)
+		a, err := send(clusterLoadHTTP, http.MethodGet, c.admin(2)+"/v1/admin/cluster/joins/"+id, nil, admin)
 		if err != nil || a.status != 200 || !bytes.Contains(a.body, []byte(`"pending"`)) {
 			t.Errorf("the unapproved request %s, seen from node2: %d %s %v", id, a.status, a.body, err)
 		}
@@ -689,7 +684,7 @@ func clusterJoinsRefused(t *testing.T, c *shCluster, bin string) {
 	}).Execute(sim); err != nil {
 		t.Fatalf("extend PCR 7: %v", err)
 	}
-	a, err := send(clusterRawHTTP, http.MethodPost, c.admin(1)+"/v1/cluster/joins/nonce", nil, nil)
+	a, err := send(clusterLoadHTTP, http.MethodPost, c.admin(1)+"/v1/cluster/joins/nonce", nil, nil)
 	var nonce join.Nonce
 	if err != nil || a.status != 200 || json.Unmarshal(a.body, &nonce) != nil {
 		t.Fatalf("join nonce: %d %s %v", a.status, a.body, err)
@@ -700,28 +695,28 @@ func clusterJoinsRefused(t *testing.T, c *shCluster, bin string) {
 	}
 	defer ak.Close()
 	body := jsonBody(req)
-	a, err = send(clusterRawHTTP, http.MethodPost, c.admin(1)+"/v1/cluster/joins", body, nil)
+	a, err = send(clusterLoadHTTP, http.MethodPost, c.admin(1)+"/v1/cluster/joins", body, nil)
 	var sub join.Submitted
 	if err != nil || a.status != 202 || json.Unmarshal(a.body, &sub) != nil {
 		t.Fatalf("join request: %d %s %v", a.status, a.body, err)
 	}
 	// Replayed, to the same member and to another.
 	for _, i := range []int{1, 3} {
-		a, err = send(clusterRawHTTP, http.MethodPost, c.admin(i)+"/v1/cluster/joins", body, nil)
+		a, err = send(clusterLoadHTTP, http.MethodPost, c.admin(i)+"/v1/cluster/joins", body, nil)
 		if err != nil || a.status != 409 || opsErrorCode(a.body) != "join_replayed" {
 			t.Errorf("join request replayed to node%d: %d %s %v, want 409 join_replayed", i, a.status, a.body, err)
 		}
 	}
-	a, err = send(clusterRawHTTP, http.MethodPost, c.admin(2)+"/v1/admin/cluster/joins/"+sub.ID+"/approve", nil, admin)
+	a, err = send(clusterLoadHTTP, http.MethodPost, c.admin(2)+"/v1/admin/cluster/joins/"+sub.ID+"/approve", nil, admin)
 	if err != nil || a.status != 403 || opsErrorCode(a.body) != "join_policy_refused" {
 		t.Errorf("approving a joiner with another PCR 7: %d %s %v, want 403 join_policy_refused", a.status, a.body, err)
 	}
 	// It gets nothing, and the cluster still has its three members.
-	a, err = send(clusterRawHTTP, http.MethodGet, c.admin(1)+"/v1/cluster/joins/"+sub.ID, nil, map[string]string{"Authorization": "Bearer " + sub.PollSecret})
+	a, err = send(clusterLoadHTTP, http.MethodGet, c.admin(1)+"/v1/cluster/joins/"+sub.ID, nil, map[string]string{"Authorization": "Bearer " + sub.PollSecret})
 	if err != nil || a.status != 200 || !bytes.Contains(a.body, []byte(`"refused"`)) || bytes.Contains(a.body, []byte(`"answer"`)) {
 		t.Errorf("the refused joiner's poll: %d %s %v", a.status, a.body, err)
 	}
-	a, err = send(clusterRawHTTP, http.MethodGet, c.admin(1)+"/v1/admin/cluster", nil, admin)
+	a, err = send(clusterLoadHTTP, http.MethodGet, c.admin(1)+"/v1/admin/cluster", nil, admin)
 	var st struct {
 		Members []json.RawMessage `json:"members"`
 	}

@@ -11,7 +11,7 @@ import (
 )
 
 // wire collects what the end-to-end tests' HTTP clients (opsClient,
-// portalHTTP, clusterHTTP) saw that openapi.yaml does not describe (apivalidate).
+// portalHTTP, clusterHTTP, clusterLoadHTTP) saw that openapi.yaml does not describe (apivalidate).
 var wire struct {
 	sync.Mutex
 	problems []string
@@ -36,6 +36,7 @@ func TestMain(m *testing.M) {
 	opsClient.Transport = v.Transport(opsClient.Transport, wireReport)
 	portalHTTP.Transport = v.Transport(portalHTTP.Transport, wireReport)
 	clusterHTTP.Transport = v.Transport(clusterHTTP.Transport, wireReport)
+	clusterLoadHTTP.Transport = v.Transport(clusterLoadHTTP.Transport, wireReport)
 	code := m.Run()
 	proc.RemoveBuilds()
 	wire.Lock()
