@@ -213,6 +213,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/appliance-keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The appliance's TPM signing key with its certification by the attestation key, and the batch key it certified (verify audit anchors and release receipts with these). */
+        get: operations["getApplianceKeys"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/me/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The events on the caller's own records (stored, released, refused, deleted, restored), newest first, each linked into the signed audit chain. */
+        get: operations["getMyEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/passkeys/registration/begin": {
         parameters: {
             query?: never;
@@ -1360,7 +1394,7 @@ export interface components {
          * @description Every error code the appliance answers with.
          * @enum {string}
          */
-        ErrorCode: "admin_unauthorized" | "assertion_invalid" | "attestation_invalid" | "attestation_unavailable" | "audit_unavailable" | "auth_time_invalid" | "auth_too_old" | "backup_flags_invalid" | "bad_bind" | "bad_nonce" | "bad_request" | "bind_unavailable" | "body_too_large" | "ceremony_capacity" | "ceremony_expired" | "ceremony_rp_mismatch" | "ceremony_unknown" | "challenge_mismatch" | "ciphertext_rejected" | "ciphertext_version_retired" | "client_data_type_mismatch" | "client_mismatch" | "cluster_unavailable" | "conflict" | "counter_regressed" | "credential_exists" | "credential_not_allowed" | "credential_revoked" | "credential_unknown" | "custodian_not_configured" | "email_not_verified" | "firebase_keys_unavailable" | "firebase_not_configured" | "forbidden" | "hpke_open_failed" | "import_claim_expired" | "imported_key_unclaimed" | "internal" | "invalid_backup_method" | "invalid_blinded_element" | "invalid_cipher_text" | "invalid_client_id" | "invalid_credential" | "invalid_guess_limit" | "invalid_import" | "invalid_job_id" | "invalid_json" | "invalid_key" | "invalid_member_id" | "invalid_method" | "invalid_owner" | "invalid_recipient_key" | "invalid_sealed_key" | "invalid_share" | "invalid_unlock_tag" | "invalid_user_id" | "invalid_version_id" | "join_evidence_invalid" | "join_expired" | "join_member_add_failed" | "join_nonce_invalid" | "join_nonce_limit" | "join_not_found" | "join_not_pending" | "join_pending_limit" | "join_policy_refused" | "join_policy_unavailable" | "join_replayed" | "join_request_invalid" | "join_request_too_large" | "join_unavailable" | "key_exists" | "key_format_mismatch" | "key_required" | "last_voter" | "member_is_self" | "member_not_found" | "method_not_allowed" | "no_items" | "not_found" | "origin_mismatch" | "origin_not_allowed" | "overloaded" | "passkey_not_found" | "passkey_reset_disabled" | "passkeys_not_configured" | "pin_exists" | "pin_incorrect" | "pin_locked" | "pin_not_registered" | "pin_recovery_not_found" | "pin_registration_not_found" | "portal_bad_answer" | "portal_credential_invalid" | "portal_credential_missing" | "portal_credential_unknown" | "portal_custodian_mismatch" | "portal_unavailable" | "provider_not_allowed" | "quote_failed" | "rate_limited" | "reauthentication_required" | "recipient_mismatch" | "record_damaged" | "rollback_counter_unavailable" | "route_not_found" | "rp_id_mismatch" | "sealed" | "session_expired" | "session_invalid" | "store_unavailable" | "subject_invalid" | "token_alg" | "token_expired" | "token_issued_in_future" | "token_kid_unknown" | "token_malformed" | "token_missing" | "token_not_yet_valid" | "token_signature" | "token_too_large" | "token_too_old" | "too_many_ceremonies" | "too_many_items" | "too_many_passkeys" | "unauthorized" | "unavailable" | "unknown_relying_party" | "unsupported_media_type" | "unsupported_suite" | "user_blocked" | "user_handle_mismatch" | "user_presence_missing" | "user_verification_missing" | "vault_client_key_mismatch" | "vault_client_key_unavailable" | "vault_error" | "vault_forbidden" | "vault_key_not_derived" | "vault_unavailable" | "webhook_not_configured" | "webhook_secret" | "webhook_source_refused" | "would_lose_quorum" | "wrong_audience" | "wrong_issuer" | "wrong_tenant";
+        ErrorCode: "admin_unauthorized" | "assertion_invalid" | "attestation_invalid" | "attestation_unavailable" | "audit_unavailable" | "auth_time_invalid" | "auth_too_old" | "backup_flags_invalid" | "bad_bind" | "bad_nonce" | "bad_request" | "bind_unavailable" | "body_too_large" | "ceremony_capacity" | "ceremony_expired" | "ceremony_rp_mismatch" | "ceremony_unknown" | "challenge_mismatch" | "ciphertext_rejected" | "ciphertext_version_retired" | "client_data_type_mismatch" | "client_mismatch" | "cluster_unavailable" | "conflict" | "counter_regressed" | "credential_exists" | "credential_not_allowed" | "credential_revoked" | "credential_unknown" | "custodian_not_configured" | "email_not_verified" | "events_unavailable" | "firebase_keys_unavailable" | "firebase_not_configured" | "forbidden" | "hpke_open_failed" | "import_claim_expired" | "imported_key_unclaimed" | "internal" | "invalid_backup_method" | "invalid_blinded_element" | "invalid_cipher_text" | "invalid_client_id" | "invalid_credential" | "invalid_guess_limit" | "invalid_import" | "invalid_job_id" | "invalid_json" | "invalid_key" | "invalid_member_id" | "invalid_method" | "invalid_owner" | "invalid_query" | "invalid_recipient_key" | "invalid_sealed_key" | "invalid_share" | "invalid_unlock_tag" | "invalid_user_id" | "invalid_version_id" | "join_evidence_invalid" | "join_expired" | "join_member_add_failed" | "join_nonce_invalid" | "join_nonce_limit" | "join_not_found" | "join_not_pending" | "join_pending_limit" | "join_policy_refused" | "join_policy_unavailable" | "join_replayed" | "join_request_invalid" | "join_request_too_large" | "join_unavailable" | "key_exists" | "key_format_mismatch" | "key_required" | "last_voter" | "member_is_self" | "member_not_found" | "method_not_allowed" | "no_items" | "not_found" | "origin_mismatch" | "origin_not_allowed" | "overloaded" | "passkey_not_found" | "passkey_reset_disabled" | "passkeys_not_configured" | "pin_exists" | "pin_incorrect" | "pin_locked" | "pin_not_registered" | "pin_recovery_not_found" | "pin_registration_not_found" | "portal_bad_answer" | "portal_credential_invalid" | "portal_credential_missing" | "portal_credential_unknown" | "portal_custodian_mismatch" | "portal_unavailable" | "provider_not_allowed" | "quote_failed" | "rate_limited" | "reauthentication_required" | "recipient_mismatch" | "record_damaged" | "rollback_counter_unavailable" | "route_not_found" | "rp_id_mismatch" | "sealed" | "session_expired" | "session_invalid" | "signing_key_unavailable" | "store_unavailable" | "subject_invalid" | "token_alg" | "token_expired" | "token_issued_in_future" | "token_kid_unknown" | "token_malformed" | "token_missing" | "token_not_yet_valid" | "token_signature" | "token_too_large" | "token_too_old" | "too_many_ceremonies" | "too_many_items" | "too_many_passkeys" | "unauthorized" | "unavailable" | "unknown_relying_party" | "unsupported_media_type" | "unsupported_suite" | "user_blocked" | "user_handle_mismatch" | "user_presence_missing" | "user_verification_missing" | "vault_client_key_mismatch" | "vault_client_key_unavailable" | "vault_error" | "vault_forbidden" | "vault_key_not_derived" | "vault_unavailable" | "webhook_not_configured" | "webhook_secret" | "webhook_source_refused" | "would_lose_quorum" | "wrong_audience" | "wrong_issuer" | "wrong_tenant";
         Health: {
             /** @enum {string} */
             status: "ok";
@@ -1409,6 +1443,60 @@ export interface components {
         ReleaseRequest: {
             /** @description HPKE public key of the client (X25519: 32 bytes; ML-KEM-768+X25519: 1216 bytes), base64 or base64url */
             recipientPublicKey?: string;
+        };
+        ApplianceKeys: {
+            /** @constant */
+            format: "keywarden-appliance-keys-v1";
+            /** @description the cluster node name (absent on a single node) */
+            node?: string;
+            /** @description hex TPM Name of the attestation key that certified the signing key */
+            ak_name: string;
+            certification: {
+                /** @description base64 TPMT_PUBLIC of the attestation key */
+                ak_public: string;
+                /** @description base64 TPMT_PUBLIC of the signing key */
+                key_public: string;
+                /** @description base64 TPMS_ATTEST the attestation key signed (TPM2_Certify) */
+                certify_info: string;
+                /** @description base64 TPMT_SIGNATURE over certify_info */
+                signature: string;
+            };
+            /** @description the signing key's public key (PEM, SubjectPublicKeyInfo) */
+            signing_key_pem: string;
+            /** @description hex SHA-256 of the signing key's SubjectPublicKeyInfo DER */
+            signing_key_id: string;
+            batch_key?: components["schemas"]["BatchKeyCert"];
+        };
+        /** @description The in-memory Ed25519 batch key of this process, certified by the signing key (it signs anchors and receipt batches). */
+        BatchKeyCert: {
+            v: number;
+            node?: string;
+            /** @constant */
+            alg: "ed25519";
+            /** @description base64url public key */
+            pub: string;
+            /** Format: date-time */
+            issued: string;
+            /** @description hex SHA-256 of the signing key's SubjectPublicKeyInfo DER */
+            signer: string;
+            /** @description base64url ASN.1 ECDSA P-256 SHA-256 signature by the signing key */
+            sig?: string;
+        };
+        OwnerEvents: {
+            events: {
+                /** @description the audit line's sequence number */
+                seq: number;
+                /** @description hex SHA-256 of the audit line (match it in a copy of the log) */
+                line: string;
+                /** Format: date-time */
+                time: string;
+                action: string;
+                outcome?: string;
+                method?: string;
+                reason?: string;
+                request_id?: string;
+                key_version?: string;
+            }[];
         };
         ApplianceKey: {
             /** @description the appliance HPKE public key */
@@ -2121,7 +2209,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "attestation_invalid" | "bad_bind" | "bad_nonce" | "bad_request" | "bind_unavailable" | "ceremony_expired" | "ceremony_rp_mismatch" | "ceremony_unknown" | "hpke_open_failed" | "invalid_backup_method" | "invalid_blinded_element" | "invalid_cipher_text" | "invalid_client_id" | "invalid_credential" | "invalid_guess_limit" | "invalid_import" | "invalid_job_id" | "invalid_json" | "invalid_key" | "invalid_member_id" | "invalid_method" | "invalid_owner" | "invalid_recipient_key" | "invalid_sealed_key" | "invalid_share" | "invalid_unlock_tag" | "invalid_user_id" | "invalid_version_id" | "join_evidence_invalid" | "join_request_invalid" | "key_required" | "no_items" | "recipient_mismatch" | "session_invalid" | "too_many_items" | "unknown_relying_party" | "unsupported_suite";
+                        code?: "attestation_invalid" | "bad_bind" | "bad_nonce" | "bad_request" | "bind_unavailable" | "ceremony_expired" | "ceremony_rp_mismatch" | "ceremony_unknown" | "hpke_open_failed" | "invalid_backup_method" | "invalid_blinded_element" | "invalid_cipher_text" | "invalid_client_id" | "invalid_credential" | "invalid_guess_limit" | "invalid_import" | "invalid_job_id" | "invalid_json" | "invalid_key" | "invalid_member_id" | "invalid_method" | "invalid_owner" | "invalid_query" | "invalid_recipient_key" | "invalid_sealed_key" | "invalid_share" | "invalid_unlock_tag" | "invalid_user_id" | "invalid_version_id" | "join_evidence_invalid" | "join_request_invalid" | "key_required" | "no_items" | "recipient_mismatch" | "session_invalid" | "too_many_items" | "unknown_relying_party" | "unsupported_suite";
                     };
                 } & components["schemas"]["Error"];
             };
@@ -2289,7 +2377,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "attestation_unavailable" | "audit_unavailable" | "ceremony_capacity" | "cluster_unavailable" | "custodian_not_configured" | "firebase_keys_unavailable" | "firebase_not_configured" | "join_member_add_failed" | "join_policy_unavailable" | "join_unavailable" | "overloaded" | "passkeys_not_configured" | "portal_unavailable" | "quote_failed" | "rollback_counter_unavailable" | "sealed" | "store_unavailable" | "unavailable" | "vault_unavailable" | "webhook_not_configured";
+                        code?: "attestation_unavailable" | "audit_unavailable" | "ceremony_capacity" | "cluster_unavailable" | "custodian_not_configured" | "events_unavailable" | "firebase_keys_unavailable" | "firebase_not_configured" | "join_member_add_failed" | "join_policy_unavailable" | "join_unavailable" | "overloaded" | "passkeys_not_configured" | "portal_unavailable" | "quote_failed" | "rollback_counter_unavailable" | "sealed" | "signing_key_unavailable" | "store_unavailable" | "unavailable" | "vault_unavailable" | "webhook_not_configured";
                     };
                 } & components["schemas"]["Error"];
             };
@@ -2823,6 +2911,60 @@ export interface operations {
                     "application/json": components["schemas"]["ApplianceKey"];
                 };
             };
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    getApplianceKeys: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the keys */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApplianceKeys"];
+                };
+            };
+            429: components["responses"]["TooManyRequests"];
+            500: components["responses"]["Internal"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    getMyEvents: {
+        parameters: {
+            query?: {
+                /** @description at most this many events (1-1000, default 100) */
+                limit?: number;
+                /** @description only events with an audit seq below this one (paging) */
+                before?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the events */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OwnerEvents"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
             429: components["responses"]["TooManyRequests"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
