@@ -59,48 +59,74 @@ var (
 // ([ErrNotACertification]); the key is a fixedTPM, sensitiveDataOrigin,
 // non-decrypting ECC P-256 ECDSA-SHA256 signing key ([ErrBadSigningKey]).
 func VerifyCertification(c *Certification, akName []byte) (*ecdsa.PublicKey, error) {
+	key, _, err := VerifyCertificationPolicy(c, akName, nil)
+	return key, err
+}
+
+// VerifyCertificationPolicy is [VerifyCertification] that also checks the
+// signing key's boot-state binding. With keyPolicy (the appliance's
+// sealing PCRs, tpm.pcrs, and the values they may hold) it refuses
+// ([ErrKeyNotBound]) a key that signs with its password (userWithAuth set,
+// or no authPolicy) or whose authPolicy is not TPM2_PolicyPCR over one
+// combination of the policy's values: such a key could certify a batch key
+// in another boot state of the same TPM. Without one it accepts and
+// reports the binding ([KeyNotBound] for keys made in dev mode, with
+// tpm.allow_no_pcr_policy, or before the binding existed).
+func VerifyCertificationPolicy(c *Certification, akName []byte, keyPolicy *Policy) (*ecdsa.PublicKey, KeyBinding, error) {
+	pub, key, err := verifyCertification(c, akName)
+	if err != nil {
+		return nil, "", err
+	}
+	binding, err := checkKeyBinding(pub, keyPolicy)
+	if err != nil {
+		return nil, "", err
+	}
+	return key, binding, nil
+}
+
+func verifyCertification(c *Certification, akName []byte) (*tpm2.TPMTPublic, *ecdsa.PublicKey, error) {
 	if c == nil || len(c.CertifyInfo) == 0 || len(c.CertifyInfo) > 4096 || len(c.Signature) == 0 || len(c.Signature) > 1024 {
-		return nil, refuse(ErrMalformed, "certification sizes", nil)
+		return nil, nil, refuse(ErrMalformed, "certification sizes", nil)
 	}
 	_, akKey, err := parseAKPublic(c.AKPublic)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if akName != nil {
 		name, err := AKName(c.AKPublic)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if subtle.ConstantTimeCompare(name, akName) != 1 {
-			return nil, refuse(ErrAKMismatch, fmt.Sprintf("certified by AK %x, pinned %x", name, akName), nil)
+			return nil, nil, refuse(ErrAKMismatch, fmt.Sprintf("certified by AK %x, pinned %x", name, akName), nil)
 		}
 	}
 	if err := verifySignature(akKey, c.CertifyInfo, c.Signature); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	att, err := unmarshalExact[tpm2.TPMSAttest](c.CertifyInfo)
 	if err != nil {
-		return nil, refuse(ErrNotACertification, "signed data is not a TPMS_ATTEST", err)
+		return nil, nil, refuse(ErrNotACertification, "signed data is not a TPMS_ATTEST", err)
 	}
 	if att.Magic != tpm2.TPMGeneratedValue || att.Type != tpm2.TPMSTAttestCertify {
-		return nil, refuse(ErrNotACertification, "not a TPM2_Certify structure", nil)
+		return nil, nil, refuse(ErrNotACertification, "not a TPM2_Certify structure", nil)
 	}
 	if !bytes.Equal(att.ExtraData.Buffer, CertifyQualifier()) {
-		return nil, refuse(ErrNotACertification, "made for another purpose (extra data)", nil)
+		return nil, nil, refuse(ErrNotACertification, "made for another purpose (extra data)", nil)
 	}
 	info, err := att.Attested.Certify()
 	if err != nil {
-		return nil, refuse(ErrNotACertification, "no certify information", err)
+		return nil, nil, refuse(ErrNotACertification, "no certify information", err)
 	}
 	pub, key, err := parseSigningKeyPublic(c.KeyPublic)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	name, err := tpm2.ObjectName(pub)
 	if err != nil || !bytes.Equal(name.Buffer, info.Name.Buffer) {
-		return nil, refuse(ErrNotACertification, "the certification names another key", err)
+		return nil, nil, refuse(ErrNotACertification, "the certification names another key", err)
 	}
-	return key, nil
+	return pub, key, nil
 }
 
 // parseSigningKeyPublic checks a TPMT_PUBLIC of an appliance signing key.

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"slices"
 	"sync"
 
 	"github.com/google/go-tpm/tpm2"
@@ -30,9 +31,12 @@ import (
 )
 
 // clientKeyTemplate is an unrestricted ECDSA P-256/SHA-256 signing key,
-// generated in and fixed to the TPM, usable with an empty password (like
-// the AK, what protects it is that it cannot leave this TPM). Unrestricted:
-// it signs digests the TPM did not make (TLS handshakes, the CSR).
+// generated in and fixed to the TPM. Unrestricted: it signs digests the TPM
+// did not make (TLS handshakes, the CSR). As written here it signs with an
+// empty password; [CreateClientKey] given the sealing PCRs clears
+// userWithAuth and sets authPolicy to TPM2_PolicyPCR over their values
+// (keypolicy.go), so that only this appliance in its measured boot state
+// can use the Vault certificate.
 var clientKeyTemplate = tpm2.TPMTPublic{
 	Type:    tpm2.TPMAlgECC,
 	NameAlg: tpm2.TPMAlgSHA256,
@@ -58,11 +62,18 @@ var clientKeyTemplate = tpm2.TPMTPublic{
 
 // ClientKeyBlob is a stored client key: its TPMT_PUBLIC area and its
 // SRK-encrypted private area. Neither is secret; both are needed to load it,
-// and only the TPM that made it can.
+// and only the TPM that made it can. PCRs is the selection the key is bound
+// to (TPM2_PolicyPCR), empty for a key that signs with its empty password.
 type ClientKeyBlob struct {
 	Public  []byte
 	Private []byte
+	PCRs    []int
 }
+
+// BoundTo reports whether the key is bound to exactly the PCR selection
+// pcrs (in any order; empty: not bound). A key that is not must be made
+// again (`keywarden vault csr -new-key`) to follow tpm.pcrs.
+func (b *ClientKeyBlob) BoundTo(pcrs []int) bool { return samePCRs(b.PCRs, pcrs) }
 
 const clientKeyBlobMagic = "KWCK"
 
@@ -74,43 +85,82 @@ var ErrBadClientKeyBlob = errors.New("attest: malformed client key blob")
 var ErrClientKeyClosed = errors.New("attest: client key closed")
 
 // MarshalBinary serializes the blob: "KWCK", version 1, then the public and
-// private areas each with a 2-byte big-endian length.
+// private areas each with a 2-byte big-endian length; a key bound to PCRs
+// is version 2 and adds the PCR count (one byte) and the PCR indices (one
+// byte each, increasing).
 func (b *ClientKeyBlob) MarshalBinary() ([]byte, error) {
 	if len(b.Public) == 0 || len(b.Private) == 0 || len(b.Public) > 0xffff || len(b.Private) > 0xffff {
 		return nil, ErrBadClientKeyBlob
 	}
-	out := append([]byte(clientKeyBlobMagic), 1)
+	pcrs, err := keyPCRs(b.PCRs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadClientKeyBlob, err)
+	}
+	version := byte(1)
+	if len(pcrs) > 0 {
+		version = 2
+	}
+	out := append([]byte(clientKeyBlobMagic), version)
 	out = binary.BigEndian.AppendUint16(out, uint16(len(b.Public)))
 	out = append(out, b.Public...)
 	out = binary.BigEndian.AppendUint16(out, uint16(len(b.Private)))
 	out = append(out, b.Private...)
+	if version == 2 {
+		out = appendPCRs(out, pcrs)
+	}
 	return out, nil
 }
 
 // ParseClientKeyBlob decodes what [ClientKeyBlob.MarshalBinary] wrote and
 // checks that the public area is a client key.
 func ParseClientKeyBlob(data []byte) (*ClientKeyBlob, error) {
-	rest, ok := bytes.CutPrefix(data, []byte(clientKeyBlobMagic+"\x01"))
-	if !ok {
+	rest, ok := bytes.CutPrefix(data, []byte(clientKeyBlobMagic))
+	if !ok || len(rest) == 0 || (rest[0] != 1 && rest[0] != 2) {
 		return nil, fmt.Errorf("%w: unknown header", ErrBadClientKeyBlob)
 	}
-	pub, rest, ok := cut16(rest)
+	version := rest[0]
+	pub, rest, ok := cut16(rest[1:])
 	if !ok {
 		return nil, fmt.Errorf("%w: truncated public area", ErrBadClientKeyBlob)
 	}
 	priv, rest, ok := cut16(rest)
-	if !ok || len(priv) == 0 || len(rest) != 0 {
+	if !ok || len(priv) == 0 {
 		return nil, fmt.Errorf("%w: bad private area", ErrBadClientKeyBlob)
 	}
-	if _, _, err := parseClientKeyPublic(pub); err != nil {
+	var pcrs []int
+	if version == 2 {
+		if pcrs, rest, ok = cutPCRs(rest); !ok {
+			return nil, fmt.Errorf("%w: bad PCR list", ErrBadClientKeyBlob)
+		}
+	}
+	if len(rest) != 0 {
+		return nil, fmt.Errorf("%w: trailing bytes", ErrBadClientKeyBlob)
+	}
+	tp, _, err := parseClientKeyPublic(pub)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadClientKeyBlob, err)
 	}
-	return &ClientKeyBlob{Public: bytes.Clone(pub), Private: bytes.Clone(priv)}, nil
+	if err := checkBlobBinding(tp, pcrs); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadClientKeyBlob, err)
+	}
+	return &ClientKeyBlob{Public: bytes.Clone(pub), Private: bytes.Clone(priv), PCRs: pcrs}, nil
 }
 
 // CreateClientKey makes a new client key under the storage root key and
-// leaves nothing loaded.
-func CreateClientKey(ctx context.Context, tpm transport.TPM) (*ClientKeyBlob, error) {
+// leaves nothing loaded. With pcrs (the appliance's sealing PCRs,
+// tpm.pcrs) the key signs only while those PCRs hold the values they hold
+// now (authPolicy TPM2_PolicyPCR, userWithAuth clear); with none it signs
+// with the empty password, for anyone with access to this TPM (dev mode,
+// tpm.allow_no_pcr_policy).
+func CreateClientKey(ctx context.Context, tpm transport.TPM, pcrs []int) (*ClientKeyBlob, error) {
+	pcrs, err := keyPCRs(pcrs)
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := boundTemplate(ctx, tpm, clientKeyTemplate, pcrs)
+	if err != nil {
+		return nil, err
+	}
 	srk, err := createSRK(ctx, tpm)
 	if err != nil {
 		return nil, err
@@ -121,12 +171,12 @@ func CreateClientKey(ctx context.Context, tpm transport.TPM) (*ClientKeyBlob, er
 	}
 	rsp, err := tpm2.Create{
 		ParentHandle: tpm2.AuthHandle{Handle: srk.ObjectHandle, Name: srk.Name, Auth: tpm2.PasswordAuth(nil)},
-		InPublic:     tpm2.New2B(clientKeyTemplate),
+		InPublic:     tpm2.New2B(tmpl),
 	}.Execute(tpm)
 	if err != nil {
 		return nil, fmt.Errorf("attest: create client key: %w", err)
 	}
-	return &ClientKeyBlob{Public: bytes.Clone(rsp.OutPublic.Bytes()), Private: bytes.Clone(rsp.OutPrivate.Buffer)}, nil
+	return &ClientKeyBlob{Public: bytes.Clone(rsp.OutPublic.Bytes()), Private: bytes.Clone(rsp.OutPrivate.Buffer), PCRs: pcrs}, nil
 }
 
 // ClientKey is a client key usable in the TPM; it is a [crypto.Signer]
@@ -163,7 +213,10 @@ func LoadClientKey(ctx context.Context, tpm transport.TPM, blob *ClientKeyBlob) 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadClientKeyBlob, err)
 	}
-	k := &ClientKey{tpm: tpm, blob: &ClientKeyBlob{Public: bytes.Clone(blob.Public), Private: bytes.Clone(blob.Private)},
+	if err := checkBlobBinding(pub, blob.PCRs); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadClientKeyBlob, err)
+	}
+	k := &ClientKey{tpm: tpm, blob: &ClientKeyBlob{Public: bytes.Clone(blob.Public), Private: bytes.Clone(blob.Private), PCRs: slices.Clone(blob.PCRs)},
 		name: *want, public: bytes.Clone(blob.Public), key: key}
 	h, err := k.load(ctx)
 	if err != nil {
@@ -220,8 +273,13 @@ func (k *ClientKey) PublicArea() []byte { return bytes.Clone(k.public) }
 // Name returns the key's TPM Name.
 func (k *ClientKey) Name() []byte { return bytes.Clone(k.name.Buffer) }
 
+// PCRs returns the PCR selection the key is bound to (empty: not bound).
+func (k *ClientKey) PCRs() []int { return slices.Clone(k.blob.PCRs) }
+
 // Sign signs a SHA-256 digest with TPM2_Sign and returns the ASN.1 ECDSA
 // signature (what crypto/tls and crypto/x509 expect of a crypto.Signer).
+// A key bound to PCRs signs through a policy session (TPM2_PolicyPCR): in
+// another boot state the TPM refuses ([ErrKeyPCRsChanged]).
 // Other hashes are refused: the key's scheme is fixed to ECDSA-SHA256 (a
 // TLS config using it offers only ecdsa_secp256r1_sha256).
 func (k *ClientKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
@@ -238,8 +296,13 @@ func (k *ClientKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 		return nil, err
 	}
 	defer flush(k.tpm, h)
+	auth, done, err := keyAuth(k.tpm, k.blob.PCRs)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	rsp, err := tpm2.Sign{
-		KeyHandle: tpm2.AuthHandle{Handle: h, Name: k.name, Auth: tpm2.PasswordAuth(nil)},
+		KeyHandle: tpm2.AuthHandle{Handle: h, Name: k.name, Auth: auth},
 		Digest:    tpm2.TPM2BDigest{Buffer: digest},
 		InScheme: tpm2.TPMTSigScheme{
 			Scheme:  tpm2.TPMAlgECDSA,
@@ -248,7 +311,7 @@ func (k *ClientKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 		Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
 	}.Execute(k.tpm)
 	if err != nil {
-		return nil, fmt.Errorf("attest: TPM2_Sign with the client key: %w", err)
+		return nil, signErr("attest: TPM2_Sign with the client key", err)
 	}
 	e, err := rsp.Signature.Signature.ECDSA()
 	if err != nil {

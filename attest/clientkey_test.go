@@ -32,7 +32,7 @@ func clientKeySetup(t *testing.T) (tpm transport.TPM, tpmAK *attest.AK, key *att
 	ctx := context.Background()
 	tpm = openSim(t)
 	akBlob, ak := newAK(t, tpm)
-	blob, err := attest.CreateClientKey(ctx, tpm)
+	blob, err := attest.CreateClientKey(ctx, tpm, clientPCRs)
 	if err != nil {
 		t.Fatalf("CreateClientKey: %v", err)
 	}
@@ -130,7 +130,7 @@ func TestVerifyClientKeyRefusals(t *testing.T) {
 	softCertAtt, softCertSig := mustCertify(t, ak, key, opts.Nonce, softSPKI)
 	// This AK certifies another client key.
 	_ = key.Close()
-	otherBlob, err := attest.CreateClientKey(ctx, tpm)
+	otherBlob, err := attest.CreateClientKey(ctx, tpm, clientPCRs)
 	if err != nil {
 		t.Fatal(err)
 	}

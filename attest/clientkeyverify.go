@@ -52,6 +52,14 @@ type ClientKeyFacts struct {
 	KeyName []byte
 	// Quote are the facts of the quote (AK, PCRs), as [Verify] returns them.
 	Quote *Facts
+	// KeyBinding says whether the key is bound to the boot state:
+	// [KeyBoundToPolicy] (checked against VerifyOptions.KeyPolicy),
+	// [KeyPolicyUnchecked] (usable only through a policy, no key policy
+	// given) or [KeyNotBound] (it signs with its empty password in any boot
+	// state of this TPM: dev mode, tpm.allow_no_pcr_policy, or a key made
+	// before the binding; make a new one with `keywarden vault csr
+	// -new-key`).
+	KeyBinding KeyBinding
 }
 
 // Refusals of [VerifyClientKey] beyond [Verify]'s.
@@ -105,6 +113,11 @@ func ParseClientKeyEvidence(data []byte) (*ClientKeyEvidence, error) {
 //     ([ErrNotACertification]) over [ExtraData](nonce, request's key)
 //     ([ErrNonceMismatch]), and certifies the Name of the TPM key of step 2
 //     ([ErrClientKeyMismatch]).
+//  5. With opts.KeyPolicy, the TPM key is usable only through
+//     TPM2_PolicyPCR over the key policy's values (userWithAuth clear,
+//     authPolicy equal to [PCRPolicyDigest] of one combination of them)
+//     ([ErrKeyNotBound]); without, the binding is reported in
+//     [ClientKeyFacts.KeyBinding].
 //
 // A key that only software holds cannot pass step 4: only the TPM
 // certifies with a restricted AK, and only keys it holds.
@@ -175,7 +188,14 @@ func VerifyClientKey(ev *ClientKeyEvidence, opts VerifyOptions) (*ClientKeyFacts
 	if !bytes.Equal(info.Name.Buffer, keyName.Buffer) {
 		return nil, refuse(ErrClientKeyMismatch, "the certification certifies another key than the certificate request's", nil)
 	}
-	return &ClientKeyFacts{CSR: csr, KeyName: keyName.Buffer, Quote: facts}, nil
+
+	// 5. The boot-state binding. The Name certified in step 4 covers the
+	// public area, so its authPolicy is the TPM's.
+	binding, err := checkKeyBinding(keyPub, opts.KeyPolicy)
+	if err != nil {
+		return nil, err
+	}
+	return &ClientKeyFacts{CSR: csr, KeyName: keyName.Buffer, Quote: facts, KeyBinding: binding}, nil
 }
 
 // parseClientKeyPublic decodes a TPMT_PUBLIC and checks that it is a

@@ -10,8 +10,8 @@ import (
 
 // The prover's files may use the TPM; the verifier's may not use them.
 var (
-	proverFiles   = []string{"ak.go", "quote.go", "ek.go", "enroll_tpm.go", "ekpub.go", "clientkey.go", "signkey.go"}
-	verifierFiles = []string{"verify.go", "policy.go", "evidence.go", "akpub.go", "enroll.go", "errors.go", "clientkeyverify.go", "certify.go"}
+	proverFiles   = []string{"ak.go", "quote.go", "ek.go", "enroll_tpm.go", "ekpub.go", "clientkey.go", "signkey.go", "keypolicy_tpm.go"}
+	verifierFiles = []string{"verify.go", "policy.go", "evidence.go", "akpub.go", "enroll.go", "errors.go", "clientkeyverify.go", "certify.go", "keypolicy.go"}
 	// Imports a pure verifier has no use for.
 	impureImports = []string{
 		"github.com/google/go-tpm/tpm2/transport",

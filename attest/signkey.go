@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"slices"
 	"sync"
 
 	"github.com/google/go-tpm/tpm2"
@@ -24,7 +25,11 @@ import (
 // and made in the TPM (sensitiveDataOrigin), a child of the same SRK, and
 // its blob is kept like the AK's. The AK certifies it with TPM2_Certify
 // ([Certify]), so a verifier who trusts the AK trusts it
-// ([VerifyCertification]).
+// ([VerifyCertification]). As written here it signs with an empty
+// password; [CreateSigningKey] given the sealing PCRs clears userWithAuth
+// and sets authPolicy to TPM2_PolicyPCR over their values (keypolicy.go),
+// so that another boot state of the same TPM cannot certify a batch key of
+// its own and forge receipts and anchors.
 var signingKeyTemplate = tpm2.TPMTPublic{
 	Type:    tpm2.TPMAlgECC,
 	NameAlg: tpm2.TPMAlgSHA256,
@@ -54,50 +59,99 @@ var ErrBadSigningKeyBlob = errors.New("attest: bad signing key blob")
 
 // SigningKeyBlob is a persistent appliance signing key, as [AKBlob] is for
 // the AK: the public area and the SRK-encrypted private area (not secret).
+// PCRs is the selection the key is bound to (TPM2_PolicyPCR), empty for a
+// key that signs with its empty password.
 type SigningKeyBlob struct {
 	Public  []byte
 	Private []byte
+	PCRs    []int
 }
 
-const signingKeyBlobMagic = "KWSK\x01"
+const signingKeyBlobMagic = "KWSK"
+
+// BoundTo reports whether the key is bound to exactly the PCR selection
+// pcrs (in any order; empty: not bound). The appliance makes a new signing
+// key at start when the stored one is not bound to tpm.pcrs.
+func (b *SigningKeyBlob) BoundTo(pcrs []int) bool { return samePCRs(b.PCRs, pcrs) }
 
 // MarshalBinary serializes the blob: "KWSK", version 1, then the public and
-// private areas each with a 2-byte big-endian length.
+// private areas each with a 2-byte big-endian length; a key bound to PCRs
+// is version 2 and adds the PCR count (one byte) and the PCR indices (one
+// byte each, increasing).
 func (b *SigningKeyBlob) MarshalBinary() ([]byte, error) {
 	if len(b.Public) == 0 || len(b.Private) == 0 || len(b.Public) > 0xffff || len(b.Private) > 0xffff {
 		return nil, ErrBadSigningKeyBlob
 	}
-	out := []byte(signingKeyBlobMagic)
+	pcrs, err := keyPCRs(b.PCRs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadSigningKeyBlob, err)
+	}
+	version := byte(1)
+	if len(pcrs) > 0 {
+		version = 2
+	}
+	out := append([]byte(signingKeyBlobMagic), version)
 	out = binary.BigEndian.AppendUint16(out, uint16(len(b.Public)))
 	out = append(out, b.Public...)
 	out = binary.BigEndian.AppendUint16(out, uint16(len(b.Private)))
-	return append(out, b.Private...), nil
+	out = append(out, b.Private...)
+	if version == 2 {
+		out = appendPCRs(out, pcrs)
+	}
+	return out, nil
 }
 
 // ParseSigningKeyBlob decodes what MarshalBinary wrote and checks that the
 // public area is a signing key fixed to a TPM.
 func ParseSigningKeyBlob(data []byte) (*SigningKeyBlob, error) {
 	rest, ok := bytes.CutPrefix(data, []byte(signingKeyBlobMagic))
-	if !ok {
+	if !ok || len(rest) == 0 || (rest[0] != 1 && rest[0] != 2) {
 		return nil, fmt.Errorf("%w: unknown header", ErrBadSigningKeyBlob)
 	}
-	pub, rest, ok := cut16(rest)
+	version := rest[0]
+	pub, rest, ok := cut16(rest[1:])
 	if !ok {
 		return nil, fmt.Errorf("%w: truncated public area", ErrBadSigningKeyBlob)
 	}
 	priv, rest, ok := cut16(rest)
-	if !ok || len(priv) == 0 || len(rest) != 0 {
+	if !ok || len(priv) == 0 {
 		return nil, fmt.Errorf("%w: bad private area", ErrBadSigningKeyBlob)
 	}
-	if _, _, err := parseSigningKeyPublic(pub); err != nil {
+	var pcrs []int
+	if version == 2 {
+		if pcrs, rest, ok = cutPCRs(rest); !ok {
+			return nil, fmt.Errorf("%w: bad PCR list", ErrBadSigningKeyBlob)
+		}
+	}
+	if len(rest) != 0 {
+		return nil, fmt.Errorf("%w: trailing bytes", ErrBadSigningKeyBlob)
+	}
+	tp, _, err := parseSigningKeyPublic(pub)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadSigningKeyBlob, err)
 	}
-	return &SigningKeyBlob{Public: bytes.Clone(pub), Private: bytes.Clone(priv)}, nil
+	if err := checkBlobBinding(tp, pcrs); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadSigningKeyBlob, err)
+	}
+	return &SigningKeyBlob{Public: bytes.Clone(pub), Private: bytes.Clone(priv), PCRs: pcrs}, nil
 }
 
 // CreateSigningKey makes a new appliance signing key under the SRK. It
 // leaves no object loaded. Keep the blob: verifiers learn the key once.
-func CreateSigningKey(ctx context.Context, tpm transport.TPM) (*SigningKeyBlob, error) {
+// With pcrs (the appliance's sealing PCRs, tpm.pcrs) the key signs only
+// while those PCRs hold the values they hold now (authPolicy
+// TPM2_PolicyPCR, userWithAuth clear); with none it signs with the empty
+// password, for anyone with access to this TPM (dev mode,
+// tpm.allow_no_pcr_policy).
+func CreateSigningKey(ctx context.Context, tpm transport.TPM, pcrs []int) (*SigningKeyBlob, error) {
+	pcrs, err := keyPCRs(pcrs)
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := boundTemplate(ctx, tpm, signingKeyTemplate, pcrs)
+	if err != nil {
+		return nil, err
+	}
 	srk, err := createSRK(ctx, tpm)
 	if err != nil {
 		return nil, err
@@ -105,18 +159,20 @@ func CreateSigningKey(ctx context.Context, tpm transport.TPM) (*SigningKeyBlob, 
 	defer flush(tpm, srk.ObjectHandle)
 	rsp, err := tpm2.Create{
 		ParentHandle: tpm2.AuthHandle{Handle: srk.ObjectHandle, Name: srk.Name, Auth: tpm2.PasswordAuth(nil)},
-		InPublic:     tpm2.New2B(signingKeyTemplate),
+		InPublic:     tpm2.New2B(tmpl),
 	}.Execute(tpm)
 	if err != nil {
 		return nil, fmt.Errorf("attest: create signing key: %w", err)
 	}
-	return &SigningKeyBlob{Public: bytes.Clone(rsp.OutPublic.Bytes()), Private: bytes.Clone(rsp.OutPrivate.Buffer)}, nil
+	return &SigningKeyBlob{Public: bytes.Clone(rsp.OutPublic.Bytes()), Private: bytes.Clone(rsp.OutPrivate.Buffer), PCRs: pcrs}, nil
 }
 
 // SigningKey is the appliance signing key loaded in the TPM: a
 // crypto.Signer whose Sign is one TPM2_Sign (ASN.1 DER ECDSA over a
 // SHA-256 digest). It holds one transient handle until Close; its methods
-// serialise their TPM commands.
+// serialise their TPM commands. A key bound to PCRs signs through a policy
+// session (TPM2_PolicyPCR): in another boot state the TPM refuses
+// ([ErrKeyPCRsChanged]).
 type SigningKey struct {
 	mu     sync.Mutex
 	tpm    transport.TPM
@@ -124,6 +180,7 @@ type SigningKey struct {
 	name   tpm2.TPM2BName
 	public []byte
 	key    *ecdsa.PublicKey
+	pcrs   []int // the PCRs the key is bound to; empty: not bound
 	closed bool
 }
 
@@ -138,6 +195,9 @@ func LoadSigningKey(ctx context.Context, tpm transport.TPM, blob *SigningKeyBlob
 	}
 	want, err := tpm2.ObjectName(pub)
 	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadSigningKeyBlob, err)
+	}
+	if err := checkBlobBinding(pub, blob.PCRs); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadSigningKeyBlob, err)
 	}
 	srk, err := createSRK(ctx, tpm)
@@ -157,7 +217,7 @@ func LoadSigningKey(ctx context.Context, tpm transport.TPM, blob *SigningKeyBlob
 		flush(tpm, rsp.ObjectHandle)
 		return nil, fmt.Errorf("%w: the TPM names the loaded key differently from the blob", ErrBadSigningKeyBlob)
 	}
-	return &SigningKey{tpm: tpm, handle: rsp.ObjectHandle, name: rsp.Name, public: bytes.Clone(blob.Public), key: key}, nil
+	return &SigningKey{tpm: tpm, handle: rsp.ObjectHandle, name: rsp.Name, public: bytes.Clone(blob.Public), key: key, pcrs: slices.Clone(blob.PCRs)}, nil
 }
 
 // Public returns the ECDSA public key (crypto.Signer).
@@ -168,6 +228,9 @@ func (k *SigningKey) PublicKey() *ecdsa.PublicKey { return k.key }
 
 // TPMPublic returns the key's TPMT_PUBLIC area.
 func (k *SigningKey) TPMPublic() []byte { return bytes.Clone(k.public) }
+
+// PCRs returns the PCR selection the key is bound to (empty: not bound).
+func (k *SigningKey) PCRs() []int { return slices.Clone(k.pcrs) }
 
 // Sign signs a SHA-256 digest in the TPM and returns an ASN.1 DER ECDSA
 // signature. One TPM command: never call it per request.
@@ -180,15 +243,20 @@ func (k *SigningKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([
 	if k.closed {
 		return nil, errors.New("attest: signing key closed")
 	}
+	auth, done, err := keyAuth(k.tpm, k.pcrs)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	rsp, err := tpm2.Sign{
-		KeyHandle: tpm2.AuthHandle{Handle: k.handle, Name: k.name, Auth: tpm2.PasswordAuth(nil)},
+		KeyHandle: tpm2.AuthHandle{Handle: k.handle, Name: k.name, Auth: auth},
 		Digest:    tpm2.TPM2BDigest{Buffer: digest},
 		InScheme: tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA,
 			&tpm2.TPMSSchemeHash{HashAlg: tpm2.TPMAlgSHA256})},
 		Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
 	}.Execute(k.tpm)
 	if err != nil {
-		return nil, fmt.Errorf("attest: TPM2_Sign: %w", err)
+		return nil, signErr("attest: TPM2_Sign with the signing key", err)
 	}
 	e, err := rsp.Signature.Signature.ECDSA()
 	if err != nil {

@@ -20,7 +20,7 @@ func TestSigningKeyCertifiedByAK(t *testing.T) {
 	ctx := context.Background()
 	tpm := openSim(t)
 	akBlob, ak := newAK(t, tpm)
-	blob, err := attest.CreateSigningKey(ctx, tpm)
+	blob, err := attest.CreateSigningKey(ctx, tpm, []int{7, 0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,11 +64,11 @@ func TestCertificationByAnotherAKRefused(t *testing.T) {
 	ctx := context.Background()
 	tpm := openSim(t) // three object slots: load no more than needed
 	akBlob, ak := newAK(t, tpm)
-	blob, err := attest.CreateSigningKey(ctx, tpm)
+	blob, err := attest.CreateSigningKey(ctx, tpm, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherBlob, err := attest.CreateSigningKey(ctx, tpm)
+	otherBlob, err := attest.CreateSigningKey(ctx, tpm, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,6 +58,14 @@ type VerifyOptions struct {
 	// Now is the time for checking certificate validity. Zero means
 	// time.Now().
 	Now time.Time
+	// KeyPolicy, for [VerifyClientKey] only, is the PCR values the client
+	// key must be bound to: the appliance's sealing PCRs (tpm.pcrs, which
+	// may differ from the quoted tpm.attest_pcrs) and the values they may
+	// hold. Set, a key whose authPolicy is not TPM2_PolicyPCR over one
+	// combination of them, or that signs with its password, is refused
+	// ([ErrKeyNotBound]). Nil accepts any key and reports its binding in
+	// [ClientKeyFacts.KeyBinding]. [Verify] ignores it.
+	KeyPolicy *Policy
 }
 
 // Facts are what [Verify] established. They are returned only when every

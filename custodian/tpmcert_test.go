@@ -53,7 +53,7 @@ func enrollTPMKey(t *testing.T, tpm transport.TPM, ca *testCA, dir, cn string) (
 		t.Fatal(err)
 	}
 	defer ak.Close()
-	blob, err := attest.CreateClientKey(ctx, tpm)
+	blob, err := attest.CreateClientKey(ctx, tpm, []int{7}) // bound to the boot state, as tpm.pcrs [7] makes it
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,9 +77,12 @@ func enrollTPMKey(t *testing.T, tpm transport.TPM, ca *testCA, dir, cn string) (
 		t.Fatal(err)
 	}
 	akName, _ := akBlob.Name()
-	facts, err := attest.VerifyClientKey(ev, attest.VerifyOptions{Nonce: nonce, Policy: policy, AKName: akName})
+	facts, err := attest.VerifyClientKey(ev, attest.VerifyOptions{Nonce: nonce, Policy: policy, AKName: akName, KeyPolicy: policy})
 	if err != nil {
 		t.Fatalf("the CA's check of the client key: %v", err)
+	}
+	if facts.KeyBinding != attest.KeyBoundToPolicy {
+		t.Fatalf("client key binding %q, want %q", facts.KeyBinding, attest.KeyBoundToPolicy)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano()),
@@ -156,7 +159,7 @@ func TestTPMCertAuth(t *testing.T) {
 
 	// The other TPM has a key of its own; the configured certificate is
 	// not for it.
-	blobB, err := attest.CreateClientKey(ctx, tpmB)
+	blobB, err := attest.CreateClientKey(ctx, tpmB, []int{7})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,6 +83,9 @@ var (
 	// ErrUntrusted: the batch key's certificate is signed by none of the
 	// trusted appliance keys (another appliance, another TPM).
 	ErrUntrusted = fmt.Errorf("%w: batch key not certified by a trusted appliance key", ErrInvalid)
+	// ErrBackdated: the statement or batch is dated before its batch key
+	// was issued (see [KeyCert.NotBefore]).
+	ErrBackdated = fmt.Errorf("%w: dated before its batch key", ErrInvalid)
 )
 
 var b64 = base64.RawURLEncoding
@@ -143,6 +146,26 @@ func (c KeyCert) Verify(trusted []*ecdsa.PublicKey) (ed25519.PublicKey, error) {
 		}
 	}
 	return nil, ErrUntrusted
+}
+
+// NotBefore checks that ts (RFC 3339) is not earlier than the batch key's
+// issue time. The batch key exists only in the memory of the process that
+// certified it at start, so nothing it signs can honestly be dated before
+// then: a date before Issued is a backdated statement made by someone who
+// took the key from memory. Call it after [KeyCert.Verify].
+func (c KeyCert) NotBefore(what, ts string) error {
+	issued, err := time.Parse(time.RFC3339Nano, c.Issued)
+	if err != nil {
+		return fmt.Errorf("%w: batch key certificate time", ErrInvalid)
+	}
+	t, err := time.Parse(time.RFC3339Nano, ts)
+	if err != nil {
+		return fmt.Errorf("%w: %s time %q is not RFC 3339", ErrInvalid, what, ts)
+	}
+	if t.Before(issued) {
+		return fmt.Errorf("%w: %s dated %s, before its batch key was issued (%s)", ErrBackdated, what, ts, c.Issued)
+	}
+	return nil
 }
 
 // BatchKey is the in-memory key that signs batch roots and anchors, with
@@ -321,9 +344,11 @@ func Parse(s string) (*Receipt, error) {
 
 // Verify checks r with the trusted appliance signing keys: the batch key's
 // certificate, the batch signature, the Merkle path from the statement to
-// the signed root, and that the statement lies in the batch's range on the
-// same node. It returns nil only when all hold; then r.Statement is what
-// the appliance states.
+// the signed root, that the statement lies in the batch's range on the
+// same node, and that neither the statement nor the batch is dated before
+// the batch key was issued ([ErrBackdated]: whoever takes a batch key from
+// a running process cannot make receipts for the past). It returns nil
+// only when all hold; then r.Statement is what the appliance states.
 func Verify(r *Receipt, trusted ...*ecdsa.PublicKey) error {
 	if r == nil || r.V != Version {
 		return fmt.Errorf("%w: unknown receipt version", ErrInvalid)
@@ -339,6 +364,12 @@ func Verify(r *Receipt, trusted ...*ecdsa.PublicKey) error {
 	s := r.Statement
 	if s.Node != r.Batch.Node || r.Cert.Node != r.Batch.Node {
 		return fmt.Errorf("%w: node names differ", ErrInvalid)
+	}
+	if err := r.Cert.NotBefore("batch", r.Batch.Time); err != nil {
+		return err
+	}
+	if err := r.Cert.NotBefore("statement", s.Time); err != nil {
+		return err
 	}
 	if s.Seq < r.Batch.First || s.Seq > r.Batch.Last {
 		return fmt.Errorf("%w: seq %d outside the batch %d–%d", ErrInvalid, s.Seq, r.Batch.First, r.Batch.Last)

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -59,7 +60,8 @@ func newSigner(t testing.TB) *ecdsa.PrivateKey {
 }
 
 func sample(t testing.TB, tpmKey *ecdsa.PrivateKey, n int) []*Receipt {
-	bk, err := NewBatchKey("node-a", time.Unix(1_800_000_000, 0), tpmKey)
+	issued := time.Date(2026, 12, 3, 11, 0, 0, 0, time.UTC) // before the statements
+	bk, err := NewBatchKey("node-a", issued, tpmKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +71,7 @@ func sample(t testing.TB, tpmKey *ecdsa.PrivateKey, n int) []*Receipt {
 		b.Add(Statement{Node: "node-a", Seq: uint64(10 + i), Line: strings.Repeat("ab", 32), Time: "2026-12-03T12:00:00Z",
 			Action: "release", Outcome: "success", OwnerHash: h, Salt: salt, Method: "FIREBASE", KeyVersion: "3", RequestID: fmt.Sprint("req-", i)})
 	}
-	sb := b.Sign(bk, 10, uint64(10+n), time.Unix(1_800_000_001, 0))
+	sb := b.Sign(bk, 10, uint64(10+n), issued.Add(time.Hour+time.Second))
 	out := make([]*Receipt, n)
 	for i := range out {
 		out[i] = sb.Receipt(i)
@@ -167,7 +169,7 @@ func TestReceiptOfAnotherApplianceRefused(t *testing.T) {
 
 func TestMatchLine(t *testing.T) {
 	k := newSigner(t)
-	bk, _ := NewBatchKey("", time.Now(), k)
+	bk, _ := NewBatchKey("", time.Date(2026, 12, 3, 11, 0, 0, 0, time.UTC), k)
 	line := []byte(`{"seq":7,"time":"2026-12-03T12:00:00Z","prev":"00","type":"event","action":"release","outcome":"success","owner":"firebase:p//u","method":"FIREBASE","request_id":"r1","fields":{"key_version":"2"}}`)
 	sum := sha256.Sum256(line)
 	h, salt := NewOwnerHash("firebase:p//u")
@@ -191,13 +193,14 @@ func TestMatchLine(t *testing.T) {
 // Receipt.Encode.
 func TestSignedEncodeMatches(t *testing.T) {
 	k := newSigner(t)
-	bk, _ := NewBatchKey("n", time.Now(), k)
+	now := time.Now()
+	bk, _ := NewBatchKey("n", now, k)
 	var b Builder
 	for i := 0; i < 7; i++ {
 		h, salt := NewOwnerHash("o")
-		b.Add(Statement{Node: "n", Seq: uint64(i + 1), Line: "ab", Time: "t", Action: "release", Outcome: "success", OwnerHash: h, Salt: salt, RequestID: "r\"q\\é\x01"})
+		b.Add(Statement{Node: "n", Seq: uint64(i + 1), Line: "ab", Time: now.UTC().Format(time.RFC3339Nano), Action: "release", Outcome: "success", OwnerHash: h, Salt: salt, RequestID: "r\"q\\é\x01"})
 	}
-	sb := b.Sign(bk, 1, 7, time.Now())
+	sb := b.Sign(bk, 1, 7, now)
 	for i := 0; i < 7; i++ {
 		fast, err := Parse(sb.Encode(i))
 		if err != nil {
@@ -209,5 +212,52 @@ func TestSignedEncodeMatches(t *testing.T) {
 		if err := Verify(fast, &k.PublicKey); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A batch key is issued when the process starts; someone who copies it
+// out of that process's memory must not be able to sign receipts for
+// releases that supposedly happened earlier. Both the statement's time and
+// the batch's time are held to the certificate's Issued.
+func TestBackdatedReceiptRefused(t *testing.T) {
+	sk := newSigner(t)
+	issued := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	bk, err := NewBatchKey("n1", issued, sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	make1 := func(stmtTime string, batchTime time.Time) *Receipt {
+		t.Helper()
+		h, salt := NewOwnerHash("firebase:p//alice")
+		var b Builder
+		b.Add(Statement{Node: "n1", Seq: 7, Line: "00", Time: stmtTime, Action: "release", Outcome: "success", OwnerHash: h, Salt: salt})
+		r, err := Parse(b.Sign(bk, 7, 7, batchTime).Encode(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	// At and after the issue time: valid.
+	if err := Verify(make1("2026-12-03T12:00:00Z", issued), &sk.PublicKey); err != nil {
+		t.Fatalf("a receipt dated at the batch key's issue time: %v", err)
+	}
+	if err := Verify(make1("2026-12-03T12:00:01.5Z", issued.Add(2*time.Second)), &sk.PublicKey); err != nil {
+		t.Fatalf("a receipt dated after the issue time: %v", err)
+	}
+	// The attacker's receipts: the whole thing backdated, the statement
+	// backdated in a current batch, the batch backdated.
+	for name, r := range map[string]*Receipt{
+		"statement and batch in 2020": make1("2020-01-01T00:00:00Z", time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)),
+		"statement 1ns early":         make1("2026-12-03T11:59:59.999999999Z", issued),
+		"batch 1s early":              make1("2026-12-03T12:00:00Z", issued.Add(-time.Second)),
+	} {
+		err := Verify(r, &sk.PublicKey)
+		if !errors.Is(err, ErrBackdated) || !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Verify = %v, want ErrBackdated", name, err)
+		}
+	}
+	// A statement time that is not a time at all is refused too.
+	if err := Verify(make1("yesterday", issued), &sk.PublicKey); !errors.Is(err, ErrInvalid) {
+		t.Errorf("statement time %q: Verify = %v, want ErrInvalid", "yesterday", err)
 	}
 }

@@ -6,16 +6,23 @@ package main
 //	keywarden vault csr [-config FILE] [-cn NAME] [-nonce HEX] [-out FILE] [-new-key]
 //	    (server stopped) makes the client key when there is none, and writes
 //	    its certificate request with the attestation key's certification
-//	    of the key and a quote, as JSON evidence for the CA.
-//	keywarden vault verify-csr -policy FILE -ak-name HEX [-nonce HEX] [-out FILE] EVIDENCE
+//	    of the key and a quote, as JSON evidence for the CA. The key is
+//	    bound to the PCRs the root key is sealed to (it signs only in that
+//	    boot state); a stored key that is not (made before the binding, or
+//	    before a reseal) is replaced only with -new-key.
+//	keywarden vault verify-csr -policy FILE -ak-name HEX [-key-policy FILE] [-nonce HEX] [-out FILE] EVIDENCE
 //	    (the CA's side; no TPM) checks the evidence and writes the request
-//	    (PEM) to sign only when the key is the attested TPM's.
+//	    (PEM) to sign only when the key is the attested TPM's (and, with
+//	    -key-policy, bound to those PCR values).
 //
 // The key's blob (attest.ClientKeyBlob, not secret: it loads only in this
 // TPM) is kept in the store's meta bucket next to the attestation key's.
 
 import (
 	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -30,6 +37,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/keywarden/keywarden/attest"
+	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/config"
 	"github.com/keywarden/keywarden/store"
@@ -37,7 +45,7 @@ import (
 
 const vaultUsage = `vault: want one of
   vault csr        [-config FILE] [-cn NAME] [-nonce HEX] [-out FILE] [-new-key]   (server stopped)
-  vault verify-csr -policy FILE -ak-name HEX [-nonce HEX] [-out FILE] EVIDENCE`
+  vault verify-csr -policy FILE -ak-name HEX [-key-policy FILE] [-nonce HEX] [-out FILE] EVIDENCE`
 
 func cmdVault(ctx context.Context, args []string) error {
 	if len(args) == 0 {
@@ -76,24 +84,63 @@ func readVaultClientKey(ctx context.Context, db *store.DB, mk store.MetaKey) (*a
 	return attest.ParseClientKeyBlob(b)
 }
 
+// sealingPCRs returns the PCRs the stored root key is sealed to: the
+// selection the appliance binds its TPM keys to (the Vault client key and
+// the appliance signing key sign only while these PCRs hold the values
+// they held when the key was made). What the root key is sealed to
+// counts, as in checkRootPCRPolicy; before init, tpm.pcrs. Empty: the
+// keys are not bound (dev mode, tpm.allow_no_pcr_policy).
+func sealingPCRs(ctx context.Context, cfg config.Config, db *store.DB) []int {
+	if sr, err := enclave.LoadSealedRoot(ctx, db); err == nil {
+		return sr.PCRs
+	}
+	return cfg.TPM.PCRs
+}
+
+// errClientKeyNotBound explains a stored Vault client key that is not
+// bound to the sealing PCRs or their current values.
+func errClientKeyNotBound(blob *attest.ClientKeyBlob, pcrs []int) error {
+	return fmt.Errorf("the stored Vault client key is bound to PCRs %v, the root key is sealed to %v: it was made before the key was bound to the boot state, "+
+		"or the sealing PCRs changed; pass -new-key and have a certificate issued for the new key", blob.PCRs, pcrs)
+}
+
+// probeClientKey signs once with key: a key bound to PCR values of another
+// boot state fails here ([attest.ErrKeyPCRsChanged]) rather than in the
+// middle of a TLS handshake.
+func probeClientKey(key *attest.ClientKey) error {
+	d := sha256.Sum256([]byte("keywarden vault client key probe"))
+	_, err := key.Sign(rand.Reader, d[:], crypto.SHA256)
+	return err
+}
+
 // ensureVaultClientKey loads the stored client key, or makes and stores
 // one when there is none (or, with replace, when the stored one does not
-// load in this TPM). made says whether the key is new.
-func ensureVaultClientKey(ctx context.Context, tpm transport.TPM, db *store.DB, mk store.MetaKey, replace bool) (key *attest.ClientKey, made bool, err error) {
+// load in this TPM, is not bound to pcrs, or no longer signs in this boot
+// state). pcrs are the PCRs the root key is sealed to. made says whether
+// the key is new.
+func ensureVaultClientKey(ctx context.Context, tpm transport.TPM, db *store.DB, mk store.MetaKey, pcrs []int, replace bool) (key *attest.ClientKey, made bool, err error) {
 	blob, err := readVaultClientKey(ctx, db, mk)
 	if err != nil && !(replace && errors.Is(err, attest.ErrBadClientKeyBlob)) {
 		return nil, false, err
 	}
-	if blob != nil {
+	if blob != nil && !blob.BoundTo(pcrs) && !replace {
+		return nil, false, errClientKeyNotBound(blob, pcrs)
+	}
+	if blob != nil && blob.BoundTo(pcrs) {
 		key, err := attest.LoadClientKey(ctx, tpm, blob)
 		if err == nil {
-			return key, false, nil
-		}
-		if !replace {
+			if err = probeClientKey(key); err == nil {
+				return key, false, nil
+			}
+			_ = key.Close()
+			if !replace {
+				return nil, false, fmt.Errorf("the stored Vault client key no longer signs (%w); pass -new-key and have a certificate issued for the new key", err)
+			}
+		} else if !replace {
 			return nil, false, fmt.Errorf("the stored Vault client key does not load in this TPM (%w); if the TPM was replaced or cleared, pass -new-key and have a certificate issued for the new key", err)
 		}
 	}
-	blob, err = attest.CreateClientKey(ctx, tpm)
+	blob, err = attest.CreateClientKey(ctx, tpm, pcrs)
 	if err != nil {
 		return nil, false, err
 	}
@@ -130,6 +177,14 @@ func loadVaultClientKey(ctx context.Context, a *appliance) (*attest.ClientKey, *
 	key, err := attest.LoadClientKey(ctx, a.tpm, blob)
 	if err != nil {
 		return nil, ErrVaultClientKey.WithMessage("the stored Vault client key does not load in this TPM (a store from another machine, or a cleared TPM)").Wrap(err)
+	}
+	if err := probeClientKey(key); err != nil {
+		_ = key.Close()
+		return nil, ErrVaultClientKey.WithMessage("the stored Vault client key does not sign in this boot state (it is bound to other PCR values): stop the server, run `keywarden vault csr -new-key` and install the certificate issued for the new key").Wrap(err)
+	}
+	if pcrs := sealingPCRs(ctx, a.cfg, a.db); !blob.BoundTo(pcrs) {
+		a.log.Warn("the Vault client key is not bound to the PCRs the root key is sealed to: in another boot state of this TPM it could still log in to Vault; "+
+			"stop the server, run `keywarden vault csr -new-key` and install the certificate issued for the new key", "key_pcrs", blob.PCRs, "sealing_pcrs", pcrs)
 	}
 	return key, nil
 }
@@ -174,7 +229,7 @@ func vaultCSR(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("vault csr: %w (stop the server first)", err)
 	}
 	defer db.Close()
-	ev, made, err := makeVaultCSR(ctx, tpm, db, vaultClientKeyMeta(cfg), *cn, nonce, cfg.TPM.AttestPCRs, *newKey)
+	ev, made, err := makeVaultCSR(ctx, tpm, db, vaultClientKeyMeta(cfg), *cn, nonce, cfg.TPM.AttestPCRs, sealingPCRs(ctx, cfg, db), *newKey)
 	if err != nil {
 		return fmt.Errorf("vault csr: %w", err)
 	}
@@ -194,13 +249,19 @@ func vaultCSR(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if made {
 		fmt.Fprintln(stderr, "made a new Vault client key in the TPM")
 	}
+	if pcrs := sealingPCRs(ctx, cfg, db); len(pcrs) > 0 {
+		fmt.Fprintf(stderr, "the key signs only while PCRs %v hold their current values (the root key's sealing PCRs); give the CA their policy with -key-policy\n", pcrs)
+	} else {
+		fmt.Fprintln(stderr, "WARNING: the key is not bound to the boot state (the root key has no PCR policy): any OS on this TPM can use it")
+	}
 	fmt.Fprintln(stderr, "give the evidence to your CA: `keywarden vault verify-csr -policy FILE -ak-name HEX EVIDENCE` checks it and prints the request to sign; install the certificate as vault.tls_cert_file with vault.auth: tpm-cert")
 	return nil
 }
 
 // makeVaultCSR makes (or reuses) the client key and its evidence with the
-// stored attestation key.
-func makeVaultCSR(ctx context.Context, tpm transport.TPM, db *store.DB, mk store.MetaKey, cn string, nonce []byte, pcrs []int, newKey bool) (*attest.ClientKeyEvidence, bool, error) {
+// stored attestation key. pcrs are quoted (tpm.attest_pcrs); keyPCRs are
+// the PCRs the key is bound to (the root key's sealing PCRs).
+func makeVaultCSR(ctx context.Context, tpm transport.TPM, db *store.DB, mk store.MetaKey, cn string, nonce []byte, pcrs, keyPCRs []int, newKey bool) (*attest.ClientKeyEvidence, bool, error) {
 	akBlob, err := readAKBlob(ctx, db)
 	if err != nil {
 		return nil, false, fmt.Errorf("attestation key: %w", err)
@@ -213,7 +274,7 @@ func makeVaultCSR(ctx context.Context, tpm transport.TPM, db *store.DB, mk store
 		return nil, false, fmt.Errorf("the stored attestation key does not load in this TPM: %w", err)
 	}
 	defer ak.Close()
-	key, made, err := ensureVaultClientKey(ctx, tpm, db, mk, newKey)
+	key, made, err := ensureVaultClientKey(ctx, tpm, db, mk, keyPCRs, newKey)
 	if err != nil {
 		return nil, false, err
 	}
@@ -229,6 +290,7 @@ func vaultVerifyCSR(args []string, stdout, stderr io.Writer) error {
 	akName := fs.String("ak-name", "", "the appliance's attestation key Name (hex), as `keywarden init` printed it; required")
 	nonceHex := fs.String("nonce", "", "the nonce you gave `keywarden vault csr` (hex); without it the evidence's own nonce is used and freshness is not checked")
 	out := fs.String("out", "", "write the verified request (PEM) here (default: standard output)")
+	keyPolicyFile := fs.String("key-policy", "", "policy file of the PCR values the key must be bound to (the appliance's sealing PCRs, tpm.pcrs); without it an unbound key is accepted with a warning")
 	if err := fs.Parse(args); err != nil {
 		return usageError(err.Error())
 	}
@@ -249,6 +311,15 @@ func vaultVerifyCSR(args []string, stdout, stderr io.Writer) error {
 	}
 	if opts.Policy, err = attest.ParsePolicy(raw); err != nil {
 		return fmt.Errorf("vault verify-csr: policy %s: %w", *policyFile, err)
+	}
+	if *keyPolicyFile != "" {
+		raw, err := os.ReadFile(*keyPolicyFile)
+		if err != nil {
+			return fmt.Errorf("vault verify-csr: %w", err)
+		}
+		if opts.KeyPolicy, err = attest.ParsePolicy(raw); err != nil {
+			return fmt.Errorf("vault verify-csr: key policy %s: %w", *keyPolicyFile, err)
+		}
 	}
 	data, err := os.ReadFile(fs.Arg(0))
 	if err != nil {
@@ -284,5 +355,13 @@ func vaultVerifyCSR(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("vault verify-csr: %w", err)
 	}
 	fmt.Fprintf(stderr, "OK: the request's key (CN %q) is resident in the TPM of attestation key %x, PCRs within the policy; sign it for client authentication\n", facts.CSR.Subject.CommonName, facts.Quote.AKName)
+	switch facts.KeyBinding {
+	case attest.KeyBoundToPolicy:
+		fmt.Fprintln(stderr, "key binding: pcr_policy (the key signs only in the boot state of the key policy)")
+	case attest.KeyPolicyUnchecked:
+		fmt.Fprintln(stderr, "key binding: policy_unchecked (the key is bound by a policy; pass -key-policy to check it is the appliance's PCRs)")
+	default:
+		fmt.Fprintln(stderr, "WARNING: key binding: not_bound (the key signs in any boot state of this TPM: dev mode, tpm.allow_no_pcr_policy, or a key made before binding; have the appliance run `keywarden vault csr -new-key`)")
+	}
 	return nil
 }

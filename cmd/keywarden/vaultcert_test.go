@@ -109,7 +109,7 @@ func TestVaultTPMCert(t *testing.T) {
 	}
 	nonce := make([]byte, 32)
 	_, _ = rand.Read(nonce)
-	ev, made, err := makeVaultCSR(ctx, tpmA, db, store.MetaVaultClientKey, "node-a", nonce, []int{7}, false)
+	ev, made, err := makeVaultCSR(ctx, tpmA, db, store.MetaVaultClientKey, "node-a", nonce, []int{7}, []int{7}, false)
 	if err != nil || !made {
 		t.Fatalf("vault csr: made %v, %v", made, err)
 	}
@@ -118,7 +118,7 @@ func TestVaultTPMCert(t *testing.T) {
 	if err := os.WriteFile(evFile, evJSON, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, again, err := makeVaultCSR(ctx, tpmA, db, store.MetaVaultClientKey, "node-a", nonce, []int{7}, false); err != nil || again {
+	if _, again, err := makeVaultCSR(ctx, tpmA, db, store.MetaVaultClientKey, "node-a", nonce, []int{7}, []int{7}, false); err != nil || again {
 		t.Fatalf("a second vault csr: made %v, %v (the key must be kept)", again, err)
 	}
 
@@ -135,9 +135,56 @@ func TestVaultTPMCert(t *testing.T) {
 	}
 	akName, _ := akBlob.Name()
 	var csrPEM, stderr bytes.Buffer
-	if err := vaultVerifyCSR([]string{"-policy", policyFile, "-ak-name", hex.EncodeToString(akName), "-nonce", hex.EncodeToString(nonce), evFile}, &csrPEM, &stderr); err != nil {
+	if err := vaultVerifyCSR([]string{"-policy", policyFile, "-key-policy", policyFile, "-ak-name", hex.EncodeToString(akName), "-nonce", hex.EncodeToString(nonce), evFile}, &csrPEM, &stderr); err != nil {
 		t.Fatalf("vault verify-csr: %v\n%s", err, stderr.String())
 	}
+	if !strings.Contains(stderr.String(), "key binding: pcr_policy") {
+		t.Fatalf("vault verify-csr does not report the key bound: %s", stderr.String())
+	}
+
+	// A key from before the binding (made without PCRs, as every client
+	// key was): vault csr refuses to reuse it, -new-key replaces it with a
+	// bound one, and the CA given the key policy refuses its evidence.
+	t.Run("a client key made before the binding", func(t *testing.T) {
+		mk := store.MetaVaultClientKey.ForNode("old")
+		old, err := attest.CreateClientKey(ctx, tpmA, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ob, _ := old.MarshalBinary()
+		if err := db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(mk, ob) }); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := makeVaultCSR(ctx, tpmA, db, mk, "node-a", nonce, []int{7}, []int{7}, false); err == nil || !strings.Contains(err.Error(), "-new-key") {
+			t.Fatalf("vault csr with an unbound stored key: %v, want a refusal naming -new-key", err)
+		}
+		oldEv, made, err := makeVaultCSR(ctx, tpmA, db, mk, "node-a", nonce, []int{7}, nil, false) // as the evidence of an old release
+		if err != nil || made {
+			t.Fatalf("vault csr for the unbound key: %v, made %v", err, made)
+		}
+		oldFile := filepath.Join(t.TempDir(), "old.json")
+		oj, _ := json.Marshal(oldEv)
+		if err := os.WriteFile(oldFile, oj, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out, errOut bytes.Buffer
+		err = vaultVerifyCSR([]string{"-policy", policyFile, "-key-policy", policyFile, "-ak-name", hex.EncodeToString(akName), "-nonce", hex.EncodeToString(nonce), oldFile}, &out, &errOut)
+		if err == nil || !strings.Contains(out.String(), "REFUSED: key_not_bound") || strings.Contains(out.String(), "CERTIFICATE REQUEST") {
+			t.Fatalf("verify-csr of an unbound key with -key-policy: %v\n%s", err, out.String())
+		}
+		out.Reset()
+		errOut.Reset()
+		if err := vaultVerifyCSR([]string{"-policy", policyFile, "-ak-name", hex.EncodeToString(akName), "-nonce", hex.EncodeToString(nonce), oldFile}, &out, &errOut); err != nil || !strings.Contains(errOut.String(), "not_bound") {
+			t.Fatalf("verify-csr of an unbound key without -key-policy must accept and warn: %v\n%s", err, errOut.String())
+		}
+		if _, made, err := makeVaultCSR(ctx, tpmA, db, mk, "node-a", nonce, []int{7}, []int{7}, true); err != nil || !made {
+			t.Fatalf("vault csr -new-key: made %v, %v", made, err)
+		}
+		nb, err := readVaultClientKey(ctx, db, mk)
+		if err != nil || !nb.BoundTo([]int{7}) {
+			t.Fatalf("the new key is not bound to PCR 7: %v %v", err, nb)
+		}
+	})
 	certFile := filepath.Join(dir, "vault-client.pem")
 	ca.sign(t, csrPEM.Bytes(), certFile)
 
@@ -196,7 +243,7 @@ func TestVaultTPMCert(t *testing.T) {
 			t.Fatalf("readyz %d, vault %q", code, vault)
 		}
 		// And the other TPM cannot make evidence for the stored key.
-		if _, _, err := makeVaultCSR(ctx, tpmB, db, store.MetaVaultClientKey, "node-a", nonce, []int{7}, false); err == nil {
+		if _, _, err := makeVaultCSR(ctx, tpmB, db, store.MetaVaultClientKey, "node-a", nonce, []int{7}, []int{7}, false); err == nil {
 			t.Fatal("vault csr on another TPM used the stored key")
 		}
 	})

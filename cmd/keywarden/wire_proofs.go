@@ -53,20 +53,22 @@ func readSigningKeyBlob(ctx context.Context, db *store.DB, mk store.MetaKey) (*a
 }
 
 // loadSigningKey loads the stored signing key, or makes and stores a new
-// one when none is stored or the stored one does not load in this TPM (a
-// new TPM after `recover`): verifiers trust it through the AK's
-// certification, not by pinning it.
-func loadSigningKey(ctx context.Context, tpm transport.TPM, db *store.DB, mk store.MetaKey) (key *attest.SigningKey, made bool, err error) {
+// one when none is stored, the stored one does not load in this TPM (a
+// new TPM after `recover`), is not bound to pcrs (the PCRs the root key is
+// sealed to: a key made before keys were bound to the boot state, or
+// after a reseal to other PCRs) or when renew is set: verifiers trust it
+// through the AK's certification, not by pinning it.
+func loadSigningKey(ctx context.Context, tpm transport.TPM, db *store.DB, mk store.MetaKey, pcrs []int, renew bool) (key *attest.SigningKey, made bool, err error) {
 	blob, err := readSigningKeyBlob(ctx, db, mk)
 	if err != nil && !errors.Is(err, attest.ErrBadSigningKeyBlob) {
 		return nil, false, err
 	}
-	if blob != nil {
+	if blob != nil && blob.BoundTo(pcrs) && !renew {
 		if key, err := attest.LoadSigningKey(ctx, tpm, blob); err == nil {
 			return key, false, nil
 		}
 	}
-	if blob, err = attest.CreateSigningKey(ctx, tpm); err != nil {
+	if blob, err = attest.CreateSigningKey(ctx, tpm, pcrs); err != nil {
 		return nil, false, err
 	}
 	b, err := blob.MarshalBinary()
@@ -88,17 +90,33 @@ func (a *appliance) startSigningKey(ctx context.Context) {
 	if a.root == nil {
 		return
 	}
-	key, made, err := loadSigningKey(ctx, a.tpm, a.db, a.signingKeyMeta())
+	pcrs := sealingPCRs(ctx, a.cfg, a.db)
+	key, made, err := loadSigningKey(ctx, a.tpm, a.db, a.signingKeyMeta(), pcrs, false)
 	if err != nil {
 		a.signWhy = fmt.Sprintf("appliance signing key: %v", err)
 		a.log.Error("no appliance signing key: audit anchors are HMAC only and releases carry no receipt", "err", err)
 		return
 	}
+	bk, err := receipt.NewBatchKey(a.nodeName(), time.Now(), key)
+	if errors.Is(err, attest.ErrKeyPCRsChanged) && !made {
+		// Bound to PCR values of an earlier boot state (the root key was
+		// resealed since): this state unsealed the root key, so it gets a
+		// key of its own, certified by the AK like any new one.
+		_ = key.Close()
+		if key, made, err = loadSigningKey(ctx, a.tpm, a.db, a.signingKeyMeta(), pcrs, true); err != nil {
+			a.signWhy = fmt.Sprintf("appliance signing key: %v", err)
+			a.log.Error("no appliance signing key: audit anchors are HMAC only and releases carry no receipt", "err", err)
+			return
+		}
+		bk, err = receipt.NewBatchKey(a.nodeName(), time.Now(), key)
+	}
 	a.closers = append(a.closers, func() { _ = key.Close() })
 	if made {
-		a.log.Warn("appliance signing key made (none was stored, or it did not load in this TPM)", "key_id", receipt.KeyID(key.PublicKey()))
+		a.log.Warn("appliance signing key made (none was stored, it did not load in this TPM, or it was not bound to the PCRs the root key is sealed to)", "key_id", receipt.KeyID(key.PublicKey()), "pcrs", pcrs)
 	}
-	bk, err := receipt.NewBatchKey(a.nodeName(), time.Now(), key)
+	if len(pcrs) == 0 {
+		a.log.Warn("the appliance signing key is not bound to the boot state (the root key has no PCR policy): any OS on this TPM can certify batch keys")
+	}
 	if err != nil {
 		_ = key.Close()
 		a.signWhy = fmt.Sprintf("batch key: %v", err)

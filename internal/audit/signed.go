@@ -75,7 +75,7 @@ func VerifySigned(paths []string, trusted []*ecdsa.PublicKey, opts SignedOptions
 	if len(files) == 0 {
 		return rep, fmt.Errorf("audit: verify: %w: no audit files in %v", ErrBroken, paths)
 	}
-	pc := &pubCheck{trusted: trusted, certs: map[string]ed25519.PublicKey{}, nodes: map[string]bool{}}
+	pc := &pubCheck{trusted: trusted, certs: map[string]certified{}, nodes: map[string]bool{}}
 	c := newChain(nil, &rep.Report)
 	c.pub = pc
 	var brk *Break
@@ -152,8 +152,14 @@ func signedInputs(paths []string) ([]string, error) {
 // pubCheck verifies signed anchors with the trusted keys.
 type pubCheck struct {
 	trusted []*ecdsa.PublicKey
-	certs   map[string]ed25519.PublicKey // verified certificates (as carried) → batch key
+	certs   map[string]certified // verified certificates (as carried) → batch key
 	nodes   map[string]bool
+}
+
+// certified is a verified batch key certificate and the key it certifies.
+type certified struct {
+	key  ed25519.PublicKey
+	cert receipt.KeyCert
 }
 
 // check verifies one anchor line. An anchor with no v, node, cert or sig
@@ -171,7 +177,7 @@ func (p *pubCheck) check(raw []byte, v *verifyLine) (ok, counts bool, why string
 	case !hasSig:
 		return false, false, "signed anchor without a well-formed signature"
 	}
-	bk, ok := p.certs[v.Cert]
+	ce, ok := p.certs[v.Cert]
 	if !ok {
 		cb, err := base64.RawURLEncoding.DecodeString(v.Cert)
 		if err != nil {
@@ -184,13 +190,21 @@ func (p *pubCheck) check(raw []byte, v *verifyLine) (ok, counts bool, why string
 		if kc.Node != v.Node {
 			return false, false, fmt.Sprintf("batch key certified for node %q, anchor of node %q", kc.Node, v.Node)
 		}
-		if bk, err = kc.Verify(p.trusted); err != nil {
+		bk, err := kc.Verify(p.trusted)
+		if err != nil {
 			return false, false, "batch key certificate: " + err.Error()
 		}
-		p.certs[v.Cert] = bk
+		ce = certified{key: bk, cert: kc}
+		p.certs[v.Cert] = ce
 	}
-	if !receipt.VerifyAnchor(bk, body, sig) {
+	if !receipt.VerifyAnchor(ce.key, body, sig) {
 		return false, false, "anchor signature does not verify"
+	}
+	// The batch key lives only in the memory of the process that had it
+	// certified at start: an anchor dated before that was backdated by
+	// someone who took the key.
+	if err := ce.cert.NotBefore("anchor", v.Time); err != nil {
+		return false, false, err.Error()
 	}
 	p.nodes[v.Node] = true
 	return true, true, ""

@@ -225,3 +225,35 @@ func TestAnchorEveryNLines(t *testing.T) {
 		t.Fatalf("%d anchors, %d unsigned lines; want 2 anchors (after 5 and 10 lines) and 2 unsigned", rep.Anchors, rep.Unsigned)
 	}
 }
+
+// A batch key taken from a running appliance must not sign anchors dated
+// before the key was certified: the public verification refuses an anchor
+// whose time is earlier than its batch key's Issued. (Here the log's clock
+// runs an hour behind the batch key's certificate, which is what such a
+// backdated log looks like to the verifier.)
+func TestVerifySignedRefusesBackdatedAnchor(t *testing.T) {
+	key := applianceKey(t)
+	issued := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	bk, err := receipt.NewBatchKey("node-1", issued, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trusted := []*ecdsa.PublicKey{&key.PublicKey}
+	write := func(at time.Time) string {
+		dir := t.TempDir()
+		l := openLog(t, Options{Dir: dir, Signer: bk, Node: "node-1", Clock: func() time.Time { return at }})
+		mustRecord(t, l, Event{Action: ActionRelease, Outcome: OutcomeSuccess, Owner: "user:1", Method: "PASSKEY", RequestID: "r1"})
+		if err := l.Anchor(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		mustClose(t, l)
+		return dir
+	}
+	if _, err := VerifySigned([]string{write(issued.Add(time.Minute))}, trusted, SignedOptions{Complete: true}); err != nil {
+		t.Fatalf("anchors dated after the batch key's issue time: %v", err)
+	}
+	_, err = VerifySigned([]string{write(issued.Add(-time.Hour))}, trusted, SignedOptions{})
+	if !errors.Is(err, ErrBroken) || !strings.Contains(err.Error(), "before its batch key was issued") {
+		t.Fatalf("anchors dated before the batch key's issue time: %v", err)
+	}
+}

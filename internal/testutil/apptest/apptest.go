@@ -146,7 +146,7 @@ func NewCore(t testing.TB, opts ...CoreOption) *Core {
 		if s.noTPM {
 			t.Fatal("apptest: Receipts needs the simulator")
 		}
-		blob, err := attest.CreateSigningKey(ctx, c.TPM)
+		blob, err := attest.CreateSigningKey(ctx, c.TPM, nil) // not bound: the root key above is sealed without PCRs
 		if err != nil {
 			t.Fatal(err)
 		}
