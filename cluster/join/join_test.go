@@ -847,3 +847,51 @@ func TestTwoMembersApproveAtOnce(t *testing.T) {
 		t.Fatalf("learners %v", l)
 	}
 }
+
+// stallingAuditor is the member's real audit log, except that writing the
+// approval's line waits until the test lets it go (a slow audit disk).
+type stallingAuditor struct {
+	join.Auditor
+	reached, release chan struct{}
+}
+
+func (a *stallingAuditor) Record(ctx context.Context, ev audit.Event) error {
+	if ev.Action == join.ActionApproved && ev.Outcome == audit.OutcomeSuccess {
+		a.reached <- struct{}{}
+		<-a.release
+	}
+	return a.Auditor.Record(ctx, ev)
+}
+
+// TestRefusalDuringStalledApprovalStands: an approval that stalls past its
+// claim while an operator refuses the request does not overwrite the
+// refusal: it ends with join_not_pending and no answer is stored.
+func TestRefusalDuringStalledApprovalStands(t *testing.T) {
+	sa := &stallingAuditor{reached: make(chan struct{}), release: make(chan struct{})}
+	f := newFixture(t, func(o *join.Options) { sa.Auditor = o.Audit; o.Audit = sa })
+	tpm := openSim(t)
+	ctx := context.Background()
+	f.policy = policyOf(t, tpm)
+	_, ak, sub := f.submit(t, tpm, "n2")
+	_ = ak.Close()
+
+	done := make(chan error, 1)
+	go func() { _, err := f.svc.Approve(ctx, sub.ID, "admin:first"); done <- err }()
+	<-sa.reached
+	// While the approval claims it, the request cannot be refused.
+	_, err := f.svc.Refuse(ctx, sub.ID, "admin:second", "")
+	wantCode(t, err, "join_not_pending")
+	f.now = f.now.Add(3 * time.Minute) // the claim runs out
+	if _, err := f.svc.Refuse(ctx, sub.ID, "admin:second", "not ours"); err != nil {
+		t.Fatalf("refuse after the claim ran out: %v", err)
+	}
+	close(sa.release)
+	err = <-done
+	if !errors.Is(err, join.ErrNotPending) {
+		t.Fatalf("the stalled approval: %v, want join_not_pending", err)
+	}
+	st, err := f.svc.Poll(ctx, sub.ID, sub.PollSecret)
+	if err != nil || st.State != join.StateRefused || st.Answer != nil || st.Reason != "not ours" {
+		t.Fatalf("after the refusal: %+v %v", st, err)
+	}
+}

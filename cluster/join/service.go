@@ -129,7 +129,8 @@ type record struct {
 	Remote        string            `json:"remote,omitempty"`
 	Created       time.Time         `json:"created"`
 	Expires       time.Time         `json:"expires"`
-	Approving     time.Time         `json:"approving,omitzero"` // when a member claimed it for approval
+	Approving     time.Time         `json:"approving,omitzero"`   // when a member claimed it for approval
+	ClaimToken    string            `json:"claimToken,omitempty"` // which approval holds the claim
 	Answer        *Answer           `json:"answer,omitempty"`
 }
 
@@ -582,18 +583,39 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 	}
 	// Claim the request, so that two members approving at once do not
 	// both add a learner.
+	// The claim carries a token of this approval: its later steps change
+	// the request only while this approval still holds it (a claim that
+	// ran out lets an operator refuse the request, or another approval
+	// claim it, meanwhile).
+	tb := make([]byte, 16)
+	if _, err := io.ReadFull(s.o.Rand, tb); err != nil {
+		return nil, err
+	}
+	token := hex.EncodeToString(tb)
 	rec, err := s.transition(ctx, id, func(r *record) error {
 		if err := s.mustBePending(r); err != nil {
 			return err
 		}
-		r.Approving = s.o.Clock().UTC()
+		r.Approving, r.ClaimToken = s.o.Clock().UTC(), token
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	stillClaimed := func(r *record) error {
+		if r.State != StatePending || r.ClaimToken != token {
+			return ErrNotPending.WithMessage("the join request was refused, or claimed by another approval, while this approval was under way; nothing was sent")
+		}
+		return nil
+	}
 	release := func() {
-		_, _ = s.transition(context.WithoutCancel(ctx), id, func(r *record) error { r.Approving = time.Time{}; return nil })
+		_, _ = s.transition(context.WithoutCancel(ctx), id, func(r *record) error {
+			if err := stillClaimed(r); err != nil {
+				return err
+			}
+			r.Approving, r.ClaimToken = time.Time{}, ""
+			return nil
+		})
 	}
 	req := &Request{Nonce: rec.Nonce, Name: rec.Name, PeerURLs: rec.PeerURLs, EKPublic: rec.EKPublic, EKCertificate: rec.EKCertificate, Evidence: rec.Evidence}
 	if _, err := s.verify(req, policy); err != nil {
@@ -602,7 +624,10 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 			reason = string(ve.Reason)
 		}
 		if _, terr := s.transition(context.WithoutCancel(ctx), id, func(r *record) error {
-			r.Approving, r.State, r.Reason = time.Time{}, StateRefused, reason
+			if err := stillClaimed(r); err != nil {
+				return err
+			}
+			r.Approving, r.ClaimToken, r.State, r.Reason = time.Time{}, "", StateRefused, reason
 			return nil
 		}); terr != nil {
 			return nil, terr
@@ -669,12 +694,24 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 		release()
 		return nil, err
 	}
+	// Only if this approval still holds the request: an operator's refusal
+	// (or another approval) that came in while this one stalled past its
+	// claim stands, and no answer is stored.
 	rec, err = s.transition(context.WithoutCancel(ctx), id, func(r *record) error {
-		r.Approving, r.State, r.Answer = time.Time{}, StateApproved, ans
+		if err := stillClaimed(r); err != nil {
+			return err
+		}
+		r.Approving, r.ClaimToken, r.State, r.Answer = time.Time{}, "", StateApproved, ans
 		r.Expires = s.o.Clock().Add(RequestTTL).UTC()
 		return nil
 	})
 	if err != nil {
+		if errors.Is(err, ErrNotPending) {
+			s.o.Audit.Refusal(ctx, audit.Event{
+				Action: ActionApproved, Outcome: audit.OutcomeRefused, Actor: actor, Reason: "join_not_pending", RequestID: audit.RequestIDFrom(ctx),
+				Fields: map[string]string{"join_id": id, "member_id": strconv.FormatUint(memberID, 16), "note": "the answer was not stored; remove the learner with `keywarden cluster remove`"},
+			})
+		}
 		return nil, err
 	}
 	p := rec.view(s.o.Clock())
