@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -200,6 +201,12 @@ func wantCode(t *testing.T, err error, code string) {
 // submit runs the joiner's first steps on tpm: nonce, prepare, submit.
 func (f *fixture) submit(t *testing.T, tpm transport.TPM, name string) (*join.Request, *attest.AK, *join.Submitted) {
 	t.Helper()
+	return f.submitFrom(t, tpm, name, "192.0.2.7")
+}
+
+// submitFrom is submit from the client address remote.
+func (f *fixture) submitFrom(t *testing.T, tpm transport.TPM, name, remote string) (*join.Request, *attest.AK, *join.Submitted) {
+	t.Helper()
 	ctx := context.Background()
 	n, err := f.svc.IssueNonce(ctx)
 	if err != nil {
@@ -210,7 +217,7 @@ func (f *fixture) submit(t *testing.T, tpm transport.TPM, name string) (*join.Re
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ak.Close() })
-	sub, err := f.svc.Submit(ctx, req, "192.0.2.7")
+	sub, err := f.svc.Submit(ctx, req, remote)
 	if err != nil {
 		t.Fatalf("Submit: %v", err)
 	}
@@ -475,7 +482,9 @@ func TestReplayIsRefused(t *testing.T) {
 
 	req, ak0, _ := f.submit(t, tpm, "n2")
 	_ = ak0.Close() // the simulator holds three objects at most
-	_, err := f.svc.Submit(ctx, req, "")
+	// (Each from its own address: a request whose quote verifies takes a
+	// token of its address's submission limit.)
+	_, err := f.svc.Submit(ctx, req, "192.0.2.8")
 	wantCode(t, err, "join_replayed")
 
 	// A nonce of its own choosing, with a genuine quote over it.
@@ -485,7 +494,7 @@ func TestReplayIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = ak.Close()
-	_, err = f.svc.Submit(ctx, forged, "")
+	_, err = f.svc.Submit(ctx, forged, "192.0.2.9")
 	wantCode(t, err, "join_nonce_invalid")
 
 	// An issued nonce spent after its expiry.
@@ -499,7 +508,7 @@ func TestReplayIsRefused(t *testing.T) {
 	}
 	defer ak2.Close()
 	f.now = f.now.Add(join.NonceTTL)
-	_, err = f.svc.Submit(ctx, late, "")
+	_, err = f.svc.Submit(ctx, late, "192.0.2.10")
 	wantCode(t, err, "join_nonce_invalid")
 }
 
@@ -627,8 +636,8 @@ func TestBounds(t *testing.T) {
 	_, err := f.svc.IssueNonce(ctx)
 	wantCode(t, err, "join_nonce_limit")
 	f.now = f.now.Add(join.NonceTTL) // they expire and make room
-	for range join.MaxPending {
-		_, ak, _ := f.submit(t, tpm, "n")
+	for i := range join.MaxPending {
+		_, ak, _ := f.submitFrom(t, tpm, "n", fmt.Sprintf("192.0.2.%d", i+1))
 		_ = ak.Close()
 	}
 	n, err := f.svc.IssueNonce(ctx)
@@ -894,4 +903,74 @@ func TestRefusalDuringStalledApprovalStands(t *testing.T) {
 	if err != nil || st.State != join.StateRefused || st.Answer != nil || st.Reason != "not ours" {
 		t.Fatalf("after the refusal: %+v %v", st, err)
 	}
+}
+
+// TestSubmissionsLimitedPerAddress: one address (an IPv6 /64 counts as
+// one) cannot fill the pending slots: its third request in a row is 429
+// join_rate_limited and stores nothing, while other addresses still get
+// through; requests whose quote does not verify cost nothing; a
+// pending request lives 15 minutes, then frees its slot.
+func TestSubmissionsLimitedPerAddress(t *testing.T) {
+	f := newFixture(t)
+	tpm := openSim(t)
+	ctx := context.Background()
+	attacker := []string{"2001:db8:1:2::10", "2001:db8:1:2::11"} // one /64
+	for _, a := range attacker {
+		_, ak, sub := f.submitFrom(t, tpm, "x", a)
+		_ = ak.Close()
+		if want := f.now.Add(15 * time.Minute); !sub.Expires.Equal(want) {
+			t.Fatalf("a pending request expires at %v, want %v", sub.Expires, want)
+		}
+	}
+	try := func(remote string, spoil bool) error {
+		n, err := f.svc.IssueNonce(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, ak, err := join.Prepare(ctx, tpm, n, "x", []string{"https://x.example:2380"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ak.Close()
+		if spoil {
+			req.Name = "other" // the quote no longer binds the request
+		}
+		_, err = f.svc.Submit(ctx, req, remote)
+		return err
+	}
+	err := try("2001:db8:1:2::12", false)
+	wantCode(t, err, "join_rate_limited")
+	if e, _ := apierr.As(err); e.RetryAfter <= 0 {
+		t.Fatalf("no Retry-After: %+v", e)
+	}
+	list, err := f.svc.List(ctx)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("the limited request was stored: %d kept, %v", len(list), err)
+	}
+	// Another address is not held up; its refused attempts cost it nothing.
+	for range 3 {
+		wantCode(t, try("198.51.100.9", true), "join_evidence_invalid")
+	}
+	if err := try("198.51.100.9", false); err != nil {
+		t.Fatalf("another address: %v", err)
+	}
+	// The pending requests expire after 15 minutes and leave room.
+	f.now = f.now.Add(15 * time.Minute)
+	for _, p := range mustList(t, f) {
+		if p.State != join.StateExpired {
+			t.Fatalf("after 15 minutes: %+v", p)
+		}
+	}
+	if err := try("2001:db8:1:2::12", false); err != nil {
+		t.Fatalf("the address after 15 minutes: %v", err)
+	}
+}
+
+func mustList(t *testing.T, f *fixture) []join.Pending {
+	t.Helper()
+	l, err := f.svc.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/ratelimit"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -77,7 +78,8 @@ const addLearnerTimeout = 30 * time.Second
 
 // Service is the member's side of the join.
 type Service struct {
-	o Options
+	o       Options
+	submits *ratelimit.Limiter // stored requests per client address
 }
 
 // New checks the options and makes the service.
@@ -102,7 +104,7 @@ func New(o Options) (*Service, error) {
 			return nil, fmt.Errorf("join: PCR %d outside 0..%d", i, attest.MaxPCR)
 		}
 	}
-	return &Service{o: o}, nil
+	return &Service{o: o, submits: ratelimit.New(SubmitBurst, SubmitInterval, maxTrackedAddresses)}, nil
 }
 
 // nonceRecord is a nonce in the store.
@@ -246,6 +248,11 @@ func (s *Service) Submit(ctx context.Context, req *Request, remote string) (*Sub
 	facts, err := s.verify(req, nil)
 	if err != nil {
 		return refused(err)
+	}
+	// A request whose quote verifies takes a token of its address (in one
+	// step, so that requests sent at once cannot all pass a check first).
+	if ok, wait := s.submits.Take(ratelimit.AddrKey(remote), s.o.Clock()); !ok {
+		return refused(ErrRateLimited.WithRetry(wait))
 	}
 	id, secretHex, pollHash, err := s.newIDs()
 	if err != nil {
