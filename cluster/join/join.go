@@ -110,6 +110,7 @@ var (
 	ErrExpired         = apierr.New(http.StatusGone, "join_expired", "the join request has expired; the node must ask again")
 	ErrPolicyRefused   = apierr.New(http.StatusForbidden, "join_policy_refused", "the joining node's quote does not meet the cluster's PCR policy; the request was refused and nothing was sent")
 	ErrNoPolicy        = apierr.New(http.StatusServiceUnavailable, "join_policy_unavailable", "this member has no join policy (cluster.join_policy); it cannot approve joins")
+	ErrEKRootsRequired = apierr.New(http.StatusServiceUnavailable, "join_ek_roots_required", "this member approves joins only from TPMs whose EK certificate chains to cluster.join_ek_roots, which is not set (cluster.join_allow_unverified_ek: true approves on the EK fingerprint alone)")
 	ErrMemberAdd       = apierr.New(http.StatusServiceUnavailable, "join_member_add_failed", "the cluster did not add the member; nothing was sent; retry").WithRetry(5 * time.Second)
 	ErrNotMember       = apierr.New(http.StatusServiceUnavailable, "join_unavailable", "this node is not a member of a cluster; joins are served by members")
 )

@@ -137,6 +137,10 @@ func newFixture(t *testing.T, opts ...func(*join.Options)) *fixture {
 			return f.policy, nil
 		},
 		Clock: func() time.Time { return f.now },
+		// The simulator has no maker's EK certificate; tests that need
+		// EK roots set EKRoots (and TestApprovalNeedsEKRootsOrOptOut this
+		// back to false).
+		AllowUnverifiedEK: true,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -827,7 +831,7 @@ func TestTwoMembersApproveAtOnce(t *testing.T) {
 	}
 	defer root2.Close()
 	second, err := join.New(join.Options{DB: f.db, Audit: f.log, Root: root2, Member: f.member,
-		Policy: func(context.Context) (*attest.Policy, error) { return f.policy, nil }, Clock: func() time.Time { return f.now }})
+		Policy: func(context.Context) (*attest.Policy, error) { return f.policy, nil }, Clock: func() time.Time { return f.now }, AllowUnverifiedEK: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -973,4 +977,44 @@ func mustList(t *testing.T, f *fixture) []join.Pending {
 		t.Fatal(err)
 	}
 	return l
+}
+
+// TestApprovalNeedsEKRootsOrOptOut: without TPM makers' roots, a member
+// that was not told to accept unverified EKs approves nothing: a software
+// TPM's request (here the simulator's, which has no maker certificate)
+// stays pending, no learner is added, no answer is stored. With the
+// explicit opt-out it is approved.
+func TestApprovalNeedsEKRootsOrOptOut(t *testing.T) {
+	f := newFixture(t, func(o *join.Options) { o.AllowUnverifiedEK = false })
+	tpm := openSim(t)
+	ctx := context.Background()
+	f.policy = policyOf(t, tpm)
+	_, ak, sub := f.submit(t, tpm, "n2")
+	_ = ak.Close()
+	_, err := f.svc.Approve(ctx, sub.ID, "admin:test")
+	wantCode(t, err, "join_ek_roots_required")
+	if e, _ := apierr.As(err); e.Status != 503 || !strings.Contains(e.Message, "cluster.join_ek_roots") {
+		t.Fatalf("%+v", e)
+	}
+	st, err := f.svc.Poll(ctx, sub.ID, sub.PollSecret)
+	if err != nil || st.State != join.StatePending || st.Answer != nil {
+		t.Fatalf("after the refused approval: %+v %v", st, err)
+	}
+	if l := f.member.learners(t); len(l) != 0 {
+		t.Fatalf("learners %v", l)
+	}
+
+	root2, err := enclave.NewRoot(secret.CopyBytes(f.rootKey.Reveal()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root2.Close()
+	optedOut, err := join.New(join.Options{DB: f.db, Audit: f.log, Root: root2, Member: f.member, AllowUnverifiedEK: true,
+		Policy: func(context.Context) (*attest.Policy, error) { return f.policy, nil }, Clock: func() time.Time { return f.now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := optedOut.Approve(ctx, sub.ID, "admin:test"); err != nil || p.State != join.StateApproved {
+		t.Fatalf("with cluster.join_allow_unverified_ek: %+v %v", p, err)
+	}
 }

@@ -62,6 +62,11 @@ type Options struct {
 	// for its EK that chains to one of them. Nil: the EK is identified by
 	// its fingerprint only, which the operator compares out of band.
 	EKRoots *x509.CertPool
+	// AllowUnverifiedEK lets Approve work without EKRoots (dev mode, or
+	// cluster.join_allow_unverified_ek): a joiner's EK is then whatever
+	// it claims. False and no EKRoots: every approval answers 503
+	// join_ek_roots_required.
+	AllowUnverifiedEK bool
 	// Clock is the time source; nil: time.Now.
 	Clock func() time.Time
 	// Rand is the randomness source; nil: crypto/rand.
@@ -580,6 +585,12 @@ func (s *Service) Refuse(ctx context.Context, id, actor, reason string) (*Pendin
 func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, error) {
 	if err := s.available(); err != nil {
 		return nil, err
+	}
+	if s.o.EKRoots == nil && !s.o.AllowUnverifiedEK {
+		// A software "TPM" passes every other check: its AK's attributes
+		// and its PCR values are its own claims, and the credential would
+		// go to an EK its maker holds.
+		return nil, ErrEKRootsRequired
 	}
 	if s.o.Policy == nil {
 		return nil, ErrNoPolicy
