@@ -25,6 +25,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/keywarden/keywarden/attest"
+	"github.com/keywarden/keywarden/cluster"
 	"github.com/keywarden/keywarden/cluster/join"
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
@@ -61,6 +62,13 @@ func (m etcdMember) AddLearner(ctx context.Context, name string, peerURLs []stri
 		}
 	}
 	return rsp.Member.ID, strings.Join(parts, ","), nil
+}
+
+// Remove removes a member (as cluster.Embedded.Remove does, without its
+// checks).
+func (m etcdMember) Remove(ctx context.Context, id cluster.ID) (cluster.MemberInfo, error) {
+	_, err := m.cli.MemberRemove(ctx, uint64(id))
+	return cluster.MemberInfo{ID: id}, err
 }
 
 func (m etcdMember) ClusterID() uint64 {
@@ -906,6 +914,10 @@ func TestRefusalDuringStalledApprovalStands(t *testing.T) {
 	st, err := f.svc.Poll(ctx, sub.ID, sub.PollSecret)
 	if err != nil || st.State != join.StateRefused || st.Answer != nil || st.Reason != "not ours" {
 		t.Fatalf("after the refusal: %+v %v", st, err)
+	}
+	// The learner it added, which will never get an answer, is gone.
+	if l := f.member.learners(t); len(l) != 0 {
+		t.Fatalf("learners %v", l)
 	}
 }
 

@@ -725,13 +725,39 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 	})
 	if err != nil {
 		if errors.Is(err, ErrNotPending) {
+			// The learner this approval added will never get its answer.
+			note := "the answer was not stored; the learner was removed"
+			if rerr := s.removeLearner(context.WithoutCancel(ctx), memberID); rerr != nil {
+				note = "the answer was not stored; remove the learner with `keywarden cluster remove`"
+			}
 			s.o.Audit.Refusal(ctx, audit.Event{
 				Action: ActionApproved, Outcome: audit.OutcomeRefused, Actor: actor, Reason: "join_not_pending", RequestID: audit.RequestIDFrom(ctx),
-				Fields: map[string]string{"join_id": id, "member_id": strconv.FormatUint(memberID, 16), "note": "the answer was not stored; remove the learner with `keywarden cluster remove`"},
+				Fields: map[string]string{"join_id": id, "member_id": strconv.FormatUint(memberID, 16), "note": note},
 			})
 		}
 		return nil, err
 	}
 	p := rec.view(s.o.Clock())
 	return &p, nil
+}
+
+// learnerRemover is a [cluster.Member] that can also remove a member
+// (cluster.Embedded).
+type learnerRemover interface {
+	Remove(ctx context.Context, id cluster.ID) (cluster.MemberInfo, error)
+}
+
+var _ learnerRemover = (*cluster.Embedded)(nil)
+
+// removeLearner removes the learner an approval added when the approval
+// could not store its answer; an error when the member cannot.
+func (s *Service) removeLearner(ctx context.Context, memberID uint64) error {
+	r, ok := s.o.Member.(learnerRemover)
+	if !ok {
+		return errors.New("join: this member cannot remove members")
+	}
+	ctx, cancel := context.WithTimeout(ctx, addLearnerTimeout)
+	defer cancel()
+	_, err := r.Remove(ctx, cluster.ID(memberID))
+	return err
 }
