@@ -600,11 +600,10 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 		return nil, ErrNoPolicy.Wrap(err)
 	}
 	// Claim the request, so that two members approving at once do not
-	// both add a learner.
-	// The claim carries a token of this approval: its later steps change
-	// the request only while this approval still holds it (a claim that
-	// ran out lets an operator refuse the request, or another approval
-	// claim it, meanwhile).
+	// both add a learner. The claim carries a token of this approval: its
+	// later steps change the request only while this approval still holds
+	// it (a claim that ran out lets an operator refuse the request, or
+	// another approval claim it, meanwhile).
 	tb := make([]byte, 16)
 	if _, err := io.ReadFull(s.o.Rand, tb); err != nil {
 		return nil, err
