@@ -57,8 +57,18 @@ const (
 	// NonceTTL is how long an issued nonce may be spent.
 	NonceTTL = 5 * time.Minute
 	// RequestTTL is how long a request waits for an operator, and how long
-	// an approved answer may be fetched.
-	RequestTTL = time.Hour
+	// an approved answer may be fetched. Short, so that requests nobody
+	// approves (or a stranger's) do not hold the pending slots for long.
+	RequestTTL = 15 * time.Minute
+	// SubmitBurst and SubmitInterval limit the requests stored per client
+	// address (an IPv6 /64 counts as one): SubmitBurst at once, then one
+	// per SubmitInterval. Requests refused before their quote verifies do
+	// not count. One address cannot take more than a few of the
+	// MaxPending slots.
+	SubmitBurst    = 2
+	SubmitInterval = RequestTTL / 2
+	// maxTrackedAddresses bounds the limiter's memory.
+	maxTrackedAddresses = 4096
 	// MaxNonces bounds the unexpired nonces kept at once (the nonce route
 	// takes no credential).
 	MaxNonces = 64
@@ -93,12 +103,14 @@ var (
 	ErrReplayed        = apierr.New(http.StatusConflict, "join_replayed", "this nonce was already spent by a join request; a request is accepted once")
 	ErrTooManyNonces   = apierr.New(http.StatusTooManyRequests, "join_nonce_limit", "too many join nonces are outstanding; retry later").WithRetry(time.Minute)
 	ErrTooManyPending  = apierr.New(http.StatusTooManyRequests, "join_pending_limit", "too many join requests are waiting for an operator; approve or refuse some first").WithRetry(time.Minute)
+	ErrRateLimited     = apierr.New(http.StatusTooManyRequests, "join_rate_limited", "too many join requests from this address; retry later")
 	ErrTooLarge        = apierr.New(http.StatusRequestEntityTooLarge, "join_request_too_large", fmt.Sprintf("a join request is at most %d bytes", MaxRequestBytes))
 	ErrNotFound        = apierr.New(http.StatusNotFound, "join_not_found", "no such join request (or the poll secret is wrong)")
 	ErrNotPending      = apierr.New(http.StatusConflict, "join_not_pending", "the join request was already approved or refused")
 	ErrExpired         = apierr.New(http.StatusGone, "join_expired", "the join request has expired; the node must ask again")
 	ErrPolicyRefused   = apierr.New(http.StatusForbidden, "join_policy_refused", "the joining node's quote does not meet the cluster's PCR policy; the request was refused and nothing was sent")
 	ErrNoPolicy        = apierr.New(http.StatusServiceUnavailable, "join_policy_unavailable", "this member has no join policy (cluster.join_policy); it cannot approve joins")
+	ErrEKRootsRequired = apierr.New(http.StatusServiceUnavailable, "join_ek_roots_required", "this member approves joins only from TPMs whose EK certificate chains to cluster.join_ek_roots, which is not set (cluster.join_allow_unverified_ek: true approves on the EK fingerprint alone)")
 	ErrMemberAdd       = apierr.New(http.StatusServiceUnavailable, "join_member_add_failed", "the cluster did not add the member; nothing was sent; retry").WithRetry(5 * time.Second)
 	ErrNotMember       = apierr.New(http.StatusServiceUnavailable, "join_unavailable", "this node is not a member of a cluster; joins are served by members")
 )

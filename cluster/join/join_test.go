@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/keywarden/keywarden/attest"
+	"github.com/keywarden/keywarden/cluster"
 	"github.com/keywarden/keywarden/cluster/join"
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
@@ -60,6 +62,13 @@ func (m etcdMember) AddLearner(ctx context.Context, name string, peerURLs []stri
 		}
 	}
 	return rsp.Member.ID, strings.Join(parts, ","), nil
+}
+
+// Remove removes a member (as cluster.Embedded.Remove does, without its
+// checks).
+func (m etcdMember) Remove(ctx context.Context, id cluster.ID) (cluster.MemberInfo, error) {
+	_, err := m.cli.MemberRemove(ctx, uint64(id))
+	return cluster.MemberInfo{ID: id}, err
 }
 
 func (m etcdMember) ClusterID() uint64 {
@@ -136,6 +145,10 @@ func newFixture(t *testing.T, opts ...func(*join.Options)) *fixture {
 			return f.policy, nil
 		},
 		Clock: func() time.Time { return f.now },
+		// The simulator has no maker's EK certificate; tests that need
+		// EK roots set EKRoots (and TestApprovalNeedsEKRootsOrOptOut this
+		// back to false).
+		AllowUnverifiedEK: true,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -200,6 +213,12 @@ func wantCode(t *testing.T, err error, code string) {
 // submit runs the joiner's first steps on tpm: nonce, prepare, submit.
 func (f *fixture) submit(t *testing.T, tpm transport.TPM, name string) (*join.Request, *attest.AK, *join.Submitted) {
 	t.Helper()
+	return f.submitFrom(t, tpm, name, "192.0.2.7")
+}
+
+// submitFrom is submit from the client address remote.
+func (f *fixture) submitFrom(t *testing.T, tpm transport.TPM, name, remote string) (*join.Request, *attest.AK, *join.Submitted) {
+	t.Helper()
 	ctx := context.Background()
 	n, err := f.svc.IssueNonce(ctx)
 	if err != nil {
@@ -210,7 +229,7 @@ func (f *fixture) submit(t *testing.T, tpm transport.TPM, name string) (*join.Re
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ak.Close() })
-	sub, err := f.svc.Submit(ctx, req, "192.0.2.7")
+	sub, err := f.svc.Submit(ctx, req, remote)
 	if err != nil {
 		t.Fatalf("Submit: %v", err)
 	}
@@ -475,7 +494,9 @@ func TestReplayIsRefused(t *testing.T) {
 
 	req, ak0, _ := f.submit(t, tpm, "n2")
 	_ = ak0.Close() // the simulator holds three objects at most
-	_, err := f.svc.Submit(ctx, req, "")
+	// (Each from its own address: a request whose quote verifies takes a
+	// token of its address's submission limit.)
+	_, err := f.svc.Submit(ctx, req, "192.0.2.8")
 	wantCode(t, err, "join_replayed")
 
 	// A nonce of its own choosing, with a genuine quote over it.
@@ -485,7 +506,7 @@ func TestReplayIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = ak.Close()
-	_, err = f.svc.Submit(ctx, forged, "")
+	_, err = f.svc.Submit(ctx, forged, "192.0.2.9")
 	wantCode(t, err, "join_nonce_invalid")
 
 	// An issued nonce spent after its expiry.
@@ -499,7 +520,7 @@ func TestReplayIsRefused(t *testing.T) {
 	}
 	defer ak2.Close()
 	f.now = f.now.Add(join.NonceTTL)
-	_, err = f.svc.Submit(ctx, late, "")
+	_, err = f.svc.Submit(ctx, late, "192.0.2.10")
 	wantCode(t, err, "join_nonce_invalid")
 }
 
@@ -627,8 +648,8 @@ func TestBounds(t *testing.T) {
 	_, err := f.svc.IssueNonce(ctx)
 	wantCode(t, err, "join_nonce_limit")
 	f.now = f.now.Add(join.NonceTTL) // they expire and make room
-	for range join.MaxPending {
-		_, ak, _ := f.submit(t, tpm, "n")
+	for i := range join.MaxPending {
+		_, ak, _ := f.submitFrom(t, tpm, "n", fmt.Sprintf("192.0.2.%d", i+1))
 		_ = ak.Close()
 	}
 	n, err := f.svc.IssueNonce(ctx)
@@ -818,7 +839,7 @@ func TestTwoMembersApproveAtOnce(t *testing.T) {
 	}
 	defer root2.Close()
 	second, err := join.New(join.Options{DB: f.db, Audit: f.log, Root: root2, Member: f.member,
-		Policy: func(context.Context) (*attest.Policy, error) { return f.policy, nil }, Clock: func() time.Time { return f.now }})
+		Policy: func(context.Context) (*attest.Policy, error) { return f.policy, nil }, Clock: func() time.Time { return f.now }, AllowUnverifiedEK: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -845,5 +866,167 @@ func TestTwoMembersApproveAtOnce(t *testing.T) {
 	}
 	if l := f.member.learners(t); len(l) != 1 {
 		t.Fatalf("learners %v", l)
+	}
+}
+
+// stallingAuditor is the member's real audit log, except that writing the
+// approval's line waits until the test lets it go (a slow audit disk).
+type stallingAuditor struct {
+	join.Auditor
+	reached, release chan struct{}
+}
+
+func (a *stallingAuditor) Record(ctx context.Context, ev audit.Event) error {
+	if ev.Action == join.ActionApproved && ev.Outcome == audit.OutcomeSuccess {
+		a.reached <- struct{}{}
+		<-a.release
+	}
+	return a.Auditor.Record(ctx, ev)
+}
+
+// TestRefusalDuringStalledApprovalStands: an approval that stalls past its
+// claim while an operator refuses the request does not overwrite the
+// refusal: it ends with join_not_pending and no answer is stored.
+func TestRefusalDuringStalledApprovalStands(t *testing.T) {
+	sa := &stallingAuditor{reached: make(chan struct{}), release: make(chan struct{})}
+	f := newFixture(t, func(o *join.Options) { sa.Auditor = o.Audit; o.Audit = sa })
+	tpm := openSim(t)
+	ctx := context.Background()
+	f.policy = policyOf(t, tpm)
+	_, ak, sub := f.submit(t, tpm, "n2")
+	_ = ak.Close()
+
+	done := make(chan error, 1)
+	go func() { _, err := f.svc.Approve(ctx, sub.ID, "admin:first"); done <- err }()
+	<-sa.reached
+	// While the approval claims it, the request cannot be refused.
+	_, err := f.svc.Refuse(ctx, sub.ID, "admin:second", "")
+	wantCode(t, err, "join_not_pending")
+	f.now = f.now.Add(3 * time.Minute) // the claim runs out
+	if _, err := f.svc.Refuse(ctx, sub.ID, "admin:second", "not ours"); err != nil {
+		t.Fatalf("refuse after the claim ran out: %v", err)
+	}
+	close(sa.release)
+	err = <-done
+	if !errors.Is(err, join.ErrNotPending) {
+		t.Fatalf("the stalled approval: %v, want join_not_pending", err)
+	}
+	st, err := f.svc.Poll(ctx, sub.ID, sub.PollSecret)
+	if err != nil || st.State != join.StateRefused || st.Answer != nil || st.Reason != "not ours" {
+		t.Fatalf("after the refusal: %+v %v", st, err)
+	}
+	// The learner it added, which will never get an answer, is gone.
+	if l := f.member.learners(t); len(l) != 0 {
+		t.Fatalf("learners %v", l)
+	}
+}
+
+// TestSubmissionsLimitedPerAddress: one address (an IPv6 /64 counts as
+// one) cannot fill the pending slots: its third request in a row is 429
+// join_rate_limited and stores nothing, while other addresses still get
+// through; requests whose quote does not verify cost nothing; a
+// pending request lives 15 minutes, then frees its slot.
+func TestSubmissionsLimitedPerAddress(t *testing.T) {
+	f := newFixture(t)
+	tpm := openSim(t)
+	ctx := context.Background()
+	attacker := []string{"2001:db8:1:2::10", "2001:db8:1:2::11"} // one /64
+	for _, a := range attacker {
+		_, ak, sub := f.submitFrom(t, tpm, "x", a)
+		_ = ak.Close()
+		if want := f.now.Add(15 * time.Minute); !sub.Expires.Equal(want) {
+			t.Fatalf("a pending request expires at %v, want %v", sub.Expires, want)
+		}
+	}
+	try := func(remote string, spoil bool) error {
+		n, err := f.svc.IssueNonce(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, ak, err := join.Prepare(ctx, tpm, n, "x", []string{"https://x.example:2380"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ak.Close()
+		if spoil {
+			req.Name = "other" // the quote no longer binds the request
+		}
+		_, err = f.svc.Submit(ctx, req, remote)
+		return err
+	}
+	err := try("2001:db8:1:2::12", false)
+	wantCode(t, err, "join_rate_limited")
+	if e, _ := apierr.As(err); e.RetryAfter <= 0 {
+		t.Fatalf("no Retry-After: %+v", e)
+	}
+	list, err := f.svc.List(ctx)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("the limited request was stored: %d kept, %v", len(list), err)
+	}
+	// Another address is not held up; its refused attempts cost it nothing.
+	for range 3 {
+		wantCode(t, try("198.51.100.9", true), "join_evidence_invalid")
+	}
+	if err := try("198.51.100.9", false); err != nil {
+		t.Fatalf("another address: %v", err)
+	}
+	// The pending requests expire after 15 minutes and leave room.
+	f.now = f.now.Add(15 * time.Minute)
+	for _, p := range mustList(t, f) {
+		if p.State != join.StateExpired {
+			t.Fatalf("after 15 minutes: %+v", p)
+		}
+	}
+	if err := try("2001:db8:1:2::12", false); err != nil {
+		t.Fatalf("the address after 15 minutes: %v", err)
+	}
+}
+
+func mustList(t *testing.T, f *fixture) []join.Pending {
+	t.Helper()
+	l, err := f.svc.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// TestApprovalNeedsEKRootsOrOptOut: without TPM makers' roots, a member
+// that was not told to accept unverified EKs approves nothing: a software
+// TPM's request (here the simulator's, which has no maker certificate)
+// stays pending, no learner is added, no answer is stored. With the
+// explicit opt-out it is approved.
+func TestApprovalNeedsEKRootsOrOptOut(t *testing.T) {
+	f := newFixture(t, func(o *join.Options) { o.AllowUnverifiedEK = false })
+	tpm := openSim(t)
+	ctx := context.Background()
+	f.policy = policyOf(t, tpm)
+	_, ak, sub := f.submit(t, tpm, "n2")
+	_ = ak.Close()
+	_, err := f.svc.Approve(ctx, sub.ID, "admin:test")
+	wantCode(t, err, "join_ek_roots_required")
+	if e, _ := apierr.As(err); e.Status != 503 || !strings.Contains(e.Message, "cluster.join_ek_roots") {
+		t.Fatalf("%+v", e)
+	}
+	st, err := f.svc.Poll(ctx, sub.ID, sub.PollSecret)
+	if err != nil || st.State != join.StatePending || st.Answer != nil {
+		t.Fatalf("after the refused approval: %+v %v", st, err)
+	}
+	if l := f.member.learners(t); len(l) != 0 {
+		t.Fatalf("learners %v", l)
+	}
+
+	root2, err := enclave.NewRoot(secret.CopyBytes(f.rootKey.Reveal()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root2.Close()
+	optedOut, err := join.New(join.Options{DB: f.db, Audit: f.log, Root: root2, Member: f.member, AllowUnverifiedEK: true,
+		Policy: func(context.Context) (*attest.Policy, error) { return f.policy, nil }, Clock: func() time.Time { return f.now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := optedOut.Approve(ctx, sub.ID, "admin:test"); err != nil || p.State != join.StateApproved {
+		t.Fatalf("with cluster.join_allow_unverified_ek: %+v %v", p, err)
 	}
 }

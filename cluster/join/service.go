@@ -19,6 +19,7 @@ import (
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/ratelimit"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -61,6 +62,11 @@ type Options struct {
 	// for its EK that chains to one of them. Nil: the EK is identified by
 	// its fingerprint only, which the operator compares out of band.
 	EKRoots *x509.CertPool
+	// AllowUnverifiedEK lets Approve work without EKRoots (dev mode, or
+	// cluster.join_allow_unverified_ek): a joiner's EK is then whatever
+	// it claims. False and no EKRoots: every approval answers 503
+	// join_ek_roots_required.
+	AllowUnverifiedEK bool
 	// Clock is the time source; nil: time.Now.
 	Clock func() time.Time
 	// Rand is the randomness source; nil: crypto/rand.
@@ -77,7 +83,8 @@ const addLearnerTimeout = 30 * time.Second
 
 // Service is the member's side of the join.
 type Service struct {
-	o Options
+	o       Options
+	submits *ratelimit.Limiter // stored requests per client address
 }
 
 // New checks the options and makes the service.
@@ -102,7 +109,7 @@ func New(o Options) (*Service, error) {
 			return nil, fmt.Errorf("join: PCR %d outside 0..%d", i, attest.MaxPCR)
 		}
 	}
-	return &Service{o: o}, nil
+	return &Service{o: o, submits: ratelimit.New(SubmitBurst, SubmitInterval, maxTrackedAddresses)}, nil
 }
 
 // nonceRecord is a nonce in the store.
@@ -129,7 +136,8 @@ type record struct {
 	Remote        string            `json:"remote,omitempty"`
 	Created       time.Time         `json:"created"`
 	Expires       time.Time         `json:"expires"`
-	Approving     time.Time         `json:"approving,omitzero"` // when a member claimed it for approval
+	Approving     time.Time         `json:"approving,omitzero"`   // when a member claimed it for approval
+	ClaimToken    string            `json:"claimToken,omitempty"` // which approval holds the claim
 	Answer        *Answer           `json:"answer,omitempty"`
 }
 
@@ -245,6 +253,11 @@ func (s *Service) Submit(ctx context.Context, req *Request, remote string) (*Sub
 	facts, err := s.verify(req, nil)
 	if err != nil {
 		return refused(err)
+	}
+	// A request whose quote verifies takes a token of its address (in one
+	// step, so that requests sent at once cannot all pass a check first).
+	if ok, wait := s.submits.Take(ratelimit.AddrKey(remote), s.o.Clock()); !ok {
+		return refused(ErrRateLimited.WithRetry(wait))
 	}
 	id, secretHex, pollHash, err := s.newIDs()
 	if err != nil {
@@ -573,6 +586,12 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 	if err := s.available(); err != nil {
 		return nil, err
 	}
+	if s.o.EKRoots == nil && !s.o.AllowUnverifiedEK {
+		// A software "TPM" passes every other check: its AK's attributes
+		// and its PCR values are its own claims, and the credential would
+		// go to an EK its maker holds.
+		return nil, ErrEKRootsRequired
+	}
 	if s.o.Policy == nil {
 		return nil, ErrNoPolicy
 	}
@@ -581,19 +600,39 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 		return nil, ErrNoPolicy.Wrap(err)
 	}
 	// Claim the request, so that two members approving at once do not
-	// both add a learner.
+	// both add a learner. The claim carries a token of this approval: its
+	// later steps change the request only while this approval still holds
+	// it (a claim that ran out lets an operator refuse the request, or
+	// another approval claim it, meanwhile).
+	tb := make([]byte, 16)
+	if _, err := io.ReadFull(s.o.Rand, tb); err != nil {
+		return nil, err
+	}
+	token := hex.EncodeToString(tb)
 	rec, err := s.transition(ctx, id, func(r *record) error {
 		if err := s.mustBePending(r); err != nil {
 			return err
 		}
-		r.Approving = s.o.Clock().UTC()
+		r.Approving, r.ClaimToken = s.o.Clock().UTC(), token
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	stillClaimed := func(r *record) error {
+		if r.State != StatePending || r.ClaimToken != token {
+			return ErrNotPending.WithMessage("the join request was refused, or claimed by another approval, while this approval was under way; nothing was sent")
+		}
+		return nil
+	}
 	release := func() {
-		_, _ = s.transition(context.WithoutCancel(ctx), id, func(r *record) error { r.Approving = time.Time{}; return nil })
+		_, _ = s.transition(context.WithoutCancel(ctx), id, func(r *record) error {
+			if err := stillClaimed(r); err != nil {
+				return err
+			}
+			r.Approving, r.ClaimToken = time.Time{}, ""
+			return nil
+		})
 	}
 	req := &Request{Nonce: rec.Nonce, Name: rec.Name, PeerURLs: rec.PeerURLs, EKPublic: rec.EKPublic, EKCertificate: rec.EKCertificate, Evidence: rec.Evidence}
 	if _, err := s.verify(req, policy); err != nil {
@@ -602,7 +641,10 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 			reason = string(ve.Reason)
 		}
 		if _, terr := s.transition(context.WithoutCancel(ctx), id, func(r *record) error {
-			r.Approving, r.State, r.Reason = time.Time{}, StateRefused, reason
+			if err := stillClaimed(r); err != nil {
+				return err
+			}
+			r.Approving, r.ClaimToken, r.State, r.Reason = time.Time{}, "", StateRefused, reason
 			return nil
 		}); terr != nil {
 			return nil, terr
@@ -669,14 +711,52 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 		release()
 		return nil, err
 	}
+	// Only if this approval still holds the request: an operator's refusal
+	// (or another approval) that came in while this one stalled past its
+	// claim stands, and no answer is stored.
 	rec, err = s.transition(context.WithoutCancel(ctx), id, func(r *record) error {
-		r.Approving, r.State, r.Answer = time.Time{}, StateApproved, ans
+		if err := stillClaimed(r); err != nil {
+			return err
+		}
+		r.Approving, r.ClaimToken, r.State, r.Answer = time.Time{}, "", StateApproved, ans
 		r.Expires = s.o.Clock().Add(RequestTTL).UTC()
 		return nil
 	})
 	if err != nil {
+		if errors.Is(err, ErrNotPending) {
+			// The learner this approval added will never get its answer.
+			note := "the answer was not stored; the learner was removed"
+			if rerr := s.removeLearner(context.WithoutCancel(ctx), memberID); rerr != nil {
+				note = "the answer was not stored; remove the learner with `keywarden cluster remove`"
+			}
+			s.o.Audit.Refusal(ctx, audit.Event{
+				Action: ActionApproved, Outcome: audit.OutcomeRefused, Actor: actor, Reason: "join_not_pending", RequestID: audit.RequestIDFrom(ctx),
+				Fields: map[string]string{"join_id": id, "member_id": strconv.FormatUint(memberID, 16), "note": note},
+			})
+		}
 		return nil, err
 	}
 	p := rec.view(s.o.Clock())
 	return &p, nil
+}
+
+// learnerRemover is a [cluster.Member] that can also remove a member
+// (cluster.Embedded).
+type learnerRemover interface {
+	Remove(ctx context.Context, id cluster.ID) (cluster.MemberInfo, error)
+}
+
+var _ learnerRemover = (*cluster.Embedded)(nil)
+
+// removeLearner removes the learner an approval added when the approval
+// could not store its answer; an error when the member cannot.
+func (s *Service) removeLearner(ctx context.Context, memberID uint64) error {
+	r, ok := s.o.Member.(learnerRemover)
+	if !ok {
+		return errors.New("join: this member cannot remove members")
+	}
+	ctx, cancel := context.WithTimeout(ctx, addLearnerTimeout)
+	defer cancel()
+	_, err := r.Remove(ctx, cluster.ID(memberID))
+	return err
 }

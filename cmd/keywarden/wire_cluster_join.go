@@ -41,6 +41,14 @@ func wireClusterJoins(ctx context.Context, a *appliance, opts *server.Options) e
 		return fmt.Errorf("config: %w", err)
 	}
 	jo := join.Options{DB: a.db, Audit: a.audit, Root: a.root, Member: m, PCRs: pcrs, EKRoots: roots}
+	var flag *server.Check
+	jo.AllowUnverifiedEK, flag = joinUnverifiedEK(a.cfg)
+	if flag != nil {
+		opts.Degraded = append(opts.Degraded, *flag)
+		a.log.Warn("cluster.join_allow_unverified_ek: true: joining nodes' EKs are not verified against TPM makers' certificates; only the operator's comparison of the EK fingerprint tells a real TPM from a software one")
+	} else if roots == nil && !jo.AllowUnverifiedEK {
+		a.log.Warn("cluster.join_ek_roots is not set: this member takes join requests but every approval answers 503 join_ek_roots_required")
+	}
 	switch {
 	case policy != nil:
 		jo.Policy = func(context.Context) (*attest.Policy, error) { return policy, nil }
@@ -108,4 +116,23 @@ func checkJoinPolicy(cfg config.Config) error {
 	}
 	_, err := joinEKRoots(cfg)
 	return err
+}
+
+// joinUnverifiedEK says whether this member approves joins without
+// cluster.join_ek_roots — in dev mode (the simulator has no maker's EK
+// certificate), or outside it only with cluster.join_allow_unverified_ek —
+// and, for that opt-out, the admin readiness check that flags it.
+func joinUnverifiedEK(cfg config.Config) (allow bool, flag *server.Check) {
+	if cfg.ClusterJoin.JoinEKRoots != "" {
+		return false, nil
+	}
+	if cfg.Dev {
+		return true, nil
+	}
+	if !cfg.ClusterJoin.JoinAllowUnverifiedEK {
+		return false, nil
+	}
+	return true, &server.Check{Name: "join_ek", Private: true, Run: func(context.Context) error {
+		return errors.New("unverified: cluster.join_allow_unverified_ek: true approves joining nodes without an EK certificate from a TPM maker; set cluster.join_ek_roots")
+	}}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,5 +45,33 @@ func TestJoinPolicyConfigNamesTheField(t *testing.T) {
 	}
 	if err := checkJoinPolicy(cfg); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestJoinUnverifiedEKIsFlagged: outside dev mode a member approves joins
+// without TPM makers' roots only with cluster.join_allow_unverified_ek,
+// and then its admin readiness flags it (a private degraded check); dev
+// mode (the simulator has no maker certificate) is unchanged; with roots
+// nothing unverified is allowed.
+func TestJoinUnverifiedEKIsFlagged(t *testing.T) {
+	prod := config.Defaults()
+	if allow, flag := joinUnverifiedEK(prod); allow || flag != nil {
+		t.Fatalf("default: allow %v, flag %v", allow, flag)
+	}
+	prod.ClusterJoin.JoinAllowUnverifiedEK = true
+	allow, flag := joinUnverifiedEK(prod)
+	if !allow || flag == nil || !flag.Private || flag.Name != "join_ek" {
+		t.Fatalf("opt-out: allow %v, flag %+v", allow, flag)
+	}
+	if err := flag.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "cluster.join_allow_unverified_ek") {
+		t.Fatalf("the readiness check does not name the setting: %v", err)
+	}
+	withRoots := prod
+	withRoots.ClusterJoin.JoinEKRoots = "/etc/keywarden/tpm-makers.pem"
+	if allow, flag := joinUnverifiedEK(withRoots); allow || flag != nil {
+		t.Fatalf("with roots: allow %v, flag %v", allow, flag)
+	}
+	if allow, flag := joinUnverifiedEK(config.DevDefaults()); !allow || flag != nil {
+		t.Fatalf("dev mode: allow %v, flag %v", allow, flag)
 	}
 }

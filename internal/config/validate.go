@@ -25,6 +25,7 @@ func (c *Config) Validate() error {
 		c.Session.validate(), c.Limits.validate(), c.Vault.validate(), c.Portal.validate(),
 		c.Recovery.validate(), c.Audit.validate(), c.Log.validate(), c.Keys.validate(), c.Rollback.validate(), c.PIN.validate(),
 		c.Store.validate(), c.Etcd.validate(c.Store.Backend), c.Cluster.validate(c.Store.Backend),
+		c.ClusterJoin.validate(c.Dev),
 	)
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %w", errors.Join(errs...))

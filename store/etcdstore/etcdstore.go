@@ -320,8 +320,14 @@ func (s *Store) attempt(ctx context.Context, fn func(store.BackendTx) error, fir
 	if err := fn(tx); err != nil {
 		if tx.stale && tx.rev != 0 {
 			// fn's refusal may rest on a snapshot that was behind: it
-			// stands only if what fn read is still current.
-			if ok, verr := tx.validate(); verr == nil && !ok {
+			// stands only if what fn read is still current. When that
+			// cannot be confirmed (no quorum), the caller gets the store's
+			// error, not a refusal made from what this member last knew.
+			ok, verr := tx.validate()
+			if verr != nil {
+				return false, verr
+			}
+			if !ok {
 				return false, nil
 			}
 		}

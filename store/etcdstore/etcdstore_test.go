@@ -558,3 +558,41 @@ func TestUpdateOutcomeValidated(t *testing.T) {
 		t.Fatalf("refusal on a current read: %v after %d runs", err, runs)
 	}
 }
+
+// TestStaleRefusalWithoutQuorumIsUnavailable: an Update's first attempt
+// reads serializably, which the one member the client reaches answers from
+// its own state even when the cluster has lost its quorum. A refusal fn
+// makes on that state must not reach the caller when it cannot be
+// validated: the Update fails with store.ErrUnavailable instead.
+func TestStaleRefusalWithoutQuorumIsUnavailable(t *testing.T) {
+	c := etcddev.EmbeddedCluster(t, 3)
+	s, err := etcdstore.Open(context.Background(), etcdstore.Options{Endpoints: []string{c.Endpoint(0)}, Prefix: "kw", TxTimeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	update(t, s, func(tx store.BackendTx) error { return tx.CreateBucket(bk) })
+	update(t, s, func(tx store.BackendTx) error { return tx.Put(bk, []byte("ceremony"), []byte("spent")) })
+	c.Stop(1)
+	c.Stop(2)
+
+	errSpent := errors.New("spent")
+	runs := 0
+	err = s.Update(context.Background(), func(tx store.BackendTx) error {
+		runs++
+		v, err := tx.Get(bk, []byte("ceremony"))
+		if err != nil {
+			return err
+		}
+		if string(v) == "spent" {
+			return errSpent
+		}
+		return nil
+	})
+	if runs == 0 {
+		t.Fatal("fn did not run: the member did not answer the serializable read the test relies on")
+	}
+	if errors.Is(err, errSpent) || !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("a refusal on an unvalidated snapshot: %v, want store.ErrUnavailable", err)
+	}
+}
