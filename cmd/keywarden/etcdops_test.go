@@ -111,10 +111,10 @@ func TestEtcdMetricsMove(t *testing.T) {
 	if err != nil || runs != 2 {
 		t.Fatalf("conflicting update: %v after %d runs", err, runs)
 	}
-	// At least the one conflict forced here (a first attempt from a
-	// serializable snapshot may count one more before its retry).
-	if got := metricValue(t, m, "keywarden_etcd_txn_conflicts_total", ""); got < 1 || got > 2 {
-		t.Fatalf("conflicts %v, want 1 (or 2)", got)
+	// At least the one conflict forced here (attempts from a serializable
+	// snapshot may count more before the retry that commits).
+	if got := metricValue(t, m, "keywarden_etcd_txn_conflicts_total", ""); got < 1 {
+		t.Fatalf("conflicts %v, want at least the one forced", got)
 	}
 
 	// check samples at most once a second; each check here asks afresh.
