@@ -47,6 +47,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/attest"
+	"github.com/keywarden/keywarden/cluster"
 	"github.com/keywarden/keywarden/internal/apierr"
 )
 
@@ -152,8 +153,8 @@ type Submitted struct {
 // Answer is what an approved joiner receives: nothing in it is secret
 // (the root key is encrypted to a secret only the joiner's TPM recovers).
 type Answer struct {
-	ClusterID      uint64                  `json:"clusterId,string"`
-	MemberID       uint64                  `json:"memberId,string"`
+	ClusterID      cluster.ID              `json:"clusterId"` // hexadecimal, as GET /v1/admin/cluster shows ids
+	MemberID       cluster.ID              `json:"memberId"`
 	InitialCluster string                  `json:"initialCluster"`
 	Credential     *attest.EnrollChallenge `json:"credential"`
 	Nonce          []byte                  `json:"nonce"`
@@ -183,7 +184,7 @@ type Pending struct {
 	Remote        string            `json:"remote,omitempty"`
 	Created       time.Time         `json:"created"`
 	Expires       time.Time         `json:"expires"`
-	MemberID      uint64            `json:"memberId,omitempty,string"`
+	MemberID      cluster.ID        `json:"memberId,omitempty"` // hexadecimal
 }
 
 // Binding is what a join quote binds (its [attest.QuoteOptions.BoundKey]):

@@ -286,7 +286,7 @@ func TestJoinHappyPath(t *testing.T) {
 	if !joined.RootKey.Equal(f.rootKey) {
 		t.Fatal("the joiner recovered another root key")
 	}
-	if joined.Name != "n2" || joined.MemberID != p.MemberID || joined.ClusterID != f.member.ClusterID() || !strings.Contains(joined.InitialCluster, "n2=https://n2.example:2380") {
+	if joined.Name != "n2" || cluster.ID(joined.MemberID) != p.MemberID || joined.ClusterID != f.member.ClusterID() || !strings.Contains(joined.InitialCluster, "n2=https://n2.example:2380") {
 		t.Fatalf("joined: %+v", joined)
 	}
 	// The answer is bound to its request: under another request id it

@@ -94,7 +94,7 @@ func Recover(ctx context.Context, tpm transport.TPM, ak *attest.AK, requestID, n
 	if len(ans.Nonce) != aead.NonceSize() {
 		return cluster.Joined{}, errors.New("join: the answer's nonce is malformed")
 	}
-	key, err := aead.Open(nil, ans.Nonce, ans.Ciphertext, additionalData(ans.ClusterID, requestID, ak.Name()))
+	key, err := aead.Open(nil, ans.Nonce, ans.Ciphertext, additionalData(uint64(ans.ClusterID), requestID, ak.Name()))
 	if err != nil {
 		return cluster.Joined{}, errors.New("join: the root key does not open (answer for another request, cluster or key)")
 	}
@@ -106,8 +106,8 @@ func Recover(ctx context.Context, tpm transport.TPM, ak *attest.AK, requestID, n
 		RootKey:        secret.NewBytes(key),
 		Name:           name,
 		InitialCluster: ans.InitialCluster,
-		ClusterID:      ans.ClusterID,
-		MemberID:       ans.MemberID,
+		ClusterID:      uint64(ans.ClusterID),
+		MemberID:       uint64(ans.MemberID),
 	}, nil
 }
 

@@ -698,7 +698,7 @@ func (s *Service) Approve(ctx context.Context, id, actor string) (*Pending, erro
 		release()
 		return nil, err
 	}
-	ans := &Answer{ClusterID: clusterID, MemberID: memberID, InitialCluster: initial, Credential: ch, Nonce: nonce, Ciphertext: ct}
+	ans := &Answer{ClusterID: cluster.ID(clusterID), MemberID: cluster.ID(memberID), InitialCluster: initial, Credential: ch, Nonce: nonce, Ciphertext: ct}
 	// The line is durable before the answer can be fetched: an approval
 	// that cannot be audited sends nothing.
 	if err := s.o.Audit.Record(ctx, audit.Event{

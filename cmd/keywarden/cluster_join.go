@@ -294,7 +294,7 @@ func cmdClusterApprove(ctx context.Context, args []string) error {
 	if err := adminJoinCall(ctx, api, http.MethodPost, "/v1/admin/cluster/joins/"+url.PathEscape(id)+"/approve", nil, &p); err != nil {
 		return fmt.Errorf("cluster approve: %w", err)
 	}
-	fmt.Printf("approved: %s joins as member %016x\n", p.Name, p.MemberID)
+	fmt.Printf("approved: %s joins as member %s\n", p.Name, p.MemberID)
 	return nil
 }
 

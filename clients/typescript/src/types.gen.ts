@@ -1319,7 +1319,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Approve a pending request; its quote is checked again against the cluster's PCR policy (403 join_policy_refused refuses the request and sends nothing), the node is added as a learner and the root key is encrypted to its TPM. */
+        /** Approve a pending request; its quote is checked again against the cluster's PCR policy (403 join_policy_refused refuses the request and sends nothing), the node is added as a learner and the root key is encrypted to its TPM. Outside dev mode it needs cluster.join_ek_roots (or cluster.join_allow_unverified_ek), else 503 join_ek_roots_required; an approval that lost its claim meanwhile (the request refused) is 409 join_not_pending and stores nothing. */
         post: operations["approveJoin"];
         delete?: never;
         options?: never;
@@ -1394,7 +1394,7 @@ export interface components {
          * @description Every error code the appliance answers with.
          * @enum {string}
          */
-        ErrorCode: "admin_unauthorized" | "assertion_invalid" | "attestation_invalid" | "attestation_unavailable" | "audit_unavailable" | "auth_time_invalid" | "auth_too_old" | "backup_flags_invalid" | "bad_bind" | "bad_nonce" | "bad_request" | "bind_unavailable" | "body_too_large" | "ceremony_capacity" | "ceremony_expired" | "ceremony_rp_mismatch" | "ceremony_unknown" | "challenge_mismatch" | "ciphertext_rejected" | "ciphertext_version_retired" | "client_data_type_mismatch" | "client_mismatch" | "cluster_unavailable" | "conflict" | "counter_regressed" | "credential_exists" | "credential_not_allowed" | "credential_revoked" | "credential_unknown" | "custodian_not_configured" | "email_not_verified" | "events_unavailable" | "firebase_keys_unavailable" | "firebase_not_configured" | "forbidden" | "hpke_open_failed" | "import_claim_expired" | "imported_key_unclaimed" | "internal" | "invalid_backup_method" | "invalid_blinded_element" | "invalid_cipher_text" | "invalid_client_id" | "invalid_credential" | "invalid_guess_limit" | "invalid_import" | "invalid_job_id" | "invalid_json" | "invalid_key" | "invalid_member_id" | "invalid_method" | "invalid_owner" | "invalid_query" | "invalid_recipient_key" | "invalid_sealed_key" | "invalid_share" | "invalid_unlock_tag" | "invalid_user_id" | "invalid_version_id" | "join_evidence_invalid" | "join_expired" | "join_member_add_failed" | "join_nonce_invalid" | "join_nonce_limit" | "join_not_found" | "join_not_pending" | "join_pending_limit" | "join_policy_refused" | "join_policy_unavailable" | "join_replayed" | "join_request_invalid" | "join_request_too_large" | "join_unavailable" | "key_exists" | "key_format_mismatch" | "key_required" | "last_voter" | "member_is_self" | "member_not_found" | "method_not_allowed" | "no_items" | "not_found" | "origin_mismatch" | "origin_not_allowed" | "overloaded" | "passkey_not_found" | "passkey_reset_disabled" | "passkeys_not_configured" | "pin_exists" | "pin_incorrect" | "pin_locked" | "pin_not_registered" | "pin_recovery_not_found" | "pin_registration_not_found" | "portal_bad_answer" | "portal_credential_invalid" | "portal_credential_missing" | "portal_credential_unknown" | "portal_custodian_mismatch" | "portal_unavailable" | "provider_not_allowed" | "quote_failed" | "rate_limited" | "reauthentication_required" | "recipient_mismatch" | "record_damaged" | "rollback_counter_unavailable" | "route_not_found" | "rp_id_mismatch" | "sealed" | "session_expired" | "session_invalid" | "signing_key_unavailable" | "store_unavailable" | "subject_invalid" | "token_alg" | "token_expired" | "token_issued_in_future" | "token_kid_unknown" | "token_malformed" | "token_missing" | "token_not_yet_valid" | "token_signature" | "token_too_large" | "token_too_old" | "too_many_ceremonies" | "too_many_items" | "too_many_passkeys" | "unauthorized" | "unavailable" | "unknown_relying_party" | "unsupported_media_type" | "unsupported_suite" | "user_blocked" | "user_handle_mismatch" | "user_presence_missing" | "user_verification_missing" | "vault_client_key_mismatch" | "vault_client_key_unavailable" | "vault_error" | "vault_forbidden" | "vault_key_not_derived" | "vault_unavailable" | "webhook_not_configured" | "webhook_secret" | "webhook_source_refused" | "would_lose_quorum" | "wrong_audience" | "wrong_issuer" | "wrong_tenant";
+        ErrorCode: "admin_unauthorized" | "assertion_invalid" | "attestation_invalid" | "attestation_unavailable" | "audit_unavailable" | "auth_time_invalid" | "auth_too_old" | "backup_flags_invalid" | "bad_bind" | "bad_nonce" | "bad_request" | "bind_unavailable" | "body_too_large" | "ceremony_capacity" | "ceremony_expired" | "ceremony_rp_mismatch" | "ceremony_unknown" | "challenge_mismatch" | "ciphertext_rejected" | "ciphertext_version_retired" | "client_data_type_mismatch" | "client_mismatch" | "cluster_unavailable" | "conflict" | "counter_regressed" | "credential_exists" | "credential_not_allowed" | "credential_revoked" | "credential_unknown" | "custodian_not_configured" | "email_not_verified" | "events_unavailable" | "firebase_keys_unavailable" | "firebase_not_configured" | "forbidden" | "hpke_open_failed" | "import_claim_expired" | "imported_key_unclaimed" | "internal" | "invalid_backup_method" | "invalid_blinded_element" | "invalid_cipher_text" | "invalid_client_id" | "invalid_credential" | "invalid_guess_limit" | "invalid_import" | "invalid_job_id" | "invalid_json" | "invalid_key" | "invalid_member_id" | "invalid_method" | "invalid_owner" | "invalid_query" | "invalid_recipient_key" | "invalid_sealed_key" | "invalid_share" | "invalid_unlock_tag" | "invalid_user_id" | "invalid_version_id" | "join_ek_roots_required" | "join_evidence_invalid" | "join_expired" | "join_member_add_failed" | "join_nonce_invalid" | "join_nonce_limit" | "join_not_found" | "join_not_pending" | "join_pending_limit" | "join_policy_refused" | "join_policy_unavailable" | "join_rate_limited" | "join_replayed" | "join_request_invalid" | "join_request_too_large" | "join_unavailable" | "key_exists" | "key_format_mismatch" | "key_required" | "last_voter" | "member_is_self" | "member_not_found" | "method_not_allowed" | "no_items" | "not_found" | "origin_mismatch" | "origin_not_allowed" | "overloaded" | "passkey_not_found" | "passkey_reset_disabled" | "passkeys_not_configured" | "pin_exists" | "pin_incorrect" | "pin_locked" | "pin_not_registered" | "pin_recovery_not_found" | "pin_registration_not_found" | "portal_bad_answer" | "portal_credential_invalid" | "portal_credential_missing" | "portal_credential_unknown" | "portal_custodian_mismatch" | "portal_unavailable" | "provider_not_allowed" | "quote_failed" | "rate_limited" | "reauthentication_required" | "recipient_mismatch" | "record_damaged" | "rollback_counter_unavailable" | "route_not_found" | "rp_id_mismatch" | "sealed" | "session_expired" | "session_invalid" | "signing_key_unavailable" | "store_unavailable" | "subject_invalid" | "token_alg" | "token_expired" | "token_issued_in_future" | "token_kid_unknown" | "token_malformed" | "token_missing" | "token_not_yet_valid" | "token_signature" | "token_too_large" | "token_too_old" | "too_many_ceremonies" | "too_many_items" | "too_many_passkeys" | "unauthorized" | "unavailable" | "unknown_relying_party" | "unsupported_media_type" | "unsupported_suite" | "user_blocked" | "user_handle_mismatch" | "user_presence_missing" | "user_verification_missing" | "vault_client_key_mismatch" | "vault_client_key_unavailable" | "vault_error" | "vault_forbidden" | "vault_key_not_derived" | "vault_unavailable" | "webhook_not_configured" | "webhook_secret" | "webhook_source_refused" | "would_lose_quorum" | "wrong_audience" | "wrong_issuer" | "wrong_tenant";
         Health: {
             /** @enum {string} */
             status: "ok";
@@ -1984,9 +1984,9 @@ export interface components {
         };
         /** @description What an approved joiner receives; the root key in it is encrypted to a secret only the joiner's TPM recovers. */
         JoinAnswer: {
-            /** @description decimal (unlike GET /v1/admin/cluster, which shows ids in hexadecimal) */
+            /** @description hexadecimal, as GET /v1/admin/cluster shows ids */
             clusterId: string;
-            /** @description decimal */
+            /** @description hexadecimal */
             memberId: string;
             /** @description etcd's initial-cluster for the new member */
             initialCluster: string;
@@ -2027,7 +2027,7 @@ export interface components {
             created: string;
             /** Format: date-time */
             expires: string;
-            /** @description once approved, the new member's id in decimal (GET /v1/admin/cluster shows it in hexadecimal) */
+            /** @description once approved, the new member's id, hexadecimal as GET /v1/admin/cluster shows it */
             memberId?: string;
         };
         JoinList: {
@@ -2331,7 +2331,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "join_nonce_limit" | "join_pending_limit" | "rate_limited" | "too_many_ceremonies";
+                        code?: "join_nonce_limit" | "join_pending_limit" | "join_rate_limited" | "rate_limited" | "too_many_ceremonies";
                     };
                 } & components["schemas"]["Error"];
             };
@@ -2377,7 +2377,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "attestation_unavailable" | "audit_unavailable" | "ceremony_capacity" | "cluster_unavailable" | "custodian_not_configured" | "events_unavailable" | "firebase_keys_unavailable" | "firebase_not_configured" | "join_member_add_failed" | "join_policy_unavailable" | "join_unavailable" | "overloaded" | "passkeys_not_configured" | "portal_unavailable" | "quote_failed" | "rollback_counter_unavailable" | "sealed" | "signing_key_unavailable" | "store_unavailable" | "unavailable" | "vault_unavailable" | "webhook_not_configured";
+                        code?: "attestation_unavailable" | "audit_unavailable" | "ceremony_capacity" | "cluster_unavailable" | "custodian_not_configured" | "events_unavailable" | "firebase_keys_unavailable" | "firebase_not_configured" | "join_ek_roots_required" | "join_member_add_failed" | "join_policy_unavailable" | "join_unavailable" | "overloaded" | "passkeys_not_configured" | "portal_unavailable" | "quote_failed" | "rollback_counter_unavailable" | "sealed" | "signing_key_unavailable" | "store_unavailable" | "unavailable" | "vault_unavailable" | "webhook_not_configured";
                     };
                 } & components["schemas"]["Error"];
             };
