@@ -66,7 +66,7 @@ const (
 	// per SubmitInterval. Requests refused before their quote verifies do
 	// not count. One address cannot take more than a few of the
 	// MaxPending slots.
-	SubmitBurst    = 2
+	SubmitBurst    = 4
 	SubmitInterval = RequestTTL / 2
 	// maxTrackedAddresses bounds the limiter's memory.
 	maxTrackedAddresses = 4096

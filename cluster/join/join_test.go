@@ -922,7 +922,7 @@ func TestRefusalDuringStalledApprovalStands(t *testing.T) {
 }
 
 // TestSubmissionsLimitedPerAddress: one address (an IPv6 /64 counts as
-// one) cannot fill the pending slots: its third request in a row is 429
+// one) cannot fill the pending slots: its request after SubmitBurst is 429
 // join_rate_limited and stores nothing, while other addresses still get
 // through; requests whose quote does not verify cost nothing; a
 // pending request lives 15 minutes, then frees its slot.
@@ -930,7 +930,10 @@ func TestSubmissionsLimitedPerAddress(t *testing.T) {
 	f := newFixture(t)
 	tpm := openSim(t)
 	ctx := context.Background()
-	attacker := []string{"2001:db8:1:2::10", "2001:db8:1:2::11"} // one /64
+	var attacker []string // one /64
+	for i := range join.SubmitBurst {
+		attacker = append(attacker, fmt.Sprintf("2001:db8:1:2::%x", 0x10+i))
+	}
 	for _, a := range attacker {
 		_, ak, sub := f.submitFrom(t, tpm, "x", a)
 		_ = ak.Close()
@@ -960,7 +963,7 @@ func TestSubmissionsLimitedPerAddress(t *testing.T) {
 		t.Fatalf("no Retry-After: %+v", e)
 	}
 	list, err := f.svc.List(ctx)
-	if err != nil || len(list) != 2 {
+	if err != nil || len(list) != join.SubmitBurst {
 		t.Fatalf("the limited request was stored: %d kept, %v", len(list), err)
 	}
 	// Another address is not held up; its refused attempts cost it nothing.

@@ -254,6 +254,12 @@ func (s *Service) Submit(ctx context.Context, req *Request, remote string) (*Sub
 	if err != nil {
 		return refused(err)
 	}
+	// A replay, or a nonce this cluster never issued, is answered as such
+	// without spending the address's allowance (the transaction below
+	// checks again).
+	if err := s.nonceUsable(ctx, req.Nonce); err != nil {
+		return refused(err)
+	}
 	// A request whose quote verifies takes a token of its address (in one
 	// step, so that requests sent at once cannot all pass a check first).
 	if ok, wait := s.submits.Take(ratelimit.AddrKey(remote), s.o.Clock()); !ok {
@@ -759,4 +765,28 @@ func (s *Service) removeLearner(ctx context.Context, memberID uint64) error {
 	defer cancel()
 	_, err := r.Remove(ctx, cluster.ID(memberID))
 	return err
+}
+
+// nonceUsable reports ErrReplayed for a spent nonce and ErrNonceInvalid
+// for one this cluster did not issue or that expired.
+func (s *Service) nonceUsable(ctx context.Context, nonce []byte) error {
+	var n nonceRecord
+	err := s.o.DB.View(ctx, func(tx *store.Tx) error {
+		v, err := tx.Get(store.BucketClusterJoins, nonceKey(nonce))
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(v, &n)
+	})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return ErrNonceInvalid
+	case err != nil:
+		return err
+	case n.Spent:
+		return ErrReplayed
+	case !s.o.Clock().Before(n.Expires):
+		return ErrNonceInvalid
+	}
+	return nil
 }
