@@ -57,7 +57,9 @@ func checkedProxy(t *testing.T, target string) string {
 // TestTypeScriptClient runs clients/typescript's Node tests (node --test)
 // against keywarden dev: Firebase store, release and delete, HPKE-sealed
 // store and release with both suites (decrypted in the client), typed
-// errors with Retry-After, PIN when the appliance has its routes.
+// errors with Retry-After, PIN when the appliance has its routes, release
+// receipts checked by the client (verifyReceipt) and by `keywarden receipt
+// verify` on the same receipts.
 func TestTypeScriptClient(t *testing.T) {
 	// scripts/test.sh sets KEYWARDEN_REQUIRE_NODE when Node 20+ and the
 	// client's dependencies are installed: then this test must not skip.
