@@ -284,7 +284,8 @@ async function importTrusted(k: TrustedApplianceKey): Promise<Trusted> {
  * or Go's attestapi.VerifyApplianceKeys do): fetch it over a channel you
  * trust, or pin the key.
  */
-export async function verifyReceipt(receiptHeader: string, applianceKeys: TrustedApplianceKey | TrustedApplianceKey[], o: { owner?: string } = {}): Promise<VerifiedReceipt> {
+export async function verifyReceipt(receiptHeader: string | null | undefined, applianceKeys: TrustedApplianceKey | TrustedApplianceKey[], o: { owner?: string } = {}): Promise<VerifiedReceipt> {
+  if (typeof receiptHeader !== "string" || receiptHeader.trim() === "") throw new ReceiptError("no receipt (the answer had no " + RECEIPT_HEADER + " header)");
   const r = parseReceipt(receiptHeader.trim());
   if (r.v !== RECEIPT_VERSION) throw new ReceiptError("unknown receipt version");
 

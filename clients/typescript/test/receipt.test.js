@@ -120,6 +120,7 @@ describe("release receipts", { skip }, () => {
     await verifyReceipt(JSON.stringify(orig), keys, { owner: alice });
     await refused(verifyReceipt(receipt.slice(0, -10), keys), "truncated");
     await refused(verifyReceipt("not a receipt", keys), "garbage");
+    await refused(verifyReceipt(undefined, keys), "no header (a release without a receipt)");
 
     // A key the receipt's batch key was not certified by (the fixtures'
     // signing key): refused. A document whose key id is not its key's: refused.
