@@ -3,6 +3,7 @@ import { errorFrom, KeywardenClientError } from "./errors.js";
 import { firebaseOwner } from "./owner.js";
 import { newRecipient, type RecipientKind, sealTo, SUITE_MLKEM768_X25519 } from "./hpke.js";
 import { PinClient } from "./pin.js";
+import { RECEIPT_HEADER } from "./receipt.js";
 import type { components } from "./types.gen.js";
 import { browserCreate, browserGet, type CreateFn, type GetFn } from "./webauthn.js";
 
@@ -10,6 +11,7 @@ type Schemas = components["schemas"];
 export type ReleasedKey = Schemas["ReleasedKey"];
 export type RegistrationFinishResponse = Schemas["RegistrationFinishResponse"];
 export type Evidence = Schemas["Evidence"];
+export type ApplianceKeys = Schemas["ApplianceKeys"];
 
 export interface KeywardenOptions {
   /** The public listener, e.g. https://keys.example.com (no trailing slash needed). */
@@ -69,7 +71,7 @@ export class Keywarden {
   }
 
   /** One request; JSON in and out; throws KeywardenError on an error answer. */
-  async request<T>(method: string, path: string, r: Req = {}): Promise<{ status: number; data: T }> {
+  async request<T>(method: string, path: string, r: Req = {}): Promise<{ status: number; data: T; headers: Headers }> {
     let url = this.baseUrl + path;
     if (r.query) url += "?" + new URLSearchParams(r.query).toString();
     const headers: Record<string, string> = { Accept: "application/json", ...r.headers };
@@ -82,7 +84,7 @@ export class Keywarden {
     const resp = await this.f(url, { method, headers, body });
     if (!resp.ok) throw await errorFrom(resp);
     const text = await resp.text();
-    return { status: resp.status, data: (text ? JSON.parse(text) : undefined) as T };
+    return { status: resp.status, data: (text ? JSON.parse(text) : undefined) as T, headers: resp.headers };
   }
 
   /** The appliance's HPKE public key (GET /v1/appliance-key). */
@@ -92,6 +94,16 @@ export class Keywarden {
       this.applianceKeyCache = { publicKey: fromBase64(data.hpkePublicKey), suite: data.suite };
     }
     return this.applianceKeyCache;
+  }
+
+  /**
+   * The appliance's public signing keys (GET /v1/appliance-keys): what
+   * verifyReceipt checks release receipts with. Its TPM certification by
+   * the attestation key is not checked here: pin the document (or its
+   * signing key) after checking it with `keywarden receipt verify -ak-name`.
+   */
+  async applianceKeys(): Promise<ApplianceKeys> {
+    return (await this.request<ApplianceKeys>("GET", "/v1/appliance-keys")).data;
   }
 
   /** TPM evidence over nonce (hex, 16..64 bytes), binding the appliance key; verify it before trusting the key. */
@@ -133,11 +145,21 @@ export class FirebaseKeys {
 
   /** Releases the key; sealed with HPKE to a one-time client key unless sealed is false. */
   async release(idToken: string, o: { sealed?: Sealing } = {}): Promise<Uint8Array> {
+    return (await this.releaseWithReceipt(idToken, o)).key;
+  }
+
+  /**
+   * release(), with the release's receipt: the raw Keywarden-Receipt
+   * header (undefined when the appliance sent none). Check it with
+   * verifyReceipt(receipt, applianceKeys, { owner: firebaseOwner(idToken) }).
+   */
+  async releaseWithReceipt(idToken: string, o: { sealed?: Sealing } = {}): Promise<{ key: Uint8Array; receipt?: string }> {
     const kind = o.sealed === undefined ? "mlkem768-x25519" : o.sealed;
     const recipient = kind ? await newRecipient(kind) : undefined;
     const body: Schemas["ReleaseRequest"] = recipient ? { recipientPublicKey: toBase64(recipient.publicKey) } : {};
-    const { data } = await this.c.request<ReleasedKey>("POST", "/v1/firebase/key/release", { token: idToken, body });
-    return Keywarden.open(data, recipient, enc.encode("keywarden release v1|firebase|" + firebaseOwner(idToken)));
+    const { data, headers } = await this.c.request<ReleasedKey>("POST", "/v1/firebase/key/release", { token: idToken, body });
+    const key = await Keywarden.open(data, recipient, enc.encode("keywarden release v1|firebase|" + firebaseOwner(idToken)));
+    return { key, receipt: headers.get(RECEIPT_HEADER) ?? undefined };
   }
 
   /** Deletes the key (the appliance keeps it as a prior version for the operator). */
