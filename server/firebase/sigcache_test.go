@@ -136,6 +136,9 @@ func TestTokenCacheEvictsFewAtATime(t *testing.T) {
 // token cache answers) and cold (a never-seen token): the token is hashed
 // once and not copied, and the claims are read without reflection.
 func TestVerifyAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates on its own")
+	}
 	iss := firebasetest.NewIssuer(t, "proj")
 	v := newVerifier(t, iss, nil)
 	ctx := context.Background()
