@@ -390,7 +390,8 @@ func (c *Custody) LookupAs(ctx context.Context, owner Owner, method string, acc 
 		if err != nil {
 			return err
 		}
-		return json.Unmarshal(b, &rec)
+		rec, err = decodeKeyRecord(b)
+		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
 		return secret.Bytes{}, nil, errKeyNotFound

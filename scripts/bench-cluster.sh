@@ -31,7 +31,7 @@ trap cleanup EXIT
 mkdir -p "$work/cluster/bin"
 go build -o "$work/cluster/bin/keywarden" ./cmd/keywarden
 go build -o "$work/loadbench" ./internal/benchtools/loadbench
-"$work/loadbench" issuer -addr 127.0.0.1:18830 -project bench-project -tokens "$users" -token-out "$work/tokens" & pids+=($!)
+"$work/loadbench" issuer -addr 127.0.0.1:18830 -project bench-project -n "$users" -token-out "$work/tokens" & pids+=($!)
 for i in $(seq 1 50); do [ -s "$work/tokens" ] && break; sleep 0.2; done
 admin=bench-admin-key-0123456789
 # Every node (single and cluster) gets these; per-address limits lifted (one load address).

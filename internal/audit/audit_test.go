@@ -780,3 +780,33 @@ func TestOpenFails(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckEventAllocations: the size check of an ordinary event (every
+// release makes one) encodes nothing; an event near the limit is still
+// measured exactly, and one past it refused.
+func TestCheckEventAllocations(t *testing.T) {
+	ev := Event{Action: ActionRelease, Outcome: OutcomeSuccess, Actor: "firebase:proj//uid-0001",
+		Owner: "firebase:proj//uid-0001", Method: "FIREBASE", RequestID: "0123456789abcdef", Remote: "127.0.0.1",
+		Fields: map[string]string{"credential": "abc", "rp": "example.com"}}
+	if n := testing.AllocsPerRun(20, func() {
+		if err := checkEvent(ev); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("checkEvent of an ordinary event makes %.0f allocations, want 0", n)
+	}
+	big := ev
+	big.Fields = map[string]string{"x": strings.Repeat("a", MaxEventBytes-600)}
+	if err := checkEvent(big); err != nil {
+		t.Errorf("an event under the limit is refused: %v", err)
+	}
+	big.Fields = map[string]string{"x": strings.Repeat("a", MaxEventBytes)}
+	if err := checkEvent(big); !errors.Is(err, ErrInvalidEvent) {
+		t.Errorf("an event over the limit: %v", err)
+	}
+	esc := ev
+	esc.Fields = map[string]string{"x": strings.Repeat("\x01", MaxEventBytes/6+1)} // 6 bytes each once escaped
+	if err := checkEvent(esc); !errors.Is(err, ErrInvalidEvent) {
+		t.Errorf("an event over the limit once escaped: %v", err)
+	}
+}

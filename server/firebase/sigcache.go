@@ -5,15 +5,20 @@ import (
 	"crypto/sha256"
 	"sync"
 	"time"
+	"unsafe"
 )
 
 // tokenCacheSize bounds the cache of verified tokens.
 const tokenCacheSize = 65536
 
+// tokenCacheEvictBatch is the most entries one insert into a full cache
+// removes.
+const tokenCacheEvictBatch = 8
+
 // tokenCache remembers tokens that passed every check, so an app that
 // sends the same ID token many times (tokens live an hour) pays the parse
 // and the RSA check once. A hit is only for the exact token bytes (keyed
-// by SHA-256 of the whole token), only while the very public-key object
+// by SHA-256 of the whole token, computed once per Verify), only while the very public-key object
 // that verified it is the current one for its kid (a rotated or reloaded
 // key set misses), and every time claim (exp, iat, nbf, auth_time) and
 // every policy is checked again against the clock on each hit; anything
@@ -32,34 +37,53 @@ type tokenEntry struct {
 	hasNbf bool
 }
 
-func (c *tokenCache) get(raw string) (tokenEntry, bool) {
-	d := sha256.Sum256([]byte(raw))
+// tokenDigest is the cache key of raw: SHA-256 of its bytes, read in
+// place (the token is up to MaxTokenSize bytes; it is not copied).
+func tokenDigest(raw string) [32]byte {
+	return sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw)))
+}
+
+func (c *tokenCache) get(raw string) (tokenEntry, bool) { return c.lookup(tokenDigest(raw)) }
+
+func (c *tokenCache) remember(raw string, e tokenEntry) { c.store(tokenDigest(raw), e) }
+
+func (c *tokenCache) lookup(d [32]byte) (tokenEntry, bool) {
 	c.mu.RLock()
 	e, ok := c.m[d]
 	c.mu.RUnlock()
 	return e, ok
 }
 
-func (c *tokenCache) remember(raw string, e tokenEntry) {
-	d := sha256.Sum256([]byte(raw))
+// store adds e under d. A full cache first drops at most
+// tokenCacheEvictBatch entries: the expired among that many it looks at
+// (map order is random), or else the first of them. The work per insert
+// stays bounded, so a flow of never-seen tokens, which keeps the cache
+// full, never holds the lock for a sweep of the whole map.
+func (c *tokenCache) store(d [32]byte, e tokenEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil {
 		c.m = make(map[[32]byte]tokenEntry)
 	}
-	if len(c.m) >= tokenCacheSize {
-		// Drop expired entries, then half of the rest (map order is random).
+	if _, ok := c.m[d]; !ok && len(c.m) >= tokenCacheSize {
 		now := time.Now()
-		for k, e := range c.m {
-			if !now.Before(e.id.Expiry) {
-				delete(c.m, k)
+		var first [32]byte
+		seen, dropped := 0, 0
+		for k, old := range c.m {
+			if seen == 0 {
+				first = k
 			}
-		}
-		for k := range c.m {
-			if len(c.m) < tokenCacheSize/2 {
+			seen++
+			if !now.Before(old.id.Expiry) {
+				delete(c.m, k)
+				dropped++
+			}
+			if seen >= tokenCacheEvictBatch {
 				break
 			}
-			delete(c.m, k)
+		}
+		if dropped == 0 {
+			delete(c.m, first)
 		}
 	}
 	c.m[d] = e

@@ -3,6 +3,7 @@ package firebase
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -97,3 +98,78 @@ func TestTokenCacheRotatedAwayKey(t *testing.T) {
 		t.Fatalf("cached token of a retired key: %v", err)
 	}
 }
+
+// TestTokenCacheEvictsFewAtATime: a full cache makes room for a new token
+// by dropping a few entries, never half of them at once (a cold workload of
+// never-seen tokens fills it, and a mass eviction stalls every Verify that
+// waits for the lock meanwhile).
+func TestTokenCacheEvictsFewAtATime(t *testing.T) {
+	var c tokenCache
+	e := tokenEntry{id: Identity{Expiry: time.Now().Add(time.Hour)}}
+	for i := range tokenCacheSize + 1 {
+		c.remember(fmt.Sprintf("token-%d", i), e)
+	}
+	if n := c.len(); n < tokenCacheSize-tokenCacheEvictBatch || n > tokenCacheSize {
+		t.Fatalf("after one insert into a full cache it holds %d entries, want %d to %d", n, tokenCacheSize-tokenCacheEvictBatch, tokenCacheSize)
+	}
+	if _, ok := c.get(fmt.Sprintf("token-%d", tokenCacheSize)); !ok {
+		t.Fatal("the newest token is not in the cache")
+	}
+	// Expired entries go first: fill again with expired entries only, then
+	// insert live ones; the live ones stay.
+	var d tokenCache
+	old := tokenEntry{id: Identity{Expiry: time.Now().Add(-time.Minute)}}
+	for i := range tokenCacheSize {
+		d.remember(fmt.Sprintf("old-%d", i), old)
+	}
+	for i := range 1000 {
+		d.remember(fmt.Sprintf("new-%d", i), e)
+	}
+	for i := range 1000 {
+		if _, ok := d.get(fmt.Sprintf("new-%d", i)); !ok {
+			t.Fatalf("live token %d was evicted while expired ones remained", i)
+		}
+	}
+}
+
+// TestVerifyAllocations bounds the allocations of a verification, hot (the
+// token cache answers) and cold (a never-seen token): the token is hashed
+// once and not copied, and the claims are read without reflection.
+func TestVerifyAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates on its own")
+	}
+	iss := firebasetest.NewIssuer(t, "proj")
+	v := newVerifier(t, iss, nil)
+	ctx := context.Background()
+	toks := make([]string, 20)
+	for i := range toks {
+		sub := fmt.Sprintf("alloc-%d", i)
+		toks[i] = iss.Mint(firebasetest.Claims{"sub": sub, "user_id": sub})
+	}
+	if _, err := v.Verify(ctx, toks[0]); err != nil {
+		t.Fatal(err)
+	}
+	hot := testing.AllocsPerRun(10, func() {
+		if _, err := v.Verify(ctx, toks[0]); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if hot > 1 {
+		t.Errorf("a cached token costs %.0f allocations, want at most 1 (the Identity)", hot)
+	}
+	next := 1
+	cold := testing.AllocsPerRun(len(toks)-2, func() {
+		if _, err := v.Verify(ctx, toks[next]); err != nil {
+			t.Fatal(err)
+		}
+		next++
+	})
+	if cold > maxColdVerifyAllocs {
+		t.Errorf("a never-seen token costs %.0f allocations, want at most %d", cold, maxColdVerifyAllocs)
+	}
+}
+
+// maxColdVerifyAllocs is the bound of TestVerifyAllocations for a
+// never-seen token (golang-jwt's RS256 check alone makes about 20).
+const maxColdVerifyAllocs = 60

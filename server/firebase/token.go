@@ -1,6 +1,7 @@
 package firebase
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -172,33 +173,54 @@ func (s *scanner) space() {
 }
 
 // object reads an object starting at '{'. When into is not nil the members
-// are stored there.
+// are stored there; otherwise (a nested object) the names are only checked
+// for duplicates, without a map for small objects.
 func (s *scanner) object(depth int, into jsonObject) error {
 	if depth > maxJSONDepth {
 		return errTooDeep
 	}
-	if into == nil {
-		into = jsonObject{}
-	}
-	s.pos++ // '{'
+	var seen [][]byte // names of a nested object, up to smallObject of them
+	s.pos++           // '{'
 	s.space()
 	if s.data[s.pos] == '}' {
 		s.pos++
 		return nil
 	}
 	for {
-		name := s.name()
-		if _, dup := into[name]; dup {
-			return fmt.Errorf("%w %s", errDuplicateName, quote(name))
+		if into == nil && len(seen) < smallObject {
+			name := s.nameBytes()
+			for _, n := range seen {
+				if bytes.Equal(n, name) {
+					return fmt.Errorf("%w %s", errDuplicateName, quote(string(name)))
+				}
+			}
+			seen = append(seen, name)
+			s.space()
+			s.pos++ // ':'
+			s.space()
+			if err := s.value(depth); err != nil {
+				return err
+			}
+		} else {
+			if into == nil { // a large nested object: a map from here on
+				into = make(jsonObject, 2*smallObject)
+				for _, n := range seen {
+					into[string(n)] = nil
+				}
+			}
+			name := s.name()
+			if _, dup := into[name]; dup {
+				return fmt.Errorf("%w %s", errDuplicateName, quote(name))
+			}
+			s.space()
+			s.pos++ // ':'
+			s.space()
+			start := s.pos
+			if err := s.value(depth); err != nil {
+				return err
+			}
+			into[name] = json.RawMessage(s.data[start:s.pos])
 		}
-		s.space()
-		s.pos++ // ':'
-		s.space()
-		start := s.pos
-		if err := s.value(depth); err != nil {
-			return err
-		}
-		into[name] = json.RawMessage(s.data[start:s.pos])
 		s.space()
 		if s.data[s.pos] == '}' {
 			s.pos++
@@ -207,6 +229,24 @@ func (s *scanner) object(depth int, into jsonObject) error {
 		s.pos++ // ','
 		s.space()
 	}
+}
+
+// smallObject is the number of member names a nested object's duplicate
+// check compares pairwise before it takes a map.
+const smallObject = 16
+
+// nameBytes reads a member name: the bytes between the quotes, or the
+// unescaped name when it has an escape.
+func (s *scanner) nameBytes() []byte {
+	start := s.pos
+	escaped := s.skipString()
+	raw := s.data[start:s.pos]
+	if !escaped {
+		return raw[1 : len(raw)-1]
+	}
+	var name string
+	_ = json.Unmarshal(raw, &name) // valid JSON: cannot fail
+	return []byte(name)
 }
 
 // name reads a member name, unescaping it when needed.
@@ -289,6 +329,11 @@ func (o jsonObject) str(name string) (s string, ok bool, err error) {
 	if len(raw) == 0 || raw[0] != '"' {
 		return "", true, errWrongType
 	}
+	if bytes.IndexByte(raw, '\\') < 0 {
+		// No escape: the value is the bytes between the quotes (decodeObject
+		// has checked that the JSON is valid and the bytes UTF-8).
+		return string(raw[1 : len(raw)-1]), true, nil
+	}
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return "", true, errWrongType
 	}
@@ -337,7 +382,11 @@ func (o jsonObject) object(name string) (obj jsonObject, ok bool, err error) {
 	if len(raw) == 0 || raw[0] != '{' {
 		return nil, true, errWrongType
 	}
-	if err := json.Unmarshal(raw, &obj); err != nil {
+	// raw is a member of an object decodeObject accepted: valid JSON, UTF-8,
+	// unique names at every depth. Only its members are read again.
+	obj = jsonObject{}
+	sc := scanner{data: raw}
+	if err := sc.object(1, obj); err != nil {
 		return nil, true, errWrongType
 	}
 	return obj, true, nil

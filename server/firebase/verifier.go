@@ -165,7 +165,8 @@ func (v *Verifier) now() time.Time { return v.opts.Clock() }
 // Revocation and disabled accounts cannot be known offline: a token stays
 // valid until exp.
 func (v *Verifier) Verify(ctx context.Context, rawToken string) (*Identity, error) {
-	if id, ok := v.verifiedBefore(ctx, rawToken); ok {
+	digest := tokenDigest(rawToken)
+	if id, ok := v.answerFromCache(ctx, digest); ok {
 		return id, nil
 	}
 	tok, aerr := parseToken(rawToken)
@@ -188,7 +189,7 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (*Identity, erro
 		return nil, aerr
 	}
 	nbf, hasNbf, _ := tok.claims.unix("nbf")
-	v.tokens.remember(rawToken, tokenEntry{key: key, kid: tok.kid, id: *id, ext: ext, nbf: nbf, hasNbf: hasNbf})
+	v.tokens.store(digest, tokenEntry{key: key, kid: tok.kid, id: *id, ext: ext, nbf: nbf, hasNbf: hasNbf})
 	return id, nil
 }
 
@@ -197,7 +198,12 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (*Identity, erro
 // object of the current key set, re-checked against the clock and the
 // policies. Anything else takes the full path, which names the failure.
 func (v *Verifier) verifiedBefore(ctx context.Context, raw string) (*Identity, bool) {
-	e, ok := v.tokens.get(raw)
+	return v.answerFromCache(ctx, tokenDigest(raw))
+}
+
+// answerFromCache is verifiedBefore for the token of digest d.
+func (v *Verifier) answerFromCache(ctx context.Context, d [32]byte) (*Identity, bool) {
+	e, ok := v.tokens.lookup(d)
 	if !ok {
 		return nil, false
 	}

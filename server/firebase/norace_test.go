@@ -1,0 +1,5 @@
+//go:build !race
+
+package firebase
+
+const raceEnabled = false
