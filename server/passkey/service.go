@@ -291,12 +291,13 @@ func (s *Service) addCeremony(ctx context.Context, c *ceremony) error {
 	now := s.now()
 	c.id = newCeremonyID()
 	c.expires = now.Add(s.opts.CeremonyTTL)
-	expired, err := s.ceremonies.add(now, &ceremony{id: c.id, addr: c.addr, expires: c.expires, key: ceremonyKey(c.kind, c.id)})
+	key := s.eph.ceremonyKey(c.kind, c.id)
+	expired, err := s.ceremonies.add(now, &ceremony{id: c.id, addr: c.addr, expires: c.expires, key: key})
 	s.stats.expired.Add(uint64(expired))
 	if err != nil {
 		return err
 	}
-	if err := s.putCeremony(ctx, c, now); err != nil {
+	if err := s.putCeremony(ctx, c, key, now); err != nil {
 		s.ceremonies.forget(c.id)
 		return err
 	}

@@ -11,7 +11,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/keywarden/keywarden/enclave"
@@ -74,11 +74,36 @@ func digestKey(prefix, id string) string {
 // ceremonyPrefix is the key prefix of every ceremony.
 const ceremonyPrefix = "pk/c/"
 
-func ceremonyKey(kind ceremonyKind, id string) string {
-	return digestKey(fmt.Sprintf("%s%d/", ceremonyPrefix, kind), id)
+// ceremonyPrefixes are the key prefixes of each kind ("pk/c/<kind>/").
+var ceremonyPrefixes = [...]string{
+	kindRegistration:   ceremonyPrefix + strconv.Itoa(int(kindRegistration)) + "/",
+	kindAuthentication: ceremonyPrefix + strconv.Itoa(int(kindAuthentication)) + "/",
 }
 
-func proofKey(id string) string { return digestKey("pk/p/", id) }
+// ceremonyKey is the key of the ceremony id of kind. On a shared store it
+// is a digest of the id (its readers cannot name a ceremony); in memory
+// the id itself: the entry never leaves the process, and the digest cost
+// a SHA-256 and three allocations at each of the ceremony's three uses on
+// every release. Ids are at most 256 bytes (takeCeremony checks; begin
+// mints 43), so the in-memory keys stay short.
+func (e ephemerals) ceremonyKey(kind ceremonyKind, id string) string {
+	prefix := ceremonyPrefix + strconv.Itoa(int(kind)) + "/"
+	if int(kind) < len(ceremonyPrefixes) && ceremonyPrefixes[kind] != "" {
+		prefix = ceremonyPrefixes[kind]
+	}
+	if e.seal == nil {
+		return prefix + id
+	}
+	return digestKey(prefix, id)
+}
+
+// proofKey is the key of the step-up proof id, as ceremonyKey.
+func (e ephemerals) proofKey(id string) string {
+	if e.seal == nil {
+		return "pk/p/" + id
+	}
+	return digestKey("pk/p/", id)
+}
 
 func budgetKey(owner enclave.Owner) string { return digestKey("pk/u/", string(owner)) }
 
@@ -185,8 +210,7 @@ func decodeCeremony(b []byte) (c *ceremony, rpID string, err error) {
 // putCeremony stores c (begun) for CeremonyTTL. On one node the
 // in-memory store keeps a copy of the struct itself (nothing to encode:
 // the release path costs what it did before the cluster).
-func (s *Service) putCeremony(ctx context.Context, c *ceremony, now time.Time) error {
-	key := ceremonyKey(c.kind, c.id)
+func (s *Service) putCeremony(ctx context.Context, c *ceremony, key string, now time.Time) error {
 	if m, ok := s.eph.ceremonies.(*store.MemoryEphemeral); ok {
 		cp := *c
 		if ok, err := m.PutObject(key, &cp, now, s.opts.CeremonyTTL); err != nil || !ok {
@@ -214,7 +238,7 @@ func (s *Service) takeCeremony(ctx context.Context, now time.Time, id string, ki
 	if id == "" || len(id) > 256 {
 		return nil, ErrCeremonyUnknown
 	}
-	key := ceremonyKey(kind, id)
+	key := s.eph.ceremonyKey(kind, id)
 	var v []byte
 	var obj any
 	var err error
@@ -264,7 +288,7 @@ type proofState struct {
 
 func (s *Service) putProof(ctx context.Context, id string, subj Subject, rp *relyingParty, now time.Time) error {
 	plain, _ := json.Marshal(proofState{Owner: subj.Owner, UserID: subj.UserID, RPID: rp.cfg.ID})
-	key := proofKey(id)
+	key := s.eph.proofKey(id)
 	_, err := s.eph.proofs.PutIfAbsent(ctx, key, s.eph.sealValue(key, plain), now, s.opts.CeremonyTTL)
 	return err
 }
@@ -275,7 +299,7 @@ func (s *Service) takeProof(ctx context.Context, id string, owner enclave.Owner,
 	if len(id) > 256 {
 		return ErrAssertionInvalid
 	}
-	key := proofKey(id)
+	key := s.eph.proofKey(id)
 	v, err := s.eph.proofs.Take(ctx, key, s.now())
 	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrExpired) {
 		return ErrAssertionInvalid
