@@ -177,7 +177,7 @@ func startNodeMember(ctx context.Context, cfg config.Config, st *cluster.State, 
 func openMemberStore(ctx context.Context, cfg config.Config, m *cluster.Embedded) (*store.DB, error) {
 	b, err := etcdstore.Open(ctx, etcdstore.Options{
 		Endpoints: []string{m.ClientURL()}, TLS: m.ClientTLS(), Prefix: embeddedPrefix,
-		DialTimeout: cfg.Etcd.DialTimeout,
+		DialTimeout: cfg.Etcd.DialTimeout, MaxTxnOps: cluster.MaxTxnOps,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store (embedded etcd member %s): %w", m.ClientURL(), err)

@@ -35,23 +35,24 @@
 // stale.
 //
 // [Store.Update] runs fn against a snapshot at R with its writes buffered,
-// then commits them in one etcd transaction guarded by what fn read: when
-// fn read single keys only, "if every key read still has the mod revision
-// it had at R (0: still absent)"; when fn scanned a range (ForEach,
-// DeletePrefix), "if the fence's mod revision is still what it was at R"
-// — etcd cannot compare "no key in this range was deleted since R", and
-// every write transaction rewrites the fence (a blind write, compared by
-// nobody but range readers). A guard that fails means another transaction
-// changed what fn read: fn runs again on a fresh snapshot (fn may run more
-// than once, as the façade's contract already says). Transactions of
-// different nodes that read and write different keys therefore commit
-// side by side (each node's group commit and its own rollback record:
-// enclave/rollback_cluster.go); what they would lose to each other is
-// exactly what the guard catches. The per-key guard is serializable (every
-// value fn read is still current when its writes apply). A transaction
-// that read more keys than it writes (and more than 128, etcd's default
-// --max-txn-ops, which bounds the larger of compares and operations)
-// compares the fence instead.
+// then commits them in one etcd transaction guarded by what fn read: "if
+// every key read, alone or found in a range (ForEach, DeletePrefix), still
+// has the mod revision it had at R (0: still absent), and no key of a
+// range read has a mod revision past R". A key deleted since R fails its
+// own compare; a key created or rewritten in a range fails the range's
+// compare (etcd compares every key of [key, range_end)). Every write
+// transaction also rewrites the fence (a blind write). A guard that fails
+// means another transaction changed what fn read: fn runs again on a
+// fresh snapshot (fn may run more than once, as the façade's contract
+// already says). Transactions of different nodes that read and write
+// different keys and ranges therefore commit side by side (each node's
+// group commit and its own rollback record: enclave/rollback_cluster.go);
+// what they would lose to each other is exactly what the guard catches.
+// The guard is serializable (every value fn read, and every range it
+// scanned, is still current when its writes apply). A transaction whose
+// compares outnumber both its operations and the server's --max-txn-ops
+// ([Options] MaxTxnOps; etcd's default is 128) compares the fence's mod
+// revision instead, which any other commit moves.
 //
 // An Update's first attempt fixes R with a serializable read of the fence
 // (no round through the leader: a linearizable read would also wait until
@@ -148,6 +149,10 @@ type Options struct {
 	// MaxRequestBytes is the server's --max-request-bytes; zero is etcd's
 	// default, 1.5 MiB.
 	MaxRequestBytes int
+	// MaxTxnOps is the server's --max-txn-ops; zero is etcd's default,
+	// 128. A transaction's guard compares each key it read while they fit
+	// in this many compares (beyond, the fence: see the package comment).
+	MaxTxnOps int
 	// Logger is the etcd client's logger; nil logs nothing.
 	Logger *zap.Logger
 }
@@ -158,6 +163,7 @@ type Store struct {
 	prefix    string // "<prefix>/"
 	fence     string
 	maxReq    int
+	maxOps    int
 	txTimeout time.Duration
 	closed    atomic.Bool
 	mu        sync.RWMutex // held for reading by transactions, for writing by Close
@@ -190,6 +196,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if opts.MaxRequestBytes == 0 {
 		opts.MaxRequestBytes = DefaultMaxRequestBytes
 	}
+	if opts.MaxTxnOps <= 0 {
+		opts.MaxTxnOps = minTxnOps
+	}
 	if opts.TxTimeout == 0 {
 		opts.TxTimeout = 10 * time.Second
 	}
@@ -210,7 +219,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: %w", err)
 	}
-	s := &Store{cli: cli, prefix: prefix + "/", fence: prefix + "/.txn", maxReq: opts.MaxRequestBytes, txTimeout: opts.TxTimeout}
+	s := &Store{cli: cli, prefix: prefix + "/", fence: prefix + "/.txn", maxReq: opts.MaxRequestBytes, maxOps: opts.MaxTxnOps, txTimeout: opts.TxTimeout}
 	s.eph = newEphemeral(s)
 	cctx, cancel := context.WithTimeout(ctx, opts.DialTimeout)
 	defer cancel()
@@ -352,7 +361,7 @@ type Tx struct {
 	rev      int64            // the snapshot revision, 0 before the first read
 	fenceMod int64            // the fence's mod revision at rev (0: absent)
 	reads    map[string]int64 // Update: key read → its mod revision at rev (0: absent)
-	ranged   bool             // Update: a range was read (the guard is the fence)
+	ranges   [][2]string      // Update: ranges read, [start, end)
 	stale    bool             // Update: rev was read serializably, maybe behind (every outcome is validated)
 
 	writes  map[string][]byte // full etcd key → value; nil value: deleted
@@ -589,7 +598,15 @@ func (tx *Tx) ForEach(b store.Bucket, prefix []byte, fn func(k, v []byte) error)
 	sort.Strings(mine)
 
 	emit := func(k string, v []byte) error { return fn([]byte(k[len(base):]), v) }
-	tx.ranged = true // a key deleted from the range leaves nothing to compare: the guard is the fence
+	if tx.writable {
+		if tx.reads == nil {
+			tx.reads = map[string]int64{}
+		}
+		// The guard compares every key found in the range (a change or a
+		// deletion moves its mod revision) and the range itself (a key
+		// created or rewritten in it has a mod revision past rev).
+		tx.ranges = append(tx.ranges, [2]string{start, end})
+	}
 	from := start
 	for {
 		resp, err := tx.get(from, clientv3.WithRange(end), clientv3.WithLimit(page))
@@ -598,6 +615,9 @@ func (tx *Tx) ForEach(b store.Bucket, prefix []byte, fn func(k, v []byte) error)
 		}
 		for _, kv := range resp.Kvs {
 			k := string(kv.Key)
+			if tx.writable {
+				tx.reads[k] = kv.ModRevision
+			}
 			for len(mine) > 0 && mine[0] < k {
 				if v := tx.writes[mine[0]]; v != nil {
 					if err := emit(mine[0], v); err != nil {
@@ -687,19 +707,25 @@ func (tx *Tx) commit() (bool, error) {
 const minTxnOps = 128
 
 // guard is the condition under which what fn read is still current: every
-// key read has the mod revision it had at rev (0: still absent), or, after
-// a range read (etcd cannot compare "nothing in this range was deleted"),
-// more keys than a transaction of nops operations may compare, or more
-// than room bytes of keys, the fence has not moved since rev.
+// key read (alone or in a range) has the mod revision it had at rev (0:
+// still absent; a key deleted since no longer has it), and no key of a
+// range read has a mod revision past rev (none was created or rewritten
+// in it). With more compares than a transaction of nops operations may
+// hold (the server's --max-txn-ops), or more than room bytes of keys, the
+// guard is that the fence has not moved since rev.
 func (tx *Tx) guard(nops, room int) []clientv3.Cmp {
 	fence := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(tx.s.fence), "=", tx.fenceMod)}
-	if tx.ranged || len(tx.reads) > max(nops, minTxnOps) {
+	if len(tx.reads)+len(tx.ranges) > max(nops, tx.s.maxOps) {
 		return fence
 	}
-	cmps := make([]clientv3.Cmp, 0, len(tx.reads))
+	cmps := make([]clientv3.Cmp, 0, len(tx.reads)+len(tx.ranges))
 	for k, mod := range tx.reads {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
 		room -= len(k) + 16
+	}
+	for _, r := range tx.ranges {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(r[0]), "<", tx.rev+1).WithRange(r[1]))
+		room -= len(r[0]) + len(r[1]) + 24
 	}
 	if room < 0 {
 		return fence
