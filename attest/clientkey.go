@@ -18,7 +18,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -89,61 +88,20 @@ var ErrClientKeyClosed = errors.New("attest: client key closed")
 // is version 2 and adds the PCR count (one byte) and the PCR indices (one
 // byte each, increasing).
 func (b *ClientKeyBlob) MarshalBinary() ([]byte, error) {
-	if len(b.Public) == 0 || len(b.Private) == 0 || len(b.Public) > 0xffff || len(b.Private) > 0xffff {
-		return nil, ErrBadClientKeyBlob
-	}
-	pcrs, err := keyPCRs(b.PCRs)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadClientKeyBlob, err)
-	}
-	version := byte(1)
-	if len(pcrs) > 0 {
-		version = 2
-	}
-	out := append([]byte(clientKeyBlobMagic), version)
-	out = binary.BigEndian.AppendUint16(out, uint16(len(b.Public)))
-	out = append(out, b.Public...)
-	out = binary.BigEndian.AppendUint16(out, uint16(len(b.Private)))
-	out = append(out, b.Private...)
-	if version == 2 {
-		out = appendPCRs(out, pcrs)
-	}
-	return out, nil
+	return marshalKeyBlob(clientKeyBlobMagic, ErrBadClientKeyBlob, b.Public, b.Private, b.PCRs)
 }
 
 // ParseClientKeyBlob decodes what [ClientKeyBlob.MarshalBinary] wrote and
 // checks that the public area is a client key.
 func ParseClientKeyBlob(data []byte) (*ClientKeyBlob, error) {
-	rest, ok := bytes.CutPrefix(data, []byte(clientKeyBlobMagic))
-	if !ok || len(rest) == 0 || (rest[0] != 1 && rest[0] != 2) {
-		return nil, fmt.Errorf("%w: unknown header", ErrBadClientKeyBlob)
-	}
-	version := rest[0]
-	pub, rest, ok := cut16(rest[1:])
-	if !ok {
-		return nil, fmt.Errorf("%w: truncated public area", ErrBadClientKeyBlob)
-	}
-	priv, rest, ok := cut16(rest)
-	if !ok || len(priv) == 0 {
-		return nil, fmt.Errorf("%w: bad private area", ErrBadClientKeyBlob)
-	}
-	var pcrs []int
-	if version == 2 {
-		if pcrs, rest, ok = cutPCRs(rest); !ok {
-			return nil, fmt.Errorf("%w: bad PCR list", ErrBadClientKeyBlob)
-		}
-	}
-	if len(rest) != 0 {
-		return nil, fmt.Errorf("%w: trailing bytes", ErrBadClientKeyBlob)
-	}
-	tp, _, err := parseClientKeyPublic(pub)
+	pub, priv, pcrs, err := parseKeyBlob(data, clientKeyBlobMagic, ErrBadClientKeyBlob, func(b []byte) (*tpm2.TPMTPublic, error) {
+		tp, _, err := parseClientKeyPublic(b)
+		return tp, err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadClientKeyBlob, err)
+		return nil, err
 	}
-	if err := checkBlobBinding(tp, pcrs); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadClientKeyBlob, err)
-	}
-	return &ClientKeyBlob{Public: bytes.Clone(pub), Private: bytes.Clone(priv), PCRs: pcrs}, nil
+	return &ClientKeyBlob{Public: pub, Private: priv, PCRs: pcrs}, nil
 }
 
 // CreateClientKey makes a new client key under the storage root key and

@@ -5,7 +5,9 @@ package attest
 // the PCR list its blob records (see keypolicy.go).
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -125,4 +127,67 @@ func checkBlobBinding(pub *tpm2.TPMTPublic, pcrs []int) error {
 		return errors.New("the blob lists PCRs but its key is not bound by a policy")
 	}
 	return nil
+}
+
+// marshalKeyBlob is the blob layout the Vault client key and the appliance
+// signing key share: magic, version 1, then the public and private areas
+// each with a 2-byte big-endian length; a key bound to PCRs is version 2
+// and adds the PCR count (one byte) and the PCR indices (one byte each,
+// increasing). bad is the kind's error.
+func marshalKeyBlob(magic string, bad error, pub, priv []byte, pcrs []int) ([]byte, error) {
+	if len(pub) == 0 || len(priv) == 0 || len(pub) > 0xffff || len(priv) > 0xffff {
+		return nil, bad
+	}
+	pcrs, err := keyPCRs(pcrs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", bad, err)
+	}
+	version := byte(1)
+	if len(pcrs) > 0 {
+		version = 2
+	}
+	out := append([]byte(magic), version)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(pub)))
+	out = append(out, pub...)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(priv)))
+	out = append(out, priv...)
+	if version == 2 {
+		out = appendPCRs(out, pcrs)
+	}
+	return out, nil
+}
+
+// parseKeyBlob decodes what marshalKeyBlob wrote with magic, checks the
+// public area with parsePublic (the right kind of key) and its binding to
+// the PCRs the blob names, and returns copies of the areas.
+func parseKeyBlob(data []byte, magic string, bad error, parsePublic func([]byte) (*tpm2.TPMTPublic, error)) (pub, priv []byte, pcrs []int, err error) {
+	rest, ok := bytes.CutPrefix(data, []byte(magic))
+	if !ok || len(rest) == 0 || (rest[0] != 1 && rest[0] != 2) {
+		return nil, nil, nil, fmt.Errorf("%w: unknown header", bad)
+	}
+	version := rest[0]
+	pub, rest, ok = cut16(rest[1:])
+	if !ok {
+		return nil, nil, nil, fmt.Errorf("%w: truncated public area", bad)
+	}
+	priv, rest, ok = cut16(rest)
+	if !ok || len(priv) == 0 {
+		return nil, nil, nil, fmt.Errorf("%w: bad private area", bad)
+	}
+	if version == 2 {
+		if pcrs, rest, ok = cutPCRs(rest); !ok {
+			return nil, nil, nil, fmt.Errorf("%w: bad PCR list", bad)
+		}
+	}
+	if len(rest) != 0 {
+		return nil, nil, nil, fmt.Errorf("%w: trailing bytes", bad)
+	}
+	tp, err := parsePublic(pub)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: %w", bad, err)
+	}
+	if err := checkBlobBinding(tp, pcrs); err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: %w", bad, err)
+	}
+	return bytes.Clone(pub), bytes.Clone(priv), pcrs, nil
 }

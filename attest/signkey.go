@@ -6,7 +6,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"encoding/asn1"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -79,61 +78,20 @@ func (b *SigningKeyBlob) BoundTo(pcrs []int) bool { return samePCRs(b.PCRs, pcrs
 // is version 2 and adds the PCR count (one byte) and the PCR indices (one
 // byte each, increasing).
 func (b *SigningKeyBlob) MarshalBinary() ([]byte, error) {
-	if len(b.Public) == 0 || len(b.Private) == 0 || len(b.Public) > 0xffff || len(b.Private) > 0xffff {
-		return nil, ErrBadSigningKeyBlob
-	}
-	pcrs, err := keyPCRs(b.PCRs)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadSigningKeyBlob, err)
-	}
-	version := byte(1)
-	if len(pcrs) > 0 {
-		version = 2
-	}
-	out := append([]byte(signingKeyBlobMagic), version)
-	out = binary.BigEndian.AppendUint16(out, uint16(len(b.Public)))
-	out = append(out, b.Public...)
-	out = binary.BigEndian.AppendUint16(out, uint16(len(b.Private)))
-	out = append(out, b.Private...)
-	if version == 2 {
-		out = appendPCRs(out, pcrs)
-	}
-	return out, nil
+	return marshalKeyBlob(signingKeyBlobMagic, ErrBadSigningKeyBlob, b.Public, b.Private, b.PCRs)
 }
 
 // ParseSigningKeyBlob decodes what MarshalBinary wrote and checks that the
 // public area is a signing key fixed to a TPM.
 func ParseSigningKeyBlob(data []byte) (*SigningKeyBlob, error) {
-	rest, ok := bytes.CutPrefix(data, []byte(signingKeyBlobMagic))
-	if !ok || len(rest) == 0 || (rest[0] != 1 && rest[0] != 2) {
-		return nil, fmt.Errorf("%w: unknown header", ErrBadSigningKeyBlob)
-	}
-	version := rest[0]
-	pub, rest, ok := cut16(rest[1:])
-	if !ok {
-		return nil, fmt.Errorf("%w: truncated public area", ErrBadSigningKeyBlob)
-	}
-	priv, rest, ok := cut16(rest)
-	if !ok || len(priv) == 0 {
-		return nil, fmt.Errorf("%w: bad private area", ErrBadSigningKeyBlob)
-	}
-	var pcrs []int
-	if version == 2 {
-		if pcrs, rest, ok = cutPCRs(rest); !ok {
-			return nil, fmt.Errorf("%w: bad PCR list", ErrBadSigningKeyBlob)
-		}
-	}
-	if len(rest) != 0 {
-		return nil, fmt.Errorf("%w: trailing bytes", ErrBadSigningKeyBlob)
-	}
-	tp, _, err := parseSigningKeyPublic(pub)
+	pub, priv, pcrs, err := parseKeyBlob(data, signingKeyBlobMagic, ErrBadSigningKeyBlob, func(b []byte) (*tpm2.TPMTPublic, error) {
+		tp, _, err := parseSigningKeyPublic(b)
+		return tp, err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadSigningKeyBlob, err)
+		return nil, err
 	}
-	if err := checkBlobBinding(tp, pcrs); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadSigningKeyBlob, err)
-	}
-	return &SigningKeyBlob{Public: bytes.Clone(pub), Private: bytes.Clone(priv), PCRs: pcrs}, nil
+	return &SigningKeyBlob{Public: pub, Private: priv, PCRs: pcrs}, nil
 }
 
 // CreateSigningKey makes a new appliance signing key under the SRK. It
