@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,7 +18,9 @@ import (
 	"github.com/keywarden/keywarden/cluster"
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
+	"github.com/keywarden/keywarden/internal/tpmdev"
 	"github.com/keywarden/keywarden/internal/tpmsim"
+	"github.com/keywarden/keywarden/store"
 )
 
 // TestOfflineCommandsOnEmbedded: on store.backend embedded the offline
@@ -26,8 +30,8 @@ import (
 // node starts on it and releases the key stored before), and `vault csr`
 // keeps the Vault client key in the node-local state, bound to the PCRs
 // the node's root key is sealed to, certified by the node's attestation
-// key (a CA's verify-csr accepts it), kept on a second run, and not
-// loadable in another TPM. While the node runs both are refused and the
+// key (a CA's verify-csr accepts it), found there by serve's tpm-cert
+// start, kept on a second run, and not loadable in another TPM. While the node runs both are refused and the
 // state is left as it was. `recover` and the offline `rollback accept`
 // refuse, naming what to do instead.
 func TestOfflineCommandsOnEmbedded(t *testing.T) {
@@ -161,6 +165,25 @@ func TestOfflineCommandsOnEmbedded(t *testing.T) {
 		if again, _ := cluster.LoadState(dataDir); !bytes.Equal(again.VaultClientKey, st.VaultClientKey) {
 			t.Fatal("a second vault csr replaced the client key")
 		}
+		// serve (vault.auth tpm-cert) finds the key where vault csr put it
+		// and signs with it in this TPM; the store has none.
+		sim, err = tpmsim.Open(seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		empty, err := store.Open(filepath.Join(t.TempDir(), "empty.db"), store.Options{NoSync: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := &appliance{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), tpm: tpmdev.NewCounting(sim), db: empty, node: st}
+		ck, aerr := loadVaultClientKey(ctx, a)
+		if aerr != nil {
+			t.Errorf("serve's load of the node's Vault client key: %v", aerr)
+		} else {
+			ck.Close()
+		}
+		empty.Close()
+		sim.Close()
 		// As an attacker with a copy of state.json on another machine:
 		// the key does not load in another TPM.
 		other, err := tpmsim.Open(6262)
