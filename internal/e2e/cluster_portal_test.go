@@ -87,10 +87,10 @@ func sdkHeaders(cred string, extra ...string) map[string]string {
 
 var traceSeq atomic.Int64
 
-// once sends one request to one node: a connection error or a 502/503/504
+// sendOnce sends one request to one node: a connection error or a 502/503/504
 // (the node is being killed) cuts the round (errCeremonyCut, counted as a
 // retry by the caller); any other status than want is an error.
-func once(method, url string, body any, hdr map[string]string, what string, want ...int) (answer, error) {
+func sendOnce(method, url string, body any, hdr map[string]string, what string, want ...int) (answer, error) {
 	var b []byte
 	if body != nil {
 		b = jsonBody(body)
@@ -106,7 +106,7 @@ func once(method, url string, body any, hdr map[string]string, what string, want
 }
 
 // viaLB sends through HAProxy, retried until an answer that is not a
-// connection error or 502/503/504 (the retrier); then as once.
+// connection error or 502/503/504 (the retrier); then as sendOnce.
 func (p *portalLoad) viaLB(method, path string, body any, hdr map[string]string, what string, want ...int) (answer, error) {
 	var b []byte
 	if body != nil {
@@ -163,7 +163,7 @@ func (p *portalLoad) tbsRound(n int, nodes []int) error {
 	if n%2 == 0 {
 		_, err = p.viaLB(http.MethodPut, "/v1/backup/encrypt-key", put, hdr, "TBS write of "+user, 200, 201)
 	} else {
-		_, err = once(http.MethodPut, p.l.c.public(nodes[0])+"/v1/backup/encrypt-key", put, hdr, "TBS write of "+user+" on "+p.l.c.public(nodes[0]), 200, 201)
+		_, err = sendOnce(http.MethodPut, p.l.c.public(nodes[0])+"/v1/backup/encrypt-key", put, hdr, "TBS write of "+user+" on "+p.l.c.public(nodes[0]), 200, 201)
 	}
 	if err != nil {
 		return err
@@ -171,7 +171,7 @@ func (p *portalLoad) tbsRound(n int, nodes []int) error {
 	p.mu.Lock()
 	p.tbs[user] = key
 	p.mu.Unlock()
-	x, err := once(http.MethodGet, p.l.c.public(nodes[1])+"/v1/backup/encrypt-key", nil, hdr, "TBS read of "+user+" on "+p.l.c.public(nodes[1]), 200)
+	x, err := sendOnce(http.MethodGet, p.l.c.public(nodes[1])+"/v1/backup/encrypt-key", nil, hdr, "TBS read of "+user+" on "+p.l.c.public(nodes[1]), 200)
 	if err != nil {
 		return err
 	}
@@ -197,7 +197,7 @@ func (p *portalLoad) webhookRound(n int, nodes []int) error {
 		if base == "" {
 			_, err = p.viaLB(http.MethodPost, "/webhook/backup", body, hdr, "webhook backup "+client+" "+method, 200, 204)
 		} else {
-			_, err = once(http.MethodPost, base+"/webhook/backup", body, hdr, "webhook backup "+client+" "+method+" on "+base, 200, 204)
+			_, err = sendOnce(http.MethodPost, base+"/webhook/backup", body, hdr, "webhook backup "+client+" "+method+" on "+base, 200, 204)
 		}
 		if err != nil {
 			return err
@@ -223,7 +223,7 @@ func (p *portalLoad) webhookRound(n int, nodes []int) error {
 	if err := backup(p.l.c.public(nodes[1]), clusterMethodB, shareB); err != nil {
 		return err
 	}
-	x, err := once(http.MethodPost, p.l.c.public(nodes[2])+"/webhook/backup/fetch", map[string]string{"clientId": client}, hdr, "webhook fetch "+client+" on "+p.l.c.public(nodes[2]), 200)
+	x, err := sendOnce(http.MethodPost, p.l.c.public(nodes[2])+"/webhook/backup/fetch", map[string]string{"clientId": client}, hdr, "webhook fetch "+client+" on "+p.l.c.public(nodes[2]), 200)
 	if err != nil {
 		return err
 	}
@@ -245,7 +245,7 @@ func (p *portalLoad) passkeyRound(nodes []int) error {
 	a, b, c := p.l.c.public(nodes[0]), p.l.c.public(nodes[1]), p.l.c.public(nodes[2])
 	key := randomHex(32)
 	rp := map[string]string{"relyingParty": clusterPortalRP}
-	x, err := once(http.MethodPost, a+"/passkeys/begin-registration", rp, sdkHeaders(cred), "begin-registration on "+a, 200)
+	x, err := sendOnce(http.MethodPost, a+"/passkeys/begin-registration", rp, sdkHeaders(cred), "begin-registration on "+a, 200)
 	if err != nil {
 		return err
 	}
@@ -261,7 +261,7 @@ func (p *portalLoad) passkeyRound(nodes []int) error {
 	if err != nil {
 		return err
 	}
-	if _, err := once(http.MethodPost, b+"/passkeys/finish-registration",
+	if _, err := sendOnce(http.MethodPost, b+"/passkeys/finish-registration",
 		map[string]string{"attestation": att, "sessionId": sid, "encryptionKey": key, "relyingParty": clusterPortalRP},
 		sdkHeaders(cred), "finish-registration on "+b+" (begun on "+a+")", 200); err != nil {
 		return err
@@ -292,7 +292,7 @@ func (p *portalLoad) passkeyRound(nodes []int) error {
 // login runs begin-login on begin and finish-login/read on finish, and
 // returns the key and the finish request (to replay).
 func (p *portalLoad) login(cred, begin, finish string) (string, map[string]string, error) {
-	x, err := once(http.MethodPost, begin+"/passkeys/begin-login", map[string]string{"relyingParty": clusterPortalRP}, sdkHeaders(cred), "begin-login on "+begin, 200)
+	x, err := sendOnce(http.MethodPost, begin+"/passkeys/begin-login", map[string]string{"relyingParty": clusterPortalRP}, sdkHeaders(cred), "begin-login on "+begin, 200)
 	if err != nil {
 		return "", nil, err
 	}
@@ -309,7 +309,7 @@ func (p *portalLoad) login(cred, begin, finish string) (string, map[string]strin
 		return "", nil, err
 	}
 	req := map[string]string{"assertion": assertion, "sessionId": sid, "relyingParty": clusterPortalRP}
-	x, err = once(http.MethodPost, finish+"/passkeys/finish-login/read", req, sdkHeaders(cred), "finish-login/read on "+finish+" (begun on "+begin+")", 200)
+	x, err = sendOnce(http.MethodPost, finish+"/passkeys/finish-login/read", req, sdkHeaders(cred), "finish-login/read on "+finish+" (begun on "+begin+")", 200)
 	if err != nil {
 		return "", nil, err
 	}
