@@ -28,7 +28,8 @@ const (
 // State is what belongs to one node and must be readable before etcd is
 // up, so it cannot live in the shared key space: the root key sealed to
 // THIS node's TPM (every node seals the same key to its own TPM and PCRs),
-// this node's attestation key blob, and its place in the cluster. It is
+// this node's attestation key and Vault client key blobs, and its place in
+// the cluster. It is
 // one JSON file, data.dir/node/state.json, mode 0600 in a 0700 directory,
 // written atomically (temporary file, fsync, rename, fsync of the
 // directory). Nothing in it is secret on its own: the sealed root opens
@@ -42,6 +43,11 @@ type State struct {
 	// AttestAK is the attestation key blob (attest.AKBlob's binary form;
 	// what bbolt keeps in meta/attest_ak); empty until one is made.
 	AttestAK []byte `json:"attest_ak,omitempty"`
+	// VaultClientKey is this node's Vault client key blob
+	// (attest.ClientKeyBlob's binary form; what bbolt keeps in
+	// meta/vault_client_key), made by `keywarden vault csr`; empty until
+	// then. Like the attestation key it loads in this node's TPM only.
+	VaultClientKey []byte `json:"vault_client_key,omitempty"`
 	// Name is this node's etcd member name.
 	Name string `json:"name"`
 	// MemberID and ClusterID are etcd's ids (0 until known: a node that

@@ -4,7 +4,8 @@ package main
 // stopped (bbolt's lock refuses a second process anyway), and record what
 // they did in the audit log themselves (audit.AppendOffline).
 //
-//	keywarden reseal   -pcrs LIST                          (before a firmware update: LIST may be "none")
+//	keywarden reseal   -pcrs LIST                          (before a firmware update: LIST may be "none";
+//	                                                        on store.backend embedded: this node's state.json)
 //	keywarden recovery reshare [-recipient age1…]… [-threshold T] [-single-share] [-shares-dir DIR]
 //	keywarden recovery status
 //	keywarden rollback accept                              (audited: start a deliberately restored store)
@@ -155,6 +156,9 @@ func cmdReseal(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if cfg.Store.Backend == "embedded" {
+		return resealNode(ctx, cfg, pcrs)
+	}
 	tpm, db, root, closeAll, err := openOffline(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("reseal: %w", err)
@@ -278,6 +282,9 @@ func cmdRollback(ctx context.Context, args []string) error {
 	cfg, err := lf.load()
 	if err != nil {
 		return err
+	}
+	if cfg.Store.Backend == "embedded" {
+		return errRollbackAcceptEmbedded
 	}
 	tpm, db, root, closeAll, err := openOffline(ctx, cfg)
 	if err != nil {

@@ -62,6 +62,9 @@ func cmdRecover(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if cfg.Store.Backend == "embedded" {
+		return errRecoverEmbedded
+	}
 	pcrs, err := f.sealPCRs(cfg)
 	if err != nil {
 		return err

@@ -16,7 +16,10 @@ package main
 //	    -key-policy, bound to those PCR values).
 //
 // The key's blob (attest.ClientKeyBlob, not secret: it loads only in this
-// TPM) is kept in the store's meta bucket next to the attestation key's.
+// TPM) is kept in the store's meta bucket next to the attestation key's; on
+// store.backend embedded in the node-local state (data.dir/node/state.json)
+// next to this node's attestation key, so `vault csr` runs on a stopped
+// node of a cluster without its etcd member.
 
 import (
 	"context"
@@ -37,6 +40,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/keywarden/keywarden/attest"
+	"github.com/keywarden/keywarden/cluster"
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
 	"github.com/keywarden/keywarden/internal/config"
@@ -90,11 +94,73 @@ func readVaultClientKey(ctx context.Context, db *store.DB, mk store.MetaKey) (*a
 // they held when the key was made). What the root key is sealed to
 // counts, as in checkRootPCRPolicy; before init, tpm.pcrs. Empty: the
 // keys are not bound (dev mode, tpm.allow_no_pcr_policy).
+//
+// On store.backend embedded the root key is sealed in the node-local
+// state (each node to its own TPM and PCRs), not in the store.
 func sealingPCRs(ctx context.Context, cfg config.Config, db *store.DB) []int {
+	if cfg.Store.Backend == "embedded" {
+		if st, err := cluster.LoadState(cfg.Data.Dir); err == nil {
+			if sr, err := st.Sealed(); err == nil {
+				return sr.PCRs
+			}
+		}
+		return cfg.TPM.PCRs
+	}
 	if sr, err := enclave.LoadSealedRoot(ctx, db); err == nil {
 		return sr.PCRs
 	}
 	return cfg.TPM.PCRs
+}
+
+// keyHome is where a node keeps the blobs of its TPM keys that `vault csr`
+// reads and writes: the store's meta bucket (storeKeyHome), or the
+// node-local state on store.backend embedded (nodeKeyHome).
+type keyHome interface {
+	// AK is the attestation key blob (nil: none).
+	AK(ctx context.Context) (*attest.AKBlob, error)
+	// ClientKey is the Vault client key blob (nil: none).
+	ClientKey(ctx context.Context) (*attest.ClientKeyBlob, error)
+	// PutClientKey keeps a new Vault client key blob.
+	PutClientKey(ctx context.Context, b []byte) error
+}
+
+// storeKeyHome: the blobs in the store's meta bucket, the client key's
+// under mk (vaultClientKeyMeta).
+type storeKeyHome struct {
+	db *store.DB
+	mk store.MetaKey
+}
+
+func (h storeKeyHome) AK(ctx context.Context) (*attest.AKBlob, error) { return readAKBlob(ctx, h.db) }
+func (h storeKeyHome) ClientKey(ctx context.Context) (*attest.ClientKeyBlob, error) {
+	return readVaultClientKey(ctx, h.db, h.mk)
+}
+func (h storeKeyHome) PutClientKey(ctx context.Context, b []byte) error {
+	return h.db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(h.mk, b) })
+}
+
+// nodeKeyHome: the blobs in the node-local state of dataDir, written
+// atomically with the rest of it.
+type nodeKeyHome struct {
+	st      *cluster.State
+	dataDir string
+}
+
+func (h nodeKeyHome) AK(context.Context) (*attest.AKBlob, error) {
+	if len(h.st.AttestAK) == 0 {
+		return nil, nil
+	}
+	return attest.ParseAKBlob(h.st.AttestAK)
+}
+func (h nodeKeyHome) ClientKey(context.Context) (*attest.ClientKeyBlob, error) {
+	if len(h.st.VaultClientKey) == 0 {
+		return nil, nil
+	}
+	return attest.ParseClientKeyBlob(h.st.VaultClientKey)
+}
+func (h nodeKeyHome) PutClientKey(_ context.Context, b []byte) error {
+	h.st.VaultClientKey = b
+	return h.st.Save(h.dataDir)
 }
 
 // errClientKeyNotBound explains a stored Vault client key that is not
@@ -118,8 +184,8 @@ func probeClientKey(key *attest.ClientKey) error {
 // load in this TPM, is not bound to pcrs, or no longer signs in this boot
 // state). pcrs are the PCRs the root key is sealed to. made says whether
 // the key is new.
-func ensureVaultClientKey(ctx context.Context, tpm transport.TPM, db *store.DB, mk store.MetaKey, pcrs []int, replace bool) (key *attest.ClientKey, made bool, err error) {
-	blob, err := readVaultClientKey(ctx, db, mk)
+func ensureVaultClientKey(ctx context.Context, tpm transport.TPM, home keyHome, pcrs []int, replace bool) (key *attest.ClientKey, made bool, err error) {
+	blob, err := home.ClientKey(ctx)
 	if err != nil && !(replace && errors.Is(err, attest.ErrBadClientKeyBlob)) {
 		return nil, false, err
 	}
@@ -148,7 +214,7 @@ func ensureVaultClientKey(ctx context.Context, tpm transport.TPM, db *store.DB, 
 	if err != nil {
 		return nil, false, err
 	}
-	if err := db.Update(ctx, func(tx *store.Tx) error { return tx.PutMeta(mk, b) }); err != nil {
+	if err := home.PutClientKey(ctx, b); err != nil {
 		return nil, false, fmt.Errorf("store the Vault client key: %w", err)
 	}
 	key, err = attest.LoadClientKey(ctx, tpm, blob)
@@ -167,7 +233,7 @@ func loadVaultClientKey(ctx context.Context, a *appliance) (*attest.ClientKey, *
 	if a.tpm == nil {
 		return nil, ErrVaultClientKey.WithMessage("vault.auth tpm-cert needs the TPM")
 	}
-	blob, err := readVaultClientKey(ctx, a.db, vaultClientKeyMeta(a.cfg))
+	blob, err := a.vaultClientKeyBlob(ctx)
 	if err != nil {
 		return nil, ErrVaultClientKey.Wrap(err)
 	}
@@ -187,6 +253,17 @@ func loadVaultClientKey(ctx context.Context, a *appliance) (*attest.ClientKey, *
 			"stop the server, run `keywarden vault csr -new-key` and install the certificate issued for the new key", "key_pcrs", blob.PCRs, "sealing_pcrs", pcrs)
 	}
 	return key, nil
+}
+
+// vaultClientKeyBlob is the stored client key blob (nil: none): on the
+// embedded backend the node-local state's (where `vault csr` puts it),
+// else, and for a node whose state has none, the store's meta under
+// vaultClientKeyMeta.
+func (a *appliance) vaultClientKeyBlob(ctx context.Context) (*attest.ClientKeyBlob, error) {
+	if a.node != nil && len(a.node.VaultClientKey) > 0 {
+		return attest.ParseClientKeyBlob(a.node.VaultClientKey)
+	}
+	return readVaultClientKey(ctx, a.db, vaultClientKeyMeta(a.cfg))
 }
 
 func vaultCSR(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -219,17 +296,35 @@ func vaultCSR(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(cfg.TPM.AttestPCRs) == 0 {
 		return errors.New("vault csr: tpm.attest_pcrs is empty: set the PCRs the quote covers")
 	}
+	var (
+		home keyHome
+		db   *store.DB // nil on the embedded backend
+	)
+	if cfg.Store.Backend == "embedded" {
+		// The node-local state, on a stopped node (its member holds its
+		// log's lock while it runs).
+		st, release, err := loadStoppedNode(cfg)
+		if err != nil {
+			return fmt.Errorf("vault csr: %w", err)
+		}
+		defer release()
+		home = nodeKeyHome{st: st, dataDir: cfg.Data.Dir}
+	}
 	tpm, err := openTPM(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("vault csr: open TPM %s: %w", cfg.TPM.Path, err)
 	}
 	defer tpm.Close()
-	db, err := openStoreDB(ctx, cfg, store.Options{Timeout: 2 * time.Second})
-	if err != nil {
-		return fmt.Errorf("vault csr: %w (stop the server first)", err)
+	if home == nil {
+		db, err = openStoreDB(ctx, cfg, store.Options{Timeout: 2 * time.Second})
+		if err != nil {
+			return fmt.Errorf("vault csr: %w (stop the server first)", err)
+		}
+		defer db.Close()
+		home = storeKeyHome{db: db, mk: vaultClientKeyMeta(cfg)}
 	}
-	defer db.Close()
-	ev, made, err := makeVaultCSR(ctx, tpm, db, vaultClientKeyMeta(cfg), *cn, nonce, cfg.TPM.AttestPCRs, sealingPCRs(ctx, cfg, db), *newKey)
+	keyPCRs := sealingPCRs(ctx, cfg, db)
+	ev, made, err := makeVaultCSRIn(ctx, tpm, home, *cn, nonce, cfg.TPM.AttestPCRs, keyPCRs, *newKey)
 	if err != nil {
 		return fmt.Errorf("vault csr: %w", err)
 	}
@@ -249,7 +344,7 @@ func vaultCSR(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if made {
 		fmt.Fprintln(stderr, "made a new Vault client key in the TPM")
 	}
-	if pcrs := sealingPCRs(ctx, cfg, db); len(pcrs) > 0 {
+	if pcrs := keyPCRs; len(pcrs) > 0 {
 		fmt.Fprintf(stderr, "the key signs only while PCRs %v hold their current values (the root key's sealing PCRs); give the CA their policy with -key-policy\n", pcrs)
 	} else {
 		fmt.Fprintln(stderr, "WARNING: the key is not bound to the boot state (the root key has no PCR policy): any OS on this TPM can use it")
@@ -262,19 +357,24 @@ func vaultCSR(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // stored attestation key. pcrs are quoted (tpm.attest_pcrs); keyPCRs are
 // the PCRs the key is bound to (the root key's sealing PCRs).
 func makeVaultCSR(ctx context.Context, tpm transport.TPM, db *store.DB, mk store.MetaKey, cn string, nonce []byte, pcrs, keyPCRs []int, newKey bool) (*attest.ClientKeyEvidence, bool, error) {
-	akBlob, err := readAKBlob(ctx, db)
+	return makeVaultCSRIn(ctx, tpm, storeKeyHome{db: db, mk: mk}, cn, nonce, pcrs, keyPCRs, newKey)
+}
+
+// makeVaultCSRIn is makeVaultCSR with the blobs in home.
+func makeVaultCSRIn(ctx context.Context, tpm transport.TPM, home keyHome, cn string, nonce []byte, pcrs, keyPCRs []int, newKey bool) (*attest.ClientKeyEvidence, bool, error) {
+	akBlob, err := home.AK(ctx)
 	if err != nil {
 		return nil, false, fmt.Errorf("attestation key: %w", err)
 	}
 	if akBlob == nil {
-		return nil, false, errors.New("no attestation key in the store: run `keywarden init` first")
+		return nil, false, errors.New("no attestation key: run `keywarden init` first (on a cluster's node: start it once, it makes its attestation key)")
 	}
 	ak, err := attest.LoadAK(ctx, tpm, akBlob)
 	if err != nil {
 		return nil, false, fmt.Errorf("the stored attestation key does not load in this TPM: %w", err)
 	}
 	defer ak.Close()
-	key, made, err := ensureVaultClientKey(ctx, tpm, db, mk, keyPCRs, newKey)
+	key, made, err := ensureVaultClientKey(ctx, tpm, home, keyPCRs, newKey)
 	if err != nil {
 		return nil, false, err
 	}

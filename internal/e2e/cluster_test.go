@@ -29,6 +29,7 @@ import (
 	"github.com/keywarden/keywarden/internal/softauthn"
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
 	"github.com/keywarden/keywarden/internal/testutil/proc"
+	"github.com/keywarden/keywarden/internal/testutil/vaultdev"
 	"github.com/keywarden/keywarden/internal/tpmsim"
 )
 
@@ -234,6 +235,9 @@ type clusterLoad struct {
 	wg    sync.WaitGroup
 	stop  chan struct{}
 	seq   atomic.Int64
+	// portal, when set, adds Portal's TBS, webhooks and PasskeyStorage
+	// to the load (cluster_portal_test.go).
+	portal *portalLoad
 }
 
 func (l *clusterLoad) fbToken(user string) string {
@@ -419,6 +423,10 @@ func (l *clusterLoad) start(firebaseWorkers int) {
 			}
 		}
 	}()
+	if l.portal != nil {
+		l.wg.Add(1)
+		go l.portal.run(fail)
+	}
 }
 
 func (l *clusterLoad) finish() {
@@ -467,15 +475,20 @@ func (l *clusterLoad) verifyAll(t *testing.T, what string) {
 
 // TestClusterScriptThreeAppliances drives scripts/cluster.sh: three
 // `keywarden dev` appliances, each with its own simulated TPM and embedded
-// etcd member, joined by attestation, behind HAProxy. Under mixed load
-// (Firebase stores and releases of distinct users through HAProxy;
-// passkey ceremonies that begin on one node's public port and finish on
-// another's) one appliance is SIGKILLed: no acknowledged write is lost and
-// the clients see only retried requests; `cluster.sh start` brings it
+// etcd member, joined by attestation, behind HAProxy, with the Portal
+// drop-in on (one stand-in for Portal's API and one real Vault dev server
+// that all three use). Under mixed load (Firebase stores and releases of
+// distinct users through HAProxy; passkey ceremonies that begin on one
+// node's public port and finish on another's; Portal TBS writes read back
+// on another node, custodian webhook backups fetched on another node, and
+// PasskeyStorage logins whose spent sessionId is refused on a third node)
+// one appliance is SIGKILLed: no acknowledged write is lost and the
+// clients see only retried requests. While it is down the two others keep
+// serving every kind of request node by node; `cluster.sh start` brings it
 // back and it serves a write made while it was down from its own port.
 // With two of three killed the survivor is not ready and refuses writes
-// with 503 store_unavailable; after they are back nothing acknowledged is
-// lost. Joins: an unapproved joiner never gets the key, a replayed join
+// (Firebase and webhook) with 503 store_unavailable; after they are back
+// nothing acknowledged is lost. Joins: an unapproved joiner never gets the key, a replayed join
 // request is refused (join_replayed), and a joiner whose PCRs differ from
 // the cluster's policy is refused at approval (join_policy_refused).
 func TestClusterScriptThreeAppliances(t *testing.T) {
@@ -499,6 +512,8 @@ func TestClusterScriptThreeAppliances(t *testing.T) {
 		t.Fatal(err)
 	}
 	iss := firebasetest.NewIssuer(t, "proj-cluster-sh")
+	vs := vaultdev.Start(t)
+	api := newPortalAPIStandIn(t)
 	c.env = []string{
 		"KEYWARDEN_ADMIN_KEY=" + clusterE2EAdmin,
 		"KEYWARDEN_FIREBASE_PROJECT_ID=" + iss.ProjectID(),
@@ -508,6 +523,7 @@ func TestClusterScriptThreeAppliances(t *testing.T) {
 		"KEYWARDEN_LIMITS_RATE_BURST=1000000",
 		"KEYWARDEN_PASSKEY_MAX_CEREMONIES_PER_ADDRESS=100000",
 	}
+	c.env = append(c.env, clusterPortalEnv(api.srv.URL, vs.Addr(), vs.RootToken())...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			for i := 1; i <= 3; i++ {
@@ -522,8 +538,13 @@ func TestClusterScriptThreeAppliances(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		l.alive[i].Store(true)
 	}
+	l.portal = newPortalLoad(l, api)
 
-	// Mixed load; node 2 is SIGKILLed in the middle of it.
+	// Mixed load; node 2 is SIGKILLed in the middle of it. On the embedded
+	// backend each appliance runs its etcd member in its own process, so
+	// this one SIGKILL is both steps of "an appliance, then an etcd member":
+	// node 2's member dies with it, and the cluster runs on two of its
+	// three members (quorum 2) until node 2 is started again.
 	l.start(4)
 	time.Sleep(3 * time.Second)
 	l.alive[2].Store(false)
@@ -534,6 +555,8 @@ func TestClusterScriptThreeAppliances(t *testing.T) {
 		t.FailNow()
 	}
 	l.verifyAll(t, "after node2 was killed")
+	l.portal.verify(t, "after node2 was killed")
+	clusterServesWithMemberDown(t, c, l.portal, 2)
 
 	// A write while node 2 is down; node 2 rejoins and serves it from its
 	// own port.
@@ -557,19 +580,63 @@ func TestClusterScriptThreeAppliances(t *testing.T) {
 		a, err := send(clusterLoadHTTP, http.MethodGet, c.public(1)+"/readyz", nil, nil)
 		return err == nil && a.status == 503, fmt.Sprintf("%d %s %v", a.status, a.body, err)
 	})
-	tok := l.fbToken("no-quorum")
-	a, err := send(clusterLoadHTTP, http.MethodPut, c.public(1)+"/v1/firebase/key", jsonBody(map[string]string{"key": base64.StdEncoding.EncodeToString(down)}),
-		map[string]string{"Authorization": "Bearer " + tok})
-	if err != nil || a.status != 503 || opsErrorCode(a.body) != "store_unavailable" {
-		t.Fatalf("write without quorum: %d %s %v, want 503 store_unavailable", a.status, a.body, err)
+	// Three writes without quorum at once: a Firebase store and a Portal
+	// TBS write answer 503 store_unavailable. A webhook backup is never
+	// acknowledged either, but not always answered: the share's write
+	// waits in the store's write queue behind the readiness probes'
+	// heartbeats, each held for etcd's own request timeout, and the
+	// listener's write timeout can close the connection first (Portal,
+	// which waits 10 s, sees a timeout; this client gives up after 10 s
+	// and a margin). Both are accepted for it; a 2xx fails.
+	type noQuorum struct {
+		what string
+		a    answer
+		err  error
+		took time.Duration
+	}
+	results := make(chan noQuorum, 3)
+	for _, w := range []struct {
+		what, path, method string
+		body               []byte
+		hdr                map[string]string
+	}{
+		{"Firebase store", "/v1/firebase/key", http.MethodPut, jsonBody(map[string]string{"key": base64.StdEncoding.EncodeToString(down)}),
+			map[string]string{"Authorization": "Bearer " + l.fbToken("no-quorum")}},
+		{"Portal TBS write", "/v1/backup/encrypt-key", http.MethodPut, jsonBody(map[string]string{"encryptionKey": randomHex(32)}),
+			sdkHeaders(clusterPortalTBSCred, "X-Firebase-Token", l.fbToken("no-quorum-tbs"))},
+		{"webhook backup", "/webhook/backup", http.MethodPost,
+			jsonBody(map[string]string{"clientId": "clx0noquorum", "backupMethod": clusterMethodA, "share": `{"share":"not-acknowledged"}`}),
+			sdkHeaders("", "X-Webhook-Secret", clusterPortalSecret)},
+	} {
+		go func() {
+			start := time.Now()
+			a, err := send(&http.Client{Timeout: 11 * time.Second, Transport: clusterLoadHTTP.Transport}, w.method, c.public(1)+w.path, w.body, w.hdr)
+			results <- noQuorum{w.what, a, err, time.Since(start).Round(time.Millisecond)}
+		}()
+	}
+	for range 3 {
+		r := <-results
+		switch {
+		case r.err == nil && r.a.status == 503 && opsErrorCode(r.a.body) == "store_unavailable":
+			t.Logf("%s without quorum: 503 store_unavailable after %s", r.what, r.took)
+		case r.err != nil && r.what == "webhook backup":
+			t.Logf("%s without quorum: no answer after %s (%v)", r.what, r.took, r.err)
+		default:
+			t.Errorf("%s without quorum: %d %s %v after %s, want 503 store_unavailable", r.what, r.a.status, r.a.body, r.err, r.took)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
 	}
 	c.run(t, "start", "2")
 	c.run(t, "start", "3")
 	l.verifyAll(t, "after losing and regaining quorum")
+	l.portal.verify(t, "after losing and regaining quorum")
 	if err := l.release(c.public(3), "while-node2-down", down); err != nil {
 		t.Fatalf("node3 after its restart: %v", err)
 	}
 	l.verifyPasskeysAll(t)
+	l.portal.verifyPasskeys(t)
 	t.Logf("clients saw %d retried requests and no other failure", l.r.retries.Load())
 }
 
@@ -722,5 +789,57 @@ func clusterJoinsRefused(t *testing.T, c *shCluster, bin string) {
 	}
 	if err != nil || a.status != 200 || json.Unmarshal(a.body, &st) != nil || len(st.Members) != 3 {
 		t.Errorf("members after the refused joins: %d %s %v", a.status, a.body, err)
+	}
+}
+
+// clusterServesWithMemberDown: with node down SIGKILLed (its appliance and
+// its etcd member), the cluster still lists it as a member (nobody removed
+// it) and has a leader; the two others are ready and serve, node by node,
+// a Portal TBS write read back on the other one, webhook backups fetched
+// on the other one, and a passkey registration begun on one and finished
+// on the other.
+func clusterServesWithMemberDown(t *testing.T, c *shCluster, p *portalLoad, down int) {
+	t.Helper()
+	var up []int
+	for i := 1; i <= 3; i++ {
+		if i != down {
+			up = append(up, i)
+		}
+	}
+	for _, i := range up {
+		a, err := send(clusterLoadHTTP, http.MethodGet, c.public(i)+"/readyz", nil, nil)
+		if err != nil || a.status != 200 {
+			t.Fatalf("node%d /readyz with node%d's member down: %d %s %v", i, down, a.status, a.body, err)
+		}
+	}
+	a, err := send(clusterLoadHTTP, http.MethodGet, c.admin(up[0])+"/v1/admin/cluster", nil, map[string]string{"Authorization": "Bearer " + clusterE2EAdmin})
+	var st struct {
+		Leader  string `json:"leader"` // hexadecimal member id, "0" when none is known
+		Members []struct {
+			Name string `json:"name"`
+		} `json:"members"`
+	}
+	if err != nil || a.status != 200 || json.Unmarshal(a.body, &st) != nil {
+		t.Fatalf("cluster status with node%d down: %d %s %v", down, a.status, a.body, err)
+	}
+	names := ""
+	for _, m := range st.Members {
+		names += m.Name + " "
+	}
+	if len(st.Members) != 3 || !strings.Contains(names, fmt.Sprintf("node%d ", down)) || st.Leader == "0" || st.Leader == "" {
+		t.Fatalf("cluster status with node%d down: %s (want three members, node%d still one, and a leader)", down, a.body, down)
+	}
+	// One round of each kind, alternating the two live nodes; none may be
+	// cut (nothing is being killed now).
+	there := []int{up[0], up[1], up[0]}
+	back := []int{up[1], up[0], up[1]}
+	if err := p.tbsRound(1, there); err != nil {
+		t.Fatalf("Portal TBS with node%d down (written on node%d, read on node%d): %v", down, there[0], there[1], err)
+	}
+	if err := p.webhookRound(1, back); err != nil {
+		t.Fatalf("webhooks with node%d down (node%d, node%d, fetched on node%d): %v", down, back[0], back[1], back[2], err)
+	}
+	if err := p.passkeyRound(there); err != nil {
+		t.Fatalf("Portal passkeys with node%d down (begun on node%d, finished on node%d): %v", down, there[0], there[1], err)
 	}
 }

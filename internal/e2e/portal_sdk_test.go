@@ -104,13 +104,23 @@ var (
 // string) and returns it JSON-encoded: the string the SDK sends.
 func iosCredential(t *testing.T, raw []byte, members ...string) string {
 	t.Helper()
+	s, err := iosCredentialOf(raw, members...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// iosCredentialOf is iosCredential for code that runs outside the test's
+// goroutine (the cluster's load): it returns the error.
+func iosCredentialOf(raw []byte, members ...string) (string, error) {
 	var c struct {
 		ID       string                     `json:"id"`
 		RawID    string                     `json:"rawId"`
 		Response map[string]json.RawMessage `json:"response"`
 	}
 	if err := json.Unmarshal(raw, &c); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	resp := map[string]json.RawMessage{}
 	for _, m := range members {
@@ -120,10 +130,7 @@ func iosCredential(t *testing.T, raw []byte, members ...string) string {
 	}
 	b, err := json.Marshal(map[string]any{"rawId": c.RawID, "id": c.ID, "clientExtensionResults": map[string]any{},
 		"type": "public-key", "response": resp})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return string(b), err
 }
 
 // portalSDK drives one app's PasskeyStorage against a node.
