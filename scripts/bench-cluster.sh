@@ -37,7 +37,7 @@ admin=bench-admin-key-0123456789
 # Every node (single and cluster) gets these; per-address limits lifted (one load address).
 export KEYWARDEN_ADMIN_KEY=$admin KEYWARDEN_FIREBASE_PROJECT_IDS=bench-project \
   KEYWARDEN_FIREBASE_CERTS_URL=http://127.0.0.1:18830/certs KEYWARDEN_LIMITS_RATE_PER_SECOND=10000000 \
-  KEYWARDEN_LIMITS_RATE_BURST=10000000 KEYWARDEN_LOG_LEVEL=warn
+  KEYWARDEN_LIMITS_RATE_BURST=10000000
 
 # Lua: requests cycle through the tokens (distinct users); the two threads start half the list
 # apart, so a store run of #users requests stores every user once before the release run.
