@@ -102,6 +102,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -155,6 +156,9 @@ type Options struct {
 	MaxTxnOps int
 	// Logger is the etcd client's logger; nil logs nothing.
 	Logger *zap.Logger
+	// DialOptions are added to the etcd client's gRPC dial options (an
+	// interceptor that counts requests, in tests).
+	DialOptions []grpc.DialOption
 }
 
 // Store is a store backend over etcd. Its methods are safe for concurrent use.
@@ -215,6 +219,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		// to be refused with a clear error, not be cut by the client.
 		MaxCallSendMsgSize: opts.MaxRequestBytes + 64*1024,
 		RejectOldCluster:   true,
+		DialOptions:        opts.DialOptions,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: %w", err)
@@ -279,7 +284,16 @@ func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) (err e
 	defer leave()
 	start := time.Now()
 	defer func() { s.observe("view", start, err) }()
-	return fn(&Tx{s: s, ctx: ctx})
+	tx := &Tx{s: s, ctx: ctx}
+	rs := store.ReadSessionFrom(ctx)
+	if rs != nil {
+		tx.rev = rs.Revision() // 0: this View fixes the session's revision
+	}
+	err = fn(tx)
+	if rs != nil && tx.rev != 0 {
+		rs.Fix(tx.rev)
+	}
+	return err
 }
 
 // Update runs fn and commits its writes in one etcd transaction, running
@@ -389,8 +403,18 @@ func (tx *Tx) begin() error {
 }
 
 // get reads at the snapshot revision: serializable on the member the
-// client reaches, linearizable when that member is behind.
+// client reaches, linearizable when that member is behind. A View's first
+// read is itself the linearizable read that fixes the revision (the
+// revision of its response), so a View of one key is one round trip.
 func (tx *Tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	if tx.rev == 0 && !tx.writable {
+		resp, err := tx.s.cli.Get(tx.ctx, key, opts...)
+		if err != nil {
+			return nil, tx.s.wrap(err)
+		}
+		tx.rev = resp.Header.Revision
+		return resp, nil
+	}
 	if err := tx.begin(); err != nil {
 		return nil, err
 	}
