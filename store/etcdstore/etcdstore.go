@@ -23,16 +23,24 @@
 // # Transactions
 //
 // [Store.View] reads at one etcd revision. Its first read is linearizable
-// (a read of the fence key through the leader's ReadIndex: one round trip
-// to the leader and a quorum heartbeat), which fixes the revision R; every
-// further read is a serializable read at R on whichever member the client
-// talks to (local, no quorum round trip). A member that has not applied R
-// yet answers "future revision" and the read is repeated linearizably. So
-// a View never answers from state older than the moment it began: a
-// deletion, a block or a spent ceremony that committed before the View
-// started is seen. A member that has lost its quorum cannot complete the
-// first read: the View fails (when its context ends) rather than answering
-// stale.
+// (the read of the first key fn asks for, through the leader's ReadIndex:
+// one round trip to the leader and a quorum heartbeat), and the revision
+// of its answer is the View's revision R; every further read is a
+// serializable read at R on whichever member the client talks to (local,
+// no quorum round trip). A member that has not applied R yet answers
+// "future revision" and the read is repeated linearizably. So a View never
+// answers from state older than the moment it began: a deletion, a block
+// or a spent ceremony that committed before the View started is seen. A
+// member that has lost its quorum cannot complete the first read: the View
+// fails (when its context ends) rather than answering stale.
+//
+// A View whose context carries a [store.ReadSession] (one request's
+// reads: a release's block-list check, then its key record) reads at the
+// session's revision when an earlier View of the session fixed one: one
+// linearizable round trip per request, not per View. Everything committed
+// before the request began is still seen, since the session's revision
+// was fixed linearizably after that; an Update through the façade with the
+// session's context ends the revision (the request reads its own writes).
 //
 // [Store.Update] runs fn against a snapshot at R with its writes buffered,
 // then commits them in one etcd transaction guarded by what fn read: "if
@@ -64,6 +72,17 @@
 // transaction of the same compares. A guard that fails runs fn again, and
 // every later attempt begins with a linearizable read. So an Update, like
 // a View, never acts on or answers from state older than its start.
+//
+// An Update may also read a single key from the store's read cache (what
+// this node last read, wrote or saw in its watch of the prefix: see
+// readcache.go) instead of asking etcd: its mod revision joins the guard
+// like any other read, so the leader refuses the commit if it is not
+// current, and a guard that fails reads back, in the transaction's Else
+// branch, the current value of every key it compared, for the next
+// attempt. An overwrite of a key the node knows costs one request: the
+// guarded commit. The cache serves one Update at a time (the group
+// commit's writer); Updates that run side by side in one process read
+// from etcd.
 //
 // # Limits
 //
