@@ -291,3 +291,34 @@ func TestRemoveRefusedWhenQuorumWouldBreak(t *testing.T) {
 		t.Fatalf("removing the member that is down: %v", err)
 	}
 }
+
+// TestClientPortServesGRPCOnly: the member's client port is etcd's gRPC
+// server alone (gRPC's own server, not Go's HTTP/2 server in front of
+// it): an HTTP request with a cluster certificate gets no HTTP answer
+// there, while a gRPC client with the same certificate is served.
+func TestClientPortServesGRPCOnly(t *testing.T) {
+	root := newRoot(t)
+	m := startMember(t, root, "n1", "", StateNew, proc.FreeAddr(t))
+	ca, _ := DeriveCA(root)
+	good, err := ca.Issue("other-node", []string{"127.0.0.1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.ClientURL()}, TLS: ca.ClientTLS(good), DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cli.Get(ctx, "k"); err != nil {
+		t.Fatalf("gRPC on the client port: %v", err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: ca.ClientTLS(good)}, Timeout: 10 * time.Second}
+	resp, err := hc.Get(m.ClientURL() + "/health")
+	if err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		t.Fatalf("HTTP on the client port answered %s %s; want gRPC only", resp.Status, b)
+	}
+}

@@ -100,6 +100,13 @@ func StartMember(ctx context.Context, o MemberOptions) (*Embedded, error) {
 	client := url.URL{Scheme: "https", Host: o.ClientListen}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peerListen}, []url.URL{*peer}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+	// The client port serves gRPC only, by gRPC's own server: etcd's HTTP
+	// endpoints (health, metrics, the JSON gateway), which on one port put
+	// every gRPC request through Go's HTTP/2 server and gRPC's ServeHTTP
+	// (a large part of a member's CPU per request), get a port of their
+	// own on loopback (same TLS and client certificates; the appliance
+	// does not use them).
+	cfg.ListenClientHttpUrls = []url.URL{{Scheme: "https", Host: "127.0.0.1:0"}}
 	cfg.InitialCluster = o.InitialCluster
 	cfg.ClusterState = o.ClusterState
 	cfg.InitialClusterToken = clusterToken

@@ -8,6 +8,9 @@
 # and the failed ones. Usage: scripts/bench-cluster.sh [duration, default 10s]. Loopback only;
 # see docs/BENCHMARKS.md. The cluster runs on KEYWARDEN_CLUSTER_PORT_OFFSET=2000 (HAProxy on
 # 127.0.0.1:10440) so it does not collide with a cluster.sh on the default ports.
+# PROFILE=<dir>: also take an 8 s CPU profile of each cluster node during the cluster's store and
+# release runs (<dir>/stores-node<i>.pprof, releases-node<i>.pprof; the nodes run in dev mode).
+# ONLY=cluster: skip the single-node runs and the failover (profiling, quick checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${1:-10s}
@@ -37,7 +40,7 @@ admin=bench-admin-key-0123456789
 # Every node (single and cluster) gets these; per-address limits lifted (one load address).
 export KEYWARDEN_ADMIN_KEY=$admin KEYWARDEN_FIREBASE_PROJECT_IDS=bench-project \
   KEYWARDEN_FIREBASE_CERTS_URL=http://127.0.0.1:18830/certs KEYWARDEN_LIMITS_RATE_PER_SECOND=10000000 \
-  KEYWARDEN_LIMITS_RATE_BURST=10000000 KEYWARDEN_LOG_LEVEL=warn
+  KEYWARDEN_LIMITS_RATE_BURST=10000000
 
 # Lua: requests cycle through the tokens (distinct users); the two threads start half the list
 # apart, so a store run of #users requests stores every user once before the release run.
@@ -78,6 +81,16 @@ counters() { # per node: cpu-ms views updates conflicts
   done
 }
 
+profile() { # name: CPU profiles of the cluster's nodes, in the background
+  [ -n "${PROFILE:-}" ] || return 0
+  mkdir -p "$PROFILE"
+  local i
+  for i in 1 2 3; do
+    curl -s --max-time 20 -H "Authorization: Bearer $admin" -o "$PROFILE/$1-node$i.pprof" \
+      "http://127.0.0.1:$((8450 + off + i))/v1/admin/debug/pprof/profile?seconds=8" &
+  done
+}
+
 run() { # name url script [duration]
   local before; before=$(counters)
   local out; out=$(wrk -t2 -c64 -d"${4:-$dur}" --timeout 10s -s "$3" "$2")
@@ -112,9 +125,9 @@ single() { # name backend-env…
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-echo "wrk -t2 -c64 -d$dur --timeout 10s, $users distinct users, on $(nproc) cores, $(date -u +%F)"
-single bbolt KEYWARDEN_STORE_BACKEND=bbolt
-single etcd-1 KEYWARDEN_STORE_BACKEND=embedded KEYWARDEN_CLUSTER_NAME=solo \
+echo "wrk -t2 -c64 -d$dur --timeout 10s, $users distinct users, on $(nproc) cores, $(date -u +%F), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+[ "${ONLY:-}" = cluster ] || single bbolt KEYWARDEN_STORE_BACKEND=bbolt
+[ "${ONLY:-}" = cluster ] || single etcd-1 KEYWARDEN_STORE_BACKEND=embedded KEYWARDEN_CLUSTER_NAME=solo \
   KEYWARDEN_CLUSTER_PEER_LISTEN=127.0.0.1:18833 KEYWARDEN_CLUSTER_PEER_ADVERTISE=https://127.0.0.1:18833 \
   KEYWARDEN_CLUSTER_CLIENT_LISTEN=127.0.0.1:18834
 
@@ -126,8 +139,11 @@ cluster_watch() {
   for i in 1 2 3; do watch+=("$(cat "$work/cluster/node$i/pid") http://127.0.0.1:$((8450 + off + i))"); done
 }
 cluster_watch
+profile stores
 run "cluster-3 stores" "$lb" "$work/put.lua"
+profile releases
 run "cluster-3 releases" "$lb" "$work/get.lua"
+[ "${ONLY:-}" != cluster ] || exit 0
 awk '{r[$1" "$2]=$3} END{
   printf "cluster releases / bbolt releases = %.2f (goal >= 0.5)\n", r["cluster-3 releases"]/r["bbolt releases"];
   printf "cluster stores = %.0f/s (goal >= 2000)\n", r["cluster-3 stores"]}' "$work/results"

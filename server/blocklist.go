@@ -27,7 +27,9 @@ import (
 // any moment, so every check is a linearizable read of the store (one
 // etcd round trip to the leader, measured in BenchmarkBlockListHas): a
 // block committed on any node refuses the next release everywhere, and a
-// node without a quorum refuses (503) rather than answer from memory.
+// node without a quorum refuses (503) rather than answer from memory. On
+// the Firebase key routes ([BlockList.ReadSession]) that round trip also
+// fixes the revision the request's later reads (the key record) use.
 type BlockList struct {
 	mu     sync.RWMutex
 	set    map[string]time.Time // one node only
@@ -74,6 +76,24 @@ func (b *BlockList) Has(ctx context.Context, owner string) (bool, error) {
 		return err
 	})
 	return blocked, err
+}
+
+// ReadSession is middleware for routes that read the store more than once
+// before they answer (a Firebase release reads the block list, then the
+// key record): on a shared store it gives the request a store read
+// session, so its reads share one linearizable etcd round trip (the
+// first) and the later ones read at that revision on the local member.
+// Everything committed before the request began is still seen (see
+// store.ReadSession). On one node it does nothing.
+func (b *BlockList) ReadSession(next echo.HandlerFunc) echo.HandlerFunc {
+	if !b.shared {
+		return next
+	}
+	return func(c echo.Context) error {
+		r := c.Request()
+		c.SetRequest(r.WithContext(store.WithReadSession(r.Context())))
+		return next(c)
+	}
 }
 
 // entries is the list: owner → when blocked.

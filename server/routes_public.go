@@ -19,6 +19,9 @@ func (s *Server) PublicRoutes() []Route {
 	o := s.opts
 	pk, po := o.Passkey, o.Portal
 	u := mw(s.unsealed)
+	// The Firebase key routes' reads (block list, key record) share one
+	// linearizable round trip on a cluster (BlockList.ReadSession).
+	fb := mw(s.unsealed, s.blocked.ReadSession)
 	var webhook []echo.MiddlewareFunc
 	if po != nil {
 		webhook = mw(s.unsealed, po.WebhookAuth)
@@ -33,10 +36,10 @@ func (s *Server) PublicRoutes() []Route {
 		{Method: http.MethodGet, Path: "/openapi.json", Handler: s.docPublic, Plain: true},
 
 		// Native Firebase key routes (server/firebase/http.go).
-		{Method: http.MethodPut, Path: "/v1/firebase/key", Handler: fbPut, Middleware: u},
-		{Method: http.MethodGet, Path: "/v1/firebase/key", Handler: fbGet, Middleware: u},
-		{Method: http.MethodPost, Path: "/v1/firebase/key/release", Handler: fbGet, Middleware: u},
-		{Method: http.MethodDelete, Path: "/v1/firebase/key", Handler: fbDel, Middleware: u},
+		{Method: http.MethodPut, Path: "/v1/firebase/key", Handler: fbPut, Middleware: fb},
+		{Method: http.MethodGet, Path: "/v1/firebase/key", Handler: fbGet, Middleware: fb},
+		{Method: http.MethodPost, Path: "/v1/firebase/key/release", Handler: fbGet, Middleware: fb},
+		{Method: http.MethodDelete, Path: "/v1/firebase/key", Handler: fbDel, Middleware: fb},
 		// The caller's own audit events (Firebase ID token; server/firebase/events.go).
 		{Method: http.MethodGet, Path: "/v1/me/events", Handler: fbEvents, Middleware: u},
 

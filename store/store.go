@@ -134,6 +134,11 @@ func (db *DB) Update(ctx context.Context, fn func(*Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if rs := ReadSessionFrom(ctx); rs != nil {
+		// The request's next View reads what this Update wrote (or
+		// whatever a failed one may still have committed).
+		defer rs.end()
+	}
 	db.mu.RLock()
 	if db.closed.Load() {
 		db.mu.RUnlock()

@@ -23,16 +23,24 @@
 // # Transactions
 //
 // [Store.View] reads at one etcd revision. Its first read is linearizable
-// (a read of the fence key through the leader's ReadIndex: one round trip
-// to the leader and a quorum heartbeat), which fixes the revision R; every
-// further read is a serializable read at R on whichever member the client
-// talks to (local, no quorum round trip). A member that has not applied R
-// yet answers "future revision" and the read is repeated linearizably. So
-// a View never answers from state older than the moment it began: a
-// deletion, a block or a spent ceremony that committed before the View
-// started is seen. A member that has lost its quorum cannot complete the
-// first read: the View fails (when its context ends) rather than answering
-// stale.
+// (the read of the first key fn asks for, through the leader's ReadIndex:
+// one round trip to the leader and a quorum heartbeat), and the revision
+// of its answer is the View's revision R; every further read is a
+// serializable read at R on whichever member the client talks to (local,
+// no quorum round trip). A member that has not applied R yet answers
+// "future revision" and the read is repeated linearizably. So a View never
+// answers from state older than the moment it began: a deletion, a block
+// or a spent ceremony that committed before the View started is seen. A
+// member that has lost its quorum cannot complete the first read: the View
+// fails (when its context ends) rather than answering stale.
+//
+// A View whose context carries a [store.ReadSession] (one request's
+// reads: a release's block-list check, then its key record) reads at the
+// session's revision when an earlier View of the session fixed one: one
+// linearizable round trip per request, not per View. Everything committed
+// before the request began is still seen, since the session's revision
+// was fixed linearizably after that; an Update through the façade with the
+// session's context ends the revision (the request reads its own writes).
 //
 // [Store.Update] runs fn against a snapshot at R with its writes buffered,
 // then commits them in one etcd transaction guarded by what fn read: "if
@@ -64,6 +72,17 @@
 // transaction of the same compares. A guard that fails runs fn again, and
 // every later attempt begins with a linearizable read. So an Update, like
 // a View, never acts on or answers from state older than its start.
+//
+// An Update may also read a single key from the store's read cache (what
+// this node last read, wrote or saw in its watch of the prefix: see
+// readcache.go) instead of asking etcd: its mod revision joins the guard
+// like any other read, so the leader refuses the commit if it is not
+// current, and a guard that fails reads back, in the transaction's Else
+// branch, the current value of every key it compared, for the next
+// attempt. An overwrite of a key the node knows costs one request: the
+// guarded commit. The cache serves one Update at a time (the group
+// commit's writer); Updates that run side by side in one process read
+// from etcd.
 //
 // # Limits
 //
@@ -99,9 +118,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -155,6 +176,9 @@ type Options struct {
 	MaxTxnOps int
 	// Logger is the etcd client's logger; nil logs nothing.
 	Logger *zap.Logger
+	// DialOptions are added to the etcd client's gRPC dial options (an
+	// interceptor that counts requests, in tests).
+	DialOptions []grpc.DialOption
 }
 
 // Store is a store backend over etcd. Its methods are safe for concurrent use.
@@ -170,10 +194,15 @@ type Store struct {
 	buckets   sync.Map     // bucket name → struct{}: seen committed (buckets are never removed)
 
 	conflicts   atomic.Uint64
+	updating    atomic.Int32 // Updates in progress
 	unavailable atomic.Uint64
 	observer    atomic.Pointer[Observer]
 
 	eph *Ephemeral
+
+	cache     *readCache // readcache.go
+	stopWatch context.CancelFunc
+	watching  sync.WaitGroup
 }
 
 // Open connects to etcd and checks that a linearizable read succeeds
@@ -215,6 +244,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		// to be refused with a clear error, not be cut by the client.
 		MaxCallSendMsgSize: opts.MaxRequestBytes + 64*1024,
 		RejectOldCluster:   true,
+		DialOptions:        opts.DialOptions,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: %w", err)
@@ -232,6 +262,11 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		cli.Close()
 		return nil, fmt.Errorf("etcdstore: prefix %q holds an interrupted restore; delete the prefix and restore again", prefix)
 	}
+	s.cache = newReadCache()
+	wctx, stop := context.WithCancel(context.Background())
+	s.stopWatch = stop
+	s.watching.Add(1)
+	go func() { defer s.watching.Done(); s.watch(wctx, resp.Header.Revision+1) }()
 	return s, nil
 }
 
@@ -242,6 +277,8 @@ func (s *Store) Close() error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.stopWatch()
+	s.watching.Wait()
 	return s.cli.Close()
 }
 
@@ -279,7 +316,16 @@ func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) (err e
 	defer leave()
 	start := time.Now()
 	defer func() { s.observe("view", start, err) }()
-	return fn(&Tx{s: s, ctx: ctx})
+	tx := &Tx{s: s, ctx: ctx}
+	rs := store.ReadSessionFrom(ctx)
+	if rs != nil {
+		tx.rev = rs.Revision() // 0: this View fixes the session's revision
+	}
+	err = fn(tx)
+	if rs != nil && tx.rev != 0 {
+		rs.Fix(tx.rev)
+	}
+	return err
 }
 
 // Update runs fn and commits its writes in one etcd transaction, running
@@ -289,11 +335,20 @@ func (s *Store) View(ctx context.Context, fn func(store.BackendTx) error) (err e
 func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) (err error) {
 	start := time.Now()
 	defer func() { s.observe("update", start, err) }()
+	// The read cache serves the node's writer (the store's group commit:
+	// one Update at a time). Updates of one process that run side by side
+	// contend for the same keys, where a shortcut for some would starve
+	// the others: they read from etcd.
+	useCache := s.updating.Add(1) == 1
+	defer s.updating.Add(-1)
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		ok, err := s.attempt(ctx, fn, attempt == 0)
+		ok, fellBack, refreshed, err := s.attempt(ctx, fn, attempt == 0, useCache)
+		if fellBack {
+			useCache = false // the fence cannot vouch for cached reads
+		}
 		if err != nil {
 			return err
 		}
@@ -304,9 +359,12 @@ func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) (err
 		if attempt+1 >= maxAttempts {
 			return fmt.Errorf("etcdstore: transaction conflicted %d times in a row; giving up", maxAttempts)
 		}
-		// A short random pause spreads nodes that keep colliding.
+		// A short random pause spreads nodes that keep colliding. An
+		// attempt whose failed guard brought back the current values
+		// (refreshOps) goes again at once: a pause would only let the
+		// values age and first attempts overtake it, again and again.
 		d := time.Duration(rand.IntN(1+min(attempt, 10))) * time.Millisecond
-		if d > 0 {
+		if d > 0 && !refreshed {
 			t := time.NewTimer(d)
 			select {
 			case <-ctx.Done():
@@ -318,37 +376,40 @@ func (s *Store) Update(ctx context.Context, fn func(store.BackendTx) error) (err
 	}
 }
 
-// attempt runs fn once and tries to commit; false: a conflict.
-func (s *Store) attempt(ctx context.Context, fn func(store.BackendTx) error, first bool) (bool, error) {
+// attempt runs fn once and tries to commit; false: a conflict. fellBack:
+// the guard had to compare the fence while fn had read from the cache
+// (the next attempt must not use it).
+func (s *Store) attempt(ctx context.Context, fn func(store.BackendTx) error, first, useCache bool) (ok, fellBack, refreshed bool, err error) {
 	ctx, leave, err := s.enter(ctx)
 	if err != nil {
-		return false, err
+		return false, false, false, err
 	}
 	defer leave()
-	tx := &Tx{s: s, ctx: ctx, writable: true, writes: map[string][]byte{}, stale: first}
+	tx := &Tx{s: s, ctx: ctx, writable: true, writes: map[string][]byte{}, stale: first, useCache: useCache}
+	defer func() { fellBack, refreshed = tx.fellBack, tx.refreshed && useCache }()
 	if err := fn(tx); err != nil {
-		if tx.stale && tx.rev != 0 {
+		if (tx.stale || tx.cached) && tx.read() {
 			// fn's refusal may rest on a snapshot that was behind: it
 			// stands only if what fn read is still current. When that
 			// cannot be confirmed (no quorum), the caller gets the store's
 			// error, not a refusal made from what this member last knew.
 			ok, verr := tx.validate()
 			if verr != nil {
-				return false, verr
+				return false, false, false, verr
 			}
 			if !ok {
-				return false, nil
+				return false, false, false, nil
 			}
 		}
-		return false, err
+		return false, false, false, err
 	}
-	ok, err := tx.commit()
+	ok, err = tx.commit()
 	if ok {
 		for b := range tx.created {
 			s.buckets.Store(b, struct{}{})
 		}
 	}
-	return ok, err
+	return ok, false, false, err
 }
 
 // Tx is one transaction: reads at one revision; in Update, writes are
@@ -358,11 +419,15 @@ type Tx struct {
 	ctx      context.Context
 	writable bool
 
-	rev      int64            // the snapshot revision, 0 before the first read
-	fenceMod int64            // the fence's mod revision at rev (0: absent)
-	reads    map[string]int64 // Update: key read → its mod revision at rev (0: absent)
-	ranges   [][2]string      // Update: ranges read, [start, end)
-	stale    bool             // Update: rev was read serializably, maybe behind (every outcome is validated)
+	rev       int64            // the snapshot revision, 0 before the first read
+	fenceMod  int64            // the fence's mod revision at rev (0: absent)
+	reads     map[string]int64 // Update: key read → its mod revision at rev (0: absent)
+	ranges    [][2]string      // Update: ranges read, [start, end)
+	stale     bool             // Update: rev was read serializably, maybe behind (every outcome is validated)
+	useCache  bool             // Update: single keys may be read from the read cache (readcache.go)
+	cached    bool             // Update: some key was read from the read cache
+	fellBack  bool             // Update: the guard compared the fence with cached reads (a conflict)
+	refreshed bool             // Update: a failed guard brought back the current values of the keys read
 
 	writes  map[string][]byte // full etcd key → value; nil value: deleted
 	created map[store.Bucket]bool
@@ -388,13 +453,46 @@ func (tx *Tx) begin() error {
 	return nil
 }
 
+// read reports whether fn read anything (its outcome rests on a guard).
+func (tx *Tx) read() bool { return tx.rev != 0 || len(tx.reads) > 0 }
+
 // get reads at the snapshot revision: serializable on the member the
-// client reaches, linearizable when that member is behind.
+// client reaches, linearizable when that member is behind. A View's first
+// read is itself the linearizable read that fixes the revision (the
+// revision of its response), so a View of one key is one round trip. An
+// Update's first attempt reads a single key from the read cache when it
+// holds it (readcache.go).
 func (tx *Tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	point := len(opts) == 0 // ForEach passes a range and marks the transaction
+	if tx.rev == 0 && !tx.writable {
+		resp, err := tx.s.cli.Get(tx.ctx, key, opts...)
+		if err != nil {
+			return nil, tx.s.wrap(err)
+		}
+		tx.rev = resp.Header.Revision
+		if point {
+			tx.s.remember(key, resp, tx.rev)
+		}
+		return resp, nil
+	}
+	if tx.writable && tx.useCache && point {
+		if e, ok := tx.s.cache.get(key); ok {
+			if tx.reads == nil {
+				tx.reads = map[string]int64{}
+			}
+			tx.reads[key] = e.mod
+			tx.cached = true
+			resp := &clientv3.GetResponse{}
+			if e.mod != 0 {
+				resp.Kvs = []*mvccpb.KeyValue{{Key: []byte(key), Value: bytes.Clone(e.v), ModRevision: e.mod}}
+				resp.Count = 1
+			}
+			return resp, nil
+		}
+	}
 	if err := tx.begin(); err != nil {
 		return nil, err
 	}
-	point := len(opts) == 0 // ForEach passes a range and marks the transaction
 	opts = append(opts, clientv3.WithRev(tx.rev))
 	resp, err := tx.s.cli.Get(tx.ctx, key, append(opts, clientv3.WithSerializable())...)
 	if errors.Is(err, rpctypes.ErrFutureRev) {
@@ -402,6 +500,9 @@ func (tx *Tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse,
 	}
 	if err != nil {
 		return nil, tx.s.wrap(err)
+	}
+	if point {
+		tx.s.remember(key, resp, tx.rev) // read at tx.rev (the header says the member's latest)
 	}
 	if tx.writable && point {
 		if tx.reads == nil {
@@ -414,6 +515,15 @@ func (tx *Tx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse,
 		tx.reads[key] = mod
 	}
 	return resp, nil
+}
+
+// remember puts a point read's result at revision at into the read cache.
+func (s *Store) remember(key string, resp *clientv3.GetResponse, at int64) {
+	e := cached{at: at}
+	if len(resp.Kvs) == 1 {
+		e.v, e.mod = bytes.Clone(resp.Kvs[0].Value), resp.Kvs[0].ModRevision
+	}
+	s.cache.put(key, e, true)
 }
 
 // wrap names the backend in err and classifies it: an error that says the
@@ -661,7 +771,7 @@ func (tx *Tx) ForEach(b store.Bucket, prefix []byte, fn func(k, v []byte) error)
 // snapshot): nothing was written and fn must run again.
 func (tx *Tx) commit() (bool, error) {
 	if len(tx.writes) == 0 {
-		if tx.stale && tx.rev != 0 {
+		if (tx.stale || tx.cached) && tx.read() {
 			return tx.validate() // what fn read (and returned) must be current
 		}
 		return true, nil
@@ -686,10 +796,20 @@ func (tx *Tx) commit() (bool, error) {
 	}
 	ops = append(ops, clientv3.OpPut(tx.s.fence, ""))
 	t := tx.s.cli.Txn(tx.ctx)
-	if tx.rev != 0 { // else fn read nothing: blind writes
-		t = t.If(tx.guard(len(ops), tx.s.maxReq-size)...)
+	var refresh []string
+	var elseOps []clientv3.Op
+	if tx.read() { // else fn read nothing: blind writes
+		cmps, ok, perKey, left := tx.guard(len(ops), tx.s.maxReq-size)
+		if !ok {
+			tx.fellBack = true
+			return false, nil // run again without the cache
+		}
+		t = t.If(cmps...)
+		if perKey {
+			refresh, elseOps = tx.refreshOps(left)
+		}
 	}
-	resp, err := t.Then(ops...).Commit()
+	resp, err := t.Then(ops...).Else(elseOps...).Commit()
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrTooManyOps) {
 			return false, fmt.Errorf("etcdstore: %d writes in one transaction exceed the server's --max-txn-ops: %w", len(ops), err)
@@ -699,7 +819,54 @@ func (tx *Tx) commit() (bool, error) {
 		}
 		return false, tx.s.wrap(err)
 	}
+	if resp.Succeeded {
+		rev := resp.Header.Revision // every write of one transaction has its revision
+		for k, v := range tx.writes {
+			if v != nil {
+				tx.s.cache.put(k, cached{v: v, mod: rev, at: rev}, true)
+			} else {
+				tx.s.cache.put(k, cached{at: rev}, true)
+			}
+		}
+	} else {
+		tx.refresh(refresh, resp)
+	}
 	return resp.Succeeded, nil
+}
+
+// refreshOps are the Else branch of a guarded transaction: a read of every
+// single key the guard compares (when their names fit in room bytes), so
+// that a transaction whose guard fails brings back their current values
+// for the read cache, and fn's next attempt runs on them without a round
+// trip of its own (a retry costs what a first attempt costs: one request).
+func (tx *Tx) refreshOps(room int) ([]string, []clientv3.Op) {
+	keys := make([]string, 0, len(tx.reads))
+	for k := range tx.reads {
+		if room -= len(k) + 16; room < 0 {
+			return nil, nil
+		}
+		keys = append(keys, k)
+	}
+	ops := make([]clientv3.Op, len(keys))
+	for i, k := range keys {
+		ops[i] = clientv3.OpGet(k)
+	}
+	return keys, ops
+}
+
+// refresh puts the Else branch's reads (refreshOps) into the read cache.
+func (tx *Tx) refresh(keys []string, resp *clientv3.TxnResponse) {
+	if resp == nil || resp.Header == nil {
+		return
+	}
+	for i, r := range resp.Responses {
+		rr := r.GetResponseRange()
+		if rr == nil || i >= len(keys) {
+			return
+		}
+		tx.s.remember(keys[i], &clientv3.GetResponse{Kvs: rr.Kvs}, resp.Header.Revision)
+		tx.refreshed = true
+	}
 }
 
 // minTxnOps is etcd's default --max-txn-ops: a guard of up to this many
@@ -712,13 +879,16 @@ const minTxnOps = 128
 // range read has a mod revision past rev (none was created or rewritten
 // in it). With more compares than a transaction of nops operations may
 // hold (the server's --max-txn-ops), or more than room bytes of keys, the
-// guard is that the fence has not moved since rev.
-func (tx *Tx) guard(nops, room int) []clientv3.Cmp {
+// guard is that the fence has not moved since rev — which vouches only
+// for reads at rev: with a key read from the read cache, ok is false (the
+// caller runs fn again without the cache).
+// perKey: the guard compares the keys (not the fence); left: room left.
+func (tx *Tx) guard(nops, room int) (cmps []clientv3.Cmp, ok, perKey bool, left int) {
 	fence := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(tx.s.fence), "=", tx.fenceMod)}
 	if len(tx.reads)+len(tx.ranges) > max(nops, tx.s.maxOps) {
-		return fence
+		return fence, !tx.cached, false, room
 	}
-	cmps := make([]clientv3.Cmp, 0, len(tx.reads)+len(tx.ranges))
+	cmps = make([]clientv3.Cmp, 0, len(tx.reads)+len(tx.ranges))
 	for k, mod := range tx.reads {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", mod))
 		room -= len(k) + 16
@@ -728,9 +898,9 @@ func (tx *Tx) guard(nops, room int) []clientv3.Cmp {
 		room -= len(r[0]) + len(r[1]) + 24
 	}
 	if room < 0 {
-		return fence
+		return fence, !tx.cached, false, room
 	}
-	return cmps
+	return cmps, true, true, room
 }
 
 // validate reports whether what fn read is still current, in a read-only
@@ -738,9 +908,22 @@ func (tx *Tx) guard(nops, room int) []clientv3.Cmp {
 // so the member confirms with the leader first; a transaction of compares
 // alone would be answered locally).
 func (tx *Tx) validate() (bool, error) {
-	resp, err := tx.s.cli.Txn(tx.ctx).If(tx.guard(0, tx.s.maxReq)...).Then(clientv3.OpGet(tx.s.fence, clientv3.WithKeysOnly())).Commit()
+	cmps, ok, perKey, left := tx.guard(0, tx.s.maxReq)
+	if !ok {
+		tx.fellBack = true
+		return false, nil
+	}
+	var refresh []string
+	var elseOps []clientv3.Op
+	if perKey {
+		refresh, elseOps = tx.refreshOps(left)
+	}
+	resp, err := tx.s.cli.Txn(tx.ctx).If(cmps...).Then(clientv3.OpGet(tx.s.fence, clientv3.WithKeysOnly())).Else(elseOps...).Commit()
 	if err != nil {
 		return false, tx.s.wrap(err)
+	}
+	if !resp.Succeeded {
+		tx.refresh(refresh, resp)
 	}
 	return resp.Succeeded, nil
 }
