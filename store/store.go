@@ -58,10 +58,19 @@ type DB struct {
 }
 
 type write struct {
-	ctx context.Context
-	fn  func(*Tx) error
-	err chan error
+	ctx   context.Context
+	fn    func(*Tx) error
+	err   chan error
+	state atomic.Int32 // writeQueued, then writeTaken (by the writer) or writeWithdrawn (by its caller)
 }
+
+// The states of a queued write: the writer takes it into a batch, or its
+// caller, whose context ended first, withdraws it; never both.
+const (
+	writeQueued int32 = iota
+	writeTaken
+	writeWithdrawn
+)
 
 // Open opens (creating when missing) the bbolt store at path with mode
 // 0600 ([OpenBolt]) and migrates it to the current schema. A truncated or
@@ -153,8 +162,19 @@ func (db *DB) Update(ctx context.Context, fn func(*Tx) error) error {
 	}
 	db.mu.RUnlock()
 	db.updates.Add(1)
-	// Once queued the write is not withdrawn: waiting for its result keeps
-	// "acknowledged" and "durable" the same thing.
+	select {
+	case err := <-w.err:
+		return err
+	case <-ctx.Done():
+	}
+	// The caller's context ended. A write the writer has not taken yet is
+	// withdrawn: it never runs, so the caller's error is the truth (a
+	// backend stalled without quorum must not hold callers past their own
+	// deadline behind writes queued before them). Once taken, the write is
+	// waited for: "acknowledged" and "durable" stay the same thing.
+	if w.state.CompareAndSwap(writeQueued, writeWithdrawn) {
+		return ctx.Err()
+	}
 	return <-w.err
 }
 
@@ -177,13 +197,17 @@ func (db *DB) writer() {
 		var batch []*write
 		select {
 		case w := <-db.writes:
-			batch = append(batch, w)
+			if w.state.CompareAndSwap(writeQueued, writeTaken) {
+				batch = append(batch, w)
+			}
 		case <-db.done:
 			// Drain what was queued before Close.
 			for {
 				select {
 				case w := <-db.writes:
-					db.commit([]*write{w})
+					if w.state.CompareAndSwap(writeQueued, writeTaken) {
+						db.commit([]*write{w})
+					}
 				default:
 					return
 				}
@@ -193,12 +217,16 @@ func (db *DB) writer() {
 		for len(batch) < 1000 {
 			select {
 			case w := <-db.writes:
-				batch = append(batch, w)
+				if w.state.CompareAndSwap(writeQueued, writeTaken) {
+					batch = append(batch, w)
+				}
 			default:
 				break more
 			}
 		}
-		db.commit(batch)
+		if len(batch) > 0 {
+			db.commit(batch)
+		}
 	}
 }
 

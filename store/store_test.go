@@ -108,6 +108,74 @@ func TestGroupCommit(t *testing.T) {
 	t.Logf("%d concurrent updates in %d commits", writers, commits)
 }
 
+// A write still queued behind a stalled commit (an etcd backend without
+// quorum holds its batch for the transaction timeout) is withdrawn when its
+// caller's context ends: the caller gets its own deadline's error, and the
+// write never runs afterwards, so the error is the truth. A write the
+// writer already took is waited for (acknowledged means durable).
+func TestQueuedWriteWithdrawnAtCallersDeadline(t *testing.T) {
+	db := openTemp(t)
+	stalled, release := make(chan struct{}), make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- db.Update(context.Background(), func(tx *Tx) error {
+			select {
+			case <-stalled:
+			default:
+				close(stalled)
+			}
+			<-release // the writer is held inside this batch's transaction
+			return tx.Put(BucketKeys, Key("first"), []byte("x"))
+		})
+	}()
+	<-stalled
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	var ran bool
+	second := make(chan error, 1)
+	go func() {
+		second <- db.Update(ctx, func(tx *Tx) error {
+			ran = true
+			return tx.Put(BucketKeys, Key("second"), []byte("x"))
+		})
+	}()
+	var err error
+	heldPastDeadline := false
+	select {
+	case err = <-second:
+	case <-time.After(5 * time.Second):
+		// Its 50 ms deadline long gone, the caller still waits for a
+		// commit it is not part of: let the stalled batch finish.
+		heldPastDeadline = true
+		close(release)
+		err = <-second
+	}
+	select {
+	case <-release:
+	default:
+		close(release)
+	}
+	if e := <-first; e != nil {
+		t.Fatalf("the stalled write: %v", e)
+	}
+	if heldPastDeadline {
+		t.Fatalf("a queued write's caller was held until the stalled commit ended (then got %v); want its own deadline's error at once", err)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued write behind a stalled commit returned %v; want its caller's deadline", err)
+	}
+	// One more write through the same writer: it runs after anything the
+	// withdrawn write could have done.
+	if err := db.Update(context.Background(), func(tx *Tx) error { return tx.Put(BucketKeys, Key("third"), []byte("x")) }); err != nil {
+		t.Fatal(err)
+	}
+	var got error
+	_ = db.View(context.Background(), func(tx *Tx) error { _, got = tx.Get(BucketKeys, Key("second")); return nil })
+	if ran || !errors.Is(got, ErrNotFound) {
+		t.Fatalf("withdrawn write ran=%v, stored err %v; want never run and nothing stored", ran, got)
+	}
+}
+
 func TestFailedUpdateDoesNotSinkTheBatch(t *testing.T) {
 	ctx := context.Background()
 	db := openTemp(t)
