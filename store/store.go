@@ -170,10 +170,11 @@ func (db *DB) Update(ctx context.Context, fn func(*Tx) error) error {
 	// The caller's context ended. A write the writer has not taken yet is
 	// withdrawn: it never runs, so the caller's error is the truth (a
 	// backend stalled without quorum must not hold callers past their own
-	// deadline behind writes queued before them). Once taken, the write is
+	// deadline behind writes queued before them); the store did not take
+	// the write in time, so it answers as unavailable. Once taken, the write is
 	// waited for: "acknowledged" and "durable" stay the same thing.
 	if w.state.CompareAndSwap(writeQueued, writeWithdrawn) {
-		return ctx.Err()
+		return fmt.Errorf("%w: the write waited in the queue past its caller's deadline: %w", ErrUnavailable, ctx.Err())
 	}
 	return <-w.err
 }

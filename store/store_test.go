@@ -161,8 +161,8 @@ func TestQueuedWriteWithdrawnAtCallersDeadline(t *testing.T) {
 	if heldPastDeadline {
 		t.Fatalf("a queued write's caller was held until the stalled commit ended (then got %v); want its own deadline's error at once", err)
 	}
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("queued write behind a stalled commit returned %v; want its caller's deadline", err)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("queued write behind a stalled commit returned %v; want ErrUnavailable with its caller's deadline", err)
 	}
 	// One more write through the same writer: it runs after anything the
 	// withdrawn write could have done.
