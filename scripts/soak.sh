@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soak of the Firebase release (issue 19, item 5): `keywarden dev` at its
 # default log level, USERS (default 20000) distinct users each with a stored
-# key, then soakbench at RATE requests/s (default 800, well below
+# key, then soakbench at RATE requests/s (default 500, well below
 # saturation) on C (16) connections for DURATION (default 30m): releases of
 # every user in turn, every 50th request an overwrite of the user's key.
 # Every SAMPLE (30s) it reads process_resident_memory_bytes and
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${1:-30m}
 users=${USERS:-20000}
-rate=${RATE:-800}
+rate=${RATE:-500}
 conc=${C:-16}
 out=${SOAK_OUT:-${TMPDIR:-/tmp}/keywarden-soak.tsv}
 bash scripts/setup.sh
