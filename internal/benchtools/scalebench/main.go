@@ -21,6 +21,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -31,12 +32,14 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"os/signal"
 	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -229,13 +232,17 @@ func drive(method, url, file string, c int, d time.Duration, pid int) {
 	cpu0 := cpuTime(pid)
 	start := time.Now()
 	deadline := start.Add(d)
+	// SIGINT or SIGTERM ends the run early, with its results (the backup
+	// step runs releases until the backup is done).
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
 	var wg sync.WaitGroup
 	for w := 0; w < c; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var mine []time.Duration
-			for time.Now().Before(deadline) {
+			for time.Now().Before(deadline) && ctx.Err() == nil {
 				i := int(next.Add(1)) - 1
 				if i >= len(toks) {
 					if method == http.MethodPut {
