@@ -65,8 +65,10 @@ fill() { # name port target
 rss() { awk '/^(VmRSS|RssAnon|RssFile)/ {printf "%s %.0f MB  ", $1, $2/1024}' "/proc/$1/status"; echo; }
 dbfile() { echo "$dir/$1/keywarden-data/keywarden.db"; }
 
-start big 19812
-echo "KEYS store ($(count big) keys) ready in ${ready}s"
+case " $steps " in *" fill "*|*" start "*|*" release "*|*" rss "*|*" backup "*)
+  start big 19812
+  echo "KEYS store ($(count big) keys) ready in ${ready}s";;
+esac
 need_small=0
 case " $steps " in *" small "*|*" release "*) need_small=1;; esac
 if [ $need_small = 1 ]; then start small 19813; fi
@@ -109,7 +111,46 @@ for step in $steps; do
     kill -INT $rel 2>/dev/null || true; wait $rel 2>/dev/null || true
     rm -f "$dir/backup.db" ;;
   stores)
-    echo "stores: see scripts/bench-scale.sh stores (wrk)" ;;
+    # Durable stores as scripts/bench.sh measures releases: wrk, here
+    # -t2 -c16, each request a never-stored user's first store (its own
+    # token), on a fresh store at the default log level; every store is
+    # audited and committed durably (group commit) before its answer.
+    n=${STORES_USERS:-120000}
+    [ -s "$dir/stores.tokens" ] && [ "$(find "$dir/stores.tokens" -mmin -40)" ] && [ "$(wc -l <"$dir/stores.tokens")" -ge "$n" ] ||
+      "$dir/scalebench" mint -users "$n" -sample "$n" -offset 1000000000 -out "$dir/stores.tokens"
+    cat >"$dir/stores.lua" <<'LUA'
+local threads, n = {}, 0
+function setup(thread) thread:set("tid", n); n = n + 1; table.insert(threads, thread) end
+function init(args)
+  toks, sent = {}, 0
+  local i = 0
+  for line in io.lines(args[1]) do
+    if i % tonumber(args[2]) == tid then toks[#toks + 1] = line end
+    i = i + 1
+  end
+end
+function request()
+  sent = sent + 1
+  if sent > #toks then wrk.thread:stop() end
+  return wrk.format("PUT", nil, {["Authorization"] = "Bearer " .. toks[(sent - 1) % #toks + 1], ["Content-Type"] = "application/json"},
+    '{"key":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}')
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %.0f\n", summary.requests, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, latency:percentile(99)))
+end
+LUA
+    for r in $(seq 1 "${ROUNDS:-3}"); do
+      rm -rf "$dir/stores"; mkdir -p "$dir/stores"
+      start stores 19814
+      # each round its own slice of the users: a store is always a new user's
+      split -n "l/$r/${ROUNDS:-3}" "$dir/stores.tokens" >"$dir/stores.round"
+      c0=$(curl -s -H "Authorization: Bearer $admin" http://127.0.0.1:19814/metrics | awk '$1=="keywarden_store_commits_total"{print $2}')
+      out=$(wrk -t2 -c"${STORES_C:-16}" -d"${DUR:-10s}" -s "$dir/stores.lua" http://127.0.0.1:19814/v1/firebase/key -- "$dir/stores.round" 2)
+      c1=$(curl -s -H "Authorization: Bearer $admin" http://127.0.0.1:19814/metrics | awk '$1=="keywarden_store_commits_total"{print $2}')
+      read -r _ reqs errs p99 <<<"$(echo "$out" | grep '^RESULT')"
+      echo "stores round $r: $(echo "$out" | awk '/Requests\/sec/ {print $2}') stores/s, $reqs requests, $errs non-2xx/errors, p99 $((p99 / 1000)) ms, $(awk -v a="$c0" -v b="$c1" -v n="$reqs" 'BEGIN{printf "%.1f", n/(b-a)}') stores per commit"
+      stop stores
+    done ;;
   *) echo "unknown step $step" >&2; exit 1 ;;
   esac
 done

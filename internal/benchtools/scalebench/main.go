@@ -9,6 +9,8 @@
 //	                   releases with those tokens, latency percentiles and the server's CPU per release
 //	scalebench stores  -url U -tokens F [-c 16] [-d 10s]
 //	                   Firebase stores, one never-stored user per request, 16 writers
+//	scalebench dbstat  -db FILE
+//	                   where a bbolt file's bytes go: per bucket keys, pages, fill
 //
 // User i is the Firebase user whose uid is uid(i): 28 characters derived by
 // SHA-256 from i, so consecutive users land at random places of the store's
@@ -43,6 +45,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
 )
 
@@ -65,6 +69,7 @@ func main() {
 	out := fs.String("out", "", "mint: token file to write")
 	tokens := fs.String("tokens", "", "release, stores: token file")
 	dur := fs.Duration("d", 20*time.Second, "release, stores: duration")
+	dbFile := fs.String("db", "", "dbstat: a bbolt file (a copy: the server holds the live one's lock)")
 	pid := fs.Int("pid", 0, "release, stores: the server's pid, to report its CPU time per request")
 	_ = fs.Parse(os.Args[2:])
 	switch os.Args[1] {
@@ -76,6 +81,8 @@ func main() {
 		drive(http.MethodGet, *url, *tokens, *conc, *dur, *pid)
 	case "stores":
 		drive(http.MethodPut, *url, *tokens, *conc, *dur, *pid)
+	case "dbstat":
+		dbstat(*dbFile)
 	default:
 		log.Fatal("unknown mode")
 	}
@@ -318,4 +325,49 @@ func cpuTime(pid int) time.Duration {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ = 100
+}
+
+// dbstat prints, for each bucket of a store file, its keys and what its
+// pages hold: the file's bytes per key and how full its leaf pages are
+// (random keys split pages half full; bbolt fills to FillPercent only on
+// sequential inserts).
+func dbstat(file string) {
+	db, err := bolt.Open(file, 0o400, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	fi, err := os.Stat(file)
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		ps := int64(db.Info().PageSize)
+		pages := tx.Size() / ps
+		st := db.Stats()
+		fmt.Printf("file %d bytes, %d pages of %d, %d free, %d pending free\n", fi.Size(), pages, ps, st.FreePageN, st.PendingPageN)
+		var keys int64
+		root := tx.Bucket([]byte("keywarden"))
+		if root == nil {
+			return fmt.Errorf("no root bucket")
+		}
+		return root.ForEach(func(name, v []byte) error {
+			if v != nil {
+				return nil
+			}
+			b := root.Bucket(name).Stats()
+			if b.KeyN == 0 {
+				return nil
+			}
+			keys += int64(b.KeyN)
+			alloc := int64(b.LeafAlloc + b.BranchAlloc)
+			fmt.Printf("bucket %-14s %9d keys  leaf pages %8d (%5.1f %% full)  branch pages %6d  %6.0f bytes per key in pages, %6.0f of payload\n",
+				name, b.KeyN, b.LeafPageN+b.LeafOverflowN, 100*float64(b.LeafInuse)/float64(max(b.LeafAlloc, 1)), b.BranchPageN,
+				float64(alloc)/float64(b.KeyN), float64(b.LeafInuse)/float64(b.KeyN))
+			return nil
+		})
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
 }
