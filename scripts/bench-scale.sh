@@ -4,6 +4,9 @@
 #   fill     fill a `keywarden dev` store to KEYS Firebase keys through the
 #            admin import (scalebench import: 400 items a request, IMPORT_C
 #            requests at a time); resumes where an earlier run stopped
+#   passkeys register PASSKEYS (20000) more passkey users in the KEYS store
+#            (registration ceremonies with software authenticators: the
+#            admin import carries no credentials)
 #   small    the same with SMALL (10000) keys, the reference store
 #   size     file bytes per key
 #   start    cold start: stop, start again, time until /readyz answers (the
@@ -19,7 +22,7 @@
 # Loopback ports 19811 (token issuer), 19812 (KEYS store), 19813 (SMALL store).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-keys=${1:?usage: scripts/bench-scale.sh KEYS [fill|small|size|start|release|rss|backup|stores ...]}
+keys=${1:?usage: scripts/bench-scale.sh KEYS [fill|passkeys|small|size|start|release|rss|backup|stores ...]}
 shift
 steps=${*:-fill small size start release rss backup stores}
 small=${SMALL:-10000}
@@ -43,7 +46,8 @@ start() { # name port: start keywarden dev on the store in $dir/name, wait until
   (cd "$dir/$name" && KEYWARDEN_LISTEN_ADDR=127.0.0.1:$port KEYWARDEN_LISTEN_ADMIN_ADDR=127.0.0.1:$port \
     KEYWARDEN_ADMIN_KEY=$admin KEYWARDEN_FIREBASE_PROJECT_IDS=bench-project \
     KEYWARDEN_FIREBASE_CERTS_URL=http://127.0.0.1:19811/certs KEYWARDEN_LIMITS_RATE_PER_SECOND=10000000 \
-    KEYWARDEN_LIMITS_RATE_BURST=10000000 exec "$dir/keywarden" dev >>"$dir/$name/kw.log" 2>&1) &
+    KEYWARDEN_LIMITS_RATE_BURST=10000000 KEYWARDEN_PASSKEY_ORIGINS=http://localhost:$port \
+    KEYWARDEN_PASSKEY_MAX_CEREMONIES_PER_ADDRESS=100000 exec "$dir/keywarden" dev >>"$dir/$name/kw.log" 2>&1) &
   srv[$name]=$!; pids+=($!)
   for i in $(seq 1 1200); do
     curl -sf -o /dev/null http://127.0.0.1:$port/readyz && break
@@ -65,7 +69,7 @@ fill() { # name port target
 rss() { awk '/^(VmRSS|RssAnon|RssFile)/ {printf "%s %.0f MB  ", $1, $2/1024}' "/proc/$1/status"; echo; }
 dbfile() { echo "$dir/$1/keywarden-data/keywarden.db"; }
 
-case " $steps " in *" fill "*|*" start "*|*" release "*|*" rss "*|*" backup "*)
+case " $steps " in *" fill "*|*" passkeys "*|*" start "*|*" release "*|*" rss "*|*" backup "*)
   start big 19812
   echo "KEYS store ($(count big) keys) ready in ${ready}s";;
 esac
@@ -76,6 +80,11 @@ for step in $steps; do
   case $step in
   fill) fill big 19812 "$keys" ;;
   small) fill small 19813 "$small" ;;
+  passkeys)
+    have=$(cat "$dir/big/passkeys" 2>/dev/null || echo 0)
+    "$dir/scalebench" passkeys -url http://127.0.0.1:19812 -admin-key $admin -origin http://localhost:19812 \
+      -from "$have" -n "${PASSKEYS:-20000}" -c "${IMPORT_C:-8}" | tee -a "$dir/big/passkeys.log"
+    echo $((have + ${PASSKEYS:-20000})) >"$dir/big/passkeys" ;;
   size)
     for s in big small; do
       [ -f "$(dbfile $s)" ] || continue

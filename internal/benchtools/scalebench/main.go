@@ -9,6 +9,11 @@
 //	                   releases with those tokens, latency percentiles and the server's CPU per release
 //	scalebench stores  -url U -tokens F [-c 16] [-d 10s]
 //	                   Firebase stores, one never-stored user per request, 16 writers
+//	scalebench passkeys -url U -admin-key K -origin O -from A -n N [-c 8]
+//	                   register N passkey users (session token, registration
+//	                   begin + finish with a software authenticator, a key
+//	                   stored with the credential): the only path that writes
+//	                   credentials, the import has none
 //	scalebench dbstat  -db FILE
 //	                   where a bbolt file's bytes go: per bucket keys, pages, fill
 //
@@ -47,6 +52,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/keywarden/keywarden/internal/softauthn"
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
 )
 
@@ -69,6 +75,7 @@ func main() {
 	out := fs.String("out", "", "mint: token file to write")
 	tokens := fs.String("tokens", "", "release, stores: token file")
 	dur := fs.Duration("d", 20*time.Second, "release, stores: duration")
+	origin := fs.String("origin", "", "passkeys: the WebAuthn origin the server allows")
 	dbFile := fs.String("db", "", "dbstat: a bbolt file (a copy: the server holds the live one's lock)")
 	pid := fs.Int("pid", 0, "release, stores: the server's pid, to report its CPU time per request")
 	_ = fs.Parse(os.Args[2:])
@@ -81,6 +88,8 @@ func main() {
 		drive(http.MethodGet, *url, *tokens, *conc, *dur, *pid)
 	case "stores":
 		drive(http.MethodPut, *url, *tokens, *conc, *dur, *pid)
+	case "passkeys":
+		passkeys(*url, *adminKey, *origin, *from, *n, *conc)
 	case "dbstat":
 		dbstat(*dbFile)
 	default:
@@ -370,4 +379,74 @@ func dbstat(file string) {
 	if err != nil {
 		log.Fatal(err)
 	}
+}
+
+func postJSON(client *http.Client, url, bearer string, body, out any) error {
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	rb, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("%s: %d %s", url, resp.StatusCode, rb)
+	}
+	if out != nil {
+		return json.Unmarshal(rb, out)
+	}
+	return nil
+}
+
+// passkeys registers users pk-<from> … one passkey each (ES256, real
+// signatures), each with a key, c at a time.
+func passkeys(base, adminKey, origin string, from, n, c int) {
+	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: c}}
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	var next, done atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < c; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a := softauthn.New([16]byte{1})
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				uid := fmt.Sprintf("pk-%08d", from+i)
+				var tok struct{ Token string }
+				if err := postJSON(client, base+"/v1/admin/users/"+uid+"/session-tokens", adminKey, map[string]string{}, &tok); err != nil {
+					log.Fatal(err)
+				}
+				var begin struct {
+					CeremonyID string          `json:"ceremonyId"`
+					PublicKey  json.RawMessage `json:"publicKey"`
+				}
+				if err := postJSON(client, base+"/v1/passkeys/registration/begin", tok.Token, map[string]string{}, &begin); err != nil {
+					log.Fatal(err)
+				}
+				cred, _, err := a.Create(begin.PublicKey, origin)
+				if err != nil {
+					log.Fatal(err)
+				}
+				if err := postJSON(client, base+"/v1/passkeys/registration/finish", "", map[string]any{"ceremonyId": begin.CeremonyID, "credential": json.RawMessage(cred), "key": key}, nil); err != nil {
+					log.Fatal(err)
+				}
+				if d := done.Add(1); d%10000 == 0 {
+					log.Printf("passkeys: %d of %d (%.0f/s)", d, n, float64(d)/time.Since(start).Seconds())
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	fmt.Printf("RESULT passkeys %d registered in %.1f s: %.0f/s\n", done.Load(), el.Seconds(), float64(done.Load())/el.Seconds())
 }
