@@ -163,6 +163,16 @@ func importKeys(base, adminKey, project string, from, n, batch, c int) {
 				req.Header.Set("Authorization", "Bearer "+adminKey)
 				req.Header.Set("Content-Type", "application/json")
 				resp, err := client.Do(req)
+				for try := 1; err != nil && try < 5; try++ {
+					// A request cut by the server's write timeout on a busy
+					// machine: send it again (its stored items answer
+					// key_exists and count as done).
+					log.Printf("import: %v; again", err)
+					req, _ = http.NewRequest(http.MethodPost, base+"/v1/admin/keys/import", bytes.NewReader(body))
+					req.Header.Set("Authorization", "Bearer "+adminKey)
+					req.Header.Set("Content-Type", "application/json")
+					resp, err = client.Do(req)
+				}
 				if err != nil {
 					log.Fatalf("import: %v", err)
 				}
