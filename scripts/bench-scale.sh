@@ -118,6 +118,9 @@ for step in $steps; do
     KEYWARDEN_ADMIN_KEY=$admin "$dir/keywarden" backup -url http://127.0.0.1:19812 -out "$dir/backup.db"
     echo "backup: $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')s for $(du -h "$dir/backup.db" | cut -f1) while releases ran"
     kill -INT $rel 2>/dev/null || true; wait $rel 2>/dev/null || true
+    echo "releases during the backup: $(grep RESULT "$dir/backup-releases.txt")"
+    echo "where the backup copy's bytes go (the live file's pages, copied as they are):"
+    "$dir/scalebench" dbstat -db "$dir/backup.db"
     rm -f "$dir/backup.db" ;;
   stores)
     # Durable stores as scripts/bench.sh measures releases: wrk, here
