@@ -10,7 +10,7 @@ import (
 // imported) and not in the order of i (a sequential fill would pack the
 // B+tree's pages fuller than production's random uids do).
 func TestUID(t *testing.T) {
-	if uid(7) != uid(7) || uid(7) == uid(8) {
+	if a, b := uid(7), uid(7); a != b || a == uid(8) {
 		t.Fatal("uid is not a stable function of i")
 	}
 	if len(uid(0)) != 28 || strings.ContainsAny(uid(0), "+/=") {
