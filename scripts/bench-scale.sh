@@ -115,7 +115,9 @@ for step in $steps; do
     rel=$!
     sleep 2
     t0=$(date +%s.%N)
-    KEYWARDEN_ADMIN_KEY=$admin "$dir/keywarden" backup -url http://127.0.0.1:19812 -out "$dir/backup.db"
+    if ! KEYWARDEN_ADMIN_KEY=$admin "$dir/keywarden" backup -url http://127.0.0.1:19812 -out "$dir/backup.db"; then
+      kill -INT $rel; wait $rel || true; echo "backup FAILED" >&2; exit 1
+    fi
     echo "backup: $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')s for $(du -h "$dir/backup.db" | cut -f1) while releases ran"
     kill -INT $rel 2>/dev/null || true; wait $rel 2>/dev/null || true
     echo "releases during the backup: $(grep RESULT "$dir/backup-releases.txt")"
