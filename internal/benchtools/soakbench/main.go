@@ -315,7 +315,7 @@ func judge(series []sample, warmup time.Duration) verdict {
 		// keep the rate at moments; the soak's load was that much lower.
 		note = fmt.Sprintf("; %d requests not sent on time (queue full: the machine or the server fell behind the rate)", last.late)
 	}
-	text := fmt.Sprintf("after the warm-up (%.0fs): RSS %.1f MB -> %.1f MB at the end (%+.1f %%, max %.1f MB); goroutines %d..%d",
+	text := fmt.Sprintf("after the warm-up (%.0fs): RSS %.1f MB -> %.1f MB at the end (%+.2f %%, max %.1f MB); goroutines %d..%d",
 		after[0].at.Seconds(), float64(after[0].rss)/(1<<20), float64(last.rss)/(1<<20), 100*growth, float64(rmax)/(1<<20), gmin, gmax) + note
 	if len(why) > 0 {
 		return verdict{false, "FAIL: " + strings.Join(why, "; ") + "\n" + text}
