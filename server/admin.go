@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -254,7 +255,7 @@ func (s *Server) backup(c echo.Context) error {
 	c.Response().Header().Set(echo.HeaderContentType, "application/octet-stream")
 	c.Response().Header().Set("Content-Disposition", `attachment; filename="keywarden-backup.db"`)
 	c.Response().WriteHeader(http.StatusOK)
-	_, err := s.opts.DB.WriteTo(c.Response())
+	_, err := s.opts.DB.WriteTo(newProgressWriter(c.Response(), max(backupStall, s.cfg.Listen.WriteTimeout)))
 	if err != nil {
 		s.log.Error("backup stream failed", "err", err)
 		return nil
@@ -267,4 +268,36 @@ func (s *Server) backup(c echo.Context) error {
 		s.log.Error("recording the backup time failed", "err", err)
 	}
 	return nil
+}
+
+// backupStall is how long the backup stream may make no progress before
+// it is cut. The listener's write timeout bounds a whole answer, which a
+// backup of a store of some GB cannot meet (a copy of 3.5 GB on a busy host
+// took longer than the default 15 s and was cut), so the backup moves its
+// write deadline on as long as its client keeps reading.
+const backupStall = time.Minute
+
+// progressWriter writes to an HTTP answer and, at most once a second, sets
+// the connection's write deadline to stall from now: a stream that makes
+// progress is not cut by the listener's write timeout, one whose client
+// stops reading for stall is.
+type progressWriter struct {
+	w     io.Writer
+	rc    *http.ResponseController
+	stall time.Duration
+	last  time.Time
+}
+
+func newProgressWriter(w *echo.Response, stall time.Duration) *progressWriter {
+	return &progressWriter{w: w, rc: http.NewResponseController(w.Writer), stall: stall}
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	if now := time.Now(); now.Sub(p.last) >= time.Second {
+		// Not every writer has a deadline (a test's recorder): then the
+		// listener's own bounds apply.
+		_ = p.rc.SetWriteDeadline(now.Add(p.stall))
+		p.last = now
+	}
+	return p.w.Write(b)
 }
