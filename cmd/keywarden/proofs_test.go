@@ -108,3 +108,37 @@ func mustJSON(t *testing.T, r *receipt.Receipt) []byte {
 	raw, _ := json.Marshal(b)
 	return raw
 }
+
+// `keywarden receipt verify` still verifies receipts issued in the version
+// 1 JSON encoding (before the compact one), with the key as PEM, and
+// refuses one of them for another owner.
+func TestReceiptVerifyVersion1(t *testing.T) {
+	b, err := os.ReadFile("../../receipt/testdata/receipts-v1.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fx struct {
+		PEM      string `json:"pem"`
+		Receipts []struct{ Receipt, Owner string }
+	}
+	if err := json.Unmarshal(b, &fx); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(keyFile, []byte(fx.PEM), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range fx.Receipts {
+		f := filepath.Join(dir, fmt.Sprint("r", i))
+		if err := os.WriteFile(f, []byte(receipt.Header+": "+r.Receipt+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := cliOutput(t, "receipt", "verify", "-key", keyFile, "-owner", r.Owner, f); err != nil || !strings.Contains(out, "receipt verifies") {
+			t.Fatalf("%d: %v\n%s", i, err, out)
+		}
+		if _, err := cliOutput(t, "receipt", "verify", "-key", keyFile, "-owner", r.Owner+"x", f); err == nil {
+			t.Fatalf("%d: verified for another owner", i)
+		}
+	}
+}
