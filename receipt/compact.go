@@ -134,20 +134,42 @@ func appendHex(b []byte, s string, n int) ([]byte, error) {
 	if len(s) != 2*n {
 		return nil, errCompact
 	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+	for i := 0; i < len(s); i += 2 {
+		hi, ok1 := lowerHex(s[i])
+		lo, ok2 := lowerHex(s[i+1])
+		if !ok1 || !ok2 {
 			return nil, errCompact
 		}
+		b = append(b, hi<<4|lo)
 	}
-	return hex.AppendDecode(b, []byte(s))
+	return b, nil
+}
+
+func lowerHex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
 }
 
 // appendB64 appends what s is the base64url (no padding) of: n bytes, or
 // with prefixed, a 1-byte length and up to 255 bytes. Only a canonical
 // encoding is taken (the decoder gives back the very string).
 func appendB64(b []byte, s string, n int, prefixed bool) ([]byte, error) {
-	raw, err := b64.DecodeString(s)
-	if err != nil || b64.EncodeToString(raw) != s {
+	if len(s) > 344 { // 255 bytes
+		return nil, errCompact
+	}
+	var in [344]byte
+	var out [256]byte
+	raw, err := b64.AppendDecode(out[:0], append(in[:0], s...))
+	if err != nil {
+		return nil, errCompact
+	}
+	var re [344]byte
+	if string(b64.AppendEncode(re[:0], raw)) != s {
 		return nil, errCompact
 	}
 	if prefixed {

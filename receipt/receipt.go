@@ -243,17 +243,18 @@ type Statement struct {
 
 // NewOwnerHash returns a fresh salt and the owner's hash under it.
 func NewOwnerHash(owner string) (hash, salt string) {
-	s := make([]byte, 16)
-	_, _ = io.ReadFull(rand.Reader, s) // crypto/rand does not fail
-	return ownerHash(owner, s), b64.EncodeToString(s)
+	var s [16]byte
+	_, _ = io.ReadFull(rand.Reader, s[:]) // crypto/rand does not fail
+	return ownerHash(owner, s[:]), b64.EncodeToString(s[:])
 }
 
 func ownerHash(owner string, salt []byte) string {
-	h := sha256.New()
-	h.Write([]byte(ownerDomain))
-	h.Write(salt)
-	h.Write([]byte(owner))
-	return b64.EncodeToString(h.Sum(nil))
+	// One buffer on the stack for the usual sizes (a release's owner hash
+	// is made on the release path).
+	var buf [256]byte
+	b := append(append(append(buf[:0], ownerDomain...), salt...), owner...)
+	sum := sha256.Sum256(b)
+	return b64.EncodeToString(sum[:])
 }
 
 // IsOwner reports whether the statement is about owner (the owner id as
@@ -272,16 +273,15 @@ func (s Statement) IsOwner(owner string) bool {
 // a 4-byte big-endian length. A binary form: it is hashed for every
 // release, and a fixed field order needs no JSON canonicalisation.
 func (s Statement) Leaf() [sha256.Size]byte {
-	n := len(leafDomain) + 8 + 10*4 + len(s.Node) + len(s.Line) + len(s.Time) + len(s.Action) + len(s.Outcome) +
-		len(s.OwnerHash) + len(s.Salt) + len(s.Method) + len(s.KeyVersion) + len(s.RequestID)
-	b := make([]byte, 0, n)
+	var buf [512]byte       // on the stack for the usual sizes: a leaf is hashed for every release
+	b := append(buf[:0], 0) // HashLeaf's prefix
 	b = append(b, leafDomain...)
 	b = binary.BigEndian.AppendUint64(b, s.Seq)
 	for _, f := range [...]string{s.Node, s.Line, s.Time, s.Action, s.Outcome, s.OwnerHash, s.Salt, s.Method, s.KeyVersion, s.RequestID} {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(f)))
 		b = append(b, f...)
 	}
-	return HashLeaf(b)
+	return sha256.Sum256(b)
 }
 
 // Batch is what the batch key signs once per audit group commit: the seq
