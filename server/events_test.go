@@ -12,6 +12,7 @@ import (
 	"github.com/keywarden/keywarden/internal/softauthn"
 	"github.com/keywarden/keywarden/internal/testutil/firebasetest"
 	"github.com/keywarden/keywarden/server/passkey"
+	"github.com/keywarden/keywarden/server/portal"
 )
 
 type eventsBody struct {
@@ -198,5 +199,12 @@ func TestMeEventsProofOfCapabilityOff(t *testing.T) {
 		if r := h.Do("GET", "/v1/me/events", nil, hd...); r.Status != 401 || strings.Contains(string(r.Body), `"events"`) {
 			t.Fatalf("%s with the capability off: %d %s", hd[0], r.Status, r.Body)
 		}
+	}
+}
+
+// The headers that pick GET /v1/me/events's proof are the capabilities' own.
+func TestMeEventsProofHeaders(t *testing.T) {
+	if passkeyProofHeader != passkey.ProofHeader || portalFirebaseToken != portal.FirebaseTokenHeader {
+		t.Fatalf("headers %q %q, capabilities use %q %q", passkeyProofHeader, portalFirebaseToken, passkey.ProofHeader, portal.FirebaseTokenHeader)
 	}
 }
