@@ -48,7 +48,7 @@ func levels(leaves [][sha256.Size]byte) [][][sha256.Size]byte {
 }
 
 func pathIn(lv [][][sha256.Size]byte, i int) [][sha256.Size]byte {
-	var p [][sha256.Size]byte
+	p := make([][sha256.Size]byte, 0, len(lv)-1)
 	for _, l := range lv[:len(lv)-1] {
 		if sib := i ^ 1; sib < len(l) {
 			p = append(p, l[sib])

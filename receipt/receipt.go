@@ -69,7 +69,9 @@ const (
 	ownerDomain  = "keywarden-receipt-owner-v1\x00"
 	anchorDomain = "keywarden-audit-anchor-sig-v2\x00"
 
-	// Version is the receipt format version.
+	// Version is the version of the JSON receipt format and of the batch
+	// key certificate; [VersionCompact] is the compact binary encoding of
+	// the same receipt.
 	Version = 1
 	// Header is the HTTP response header of a release carrying its receipt.
 	Header = "Keywarden-Receipt"
@@ -241,17 +243,18 @@ type Statement struct {
 
 // NewOwnerHash returns a fresh salt and the owner's hash under it.
 func NewOwnerHash(owner string) (hash, salt string) {
-	s := make([]byte, 16)
-	_, _ = io.ReadFull(rand.Reader, s) // crypto/rand does not fail
-	return ownerHash(owner, s), b64.EncodeToString(s)
+	var s [16]byte
+	_, _ = io.ReadFull(rand.Reader, s[:]) // crypto/rand does not fail
+	return ownerHash(owner, s[:]), b64.EncodeToString(s[:])
 }
 
 func ownerHash(owner string, salt []byte) string {
-	h := sha256.New()
-	h.Write([]byte(ownerDomain))
-	h.Write(salt)
-	h.Write([]byte(owner))
-	return b64.EncodeToString(h.Sum(nil))
+	// One buffer on the stack for the usual sizes (a release's owner hash
+	// is made on the release path).
+	var buf [256]byte
+	b := append(append(append(buf[:0], ownerDomain...), salt...), owner...)
+	sum := sha256.Sum256(b)
+	return b64.EncodeToString(sum[:])
 }
 
 // IsOwner reports whether the statement is about owner (the owner id as
@@ -270,16 +273,15 @@ func (s Statement) IsOwner(owner string) bool {
 // a 4-byte big-endian length. A binary form: it is hashed for every
 // release, and a fixed field order needs no JSON canonicalisation.
 func (s Statement) Leaf() [sha256.Size]byte {
-	n := len(leafDomain) + 8 + 10*4 + len(s.Node) + len(s.Line) + len(s.Time) + len(s.Action) + len(s.Outcome) +
-		len(s.OwnerHash) + len(s.Salt) + len(s.Method) + len(s.KeyVersion) + len(s.RequestID)
-	b := make([]byte, 0, n)
+	var buf [512]byte       // on the stack for the usual sizes: a leaf is hashed for every release
+	b := append(buf[:0], 0) // HashLeaf's prefix
 	b = append(b, leafDomain...)
 	b = binary.BigEndian.AppendUint64(b, s.Seq)
 	for _, f := range [...]string{s.Node, s.Line, s.Time, s.Action, s.Outcome, s.OwnerHash, s.Salt, s.Method, s.KeyVersion, s.RequestID} {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(f)))
 		b = append(b, f...)
 	}
-	return HashLeaf(b)
+	return sha256.Sum256(b)
 }
 
 // Batch is what the batch key signs once per audit group commit: the seq
@@ -314,14 +316,37 @@ type Receipt struct {
 	Cert      KeyCert   `json:"cert"`
 }
 
-// Encode returns base64url (no padding) of the receipt's JSON: the value
-// of the Keywarden-Receipt header.
+// Encode returns the receipt's wire form, the value of the
+// Keywarden-Receipt header: for version 1, base64url (no padding) of its
+// JSON; for version 2 ([VersionCompact]), base64url of its compact binary
+// encoding (see compact.go), or of its JSON as version 1 when a field does
+// not fit that encoding.
 func (r *Receipt) Encode() string {
+	if r.V == VersionCompact {
+		if raw, err := encodeCompact(r); err == nil {
+			return b64.EncodeToString(raw)
+		}
+		v1 := *r
+		v1.V = Version
+		r = &v1
+	}
 	b, _ := json.Marshal(r)
 	return b64.EncodeToString(b)
 }
 
-// Parse reads an encoded receipt (the header value, or its JSON).
+// JSON returns the receipt's JSON (version 1, whatever its encoding): the
+// readable form, which verifies as the receipt does (the version names
+// only the encoding; nothing signed depends on it).
+func (r *Receipt) JSON() []byte {
+	v1 := *r
+	v1.V = Version
+	b, _ := json.Marshal(&v1)
+	return b
+}
+
+// Parse reads an encoded receipt: the header value (base64url of the
+// version 1 JSON or of the version 2 compact encoding), or its JSON. A
+// JSON receipt must be version 1.
 func Parse(s string) (*Receipt, error) {
 	if len(s) > MaxEncoded {
 		return nil, fmt.Errorf("%w: longer than %d bytes", ErrInvalid, MaxEncoded)
@@ -335,9 +360,15 @@ func Parse(s string) (*Receipt, error) {
 			return nil, fmt.Errorf("%w: not base64url: %v", ErrInvalid, err)
 		}
 	}
+	if len(raw) > 0 && raw[0] == VersionCompact {
+		return decodeCompact(raw)
+	}
 	var r Receipt
 	if err := json.Unmarshal(raw, &r); err != nil {
 		return nil, fmt.Errorf("%w: not a receipt: %v", ErrInvalid, err)
+	}
+	if r.V != Version {
+		return nil, fmt.Errorf("%w: unknown receipt version", ErrInvalid)
 	}
 	return &r, nil
 }
@@ -350,7 +381,7 @@ func Parse(s string) (*Receipt, error) {
 // a running process cannot make receipts for the past). It returns nil
 // only when all hold; then r.Statement is what the appliance states.
 func Verify(r *Receipt, trusted ...*ecdsa.PublicKey) error {
-	if r == nil || r.V != Version {
+	if r == nil || (r.V != Version && r.V != VersionCompact) {
 		return fmt.Errorf("%w: unknown receipt version", ErrInvalid)
 	}
 	bk, err := r.Cert.Verify(trusted)
@@ -468,15 +499,45 @@ type Signed struct {
 	levels   [][][sha256.Size]byte
 
 	tailOnce sync.Once
-	tail     []byte // ,"batch":…,"batch_sig":…,"cert":…} shared by the batch's receipts
+	tail     []byte // version 1: ,"batch":…,"batch_sig":…,"cert":…} shared by the batch's receipts
+
+	sharedOnce sync.Once
+	shared     []byte // version 2: base64url of the shared part (nil: the batch does not fit it)
 }
 
-// Encode is [Receipt.Encode] of the i-th receipt (the same JSON up to
-// whitespace), built for the release path: the part every receipt of the
+// Encode is [Receipt.Encode] of the i-th receipt, built for the release
+// path: the compact encoding (version 2), whose part every receipt of the
 // batch shares (batch, signature, certificate) is encoded once, in
-// base64url, and the receipt's own part is padded with JSON spaces to a
-// multiple of three bytes so that the two encodings join.
+// base64url, and joined with the receipt's own part (statement, path).
 func (s *Signed) Encode(i int) string {
+	s.sharedOnce.Do(func() {
+		if raw, err := appendShared(nil, s.batch, s.sig, s.cert); err == nil {
+			s.shared = b64.AppendEncode(nil, raw)
+		}
+	})
+	if s.shared == nil {
+		return s.encodeV1(i)
+	}
+	bufs := encodeBufs.Get().(*[2][]byte)
+	defer encodeBufs.Put(bufs)
+	own, err := appendOwn(bufs[0][:0], &s.stmts[i], i, pathIn(s.levels, i))
+	if err != nil {
+		return s.encodeV1(i)
+	}
+	enc := b64.AppendEncode(bufs[1][:0], own)
+	bufs[0], bufs[1] = own, enc
+	var sb strings.Builder
+	sb.Grow(len(s.shared) + len(enc))
+	sb.Write(s.shared)
+	sb.Write(enc)
+	return sb.String()
+}
+
+// encodeV1 is the version 1 (JSON) encoding of the i-th receipt: the part
+// every receipt of the batch shares is encoded once, and the receipt's
+// own part is padded with JSON spaces to a multiple of three bytes so
+// that the two encodings join.
+func (s *Signed) encodeV1(i int) string {
 	s.tailOnce.Do(func() {
 		bj, _ := json.Marshal(s.batch)
 		t := append([]byte(`,"batch":`), bj...)
@@ -593,5 +654,5 @@ func (s *Signed) Receipt(i int) *Receipt {
 	for j := range p {
 		hp[j] = hex.EncodeToString(p[j][:])
 	}
-	return &Receipt{V: Version, Statement: s.stmts[i], Index: i, Path: hp, Batch: s.batch, BatchSig: s.sig, Cert: s.cert}
+	return &Receipt{V: VersionCompact, Statement: s.stmts[i], Index: i, Path: hp, Batch: s.batch, BatchSig: s.sig, Cert: s.cert}
 }

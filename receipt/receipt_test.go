@@ -5,9 +5,12 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -190,27 +193,39 @@ func TestMatchLine(t *testing.T) {
 }
 
 // Signed.Encode (the server's fast path) parses to the same receipt as
-// Receipt.Encode.
+// Receipt.Encode: the compact encoding (version 2), or version 1 JSON for
+// a statement that does not fit it (a line hash that is not 64 hex
+// digits).
 func TestSignedEncodeMatches(t *testing.T) {
 	k := newSigner(t)
 	now := time.Now()
 	bk, _ := NewBatchKey("n", now, k)
-	var b Builder
-	for i := 0; i < 7; i++ {
-		h, salt := NewOwnerHash("o")
-		b.Add(Statement{Node: "n", Seq: uint64(i + 1), Line: "ab", Time: now.UTC().Format(time.RFC3339Nano), Action: "release", Outcome: "success", OwnerHash: h, Salt: salt, RequestID: "r\"q\\é\x01"})
-	}
-	sb := b.Sign(bk, 1, 7, now)
-	for i := 0; i < 7; i++ {
-		fast, err := Parse(sb.Encode(i))
-		if err != nil {
-			t.Fatal(err)
+	for _, line := range []string{strings.Repeat("0a", 32), "ab"} {
+		var b Builder
+		for i := 0; i < 7; i++ {
+			h, salt := NewOwnerHash("o")
+			b.Add(Statement{Node: "n", Seq: uint64(i + 1), Line: line, Time: now.UTC().Format(time.RFC3339Nano), Action: "release", Outcome: "success", OwnerHash: h, Salt: salt, RequestID: "r\"q\\é\x01"})
 		}
-		if !reflect.DeepEqual(fast, sb.Receipt(i)) {
-			t.Fatalf("%d: %+v\n%+v", i, fast, sb.Receipt(i))
-		}
-		if err := Verify(fast, &k.PublicKey); err != nil {
-			t.Fatal(err)
+		sb := b.Sign(bk, 1, 7, now)
+		for i := 0; i < 7; i++ {
+			enc := sb.Encode(i)
+			fast, err := Parse(enc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := sb.Receipt(i)
+			if len(line) != 64 {
+				want.V = Version
+			}
+			if !reflect.DeepEqual(fast, want) {
+				t.Fatalf("%d: %+v\n%+v", i, fast, want)
+			}
+			if len(line) == 64 && enc != want.Encode() {
+				t.Fatalf("%d: Signed.Encode and Receipt.Encode differ", i)
+			}
+			if err := Verify(fast, &k.PublicKey); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 }
@@ -259,5 +274,132 @@ func TestBackdatedReceiptRefused(t *testing.T) {
 	// A statement time that is not a time at all is refused too.
 	if err := Verify(make1("yesterday", issued), &sk.PublicKey); !errors.Is(err, ErrInvalid) {
 		t.Errorf("statement time %q: Verify = %v, want ErrInvalid", "yesterday", err)
+	}
+}
+
+// Receipts issued before the compact encoding (version 1 JSON, in
+// testdata/receipts-v1.json, made by the version 1 code and also read by
+// the TypeScript client's tests) still verify, and still fail when edited.
+func TestVersion1ReceiptsStillVerify(t *testing.T) {
+	fx := readFixtures(t, "testdata/receipts-v1.json")
+	for i, f := range fx.Receipts {
+		r, err := Parse(f.Receipt)
+		if err != nil {
+			t.Fatalf("%d: %v", i, err)
+		}
+		if r.V != Version {
+			t.Fatalf("%d: version %d", i, r.V)
+		}
+		if err := Verify(r, fx.key); err != nil || !r.Statement.IsOwner(f.Owner) {
+			t.Fatalf("%d: %v (owner %v)", i, err, r.Statement.IsOwner(f.Owner))
+		}
+		r.Statement.KeyVersion += "9"
+		if Verify(r, fx.key) == nil {
+			t.Fatalf("%d: an edited version 1 receipt verified", i)
+		}
+	}
+}
+
+// A compact receipt is about half the size of its JSON, decodes to the
+// same receipt (which, re-encoded as version 1 JSON, verifies too), and
+// any byte changed in it — as an attacker would edit the header — is
+// refused by Parse or Verify.
+func TestCompactReceiptEveryByte(t *testing.T) {
+	k := newSigner(t)
+	rs := sample(t, k, 5)
+	for i, r := range rs {
+		enc := r.Encode()
+		raw, err := b64.DecodeString(enc)
+		if err != nil || raw[0] != VersionCompact {
+			t.Fatalf("%d: not compact: %v", i, err)
+		}
+		v1 := b64.EncodeToString(r.JSON())
+		if 2*len(enc) > len(v1)+len(v1)/10 {
+			t.Fatalf("%d: compact %d bytes, JSON %d", i, len(enc), len(v1))
+		}
+		for _, s := range []string{enc, v1, string(r.JSON())} {
+			p, err := Parse(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := Verify(p, &k.PublicKey); err != nil {
+				t.Fatalf("%d: %v", i, err)
+			}
+		}
+		for j := range raw {
+			for _, x := range []byte{0x01, 0x80} {
+				ed := append([]byte(nil), raw...)
+				ed[j] ^= x
+				p, err := Parse(b64.EncodeToString(ed))
+				if err == nil && Verify(p, &k.PublicKey) == nil {
+					t.Fatalf("%d: byte %d ^ %#x: the edited receipt verified", i, j, x)
+				}
+			}
+		}
+		for _, cut := range []int{1, 10, len(raw) - 1} {
+			if _, err := Parse(b64.EncodeToString(raw[:cut])); err == nil {
+				t.Fatalf("%d: a receipt cut to %d bytes parsed", i, cut)
+			}
+		}
+		if _, err := Parse(b64.EncodeToString(append(raw, 0))); err == nil {
+			t.Fatalf("%d: trailing byte accepted", i)
+		}
+		// A JSON receipt claiming version 2 is not one.
+		j := strings.Replace(string(r.JSON()), `{"v":1`, `{"v":2`, 1)
+		if _, err := Parse(j); err == nil {
+			t.Fatal("JSON with v 2 parsed")
+		}
+	}
+}
+
+type fixtures struct {
+	PEM      string `json:"pem"`
+	Receipts []struct {
+		Receipt string `json:"receipt"`
+		Owner   string `json:"owner"`
+	} `json:"receipts"`
+	key *ecdsa.PublicKey
+}
+
+func readFixtures(t *testing.T, path string) fixtures {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fx fixtures
+	if err := json.Unmarshal(b, &fx); err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode([]byte(fx.PEM))
+	if blk == nil {
+		t.Fatal("no PEM")
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.key = k.(*ecdsa.PublicKey)
+	if len(fx.Receipts) == 0 {
+		t.Fatal("no receipts")
+	}
+	return fx
+}
+
+// The compact receipts in testdata/receipts-v2.json (also read by the
+// TypeScript client's tests) keep verifying: the encoding is fixed.
+func TestCompactFixturesVerify(t *testing.T) {
+	fx := readFixtures(t, "testdata/receipts-v2.json")
+	for i, f := range fx.Receipts {
+		r, err := Parse(f.Receipt)
+		if err != nil {
+			t.Fatalf("%d: %v", i, err)
+		}
+		if r.V != VersionCompact || r.Index != i || r.Encode() != f.Receipt {
+			t.Fatalf("%d: version %d, index %d, re-encoded the same: %v", i, r.V, r.Index, r.Encode() == f.Receipt)
+		}
+		if err := Verify(r, fx.key); err != nil || !r.Statement.IsOwner(f.Owner) {
+			t.Fatalf("%d: %v (owner %v)", i, err, r.Statement.IsOwner(f.Owner))
+		}
 	}
 }

@@ -46,7 +46,7 @@ func BenchmarkFirebaseReleaseHTTP(b *testing.B) {
 			b.ReportAllocs()
 			b.SetParallelism(32) // 64 clients on 2 cores, as wrk -c64
 			b.ResetTimer()
-			cpu0 := benchCPU()
+			cpu0, st0 := benchCPU(), h.audit.Stats()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					req, _ := http.NewRequest(http.MethodGet, url, nil)
@@ -63,6 +63,10 @@ func BenchmarkFirebaseReleaseHTTP(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64((benchCPU()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+			if st := h.audit.Stats(); receipts && st.ReceiptBatches > st0.ReceiptBatches {
+				// receipts per batch signature: how well signatures are group-committed
+				b.ReportMetric(float64(st.Receipts-st0.Receipts)/float64(st.ReceiptBatches-st0.ReceiptBatches), "receipts/sig")
+			}
 		})
 	}
 }

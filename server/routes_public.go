@@ -12,9 +12,9 @@ import (
 // carry CORS and the per-address rate limit (routes()); a capability that
 // is off has a nil handler and is not mounted.
 func (s *Server) PublicRoutes() []Route {
-	fbPut, fbGet, fbDel, fbEvents := sealedHandler, sealedHandler, sealedHandler, sealedHandler
+	fbPut, fbGet, fbDel := sealedHandler, sealedHandler, sealedHandler
 	if s.fb != nil {
-		fbPut, fbGet, fbDel, fbEvents = s.fb.Put, s.fb.Get, s.fb.Delete, s.fb.Events
+		fbPut, fbGet, fbDel = s.fb.Put, s.fb.Get, s.fb.Delete
 	}
 	o := s.opts
 	pk, po := o.Passkey, o.Portal
@@ -40,8 +40,9 @@ func (s *Server) PublicRoutes() []Route {
 		{Method: http.MethodGet, Path: "/v1/firebase/key", Handler: fbGet, Middleware: fb},
 		{Method: http.MethodPost, Path: "/v1/firebase/key/release", Handler: fbGet, Middleware: fb},
 		{Method: http.MethodDelete, Path: "/v1/firebase/key", Handler: fbDel, Middleware: fb},
-		// The caller's own audit events (Firebase ID token; server/firebase/events.go).
-		{Method: http.MethodGet, Path: "/v1/me/events", Handler: fbEvents, Middleware: u},
+		// The caller's own audit events (Firebase ID token, passkey proof or
+		// Portal credentials; server/events.go).
+		{Method: http.MethodGet, Path: "/v1/me/events", Handler: s.meEvents, Middleware: u},
 
 		// Attestation (server/attestapi).
 		{Method: http.MethodGet, Path: "/v1/attestation", Handler: bind(o.Attestation, AttestationHandler.Attestation)},

@@ -175,6 +175,7 @@ func cmdAuditVerify(args []string) error {
 	var tf trustFlags
 	tf.register(fs)
 	complete := fs.Bool("complete", false, "the log must end with a signed anchor (a copy of a stopped node's log)")
+	fromStart := fs.Bool("from-start", false, "the log must start at genesis (seq 1): a log missing its first files fails")
 	fs.Bool("hmac", false, "check a stopped node's log with its TPM and store (HMAC anchors and the recorded head; -config FILE)")
 	if err := fs.Parse(args); err != nil {
 		return usageError(err.Error())
@@ -190,9 +191,16 @@ func cmdAuditVerify(args []string) error {
 	for _, n := range notes {
 		fmt.Println("trusting", n)
 	}
-	rep, err := audit.VerifySigned(paths, keys, audit.SignedOptions{Complete: *complete})
+	rep, err := audit.VerifySigned(paths, keys, audit.SignedOptions{Complete: *complete, FromStart: *fromStart})
 	fmt.Printf("audit log %s: %d lines (seq %d..%d) in %d files, %d signed anchors\n",
 		strings.Join(paths, " "), rep.Lines, rep.FirstSeq, rep.LastSeq, len(rep.Files), rep.Anchors)
+	switch {
+	case rep.Lines == 0:
+	case rep.Genesis:
+		fmt.Println("starts at genesis (seq 1): no earlier line is missing")
+	default:
+		fmt.Printf("does NOT start at genesis: the first line is seq %d, lines 1..%d are missing (removed for retention, or cut; -from-start makes this an error)\n", rep.FirstSeq, rep.FirstSeq-1)
+	}
 	if rep.LastAnchor != nil {
 		fmt.Printf("signed: seq %d..%d, %s to %s (last signed anchor %s)\n", rep.FirstSeq, rep.LastAnchor.Seq, rep.FirstTime, rep.SignedThrough, rep.LastAnchor)
 	}

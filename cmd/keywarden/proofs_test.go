@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,8 +16,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/receipt"
 )
 
@@ -107,4 +113,96 @@ func mustJSON(t *testing.T, r *receipt.Receipt) []byte {
 	}
 	raw, _ := json.Marshal(b)
 	return raw
+}
+
+// `keywarden receipt verify` still verifies receipts issued in the version
+// 1 JSON encoding (before the compact one), with the key as PEM, and
+// refuses one of them for another owner.
+func TestReceiptVerifyVersion1(t *testing.T) {
+	b, err := os.ReadFile("../../receipt/testdata/receipts-v1.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fx struct {
+		PEM      string `json:"pem"`
+		Receipts []struct{ Receipt, Owner string }
+	}
+	if err := json.Unmarshal(b, &fx); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(keyFile, []byte(fx.PEM), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range fx.Receipts {
+		f := filepath.Join(dir, fmt.Sprint("r", i))
+		if err := os.WriteFile(f, []byte(receipt.Header+": "+r.Receipt+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := cliOutput(t, "receipt", "verify", "-key", keyFile, "-owner", r.Owner, f); err != nil || !strings.Contains(out, "receipt verifies") {
+			t.Fatalf("%d: %v\n%s", i, err, out)
+		}
+		if _, err := cliOutput(t, "receipt", "verify", "-key", keyFile, "-owner", r.Owner+"x", f); err == nil {
+			t.Fatalf("%d: verified for another owner", i)
+		}
+	}
+}
+
+// `keywarden audit verify` on a rotated log whose first file was deleted
+// says the log does not start at genesis (and still verifies the rest);
+// with -from-start it fails.
+func TestAuditVerifyMissingStart(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	sk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bk, err := receipt.NewBatchKey("", time.Now(), sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auditDir := filepath.Join(dir, "audit")
+	l, err := audit.Open(ctx, audit.Options{Dir: auditDir, AnchorKey: secret.NewBytes([]byte("0123456789abcdef0123456789abcdef")), MaxFileBytes: 4 << 10, ReserveBytes: 64 << 10, Signer: bk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		if err := l.Record(ctx, audit.Event{Action: audit.ActionRelease, Outcome: audit.OutcomeSuccess, Owner: fmt.Sprint("user:", i)}); err != nil {
+			t.Fatal(err)
+		}
+		if i%10 == 9 {
+			if err := l.Anchor(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := l.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(&sk.PublicKey)
+	keyFile := filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cliOutput(t, "audit", "verify", "-key", keyFile, "-from-start", "-complete", auditDir)
+	if err != nil || !strings.Contains(out, "starts at genesis") {
+		t.Fatalf("whole log: %v\n%s", err, out)
+	}
+	files, _ := filepath.Glob(filepath.Join(auditDir, "audit-*.jsonl"))
+	if len(files) < 2 {
+		t.Fatalf("want a rotated log, got %v", files)
+	}
+	if err := os.Remove(files[0]); err != nil {
+		t.Fatal(err)
+	}
+	out, err = cliOutput(t, "audit", "verify", "-key", keyFile, auditDir)
+	if err != nil || !strings.Contains(out, "does NOT start at genesis") {
+		t.Fatalf("without its first file: %v\n%s", err, out)
+	}
+	out, err = cliOutput(t, "audit", "verify", "-key", keyFile, "-from-start", auditDir)
+	if !errors.Is(err, audit.ErrMissingStart) || !strings.Contains(out, "FIRST BROKEN ENTRY") {
+		t.Fatalf("-from-start without the first file: %v\n%s", err, out)
+	}
 }

@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -14,6 +18,7 @@ import (
 	"github.com/keywarden/keywarden/attest"
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/config"
+	"github.com/keywarden/keywarden/server/attestapi"
 	"github.com/keywarden/keywarden/store"
 )
 
@@ -91,5 +96,85 @@ func TestSigningKeyBoundToSealingPCRsAtStart(t *testing.T) {
 	a = start()
 	if bytes.Equal(a.signKey.TPMPublic(), first.Public) || !stored().BoundTo([]int{7}) {
 		t.Fatal("the key of the earlier boot state was kept")
+	}
+}
+
+// GET /v1/appliance-keys says what the signing key is bound to: the PCRs
+// of its TPM2_PolicyPCR and the policy digest, taken from the certified
+// public area (so a verifier with the expected PCR values can recompute
+// it); a key made without PCRs is reported not bound. A document whose
+// binding was edited is refused by VerifyApplianceKeys.
+func TestApplianceKeysReportBinding(t *testing.T) {
+	ctx := context.Background()
+	tpm := openSwtpmCounting(t)
+	db, err := store.Open(filepath.Join(t.TempDir(), "k.db"), store.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	root, err := enclave.NewRoot(enclave.NewRootKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	akBlob, err := attest.CreateAK(ctx, tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak, err := attest.LoadAK(ctx, tpm, akBlob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ak.Close()
+	pcr7, err := tpm2.PCRRead{PCRSelectionIn: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
+		Hash: tpm2.TPMAlgSHA256, PCRSelect: tpm2.PCClientCompatible.PCRs(7)}}}}.Execute(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := attest.PCRPolicyDigest(map[int][]byte{7: pcr7.PCRValues.Digests[0].Buffer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pcrs := range [][]int{{7}, nil} {
+		cfg := config.Defaults()
+		cfg.TPM.PCRs = pcrs
+		cfg.TPM.AllowNoPCRPolicy = len(pcrs) == 0
+		_ = db.Update(ctx, func(tx *store.Tx) error { return tx.DeleteMeta(store.MetaSigningKey) })
+		a := &appliance{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), tpm: tpm, db: db, root: root}
+		a.startSigningKey(ctx)
+		if a.batchKey == nil {
+			t.Fatalf("PCRs %v: no batch key: %s", pcrs, a.signWhy)
+		}
+		doc, why := a.certifySigningKey(ctx, ak)
+		a.Close()
+		if doc == nil {
+			t.Fatalf("PCRs %v: no document: %s", pcrs, why)
+		}
+		body, _ := json.Marshal(doc)
+		_, got, err := attestapi.VerifyApplianceKeys(body, ak.Name())
+		if err != nil {
+			t.Fatalf("PCRs %v: %v", pcrs, err)
+		}
+		b := got.SigningKeyBinding
+		switch {
+		case b == nil:
+			t.Fatalf("PCRs %v: no binding in %s", pcrs, body)
+		case len(pcrs) > 0 && (b.Kind != string(attest.KeyBoundToPolicy) || !slices.Equal(b.PCRs, pcrs) || b.PolicyDigest != hex.EncodeToString(want)):
+			t.Fatalf("bound key: binding %+v, want pcr_policy over %v with digest %x", b, pcrs, want)
+		case len(pcrs) == 0 && (b.Kind != string(attest.KeyNotBound) || len(b.PCRs) != 0 || b.PolicyDigest != ""):
+			t.Fatalf("unbound key: binding %+v", b)
+		}
+		// A document that claims another binding than its certified key's.
+		var m map[string]any
+		_ = json.Unmarshal(body, &m)
+		if len(pcrs) > 0 {
+			m["signing_key_binding"].(map[string]any)["policy_digest"] = strings.Repeat("00", 32)
+		} else {
+			m["signing_key_binding"] = map[string]any{"kind": "pcr_policy", "pcrs": []int{7}, "policy_digest": hex.EncodeToString(want)}
+		}
+		edited, _ := json.Marshal(m)
+		if _, _, err := attestapi.VerifyApplianceKeys(edited, ak.Name()); err == nil {
+			t.Fatalf("PCRs %v: a document with an edited binding verified", pcrs)
+		}
 	}
 }

@@ -147,7 +147,7 @@ func (a *appliance) certifySigningKey(ctx context.Context, ak *attest.AK) (*atte
 		return nil, err.Error()
 	}
 	cert := a.batchKey.Cert()
-	doc, err := attestapi.NewApplianceKeys(c, a.nodeName(), &cert)
+	doc, err := attestapi.NewApplianceKeys(c, a.nodeName(), &cert, a.signKey.PCRs())
 	if err != nil {
 		return nil, err.Error()
 	}

@@ -3,6 +3,7 @@ package audit
 import (
 	"bufio"
 	"bytes"
+	"container/list"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -36,13 +37,51 @@ type OwnerEvent struct {
 // nothing. The first query reads every file once; each later query reads
 // only what was appended since, so retention is the log's own (a removed
 // file's lines are no longer listed). Safe for concurrent use.
+//
+// Its memory is bounded ([OwnerIndexLimits]): it keeps at most MaxRefs
+// line references in all (the owners written or asked for least recently
+// are dropped first) and the newest PerOwner of each owner. An owner
+// dropped from memory is found again by reading the files once more when
+// asked for, so a query still sees every event of its owner that the log
+// retains, up to the newest PerOwner.
 type OwnerIndex struct {
 	dir string
+	lim OwnerIndexLimits
 
-	mu   sync.Mutex
-	file int   // index of the file read last
-	off  int64 // bytes of it read (complete lines only)
-	refs map[string][]ownerRef
+	mu      sync.Mutex
+	file    int   // index of the file read last
+	off     int64 // bytes of it read (complete lines only)
+	owners  map[string]*ownerEntry
+	lru     list.List // of *ownerEntry, most recently written or asked for first
+	total   int       // references held
+	dropped bool      // an owner was dropped: one not in memory may have lines
+}
+
+// OwnerIndexLimits bound an [OwnerIndex]'s memory.
+type OwnerIndexLimits struct {
+	// MaxRefs is the most line references kept (≈16 bytes each, plus the
+	// owner id once per owner); default DefaultOwnerIndexRefs.
+	MaxRefs int
+	// PerOwner is the most kept per owner, the newest: an owner's older
+	// events are not listed (retention of the event list). Default
+	// DefaultOwnerIndexPerOwner; at most MaxRefs/2.
+	PerOwner int
+}
+
+// Defaults of [OwnerIndexLimits].
+const (
+	DefaultOwnerIndexRefs     = 1 << 18
+	DefaultOwnerIndexPerOwner = 1000
+)
+
+type ownerEntry struct {
+	owner string
+	refs  []ownerRef
+	// complete: refs hold every line of the owner read so far (the newest
+	// PerOwner of them). An entry made after another owner was dropped may
+	// miss lines read while this owner was not in memory.
+	complete bool
+	elem     *list.Element
 }
 
 type ownerRef struct {
@@ -51,9 +90,78 @@ type ownerRef struct {
 	n    int32
 }
 
-// NewOwnerIndex indexes the audit directory dir.
-func NewOwnerIndex(dir string) *OwnerIndex {
-	return &OwnerIndex{dir: dir, refs: map[string][]ownerRef{}}
+// NewOwnerIndex indexes the audit directory dir with the default limits.
+func NewOwnerIndex(dir string) *OwnerIndex { return NewOwnerIndexLimits(dir, OwnerIndexLimits{}) }
+
+// NewOwnerIndexLimits indexes the audit directory dir within lim.
+func NewOwnerIndexLimits(dir string, lim OwnerIndexLimits) *OwnerIndex {
+	if lim.MaxRefs <= 0 {
+		lim.MaxRefs = DefaultOwnerIndexRefs
+	}
+	if lim.PerOwner <= 0 {
+		lim.PerOwner = DefaultOwnerIndexPerOwner
+	}
+	lim.PerOwner = max(1, min(lim.PerOwner, lim.MaxRefs/2)) // an owner holds up to twice PerOwner between trims
+	return &OwnerIndex{dir: dir, lim: lim, owners: map[string]*ownerEntry{}}
+}
+
+// size reports the references and owners held (tests).
+func (x *OwnerIndex) size() (refs, owners int) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.total, len(x.owners)
+}
+
+// add records a line of owner read by refresh.
+func (x *OwnerIndex) add(owner string, r ownerRef) {
+	e := x.owners[owner]
+	if e == nil {
+		e = &ownerEntry{owner: owner, complete: !x.dropped}
+		e.elem = x.lru.PushFront(e)
+		x.owners[owner] = e
+	} else {
+		x.lru.MoveToFront(e.elem)
+	}
+	e.refs = append(e.refs, r)
+	x.total++
+	if len(e.refs) >= 2*x.lim.PerOwner { // trimmed in steps: a busy owner's line costs no copy each
+		n := copy(e.refs, e.refs[len(e.refs)-x.lim.PerOwner:])
+		x.total -= len(e.refs) - n
+		e.refs = e.refs[:n]
+	}
+	x.evict()
+}
+
+// set replaces owner's references with a complete list read from the files.
+func (x *OwnerIndex) set(owner string, refs []ownerRef) *ownerEntry {
+	if e := x.owners[owner]; e != nil {
+		x.remove(e)
+	}
+	if len(refs) == 0 {
+		return nil
+	}
+	e := &ownerEntry{owner: owner, refs: refs, complete: true}
+	e.elem = x.lru.PushFront(e)
+	x.owners[owner] = e
+	x.total += len(refs)
+	x.evict()
+	return e
+}
+
+func (x *OwnerIndex) remove(e *ownerEntry) {
+	x.lru.Remove(e.elem)
+	delete(x.owners, e.owner)
+	x.total -= len(e.refs)
+}
+
+// evict drops the least recently used owners until the references fit
+// (the most recent one always stays: it holds fewer than 2·PerOwner ≤
+// MaxRefs).
+func (x *OwnerIndex) evict() {
+	for x.total > x.lim.MaxRefs && x.lru.Len() > 1 {
+		x.remove(x.lru.Back().Value.(*ownerEntry))
+		x.dropped = true
+	}
 }
 
 // Events returns the owner's events, newest first, at most limit (and only
@@ -67,7 +175,25 @@ func (x *OwnerIndex) Events(owner string, limit int, before uint64) ([]OwnerEven
 	if err := x.refresh(); err != nil {
 		return nil, err
 	}
-	refs := x.refs[owner]
+	e := x.owners[owner]
+	if e == nil && !x.dropped {
+		return nil, nil // never written
+	}
+	if e == nil || !e.complete {
+		refs, err := x.scanOwner(owner)
+		if err != nil {
+			return nil, err
+		}
+		if e = x.set(owner, refs); e == nil {
+			return nil, nil
+		}
+	} else {
+		x.lru.MoveToFront(e.elem)
+	}
+	refs := e.refs
+	if len(refs) > x.lim.PerOwner {
+		refs = refs[len(refs)-x.lim.PerOwner:]
+	}
 	open := map[int]*os.File{}
 	defer func() {
 		for _, f := range open {
@@ -116,10 +242,15 @@ func (x *OwnerIndex) Events(owner string, limit int, before uint64) ([]OwnerEven
 			Outcome: v.Outcome, Method: v.Method, Reason: v.Reason, RequestID: v.RequestID, KeyVersion: v.Fields["key_version"]})
 	}
 	if len(gone) > 0 {
-		x.refs[owner] = slices.DeleteFunc(refs, func(r ownerRef) bool {
+		n := len(e.refs)
+		e.refs = slices.DeleteFunc(e.refs, func(r ownerRef) bool {
 			_, err := os.Stat(filepath.Join(x.dir, fileName(r.file)))
 			return errors.Is(err, os.ErrNotExist)
 		})
+		x.total -= n - len(e.refs)
+		if len(e.refs) == 0 {
+			x.remove(e)
+		}
 	}
 	return out, nil
 }
@@ -142,32 +273,84 @@ func (x *OwnerIndex) refresh() error {
 		if af.index > x.file {
 			x.file, x.off = af.index, 0
 		}
-		f, err := os.Open(filepath.Join(x.dir, af.name))
+		end, err := x.scan(af, x.off, -1, "", x.add)
 		if err != nil {
 			return err
 		}
-		if _, err := f.Seek(x.off, io.SeekStart); err != nil {
-			f.Close()
-			return err
-		}
-		br := bufio.NewReaderSize(f, MaxLineBytes)
-		for {
-			raw, err := br.ReadSlice('\n')
-			if err != nil {
-				break // EOF or a partial last line (being written): read it next time
-			}
-			line := raw[:len(raw)-1]
-			if bytes.Contains(line, ownerKey) {
-				var v struct {
-					Owner string `json:"owner"`
-				}
-				if json.Unmarshal(line, &v) == nil && v.Owner != "" {
-					x.refs[v.Owner] = append(x.refs[v.Owner], ownerRef{file: af.index, off: x.off, n: int32(len(line))})
-				}
-			}
-			x.off += int64(len(raw))
-		}
-		f.Close()
+		x.off = end
 	}
 	return nil
+}
+
+// scanOwner reads owner's lines from the files, up to where the index has
+// read: what an owner dropped from memory had (the newest PerOwner).
+func (x *OwnerIndex) scanOwner(owner string) ([]ownerRef, error) {
+	files, err := listFiles(x.dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var refs []ownerRef
+	for _, af := range files {
+		if af.index > x.file {
+			break
+		}
+		limit := int64(-1)
+		if af.index == x.file {
+			limit = x.off
+		}
+		if _, err := x.scan(af, 0, limit, owner, func(_ string, r ownerRef) {
+			if refs = append(refs, r); len(refs) > 2*x.lim.PerOwner {
+				refs = append(refs[:0], refs[len(refs)-x.lim.PerOwner:]...)
+			}
+		}); err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue // removed for retention meanwhile
+			}
+			return nil, err
+		}
+	}
+	if len(refs) > x.lim.PerOwner {
+		refs = append(refs[:0], refs[len(refs)-x.lim.PerOwner:]...)
+	}
+	return slices.Clip(refs), nil
+}
+
+// scan reads the complete lines of af from off (up to limit bytes into the
+// file, or to its end with limit < 0) and calls fn for each owner's line
+// (only owner's when owner is set). It returns the offset after the last
+// complete line read.
+func (x *OwnerIndex) scan(af auditFile, off, limit int64, owner string, fn func(string, ownerRef)) (int64, error) {
+	f, err := os.Open(filepath.Join(x.dir, af.name))
+	if err != nil {
+		return off, err
+	}
+	defer f.Close()
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return off, err
+	}
+	var want []byte // a quick filter, when the owner needs no escaping in JSON
+	if j, _ := json.Marshal(owner); owner != "" && string(j) == `"`+owner+`"` {
+		want = j
+	}
+	br := bufio.NewReaderSize(f, MaxLineBytes)
+	for limit < 0 || off < limit {
+		raw, err := br.ReadSlice('\n')
+		if err != nil {
+			break // EOF or a partial last line (being written): read it next time
+		}
+		line := raw[:len(raw)-1]
+		if bytes.Contains(line, ownerKey) && (want == nil || bytes.Contains(line, want)) {
+			var v struct {
+				Owner string `json:"owner"`
+			}
+			if json.Unmarshal(line, &v) == nil && v.Owner != "" && (owner == "" || v.Owner == owner) {
+				fn(v.Owner, ownerRef{file: af.index, off: off, n: int32(len(line))})
+			}
+		}
+		off += int64(len(raw))
+	}
+	return off, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -65,4 +66,62 @@ func TestOwnerIndex(t *testing.T) {
 	if err != nil || len(got) >= 11 || len(got) == 0 {
 		t.Fatalf("after removing %s: %d events, %v", files[0].name, len(got), err)
 	}
+}
+
+// The index's memory is bounded: however many owners and lines the log
+// holds, it keeps at most MaxRefs line references (least recently written
+// owners dropped first) and at most PerOwner per owner (the newest). An
+// owner dropped from memory is found again by reading the files (each
+// query still sees all of that owner's events, up to PerOwner).
+func TestOwnerIndexBounded(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, Options{Dir: dir, MaxFileBytes: 16 << 10})
+	const owners, each = 60, 3
+	for i := 0; i < each; i++ {
+		for o := 0; o < owners; o++ {
+			mustRecord(t, l, Event{Action: ActionRelease, Outcome: OutcomeSuccess, Owner: fmt.Sprint("user:o", o), Method: "PASSKEY", RequestID: fmt.Sprint("r", i)})
+		}
+	}
+	for i := 0; i < 25; i++ {
+		mustRecord(t, l, Event{Action: ActionStore, Outcome: OutcomeSuccess, Owner: "user:busy", Method: "PASSKEY", RequestID: fmt.Sprint("b", i)})
+	}
+	x := NewOwnerIndexLimits(dir, OwnerIndexLimits{MaxRefs: 40, PerOwner: 10})
+	check := func() {
+		t.Helper()
+		if n, owners := x.size(); n > 40 || owners > 40 {
+			t.Fatalf("index holds %d references of %d owners, bound 40", n, owners)
+		}
+	}
+	// The busy owner: the 10 newest, newest first.
+	got, err := x.Events("user:busy", 100, 0)
+	if err != nil || len(got) != 10 || got[0].RequestID != "b24" || got[9].RequestID != "b15" {
+		t.Fatalf("busy owner: %d events (%v), %+v", len(got), err, got)
+	}
+	check()
+	// Every owner, the first ones long evicted by the later ones: all 3
+	// events, and only theirs.
+	for o := 0; o < owners; o++ {
+		owner := fmt.Sprint("user:o", o)
+		got, err := x.Events(owner, 100, 0)
+		if err != nil || len(got) != each {
+			t.Fatalf("%s: %d events, %v", owner, len(got), err)
+		}
+		for _, e := range got {
+			line, err := FindLine([]string{dir}, e.Seq)
+			if err != nil || !strings.Contains(string(line), `"owner":"`+owner+`"`) {
+				t.Fatalf("%s sees line %d: %s", owner, e.Seq, line)
+			}
+		}
+		check()
+	}
+	if got, _ := x.Events("user:nobody", 100, 0); len(got) != 0 {
+		t.Fatalf("an unknown owner sees %d events", len(got))
+	}
+	// Lines appended after an owner was dropped are found with the older ones.
+	mustRecord(t, l, Event{Action: ActionDelete, Outcome: OutcomeSuccess, Owner: "user:o0", Method: "PASSKEY"})
+	got, err = x.Events("user:o0", 100, 0)
+	if err != nil || len(got) != each+1 || got[0].Action != ActionDelete {
+		t.Fatalf("after a later line: %d events, %v", len(got), err)
+	}
+	check()
 }

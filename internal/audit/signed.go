@@ -20,10 +20,23 @@ import (
 // before anchors were signed, or by a writer without [Options.Signer]).
 var ErrNotSigned = errors.New("audit: no signed anchor")
 
+// ErrMissingStart: with [SignedOptions.FromStart], the log does not start
+// at genesis (seq 1): its first files are missing.
+var ErrMissingStart = errors.New("audit: the log does not start at genesis")
+
+// KindMissingStart is the break of a log whose first line is not seq 1
+// when [SignedOptions.FromStart] asks for the whole log.
+const KindMissingStart = "missing_start"
+
 // SignedOptions tune [VerifySigned].
 type SignedOptions struct {
 	// Complete requires the log to end with a signed anchor.
 	Complete bool
+	// FromStart requires the log to start at genesis (seq 1, zero prev):
+	// a copy missing its first files (removed for retention, or by
+	// someone) fails with [ErrMissingStart]. Without it such a log is
+	// checked from its first line and Report.Genesis is false.
+	FromStart bool
 }
 
 // SignedReport is what [VerifySigned] found.
@@ -62,7 +75,9 @@ type SignedReport struct {
 //
 // With opts.Complete (a copy of a stopped node's log, which ends with its
 // final anchor) a partial last line or unsigned lines at the end fail too,
-// wrapping [ErrUnanchored].
+// wrapping [ErrUnanchored]. A log that does not start at seq 1 (its first
+// files removed) verifies from its first line with Report.Genesis false;
+// with opts.FromStart it fails, wrapping [ErrMissingStart].
 func VerifySigned(paths []string, trusted []*ecdsa.PublicKey, opts SignedOptions) (SignedReport, error) {
 	var rep SignedReport
 	if len(trusted) == 0 {
@@ -112,6 +127,11 @@ func VerifySigned(paths []string, trusted []*ecdsa.PublicKey, opts SignedOptions
 	}
 	if c.lastAnchor == nil {
 		return rep, fmt.Errorf("%w: %d line(s) and none is covered by a signed anchor", ErrNotSigned, c.lines)
+	}
+	if opts.FromStart && !rep.Genesis {
+		rep.Broken = &Break{Position{File: rep.Files[0], Line: 1, Seq: rep.FirstSeq}, KindMissingStart,
+			fmt.Sprintf("the log starts at seq %d, not at genesis (seq 1): its first lines are missing", rep.FirstSeq)}
+		return rep, fmt.Errorf("%w: %s", ErrMissingStart, rep.Broken)
 	}
 	if opts.Complete && (rep.Partial || rep.Unsigned > 0) {
 		rep.Broken = &Break{c.firstUnanchored, KindUnanchored, fmt.Sprintf("%d line(s) after the last signed anchor at %s (partial last line: %v)", rep.Unsigned, c.lastAnchor, rep.Partial)}

@@ -257,3 +257,34 @@ func TestVerifySignedRefusesBackdatedAnchor(t *testing.T) {
 		t.Fatalf("anchors dated before the batch key's issue time: %v", err)
 	}
 }
+
+// A copy of a rotated log whose first file was deleted (a truncated head)
+// still verifies from its first line, but the report says it does not
+// start at genesis, and with FromStart the missing start is an error.
+func TestVerifySignedMissingStart(t *testing.T) {
+	key := applianceKey(t)
+	dir := writeSigned(t, key)
+	trusted := []*ecdsa.PublicKey{&key.PublicKey}
+	rep, err := VerifySigned([]string{dir}, trusted, SignedOptions{FromStart: true})
+	if err != nil || !rep.Genesis || rep.FirstSeq != 1 {
+		t.Fatalf("whole log: %v, genesis %v, first seq %d", err, rep.Genesis, rep.FirstSeq)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "audit-*.jsonl"))
+	if len(files) < 2 {
+		t.Fatalf("want a rotated log, got %v", files)
+	}
+	if err := os.Remove(files[0]); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = VerifySigned([]string{dir}, trusted, SignedOptions{})
+	if err != nil || rep.Genesis || rep.FirstSeq <= 1 {
+		t.Fatalf("without its first file: %v, genesis %v, first seq %d", err, rep.Genesis, rep.FirstSeq)
+	}
+	rep, err = VerifySigned([]string{dir}, trusted, SignedOptions{FromStart: true})
+	if !errors.Is(err, ErrMissingStart) || rep.Broken == nil || rep.Broken.Kind != KindMissingStart {
+		t.Fatalf("FromStart without the first file: %v, %+v", err, rep.Broken)
+	}
+	if !strings.Contains(err.Error(), fmt.Sprintf("seq %d", rep.FirstSeq)) {
+		t.Fatalf("the error does not name the first seq: %v", err)
+	}
+}

@@ -42,6 +42,14 @@ func (h *HTTP) Events(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	return h.EventsOf(c, id.Owner())
+}
+
+// EventsOf answers GET /v1/me/events with owner's events: owner comes from
+// a proof the caller checked (a Firebase ID token, a passkey proof, Portal
+// credentials), never from the request itself.
+func (h *HTTP) EventsOf(c echo.Context, owner string) error {
+	var err error
 	if h.events == nil {
 		return ErrEventsUnavailable
 	}
@@ -56,7 +64,7 @@ func (h *HTTP) Events(c echo.Context) error {
 			return errEventsQuery
 		}
 	}
-	evs, err := h.events.Events(id.Owner(), limit, before)
+	evs, err := h.events.Events(owner, limit, before)
 	if err != nil {
 		return ErrEventsUnavailable.Wrap(err)
 	}

@@ -20,11 +20,14 @@ var (
 	ErrRecipientMismatch = apierr.New(http.StatusBadRequest, "recipient_mismatch", "recipientPublicKey differs from the one given at begin; the key is sealed only to the key bound to the ceremony")
 
 	// Ceremonies.
-	ErrCeremonyUnknown  = apierr.New(http.StatusBadRequest, "ceremony_unknown", "the ceremony does not exist, was already used, or is of another kind; begin a new one")
-	ErrCeremonyExpired  = apierr.New(http.StatusBadRequest, "ceremony_expired", "the ceremony expired; begin a new one")
-	ErrCeremonyRP       = apierr.New(http.StatusBadRequest, "ceremony_rp_mismatch", "the ceremony was begun for another relying party")
-	ErrTooManyAddress   = apierr.New(http.StatusTooManyRequests, "too_many_ceremonies", "too many ceremonies are open from this address; finish or let them expire")
-	ErrCeremoniesFull   = apierr.New(http.StatusServiceUnavailable, "ceremony_capacity", "the appliance holds as many open ceremonies as it may; retry shortly")
+	ErrCeremonyUnknown = apierr.New(http.StatusBadRequest, "ceremony_unknown", "the ceremony does not exist, was already used, or is of another kind; begin a new one")
+	ErrCeremonyExpired = apierr.New(http.StatusBadRequest, "ceremony_expired", "the ceremony expired; begin a new one")
+	ErrCeremonyRP      = apierr.New(http.StatusBadRequest, "ceremony_rp_mismatch", "the ceremony was begun for another relying party")
+	ErrTooManyAddress  = apierr.New(http.StatusTooManyRequests, "too_many_ceremonies", "too many ceremonies are open from this address; finish or let them expire")
+	ErrCeremoniesFull  = apierr.New(http.StatusServiceUnavailable, "ceremony_capacity", "the appliance holds as many open ceremonies as it may; retry shortly")
+	// ErrProofInvalid: GET /v1/me/events with an X-Passkey-Proof that
+	// names no fresh authentication (missing, expired, already used).
+	ErrProofInvalid     = apierr.New(http.StatusUnauthorized, "passkey_proof_invalid", "X-Passkey-Proof does not name a fresh passkey authentication (the assertionCeremonyId of authentication/finish, single use, valid for the ceremony lifetime): authenticate with a passkey again")
 	ErrAssertionInvalid = apierr.New(http.StatusForbidden, "assertion_invalid", "assertionCeremonyId does not name a fresh authentication of this user; authenticate with an existing passkey first")
 
 	// Verification (401).

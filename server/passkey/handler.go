@@ -407,3 +407,22 @@ func (h *Handler) AssetLinks(c echo.Context) error {
 	c.Response().Header().Set(echo.HeaderCacheControl, "public, max-age=3600")
 	return c.JSON(http.StatusOK, out)
 }
+
+// ProofHeader carries a passkey proof on GET /v1/me/events: the
+// assertionCeremonyId that authentication/finish answered.
+const ProofHeader = "X-Passkey-Proof"
+
+// EventsOwner authenticates GET /v1/me/events by a passkey proof (the
+// ProofHeader): it uses up the proof and returns its owner. A proof is
+// single use: the list costs one passkey authentication.
+func (h *Handler) EventsOwner(c echo.Context) (string, error) {
+	id := strings.TrimSpace(c.Request().Header.Get(ProofHeader))
+	if id == "" {
+		return "", ErrProofInvalid.WithMessage(ProofHeader + " is missing")
+	}
+	subj, err := h.Service.TakeProof(c.Request().Context(), id)
+	if err != nil {
+		return "", err
+	}
+	return string(subj.Owner), nil
+}

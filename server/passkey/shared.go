@@ -296,26 +296,59 @@ func (s *Service) putProof(ctx context.Context, id string, subj Subject, rp *rel
 // takeProof uses up the proof id; any proof missing, expired or of
 // another user or relying party is ErrAssertionInvalid.
 func (s *Service) takeProof(ctx context.Context, id string, owner enclave.Owner, rp *relyingParty) error {
-	if len(id) > 256 {
+	p, err := s.takeProofState(ctx, id)
+	if err != nil {
+		return err
+	}
+	if p.Owner != owner || p.RPID != rp.cfg.ID {
 		return ErrAssertionInvalid
+	}
+	return nil
+}
+
+// takeProofState uses up the proof id and returns it; a proof missing,
+// expired, already used or unreadable is ErrAssertionInvalid.
+func (s *Service) takeProofState(ctx context.Context, id string) (proofState, error) {
+	if id == "" || len(id) > 256 {
+		return proofState{}, ErrAssertionInvalid
 	}
 	key := s.eph.proofKey(id)
 	v, err := s.eph.proofs.Take(ctx, key, s.now())
 	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrExpired) {
-		return ErrAssertionInvalid
+		return proofState{}, ErrAssertionInvalid
 	}
 	if err != nil {
-		return err
+		return proofState{}, err
 	}
 	plain, err := s.eph.openValue(key, v)
 	if err != nil {
-		return ErrAssertionInvalid
+		return proofState{}, ErrAssertionInvalid
 	}
 	var p proofState
-	if json.Unmarshal(plain, &p) != nil || p.Owner != owner || p.RPID != rp.cfg.ID {
-		return ErrAssertionInvalid
+	if json.Unmarshal(plain, &p) != nil || p.Owner == "" {
+		return proofState{}, ErrAssertionInvalid
 	}
-	return nil
+	return p, nil
+}
+
+// TakeProof uses up the proof of a fresh passkey assertion
+// ([Authentication.ProofID], the assertionCeremonyId of
+// authentication/finish: single use, valid for the ceremony lifetime) and
+// returns whose it is. It is the proof that adds a passkey to a stored key;
+// GET /v1/me/events takes it too. A proof missing, expired, already used
+// or of a relying party no longer configured is [ErrProofInvalid].
+func (s *Service) TakeProof(ctx context.Context, id string) (Subject, error) {
+	p, err := s.takeProofState(ctx, id)
+	if errors.Is(err, ErrAssertionInvalid) {
+		return Subject{}, ErrProofInvalid
+	}
+	if err != nil {
+		return Subject{}, err
+	}
+	if !s.HasRelyingParty(p.RPID) {
+		return Subject{}, ErrProofInvalid
+	}
+	return Subject{Owner: p.Owner, UserID: p.UserID}, nil
 }
 
 // checkBudget reports whether owner may try again (spending nothing), and

@@ -121,3 +121,15 @@ func (a *Adapter) TBSGet(c echo.Context) error {
 	noStore(c)
 	return c.JSON(http.StatusOK, EncryptKeyResponse{EncryptionKey: string(key.Reveal())})
 }
+
+// EventsOwner authenticates GET /v1/me/events as TBSGet does (the client's
+// credential in Authorization, the user's Firebase ID token in
+// X-Firebase-Token) and returns the Firebase user's owner id: the list is
+// of that user's records, as the token alone would give on the native route.
+func (a *Adapter) EventsOwner(c echo.Context) (string, error) {
+	id, _, err := a.firebaseCaller(c, nil)
+	if err != nil {
+		return "", err
+	}
+	return id.Owner(), nil
+}

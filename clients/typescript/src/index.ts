@@ -1,7 +1,7 @@
 export { Keywarden, FirebaseKeys, Passkeys, storeInfo } from "./client.js";
 export type { KeywardenOptions, Sealing, ReleasedKey, RegistrationFinishResponse, Evidence, ApplianceKeys } from "./client.js";
-export { verifyReceipt, parseReceipt, ReceiptError, RECEIPT_HEADER, RECEIPT_VERSION } from "./receipt.js";
-export type { VerifiedReceipt, ReceiptStatement, ReceiptBatch, ReceiptKeyCert, TrustedApplianceKey } from "./receipt.js";
+export { verifyReceipt, parseReceipt, ReceiptError, RECEIPT_HEADER, RECEIPT_VERSION, RECEIPT_VERSION_COMPACT } from "./receipt.js";
+export type { VerifiedReceipt, ReceiptStatement, ReceiptBatch, ReceiptKeyCert, TrustedApplianceKey, ParsedReceipt } from "./receipt.js";
 export { KeywardenError, KeywardenClientError } from "./errors.js";
 export type { ErrorCode } from "./errors.js";
 export { firebaseOwner } from "./owner.js";

@@ -11,8 +11,10 @@ const CERT_DOMAIN = "keywarden-batch-key-cert-v1\x00";
 const BATCH_DOMAIN = "keywarden-receipt-batch-v1\x00";
 const LEAF_DOMAIN = "keywarden-receipt-leaf-v1\x00";
 const OWNER_DOMAIN = "keywarden-receipt-owner-v1\x00";
-/** The receipt format version. */
+/** The receipt format version of the JSON encoding (and of the batch key certificate). */
 export const RECEIPT_VERSION = 1;
+/** The receipt version of the compact binary encoding (what releases send since it exists); it carries the same signed receipt. */
+export const RECEIPT_VERSION_COMPACT = 2;
 /** The HTTP response header of a release carrying its receipt. */
 export const RECEIPT_HEADER = "Keywarden-Receipt";
 /** The longest encoded receipt accepted (as the Go package). */
@@ -113,12 +115,24 @@ function obj(v: unknown, what: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
-/** Reads a receipt: the Keywarden-Receipt header value (base64url JSON) or its JSON. */
-export function parseReceipt(s: string): { v: number; stmt: ReceiptStatement; index: number; path: string[]; batch: ReceiptBatch; batch_sig: string; cert: ReceiptKeyCert } {
+/** A parsed receipt: the same fields for both encodings (v names the encoding). */
+export interface ParsedReceipt { v: number; stmt: ReceiptStatement; index: number; path: string[]; batch: ReceiptBatch; batch_sig: string; cert: ReceiptKeyCert }
+
+/**
+ * Reads a receipt: the Keywarden-Receipt header value (base64url of the
+ * version 1 JSON or of the version 2 compact binary encoding) or its JSON
+ * (version 1).
+ */
+export function parseReceipt(s: string): ParsedReceipt {
   if (s.length > MAX_ENCODED_RECEIPT) throw new ReceiptError(`longer than ${MAX_ENCODED_RECEIPT} bytes`);
   let raw: unknown;
   try {
-    raw = JSON.parse(s.startsWith("{") ? s : new TextDecoder().decode(b64url(s, "the receipt")));
+    if (s.startsWith("{")) raw = JSON.parse(s);
+    else {
+      const bytes = b64url(s, "the receipt");
+      if (bytes[0] === RECEIPT_VERSION_COMPACT) return parseCompact(bytes);
+      raw = JSON.parse(new TextDecoder().decode(bytes));
+    }
   } catch (e) {
     if (e instanceof ReceiptError) throw e;
     throw new ReceiptError("not a receipt: " + (e as Error).message);
@@ -128,6 +142,7 @@ export function parseReceipt(s: string): { v: number; stmt: ReceiptStatement; in
   const path = r.path ?? [];
   if (!Array.isArray(path) || path.some((p) => typeof p !== "string")) throw new ReceiptError("path is not a list of strings");
   if (r.index !== undefined && (typeof r.index !== "number" || !Number.isSafeInteger(r.index))) throw new ReceiptError("index is not an integer");
+  if (uint(r, "v", "receipt") !== RECEIPT_VERSION) throw new ReceiptError("unknown receipt version");
   return {
     v: uint(r, "v", "receipt"),
     stmt: {
@@ -141,6 +156,73 @@ export function parseReceipt(s: string): { v: number; stmt: ReceiptStatement; in
     batch: { node: str(b, "node", "batch"), first: uint(b, "first", "batch"), last: uint(b, "last", "batch"), size: uint(b, "size", "batch"), root: str(b, "root", "batch"), time: str(b, "time", "batch") },
     batch_sig: str(r, "batch_sig", "receipt"),
     cert: { v: uint(c, "v", "cert"), node: str(c, "node", "cert"), alg: str(c, "alg", "cert"), pub: str(c, "pub", "cert"), issued: str(c, "issued", "cert"), signer: str(c, "signer", "cert"), sig: str(c, "sig", "cert") },
+  };
+}
+
+/**
+ * The compact encoding (version 2; Go's receipt/compact.go): the same
+ * statement, path, batch, signature and certificate in binary, the node
+ * name once. Integers big-endian; str = 2-byte length and UTF-8; bytes =
+ * 1-byte length.
+ *
+ *   u8 2 · batch: u64 first, u64 last, u32 size, [32] root, str time · [64] batch signature ·
+ *   cert: str issued, [32] batch key, [32] signer, bytes sig · u8 n, n zero bytes ·
+ *   statement: str node, u64 seq, [32] line, str time, str action, str outcome, [32] owner hash,
+ *   bytes salt, str method, str key version, str request id · u32 index, u8 n, n × [32] path
+ */
+function parseCompact(b: Uint8Array): ParsedReceipt {
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const text = new TextDecoder("utf-8", { fatal: true });
+  let o = 0;
+  const take = (n: number): Uint8Array => {
+    if (o + n > b.length) throw new ReceiptError("not a receipt: truncated");
+    const v = b.subarray(o, o + n);
+    o += n;
+    return v;
+  };
+  const u8 = () => take(1)[0];
+  const u32 = () => { take(4); return dv.getUint32(o - 4); };
+  const u64 = () => {
+    take(8);
+    const v = dv.getBigUint64(o - 8);
+    // Beyond 2^53 a JavaScript number would not be the signed value.
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new ReceiptError("a number is not an integer this client can check");
+    return Number(v);
+  };
+  const str = () => {
+    take(2);
+    const n = dv.getUint16(o - 2);
+    try {
+      return text.decode(take(n));
+    } catch (e) {
+      if (e instanceof ReceiptError) throw e;
+      throw new ReceiptError("not a receipt: a string is not UTF-8");
+    }
+  };
+  const hex = (n: number) => hexOf(take(n));
+  const b64 = (n: number) => toB64url(take(n));
+
+  if (u8() !== RECEIPT_VERSION_COMPACT) throw new ReceiptError("unknown receipt version");
+  const first = u64(), last = u64(), size = u32(), root = hex(32), btime = str();
+  const batchSig = b64(64);
+  const issued = str(), pub = b64(32), signer = hex(32), certSig = b64(u8());
+  const pad = take(u8());
+  if (pad.length > 2 || pad.some((x) => x !== 0)) throw new ReceiptError("not a receipt: padding");
+  const node = str(), seq = u64(), line = hex(32), time = str(), action = str(), outcome = str();
+  const ownerHash = b64(32), salt = b64(u8());
+  const method = str(), keyVersion = str(), requestId = str();
+  const index = u32();
+  const path: string[] = [];
+  for (let n = u8(); n > 0; n--) path.push(hex(32));
+  if (o !== b.length) throw new ReceiptError(`not a receipt: ${b.length - o} bytes after its end`);
+  return {
+    v: RECEIPT_VERSION_COMPACT,
+    stmt: { node, seq, line, time, action, outcome, owner_hash: ownerHash, salt, method, key_version: keyVersion, request_id: requestId },
+    index,
+    path,
+    batch: { node, first, last, size, root, time: btime },
+    batch_sig: batchSig,
+    cert: { v: RECEIPT_VERSION, node, alg: "ed25519", pub, issued, signer, sig: certSig },
   };
 }
 
@@ -287,7 +369,7 @@ async function importTrusted(k: TrustedApplianceKey): Promise<Trusted> {
 export async function verifyReceipt(receiptHeader: string | null | undefined, applianceKeys: TrustedApplianceKey | TrustedApplianceKey[], o: { owner?: string } = {}): Promise<VerifiedReceipt> {
   if (typeof receiptHeader !== "string" || receiptHeader.trim() === "") throw new ReceiptError("no receipt (the answer had no " + RECEIPT_HEADER + " header)");
   const r = parseReceipt(receiptHeader.trim());
-  if (r.v !== RECEIPT_VERSION) throw new ReceiptError("unknown receipt version");
+  if (r.v !== RECEIPT_VERSION && r.v !== RECEIPT_VERSION_COMPACT) throw new ReceiptError("unknown receipt version");
 
   // The batch key's certificate.
   const c = r.cert;

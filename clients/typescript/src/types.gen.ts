@@ -237,7 +237,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The events on the caller's own records (stored, released, refused, deleted, restored), newest first, each linked into the signed audit chain. */
+        /**
+         * The events on the caller's own records (stored, released, refused, deleted, restored), newest first, each linked into the signed audit chain.
+         * @description Authenticated as the owner with the same proofs as a release, chosen by the headers: a passkey proof (X-Passkey-Proof: the assertionCeremonyId of a finished passkey authentication, single use, valid for the ceremony lifetime; 401 passkey_proof_invalid when missing, expired or used), Portal credentials as on the TBS route (Authorization: Bearer <Portal client credential> with X-Firebase-Token), or a Firebase ID token (Authorization: Bearer). The owner comes from the proof only. The list holds the newest 1000 events of the owner that the audit log still retains.
+         */
         get: operations["getMyEvents"];
         put?: never;
         post?: never;
@@ -1394,7 +1397,7 @@ export interface components {
          * @description Every error code the appliance answers with.
          * @enum {string}
          */
-        ErrorCode: "admin_unauthorized" | "assertion_invalid" | "attestation_invalid" | "attestation_unavailable" | "audit_unavailable" | "auth_time_invalid" | "auth_too_old" | "backup_flags_invalid" | "bad_bind" | "bad_nonce" | "bad_request" | "bind_unavailable" | "body_too_large" | "ceremony_capacity" | "ceremony_expired" | "ceremony_rp_mismatch" | "ceremony_unknown" | "challenge_mismatch" | "ciphertext_rejected" | "ciphertext_version_retired" | "client_data_type_mismatch" | "client_mismatch" | "cluster_unavailable" | "conflict" | "counter_regressed" | "credential_exists" | "credential_not_allowed" | "credential_revoked" | "credential_unknown" | "custodian_not_configured" | "email_not_verified" | "events_unavailable" | "firebase_keys_unavailable" | "firebase_not_configured" | "forbidden" | "hpke_open_failed" | "import_claim_expired" | "imported_key_unclaimed" | "internal" | "invalid_backup_method" | "invalid_blinded_element" | "invalid_cipher_text" | "invalid_client_id" | "invalid_credential" | "invalid_guess_limit" | "invalid_import" | "invalid_job_id" | "invalid_json" | "invalid_key" | "invalid_member_id" | "invalid_method" | "invalid_owner" | "invalid_query" | "invalid_recipient_key" | "invalid_sealed_key" | "invalid_share" | "invalid_unlock_tag" | "invalid_user_id" | "invalid_version_id" | "join_ek_roots_required" | "join_evidence_invalid" | "join_expired" | "join_member_add_failed" | "join_nonce_invalid" | "join_nonce_limit" | "join_not_found" | "join_not_pending" | "join_pending_limit" | "join_policy_refused" | "join_policy_unavailable" | "join_rate_limited" | "join_replayed" | "join_request_invalid" | "join_request_too_large" | "join_unavailable" | "key_exists" | "key_format_mismatch" | "key_required" | "last_voter" | "member_is_self" | "member_not_found" | "method_not_allowed" | "no_items" | "not_found" | "origin_mismatch" | "origin_not_allowed" | "overloaded" | "passkey_not_found" | "passkey_reset_disabled" | "passkeys_not_configured" | "pin_exists" | "pin_incorrect" | "pin_locked" | "pin_not_registered" | "pin_recovery_not_found" | "pin_registration_not_found" | "portal_bad_answer" | "portal_credential_invalid" | "portal_credential_missing" | "portal_credential_unknown" | "portal_custodian_mismatch" | "portal_unavailable" | "provider_not_allowed" | "quote_failed" | "rate_limited" | "reauthentication_required" | "recipient_mismatch" | "record_damaged" | "rollback_counter_unavailable" | "route_not_found" | "rp_id_mismatch" | "sealed" | "session_expired" | "session_invalid" | "signing_key_unavailable" | "store_unavailable" | "subject_invalid" | "token_alg" | "token_expired" | "token_issued_in_future" | "token_kid_unknown" | "token_malformed" | "token_missing" | "token_not_yet_valid" | "token_signature" | "token_too_large" | "token_too_old" | "too_many_ceremonies" | "too_many_items" | "too_many_passkeys" | "unauthorized" | "unavailable" | "unknown_relying_party" | "unsupported_media_type" | "unsupported_suite" | "user_blocked" | "user_handle_mismatch" | "user_presence_missing" | "user_verification_missing" | "vault_client_key_mismatch" | "vault_client_key_unavailable" | "vault_error" | "vault_forbidden" | "vault_key_not_derived" | "vault_unavailable" | "webhook_not_configured" | "webhook_secret" | "webhook_source_refused" | "would_lose_quorum" | "wrong_audience" | "wrong_issuer" | "wrong_tenant";
+        ErrorCode: "admin_unauthorized" | "assertion_invalid" | "attestation_invalid" | "attestation_unavailable" | "audit_unavailable" | "auth_time_invalid" | "auth_too_old" | "backup_flags_invalid" | "bad_bind" | "bad_nonce" | "bad_request" | "bind_unavailable" | "body_too_large" | "ceremony_capacity" | "ceremony_expired" | "ceremony_rp_mismatch" | "ceremony_unknown" | "challenge_mismatch" | "ciphertext_rejected" | "ciphertext_version_retired" | "client_data_type_mismatch" | "client_mismatch" | "cluster_unavailable" | "conflict" | "counter_regressed" | "credential_exists" | "credential_not_allowed" | "credential_revoked" | "credential_unknown" | "custodian_not_configured" | "email_not_verified" | "events_unavailable" | "firebase_keys_unavailable" | "firebase_not_configured" | "forbidden" | "hpke_open_failed" | "import_claim_expired" | "imported_key_unclaimed" | "internal" | "invalid_backup_method" | "invalid_blinded_element" | "invalid_cipher_text" | "invalid_client_id" | "invalid_credential" | "invalid_guess_limit" | "invalid_import" | "invalid_job_id" | "invalid_json" | "invalid_key" | "invalid_member_id" | "invalid_method" | "invalid_owner" | "invalid_query" | "invalid_recipient_key" | "invalid_sealed_key" | "invalid_share" | "invalid_unlock_tag" | "invalid_user_id" | "invalid_version_id" | "join_ek_roots_required" | "join_evidence_invalid" | "join_expired" | "join_member_add_failed" | "join_nonce_invalid" | "join_nonce_limit" | "join_not_found" | "join_not_pending" | "join_pending_limit" | "join_policy_refused" | "join_policy_unavailable" | "join_rate_limited" | "join_replayed" | "join_request_invalid" | "join_request_too_large" | "join_unavailable" | "key_exists" | "key_format_mismatch" | "key_required" | "last_voter" | "member_is_self" | "member_not_found" | "method_not_allowed" | "no_items" | "not_found" | "origin_mismatch" | "origin_not_allowed" | "overloaded" | "passkey_not_found" | "passkey_proof_invalid" | "passkey_reset_disabled" | "passkeys_not_configured" | "pin_exists" | "pin_incorrect" | "pin_locked" | "pin_not_registered" | "pin_recovery_not_found" | "pin_registration_not_found" | "portal_bad_answer" | "portal_credential_invalid" | "portal_credential_missing" | "portal_credential_unknown" | "portal_custodian_mismatch" | "portal_unavailable" | "provider_not_allowed" | "quote_failed" | "rate_limited" | "reauthentication_required" | "recipient_mismatch" | "record_damaged" | "rollback_counter_unavailable" | "route_not_found" | "rp_id_mismatch" | "sealed" | "session_expired" | "session_invalid" | "signing_key_unavailable" | "store_unavailable" | "subject_invalid" | "token_alg" | "token_expired" | "token_issued_in_future" | "token_kid_unknown" | "token_malformed" | "token_missing" | "token_not_yet_valid" | "token_signature" | "token_too_large" | "token_too_old" | "too_many_ceremonies" | "too_many_items" | "too_many_passkeys" | "unauthorized" | "unavailable" | "unknown_relying_party" | "unsupported_media_type" | "unsupported_suite" | "user_blocked" | "user_handle_mismatch" | "user_presence_missing" | "user_verification_missing" | "vault_client_key_mismatch" | "vault_client_key_unavailable" | "vault_error" | "vault_forbidden" | "vault_key_not_derived" | "vault_unavailable" | "webhook_not_configured" | "webhook_secret" | "webhook_source_refused" | "would_lose_quorum" | "wrong_audience" | "wrong_issuer" | "wrong_tenant";
         Health: {
             /** @enum {string} */
             status: "ok";
@@ -1465,6 +1468,18 @@ export interface components {
             signing_key_pem: string;
             /** @description hex SHA-256 of the signing key's SubjectPublicKeyInfo DER */
             signing_key_id: string;
+            /** @description What the signing key is bound to (from its certified public area; a client checks it with attest.VerifyCertificationPolicy, or recomputes policy_digest as TPM2_PolicyPCR over the expected SHA-256 values of pcrs). */
+            signing_key_binding?: {
+                /**
+                 * @description pcr_policy (signs only through TPM2_PolicyPCR over pcrs with the values they held when it was made) or not_bound (signs with its empty password in any boot state; dev mode, tpm.allow_no_pcr_policy)
+                 * @enum {string}
+                 */
+                kind: "pcr_policy" | "not_bound";
+                /** @description the PCR indices (SHA-256 bank) of the policy, the PCRs the root key is sealed to */
+                pcrs?: number[];
+                /** @description hex authPolicy of the signing key */
+                policy_digest?: string;
+            };
             batch_key?: components["schemas"]["BatchKeyCert"];
         };
         /** @description The in-memory Ed25519 batch key of this process, certified by the signing key (it signs anchors and receipt batches). */
@@ -2225,7 +2240,7 @@ export interface components {
                 "application/json": {
                     error?: {
                         /** @enum {unknown} */
-                        code?: "admin_unauthorized" | "assertion_invalid" | "auth_time_invalid" | "auth_too_old" | "backup_flags_invalid" | "challenge_mismatch" | "client_data_type_mismatch" | "counter_regressed" | "credential_not_allowed" | "credential_revoked" | "credential_unknown" | "email_not_verified" | "origin_mismatch" | "portal_credential_invalid" | "portal_credential_missing" | "portal_credential_unknown" | "provider_not_allowed" | "rp_id_mismatch" | "session_expired" | "session_invalid" | "subject_invalid" | "token_alg" | "token_expired" | "token_issued_in_future" | "token_kid_unknown" | "token_malformed" | "token_missing" | "token_not_yet_valid" | "token_signature" | "token_too_large" | "token_too_old" | "unauthorized" | "user_handle_mismatch" | "user_presence_missing" | "user_verification_missing" | "webhook_secret" | "wrong_audience" | "wrong_issuer" | "wrong_tenant";
+                        code?: "admin_unauthorized" | "assertion_invalid" | "auth_time_invalid" | "auth_too_old" | "backup_flags_invalid" | "challenge_mismatch" | "client_data_type_mismatch" | "counter_regressed" | "credential_not_allowed" | "credential_revoked" | "credential_unknown" | "email_not_verified" | "origin_mismatch" | "passkey_proof_invalid" | "portal_credential_invalid" | "portal_credential_missing" | "portal_credential_unknown" | "provider_not_allowed" | "rp_id_mismatch" | "session_expired" | "session_invalid" | "subject_invalid" | "token_alg" | "token_expired" | "token_issued_in_future" | "token_kid_unknown" | "token_malformed" | "token_missing" | "token_not_yet_valid" | "token_signature" | "token_too_large" | "token_too_old" | "unauthorized" | "user_handle_mismatch" | "user_presence_missing" | "user_verification_missing" | "webhook_secret" | "wrong_audience" | "wrong_issuer" | "wrong_tenant";
                     };
                 } & components["schemas"]["Error"];
             };
@@ -2407,6 +2422,8 @@ export interface components {
     };
     requestBodies: never;
     headers: {
+        /** @description The release's receipt (when the appliance has a signing key): base64url, no padding. Version 2 (what releases send): the compact binary encoding, first byte 0x02 (batch, batch signature, batch key certificate, padding, statement, leaf index, Merkle path; layout in receipt/compact.go and README "Release receipts"). Version 1 (receipts issued before, still verified by the Go package, `keywarden receipt verify` and the TypeScript client): base64url of the receipt's JSON, first byte '{'. Both carry the same signed statement; check with receipt.Verify. */
+        KeywardenReceipt: string;
         /** @description correlation id (from X-Portal-Trace-Id or X-Request-Id when sane) */
         RequestId: string;
         /** @description seconds to wait */
@@ -2545,6 +2562,7 @@ export interface operations {
             /** @description the key */
             200: {
                 headers: {
+                    "Keywarden-Receipt": components["headers"]["KeywardenReceipt"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -2638,6 +2656,7 @@ export interface operations {
             /** @description the key */
             200: {
                 headers: {
+                    "Keywarden-Receipt": components["headers"]["KeywardenReceipt"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3082,6 +3101,7 @@ export interface operations {
             /** @description the key */
             200: {
                 headers: {
+                    "Keywarden-Receipt": components["headers"]["KeywardenReceipt"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -3160,6 +3180,7 @@ export interface operations {
             /** @description the key */
             200: {
                 headers: {
+                    "Keywarden-Receipt": components["headers"]["KeywardenReceipt"];
                     [name: string]: unknown;
                 };
                 content: {

@@ -6,6 +6,7 @@ package appserver
 
 import (
 	"context"
+	"github.com/keywarden/keywarden/internal/audit"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -130,7 +131,7 @@ func New(t testing.TB, opts ...Option) *App {
 	o.BlockList = bl
 	if o.Firebase == nil {
 		fb, err := firebase.NewHTTP(firebase.HTTPOptions{Keys: o.Keys, Verifier: s.Firebase, Blocked: bl.Has,
-			OverwriteMaxAuthAge: o.Config.Firebase.OverwriteMaxAuthAge})
+			OverwriteMaxAuthAge: o.Config.Firebase.OverwriteMaxAuthAge, Events: audit.NewOwnerIndex(core.AuditDir)}) // as the appliance wires it
 		if err != nil {
 			t.Fatal(err)
 		}
