@@ -411,6 +411,7 @@ func (s *Service) counterRegressed(ctx context.Context, rec *credential, got uin
 func (s *Service) updateCredential(ctx context.Context, rec *credential, n uint32, counterChanged, be, bs bool, addr string) error {
 	now := s.now().UTC()
 	var regressed bool
+	defer s.wroteCredentials(rec.Owner, rec.ID)
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
 		regressed = false
 		cur, err := getCredential(tx, rec.ID)
