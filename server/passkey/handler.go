@@ -225,7 +225,7 @@ func (h *Handler) AuthenticationBegin(c echo.Context) error {
 	if out.Nonce != nil {
 		resp.Nonce = base64.RawURLEncoding.EncodeToString(out.Nonce)
 	}
-	return c.JSON(http.StatusOK, resp)
+	return writeAuthenticationBegin(c, &resp)
 }
 
 type authenticationFinishRequest struct {
