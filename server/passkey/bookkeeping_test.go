@@ -60,7 +60,13 @@ func TestCeremonyKeysOnSharedStore(t *testing.T) {
 	if k := shared.ceremonyKey(kindAuthentication, id); k != digestKey("pk/c/2/", id) {
 		t.Errorf("shared ceremony key %q is not the digest form", k)
 	}
+	if k := shared.budgetKey("user:alice"); strings.Contains(k, "alice") {
+		t.Errorf("shared budget key %q names the owner", k)
+	}
 	local := ephemerals{}
+	if k := local.budgetKey("user:alice"); k != "pk/u/user:alice" {
+		t.Errorf("in-memory budget key %q", k)
+	}
 	a, r := local.ceremonyKey(kindAuthentication, id), local.ceremonyKey(kindRegistration, id)
 	if a == r || !strings.HasSuffix(a, id) || local.proofKey(id) == a {
 		t.Errorf("in-memory keys %q %q %q do not keep kinds apart", a, r, local.proofKey(id))
