@@ -8,7 +8,7 @@ import (
 	"github.com/labstack/echo/v4"
 )
 
-// The authentication/begin answer is written directly, not through
+// The authentication/begin answer (and finish's) is written directly, not through
 // encoding/json's reflection over go-webauthn's option types (their
 // base64url members each go through a MarshalJSON of their own): it is on
 // every release. The bytes are exactly what encoding/json writes
@@ -112,4 +112,52 @@ func plainJSON(s string) bool {
 		}
 	}
 	return true
+}
+
+// writeAuthenticationFinish answers with resp as c.JSON would, written
+// directly as the begin answer is.
+func writeAuthenticationFinish(c echo.Context, resp *authenticationFinishResponse) error {
+	if c.Request().URL.RawQuery == "" && !c.Echo().Debug {
+		if b, ok := appendAuthenticationFinish(make([]byte, 0, 256), resp); ok {
+			return c.JSONBlob(http.StatusOK, b)
+		}
+	}
+	return c.JSON(http.StatusOK, resp)
+}
+
+// appendAuthenticationFinish appends resp as encoding/json's Encoder
+// writes it, or reports false when a value would need escaping.
+func appendAuthenticationFinish(b []byte, resp *authenticationFinishResponse) ([]byte, bool) {
+	fields := [...]struct {
+		name, value string
+		omitEmpty   bool
+	}{
+		{"userId", resp.UserID, false},
+		{"credentialId", resp.CredentialID, false},
+		{"key", resp.Key, true},
+		{"sealedKey", resp.SealedKey, true},
+		{"enc", resp.Enc, true},
+		{"suite", resp.Suite, true},
+		{"assertionCeremonyId", resp.AssertionCeremonyID, true},
+	}
+	b = append(b, '{')
+	first := true
+	for _, f := range fields {
+		if f.omitEmpty && f.value == "" {
+			continue
+		}
+		if !plainJSON(f.value) {
+			return nil, false
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = append(b, '"')
+		b = append(b, f.name...)
+		b = append(b, `":"`...)
+		b = append(b, f.value...)
+		b = append(b, '"')
+	}
+	return append(b, "}\n"...), true
 }

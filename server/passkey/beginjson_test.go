@@ -135,3 +135,36 @@ func TestAuthenticationBeginAllocs(t *testing.T) {
 		t.Errorf("authentication/begin made %v allocations, want at most 75", allocs)
 	}
 }
+
+// TestFinishJSONAsEncodingJSON: the authentication/finish answer written
+// directly is byte for byte what encoding/json writes (plain and sealed
+// releases, empty members omitted), and a value JSON would escape (a user
+// id may hold any printable ASCII) goes through the encoder.
+func TestFinishJSONAsEncodingJSON(t *testing.T) {
+	for _, resp := range []authenticationFinishResponse{
+		{UserID: "alice", CredentialID: "AQID", Key: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", AssertionCeremonyID: "abc-_"},
+		{UserID: "bob", CredentialID: "AQID", SealedKey: "a+/=", Enc: "b+/=", Suite: "X25519-HKDF-SHA256/HKDF-SHA256/AES-256-GCM"},
+		{},
+		{UserID: `a"b<c>&d\e`, CredentialID: "x", Key: "k"},
+		{UserID: "u", CredentialID: "x", Suite: "é"},
+	} {
+		var buf bytes.Buffer
+		if err := json.NewEncoder(&buf).Encode(&resp); err != nil {
+			t.Fatal(err)
+		}
+		got, ok := appendAuthenticationFinish(nil, &resp)
+		if ok && !bytes.Equal(got, buf.Bytes()) {
+			t.Fatalf("got %s\nwant %s", got, buf.Bytes())
+		}
+		if !ok && plainJSON(resp.UserID) && plainJSON(resp.Suite) {
+			t.Fatalf("%+v: not written directly", resp)
+		}
+		rec := httptest.NewRecorder()
+		if err := writeAuthenticationFinish(echo.New().NewContext(httptest.NewRequest(http.MethodPost, "/", nil), rec), &resp); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(rec.Body.Bytes(), buf.Bytes()) || rec.Code != 200 || rec.Header().Get("Content-Type") != echo.MIMEApplicationJSON {
+			t.Fatalf("handler wrote %d %q %s", rec.Code, rec.Header().Get("Content-Type"), rec.Body.Bytes())
+		}
+	}
+}

@@ -286,7 +286,7 @@ func (h *Handler) AuthenticationFinish(c echo.Context) error {
 		resp.Key = base64.StdEncoding.EncodeToString(out.Key.Reveal())
 		out.Key.Wipe()
 	}
-	return c.JSON(http.StatusOK, resp)
+	return writeAuthenticationFinish(c, &resp)
 }
 
 func (h *Handler) actor(c echo.Context) string {
