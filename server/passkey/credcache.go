@@ -25,18 +25,30 @@ import (
 // not rely on it either: a counter change is decided in the write
 // transaction, on the record as stored.
 //
+// Absence is cached too (an id no record has, an owner without
+// credentials): otherwise an id or a user that exists would be answered
+// from memory and one that does not from the store, every time, and the
+// difference, averaged over many tries, would tell a stranger which user
+// ids and credential ids are real (decisions/07). A registration drops
+// the absence of its id and owner like any write.
+//
 // Records in the cache are shared: callers get a copy of the struct, and
 // must not change the bytes of its slices (none does).
 type credCache struct {
 	mu      sync.RWMutex
-	gen     uint64 // counts finished writes
-	byID    map[string]*credential
+	gen     uint64                                     // counts finished writes
+	byID    map[string]*credential                     // nil: no such record
 	byOwner map[enclave.Owner]map[string][]*credential // owner → rpID ("" all) → list
 }
 
 // maxCachedCredentials bounds each of the two maps; beyond it an
 // arbitrary entry makes room.
 const maxCachedCredentials = 20000
+
+// maxCachedIDLen bounds the ids the cache keeps (a stranger chooses the
+// ids it looks up): WebAuthn credential ids are at most 1023 bytes;
+// longer ones are always read from the store.
+const maxCachedIDLen = 1023
 
 var credCaches struct {
 	mu sync.Mutex
@@ -76,19 +88,30 @@ func (cc *credCache) generation() uint64 {
 	return cc.gen
 }
 
+// getID reports whether the cache knows id, and its record (nil: there is
+// none).
 func (cc *credCache) getID(id []byte) (*credential, bool) {
 	cc.mu.RLock()
 	c, ok := cc.byID[string(id)]
 	cc.mu.RUnlock()
-	if !ok {
-		return nil, false
+	if !ok || c == nil {
+		return nil, ok
 	}
 	cp := *c
 	return &cp, true
 }
 
-func (cc *credCache) putID(gen uint64, c *credential) {
-	cp := *c
+// putID keeps c as the record of id (nil: there is none), read from the
+// store since generation gen.
+func (cc *credCache) putID(gen uint64, id []byte, c *credential) {
+	if len(id) > maxCachedIDLen {
+		return
+	}
+	var cp *credential
+	if c != nil {
+		x := *c
+		cp = &x
+	}
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	if gen != cc.gen {
@@ -100,7 +123,7 @@ func (cc *credCache) putID(gen uint64, c *credential) {
 			break
 		}
 	}
-	cc.byID[string(cp.ID)] = &cp
+	cc.byID[string(id)] = cp
 }
 
 func (cc *credCache) getOwner(owner enclave.Owner, rpID string) ([]*credential, bool) {

@@ -1,12 +1,16 @@
 package passkey
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"testing"
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/softauthn"
+	"github.com/keywarden/keywarden/store"
 )
 
 // warm makes the cache hold alice's list and credential: a release reads
@@ -134,7 +138,7 @@ func TestCredentialCacheRefusesRacedRead(t *testing.T) {
 	old := &credential{ID: []byte{1}, Owner: "user:alice", SignCount: 1}
 	gen := cc.generation() // a reader begins
 	cc.invalidate(old.Owner, old.ID)
-	cc.putID(gen, old)
+	cc.putID(gen, old.ID, old)
 	cc.putOwner(gen, old.Owner, "", []*credential{old})
 	if _, ok := cc.getID(old.ID); ok {
 		t.Fatal("a raced read entered the cache by id")
@@ -142,7 +146,7 @@ func TestCredentialCacheRefusesRacedRead(t *testing.T) {
 	if _, ok := cc.getOwner(old.Owner, ""); ok {
 		t.Fatal("a raced read entered the owner's list")
 	}
-	cc.putID(cc.generation(), old)
+	cc.putID(cc.generation(), old.ID, old)
 	got, ok := cc.getID(old.ID)
 	if !ok {
 		t.Fatal("a read after the write did not enter the cache")
@@ -171,5 +175,70 @@ func TestCredentialReadAllocs(t *testing.T) {
 	})
 	if allocs > 6 {
 		t.Errorf("a release's credential reads made %v allocations, want at most 6", allocs)
+	}
+}
+
+// TestCredentialCacheKeepsAbsence: an id no record has and an owner
+// without passkeys are answered from memory like real ones (were only
+// real ones cached, the time of a lookup would tell a stranger which ids
+// and users exist), and a registration makes both real at once.
+func TestCredentialCacheKeepsAbsence(t *testing.T) {
+	ctx := context.Background()
+	v := newEnv(t, nil)
+	c := v.register(nil, "alice", testKey(1), softauthn.CreateOptions{})
+	v.release(nil, "alice", softauthn.GetOptions{})
+	// A decoy credential id of an unknown user, asserted by a stranger.
+	b := v.beginAuth(user("bob"))
+	var opts struct {
+		AllowCredentials []struct {
+			ID string `json:"id"`
+		} `json:"allowCredentials"`
+	}
+	if err := json.Unmarshal(b.PublicKey, &opts); err != nil || len(opts.AllowCredentials) == 0 {
+		t.Fatalf("decoys: %v %s", err, b.PublicKey)
+	}
+	decoy, _ := base64.RawURLEncoding.DecodeString(opts.AllowCredentials[0].ID)
+	if _, err := v.svc.loadCredential(ctx, decoy); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("decoy id: %v", err)
+	}
+	for name, id := range map[string][]byte{"real": c.ID, "decoy": decoy} {
+		if _, ok := v.svc.creds.getID(id); !ok {
+			t.Errorf("the %s id is not answered from memory", name)
+		}
+	}
+	for _, owner := range []string{"user:alice", "user:bob"} {
+		if _, ok := v.svc.creds.getOwner(enclave.Owner(owner), testRPID); !ok {
+			t.Errorf("%s's list is not answered from memory", owner)
+		}
+	}
+	if _, err := v.svc.loadCredential(ctx, decoy); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("decoy id from memory: %v", err)
+	}
+	// bob registers: his list (empty in memory) is read again.
+	bobAuth := softauthn.New([16]byte{7})
+	v.register(bobAuth, "bob", testKey(2), softauthn.CreateOptions{})
+	if got := v.release(bobAuth, "bob", softauthn.GetOptions{}); !bytes.Equal(got, testKey(2)) {
+		t.Fatal("bob's key after his registration")
+	}
+	// An id remembered as absent becomes real when written.
+	ghost := []byte("a credential id looked up before it existed")
+	if _, err := v.svc.loadCredential(ctx, ghost); !errors.Is(err, store.ErrNotFound) {
+		t.Fatal(err)
+	}
+	rec := &credential{ID: ghost, Owner: "user:carol", UserID: "carol", RPID: testRPID}
+	if err := v.DB.Update(ctx, func(tx *store.Tx) error { return putCredential(tx, rec) }); err != nil {
+		t.Fatal(err)
+	}
+	v.svc.wroteCredentials(rec.Owner, rec.ID)
+	if got, err := v.svc.loadCredential(ctx, ghost); err != nil || got.Owner != "user:carol" {
+		t.Fatalf("after the write: %v %v", got, err)
+	}
+	// Ids longer than WebAuthn allows are never kept.
+	long := bytes.Repeat([]byte{1}, maxCachedIDLen+1)
+	if _, err := v.svc.loadCredential(ctx, long); !errors.Is(err, store.ErrNotFound) {
+		t.Fatal(err)
+	}
+	if _, ok := v.svc.creds.getID(long); ok {
+		t.Fatal("an over-long id entered the cache")
 	}
 }

@@ -182,6 +182,9 @@ func (s *Service) loadCredential(ctx context.Context, id []byte) (*credential, e
 	var gen uint64
 	if s.creds != nil {
 		if c, ok := s.creds.getID(id); ok {
+			if c == nil {
+				return nil, store.ErrNotFound
+			}
 			return c, nil
 		}
 		gen = s.creds.generation()
@@ -192,8 +195,8 @@ func (s *Service) loadCredential(ctx context.Context, id []byte) (*credential, e
 		c, err = getCredential(tx, id)
 		return err
 	})
-	if err == nil && s.creds != nil {
-		s.creds.putID(gen, c)
+	if s.creds != nil && (err == nil || errors.Is(err, store.ErrNotFound)) {
+		s.creds.putID(gen, id, c)
 	}
 	return c, err
 }
