@@ -161,6 +161,9 @@ func TestCredentialCacheRefusesRacedRead(t *testing.T) {
 // credential reads once the cache holds them (57 when both were store
 // transactions with a decode and a copy). Counts are deterministic.
 func TestCredentialReadAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates on its own")
+	}
 	ctx := context.Background()
 	v := newEnv(t, nil)
 	c := v.register(nil, "alice", testKey(1), softauthn.CreateOptions{})

@@ -177,6 +177,9 @@ func TestParseAssertionAsGoWebauthn(t *testing.T) {
 // assertion (53 when every base64url member went through go-webauthn's
 // UnmarshalJSON). Counts are deterministic: no timing is asserted.
 func TestParseAssertionAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates on its own")
+	}
 	v := newEnv(t, nil)
 	v.register(nil, "alice", testKey(1), softauthn.CreateOptions{})
 	cred, err := v.auth.Get(v.beginAuth(user("alice")).PublicKey, testOrigin)
