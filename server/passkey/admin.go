@@ -88,6 +88,7 @@ func (s *Service) RevokePasskey(ctx context.Context, owner enclave.Owner, creden
 		return apierr.ErrAuditFailed.Wrap(err)
 	}
 	now := s.now().UTC()
+	defer s.wroteCredentials(owner, id)
 	return s.db.Update(ctx, func(tx *store.Tx) error {
 		cur, err := getCredential(tx, id)
 		if err != nil {
@@ -126,12 +127,14 @@ func (s *Service) ResetPasskeys(ctx context.Context, owner enclave.Owner, actor 
 		return nil, apierr.ErrAuditFailed.Wrap(err)
 	}
 	now := s.now().UTC()
+	var written [][]byte
 	err = s.db.Update(ctx, func(tx *store.Tx) error {
 		cs, err := ownerCredentials(tx, owner, "")
 		if err != nil {
 			return err
 		}
 		for _, c := range cs {
+			written = append(written, c.ID)
 			if c.Revoked == nil {
 				c.Revoked, c.Updated = &now, now
 				if err := putCredential(tx, c); err != nil {
@@ -141,6 +144,7 @@ func (s *Service) ResetPasskeys(ctx context.Context, owner enclave.Owner, actor 
 		}
 		return nil
 	})
+	s.wroteCredentials(owner, written...)
 	if err != nil {
 		return nil, err
 	}
@@ -159,6 +163,7 @@ func (s *Service) ResetPasskeys(ctx context.Context, owner enclave.Owner, actor 
 // many there were.
 func (s *Service) DeleteOwner(ctx context.Context, owner enclave.Owner) (int, error) {
 	var n int
+	var written [][]byte
 	err := s.db.Update(ctx, func(tx *store.Tx) error {
 		n = 0
 		cs, err := ownerCredentials(tx, owner, "")
@@ -166,6 +171,7 @@ func (s *Service) DeleteOwner(ctx context.Context, owner enclave.Owner) (int, er
 			return err
 		}
 		for _, c := range cs {
+			written = append(written, c.ID)
 			if err := tx.Delete(store.BucketCredentials, credKey(c.ID)); err != nil {
 				return err
 			}
@@ -174,5 +180,6 @@ func (s *Service) DeleteOwner(ctx context.Context, owner enclave.Owner) (int, er
 		_, err = tx.DeletePrefix(store.BucketCredentials, indexPrefix(owner))
 		return err
 	})
+	s.wroteCredentials(owner, written...)
 	return n, err
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestCeremonyBookkeepingAllocs bounds what keeping a ceremony costs on one
@@ -58,7 +60,13 @@ func TestCeremonyKeysOnSharedStore(t *testing.T) {
 	if k := shared.ceremonyKey(kindAuthentication, id); k != digestKey("pk/c/2/", id) {
 		t.Errorf("shared ceremony key %q is not the digest form", k)
 	}
+	if k := shared.budgetKey("user:alice"); strings.Contains(k, "alice") {
+		t.Errorf("shared budget key %q names the owner", k)
+	}
 	local := ephemerals{}
+	if k := local.budgetKey("user:alice"); k != "pk/u/user:alice" {
+		t.Errorf("in-memory budget key %q", k)
+	}
 	a, r := local.ceremonyKey(kindAuthentication, id), local.ceremonyKey(kindRegistration, id)
 	if a == r || !strings.HasSuffix(a, id) || local.proofKey(id) == a {
 		t.Errorf("in-memory keys %q %q %q do not keep kinds apart", a, r, local.proofKey(id))
@@ -75,4 +83,76 @@ func testAEAD(t *testing.T) cipher.AEAD {
 		t.Fatal(err)
 	}
 	return aead
+}
+
+// TestProofAndBudgetAllocs bounds what a release's other bookkeeping costs
+// on one node: the step-up proof kept and used, and the owner's failure
+// budget checked. In memory the proof is kept as a struct and the
+// budget's key is the owner (on a shared store both stay sealed JSON and a
+// digest): 7 allocations, where JSON and a SHA-256 per key made 18.
+func TestProofAndBudgetAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates on its own")
+	}
+	v := newEnv(t, nil)
+	ctx := context.Background()
+	subj := Subject{Owner: "user:alice", UserID: "alice"}
+	id := newCeremonyID()
+	var failed error
+	allocs := testing.AllocsPerRun(200, func() {
+		if err := v.svc.putProof(ctx, id, subj, v.svc.rps[0], v.svc.now()); err != nil {
+			failed = err
+		}
+		if err := v.svc.takeProof(ctx, id, subj.Owner, v.svc.rps[0]); err != nil {
+			failed = err
+		}
+		if ok, _, err := v.svc.checkBudget(ctx, subj.Owner, v.svc.now()); err != nil || !ok {
+			failed = fmt.Errorf("budget: %v %v", ok, err)
+		}
+	})
+	if failed != nil {
+		t.Fatal(failed)
+	}
+	t.Logf("%v allocations", allocs)
+	if allocs > 8 {
+		t.Errorf("proof and budget made %v allocations, want at most 8", allocs)
+	}
+}
+
+// TestProofInMemoryStillSingleUse: kept as a struct, a proof is still used
+// up by its first use, refused for another owner or relying party, and
+// refused once expired.
+func TestProofInMemoryStillSingleUse(t *testing.T) {
+	v := newEnv(t, nil)
+	ctx := context.Background()
+	subj := Subject{Owner: "user:alice", UserID: "alice"}
+	rp := v.svc.rps[0]
+	id := newCeremonyID()
+	if err := v.svc.putProof(ctx, id, subj, rp, v.svc.now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.svc.takeProof(ctx, id, "user:mallory", rp); err != ErrAssertionInvalid {
+		t.Fatalf("another owner's proof: %v", err)
+	}
+	if err := v.svc.takeProof(ctx, id, subj.Owner, rp); err != ErrAssertionInvalid {
+		t.Fatalf("a proof tried by another owner first is used up: %v", err)
+	}
+	id = newCeremonyID()
+	if err := v.svc.putProof(ctx, id, subj, rp, v.svc.now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.svc.takeProof(ctx, id, subj.Owner, rp); err != nil {
+		t.Fatalf("first use: %v", err)
+	}
+	if err := v.svc.takeProof(ctx, id, subj.Owner, rp); err != ErrAssertionInvalid {
+		t.Fatalf("second use: %v", err)
+	}
+	id = newCeremonyID()
+	if err := v.svc.putProof(ctx, id, subj, rp, v.svc.now()); err != nil {
+		t.Fatal(err)
+	}
+	v.clock.Advance(v.svc.opts.CeremonyTTL + time.Second)
+	if err := v.svc.takeProof(ctx, id, subj.Owner, rp); err != ErrAssertionInvalid {
+		t.Fatalf("expired: %v", err)
+	}
 }

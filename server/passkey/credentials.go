@@ -176,22 +176,57 @@ func active(cs []*credential) []*credential {
 	return out
 }
 
+// loadCredential reads the credential id, from the cache when it holds it
+// (credcache.go).
 func (s *Service) loadCredential(ctx context.Context, id []byte) (*credential, error) {
+	var gen uint64
+	if s.creds != nil {
+		if c, ok := s.creds.getID(id); ok {
+			if c == nil {
+				return nil, store.ErrNotFound
+			}
+			return c, nil
+		}
+		gen = s.creds.generation()
+	}
 	var c *credential
 	err := s.db.View(ctx, func(tx *store.Tx) error {
 		var err error
 		c, err = getCredential(tx, id)
 		return err
 	})
+	if s.creds != nil && (err == nil || errors.Is(err, store.ErrNotFound)) {
+		s.creds.putID(gen, id, c)
+	}
 	return c, err
 }
 
+// loadOwnerCredentials reads owner's credentials of rpID ("" every RP),
+// from the cache when it holds them.
 func (s *Service) loadOwnerCredentials(ctx context.Context, owner enclave.Owner, rpID string) ([]*credential, error) {
+	var gen uint64
+	if s.creds != nil {
+		if cs, ok := s.creds.getOwner(owner, rpID); ok {
+			return cs, nil
+		}
+		gen = s.creds.generation()
+	}
 	var cs []*credential
 	err := s.db.View(ctx, func(tx *store.Tx) error {
 		var err error
 		cs, err = ownerCredentials(tx, owner, rpID)
 		return err
 	})
+	if err == nil && s.creds != nil {
+		s.creds.putOwner(gen, owner, rpID, cs)
+	}
 	return cs, err
+}
+
+// wroteCredentials follows every write of owner's credentials ids,
+// finished or failed: the cache reads them from the store again.
+func (s *Service) wroteCredentials(owner enclave.Owner, ids ...[]byte) {
+	if s.creds != nil {
+		s.creds.invalidate(owner, ids...)
+	}
 }

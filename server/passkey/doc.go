@@ -69,6 +69,10 @@
 //	                                                  sign count, BE/BS, UV, AAGUID, attestation format, PRF, revoked)
 //	"o" 0x00 owner 0x00 base64url(credential id)   → RP ID (each owner's index)
 //
+// On a single node the records and owners' lists a release reads are kept
+// decoded in memory (credcache.go), dropped after every credential write,
+// absence included; on a cluster they are read from the store each time.
+//
 // Ceremonies live in memory only (one active node, decisions/23), bounded
 // globally and per client address, each for Options.CeremonyTTL. A user
 // without passkeys gets decoy allowCredentials derived by HMAC from the

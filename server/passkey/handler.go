@@ -225,7 +225,7 @@ func (h *Handler) AuthenticationBegin(c echo.Context) error {
 	if out.Nonce != nil {
 		resp.Nonce = base64.RawURLEncoding.EncodeToString(out.Nonce)
 	}
-	return c.JSON(http.StatusOK, resp)
+	return writeAuthenticationBegin(c, &resp)
 }
 
 type authenticationFinishRequest struct {
@@ -286,7 +286,7 @@ func (h *Handler) AuthenticationFinish(c echo.Context) error {
 		resp.Key = base64.StdEncoding.EncodeToString(out.Key.Reveal())
 		out.Key.Wipe()
 	}
-	return c.JSON(http.StatusOK, resp)
+	return writeAuthenticationFinish(c, &resp)
 }
 
 func (h *Handler) actor(c echo.Context) string {

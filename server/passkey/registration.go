@@ -292,6 +292,7 @@ func (s *Service) finishRegistration(ctx context.Context, c *ceremony, req Finis
 	// session token alone must not bind a passkey to a stored key,
 	// decisions/05), and a refused key leaves no credential behind.
 	out := &Registration{Subject: subj, CredentialID: rec.idString()}
+	defer s.wroteCredentials(subj.Owner, rec.ID)
 	err = s.db.Update(ctx, func(tx *store.Tx) error {
 		out.KeyStored, out.KeyReplaced, out.KeyClaimed = false, false, false
 		if _, err := getCredential(tx, rec.ID); err == nil {

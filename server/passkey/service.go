@@ -121,6 +121,9 @@ type Service struct {
 	addrLimit  *ratelimit.Limiter // per node
 
 	stats stats
+	// creds caches decoded credentials on a single node (nil on a
+	// cluster): credcache.go.
+	creds *credCache
 }
 
 type relyingParty struct {
@@ -158,6 +161,7 @@ func NewService(opts Options, deps Deps) (*Service, error) {
 		decoy:      deps.Custody.Root().Subkey(enclave.SubkeyPasskeyDecoy),
 		ceremonies: newCeremonies(o.MaxCeremonies, o.MaxCeremoniesPerAddress),
 		addrLimit:  ratelimit.New(o.AddressFailureBurst, o.AddressFailureInterval, o.MaxTrackedLimits),
+		creds:      credCacheFor(deps.DB),
 	}
 	eph, err := newEphemerals(deps.DB, deps.Custody.Root(), o)
 	if err != nil {

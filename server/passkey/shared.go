@@ -28,11 +28,13 @@ import (
 // On a cluster (etcd backend) that is the store's shared Ephemeral, so a
 // ceremony begun on one node finishes on any other, exactly once, and a
 // budget spent anywhere counts everywhere. On one node (bbolt) each lives in
-// the process's memory, bounded as before. The ceremony id is hashed into the
-// key: a reader of etcd cannot name (and so finish or spoil) a ceremony. The
-// values name users and credentials: on a cluster they are sealed with the
-// "ephemeral state" subkey, bound to their key; in memory they never leave
-// the process and are not.
+// the process's memory, bounded as before. On a cluster the ceremony id and
+// the owner are hashed into the key: a reader of etcd cannot name (and so
+// finish or spoil) a ceremony, or tell whose budget it reads. The values
+// name users and credentials: on a cluster they are sealed with the
+// "ephemeral state" subkey, bound to their key. In memory nothing leaves
+// the process: keys are the ids and owners themselves, and ceremonies and
+// proofs are kept as Go values, neither encoded nor sealed.
 
 // ephemerals are the three stores of the service (one shared one on a
 // cluster).
@@ -105,7 +107,15 @@ func (e ephemerals) proofKey(id string) string {
 	return digestKey("pk/p/", id)
 }
 
-func budgetKey(owner enclave.Owner) string { return digestKey("pk/u/", string(owner)) }
+// budgetKey is the key of owner's failure budget: on a shared store a
+// digest (its readers cannot tell whose budget it is), in memory the owner
+// itself (a SHA-256 less on every release; owners are short: Validate).
+func (e ephemerals) budgetKey(owner enclave.Owner) string {
+	if e.seal == nil {
+		return "pk/u/" + string(owner)
+	}
+	return digestKey("pk/u/", string(owner))
+}
 
 const sealAD = "keywarden passkey ephemeral v1\x00"
 
@@ -286,9 +296,16 @@ type proofState struct {
 	RPID   string        `json:"rp"`
 }
 
+// putProof keeps the finished authentication id as a step-up proof. On
+// one node the in-memory store keeps the struct itself (nothing to
+// encode), as for ceremonies.
 func (s *Service) putProof(ctx context.Context, id string, subj Subject, rp *relyingParty, now time.Time) error {
-	plain, _ := json.Marshal(proofState{Owner: subj.Owner, UserID: subj.UserID, RPID: rp.cfg.ID})
 	key := s.eph.proofKey(id)
+	if m, ok := s.eph.proofs.(*store.MemoryEphemeral); ok {
+		_, err := m.PutObject(key, &proofState{Owner: subj.Owner, UserID: subj.UserID, RPID: rp.cfg.ID}, now, s.opts.CeremonyTTL)
+		return err
+	}
+	plain, _ := json.Marshal(proofState{Owner: subj.Owner, UserID: subj.UserID, RPID: rp.cfg.ID})
 	_, err := s.eph.proofs.PutIfAbsent(ctx, key, s.eph.sealValue(key, plain), now, s.opts.CeremonyTTL)
 	return err
 }
@@ -313,19 +330,34 @@ func (s *Service) takeProofState(ctx context.Context, id string) (proofState, er
 		return proofState{}, ErrAssertionInvalid
 	}
 	key := s.eph.proofKey(id)
-	v, err := s.eph.proofs.Take(ctx, key, s.now())
-	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrExpired) {
-		return proofState{}, ErrAssertionInvalid
-	}
-	if err != nil {
-		return proofState{}, err
-	}
-	plain, err := s.eph.openValue(key, v)
-	if err != nil {
-		return proofState{}, ErrAssertionInvalid
-	}
 	var p proofState
-	if json.Unmarshal(plain, &p) != nil || p.Owner == "" {
+	if m, ok := s.eph.proofs.(*store.MemoryEphemeral); ok {
+		obj, err := m.TakeObject(key, s.now())
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrExpired) {
+			return proofState{}, ErrAssertionInvalid
+		}
+		if err != nil {
+			return proofState{}, err
+		}
+		pp, ok := obj.(*proofState)
+		if !ok {
+			return proofState{}, ErrAssertionInvalid
+		}
+		p = *pp
+	} else {
+		v, err := s.eph.proofs.Take(ctx, key, s.now())
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrExpired) {
+			return proofState{}, ErrAssertionInvalid
+		}
+		if err != nil {
+			return proofState{}, err
+		}
+		plain, err := s.eph.openValue(key, v)
+		if err != nil || json.Unmarshal(plain, &p) != nil {
+			return proofState{}, ErrAssertionInvalid
+		}
+	}
+	if p.Owner == "" {
 		return proofState{}, ErrAssertionInvalid
 	}
 	return p, nil
@@ -360,7 +392,7 @@ func (s *Service) checkBudget(ctx context.Context, owner enclave.Owner, now time
 	if burst < 0 {
 		return true, 0, nil
 	}
-	until, err := s.eph.budgets.Until(ctx, budgetKey(owner), now)
+	until, err := s.eph.budgets.Until(ctx, s.eph.budgetKey(owner), now)
 	if err != nil {
 		return false, 0, err
 	}
@@ -389,13 +421,13 @@ func (s *Service) spendBudget(ctx context.Context, owner enclave.Owner) error {
 		return nil
 	}
 	now := s.now()
-	until, err := s.eph.budgets.Until(ctx, budgetKey(owner), now)
+	until, err := s.eph.budgets.Until(ctx, s.eph.budgetKey(owner), now)
 	if err != nil {
 		return err
 	}
 	if until.After(now) && until.Sub(now) > time.Duration(burst-1)*interval {
 		return nil
 	}
-	_, err = s.eph.budgets.Incr(ctx, budgetKey(owner), now, interval)
+	_, err = s.eph.budgets.Incr(ctx, s.eph.budgetKey(owner), now, interval)
 	return err
 }
