@@ -113,7 +113,7 @@ func (c *shCluster) pid(t *testing.T, i int) int {
 	}
 	// The pid is the node's own (not a shell's around it): a kill or
 	// `cluster.sh down` must reach the appliance.
-	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p)); err == nil && filepath.Base(exe) != "keywarden" {
+	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p)); err == nil && filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != "keywarden" {
 		t.Fatalf("node%d/pid is %d, a %s, not the keywarden process", i, p, exe)
 	}
 	return p
