@@ -20,6 +20,9 @@ import (
 const maxColdReleaseAllocs = 165
 
 func TestColdReleaseAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector adds allocations of its own")
+	}
 	h := newHarnessOn(t, []apptest.CoreOption{apptest.Receipts()})
 	const runs = 50
 	body, _ := json.Marshal(keyRequest{Key: b64([]byte("0123456789abcdef0123456789abcdef"))})

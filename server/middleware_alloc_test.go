@@ -19,6 +19,9 @@ const maxMiddlewareAllocs = 13
 // TestMiddlewareAllocations counts what the middleware costs a client
 // route: no closures, maps or label look-ups made per request.
 func TestMiddlewareAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector adds allocations of its own")
+	}
 	h := newHarnessOn(t, []apptest.CoreOption{apptest.Receipts()})
 	mount(h.srv.Public, h.srv.client, []Route{{Method: http.MethodGet, Path: "/v1/test-noop", Handler: func(c echo.Context) error {
 		return c.NoContent(http.StatusNoContent)
