@@ -4,6 +4,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -97,15 +98,59 @@ func RecordVersion(sealed []byte) (uint64, error) {
 	return binary.BigEndian.Uint64(sealed[2:10]), nil
 }
 
+// recordInfo is the HKDF info of record subkeys.
+const recordInfo = "keywarden record v1"
+
 func (r *Root) recordAEAD(salt []byte) (cipher.AEAD, error) {
 	if len(r.key) != RootKeySize {
 		return nil, errRootClosed
 	}
-	k := r.derive(salt, "keywarden record v1", 32)
-	defer clear(k)
-	block, err := aes.NewCipher(k)
+	var k [32]byte
+	r.recordKey(&k, salt)
+	defer clear(k[:])
+	block, err := aes.NewCipher(k[:])
 	if err != nil {
 		return nil, fmt.Errorf("enclave: %w", err)
 	}
 	return cipher.NewGCM(block)
+}
+
+// recordKey writes HKDF-SHA256(root, salt, recordInfo, 32) into k: the same
+// key as r.derive(salt, recordInfo, 32), computed as HMAC-SHA256 written
+// out over SHA-256 with stack buffers (extract, then the one block of
+// expand), without the allocations of hmac.New and crypto/hkdf. Every
+// record open derives one (the salt is the record's own), so a release
+// pays it. salt and the root key are at most a SHA-256 block (64 bytes),
+// as HMAC keys they are only zero-padded.
+func (r *Root) recordKey(k *[32]byte, salt []byte) {
+	var prk [sha256.Size]byte
+	hmacSHA256(&prk, salt, r.key)
+	var msg [len(recordInfo) + 1]byte
+	copy(msg[:], recordInfo)
+	msg[len(recordInfo)] = 1
+	hmacSHA256(k, prk[:], msg[:])
+	clear(prk[:])
+}
+
+// hmacSHA256 writes HMAC-SHA256(key, msg) into out; key and msg are at most
+// 64 bytes (a block), which holds for recordKey's inputs.
+func hmacSHA256(out *[sha256.Size]byte, key, msg []byte) {
+	const block = 64
+	if len(key) > block || len(msg) > block {
+		panic("enclave: hmacSHA256 input longer than a block")
+	}
+	var buf [block + block]byte
+	copy(buf[:block], key)
+	for i := range block {
+		buf[i] ^= 0x36
+	}
+	n := copy(buf[block:], msg)
+	inner := sha256.Sum256(buf[:block+n])
+	for i := range block {
+		buf[i] ^= 0x36 ^ 0x5c
+	}
+	copy(buf[block:], inner[:])
+	*out = sha256.Sum256(buf[:block+sha256.Size])
+	clear(buf[:])
+	clear(inner[:])
 }

@@ -43,7 +43,9 @@ vault=$(bash scripts/vault.sh)
 
 "$work/loadbench" mint -project bench-project -users "$cold_users" -dir "$tokdir"
 "$work/loadbench" issuer -addr 127.0.0.1:18801 -project bench-project -token-out "$work/token" & pids+=($!)
-sleep 1
+# Wait for the issuer (on a loaded machine it takes longer than a second;
+# the servers below fetch its certificates at start).
+for i in $(seq 1 120); do curl -sf http://127.0.0.1:18801/certs >/dev/null && break; sleep 0.5; done
 (cd "$work" && KEYWARDEN_LISTEN_ADDR=127.0.0.1:18802 KEYWARDEN_LISTEN_ADMIN_ADDR=127.0.0.1:18802 \
   KEYWARDEN_ADMIN_KEY=bench-admin-key-0123456789 KEYWARDEN_FIREBASE_PROJECT_IDS=bench-project \
   KEYWARDEN_FIREBASE_CERTS_URL=http://127.0.0.1:18801/certs KEYWARDEN_LIMITS_RATE_PER_SECOND=10000000 \

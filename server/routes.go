@@ -159,10 +159,15 @@ func bind[T comparable](h T, m func(T, echo.Context) error) echo.HandlerFunc {
 // mw is a route's middleware list.
 func mw(m ...echo.MiddlewareFunc) []echo.MiddlewareFunc { return m }
 
-// mount adds routes to e: plain routes on e itself, the others on group g
-// (whose prefix is cut from their path). Routes already on e (the health
-// probes when both listeners are one) are not added twice.
-func mount(e *echo.Echo, g *echo.Group, prefix string, routes []Route) {
+// mount adds routes to e: plain routes with their own middleware only,
+// the others under prefix with the group's middleware (groupMW, the
+// middleware of the group made for the prefix; the group itself keeps
+// serving its catch-all routes). Routes already on e (the health probes
+// when both listeners are one) are not added twice.
+//
+// Each route's middleware chain is built here, once: echo would build it
+// again for every request (a closure per middleware per request).
+func mount(e *echo.Echo, groupMW []echo.MiddlewareFunc, routes []Route) {
 	have := map[string]bool{}
 	for _, r := range e.Routes() {
 		have[r.Method+" "+r.Path] = true
@@ -175,15 +180,19 @@ func mount(e *echo.Echo, g *echo.Group, prefix string, routes []Route) {
 		if r.Method == Any {
 			methods = anyMethods
 		}
+		chain := r.Middleware
+		if !r.Plain {
+			chain = append(append([]echo.MiddlewareFunc{}, groupMW...), r.Middleware...)
+		}
+		h := r.Handler
+		for i := len(chain) - 1; i >= 0; i-- {
+			h = chain[i](h)
+		}
 		for _, m := range methods {
 			if have[m+" "+r.Path] {
 				continue
 			}
-			if r.Plain {
-				e.Add(m, r.Path, r.Handler, r.Middleware...)
-			} else {
-				g.Add(m, r.Path[len(prefix):], r.Handler, r.Middleware...)
-			}
+			e.Add(m, r.Path, h)
 		}
 	}
 }

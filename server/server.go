@@ -27,7 +27,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
-	"golang.org/x/time/rate"
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
@@ -149,9 +148,10 @@ type Server struct {
 	draining atomic.Bool
 	adminKey [][32]byte
 	blocked  *BlockList
-	keys     *keys.Service      // nil while sealed
-	fb       *firebase.HTTP     // nil while sealed
-	deletes  *ratelimit.Limiter // admin user deletions (decisions/13)
+	keys     *keys.Service         // nil while sealed
+	fb       *firebase.HTTP        // nil while sealed
+	client   []echo.MiddlewareFunc // the client routes' middleware (CORS, rate limit)
+	deletes  *ratelimit.Limiter    // admin user deletions (decisions/13)
 
 	// docPublic and docAdmin serve GET /openapi.json on each listener
 	// (server/apidoc): that listener's paths, both tables' when one
@@ -230,8 +230,8 @@ func (s *Server) newEcho() *echo.Echo {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.handleError
 	e.IPExtractor = ipExtractor(s.cfg.Listen.TrustedProxies)
-	e.Use(s.requestID, s.recoverPanics, s.instrument, s.concurrencyCap(s.cfg.Listen.MaxConcurrent, "/healthz", "/readyz"))
-	e.Use(middleware.BodyLimit(strconv.FormatInt(s.cfg.Limits.MaxBodyBytes, 10) + "B"))
+	// One global middleware: echo applies them anew for every request.
+	e.Use(s.front(s.cfg.Listen.MaxConcurrent, "/healthz", "/readyz"))
 	return e
 }
 
@@ -275,10 +275,14 @@ func (s *Server) routes() {
 		}))
 	}
 	client = append(client, limiter)
-	public := s.Public.Group("", client...)
-	admin := s.Admin.Group("/v1/admin", noStore, s.requireAdmin)
-	mount(s.Public, public, "", s.PublicRoutes())
-	mount(s.Admin, admin, "/v1/admin", s.AdminRoutes())
+	s.client = client
+	adminMW := []echo.MiddlewareFunc{noStore, s.requireAdmin}
+	// The groups serve their catch-alls (404s under the group's
+	// middleware); mount adds the routes with the same middleware.
+	s.Public.Group("", client...)
+	s.Admin.Group("/v1/admin", adminMW...)
+	mount(s.Public, client, s.PublicRoutes())
+	mount(s.Admin, adminMW, s.AdminRoutes())
 }
 
 // whileSealed is the handler of the sealed catch-alls: nil (not mounted)
@@ -296,45 +300,173 @@ func (s *Server) Drain() { s.draining.Store(true) }
 
 // --- middleware ---------------------------------------------------------
 
-// requestID takes X-Portal-Trace-Id or X-Request-Id when it is a sane
-// token, else makes one; it is the correlation id in logs and audit lines.
-func (s *Server) requestID(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		id := c.Request().Header.Get("X-Portal-Trace-Id")
-		if !saneID(id) {
-			id = c.Request().Header.Get("X-Request-Id")
-		}
-		if !saneID(id) {
-			id = newID()
-		}
-		httpx.SetRequestID(c, id)
-		c.Response().Header().Set("X-Request-Id", id)
-		// Services audit with it too (audit.RequestIDFrom).
-		ctx := audit.WithRequestID(c.Request().Context(), id)
-		if s.opts.Receipts {
-			// A release recorded while serving this request leaves its
-			// receipt in the slot; it goes out as a header (docs: README,
-			// "Release receipts").
-			var slot *audit.ReceiptSlot
-			ctx, slot = audit.WithReceiptSlot(ctx)
+// front is the one wrapper every request passes through first. It does,
+// in one call and one allocation of per-request state:
+//
+//   - the request id: X-Portal-Trace-Id or X-Request-Id when it is a sane
+//     token, else a new one; the correlation id in logs and audit lines
+//     (audit.RequestIDFrom), answered in X-Request-Id;
+//   - with receipts, the slot a release leaves its receipt in; it goes out
+//     in the Keywarden-Receipt header of a successful answer (README,
+//     "Release receipts");
+//   - panic recovery (the panic value is not logged: it could hold request
+//     data);
+//   - metrics: in-flight gauge, requests by route, method and status, and
+//     latency by route, through children resolved once per label set;
+//   - the concurrency cap: at most n requests at once; the exempt paths
+//     (health probes) always pass, so a saturated node is not taken out of
+//     the load balancer for being busy;
+//   - the body limit (limits.max_body_bytes): a larger Content-Length, or
+//     a body that reads longer, is 413 too_large.
+func (s *Server) front(n int, exempt ...string) echo.MiddlewareFunc {
+	sem := make(chan struct{}, n)
+	m := s.opts.Metrics
+	receipts := s.opts.Receipts
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			start := time.Now()
+			req := c.Request()
+			st := &reqState{}
+			st.ID = requestIDOf(req.Header)
+			st.idHeader[0] = st.ID
 			res := c.Response()
-			res.Before(func() {
-				if r := slot.Encoded(); r != "" && res.Status < 300 {
-					res.Header().Set(receipt.Header, r)
-				}
-			})
+			// Set, not Add: the value is the id just chosen (the key is
+			// canonical, so no allocation for it).
+			res.Header()["X-Request-Id"] = st.idHeader[:]
+			if receipts {
+				// st sits between echo's response and the connection's
+				// writer to add the header as the status goes out.
+				st.Receipts = true
+				st.w = res.Writer
+				res.Writer = st
+			}
+			r := req.WithContext(audit.WithRequestState(req.Context(), &st.RequestState))
+			if r.Body != nil && r.Body != http.NoBody {
+				st.body = limitedBody{r: r.Body, limit: s.cfg.Limits.MaxBodyBytes}
+				r.Body = &st.body
+			}
+			c.SetRequest(r)
+
+			m.InFlight.Inc()
+			err := s.guarded(c, next, sem, exempt)
+			if err != nil {
+				c.Error(err)
+			}
+			m.InFlight.Dec()
+			// Both labels come from closed sets (see package metrics): a
+			// client picks the method and path, so neither is used as it
+			// came.
+			m.ObserveRequest(metrics.RouteLabel(c.Path()), metrics.MethodLabel(req.Method), res.Status, time.Since(start))
+			return nil
 		}
-		c.SetRequest(c.Request().WithContext(ctx))
-		return next(c)
 	}
+}
+
+// reqState is front's per-request state (one allocation). With receipts
+// it is also the response writer under echo's: WriteHeader puts the
+// receipt of a release recorded while serving the request into a
+// successful answer's headers.
+type reqState struct {
+	audit.RequestState
+	idHeader [1]string
+	body     limitedBody
+	w        http.ResponseWriter // with receipts: the writer st wraps
+}
+
+func (st *reqState) Header() http.Header         { return st.w.Header() }
+func (st *reqState) Write(b []byte) (int, error) { return st.w.Write(b) }
+
+// Unwrap lets http.ResponseController reach the connection's writer
+// (echo's Flush and Hijack use it).
+func (st *reqState) Unwrap() http.ResponseWriter { return st.w }
+
+func (st *reqState) WriteHeader(code int) {
+	if code < 300 {
+		if r := st.Slot.Encoded(); r != "" {
+			st.w.Header().Set(receipt.Header, r)
+		}
+	}
+	st.w.WriteHeader(code)
+}
+
+// guarded runs next under the concurrency cap, turning a panic into an
+// internal error.
+func (s *Server) guarded(c echo.Context, next echo.HandlerFunc, sem chan struct{}, exempt []string) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if r == http.ErrAbortHandler {
+				panic(r)
+			}
+			s.log.Error("panic in handler", "route", c.Path(), "request_id", RequestID(c), "type", fmt.Sprintf("%T", r))
+			err = apierr.ErrInternal
+		}
+	}()
+	path := c.Request().URL.Path
+	for _, p := range exempt {
+		if path == p {
+			return next(c)
+		}
+	}
+	select {
+	case sem <- struct{}{}:
+		defer func() { <-sem }()
+	default:
+		return errOverloaded
+	}
+	if c.Request().ContentLength > s.cfg.Limits.MaxBodyBytes {
+		return echo.ErrStatusRequestEntityTooLarge
+	}
+	return next(c)
+}
+
+// limitedBody is a request body that fails with 413 once more than limit
+// bytes were read.
+type limitedBody struct {
+	r     io.ReadCloser
+	limit int64
+	read  int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.read > b.limit {
+		return 0, echo.ErrStatusRequestEntityTooLarge
+	}
+	n, err := b.r.Read(p)
+	b.read += int64(n)
+	if b.read > b.limit {
+		return n, echo.ErrStatusRequestEntityTooLarge
+	}
+	return n, err
+}
+
+func (b *limitedBody) Close() error { return b.r.Close() }
+
+// requestIDOf is the request's X-Portal-Trace-Id or X-Request-Id when it
+// is a sane token, else a new id.
+func requestIDOf(h http.Header) string {
+	if id := headerValue(h, "X-Portal-Trace-Id"); saneID(id) {
+		return id
+	}
+	if id := headerValue(h, "X-Request-Id"); saneID(id) {
+		return id
+	}
+	return newID()
+}
+
+// headerValue is h.Get(key) for a canonical key.
+func headerValue(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 func saneID(id string) bool {
 	if id == "" || len(id) > 128 {
 		return false
 	}
-	for _, r := range id {
-		if r < 0x21 || r > 0x7e {
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x21 || id[i] > 0x7e {
 			return false
 		}
 	}
@@ -344,83 +476,32 @@ func saneID(id string) bool {
 // RequestID returns the request's correlation id.
 func RequestID(c echo.Context) string { return httpx.RequestID(c) }
 
-func (s *Server) recoverPanics(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) (err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				if r == http.ErrAbortHandler {
-					panic(r)
-				}
-				// The panic value is not logged: it could hold request data.
-				s.log.Error("panic in handler", "route", c.Path(), "request_id", RequestID(c), "type", fmt.Sprintf("%T", r))
-				err = apierr.ErrInternal
-			}
-		}()
-		return next(c)
-	}
-}
-
-func (s *Server) instrument(next echo.HandlerFunc) echo.HandlerFunc {
-	m := s.opts.Metrics
-	return func(c echo.Context) error {
-		start := time.Now()
-		m.InFlight.Inc()
-		err := next(c)
-		if err != nil {
-			c.Error(err)
-		}
-		m.InFlight.Dec()
-		// Both labels come from closed sets (see package metrics): a client
-		// picks the method and path, so neither is used as it came.
-		route := metrics.RouteLabel(c.Path())
-		m.Requests.WithLabelValues(route, metrics.MethodLabel(c.Request().Method), strconv.Itoa(c.Response().Status)).Inc()
-		m.RequestDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
-		return nil
-	}
-}
-
 var errOverloaded = apierr.New(http.StatusServiceUnavailable, "overloaded", "the appliance is at its concurrent request limit; retry shortly").WithRetry(time.Second)
 
-// concurrencyCap bounds concurrent requests; the exempt paths (health
-// probes) always pass, so a saturated node is not taken out of the load
-// balancer for being busy.
-func (s *Server) concurrencyCap(n int, exempt ...string) echo.MiddlewareFunc {
-	sem := make(chan struct{}, n)
-	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			for _, p := range exempt {
-				if c.Request().URL.Path == p {
-					return next(c)
-				}
-			}
-			select {
-			case sem <- struct{}{}:
-				defer func() { <-sem }()
-				return next(c)
-			default:
-				return errOverloaded
-			}
-		}
-	}
-}
+// maxRateKeys bounds the client addresses the per-address limiter
+// remembers (ratelimit.Limiter drops refilled buckets first).
+const maxRateKeys = 100_000
 
-// rateLimit limits requests per client address (token bucket).
+// rateLimit limits requests per client address (token bucket; IPv6 by
+// /64, ratelimit.AddrKey). The address's key is built in a stack buffer
+// and looked up without allocating.
 func (s *Server) rateLimit() echo.MiddlewareFunc {
-	store := middleware.NewRateLimiterMemoryStoreWithConfig(middleware.RateLimiterMemoryStoreConfig{
-		Rate: rate.Limit(s.cfg.Limits.RatePerSecond), Burst: s.cfg.Limits.RateBurst, ExpiresIn: 3 * time.Minute,
-	})
-	retry := time.Duration(float64(time.Second) / s.cfg.Limits.RatePerSecond)
+	r := s.cfg.Limits.RatePerSecond
+	l := ratelimit.New(s.cfg.Limits.RateBurst, time.Duration(float64(time.Second)/r), maxRateKeys)
+	retry := time.Duration(float64(time.Second) / r)
 	if retry < time.Second {
 		retry = time.Second
 	}
-	return middleware.RateLimiterWithConfig(middleware.RateLimiterConfig{
-		Store:               store,
-		IdentifierExtractor: func(c echo.Context) (string, error) { return ratelimit.AddrKey(c.RealIP()), nil }, // IPv6 by /64
-		ErrorHandler:        func(echo.Context, error) error { return apierr.ErrBadRequest },
-		DenyHandler: func(c echo.Context, _ string, _ error) error {
-			return apierr.ErrRateLimited.WithRetry(retry)
-		},
-	})
+	errLimited := apierr.ErrRateLimited.WithRetry(retry)
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			var buf [64]byte
+			if ok, _ := l.TakeBytes(ratelimit.AppendAddrKey(buf[:0], c.RealIP()), time.Now()); !ok {
+				return errLimited
+			}
+			return next(c)
+		}
+	}
 }
 
 // noStore marks every answer of the admin API as not to be kept by any
@@ -543,7 +624,10 @@ var (
 )
 
 func newID() string {
-	return idPrefix + "-" + strconv.FormatUint(idCounter.Add(1), 36)
+	var b [32]byte // 12 hex digits, "-", at most 13 base-36 digits
+	n := copy(b[:], idPrefix)
+	b[n] = '-'
+	return string(strconv.AppendUint(b[:n+1], idCounter.Add(1), 36))
 }
 
 var errMethodNotAllowed = apierr.New(http.StatusMethodNotAllowed, "method_not_allowed", "this route does not take that HTTP method")

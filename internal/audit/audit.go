@@ -535,7 +535,7 @@ func (l *Log) RecordWritten(ctx context.Context, ev Event) error {
 // submitEvent submits an event's request, with a receipt when the context
 // carries a [ReceiptSlot] for a release and the log has a Signer.
 func (l *Log) submitEvent(ctx context.Context, r *request) error {
-	slot, _ := ctx.Value(receiptSlotKey{}).(*ReceiptSlot)
+	slot := receiptSlotFrom(ctx)
 	r.wantReceipt = slot != nil && l.opts.Signer != nil && r.ev.Action == ActionRelease
 	if err := l.submit(ctx, r); err != nil {
 		return err
@@ -579,6 +579,32 @@ func (s *ReceiptSlot) Encoded() string {
 }
 
 type receiptSlotKey struct{}
+
+func receiptSlotFrom(ctx context.Context) *ReceiptSlot {
+	if st, ok := ctx.Value(requestStateKey{}).(*RequestState); ok && st.Receipts {
+		return &st.Slot
+	}
+	slot, _ := ctx.Value(receiptSlotKey{}).(*ReceiptSlot)
+	return slot
+}
+
+// RequestState is what the HTTP layer keeps for one request in its
+// context, in one allocation: the correlation id ([RequestIDFrom]) and,
+// when Receipts is set, the slot a release leaves its receipt in (as
+// [WithReceiptSlot]). Embed it in the layer's own per-request state.
+type RequestState struct {
+	ID       string
+	Receipts bool
+	Slot     ReceiptSlot
+}
+
+type requestStateKey struct{}
+
+// WithRequestState returns ctx carrying st (WithRequestID and
+// WithReceiptSlot in one context value).
+func WithRequestState(ctx context.Context, st *RequestState) context.Context {
+	return context.WithValue(ctx, requestStateKey{}, st)
+}
 
 // WithReceiptSlot returns ctx carrying a new slot: a release recorded
 // with that context (by however deep a service) leaves its receipt there.
@@ -793,6 +819,9 @@ func WithRequestID(ctx context.Context, id string) context.Context {
 
 // RequestIDFrom returns the correlation id WithRequestID put in ctx.
 func RequestIDFrom(ctx context.Context) string {
+	if st, ok := ctx.Value(requestStateKey{}).(*RequestState); ok {
+		return st.ID
+	}
 	id, _ := ctx.Value(requestIDKey{}).(string)
 	return id
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"math"
 	"strings"
@@ -118,11 +117,7 @@ func checkEvent(ev Event) error {
 	}
 	w := eventLine(ev)
 	w.Seq, w.Prev = math.MaxUint64, zeroHash
-	b, err := json.Marshal(w)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
-	}
-	if len(b) > MaxEventBytes {
+	if b := appendWireLine(nil, &w, nil); len(b) > MaxEventBytes {
 		return fmt.Errorf("%w: line of %d bytes exceeds %d", ErrInvalidEvent, len(b), MaxEventBytes)
 	}
 	return nil
@@ -168,26 +163,28 @@ type batch struct {
 // unchanged.
 func (b *batch) add(w wireLine, key []byte) error {
 	w.Seq = b.seq + 1
-	w.Prev = hex.EncodeToString(b.head[:])
 	if b.lines == 0 && len(b.skipped) > 0 {
 		w.RefusalsSkipped = b.skipped
 	}
-	line, err := json.Marshal(w)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalidEvent, err)
-	}
+	start := len(b.buf)
+	b.buf = appendWireLine(b.buf, &w, &b.head) // prev: the chain head's hex
+	line := b.buf[start:]
 	if w.Type == typeAnchor {
-		line = appendHMAC(line, key)
+		body := bytes.Clone(line)
+		line = appendHMAC(body, key)
 		if w.V == anchorVersionSigned && b.signer != nil {
 			line = appendSig(line, b.signer)
 		}
+		b.buf = append(b.buf[:start], line...)
+		line = b.buf[start:]
 	}
 	if len(line)+1 > MaxLineBytes {
+		b.buf = b.buf[:start]
 		return fmt.Errorf("%w: line of %d bytes exceeds %d", ErrInvalidEvent, len(line)+1, MaxLineBytes)
 	}
-	b.buf = append(append(b.buf, line...), '\n')
-	b.seq++
 	b.head = sha256.Sum256(line)
+	b.buf = append(b.buf, '\n')
+	b.seq++
 	b.lines++
 	if w.Type == typeAnchor {
 		b.anchors++

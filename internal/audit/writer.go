@@ -54,6 +54,7 @@ const linkCheckEvery = 50 * time.Millisecond
 
 type writer struct {
 	fmu          sync.Mutex // guards f against the syncer while it is replaced or closed
+	scratch      []byte     // the last batch's buffer, reused by the next (write)
 	linkChecked  time.Time  // last checkLinked
 	dir          string
 	f            *os.File // nil: the next batch opens a new file
@@ -344,7 +345,14 @@ func (l *Log) answer(reqs []*request, err error) {
 // chain state is unchanged, the file is cut back, and the skipped counts
 // wait for the next line (the caller accounts for refs).
 func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool) error {
-	b := batch{seq: l.w.seq, head: l.w.head, sinceAnchor: l.w.sinceAnchor, skipped: l.sampler.takeSkipped(), signer: l.opts.Signer}
+	b := batch{buf: l.w.scratch[:0], seq: l.w.seq, head: l.w.head, sinceAnchor: l.w.sinceAnchor, skipped: l.sampler.takeSkipped(), signer: l.opts.Signer}
+	// The buffer is written (or dropped) before write returns: the next
+	// batch reuses it, unless a burst made it large.
+	defer func() {
+		if cap(b.buf) <= maxScratchBytes {
+			l.w.scratch = b.buf[:0]
+		}
+	}()
 	fail := func(err error) error {
 		l.sampler.unwritten(b.skipped, nil)
 		return err
@@ -444,6 +452,9 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 	}
 	return nil
 }
+
+// maxScratchBytes bounds the batch buffer the writer keeps between batches.
+const maxScratchBytes = 256 << 10
 
 // writeBatch appends b to the current file (rotating first if it would
 // grow past maxBytes) and fsyncs if b.sync. On success it moves the chain

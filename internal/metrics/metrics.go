@@ -16,6 +16,11 @@
 package metrics
 
 import (
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -30,6 +35,71 @@ type Metrics struct {
 	Refusals        *prometheus.CounterVec   // reason
 	Stores          *prometheus.CounterVec   // method, outcome
 	InFlight        prometheus.Gauge
+
+	// requests caches Requests' and RequestDuration's children by label
+	// values (ObserveRequest): copy on write, so a request reads it
+	// without a lock and without hashing its labels into the vectors.
+	requests   atomic.Pointer[map[requestKey]requestChildren]
+	requestsMu sync.Mutex
+}
+
+type requestKey struct {
+	route, method string
+	status        int
+}
+
+type requestChildren struct {
+	count    prometheus.Counter
+	duration prometheus.Observer
+}
+
+// ObserveRequest counts one answered request in Requests and its latency
+// in RequestDuration. route and method must already be labels
+// (RouteLabel, MethodLabel): closed sets, so the cache behind this stays
+// small (routes × methods × statuses seen).
+func (m *Metrics) ObserveRequest(route, method string, status int, d time.Duration) {
+	k := requestKey{route, method, status}
+	var c requestChildren
+	if p := m.requests.Load(); p != nil {
+		c = (*p)[k]
+	}
+	if c.count == nil {
+		c = m.requestChildren(k)
+	}
+	c.count.Inc()
+	c.duration.Observe(d.Seconds())
+}
+
+// requestChildren resolves k's children and adds them to the cache.
+func (m *Metrics) requestChildren(k requestKey) requestChildren {
+	m.requestsMu.Lock()
+	defer m.requestsMu.Unlock()
+	old := m.requests.Load()
+	if old != nil {
+		if c, ok := (*old)[k]; ok {
+			return c
+		}
+	}
+	c := requestChildren{
+		count:    m.Requests.WithLabelValues(k.route, k.method, strconv.Itoa(k.status)),
+		duration: m.RequestDuration.WithLabelValues(k.route),
+	}
+	next := make(map[requestKey]requestChildren, 1+lenOf(old))
+	if old != nil {
+		for ok, oc := range *old {
+			next[ok] = oc
+		}
+	}
+	next[k] = c
+	m.requests.Store(&next)
+	return c
+}
+
+func lenOf(p *map[requestKey]requestChildren) int {
+	if p == nil {
+		return 0
+	}
+	return len(*p)
 }
 
 // New registers the collectors on a fresh registry.

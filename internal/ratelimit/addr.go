@@ -36,6 +36,20 @@ func AddrKey(addr string) string {
 	return netip.PrefixFrom(ip, IPv6AddrBits).Masked().String()
 }
 
+// AppendAddrKey appends AddrKey(addr) to dst: the same key, without
+// allocating when dst has room (the per-request limiter looks it up with
+// [Limiter.TakeBytes]).
+func AppendAddrKey(dst []byte, addr string) []byte {
+	ip, ok := parseAddr(addr)
+	if !ok {
+		return append(dst, raw(addr)...)
+	}
+	if ip.Is4() {
+		return ip.AppendTo(dst)
+	}
+	return netip.PrefixFrom(ip, IPv6AddrBits).Masked().AppendTo(dst)
+}
+
 // NetworkKey maps a client address to the wider network it belongs to, for
 // caps that one site with many subscriber prefixes must not exhaust: IPv4
 // masked to /24, IPv6 to /48 (IPv4-mapped IPv6 as IPv4). Non-addresses are
@@ -54,6 +68,12 @@ func NetworkKey(addr string) string {
 
 func parseAddr(s string) (netip.Addr, bool) {
 	s = strings.TrimSpace(s)
+	if strings.Count(s, ":") == 1 {
+		// "v4:port" (a failed ParseAddr would allocate its error).
+		if ap, err := netip.ParseAddrPort(s); err == nil {
+			return ap.Addr().WithZone("").Unmap(), true
+		}
+	}
 	ip, err := netip.ParseAddr(s)
 	if err != nil {
 		// "[v6]", "[v6]:port", "v4:port".

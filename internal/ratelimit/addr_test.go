@@ -23,6 +23,9 @@ func TestAddrKey(t *testing.T) {
 		if got := AddrKey(tc.in); got != tc.addr {
 			t.Errorf("AddrKey(%q) = %q, want %q", tc.in, got, tc.addr)
 		}
+		if got := string(AppendAddrKey([]byte("x"), tc.in)); got != "x"+tc.addr {
+			t.Errorf("AppendAddrKey(%q) = %q, want %q", tc.in, got, "x"+tc.addr)
+		}
 		if got := NetworkKey(tc.in); got != tc.net {
 			t.Errorf("NetworkKey(%q) = %q, want %q", tc.in, got, tc.net)
 		}

@@ -110,6 +110,27 @@ func (l *Limiter) Take(key string, now time.Time) (ok bool, wait time.Duration) 
 	return false, l.waitFor(b.tokens)
 }
 
+// TakeBytes is Take with the key as bytes: a key already tracked costs no
+// allocation (the string is made only when a new bucket is stored).
+func (l *Limiter) TakeBytes(key []byte, now time.Time) (ok bool, wait time.Duration) {
+	if l == nil {
+		return true, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, found := l.m[string(key)]
+	if !found {
+		b = l.get(string(key), now)
+	} else {
+		l.refill(b, now)
+	}
+	if b.tokens >= 1 {
+		b.tokens--
+		return true, 0
+	}
+	return false, l.waitFor(b.tokens)
+}
+
 // get returns key's bucket refilled to now, creating a full one (and
 // making room for it) when key is not tracked; l.mu is held.
 func (l *Limiter) get(key string, now time.Time) *bucket {

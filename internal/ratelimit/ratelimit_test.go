@@ -197,3 +197,39 @@ func TestLimiterEvictsRefilledFirst(t *testing.T) {
 		t.Fatalf("hot forgotten or refilled: %v %s", ok, wait)
 	}
 }
+
+// TakeBytes is Take: the same buckets, the same refusals and waits; a key
+// already tracked costs nothing to look up, so the per-request limiter
+// does not allocate for a returning client.
+func TestTakeBytes(t *testing.T) {
+	l := New(2, time.Second, 100)
+	key := AppendAddrKey(nil, "192.0.2.7:4711")
+	for i := range 2 {
+		if ok, _ := l.TakeBytes(key, t0); !ok {
+			t.Fatalf("take %d refused within the burst", i)
+		}
+	}
+	ok, wait := l.TakeBytes(key, t0)
+	if ok || wait != time.Second {
+		t.Fatalf("past the burst: ok %v wait %v", ok, wait)
+	}
+	// The same bucket as the string form.
+	if ok, _ := l.Take("192.0.2.7", t0); ok {
+		t.Fatal("Take and TakeBytes keep different buckets")
+	}
+	if ok, _ := l.TakeBytes(key, t0.Add(time.Second)); !ok {
+		t.Fatal("no token regained after an interval")
+	}
+	var nilL *Limiter
+	if ok, _ := nilL.TakeBytes(key, t0); !ok {
+		t.Fatal("nil limiter refused")
+	}
+	big := New(1<<20, time.Nanosecond, 100)
+	var buf [64]byte
+	allocs := testing.AllocsPerRun(100, func() {
+		big.TakeBytes(AppendAddrKey(buf[:0], "192.0.2.9:1"), t0)
+	})
+	if allocs != 0 {
+		t.Errorf("a tracked address costs %.0f allocations, want 0", allocs)
+	}
+}

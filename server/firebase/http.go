@@ -215,9 +215,46 @@ func (h *HTTP) Get(c echo.Context) error {
 		if err != nil {
 			return err
 		}
-		return c.JSON(http.StatusOK, KeyResponse{SealedKey: base64.StdEncoding.EncodeToString(ct), Enc: base64.StdEncoding.EncodeToString(enc), Suite: suite})
+		return writeKeyResponse(c, &KeyResponse{SealedKey: base64.StdEncoding.EncodeToString(ct), Enc: base64.StdEncoding.EncodeToString(enc), Suite: suite})
 	}
-	return c.JSON(http.StatusOK, KeyResponse{Key: base64.StdEncoding.EncodeToString(key.Reveal())})
+	return writeKeyResponse(c, &KeyResponse{Key: base64.StdEncoding.EncodeToString(key.Reveal())})
+}
+
+// writeKeyResponse answers 200 with r: the bytes c.JSON writes (the JSON
+// of encoding/json and a newline, Content-Type application/json), built
+// without reflection; the buffer holding the key is wiped once written.
+// Members are base64 and suite names, which JSON never escapes; anything
+// else goes through c.JSON.
+func writeKeyResponse(c echo.Context, r *KeyResponse) error {
+	b, ok := appendKeyResponse(make([]byte, 0, 64+len(r.Key)+len(r.SealedKey)+len(r.Enc)+len(r.Suite)), r)
+	if !ok {
+		return c.JSON(http.StatusOK, r)
+	}
+	defer clear(b)
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, b)
+}
+
+// appendKeyResponse appends json.Marshal(r) and a newline; ok is false
+// when a member has a byte that JSON would escape.
+func appendKeyResponse(dst []byte, r *KeyResponse) ([]byte, bool) {
+	dst = append(dst, '{')
+	first := true
+	for _, m := range [...]struct{ name, v string }{{"key", r.Key}, {"sealedKey", r.SealedKey}, {"enc", r.Enc}, {"suite", r.Suite}} {
+		if m.v == "" {
+			continue
+		}
+		for i := 0; i < len(m.v); i++ {
+			if c := m.v[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+				return nil, false
+			}
+		}
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+		dst = append(append(append(append(append(dst, '"'), m.name...), `":"`...), m.v...), '"')
+	}
+	return append(dst, "}\n"...), true
 }
 
 // Delete is DELETE /v1/firebase/key: 204; the value is kept as a prior

@@ -21,6 +21,7 @@ import (
 
 	"github.com/keywarden/keywarden/enclave"
 	"github.com/keywarden/keywarden/internal/apierr"
+	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/secret"
 	"github.com/keywarden/keywarden/server/keys"
 )
@@ -193,8 +194,11 @@ func SetRequestID(c echo.Context, id string) { c.Set(ctxRequestID, id) }
 
 // RequestID returns the request's correlation id.
 func RequestID(c echo.Context) string {
-	id, _ := c.Get(ctxRequestID).(string)
-	return id
+	if id, ok := c.Get(ctxRequestID).(string); ok {
+		return id
+	}
+	// The server's front wrapper keeps it in the request's context.
+	return audit.RequestIDFrom(c.Request().Context())
 }
 
 // SetActor records who the authenticated caller is, for audit lines
