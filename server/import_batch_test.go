@@ -34,7 +34,11 @@ func TestImportGroupCommitsItems(t *testing.T) {
 	}
 	commits := after.Commits - before.Commits
 	t.Logf("%d items: %d updates in %d commits", n, after.Updates-before.Updates, commits)
-	if commits > n/4 {
+	// One at a time makes n commits; side by side, 32 in flight, they
+	// share them (33–59 seen on a loaded 2-core machine). The bound is
+	// loose because how many items meet in one commit depends on the
+	// scheduler, not on the code under test.
+	if commits > n/2 {
 		t.Fatalf("%d items made %d durable commits: the request's items do not share commits", n, commits)
 	}
 	for _, i := range []int{0, 77, n - 1} {
