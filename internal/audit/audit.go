@@ -387,6 +387,7 @@ type request struct {
 	anchor   bool
 	written  bool   // answer once written, before the fsync (RecordWritten)
 	answered bool   // written and answered (set by the writer)
+	pending  bool   // RecordPending: written, its caller waits for the fsync itself
 	seq      uint64 // of the anchor that answered an Anchor call (set by the writer)
 	ev       Event
 	// wantReceipt: make a receipt for this line (set by the caller).
@@ -472,6 +473,7 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 		}
 		l.heads = newHeadSaver(o.Heads, l.key.Reveal(), o.WriteTimeout)
 	}
+	l.w.durable.init(l.w.seq)
 	l.publish()
 	go l.syncer()
 	go l.receiptSigner()
