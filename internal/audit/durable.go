@@ -83,18 +83,18 @@ func (d *durability) wakeAll() {
 
 // state answers whether seq is settled and, if it is, the error of its
 // loss (nil: durable); otherwise the channel closed at the next change.
-func (d *durability) state(seq uint64) (settled bool, err error, wake <-chan struct{}) {
+func (d *durability) state(seq uint64) (wake <-chan struct{}, settled bool, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if seq > d.settled {
-		return false, nil, d.wake
+		return d.wake, false, nil
 	}
 	for i := len(d.lost) - 1; i >= 0; i-- {
 		if r := d.lost[i]; seq >= r.from && seq <= r.to {
-			return true, r.err, nil
+			return nil, true, r.err
 		}
 	}
-	return true, nil, nil
+	return nil, true, nil
 }
 
 func anyPending(reqs []*request) bool {
@@ -146,7 +146,7 @@ func (l *Log) RecordPending(ctx context.Context, ev Event) (wait func(context.Co
 func (l *Log) waitDurable(ctx context.Context, seq uint64) error {
 	var timer *time.Timer
 	for {
-		settled, err, wake := l.w.durable.state(seq)
+		wake, settled, err := l.w.durable.state(seq)
 		if settled {
 			if err != nil {
 				return unavailable(err)
@@ -167,7 +167,7 @@ func (l *Log) waitDurable(ctx context.Context, seq uint64) error {
 			return unavailable(ctx.Err())
 		case <-l.done:
 			// Close fsyncs what was written; look once more.
-			if settled, err, _ := l.w.durable.state(seq); settled {
+			if _, settled, err := l.w.durable.state(seq); settled {
 				if err != nil {
 					return unavailable(err)
 				}
