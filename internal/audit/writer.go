@@ -426,7 +426,9 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 	}
 	switch {
 	case b.sync && b.async:
-		l.w.durable.urgent.Store(anyPending(events))
+		if anyPending(events) {
+			l.w.durable.urgent.Store(true)
+		}
 		select {
 		case l.syncKick <- struct{}{}:
 		default: // an fsync is already asked for; it will cover this batch
