@@ -74,14 +74,15 @@ func TestRecordPendingFsyncFailureFailsWaiters(t *testing.T) {
 	// lock), so one failed fsync covers both.
 	l.w.fmu.Lock()
 	var waits []func(context.Context) error
+	var errs []error
 	for _, owner := range []string{"user:1", "user:2"} {
 		wait, err := l.RecordPending(context.Background(), Event{Action: ActionStore, Outcome: OutcomeSuccess, Owner: owner})
-		if err != nil {
-			t.Fatalf("RecordPending: %v", err)
-		}
-		waits = append(waits, wait)
+		waits, errs = append(waits, wait), append(errs, err)
 	}
 	l.w.fmu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("RecordPending: %v", err)
+	}
 	for i, wait := range waits {
 		if err := wait(context.Background()); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "fsync") {
 			t.Fatalf("wait %d after a failed fsync = %v, want ErrUnavailable naming the fsync", i, err)
