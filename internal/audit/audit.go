@@ -30,6 +30,11 @@
 // appear in the log. The log may over-report an attempted action; it never
 // under-reports one that was allowed.
 //
+// [Log.RecordPending] splits the two: it returns once the line is written,
+// with a wait for its fsync, which the background syncer runs at once. A
+// caller can then make its own change durable at the same time and answer
+// only when both are (keys.Service.Store does; see its decision record).
+//
 // When a write or fsync fails, the file is truncated back to the end of the
 // last good batch, so no partial line stays in the chain. If that is not
 // possible (the descriptor is gone, the file was deleted), the log starts a
@@ -387,6 +392,7 @@ type request struct {
 	anchor   bool
 	written  bool   // answer once written, before the fsync (RecordWritten)
 	answered bool   // written and answered (set by the writer)
+	pending  bool   // RecordPending: written, its caller waits for the fsync itself
 	seq      uint64 // of the anchor that answered an Anchor call (set by the writer)
 	ev       Event
 	// wantReceipt: make a receipt for this line (set by the caller).
@@ -472,6 +478,7 @@ func Open(ctx context.Context, opts Options) (*Log, error) {
 		}
 		l.heads = newHeadSaver(o.Heads, l.key.Reveal(), o.WriteTimeout)
 	}
+	l.w.durable.init(l.w.seq)
 	l.publish()
 	go l.syncer()
 	go l.receiptSigner()

@@ -64,10 +64,11 @@ type writer struct {
 	seq          uint64
 	head         [sha256.Size]byte
 	sinceAnchor  int
-	reserve      *reserve // nil when disabled
-	lowSpace     bool     // the reserve was released
-	lowSpaceUsed int64    // bytes written since
-	lowSpaceErr  error    // why
+	reserve      *reserve   // nil when disabled
+	lowSpace     bool       // the reserve was released
+	lowSpaceUsed int64      // bytes written since
+	lowSpaceErr  error      // why
+	durable      durability // which written lines are durable (RecordPending)
 
 	// What resume found about the recorded head it was given.
 	wantFound bool              // the last file holds the line at its seq
@@ -231,7 +232,7 @@ func (l *Log) commit(reqs []*request, refs []Event, anchor bool) error {
 		// A background fsync failed: what it covered may be lost. Never
 		// write to that file again; the next batch starts a new one and
 		// says so first.
-		l.w.dropFile()
+		l.w.dropFile(*perr)
 		l.setErr(*perr)
 		l.pendingNotes = append(l.pendingNotes, Event{Action: ActionFsyncFailed, Outcome: OutcomeFailure,
 			Reason: "fsync_failed", Time: l.opts.Clock(), Fields: map[string]string{"error": (*perr).Error()}})
@@ -425,11 +426,17 @@ func (l *Log) write(notes []Event, events []*request, refs []Event, anchor bool)
 			}
 		}
 	}
+	if anyPending(events) {
+		l.w.linkChecked = time.Time{} // a store waits on this line: check its file as a durable batch does
+	}
 	if err := l.w.writeBatch(&b, l.opts.MaxFileBytes, afterWrite); err != nil {
 		return fail(err)
 	}
 	switch {
 	case b.sync && b.async:
+		if anyPending(events) {
+			l.w.durable.urgent.Store(true)
+		}
 		select {
 		case l.syncKick <- struct{}{}:
 		default: // an fsync is already asked for; it will cover this batch
@@ -477,7 +484,7 @@ func (w *writer) writeBatch(b *batch, maxBytes int64, afterWrite func()) error {
 	if !b.async || time.Since(w.linkChecked) >= linkCheckEvery {
 		w.linkChecked = time.Now()
 		if err := w.checkLinked(); err != nil {
-			w.dropFile()
+			w.dropFile(err)
 			return err
 		}
 	}
@@ -498,20 +505,26 @@ func (w *writer) writeBatch(b *batch, maxBytes int64, afterWrite func()) error {
 		w.unsynced = true
 		w.size += int64(len(b.buf))
 		w.seq, w.head, w.sinceAnchor = b.seq, b.head, b.sinceAnchor
+		w.durable.wrote(w.seq)
 		return nil
 	}
 	if b.sync {
 		if err := w.f.Sync(); err != nil {
 			// After a failed fsync the state of unsynced pages is unknown:
 			// cut back and never write to this file again.
+			err = fmt.Errorf("audit: fsync %s: %w", w.fileName(), err)
 			w.cutBack()
-			w.dropFile()
-			return fmt.Errorf("audit: fsync %s: %w", w.fileName(), err)
+			w.dropFile(err)
+			return err
 		}
 	}
 	w.unsynced = !b.sync
 	w.size += int64(len(b.buf))
 	w.seq, w.head, w.sinceAnchor = b.seq, b.head, b.sinceAnchor
+	w.durable.wrote(w.seq)
+	if b.sync {
+		w.durable.synced(w.seq)
+	}
 	return nil
 }
 
@@ -522,15 +535,17 @@ func (w *writer) cutBack() {
 		return
 	}
 	if err := w.f.Truncate(w.size); err != nil {
-		w.dropFile()
+		w.dropFile(err)
 	}
 }
 
-// dropFile closes the current file without further writes.
-func (w *writer) dropFile() {
+// dropFile closes the current file without further writes; its lines not
+// yet fsynced are lost (why).
+func (w *writer) dropFile(why error) {
 	w.fmu.Lock()
 	defer w.fmu.Unlock()
 	if w.f != nil {
+		w.durable.failed(fmt.Errorf("audit: %s dropped before its fsync: %w", w.fileName(), why))
 		_ = w.f.Close()
 		w.f = nil
 	}
@@ -544,9 +559,12 @@ func (w *writer) closeFile() error {
 		if err := w.f.Sync(); err != nil {
 			_ = w.f.Close()
 			w.f = nil
-			return fmt.Errorf("audit: fsync %s: %w", w.fileName(), err)
+			err = fmt.Errorf("audit: fsync %s: %w", w.fileName(), err)
+			w.durable.failed(err)
+			return err
 		}
 		w.unsynced = false
+		w.durable.synced(w.seq)
 	}
 	err := w.f.Close()
 	w.f = nil
@@ -611,24 +629,27 @@ func syncDir(dir string) error {
 func (l *Log) syncer() {
 	defer close(l.syncDone)
 	for range l.syncKick {
-		if d := l.opts.WrittenSyncDelay; d > 0 {
+		urgent := l.w.durable.urgent.Swap(false)
+		if d := l.opts.WrittenSyncDelay; d > 0 && !urgent {
 			time.Sleep(d) // let more batches join this fsync
 		}
 		l.w.fmu.Lock()
 		f := l.w.f
 		var err error
 		if f != nil {
-			err = f.Sync()
+			through := l.w.durable.writtenSeq() // written before this fsync starts
+			if err = f.Sync(); err == nil {
+				l.fsyncs.Add(1)
+				l.w.durable.synced(through)
+			} else {
+				err = fmt.Errorf("audit: background fsync: %w", err)
+				l.w.durable.failed(err)
+			}
 		}
 		l.w.fmu.Unlock()
-		switch {
-		case f == nil:
-		case err != nil:
-			err = fmt.Errorf("audit: background fsync: %w", err)
+		if err != nil {
 			l.syncErr.Store(&err)
 			l.setErr(err)
-		default:
-			l.fsyncs.Add(1)
 		}
 	}
 }

@@ -149,6 +149,12 @@ func auditFailed(err error) error {
 }
 
 var (
+	// ErrStoreUnaudited answers a store whose record was committed but
+	// whose audit line could not be made durable (its fsync failed or
+	// timed out): not acknowledged, 503 audit_unavailable like every
+	// audit failure. The record stays; storing again is safe (an
+	// overwrite keeps the earlier value as a prior version).
+	ErrStoreUnaudited = apierr.ErrAuditFailed.WithMessage("the audit log could not make this store's line durable; the store is not acknowledged: retry it")
 	// ErrRecentSignIn refuses to replace a stored key with a credential
 	// from an old sign-in.
 	ErrRecentSignIn = apierr.ErrKeyExists.WithMessage("a key is already stored; replacing it needs a recent sign-in (re-authenticate and retry with a fresh token)")
@@ -229,18 +235,48 @@ func (s *Service) Store(ctx context.Context, req Request, owner enclave.Owner, m
 	if action == "" {
 		action = audit.ActionStore
 	}
-	if err := s.audit.Record(ctx, req.Event(action, owner, method, "")); err != nil {
+	// The audit line is written first (a line that cannot be written
+	// refuses the store, nothing committed); its fsync then runs while
+	// the record's group commit does, and the store is answered only once
+	// both are durable (decisions/53).
+	wait, err := s.recordPending(ctx, req.Event(action, owner, method, ""))
+	if err != nil {
 		s.metrics.Stores.WithLabelValues(label, "audit_failed").Inc()
 		return false, auditFailed(err)
 	}
 	replaced, err = s.custody.PutKey(ctx, owner, method, key, opts)
-	outcome := "stored"
 	if err != nil {
-		outcome = "failed"
-		err = s.refused(ctx, req, owner, method, err)
+		s.metrics.Stores.WithLabelValues(label, "failed").Inc()
+		return false, s.refused(ctx, req, owner, method, err)
 	}
-	s.metrics.Stores.WithLabelValues(label, outcome).Inc()
-	return replaced, err
+	if err := wait(ctx); err != nil {
+		// Committed, but its audit line may be lost: not acknowledged.
+		// The record stays (nothing was disclosed); a retry stores again.
+		s.log.Warn("a store was committed but its audit line could not be made durable: answered audit_failed",
+			"method", label, "error", err)
+		s.metrics.Stores.WithLabelValues(label, "audit_failed").Inc()
+		return false, ErrStoreUnaudited.WithRetry(5 * time.Second).Wrap(err)
+	}
+	s.metrics.Stores.WithLabelValues(label, "stored").Inc()
+	return replaced, nil
+}
+
+// pendingAuditor is an Auditor that can answer once a line is written and
+// wait for its fsync separately (*audit.Log).
+type pendingAuditor interface {
+	RecordPending(ctx context.Context, ev audit.Event) (wait func(context.Context) error, err error)
+}
+
+// recordPending writes ev and returns the wait for its durability; with an
+// Auditor that cannot split the two, the line is durable on return.
+func (s *Service) recordPending(ctx context.Context, ev audit.Event) (func(context.Context) error, error) {
+	if p, ok := s.audit.(pendingAuditor); ok {
+		return p.RecordPending(ctx, ev)
+	}
+	if err := s.audit.Record(ctx, ev); err != nil {
+		return nil, err
+	}
+	return func(context.Context) error { return nil }, nil
 }
 
 func (s *Service) checkStore(ctx context.Context, req Request, owner enclave.Owner, method string, opts enclave.PutOptions) error {
