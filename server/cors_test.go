@@ -1,6 +1,7 @@
 package server
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/keywarden/keywarden/internal/config"
@@ -41,4 +42,20 @@ func TestCORSExactOrigins(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestCORSAllowsProofHeaders: a web app on an allowed origin can send every
+// proof header GET /v1/me/events documents (a preflight that leaves one out
+// makes the browser refuse that proof).
+func TestCORSAllowsProofHeaders(t *testing.T) {
+	h := newHarness(t, func(c *config.Config, _ *Options) {
+		c.Listen.CORSOrigins = []string{"https://app.example.com"}
+	})
+	for _, hd := range []string{"Authorization", "X-Passkey-Proof", "X-Firebase-Token"} {
+		r := h.Do("OPTIONS", "/v1/me/events", nil, "Origin", "https://app.example.com",
+			"Access-Control-Request-Method", "GET", "Access-Control-Request-Headers", strings.ToLower(hd))
+		if !strings.Contains(strings.ToLower(r.Header.Get("Access-Control-Allow-Headers")), strings.ToLower(hd)) {
+			t.Errorf("preflight for %s: Access-Control-Allow-Headers %q", hd, r.Header.Get("Access-Control-Allow-Headers"))
+		}
+	}
 }

@@ -50,6 +50,11 @@ func (s *Server) meEvents(c echo.Context) error {
 	if !ok {
 		return errEventsProofOff
 	}
+	// A passkey proof is single use: a request that would be refused
+	// anyway (a bad limit, the index off) must not spend it.
+	if err := s.fb.CheckEventsQuery(c); err != nil {
+		return err
+	}
 	owner, err := eo.EventsOwner(c)
 	if err != nil {
 		return err

@@ -141,6 +141,10 @@ func TestMeEventsPasskeyProof(t *testing.T) {
 		return h.Do("GET", "/v1/me/events", nil, "X-Passkey-Proof", p)
 	}
 	pa := proof(authA, "alice")
+	// A request refused for its query does not spend the single-use proof.
+	if r := h.Do("GET", "/v1/me/events?limit=0", nil, "X-Passkey-Proof", pa); r.Status != 400 {
+		t.Fatalf("bad limit with a proof: %d %s", r.Status, r.Body)
+	}
 	var got eventsBody
 	r := events(pa)
 	if r.Status != 200 {

@@ -269,7 +269,7 @@ func (s *Server) routes() {
 			// wildcards and subdomain patterns.
 			AllowOriginFunc: func(origin string) (bool, error) { _, ok := origins[origin]; return ok, nil },
 			AllowMethods:    []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete},
-			AllowHeaders:    []string{"Authorization", "Content-Type", "X-Firebase-Token", "X-Portal-Trace-Id"},
+			AllowHeaders:    []string{"Authorization", "Content-Type", "X-Firebase-Token", "X-Passkey-Proof", "X-Portal-Trace-Id"},
 			ExposeHeaders:   []string{receipt.Header, "X-Request-Id"},
 			MaxAge:          600,
 		}))

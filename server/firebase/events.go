@@ -49,20 +49,9 @@ func (h *HTTP) Events(c echo.Context) error {
 // a proof the caller checked (a Firebase ID token, a passkey proof, Portal
 // credentials), never from the request itself.
 func (h *HTTP) EventsOf(c echo.Context, owner string) error {
-	var err error
-	if h.events == nil {
-		return ErrEventsUnavailable
-	}
-	limit, before := DefaultEventsLimit, uint64(0)
-	if s := c.QueryParam("limit"); s != "" {
-		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > MaxEventsLimit {
-			return errEventsQuery
-		}
-	}
-	if s := c.QueryParam("before"); s != "" {
-		if before, err = strconv.ParseUint(s, 10, 64); err != nil || before == 0 {
-			return errEventsQuery
-		}
+	limit, before, err := h.eventsQuery(c)
+	if err != nil {
+		return err
 	}
 	evs, err := h.events.Events(owner, limit, before)
 	if err != nil {
@@ -73,4 +62,31 @@ func (h *HTTP) EventsOf(c echo.Context, owner string) error {
 	}
 	c.Response().Header().Set(echo.HeaderCacheControl, "no-store")
 	return c.JSON(http.StatusOK, EventsResponse{Events: evs})
+}
+
+// CheckEventsQuery answers what GET /v1/me/events would refuse before
+// looking at a proof (the events index off, a bad limit or before), so
+// a caller whose proof is single use checks it first and spends the proof
+// only on a request that can be answered.
+func (h *HTTP) CheckEventsQuery(c echo.Context) error {
+	_, _, err := h.eventsQuery(c)
+	return err
+}
+
+func (h *HTTP) eventsQuery(c echo.Context) (limit int, before uint64, err error) {
+	if h.events == nil {
+		return 0, 0, ErrEventsUnavailable
+	}
+	limit = DefaultEventsLimit
+	if s := c.QueryParam("limit"); s != "" {
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > MaxEventsLimit {
+			return 0, 0, errEventsQuery
+		}
+	}
+	if s := c.QueryParam("before"); s != "" {
+		if before, err = strconv.ParseUint(s, 10, 64); err != nil || before == 0 {
+			return 0, 0, errEventsQuery
+		}
+	}
+	return limit, before, nil
 }
