@@ -270,34 +270,46 @@ func (s *Server) backup(c echo.Context) error {
 	return nil
 }
 
-// backupStall is how long the backup stream may make no progress before
-// it is cut. The listener's write timeout bounds a whole answer, which a
-// backup of a store of some GB cannot meet (a copy of 3.5 GB on a busy host
-// took longer than the default 15 s and was cut), so the backup moves its
-// write deadline on as long as its client keeps reading.
-const backupStall = time.Minute
+// backupStall is the window in which the backup stream must move at least
+// backupMinProgress bytes, or be cut. The listener's write timeout bounds a
+// whole answer, which a backup of a store of some GB cannot meet (a copy of
+// 3.5 GB on a busy host took longer than the default 15 s and was cut), so
+// the backup moves its write deadline on while its client keeps reading at
+// a useful rate. A client that reads a trickle (on purpose or over a bad
+// link) is cut: the stream holds a read transaction open, which keeps the
+// store from reusing freed pages, and a concurrency slot. (Variables, not
+// constants, for the tests.)
+var (
+	backupStall             = time.Minute
+	backupMinProgress int64 = 8 << 20
+)
 
-// progressWriter writes to an HTTP answer and, at most once a second, sets
-// the connection's write deadline to stall from now: a stream that makes
-// progress is not cut by the listener's write timeout, one whose client
-// stops reading for stall is.
+// progressWriter writes to an HTTP answer and sets the connection's write
+// deadline to stall from now at the first write and then each time at
+// least min bytes went out since it last did (at most once a second): a
+// stream that makes progress is not cut by the listener's write timeout;
+// one whose client reads less than min bytes in stall is.
 type progressWriter struct {
 	w     io.Writer
 	rc    *http.ResponseController
 	stall time.Duration
+	min   int64
+	since int64 // bytes written since the deadline was last moved
 	last  time.Time
 }
 
 func newProgressWriter(w *echo.Response, stall time.Duration) *progressWriter {
-	return &progressWriter{w: w, rc: http.NewResponseController(w.Writer), stall: stall}
+	return &progressWriter{w: w, rc: http.NewResponseController(w.Writer), stall: stall, min: backupMinProgress}
 }
 
 func (p *progressWriter) Write(b []byte) (int, error) {
-	if now := time.Now(); now.Sub(p.last) >= time.Second {
+	if now := time.Now(); p.last.IsZero() || (p.since >= p.min && now.Sub(p.last) >= time.Second) {
 		// Not every writer has a deadline (a test's recorder): then the
 		// listener's own bounds apply.
 		_ = p.rc.SetWriteDeadline(now.Add(p.stall))
-		p.last = now
+		p.last, p.since = now, 0
 	}
-	return p.w.Write(b)
+	n, err := p.w.Write(b)
+	p.since += int64(n)
+	return n, err
 }

@@ -86,3 +86,57 @@ func TestBackupOutlivesWriteTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestBackupCutsATrickle: a client that keeps the backup open by reading a
+// trickle (less than backupMinProgress per backupStall) is cut, so it
+// cannot hold the store's read transaction and a concurrency slot for
+// hours. Before, every write moved the deadline on, however little the
+// client read.
+func TestBackupCutsATrickle(t *testing.T) {
+	oldStall, oldMin := backupStall, backupMinProgress
+	backupStall, backupMinProgress = 400*time.Millisecond, 4<<20
+	t.Cleanup(func() { backupStall, backupMinProgress = oldStall, oldMin })
+	const writeTimeout = 200 * time.Millisecond
+	h := newHarness(t, func(c *config.Config, _ *Options) { c.Listen.WriteTimeout = writeTimeout })
+	val := bytes.Repeat([]byte{0x5a}, 64<<10)
+	for i := 0; i < 384; i += 64 {
+		if err := h.db.Update(context.Background(), func(tx *store.Tx) error {
+			for j := i; j < i+64; j++ {
+				if err := tx.Put(store.BucketUsers, []byte(fmt.Sprintf("filler-%04d", j)), val); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: h.srv.Admin, WriteTimeout: writeTimeout}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	req, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+"/v1/admin/backup", nil)
+	req.Header.Set("Authorization", "Bearer "+testAdminKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	// 32 KiB every 50 ms: about 256 KiB per 400 ms window, far below the
+	// 4 MiB asked for. The whole store is about 24 MB; stop at 12 MB.
+	buf := make([]byte, 32<<10)
+	var read int
+	for read < 12<<20 {
+		n, err := io.ReadFull(resp.Body, buf)
+		read += n
+		if err != nil {
+			t.Logf("trickle cut after %d bytes: %v", read, err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("a client reading a trickle still had the stream after %d bytes", read)
+}
