@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -94,7 +95,7 @@ func (s *Server) importKeys(c echo.Context) error {
 			defer wg.Done()
 			for idx := range next {
 				for _, i := range idx {
-					results[i] = s.importOne(c, i, req.Items[i], req.Overwrite)
+					results[i] = s.importGuarded(c, i, req.Items[i], req.Overwrite)
 				}
 			}
 		}()
@@ -121,6 +122,26 @@ func importTarget(it importItem) string {
 	}
 	return owner + "\x00" + it.Method
 }
+
+// importGuarded is importOne on a worker goroutine, outside the handler's
+// own panic guard: a panic fails that item with internal_error (logged by
+// type only: its value may hold an item's key) instead of the process.
+func (s *Server) importGuarded(c echo.Context, i int, it importItem, overwrite bool) (res importResult) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic in an import item", "index", i, "request_id", RequestID(c), "type", fmt.Sprintf("%T", r))
+			e := apierr.ErrInternal
+			res = importResult{Index: i, Status: e.Status, Code: e.Code, Message: e.Message}
+		}
+	}()
+	if importItemHook != nil {
+		importItemHook(i)
+	}
+	return s.importOne(c, i, it, overwrite)
+}
+
+// importItemHook, when set (tests only), runs before each import item.
+var importItemHook func(i int)
 
 func (s *Server) importOne(c echo.Context, i int, it importItem, overwrite bool) importResult {
 	fail := func(err error) importResult {

@@ -100,3 +100,29 @@ func (h *harness) custodyKey(t *testing.T, owner, method string) []byte {
 	defer k.Wipe()
 	return bytes.Clone(k.Reveal())
 }
+
+// TestImportItemPanicFailsOnlyThatItem: import items run on worker
+// goroutines, outside the handler's panic guard; a panic in one item must
+// fail that item (500 internal_error in its result), not the process.
+func TestImportItemPanicFailsOnlyThatItem(t *testing.T) {
+	h := newHarness(t)
+	importItemHook = func(i int) {
+		if i == 1 {
+			panic("boom: an item's secret must not be logged")
+		}
+	}
+	t.Cleanup(func() { importItemHook = nil })
+	items := make([]map[string]any, 3)
+	for i := range items {
+		items[i] = map[string]any{"owner": fmt.Sprintf("firebase:p//panic-%d", i), "method": "FIREBASE", "key": b64(bytes.Repeat([]byte{byte(i + 1)}, 32))}
+	}
+	r := h.Admin("POST", "/v1/admin/keys/import", map[string]any{"items": items})
+	var out struct{ Results []importResult }
+	r.Decode(t, &out)
+	if r.Status != 200 || len(out.Results) != 3 {
+		t.Fatalf("import: %d %s", r.Status, r.Body)
+	}
+	if out.Results[1].Status != 500 || out.Results[1].Code != "internal_error" || out.Results[0].Status != 201 || out.Results[2].Status != 201 {
+		t.Fatalf("results: %+v", out.Results)
+	}
+}
