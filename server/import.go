@@ -124,7 +124,7 @@ func importTarget(it importItem) string {
 }
 
 // importGuarded is importOne on a worker goroutine, outside the handler's
-// own panic guard: a panic fails that item with internal_error (logged by
+// own panic guard: a panic fails that item with 500 internal (logged by
 // type only: its value may hold an item's key) instead of the process.
 func (s *Server) importGuarded(c echo.Context, i int, it importItem, overwrite bool) (res importResult) {
 	defer func() {

@@ -103,7 +103,7 @@ func (h *harness) custodyKey(t *testing.T, owner, method string) []byte {
 
 // TestImportItemPanicFailsOnlyThatItem: import items run on worker
 // goroutines, outside the handler's panic guard; a panic in one item must
-// fail that item (500 internal_error in its result), not the process.
+// fail that item (500 internal in its result), not the process.
 func TestImportItemPanicFailsOnlyThatItem(t *testing.T) {
 	h := newHarness(t)
 	importItemHook = func(i int) {
@@ -122,7 +122,7 @@ func TestImportItemPanicFailsOnlyThatItem(t *testing.T) {
 	if r.Status != 200 || len(out.Results) != 3 {
 		t.Fatalf("import: %d %s", r.Status, r.Body)
 	}
-	if out.Results[1].Status != 500 || out.Results[1].Code != "internal_error" || out.Results[0].Status != 201 || out.Results[2].Status != 201 {
+	if out.Results[1].Status != 500 || out.Results[1].Code != "internal" || out.Results[0].Status != 201 || out.Results[2].Status != 201 {
 		t.Fatalf("results: %+v", out.Results)
 	}
 }
