@@ -262,7 +262,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		cli.Close()
 		return nil, fmt.Errorf("etcdstore: prefix %q holds an interrupted restore; delete the prefix and restore again", prefix)
 	}
-	s.cache = newReadCache()
+	s.cache = newReadCache(resp.Header.Revision)
 	wctx, stop := context.WithCancel(context.Background())
 	s.stopWatch = stop
 	s.watching.Add(1)
@@ -829,9 +829,27 @@ func (tx *Tx) commit() (bool, error) {
 			}
 		}
 	} else {
-		tx.refresh(refresh, resp)
+		tx.failed(refresh, resp)
 	}
 	return resp.Succeeded, nil
+}
+
+// failed handles a guard that failed at the leader: the Else branch's
+// reads (refreshOps, for the keys named in refresh) go into the read
+// cache; when there were none (no room left in the request), the keys fn
+// read are dropped from the cache instead, since a cached value among
+// them may be what failed the guard and nothing else would correct it:
+// the next attempt reads them from etcd.
+func (tx *Tx) failed(refresh []string, resp *clientv3.TxnResponse) {
+	tx.refresh(refresh, resp)
+	if tx.refreshed {
+		return
+	}
+	keys := make([]string, 0, len(tx.reads))
+	for k := range tx.reads {
+		keys = append(keys, k)
+	}
+	tx.s.cache.drop(keys)
 }
 
 // refreshOps are the Else branch of a guarded transaction: a read of every
@@ -923,7 +941,7 @@ func (tx *Tx) validate() (bool, error) {
 		return false, tx.s.wrap(err)
 	}
 	if !resp.Succeeded {
-		tx.refresh(refresh, resp)
+		tx.failed(refresh, resp)
 	}
 	return resp.Succeeded, nil
 }
