@@ -79,8 +79,10 @@
 // like any other read, so the leader refuses the commit if it is not
 // current, and a guard that fails reads back, in the transaction's Else
 // branch, the current value of every key it compared, for the next
-// attempt. An overwrite of a key the node knows costs one request: the
-// guarded commit. The cache serves one Update at a time (the group
+// attempt (when they do not fit in the request, the keys read are dropped
+// from the cache instead, and the next attempt reads them from etcd). An
+// overwrite of a key the node knows costs one request: the guarded
+// commit. The cache serves one Update at a time (the group
 // commit's writer); Updates that run side by side in one process read
 // from etcd.
 //
