@@ -79,8 +79,10 @@
 // like any other read, so the leader refuses the commit if it is not
 // current, and a guard that fails reads back, in the transaction's Else
 // branch, the current value of every key it compared, for the next
-// attempt. An overwrite of a key the node knows costs one request: the
-// guarded commit. The cache serves one Update at a time (the group
+// attempt (when they do not fit in the request, the keys read are dropped
+// from the cache instead, and the next attempt reads them from etcd). An
+// overwrite of a key the node knows costs one request: the guarded
+// commit. The cache serves one Update at a time (the group
 // commit's writer); Updates that run side by side in one process read
 // from etcd.
 //
@@ -262,7 +264,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		cli.Close()
 		return nil, fmt.Errorf("etcdstore: prefix %q holds an interrupted restore; delete the prefix and restore again", prefix)
 	}
-	s.cache = newReadCache()
+	s.cache = newReadCache(resp.Header.Revision)
 	wctx, stop := context.WithCancel(context.Background())
 	s.stopWatch = stop
 	s.watching.Add(1)
@@ -829,9 +831,27 @@ func (tx *Tx) commit() (bool, error) {
 			}
 		}
 	} else {
-		tx.refresh(refresh, resp)
+		tx.failed(refresh, resp)
 	}
 	return resp.Succeeded, nil
+}
+
+// failed handles a guard that failed at the leader: the Else branch's
+// reads (refreshOps, for the keys named in refresh) go into the read
+// cache; when there were none (no room left in the request), the keys fn
+// read are dropped from the cache instead, since a cached value among
+// them may be what failed the guard and nothing else would correct it:
+// the next attempt reads them from etcd.
+func (tx *Tx) failed(refresh []string, resp *clientv3.TxnResponse) {
+	tx.refresh(refresh, resp)
+	if tx.refreshed {
+		return
+	}
+	keys := make([]string, 0, len(tx.reads))
+	for k := range tx.reads {
+		keys = append(keys, k)
+	}
+	tx.s.cache.drop(keys)
 }
 
 // refreshOps are the Else branch of a guarded transaction: a read of every
@@ -923,7 +943,7 @@ func (tx *Tx) validate() (bool, error) {
 		return false, tx.s.wrap(err)
 	}
 	if !resp.Succeeded {
-		tx.refresh(refresh, resp)
+		tx.failed(refresh, resp)
 	}
 	return resp.Succeeded, nil
 }
