@@ -80,14 +80,17 @@ var ErrOwnerIndexBusy = errors.New("audit: owner index busy: too many owners are
 
 // ownerScan is a scan of one owner's lines running outside the lock.
 type ownerScan struct {
-	file  int        // it reads up to here: where the index had read when it began
-	off   int64      //
+	// file and off: it reads up to off bytes into file, where the index
+	// had read when it began.
+	file  int
+	off   int64
 	extra []ownerRef // the owner's lines the index read after that, meanwhile
 	done  chan struct{}
 	err   error // set before done is closed
 }
 
-// OwnerIndexLimits bound an [OwnerIndex]'s memory.
+// OwnerIndexLimits bound an [OwnerIndex]'s memory and its reads of the
+// files for owners not in memory.
 type OwnerIndexLimits struct {
 	// MaxRefs is the most line references kept (≈16 bytes each, plus the
 	// owner id once per owner; an owner counts as one more reference, so
