@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // OwnerEvent is one audit line about an owner's records, as the owner may
@@ -44,6 +46,13 @@ type OwnerEvent struct {
 // dropped from memory is found again by reading the files once more when
 // asked for, so a query still sees every event of its owner that the log
 // retains, up to the newest PerOwner.
+//
+// Such a read of the files (a scan) runs outside the index's lock, at most
+// one per owner at a time (concurrent queries for that owner wait for it
+// and share its result) and at most MaxScans in all: a query that needs a
+// scan when all are taken waits up to ScanWait, then fails with
+// [ErrOwnerIndexBusy]. What a scan finds is remembered, "no lines" too, so
+// asking again and again for an owner with no lines reads the files once.
 type OwnerIndex struct {
 	dir string
 	lim OwnerIndexLimits
@@ -55,13 +64,45 @@ type OwnerIndex struct {
 	lru     list.List // of *ownerEntry, most recently written or asked for first
 	total   int       // references held
 	dropped bool      // an owner was dropped: one not in memory may have lines
+	// inflight: the scans running, by owner; nwait: queries waiting for one.
+	inflight map[string]*ownerScan
+	nwait    int
+
+	slots    chan struct{} // a scan holds one
+	scanWait time.Duration
+	nscans   atomic.Int64 // scans started (tests)
+	scanHook func(string) // called as a scan starts, outside the lock (tests)
 }
 
-// OwnerIndexLimits bound an [OwnerIndex]'s memory.
+// ErrOwnerIndexBusy: the query needed a read of the audit files, and as
+// many as the index allows were running for other owners; retry later.
+var ErrOwnerIndexBusy = errors.New("audit: owner index busy: too many owners are being looked up in the files; retry later")
+
+// ownerScan is a scan of one owner's lines running outside the lock.
+type ownerScan struct {
+	// file and off: it reads up to off bytes into file, where the index
+	// had read when it began.
+	file  int
+	off   int64
+	extra []ownerRef // the owner's lines the index read after that, meanwhile
+	done  chan struct{}
+	err   error // set before done is closed
+}
+
+// OwnerIndexLimits bound an [OwnerIndex]'s memory and its reads of the
+// files for owners not in memory.
 type OwnerIndexLimits struct {
 	// MaxRefs is the most line references kept (≈16 bytes each, plus the
-	// owner id once per owner); default DefaultOwnerIndexRefs.
+	// owner id once per owner; an owner counts as one more reference, so
+	// owners remembered with no lines are bounded too); default
+	// DefaultOwnerIndexRefs.
 	MaxRefs int
+	// MaxScans is the most reads of the files for owners not in memory
+	// that run at once; default DefaultOwnerIndexScans.
+	MaxScans int
+	// ScanWait is how long a query that needs such a read waits for one
+	// to end when MaxScans run; default DefaultOwnerIndexScanWait.
+	ScanWait time.Duration
 	// PerOwner is the most kept per owner, the newest: an owner's older
 	// events are not listed (retention of the event list). Default
 	// DefaultOwnerIndexPerOwner; at most MaxRefs/2.
@@ -72,6 +113,8 @@ type OwnerIndexLimits struct {
 const (
 	DefaultOwnerIndexRefs     = 1 << 18
 	DefaultOwnerIndexPerOwner = 1000
+	DefaultOwnerIndexScans    = 2
+	DefaultOwnerIndexScanWait = 2 * time.Second
 )
 
 type ownerEntry struct {
@@ -101,11 +144,29 @@ func NewOwnerIndexLimits(dir string, lim OwnerIndexLimits) *OwnerIndex {
 	if lim.PerOwner <= 0 {
 		lim.PerOwner = DefaultOwnerIndexPerOwner
 	}
+	if lim.MaxScans <= 0 {
+		lim.MaxScans = DefaultOwnerIndexScans
+	}
+	if lim.ScanWait <= 0 {
+		lim.ScanWait = DefaultOwnerIndexScanWait
+	}
 	lim.PerOwner = max(1, min(lim.PerOwner, lim.MaxRefs/2)) // an owner holds up to twice PerOwner between trims
-	return &OwnerIndex{dir: dir, lim: lim, owners: map[string]*ownerEntry{}}
+	return &OwnerIndex{dir: dir, lim: lim, owners: map[string]*ownerEntry{}, inflight: map[string]*ownerScan{},
+		slots: make(chan struct{}, lim.MaxScans), scanWait: lim.ScanWait}
 }
 
-// size reports the references and owners held (tests).
+// scanCount reports the scans started (tests).
+func (x *OwnerIndex) scanCount() int64 { return x.nscans.Load() }
+
+// waiting reports the queries waiting for another's scan (tests).
+func (x *OwnerIndex) waiting() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.nwait
+}
+
+// size reports the references (an owner counting as one) and owners held
+// (tests).
 func (x *OwnerIndex) size() (refs, owners int) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -114,11 +175,17 @@ func (x *OwnerIndex) size() (refs, owners int) {
 
 // add records a line of owner read by refresh.
 func (x *OwnerIndex) add(owner string, r ownerRef) {
+	if s := x.inflight[owner]; s != nil { // read after the scan's end: kept for it
+		if s.extra = append(s.extra, r); len(s.extra) >= 2*x.lim.PerOwner {
+			s.extra = append(s.extra[:0], s.extra[len(s.extra)-x.lim.PerOwner:]...)
+		}
+	}
 	e := x.owners[owner]
 	if e == nil {
 		e = &ownerEntry{owner: owner, complete: !x.dropped}
 		e.elem = x.lru.PushFront(e)
 		x.owners[owner] = e
+		x.total++ // the owner itself
 	} else {
 		x.lru.MoveToFront(e.elem)
 	}
@@ -132,18 +199,17 @@ func (x *OwnerIndex) add(owner string, r ownerRef) {
 	x.evict()
 }
 
-// set replaces owner's references with a complete list read from the files.
+// set replaces owner's references with a complete list read from the
+// files. An empty list is remembered too: the owner has no lines (the
+// ones written later are added as they are read).
 func (x *OwnerIndex) set(owner string, refs []ownerRef) *ownerEntry {
 	if e := x.owners[owner]; e != nil {
 		x.remove(e)
 	}
-	if len(refs) == 0 {
-		return nil
-	}
 	e := &ownerEntry{owner: owner, refs: refs, complete: true}
 	e.elem = x.lru.PushFront(e)
 	x.owners[owner] = e
-	x.total += len(refs)
+	x.total += 1 + len(refs)
 	x.evict()
 	return e
 }
@@ -151,12 +217,12 @@ func (x *OwnerIndex) set(owner string, refs []ownerRef) *ownerEntry {
 func (x *OwnerIndex) remove(e *ownerEntry) {
 	x.lru.Remove(e.elem)
 	delete(x.owners, e.owner)
-	x.total -= len(e.refs)
+	x.total -= 1 + len(e.refs)
 }
 
 // evict drops the least recently used owners until the references fit
-// (the most recent one always stays: it holds fewer than 2·PerOwner ≤
-// MaxRefs).
+// (the most recent one always stays: it holds fewer than 2·PerOwner
+// references, and counts one more, ≤ MaxRefs).
 func (x *OwnerIndex) evict() {
 	for x.total > x.lim.MaxRefs && x.lru.Len() > 1 {
 		x.remove(x.lru.Back().Value.(*ownerEntry))
@@ -175,20 +241,9 @@ func (x *OwnerIndex) Events(owner string, limit int, before uint64) ([]OwnerEven
 	if err := x.refresh(); err != nil {
 		return nil, err
 	}
-	e := x.owners[owner]
-	if e == nil && !x.dropped {
-		return nil, nil // never written
-	}
-	if e == nil || !e.complete {
-		refs, err := x.scanOwner(owner)
-		if err != nil {
-			return nil, err
-		}
-		if e = x.set(owner, refs); e == nil {
-			return nil, nil
-		}
-	} else {
-		x.lru.MoveToFront(e.elem)
+	e, err := x.entry(owner)
+	if e == nil || err != nil {
+		return nil, err
 	}
 	refs := e.refs
 	if len(refs) > x.lim.PerOwner {
@@ -247,12 +302,83 @@ func (x *OwnerIndex) Events(owner string, limit int, before uint64) ([]OwnerEven
 			_, err := os.Stat(filepath.Join(x.dir, fileName(r.file)))
 			return errors.Is(err, os.ErrNotExist)
 		})
-		x.total -= n - len(e.refs)
-		if len(e.refs) == 0 {
-			x.remove(e)
-		}
+		x.total -= n - len(e.refs) // kept when empty: the owner has no lines left
 	}
 	return out, nil
+}
+
+// entry returns owner's complete entry, scanning the files for it when
+// the owner may have lines the index does not hold, or nil when the owner
+// has never been written. Called with x.mu held; a scan runs without it.
+func (x *OwnerIndex) entry(owner string) (*ownerEntry, error) {
+	for {
+		e := x.owners[owner]
+		if e == nil && !x.dropped {
+			return nil, nil // never written
+		}
+		if e != nil && e.complete {
+			x.lru.MoveToFront(e.elem)
+			return e, nil
+		}
+		if s := x.inflight[owner]; s != nil { // another query scans for this owner: share its result
+			x.nwait++
+			x.mu.Unlock()
+			<-s.done
+			x.mu.Lock()
+			x.nwait--
+			if s.err != nil {
+				return nil, s.err
+			}
+			continue
+		}
+		if err := x.scanFor(owner); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// scanFor reads owner's lines from the files, up to where the index has
+// read now, outside x.mu (held on entry and on return), and makes them
+// owner's complete entry with the lines the index read meanwhile.
+func (x *OwnerIndex) scanFor(owner string) error {
+	s := &ownerScan{file: x.file, off: x.off, done: make(chan struct{})}
+	x.inflight[owner] = s
+	x.mu.Unlock()
+	refs, err := x.scanSlot(owner, s.file, s.off)
+	x.mu.Lock()
+	delete(x.inflight, owner)
+	if err == nil {
+		refs = append(refs, s.extra...)
+		if len(refs) > x.lim.PerOwner {
+			refs = append(refs[:0], refs[len(refs)-x.lim.PerOwner:]...)
+		}
+		x.set(owner, slices.Clip(refs))
+	}
+	s.err = err
+	close(s.done)
+	return err
+}
+
+// scanSlot runs scanOwner in one of the scan slots, waiting up to
+// scanWait for one.
+func (x *OwnerIndex) scanSlot(owner string, file int, off int64) ([]ownerRef, error) {
+	select {
+	case x.slots <- struct{}{}:
+	default:
+		t := time.NewTimer(x.scanWait)
+		select {
+		case x.slots <- struct{}{}:
+			t.Stop()
+		case <-t.C:
+			return nil, ErrOwnerIndexBusy
+		}
+	}
+	defer func() { <-x.slots }()
+	x.nscans.Add(1)
+	if x.scanHook != nil {
+		x.scanHook(owner)
+	}
+	return x.scanOwner(owner, file, off)
 }
 
 var ownerKey = []byte(`"owner":"`)
@@ -282,9 +408,10 @@ func (x *OwnerIndex) refresh() error {
 	return nil
 }
 
-// scanOwner reads owner's lines from the files, up to where the index has
-// read: what an owner dropped from memory had (the newest PerOwner).
-func (x *OwnerIndex) scanOwner(owner string) ([]ownerRef, error) {
+// scanOwner reads owner's lines from the files, up to off bytes into file
+// (where the index had read): what an owner dropped from memory had (the
+// newest PerOwner). It reads no state under x.mu.
+func (x *OwnerIndex) scanOwner(owner string, file int, off int64) ([]ownerRef, error) {
 	files, err := listFiles(x.dir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -294,12 +421,12 @@ func (x *OwnerIndex) scanOwner(owner string) ([]ownerRef, error) {
 	}
 	var refs []ownerRef
 	for _, af := range files {
-		if af.index > x.file {
+		if af.index > file {
 			break
 		}
 		limit := int64(-1)
-		if af.index == x.file {
-			limit = x.off
+		if af.index == file {
+			limit = off
 		}
 		if _, err := x.scan(af, 0, limit, owner, func(_ string, r ownerRef) {
 			if refs = append(refs, r); len(refs) > 2*x.lim.PerOwner {

@@ -1,8 +1,10 @@
 package firebase
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -20,7 +22,11 @@ var (
 	// ErrEventsUnavailable: the appliance was started without the owner
 	// index (no audit directory).
 	ErrEventsUnavailable = apierr.New(http.StatusServiceUnavailable, "events_unavailable", "the event list is not available on this appliance")
-	errEventsQuery       = apierr.New(http.StatusBadRequest, "invalid_query", "limit must be 1 to 1000 and before a positive audit seq")
+	// errEventsBusy: the owner was not in the index's memory and as many
+	// reads of the audit files as it allows ran for other owners; the
+	// client retries shortly.
+	errEventsBusy  = apierr.New(http.StatusServiceUnavailable, "events_busy", "too many event lists are being read from the audit log; retry shortly").WithRetry(time.Second)
+	errEventsQuery = apierr.New(http.StatusBadRequest, "invalid_query", "limit must be 1 to 1000 and before a positive audit seq")
 )
 
 // EventsResponse is the body of GET /v1/me/events.
@@ -55,7 +61,7 @@ func (h *HTTP) EventsOf(c echo.Context, owner string) error {
 	}
 	evs, err := h.events.Events(owner, limit, before)
 	if err != nil {
-		return ErrEventsUnavailable.Wrap(err)
+		return eventsError(err)
 	}
 	if evs == nil {
 		evs = []audit.OwnerEvent{}
@@ -89,4 +95,14 @@ func (h *HTTP) eventsQuery(c echo.Context) (limit int, before uint64, err error)
 		}
 	}
 	return limit, before, nil
+}
+
+// eventsError is the answer to an error of the owner index: 503
+// events_busy (with Retry-After) when its reads of the files are all taken,
+// 503 events_unavailable otherwise.
+func eventsError(err error) error {
+	if errors.Is(err, audit.ErrOwnerIndexBusy) {
+		return errEventsBusy.Wrap(err)
+	}
+	return ErrEventsUnavailable.Wrap(err)
 }
