@@ -171,12 +171,21 @@ func (db *DB) Update(ctx context.Context, fn func(*Tx) error) error {
 	// withdrawn: it never runs, so the caller's error is the truth (a
 	// backend stalled without quorum must not hold callers past their own
 	// deadline behind writes queued before them); the store did not take
-	// the write in time, so it answers as unavailable. Once taken, the write is
-	// waited for: "acknowledged" and "durable" stay the same thing.
+	// the write in time, so it answers as unavailable. A write already
+	// taken is in a transaction that may still commit (a backend without
+	// quorum holds it for the commit timeout): the caller is not held past
+	// its deadline for it either, and hears that the store did not confirm
+	// the write, which may still land. Only a nil error acknowledges a
+	// write, so "acknowledged" and "durable" stay the same thing.
 	if w.state.CompareAndSwap(writeQueued, writeWithdrawn) {
 		return fmt.Errorf("%w: the write waited in the queue past its caller's deadline: %w", ErrUnavailable, ctx.Err())
 	}
-	return <-w.err
+	select {
+	case err := <-w.err:
+		return err
+	default:
+		return fmt.Errorf("%w: the store did not confirm the write by its caller's deadline (it may still commit): %w", ErrUnavailable, ctx.Err())
+	}
 }
 
 // View runs fn in a read-only transaction.

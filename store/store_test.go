@@ -111,8 +111,8 @@ func TestGroupCommit(t *testing.T) {
 // A write still queued behind a stalled commit (an etcd backend without
 // quorum holds its batch for the transaction timeout) is withdrawn when its
 // caller's context ends: the caller gets its own deadline's error, and the
-// write never runs afterwards, so the error is the truth. A write the
-// writer already took is waited for (acknowledged means durable).
+// write never runs afterwards, so the error is the truth. (A write the
+// writer already took: TestTakenWriteAnswersAtCallersDeadline.)
 func TestQueuedWriteWithdrawnAtCallersDeadline(t *testing.T) {
 	db := openTemp(t)
 	stalled, release := make(chan struct{}), make(chan struct{})
@@ -173,6 +173,50 @@ func TestQueuedWriteWithdrawnAtCallersDeadline(t *testing.T) {
 	_ = db.View(context.Background(), func(tx *Tx) error { _, got = tx.Get(BucketKeys, Key("second")); return nil })
 	if ran || !errors.Is(got, ErrNotFound) {
 		t.Fatalf("withdrawn write ran=%v, stored err %v; want never run and nothing stored", ran, got)
+	}
+}
+
+// TestTakenWriteAnswersAtCallersDeadline: a write in a transaction whose
+// commit stalls (an etcd backend without quorum holds it for its timeout)
+// answers its caller at the caller's deadline with ErrUnavailable, not
+// when the commit ends; it was not acknowledged, and when the commit does
+// land, the write is in it.
+func TestTakenWriteAnswersAtCallersDeadline(t *testing.T) {
+	db := openTemp(t)
+	ran, release := make(chan struct{}), make(chan struct{})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	got := make(chan error, 1)
+	go func() {
+		got <- db.Update(ctx, func(tx *Tx) error {
+			if err := tx.Put(BucketKeys, Key("taken"), []byte("x")); err != nil {
+				return err
+			}
+			close(ran)
+			<-release // the transaction stalls after the caller's function ran
+			return nil
+		})
+	}()
+	<-ran
+	var err error
+	select {
+	case err = <-got:
+	case <-time.After(5 * time.Second):
+		close(release)
+		t.Fatalf("the caller was held past its 100 ms deadline until the stalled commit ended (%v)", <-got)
+	}
+	close(release)
+	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("taken write past its caller's deadline: %v; want ErrUnavailable with the deadline", err)
+	}
+	// The next write runs after the stalled transaction: it committed.
+	if err := db.Update(context.Background(), func(tx *Tx) error { return tx.Put(BucketKeys, Key("after"), []byte("x")) }); err != nil {
+		t.Fatal(err)
+	}
+	var v []byte
+	_ = db.View(context.Background(), func(tx *Tx) (err error) { v, err = tx.Get(BucketKeys, Key("taken")); return })
+	if string(v) != "x" {
+		t.Fatalf("the unconfirmed write did not land with its transaction: %q", v)
 	}
 }
 

@@ -581,11 +581,12 @@ func TestClusterScriptThreeAppliances(t *testing.T) {
 		return err == nil && a.status == 503, fmt.Sprintf("%d %s %v", a.status, a.body, err)
 	})
 	// Three writes without quorum at once: a Firebase store, a Portal TBS
-	// write and a webhook backup each answer 503 store_unavailable and
-	// store nothing. (The webhook's share write waits in the store's write
-	// queue behind the readiness probes' heartbeats, each held for etcd's
-	// own request timeout; it is withdrawn at the webhook's own deadline,
-	// so Portal, which waits 10 s, gets the 503, not a cut connection.)
+	// write and a webhook backup each answer 503 store_unavailable: none
+	// is acknowledged. (The webhook's share write waits in the store's
+	// write queue behind the readiness probes' heartbeats, each held for
+	// etcd's own request timeout, or is taken into one such transaction;
+	// either way it is answered at the webhook's own deadline, so Portal,
+	// which waits 10 s, gets the 503, not a cut connection.)
 	type noQuorum struct {
 		what string
 		a    answer
