@@ -194,6 +194,28 @@ func (t boltTx) ForEach(b Bucket, prefix []byte, fn func(k, v []byte) error) err
 	return nil
 }
 
+// ForEachFrom calls fn for each key at or after start, in byte order.
+func (t boltTx) ForEachFrom(b Bucket, start []byte, fn func(k, v []byte) error) error {
+	bk, err := t.bucket(b)
+	if err != nil {
+		return err
+	}
+	c := bk.Cursor()
+	k, v := c.First()
+	if start != nil {
+		k, v = c.Seek(start)
+	}
+	for ; k != nil; k, v = c.Next() {
+		if v == nil {
+			continue
+		}
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (t boltTx) CreateBucket(b Bucket) error {
 	root, err := t.tx.CreateBucketIfNotExists(rootBucket)
 	if err != nil {
