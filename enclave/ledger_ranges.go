@@ -451,6 +451,7 @@ func (r *Rollback) background() {
 	r.checked.Store(true)
 	r.mu.Lock()
 	r.status.Checking = false
+	n := r.status.Records
 	r.mu.Unlock()
-	r.log.Info("the store's records match its rollback record", "records", r.status.Records)
+	r.log.Info("the store's records match its rollback record", "records", n)
 }
