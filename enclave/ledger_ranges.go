@@ -441,6 +441,11 @@ func (r *Rollback) background() {
 			}
 			return nil
 		})
+		if err == nil {
+			// What the pass read is not what releases need: leave it in
+			// the page cache, out of the process's resident memory.
+			err = r.db.DropResident()
+		}
 		if err != nil {
 			if r.altered.Load() == nil {
 				r.log.Error("the background check of the store's records stopped", "err", err)

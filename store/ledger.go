@@ -147,6 +147,16 @@ func (tx *Tx) ForEachCoveredFrom(from []byte, fn func(b Bucket, k, v []byte) err
 	return nil
 }
 
+// DropResident releases the pages of the store file this process has
+// read from its resident set, where the backend maps the file (bbolt);
+// elsewhere it does nothing.
+func (db *DB) DropResident() error {
+	if d, ok := db.b.(interface{ DropResident() error }); ok {
+		return d.DropResident()
+	}
+	return nil
+}
+
 // ReadGuard checks covered records before a transaction reads them: the
 // enclave's rollback check, which verifies the records of a range of
 // positions against their digest the first time any of them is read after
