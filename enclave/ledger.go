@@ -33,10 +33,12 @@ package enclave
 // changes in the file while the appliance is stopped is caught at the
 // next start. (Someone who can write the mapped file of the running
 // process is root on the appliance and can read the root key from memory
-// anyway: out of scope.) The scan costs about 0.07 s per 100,000 records
-// (docs/BENCHMARKS.md).
+// anyway: out of scope.) Since rollback record version 3 the digest is
+// kept by range, and a large store's ranges are checked as they are first
+// read instead of all at start (ledger_ranges.go, decisions/55).
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -112,6 +114,13 @@ type ledgerTx struct {
 	nwrite bool
 	nrec   nodeState
 
+	// Single node: the record digest by range (ledger_ranges.go).
+	rd      map[*lrange]*rangeDelta // what this transaction changed per range
+	table   *rangeTable             // a table built or read in this transaction, published at commit
+	split   *rangeTable             // the table after this transaction's splits
+	updates []rangeUpdate
+	pbuf    []byte
+
 	// decided in Finish
 	write  bool
 	rec    rollbackState
@@ -124,15 +133,44 @@ func (r *Rollback) Begin() store.LedgerTx { return &ledgerTx{r: r} }
 
 // Change implements store.LedgerTx.
 func (t *ledgerTx) Change(b store.Bucket, key, old, new []byte) {
+	var both digest
 	if old != nil {
 		e := t.r.lhash.elem(b, key, old)
-		t.delta.xor(&e)
+		both.xor(&e)
 	}
 	if new != nil {
 		e := t.r.lhash.elem(b, key, new)
-		t.delta.xor(&e)
+		both.xor(&e)
 	}
+	t.delta.xor(&both)
 	t.changes++
+	if t.r.node != "" {
+		return
+	}
+	tab := t.table
+	if tab == nil {
+		tab = t.r.ranges.Load()
+	}
+	if tab == nil {
+		return // before the start's check, whose scan sees this change
+	}
+	t.pbuf = store.Pos(t.pbuf[:0], b, key)
+	rg := tab.rs[tab.find(t.pbuf)]
+	if t.rd == nil {
+		t.rd = make(map[*lrange]*rangeDelta)
+	}
+	x := t.rd[rg]
+	if x == nil {
+		x = &rangeDelta{}
+		t.rd[rg] = x
+	}
+	x.d.xor(&both)
+	if old == nil {
+		x.dn++
+	}
+	if new == nil {
+		x.dn--
+	}
 }
 
 var errLedgerNotInstalled = errors.New("enclave: the rollback ledger is not installed on this store")
@@ -146,19 +184,142 @@ func (r *Rollback) ledgerOf(tx *store.Tx) (*ledgerTx, error) {
 	return t, nil
 }
 
-// rebase recomputes D by scanning tx; changes made earlier in the same
-// transaction are in the scan, later ones are added by Change.
+// rebase cuts every record of tx into new ranges (ledger_ranges.go),
+// writes their entries and makes T the transaction's base; changes made
+// earlier in the same transaction are in the scan, later ones are added
+// by Change. It returns the full D (a version-2 record's check) and the
+// count.
 func (r *Rollback) rebase(tx *store.Tx) (digest, int, error) {
 	t, err := r.ledgerOf(tx)
 	if err != nil {
 		return digest{}, 0, err
 	}
-	d, n, err := r.lhash.scan(tx)
+	tab, tdig, full, n, err := r.lhash.buildRanges(tx, r.rangeMax)
 	if err != nil {
 		return digest{}, 0, err
 	}
-	t.rebased, t.base, t.delta = true, d, digest{}
-	return d, n, nil
+	if err := writeRanges(tx, tab); err != nil {
+		return digest{}, 0, err
+	}
+	t.rebased, t.base, t.delta, t.table, t.rd = true, tdig, digest{}, tab, nil
+	return full, n, nil
+}
+
+// adopt makes tab (read from tx's entries, T tdig) the transaction's
+// base without writing anything.
+func (t *ledgerTx) adopt(tab *rangeTable, tdig digest) {
+	t.rebased, t.base, t.delta, t.table, t.rd = true, tdig, digest{}, tab, nil
+}
+
+// finishRanges brings every range this transaction changed up to date:
+// a range not known yet is scanned (and checked, when no read checked it
+// since the start), one past rangeMax is split, and each changed entry is
+// rewritten. It returns the change to T.
+func (t *ledgerTx) finishRanges(tx *store.Tx) (tdelta digest, err error) {
+	if len(t.rd) == 0 {
+		return tdelta, nil
+	}
+	r := t.r
+	tab := t.table
+	if tab == nil {
+		tab = r.ranges.Load()
+	}
+	h := r.lhash
+	var splits map[*lrange][2]*lrange
+	for rg, x := range t.rd {
+		i := tab.find(rg.start)
+		var d digest
+		var n uint64
+		switch {
+		case rg.have:
+			d = rg.d
+			d.xor(&x.d)
+			n = uint64(int64(rg.n) + x.dn)
+		case rg.verified.Load():
+			if d, n, err = h.scanRange(tx, rg.start, tab.end(i)); err != nil {
+				return tdelta, err
+			}
+		default:
+			if d, n, err = r.verifyRange(tx, h, tab, i, *x); err != nil {
+				return tdelta, err
+			}
+		}
+		tdelta.xor(&rg.elem)
+		if n > uint64(r.rangeMax) {
+			left, right, err := splitRange(tx, h, tab, i)
+			if err != nil {
+				return tdelta, err
+			}
+			for _, half := range []*lrange{left, right} {
+				tdelta.xor(&half.elem)
+				if err := tx.PutMeta(store.RollbackRangeKey(half.start), encodeRangeEntry(half.elem, half.n)); err != nil {
+					return tdelta, err
+				}
+			}
+			if splits == nil {
+				splits = make(map[*lrange][2]*lrange)
+			}
+			splits[rg] = [2]*lrange{left, right}
+			continue
+		}
+		e := h.rangeElem(rg.start, n, d)
+		tdelta.xor(&e)
+		if err := tx.PutMeta(store.RollbackRangeKey(rg.start), encodeRangeEntry(e, n)); err != nil {
+			return tdelta, err
+		}
+		t.updates = append(t.updates, rangeUpdate{rg: rg, n: n, d: d, elem: e})
+	}
+	if splits != nil {
+		next := &rangeTable{rs: make([]*lrange, 0, len(tab.rs)+len(splits))}
+		for _, rg := range tab.rs {
+			if s, ok := splits[rg]; ok {
+				next.rs = append(next.rs, s[0], s[1])
+				continue
+			}
+			next.rs = append(next.rs, rg)
+		}
+		t.split = next
+	}
+	return tdelta, nil
+}
+
+// splitRange cuts range i of tab, as tx sees it, into two halves with
+// their digests and entries' elements.
+func splitRange(tx *store.Tx, h *ledgerHash, tab *rangeTable, i int) (left, right *lrange, err error) {
+	rg := tab.rs[i]
+	end := tab.end(i)
+	type item struct {
+		pos []byte
+		e   digest
+	}
+	var items []item
+	err = tx.ForEachCoveredFrom(rg.start, func(b store.Bucket, k, v []byte) error {
+		pos := store.Pos(nil, b, k)
+		if end != nil && bytes.Compare(pos, end) >= 0 {
+			return store.ErrStop
+		}
+		items = append(items, item{pos: pos, e: h.elem(b, k, v)})
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	mid := len(items) / 2
+	left = &lrange{start: rg.start, have: true}
+	right = &lrange{start: items[mid].pos, have: true}
+	for j, it := range items {
+		half := left
+		if j >= mid {
+			half = right
+		}
+		half.d.xor(&it.e)
+		half.n++
+	}
+	for _, half := range []*lrange{left, right} {
+		half.elem = h.rangeElem(half.start, half.n, half.d)
+		half.verified.Store(true)
+	}
+	return left, right, nil
 }
 
 // Finish implements store.LedgerTx: it rewrites the rollback record with
@@ -169,6 +330,13 @@ func (t *ledgerTx) Finish(tx *store.Tx) error {
 	if r.node != "" {
 		return t.finishCluster(tx)
 	}
+	if p := r.altered.Load(); p != nil {
+		return *p
+	}
+	tdelta, err := t.finishRanges(tx)
+	if err != nil {
+		return err
+	}
 	r.mu.Lock()
 	based, d, rec, haveRec := r.based, r.digest, r.rec, r.haveRec
 	if t.rebased {
@@ -177,7 +345,7 @@ func (t *ledgerTx) Finish(tx *store.Tx) error {
 	if t.set != nil {
 		rec, haveRec = *t.set, true
 	}
-	d.xor(&t.delta)
+	d.xor(&tdelta)
 	t.d = d
 	if t.set != nil && !based {
 		r.mu.Unlock()
@@ -200,7 +368,7 @@ func (t *ledgerTx) Finish(tx *store.Tx) error {
 		t.raised = true
 	}
 	r.mu.Unlock()
-	rec.Records = r.lhash.commitment(d)
+	rec.Records = r.lhash.tableCommitment(d)
 	b, err := rec.seal(r.macKey.Reveal())
 	if err != nil {
 		return err
@@ -218,6 +386,15 @@ func (t *ledgerTx) Committed() {
 	if r.node != "" {
 		t.committedCluster()
 		return
+	}
+	for _, u := range t.updates {
+		u.rg.have, u.rg.n, u.rg.d, u.rg.elem = true, u.n, u.d, u.elem
+	}
+	switch {
+	case t.split != nil:
+		r.ranges.Store(t.split)
+	case t.table != nil:
+		r.ranges.Store(t.table)
 	}
 	r.mu.Lock()
 	if t.rebased || t.write {

@@ -87,9 +87,10 @@ const DefaultCounterIndex uint32 = 0x01800020
 const DefaultRollbackInterval = time.Second
 
 // rollbackRecordVersion is the version of the rollback record written: 2
-// adds the commitment to the record digest (ledger.go). A version-1 record
-// is read once and upgraded at start.
-const rollbackRecordVersion = 2
+// adds the commitment to the record digest (ledger.go), 3 makes it a
+// commitment to the digest's ranges (ledger_ranges.go). A version-1 or -2
+// record is read once, checked as it was written, and upgraded at start.
+const rollbackRecordVersion = 3
 
 // maxCatchUp bounds the increments [OpenRollback] makes to bring the counter
 // up to the store: the store is normally ahead by one at most.
@@ -166,8 +167,18 @@ type RollbackOptions struct {
 	// digits, '.', '_' and '-', up to 64.
 	Node string
 
+	// RangeMax is the most records a range of the record digest holds
+	// before it splits. Zero means 2048 (tests make it small).
+	RangeMax int
+	// SyncCheck is the most records checked in full before OpenRollback
+	// returns; a larger store is checked range by range as it is read.
+	// Zero means 150,000; negative: never in full (tests).
+	SyncCheck int
+
 	// init is set by InitRollback: the store may have no record yet.
 	init bool
+	// noBackground (tests): ranges are checked only as they are read.
+	noBackground bool
 }
 
 // Rollback events, in RollbackStatus.Event.
@@ -189,7 +200,14 @@ type RollbackStatus struct {
 	Pending    bool   // an increment is scheduled
 	Event      string // what OpenRollback did (Rollback… constants)
 	Detail     string // a sentence for the log or the audit line
-	Records    int    // covered records checked against the digest at start
+	Records    int    // covered records at start
+	// Checking: the store was too large to check every record before the
+	// start returned; its ranges are checked as they are first read and
+	// in the background until every one is (ledger_ranges.go).
+	Checking bool
+	// Altered: a range did not match its entry (set once, after the
+	// start); serving stopped until `keywarden rollback accept`.
+	Altered string
 	// With RollbackOptions.Node: the node's name, and how many changes
 	// of the cluster its record covers (its own generation plus those it
 	// followed of the other nodes; Generation is then the node's counter
@@ -223,7 +241,7 @@ type Rollback struct {
 	closed    bool
 	started   bool          // OpenRollback done: changes advance the generation
 	based     bool          // digest is known
-	digest    digest        // D of the committed store (never stored)
+	digest    digest        // T of the committed store (never stored; ledger_ranges.go)
 	rec       rollbackState // the committed rollback record (MAC aside)
 	haveRec   bool
 
@@ -233,6 +251,16 @@ type Rollback struct {
 	joining bool      // no record of this node at start
 
 	increments atomic.Uint64 // NV increments made (metric)
+
+	// The record digest by range (ledger_ranges.go).
+	rangeMax  int
+	syncCheck int
+	ranges    atomic.Pointer[rangeTable]
+	checked   atomic.Bool // every range matched its entry since this start
+	altered   atomic.Pointer[error]
+	hashes    hashPool
+	bgCtx     context.Context
+	bgCancel  context.CancelFunc
 
 	kick chan struct{}
 	done chan struct{}
@@ -260,11 +288,7 @@ func (s *rollbackState) mac(root *Root) []byte {
 // index, TPM name, counter flag and (v2) the digest commitment.
 func (s *rollbackState) macWith(key []byte) []byte {
 	m := hmac.New(sha256.New, key)
-	if s.V >= 2 {
-		m.Write([]byte("keywarden rollback v2\x00"))
-	} else {
-		m.Write([]byte("keywarden rollback v1\x00"))
-	}
+	fmt.Fprintf(m, "keywarden rollback v%d\x00", s.V)
 	var b []byte
 	b = binary.BigEndian.AppendUint32(b, uint32(s.V))
 	b = binary.BigEndian.AppendUint64(b, s.Generation)
@@ -308,7 +332,7 @@ func loadRollbackState(ctx context.Context, db *store.DB) (*rollbackState, error
 
 func parseRollbackState(b []byte) (*rollbackState, error) {
 	var s rollbackState
-	if err := json.Unmarshal(b, &s); err != nil || (s.V != 1 && s.V != rollbackRecordVersion) || (s.V == 1 && s.Records != nil) {
+	if err := json.Unmarshal(b, &s); err != nil || (s.V < 1 || s.V > rollbackRecordVersion) || (s.V == 1 && s.Records != nil) {
 		return nil, fmt.Errorf("%w: damaged", ErrRollbackRecord)
 	}
 	return &s, nil
@@ -369,7 +393,16 @@ func OpenRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Ro
 	}
 	lkey := root.Subkey(SubkeyRollbackLedger)
 	r.lhash = newLedgerHash(lkey.Reveal()) // the HMAC keeps its own copy
+	r.hashes.key = append([]byte(nil), lkey.Reveal()...)
 	lkey.Wipe()
+	r.rangeMax, r.syncCheck = opts.RangeMax, opts.SyncCheck
+	if r.rangeMax <= 1 {
+		r.rangeMax = defaultRangeMax
+	}
+	if r.syncCheck == 0 {
+		r.syncCheck = defaultSyncCheck
+	}
+	r.bgCtx, r.bgCancel = context.WithCancel(context.Background())
 	fail := func(err error) (*Rollback, error) {
 		r.detach()
 		r.wipe()
@@ -405,9 +438,15 @@ func OpenRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Ro
 	}
 	// From here on every change to the covered buckets is seen.
 	db.SetLedger(r)
-	n, altered, err := r.checkRecords(ctx, st, opts.AcceptRollback)
+	n, altered, lazy, err := r.checkRecords(ctx, st, opts.AcceptRollback)
 	if err != nil {
 		return fail(err)
+	}
+	if lazy {
+		// From here on no record is read before its range is checked.
+		db.SetReadGuard(r)
+	} else {
+		r.checked.Store(true)
 	}
 	upgrade := st != nil && st.V < rollbackRecordVersion
 	if err := r.start(ctx, st, opts, override, upgrade); err != nil {
@@ -416,6 +455,7 @@ func OpenRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Ro
 	r.mu.Lock()
 	r.started = true
 	r.status.Records = n
+	r.status.Checking = lazy
 	if altered {
 		r.status.Event = RollbackOverride
 		r.status.Detail = fmt.Sprintf("rollback accepted by the operator: the store's %d records did not match its rollback record's digest, which now records them; %s", n, r.status.Detail)
@@ -423,21 +463,76 @@ func OpenRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Ro
 	r.mu.Unlock()
 	r.wg.Add(1)
 	go r.loop()
+	if lazy && !opts.noBackground {
+		r.wg.Add(1)
+		go r.background()
+	}
 	return r, nil
 }
 
-// checkRecords recomputes the record digest by scanning the covered
-// buckets and compares it with the record's (version 2). It runs in a
-// write transaction, so no change can land between the scan and the
-// digest kept from then on. altered reports a difference accepted by the
-// operator.
-func (r *Rollback) checkRecords(ctx context.Context, st *rollbackState, accept bool) (n int, altered bool, err error) {
+// checkRecords checks the records against the rollback record in a write
+// transaction, so no change lands between the check and the digest kept
+// from then on. A version-3 record's range entries are checked against
+// its commitment; then every record is checked (a store of up to
+// syncCheck records), or lazy reports that the ranges are to be checked
+// as they are read (ledger_ranges.go). An older record's single digest is
+// checked by a full scan, which also cuts the ranges. altered reports a
+// difference accepted by the operator.
+func (r *Rollback) checkRecords(ctx context.Context, st *rollbackState, accept bool) (n int, altered, lazy bool, err error) {
 	err = r.db.Update(ctx, func(tx *store.Tx) error {
+		n, altered, lazy = 0, false, false
+		if st != nil && st.V >= 3 {
+			t, err := r.ledgerOf(tx)
+			if err != nil {
+				return err
+			}
+			es, tdig, err := readRangeEntries(tx)
+			if err != nil && !errors.Is(err, ErrRecordsAltered) {
+				return err
+			}
+			var cerr error
+			switch {
+			case err != nil:
+				cerr = err
+			case !hmac.Equal(r.lhash.tableCommitment(tdig), st.Records):
+				cerr = fmt.Errorf("%w (its range entries are not the ones the rollback record vouches for)", ErrRecordsAltered)
+			default:
+				var total uint64
+				for _, e := range es {
+					total += e.n
+				}
+				if !accept && (r.syncCheck < 0 || total > uint64(r.syncCheck)) {
+					if len(es) == 0 || len(es[0].start) != 0 {
+						cerr = fmt.Errorf("%w: the record digest has no first range", ErrRecordsAltered)
+						break
+					}
+					t.adopt(tableOf(es, nil, nil), tdig)
+					n, lazy = int(total), true
+					return nil
+				}
+				cnt, ds, ns, err := r.lhash.checkAllRanges(tx, es)
+				if err == nil {
+					t.adopt(tableOf(es, ds, ns), tdig)
+					n = cnt
+					return nil
+				}
+				if !errors.Is(err, ErrRecordsAltered) {
+					return err
+				}
+				cerr = err
+			}
+			if !accept {
+				return fmt.Errorf("%w; restore the newest backup, or accept this store deliberately with `keywarden rollback accept` (audited)", cerr)
+			}
+			_, n, err = r.rebase(tx)
+			altered = true
+			return err
+		}
 		d, cnt, err := r.rebase(tx)
 		if err != nil {
 			return err
 		}
-		n, altered = cnt, false
+		n = cnt
 		if st == nil || st.V < 2 || hmac.Equal(r.lhash.commitment(d), st.Records) {
 			return nil
 		}
@@ -447,7 +542,22 @@ func (r *Rollback) checkRecords(ctx context.Context, st *rollbackState, accept b
 		altered = true
 		return nil
 	})
-	return n, altered, err
+	return n, altered, lazy, err
+}
+
+// tableOf makes the range table of entries es; with ds and ns (a full
+// check's digests and counts) every range is known and checked.
+func tableOf(es []rangeEntry, ds []digest, ns []uint64) *rangeTable {
+	t := &rangeTable{rs: make([]*lrange, len(es))}
+	for i, e := range es {
+		rg := &lrange{start: e.start, n: e.n, elem: e.elem}
+		if ds != nil {
+			rg.have, rg.d, rg.n = true, ds[i], ns[i]
+			rg.verified.Store(true)
+		}
+		t.rs[i] = rg
+	}
+	return t
 }
 
 // detach removes the ledger and waits until no transaction that began
@@ -455,11 +565,13 @@ func (r *Rollback) checkRecords(ctx context.Context, st *rollbackState, accept b
 // has one writer).
 func (r *Rollback) detach() {
 	r.db.RemoveLedger(r)
+	r.db.RemoveReadGuard(r)
 	_ = r.db.Update(context.Background(), func(*store.Tx) error { return nil })
 }
 
 func (r *Rollback) wipe() {
 	clear(r.auth)
+	clear(r.hashes.key)
 	r.macKey.Wipe()
 }
 
@@ -593,7 +705,7 @@ func (r *Rollback) start(ctx context.Context, st *rollbackState, opts RollbackOp
 		// vouches for) is older than the counter from now on.
 		gen++
 		event = RollbackUpgraded
-		status.Detail = fmt.Sprintf("rollback record upgraded to version %d (a digest of every record); new generation %d", rollbackRecordVersion, gen)
+		status.Detail = fmt.Sprintf("rollback record upgraded to version %d (digests of the records by range); new generation %d", rollbackRecordVersion, gen)
 	}
 	if err := r.record(ctx, gen, true); err != nil {
 		return err
@@ -738,6 +850,7 @@ func (r *Rollback) Close() error {
 	r.closed = true
 	r.mu.Unlock()
 	close(r.done)
+	r.bgCancel()
 	r.wg.Wait()
 	var ferr error
 	if r.node != "" {

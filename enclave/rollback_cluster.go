@@ -445,7 +445,7 @@ func (r *Rollback) checkCluster(ctx context.Context, own *nodeState, initShare b
 		want := shares(recs)
 		want.xor(&d) // the share that makes the XOR of all shares the scan's digest
 		switch {
-		case legacy != nil && !hmac.Equal(r.lhash.commitment(d), legacy.Records):
+		case legacy != nil && !legacyMatches(tx, r.lhash, legacy, d):
 			if !accept {
 				return altErr(cnt)
 			}
@@ -663,4 +663,19 @@ func RemoveRollbackNode(ctx context.Context, db *store.DB, root *Root, node stri
 		}
 		return tx.PutMeta(store.RollbackNodeKey(node), b)
 	})
+}
+
+// legacyMatches reports whether the records of tx (full digest d) are the
+// ones the single-node record legacy vouches for: by its range entries
+// (version 3) or by its one digest (version 2).
+func legacyMatches(tx *store.Tx, h *ledgerHash, legacy *rollbackState, d digest) bool {
+	if legacy.V < 3 {
+		return hmac.Equal(h.commitment(d), legacy.Records)
+	}
+	es, tdig, err := readRangeEntries(tx)
+	if err != nil || !hmac.Equal(h.tableCommitment(tdig), legacy.Records) {
+		return false
+	}
+	_, _, _, err = h.checkAllRanges(tx, es)
+	return err == nil
 }

@@ -42,7 +42,25 @@ func VerifyBackup(ctx context.Context, tpm transport.TPM, db *store.DB) (BackupR
 			return rep, fmt.Errorf("%w: the backup's rollback record does not verify", ErrWrongRootKey)
 		}
 		rep.Rollback = true
-		if st.V >= 2 {
+		if st.V >= 3 {
+			k := root.Subkey(SubkeyRollbackLedger)
+			h := newLedgerHash(k.Reveal())
+			k.Wipe()
+			err := db.View(ctx, func(tx *store.Tx) error {
+				es, tdig, err := readRangeEntries(tx)
+				if err != nil {
+					return err
+				}
+				if !hmac.Equal(h.tableCommitment(tdig), st.Records) {
+					return fmt.Errorf("%w: the backup's range entries are not the ones its rollback record vouches for", ErrRecordsAltered)
+				}
+				rep.Records, _, _, err = h.checkAllRanges(tx, es)
+				return err
+			})
+			if err != nil {
+				return rep, err
+			}
+		} else if st.V == 2 {
 			k := root.Subkey(SubkeyRollbackLedger)
 			h := newLedgerHash(k.Reveal())
 			k.Wipe()

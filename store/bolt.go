@@ -11,6 +11,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+	"golang.org/x/sys/unix"
 )
 
 // Bolt is the [Backend] on one bbolt file. Its layout on disk:
@@ -94,6 +95,26 @@ func (b *Bolt) Size() int64 {
 	var n int64
 	_ = b.db.View(func(tx *bolt.Tx) error { n = tx.Size(); return nil })
 	return n
+}
+
+// DropResident tells the kernel this process no longer needs the pages of
+// the store file it has touched through bbolt's read-only mapping
+// (madvise MADV_DONTNEED): they leave the process's resident set and stay
+// in the page cache, from which the next read maps them again. A scan of
+// every record (the rollback check) would otherwise leave the whole file
+// counted as the process's memory. It runs inside a read transaction,
+// which keeps bbolt from remapping the file meanwhile.
+func (b *Bolt) DropResident() error {
+	return b.db.View(func(tx *bolt.Tx) error {
+		size := uintptr(tx.Size())
+		if size == 0 {
+			return nil
+		}
+		if _, _, e := unix.Syscall(unix.SYS_MADVISE, b.db.Info().Data, size, unix.MADV_DONTNEED); e != 0 {
+			return fmt.Errorf("store: madvise: %w", e)
+		}
+		return nil
+	})
 }
 
 // View implements [Backend].
@@ -186,6 +207,28 @@ func (t boltTx) ForEach(b Bucket, prefix []byte, fn func(k, v []byte) error) err
 	for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
 		if v == nil {
 			continue // a nested bucket (none today)
+		}
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ForEachFrom calls fn for each key at or after start, in byte order.
+func (t boltTx) ForEachFrom(b Bucket, start []byte, fn func(k, v []byte) error) error {
+	bk, err := t.bucket(b)
+	if err != nil {
+		return err
+	}
+	c := bk.Cursor()
+	k, v := c.First()
+	if start != nil {
+		k, v = c.Seek(start)
+	}
+	for ; k != nil; k, v = c.Next() {
+		if v == nil {
+			continue
 		}
 		if err := fn(k, v); err != nil {
 			return err

@@ -33,6 +33,7 @@
 //	│   sealed_root                → root key sealed by the TPM (enclave.SealedRoot JSON); never on store.backend embedded (per node: cluster.State)
 //	│   rollback                   → rollback record: generation, NV index, TPM name, record-digest commitment (JSON, MACed)
 //	│   rollback_node 0x00 node    → one node's rollback record in a cluster: name, TPM name, NV index, counter target, own generation, digest share, generations seen of the others (JSON, MACed)
+//	│   rollback_range 0x00 pos    → one range of the record digest: HMAC element of its start, record count and XOR digest, and the count (binary: 32 + 8 bytes)
 //	│   recovery                   → recovery record: root id, split, threshold, age-encrypted shares (JSON)
 //	│   attest_ak                  → TPM attestation key blob (attest.AKBlob JSON); never on store.backend embedded (per node: cluster.State)
 //	│   vault_client_key           → TPM Vault client key blob (attest.ClientKeyBlob)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"errors"
 )
 
@@ -81,6 +82,112 @@ func (tx *Tx) ForEachCovered(fn func(b Bucket, k, v []byte) error) error {
 		if err := tx.tx.ForEach(b, nil, func(k, v []byte) error { return fn(b, k, v) }); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// Pos is the position of key in bucket b in the order of every covered
+// record ([Tx.ForEachCovered]'s order), appended to dst: b, 0x00, key.
+// Bucket names hold no 0x00, and a bucket name that is a prefix of
+// another sorts first either way, so positions sort as (bucket, key) do.
+func Pos(dst []byte, b Bucket, key []byte) []byte {
+	dst = append(dst, b...)
+	dst = append(dst, 0)
+	return append(dst, key...)
+}
+
+// BucketEnd is the first position after every record of bucket b.
+func BucketEnd(b Bucket) []byte { return append([]byte(b), 1) }
+
+// ErrStop ends [Tx.ForEachCoveredFrom] early without an error.
+var ErrStop = errors.New("store: stop")
+
+// ErrNoSeek means the backend cannot scan from a position
+// ([Tx.ForEachCoveredFrom]): only the bbolt backend can.
+var ErrNoSeek = errors.New("store: this backend cannot scan the covered records from a position")
+
+// seeker is a backend transaction that iterates a bucket from a key.
+type seeker interface {
+	ForEachFrom(b Bucket, start []byte, fn func(k, v []byte) error) error
+}
+
+// CanSeek reports whether the backend supports [Tx.ForEachCoveredFrom].
+func (db *DB) CanSeek(ctx context.Context) bool {
+	ok := false
+	_ = db.View(ctx, func(tx *Tx) error { _, ok = tx.tx.(seeker); return nil })
+	return ok
+}
+
+// ForEachCoveredFrom calls fn for every covered record at or after
+// position from ([Pos]), in order, until fn returns [ErrStop] (not an
+// error) or another error. It reads past the read guard: it is the
+// guard's own scan.
+func (tx *Tx) ForEachCoveredFrom(from []byte, fn func(b Bucket, k, v []byte) error) error {
+	sk, ok := tx.tx.(seeker)
+	if !ok {
+		return ErrNoSeek
+	}
+	fb, fk, _ := bytes.Cut(from, []byte{0})
+	for _, b := range Buckets() {
+		if !Covered(b) || string(b) < string(fb) {
+			continue
+		}
+		start := []byte(nil)
+		if string(b) == string(fb) {
+			start = fk
+		}
+		err := sk.ForEachFrom(b, start, func(k, v []byte) error { return fn(b, k, v) })
+		if errors.Is(err, ErrStop) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DropResident releases the pages of the store file this process has
+// read from its resident set, where the backend maps the file (bbolt);
+// elsewhere it does nothing.
+func (db *DB) DropResident() error {
+	if d, ok := db.b.(interface{ DropResident() error }); ok {
+		return d.DropResident()
+	}
+	return nil
+}
+
+// ReadGuard checks covered records before a transaction reads them: the
+// enclave's rollback check, which verifies the records of a range of
+// positions against their digest the first time any of them is read after
+// a start (package enclave, ledger_ranges.go).
+type ReadGuard interface {
+	// CheckRead is called by [Tx.Get] (key) and [Tx.ForEach] (prefix
+	// true: every key with that prefix) on a covered bucket, before the
+	// read. An error fails the read.
+	CheckRead(tx *Tx, b Bucket, key []byte, prefix bool) error
+}
+
+// SetReadGuard installs g (nil removes it) for transactions that begin
+// after the call.
+func (db *DB) SetReadGuard(g ReadGuard) {
+	if g == nil {
+		db.guard.Store(nil)
+		return
+	}
+	db.guard.Store(&g)
+}
+
+// RemoveReadGuard removes g if it is the installed guard.
+func (db *DB) RemoveReadGuard(g ReadGuard) {
+	if p := db.guard.Load(); p != nil && *p == g {
+		db.guard.CompareAndSwap(p, nil)
+	}
+}
+
+func (db *DB) readGuard() ReadGuard {
+	if p := db.guard.Load(); p != nil {
+		return *p
 	}
 	return nil
 }

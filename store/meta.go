@@ -29,6 +29,12 @@ const (
 	// with the node name bound; written only by that node (and marked
 	// removed, never deleted, when the node leaves).
 	MetaRollbackNode MetaKey = "rollback_node"
+	// MetaRollbackRange is the prefix of the record digest's range
+	// entries ([RollbackRangeKey]: one per range of covered records, its
+	// HMAC element and record count), which the rollback record's
+	// commitment covers as a set; rewritten by the change ledger for each
+	// range a write transaction changes (package enclave, ledger_ranges.go).
+	MetaRollbackRange MetaKey = "rollback_range"
 	// MetaRecovery: the recovery record (JSON: root id, split id,
 	// threshold, the shares age-encrypted to the custodians' recipients).
 	MetaRecovery MetaKey = "recovery"
@@ -58,7 +64,7 @@ const (
 
 // metaKeys lists every MetaKey (the package doc draws each).
 var metaKeys = []MetaKey{
-	MetaSealedRoot, MetaRollback, MetaRollbackNode, MetaRecovery, MetaAttestAK, MetaSigningKey, MetaAuditHead,
+	MetaSealedRoot, MetaRollback, MetaRollbackNode, MetaRollbackRange, MetaRecovery, MetaAttestAK, MetaSigningKey, MetaAuditHead,
 	MetaLastBackup, MetaHeartbeat, MetaCustodianPriorsSealed, MetaClientSharesPriorsSealed,
 	MetaVaultClientKey,
 }
@@ -66,6 +72,13 @@ var metaKeys = []MetaKey{
 // RollbackNodeKey is the meta key of node's rollback record: the
 // MetaRollbackNode prefix, 0x00, the node name.
 func RollbackNodeKey(node string) MetaKey { return MetaRollbackNode + "\x00" + MetaKey(node) }
+
+// RollbackRangeKey is the meta key of the range entry that starts at
+// position start ([Pos]; empty for the first range): the MetaRollbackRange
+// prefix, 0x00, start. Entries sort as their starts do.
+func RollbackRangeKey(start []byte) MetaKey {
+	return MetaRollbackRange + "\x00" + MetaKey(start)
+}
 
 // ForNode is k for one node of a cluster that shares the store
 // (store.backend embedded): "<k>@<node>". Only what each node keeps for

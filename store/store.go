@@ -52,7 +52,8 @@ type DB struct {
 	commits atomic.Uint64
 	updates atomic.Uint64
 
-	ledger atomic.Pointer[Ledger] // see ledger.go
+	ledger atomic.Pointer[Ledger]    // see ledger.go
+	guard  atomic.Pointer[ReadGuard] // see ledger.go
 
 	commitTimeout time.Duration // bounds one batch's transaction
 }
@@ -196,7 +197,7 @@ func (db *DB) View(ctx context.Context, fn func(*Tx) error) error {
 	if db.closed.Load() {
 		return ErrClosed
 	}
-	return db.b.View(ctx, func(btx BackendTx) error { return fn(&Tx{tx: btx}) })
+	return db.b.View(ctx, func(btx BackendTx) error { return fn(&Tx{tx: btx, g: db.readGuard()}) })
 }
 
 // writer is the group committer: it takes every queued write, runs them in
@@ -255,7 +256,7 @@ func (db *DB) commit(batch []*write) {
 		ctx, cancel := context.WithTimeout(context.Background(), db.commitTimeout)
 		err := db.b.Update(ctx, func(btx BackendTx) error {
 			failed, ferr, lt = -1, nil, nil
-			tx := &Tx{tx: btx}
+			tx := &Tx{tx: btx, g: db.readGuard()}
 			if l := db.ledger.Load(); l != nil {
 				lt = (*l).Begin()
 				tx.lt = lt
@@ -347,11 +348,17 @@ func (db *DB) Writable(ctx context.Context) error {
 // Tx is a transaction. Values returned by Get are copies.
 type Tx struct {
 	tx BackendTx
-	lt LedgerTx // this write transaction's ledger observer, or nil
+	lt LedgerTx  // this write transaction's ledger observer, or nil
+	g  ReadGuard // checks covered records before they are read, or nil
 }
 
 // Get returns a copy of the value at key, or ErrNotFound.
 func (tx *Tx) Get(b Bucket, key []byte) ([]byte, error) {
+	if tx.g != nil && Covered(b) {
+		if err := tx.g.CheckRead(tx, b, key, false); err != nil {
+			return nil, err
+		}
+	}
 	return tx.tx.Get(b, key)
 }
 
@@ -368,6 +375,11 @@ func (tx *Tx) Delete(b Bucket, key []byte) error {
 // ForEach calls fn for each key with the given prefix, in order. k and v
 // are valid only inside fn.
 func (tx *Tx) ForEach(b Bucket, prefix []byte, fn func(k, v []byte) error) error {
+	if tx.g != nil && Covered(b) {
+		if err := tx.g.CheckRead(tx, b, prefix, true); err != nil {
+			return err
+		}
+	}
 	return tx.tx.ForEach(b, prefix, fn)
 }
 

@@ -38,6 +38,12 @@ func rollbackWireStep(ctx context.Context, a *appliance, opts *server.Options, a
 		}
 		return nil
 	}})
+	opts.Degraded = append(opts.Degraded, server.Check{Name: "rollback_records", Run: func(context.Context) error {
+		if st := rb.Status(); st.Altered != "" {
+			return fmt.Errorf("serving stopped: %s; restore the newest backup, or accept this store with `keywarden rollback accept`", st.Altered)
+		}
+		return nil
+	}})
 	if !a.cfg.Dev {
 		if _, err := enclave.LoadRecovery(ctx, a.db); errors.Is(err, enclave.ErrNoRecoveryRecord) {
 			a.log.Error("this store has NO recovery shares: a dead TPM would lose every key; run `keywarden recovery reshare`")
@@ -60,7 +66,7 @@ func openApplianceRollback(ctx context.Context, a *appliance, accept bool) (*enc
 		return nil, fmt.Errorf("rollback check: %w", err)
 	}
 	st := rb.Status()
-	a.log.Info("rollback counter", "event", st.Event, "generation", st.Generation, "counter", st.Counter, "available", st.Available, "records", st.Records, "node", st.Node, "cluster_generation", st.ClusterGeneration, "detail", st.Detail)
+	a.log.Info("rollback counter", "event", st.Event, "generation", st.Generation, "counter", st.Counter, "available", st.Available, "records", st.Records, "checking", st.Checking, "node", st.Node, "cluster_generation", st.ClusterGeneration, "detail", st.Detail)
 	if ev := rollbackAudit(st); ev != nil {
 		if a.audit == nil {
 			_ = rb.Close()

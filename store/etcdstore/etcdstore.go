@@ -698,7 +698,23 @@ func (tx *Tx) ForEach(b store.Bucket, prefix []byte, fn func(k, v []byte) error)
 	}
 	base := tx.s.prefix + string(b) + "/"
 	start := base + string(prefix)
-	end := clientv3.GetPrefixRangeEnd(start)
+	return tx.forEachRange(base, start, clientv3.GetPrefixRangeEnd(start), fn)
+}
+
+// ForEachFrom calls fn for each key of b at or after from, in byte order,
+// with the transaction's own writes applied (the rollback ledger's range
+// scans, store.Tx.ForEachCoveredFrom).
+func (tx *Tx) ForEachFrom(b store.Bucket, from []byte, fn func(k, v []byte) error) error {
+	if err := tx.bucket(b); err != nil {
+		return err
+	}
+	base := tx.s.prefix + string(b) + "/"
+	return tx.forEachRange(base, base+string(from), clientv3.GetPrefixRangeEnd(base), fn)
+}
+
+// forEachRange calls fn for each key in [start, end) of the bucket whose
+// keys begin with base.
+func (tx *Tx) forEachRange(base, start, end string, fn func(k, v []byte) error) error {
 
 	// This transaction's writes in the range, in key order.
 	var mine []string

@@ -775,6 +775,27 @@ func testFacade(t *testing.T, h Harness) {
 		if want := 40 * (len(store.Buckets()) - 1); n != want {
 			t.Errorf("ForEachCovered saw %d records, want %d (every bucket but meta)", n, want)
 		}
+		// From a position: the same records from there on, in the same
+		// order, until ErrStop (the rollback ledger's range scans).
+		var all, from [][]byte
+		_ = tx.ForEachCovered(func(b store.Bucket, k, v []byte) error { all = append(all, store.Pos(nil, b, k)); return nil })
+		mid := all[len(all)/2]
+		if err := tx.ForEachCoveredFrom(mid, func(b store.Bucket, k, v []byte) error {
+			if len(from) == 100 {
+				return store.ErrStop
+			}
+			from = append(from, store.Pos(nil, b, k))
+			return nil
+		}); err != nil {
+			return err
+		}
+		want := all[len(all)/2:]
+		if len(want) > 100 {
+			want = want[:100]
+		}
+		if fmt.Sprintf("%q", from) != fmt.Sprintf("%q", want) {
+			t.Errorf("ForEachCoveredFrom(%q) saw %d records, want the %d that ForEachCovered sees from there", mid, len(from), len(want))
+		}
 		return nil
 	})
 	if err != nil {
