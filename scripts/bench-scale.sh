@@ -10,7 +10,10 @@
 #   small    the same with SMALL (10000) keys, the reference store
 #   size     file bytes per key
 #   start    cold start: stop, start again, time until /readyz answers (the
-#            root key unsealed, the store opened, the start-time record check)
+#            root key unsealed, the store opened, the rollback record's range
+#            entries checked; a store of up to 150,000 records checked in full)
+#   check    after start: time until the background check of every range
+#            ends (decisions/55), and the server's RSS then
 #   release  release latency and server CPU per release, KEYS store vs SMALL
 #            store, interleaved ROUNDS (3) times (scalebench release: C (4)
 #            clients, DUR (10s), SAMPLE (2000) users spread over each store)
@@ -42,7 +45,8 @@ declare -A srv
 start() { # name port: start keywarden dev on the store in $dir/name, wait until ready
   local name=$1 port=$2
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "port $port is busy" >&2; exit 1; fi
-  local t0; t0=$(date +%s.%N)
+  local t0; t0=$(date +%s.%N); started=$t0
+  [ -f "$dir/$name/kw.log" ] && mv "$dir/$name/kw.log" "$dir/$name/kw.log.1"
   (cd "$dir/$name" && KEYWARDEN_LISTEN_ADDR=127.0.0.1:$port KEYWARDEN_LISTEN_ADMIN_ADDR=127.0.0.1:$port \
     KEYWARDEN_ADMIN_KEY=$admin KEYWARDEN_FIREBASE_PROJECT_IDS=bench-project \
     KEYWARDEN_FIREBASE_CERTS_URL=http://127.0.0.1:19811/certs KEYWARDEN_LIMITS_RATE_PER_SECOND=10000000 \
@@ -109,6 +113,13 @@ for step in $steps; do
           -c "${C:-4}" -d "${DUR:-10s}" -pid "${srv[$s]}" | grep RESULT
       done
     done ;;
+  check)
+    for i in $(seq 1 6000); do
+      grep -qE "records match its rollback record|records do not match" "$dir/big/kw.log" 2>/dev/null && break
+      sleep 0.05
+    done
+    echo "check: the background range check ended $(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}')s after the start: $(grep -E 'records match its rollback record|records do not match' "$dir/big/kw.log" | tail -1 | sed 's/.*msg=//')"
+    printf 'rss after the check: '; rss "${srv[big]}" ;;
   rss) printf 'rss: KEYS store server: '; rss "${srv[big]}" ;;
   backup)
     "$dir/scalebench" release -url http://127.0.0.1:19812/v1/firebase/key -tokens "$dir/big/release.tokens" -c 4 -d 600s -pid "${srv[big]}" >"$dir/backup-releases.txt" 2>&1 &
