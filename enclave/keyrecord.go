@@ -34,9 +34,10 @@ const (
 	recFlagsKnown  = recFlagClaimBy
 )
 
-// errKeyRecord is the cause of every refusal of the binary decoder; its
-// messages name what is wrong, never the record's bytes.
-var errKeyRecord = errors.New("enclave: malformed key record")
+// ErrMalformedRecord means a stored key record does not decode, in either
+// form (a damaged record: the server answers 500 record_damaged). The
+// binary decoder's messages name what is wrong, never the record's bytes.
+var ErrMalformedRecord = errors.New("enclave: malformed key record")
 
 // isBinaryRecord reports whether b's first byte is a binary form's version
 // (one JSON cannot start with).
@@ -70,7 +71,7 @@ func encodeKeyRecord(rec keyRecord) ([]byte, error) {
 		}
 	}
 	if !utf8.ValidString(rec.Format) || !utf8.ValidString(rec.ClientID) {
-		return nil, fmt.Errorf("%w: format or client id is not valid UTF-8", errKeyRecord)
+		return nil, fmt.Errorf("%w: format or client id is not valid UTF-8", ErrMalformedRecord)
 	}
 	b = binary.AppendUvarint(b, uint64(len(rec.Format)))
 	b = append(b, rec.Format...)
@@ -83,7 +84,7 @@ func encodeKeyRecord(rec keyRecord) ([]byte, error) {
 func appendRecordTime(b []byte, t time.Time, what string) ([]byte, error) {
 	ns := t.UnixNano()
 	if !time.Unix(0, ns).Equal(t) {
-		return nil, fmt.Errorf("%w: the %s time is outside the years 1678 to 2262", errKeyRecord, what)
+		return nil, fmt.Errorf("%w: the %s time is outside the years 1678 to 2262", ErrMalformedRecord, what)
 	}
 	return binary.BigEndian.AppendUint64(b, uint64(ns)), nil
 }
@@ -101,8 +102,10 @@ func decodeKeyRecord(b []byte) (keyRecord, error) {
 		return rec, nil
 	}
 	var rec keyRecord
-	err := json.Unmarshal(b, &rec)
-	return rec, err
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return rec, fmt.Errorf("%w: %w", ErrMalformedRecord, err)
+	}
+	return rec, nil
 }
 
 // decodeBinaryRecord reads the binary form strictly: an unknown version or
@@ -111,7 +114,7 @@ func decodeKeyRecord(b []byte) (keyRecord, error) {
 // one encoding. Times come back in UTC, as the JSON form's "Z" times did.
 func decodeBinaryRecord(b []byte) (rec keyRecord, err error) {
 	if b[0] != keyRecordV1 {
-		return rec, fmt.Errorf("%w: unknown version %#02x", errKeyRecord, b[0])
+		return rec, fmt.Errorf("%w: unknown version %#02x", ErrMalformedRecord, b[0])
 	}
 	d := binScanner{b: b, pos: 1}
 	flags, ok := d.byte()
@@ -119,7 +122,7 @@ func decodeBinaryRecord(b []byte) (rec keyRecord, err error) {
 		return rec, d.truncated("flags")
 	}
 	if flags&^recFlagsKnown != 0 {
-		return rec, fmt.Errorf("%w: unknown flags %#02x", errKeyRecord, flags)
+		return rec, fmt.Errorf("%w: unknown flags %#02x", ErrMalformedRecord, flags)
 	}
 	if rec.Created, ok = d.time(); !ok {
 		return rec, d.truncated("created time")
@@ -147,10 +150,10 @@ func decodeBinaryRecord(b []byte) (rec keyRecord, err error) {
 		return rec, err
 	}
 	if d.pos != len(b) {
-		return rec, fmt.Errorf("%w: %d trailing bytes", errKeyRecord, len(b)-d.pos)
+		return rec, fmt.Errorf("%w: %d trailing bytes", ErrMalformedRecord, len(b)-d.pos)
 	}
 	if !utf8.Valid(f) || !utf8.Valid(cid) {
-		return rec, fmt.Errorf("%w: format or client id is not valid UTF-8", errKeyRecord)
+		return rec, fmt.Errorf("%w: format or client id is not valid UTF-8", ErrMalformedRecord)
 	}
 	// The two formats PutKey writes take no allocation (the compiler
 	// compares without converting).
@@ -202,13 +205,13 @@ func (d *binScanner) field(what string) ([]byte, error) {
 	case k == 0:
 		return nil, d.truncated(what + " length")
 	case k < 0:
-		return nil, fmt.Errorf("%w: the %s length overflows", errKeyRecord, what)
+		return nil, fmt.Errorf("%w: the %s length overflows", ErrMalformedRecord, what)
 	case k != uvarintLen(n):
-		return nil, fmt.Errorf("%w: the %s length is not minimally encoded", errKeyRecord, what)
+		return nil, fmt.Errorf("%w: the %s length is not minimally encoded", ErrMalformedRecord, what)
 	}
 	d.pos += k
 	if n > uint64(len(d.b)-d.pos) {
-		return nil, fmt.Errorf("%w: the %s length %d exceeds the %d bytes left", errKeyRecord, what, n, len(d.b)-d.pos)
+		return nil, fmt.Errorf("%w: the %s length %d exceeds the %d bytes left", ErrMalformedRecord, what, n, len(d.b)-d.pos)
 	}
 	f := d.b[d.pos : d.pos+int(n)]
 	d.pos += int(n)
@@ -216,7 +219,7 @@ func (d *binScanner) field(what string) ([]byte, error) {
 }
 
 func (d *binScanner) truncated(what string) error {
-	return fmt.Errorf("%w: truncated in the %s", errKeyRecord, what)
+	return fmt.Errorf("%w: truncated in the %s", ErrMalformedRecord, what)
 }
 
 // uvarintLen is the length of n's minimal uvarint encoding.

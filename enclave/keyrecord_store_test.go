@@ -226,10 +226,10 @@ func TestLegacyJSONRecordsInMixedStore(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := verify("damaged.db", db); !errors.Is(err, errKeyRecord) {
+	if _, err := verify("damaged.db", db); !errors.Is(err, ErrMalformedRecord) {
 		t.Fatalf("verify with a truncated binary record: %v", err)
 	}
-	if _, _, err := c.Lookup(ctx, "user:old", "PASSKEY"); !errors.Is(err, errKeyRecord) {
+	if _, _, err := c.Lookup(ctx, "user:old", "PASSKEY"); !errors.Is(err, ErrMalformedRecord) {
 		t.Fatalf("release of a truncated binary record: %v", err)
 	}
 }

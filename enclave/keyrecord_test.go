@@ -205,7 +205,7 @@ func TestBinaryKeyRecordRoundTrip(t *testing.T) {
 	}
 }
 
-// TestBinaryKeyRecordRefusals: the decoder refuses, with errKeyRecord and
+// TestBinaryKeyRecordRefusals: the decoder refuses, with ErrMalformedRecord and
 // without panicking, every prefix of a record, trailing bytes, unknown
 // versions and flags, lengths past the end or not minimal, and strings
 // that are not UTF-8; the encoder refuses times it cannot hold.
@@ -217,7 +217,7 @@ func TestBinaryKeyRecordRefusals(t *testing.T) {
 	}
 	refuse := func(name string, b []byte) {
 		t.Helper()
-		if _, err := decodeKeyRecord(b); !errors.Is(err, errKeyRecord) {
+		if _, err := decodeKeyRecord(b); !errors.Is(err, ErrMalformedRecord) {
 			t.Errorf("%s (% x): %v, want a malformed record", name, b, err)
 		}
 	}
@@ -252,7 +252,7 @@ func TestBinaryKeyRecordRefusals(t *testing.T) {
 		"claim before 1678":   {Format: FormatBytes, Created: now, Updated: now, ClaimBy: &time.Time{}},
 		"client id not UTF-8": {Format: FormatBytes, Created: now, Updated: now, ClientID: "\xff"},
 	} {
-		if _, err := encodeKeyRecord(rec); !errors.Is(err, errKeyRecord) {
+		if _, err := encodeKeyRecord(rec); !errors.Is(err, ErrMalformedRecord) {
 			t.Errorf("encode %s: %v, want a refusal", name, err)
 		}
 	}
@@ -284,8 +284,8 @@ func FuzzDecodeKeyRecord(f *testing.F) {
 				t.Fatalf("% x is both a binary record and JSON", in)
 			}
 			if err != nil {
-				if !errors.Is(err, errKeyRecord) {
-					t.Fatalf("binary refusal without errKeyRecord: %v", err)
+				if !errors.Is(err, ErrMalformedRecord) {
+					t.Fatalf("binary refusal without ErrMalformedRecord: %v", err)
 				}
 				return
 			}
@@ -299,6 +299,9 @@ func FuzzDecodeKeyRecord(f *testing.F) {
 				t.Fatalf("%q: error %v, encoding/json %v", in, err, wantErr)
 			}
 			if err != nil {
+				if !errors.Is(err, ErrMalformedRecord) {
+					t.Fatalf("JSON refusal without ErrMalformedRecord: %v", err)
+				}
 				return
 			}
 			if !reflect.DeepEqual(rec, want) {
