@@ -55,7 +55,8 @@ func TestLegacyJSONRecordsInMixedStore(t *testing.T) {
 	t0 := time.Date(2025, 6, 1, 8, 30, 15, 123456789, time.UTC)
 	deadline := now.Add(24 * time.Hour)
 	priorID := store.VersionID(now.Add(-24 * time.Hour)) // within the retention
-	legacy := map[string][]byte{                         // store key → record
+	// The JSON records, by store key.
+	legacy := map[string][]byte{
 		string(store.Key("user:old", "PASSKEY")):      legacyRecord(t, root, "key", "user:old", "PASSKEY", "old key", keyRecord{Format: FormatBytes, Created: t0, Updated: t0}),
 		string(store.Key("user:mixed", "PASSKEY")):    legacyRecord(t, root, "key", "user:mixed", "PASSKEY", "mixed json", keyRecord{Format: FormatBytes, Created: t0, Updated: t0}),
 		string(store.Key("portal:c1", "PASSKEY")):     legacyRecord(t, root, "key", "portal:c1", "PASSKEY", "portal text", keyRecord{Format: FormatText, Created: t0, Updated: t0, ClientID: "c1"}),
