@@ -153,6 +153,23 @@ func TestLegacyJSONRecordsInMixedStore(t *testing.T) {
 	}
 	unchanged("after the backup check")
 
+	// restoresBinaryPrior checks that the one prior version of o, kept from
+	// a JSON record, is binary, created at t0, and restores to value.
+	restoresBinaryPrior := func(o Owner, value string) {
+		t.Helper()
+		vs, err := c.ListVersions(ctx, o, "PASSKEY")
+		if err != nil || len(vs) != 1 || !vs[0].Created.Equal(t0) {
+			t.Fatalf("versions of %s: %+v %v", o, vs, err)
+		}
+		binaryAt(store.BucketKeyVersions, store.Key(string(o), "PASSKEY", vs[0].ID))
+		if err := c.RestoreVersion(ctx, o, "PASSKEY", vs[0].ID); err != nil {
+			t.Fatal(err)
+		}
+		if k, err := c.GetKey(ctx, o, "PASSKEY"); err != nil || string(k.Reveal()) != value {
+			t.Fatalf("restore of %s's converted prior: %v", o, err)
+		}
+	}
+
 	// Writes convert: an overwrite keeps created time and client id.
 	if _, err := c.PutKey(ctx, "portal:c1", "PASSKEY", []byte("portal text 2"), PutOptions{Format: FormatText, ClientID: "c1"}); err != nil {
 		t.Fatal(err)
@@ -161,17 +178,7 @@ func TestLegacyJSONRecordsInMixedStore(t *testing.T) {
 	if k, info, err := c.Lookup(ctx, "portal:c1", "PASSKEY"); err != nil || string(k.Reveal()) != "portal text 2" || info.Version != 2 || !info.Created.Equal(t0) || info.ClientID != "c1" || info.Format != FormatText {
 		t.Fatalf("overwritten JSON record: %+v %v", info, err)
 	}
-	vs, _ = c.ListVersions(ctx, "portal:c1", "PASSKEY")
-	if len(vs) != 1 {
-		t.Fatalf("versions after the overwrite: %+v", vs)
-	}
-	binaryAt(store.BucketKeyVersions, store.Key("portal:c1", "PASSKEY", vs[0].ID))
-	if err := c.RestoreVersion(ctx, "portal:c1", "PASSKEY", vs[0].ID); err != nil {
-		t.Fatal(err)
-	}
-	if k, err := c.GetKey(ctx, "portal:c1", "PASSKEY"); err != nil || string(k.Reveal()) != "portal text" {
-		t.Fatalf("restore of the converted prior: %v", err)
-	}
+	restoresBinaryPrior("portal:c1", "portal text")
 
 	// A claim clears the mark in the binary form; the sealed value stays.
 	oldSealed, _ := decodeKeyRecord(legacy[string(store.Key("user:imported", "PASSKEY"))])
@@ -187,17 +194,7 @@ func TestLegacyJSONRecordsInMixedStore(t *testing.T) {
 	if err := c.DeleteKeyKeepingPrior(ctx, "user:gone", "PASSKEY", Access{}); err != nil {
 		t.Fatal(err)
 	}
-	vs, _ = c.ListVersions(ctx, "user:gone", "PASSKEY")
-	if len(vs) != 1 || !vs[0].Created.Equal(t0) {
-		t.Fatalf("versions after a delete: %+v", vs)
-	}
-	binaryAt(store.BucketKeyVersions, store.Key("user:gone", "PASSKEY", vs[0].ID))
-	if err := c.RestoreVersion(ctx, "user:gone", "PASSKEY", vs[0].ID); err != nil {
-		t.Fatal(err)
-	}
-	if k, err := c.GetKey(ctx, "user:gone", "PASSKEY"); err != nil || string(k.Reveal()) != "gone key" {
-		t.Fatalf("restore after a delete: %v", err)
-	}
+	restoresBinaryPrior("user:gone", "gone key")
 
 	// Restoring the legacy JSON prior: the current JSON record becomes a
 	// binary prior and the restored value a binary record.

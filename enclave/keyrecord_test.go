@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"path/filepath"
 	"reflect"
@@ -99,30 +100,10 @@ func BenchmarkDecodeKeyRecord(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Run("binary", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := decodeKeyRecord(bin); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("json-direct", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := decodeKeyRecord(in); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("encoding-json", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			var rec keyRecord
-			if err := json.Unmarshal(in, &rec); err != nil {
-				b.Fatal(err)
-			}
-		}
+	benchRecordCodec(b, map[string]func() error{
+		"binary":        func() error { _, err := decodeKeyRecord(bin); return err },
+		"json-direct":   func() error { _, err := decodeKeyRecord(in); return err },
+		"encoding-json": func() error { var rec keyRecord; return json.Unmarshal(in, &rec) },
 	})
 }
 
@@ -130,22 +111,24 @@ func BenchmarkDecodeKeyRecord(b *testing.B) {
 // by encoding/json (the form earlier builds wrote).
 func BenchmarkEncodeKeyRecord(b *testing.B) {
 	rec := keyRecord{Format: FormatBytes, Created: time.Now().UTC(), Updated: time.Now().UTC(), Sealed: make([]byte, 102)}
-	b.Run("binary", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := encodeKeyRecord(rec); err != nil {
-				b.Fatal(err)
-			}
-		}
+	benchRecordCodec(b, map[string]func() error{
+		"binary":        func() error { _, err := encodeKeyRecord(rec); return err },
+		"encoding-json": func() error { _, err := json.Marshal(rec); return err },
 	})
-	b.Run("encoding-json", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := json.Marshal(rec); err != nil {
-				b.Fatal(err)
+}
+
+// benchRecordCodec runs each of fns as a sub-benchmark, in name order.
+func benchRecordCodec(b *testing.B, fns map[string]func() error) {
+	for _, name := range slices.Sorted(maps.Keys(fns)) {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := fns[name](); err != nil {
+					b.Fatal(err)
+				}
 			}
-		}
-	})
+		})
+	}
 }
 
 // sameRecord compares two records as the API sees them: times by
