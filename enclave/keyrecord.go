@@ -25,8 +25,9 @@ import (
 //     builds and still read; it converts when the record is next written.
 //
 // JSON never starts with a control character other than its whitespace
-// (tab, line feed, carriage return), so those bytes are the binary forms'
-// versions: the first byte tells the two apart.
+// (tab, line feed, carriage return), so every other control byte is kept
+// for a binary version (0x01 is the only one today; the others are refused
+// as unknown): the first byte tells the two forms apart.
 const keyRecordV1 = 0x01
 
 const (
