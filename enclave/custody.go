@@ -2,7 +2,6 @@ package enclave
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -52,7 +51,9 @@ var (
 	errBadKeyLength = apierr.New(400, "invalid_key", fmt.Sprintf("the key must be %d to %d bytes", MinKeyBytes, MaxKeyBytes))
 )
 
-// keyRecord is the stored envelope of one key; only Sealed is secret.
+// keyRecord is the stored envelope of one key; only Sealed is secret. It is
+// stored in the binary form of encodeKeyRecord; the JSON tags are the form
+// earlier builds wrote, still read (decisions/54).
 type keyRecord struct {
 	Format   string    `json:"f"`
 	Created  time.Time `json:"c"`
@@ -267,8 +268,8 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 		if opts.NoOverwrite {
 			return false, apierr.ErrKeyExists
 		}
-		var prev keyRecord
-		if err := json.Unmarshal(old, &prev); err != nil {
+		prev, err := decodeKeyRecord(old)
+		if err != nil {
 			return false, fmt.Errorf("enclave: stored key record damaged: %w", err)
 		}
 		if opts.SameClientOnly && prev.ClientID != "" && prev.ClientID != opts.ClientID {
@@ -304,7 +305,7 @@ func (c *Custody) PutKeyTx(tx *store.Tx, owner Owner, method string, key []byte,
 		return false, err
 	}
 	rec.Sealed = sealed
-	b, err := json.Marshal(rec)
+	b, err := encodeKeyRecord(rec)
 	if err != nil {
 		return false, err
 	}
@@ -333,7 +334,7 @@ func (c *Custody) priorOf(owner Owner, method string, old []byte, prev keyRecord
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(prior)
+	return encodeKeyRecord(prior)
 }
 
 // ClaimKeyTx claims the unclaimed import stored for (owner, method) inside
@@ -349,8 +350,8 @@ func (c *Custody) ClaimKeyTx(tx *store.Tx, owner Owner, method string, now time.
 	if err != nil {
 		return err
 	}
-	var rec keyRecord
-	if err := json.Unmarshal(b, &rec); err != nil {
+	rec, err := decodeKeyRecord(b)
+	if err != nil {
 		return fmt.Errorf("enclave: stored key record damaged: %w", err)
 	}
 	if rec.ClaimBy == nil {
@@ -360,7 +361,7 @@ func (c *Custody) ClaimKeyTx(tx *store.Tx, owner Owner, method string, now time.
 		return ErrClaimExpired
 	}
 	rec.ClaimBy = nil
-	nb, err := json.Marshal(rec)
+	nb, err := encodeKeyRecord(rec)
 	if err != nil {
 		return err
 	}
@@ -446,8 +447,8 @@ func (c *Custody) Info(ctx context.Context, owner Owner, method string) (*KeyInf
 }
 
 func describe(method string, b []byte) (*KeyInfo, error) {
-	var rec keyRecord
-	if err := json.Unmarshal(b, &rec); err != nil {
+	rec, err := decodeKeyRecord(b)
+	if err != nil {
 		return nil, fmt.Errorf("enclave: stored key record damaged: %w", err)
 	}
 	v, _ := RecordVersion(rec.Sealed)
@@ -519,8 +520,8 @@ func (c *Custody) DeleteKeyKeepingPrior(ctx context.Context, owner Owner, method
 		if err != nil {
 			return err
 		}
-		var prev keyRecord
-		if err := json.Unmarshal(old, &prev); err != nil {
+		prev, err := decodeKeyRecord(old)
+		if err != nil {
 			return fmt.Errorf("enclave: stored key record damaged: %w", err)
 		}
 		if !c.allowed(owner, prev.ClientID, acc) {
@@ -553,9 +554,9 @@ func (c *Custody) ListVersions(ctx context.Context, owner Owner, method string) 
 	err := c.db.View(ctx, func(tx *store.Tx) error {
 		out = out[:0]
 		return c.versions.List(tx, string(owner), method, func(id string, replacedAt time.Time, v []byte) error {
-			var rec keyRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return err
+			rec, err := decodeKeyRecord(v)
+			if err != nil {
+				return fmt.Errorf("enclave: prior key record damaged: %w", err)
 			}
 			out = append(out, VersionInfo{ID: id, Method: method, ReplacedAt: replacedAt, Created: rec.Created})
 			return nil
@@ -575,9 +576,9 @@ func (c *Custody) RestoreVersion(ctx context.Context, owner Owner, method, id st
 		if err != nil {
 			return err
 		}
-		var rec keyRecord
-		if err := json.Unmarshal(b, &rec); err != nil {
-			return err
+		rec, err := decodeKeyRecord(b)
+		if err != nil {
+			return fmt.Errorf("enclave: prior key record damaged: %w", err)
 		}
 		pt, err := c.root.Open(Binding{Kind: kindPrior, Owner: owner, Method: method}, rec.Sealed)
 		if errors.Is(err, ErrOpen) {

@@ -621,8 +621,8 @@ func openCanary(ctx context.Context, db *store.DB, root *Root) error {
 			if !ok {
 				return nil
 			}
-			var rec keyRecord
-			if json.Unmarshal(v, &rec) != nil {
+			rec, err := decodeKeyRecord(v)
+			if err != nil {
 				return nil
 			}
 			owner, method, sealed = string(o), string(m), rec.Sealed

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
-	"encoding/json"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2/transport"
@@ -82,8 +81,8 @@ func VerifyBackup(ctx context.Context, tpm transport.TPM, db *store.DB) (BackupR
 			if !ok {
 				return fmt.Errorf("enclave: key record with a malformed name")
 			}
-			var rec keyRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
+			rec, err := decodeKeyRecord(v)
+			if err != nil {
 				return fmt.Errorf("enclave: key record of %s/%s damaged: %w", o, m, err)
 			}
 			pt, err := root.Open(Binding{Kind: "key", Owner: Owner(o), Method: string(m)}, rec.Sealed)

@@ -610,7 +610,7 @@ func (s *Server) toAPIError(err error) *apierr.Error {
 	if errors.Is(err, audit.ErrUnavailable) {
 		return apierr.ErrAuditFailed.WithRetry(5 * time.Second).Wrap(err)
 	}
-	if errors.Is(err, enclave.ErrOpen) {
+	if errors.Is(err, enclave.ErrOpen) || errors.Is(err, enclave.ErrMalformedRecord) {
 		return apierr.New(http.StatusInternalServerError, "record_damaged", "the stored record does not open; an operator has been told").Wrap(err)
 	}
 	return apierr.ErrInternal.Wrap(err)

@@ -45,9 +45,9 @@
 //	│   custodian_priors_sealed    → "1": older custodian priors sealed again
 //	│   clientshares_priors_sealed → "1": older client-share priors sealed again
 //	keys/                                       client encryption keys (v1)
-//	│   owner 0x00 method          → key record JSON: format, times, client id, claim deadline, sealed key (kind "key")
+//	│   owner 0x00 method          → key record, binary (earlier builds: JSON; decisions/54): format, times, client id, claim deadline, sealed key (kind "key")
 //	key_versions/                               prior values kept after an overwrite or delete (v1)
-//	│   owner 0x00 method 0x00 version id → key record JSON, sealed again as kind "key_prior"
+//	│   owner 0x00 method 0x00 version id → key record (binary or JSON, as above), sealed again as kind "key_prior"
 //	users/                                      reserved (v1; nothing writes it today)
 //	credentials/                                passkey credentials, nothing secret (v2)
 //	│   "c" 0x00 base64url(credential id)           → credential JSON (public key, owner, RP ID, sign count, flags, …)
