@@ -72,6 +72,11 @@ func (h *ledgerHash) elem(b store.Bucket, k, v []byte) digest {
 	h.buf = binary.BigEndian.AppendUint32(h.buf, uint32(len(k)))
 	h.buf = append(h.buf, k...)
 	h.buf = append(h.buf, vh[:]...)
+	return h.sum()
+}
+
+// sum is the HMAC of h.buf.
+func (h *ledgerHash) sum() digest {
 	h.mac.Reset()
 	h.mac.Write(h.buf)
 	var d digest

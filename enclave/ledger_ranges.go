@@ -99,11 +99,7 @@ func (h *ledgerHash) rangeElem(start []byte, n uint64, d digest) digest {
 	h.buf = append(h.buf, start...)
 	h.buf = binary.BigEndian.AppendUint64(h.buf, n)
 	h.buf = append(h.buf, d[:]...)
-	h.mac.Reset()
-	h.mac.Write(h.buf)
-	var e digest
-	h.mac.Sum(e[:0])
-	return e
+	return h.sum()
 }
 
 // tableCommitment is what a version-3 rollback record keeps of T.
