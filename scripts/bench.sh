@@ -9,7 +9,7 @@
 # never-seen token per request: each user's key was stored with another
 # token first). Then the passkey release against a bare go-webauthn server.
 # Usage: scripts/bench.sh [duration, default 10s]. Loopback only.
-# COLD_USERS (default 100000) users are minted for the cold case, two RS256
+# COLD_USERS (default 150000) users are minted for the cold case, two RS256
 # tokens each; minting is slow (one RSA signature per token), so the tokens
 # are kept in BENCH_TOKENS (default $TMPDIR/keywarden-bench-tokens) and
 # reused by runs in the next 35 minutes. A cold run that needs more requests
@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${1:-10s}
 keep=${KEEP:-}
-cold_users=${COLD_USERS:-100000}
+cold_users=${COLD_USERS:-150000}
 tokdir=${BENCH_TOKENS:-${TMPDIR:-/tmp}/keywarden-bench-tokens}
 bash scripts/setup.sh
 command -v wrk >/dev/null || { echo "wrk missing" >&2; exit 1; }
