@@ -2,6 +2,7 @@ package enclave
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -282,6 +283,102 @@ func TestRangeEntryTamperedRefusedAtStart(t *testing.T) {
 	spliceOffline(t, h.path, func(tx *store.Tx) error { return tx.DeleteMeta(victim) })
 	if _, err := h.start(lazyOpts()); !errors.Is(err, ErrRecordsAltered) {
 		t.Fatalf("a range entry removed: start err = %v, want ErrRecordsAltered", err)
+	}
+	h.stop()
+}
+
+// writeV2Record turns the store's rollback record into the one an earlier
+// build wrote (version 2: one digest of every record, no range entries).
+func writeV2Record(t *testing.T, h *rbHost) {
+	t.Helper()
+	k := h.root.Subkey(SubkeyRollbackLedger)
+	lh := newLedgerHash(k.Reveal())
+	k.Wipe()
+	err := h.db.Update(context.Background(), func(tx *store.Tx) error {
+		b, err := tx.GetMeta(store.MetaRollback)
+		if err != nil {
+			return err
+		}
+		st, err := parseRollbackState(b)
+		if err != nil {
+			return err
+		}
+		d, _, err := lh.scan(tx)
+		if err != nil {
+			return err
+		}
+		var ranges []store.MetaKey
+		if err := tx.ForEachMeta(store.RollbackRangeKey(nil), func(k store.MetaKey, _ []byte) error { ranges = append(ranges, k); return nil }); err != nil {
+			return err
+		}
+		for _, k := range ranges {
+			if err := tx.DeleteMeta(k); err != nil {
+				return err
+			}
+		}
+		st.V, st.Records = 2, lh.commitment(d)
+		st.MAC = st.mac(h.root)
+		v2, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		return tx.PutMeta(store.MetaRollback, v2)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRollbackUpgradesV2Record: a store an earlier build left (version 2,
+// one digest) is checked against that digest and upgraded once to range
+// entries; the same store with a spliced record is refused at that start.
+func TestRollbackUpgradesV2Record(t *testing.T) {
+	sim := openSim(t, testSeed)
+	defer sim.Close()
+	h := newRBHost(t, sim, filepath.Join(t.TempDir(), "k.db"))
+	h.stop()
+	rb, err := h.start(RollbackOptions{RangeMax: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fillUsers(t, NewCustody(h.db, h.root, CustodyOptions{}), 40)
+	rb.Close()
+	writeV2Record(t, h)
+	if n := rangeEntries(t, h.db); n != 0 {
+		t.Fatalf("the version-2 store still has %d range entries", n)
+	}
+	backup := filepath.Join(t.TempDir(), "v2.db")
+	h.stop()
+	h.snapshot(backup)
+
+	rb, err = h.start(RollbackOptions{RangeMax: 8})
+	if err != nil {
+		t.Fatalf("start on a version-2 record: %v", err)
+	}
+	if st := rb.Status(); st.Event != RollbackUpgraded || st.Records < 40 {
+		t.Fatalf("upgrade: %+v", st)
+	}
+	if n := rangeEntries(t, h.db); n < 5 {
+		t.Fatalf("%d range entries after the upgrade of 40+ records with ranges of 8", n)
+	}
+	rb.Close()
+	h.stop()
+	rb, err = h.start(RollbackOptions{RangeMax: 8, SyncCheck: -1})
+	if err != nil {
+		t.Fatalf("start after the upgrade: %v", err)
+	}
+	if st := waitChecked(t, rb); st.Altered != "" || st.Event != RollbackAccepted {
+		t.Fatalf("after the upgrade: %+v", st)
+	}
+	rb.Close()
+	h.stop()
+
+	// The version-2 copy with one record changed outside the appliance.
+	copyFile(t, backup, h.path)
+	k := store.Key("user:"+userName(7), "PASSKEY")
+	spliceOffline(t, h.path, func(tx *store.Tx) error { return tx.Delete(store.BucketKeys, k) })
+	if _, err := h.start(RollbackOptions{RangeMax: 8}); !errors.Is(err, ErrRecordsAltered) {
+		t.Fatalf("version-2 store with a record removed: err = %v, want ErrRecordsAltered", err)
 	}
 	h.stop()
 }
