@@ -249,14 +249,16 @@ func (t *ledgerTx) finishRanges(tx *store.Tx) (tdelta digest, err error) {
 				return tdelta, err
 			}
 		}
-		tdelta.xor(&rg.elem)
+		old := h.entryElem(rg.start, rg.elem, rg.n) // the stored entry: rg.n is its count
+		tdelta.xor(&old)
 		if n > uint64(r.rangeMax) {
 			left, right, err := splitRange(tx, h, tab, i)
 			if err != nil {
 				return tdelta, err
 			}
 			for _, half := range []*lrange{left, right} {
-				tdelta.xor(&half.elem)
+				g := h.entryElem(half.start, half.elem, half.n)
+				tdelta.xor(&g)
 				if err := tx.PutMeta(store.RollbackRangeKey(half.start), encodeRangeEntry(half.elem, half.n)); err != nil {
 					return tdelta, err
 				}
@@ -268,7 +270,8 @@ func (t *ledgerTx) finishRanges(tx *store.Tx) (tdelta digest, err error) {
 			continue
 		}
 		e := h.rangeElem(rg.start, n, d)
-		tdelta.xor(&e)
+		g := h.entryElem(rg.start, e, n)
+		tdelta.xor(&g)
 		if err := tx.PutMeta(store.RollbackRangeKey(rg.start), encodeRangeEntry(e, n)); err != nil {
 			return tdelta, err
 		}

@@ -10,12 +10,20 @@ package enclave
 //
 //	E_i = HMAC-SHA256(k, 'R' ‖ len ‖ start_i ‖ n_i ‖ D_i)
 //
-// and the rollback record's MAC covers HMAC(k, 'U' ‖ T) with T the XOR of
-// every E_i: the set of entries is authenticated as a whole (no entry
-// added, removed or brought back from another copy goes unnoticed) and
+// and the rollback record's MAC covers HMAC(k, 'U' ‖ T) with
+//
+//	T = XOR over every entry of G_i = HMAC-SHA256(k, 'G' ‖ len ‖ start_i ‖ E_i ‖ n_i)
+//
+// so the set of entries is authenticated as a whole (no entry added,
+// removed, edited or brought back from another copy goes unnoticed) and
 // each entry vouches for its own records (E_i is a PRF of the range's
 // start, count and digest, so a record spliced into, added to or removed
-// from range i gives another E_i). As with D, no D_i is stored.
+// from range i gives another E_i). T must be a XOR of secret values, as D
+// is: the E_i are stored, and were T their plain XOR, anyone holding
+// copies of the file could pick, among a few hundred changed ranges, a
+// subset whose old and new entries XOR to the same T (linear algebra over
+// 256-bit vectors) and bring back those ranges' old records and entries
+// together. The G_i are never stored, nor are T and the D_i.
 //
 // At start the entries are read and T checked: that costs one read per
 // range (a few thousand at 10 M records), not one per record. Stores of
@@ -102,6 +110,16 @@ func (h *ledgerHash) rangeElem(start []byte, n uint64, d digest) digest {
 	return h.sum()
 }
 
+// entryElem is G for a stored entry: the secret PRF that T XORs.
+func (h *ledgerHash) entryElem(start []byte, e digest, n uint64) digest {
+	h.buf = append(h.buf[:0], 'G')
+	h.buf = binary.BigEndian.AppendUint32(h.buf, uint32(len(start)))
+	h.buf = append(h.buf, start...)
+	h.buf = append(h.buf, e[:]...)
+	h.buf = binary.BigEndian.AppendUint64(h.buf, n)
+	return h.sum()
+}
+
 // tableCommitment is what a version-3 rollback record keeps of T.
 func (h *ledgerHash) tableCommitment(t digest) []byte {
 	h.mac.Reset()
@@ -132,15 +150,17 @@ type rangeEntry struct {
 }
 
 // readRangeEntries reads every range entry in position order and T.
-func readRangeEntries(tx *store.Tx) (es []rangeEntry, t digest, err error) {
+func readRangeEntries(tx *store.Tx, h *ledgerHash) (es []rangeEntry, t digest, err error) {
 	prefix := store.RollbackRangeKey(nil)
 	err = tx.ForEachMeta(prefix, func(k store.MetaKey, v []byte) error {
 		e, n, ok := decodeRangeEntry(v)
 		if !ok {
 			return fmt.Errorf("%w: a range entry of the record digest is damaged", ErrRecordsAltered)
 		}
-		es = append(es, rangeEntry{start: []byte(k[len(prefix):]), elem: e, n: n})
-		t.xor(&e)
+		start := []byte(k[len(prefix):])
+		es = append(es, rangeEntry{start: start, elem: e, n: n})
+		g := h.entryElem(start, e, n)
+		t.xor(&g)
 		return nil
 	})
 	return es, t, err
@@ -232,7 +252,8 @@ func (h *ledgerHash) buildRanges(tx *store.Tx, rangeMax int) (t *rangeTable, tdi
 	for _, rg := range t.rs {
 		rg.elem = h.rangeElem(rg.start, rg.n, rg.d)
 		rg.verified.Store(true)
-		tdig.xor(&rg.elem)
+		g := h.entryElem(rg.start, rg.elem, rg.n)
+		tdig.xor(&g)
 	}
 	return t, tdig, full, total, nil
 }
@@ -318,6 +339,9 @@ func (r *Rollback) verifyRange(tx *store.Tx, h *ledgerHash, t *rangeTable, i int
 	old.xor(&delta.d)
 	want := h.rangeElem(rg.start, uint64(int64(n)-delta.dn), old)
 	if !ok || !hmac.Equal(want[:], stored[:]) {
+		if r.stopped.Load() {
+			return d, n, store.ErrClosed // the keys may be wiped: no verdict at shutdown
+		}
 		return d, n, r.setAltered(fmt.Errorf("%w: the records of the range from %s do not match its entry", ErrRecordsAltered, describePos(rg.start)))
 	}
 	rg.verified.Store(true)
@@ -342,6 +366,9 @@ func (r *Rollback) setAltered(cause error) error {
 func (r *Rollback) CheckRead(tx *store.Tx, b store.Bucket, key []byte, prefix bool) error {
 	if p := r.altered.Load(); p != nil {
 		return *p
+	}
+	if r.stopped.Load() && !r.checked.Load() {
+		return store.ErrClosed
 	}
 	if r.checked.Load() {
 		return nil
@@ -443,7 +470,7 @@ func (r *Rollback) background() {
 			err = r.db.DropResident()
 		}
 		if err != nil {
-			if r.altered.Load() == nil {
+			if r.altered.Load() == nil && r.bgCtx.Err() == nil && !r.stopped.Load() {
 				r.log.Error("the background check of the store's records stopped", "err", err)
 			}
 			return

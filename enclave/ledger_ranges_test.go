@@ -248,9 +248,14 @@ func TestLazyBackgroundFindsSplice(t *testing.T) {
 	rb.Close()
 	h.stop()
 
-	// A full check at start refuses the same store, as before.
+	// A full check at start refuses the same store, as before; so does a
+	// one-shot command's start (recover), whatever the store's size.
 	if _, err := h.start(RollbackOptions{RangeMax: 8}); !errors.Is(err, ErrRecordsAltered) {
 		t.Fatalf("full check of the spliced store: %v", err)
+	}
+	h.stop()
+	if _, err := h.start(RollbackOptions{RangeMax: 8, SyncCheck: -1, FullCheck: true}); !errors.Is(err, ErrRecordsAltered) {
+		t.Fatalf("FullCheck start of the spliced store: %v", err)
 	}
 	h.stop()
 }

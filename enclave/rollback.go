@@ -170,6 +170,10 @@ type RollbackOptions struct {
 	// RangeMax is the most records a range of the record digest holds
 	// before it splits. Zero means 2048 (tests make it small).
 	RangeMax int
+	// FullCheck checks every record before OpenRollback returns, whatever
+	// the store's size: a command that opens the store once and closes it
+	// (recover) must refuse an altered store before it acts on it.
+	FullCheck bool
 	// SyncCheck is the most records checked in full before OpenRollback
 	// returns; a larger store is checked range by range as it is read.
 	// Zero means 150,000; negative: never in full (tests).
@@ -255,6 +259,8 @@ type Rollback struct {
 	// The record digest by range (ledger_ranges.go).
 	rangeMax  int
 	syncCheck int
+	fullCheck bool
+	stopped   atomic.Bool // Close began: reads are refused, no difference is recorded
 	ranges    atomic.Pointer[rangeTable]
 	checked   atomic.Bool // every range matched its entry since this start
 	altered   atomic.Pointer[error]
@@ -395,7 +401,7 @@ func OpenRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *Ro
 	r.lhash = newLedgerHash(lkey.Reveal()) // the HMAC keeps its own copy
 	r.hashes.key = append([]byte(nil), lkey.Reveal()...)
 	lkey.Wipe()
-	r.rangeMax, r.syncCheck = opts.RangeMax, opts.SyncCheck
+	r.rangeMax, r.syncCheck, r.fullCheck = opts.RangeMax, opts.SyncCheck, opts.FullCheck
 	if r.rangeMax <= 1 {
 		r.rangeMax = defaultRangeMax
 	}
@@ -486,7 +492,7 @@ func (r *Rollback) checkRecords(ctx context.Context, st *rollbackState, accept b
 			if err != nil {
 				return err
 			}
-			es, tdig, err := readRangeEntries(tx)
+			es, tdig, err := readRangeEntries(tx, r.lhash)
 			if err != nil && !errors.Is(err, ErrRecordsAltered) {
 				return err
 			}
@@ -501,7 +507,7 @@ func (r *Rollback) checkRecords(ctx context.Context, st *rollbackState, accept b
 				for _, e := range es {
 					total += e.n
 				}
-				if !accept && (r.syncCheck < 0 || total > uint64(r.syncCheck)) {
+				if !accept && !r.fullCheck && r.db.LocalFile() && (r.syncCheck < 0 || total > uint64(r.syncCheck)) {
 					if len(es) == 0 || len(es[0].start) != 0 {
 						cerr = fmt.Errorf("%w: the record digest has no first range", ErrRecordsAltered)
 						break
@@ -849,6 +855,7 @@ func (r *Rollback) Close() error {
 	}
 	r.closed = true
 	r.mu.Unlock()
+	r.stopped.Store(true)
 	close(r.done)
 	r.bgCancel()
 	r.wg.Wait()

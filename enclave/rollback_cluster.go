@@ -672,7 +672,7 @@ func legacyMatches(tx *store.Tx, h *ledgerHash, legacy *rollbackState, d digest)
 	if legacy.V < 3 {
 		return hmac.Equal(h.commitment(d), legacy.Records)
 	}
-	es, tdig, err := readRangeEntries(tx)
+	es, tdig, err := readRangeEntries(tx, h)
 	if err != nil || !hmac.Equal(h.tableCommitment(tdig), legacy.Records) {
 		return false
 	}

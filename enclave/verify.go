@@ -46,7 +46,7 @@ func VerifyBackup(ctx context.Context, tpm transport.TPM, db *store.DB) (BackupR
 			h := newLedgerHash(k.Reveal())
 			k.Wipe()
 			err := db.View(ctx, func(tx *store.Tx) error {
-				es, tdig, err := readRangeEntries(tx)
+				es, tdig, err := readRangeEntries(tx, h)
 				if err != nil {
 					return err
 				}

@@ -147,6 +147,14 @@ func (tx *Tx) ForEachCoveredFrom(from []byte, fn func(b Bucket, k, v []byte) err
 	return nil
 }
 
+// LocalFile reports whether the store is a file this process maps (bbolt),
+// where a range of records is read in microseconds: the rollback check
+// reads ranges lazily only there.
+func (db *DB) LocalFile() bool {
+	_, ok := db.b.(interface{ DropResident() error })
+	return ok
+}
+
 // DropResident releases the pages of the store file this process has
 // read from its resident set, where the backend maps the file (bbolt);
 // elsewhere it does nothing.

@@ -385,6 +385,11 @@ func (tx *Tx) ForEach(b Bucket, prefix []byte, fn func(k, v []byte) error) error
 
 // DeletePrefix removes every key with the given prefix and returns how many.
 func (tx *Tx) DeletePrefix(b Bucket, prefix []byte) (int, error) {
+	if tx.g != nil && Covered(b) {
+		if err := tx.g.CheckRead(tx, b, prefix, true); err != nil {
+			return 0, err
+		}
+	}
 	var keys [][]byte
 	err := tx.tx.ForEach(b, prefix, func(k, _ []byte) error {
 		keys = append(keys, append([]byte(nil), k...))

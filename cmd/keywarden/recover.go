@@ -185,7 +185,7 @@ func stageBackup(backup, target string, force bool) (*store.Restore, error) {
 // TPM's counter: a backup older than a store this TPM has seen is refused
 // unless accept (audited).
 func recoverRollback(ctx context.Context, tpm transport.TPM, db *store.DB, root *enclave.Root, accept, dev bool, node string) (enclave.RollbackStatus, error) {
-	rb, err := enclave.OpenRollback(ctx, tpm, db, root, enclave.RollbackOptions{AcceptRollback: accept, Dev: dev, Node: node})
+	rb, err := enclave.OpenRollback(ctx, tpm, db, root, enclave.RollbackOptions{AcceptRollback: accept, Dev: dev, Node: node, FullCheck: true})
 	if errors.Is(err, enclave.ErrRolledBack) {
 		return enclave.RollbackStatus{}, fmt.Errorf("recover: %w\n(this TPM's counter has seen a newer store: restore the newest backup, or add -accept-rollback if restoring this one is deliberate)", err)
 	}
