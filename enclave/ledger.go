@@ -301,13 +301,8 @@ func splitRange(tx *store.Tx, h *ledgerHash, tab *rangeTable, i int) (left, righ
 		e   digest
 	}
 	var items []item
-	err = tx.ForEachCoveredFrom(rg.start, func(b store.Bucket, k, v []byte) error {
-		pos := store.Pos(nil, b, k)
-		if end != nil && bytes.Compare(pos, end) >= 0 {
-			return store.ErrStop
-		}
-		items = append(items, item{pos: pos, e: h.elem(b, k, v)})
-		return nil
+	err = h.forEachInRange(tx, rg.start, end, func(pos []byte, e digest) {
+		items = append(items, item{pos: bytes.Clone(pos), e: e})
 	})
 	if err != nil {
 		return nil, nil, err

@@ -166,21 +166,25 @@ func readRangeEntries(tx *store.Tx, h *ledgerHash) (es []rangeEntry, t digest, e
 	return es, t, err
 }
 
-// scanRange computes the digest and count of the records in [start, end)
-// (end nil: to the last record).
-func (h *ledgerHash) scanRange(tx *store.Tx, start, end []byte) (d digest, n uint64, err error) {
+// forEachInRange calls fn with the position and element of every record
+// in [start, end) (end nil: to the last record); pos is valid only inside fn.
+func (h *ledgerHash) forEachInRange(tx *store.Tx, start, end []byte, fn func(pos []byte, e digest)) error {
 	var pos []byte
-	err = tx.ForEachCoveredFrom(start, func(b store.Bucket, k, v []byte) error {
-		if end != nil {
-			pos = store.Pos(pos[:0], b, k)
-			if bytes.Compare(pos, end) >= 0 {
-				return store.ErrStop
-			}
+	return tx.ForEachCoveredFrom(start, func(b store.Bucket, k, v []byte) error {
+		pos = store.Pos(pos[:0], b, k)
+		if end != nil && bytes.Compare(pos, end) >= 0 {
+			return store.ErrStop
 		}
-		e := h.elem(b, k, v)
+		fn(pos, h.elem(b, k, v))
+		return nil
+	})
+}
+
+// scanRange computes the digest and count of the records in [start, end).
+func (h *ledgerHash) scanRange(tx *store.Tx, start, end []byte) (d digest, n uint64, err error) {
+	err = h.forEachInRange(tx, start, end, func(_ []byte, e digest) {
 		d.xor(&e)
 		n++
-		return nil
 	})
 	return d, n, err
 }

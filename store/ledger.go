@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"context"
 	"errors"
 )
 
@@ -109,13 +108,6 @@ var ErrNoSeek = errors.New("store: this backend cannot scan the covered records 
 // seeker is a backend transaction that iterates a bucket from a key.
 type seeker interface {
 	ForEachFrom(b Bucket, start []byte, fn func(k, v []byte) error) error
-}
-
-// CanSeek reports whether the backend supports [Tx.ForEachCoveredFrom].
-func (db *DB) CanSeek(ctx context.Context) bool {
-	ok := false
-	_ = db.View(ctx, func(tx *Tx) error { _, ok = tx.tx.(seeker); return nil })
-	return ok
 }
 
 // ForEachCoveredFrom calls fn for every covered record at or after
