@@ -109,6 +109,11 @@ func appendOwn(b []byte, s *Statement, index int, path [][sha256.Size]byte) ([]b
 			return nil, err
 		}
 	}
+	return appendPath(b, index, path)
+}
+
+// appendPath appends a receipt's leaf index and Merkle path.
+func appendPath(b []byte, index int, path [][sha256.Size]byte) ([]byte, error) {
 	if index < 0 || index > 1<<31 || len(path) > 255 {
 		return nil, errCompact
 	}

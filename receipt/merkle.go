@@ -48,7 +48,11 @@ func levels(leaves [][sha256.Size]byte) [][][sha256.Size]byte {
 }
 
 func pathIn(lv [][][sha256.Size]byte, i int) [][sha256.Size]byte {
-	p := make([][sha256.Size]byte, 0, len(lv)-1)
+	return appendPathIn(make([][sha256.Size]byte, 0, len(lv)-1), lv, i)
+}
+
+// appendPathIn appends the path of leaf i to p.
+func appendPathIn(p [][sha256.Size]byte, lv [][][sha256.Size]byte, i int) [][sha256.Size]byte {
 	for _, l := range lv[:len(lv)-1] {
 		if sib := i ^ 1; sib < len(l) {
 			p = append(p, l[sib])

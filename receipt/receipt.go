@@ -54,6 +54,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -243,18 +244,22 @@ type Statement struct {
 
 // NewOwnerHash returns a fresh salt and the owner's hash under it.
 func NewOwnerHash(owner string) (hash, salt string) {
-	var s [16]byte
+	var s [SaltSize]byte
 	_, _ = io.ReadFull(rand.Reader, s[:]) // crypto/rand does not fail
 	return ownerHash(owner, s[:]), b64.EncodeToString(s[:])
 }
 
 func ownerHash(owner string, salt []byte) string {
+	sum := hashOwner(owner, salt)
+	return b64.EncodeToString(sum[:])
+}
+
+func hashOwner(owner string, salt []byte) [sha256.Size]byte {
 	// One buffer on the stack for the usual sizes (a release's owner hash
 	// is made on the release path).
 	var buf [256]byte
 	b := append(append(append(buf[:0], ownerDomain...), salt...), owner...)
-	sum := sha256.Sum256(b)
-	return b64.EncodeToString(sum[:])
+	return sha256.Sum256(b)
 }
 
 // IsOwner reports whether the statement is about owner (the owner id as
@@ -460,33 +465,40 @@ func MatchLine(r *Receipt, line []byte) error {
 // from.
 const FieldKeyVersion = "key_version"
 
-// Builder makes the receipts of one batch: Add each statement, then Sign.
+// Builder makes the receipts of one batch: Add each statement (or
+// AddEntry its binary form), then Sign.
 type Builder struct {
-	stmts []Statement
+	entries []Entry
 }
 
 // Add queues a statement and returns its index.
-func (b *Builder) Add(s Statement) int { b.stmts = append(b.stmts, s); return len(b.stmts) - 1 }
+func (b *Builder) Add(s Statement) int { return b.AddEntry(entryOf(s)) }
+
+// AddEntry queues a statement in binary form and returns its index.
+func (b *Builder) AddEntry(e Entry) int { b.entries = append(b.entries, e); return len(b.entries) - 1 }
+
+// Grow makes room for n more statements.
+func (b *Builder) Grow(n int) { b.entries = slices.Grow(b.entries, n) }
 
 // Len is the number of statements queued.
-func (b *Builder) Len() int { return len(b.stmts) }
+func (b *Builder) Len() int { return len(b.entries) }
 
 // Sign signs the batch [first, last] (one Ed25519 signature) and returns
 // it; each statement's receipt is then [Signed.Receipt], which its own
 // caller can build (the paths cost nothing to the signer).
 func (b *Builder) Sign(k *BatchKey, first, last uint64, now time.Time) *Signed {
-	if len(b.stmts) == 0 {
+	if len(b.entries) == 0 {
 		return nil
 	}
-	leaves := make([][sha256.Size]byte, len(b.stmts))
-	for i, s := range b.stmts {
-		leaves[i] = s.Leaf()
+	leaves := make([][sha256.Size]byte, len(b.entries))
+	for i := range b.entries {
+		leaves[i] = b.entries[i].leaf()
 	}
 	lv := levels(leaves)
 	root := lv[len(lv)-1][0]
 	batch := Batch{Node: k.cert.Node, First: first, Last: last, Size: len(leaves),
 		Root: hex.EncodeToString(root[:]), Time: now.UTC().Format(time.RFC3339Nano)}
-	return &Signed{batch: batch, sig: k.SignBatch(batch), cert: k.cert, certJSON: k.certJSON, stmts: b.stmts, levels: lv}
+	return &Signed{batch: batch, sig: k.SignBatch(batch), cert: k.cert, certJSON: k.certJSON, entries: b.entries, levels: lv}
 }
 
 // Signed is a signed batch of statements.
@@ -495,7 +507,7 @@ type Signed struct {
 	sig      string
 	cert     KeyCert
 	certJSON []byte
-	stmts    []Statement
+	entries  []Entry
 	levels   [][][sha256.Size]byte
 
 	tailOnce sync.Once
@@ -520,7 +532,8 @@ func (s *Signed) Encode(i int) string {
 	}
 	bufs := encodeBufs.Get().(*[2][]byte)
 	defer encodeBufs.Put(bufs)
-	own, err := appendOwn(bufs[0][:0], &s.stmts[i], i, pathIn(s.levels, i))
+	var pbuf [24][sha256.Size]byte // on the stack: batches of up to 2^24
+	own, err := appendOwnEntry(bufs[0][:0], &s.entries[i], i, appendPathIn(pbuf[:0], s.levels, i))
 	if err != nil {
 		return s.encodeV1(i)
 	}
@@ -554,7 +567,8 @@ func (s *Signed) encodeV1(i int) string {
 	head = append(head, `{"v":`...)
 	head = strconv.AppendInt(head, Version, 10)
 	head = append(head, `,"stmt":`...)
-	head = s.stmts[i].appendJSON(head)
+	st := s.entries[i].Statement()
+	head = st.appendJSON(head)
 	head = append(head, `,"index":`...)
 	head = strconv.AppendInt(head, int64(i), 10)
 	head = append(head, `,"path":[`...)
@@ -654,5 +668,5 @@ func (s *Signed) Receipt(i int) *Receipt {
 	for j := range p {
 		hp[j] = hex.EncodeToString(p[j][:])
 	}
-	return &Receipt{V: VersionCompact, Statement: s.stmts[i], Index: i, Path: hp, Batch: s.batch, BatchSig: s.sig, Cert: s.cert}
+	return &Receipt{V: VersionCompact, Statement: s.entries[i].Statement(), Index: i, Path: hp, Batch: s.batch, BatchSig: s.sig, Cert: s.cert}
 }

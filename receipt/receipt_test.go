@@ -403,3 +403,46 @@ func TestCompactFixturesVerify(t *testing.T) {
 		}
 	}
 }
+
+// An entry (the binary statement the release path makes) has the leaf and
+// the compact encoding of the statement it stands for, and a statement
+// taken by Add becomes that entry again; one whose hashes are not in their
+// canonical text form is kept as it is and still encodes as before.
+func TestEntryIsItsStatement(t *testing.T) {
+	for i := range 200 {
+		var e Entry
+		_, _ = rand.Read(e.Line[:])
+		var salt [SaltSize]byte
+		_, _ = rand.Read(salt[:])
+		e.SetOwner(fmt.Sprintf("firebase:p//u%d", i), salt)
+		e.Node, e.Seq, e.Time = []string{"", "node-b"}[i%2], uint64(i)<<(i%60), fmt.Sprintf("2026-12-03T12:00:%02d.%dZ", i%60, i)
+		e.Action, e.Outcome, e.Method = "release", []string{"success", "failure"}[i%2], []string{"", "FIREBASE", "PASSKEY"}[i%3]
+		e.KeyVersion, e.RequestID = fmt.Sprint(i%5), strings.Repeat("r", i%40)
+		s := e.Statement()
+		if e.leaf() != s.Leaf() {
+			t.Fatalf("%d: entry leaf differs from its statement's", i)
+		}
+		if !s.IsOwner(fmt.Sprintf("firebase:p//u%d", i)) || s.IsOwner("firebase:p//other") {
+			t.Fatalf("%d: owner hash", i)
+		}
+		if back := entryOf(s); back != e {
+			t.Fatalf("%d: entryOf(Statement) = %+v, want %+v", i, back, e)
+		}
+		path := [][sha256.Size]byte{e.Line, e.OwnerHash}
+		a, err1 := appendOwnEntry(nil, &e, i, path)
+		b, err2 := appendOwn(nil, &s, i, path)
+		if err1 != nil || err2 != nil || string(a) != string(b) {
+			t.Fatalf("%d: compact encodings differ (%v, %v)", i, err1, err2)
+		}
+	}
+	for _, s := range []Statement{
+		{Line: "AB" + strings.Repeat("0", 62), OwnerHash: b64.EncodeToString(make([]byte, 32)), Salt: b64.EncodeToString(make([]byte, 16))},
+		{Line: strings.Repeat("0", 64), OwnerHash: b64.EncodeToString(make([]byte, 31)), Salt: b64.EncodeToString(make([]byte, 16))},
+		{Line: strings.Repeat("0", 64), OwnerHash: b64.EncodeToString(make([]byte, 32)), Salt: b64.EncodeToString(make([]byte, 8))},
+	} {
+		e := entryOf(s)
+		if e.stmt == nil || e.Statement() != s || e.leaf() != s.Leaf() {
+			t.Fatalf("a statement without a binary form was changed: %+v", s)
+		}
+	}
+}

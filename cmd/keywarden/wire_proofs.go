@@ -90,6 +90,11 @@ func (a *appliance) startSigningKey(ctx context.Context) {
 	if a.root == nil {
 		return
 	}
+	if benchNoReceipts {
+		a.signWhy = "a benchmark build without receipts (tag bench_noreceipts)"
+		a.log.Warn("benchmark build: no appliance signing key, audit anchors are HMAC only and releases carry no receipt")
+		return
+	}
 	pcrs := sealingPCRs(ctx, a.cfg, a.db)
 	key, made, err := loadSigningKey(ctx, a.tpm, a.db, a.signingKeyMeta(), pcrs, false)
 	if err != nil {

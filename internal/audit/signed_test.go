@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -286,5 +287,85 @@ func TestVerifySignedMissingStart(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), fmt.Sprintf("seq %d", rep.FirstSeq)) {
 		t.Fatalf("the error does not name the first seq: %v", err)
+	}
+}
+
+// Releases recorded at once each get a receipt that verifies and matches
+// its own line, whichever batch signature they shared.
+func TestConcurrentReleaseReceipts(t *testing.T) {
+	key := applianceKey(t)
+	dir := t.TempDir()
+	l := signedLog(t, key, "node-1", Options{Dir: dir, WrittenActions: []string{ActionRelease}})
+	const n = 64
+	got := make([]*receipt.Receipt, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ctx, slot := WithReceiptSlot(WithRequestID(context.Background(), fmt.Sprint("req-", i)))
+			if err := l.Record(ctx, Event{Action: ActionRelease, Outcome: OutcomeSuccess, Owner: fmt.Sprint("firebase:p//u", i)}); err != nil {
+				t.Error(err)
+			}
+			got[i] = slot.Receipt()
+		})
+	}
+	wg.Wait()
+	if s := l.Stats(); s.Receipts != n || s.ReceiptBatches < 1 || s.ReceiptBatches > n {
+		t.Fatalf("%d receipts in %d signatures", s.Receipts, s.ReceiptBatches)
+	}
+	mustClose(t, l)
+	lines := readLines(t, dir)
+	for i, r := range got {
+		if r == nil {
+			t.Fatalf("release %d: no receipt", i)
+		}
+		if err := receipt.Verify(r, &key.PublicKey); err != nil {
+			t.Fatalf("receipt %d: %v", i, err)
+		}
+		if r.Statement.RequestID != fmt.Sprint("req-", i) || !r.Statement.IsOwner(fmt.Sprint("firebase:p//u", i)) {
+			t.Fatalf("receipt %d states another release: %+v", i, r.Statement)
+		}
+		if err := receipt.MatchLine(r, []byte(lines[r.Statement.Seq-1].Text)); err != nil {
+			t.Fatalf("receipt %d: %v", i, err)
+		}
+	}
+}
+
+// The receipt signer waits for more lines only while letting others run
+// brings new ones, and only until its deadline.
+func TestSignQueueGathers(t *testing.T) {
+	in := make(chan *request, 16)
+	q := signQueue{in: in}
+	q.reqs = []*request{{}}
+	in <- &request{}
+	rounds := 0
+	yield := func() { // each of the first three rounds writes a line
+		if rounds++; rounds <= 3 {
+			in <- &request{}
+		}
+	}
+	if !q.gather(time.Now().Add(time.Hour), yield, func() bool { return false }) || len(q.reqs) != 5 || rounds != 4 {
+		t.Fatalf("gathered %d lines in %d rounds, want 5 in 4 (the last brought none)", len(q.reqs), rounds)
+	}
+	// Past the deadline: what is waiting is taken, no one is waited for.
+	q.reqs, rounds = q.reqs[:1], 0
+	in <- &request{}
+	if !q.gather(time.Now().Add(-time.Millisecond), yield, func() bool { return true }) || len(q.reqs) != 2 || rounds != 0 {
+		t.Fatalf("past the deadline: %d lines, %d rounds", len(q.reqs), rounds)
+	}
+	// The writer closed the queue: what was in it is taken, and gather says so.
+	q.reqs = q.reqs[:1]
+	in <- &request{}
+	close(in)
+	if q.gather(time.Now().Add(time.Hour), yield, func() bool { return false }) || len(q.reqs) != 2 {
+		t.Fatalf("closed queue: %d lines", len(q.reqs))
+	}
+	// A batch stops growing at maxSignBatch.
+	in2 := make(chan *request, maxSignBatch+10)
+	for range maxSignBatch + 10 {
+		in2 <- &request{}
+	}
+	q = signQueue{in: in2}
+	if !q.gather(time.Now().Add(time.Hour), func() {}, func() bool { return true }) || len(q.reqs) != maxSignBatch {
+		t.Fatalf("%d lines in one batch, at most %d", len(q.reqs), maxSignBatch)
 	}
 }

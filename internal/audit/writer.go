@@ -1,8 +1,8 @@
 package audit
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/keywarden/keywarden/receipt"
 )
@@ -665,34 +666,45 @@ func allWritten(reqs []*request) bool {
 
 // receiptSigner answers the written lines that want a receipt: it takes
 // every one waiting, Merkle-hashes their statements and signs the root
-// once (group commit of signatures: while one signature is made, the next
-// lines queue up for the next). It runs beside the writer, so signing
-// never delays a write; a release waits for its line and then at most for
-// the signature in progress and its own batch's.
+// once (group commit of signatures). It runs beside the writer, so signing
+// never delays a write; a release waits for its line and then for its
+// batch's signature.
+//
+// Under load it waits for more lines before it signs, so that one
+// signature serves many releases: within ReceiptSignEvery of the last
+// signature it lets the goroutines that can run do so (runtime.Gosched)
+// and takes the lines they had written, for as long as each round brings
+// new ones. A line written after a quiet spell, or when nothing else is
+// running (every request in flight is waiting for this signature), is
+// signed at once: waiting then would only leave the processor idle.
 func (l *Log) receiptSigner() {
 	defer close(l.signDone)
-	var reqs []*request
-	for r := range l.signReqs {
-		reqs = append(reqs[:0], r)
-	more:
-		for len(reqs) < 4096 {
-			select {
-			case r, ok := <-l.signReqs:
-				if !ok {
-					break more
-				}
-				reqs = append(reqs, r)
-			default:
-				break more
-			}
+	var (
+		q     = signQueue{in: l.signReqs}
+		salts []byte
+		last  time.Time
+		b     receipt.Builder
+	)
+	for open := true; open; {
+		r, ok := <-l.signReqs
+		if !ok {
+			return
 		}
-		var b receipt.Builder
-		first, last := reqs[0].lineSeq, reqs[0].lineSeq
-		for _, r := range reqs {
-			b.Add(l.statement(r.ev, r.lineSeq, r.lineHash))
-			first, last = min(first, r.lineSeq), max(last, r.lineSeq)
+		q.reqs = append(q.reqs[:0], r)
+		open = q.gather(last.Add(l.opts.ReceiptSignEvery), runtime.Gosched, l.linesComing)
+		reqs := q.reqs
+		last = time.Now()
+		// One read of randomness for the batch's owner-hash salts.
+		salts = slices.Grow(salts[:0], receipt.SaltSize*len(reqs))[:receipt.SaltSize*len(reqs)]
+		_, _ = rand.Read(salts) // crypto/rand does not fail
+		b = receipt.Builder{}
+		b.Grow(len(reqs))
+		first, lastSeq := reqs[0].lineSeq, reqs[0].lineSeq
+		for i, r := range reqs {
+			b.AddEntry(l.entry(r.ev, r.lineSeq, r.lineHash, [receipt.SaltSize]byte(salts[i*receipt.SaltSize:])))
+			first, lastSeq = min(first, r.lineSeq), max(lastSeq, r.lineSeq)
 		}
-		signed := b.Sign(l.opts.Signer, first, last, l.opts.Clock())
+		signed := b.Sign(l.opts.Signer, first, lastSeq, l.opts.Clock())
 		l.receipts.Add(uint64(len(reqs)))
 		l.receiptBatches.Add(1)
 		for i, r := range reqs {
@@ -703,15 +715,67 @@ func (l *Log) receiptSigner() {
 	}
 }
 
-// statement is what a receipt states about the event written at seq with
-// hash head.
-func (l *Log) statement(ev Event, seq uint64, head [sha256.Size]byte) receipt.Statement {
-	// As the line's JSON has them: invalid UTF-8 replaced.
-	u := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
-	oh, salt := receipt.NewOwnerHash(u(ev.Owner))
-	return receipt.Statement{
-		Node: u(l.opts.Node), Seq: seq, Line: hex.EncodeToString(head[:]), Time: formatTime(ev.Time),
-		Action: u(ev.Action), Outcome: u(ev.Outcome), OwnerHash: oh, Salt: salt, Method: u(ev.Method),
-		KeyVersion: u(ev.Fields[receipt.FieldKeyVersion]), RequestID: u(ev.RequestID),
+// linesComing reports whether lines are being written or wait for the
+// writer: the signer waits for them rather than sign without them.
+func (l *Log) linesComing() bool { return len(l.reqs) > 0 || l.busySince.Load() != 0 }
+
+// maxSignBatch bounds the lines one receipt signature covers.
+const maxSignBatch = 4096
+
+// signQueue is the receipt signer's batch in the making.
+type signQueue struct {
+	in   <-chan *request
+	reqs []*request
+}
+
+// take adds the lines waiting, without blocking; false once the writer
+// has closed the queue.
+func (q *signQueue) take() bool {
+	for len(q.reqs) < maxSignBatch {
+		select {
+		case r, ok := <-q.in:
+			if !ok {
+				return false
+			}
+			q.reqs = append(q.reqs, r)
+		default:
+			return true
+		}
 	}
+	return true
+}
+
+// gather takes the lines waiting and, until the deadline, lets what can
+// run do so (yield) and takes what it wrote, for as long as each round
+// brings new lines. It reports whether the queue is still open.
+func (q *signQueue) gather(until time.Time, yield func(), coming func() bool) bool {
+	open := q.take()
+	for open && len(q.reqs) < maxSignBatch && time.Now().Before(until) {
+		n := len(q.reqs)
+		yield()
+		if open = q.take(); len(q.reqs) == n && !coming() {
+			break // nothing more is coming now
+		}
+	}
+	return open
+}
+
+// entry is what a receipt states about the event written at seq with
+// hash head, its owner hashed under salt.
+func (l *Log) entry(ev Event, seq uint64, head [sha256.Size]byte, salt [receipt.SaltSize]byte) receipt.Entry {
+	// As the line's JSON has them: invalid UTF-8 replaced.
+	e := receipt.Entry{
+		Node: validUTF8(l.opts.Node), Seq: seq, Line: head, Time: formatTime(ev.Time),
+		Action: validUTF8(ev.Action), Outcome: validUTF8(ev.Outcome), Method: validUTF8(ev.Method),
+		KeyVersion: validUTF8(ev.Fields[receipt.FieldKeyVersion]), RequestID: validUTF8(ev.RequestID),
+	}
+	e.SetOwner(validUTF8(ev.Owner), salt)
+	return e
+}
+
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
 }
