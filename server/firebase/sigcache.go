@@ -4,16 +4,11 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"sync"
-	"time"
 	"unsafe"
 )
 
 // tokenCacheSize bounds the cache of verified tokens.
 const tokenCacheSize = 65536
-
-// tokenCacheEvictBatch is the most entries one insert into a full cache
-// removes.
-const tokenCacheEvictBatch = 8
 
 // tokenCache remembers tokens that passed every check, so an app that
 // sends the same ID token many times (tokens live an hour) pays the parse
@@ -22,10 +17,15 @@ const tokenCacheEvictBatch = 8
 // that verified it is the current one for its kid (a rotated or reloaded
 // key set misses), and every time claim (exp, iat, nbf, auth_time) and
 // every policy is checked again against the clock on each hit; anything
-// that does not pass takes the full path. Entries leave at exp.
+// that does not pass takes the full path. A full cache drops its oldest
+// entry for each new one (first in, first out: the order of insertion
+// is kept in a ring), in constant time: a flow of never-seen tokens, which
+// keeps the cache full, costs each insert one map delete.
 type tokenCache struct {
-	mu sync.RWMutex
-	m  map[[32]byte]tokenEntry
+	mu   sync.RWMutex
+	m    map[[32]byte]tokenEntry
+	ring [][32]byte // digests in the order they were added; ring[next] is the oldest once full
+	next int
 }
 
 type tokenEntry struct {
@@ -54,37 +54,23 @@ func (c *tokenCache) lookup(d [32]byte) (tokenEntry, bool) {
 	return e, ok
 }
 
-// store adds e under d. A full cache first drops at most
-// tokenCacheEvictBatch entries: the expired among that many it looks at
-// (map order is random), or else the first of them. The work per insert
-// stays bounded, so a flow of never-seen tokens, which keeps the cache
-// full, never holds the lock for a sweep of the whole map.
+// store adds e under d; a full cache first drops its oldest entry.
 func (c *tokenCache) store(d [32]byte, e tokenEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil {
 		c.m = make(map[[32]byte]tokenEntry)
 	}
-	if _, ok := c.m[d]; !ok && len(c.m) >= tokenCacheSize {
-		now := time.Now()
-		var first [32]byte
-		seen, dropped := 0, 0
-		for k, old := range c.m {
-			if seen == 0 {
-				first = k
-			}
-			seen++
-			if !now.Before(old.id.Expiry) {
-				delete(c.m, k)
-				dropped++
-			}
-			if seen >= tokenCacheEvictBatch {
-				break
-			}
-		}
-		if dropped == 0 {
-			delete(c.m, first)
-		}
+	if _, ok := c.m[d]; ok {
+		c.m[d] = e // the same token again: its place in the order stays
+		return
+	}
+	if len(c.ring) < tokenCacheSize {
+		c.ring = append(c.ring, d)
+	} else {
+		delete(c.m, c.ring[c.next])
+		c.ring[c.next] = d
+		c.next = (c.next + 1) % tokenCacheSize
 	}
 	c.m[d] = e
 }

@@ -99,36 +99,49 @@ func TestTokenCacheRotatedAwayKey(t *testing.T) {
 	}
 }
 
-// TestTokenCacheEvictsFewAtATime: a full cache makes room for a new token
-// by dropping a few entries, never half of them at once (a cold workload of
-// never-seen tokens fills it, and a mass eviction stalls every Verify that
-// waits for the lock meanwhile).
-func TestTokenCacheEvictsFewAtATime(t *testing.T) {
+// TestTokenCacheEvictsOldest: a full cache makes room for a new token by
+// dropping its oldest one, one for one (a cold workload of never-seen
+// tokens keeps it full; a mass eviction or a sweep would stall every
+// Verify waiting for the lock), and a token added again keeps its place.
+func TestTokenCacheEvictsOldest(t *testing.T) {
 	var c tokenCache
 	e := tokenEntry{id: Identity{Expiry: time.Now().Add(time.Hour)}}
-	for i := range tokenCacheSize + 1 {
+	for i := range tokenCacheSize {
 		c.remember(fmt.Sprintf("token-%d", i), e)
 	}
-	if n := c.len(); n < tokenCacheSize-tokenCacheEvictBatch || n > tokenCacheSize {
-		t.Fatalf("after one insert into a full cache it holds %d entries, want %d to %d", n, tokenCacheSize-tokenCacheEvictBatch, tokenCacheSize)
+	c.remember("token-0", e) // already there: nothing is dropped
+	if n := c.len(); n != tokenCacheSize {
+		t.Fatalf("full cache holds %d entries, want %d", n, tokenCacheSize)
 	}
-	if _, ok := c.get(fmt.Sprintf("token-%d", tokenCacheSize)); !ok {
-		t.Fatal("the newest token is not in the cache")
-	}
-	// Expired entries go first: fill again with expired entries only, then
-	// insert live ones; the live ones stay.
-	var d tokenCache
-	old := tokenEntry{id: Identity{Expiry: time.Now().Add(-time.Minute)}}
-	for i := range tokenCacheSize {
-		d.remember(fmt.Sprintf("old-%d", i), old)
-	}
-	for i := range 1000 {
-		d.remember(fmt.Sprintf("new-%d", i), e)
-	}
-	for i := range 1000 {
-		if _, ok := d.get(fmt.Sprintf("new-%d", i)); !ok {
-			t.Fatalf("live token %d was evicted while expired ones remained", i)
+	for i := range 3 {
+		c.remember(fmt.Sprintf("new-%d", i), e)
+		if n := c.len(); n != tokenCacheSize {
+			t.Fatalf("after an insert into a full cache it holds %d entries, want %d", n, tokenCacheSize)
 		}
+	}
+	for i := range 3 {
+		if _, ok := c.get(fmt.Sprintf("token-%d", i)); ok {
+			t.Fatalf("token-%d, among the three oldest, is still cached", i)
+		}
+		if _, ok := c.get(fmt.Sprintf("new-%d", i)); !ok {
+			t.Fatalf("new-%d is not cached", i)
+		}
+	}
+	if _, ok := c.get("token-3"); !ok {
+		t.Fatal("token-3 was dropped before its turn")
+	}
+	// Around the ring more than once: the size holds, the newest stay.
+	for i := range 2*tokenCacheSize + 5 {
+		c.remember(fmt.Sprintf("again-%d", i), e)
+	}
+	if n := c.len(); n != tokenCacheSize {
+		t.Fatalf("after two turns of the ring it holds %d entries", n)
+	}
+	if _, ok := c.get(fmt.Sprintf("again-%d", 2*tokenCacheSize+4)); !ok {
+		t.Fatal("the newest token is not cached")
+	}
+	if _, ok := c.get(fmt.Sprintf("again-%d", tokenCacheSize+4)); ok {
+		t.Fatal("a token older than the cache's size is still cached")
 	}
 }
 

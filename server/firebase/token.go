@@ -47,6 +47,14 @@ type parsedToken struct {
 // alphabet, three segments, header size, header (base64url, JSON object,
 // unique names), alg, crit, kid, claims (base64url, JSON object, unique
 // names), signature present and base64url.
+// tokenChar marks the bytes a token may hold: base64url and the dot.
+var tokenChar = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
+	}
+	return t
+}()
+
 func parseToken(raw string) (*parsedToken, *apierr.Error) {
 	if raw == "" {
 		return nil, ErrTokenMissing
@@ -58,8 +66,7 @@ func parseToken(raw string) (*parsedToken, *apierr.Error) {
 	// LF even in strict mode, and padding or white space would let two
 	// different strings stand for one token.
 	for i := 0; i < len(raw); i++ {
-		c := raw[i]
-		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+		if !tokenChar[raw[i]] {
 			return nil, ErrTokenMalformed.WithMessage("the Firebase ID token contains a character outside base64url (at byte %d); send the bare token after \"Bearer \"", i)
 		}
 	}

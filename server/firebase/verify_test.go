@@ -551,3 +551,21 @@ func TestOptionsValidate(t *testing.T) {
 		t.Errorf("Validate changed the options: %+v", o)
 	}
 }
+
+// TestTokenCharacterSet: each of the 256 byte values, put into a token,
+// is refused as outside base64url exactly when it is not A–Z, a–z, 0–9,
+// '-', '_' or '.'.
+func TestTokenCharacterSet(t *testing.T) {
+	for c := range 256 {
+		raw := "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0" + string([]byte{byte(c)}) + ".c2ln"
+		_, err := parseToken(raw)
+		outside := err != nil && strings.Contains(err.Message, "outside base64url")
+		want := !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.')
+		if outside != want {
+			t.Fatalf("byte %#x: refused as outside base64url = %v, want %v (%v)", c, outside, want, err)
+		}
+		if want && err.Code != "token_malformed" {
+			t.Fatalf("byte %#x: code %q", c, err.Code)
+		}
+	}
+}
