@@ -120,6 +120,9 @@ func run(ctx context.Context, args []string) error {
 		return usageError("no command")
 	}
 	name, rest := args[0], args[1:]
+	if benchNoReceipts && name != "dev" {
+		return errors.New("this is a benchmark build without receipts (tag bench_noreceipts): it runs only `keywarden dev`")
+	}
 	for _, c := range commands() {
 		if slices.Contains(c.names, name) {
 			return c.run(ctx, rest)

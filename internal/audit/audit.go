@@ -123,8 +123,8 @@ const (
 	DefaultWriteTimeout   = 2 * time.Second
 	DefaultAnchorInterval = time.Minute
 	DefaultRefusalRate    = 10
-	// DefaultReceiptSignEvery: under load, about one receipt signature
-	// each 2 ms (≈ 1.5 % of one core), whatever the release rate.
+	// DefaultReceiptSignEvery: a receipt signature waits at most 2 ms
+	// after the one before it for more lines to join.
 	DefaultReceiptSignEvery = 2 * time.Millisecond
 
 	// MinAnchorKeyBytes is the shortest accepted anchor key.
@@ -252,10 +252,10 @@ type Options struct {
 	// ReceiptSignEvery is how long after a receipt signature lines may
 	// wait for others to join the next: within it, the signer lets the
 	// goroutines that can run do so and takes the lines they write, for as
-	// long as that brings new ones, so that under load one signature (one
-	// Ed25519 signature) serves many releases. A line written after a
-	// quiet spell, or when nothing else runs, is signed at once. Zero:
-	// [DefaultReceiptSignEvery]; negative: never wait. At most 100 ms.
+	// long as that brings new ones or lines wait for the writer, so that
+	// under load one signature (one Ed25519 signature) serves several
+	// releases. A line written after a quiet spell is signed at once.
+	// Zero: [DefaultReceiptSignEvery]; negative: never wait. At most 100 ms.
 	ReceiptSignEvery time.Duration
 	// Node is the cluster node's name, written into signed anchors and
 	// receipts (each node has its own chain). Empty: left out. It must be

@@ -314,10 +314,15 @@ func TestConcurrentReleaseReceipts(t *testing.T) {
 	}
 	mustClose(t, l)
 	lines := readLines(t, dir)
+	salts := map[string]bool{}
 	for i, r := range got {
 		if r == nil {
 			t.Fatalf("release %d: no receipt", i)
 		}
+		if salts[r.Statement.Salt] {
+			t.Fatalf("receipt %d shares its owner-hash salt with another: owner hashes would link", i)
+		}
+		salts[r.Statement.Salt] = true
 		if err := receipt.Verify(r, &key.PublicKey); err != nil {
 			t.Fatalf("receipt %d: %v", i, err)
 		}
@@ -346,6 +351,23 @@ func TestSignQueueGathers(t *testing.T) {
 	if !q.gather(time.Now().Add(time.Hour), yield, func() bool { return false }) || len(q.reqs) != 5 || rounds != 4 {
 		t.Fatalf("gathered %d lines in %d rounds, want 5 in 4 (the last brought none)", len(q.reqs), rounds)
 	}
+	// Lines wait for the writer but none arrives: it blocks (no spinning)
+	// and gives up at the deadline.
+	q.reqs, rounds = q.reqs[:1], 0
+	t0 := time.Now()
+	if !q.gather(t0.Add(30*time.Millisecond), func() { rounds++ }, func() bool { return true }) || len(q.reqs) != 1 {
+		t.Fatalf("waiting for lines that never came: %d lines", len(q.reqs))
+	}
+	if el := time.Since(t0); el < 30*time.Millisecond || rounds > 3 {
+		t.Fatalf("waited %v in %d rounds: it must block until the deadline, not spin", el, rounds)
+	}
+	// ... and a line that arrives while it blocks is taken.
+	q.reqs, rounds = q.reqs[:1], 0
+	go func() { time.Sleep(5 * time.Millisecond); in <- &request{} }()
+	arrived := false
+	if !q.gather(time.Now().Add(time.Hour), func() { rounds++ }, func() bool { c := !arrived; arrived = true; return c }) || len(q.reqs) != 2 {
+		t.Fatalf("a line arriving during the wait: %d lines", len(q.reqs))
+	}
 	// Past the deadline: what is waiting is taken, no one is waited for.
 	q.reqs, rounds = q.reqs[:1], 0
 	in <- &request{}
@@ -367,5 +389,32 @@ func TestSignQueueGathers(t *testing.T) {
 	q = signQueue{in: in2}
 	if !q.gather(time.Now().Add(time.Hour), func() {}, func() bool { return true }) || len(q.reqs) != maxSignBatch {
 		t.Fatalf("%d lines in one batch, at most %d", len(q.reqs), maxSignBatch)
+	}
+}
+
+// A release whose request id and owner hold invalid UTF-8 gets a receipt
+// that states them as its audit line has them (each bad byte U+FFFD), so
+// the receipt matches the line.
+func TestReceiptOfInvalidUTF8MatchesLine(t *testing.T) {
+	key := applianceKey(t)
+	dir := t.TempDir()
+	l := signedLog(t, key, "node-1", Options{Dir: dir, WrittenActions: []string{ActionRelease}})
+	ctx, slot := WithReceiptSlot(WithRequestID(context.Background(), "req-\xff\xfe"))
+	if err := l.Record(ctx, Event{Action: ActionRelease, Outcome: OutcomeSuccess, Owner: "firebase:p//u\xff\xfe", Method: "FIREBASE"}); err != nil {
+		t.Fatal(err)
+	}
+	r := slot.Receipt()
+	mustClose(t, l)
+	if r == nil {
+		t.Fatal("no receipt")
+	}
+	if err := receipt.Verify(r, &key.PublicKey); err != nil {
+		t.Fatal(err)
+	}
+	if r.Statement.RequestID != "req-\uFFFD\uFFFD" {
+		t.Fatalf("request id %q, want each bad byte replaced", r.Statement.RequestID)
+	}
+	if err := receipt.MatchLine(r, []byte(readLines(t, dir)[r.Statement.Seq-1].Text)); err != nil {
+		t.Fatalf("the receipt does not match its line: %v", err)
 	}
 }

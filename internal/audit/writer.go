@@ -674,9 +674,10 @@ func allWritten(reqs []*request) bool {
 // signature serves many releases: within ReceiptSignEvery of the last
 // signature it lets the goroutines that can run do so (runtime.Gosched)
 // and takes the lines they had written, for as long as each round brings
-// new ones. A line written after a quiet spell, or when nothing else is
-// running (every request in flight is waiting for this signature), is
-// signed at once: waiting then would only leave the processor idle.
+// new ones, and while lines wait for the writer it blocks for them (up to
+// that deadline). A line written after a quiet spell is signed at once,
+// and so is one when a round brings nothing and nothing waits for the
+// writer: waiting then would only leave the processor idle.
 func (l *Log) receiptSigner() {
 	defer close(l.signDone)
 	var (
@@ -715,17 +716,19 @@ func (l *Log) receiptSigner() {
 	}
 }
 
-// linesComing reports whether lines are being written or wait for the
-// writer: the signer waits for them rather than sign without them.
-func (l *Log) linesComing() bool { return len(l.reqs) > 0 || l.busySince.Load() != 0 }
+// linesComing reports whether lines wait for the writer (not counting
+// a batch being written or synced): the signer waits for them rather than
+// sign without them.
+func (l *Log) linesComing() bool { return len(l.reqs) > 0 }
 
 // maxSignBatch bounds the lines one receipt signature covers.
 const maxSignBatch = 4096
 
 // signQueue is the receipt signer's batch in the making.
 type signQueue struct {
-	in   <-chan *request
-	reqs []*request
+	in    <-chan *request
+	reqs  []*request
+	timer *time.Timer // wait's, reused
 }
 
 // take adds the lines waiting, without blocking; false once the writer
@@ -750,14 +753,44 @@ func (q *signQueue) take() bool {
 // brings new lines. It reports whether the queue is still open.
 func (q *signQueue) gather(until time.Time, yield func(), coming func() bool) bool {
 	open := q.take()
-	for open && len(q.reqs) < maxSignBatch && time.Now().Before(until) {
+	for open && len(q.reqs) < maxSignBatch {
+		left := time.Until(until)
+		if left <= 0 {
+			break
+		}
 		n := len(q.reqs)
 		yield()
-		if open = q.take(); len(q.reqs) == n && !coming() {
+		if open = q.take(); len(q.reqs) > n {
+			continue
+		}
+		if !coming() {
 			break // nothing more is coming now
 		}
+		// Lines wait for the writer: block for the next (no spinning),
+		// at most until the deadline.
+		open = q.wait(left)
 	}
 	return open
+}
+
+// wait blocks until a line arrives or d has passed; false once the writer
+// has closed the queue.
+func (q *signQueue) wait(d time.Duration) bool {
+	if q.timer == nil {
+		q.timer = time.NewTimer(d)
+	} else {
+		q.timer.Reset(d)
+	}
+	defer q.timer.Stop()
+	select {
+	case r, ok := <-q.in:
+		if !ok {
+			return false
+		}
+		q.reqs = append(q.reqs, r)
+	case <-q.timer.C:
+	}
+	return true
 }
 
 // entry is what a receipt states about the event written at seq with
@@ -773,9 +806,21 @@ func (l *Log) entry(ev Event, seq uint64, head [sha256.Size]byte, salt [receipt.
 	return e
 }
 
+// validUTF8 is s as its audit line has it: each byte of invalid UTF-8
+// replaced by U+FFFD (as the line's JSON encoding does, byte by byte).
 func validUTF8(s string) string {
 	if utf8.ValidString(s) {
 		return s
 	}
-	return strings.ToValidUTF8(s, "\uFFFD")
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b.WriteRune(utf8.RuneError)
+		} else {
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }

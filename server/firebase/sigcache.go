@@ -20,7 +20,9 @@ const tokenCacheSize = 65536
 // that does not pass takes the full path. A full cache drops its oldest
 // entry for each new one (first in, first out: the order of insertion
 // is kept in a ring), in constant time: a flow of never-seen tokens, which
-// keeps the cache full, costs each insert one map delete.
+// keeps the cache full, costs each insert one map delete. Expired entries
+// are not dropped ahead of their turn: a hit checks exp again, so an
+// expired entry only takes a place (at most an hour's worth of tokens).
 type tokenCache struct {
 	mu   sync.RWMutex
 	m    map[[32]byte]tokenEntry
