@@ -17,6 +17,7 @@ unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' 
 if [ -n "$unformatted" ]; then echo "not gofmt'ed: $unformatted" >&2; exit 1; fi
 echo "== go vet"
 go vet ./...
+go vet -tags bench_noreceipts ./cmd/keywarden # the build scripts/bench-receipts.sh compares with
 echo "== staticcheck"
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 echo "== release build (CGO_ENABLED=0, no simulator)"
